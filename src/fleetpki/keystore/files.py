@@ -17,8 +17,8 @@ from fleetpki.keystore.signer import PrivateKey, PublicKey, Signer, hash_for_key
 __all__ = ["PASSPHRASE_ENV", "FileKeyStore", "FileSigner", "load_or_create_passphrase"]
 
 #: Environment variable that, when set, holds the passphrase for CA key files.
-PASSPHRASE_ENV = "FLEETPKI_KEY_PASSPHRASE"
-_SECRET_FILE = "key-passphrase"
+PASSPHRASE_ENV = "FLEETPKI_KEY_PASSPHRASE"  # noqa: S105 (a variable name)
+_SECRET_FILE = "key-passphrase"  # noqa: S105 (a file name)
 _FILE_PREFIX = "file:"
 
 
@@ -135,7 +135,9 @@ class FileKeyStore:
                 "keystore.bad_passphrase", f"cannot decrypt CA key {path.name}: wrong passphrase?"
             ) from exc
         if not isinstance(key, PrivateKey):
-            raise ValidationError("keystore.unsupported_key", f"unsupported key type in {path.name}")
+            raise ValidationError(
+                "keystore.unsupported_key", f"unsupported key type in {path.name}"
+            )
         signer = FileSigner(key_ref, key)
         self._cache[key_ref] = signer
         return signer

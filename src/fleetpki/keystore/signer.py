@@ -12,12 +12,17 @@ from cryptography.x509 import ocsp
 __all__ = ["KeyStore", "PrivateKey", "PublicKey", "Signer", "hash_for_key"]
 
 PrivateKey = (
-    rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
 )
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+PublicKey = (
+    rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+)
 
 
-def hash_for_key(key: PublicKey | PrivateKey) -> hashes.HashAlgorithm | None:
+def hash_for_key(key: PublicKey | PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     """Return the signature hash that goes with a CA key.
 
     SHA-384 for P-384 (RFC 5480 §4 pairs curve and hash strength), SHA-256 for
@@ -54,7 +59,9 @@ class Signer(Protocol):
         """Sign a certificate builder with the key and its matching hash."""
         ...
 
-    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
+    def sign_crl(
+        self, builder: x509.CertificateRevocationListBuilder
+    ) -> x509.CertificateRevocationList:
         """Sign a CRL builder."""
         ...
 

@@ -1,0 +1,160 @@
+"""CA certificates: self-signed roots and subordinate (issuing) CAs, RFC 5280 profile."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+
+from fleetpki.errors import ValidationError
+from fleetpki.keystore import Signer
+from fleetpki.pki.issuance import BACKDATE
+
+__all__ = [
+    "DEFAULT_ISSUING_DAYS",
+    "DEFAULT_ROOT_DAYS",
+    "CAUrls",
+    "build_root_ca",
+    "build_subordinate_ca",
+    "ca_name",
+]
+
+#: Root CAs live 20 years, issuing CAs 5; both renewable long before expiry.
+DEFAULT_ROOT_DAYS = 20 * 365
+DEFAULT_ISSUING_DAYS = 5 * 365
+
+
+@dataclass(frozen=True, slots=True)
+class CAUrls:
+    """Where a parent CA publishes what a child's certificate points to."""
+
+    crl_url: str | None = None
+    ca_issuers_url: str | None = None
+
+
+def ca_name(common_name: str, organization: str | None = None) -> x509.Name:
+    """A CA distinguished name: ``CN`` and an optional ``O``.
+
+    Raises:
+        ValidationError: ``ca.bad_name`` for an empty or over-long CN (RFC 5280
+        upper bound ub-common-name is 64 characters).
+    """
+    if not common_name.strip() or len(common_name) > 64:
+        raise ValidationError("ca.bad_name", "a CA common name must be 1-64 characters")
+    attributes = []
+    if organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization[:64]))
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attributes)
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    # RFC 5280 §4.2.1.3: keyCertSign and cRLSign for a CA; digitalSignature lets
+    # the CA key sign OCSP responses directly (RFC 6960 §4.2.2.2).
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def build_root_ca(
+    signer: Signer, subject: x509.Name, *, now: dt.datetime, days: int = DEFAULT_ROOT_DAYS
+) -> x509.Certificate:
+    """Build a self-signed root CA certificate for ``signer``'s key."""
+    public_key = signer.public_key()
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before((now - BACKDATE).replace(microsecond=0))
+        .not_valid_after((now + dt.timedelta(days=days)).replace(microsecond=0))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+    )
+    return signer.sign_certificate(builder)
+
+
+def build_subordinate_ca(
+    parent_cert: x509.Certificate,
+    parent_signer: Signer,
+    signer: Signer,
+    subject: x509.Name,
+    *,
+    now: dt.datetime,
+    days: int = DEFAULT_ISSUING_DAYS,
+    path_length: int | None = 0,
+    urls: CAUrls | None = None,
+) -> x509.Certificate:
+    """Build a CA certificate for ``signer``'s key, signed by the parent CA.
+
+    The validity is capped at the parent's own expiry.
+
+    Raises:
+        ValidationError: ``ca.expired`` when the parent has expired.
+    """
+    parent_end = parent_cert.not_valid_after_utc
+    if now >= parent_end:
+        raise ValidationError("ca.expired", "the parent CA has expired")
+    public_key = signer.public_key()
+    parent_ski = parent_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(parent_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(
+            max(now - BACKDATE, parent_cert.not_valid_before_utc).replace(microsecond=0)
+        )
+        .not_valid_after(min(now + dt.timedelta(days=days), parent_end).replace(microsecond=0))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(parent_ski),
+            critical=False,
+        )
+    )
+    if urls and urls.crl_url:
+        builder = builder.add_extension(
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        full_name=[x509.UniformResourceIdentifier(urls.crl_url)],
+                        relative_name=None,
+                        reasons=None,
+                        crl_issuer=None,
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    if urls and urls.ca_issuers_url:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.CA_ISSUERS,
+                        x509.UniformResourceIdentifier(urls.ca_issuers_url),
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    return parent_signer.sign_certificate(builder)
