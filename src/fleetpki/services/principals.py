@@ -1,0 +1,219 @@
+"""Principals and API tokens: who may call fleetpki, with tokens stored only as hashes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleetpki.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDenied,
+    ValidationError,
+)
+from fleetpki.services.audit import record_audit
+from fleetpki.services.context import Actor
+from fleetpki.store.models import ApiToken, Principal
+
+__all__ = [
+    "PRINCIPAL_TYPES",
+    "TOKEN_PREFIX",
+    "NewToken",
+    "add_principal",
+    "authenticate_token",
+    "create_token",
+    "ensure_principal",
+    "get_principal",
+    "list_principals",
+    "validate_principal_id",
+]
+
+#: Every fleetpki API token starts with this, so that secret scanners can find leaks.
+TOKEN_PREFIX = "fpk_"  # noqa: S105 (a public prefix, not a secret)
+PRINCIPAL_TYPES = frozenset({"User", "ServicePrincipal", "Group", "Device"})
+
+
+def validate_principal_id(principal_id: str) -> str:
+    """Return the canonical (lower-case) GUID form of an Entra-style object id.
+
+    Raises:
+        ValidationError: ``principal.bad_id`` when it is not a GUID.
+    """
+    try:
+        return str(uuid.UUID(principal_id.strip()))
+    except (ValueError, AttributeError):
+        raise ValidationError(
+            "principal.bad_id", f"principal id {principal_id!r} is not a GUID (an Entra object id)"
+        ) from None
+
+
+def _hash_token(token: str) -> str:
+    # Tokens carry 256 random bits, so a fast hash is enough (no dictionary to guess
+    # from); the hash is what is stored and looked up.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_principal(
+    session: Session,
+    actor: Actor,
+    principal_id: str,
+    friendly_name: str,
+    *,
+    principal_type: str = "User",
+    is_admin: bool = False,
+    now: dt.datetime,
+) -> Principal:
+    """Register a principal.  Only admins may.
+
+    Raises:
+        PermissionDenied: ``principal.admin_required``.
+        ValidationError: ``principal.bad_id``, ``principal.bad_type``, ``principal.bad_name``.
+        ConflictError: ``principal.exists``.
+    """
+    if not actor.is_admin:
+        raise PermissionDenied("principal.admin_required", "only admins may add principals")
+    pid = validate_principal_id(principal_id)
+    if principal_type not in PRINCIPAL_TYPES:
+        raise ValidationError(
+            "principal.bad_type",
+            f"principal type must be one of {', '.join(sorted(PRINCIPAL_TYPES))}",
+        )
+    name = friendly_name.strip()
+    if not name or len(name) > 200:
+        raise ValidationError("principal.bad_name", "a friendly name must be 1-200 characters")
+    if session.get(Principal, pid) is not None:
+        raise ConflictError("principal.exists", f"principal {pid} already exists")
+    principal = Principal(
+        id=pid, friendly_name=name, principal_type=principal_type, is_admin=is_admin, created_at=now
+    )
+    session.add(principal)
+    record_audit(
+        session,
+        actor,
+        "principal.add",
+        "principal",
+        pid,
+        at=now,
+        details={"friendly_name": name, "type": principal_type, "admin": is_admin},
+    )
+    return principal
+
+
+def ensure_principal(
+    session: Session, principal_id: str, friendly_name: str, *, now: dt.datetime
+) -> Principal:
+    """Return the principal, creating it on first sight (OIDC callers, EZCA owner lists)."""
+    pid = validate_principal_id(principal_id)
+    principal = session.get(Principal, pid)
+    if principal is None:
+        principal = Principal(
+            id=pid,
+            friendly_name=(friendly_name.strip() or pid)[:200],
+            principal_type="User",
+            is_admin=False,
+            created_at=now,
+        )
+        session.add(principal)
+        session.flush()
+    return principal
+
+
+def get_principal(session: Session, principal_id: str) -> Principal:
+    """Look up a principal.
+
+    Raises:
+        NotFoundError: ``principal.not_found``.
+    """
+    pid = validate_principal_id(principal_id)
+    principal = session.get(Principal, pid)
+    if principal is None:
+        raise NotFoundError(
+            "principal.not_found", f"no principal {pid}; add it with `principal add`"
+        )
+    return principal
+
+
+def list_principals(session: Session) -> list[Principal]:
+    """Every principal, by friendly name."""
+    return list(session.scalars(select(Principal).order_by(Principal.friendly_name)))
+
+
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    """A token just created: the secret is shown once and never stored."""
+
+    token_id: str
+    secret: str
+    principal_id: str
+    expires_at: dt.datetime | None
+
+
+def create_token(
+    session: Session,
+    actor: Actor,
+    principal_id: str,
+    *,
+    name: str = "api",
+    lifetime: dt.timedelta | None = None,
+    now: dt.datetime,
+) -> NewToken:
+    """Create an API token for a principal (admins, or the principal for itself).
+
+    Raises:
+        PermissionDenied: ``token.not_allowed``.
+        NotFoundError: ``principal.not_found``.
+    """
+    principal = get_principal(session, principal_id)
+    if not actor.is_admin and actor.principal_id != principal.id:
+        raise PermissionDenied("token.not_allowed", "only admins may create tokens for others")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        id=str(uuid.uuid4()),
+        principal_id=principal.id,
+        name=name[:200],
+        token_hash=_hash_token(secret),
+        prefix=secret[: len(TOKEN_PREFIX) + 4],
+        created_at=now,
+        expires_at=now + lifetime if lifetime else None,
+    )
+    session.add(token)
+    record_audit(
+        session,
+        actor,
+        "token.create",
+        "principal",
+        principal.id,
+        at=now,
+        details={"token_id": token.id, "name": token.name},
+    )
+    return NewToken(token.id, secret, principal.id, token.expires_at)
+
+
+def authenticate_token(session: Session, secret: str, *, now: dt.datetime) -> Principal:
+    """Return the principal a bearer token belongs to.
+
+    Raises:
+        AuthenticationError: ``auth.bad_token`` for unknown, expired or revoked tokens.
+    """
+    if not secret.startswith(TOKEN_PREFIX):
+        raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
+    digest = _hash_token(secret)
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    # The index lookup already matched; compare again in constant time for form's sake.
+    if token is None or not hmac.compare_digest(token.token_hash, digest):
+        raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
+    if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
+        raise AuthenticationError("auth.bad_token", "the bearer token has expired or was revoked")
+    token.last_used_at = now
+    principal = session.get(Principal, token.principal_id)
+    if principal is None:
+        raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
+    return principal

@@ -1,0 +1,131 @@
+"""Settings: one immutable object built at the entry point and passed down.
+
+A fleetpki *home* is a folder holding ``config.toml``, the SQLite database (by
+default), the encrypted CA key files and the key passphrase file.  Nothing reads
+the configuration at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from fleetpki.errors import NotFoundError, ValidationError
+
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_API_PORT",
+    "DEFAULT_HOST",
+    "DEFAULT_MQTT_PORT",
+    "HOME_ENV",
+    "Settings",
+    "resolve_home",
+]
+
+HOME_ENV = "FLEETPKI_HOME"
+CONFIG_FILE = "config.toml"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 8443
+DEFAULT_MQTT_PORT = 8883
+
+
+def resolve_home(home: Path | str | None) -> Path:
+    """The home folder: the argument, else ``$FLEETPKI_HOME``, else ``~/.fleetpki``."""
+    if home:
+        return Path(home).expanduser().resolve()
+    from_env = os.environ.get(HOME_ENV)
+    if from_env:
+        return Path(from_env).expanduser().resolve()
+    return (Path.home() / ".fleetpki").resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything fleetpki needs to know to run.
+
+    Attributes:
+        home: the home folder.
+        database_url: SQLAlchemy URL; SQLite in the home by default.
+        public_url: base URL put into certificates (CRL DP, OCSP, caIssuers) and the
+            audience of certificate tokens.  Use an IP or a fully qualified name.
+        host / api_port / mqtt_port: where ``fleetpki serve`` listens.
+        hostname: the server's DNS name for its TLS certificate and the hub.
+        oidc_issuer / oidc_audience / oidc_jwks: optional OIDC (Entra ID) JWT checking.
+        token_audience: overrides ``public_url`` as the certificate-token audience.
+    """
+
+    home: Path
+    database_url: str
+    public_url: str = f"https://{DEFAULT_HOST}:{DEFAULT_API_PORT}"
+    host: str = DEFAULT_HOST
+    api_port: int = DEFAULT_API_PORT
+    mqtt_port: int = DEFAULT_MQTT_PORT
+    hostname: str = "localhost"
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks: str = ""
+    token_audience: str = ""
+
+    @property
+    def keys_dir(self) -> Path:
+        """Where encrypted CA key files live."""
+        return self.home / "keys"
+
+    @property
+    def config_path(self) -> Path:
+        """The home's ``config.toml``."""
+        return self.home / CONFIG_FILE
+
+    @property
+    def certificate_token_audience(self) -> str:
+        """The ``aud`` that certificate tokens must carry."""
+        return self.token_audience or self.public_url
+
+    @classmethod
+    def default_for(cls, home: Path, database_url: str | None = None) -> Settings:
+        """Settings for a new home: SQLite inside it unless a URL is given."""
+        return cls(home=home, database_url=database_url or f"sqlite:///{home / 'fleetpki.db'}")
+
+    @classmethod
+    def load(cls, home: Path) -> Settings:
+        """Read ``home/config.toml``.
+
+        Raises:
+            NotFoundError: ``home.not_initialized`` when the home has no configuration.
+            ValidationError: ``config.invalid`` for unreadable or unknown settings.
+        """
+        path = home / CONFIG_FILE
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFoundError(
+                "home.not_initialized", f"{home} is not a fleetpki home; run `fleetpki init` first"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValidationError("config.invalid", f"{path} is not valid TOML: {exc}") from exc
+        known = {f.name for f in fields(cls)} - {"home"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValidationError(
+                "config.invalid", f"{path}: unknown settings {', '.join(sorted(unknown))}"
+            )
+        return cls(home=home, **data)
+
+    def with_changes(self, **changes: object) -> Settings:
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_toml(self) -> str:
+        """The settings (without ``home``) as TOML text."""
+        lines = ["# fleetpki configuration; see docs/configuration.md"]
+        for key, value in asdict(self).items():
+            if key == "home":
+                continue
+            if isinstance(value, bool | int):
+                lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
+            else:
+                escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+                lines.append(f'{key} = "{escaped}"')
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,34 @@
+"""Persistence: SQLAlchemy models, Alembic migrations and the database handle."""
+
+from __future__ import annotations
+
+from fleetpki.store.db import Database, sqlite_url
+from fleetpki.store.models import (
+    ApiToken,
+    AuditEntry,
+    Base,
+    CARecord,
+    CertificateRecord,
+    DomainMember,
+    DomainRecord,
+    OutboxEvent,
+    Principal,
+    TemplateRecord,
+    UsedTokenId,
+)
+
+__all__ = [
+    "ApiToken",
+    "AuditEntry",
+    "Base",
+    "CARecord",
+    "CertificateRecord",
+    "Database",
+    "DomainMember",
+    "DomainRecord",
+    "OutboxEvent",
+    "Principal",
+    "TemplateRecord",
+    "UsedTokenId",
+    "sqlite_url",
+]
