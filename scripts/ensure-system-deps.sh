@@ -113,29 +113,43 @@ if ((EUID != 0)); then
     fi
 fi
 
-# Keep the packages' maintainer scripts from starting their daemons: a temporary policy-rc.d
-# that denies every start (honoured by invoke-rc.d and deb-systemd-invoke). An existing one
-# (e.g. Docker images ship one) is left as it is.
+# Keep the packages' maintainer scripts from starting their daemons: for the duration of the
+# install, a policy-rc.d that denies every start (honoured by invoke-rc.d and
+# deb-systemd-invoke). It replaces any existing one, which is restored afterwards: a permissive
+# one is not enough, since without systemd Debian's mosquitto init script fails to start
+# (no /run/mosquitto), which fails the package's postinst and the whole apt-get install.
 POLICY_RC=/usr/sbin/policy-rc.d
-created_policy_rc=0
-cleanup() {
-    if ((created_policy_rc)); then
-        "${SUDO[@]}" rm -f "$POLICY_RC"
-    fi
+POLICY_RC_SAVED="$POLICY_RC.ensure-system-deps-saved"
+policy_rc_state=none # none | created | replaced
+restore_policy_rc() {
+    case "$policy_rc_state" in
+        created) "${SUDO[@]}" rm -f "$POLICY_RC" ;;
+        replaced) "${SUDO[@]}" mv -f "$POLICY_RC_SAVED" "$POLICY_RC" ;;
+    esac
+    policy_rc_state=none
 }
-trap cleanup EXIT
-if [[ ! -e "$POLICY_RC" ]]; then
-    printf '#!/bin/sh\n# temporary, from fleetpki scripts/ensure-system-deps.sh\nexit 101\n' \
-        | "${SUDO[@]}" tee "$POLICY_RC" >/dev/null
-    "${SUDO[@]}" chmod 0755 "$POLICY_RC"
-    created_policy_rc=1
+trap restore_policy_rc EXIT
+if [[ -e "$POLICY_RC_SAVED" ]]; then
+    # Left by an interrupted earlier run: that is the original one.
+    "${SUDO[@]}" mv -f "$POLICY_RC_SAVED" "$POLICY_RC"
 fi
+if [[ -e "$POLICY_RC" ]]; then
+    "${SUDO[@]}" cp -p "$POLICY_RC" "$POLICY_RC_SAVED"
+    policy_rc_state=replaced
+else
+    policy_rc_state=created
+fi
+printf '#!/bin/sh\n# temporary, from fleetpki scripts/ensure-system-deps.sh\nexit 101\n' \
+    | "${SUDO[@]}" tee "$POLICY_RC.tmp" >/dev/null
+"${SUDO[@]}" chmod 0755 "$POLICY_RC.tmp"
+"${SUDO[@]}" mv -f "$POLICY_RC.tmp" "$POLICY_RC"
 
 log "installing: ${missing_pkgs[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     "${missing_pkgs[@]}"
+restore_policy_rc
 
 # Belt and braces: stop and disable the system services these packages ship, in case an
 # existing policy-rc.d allowed the start or the package started them some other way.
