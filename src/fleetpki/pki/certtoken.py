@@ -127,6 +127,7 @@ def verify_certificate_token(
                 "require": ["exp", "nbf", "jti", "aud"],
                 "verify_exp": False,
                 "verify_nbf": False,
+                "verify_iat": False,
             },
         )
     except jwt.PyJWTError as exc:

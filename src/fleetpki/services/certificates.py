@@ -392,6 +392,13 @@ def _renew(
     ca = get_ca(session, current.ca_id)
     template_rec = get_template(session, current.template_id)
     names = {current.subject_cn, *(s.split(":", 1)[1] for s in current.sans)} - {None}
+    if validity_days is None:
+        # Keep the lifetime the device had, as smallstep's renew does; the template
+        # still caps it.
+        lifetime = current.not_after - current.not_before
+        validity_days = min(
+            max(1, round(lifetime / dt.timedelta(days=1))), template_rec.max_validity_days
+        )
     parsed = parse_csr(csr)
     issued = issue_certificate(
         IssuanceRequest(csr=parsed, validity_days=validity_days),

@@ -1,0 +1,48 @@
+# fleetpki: `make demo` runs the whole story, `make test` the whole suite.
+# Both set up what they need: the virtualenv, Python packages and, through
+# apt-get when missing, system packages (openssl, PostgreSQL, mosquitto).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: demo test lint typecheck unit venv system-deps azure-venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+system-deps:
+	@bash scripts/ensure-system-deps.sh
+
+azure-venv:
+	@bash scripts/azure-venv.sh
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy --strict
+
+# pytest exits 5 when it collects nothing: that is a failure here, as is any other
+# non-zero status.
+unit: venv system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+demo: venv system-deps
+	$(BIN)/fleetpki demo
+
+bench: venv system-deps
+	@bash scripts/ensure-bench-deps.sh
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
