@@ -1,0 +1,345 @@
+"""Certificate revocation lists: X.509 v2 CRLs built per RFC 5280 §5, DER out."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from fleetpki.errors import ValidationError
+from fleetpki.keystore import Signer
+from fleetpki.pki.revocation import RevocationReason
+
+__all__ = [
+    "DEFAULT_REFRESH_MARGIN",
+    "MAX_CRL_NUMBER",
+    "CachedCrl",
+    "CrlScope",
+    "RevokedEntry",
+    "build_crl",
+]
+
+#: RFC 5280 §5.2.3: a CRL number is at most 20 octets; as a non-negative
+#: DER INTEGER that leaves 159 bits.
+MAX_CRL_NUMBER = 2**159 - 1
+
+#: RFC 5280 §4.1.2.2: serial numbers are positive and at most 20 octets.
+_MAX_SERIAL = 2**159 - 1
+
+#: A cached CRL is rebuilt this long before its nextUpdate, so relying parties
+#: that fetch just before expiry never receive a CRL about to go stale.
+DEFAULT_REFRESH_MARGIN = dt.timedelta(minutes=5)
+
+_URL_SCHEMES = frozenset({"http", "https", "ldap"})
+
+
+class CrlScope(enum.Enum):
+    """Which certificates a CRL covers, stated in its issuing distribution point.
+
+    RFC 5280 §5.2.5: ``onlyContainsUserCerts`` and ``onlyContainsCACerts`` narrow a
+    CRL's scope, and a relying party refuses to use a CRL whose scope excludes the
+    certificate it checks, so the flag must match what the issuer really issues.
+    """
+
+    #: Every certificate the issuer issued: neither flag is set.
+    ALL = "all"
+    #: End-entity certificates only (``onlyContainsUserCerts``): an issuing CA
+    #: whose pathLenConstraint is 0 and so issues nothing else.
+    USER_CERTS = "user_certs"
+    #: CA certificates only (``onlyContainsCACerts``): a root's authority
+    #: revocation list (ARL) for its subordinate CAs.
+    CA_CERTS = "ca_certs"
+
+    @classmethod
+    def for_issuer(cls, issuer_cert: x509.Certificate) -> CrlScope:
+        """The narrowest scope that is always true for what ``issuer_cert`` can issue.
+
+        A CA whose basic constraints carry ``pathLenConstraint`` 0 cannot issue
+        (non-self-issued) CA certificates (RFC 5280 §4.2.1.9), so its CRLs cover
+        user certificates only; any other CA gets :attr:`ALL`.
+        """
+        try:
+            constraints = issuer_cert.extensions.get_extension_for_class(x509.BasicConstraints)
+        except x509.ExtensionNotFound:
+            return cls.ALL
+        if constraints.value.ca and constraints.value.path_length == 0:
+            return cls.USER_CERTS
+        return cls.ALL
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedEntry:
+    """One revoked certificate as a CRL lists it (RFC 5280 §5.1.2.6, §5.3.1).
+
+    Args:
+        serial: the certificate's serial number: positive, at most 20 octets.
+        revoked_at: when it was revoked; a timezone-aware datetime.
+        reason: why; ``UNSPECIFIED`` leaves the reason code extension out.
+
+    Raises:
+        ValidationError: ``crl.bad_serial`` for a serial that is not positive or
+            longer than 20 octets, ``crl.naive_time`` for a naive ``revoked_at``,
+            ``revocation.bad_reason`` for a reason that is not a
+            :class:`RevocationReason`.
+    """
+
+    serial: int
+    revoked_at: dt.datetime
+    reason: RevocationReason = RevocationReason.UNSPECIFIED
+
+    def __post_init__(self) -> None:
+        _check_serial(self.serial)
+        _require_aware(self.revoked_at, "revoked_at")
+        if not isinstance(self.reason, RevocationReason):
+            raise ValidationError(
+                "revocation.bad_reason", f"reason must be a RevocationReason, not {self.reason!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CachedCrl:
+    """A built CRL held as DER with the times that decide when to rebuild it.
+
+    A service keeps one per CA, answers reads from ``der`` while the CRL is fresh,
+    and marks it stale when a certificate is revoked so that the next read rebuilds.
+
+    Args:
+        der: the DER-encoded CRL.
+        crl_number: its CRL number (RFC 5280 §5.2.3).
+        this_update: its thisUpdate, timezone-aware.
+        next_update: its nextUpdate, timezone-aware.
+        stale: true once a revocation has made the CRL out of date.
+    """
+
+    der: bytes
+    crl_number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    stale: bool = False
+
+    @classmethod
+    def from_der(cls, der: bytes) -> CachedCrl:
+        """Read the number and times out of a CRL that :func:`build_crl` made.
+
+        Raises:
+            ValidationError: ``crl.malformed`` when ``der`` is not a CRL with a
+                CRL number and a nextUpdate.
+        """
+        try:
+            crl = x509.load_der_x509_crl(der)
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except (ValueError, x509.ExtensionNotFound) as exc:
+            raise ValidationError("crl.malformed", "not a CRL with a CRL number") from exc
+        next_update = crl.next_update_utc
+        if next_update is None:
+            raise ValidationError("crl.malformed", "the CRL has no nextUpdate")
+        return cls(der, number, crl.last_update_utc, next_update)
+
+    def is_fresh(
+        self, now: dt.datetime, *, refresh_margin: dt.timedelta = DEFAULT_REFRESH_MARGIN
+    ) -> bool:
+        """Whether the cached CRL may still be served at ``now``.
+
+        Args:
+            now: the current time, timezone-aware.
+            refresh_margin: how long before nextUpdate the CRL counts as due.
+        """
+        return not self.stale and now < self.next_update - refresh_margin
+
+    def mark_stale(self) -> CachedCrl:
+        """A copy marked stale: a revocation happened after this CRL was built."""
+        return dataclasses.replace(self, stale=True)
+
+
+def build_crl(
+    issuer_cert: x509.Certificate,
+    signer: Signer,
+    revoked: Iterable[RevokedEntry],
+    *,
+    crl_number: int,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+    idp_url: str | None,
+    scope: CrlScope | None = None,
+) -> bytes:
+    """Build and sign a complete X.509 v2 CRL (RFC 5280 §5) and return its DER.
+
+    The CRL carries the authority key identifier (§5.2.1), the CRL number
+    (§5.2.3) and, when ``idp_url`` or a narrowed scope is given, a critical
+    issuing distribution point (§5.2.5).  Entries are sorted by serial; each has
+    its revocation date and, unless the reason is ``unspecified``, a reason code
+    extension (§5.3.1).
+
+    Args:
+        issuer_cert: the CA certificate whose certificates the CRL covers.
+        signer: the CA's key; it must match ``issuer_cert``'s public key.
+        revoked: the revoked certificates; serials must be unique.
+        crl_number: a monotonically increasing number, 0 to ``MAX_CRL_NUMBER``.
+        this_update: the issue time, timezone-aware.
+        next_update: when the next CRL will be issued, after ``this_update``.
+        idp_url: the URL that the certificates' CRL distribution points name; it
+            becomes the distribution point full name, so relying parties can match
+            the CRL to a certificate (RFC 5280 §6.3.3 (b)(2)(i)).  ``None`` leaves it out.
+        scope: what the CRL covers; ``None`` takes :meth:`CrlScope.for_issuer`.
+
+    Raises:
+        ValidationError: ``crl.bad_number``, ``crl.bad_validity``, ``crl.naive_time``,
+            ``crl.bad_url``, ``crl.duplicate_serial``, ``revocation.bad_reason`` (a
+            ``removeFromCRL`` entry, which only delta CRLs may hold),
+            ``crl.issuer_not_ca``, ``crl.issuer_cannot_sign_crl`` (key usage without
+            cRLSign, RFC 5280 §4.2.1.3) or ``crl.signer_mismatch``.
+    """
+    _check_issuer(issuer_cert, signer)
+    if isinstance(crl_number, bool) or not 0 <= crl_number <= MAX_CRL_NUMBER:
+        raise ValidationError(
+            "crl.bad_number", "the CRL number must be between 0 and 2**159 - 1 (RFC 5280 §5.2.3)"
+        )
+    this_update = _require_aware(this_update, "this_update")
+    next_update = _require_aware(next_update, "next_update")
+    if next_update <= this_update:
+        raise ValidationError("crl.bad_validity", "nextUpdate must be later than thisUpdate")
+    if scope is None:
+        scope = CrlScope.for_issuer(issuer_cert)
+
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer_cert.subject)
+        .last_update(this_update)
+        .next_update(next_update)
+        .add_extension(_authority_key_identifier(issuer_cert, signer), critical=False)
+        # RFC 5280 §5.2.3: the CRL number is non-critical.
+        .add_extension(x509.CRLNumber(crl_number), critical=False)
+    )
+    idp = _issuing_distribution_point(idp_url, scope)
+    if idp is not None:
+        # RFC 5280 §5.2.5: the issuing distribution point is a critical extension.
+        builder = builder.add_extension(idp, critical=True)
+    for entry in _sorted_unique(revoked):
+        builder = builder.add_revoked_certificate(_revoked_certificate(entry))
+    crl = signer.sign_crl(builder)
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def _check_issuer(issuer_cert: x509.Certificate, signer: Signer) -> None:
+    try:
+        constraints = issuer_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise ValidationError("crl.issuer_not_ca", "only a CA certificate can issue CRLs")
+    try:
+        key_usage = issuer_cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        key_usage = None
+    if key_usage is not None and not key_usage.crl_sign:
+        raise ValidationError(
+            "crl.issuer_cannot_sign_crl",
+            "the CA certificate's key usage lacks cRLSign (RFC 5280 §4.2.1.3)",
+        )
+    if _spki(signer.public_key()) != _spki(issuer_cert.public_key()):
+        raise ValidationError(
+            "crl.signer_mismatch", "the signer's key is not the CA certificate's key"
+        )
+
+
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _authority_key_identifier(
+    issuer_cert: x509.Certificate, signer: Signer
+) -> x509.AuthorityKeyIdentifier:
+    # RFC 5280 §5.2.1: conforming CRL issuers MUST include the AKI, and its key
+    # identifier is the issuer certificate's subject key identifier (§4.2.1.2).
+    try:
+        ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _issuing_distribution_point(
+    idp_url: str | None, scope: CrlScope
+) -> x509.IssuingDistributionPoint | None:
+    full_name: list[x509.GeneralName] | None = None
+    if idp_url is not None:
+        _check_url(idp_url)
+        full_name = [x509.UniformResourceIdentifier(idp_url)]
+    if full_name is None and scope is CrlScope.ALL:
+        # RFC 5280 §5.2.5: the extension MUST NOT be an empty sequence.
+        return None
+    return x509.IssuingDistributionPoint(
+        full_name=full_name,
+        relative_name=None,
+        only_contains_user_certs=scope is CrlScope.USER_CERTS,
+        only_contains_ca_certs=scope is CrlScope.CA_CERTS,
+        only_some_reasons=None,
+        # A complete CRL for the issuer's own certificates: not indirect, no
+        # attribute certificates.
+        indirect_crl=False,
+        only_contains_attribute_certs=False,
+    )
+
+
+def _check_url(url: str) -> None:
+    # RFC 5280 §4.2.1.13 and §5.2.5: the name is an IA5String URI that a relying
+    # party can fetch the CRL from.
+    parts = urlsplit(url) if url.isascii() else None
+    if parts is None or parts.scheme not in _URL_SCHEMES or not parts.netloc:
+        raise ValidationError(
+            "crl.bad_url", f"the distribution point must be an http(s) or ldap URL, not {url!r}"
+        )
+
+
+def _sorted_unique(revoked: Iterable[RevokedEntry]) -> list[RevokedEntry]:
+    by_serial: dict[int, RevokedEntry] = {}
+    for entry in revoked:
+        if entry.serial in by_serial:
+            raise ValidationError(
+                "crl.duplicate_serial", f"serial {entry.serial:#x} is listed more than once"
+            )
+        by_serial[entry.serial] = entry
+    return [by_serial[serial] for serial in sorted(by_serial)]
+
+
+def _revoked_certificate(entry: RevokedEntry) -> x509.RevokedCertificate:
+    builder = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(entry.serial)
+        .revocation_date(entry.revoked_at.replace(microsecond=0))
+    )
+    if entry.reason is RevocationReason.REMOVE_FROM_CRL:
+        raise ValidationError(
+            "revocation.bad_reason", "removeFromCRL belongs in delta CRLs only (RFC 5280 §5.3.1)"
+        )
+    # RFC 5280 §5.3.1: the reason code extension is non-critical, and CRL issuers
+    # SHOULD leave it out rather than use the reason code unspecified (0).
+    if entry.reason is not RevocationReason.UNSPECIFIED:
+        builder = builder.add_extension(
+            x509.CRLReason(entry.reason.to_reason_flags()), critical=False
+        )
+    return builder.build()
+
+
+def _check_serial(serial: int) -> None:
+    if isinstance(serial, bool) or not isinstance(serial, int) or not 0 < serial <= _MAX_SERIAL:
+        raise ValidationError(
+            "crl.bad_serial",
+            "a serial number must be positive and at most 20 octets (RFC 5280 §4.1.2.2)",
+        )
+
+
+def _require_aware(value: dt.datetime, what: str) -> dt.datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError("crl.naive_time", f"{what} must be a timezone-aware datetime")
+    # Whole seconds in UTC: X.509 times carry no fractions (RFC 5280 §4.1.2.5).
+    return value.astimezone(dt.UTC).replace(microsecond=0)

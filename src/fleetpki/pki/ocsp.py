@@ -1,0 +1,611 @@
+"""OCSP: parse requests and build signed responses per RFC 6960, with RFC 8954 nonces."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fleetpki.errors import FleetPKIError, ValidationError
+from fleetpki.keystore import PublicKey, Signer
+from fleetpki.pki.revocation import RevocationReason
+
+__all__ = [
+    "MAX_NONCE_LENGTH",
+    "MAX_REQUEST_SIZE",
+    "CertId",
+    "CertificateStatus",
+    "OcspRequest",
+    "build_ocsp_error_response",
+    "build_ocsp_response",
+    "build_ocsp_signing_certificate",
+    "issuer_hashes",
+    "parse_ocsp_request",
+    "parse_ocsp_request_path",
+    "response_status_for",
+]
+
+# Theory of operation.  A responder service calls `parse_ocsp_request` on a POST
+# body (or `parse_ocsp_request_path` on the tail of a GET URL), finds the CA whose
+# certificate `CertId.names_issuer`, looks up the serial number, and calls
+# `build_ocsp_response` with a `CertificateStatus`.  The response is signed by the
+# CA itself or by a delegated responder whose certificate
+# `build_ocsp_signing_certificate` made (RFC 6960 §4.2.2.2).  Whatever goes wrong
+# surfaces as a ValidationError; the service turns it into an unsuccessful OCSP
+# response with `response_status_for` and `build_ocsp_error_response`.
+
+#: RFC 8954 §2.1: a nonce is 1 to 32 octets; responders reject longer ones.
+MAX_NONCE_LENGTH = 32
+
+#: Requests larger than this are refused unread.  A single-certificate request
+#: is about a hundred octets; a signed one with its certificate a few kilobytes.
+MAX_REQUEST_SIZE = 16 * 1024
+
+# The CertID hash algorithms cryptography can answer with, by their names.
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+# Which unsuccessful status answers which error (RFC 6960 §4.2.1); any other
+# error is the responder's own fault: internalError.
+_STATUS_BY_CODE: dict[str, ocsp.OCSPResponseStatus] = {
+    "ocsp.malformed_request": ocsp.OCSPResponseStatus.MALFORMED_REQUEST,
+    "ocsp.bad_nonce": ocsp.OCSPResponseStatus.MALFORMED_REQUEST,
+    "ocsp.unsupported_hash": ocsp.OCSPResponseStatus.MALFORMED_REQUEST,
+    "ocsp.unauthorized": ocsp.OCSPResponseStatus.UNAUTHORIZED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CertId:
+    """The certificate an OCSP request asks about: RFC 6960 §4.1.1 ``CertID``.
+
+    Args:
+        hash_algorithm: the hash of the two issuer hashes, by cryptography's name
+            (``sha1``, ``sha256``, ...).
+        issuer_name_hash: the hash of the DER of the issuer's subject name.
+        issuer_key_hash: the hash of the issuer's subjectPublicKey BIT STRING value.
+        serial_number: the certificate's serial number.
+    """
+
+    hash_algorithm: str
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    serial_number: int
+
+    def names_issuer(self, issuer_cert: x509.Certificate) -> bool:
+        """Whether this CertID's issuer hashes are those of ``issuer_cert``."""
+        return issuer_hashes(issuer_cert, self.hash_algorithm) == (
+            self.issuer_name_hash,
+            self.issuer_key_hash,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OcspRequest:
+    """A parsed single-certificate OCSP request (RFC 6960 §4.1.1).
+
+    Args:
+        cert_id: the certificate asked about.
+        nonce: the RFC 8954 nonce to echo, 1 to 32 octets, or ``None``.
+    """
+
+    cert_id: CertId
+    nonce: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateStatus:
+    """The answer for one certificate: RFC 6960 §4.2.1 ``CertStatus``.
+
+    Build one with :meth:`good`, :meth:`revoked` or :meth:`unknown`.
+
+    Args:
+        state: good, revoked or unknown.
+        revoked_at: the revocation time; given exactly when revoked.
+        reason: the revocation reason; given exactly when revoked.
+
+    Raises:
+        ValidationError: ``ocsp.bad_status`` when the time and reason do not go
+            with the state or the time is naive; ``revocation.bad_reason`` for
+            ``removeFromCRL``.
+    """
+
+    state: ocsp.OCSPCertStatus
+    revoked_at: dt.datetime | None = None
+    reason: RevocationReason | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.state, ocsp.OCSPCertStatus):
+            raise ValidationError("ocsp.bad_status", f"unknown certificate status {self.state!r}")
+        if self.state is not ocsp.OCSPCertStatus.REVOKED:
+            if self.revoked_at is not None or self.reason is not None:
+                raise ValidationError(
+                    "ocsp.bad_status", "only a revoked status has a revocation time and reason"
+                )
+            return
+        if self.revoked_at is None or self.revoked_at.utcoffset() is None:
+            raise ValidationError(
+                "ocsp.bad_status", "a revoked status needs a timezone-aware revocation time"
+            )
+        if not isinstance(self.reason, RevocationReason):
+            raise ValidationError("ocsp.bad_status", "a revoked status needs a RevocationReason")
+        if self.reason is RevocationReason.REMOVE_FROM_CRL:
+            # removeFromCRL un-revokes (RFC 5280 §5.3.1); such a certificate is good.
+            raise ValidationError(
+                "revocation.bad_reason", "removeFromCRL is not a reason to be revoked"
+            )
+
+    @classmethod
+    def good(cls) -> CertificateStatus:
+        """The certificate is not revoked (RFC 6960 §2.2 "good")."""
+        return cls(ocsp.OCSPCertStatus.GOOD)
+
+    @classmethod
+    def unknown(cls) -> CertificateStatus:
+        """The responder knows the issuer but not this serial number."""
+        return cls(ocsp.OCSPCertStatus.UNKNOWN)
+
+    @classmethod
+    def revoked(
+        cls, revoked_at: dt.datetime, reason: RevocationReason = RevocationReason.UNSPECIFIED
+    ) -> CertificateStatus:
+        """The certificate was revoked at ``revoked_at`` for ``reason``.
+
+        Raises:
+            ValidationError: ``ocsp.bad_status`` or ``revocation.bad_reason``, as
+                for the class.
+        """
+        return cls(ocsp.OCSPCertStatus.REVOKED, revoked_at, reason)
+
+
+def parse_ocsp_request(der: bytes) -> OcspRequest:
+    """Parse a DER OCSP request, the body of an HTTP POST (RFC 6960 Appendix A.1).
+
+    Only single-certificate requests are served; a signature on the request is
+    ignored, since this responder answers anyone (RFC 6960 §4.1.2).
+
+    Args:
+        der: the DER-encoded ``OCSPRequest``.
+
+    Raises:
+        ValidationError: ``ocsp.malformed_request`` for anything that is not one
+            well-formed request for one certificate, or that has an unknown critical
+            extension (RFC 6960 §4.4); ``ocsp.bad_nonce`` for a nonce outside 1 to
+            32 octets (RFC 8954 §2.1); ``ocsp.unsupported_hash`` for a CertID
+            hashed with an algorithm other than SHA-1 or SHA-2.
+    """
+    if not isinstance(der, bytes | bytearray | memoryview):
+        raise ValidationError("ocsp.malformed_request", "an OCSP request is DER bytes")
+    der = bytes(der)
+    if not der or len(der) > MAX_REQUEST_SIZE:
+        raise ValidationError(
+            "ocsp.malformed_request",
+            f"an OCSP request is 1 to {MAX_REQUEST_SIZE} octets, not {len(der)}",
+        )
+    try:
+        request = ocsp.load_der_ocsp_request(der)
+    except NotImplementedError as exc:
+        # RFC 5019 §2.1.1: clients of a lightweight responder ask about one
+        # certificate per request; cryptography cannot parse more.
+        raise ValidationError(
+            "ocsp.malformed_request", "only one certificate per OCSP request is served"
+        ) from exc
+    except ValueError as exc:
+        raise ValidationError("ocsp.malformed_request", "not a well-formed OCSP request") from exc
+    try:
+        extensions = request.extensions
+        name_hash = request.issuer_name_hash
+        key_hash = request.issuer_key_hash
+        serial = request.serial_number
+    except (ValueError, x509.DuplicateExtension) as exc:
+        raise ValidationError(
+            "ocsp.malformed_request", "the OCSP request has malformed extensions"
+        ) from exc
+    try:
+        algorithm = request.hash_algorithm
+    except UnsupportedAlgorithm as exc:
+        raise ValidationError(
+            "ocsp.unsupported_hash", "the CertID hash algorithm is not supported"
+        ) from exc
+    if algorithm.name not in _HASHES:
+        raise ValidationError("ocsp.unsupported_hash", f"CertID hash {algorithm.name} unsupported")
+    if len(name_hash) != algorithm.digest_size or len(key_hash) != algorithm.digest_size:
+        raise ValidationError(
+            "ocsp.malformed_request", f"the CertID hashes are not {algorithm.name} digests"
+        )
+    return OcspRequest(CertId(algorithm.name, name_hash, key_hash, serial), _nonce_of(extensions))
+
+
+def _nonce_of(extensions: x509.Extensions) -> bytes | None:
+    nonce: bytes | None = None
+    for extension in extensions:
+        if isinstance(extension.value, x509.OCSPNonce):
+            nonce = extension.value.nonce
+            # RFC 8954 §2.1: the nonce is 1 to 32 octets; a responder SHOULD
+            # reject a longer one, which could be used to choose signed content.
+            if not 1 <= len(nonce) <= MAX_NONCE_LENGTH:
+                raise ValidationError(
+                    "ocsp.bad_nonce",
+                    f"the nonce is {len(nonce)} octets; RFC 8954 allows 1 to {MAX_NONCE_LENGTH}",
+                )
+        elif extension.critical:
+            # RFC 6960 §4.4: unrecognised extensions are ignored unless critical.
+            raise ValidationError(
+                "ocsp.malformed_request",
+                f"unsupported critical request extension {extension.oid.dotted_string}",
+            )
+    return nonce
+
+
+def parse_ocsp_request_path(path: str) -> OcspRequest:
+    """Parse the GET form of a request: the URL-encoded base64 of its DER.
+
+    RFC 6960 Appendix A.1: ``GET {url}/{url-encoding of base-64 encoding of the
+    DER encoding of the OCSPRequest}``.  Missing padding and the URL-safe
+    alphabet (RFC 4648 §5) are accepted too, since clients produce both.
+
+    Args:
+        path: the part of the URL path after the responder's prefix.
+
+    Raises:
+        ValidationError: ``ocsp.malformed_request`` when it does not decode, and
+            whatever :func:`parse_ocsp_request` raises.
+    """
+    if not isinstance(path, str):
+        raise ValidationError("ocsp.malformed_request", "an OCSP GET path is text")
+    if len(path) > 3 * 4 * (MAX_REQUEST_SIZE // 3 + 1):  # every character percent-encoded
+        raise ValidationError("ocsp.malformed_request", "the OCSP GET path is too long")
+    text = unquote_to_bytes(path.lstrip("/")).strip()
+    text = text.replace(b"-", b"+").replace(b"_", b"/")
+    text += b"=" * (-len(text) % 4)
+    try:
+        der = base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise ValidationError(
+            "ocsp.malformed_request", "the OCSP GET path is not base64 of a DER request"
+        ) from exc
+    return parse_ocsp_request(der)
+
+
+def issuer_hashes(issuer_cert: x509.Certificate, algorithm: str = "sha1") -> tuple[bytes, bytes]:
+    """The CertID ``(issuerNameHash, issuerKeyHash)`` for certificates ``issuer_cert`` issued.
+
+    RFC 6960 §4.1.1: the hash of the DER encoding of the issuer's name as it
+    appears in the issuer certificate's subject, and the hash of the value of
+    its subjectPublicKey BIT STRING (without tag, length and unused-bits octet).
+
+    Args:
+        issuer_cert: the issuing CA's certificate.
+        algorithm: cryptography's name of the hash, ``sha1`` by default.
+
+    Raises:
+        ValidationError: ``ocsp.unsupported_hash`` for any other algorithm.
+    """
+    try:
+        hash_class = _HASHES[algorithm]
+    except KeyError:
+        raise ValidationError(
+            "ocsp.unsupported_hash", f"CertID hash {algorithm!r} unsupported"
+        ) from None
+    subject_der, key_bits = _subject_and_key_bits(issuer_cert)
+    return _digest(hash_class(), subject_der), _digest(hash_class(), key_bits)
+
+
+def build_ocsp_response(
+    request: OcspRequest,
+    status: CertificateStatus,
+    *,
+    issuer_cert: x509.Certificate,
+    responder_cert: x509.Certificate,
+    signer: Signer,
+    this_update: dt.datetime,
+    next_update: dt.datetime | None,
+) -> bytes:
+    """Build and sign a successful basic OCSP response (RFC 6960 §4.2.1) and return its DER.
+
+    The single response repeats the request's CertID (same hash algorithm); the
+    responder is identified by key hash (§4.2.2.3); the nonce is echoed when the
+    request had one (RFC 8954 §2.1); a revoked status carries its time and,
+    unless ``unspecified``, its reason.  A delegated responder's certificate
+    travels in the response so that clients can verify it (§4.2.2.2).
+
+    Args:
+        request: the parsed request.
+        status: the answer for the certificate asked about.
+        issuer_cert: the CA that issued the certificate asked about.
+        responder_cert: ``issuer_cert`` itself, or a delegated OCSP signing
+            certificate that it issued.
+        signer: the key of ``responder_cert``.
+        this_update: when the status was known to be correct, timezone-aware.
+        next_update: when newer information will be available, or ``None``
+            when it always is (§4.2.2.1).
+
+    Raises:
+        ValidationError: ``ocsp.unauthorized`` when the request names another
+            issuer; ``ocsp.bad_responder`` when ``responder_cert`` may not answer
+            for ``issuer_cert``; ``ocsp.responder_not_valid`` when it is outside its
+            validity at ``this_update``; ``ocsp.signer_mismatch`` when ``signer``
+            does not hold its key; ``ocsp.bad_validity`` for naive or misordered times.
+    """
+    cert_id = request.cert_id
+    if not cert_id.names_issuer(issuer_cert):
+        raise ValidationError(
+            "ocsp.unauthorized", "this responder does not serve the issuer in the request"
+        )
+    this_update = _utc(this_update, "this_update")
+    if next_update is not None:
+        next_update = _utc(next_update, "next_update")
+        if next_update <= this_update:
+            raise ValidationError("ocsp.bad_validity", "nextUpdate must be later than thisUpdate")
+    _check_responder(issuer_cert, responder_cert, signer, this_update)
+
+    revoked_at: dt.datetime | None = None
+    reason: x509.ReasonFlags | None = None
+    if status.state is ocsp.OCSPCertStatus.REVOKED and status.revoked_at is not None:
+        revoked_at = _utc(status.revoked_at, "revoked_at")
+        # Like a CRL entry (RFC 5280 §5.3.1), leave the optional revocationReason
+        # out rather than state "unspecified".
+        if status.reason is not RevocationReason.UNSPECIFIED and status.reason is not None:
+            reason = status.reason.to_reason_flags()
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response_by_hash(
+            issuer_name_hash=cert_id.issuer_name_hash,
+            issuer_key_hash=cert_id.issuer_key_hash,
+            serial_number=cert_id.serial_number,
+            algorithm=_HASHES[cert_id.hash_algorithm](),
+            cert_status=status.state,
+            this_update=this_update,
+            next_update=next_update,
+            revocation_time=revoked_at,
+            revocation_reason=reason,
+        )
+        # RFC 6960 §4.2.2.3: byKey is the SHA-1 hash of the responder's public key.
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, responder_cert)
+    )
+    if responder_cert != issuer_cert:
+        # RFC 6960 §4.2.2.2: a client must find the delegate's certificate, and
+        # cryptography does not add it by itself.  The CA's own certificate is
+        # left out: a client checking one of its certificates already has it.
+        builder = builder.certificates([responder_cert])
+    if request.nonce is not None:
+        # RFC 6960 §4.4.1, RFC 8954 §2.1: echo the nonce, non-critical.
+        builder = builder.add_extension(x509.OCSPNonce(request.nonce), critical=False)
+    response = signer.sign_ocsp(builder, responder_cert)
+    return response.public_bytes(serialization.Encoding.DER)
+
+
+def build_ocsp_error_response(status: ocsp.OCSPResponseStatus) -> bytes:
+    """Build an unsuccessful OCSP response (RFC 6960 §4.2.1): a status, no body, unsigned.
+
+    Args:
+        status: malformedRequest, internalError, tryLater, sigRequired or unauthorized.
+
+    Raises:
+        ValidationError: ``ocsp.bad_status`` for ``SUCCESSFUL``, which needs a body.
+    """
+    if status is ocsp.OCSPResponseStatus.SUCCESSFUL:
+        raise ValidationError("ocsp.bad_status", "a successful response needs a signed body")
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(
+        serialization.Encoding.DER
+    )
+
+
+def response_status_for(error: FleetPKIError) -> ocsp.OCSPResponseStatus:
+    """The unsuccessful OCSP status that answers ``error``.
+
+    Malformed requests, bad nonces and unsupported CertID hashes get
+    malformedRequest; a request for an issuer this responder does not serve gets
+    unauthorized (RFC 5019 §2.2.3); anything else is internalError.
+    """
+    return _STATUS_BY_CODE.get(error.code, ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+
+
+def build_ocsp_signing_certificate(
+    ca_cert: x509.Certificate,
+    ca_signer: Signer,
+    responder_public_key: PublicKey,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    *,
+    subject: x509.Name | None = None,
+    serial_number: int | None = None,
+) -> x509.Certificate:
+    """Issue a delegated OCSP responder certificate (RFC 6960 §4.2.2.2).
+
+    The certificate is an end-entity certificate issued directly by the CA, with
+    the critical key usage digitalSignature, the extended key usage
+    id-kp-OCSPSigning, and id-pkix-ocsp-nocheck (§4.2.2.2.1), which tells clients
+    not to check its own revocation.  Since it cannot usefully be revoked, keep
+    its lifetime short and renew it often.
+
+    Args:
+        ca_cert: the CA that delegates; responses will be for its certificates.
+        ca_signer: the CA's key.
+        responder_public_key: the responder's public key.
+        not_before: start of validity, timezone-aware.
+        not_after: end of validity, no later than the CA's.
+        subject: the responder's name; by default the CA's, with
+            ``OCSP Responder`` appended to its common name.
+        serial_number: by default 159 random bits (RFC 5280 §4.1.2.2).
+
+    Raises:
+        ValidationError: ``ocsp.issuer_not_ca``, ``ocsp.signer_mismatch`` when
+            ``ca_signer`` does not hold ``ca_cert``'s key, ``ocsp.bad_validity`` for
+            naive or misordered times or a validity outside the CA's.
+    """
+    _require_ca(ca_cert)
+    if _spki(ca_signer.public_key()) != _spki(ca_cert.public_key()):
+        raise ValidationError("ocsp.signer_mismatch", "the signer's key is not the CA's key")
+    not_before = _utc(not_before, "not_before")
+    not_after = _utc(not_after, "not_after")
+    if not_after <= not_before:
+        raise ValidationError("ocsp.bad_validity", "not_after must be later than not_before")
+    if not_before < ca_cert.not_valid_before_utc or not_after > ca_cert.not_valid_after_utc:
+        raise ValidationError(
+            "ocsp.bad_validity", "the responder certificate must lie within the CA's validity"
+        )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject if subject is not None else _responder_name(ca_cert.subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(responder_public_key)
+        .serial_number(serial_number if serial_number is not None else x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        # RFC 6960 §4.2.2.2: the CA marks the delegate with id-kp-OCSPSigning.
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+        # RFC 6960 §4.2.2.2.1: id-pkix-ocsp-nocheck, non-critical, value NULL.
+        .add_extension(x509.OCSPNoCheck(), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(responder_public_key), critical=False
+        )
+        .add_extension(_authority_key_identifier(ca_cert, ca_signer), critical=False)
+    )
+    return ca_signer.sign_certificate(builder)
+
+
+def _check_responder(
+    issuer_cert: x509.Certificate,
+    responder_cert: x509.Certificate,
+    signer: Signer,
+    at: dt.datetime,
+) -> None:
+    if _spki(signer.public_key()) != _spki(responder_cert.public_key()):
+        raise ValidationError(
+            "ocsp.signer_mismatch", "the signer's key is not the responder certificate's key"
+        )
+    if not responder_cert.not_valid_before_utc <= at <= responder_cert.not_valid_after_utc:
+        raise ValidationError(
+            "ocsp.responder_not_valid", "the responder certificate is not valid at thisUpdate"
+        )
+    if responder_cert == issuer_cert:
+        return  # RFC 6960 §4.2.2.2: the CA that issued the certificate answers itself.
+    # Otherwise a delegate: issued directly by the CA, with id-kp-OCSPSigning.
+    try:
+        responder_cert.verify_directly_issued_by(issuer_cert)
+        usages = responder_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound) as exc:
+        raise ValidationError(
+            "ocsp.bad_responder", "the responder certificate was not issued by this CA"
+        ) from exc
+    if ExtendedKeyUsageOID.OCSP_SIGNING not in usages:
+        raise ValidationError(
+            "ocsp.bad_responder", "the responder certificate lacks id-kp-OCSPSigning"
+        )
+
+
+def _require_ca(cert: x509.Certificate) -> None:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise ValidationError("ocsp.issuer_not_ca", "only a CA can delegate OCSP signing")
+
+
+def _responder_name(ca_subject: x509.Name) -> x509.Name:
+    common_names = ca_subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    base = str(common_names[0].value) if common_names else "CA"
+    suffix = " OCSP Responder"
+    # RFC 5280 Appendix A: ub-common-name is 64 characters.
+    common_name = base[: 64 - len(suffix)] + suffix
+    kept = [attribute for attribute in ca_subject if attribute.oid != NameOID.COMMON_NAME]
+    return x509.Name([*kept, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _authority_key_identifier(
+    ca_cert: x509.Certificate, ca_signer: Signer
+) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_signer.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _utc(value: dt.datetime, what: str) -> dt.datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError("ocsp.bad_validity", f"{what} must be a timezone-aware datetime")
+    # Whole seconds in UTC: GeneralizedTime in OCSP carries no fractions here.
+    return value.astimezone(dt.UTC).replace(microsecond=0)
+
+
+def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
+    context = hashes.Hash(algorithm)
+    context.update(data)
+    return context.finalize()
+
+
+def _subject_and_key_bits(cert: x509.Certificate) -> tuple[bytes, bytes]:
+    # Walk the TBSCertificate (RFC 5280 §4.1) to take the subject exactly as
+    # encoded in the certificate and the subjectPublicKey BIT STRING's value.
+    tbs = cert.tbs_certificate_bytes
+    _, start, end = _tlv(tbs, 0)
+    fields = []
+    offset = start
+    while offset < end:
+        tag, content_start, field_end = _tlv(tbs, offset)
+        fields.append((tag, offset, content_start, field_end))
+        offset = field_end
+    if fields and fields[0][0] == 0xA0:  # [0] EXPLICIT version
+        fields = fields[1:]
+    # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
+    _, subject_start, _, subject_end = fields[4]
+    _, _, spki_start, spki_end = fields[5]
+    _, _, algorithm_end = _tlv(tbs, spki_start)
+    tag, bits_start, bits_end = _tlv(tbs, algorithm_end)
+    if tag != 0x03 or bits_end != spki_end or bits_end <= bits_start:
+        raise ValueError("the certificate's subjectPublicKeyInfo is not well formed")
+    # The first content octet counts the unused bits; it is not hashed.
+    return tbs[subject_start:subject_end], tbs[bits_start + 1 : bits_end]
+
+
+def _tlv(data: bytes, offset: int) -> tuple[int, int, int]:
+    """Return ``(tag, content start, end)`` of the DER element at ``offset``."""
+    tag = data[offset]
+    length = data[offset + 1]
+    position = offset + 2
+    if length & 0x80:
+        size = length & 0x7F
+        length = int.from_bytes(data[position : position + size], "big")
+        position += size
+    end = position + length
+    if end > len(data):
+        raise ValueError("truncated DER element")
+    return tag, position, end
