@@ -567,6 +567,14 @@ def cert_renew(
     _write_out(text, out)
 
 
+@app.command()
+def demo() -> None:
+    """Run the certificate lifecycle end to end in a temporary home (no setup needed)."""
+    from fleetpki.demo import run_demo
+
+    raise typer.Exit(run_demo(console))
+
+
 # --------------------------------------------------------------------------- entry point
 
 
