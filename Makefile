@@ -24,8 +24,8 @@ azure-venv:
 	@bash scripts/azure-venv.sh
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 
 typecheck: venv
 	$(BIN)/mypy --strict
