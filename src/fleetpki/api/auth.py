@@ -1,0 +1,79 @@
+"""Caller authentication: ``Authorization: Bearer`` with fleetpki API tokens or OIDC JWTs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from fastapi import Request
+
+from fleetpki.api.deps import client_source, get_fleet
+from fleetpki.api.oidc import OIDCVerifier
+from fleetpki.errors import AuthenticationError, PermissionDenied
+from fleetpki.services import Actor
+from fleetpki.services.principals import TOKEN_PREFIX, authenticate_token, ensure_principal
+
+__all__ = ["Caller", "bearer_token", "require_admin", "require_caller"]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated caller: the actor for use cases and a display name."""
+
+    actor: Actor
+    display_name: str
+
+
+def bearer_token(request: Request) -> str:
+    """The credentials of an ``Authorization: Bearer`` header.
+
+    Raises:
+        AuthenticationError: ``auth.missing`` without the header, ``auth.bad_scheme``
+        for another scheme or an empty token.
+    """
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationError("auth.missing", "this route needs an Authorization: Bearer token")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise AuthenticationError("auth.bad_scheme", "use Authorization: Bearer <token>")
+    return credentials.strip()
+
+
+def require_caller(request: Request) -> Caller:
+    """Authenticate the caller (a FastAPI dependency).
+
+    A token with the ``fpk_`` prefix is a fleetpki API token; anything else is
+    taken for an OIDC JWT, and a principal seen for the first time is created.
+
+    Raises:
+        AuthenticationError: 401 for missing or bad credentials.
+    """
+    token = bearer_token(request)
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        if token.startswith(TOKEN_PREFIX):
+            principal = authenticate_token(session, token, now=fleet.now())
+        else:
+            verifier = cast(OIDCVerifier, request.app.state.oidc)
+            identity = verifier.verify(token)
+            principal = ensure_principal(
+                session, identity.principal_id, identity.display_name, now=fleet.now()
+            )
+        actor = Actor(
+            principal_id=principal.id, is_admin=principal.is_admin, source=client_source(request)
+        )
+        return Caller(actor=actor, display_name=principal.friendly_name)
+
+
+def require_admin(request: Request) -> Caller:
+    """Authenticate the caller and require an admin (a FastAPI dependency).
+
+    Raises:
+        AuthenticationError: 401.
+        PermissionDenied: ``auth.admin_required`` (403).
+    """
+    caller = require_caller(request)
+    if not caller.actor.is_admin:
+        raise PermissionDenied("auth.admin_required", "only admins may do this")
+    return caller

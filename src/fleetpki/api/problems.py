@@ -1,0 +1,122 @@
+"""Errors as HTTP answers: one renderer of ``application/problem+json`` (RFC 9457)."""
+
+from __future__ import annotations
+
+import http
+import logging
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fleetpki.errors import AuthenticationError, FleetPKIError, ValidationError, http_status_for
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "fleetpki_error_handler",
+    "http_exception_handler",
+    "problem_body",
+    "problem_response",
+    "unexpected_error_handler",
+    "validation_error_handler",
+]
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+_log = logging.getLogger("fleetpki.api")
+
+# Codes for HTTP errors that Starlette raises before a route runs.
+_HTTP_CODES = {
+    404: "request.not_found",
+    405: "request.method_not_allowed",
+    406: "request.not_acceptable",
+    415: "request.unsupported_media_type",
+}
+
+
+def problem_body(status: int, code: str, detail: str, *, ezca: bool = False) -> dict[str, Any]:
+    """The JSON body of a problem answer.
+
+    Args:
+        status: the HTTP status.
+        code: the stable fleetpki code.
+        detail: the safe, human message.
+        ezca: add EZCA's APIResultModel fields (``Success``, ``Message``) so that
+            EZCA clients, which show the body's ``Message``, read the error too.
+    """
+    try:
+        title = http.HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    body: dict[str, Any] = {
+        "type": f"urn:fleetpki:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if ezca:
+        body["Success"] = False
+        body["Message"] = f"{detail} ({code})"
+    return body
+
+
+def problem_response(request: Request, status: int, code: str, detail: str) -> JSONResponse:
+    """A problem answer for ``request``, counted in the refusal metric."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.refusals.labels(code=code).inc()
+    headers = {"WWW-Authenticate": 'Bearer realm="fleetpki"'} if status == 401 else None
+    return JSONResponse(
+        problem_body(status, code, detail, ezca=request.url.path.startswith("/api/")),
+        status_code=status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+async def fleetpki_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Render a :class:`FleetPKIError` with its code, its status and its safe message."""
+    assert isinstance(exc, FleetPKIError)
+    if isinstance(exc, AuthenticationError | ValidationError) and exc.__cause__ is not None:
+        # The internal cause may help an operator; it never goes to the caller.
+        _log.info("refused %s: %s (cause: %r)", exc.code, exc.message, exc.__cause__)
+    return problem_response(request, http_status_for(exc), exc.code, exc.message)
+
+
+def _describe(errors: list[Any]) -> str:
+    # Locations and pydantic's messages only: the offending input is never echoed,
+    # since it may hold a token or a key.
+    parts = []
+    for error in errors[:5]:
+        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Malformed JSON: 400 ``request.malformed_json``; other bad input: 422 ``request.invalid``."""
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return problem_response(
+            request, 400, "request.malformed_json", "the request body is not valid JSON"
+        )
+    return problem_response(
+        request, 422, "request.invalid", f"the request is invalid: {_describe(errors)}"
+    )
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own HTTP errors (no route, wrong method) as problems."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http.{exc.status_code}")
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    return problem_response(request, exc.status_code, code, detail)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Anything unexpected: logged with its traceback, answered with no internals."""
+    _log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(request, 500, "internal.error", "an internal error occurred")

@@ -1,0 +1,197 @@
+"""``fleetpki serve``: the HTTPS API (and later the hub) in one event loop on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import uvicorn
+from fastapi import FastAPI
+
+from fleetpki.api.app import create_app
+from fleetpki.api.tls import http_protocol_class, server_ssl_context
+from fleetpki.errors import ConflictError, ValidationError
+from fleetpki.services import FleetPKI
+from fleetpki.services.server_cert import ServerTLSFiles, ensure_server_certificate
+
+__all__ = [
+    "HubStarter",
+    "Only",
+    "PreparedServer",
+    "bind_socket",
+    "prepare_server",
+    "run_servers",
+    "serve",
+]
+
+Only = Literal["ca", "hub"]
+#: Starts the hub's listeners in the running loop and returns a coroutine that stops them.
+HubStarter = Callable[[FleetPKI], Awaitable[Callable[[], Awaitable[None]]]]
+
+_log = logging.getLogger("fleetpki.serve")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0 picks a free port).
+
+    Raises:
+        ConflictError: ``serve.port_in_use`` when the port is taken.
+        ValidationError: ``serve.cannot_bind`` for other failures (bad address, no right).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConflictError(
+                "serve.port_in_use",
+                f"port {port} on {host} is already in use; stop the other server or pick "
+                "another port with --api-port",
+            ) from None
+        raise ValidationError(
+            "serve.cannot_bind", f"cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedServer:
+    """Everything the API listener needs, made before the event loop starts."""
+
+    app: FastAPI
+    tls: ServerTLSFiles
+    ssl_context: ssl.SSLContext
+    api_socket: socket.socket | None
+
+    @property
+    def api_port(self) -> int | None:
+        """The bound API port (useful when asked for port 0)."""
+        return self.api_socket.getsockname()[1] if self.api_socket else None
+
+
+def prepare_server(
+    fleet: FleetPKI, *, host: str, api_port: int, hostname: str, only: Only | None = None
+) -> PreparedServer:
+    """Bind the API port, make sure a server certificate exists, build the app.
+
+    The port is bound first, so that a taken port is reported before any work.
+
+    Raises:
+        ConflictError: ``serve.port_in_use``.
+    """
+    api_socket = bind_socket(host, api_port) if only in (None, "ca") else None
+    try:
+        tls = ensure_server_certificate(fleet, hostname=hostname, host=host)
+        context = server_ssl_context(tls.certfile, tls.keyfile, tls.client_ca_file)
+        app = create_app(fleet)
+    except BaseException:
+        if api_socket is not None:
+            api_socket.close()
+        raise
+    return PreparedServer(app, tls, context, api_socket)
+
+
+def _hub_starter() -> HubStarter | None:
+    # The hub plugs in here: a module exposing `start_hub(fleet)`.  Until it
+    # exists, `serve` runs the CA alone.
+    try:
+        from fleetpki.hub import server as hub_server  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        return None
+    starter = getattr(hub_server, "start_hub", None)
+    return starter if callable(starter) else None
+
+
+async def run_servers(
+    prepared: PreparedServer,
+    fleet: FleetPKI,
+    only: Only | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the API listener (and the hub, when present) in the running event loop.
+
+    Returns when ``stop`` is set or, without one, when uvicorn is told to exit
+    (SIGINT/SIGTERM in the main thread).
+
+    Raises:
+        ValidationError: ``serve.hub_unavailable`` for ``only="hub"`` while the hub
+        is not built yet.
+    """
+    stoppers: list[Callable[[], Awaitable[None]]] = []
+    starter = _hub_starter()
+    if only == "hub" and starter is None:
+        raise ValidationError("serve.hub_unavailable", "the hub is not available yet")
+    if starter is not None and only in (None, "hub"):
+        stoppers.append(await starter(fleet))
+    server: uvicorn.Server | None = None
+    tasks: list[asyncio.Task[None]] = []
+    if prepared.api_socket is not None:
+        config = uvicorn.Config(
+            prepared.app,
+            http=http_protocol_class(),
+            ssl_context_factory=lambda _config, _default: prepared.ssl_context,
+            lifespan="off",
+            log_level=log_level,
+            access_log=log_level == "debug",
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        tasks.append(asyncio.create_task(server.serve(sockets=[prepared.api_socket])))
+    try:
+        if stop is not None:
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        elif tasks:
+            await asyncio.gather(*tasks)
+        else:
+            await asyncio.Event().wait()
+    finally:
+        if server is not None:
+            server.should_exit = True
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for stopper in stoppers:
+            await stopper()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:  # Windows has no uvloop
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def serve(
+    fleet: FleetPKI, *, host: str, api_port: int, hostname: str, only: Only | None = None
+) -> None:
+    """Run ``fleetpki serve`` until interrupted.
+
+    Raises:
+        ConflictError: ``serve.port_in_use``.
+        ValidationError: ``serve.hub_unavailable``, ``serve.cannot_bind``.
+    """
+    if only == "hub" and _hub_starter() is None:
+        raise ValidationError("serve.hub_unavailable", "the hub is not available yet")
+    prepared = prepare_server(fleet, host=host, api_port=api_port, hostname=hostname, only=only)
+    if prepared.api_socket is not None:
+        _log.info("fleetpki API on https://%s:%s", host, prepared.api_port)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(run_servers(prepared, fleet, only))

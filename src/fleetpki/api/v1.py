@@ -1,0 +1,426 @@
+"""The native REST API under ``/v1``: CAs, templates, domains, certificates and audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from cryptography import x509
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from fleetpki.api.auth import Caller, bearer_token, require_admin, require_caller
+from fleetpki.api.deps import client_source, get_fleet, get_metrics
+from fleetpki.api.presenters import iso, pem_of
+from fleetpki.api.v1_models import (
+    AuditEntryOut,
+    CAOut,
+    CertificateIssuedOut,
+    CertificateIssueIn,
+    CertificateOut,
+    DomainIn,
+    DomainMembersIn,
+    DomainOut,
+    RenewIn,
+    RevokeIn,
+    TemplateOut,
+)
+from fleetpki.pki.names import SanType, SubjectAltName
+from fleetpki.pki.profile import KeyUsageName, parse_eku
+from fleetpki.pki.revocation import RevocationReason
+from fleetpki.services import authority, certificates, domains, enrollment
+from fleetpki.services.app import FleetPKI
+from fleetpki.services.audit import list_audit
+from fleetpki.services.certificates import CertificateQuery, IssueCommand
+from fleetpki.store.models import (
+    AuditEntry,
+    CARecord,
+    CertificateRecord,
+    DomainRecord,
+    TemplateRecord,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+CallerDep = Annotated[Caller, Depends(require_caller)]
+AdminDep = Annotated[Caller, Depends(require_admin)]
+PEM_CHAIN = "application/pem-certificate-chain"
+
+
+def _ca_out(fleet: FleetPKI, ca: CARecord) -> CAOut:
+    return CAOut(
+        id=ca.id,
+        name=ca.name,
+        tier=ca.tier,
+        parent_id=ca.parent_id,
+        status=ca.status,
+        key_spec=ca.key_spec,
+        subject=ca.subject,
+        serial=ca.serial_hex,
+        sha1=ca.sha1_hex,
+        not_before=iso(ca.not_before),
+        not_after=iso(ca.not_after),
+        certificate_pem=pem_of(authority.ca_certificate(ca)),
+        crl_url=fleet.urls.crl_url(ca.id),
+    )
+
+
+def _template_out(t: TemplateRecord) -> TemplateOut:
+    return TemplateOut(
+        id=t.id,
+        ca_id=t.ca_id,
+        name=t.name,
+        template_type=t.template_type,
+        max_validity_days=t.max_validity_days,
+        allowed_key_specs=list(t.allowed_key_specs),
+        default_ekus=list(t.default_ekus),
+        allowed_ekus=list(t.allowed_ekus),
+        allowed_key_usages=list(t.allowed_key_usages),
+        domain_restrictions=list(t.domain_restrictions),
+        auto_renew_percentage=t.auto_renew_percentage,
+    )
+
+
+def _domain_out(d: DomainRecord) -> DomainOut:
+    return DomainOut(
+        id=d.id,
+        name=d.name,
+        ca_id=d.ca_id,
+        template_id=d.template_id,
+        owners=d.principals_with(domains.OWNER),
+        requesters=d.principals_with(domains.REQUESTER),
+        created_at=iso(d.created_at),
+    )
+
+
+def _certificate_out(r: CertificateRecord, renews_serial: str | None = None) -> CertificateOut:
+    reason = (
+        RevocationReason.parse(r.revocation_reason).rfc_name
+        if r.revocation_reason is not None
+        else None
+    )
+    return CertificateOut(
+        serial=r.serial_hex,
+        ca_id=r.ca_id,
+        template_id=r.template_id,
+        domain_id=r.domain_id,
+        subject_cn=r.subject_cn,
+        sans=list(r.sans),
+        key_spec=r.key_spec,
+        status=r.status,
+        not_before=iso(r.not_before),
+        not_after=iso(r.not_after),
+        sha1=r.sha1_hex,
+        sha256=r.sha256_hex,
+        requested_by=r.requested_by,
+        renews_serial=renews_serial,
+        revoked_at=iso(r.revoked_at) if r.revoked_at else None,
+        revocation_reason=reason,
+        certificate_pem=certificates.certificate_pem(r),
+    )
+
+
+def _audit_out(e: AuditEntry) -> AuditEntryOut:
+    return AuditEntryOut(
+        id=e.id,
+        at=iso(e.at),
+        actor_id=e.actor_id,
+        action=e.action,
+        object_type=e.object_type,
+        object_id=e.object_id,
+        source=e.source,
+        details=dict(e.details),
+    )
+
+
+# --------------------------------------------------------------------------- CAs and templates
+
+
+@router.get("/cas", response_model=list[CAOut])
+def list_cas(request: Request, caller: CallerDep) -> list[CAOut]:
+    """Every CA, roots first."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        return [_ca_out(fleet, ca) for ca in authority.list_cas(session)]
+
+
+@router.get("/cas/{ca_id}", response_model=CAOut)
+def get_ca(ca_id: str, request: Request, caller: CallerDep) -> CAOut:
+    """One CA."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        return _ca_out(fleet, authority.get_ca(session, ca_id))
+
+
+@router.get("/cas/{ca_id}/chain", response_class=Response)
+def get_ca_chain(ca_id: str, request: Request, caller: CallerDep) -> Response:
+    """The CA's certificate and its parents up to the root, in PEM."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        chain = authority.ca_chain(session, authority.get_ca(session, ca_id))
+    return Response("".join(pem_of(c) for c in chain), media_type=PEM_CHAIN)
+
+
+@router.get("/templates", response_model=list[TemplateOut])
+def list_templates(
+    request: Request, caller: CallerDep, ca_id: str | None = None
+) -> list[TemplateOut]:
+    """Issuance templates, optionally of one CA."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        return [_template_out(t) for t in authority.list_templates(session, ca_id)]
+
+
+@router.get("/templates/{template_id}", response_model=TemplateOut)
+def get_template(template_id: str, request: Request, caller: CallerDep) -> TemplateOut:
+    """One template."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        return _template_out(authority.get_template(session, template_id))
+
+
+# --------------------------------------------------------------------------- domains
+
+
+@router.get("/domains", response_model=list[DomainOut])
+def list_domains(request: Request, caller: CallerDep, name: str | None = None) -> list[DomainOut]:
+    """Domains the caller owns or requests for (every domain for admins)."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        return [_domain_out(d) for d in domains.list_domains(session, caller.actor, name=name)]
+
+
+@router.post("/domains", response_model=DomainOut, status_code=201)
+def register_domain(body: DomainIn, request: Request, caller: CallerDep) -> DomainOut:
+    """Register a domain; principals first seen in the member lists are created."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        ca_id, template_id = enrollment.resolve_issue_target(
+            session, caller.actor, domain=None, ca_id=body.ca_id, template_id=body.template_id
+        )
+        domain = enrollment.register_domain_with_members(
+            session,
+            caller.actor,
+            ca_id=ca_id,
+            template_id=template_id,
+            name=body.name,
+            owners=[enrollment.MemberRef(m.id, m.name) for m in body.owners],
+            requesters=[enrollment.MemberRef(m.id, m.name) for m in body.requesters],
+            now=fleet.now(),
+        )
+        return _domain_out(domain)
+
+
+@router.get("/domains/{domain_id}", response_model=DomainOut)
+def get_domain(domain_id: str, request: Request, caller: CallerDep) -> DomainOut:
+    """One domain the caller can see."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        return _domain_out(enrollment.visible_domain(session, caller.actor, domain_id))
+
+
+@router.put("/domains/{domain_id}/members", response_model=DomainOut)
+def set_domain_members(
+    domain_id: str, body: DomainMembersIn, request: Request, caller: CallerDep
+) -> DomainOut:
+    """Replace a domain's owners and requesters (its owners and admins only)."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        domain = domains.set_domain_members(
+            session,
+            caller.actor,
+            domain_id,
+            owners=body.owners,
+            requesters=body.requesters,
+            now=fleet.now(),
+        )
+        return _domain_out(domain)
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def _issue_command(body: CertificateIssueIn, ca_id: str, template_id: str | None) -> IssueCommand:
+    sans = (
+        tuple(
+            SubjectAltName(SanType[s.type.upper()], s.value.strip()) for s in body.subject_alt_names
+        )
+        if body.subject_alt_names is not None
+        else None
+    )
+    return IssueCommand(
+        ca_id=ca_id,
+        template_id=template_id,
+        csr=body.csr,
+        validity_days=body.validity_days,
+        subject_cn=body.subject_cn,
+        subject_alt_names=sans,
+        ekus=tuple(parse_eku(e) for e in body.ekus) if body.ekus is not None else None,
+        key_usages=(
+            tuple(KeyUsageName.parse(k) for k in body.key_usages)
+            if body.key_usages is not None
+            else None
+        ),
+    )
+
+
+def _issued(
+    record: CertificateRecord, leaf: x509.Certificate, chain: list[x509.Certificate]
+) -> CertificateIssuedOut:
+    return CertificateIssuedOut(
+        certificate=_certificate_out(record),
+        chain_pem=pem_of(leaf) + pem_of(chain[0]),
+        root_pem=pem_of(chain[-1]),
+    )
+
+
+@router.post("/certificates", response_model=CertificateIssuedOut, status_code=201)
+def issue_certificate(
+    body: CertificateIssueIn, request: Request, caller: CallerDep
+) -> CertificateIssuedOut:
+    """Issue a certificate for a CSR naming a domain the caller may request for."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        ca_id, template_id = enrollment.resolve_issue_target(
+            session,
+            caller.actor,
+            domain=body.domain,
+            ca_id=body.ca_id,
+            template_id=body.template_id,
+        )
+        record, issued = certificates.issue(
+            session,
+            caller.actor,
+            fleet.keystore,
+            fleet.urls,
+            _issue_command(body, ca_id, template_id),
+            now=fleet.now(),
+        )
+        answer = _issued(record, issued.certificate, enrollment.issuer_chain(session, record))
+    get_metrics(request).issued.labels(kind="v1").inc()
+    return answer
+
+
+@router.get("/certificates", response_model=list[CertificateOut])
+def list_certificates(
+    request: Request,
+    caller: CallerDep,
+    domain: str | None = None,
+    status: str | None = None,
+    ca_id: str | None = None,
+    expiring_within_days: Annotated[int | None, Query(ge=0, le=36500)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[CertificateOut]:
+    """Certificates the caller can see, newest first, with filters."""
+    fleet = get_fleet(request)
+    query = CertificateQuery(
+        domain=domain,
+        status=status,
+        ca_id=ca_id,
+        expiring_within=(
+            dt.timedelta(days=expiring_within_days) if expiring_within_days is not None else None
+        ),
+        offset=offset,
+        limit=limit,
+    )
+    with fleet.transaction() as session:
+        rows = certificates.list_certificates(session, caller.actor, query, now=fleet.now())
+        return [_certificate_out(r) for r in rows]
+
+
+def _visible(request: Request, caller: Caller, serial: str) -> CertificateOut:
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        record = certificates.get_certificate(session, serial)
+        enrollment.visible_certificate(session, caller.actor, record)
+        renews = session.get(CertificateRecord, record.renews_id) if record.renews_id else None
+        return _certificate_out(record, renews.serial_hex if renews else None)
+
+
+@router.get("/certificates/{serial}", response_model=CertificateOut)
+def get_certificate(serial: str, request: Request, caller: CallerDep) -> CertificateOut:
+    """One certificate, by serial number in hex."""
+    return _visible(request, caller, serial)
+
+
+@router.get("/certificates/{serial}/pem", response_class=Response)
+def get_certificate_pem(serial: str, request: Request, caller: CallerDep) -> Response:
+    """One certificate as PEM."""
+    return Response(_visible(request, caller, serial).certificate_pem, media_type=PEM_CHAIN)
+
+
+@router.post("/certificates/{serial}/revoke", response_model=CertificateOut)
+def revoke_certificate(
+    serial: str, body: RevokeIn, request: Request, caller: CallerDep
+) -> CertificateOut:
+    """Revoke a certificate with an RFC 5280 reason (domain owners and admins)."""
+    reason = RevocationReason.parse(body.reason)
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        record = certificates.get_certificate(session, serial)
+        enrollment.visible_certificate(session, caller.actor, record)
+        certificates.revoke(session, caller.actor, record, reason, now=fleet.now())
+        answer = _certificate_out(record)
+    get_metrics(request).revocations.labels(reason=reason.rfc_name).inc()
+    return answer
+
+
+@router.post("/certificates/renew", response_model=CertificateIssuedOut, status_code=201)
+def renew_certificate(body: RenewIn, request: Request) -> CertificateIssuedOut:
+    """Renew with the current certificate; the bearer token is a certificate token."""
+    token = bearer_token(request)
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        record, issued = certificates.renew_with_token(
+            session,
+            fleet.keystore,
+            fleet.urls,
+            token=token,
+            certificate_pem=body.certificate,
+            csr=body.csr,
+            validity_days=body.validity_days,
+            audience=fleet.settings.certificate_token_audience,
+            source=client_source(request),
+            now=fleet.now(),
+        )
+        answer = _issued(record, issued.certificate, enrollment.issuer_chain(session, record))
+    get_metrics(request).issued.labels(kind="renew").inc()
+    return answer
+
+
+@router.get("/certificates/{serial}/audit", response_model=list[AuditEntryOut])
+def certificate_audit(
+    serial: str,
+    request: Request,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditEntryOut]:
+    """The audit entries of one certificate the caller can see."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        record = certificates.get_certificate(session, serial)
+        pairs = enrollment.certificate_audit(
+            session, caller.actor, thumbprint=record.sha1_hex, limit=limit
+        )
+        return [_audit_out(e) for e, _ in pairs]
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@router.get("/audit", response_model=list[AuditEntryOut])
+def audit_log(
+    request: Request,
+    caller: AdminDep,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditEntryOut]:
+    """The newest audit entries (admins only), optionally for one object."""
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        entries = list_audit(session, object_type=object_type, object_id=object_id, limit=limit)
+        return [_audit_out(e) for e in entries]
