@@ -82,16 +82,29 @@ class PreparedServer:
 
 
 def prepare_server(
-    fleet: FleetPKI, *, host: str, api_port: int, hostname: str, only: Only | None = None
+    fleet: FleetPKI,
+    *,
+    host: str,
+    api_port: int,
+    hostname: str,
+    only: Only | None = None,
+    api_socket: socket.socket | None = None,
 ) -> PreparedServer:
     """Bind the API port, make sure a server certificate exists, build the app.
 
     The port is bound first, so that a taken port is reported before any work.
 
+    Args:
+        fleet: the opened instance.
+        host / api_port / hostname: where to listen and the name to certify.
+        only: ``ca`` or ``hub`` to run one of them; both by default.
+        api_socket: an already listening socket to use instead of binding one.
+
     Raises:
         ConflictError: ``serve.port_in_use``.
     """
-    api_socket = bind_socket(host, api_port) if only in (None, "ca") else None
+    if api_socket is None and only in (None, "ca"):
+        api_socket = bind_socket(host, api_port)
     try:
         tls = ensure_server_certificate(fleet, hostname=hostname, host=host)
         context = server_ssl_context(tls.certfile, tls.keyfile, tls.client_ca_file)

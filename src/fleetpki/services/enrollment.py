@@ -317,7 +317,7 @@ def certificate_audit(
         )
         pairs = [
             (entry, cert)
-            for entry, cert in session.execute(query).tuples()
+            for entry, cert in session.execute(query)
             if can_see_certificate(session, actor, cert)
         ]
     pairs = [
@@ -362,8 +362,8 @@ def principal_names(session: Session, principal_ids: Sequence[str]) -> dict[str,
         return {}
     rows = session.execute(
         select(Principal.id, Principal.friendly_name).where(Principal.id.in_(set(principal_ids)))
-    ).tuples()
-    return dict(rows)
+    )
+    return {row[0]: row[1] for row in rows}
 
 
 def resolve_issue_target(

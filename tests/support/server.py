@@ -1,0 +1,108 @@
+"""A real fleetpki server for tests: ``fleetpki serve`` in a thread, on free ports, over TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvloop
+from fastapi import FastAPI
+
+from fleetpki.api.server import Only, PreparedServer, bind_socket, prepare_server, run_servers
+from fleetpki.services import FleetPKI, init_home
+from fleetpki.services.authority import HierarchySpec
+from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
+from fleetpki.services.principals import create_token
+from fleetpki.settings import Settings
+
+__all__ = ["LiveServer", "start_server"]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveServer:
+    """A running server.
+
+    Attributes:
+        base_url: ``https://127.0.0.1:<port>``; also the certificate-token audience.
+        ca_bundle: the root CA in PEM: what clients trust.
+        admin_token: an API token of the local admin.
+        fleet: the instance the server runs against (same database).
+        prepared: the app, TLS files and socket.
+    """
+
+    base_url: str
+    ca_bundle: Path
+    admin_token: str
+    fleet: FleetPKI
+    prepared: PreparedServer
+
+    @property
+    def port(self) -> int:
+        """The API port."""
+        port = self.prepared.api_port
+        assert port is not None
+        return port
+
+
+@contextmanager
+def start_server(
+    home: Path,
+    *,
+    only: Only | None = None,
+    database_url: str | None = None,
+    configure: Callable[[FastAPI], None] | None = None,
+    **settings_changes: object,
+) -> Iterator[LiveServer]:
+    """Initialise a home in ``home`` and serve it on a free port until the block ends.
+
+    Args:
+        home: an empty folder for the new home.
+        only: as ``fleetpki serve --only``.
+        database_url: a database; SQLite in the home by default.
+        configure: called with the app before serving (tests add probe routes).
+        settings_changes: further settings (``oidc_issuer``, ...).
+    """
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    base_url = f"https://127.0.0.1:{port}"
+    settings = Settings.default_for(home, database_url).with_changes(
+        public_url=base_url, api_port=port, **settings_changes
+    )
+    fleet = init_home(settings, HierarchySpec()).app
+    with fleet.transaction() as session:
+        admin = create_token(session, Actor.local_admin(), LOCAL_ADMIN_ID, now=fleet.now())
+    prepared = prepare_server(
+        fleet, host="127.0.0.1", api_port=port, hostname="localhost", only=only, api_socket=sock
+    )
+    if configure is not None:
+        configure(prepared.app)
+    loop = uvloop.new_event_loop()
+    stop = asyncio.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(
+                run_servers(prepared, fleet, only, stop=stop, log_level="warning")
+            )
+        except BaseException as exc:  # reported to the test below
+            failure.append(exc)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name=f"fleetpki-serve-{port}", daemon=True)
+    thread.start()
+    try:
+        yield LiveServer(base_url, prepared.tls.ca_bundle, admin.secret, fleet, prepared)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=15)
+        sock.close()
+        fleet.close()
+    if failure:
+        raise failure[0]
