@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetpki import __version__
+from fleetpki.cli import remote
+from fleetpki.client import Client
 from fleetpki.errors import FleetPKIError, NotFoundError, ValidationError
 from fleetpki.keystore import PrivateKey
 from fleetpki.pki.certtoken import make_certificate_token
@@ -84,6 +86,9 @@ HomeOption = Annotated[
 
 class _State:
     home: Path | None = None
+    server: str | None = None
+    token: str | None = None
+    ca_bundle: Path | None = None
 
 
 _state = _State()
@@ -93,12 +98,38 @@ _state = _State()
 def _root(
     home: HomeOption = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", envvar="FLEETPKI_SERVER", help="Act on a remote fleetpki server (URL)."
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", envvar="FLEETPKI_TOKEN", help="API token for --server.", show_default=False
+        ),
+    ] = None,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-bundle", envvar="FLEETPKI_CA_BUNDLE", help="CA bundle to trust for --server."
+        ),
+    ] = None,
 ) -> None:
     """A self-hosted certificate authority for IoT device fleets."""
     if version:
         console.print(f"fleetpki {__version__}")
         raise typer.Exit
     _state.home = home
+    _state.server, _state.token, _state.ca_bundle = server, token, ca_bundle
+
+
+def _client() -> Client | None:
+    """The client for ``--server``, or ``None`` to act on the local home."""
+    if not _state.server:
+        return None
+    return remote.make_client(_state.server, _state.token, _state.ca_bundle)
 
 
 def _home(home: Path | None = None) -> Path:
@@ -210,6 +241,10 @@ def init(
 @ca_app.command("list")
 def ca_list() -> None:
     """List the CAs."""
+    if client := _client():
+        with client:
+            remote.ca_list(client)
+        return
     with _opened() as inst, inst.transaction() as session:
         table = _table("id", "name", "tier", "key", "status", "not after")
         for ca in authority.list_cas(session):
@@ -351,6 +386,10 @@ def domain_register(
     ] = None,
 ) -> None:
     """Register a domain with its owners and requesters."""
+    if client := _client():
+        with client:
+            remote.domain_register(client, name, owner, requester or [], ca, template)
+        return
     with _opened() as inst:
         ca_id = _default_issuing_ca(inst, ca)
         with inst.transaction() as session:
@@ -370,6 +409,10 @@ def domain_register(
 @domain_app.command("list")
 def domain_list() -> None:
     """List domains with their owners and requesters."""
+    if client := _client():
+        with client:
+            remote.domain_list(client)
+        return
     with _opened() as inst, inst.transaction() as session:
         table = _table("name", "id", "CA", "owners", "requesters")
         for d in domains.list_domains(session, Actor.local_admin()):
@@ -403,6 +446,10 @@ def cert_request(
 ) -> None:
     """Issue a certificate for a CSR whose CN (or SAN) is a registered domain."""
     csr_bytes = _read_file(csr, "CSR")
+    if client := _client():
+        with client:
+            remote.cert_request(client, domain, csr_bytes, days, out, ca)
+        return
     with _opened() as inst:
         with inst.transaction() as session:
             found = domains.list_domains(session, Actor.local_admin(), name=domain)
@@ -446,6 +493,12 @@ def cert_list(
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
 ) -> None:
     """List certificates, newest first."""
+    if client := _client():
+        with client:
+            remote.cert_list(
+                client, domain, status, parse_duration(expiring) if expiring else None, limit
+            )
+        return
     query = CertificateQuery(
         domain=domain,
         status=status,
@@ -471,6 +524,10 @@ def cert_show(
     ] = False,
 ) -> None:
     """Show one certificate."""
+    if client := _client():
+        with client:
+            remote.cert_show(client, serial, pem)
+        return
     with _opened() as inst, inst.transaction() as session:
         r = certificates.get_certificate(session, serial)
         if pem:
@@ -507,6 +564,10 @@ def cert_revoke(
 ) -> None:
     """Revoke a certificate with an RFC 5280 reason code."""
     parsed = RevocationReason.parse(reason)
+    if client := _client():
+        with client:
+            remote.cert_revoke(client, serial, parsed.rfc_name)
+        return
     with _opened() as inst, inst.transaction() as session:
         r = certificates.get_certificate(session, serial)
         certificates.revoke(session, Actor.local_admin(), r, parsed, now=inst.now())
@@ -537,12 +598,20 @@ def cert_renew(
     csr: Annotated[Path, typer.Option("--csr", help="CSR for the new certificate.")],
     days: Annotated[int | None, typer.Option("--days", help="Validity in days.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the PEM chain here.")] = None,
+    audience: Annotated[
+        str | None,
+        typer.Option(help="With --server: the server's token audience (default its URL)."),
+    ] = None,
 ) -> None:
     """Renew with the current certificate: its key signs a one-time certificate token."""
     cert_pem = _read_file(cert, "certificate")
     current = certificates.load_certificate_pem(cert_pem)
     private_key = _load_private_key(key)
     csr_bytes = _read_file(csr, "CSR")
+    if client := _client():
+        with client:
+            remote.cert_renew(client, cert_pem, private_key, csr_bytes, days, out, audience)
+        return
     with _opened() as inst:
         token = make_certificate_token(
             current, private_key, audience=inst.settings.certificate_token_audience, now=inst.now()
@@ -565,6 +634,37 @@ def cert_renew(
         f"{_fmt_time(record.not_after)}"
     )
     _write_out(text, out)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    api_port: Annotated[int | None, typer.Option(help="HTTPS API port (default 8443).")] = None,
+    hostname: Annotated[
+        str | None, typer.Option(help="DNS name for the server certificate.")
+    ] = None,
+    only: Annotated[str | None, typer.Option(help="Run only `ca` (the API) or `hub`.")] = None,
+) -> None:
+    """Serve the HTTPS API (EZCA-compatible routes and /v1) and, when present, the hub."""
+    from fleetpki.api.server import serve as run_serve
+
+    if only not in (None, "ca", "hub"):
+        raise ValidationError("cli.bad_only", "--only must be `ca` or `hub`")
+    with _opened() as inst:
+        settings = inst.settings
+        chosen_host = host or settings.host
+        port = settings.api_port if api_port is None else api_port
+        err_console.print(
+            f"fleetpki API on https://{chosen_host}:{port}  (CA bundle: "
+            f"{settings.home / 'tls' / 'ca-bundle.pem'}; Ctrl-C stops)"
+        )
+        run_serve(
+            inst,
+            host=chosen_host,
+            api_port=port,
+            hostname=hostname or settings.hostname,
+            only="ca" if only == "ca" else "hub" if only == "hub" else None,
+        )
 
 
 @app.command()
