@@ -470,3 +470,12 @@ def test_parsing_any_topic_raises_only_azure_errors(topic: str) -> None:
     with contextlib.suppress(AzureProtocolError):
         parse_device_topic(topic, DEVICE)
     is_own_topic(topic, DEVICE)
+
+
+def test_the_package_exports_the_module_whole() -> None:
+    import fleetpki.hub.azure as azure
+    from fleetpki.hub.azure import topics
+
+    assert sorted(azure.__all__) == sorted(topics.__all__)
+    for name in azure.__all__:
+        assert getattr(azure, name) is getattr(topics, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 from hypothesis import given, settings
@@ -35,6 +36,8 @@ from fleetpki.hub.protocol import (
     Unsubscribe,
     Will,
     encode,
+    encode_puback,
+    encode_publish,
     validate_topic_filter,
     validate_topic_name,
 )
@@ -301,6 +304,25 @@ def test_encode_refuses_illegal_packets(packet: Packet) -> None:
         encode(packet)
 
 
+@pytest.mark.parametrize("packet_id", [0, -1, 65_536])
+def test_the_fast_puback_encoder_checks_the_id(packet_id: int) -> None:
+    with pytest.raises(ProtocolError):
+        encode_puback(packet_id)
+
+
+def test_the_fast_encoders_agree_with_encode() -> None:
+    assert encode_puback(513) == encode(PubAck(513))
+    packet = Publish("a/b", b"x", QoS.AT_LEAST_ONCE, retain=True, dup=True, packet_id=9)
+    assert encode_publish("a/b", b"x", 1, True, True, 9) == encode(packet)
+
+
+def test_decoded_packets_are_frozen() -> None:
+    [packet] = decode_all(encode(Publish("t", b"x", QoS.AT_LEAST_ONCE, packet_id=1)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        packet.topic = "other"  # type: ignore[misc]
+    assert hash(packet) == hash(Publish("t", b"x", QoS.AT_LEAST_ONCE, packet_id=1))
+
+
 # --- topics (§4.7) --------------------------------------------------------------------------------
 
 
@@ -497,3 +519,17 @@ def test_valid_packet_followed_by_noise_raises_only_protocol_error(
     assert reader.next_packet() == packet
     with contextlib.suppress(ProtocolError):
         list(reader)
+
+
+# --- the public surface ----------------------------------------------------------------------------
+
+
+def test_the_package_exports_both_modules_whole() -> None:
+    import fleetpki.hub.protocol as protocol
+    from fleetpki.hub.protocol import packets, session
+
+    assert sorted(protocol.__all__) == sorted({*packets.__all__, *session.__all__})
+    for name in protocol.__all__:
+        assert getattr(protocol, name) is getattr(
+            packets if name in packets.__all__ else session, name
+        )

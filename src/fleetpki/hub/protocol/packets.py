@@ -300,15 +300,9 @@ def validate_topic_filter(topic_filter: str) -> None:
     levels = topic_filter.split("/")
     last = len(levels) - 1
     for index, level in enumerate(levels):
-        if "#" in level and (level != "#" or index != last):
-            raise ProtocolError(
-                "'#' must be a whole level and the last one (§4.7.1.2)",
-                ProtocolErrorCode.INVALID_TOPIC,
-            )
-        if "+" in level and level != "+":
-            raise ProtocolError(
-                "'+' must occupy a whole level (§4.7.1.3)", ProtocolErrorCode.INVALID_TOPIC
-            )
+        if ("#" in level and (level != "#" or index != last)) or ("+" in level and level != "+"):
+            # §4.7.1.2, §4.7.1.3: '#' is a whole last level, '+' a whole level.
+            raise ProtocolError("misplaced wildcard", ProtocolErrorCode.INVALID_TOPIC)
 
 
 # --- encoding --------------------------------------------------------------------------------
@@ -323,14 +317,11 @@ def _encode_length(length: int) -> bytes:
     if length > MAX_REMAINING_LENGTH:
         raise ProtocolError("packet too large for MQTT", ProtocolErrorCode.PACKET_TOO_LARGE)
     out = bytearray()
-    while True:
-        byte = length & 0x7F
+    while length > 0x7F:
+        out.append(length & 0x7F | 0x80)
         length >>= 7
-        if length:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(length)
+    return bytes(out)
 
 
 def _encode_string(value: str) -> bytes:
@@ -442,11 +433,15 @@ def _encode_with_id(
 
 
 def encode_puback(packet_id: int) -> bytes:
-    """Encode a PUBACK without building a `PubAck` first (the hot path)."""
-    return _PUBACK_PREFIX + _encode_packet_id(packet_id)
+    """Encode a PUBACK without building a `PubAck` first (the hot path).
 
+    Raises:
+        ProtocolError: ``packet_id`` is not in 1..65535 (§2.3.1).
+    """
+    if not 0 < packet_id <= 0xFFFF:
+        raise ProtocolError("a packet identifier must be in 1..65535 (§2.3.1)")
+    return b"\x40\x02" + _PACK_ID(packet_id)
 
-_PUBACK_PREFIX = b"\x40\x02"
 
 _ENCODERS: dict[type[Packet], Callable[[Any], bytes]] = {
     Publish: lambda p: encode_publish(p.topic, p.payload, p.qos, p.retain, p.dup, p.packet_id),
@@ -520,11 +515,6 @@ def _read_string(data: bytearray, pos: int, end: int) -> tuple[str, int]:
     return value, stop
 
 
-def _expect_end(pos: int, end: int) -> None:
-    if pos != end:
-        raise ProtocolError("the packet has bytes after its last field")
-
-
 def _decode_connect(data: bytearray, pos: int, end: int) -> Connect:
     name, pos = _read_string(data, pos, end)
     if pos + 4 > end:
@@ -564,7 +554,8 @@ def _decode_connect(data: bytearray, pos: int, end: int) -> Connect:
         username, pos = _read_string(data, pos, end)
     if flags & 0x40:
         password, pos = _read_binary(data, pos, end)
-    _expect_end(pos, end)
+    if pos != end:
+        raise ProtocolError("CONNECT has bytes after its last field")
     return Connect(client_id, bool(flags & 0x02), int(keepalive), username, password, will)
 
 
@@ -579,6 +570,13 @@ def _decode_connack(data: bytearray, pos: int, end: int) -> ConnAck:
     if flags and code:
         raise ProtocolError("a refusal must not claim a present session (§3.2.2.2)")
     return ConnAck(bool(flags), ConnectReturnCode(code))
+
+
+# The slot setters of Publish, for the decoder (see the end of _decode_publish).
+_SET_PUBLISH_FIELDS = tuple(
+    Publish.__dict__[name].__set__
+    for name in ("topic", "payload", "qos", "retain", "dup", "packet_id")
+)
 
 
 def _decode_publish(flags: int, data: bytearray, pos: int, end: int) -> Publish:
@@ -606,9 +604,18 @@ def _decode_publish(flags: int, data: bytearray, pos: int, end: int) -> Publish:
         if not packet_id:
             raise ProtocolError("PUBLISH with QoS > 0 needs a non-zero packet identifier (§2.3.1)")
         stop += 2
-    # One copy of the payload, straight out of the buffer.
-    payload = bytes(memoryview(data)[stop:end])
-    return Publish(topic, payload, _QOS[qos], bool(flags & 0x01), bool(flags & 0x08), packet_id)
+    # A frozen dataclass's __init__ calls object.__setattr__ once per field, which costs
+    # about as much as all the decoding above, so the slots are filled through their
+    # descriptors instead: the instance is the same, and as frozen, as Publish(...) makes.
+    set_topic, set_payload, set_qos, set_retain, set_dup, set_packet_id = _SET_PUBLISH_FIELDS
+    packet = object.__new__(Publish)
+    set_topic(packet, topic)
+    set_payload(packet, bytes(memoryview(data)[stop:end]))  # the payload's only copy
+    set_qos(packet, _QOS[qos])
+    set_retain(packet, bool(flags & 0x01))
+    set_dup(packet, bool(flags & 0x08))
+    set_packet_id(packet, packet_id)
+    return packet
 
 
 def _decode_subscribe(data: bytearray, pos: int, end: int) -> Subscribe:
@@ -714,8 +721,9 @@ class PacketReader:
     """Turns a byte stream into packets, one complete packet at a time.
 
     Feed bytes as they arrive with `feed`, then call `next_packet` until it returns
-    ``None`` (or iterate the reader). Bytes are kept in one ``bytearray`` and decoded
-    through a ``memoryview``; the consumed prefix is dropped once per `feed`.
+    ``None`` (or iterate the reader). Bytes are kept in one ``bytearray``, decoded in
+    place (a payload is copied once, through a ``memoryview``), and the consumed prefix
+    is dropped once per `feed`.
 
     Once a `ProtocolError` has been raised the stream cannot be resynchronised, so the
     reader raises the same error again on every later call.
@@ -783,12 +791,8 @@ class PacketReader:
             )
         if end > size:
             return None
-        first = buffer[pos]
         try:
-            if first >> 4 == _PUBLISH:  # the hot path skips the dispatch
-                packet: Packet = _decode_publish(first & 0x0F, buffer, index, end)
-            else:
-                packet = _decode(first, buffer, index, end)
+            packet = _decode(buffer[pos], buffer, index, end)
         except ProtocolError as exc:
             self._error = exc
             raise

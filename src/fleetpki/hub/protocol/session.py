@@ -357,16 +357,10 @@ class SessionState:
     def _redeliver(self) -> bytes:
         # §4.4: re-send unacknowledged PUBLISH packets with their original identifiers,
         # in their original order (§4.6); DUP only for those already sent once (§3.3.1.1).
+        unsent = self._unsent
         chunks = [
-            encode_publish(
-                message.topic,
-                message.payload,
-                message.qos,
-                message.retain,
-                message.packet_id not in self._unsent,
-                message.packet_id,
-            )
-            for message in self._inflight.values()
+            encode_publish(m.topic, m.payload, 1, m.retain, m.packet_id not in unsent, m.packet_id)
+            for m in self._inflight.values()
         ]
         self._unsent.clear()
         return b"".join(chunks)
@@ -423,6 +417,9 @@ _CLIENT_PACKETS: dict[ConnectionState, frozenset[type[Packet]]] = {
     _S.AWAITING_CONNECT: frozenset({Connect}),
     _S.CONNECTED: frozenset({Publish, PubAck, Subscribe, Unsubscribe, PingReq, Disconnect}),
 }
+
+# Filling the one slot of a frozen Published directly, as packets.py does for Publish.
+_SET_PUBLISHED_PACKET = Published.__dict__["packet"].__set__
 
 # Enum attribute lookups are slow on CPython 3.11; the per-message paths use these.
 _AWAITING_CONNECT = ConnectionState.AWAITING_CONNECT
@@ -527,8 +524,7 @@ class ServerConnection:
         After a terminal event (`Disconnected`, `ProtocolViolation`) it returns ``None``
         for ever. In CONNECT_RECEIVED it returns ``None`` until `accept` is called.
         """
-        state = self._state
-        while state is _CONNECTED or state is _AWAITING_CONNECT:
+        while (state := self._state) is _CONNECTED or state is _AWAITING_CONNECT:
             try:
                 packet = self._reader.next_packet()
             except ProtocolError as exc:
@@ -542,16 +538,16 @@ class ServerConnection:
                     return self._violation(
                         ProtocolErrorCode.QOS_NOT_SUPPORTED, "QoS 2 PUBLISH is not supported"
                     )
-                return Published(packet)
-            if type(packet) in _CLIENT_PACKETS[state]:
-                event = self._dispatch(packet)
-                if event is not None:
-                    return event
-                continue
-            return self._violation(
-                ProtocolErrorCode.UNEXPECTED_PACKET,
-                f"a client may not send {type(packet).__name__} now (§3.1.0)",
-            )
+                published = object.__new__(Published)  # Published(packet) without __init__
+                _SET_PUBLISHED_PACKET(published, packet)
+                return published
+            if type(packet) not in _CLIENT_PACKETS[state]:
+                return self._violation(
+                    ProtocolErrorCode.UNEXPECTED_PACKET,
+                    f"a client may not send {type(packet).__name__} now (§3.1.0)",
+                )
+            if (event := self._dispatch(packet)) is not None:
+                return event
         if (
             state is ConnectionState.CONNECT_RECEIVED
             and self._reader.buffered > self._reader.max_packet_size
