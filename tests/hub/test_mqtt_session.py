@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from dataclasses import dataclass, field
 
+import paho.mqtt.client as paho
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -645,3 +648,74 @@ def test_arbitrary_bytes_after_connecting_only_produce_events(data: bytes) -> No
             link.server.puback(event.packet_id)
         elif isinstance(event, PingReceived):
             link.server.pingresp()
+
+
+# --- a real peer: paho-mqtt over a socket, the server driven by a plain blocking loop ------------
+
+
+def _serve_one_connection(listener: socket.socket, log: list[Event]) -> None:
+    """Run one ServerConnection over a blocking socket, answering as the hub would."""
+    connection, _ = listener.accept()
+    server = ServerConnection()
+    with connection:
+        connection.settimeout(10)
+        while server.state is not ConnectionState.CLOSED:
+            data = connection.recv(65536)
+            if not data:
+                server.close()
+                break
+            server.receive_data(data)
+            for event in server.events():
+                log.append(event)
+                if isinstance(event, ConnectRequested):
+                    connection.sendall(server.accept())
+                elif isinstance(event, Subscribed):
+                    connection.sendall(server.suback(event.packet_id))
+                    connection.sendall(server.send_publish(C2D_TOPIC, b"to the device"))
+                elif isinstance(event, Published) and event.packet_id is not None:
+                    connection.sendall(server.puback(event.packet_id))
+                elif isinstance(event, PingReceived):
+                    connection.sendall(server.pingresp())
+
+
+def test_paho_client_against_the_core() -> None:
+    log: list[Event] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        thread = threading.Thread(target=_serve_one_connection, args=(listener, log))
+        thread.start()
+        received: list[tuple[str, bytes, int]] = []
+        got_message = threading.Event()
+
+        def on_message(_client: object, _userdata: object, message: object) -> None:
+            received.append((message.topic, message.payload, message.qos))  # type: ignore[attr-defined]
+            got_message.set()
+
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id="dev1",
+            clean_session=False,
+            protocol=paho.MQTTv311,
+        )
+        client.username_pw_set("localhost/dev1/?api-version=2019-10-01")
+        client.on_message = on_message
+        client.connect("127.0.0.1", listener.getsockname()[1], keepalive=60)
+        client.loop_start()
+        try:
+            client.subscribe(C2D_FILTER, qos=1)
+            info = client.publish("devices/dev1/messages/events/a=1", b"{}", qos=1)
+            info.wait_for_publish(timeout=10)
+            assert info.is_published()
+            assert got_message.wait(timeout=10)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+            thread.join(timeout=10)
+    assert received == [(C2D_TOPIC, b"to the device", 1)]
+    kinds = [type(event) for event in log]
+    assert kinds[0] is ConnectRequested
+    assert {Subscribed, Published, PubAckReceived} <= set(kinds)
+    assert kinds[-1] is Disconnected
+    connect = log[0]
+    assert isinstance(connect, ConnectRequested)
+    assert (connect.client_id, connect.clean_session, connect.keepalive) == ("dev1", False, 60)
