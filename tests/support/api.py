@@ -47,7 +47,7 @@ class Api:
 ALICE = "11111111-1111-4111-8111-111111111111"
 BOB = "22222222-2222-4222-8222-222222222222"
 
-__all__ = ["ALICE", "BOB", "Api", "api_fixture", "live_server_fixture", "row_counts"]
+__all__ = ["ALICE", "BOB", "Api", "TestClient", "api_fixture", "live_server_fixture", "row_counts"]
 
 
 def _token(fleet: FleetPKI, principal: str) -> str:
