@@ -27,6 +27,7 @@ from fleetpki.hub.protocol import (
     PingReceived,
     PingReq,
     PingResp,
+    ProtocolError,
     ProtocolErrorCode,
     ProtocolViolation,
     PubAck,
@@ -338,6 +339,18 @@ def test_server_publish_qos0_is_not_tracked() -> None:
     link.connect()
     data = link.server.send_publish("$iothub/methods/POST/m/?$rid=1", b"{}", QoS.AT_MOST_ONCE)
     assert link.client_receives(data) == [Publish("$iothub/methods/POST/m/?$rid=1", b"{}")]
+    assert link.server.session is not None
+    assert link.server.session.inflight == ()
+
+
+@pytest.mark.parametrize("topic", ["", "devices/+/x", "a/#"])
+def test_an_invalid_topic_leaves_nothing_in_flight(topic: str) -> None:
+    link = Link()
+    link.connect()
+    with pytest.raises(ProtocolError):
+        link.server.send_publish(topic, b"")
+    with pytest.raises(ProtocolError):
+        SessionState("dev1").queue(topic, b"")
     assert link.server.session is not None
     assert link.server.session.inflight == ()
 

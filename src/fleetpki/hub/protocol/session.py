@@ -331,8 +331,10 @@ class SessionState:
             ConnectionStateError: all 65535 packet identifiers are in flight.
         """
         validate_topic_name(topic)
-        message = self._add(topic, payload, retain, tag)
-        self._unsent.add(message.packet_id)
+        packet_id = self._next_free_id()
+        message = OutgoingMessage(packet_id, topic, payload, QoS.AT_LEAST_ONCE, retain, tag)
+        self._inflight[packet_id] = message
+        self._unsent.add(packet_id)
         return message
 
     def clear(self) -> None:
@@ -341,7 +343,7 @@ class SessionState:
         self._inflight.clear()
         self._unsent.clear()
 
-    def _add(self, topic: str, payload: bytes, retain: bool, tag: str | None) -> OutgoingMessage:
+    def _next_free_id(self) -> int:
         if len(self._inflight) >= _MAX_PACKET_ID:
             raise ConnectionStateError(
                 "all packet identifiers are in flight", code="mqtt.inflight_full"
@@ -350,9 +352,7 @@ class SessionState:
         while packet_id in self._inflight:
             packet_id = packet_id % _MAX_PACKET_ID + 1
         self._next_packet_id = packet_id % _MAX_PACKET_ID + 1
-        message = OutgoingMessage(packet_id, topic, payload, QoS.AT_LEAST_ONCE, retain, tag)
-        self._inflight[packet_id] = message
-        return message
+        return packet_id
 
     def _redeliver(self) -> bytes:
         # §4.4: re-send unacknowledged PUBLISH packets with their original identifiers,
@@ -657,9 +657,11 @@ class ServerConnection:
             return encode_publish(topic, payload, 0, retain, False, None)
         if qos != QoS.AT_LEAST_ONCE:
             raise ConnectionStateError("the hub sends at most QoS 1, like Azure IoT Hub")
-        validate_topic_name(topic)
-        message = session._add(topic, payload, retain, tag)
-        return encode_publish(topic, payload, 1, retain, False, message.packet_id)
+        packet_id = session._next_free_id()
+        data = encode_publish(topic, payload, 1, retain, False, packet_id)  # checks the topic
+        message = OutgoingMessage(packet_id, topic, payload, QoS.AT_LEAST_ONCE, retain, tag)
+        session._inflight[packet_id] = message
+        return data
 
     def puback(self, packet_id: int) -> bytes:
         """Acknowledge a QoS 1 `Published` (after storing it, for at-least-once).
