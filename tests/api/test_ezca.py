@@ -246,7 +246,6 @@ def test_revoke_v2_by_thumbprint_and_paginated_listing(api: Api) -> None:
         (KeySpec.RSA_2048, True),
         (KeySpec.EC_P256, False),
         (KeySpec.EC_P384, True),
-        (KeySpec.ED25519, False),
     ],
 )
 def test_renew_certificate_v2_with_certificate_token(
