@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fleetpki.store.db import Database, sqlite_url
+from fleetpki.store.hub_models import HubC2DMessage, HubCA, HubDevice, HubMessage, HubSasPolicy
 from fleetpki.store.models import (
     ApiToken,
     AuditEntry,
@@ -26,6 +27,11 @@ __all__ = [
     "Database",
     "DomainMember",
     "DomainRecord",
+    "HubC2DMessage",
+    "HubCA",
+    "HubDevice",
+    "HubMessage",
+    "HubSasPolicy",
     "OutboxEvent",
     "Principal",
     "TemplateRecord",

@@ -1,0 +1,132 @@
+"""SQLAlchemy 2 models of the built-in hub: registry, trusted CAs, telemetry, C2D, SAS policies.
+
+The shapes follow Azure IoT Hub's service API (shared/reference/azure-iot-hub-protocol.md
+§3.2: device and twin fields; §4.1: CA certificates with proof of possession), so that
+the REST layer is a thin rendering of these rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fleetpki.store.models import Base, UTCDateTime
+
+__all__ = [
+    "HubC2DMessage",
+    "HubCA",
+    "HubDevice",
+    "HubMessage",
+    "HubSasPolicy",
+]
+
+
+class HubDevice(Base):
+    """A device identity in the hub's registry, with its twin (ref §3.2, §3.3)."""
+
+    __tablename__ = "hub_devices"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="enabled")  # enabled, disabled
+    status_reason: Mapped[str | None] = mapped_column(String(128))
+    # certificateAuthority, selfSigned or sas (ref §3.2 "SDK bodies").
+    auth_type: Mapped[str] = mapped_column(String(32))
+    primary_thumbprint: Mapped[str | None] = mapped_column(String(64))
+    secondary_thumbprint: Mapped[str | None] = mapped_column(String(64))
+    etag: Mapped[str] = mapped_column(String(64))
+    generation_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    status_updated_at: Mapped[dt.datetime]
+    connection_state: Mapped[str] = mapped_column(String(16), default="Disconnected")
+    connection_state_updated_at: Mapped[dt.datetime | None]
+    last_activity_at: Mapped[dt.datetime | None]
+    c2d_count: Mapped[int] = mapped_column(Integer, default=0)
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON)
+    desired: Mapped[dict[str, Any]] = mapped_column(JSON)
+    desired_version: Mapped[int] = mapped_column(Integer, default=1)
+    reported: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reported_version: Mapped[int] = mapped_column(Integer, default=1)
+    twin_etag: Mapped[str] = mapped_column(String(64))
+
+
+class HubCA(Base):
+    """A CA certificate uploaded to the hub; only verified ones authenticate devices (ref §4.1)."""
+
+    __tablename__ = "hub_cas"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    sha1_hex: Mapped[str] = mapped_column(String(40), index=True)
+    sha256_hex: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(Text)
+    not_after: Mapped[dt.datetime]
+    is_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    verification_code: Mapped[str | None] = mapped_column(String(64))
+    etag: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    # The local CA this certificate came from (``fleetpki hub trust CAID``), so that
+    # revocation is checked against fleetpki's own certificate table.
+    fleetpki_ca_id: Mapped[str | None] = mapped_column(ForeignKey("cas.id"))
+
+
+class HubMessage(Base):
+    """One device-to-cloud (telemetry) message, stored before its PUBACK (ref §1.5)."""
+
+    __tablename__ = "hub_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128), index=True)
+    module_id: Mapped[str | None] = mapped_column(String(128))
+    enqueued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    system_properties: Mapped[dict[str, Any]] = mapped_column(JSON)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class HubC2DMessage(Base):
+    """A cloud-to-device message, pending until the device acknowledges it (ref §1.5)."""
+
+    __tablename__ = "hub_c2d"
+    __table_args__ = (Index("ix_hub_c2d_device_id_status", "device_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128), index=True)
+    message_id: Mapped[str] = mapped_column(String(128))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(
+        String(16), default="pending"
+    )  # pending, delivered, expired
+    created_at: Mapped[dt.datetime]
+    delivered_at: Mapped[dt.datetime | None]
+
+
+class HubSasPolicy(Base):
+    """A shared-access policy of the service API (ref §3.1).
+
+    The keys are stored encrypted, not hashed: verifying a SAS token means computing
+    HMAC-SHA256 keyed with the key itself, so the server needs the key back. They are
+    encrypted at rest with a key derived from the home's key passphrase.
+    """
+
+    __tablename__ = "hub_sas_policies"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rights: Mapped[str] = mapped_column(String(200))  # e.g. "RegistryRead,ServiceConnect"
+    primary_key: Mapped[str] = mapped_column(Text)  # encrypted
+    secondary_key: Mapped[str] = mapped_column(Text)  # encrypted
+    created_at: Mapped[dt.datetime]
