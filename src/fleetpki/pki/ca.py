@@ -6,10 +6,15 @@ import datetime as dt
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from fleetpki.errors import ValidationError
 from fleetpki.keystore import Signer
+from fleetpki.pki.extensions import (
+    authority_information_access,
+    crl_distribution_points,
+    key_usage,
+)
 from fleetpki.pki.issuance import BACKDATE
 
 __all__ = [
@@ -53,17 +58,7 @@ def ca_name(common_name: str, organization: str | None = None) -> x509.Name:
 def _ca_key_usage() -> x509.KeyUsage:
     # RFC 5280 §4.2.1.3: keyCertSign and cRLSign for a CA; digitalSignature lets
     # the CA key sign OCSP responses directly (RFC 6960 §4.2.2.2).
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True)
 
 
 def build_root_ca(
@@ -132,29 +127,8 @@ def build_subordinate_ca(
         )
     )
     if urls and urls.crl_url:
-        builder = builder.add_extension(
-            x509.CRLDistributionPoints(
-                [
-                    x509.DistributionPoint(
-                        full_name=[x509.UniformResourceIdentifier(urls.crl_url)],
-                        relative_name=None,
-                        reasons=None,
-                        crl_issuer=None,
-                    )
-                ]
-            ),
-            critical=False,
-        )
-    if urls and urls.ca_issuers_url:
-        builder = builder.add_extension(
-            x509.AuthorityInformationAccess(
-                [
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.CA_ISSUERS,
-                        x509.UniformResourceIdentifier(urls.ca_issuers_url),
-                    )
-                ]
-            ),
-            critical=False,
-        )
+        builder = builder.add_extension(crl_distribution_points(urls.crl_url), critical=False)
+    aia = authority_information_access(ca_issuers_url=urls.ca_issuers_url if urls else None)
+    if aia is not None:
+        builder = builder.add_extension(aia, critical=False)
     return parent_signer.sign_certificate(builder)

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from fleetpki.errors import PermissionDenied, ValidationError
 from fleetpki.keystore import PublicKey, Signer
 from fleetpki.pki.csr import ParsedCSR, describe_key
+from fleetpki.pki.extensions import authority_information_access, crl_distribution_points
 from fleetpki.pki.keys import KeySpec
 from fleetpki.pki.names import SanType, SubjectAltName, is_dns_name
 from fleetpki.pki.profile import (
@@ -328,35 +329,12 @@ def build_certificate(plan: Plan, issuer: Issuer) -> x509.Certificate:
             critical=not plan.common_name,
         )
     if issuer.crl_url:
-        builder = builder.add_extension(
-            x509.CRLDistributionPoints(
-                [
-                    x509.DistributionPoint(
-                        full_name=[x509.UniformResourceIdentifier(issuer.crl_url)],
-                        relative_name=None,
-                        reasons=None,
-                        crl_issuer=None,
-                    )
-                ]
-            ),
-            critical=False,
-        )
-    access: list[x509.AccessDescription] = []
-    if issuer.ocsp_url:
-        access.append(
-            x509.AccessDescription(
-                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(issuer.ocsp_url)
-            )
-        )
-    if issuer.ca_issuers_url:
-        access.append(
-            x509.AccessDescription(
-                AuthorityInformationAccessOID.CA_ISSUERS,
-                x509.UniformResourceIdentifier(issuer.ca_issuers_url),
-            )
-        )
-    if access:
-        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
+        builder = builder.add_extension(crl_distribution_points(issuer.crl_url), critical=False)
+    aia = authority_information_access(
+        ocsp_url=issuer.ocsp_url, ca_issuers_url=issuer.ca_issuers_url
+    )
+    if aia is not None:
+        builder = builder.add_extension(aia, critical=False)
     return issuer.signer.sign_certificate(builder)
 
 

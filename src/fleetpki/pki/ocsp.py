@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetpki.errors import FleetPKIError, ValidationError
 from fleetpki.keystore import PublicKey, Signer
+from fleetpki.pki.extensions import key_usage
 from fleetpki.pki.revocation import RevocationReason
 
 __all__ = [
@@ -468,20 +469,7 @@ def build_ocsp_signing_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(digital_signature=True), critical=True)
         # RFC 6960 §4.2.2.2: the CA marks the delegate with id-kp-OCSPSigning.
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
         # RFC 6960 §4.2.2.2.1: id-pkix-ocsp-nocheck, non-critical, value NULL.

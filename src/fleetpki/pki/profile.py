@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fleetpki.errors import ValidationError
+from fleetpki.pki.extensions import key_usage
 from fleetpki.pki.keys import KeySpec
 
 __all__ = [
@@ -131,16 +132,12 @@ def default_key_usages(spec: KeySpec) -> tuple[KeyUsageName, ...]:
 def key_usage_extension(usages: Iterable[KeyUsageName]) -> x509.KeyUsage:
     """Build the KeyUsage extension value for a leaf from its usage names."""
     chosen = set(usages)
-    return x509.KeyUsage(
+    return key_usage(
         digital_signature=KeyUsageName.DIGITAL_SIGNATURE in chosen,
         content_commitment=KeyUsageName.NON_REPUDIATION in chosen,
         key_encipherment=KeyUsageName.KEY_ENCIPHERMENT in chosen,
         data_encipherment=KeyUsageName.DATA_ENCIPHERMENT in chosen,
         key_agreement=KeyUsageName.KEY_AGREEMENT in chosen,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
     )
 
 

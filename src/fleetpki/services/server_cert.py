@@ -11,9 +11,14 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetpki.errors import NotFoundError
+from fleetpki.pki.extensions import (
+    authority_information_access,
+    crl_distribution_points,
+    key_usage,
+)
 from fleetpki.pki.issuance import BACKDATE, thumbprints
 from fleetpki.pki.keys import KeySpec
 from fleetpki.services.app import FleetPKI
@@ -133,20 +138,7 @@ def _issue(
             .not_valid_before(not_before.replace(microsecond=0))
             .not_valid_after(not_after.replace(microsecond=0))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(key_usage(digital_signature=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
@@ -156,31 +148,10 @@ def _issue(
             .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
         )
         if issuer.crl_url:
-            builder = builder.add_extension(
-                x509.CRLDistributionPoints(
-                    [
-                        x509.DistributionPoint(
-                            full_name=[x509.UniformResourceIdentifier(issuer.crl_url)],
-                            relative_name=None,
-                            reasons=None,
-                            crl_issuer=None,
-                        )
-                    ]
-                ),
-                critical=False,
-            )
-        if issuer.ocsp_url:
-            builder = builder.add_extension(
-                x509.AuthorityInformationAccess(
-                    [
-                        x509.AccessDescription(
-                            AuthorityInformationAccessOID.OCSP,
-                            x509.UniformResourceIdentifier(issuer.ocsp_url),
-                        )
-                    ]
-                ),
-                critical=False,
-            )
+            builder = builder.add_extension(crl_distribution_points(issuer.crl_url), critical=False)
+        aia = authority_information_access(ocsp_url=issuer.ocsp_url)
+        if aia is not None:
+            builder = builder.add_extension(aia, critical=False)
         cert = issuer.signer.sign_certificate(builder)
         der = cert.public_bytes(serialization.Encoding.DER)
         sha1, sha256 = thumbprints(der)
