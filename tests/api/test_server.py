@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -248,7 +249,7 @@ def test_cli_serve_on_a_taken_port_prints_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_only_hub_says_it_is_not_available_yet(tmp_path: Path) -> None:
+def test_only_hub_runs_the_hub_alone(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {**os.environ, "FLEETPKI_HOME": str(home)}
     env.pop("FLEETPKI_KEY_PASSPHRASE", None)
@@ -259,16 +260,31 @@ def test_only_hub_says_it_is_not_available_yet(tmp_path: Path) -> None:
         capture_output=True,
         timeout=120,
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "fleetpki", "serve", "--only", "hub", "--api-port", "0"],
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    mqtt_port = probe.getsockname()[1]
+    probe.close()
+    command = [sys.executable, "-m", "fleetpki", "serve", "--only", "hub"]
+    with subprocess.Popen(
+        [*command, "--mqtt-port", str(mqtt_port)],
         env=env,
-        capture_output=True,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 1
-    assert "serve.hub_unavailable" in done.stderr
+    ) as process:
+        try:
+            assert process.stderr is not None
+            assert "hub on mqtts://127.0.0.1" in process.stderr.readline()
+            deadline = time.monotonic() + 60
+            while True:  # the line is printed just before the hub binds
+                try:
+                    socket.create_connection(("127.0.0.1", mqtt_port), timeout=5).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the hub never listened"
+                    time.sleep(0.1)
+        finally:
+            process.terminate()
+            process.wait(30)
 
 
 def test_server_chain_verifies_with_openssl(server: LiveServer, tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def start_server(
     port = sock.getsockname()[1]
     base_url = f"https://127.0.0.1:{port}"
     settings = Settings.default_for(home, database_url).with_changes(
-        public_url=base_url, api_port=port, **settings_changes
+        public_url=base_url, api_port=port, **{"mqtt_port": 0, **settings_changes}
     )
     fleet = init_home(settings, HierarchySpec()).app
     with fleet.transaction() as session:

@@ -644,8 +644,11 @@ def serve(
         str | None, typer.Option(help="DNS name for the server certificate.")
     ] = None,
     only: Annotated[str | None, typer.Option(help="Run only `ca` (the API) or `hub`.")] = None,
+    mqtt_port: Annotated[
+        int | None, typer.Option(help="The hub's MQTT/TLS port (default 8883).")
+    ] = None,
 ) -> None:
-    """Serve the HTTPS API (EZCA-compatible routes and /v1) and, when present, the hub."""
+    """Serve the HTTPS API (EZCA-compatible routes and /v1) and the MQTT hub."""
     from fleetpki.api.server import serve as run_serve
 
     if only not in (None, "ca", "hub"):
@@ -654,10 +657,19 @@ def serve(
         settings = inst.settings
         chosen_host = host or settings.host
         port = settings.api_port if api_port is None else api_port
-        err_console.print(
-            f"fleetpki API on https://{chosen_host}:{port}  (CA bundle: "
-            f"{settings.home / 'tls' / 'ca-bundle.pem'}; Ctrl-C stops)"
+        # The hub reads its address from the settings (fleetpki.hub.server.start_hub).
+        inst.settings = settings = settings.with_changes(
+            host=chosen_host,
+            hostname=hostname or settings.hostname,
+            mqtt_port=settings.mqtt_port if mqtt_port is None else mqtt_port,
         )
+        if only != "hub":
+            err_console.print(
+                f"fleetpki API on https://{chosen_host}:{port}  (CA bundle: "
+                f"{settings.home / 'tls' / 'ca-bundle.pem'}; Ctrl-C stops)"
+            )
+        if only != "ca":
+            err_console.print(f"fleetpki hub on mqtts://{chosen_host}:{settings.mqtt_port}")
         run_serve(
             inst,
             host=chosen_host,

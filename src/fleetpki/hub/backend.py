@@ -1,0 +1,196 @@
+"""What the hub's MQTT side needs from the control plane: `HubBackend`, its records and events.
+
+The broker (`fleetpki.hub.broker`) runs on the event loop and calls a backend only from
+its thread pool, because every method may touch the database. A backend reports
+changes that concern live connections (a revoked certificate, a disabled device, a
+desired-properties patch, a queued cloud-to-device message) by calling the
+`HubListener` it was given with `HubBackend.add_listener`, from any thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography import x509
+
+__all__ = [
+    "AuthenticatedDevice",
+    "C2DMessage",
+    "C2DQueued",
+    "CertificateRevoked",
+    "DesiredPatched",
+    "DeviceBlocked",
+    "HubBackend",
+    "HubEvent",
+    "HubListener",
+    "TelemetryRecord",
+    "Twin",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedDevice:
+    """A device the backend let in.
+
+    Attributes:
+        device_id: the registry id (equal to the certificate CN and MQTT client id).
+        module_id: set for a module identity.
+        certificate_sha1: the leaf's SHA-1 thumbprint, upper-case hex, for revocation.
+        certificate_serial: the leaf's serial number, upper-case hex.
+    """
+
+    device_id: str
+    certificate_sha1: str
+    certificate_serial: str
+    module_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryRecord:
+    """One device-to-cloud message, as stored (ref §1.5, §1.6).
+
+    Attributes:
+        device_id / module_id: who sent it.
+        enqueued_at: when the hub received it (UTC).
+        payload: the body, as sent.
+        system_properties: the decoded ``$.`` properties by their Azure names
+            (``message-id``, ``correlation-id``, ``content-type`` ...).
+        application_properties: the rest of the property bag, decoded exactly.
+    """
+
+    device_id: str
+    module_id: str | None
+    enqueued_at: dt.datetime
+    payload: bytes
+    system_properties: Mapping[str, str]
+    application_properties: Mapping[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Twin:
+    """The device's twin properties, each with its ``$version`` (ref §1.5, §1.7)."""
+
+    desired: Mapping[str, Any]
+    reported: Mapping[str, Any]
+    desired_version: int
+    reported_version: int
+
+    def document(self) -> dict[str, Any]:
+        """The twin GET body: ``{"desired": {..., "$version": n}, "reported": {...}}``."""
+        return {
+            "desired": {**self.desired, "$version": self.desired_version},
+            "reported": {**self.reported, "$version": self.reported_version},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class C2DMessage:
+    """A cloud-to-device message waiting for a device (ref §1.6).
+
+    Attributes:
+        message_id: its id, also ``$.mid`` on the wire and the tag of the in-flight QoS 1
+            publish; `HubBackend.mark_c2d_delivered` is called with it after the PUBACK.
+        properties: system properties by their short names (``$.cid``...) and application
+            properties, sent in the property bag.
+    """
+
+    message_id: str
+    payload: bytes
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRevoked:
+    """A certificate was revoked: close sessions that use it and refuse it from now on."""
+
+    sha1: str | None = None
+    serial: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBlocked:
+    """A device was disabled or deleted: close its session and refuse it from now on."""
+
+    device_id: str
+    reason: str = "hub.device_disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredPatched:
+    """Desired properties changed; ``patch`` holds the changed keys (``None`` deletes)."""
+
+    device_id: str
+    patch: Mapping[str, Any]
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class C2DQueued:
+    """A cloud-to-device message was queued for ``device_id``."""
+
+    device_id: str
+
+
+HubEvent = CertificateRevoked | DeviceBlocked | DesiredPatched | C2DQueued
+
+
+class HubListener(Protocol):
+    """Called by a backend, from any thread, when something changes for live devices."""
+
+    def __call__(self, event: HubEvent) -> None:
+        """Take one event; must not block."""
+
+
+class HubBackend(Protocol):
+    """The registry, trust, revocation, telemetry, twin and C2D storage the hub uses.
+
+    Every method is synchronous and may block on the database; the broker calls them
+    from worker threads only.
+    """
+
+    def authenticate(
+        self,
+        leaf: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        client_id: str,
+        now: dt.datetime,
+    ) -> AuthenticatedDevice:
+        """Decide whether this certificate may connect as ``client_id`` (ref §4.2).
+
+        Raises:
+            AuthenticationError: with a ``hub.*`` code naming the reason
+                (``hub.unknown_device``, ``hub.device_disabled``, ``hub.cn_mismatch``,
+                ``hub.untrusted_ca``, ``hub.ca_unverified``, ``hub.certificate_revoked``).
+        """
+        ...
+
+    def store_telemetry(self, batch: Sequence[TelemetryRecord]) -> None:
+        """Store messages durably in one transaction; return only once committed."""
+        ...
+
+    def get_twin(self, device_id: str) -> Twin:
+        """The twin's desired and reported properties with their versions."""
+        ...
+
+    def patch_reported(self, device_id: str, patch: Mapping[str, Any]) -> int:
+        """Merge a reported-properties patch (``None`` deletes); return the new version."""
+        ...
+
+    def pending_c2d(self, device_id: str) -> Sequence[C2DMessage]:
+        """The device's undelivered cloud-to-device messages, oldest first."""
+        ...
+
+    def mark_c2d_delivered(self, device_id: str, message_id: str) -> None:
+        """Record that the device acknowledged a cloud-to-device message."""
+        ...
+
+    def add_listener(self, listener: HubListener) -> None:
+        """Have ``listener`` called for every `HubEvent`."""
+        ...
+
+    def remove_listener(self, listener: HubListener) -> None:
+        """Stop calling ``listener``."""
+        ...

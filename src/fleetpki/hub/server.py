@@ -1,0 +1,336 @@
+"""The hub's thin asyncio listener: MQTT 3.1.1 over TLS on uvloop, one `asyncio.Protocol` each.
+
+Bytes go from the transport into the connection's sans-I/O `ServerConnection`; its
+events go to the `Broker`; the bytes they produce go back to the transport. Nothing
+here understands MQTT or Azure. Per connection the hub keeps this object (slots), the
+state machine with its small read buffer and one timer handle, so idle memory stays
+near uvloop's own TLS cost (DESIGN.md: tens of KB, not hundreds).
+
+The timer is set once for `ServerConnection.deadline` (the connect timeout, then
+1.5 x keepalive, MQTT 3.1.1 §3.1.2.10) and re-armed only when it fires early, so
+traffic does not reschedule it.
+
+`start_hub` is the hook `fleetpki serve` calls (`fleetpki.api.server.run_servers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from fleetpki.errors import ConflictError
+from fleetpki.hub.azure.topics import DeviceIdentity
+from fleetpki.hub.backend import AuthenticatedDevice, HubBackend
+from fleetpki.hub.broker import Broker
+from fleetpki.hub.protocol import (
+    ConnectRequested,
+    Disconnected,
+    PingReceived,
+    ProtocolViolation,
+    PubAckReceived,
+    Published,
+    ServerConnection,
+    Subscribed,
+    TimedOut,
+    Unsubscribed,
+)
+from fleetpki.hub.tls import hub_ssl_context, peer_certificates
+
+__all__ = ["HubConnection", "HubServer", "HubTLS", "start_hub"]
+
+_log = logging.getLogger("fleetpki.hub")
+
+#: How long a TLS handshake may take before the socket is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class HubConnection(asyncio.Protocol):
+    """One client connection: moves bytes between the transport and the state machine."""
+
+    __slots__ = (
+        "_broker",
+        "_keepalive_armed",
+        "_paused",
+        "_timer",
+        "_transport",
+        "device",
+        "identity",
+        "mqtt",
+        "unacked",
+    )
+
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
+        self._broker = broker
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._keepalive_armed = False
+        self.mqtt = ServerConnection(clock=loop.time)
+        self.device: AuthenticatedDevice | None = None
+        self.identity: DeviceIdentity | None = None
+        self.unacked = 0
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the connect timer (the TLS handshake is already complete)."""
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but acts as one.
+        self._transport = cast(asyncio.Transport, transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the state machine and handle what it says."""
+        self.mqtt.receive_data(data)
+        self.process()
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed: close the whole connection."""
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tell the broker; the session outlives the connection if CleanSession was 0."""
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.mqtt.close()
+        self._broker.connection_lost(self)
+
+    def pause_writing(self) -> None:
+        """The client reads slowly; stop reading its input until it catches up."""
+        self.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The client caught up."""
+        if self.unacked < 256:
+            self.resume_reading()
+
+    # -- Link, for the broker --
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the client; ignored once the transport is gone."""
+        transport = self._transport
+        if transport is not None and data:
+            transport.write(data)
+
+    def close(self, reason: str) -> None:
+        """Close the connection now (``reason`` has already been logged by the caller)."""
+        self.mqtt.close()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def peer_certificates(self) -> tuple[bytes | None, list[bytes]]:
+        """The client's TLS leaf and the other certificates it sent, as DER."""
+        transport = self._transport
+        if transport is None:
+            return None, []
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None, []
+        return peer_certificates(ssl_object)
+
+    def pause_reading(self) -> None:
+        """Stop reading (back-pressure while telemetry waits for its commit)."""
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def process(self) -> None:
+        """Handle every event the state machine has for us now."""
+        broker = self._broker
+        mqtt = self.mqtt
+        if self.device is not None and not self._keepalive_armed:
+            # Just accepted: the deadline is now 1.5 x keepalive, not the connect timeout.
+            self._keepalive_armed = True
+            self._arm()
+        while (event := mqtt.next_event()) is not None:
+            kind = type(event)
+            if kind is Published:
+                broker.on_publish(self, event)  # type: ignore[arg-type]
+            elif kind is PubAckReceived:
+                broker.on_puback(self, event)  # type: ignore[arg-type]
+            elif kind is PingReceived:
+                self.write(mqtt.pingresp())
+            elif kind is Subscribed:
+                broker.on_subscribe(self, event)  # type: ignore[arg-type]
+            elif kind is Unsubscribed:
+                broker.on_unsubscribe(self, event)  # type: ignore[arg-type]
+            elif kind is ConnectRequested:
+                broker.on_connect(self, event)  # type: ignore[arg-type]
+                return  # the rest waits for accept() (MQTT 3.1.1 §3.1.4-5)
+            elif kind is Disconnected:
+                self.close("mqtt.disconnect")
+                return
+            elif kind is ProtocolViolation:
+                assert isinstance(event, ProtocolViolation)
+                _log.warning("hub: dropped %s: %s (%s)", self._name(), event.code, event.reason)
+                self.write(event.reply)
+                self.close(event.code)
+                return
+            if self._transport is None:
+                return
+
+    # -- internals --
+
+    def _name(self) -> str:
+        connect = self.mqtt.connect_packet
+        return repr(connect.client_id) if connect is not None else "a client"
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.mqtt.deadline
+        if deadline is not None and self._transport is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        event = self.mqtt.check_deadline()
+        if isinstance(event, TimedOut):
+            _log.info("hub: closed %s: %s", self._name(), event.code)
+            self.close(event.code)
+            return
+        self._arm()
+
+
+@dataclass(frozen=True, slots=True)
+class HubTLS:
+    """The hub's TLS files: its certificate chain and key."""
+
+    certfile: Path
+    keyfile: Path
+
+
+class HubServer:
+    """The MQTT/TLS listener and its broker.
+
+    Args:
+        broker: the Azure dialect and the backend.
+        ssl_context: from `fleetpki.hub.tls.hub_ssl_context`; ``None`` serves plain TCP
+            (tests of the protocol only; devices never connect without TLS).
+    """
+
+    def __init__(self, broker: Broker, ssl_context: ssl.SSLContext | None) -> None:
+        self.broker = broker
+        self.ssl_context = ssl_context
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful after binding port 0)."""
+        assert self._server is not None, "the hub is not started"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8883) -> None:
+        """Bind and start accepting connections in the running loop.
+
+        Raises:
+            ConflictError: ``serve.port_in_use``.
+            OSError: the address cannot be bound for another reason.
+        """
+        loop = asyncio.get_running_loop()
+        self.broker.start()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(4096)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise ConflictError(
+                    "serve.port_in_use",
+                    f"port {port} on {host} is already in use; pick another with --mqtt-port",
+                ) from None
+            raise
+        self._server = await loop.create_server(
+            lambda: HubConnection(self.broker, loop),
+            sock=sock,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.ssl_context else None,
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, close every connection and store pending telemetry."""
+        if self._server is not None:
+            self._server.close()
+        await self.broker.stop()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+
+def _backend_for(fleet: Any) -> HubBackend:
+    """The control plane's backend if it is installed, else an in-memory one."""
+    try:
+        from fleetpki.hub import store_backend  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        store_backend = None
+    if store_backend is not None:
+        backend: HubBackend = store_backend.StoreHubBackend(fleet)
+        return backend
+    from fleetpki.hub.memory import InMemoryHubBackend
+    from fleetpki.services.authority import ca_certificate, list_cas
+
+    memory = InMemoryHubBackend()
+    with fleet.transaction() as session:
+        for ca in list_cas(session):
+            memory.trust_ca(ca_certificate(ca))
+    _log.warning("hub: no registry store is installed; using an in-memory registry")
+    return memory
+
+
+async def start_hub(
+    fleet: Any,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    hostnames: Iterable[str] | None = None,
+    backend: HubBackend | None = None,
+) -> Callable[[], Awaitable[None]]:
+    """Start the hub for ``fleetpki serve`` in the running loop; return its stopper.
+
+    The TLS certificate comes from the server-certificate service (issued by the local
+    issuing CA for the hostname, ``localhost`` and 127.0.0.1). The stopper is the
+    `HubServer.stop` bound method, so ``stopper.__self__`` is the running server.
+
+    Raises:
+        ConflictError: ``serve.port_in_use`` when the MQTT port is taken.
+    """
+    from fleetpki.services.server_cert import ensure_server_certificate
+
+    settings = fleet.settings
+    host = host or settings.host
+    port = settings.mqtt_port if port is None else port
+    names = tuple(hostnames or (settings.hostname, "localhost", "127.0.0.1"))
+    loop = asyncio.get_running_loop()
+    files = await loop.run_in_executor(
+        None, lambda: ensure_server_certificate(fleet, hostname=settings.hostname, host=host)
+    )
+    context = hub_ssl_context(files.certfile, files.keyfile, [files.client_ca_file.read_bytes()])
+    if backend is None:
+        backend = await loop.run_in_executor(None, _backend_for, fleet)
+    server = HubServer(Broker(backend, hostnames=names), context)
+    await server.start(host, port)
+    _log.info("fleetpki hub on mqtts://%s:%s", host, server.port)
+    return server.stop

@@ -1,0 +1,223 @@
+"""The hub's TLS: a server context that takes any client certificate, and the peer's chain.
+
+Why not ``ssl.CERT_REQUIRED`` or ``CERT_OPTIONAL`` with the trusted CAs as verify
+locations: OpenSSL then checks the client chain *during* the handshake and aborts it
+on an unknown CA, an expired certificate or a bad chain. The Azure device SDK reports
+a TLS abort as ``ConnectionFailedError`` and retries for ever, while Azure IoT Hub
+finishes TLS and answers CONNACK 5, which the SDK turns into a credential error and
+stops (ref §1.1, §1.4, §5). So the hub must *request* a certificate, accept whatever
+arrives at the TLS layer (the handshake signature still proves possession of the key),
+and judge the chain in the application (`fleetpki.pki.chain.verify_client_chain`).
+
+CPython's ``ssl`` module (3.11) exposes neither OpenSSL's verify callback nor the peer's
+unverified chain, and uvloop accepts only ``ssl.SSLContext``. The approach taken:
+
+* ``SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_all)`` is called through ``ctypes``
+  on the context's own ``SSL_CTX*``, read from the ``PySSLContext`` object (its first
+  field after the object header, unchanged since CPython 3.7). The pointer is checked
+  before use: the context's verify mode is set through Python to two distinct values
+  and read back through ``SSL_CTX_get_verify_mode``; any mismatch disables the trick.
+  The callback is a C function pointer that ctypes backs with a tiny Python function;
+  OpenSSL calls it once per certificate depth, which costs a few microseconds.
+* After the handshake, ``SSL_get_peer_cert_chain`` (via the ``SSL*`` of the
+  ``_ssl._SSLSocket`` under the ``SSLObject``, checked with ``SSL_get_SSL_CTX``) gives the
+  intermediates the device sent; the hub's trusted CA set supplies the rest.
+
+Limits: if the ctypes route is unavailable (another Python, another layout), the
+context falls back to ``CERT_OPTIONAL`` with every hub CA as a verify location: devices
+from trusted CAs still get CONNACK 5 for every application-level refusal, but a
+certificate from an unknown CA aborts TLS. `ACCEPTS_ANY_CLIENT_CERTIFICATE` says
+which mode is in force. A device that sends no certificate completes TLS either way
+and is refused with CONNACK 5.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import ssl
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ACCEPTS_ANY_CLIENT_CERTIFICATE",
+    "hub_ssl_context",
+    "peer_certificates",
+]
+
+_log = logging.getLogger("fleetpki.hub.tls")
+
+_SSL_VERIFY_PEER = 0x01
+_VERIFY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+
+
+def _accept_all(_preverify_ok: int, _store_ctx: int | None) -> int:
+    # Any client certificate passes the TLS layer; the application verifies the chain.
+    return 1
+
+
+# Kept at module level: OpenSSL holds the raw pointer for the process's lifetime.
+_ACCEPT_ALL = _VERIFY_CALLBACK(_accept_all)
+
+
+class _LibSSL:
+    """The OpenSSL functions CPython's ``_ssl`` module is linked against."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(ssl._ssl.__file__)  # type: ignore[attr-defined]
+        self.set_verify = lib.SSL_CTX_set_verify
+        self.set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK]
+        self.set_verify.restype = None
+        self.get_verify_mode = lib.SSL_CTX_get_verify_mode
+        self.get_verify_mode.argtypes = [ctypes.c_void_p]
+        self.get_verify_mode.restype = ctypes.c_int
+        self.get_ssl_ctx = lib.SSL_get_SSL_CTX
+        self.get_ssl_ctx.argtypes = [ctypes.c_void_p]
+        self.get_ssl_ctx.restype = ctypes.c_void_p
+        self.peer_chain = lib.SSL_get_peer_cert_chain
+        self.peer_chain.argtypes = [ctypes.c_void_p]
+        self.peer_chain.restype = ctypes.c_void_p
+        self.sk_num = lib.OPENSSL_sk_num
+        self.sk_num.argtypes = [ctypes.c_void_p]
+        self.sk_num.restype = ctypes.c_int
+        self.sk_value = lib.OPENSSL_sk_value
+        self.sk_value.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self.sk_value.restype = ctypes.c_void_p
+        self.i2d_x509 = lib.i2d_X509
+        self.i2d_x509.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self.i2d_x509.restype = ctypes.c_int
+
+
+def _load() -> _LibSSL | None:
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        return _LibSSL()
+    except (OSError, AttributeError):
+        return None
+
+
+_LIB = _load()
+_HEADER = object.__basicsize__  # PyObject_HEAD: the C pointer follows it
+
+
+def _field_pointer(obj: object, offset: int) -> int | None:
+    value: int | None = ctypes.c_void_p.from_address(id(obj) + offset).value
+    return value
+
+
+def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
+    """The ``SSL_CTX*`` of ``context``, or ``None`` if it cannot be proven right."""
+    if _LIB is None:
+        return None
+    pointer = _field_pointer(context, _HEADER)
+    if not pointer:
+        return None
+    saved = context.verify_mode
+    try:
+        context.verify_mode = ssl.CERT_REQUIRED  # SSL_VERIFY_PEER | FAIL_IF_NO_PEER_CERT
+        required = _LIB.get_verify_mode(pointer)
+        context.verify_mode = ssl.CERT_OPTIONAL  # SSL_VERIFY_PEER
+        optional = _LIB.get_verify_mode(pointer)
+    finally:
+        context.verify_mode = saved
+    return pointer if (required, optional) == (0x03, 0x01) else None
+
+
+def _accept_any_client_certificate(context: ssl.SSLContext) -> bool:
+    pointer = _ssl_ctx_pointer(context)
+    if pointer is None or _LIB is None:
+        return False
+    context.verify_mode = ssl.CERT_OPTIONAL
+    # Python's setter installs no callback; replace it with one that accepts the chain.
+    _LIB.set_verify(pointer, _SSL_VERIFY_PEER, _ACCEPT_ALL)
+    mode: int = _LIB.get_verify_mode(pointer)
+    return mode == _SSL_VERIFY_PEER
+
+
+#: Whether this interpreter lets the hub finish TLS with any client certificate.
+ACCEPTS_ANY_CLIENT_CERTIFICATE = _accept_any_client_certificate(
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+)
+
+
+def hub_ssl_context(
+    certfile: Path, keyfile: Path, fallback_ca_pems: Iterable[bytes] = ()
+) -> ssl.SSLContext:
+    """A TLS 1.2/1.3 server context that requests a client certificate and accepts any.
+
+    TLS 1.2 stays enabled because the Azure device SDK speaks nothing else (ref §1.1).
+
+    Args:
+        certfile / keyfile: the hub's certificate chain and key (PEM).
+        fallback_ca_pems: CA certificates to verify against when the accept-any route is
+            not available (see the module docstring); unused otherwise.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    # Ask for client certificates from any issuer: send no CA name list.
+    if not _accept_any_client_certificate(context):
+        _log.warning(
+            "cannot accept unverified client certificates at the TLS layer on this Python; "
+            "certificates from unknown CAs will abort the handshake"
+        )
+        cadata = "".join(pem.decode() for pem in fallback_ca_pems)
+        if cadata:
+            context.load_verify_locations(cadata=cadata)
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def _ssl_pointer(ssl_object: Any) -> int | None:
+    inner = getattr(ssl_object, "_sslobj", None)
+    if inner is None or _LIB is None:
+        return None
+    # _ssl._SSLSocket: PyObject_HEAD, a weakref to the socket, then SSL *ssl.
+    pointer = _field_pointer(inner, _HEADER + ctypes.sizeof(ctypes.c_void_p))
+    if not pointer:
+        return None
+    ctx_pointer = _field_pointer(ssl_object.context, _HEADER)
+    return pointer if _LIB.get_ssl_ctx(pointer) == ctx_pointer else None
+
+
+def _der(x509_pointer: int) -> bytes:
+    assert _LIB is not None
+    length = _LIB.i2d_x509(x509_pointer, None)
+    if length <= 0:
+        return b""
+    buffer = ctypes.create_string_buffer(length)
+    cursor = ctypes.c_char_p(ctypes.addressof(buffer))
+    _LIB.i2d_x509(x509_pointer, ctypes.byref(cursor))
+    return buffer.raw
+
+
+def peer_certificates(ssl_object: Any) -> tuple[bytes | None, list[bytes]]:
+    """The client's leaf certificate and the other certificates it sent, as DER.
+
+    Args:
+        ssl_object: the transport's ``ssl_object`` after the handshake.
+
+    Returns:
+        ``(leaf, others)``: ``leaf`` is ``None`` when the client sent no certificate;
+        ``others`` is empty when the chain cannot be read (then the hub's CA set
+        supplies the intermediates).
+    """
+    try:
+        leaf: bytes | None = ssl_object.getpeercert(binary_form=True)
+    except (ValueError, ssl.SSLError):
+        return None, []
+    if not leaf:
+        return None, []
+    others: list[bytes] = []
+    pointer = _ssl_pointer(ssl_object)
+    if pointer is not None and _LIB is not None:
+        stack = _LIB.peer_chain(pointer)
+        if stack:
+            for index in range(_LIB.sk_num(stack)):
+                der = _der(_LIB.sk_value(stack, index))
+                if der and der != leaf:
+                    others.append(der)
+    return leaf, others
