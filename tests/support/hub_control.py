@@ -1,0 +1,132 @@
+"""Helpers for the hub control-plane tests: device certificates from the local CA, foreign CAs."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fleetpki.keystore import PrivateKey
+from fleetpki.pki.keys import KeySpec, generate_key
+from fleetpki.services import Actor, FleetPKI, authority, certificates, domains
+from fleetpki.services.certificates import IssueCommand
+from fleetpki.store.models import CARecord, CertificateRecord
+
+__all__ = ["ForeignCA", "issue_device_certificate", "issuing_ca"]
+
+
+def issuing_ca(fleet: FleetPKI) -> CARecord:
+    """The local issuing CA."""
+    with fleet.transaction() as session:
+        return next(c for c in authority.list_cas(session) if c.tier == "issuing")
+
+
+def issue_device_certificate(
+    fleet: FleetPKI, device_id: str, *, register: bool = True
+) -> tuple[x509.Certificate, list[x509.Certificate], CertificateRecord]:
+    """Issue a certificate with ``CN=device_id`` from the local issuing CA.
+
+    Returns the leaf, the chain a device would send (the issuing CA) and the record.
+    """
+    from conftest import make_csr
+
+    admin = Actor.local_admin()
+    ca = issuing_ca(fleet)
+    _, csr = make_csr(device_id)
+    with fleet.transaction() as session:
+        if register and domains.find_domain(session, ca.id, device_id) is None:
+            domains.register_domain(
+                session,
+                admin,
+                ca_id=ca.id,
+                template_id=None,
+                name=device_id,
+                owners=[admin.principal_id],
+                requesters=[admin.principal_id],
+                now=fleet.now(),
+            )
+        record, issued = certificates.issue(
+            session,
+            admin,
+            fleet.keystore,
+            fleet.urls,
+            IssueCommand(ca_id=ca.id, csr=csr),
+            now=fleet.now(),
+        )
+    leaf = x509.load_der_x509_certificate(issued.der)
+    return leaf, [x509.load_der_x509_certificate(ca.certificate_der)], record
+
+
+class ForeignCA:
+    """A CA outside fleetpki (made here), with its key, to sign device and proof certificates."""
+
+    def __init__(self, name: str = "Foreign CA") -> None:
+        self.key: PrivateKey = generate_key(KeySpec.EC_P256)
+        now = dt.datetime.now(dt.UTC)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+
+    def sign(self, cn: str, *, client: bool = True) -> x509.Certificate:
+        """A certificate with ``CN=cn`` signed by this CA (a device certificate by default)."""
+        now = dt.datetime.now(dt.UTC)
+        key = generate_key(KeySpec.EC_P256)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+        )
+        if client:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            ).add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+        return builder.sign(self.key, hashes.SHA256())  # type: ignore[arg-type]
