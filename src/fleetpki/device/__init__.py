@@ -1,0 +1,99 @@
+"""The device SDK: keys and CSRs, enrollment and renewal, the hub connection, auto-renewal."""
+
+from __future__ import annotations
+
+from fleetpki.device.connection import (
+    API_VERSION,
+    DEFAULT_MQTT_PORT,
+    MAX_MESSAGE_SIZE,
+    CloudMessage,
+    DeviceClient,
+    MethodRequest,
+    MethodResult,
+    TwinResponse,
+    mqtt_username,
+)
+from fleetpki.device.csr import (
+    DEFAULT_DEVICE_KEY_SPEC,
+    DEVICE_KEY_SPECS,
+    check_device_id,
+    generate_device_key,
+    make_csr,
+    make_csr_pem,
+)
+from fleetpki.device.enrollment import (
+    AvailableCA,
+    Enroller,
+    EstEnroller,
+    EzcaEnroller,
+    IssuedCertificate,
+    V1Enroller,
+    enroll_device,
+    renew_identity,
+)
+from fleetpki.device.identity import (
+    DeviceDirectory,
+    DeviceIdentity,
+    DeviceMetadata,
+    client_ssl_context,
+)
+from fleetpki.device.registry import (
+    HubConnectionString,
+    HubRegistry,
+    ServiceApiRegistry,
+    sas_token,
+)
+from fleetpki.device.renewal import (
+    DEFAULT_JITTER,
+    DEFAULT_RENEW_FRACTION,
+    RenewalPolicy,
+    Renewer,
+)
+from fleetpki.device.simulator import (
+    SimulationResult,
+    SimulatorSettings,
+    simulate_device,
+    telemetry_message,
+)
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_DEVICE_KEY_SPEC",
+    "DEFAULT_JITTER",
+    "DEFAULT_MQTT_PORT",
+    "DEFAULT_RENEW_FRACTION",
+    "DEVICE_KEY_SPECS",
+    "MAX_MESSAGE_SIZE",
+    "AvailableCA",
+    "CloudMessage",
+    "DeviceClient",
+    "DeviceDirectory",
+    "DeviceIdentity",
+    "DeviceMetadata",
+    "Enroller",
+    "EstEnroller",
+    "EzcaEnroller",
+    "HubConnectionString",
+    "HubRegistry",
+    "IssuedCertificate",
+    "MethodRequest",
+    "MethodResult",
+    "RenewalPolicy",
+    "Renewer",
+    "ServiceApiRegistry",
+    "SimulationResult",
+    "SimulatorSettings",
+    "TwinResponse",
+    "V1Enroller",
+    "check_device_id",
+    "client_ssl_context",
+    "enroll_device",
+    "generate_device_key",
+    "make_csr",
+    "make_csr_pem",
+    "mqtt_username",
+    "renew_identity",
+    "sas_token",
+    "simulate_device",
+    "telemetry_message",
+]
