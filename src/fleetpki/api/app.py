@@ -35,6 +35,7 @@ MAX_BODY_BYTES = 1_000_000
 _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.ezca",
     "fleetpki.api.v1",
+    "fleetpki.api.hub_service",
 )
 
 

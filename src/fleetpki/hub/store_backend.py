@@ -88,7 +88,8 @@ class BrokerMethodInvoker:
 
     def connected_device_count(self) -> int:
         """Devices connected to the broker now."""
-        return int(self.broker.connected_device_count())
+        count = self.broker.connected_device_count  # a property on the broker
+        return int(count() if callable(count) else count)
 
 
 class StoreHubBackend:

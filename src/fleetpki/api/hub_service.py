@@ -1,0 +1,428 @@
+"""Azure IoT Hub's service REST API (api-version 2021-04-12) for the built-in hub (ref §3).
+
+The routes only translate: SAS authentication (§3.1), Azure's JSON shapes and dates
+with a ``T`` (§3.2), ``If-Match`` (§3.3), direct methods (§3.4) and Azure's error
+bodies with the ``iothub-errorcode`` header (§3.5). The decisions live in
+``fleetpki.services.hub_registry``, ``hub_sas`` and ``hub_methods``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import re
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+
+from fleetpki.api.deps import get_fleet
+from fleetpki.errors import (
+    AuthenticationError,
+    FleetPKIError,
+    PermissionDenied,
+    ValidationError,
+    http_status_for,
+)
+from fleetpki.keystore import load_or_create_passphrase
+from fleetpki.services import FleetPKI, hub_registry, hub_sas
+from fleetpki.services.hub_methods import (
+    DEFAULT_METHOD_TIMEOUT,
+    current_method_invoker,
+    device_not_online,
+)
+from fleetpki.services.hub_registry import AuthType, DeviceSpec, DeviceStatus
+from fleetpki.services.hub_sas import Right, SasCaller
+from fleetpki.store.hub_models import HubDevice
+
+__all__ = [
+    "API_VERSION",
+    "AzureError",
+    "azure_error_response",
+    "device_json",
+    "router",
+    "twin_json",
+]
+
+#: The service API version the azure-iot-hub SDK 2.7.0 sends (ref §3.2).
+API_VERSION = "2021-04-12"
+
+_NO_TIME = "0001-01-01T00:00:00Z"  # Azure's "never" (ref §3.2)
+_MAX_METHOD_TIMEOUT = 300
+
+# Stable code -> (Azure error name, Azure numeric code) (ref §3.5).
+_AZURE_ERRORS: dict[str, tuple[str, int]] = {
+    "hub.device_not_found": ("DeviceNotFound", 404001),
+    "hub.device_exists": ("DeviceAlreadyExists", 409001),
+    "precondition.failed": ("PreconditionFailed", 412002),
+    "hub.device_not_online": ("DeviceNotOnline", 404103),
+    "hub.method_timeout": ("GatewayTimeout", 504101),
+    "hub.bad_api_version": ("InvalidProtocolVersion", 400001),
+}
+_CLASS_ERRORS: dict[type[FleetPKIError], tuple[str, int]] = {
+    AuthenticationError: ("IotHubUnauthorizedAccess", 401002),
+    PermissionDenied: ("IotHubUnauthorizedAccess", 401002),
+    ValidationError: ("ArgumentInvalid", 400004),
+}
+
+
+def _iso(value: dt.datetime | None) -> str:
+    if value is None:
+        return _NO_TIME
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class AzureError(Exception):
+    """A FleetPKIError to be rendered as Azure renders errors (ref §3.5)."""
+
+    def __init__(self, error: FleetPKIError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def azure_error_response(error: FleetPKIError) -> JSONResponse:
+    """Azure's error body and ``iothub-errorcode`` header for ``error`` (ref §3.5)."""
+    name, number = _AZURE_ERRORS.get(error.code) or next(
+        (v for k, v in _CLASS_ERRORS.items() if isinstance(error, k)), ("ServerError", 500001)
+    )
+    tracking = uuid.uuid4().hex
+    now = _iso(dt.datetime.now(dt.UTC))
+    inner = {
+        "errorCode": number,
+        "trackingId": tracking,
+        "message": error.message,
+        "info": {"fleetpkiCode": error.code},
+        "timestampUtc": now,
+    }
+    return JSONResponse(
+        {
+            "Message": json.dumps(inner),
+            "ExceptionMessage": f"Tracking ID:{tracking}-TimeStamp:{now}",
+        },
+        status_code=http_status_for(error),
+        headers={"iothub-errorcode": name},
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _secret_for(home: Path) -> bytes:
+    return load_or_create_passphrase(home)
+
+
+def _secret(fleet: FleetPKI) -> bytes:
+    return _secret_for(fleet.settings.home)
+
+
+def _hostnames(fleet: FleetPKI) -> set[str]:
+    return {fleet.settings.hostname.lower(), "localhost", "127.0.0.1"}
+
+
+def _sas_caller(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    api_version: Annotated[str | None, Query(alias="api-version")] = None,
+) -> SasCaller:
+    fleet = get_fleet(request)
+    if not api_version:
+        raise AzureError(ValidationError("hub.bad_api_version", "the api-version is missing"))
+    try:
+        with fleet.transaction() as session:
+            hub_sas.ensure_sas_policies(session, _secret(fleet), now=fleet.now())
+            return hub_sas.verify_sas_token(
+                session, _secret(fleet), authorization, _hostnames(fleet), now=fleet.now()
+            )
+    except FleetPKIError as exc:
+        raise AzureError(exc) from exc
+
+
+Caller = Annotated[SasCaller, Depends(_sas_caller)]
+Fleet = Annotated[FleetPKI, Depends(get_fleet)]
+IfMatch = Annotated[str | None, Header(alias="If-Match")]
+JsonBody = Annotated[dict[str, Any], Body()]
+
+
+class _AzureRoute(APIRoute):
+    """A route whose refusals are rendered as Azure renders them, not as problem+json."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except AzureError as exc:
+                return azure_error_response(exc.error)
+            except RequestValidationError:
+                return azure_error_response(
+                    ValidationError("hub.bad_request", "the request body must be a JSON object")
+                )
+
+        return handle
+
+
+router = APIRouter(tags=["hub service (Azure IoT Hub)"], route_class=_AzureRoute)
+
+
+def _guard(caller: SasCaller, *rights: Right) -> None:
+    try:
+        hub_sas.require_right(caller, *rights)
+    except FleetPKIError as exc:
+        raise AzureError(exc) from exc
+
+
+def device_json(device: HubDevice) -> dict[str, Any]:
+    """A registry entry in Azure's Device shape (ref §3.2 "Device fields")."""
+    return {
+        "deviceId": device.device_id,
+        "generationId": device.generation_id,
+        "etag": device.etag,
+        "connectionState": device.connection_state,
+        "status": device.status,
+        "statusReason": device.status_reason,
+        "connectionStateUpdatedTime": _iso(device.connection_state_updated_at),
+        "statusUpdatedTime": _iso(device.status_updated_at),
+        "lastActivityTime": _iso(device.last_activity_at),
+        "cloudToDeviceMessageCount": device.c2d_count,
+        "authentication": {
+            "symmetricKey": {"primaryKey": None, "secondaryKey": None},
+            "x509Thumbprint": {
+                "primaryThumbprint": device.primary_thumbprint,
+                "secondaryThumbprint": device.secondary_thumbprint,
+            },
+            "type": device.auth_type,
+        },
+        "capabilities": {"iotEdge": False},
+    }
+
+
+def twin_json(device: HubDevice) -> dict[str, Any]:
+    """A device's twin in Azure's Twin shape (ref §3.2 "Twin fields")."""
+    return {
+        "deviceId": device.device_id,
+        "etag": device.twin_etag,
+        "deviceEtag": device.etag,
+        "version": device.desired_version + device.reported_version,
+        "status": device.status,
+        "statusReason": device.status_reason,
+        "statusUpdateTime": _iso(device.status_updated_at),
+        "connectionState": device.connection_state,
+        "lastActivityTime": _iso(device.last_activity_at),
+        "cloudToDeviceMessageCount": device.c2d_count,
+        "authenticationType": device.auth_type,
+        "x509Thumbprint": {
+            "primaryThumbprint": device.primary_thumbprint,
+            "secondaryThumbprint": device.secondary_thumbprint,
+        },
+        "capabilities": {"iotEdge": False},
+        "tags": device.tags,
+        "properties": {
+            "desired": {**device.desired, "$version": device.desired_version},
+            "reported": {**device.reported, "$version": device.reported_version},
+        },
+    }
+
+
+def _spec_from(device_id: str, body: dict[str, Any]) -> DeviceSpec:
+    if body.get("deviceId") not in (None, device_id):
+        raise ValidationError("hub.bad_device_id", "the body's deviceId is not the URL's")
+    auth = body.get("authentication") or {}
+    if not isinstance(auth, dict):
+        raise ValidationError("hub.bad_auth_type", "authentication must be an object")
+    thumbs = auth.get("x509Thumbprint") or {}
+    status = body.get("status")
+    return DeviceSpec(
+        device_id=device_id,
+        auth_type=AuthType.parse(str(auth.get("type") or "certificateAuthority")),
+        primary_thumbprint=thumbs.get("primaryThumbprint") if isinstance(thumbs, dict) else None,
+        secondary_thumbprint=thumbs.get("secondaryThumbprint")
+        if isinstance(thumbs, dict)
+        else None,
+        status=DeviceStatus.parse(str(status)) if status else DeviceStatus.ENABLED,
+        status_reason=body.get("statusReason"),
+    )
+
+
+def _call(fleet: FleetPKI, work: Any) -> Any:
+    """Run ``work(session)`` in a transaction; fleetpki errors become Azure errors."""
+    try:
+        with fleet.transaction() as session:
+            return work(session)
+    except FleetPKIError as exc:
+        raise AzureError(exc) from exc
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@router.put("/devices/{device_id}")
+def put_device(
+    device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
+) -> dict[str, Any]:
+    """Create (200, not 201: ref §3.2) or update a device identity."""
+    _guard(caller, Right.REGISTRY_WRITE)
+
+    def work(session: Any) -> dict[str, Any]:
+        record, _ = hub_registry.put_device(
+            session, _spec_from(device_id, body), now=fleet.now(), if_match=if_match
+        )
+        return device_json(record)
+
+    result: dict[str, Any] = _call(fleet, work)
+    return result
+
+
+@router.get("/devices/{device_id}")
+def get_device(device_id: str, caller: Caller, fleet: Fleet) -> dict[str, Any]:
+    """One device identity."""
+    _guard(caller, Right.REGISTRY_READ)
+    result: dict[str, Any] = _call(
+        fleet, lambda s: device_json(hub_registry.get_device(s, device_id))
+    )
+    return result
+
+
+@router.delete("/devices/{device_id}", status_code=204)
+def delete_device(
+    device_id: str, caller: Caller, fleet: Fleet, if_match: IfMatch = None
+) -> Response:
+    """Delete a device (204, ref §3.2); its live session is closed."""
+    _guard(caller, Right.REGISTRY_WRITE)
+    _call(fleet, lambda s: hub_registry.delete_device(s, device_id, if_match=if_match))
+    return Response(status_code=204)
+
+
+@router.get("/devices")
+def list_devices(
+    caller: Caller, fleet: Fleet, top: Annotated[int | None, Query(ge=1, le=1000)] = None
+) -> list[dict[str, Any]]:
+    """Device identities, at most ``top``."""
+    _guard(caller, Right.REGISTRY_READ)
+    result: list[dict[str, Any]] = _call(
+        fleet, lambda s: [device_json(d) for d in hub_registry.list_devices(s, limit=top)]
+    )
+    return result
+
+
+_SELECT_ALL = re.compile(r"^\s*select\s+\*\s+from\s+devices\s*$", re.IGNORECASE)
+
+
+@router.post("/devices/query")
+def query_devices(
+    body: JsonBody,
+    caller: Caller,
+    fleet: Fleet,
+    max_items: Annotated[int | None, Header(alias="x-ms-max-item-count")] = None,
+    continuation: Annotated[str | None, Header(alias="x-ms-continuation")] = None,
+) -> Response:
+    """``SELECT * FROM devices`` only, paged by ``x-ms-max-item-count`` (ref §3.2)."""
+    _guard(caller, Right.REGISTRY_READ, Right.SERVICE_CONNECT)
+    if not _SELECT_ALL.match(str(body.get("query", ""))):
+        raise AzureError(
+            ValidationError("hub.bad_query", "only SELECT * FROM devices is supported")
+        )
+    start = int(continuation) if continuation and continuation.isdigit() else 0
+    size = max(1, min(max_items or 100, 1000))
+    twins = _call(fleet, lambda s: [twin_json(d) for d in hub_registry.list_devices(s)])
+    page = twins[start : start + size]
+    headers = {"x-ms-item-type": "Twin"}
+    if start + size < len(twins):
+        headers["x-ms-continuation"] = str(start + size)
+    return JSONResponse(page, headers=headers)
+
+
+# --------------------------------------------------------------------------- twins
+
+
+@router.get("/twins/{device_id}")
+def get_twin(device_id: str, caller: Caller, fleet: Fleet) -> dict[str, Any]:
+    """A device twin."""
+    _guard(caller, Right.REGISTRY_READ, Right.SERVICE_CONNECT)
+    result: dict[str, Any] = _call(fleet, lambda s: twin_json(hub_registry.get_twin(s, device_id)))
+    return result
+
+
+@router.patch("/twins/{device_id}")
+def patch_twin(
+    device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
+) -> dict[str, Any]:
+    """Merge tags and desired properties (ref §3.3)."""
+    _guard(caller, Right.REGISTRY_WRITE, Right.SERVICE_CONNECT)
+    result: dict[str, Any] = _call(
+        fleet,
+        lambda s: twin_json(
+            hub_registry.patch_twin(s, device_id, body, now=fleet.now(), if_match=if_match)
+        ),
+    )
+    return result
+
+
+@router.put("/twins/{device_id}")
+def replace_twin(
+    device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
+) -> dict[str, Any]:
+    """Replace tags and desired properties (ref §3.3)."""
+    _guard(caller, Right.REGISTRY_WRITE, Right.SERVICE_CONNECT)
+    result: dict[str, Any] = _call(
+        fleet,
+        lambda s: twin_json(
+            hub_registry.replace_twin(s, device_id, body, now=fleet.now(), if_match=if_match)
+        ),
+    )
+    return result
+
+
+@router.post("/twins/{device_id}/methods")
+async def invoke_method(
+    device_id: str, body: JsonBody, caller: Caller, fleet: Fleet
+) -> dict[str, Any]:
+    """Invoke a direct method and return ``{"status", "payload"}`` (ref §3.4)."""
+    _guard(caller, Right.SERVICE_CONNECT)
+    method = body.get("methodName")
+    if not isinstance(method, str) or not method:
+        raise AzureError(ValidationError("hub.bad_method", "methodName is required"))
+    raw_timeout = body.get("responseTimeoutInSeconds") or DEFAULT_METHOD_TIMEOUT
+    if not isinstance(raw_timeout, int | float):
+        raise AzureError(ValidationError("hub.bad_method", "responseTimeoutInSeconds is a number"))
+    timeout = float(min(max(raw_timeout, 1), _MAX_METHOD_TIMEOUT))
+    await run_in_threadpool(_call, fleet, lambda s: hub_registry.get_device(s, device_id))
+    invoker = current_method_invoker()
+    try:
+        if invoker is None:
+            raise device_not_online(device_id)
+        status, payload = await invoker.invoke(device_id, method, body.get("payload"), timeout)
+    except FleetPKIError as exc:
+        raise AzureError(exc) from exc
+    return {"status": status, "payload": payload}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@router.get("/statistics/devices")
+def registry_statistics(caller: Caller, fleet: Fleet) -> dict[str, int]:
+    """Device counts (ref §3.2)."""
+    _guard(caller, Right.REGISTRY_READ)
+    stats: hub_registry.RegistryStatistics = _call(fleet, hub_registry.registry_statistics)
+    return {
+        "totalDeviceCount": stats.total,
+        "enabledDeviceCount": stats.enabled,
+        "disabledDeviceCount": stats.disabled,
+    }
+
+
+@router.get("/statistics/service")
+def service_statistics(caller: Caller, fleet: Fleet) -> dict[str, int]:
+    """Connected devices: the live hub's count when one runs here, else the registry's."""
+    _guard(caller, Right.SERVICE_CONNECT, Right.REGISTRY_READ)
+    invoker = current_method_invoker()
+    if invoker is not None:
+        return {"connectedDeviceCount": invoker.connected_device_count()}
+    count: int = _call(fleet, hub_registry.connected_device_count)
+    return {"connectedDeviceCount": count}

@@ -1,0 +1,207 @@
+"""Shared-access policies of the hub's service API and SAS token checks (ref §3.1).
+
+A SAS token is ``SharedAccessSignature sr=..&sig=..&se=..&skn=..`` where ``sig`` is
+HMAC-SHA256, keyed with the base64-decoded policy key, over the *encoded* ``sr`` as
+it appears in the token, a newline and ``se``. Checking it needs the key itself, so
+policy keys cannot be stored as hashes like API tokens are; they are encrypted at
+rest (Fernet) with a key derived by HKDF from the home's key passphrase, the same
+secret that protects the CA keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from urllib.parse import quote, quote_plus, unquote
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleetpki.errors import AuthenticationError, NotFoundError, PermissionDenied
+from fleetpki.store.hub_models import HubSasPolicy
+
+__all__ = [
+    "DEFAULT_POLICIES",
+    "Right",
+    "SasCaller",
+    "connection_string",
+    "ensure_sas_policies",
+    "make_sas_token",
+    "policy_keys",
+    "require_right",
+    "verify_sas_token",
+]
+
+
+class Right(enum.Enum):
+    """Permissions a policy grants (Azure's names)."""
+
+    REGISTRY_READ = "RegistryRead"
+    REGISTRY_WRITE = "RegistryWrite"
+    SERVICE_CONNECT = "ServiceConnect"
+    DEVICE_CONNECT = "DeviceConnect"
+
+
+#: Azure's default policies and their rights (ref §3.1; RegistryWrite implies read).
+DEFAULT_POLICIES: dict[str, frozenset[Right]] = {
+    "iothubowner": frozenset(
+        {Right.REGISTRY_READ, Right.REGISTRY_WRITE, Right.SERVICE_CONNECT, Right.DEVICE_CONNECT}
+    ),
+    "service": frozenset({Right.SERVICE_CONNECT}),
+    "device": frozenset({Right.DEVICE_CONNECT}),
+    "registryRead": frozenset({Right.REGISTRY_READ}),
+    "registryReadWrite": frozenset({Right.REGISTRY_READ, Right.REGISTRY_WRITE}),
+}
+
+_PREFIX = "SharedAccessSignature "
+_HKDF_INFO = b"fleetpki hub sas policy keys v1"
+
+
+@dataclass(frozen=True, slots=True)
+class SasCaller:
+    """A service caller whose SAS token checked out."""
+
+    policy: str
+    rights: frozenset[Right]
+
+
+def _fernet(secret: bytes) -> Fernet:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _rights_text(rights: frozenset[Right]) -> str:
+    return ",".join(sorted(r.value for r in rights))
+
+
+def ensure_sas_policies(session: Session, secret: bytes, *, now: dt.datetime) -> None:
+    """Create the default policies with random 256-bit keys where missing."""
+    existing = set(session.scalars(select(HubSasPolicy.name)))
+    fernet = _fernet(secret)
+    for name, rights in DEFAULT_POLICIES.items():
+        if name in existing:
+            continue
+        keys = [base64.b64encode(secrets.token_bytes(32)) for _ in range(2)]
+        session.add(
+            HubSasPolicy(
+                name=name,
+                rights=_rights_text(rights),
+                primary_key=fernet.encrypt(keys[0]).decode(),
+                secondary_key=fernet.encrypt(keys[1]).decode(),
+                created_at=now,
+            )
+        )
+    session.flush()
+
+
+def policy_keys(session: Session, secret: bytes, name: str) -> tuple[str, str, frozenset[Right]]:
+    """The primary and secondary keys (base64) and the rights of policy ``name``.
+
+    Raises:
+        NotFoundError: ``hub.policy_not_found``.
+        AuthenticationError: ``hub.policy_key_undecryptable`` when the passphrase changed.
+    """
+    policy = session.get(HubSasPolicy, name)
+    if policy is None:
+        raise NotFoundError("hub.policy_not_found", f"no shared access policy {name!r}")
+    fernet = _fernet(secret)
+    try:
+        primary = fernet.decrypt(policy.primary_key).decode()
+        secondary = fernet.decrypt(policy.secondary_key).decode()
+    except InvalidToken:
+        raise AuthenticationError(
+            "hub.policy_key_undecryptable", "the policy keys cannot be decrypted"
+        ) from None
+    rights = frozenset(Right(r) for r in policy.rights.split(",") if r)
+    return primary, secondary, rights
+
+
+def connection_string(session: Session, secret: bytes, hostname: str, policy: str) -> str:
+    """``HostName=..;SharedAccessKeyName=..;SharedAccessKey=..`` for ``policy`` (ref §3.1).
+
+    Raises:
+        NotFoundError: ``hub.policy_not_found``.
+    """
+    primary, _, _ = policy_keys(session, secret, policy)
+    return f"HostName={hostname};SharedAccessKeyName={policy};SharedAccessKey={primary}"
+
+
+def make_sas_token(hostname: str, policy: str, key: str, expiry: int) -> str:
+    """A token exactly as the Azure SDK computes it (ref §3.1), for tests and tools."""
+    sr = quote_plus(hostname)
+    digest = hmac.new(base64.b64decode(key), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest()
+    sig = quote(base64.b64encode(digest).decode(), safe="/")
+    return f"{_PREFIX}sr={sr}&sig={sig}&se={expiry}&skn={policy}"
+
+
+def verify_sas_token(
+    session: Session,
+    secret: bytes,
+    authorization: str | None,
+    hostnames: set[str],
+    *,
+    now: dt.datetime,
+) -> SasCaller:
+    """Check a service SAS token (ref §3.1 "Server check", steps 1-6).
+
+    The HMAC is computed over the raw ``sr`` as sent, and over its lower-cased form
+    (the docs ask for lower-case escapes; Python sends upper case), and compared in
+    constant time with either policy key. ``unquote(sr)`` must be one of ``hostnames``,
+    with or without a port.
+
+    Raises:
+        AuthenticationError: ``hub.sas_missing``, ``hub.sas_malformed``,
+            ``hub.sas_expired``, ``hub.sas_bad_signature``, ``hub.sas_wrong_host``.
+    """
+    if not authorization or not authorization.startswith(_PREFIX):
+        raise AuthenticationError("hub.sas_missing", "a SharedAccessSignature is required")
+    fields: dict[str, str] = {}
+    for part in authorization[len(_PREFIX) :].strip().split("&"):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise AuthenticationError("hub.sas_malformed", "the SharedAccessSignature is malformed")
+        fields[key] = value
+    sr, sig, se, skn = (fields.get(k) for k in ("sr", "sig", "se", "skn"))
+    if not (sr and sig and se and skn) or not se.isdigit():
+        raise AuthenticationError("hub.sas_malformed", "the SharedAccessSignature is malformed")
+    if int(se) <= now.timestamp():
+        raise AuthenticationError("hub.sas_expired", "the SharedAccessSignature has expired")
+    try:
+        primary, secondary, rights = policy_keys(session, secret, skn)
+        presented = base64.b64decode(unquote(sig), validate=True)
+    except (NotFoundError, ValueError):
+        raise AuthenticationError(
+            "hub.sas_bad_signature", "the SharedAccessSignature does not verify"
+        ) from None
+    matched = False
+    for key in (primary, secondary):
+        raw_key = base64.b64decode(key)
+        for resource in {sr, sr.lower()}:
+            expected = hmac.new(raw_key, f"{resource}\n{se}".encode(), hashlib.sha256).digest()
+            matched |= hmac.compare_digest(expected, presented)
+    if not matched:
+        raise AuthenticationError(
+            "hub.sas_bad_signature", "the SharedAccessSignature does not verify"
+        )
+    host = unquote(sr).lower().split("/", 1)[0]
+    if host not in hostnames and host.rsplit(":", 1)[0] not in hostnames:
+        raise AuthenticationError("hub.sas_wrong_host", "the token is for another hub")
+    return SasCaller(policy=skn, rights=rights)
+
+
+def require_right(caller: SasCaller, *alternatives: Right) -> None:
+    """Refuse unless the caller holds one of ``alternatives``.
+
+    Raises:
+        PermissionDenied: ``hub.sas_forbidden``.
+    """
+    if not caller.rights.intersection(alternatives):
+        raise PermissionDenied("hub.sas_forbidden", "this policy may not do that")
