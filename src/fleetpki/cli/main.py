@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetpki import __version__
-from fleetpki.cli import remote
+from fleetpki.cli import device, remote
 from fleetpki.client import Client
 from fleetpki.errors import FleetPKIError, NotFoundError, ValidationError
 from fleetpki.keystore import PrivateKey
@@ -64,6 +64,7 @@ app.add_typer(principal_app, name="principal")
 app.add_typer(token_app, name="token")
 app.add_typer(domain_app, name="domain")
 app.add_typer(cert_app, name="cert")
+app.add_typer(device.app, name="device")
 
 # Ids and serials must survive copy and paste: never truncate, and do not wrap
 # messages (an error is one line).

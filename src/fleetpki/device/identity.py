@@ -283,12 +283,16 @@ def client_ssl_context(
     from files, so the key passes through a private temporary file encrypted with a
     one-time passphrase, removed before this function returns.
     """
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and check_hostname; only the named CAs are
+    # trusted (create_default_context would add the system's roots to them).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = minimum_version
     if ca_bundle is not None:
         context.load_verify_locations(cafile=str(ca_bundle))
     elif identity is not None and identity.ca_bundle:
         context.load_verify_locations(cadata=identity.ca_bundle_pem)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if identity is not None:
         one_time = secrets.token_urlsafe(32).encode()
         with tempfile.TemporaryDirectory(prefix="fleetpki-tls-") as folder:
