@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fleetpki import __version__
 from fleetpki.cli import device, remote
+from fleetpki.cli import hub as hub_cli
 from fleetpki.client import Client
 from fleetpki.errors import FleetPKIError, NotFoundError, ValidationError
 from fleetpki.keystore import PrivateKey
@@ -64,6 +65,7 @@ app.add_typer(principal_app, name="principal")
 app.add_typer(token_app, name="token")
 app.add_typer(domain_app, name="domain")
 app.add_typer(cert_app, name="cert")
+app.add_typer(hub_cli.hub_app, name="hub")
 app.add_typer(device.app, name="device")
 
 # Ids and serials must survive copy and paste: never truncate, and do not wrap

@@ -1,0 +1,131 @@
+"""``fleetpki hub``: the built-in hub's registry, CA trust and service connection strings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from fleetpki.keystore import load_or_create_passphrase
+from fleetpki.services import FleetPKI, hub_registry, hub_sas, hub_trust
+from fleetpki.services.hub_registry import DeviceSpec, DeviceStatus
+
+__all__ = ["hub_app"]
+
+hub_app = typer.Typer(help="The built-in IoT hub: devices, CA trust, connection strings.")
+device_app = typer.Typer(help="Devices in the hub's registry.", no_args_is_help=True)
+hub_app.add_typer(device_app, name="device")
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+DeviceId = Annotated[str, typer.Argument(help="The device id (its certificate CN).")]
+
+
+@contextmanager
+def _opened() -> Iterator[FleetPKI]:
+    # The home comes from the root command's --home option, kept by cli.main.
+    from fleetpki.cli.main import _opened as opened_home
+
+    with opened_home() as instance:
+        yield instance
+
+
+def _when(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+@device_app.command("add")
+def device_add(device_id: DeviceId) -> None:
+    """Register a device that authenticates with a certificate from a trusted CA."""
+    with _opened() as inst, inst.transaction() as session:
+        record, _ = hub_registry.put_device(session, DeviceSpec(device_id), now=inst.now())
+    err_console.print(f"device {record.device_id} added (certificateAuthority, enabled)")
+
+
+@device_app.command("list")
+def device_list() -> None:
+    """List registered devices."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("device id", "status", "auth", "connection", "c2d pending"):
+        table.add_column(column, overflow="fold")
+    with _opened() as inst, inst.transaction() as session:
+        for device in hub_registry.list_devices(session):
+            table.add_row(
+                device.device_id,
+                device.status,
+                device.auth_type,
+                device.connection_state,
+                str(device.c2d_count),
+            )
+    console.print(table)
+
+
+@device_app.command("show")
+def device_show(device_id: DeviceId) -> None:
+    """Show a device and its twin."""
+    from fleetpki.api.hub_service import twin_json
+
+    with _opened() as inst, inst.transaction() as session:
+        document = twin_json(hub_registry.get_device(session, device_id))
+    console.print_json(data=document)
+
+
+def _set_status(device_id: str, status: DeviceStatus, reason: str | None) -> None:
+    with _opened() as inst, inst.transaction() as session:
+        hub_registry.set_device_status(session, device_id, status, reason=reason, now=inst.now())
+    err_console.print(f"device {device_id} {status.value}")
+
+
+@device_app.command("disable")
+def device_disable(
+    device_id: DeviceId,
+    reason: Annotated[str | None, typer.Option(help="Why (shown as statusReason).")] = None,
+) -> None:
+    """Disable a device: it is refused from now on and a live session is closed."""
+    _set_status(device_id, DeviceStatus.DISABLED, reason)
+
+
+@device_app.command("enable")
+def device_enable(device_id: DeviceId) -> None:
+    """Enable a device again."""
+    _set_status(device_id, DeviceStatus.ENABLED, None)
+
+
+@device_app.command("delete")
+def device_delete(device_id: DeviceId) -> None:
+    """Remove a device from the registry (and its queued messages)."""
+    with _opened() as inst, inst.transaction() as session:
+        hub_registry.delete_device(session, device_id)
+    err_console.print(f"device {device_id} deleted")
+
+
+@hub_app.command("trust")
+def trust(ca_id: Annotated[str, typer.Argument(help="The id of a fleetpki CA.")]) -> None:
+    """Trust a local CA in the hub, proving possession of its key (Azure's verification flow)."""
+    with _opened() as inst, inst.transaction() as session:
+        record = hub_trust.trust_local_ca(session, inst.keystore, ca_id, now=inst.now())
+    err_console.print(f"hub trusts {record.name} ({record.sha1_hex}), verified")
+
+
+@hub_app.command("connection-string")
+def connection_string(
+    policy: Annotated[
+        str, typer.Option(help="iothubowner, service, registryRead or registryReadWrite.")
+    ] = "iothubowner",
+    hostname: Annotated[
+        str | None, typer.Option(help="HostName to print (default: the hub hostname:API port).")
+    ] = None,
+) -> None:
+    """Print a service connection string for the Azure IoT Hub SDKs."""
+    with _opened() as inst, inst.transaction() as session:
+        secret = load_or_create_passphrase(inst.settings.home)
+        hub_sas.ensure_sas_policies(session, secret, now=inst.now())
+        host = hostname or f"{inst.settings.hostname}:{inst.settings.api_port}"
+        text = hub_sas.connection_string(session, secret, host, policy)
+    typer.echo(text)
