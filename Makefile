@@ -32,7 +32,7 @@ typecheck: venv
 
 # pytest exits 5 when it collects nothing: that is a failure here, as is any other
 # non-zero status.
-unit: venv system-deps
+unit: venv system-deps azure-venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test: lint typecheck unit
