@@ -254,3 +254,14 @@ def test_sqlite_database_has_no_private_key_material(home: Path) -> None:
         dumped = "\n".join(conn.iterdump())
     assert "PRIVATE KEY" not in dumped
     assert shutil.which("openssl")
+
+
+def test_usage_errors_exit_2_without_a_traceback(home: Path) -> None:
+    done = run(home, "cert", "show", ok=False)
+    assert done.returncode == 2
+    assert "Missing argument" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_version(home: Path) -> None:
+    assert run(home, "--version").stdout.startswith("fleetpki ")

@@ -97,10 +97,21 @@ class _State:
 _state = _State()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"fleetpki {__version__}")
+        raise typer.Exit
+
+
 @app.callback()
 def _root(
     home: HomeOption = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
     server: Annotated[
         str | None,
         typer.Option(
@@ -121,9 +132,6 @@ def _root(
     ] = None,
 ) -> None:
     """A self-hosted certificate authority for IoT device fleets."""
-    if version:
-        console.print(f"fleetpki {__version__}")
-        raise typer.Exit
     _state.home = home
     _state.server, _state.token, _state.ca_bundle = server, token, ca_bundle
 
@@ -694,23 +702,15 @@ def demo() -> None:
 
 
 def main() -> None:
-    """Run the CLI; a fleetpki error prints one line and exits with status 1."""
+    """Run the CLI; a fleetpki error prints one line and exits with status 1.
+
+    Usage errors (a missing argument, an unknown option) are Click's: a usage line
+    and status 2.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except FleetPKIError as exc:
         err_console.print(
             f"[red]error:[/red] {exc.message} [dim]({exc.code})[/dim]", highlight=False
         )
         raise SystemExit(1) from None
-    except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
-    except typer.Abort:
-        err_console.print("aborted")
-        raise SystemExit(130) from None
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        raise
