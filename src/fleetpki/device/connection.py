@@ -149,6 +149,21 @@ class _Pending:
     response: TwinResponse | None = None
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSL socket that closes itself when its handshake fails.
+
+    paho-mqtt leaves the socket of a failed handshake (an untrusted hub certificate)
+    unclosed; its file descriptor would linger until garbage collection.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 def _query(text: str) -> Mapping[str, str | None]:
     """The pairs of a topic's ``?`` part, decoded like a property bag (never ``+``)."""
     return decode_property_bag(text).application
@@ -249,6 +264,8 @@ class DeviceClient:
         context = self._given_context or client_ssl_context(
             self._identity, ca_bundle=self._ca_bundle
         )
+        if context.sslsocket_class is ssl.SSLSocket:
+            context.sslsocket_class = _ClosingSSLSocket
         client.tls_set_context(context)
         client.reconnect_delay_set(min_delay=1, max_delay=60)
         client.on_connect = self._on_connect
