@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from cryptography import x509
@@ -271,4 +272,25 @@ class Client:
         """The newest audit entries (admins)."""
         params = {"object_type": object_type, "object_id": object_id, "limit": limit}
         result: list[dict[str, Any]] = self._call("GET", "/v1/audit", params=params).json()
+        return result
+
+    # ----------------------------------------------------------------- the hub
+
+    def hub_messages(
+        self, *, device: str | None = None, after: int | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Stored telemetry after ``after`` (``GET /v1/hub/messages``)."""
+        params = {"device": device, "after": after, "limit": limit}
+        result: list[dict[str, Any]] = self._call("GET", "/v1/hub/messages", params=params).json()
+        return result
+
+    def send_c2d(
+        self, device_id: str, body: str, *, properties: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Queue a cloud-to-device message (``POST /v1/hub/devices/{id}/messages``)."""
+        result: dict[str, Any] = self._call(
+            "POST",
+            f"/v1/hub/devices/{quote(device_id, safe='')}/messages",
+            json={"body": body, "properties": properties or {}},
+        ).json()
         return result

@@ -36,6 +36,7 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.ezca",
     "fleetpki.api.v1",
     "fleetpki.api.hub_service",
+    "fleetpki.api.hub_v1",
 )
 
 

@@ -129,3 +129,115 @@ def connection_string(
         host = hostname or f"{inst.settings.hostname}:{inst.settings.api_port}"
         text = hub_sas.connection_string(session, secret, host, policy)
     typer.echo(text)
+
+
+def _remote_client() -> object | None:
+    from fleetpki.cli.main import _client
+
+    return _client()
+
+
+def _print_message(message: dict[str, object]) -> None:
+    console.print_json(
+        data={
+            "event": {
+                "origin": message["deviceId"],
+                "enqueuedTime": message["enqueuedTime"],
+                "payload": message["body"],
+                "properties": {
+                    "system": message["systemProperties"],
+                    "application": message["properties"],
+                },
+            }
+        }
+    )
+
+
+@hub_app.command("monitor")
+def monitor(
+    device: Annotated[str | None, typer.Option("--device", help="Only this device.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Keep waiting for new messages.")
+    ] = True,
+    last: Annotated[int, typer.Option(help="Show this many stored messages first.")] = 10,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: never).")
+    ] = None,
+) -> None:
+    """Show telemetry as the hub stored it, live, like ``az iot hub monitor-events``."""
+    import time
+
+    from fleetpki.api.hub_v1 import message_out
+    from fleetpki.client import Client
+    from fleetpki.services.hub_messages import list_messages
+
+    client = _remote_client()
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def fetch(after: int | None, limit: int) -> list[dict[str, object]]:
+        if isinstance(client, Client):
+            return client.hub_messages(device=device, after=after, limit=limit)
+        with _opened() as inst, inst.transaction() as session:
+            rows = list_messages(session, device_id=device, after_id=after, limit=limit)
+            return [message_out(r).model_dump() for r in rows]
+
+    # The newest `last` messages first: page through to the end, keep the tail.
+    backlog: list[dict[str, object]] = []
+    after: int | None = None
+    while True:
+        page = fetch(after, 1000)
+        if not page:
+            break
+        backlog = (backlog + page)[-last:] if last else []
+        after = int(str(page[-1]["id"]))
+    for message in backlog:
+        _print_message(message)
+    if not follow:
+        return
+    err_console.print("[dim]waiting for telemetry; Ctrl+C to stop[/dim]")
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            page = fetch(after, 500)
+            for message in page:
+                _print_message(message)
+                after = int(str(message["id"]))
+            if not page:
+                time.sleep(0.25)
+    except KeyboardInterrupt:
+        return
+
+
+@hub_app.command("send")
+def send(
+    device_id: DeviceId,
+    text: Annotated[str, typer.Argument(help="The message body.")],
+    prop: Annotated[
+        list[str] | None, typer.Option("--property", help="An application property k=v.")
+    ] = None,
+) -> None:
+    """Send a cloud-to-device message; a connected device gets it at once, others on reconnect.
+
+    Without ``--server`` the message is queued in the local database and delivered
+    when the device next connects (or by a hub running in this process); with
+    ``--server`` the running hub delivers it at once.
+    """
+    from fleetpki.client import Client
+    from fleetpki.errors import ValidationError
+    from fleetpki.services.hub_messages import enqueue_c2d
+
+    properties: dict[str, str] = {}
+    for item in prop or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValidationError("cli.bad_property", f"bad property {item!r}: use key=value")
+        properties[key] = value
+    client = _remote_client()
+    if isinstance(client, Client):
+        answer = client.send_c2d(device_id, text, properties=properties)
+        console.print(f"queued {answer['messageId']} for {device_id}")
+        return
+    with _opened() as inst, inst.transaction() as session:
+        message = enqueue_c2d(
+            session, device_id, text.encode(), now=inst.now(), properties=properties
+        )
+    console.print(f"queued {message.message_id} for {device_id}")

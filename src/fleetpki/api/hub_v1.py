@@ -1,0 +1,183 @@
+"""``/v1/hub``: stored telemetry (a page, or a live server-sent-events stream) and C2D sends."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from fleetpki.api.auth import Caller, require_admin
+from fleetpki.api.deps import get_fleet
+from fleetpki.api.presenters import iso
+from fleetpki.services import FleetPKI
+from fleetpki.services.audit import record_audit
+from fleetpki.services.hub_messages import enqueue_c2d, list_messages
+from fleetpki.store.hub_models import HubMessage
+
+__all__ = ["C2DIn", "C2DOut", "MessageOut", "message_out", "router"]
+
+router = APIRouter(prefix="/v1/hub", tags=["hub"])
+AdminDep = Annotated[Caller, Depends(require_admin)]
+
+#: How often the event stream looks for new rows while idle.
+STREAM_POLL_SECONDS = 0.25
+#: A comment line every this many seconds keeps proxies from closing an idle stream.
+STREAM_HEARTBEAT_SECONDS = 15.0
+
+
+class MessageOut(BaseModel):
+    """One stored device-to-cloud message, as ``az iot hub monitor-events`` shows it."""
+
+    id: int
+    deviceId: str  # noqa: N815 - Azure's field names
+    moduleId: str | None = None  # noqa: N815
+    enqueuedTime: str  # noqa: N815
+    body: str
+    bodyEncoding: str = Field(description="utf-8, or base64 for a body that is not UTF-8")  # noqa: N815
+    systemProperties: dict[str, Any]  # noqa: N815
+    properties: dict[str, Any]
+
+
+class C2DIn(BaseModel):
+    """A cloud-to-device message to queue."""
+
+    body: str = Field(max_length=64 * 1024)
+    properties: dict[str, str] = Field(default_factory=dict)
+    messageId: str | None = Field(default=None, max_length=128)  # noqa: N815
+
+
+class C2DOut(BaseModel):
+    """The queued message."""
+
+    messageId: str  # noqa: N815
+    deviceId: str  # noqa: N815
+    status: str
+
+
+def message_out(row: HubMessage) -> MessageOut:
+    """The JSON form of a stored message."""
+    try:
+        body, encoding = row.body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        body, encoding = base64.b64encode(row.body).decode(), "base64"
+    return MessageOut(
+        id=row.id,
+        deviceId=row.device_id,
+        moduleId=row.module_id,
+        enqueuedTime=iso(row.enqueued_at),
+        body=body,
+        bodyEncoding=encoding,
+        systemProperties=dict(row.system_properties),
+        properties=dict(row.properties),
+    )
+
+
+def _page(fleet: FleetPKI, device: str | None, after: int | None, limit: int) -> list[MessageOut]:
+    with fleet.transaction() as session:
+        return [
+            message_out(r)
+            for r in list_messages(session, device_id=device, after_id=after, limit=limit)
+        ]
+
+
+@router.get("/messages", response_model=list[MessageOut])
+def get_messages(
+    request: Request,
+    caller: AdminDep,
+    device: Annotated[str | None, Query(description="Only this device.")] = None,
+    after: Annotated[int | None, Query(description="Only messages after this id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[MessageOut]:
+    """Stored telemetry in arrival order (admins)."""
+    return _page(get_fleet(request), device, after, limit)
+
+
+@router.get("/messages/stream")
+async def stream_messages(
+    request: Request,
+    caller: AdminDep,
+    device: Annotated[str | None, Query(description="Only this device.")] = None,
+    after: Annotated[int | None, Query(description="Start after this id (default: now).")] = None,
+) -> StreamingResponse:
+    """New telemetry as server-sent events (``text/event-stream``), one event per message.
+
+    Each event's ``id`` is the message id, so a client that reconnects with
+    ``Last-Event-ID`` resumes where it stopped (WHATWG HTML §9.2).
+    """
+    fleet = get_fleet(request)
+    resume = request.headers.get("last-event-id")
+    if resume and resume.isdigit():
+        after = int(resume)
+    if after is None:
+        latest = await run_in_threadpool(_latest_id, fleet, device)
+        after = latest
+
+    async def events() -> AsyncIterator[bytes]:
+        last = after
+        idle = 0.0
+        yield b": fleetpki telemetry stream\n\n"
+        while not await request.is_disconnected():
+            rows = await run_in_threadpool(_page, fleet, device, last, 500)
+            for row in rows:
+                last = row.id
+                yield f"id: {row.id}\nevent: message\ndata: {row.model_dump_json()}\n\n".encode()
+            if rows:
+                idle = 0.0
+                continue
+            await asyncio.sleep(STREAM_POLL_SECONDS)
+            idle += STREAM_POLL_SECONDS
+            if idle >= STREAM_HEARTBEAT_SECONDS:
+                idle = 0.0
+                yield b": keepalive\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _latest_id(fleet: FleetPKI, device: str | None) -> int:
+    from sqlalchemy import func, select
+
+    with fleet.transaction() as session:
+        query = select(func.max(HubMessage.id))
+        if device is not None:
+            query = query.where(HubMessage.device_id == device)
+        return session.scalar(query) or 0
+
+
+@router.post("/devices/{device_id}/messages", response_model=C2DOut, status_code=201)
+def send_c2d(device_id: str, body: C2DIn, request: Request, caller: AdminDep) -> C2DOut:
+    """Queue a cloud-to-device message; a connected device gets it at once, others on reconnect.
+
+    Raises:
+        NotFoundError: ``hub.device_not_found`` (404).
+    """
+    fleet = get_fleet(request)
+    now = fleet.now()
+    with fleet.transaction() as session:
+        message = enqueue_c2d(
+            session,
+            device_id,
+            body.body.encode(),
+            now=now,
+            properties=body.properties,
+            message_id=body.messageId,
+        )
+        record_audit(
+            session,
+            caller.actor,
+            "hub.c2d_send",
+            "hub_device",
+            device_id,
+            at=now,
+            details={"message_id": message.message_id, "bytes": len(message.body)},
+        )
+        return C2DOut(messageId=message.message_id, deviceId=device_id, status=message.status)
