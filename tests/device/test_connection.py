@@ -9,6 +9,7 @@ and topic side is plain MQTT 3.1.1 that another broker accepts unchanged.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import queue
@@ -17,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +37,7 @@ from fleetpki.device import (
     enroll_device,
     mqtt_username,
     renew_identity,
+    start_auto_renewal,
 )
 from fleetpki.errors import AuthenticationError, FleetPKIError, ValidationError
 from fleetpki.hub.backend import C2DMessage
@@ -209,6 +212,46 @@ def test_reconnect_with_a_renewed_certificate(
         assert client.is_connected
     payloads = [r.payload for r in hub.backend.telemetry if r.device_id == device.device_id]
     assert payloads == [b"before", b"after"]
+
+
+def test_auto_renewal_renews_saves_and_reconnects(
+    device: DeviceIdentity, hub: LiveHub, live: LiveServer, tmp_path: Path
+) -> None:
+    directory = DeviceDirectory(tmp_path / "dev")
+    now = [device.not_before]
+    waits: list[float] = []
+    release = threading.Event()
+
+    def wait(seconds: float) -> bool:
+        # The first wait jumps to the renewal time; the next one parks until the end.
+        if waits:
+            release.wait(WAIT)
+            return True
+        waits.append(seconds)
+        now[0] += dt.timedelta(seconds=seconds)
+        return False
+
+    with (
+        EzcaEnroller(live.base_url, verify=live.ca_bundle) as ezca,
+        DeviceClient(device, "localhost", port=hub.port) as client,
+    ):
+        client.connect()
+        renewer = start_auto_renewal(
+            ezca, client, directory=directory, clock=lambda: now[0], wait=wait
+        )
+        try:
+            wait_until(lambda: renewer.renewals == 1, "the renewal")
+            wait_until(lambda: client.is_connected, "the reconnect")
+        finally:
+            release.set()
+            renewer.stop()
+        assert renewer.failures == 0
+        assert client.identity is renewer.identity
+        assert client.identity.serial_hex != device.serial_hex
+        assert directory.load().certificate == client.identity.certificate
+        client.send_telemetry("renewed")
+    # Two thirds of the lifetime, give or take a twentieth.
+    assert abs(waits[0] / device.lifetime.total_seconds() - 2 / 3) <= 1 / 20 + 1e-6
 
 
 def test_revocation_closes_the_session_and_stops_retries(

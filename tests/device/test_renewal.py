@@ -248,3 +248,28 @@ def test_renewer_stops_when_the_wait_says_so() -> None:
     identity = _identity(T0, 30)
     renewer = Renewer(identity, lambda i: i, clock=lambda: T0, wait=lambda s: True)
     assert renewer.step() is False
+
+
+def test_renewer_keeps_the_new_identity_when_on_renewed_fails() -> None:
+    time = FakeTime(T0)
+    errors: list[BaseException] = []
+
+    def broken_save(_identity: DeviceIdentity) -> None:
+        raise OSError("disk full")
+
+    renewer = Renewer(
+        _identity(T0, 30),
+        lambda current: _identity(time.now, 30, 2),
+        on_renewed=broken_save,
+        on_error=errors.append,
+        clock=time.clock,
+        wait=time.wait,
+        rng=FixedRandom(0.5),
+    )
+    assert renewer.step()
+    assert renewer.identity.certificate.serial_number == 2
+    assert renewer.renewals == 1
+    assert renewer.failures == 1
+    assert isinstance(errors[0], OSError)
+    # The next renewal is scheduled from the new certificate, not retried at once.
+    assert renewer.next_renewal == T0 + dt.timedelta(days=40)

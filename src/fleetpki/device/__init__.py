@@ -48,6 +48,7 @@ from fleetpki.device.renewal import (
     DEFAULT_RENEW_FRACTION,
     RenewalPolicy,
     Renewer,
+    start_auto_renewal,
 )
 from fleetpki.device.simulator import (
     SimulationResult,
@@ -95,5 +96,6 @@ __all__ = [
     "renew_identity",
     "sas_token",
     "simulate_device",
+    "start_auto_renewal",
     "telemetry_message",
 ]

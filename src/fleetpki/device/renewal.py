@@ -20,9 +20,14 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from fleetpki.device.identity import DeviceIdentity
+from fleetpki.device.identity import DeviceDirectory, DeviceIdentity
 from fleetpki.errors import ValidationError
+
+if TYPE_CHECKING:
+    from fleetpki.device.connection import DeviceClient
+    from fleetpki.device.enrollment import Enroller
 
 __all__ = [
     "DEFAULT_JITTER",
@@ -30,6 +35,7 @@ __all__ = [
     "MAX_RENEW_FRACTION",
     "RenewalPolicy",
     "Renewer",
+    "start_auto_renewal",
     "utc_now",
 ]
 
@@ -121,7 +127,8 @@ class Renewer:
         identity: the current identity.
         renew: makes a renewed identity from the current one (network call; may raise).
         on_renewed: called with each renewed identity on the renewer's thread (save it,
-            reconnect with it); an exception there counts as a failed renewal.
+            reconnect with it); an exception there goes to ``on_error``, and the renewed
+            identity is kept all the same.
         on_error: called with each renewal failure.
         policy: when to renew; `RenewalPolicy.for_identity` by default.
         clock: the current UTC time.
@@ -183,19 +190,14 @@ class Renewer:
         current = self.identity
         try:
             renewed = self._renew(current)
-            if self._on_renewed is not None:
-                self._on_renewed(renewed)
         except Exception as exc:  # retried below; the caller learns through on_error
-            self.failures += 1
-            _log.warning(
-                "renewing device %s failed (%s); retrying", current.device_id, type(exc).__name__
-            )
-            if self._on_error is not None:
-                self._on_error(exc)
+            self._failed(exc, current.device_id)
             remaining = current.not_after - self._clock()
             pause = min(self._retry, max(remaining / 4, dt.timedelta(seconds=1)))
             self.next_renewal = self._clock() + pause
             return True
+        # The new certificate is adopted even if on_renewed fails (a save or reconnect
+        # error): the old one stays valid, and renewing again would gain nothing.
         with self._lock:
             self._identity = renewed
         self.renewals += 1
@@ -206,7 +208,18 @@ class Renewer:
             renewed.serial_hex,
             self.next_renewal.isoformat(),
         )
+        if self._on_renewed is not None:
+            try:
+                self._on_renewed(renewed)
+            except Exception as exc:
+                self._failed(exc, renewed.device_id)
         return True
+
+    def _failed(self, exc: Exception, device_id: str) -> None:
+        self.failures += 1
+        _log.warning("renewing device %s failed (%s)", device_id, type(exc).__name__)
+        if self._on_error is not None:
+            self._on_error(exc)
 
     def _run(self) -> None:
         while not self._stop.is_set() and self.step():
@@ -233,3 +246,30 @@ class Renewer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def start_auto_renewal(
+    enroller: Enroller,
+    client: DeviceClient,
+    *,
+    directory: DeviceDirectory | None = None,
+    new_key: bool = True,
+    **options: Any,
+) -> Renewer:
+    """Renew ``client``'s identity in the background: renew, save, reconnect.
+
+    Args:
+        enroller: renews through the CA (`renew_identity`).
+        client: the live connection; it reconnects with each new certificate.
+        directory: where each renewed identity is saved before the reconnect.
+        new_key: a new key at each renewal (the default).
+        options: further `Renewer` arguments (``policy``, ``clock``, ``on_error``...).
+
+    Returns the started renewer; call `Renewer.stop` when done.
+    """
+    from fleetpki.device.enrollment import renew_identity
+
+    def renew(current: DeviceIdentity) -> DeviceIdentity:
+        return renew_identity(enroller, current, new_key=new_key, directory=directory)
+
+    return Renewer(client.identity, renew, on_renewed=client.reconnect, **options).start()
