@@ -1,4 +1,4 @@
-"""``fleetpki demo`` runs every step and exits 0; a broken step makes it exit non-zero."""
+"""``fleetpki demo`` runs the whole story with real servers and exits 0; a broken step fails it."""
 
 from __future__ import annotations
 
@@ -19,22 +19,26 @@ def test_the_demo_runs_end_to_end() -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    for step in demo.STEPS:
-        assert f"✓ {step.title}" in done.stdout
+    for number, step in enumerate(demo.STEPS, 1):
+        assert f"{number}. {step.title}" in done.stdout
+    assert done.stdout.count("✓") == len(demo.STEPS)
     assert "✗" not in done.stdout
+    assert "5 messages stored durably" in done.stdout
+    assert "closed the live session" in done.stdout
+    assert "CONNACK 5" in done.stdout
 
 
-def test_a_failing_step_fails_the_demo(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(state: demo.DemoState) -> str:
+def test_a_failing_step_fails_the_demo_and_stops_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(state: demo.DemoState, console: Console) -> str:
         raise ValidationError("demo.broken", "this step is broken on purpose")
 
-    steps = list(demo.STEPS)
-    steps[3] = demo.Step(steps[3].title, broken)
+    steps = [demo.STEPS[0], demo.Step("a broken step", broken), demo.STEPS[3]]
     monkeypatch.setattr(demo, "STEPS", steps)
     console = Console(record=True, width=200)
     assert demo.run_demo(console) == 1
     text = console.export_text()
     assert "broken on purpose" in text
-    assert steps[4].title not in text.split("fleetpki demo,")[0]
+    assert demo.STEPS[2].title not in text

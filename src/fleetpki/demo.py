@@ -1,46 +1,41 @@
-"""``fleetpki demo``: the certificate lifecycle, step by step, in a temporary home.
+"""``fleetpki demo``: the whole story on this machine, with real servers and a real device.
 
-Each step is a function that does real work through the services (nothing is
-simulated) and returns a one-line result; the runner times it, shows progress
-and ends with a table.  A failing step stops the demo with a non-zero status.
+In a temporary home and on free ports it creates a CA hierarchy, starts the CA's
+HTTPS API and the MQTT hub, trusts the issuing CA in the hub by proof of
+possession, runs the tutorial's device (hub registration through the service
+API, domain, RSA-4096 key and CSR, a 10-day certificate over the EZCA routes,
+MQTT over TLS, five telemetry messages), shows what the hub stored, renews the
+certificate with itself and reconnects, revokes it and measures how long the live
+session survives, and checks that a reconnect is refused.  Nothing is simulated
+but the device's sensor readings.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import random
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 from rich.console import Console
 from rich.table import Table
 
 from fleetpki.errors import FleetPKIError
-from fleetpki.keystore import PrivateKey
-from fleetpki.pki.certtoken import make_certificate_token
-from fleetpki.pki.chain import verify_client_chain
-from fleetpki.pki.keys import KeySpec, generate_key
-from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import (
-    Actor,
-    FleetPKI,
-    authority,
-    certificates,
-    domains,
-    init_home,
-    principals,
-)
-from fleetpki.services.certificates import IssueCommand
-from fleetpki.services.outbox import pending_events
+from fleetpki.keystore import load_or_create_passphrase
+from fleetpki.pki.keys import KeySpec
+from fleetpki.services import Actor, FleetPKI, init_home
+from fleetpki.services.principals import add_principal, create_token
 from fleetpki.settings import Settings
 
-__all__ = ["DemoState", "Step", "run_demo"]
+__all__ = ["STEPS", "DemoState", "Step", "run_demo"]
+
+#: The enrollment agent the demo acts as (an Entra-style object id).
+AGENT_ID = "6f1c0d3e-0000-4000-8000-00000000d3e0"
+_SESSION_CLOSE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -48,182 +43,281 @@ class DemoState:
     """What the steps share."""
 
     home: Path
+    rng: random.Random = field(default_factory=random.Random)
     app: FleetPKI | None = None
-    owner: str = field(default_factory=lambda: str(uuid.uuid4()))
-    device_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    key: PrivateKey | None = None
-    certificate: x509.Certificate | None = None
-    pem: str = ""
-    serial: str = ""
+    server: object | None = None
+    api_url: str = ""
+    ca_bundle: Path | None = None
     issuing_id: str = ""
+    agent_token: str = ""
+    identity: object | None = None
+    client: object | None = None
 
     def fleet(self) -> FleetPKI:
         """The opened fleetpki instance."""
-        assert self.app is not None
+        if self.app is None:
+            raise FleetPKIError("demo.order", "the CA hierarchy has not been created")
         return self.app
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One step of the story."""
+    """One step of the story: a title and the work, which returns a one-line result."""
 
     title: str
-    run: Callable[[DemoState], str]
+    run: Callable[[DemoState, Console], str]
 
 
-def _csr(device_id: str, key: PrivateKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+def _create_ca(state: DemoState, _console: Console) -> str:
+    from fleetpki.api.background import free_port
 
-    return (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(device_id)]), critical=False)
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
+    api_port, mqtt_port = free_port(), free_port()
+    settings = Settings.default_for(state.home).with_changes(
+        public_url=f"https://127.0.0.1:{api_port}", api_port=api_port, mqtt_port=mqtt_port
     )
-
-
-def _create_ca(state: DemoState) -> str:
-    result = init_home(Settings.default_for(state.home))
-    state.app = result.app
-    state.issuing_id = result.issuing.id
+    result = init_home(settings)
+    state.app, state.issuing_id = result.app, result.issuing.id
+    state.api_url = settings.public_url
     return (
         f"root {result.root.key_spec}, issuing {result.issuing.key_spec}, "
         f"template max {result.template.max_validity_days} days"
     )
 
 
-def _register(state: DemoState) -> str:
+def _start_servers(state: DemoState, _console: Console) -> str:
+    from fleetpki.api.background import ServerThread
+
+    fleet = state.fleet()
+    server = ServerThread(fleet)
+    server.start()
+    state.server = server
+    assert server.prepared is not None
+    state.ca_bundle = server.prepared.tls.ca_bundle
+    return f"CA API {state.api_url}, hub mqtts://localhost:{fleet.settings.mqtt_port}"
+
+
+def _trust(state: DemoState, _console: Console) -> str:
+    from fleetpki.services.hub_trust import trust_local_ca
+
     fleet = state.fleet()
     with fleet.transaction() as session:
-        principals.add_principal(
-            session, Actor.local_admin(), state.owner, "demo enrollment agent", now=fleet.now()
-        )
-        domains.register_domain(
-            session,
-            Actor(state.owner, source="demo"),
-            ca_id=state.issuing_id,
-            template_id=None,
-            name=state.device_id,
-            owners=[state.owner],
-            requesters=[state.owner],
-            now=fleet.now(),
-        )
-    return f"device id {state.device_id}"
+        record = trust_local_ca(session, fleet.keystore, state.issuing_id, now=fleet.now())
+        verified, thumbprint = record.is_verified, record.sha1_hex
+    if not verified:
+        raise FleetPKIError("demo.not_verified", "the hub did not verify the CA")
+    return f"issuing CA {thumbprint[:12]}… uploaded, code signed by its key, verified"
 
 
-def _issue(state: DemoState) -> str:
-    fleet = state.fleet()
-    state.key = generate_key(KeySpec.RSA_4096)
-    with fleet.transaction() as session:
-        record, issued = certificates.issue(
-            session,
-            Actor(state.owner, source="demo"),
-            fleet.keystore,
-            fleet.urls,
-            IssueCommand(
-                ca_id=state.issuing_id, csr=_csr(state.device_id, state.key), validity_days=10
-            ),
-            now=fleet.now(),
-        )
-    state.certificate, state.pem, state.serial = issued.certificate, issued.pem, record.serial_hex
-    return f"RSA-4096 key, serial {record.serial_hex[:16]}…, 10 days"
-
-
-def _verify(state: DemoState) -> str:
+def _agent(state: DemoState, _console: Console) -> str:
     fleet = state.fleet()
     with fleet.transaction() as session:
-        chain = authority.ca_chain(session, authority.get_ca(session, state.issuing_id))
-    assert state.certificate is not None
-    verified = verify_client_chain(state.certificate, chain[:-1], chain[-1:], now=fleet.now())
-    return f"chain of {len(verified)} verifies to the root as a TLS client"
-
-
-def _renew(state: DemoState) -> str:
-    fleet = state.fleet()
-    assert state.certificate is not None
-    assert state.key is not None
-    audience = fleet.settings.certificate_token_audience
-    token = make_certificate_token(state.certificate, state.key, audience=audience, now=fleet.now())
-    new_key = generate_key(KeySpec.RSA_4096)
-    with fleet.transaction() as session:
-        record, issued = certificates.renew_with_token(
-            session,
-            fleet.keystore,
-            fleet.urls,
-            token=token,
-            certificate_pem=state.pem,
-            csr=_csr(state.device_id, new_key),
-            validity_days=None,
-            audience=audience,
-            now=fleet.now(),
+        add_principal(
+            session, Actor.local_admin(), AGENT_ID, "demo enrollment agent", now=fleet.now()
         )
-    old = state.serial
-    state.key, state.certificate, state.pem, state.serial = (
-        new_key,
-        issued.certificate,
-        issued.pem,
-        record.serial_hex,
+        state.agent_token = create_token(
+            session, Actor.local_admin(), AGENT_ID, name="demo", now=fleet.now()
+        ).secret
+    return f"principal {AGENT_ID} with an API token (stored hashed)"
+
+
+def _simulate(state: DemoState, console: Console) -> str:
+    from fleetpki.device import ServiceApiRegistry, SimulatorSettings, simulate_device
+    from fleetpki.services.hub_sas import connection_string, ensure_sas_policies
+
+    fleet = state.fleet()
+    secret = load_or_create_passphrase(fleet.settings.home)
+    with fleet.transaction() as session:
+        ensure_sas_policies(session, secret, now=fleet.now())
+        conn = connection_string(
+            session, secret, f"localhost:{fleet.settings.api_port}", "registryReadWrite"
+        )
+    assert state.ca_bundle is not None
+    settings = SimulatorSettings(
+        server_url=state.api_url,
+        token=state.agent_token,
+        hub_host="localhost",
+        verify=state.ca_bundle,
+        mqtt_port=fleet.settings.mqtt_port,
+        connect_host="127.0.0.1",
+        messages=5,
+        key_spec=KeySpec.RSA_4096,
+        validity_days=10,
     )
-    return f"new serial {record.serial_hex[:16]}… renews {old[:16]}…, new key"
+
+    def report(step: str, detail: str) -> None:
+        console.print(f"    [dim]{step}: {detail}[/dim]", highlight=False)
+
+    registry = ServiceApiRegistry(conn, service_url=state.api_url, verify=state.ca_bundle)
+    try:
+        result = simulate_device(settings, registry=registry, report=report, rng=state.rng)
+    finally:
+        registry.close()
+    state.identity = result.identity
+    return (
+        f"device {result.identity.device_id}: RSA-4096, 10 days, {len(result.sent)} messages sent"
+    )
 
 
-def _revoke(state: DemoState) -> str:
+def _show_telemetry(state: DemoState, console: Console) -> str:
+    from fleetpki.services.hub_messages import list_messages
+
     fleet = state.fleet()
+    device_id = _device_id(state)
     with fleet.transaction() as session:
-        record = certificates.get_certificate(session, state.serial)
-        certificates.revoke(
-            session,
-            Actor(state.owner, source="demo"),
-            record,
-            RevocationReason.KEY_COMPROMISE,
-            now=fleet.now(),
+        rows = list_messages(session, device_id=device_id, limit=100)
+        bodies = [json.loads(r.body) for r in rows]
+        table = Table(
+            "id",
+            "enqueued (UTC)",
+            "messageId",
+            "temperature",
+            "humidity",
+            "temperatureAlert",
+            box=None,
+            padding=(0, 2),
         )
-    with fleet.transaction() as session:
-        events = pending_events(session, now=fleet.now())
-    return f"keyCompromise; {len(events)} outbox event(s) for hubs"
+        for row, body in zip(rows, bodies, strict=True):
+            table.add_row(
+                str(row.id),
+                row.enqueued_at.strftime("%H:%M:%S.%f")[:-3],
+                str(body.get("messageId")),
+                str(body.get("temperature")),
+                str(body.get("humidity")),
+                str(row.properties.get("temperatureAlert")),
+            )
+    console.print(table)
+    if len(bodies) != 5 or any(b["deviceId"] != device_id for b in bodies):
+        raise FleetPKIError("demo.telemetry", f"expected 5 stored messages, found {len(bodies)}")
+    return f"{len(rows)} messages stored durably before each PUBACK"
+
+
+def _device_id(state: DemoState) -> str:
+    from fleetpki.device import DeviceIdentity
+
+    if not isinstance(state.identity, DeviceIdentity):
+        raise FleetPKIError("demo.order", "no device yet")
+    return state.identity.device_id
+
+
+def _renew(state: DemoState, _console: Console) -> str:
+    from fleetpki.device import DeviceClient, DeviceIdentity, EzcaEnroller, renew_identity
+
+    assert isinstance(state.identity, DeviceIdentity)
+    assert state.ca_bundle is not None
+    old = state.identity
+    with EzcaEnroller(state.api_url, state.agent_token, verify=state.ca_bundle) as enroller:
+        new = renew_identity(enroller, old)
+    state.identity = new
+    client = DeviceClient(
+        new,
+        "localhost",
+        port=state.fleet().settings.mqtt_port,
+        connect_host="127.0.0.1",
+        ca_bundle=state.ca_bundle,
+    )
+    client.connect()
+    client.send_telemetry({"deviceId": new.device_id, "messageId": 6, "renewed": True})
+    state.client = client
+    return (
+        f"serial {new.serial_hex[:12]}… replaces {old.serial_hex[:12]}…; "
+        "reconnected, sent 1 message"
+    )
+
+
+def _revoke(state: DemoState, _console: Console) -> str:
+    from fleetpki.client import Client
+    from fleetpki.device import DeviceClient, DeviceIdentity
+
+    assert isinstance(state.identity, DeviceIdentity)
+    assert isinstance(state.client, DeviceClient)
+    assert state.ca_bundle is not None
+    if not state.client.is_connected:
+        raise FleetPKIError("demo.not_connected", "the device is not connected before the revoke")
+    with Client(state.api_url, state.agent_token, verify=state.ca_bundle) as api:
+        api.revoke_certificate(state.identity.serial_hex, "keyCompromise")
+        returned = time.perf_counter()
+    while state.client.is_connected and time.perf_counter() - returned < _SESSION_CLOSE_TIMEOUT:
+        time.sleep(0.001)
+    delay = time.perf_counter() - returned
+    if state.client.is_connected:
+        raise FleetPKIError("demo.session_open", "the live session was not closed")
+    return (
+        f"keyCompromise through /v1; the hub closed the live session "
+        f"{delay * 1000:.0f} ms after the call returned"
+    )
+
+
+def _refused(state: DemoState, _console: Console) -> str:
+    from fleetpki.device import DeviceClient
+
+    assert isinstance(state.client, DeviceClient)
+    client = state.client
+    try:
+        client.reconnect()
+    except FleetPKIError as exc:
+        if exc.code != "hub.refused":
+            raise
+        return f"CONNACK {client.refused_code}: the revoked certificate is refused"
+    raise FleetPKIError("demo.not_refused", "the hub accepted a revoked certificate")
 
 
 STEPS = [
     Step("create the CA hierarchy", _create_ca),
-    Step("register the device id as a domain", _register),
-    Step("issue the device certificate from its CSR", _issue),
-    Step("verify the chain", _verify),
-    Step("renew with the current certificate", _renew),
-    Step("revoke the certificate", _revoke),
+    Step("start the CA API and the hub", _start_servers),
+    Step("trust the CA in the hub (proof of possession)", _trust),
+    Step("create an enrollment agent", _agent),
+    Step("simulate the tutorial's device", _simulate),
+    Step("show the telemetry the hub stored", _show_telemetry),
+    Step("renew with the current certificate and reconnect", _renew),
+    Step("revoke: the live session closes", _revoke),
+    Step("reconnect with the revoked certificate", _refused),
 ]
+
+
+def _cleanup(state: DemoState) -> None:
+    from fleetpki.api.background import ServerThread
+    from fleetpki.device import DeviceClient
+
+    if isinstance(state.client, DeviceClient):
+        state.client.close()
+    if isinstance(state.server, ServerThread):
+        state.server.stop()
+    if state.app is not None:
+        state.app.close()
 
 
 def run_demo(console: Console | None = None, home: Path | None = None) -> int:
     """Run every step; print a table of steps, results and timings; return an exit status."""
     console = console or Console()
     results: list[tuple[str, str, float, bool]] = []
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fleetpki-demo-") as scratch:
         state = DemoState(home=home or Path(scratch) / "home")
         try:
-            for step in STEPS:
-                with console.status(f"{step.title}…"):
-                    start = time.perf_counter()
-                    try:
-                        outcome, ok = step.run(state), True
-                    except (FleetPKIError, AssertionError, ValueError) as exc:
-                        outcome, ok = f"FAILED: {exc}", False
-                    elapsed = time.perf_counter() - start
+            for number, step in enumerate(STEPS, 1):
+                console.print(f"[bold]{number}. {step.title}[/bold]")
+                begin = time.perf_counter()
+                try:
+                    with console.status(f"{step.title}…"):
+                        outcome, ok = step.run(state, console), True
+                except (FleetPKIError, OSError, AssertionError) as exc:
+                    outcome, ok = f"FAILED: {exc}", False
+                elapsed = time.perf_counter() - begin
                 results.append((step.title, outcome, elapsed, ok))
                 mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
                 console.print(
-                    f"{mark} {step.title}: {outcome} [dim]({elapsed * 1000:.0f} ms)[/dim]"
+                    f"  {mark} {outcome} [dim]({elapsed * 1000:.0f} ms)[/dim]", highlight=False
                 )
                 if not ok:
                     break
         finally:
-            if state.app is not None:
-                state.app.close()
-    table = Table(title=f"fleetpki demo, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z")
+            _cleanup(state)
+    total = time.perf_counter() - started
+    table = Table(title=f"fleetpki demo, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z, {total:.1f} s")
     table.add_column("step")
     table.add_column("result")
     table.add_column("time", justify="right")
     for title, outcome, elapsed, ok in results:
         table.add_row(title, outcome if ok else f"[red]{outcome}[/red]", f"{elapsed * 1000:.0f} ms")
     console.print(table)
-    return 0 if all(ok for *_, ok in results) and len(results) == len(STEPS) else 1
+    return 0 if len(results) == len(STEPS) and all(ok for *_, ok in results) else 1
