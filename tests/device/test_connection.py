@@ -60,7 +60,8 @@ def wait_until(predicate: Callable[[], Any], what: str) -> None:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     os.environ.pop("FLEETPKI_KEY_PASSPHRASE", None)
-    with start_server(tmp_path_factory.mktemp("device-mqtt") / "home") as server:
+    # Only the CA side: this module runs its own hub on the same home (start_hub_thread).
+    with start_server(tmp_path_factory.mktemp("device-mqtt") / "home", only="ca") as server:
         yield server
 
 

@@ -38,7 +38,7 @@ from support.server import LiveServer, start_server
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     os.environ.pop("FLEETPKI_KEY_PASSPHRASE", None)
-    with start_server(tmp_path_factory.mktemp("device-enroll") / "home") as server:
+    with start_server(tmp_path_factory.mktemp("device-enroll") / "home", only="ca") as server:
         yield server
 
 
