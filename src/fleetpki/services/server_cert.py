@@ -96,11 +96,15 @@ def _still_good(files: ServerTLSFiles, dns: list[str], ips: list[str], now: dt.d
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
+    # Write a temporary file and rename it into place, so that a server starting at
+    # the same time never reads a half-written certificate or key.
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
-    path.chmod(mode)
+    temporary.chmod(mode)
+    os.replace(temporary, path)
 
 
 def _issue(
