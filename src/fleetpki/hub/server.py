@@ -281,23 +281,11 @@ class HubServer:
 
 
 def _backend_for(fleet: Any) -> HubBackend:
-    """The control plane's backend if it is installed, else an in-memory one."""
-    try:
-        from fleetpki.hub import store_backend  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        store_backend = None
-    if store_backend is not None:
-        backend: HubBackend = store_backend.StoreHubBackend(fleet)
-        return backend
-    from fleetpki.hub.memory import InMemoryHubBackend
-    from fleetpki.services.authority import ca_certificate, list_cas
+    """The database-backed backend: the registry, trust, telemetry and C2D of ``fleet``."""
+    from fleetpki.hub.store_backend import StoreHubBackend
 
-    memory = InMemoryHubBackend()
-    with fleet.transaction() as session:
-        for ca in list_cas(session):
-            memory.trust_ca(ca_certificate(ca))
-    _log.warning("hub: no registry store is installed; using an in-memory registry")
-    return memory
+    backend: HubBackend = StoreHubBackend(fleet)
+    return backend
 
 
 async def start_hub(
