@@ -37,6 +37,7 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.v1",
     "fleetpki.api.hub_service",
     "fleetpki.api.hub_v1",
+    "fleetpki.api.status",
 )
 
 

@@ -1,0 +1,188 @@
+"""Revocation status for relying parties: each CA's CRL (cached) and OCSP answers.
+
+CRLs follow Vault PKI's habit: the DER is cached on the CA row with its number and
+next update; a revocation marks it stale and the next read rebuilds it with the
+next CRL number (RFC 5280 §5.2.3 requires the number to increase).  OCSP answers
+are signed by the CA key itself (RFC 6960 §4.2.2.2 allows the issuer to respond)
+and built per request, since they carry the request's nonce.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleetpki.errors import FleetPKIError, ValidationError
+from fleetpki.keystore import KeyStore
+from fleetpki.pki.crl import CrlScope, RevokedEntry, build_crl
+from fleetpki.pki.ocsp import (
+    CertificateStatus,
+    OcspRequest,
+    build_ocsp_error_response,
+    build_ocsp_response,
+    parse_ocsp_request,
+    parse_ocsp_request_path,
+    response_status_for,
+)
+from fleetpki.pki.revocation import RevocationReason
+from fleetpki.services.authority import CAUrlsConfig, ca_certificate, get_ca, list_cas
+from fleetpki.store.models import CARecord, CertificateRecord
+
+__all__ = [
+    "CRL_LIFETIME",
+    "OCSP_LIFETIME",
+    "answer_ocsp",
+    "answer_ocsp_get",
+    "ca_certificate_der",
+    "get_crl",
+]
+
+#: A CRL is valid this long; it is rebuilt on the first read after it lapses, or
+#: after any revocation.
+CRL_LIFETIME = dt.timedelta(hours=24)
+#: OCSP responses say fresher information may come this much later (RFC 6960 §4.2.2.1).
+OCSP_LIFETIME = dt.timedelta(hours=1)
+# Rebuild a little before nextUpdate so that clients never fetch a lapsed CRL.
+_REFRESH_MARGIN = dt.timedelta(minutes=5)
+
+
+def _entries_for(session: Session, ca: CARecord) -> list[RevokedEntry]:
+    if ca.tier == "root":
+        # The root's CRL lists revoked subordinate CAs (the issuing CA's CRL DP
+        # points here); fleetpki does not revoke CAs yet, so it is empty.
+        return []
+    rows = session.scalars(
+        select(CertificateRecord).where(
+            CertificateRecord.ca_id == ca.id, CertificateRecord.status == "revoked"
+        )
+    )
+    return [
+        RevokedEntry(
+            serial=int(row.serial_hex, 16),
+            revoked_at=row.revoked_at or row.created_at,
+            reason=RevocationReason.parse(row.revocation_reason or 0),
+        )
+        for row in rows
+    ]
+
+
+def get_crl(
+    session: Session, keystore: KeyStore, urls: CAUrlsConfig, ca_id: str, *, now: dt.datetime
+) -> tuple[bytes, dt.datetime]:
+    """The CA's current CRL in DER and its next update.
+
+    Served from the cache while it is fresh and no revocation happened since;
+    otherwise rebuilt, numbered one higher and cached.  On PostgreSQL the CA row is
+    locked while rebuilding, so concurrent readers never issue two CRLs with one
+    number.
+
+    Raises:
+        NotFoundError: ``ca.not_found``.
+    """
+    ca = get_ca(session, ca_id)
+    if (
+        ca.crl_der is not None
+        and ca.crl_next_update is not None
+        and not ca.crl_stale
+        and now < ca.crl_next_update - _REFRESH_MARGIN
+    ):
+        return ca.crl_der, ca.crl_next_update
+    locked = session.scalar(select(CARecord).where(CARecord.id == ca.id).with_for_update())
+    assert locked is not None
+    certificate = ca_certificate(locked)
+    this_update = now.replace(microsecond=0)
+    next_update = min(this_update + CRL_LIFETIME, certificate.not_valid_after_utc)
+    number = locked.crl_number + 1
+    der = build_crl(
+        certificate,
+        keystore.signer(locked.key_ref),
+        _entries_for(session, locked),
+        crl_number=number,
+        this_update=this_update,
+        next_update=next_update,
+        idp_url=urls.crl_url(locked.id),
+        scope=CrlScope.for_issuer(certificate),
+    )
+    locked.crl_number, locked.crl_der = number, der
+    locked.crl_next_update, locked.crl_stale = next_update, False
+    return der, next_update
+
+
+def ca_certificate_der(session: Session, ca_id: str) -> bytes:
+    """A CA's certificate in DER, for the caIssuers URL (RFC 5280 §4.2.2.1).
+
+    Raises:
+        NotFoundError: ``ca.not_found``.
+    """
+    return get_ca(session, ca_id).certificate_der
+
+
+def _issuer_of(cas: Sequence[CARecord], request: OcspRequest) -> CARecord | None:
+    for ca in cas:
+        if request.cert_id.names_issuer(ca_certificate(ca)):
+            return ca
+    return None
+
+
+def _status_of(session: Session, ca: CARecord, serial: int) -> CertificateStatus:
+    record = session.scalar(
+        select(CertificateRecord).where(
+            CertificateRecord.ca_id == ca.id, CertificateRecord.serial_hex == format(serial, "X")
+        )
+    )
+    if record is None:
+        # RFC 6960 §2.2: "unknown" when the responder does not know the certificate.
+        return CertificateStatus.unknown()
+    if record.status == "revoked":
+        return CertificateStatus.revoked(
+            record.revoked_at or record.created_at,
+            RevocationReason.parse(record.revocation_reason or 0),
+        )
+    return CertificateStatus.good()
+
+
+def _answer(session: Session, keystore: KeyStore, request: OcspRequest, now: dt.datetime) -> bytes:
+    ca = _issuer_of(list_cas(session), request)
+    if ca is None:
+        # RFC 6960 §2.3: "unauthorized" when the responder does not serve the issuer.
+        raise ValidationError("ocsp.unauthorized", "this responder does not serve that issuer")
+    certificate = ca_certificate(ca)
+    this_update = now.replace(microsecond=0)
+    return build_ocsp_response(
+        request,
+        _status_of(session, ca, request.cert_id.serial_number),
+        issuer_cert=certificate,
+        responder_cert=certificate,
+        signer=keystore.signer(ca.key_ref),
+        this_update=this_update,
+        next_update=min(this_update + OCSP_LIFETIME, certificate.not_valid_after_utc),
+    )
+
+
+def _safely(
+    session: Session, keystore: KeyStore, parse: Callable[[], OcspRequest], now: dt.datetime
+) -> bytes:
+    try:
+        return _answer(session, keystore, parse(), now)
+    except FleetPKIError as exc:
+        # Refusals are OCSP error responses, not HTTP errors (RFC 6960 §2.3).
+        return build_ocsp_error_response(response_status_for(exc))
+
+
+def answer_ocsp(
+    session: Session, keystore: KeyStore, request_der: bytes, *, now: dt.datetime
+) -> bytes:
+    """The DER OCSP response for a POSTed request (RFC 6960 Appendix A.1).
+
+    Malformed requests get ``malformedRequest``, other issuers ``unauthorized``,
+    serials this CA never issued ``unknown``; nothing raises.
+    """
+    return _safely(session, keystore, lambda: parse_ocsp_request(request_der), now)
+
+
+def answer_ocsp_get(session: Session, keystore: KeyStore, path: str, *, now: dt.datetime) -> bytes:
+    """The DER OCSP response for a GET request whose URL ends in the base64 request."""
+    return _safely(session, keystore, lambda: parse_ocsp_request_path(path), now)
