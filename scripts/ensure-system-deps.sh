@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ensure the system programs the test suite drives are installed (Debian/Ubuntu):
 #   openssl                          - peer for certificate checks
+#   curl                             - HTTP peer (EST and API tests, as RFC 7030's examples use it)
 #   initdb, pg_ctl, postgres         - throwaway PostgreSQL clusters (tests/support/postgres.py)
 #   mosquitto, mosquitto_pub/_sub    - MQTT broker and clients
 #
@@ -70,6 +71,9 @@ missing_pkgs=()
 if ! have openssl; then
     missing_pkgs+=(openssl)
 fi
+if ! have curl; then
+    missing_pkgs+=(curl)
+fi
 if ! have_postgres_server; then
     # The Debian metapackage pulls the distribution's supported server version (15 on bookworm).
     missing_pkgs+=(postgresql)
@@ -87,7 +91,7 @@ if ((${#missing_pkgs[@]} == 0)); then
     else
         pg_where=$(pg_bin_dir)
     fi
-    log "all present: openssl, PostgreSQL server (${pg_where}), mosquitto, mosquitto_pub/_sub"
+    log "all present: openssl, curl, PostgreSQL server (${pg_where}), mosquitto, mosquitto_pub/_sub"
     exit 0
 fi
 

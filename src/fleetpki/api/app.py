@@ -38,6 +38,7 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.hub_service",
     "fleetpki.api.hub_v1",
     "fleetpki.api.status",
+    "fleetpki.api.est",
 )
 
 

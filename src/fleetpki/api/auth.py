@@ -13,7 +13,7 @@ from fleetpki.errors import AuthenticationError, PermissionDenied
 from fleetpki.services import Actor
 from fleetpki.services.principals import TOKEN_PREFIX, authenticate_token, ensure_principal
 
-__all__ = ["Caller", "bearer_token", "require_admin", "require_caller"]
+__all__ = ["Caller", "bearer_token", "caller_for_token", "require_admin", "require_caller"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,15 @@ def require_caller(request: Request) -> Caller:
     Raises:
         AuthenticationError: 401 for missing or bad credentials.
     """
-    token = bearer_token(request)
+    return caller_for_token(request, bearer_token(request))
+
+
+def caller_for_token(request: Request, token: str) -> Caller:
+    """The caller a bearer credential (API token or OIDC JWT) stands for.
+
+    Raises:
+        AuthenticationError: 401 for bad credentials.
+    """
     fleet = get_fleet(request)
     with fleet.transaction() as session:
         if token.startswith(TOKEN_PREFIX):

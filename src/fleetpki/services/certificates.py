@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ __all__ = [
     "list_certificates",
     "load_certificate_pem",
     "renew_with_certificate",
+    "renew_with_client_certificate",
     "renew_with_token",
     "revoke",
 ]
@@ -376,6 +378,43 @@ def renew_with_certificate(
     """Renew for a caller already authenticated by the current certificate (EST mTLS)."""
     _check_current(current, now)
     return _renew(session, keystore, urls, current, csr, validity_days, source=source, now=now)
+
+
+def renew_with_client_certificate(
+    session: Session,
+    keystore: KeyStore,
+    urls: CAUrlsConfig,
+    *,
+    certificate_der: bytes,
+    csr: bytes | str,
+    source: str,
+    now: dt.datetime,
+) -> tuple[CertificateRecord, IssuedCertificate]:
+    """Renew for a caller whose TLS client certificate is ``certificate_der`` (EST mTLS).
+
+    The TLS layer proved possession of the key; this checks that the certificate
+    is ours, current and unrevoked.
+
+    Raises:
+        AuthenticationError: ``certificate.unknown``, ``certificate.revoked``,
+        ``certificate.expired``.
+    """
+    sha1 = hashlib.sha1(certificate_der).hexdigest().upper()  # noqa: S324 - a thumbprint
+    current = session.scalar(select(CertificateRecord).where(CertificateRecord.sha1_hex == sha1))
+    if current is None:
+        raise AuthenticationError(
+            "certificate.unknown", "the client certificate was not issued here"
+        )
+    return renew_with_certificate(
+        session,
+        keystore,
+        urls,
+        current=current,
+        csr=csr,
+        validity_days=None,
+        source=source,
+        now=now,
+    )
 
 
 def _renew(
