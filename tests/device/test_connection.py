@@ -322,7 +322,7 @@ def _free_port() -> int:
 def mosquitto(live: LiveServer, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """mosquitto on TLS 1.2 requiring a client certificate from the fleetpki CA."""
     if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+        pytest.fail("mosquitto is missing: `make test` installs it (scripts/ensure-system-deps.sh)")
     files = ensure_server_certificate(live.fleet, hostname="localhost", host="127.0.0.1")
     # mosquitto started as root drops to the "mosquitto" user, which cannot enter the
     # pytest folders: give it copies it owns in a folder it may traverse.

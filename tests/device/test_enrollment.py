@@ -6,12 +6,10 @@ import datetime as dt
 import json
 import os
 import random
-import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 from cryptography import x509
@@ -262,14 +260,7 @@ def test_renewer_against_the_server(live: LiveServer, tmp_path: Path) -> None:
     assert directory.load().certificate == saved[0].certificate != identity.certificate
 
 
-def _est_available(live: LiveServer) -> bool:
-    with httpx.Client(verify=ssl.create_default_context(cafile=live.ca_bundle)) as client:
-        return client.get(f"{live.base_url}/.well-known/est/cacerts").status_code == 200
-
-
 def test_est_enroll_and_reenroll(live: LiveServer, tmp_path: Path) -> None:
-    if not _est_available(live):
-        pytest.skip("EST is not served yet (src/fleetpki/api/est.py)")
     device_id = _device_id()
     with EzcaEnroller(live.base_url, live.admin_token, verify=live.ca_bundle) as ezca:
         ezca.register_domain(device_id)

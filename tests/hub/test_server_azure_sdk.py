@@ -80,7 +80,7 @@ def _port_8883_free() -> bool:
 @pytest.mark.slow
 def test_azure_device_sdk_end_to_end(sqlite_fleet: FleetPKI, tmp_path: Path) -> None:
     if not AZURE_PYTHON.exists():
-        pytest.skip("no .venv-azure: run `bash scripts/azure-venv.sh`")
+        pytest.fail("no .venv-azure: `make test` builds it with scripts/azure-venv.sh")
     if not _port_8883_free():
         pytest.skip("127.0.0.1:8883 is taken, and the Azure SDK cannot use another port")
     files = issue_device(sqlite_fleet, "sdkdev", tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,10 +12,6 @@ import pytest
 from fleetpki.hub.backend import C2DMessage
 from fleetpki.services import FleetPKI
 from support.hub import DeviceFiles, LiveHub, issue_device, start_hub_thread
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("mosquitto_pub") is None, reason="mosquitto clients not installed"
-)
 
 
 @pytest.fixture
