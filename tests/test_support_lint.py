@@ -20,6 +20,7 @@ from support.pkilint import (
     lint_crl,
     lint_ocsp_response,
 )
+from support.testca import key_usage
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 HOUR = dt.timedelta(hours=1)
@@ -28,21 +29,6 @@ PEM = serialization.Encoding.PEM
 CA_KEY = ec.generate_private_key(ec.SECP256R1())
 CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Lint Test CA")])
 CA_SKI = x509.SubjectKeyIdentifier.from_public_key(CA_KEY.public_key())
-
-
-def _key_usage(**bits: bool) -> x509.KeyUsage:
-    names = [
-        "digital_signature",
-        "content_commitment",
-        "key_encipherment",
-        "data_encipherment",
-        "key_agreement",
-        "key_cert_sign",
-        "crl_sign",
-        "encipher_only",
-        "decipher_only",
-    ]
-    return x509.KeyUsage(**{name: bits.get(name, False) for name in names})
 
 
 def _certificate(
@@ -80,7 +66,7 @@ def _certificate(
 
 CA_CERT = _certificate(
     ca=True,
-    key_usage=_key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
+    key_usage=key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
     self_signed=True,
 )
 
@@ -88,7 +74,7 @@ CA_CERT = _certificate(
 def _leaf(**changes: object) -> x509.Certificate:
     arguments: dict[str, object] = {
         "ca": False,
-        "key_usage": _key_usage(digital_signature=True),
+        "key_usage": key_usage(digital_signature=True),
     } | changes
     return _certificate(**arguments)  # type: ignore[arg-type]
 
@@ -121,14 +107,14 @@ def test_well_formed_certificates_lint_clean(cert: x509.Certificate) -> None:
     ("der", "code"),
     [
         (
-            _leaf(key_usage=_key_usage(digital_signature=True, key_cert_sign=True)).public_bytes(
+            _leaf(key_usage=key_usage(digital_signature=True, key_cert_sign=True)).public_bytes(
                 DER
             ),
             "pkix.ee_certificate_keycertsign_keyusage_set",
         ),
         # pkilint tells CA from end entity by basicConstraints by itself.
         (
-            _certificate(ca=True, key_usage=_key_usage(digital_signature=True)).public_bytes(DER),
+            _certificate(ca=True, key_usage=key_usage(digital_signature=True)).public_bytes(DER),
             "pkix.ca_certificate_keycertsign_keyusage_not_set",
         ),
         (_with_serial_octet(_leaf(serial=1), 0x00), "pkix.certificate_serial_number_out_of_range"),
@@ -210,7 +196,7 @@ def test_ocsp_response_with_negative_validity_has_findings() -> None:
 
 
 def test_ocsp_response_embedded_certificates_are_linted() -> None:
-    broken = _leaf(key_usage=_key_usage(digital_signature=True, key_cert_sign=True))
+    broken = _leaf(key_usage=key_usage(digital_signature=True, key_cert_sign=True))
     der = _ocsp_response(this_update=NOW, next_update=NOW + HOUR, certs=[broken])
     findings = lint_ocsp_response(der)
     assert any(

@@ -3,121 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetpki.errors import ValidationError
-from fleetpki.keystore.files import FileSigner
 from fleetpki.pki.crl import CachedCrl, CrlScope, RevokedEntry, build_crl
 from fleetpki.pki.revocation import RevocationReason
 from support.openssl import crl_verify, verify, verify_with_crl
 from support.pkilint import assert_lints_clean
+from support.testca import MiniCA, issue_leaf, key_usage, make_ca
 
 CRL_URL = "http://pki.example.test/crl/issuing.crl"
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 HOUR = dt.timedelta(hours=1)
 
 REASONS_IN_FULL_CRLS = [r for r in RevocationReason if r is not RevocationReason.REMOVE_FROM_CRL]
-
-
-@dataclass(frozen=True, slots=True)
-class MiniCA:
-    """A self-signed CA made with cryptography alone, and its PEM file."""
-
-    cert: x509.Certificate
-    signer: FileSigner
-    pem: Path
-
-
-def _key_usage(**bits: bool) -> x509.KeyUsage:
-    names = [
-        "digital_signature",
-        "content_commitment",
-        "key_encipherment",
-        "data_encipherment",
-        "key_agreement",
-        "key_cert_sign",
-        "crl_sign",
-        "encipher_only",
-        "decipher_only",
-    ]
-    return x509.KeyUsage(**{name: bits.get(name, False) for name in names})
-
-
-def _new_key(kind: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
-    if kind == "p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def make_ca(
-    directory: Path,
-    kind: str,
-    *,
-    path_length: int | None = 0,
-    key_usage: x509.KeyUsage | None = None,
-    common_name: str = "fleetpki Test CA",
-) -> MiniCA:
-    key = _new_key(kind)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - 24 * HOUR)
-        .not_valid_after(NOW + 30 * 24 * HOUR)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            key_usage or _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
-    )
-    signer = FileSigner(f"memory:{kind}", key)
-    cert = signer.sign_certificate(builder)
-    pem = directory / f"ca-{kind}-{cert.serial_number:x}.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return MiniCA(cert, signer, pem)
-
-
-def issue_leaf(ca: MiniCA, directory: Path, *, crl_url: str | None = CRL_URL) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device-0001")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - HOUR)
-        .not_valid_after(NOW + 24 * HOUR)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-        )
-    )
-    if crl_url is not None:
-        point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)
-        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
-    cert = ca.signer.sign_certificate(builder)
-    path = directory / f"leaf-{cert.serial_number:x}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 def serial_of(pem: Path) -> int:
@@ -295,7 +197,7 @@ def test_openssl_rejects_crl_from_another_ca(ca: MiniCA, tmp_path: Path) -> None
 
 
 def test_openssl_passes_unrevoked_leaf(ca: MiniCA, tmp_path: Path) -> None:
-    leaf = issue_leaf(ca, tmp_path)
+    leaf = issue_leaf(ca, tmp_path, crl_url=CRL_URL)
     crl = write(tmp_path / "ca.crl", crl_for(ca, [RevokedEntry(serial_of(leaf) + 1, NOW - HOUR)]))
     result = verify_with_crl(leaf, ca.pem, crls=[crl])
     assert result.ok, result.output
@@ -303,7 +205,7 @@ def test_openssl_passes_unrevoked_leaf(ca: MiniCA, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("reason", REASONS_IN_FULL_CRLS, ids=str)
 def test_openssl_flags_revoked_leaf(ca: MiniCA, tmp_path: Path, reason: RevocationReason) -> None:
-    leaf = issue_leaf(ca, tmp_path)
+    leaf = issue_leaf(ca, tmp_path, crl_url=CRL_URL)
     crl = write(
         tmp_path / "ca.crl", crl_for(ca, [RevokedEntry(serial_of(leaf), NOW - HOUR, reason)])
     )
@@ -317,14 +219,14 @@ def test_openssl_flags_revoked_leaf(ca: MiniCA, tmp_path: Path, reason: Revocati
 def test_openssl_ignores_crl_for_another_distribution_point(ca: MiniCA, tmp_path: Path) -> None:
     # RFC 5280 §6.3.3 (b)(2)(i): the IDP name must match the certificate's CRL DP,
     # so a CRL published under another URL does not cover the leaf.
-    leaf = issue_leaf(ca, tmp_path)
+    leaf = issue_leaf(ca, tmp_path, crl_url=CRL_URL)
     der = crl_for(ca, [RevokedEntry(serial_of(leaf), NOW)], idp_url="http://elsewhere.test/x.crl")
     result = verify_with_crl(leaf, ca.pem, crls=[write(tmp_path / "ca.crl", der)])
     assert result.error_code == 44, result.output  # X509_V_ERR_DIFFERENT_CRL_SCOPE
 
 
 def test_openssl_ignores_ca_only_crl_for_a_leaf(ca: MiniCA, tmp_path: Path) -> None:
-    leaf = issue_leaf(ca, tmp_path)
+    leaf = issue_leaf(ca, tmp_path, crl_url=CRL_URL)
     der = crl_for(ca, [RevokedEntry(serial_of(leaf), NOW)], scope=CrlScope.CA_CERTS)
     result = verify_with_crl(leaf, ca.pem, crls=[write(tmp_path / "ca.crl", der)])
     assert result.error_code == 44, result.output
@@ -386,14 +288,14 @@ def test_build_crl_refuses_another_key(ca: MiniCA, tmp_path: Path) -> None:
 
 
 def test_build_crl_refuses_ca_without_crl_sign(tmp_path: Path) -> None:
-    issuer = make_ca(tmp_path, "p256", key_usage=_key_usage(key_cert_sign=True))
+    issuer = make_ca(tmp_path, "p256", usage=key_usage(key_cert_sign=True))
     with pytest.raises(ValidationError) as caught:
         crl_for(issuer, [])
     assert caught.value.code == "crl.issuer_cannot_sign_crl"
 
 
 def test_build_crl_refuses_end_entity_issuer(ca: MiniCA, tmp_path: Path) -> None:
-    leaf = x509.load_pem_x509_certificate(issue_leaf(ca, tmp_path).read_bytes())
+    leaf = x509.load_pem_x509_certificate(issue_leaf(ca, tmp_path, crl_url=CRL_URL).read_bytes())
     with pytest.raises(ValidationError) as caught:
         build_crl(
             leaf,

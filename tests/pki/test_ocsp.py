@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
@@ -36,6 +36,7 @@ from fleetpki.pki.ocsp import (
 from fleetpki.pki.revocation import RevocationReason
 from support.openssl import ocsp_query, openssl, verify
 from support.pkilint import assert_lints_clean
+from support.testca import MiniCA, issue_leaf, make_ca, new_key
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 MINUTE = dt.timedelta(minutes=1)
@@ -57,15 +58,6 @@ REASONS = [
 
 
 @dataclass(frozen=True, slots=True)
-class MiniCA:
-    """A self-signed CA, its key and its PEM file."""
-
-    cert: x509.Certificate
-    signer: FileSigner
-    pem: Path
-
-
-@dataclass(frozen=True, slots=True)
 class Responder:
     """Who signs: the CA itself or a delegate, and where openssl finds its certificate."""
 
@@ -74,83 +66,12 @@ class Responder:
     verify_other: Path
 
 
-def _key_usage(**bits: bool) -> x509.KeyUsage:
-    names = [
-        "digital_signature",
-        "content_commitment",
-        "key_encipherment",
-        "data_encipherment",
-        "key_agreement",
-        "key_cert_sign",
-        "crl_sign",
-        "encipher_only",
-        "decipher_only",
-    ]
-    return x509.KeyUsage(**{name: bits.get(name, False) for name in names})
-
-
-def _new_key(kind: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
-    if kind == "p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def make_ca(directory: Path, kind: str, common_name: str = "fleetpki Test CA") -> MiniCA:
-    key = _new_key(kind)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - 24 * HOUR)
-        .not_valid_after(NOW + 30 * 24 * HOUR)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
-    )
-    signer = FileSigner(f"memory:{kind}", key)
-    cert = signer.sign_certificate(builder)
-    pem = directory / f"ca-{cert.serial_number:x}.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return MiniCA(cert, signer, pem)
-
-
-def issue_leaf(ca: MiniCA, directory: Path, *, eku: x509.ObjectIdentifier | None = None) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device-0001")]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - HOUR)
-        .not_valid_after(NOW + 24 * HOUR)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([eku or ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-    )
-    cert = ca.signer.sign_certificate(builder)
-    path = directory / f"leaf-{cert.serial_number:x}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 def load_pem(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
 def delegate(ca: MiniCA, directory: Path, kind: str = "p256") -> Responder:
-    key = _new_key(kind)
+    key = new_key(kind)
     cert = build_ocsp_signing_certificate(
         ca.cert, ca.signer, key.public_key(), NOW - 10 * MINUTE, NOW + 24 * HOUR
     )
