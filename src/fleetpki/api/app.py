@@ -39,6 +39,7 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.hub_v1",
     "fleetpki.api.status",
     "fleetpki.api.est",
+    "fleetpki.api.hub_websocket",
 )
 
 

@@ -149,7 +149,10 @@ async def run_servers(
     if only == "hub" and starter is None:
         raise ValidationError("serve.hub_unavailable", "the hub is not available yet")
     if starter is not None and only in (None, "hub"):
-        stoppers.append(await starter(fleet))
+        stopper = await starter(fleet)
+        stoppers.append(stopper)
+        # MQTT over WebSockets on the HTTPS port reaches the same broker.
+        prepared.app.state.hub_broker = getattr(getattr(stopper, "__self__", None), "broker", None)
     server: uvicorn.Server | None = None
     tasks: list[asyncio.Task[None]] = []
     if prepared.api_socket is not None:
