@@ -54,6 +54,8 @@ class Settings:
         hostname: the server's DNS name for its TLS certificate and the hub.
         oidc_issuer / oidc_audience / oidc_jwks: optional OIDC (Entra ID) JWT checking.
         token_audience: overrides ``public_url`` as the certificate-token audience.
+        hub_revocation_soft_fail: accept devices of foreign CAs whose revocation
+            status cannot be established (default: refuse them).
     """
 
     home: Path
@@ -67,6 +69,7 @@ class Settings:
     oidc_audience: str = ""
     oidc_jwks: str = ""
     token_audience: str = ""
+    hub_revocation_soft_fail: bool = False
 
     @property
     def keys_dir(self) -> Path:

@@ -30,7 +30,7 @@ from fleetpki.hub.backend import (
     TelemetryRecord,
     Twin,
 )
-from fleetpki.services import hub_events, hub_messages, hub_registry
+from fleetpki.services import foreign_revocation, hub_events, hub_messages, hub_registry
 from fleetpki.services.app import FleetPKI
 from fleetpki.services.hub_methods import attach_method_invoker, device_not_online
 
@@ -105,6 +105,7 @@ class StoreHubBackend:
     ) -> None:
         self.fleet = fleet
         self.revocation_poll = revocation_poll
+        foreign_revocation.configure(soft_fail=fleet.settings.hub_revocation_soft_fail)
         self._bridges: dict[HubListener, _Bridge] = {}
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from fleetpki.errors import AuthenticationError, ConflictError, NotFoundError, ValidationError
 from fleetpki.pki.chain import verify_client_chain
 from fleetpki.pki.issuance import thumbprints
+from fleetpki.services import foreign_revocation
 from fleetpki.services.hub_events import (
     CertificateRevoked,
     DesiredPatched,
@@ -509,13 +510,14 @@ def authenticate_device(
     certificateAuthority, or selfSigned with a matching thumbprint (hex, any case);
     for certificateAuthority the chain (``chain`` holds what the peer sent besides the
     leaf; a copy of the leaf in it is ignored) verifies up to a *verified* hub CA; and
-    for a CA managed by this fleetpki the certificate is not revoked. Foreign CAs'
-    CRLs and OCSP responders are not consulted yet.
+    the certificate is not revoked: fleetpki's own records for its CAs, the OCSP
+    responder or CRL the certificate names for foreign CAs.
 
     Raises:
         AuthenticationError: ``hub.cn_mismatch``, ``hub.unknown_device``,
             ``hub.device_disabled``, ``hub.wrong_auth_type``, ``hub.untrusted_ca``,
-            ``hub.ca_unverified``, ``hub.certificate_revoked``. The server answers
+            ``hub.ca_unverified``, ``hub.certificate_revoked``,
+            ``hub.revocation_unknown``. The server answers
             CONNACK 5 to every one (ref §1.4).
     """
     cn = _common_name(leaf)
@@ -567,6 +569,9 @@ def authenticate_device(
         if status != "valid":
             # Revoked, or signed by one of our CAs without being on record: refuse both.
             raise _refuse("hub.certificate_revoked", "the certificate is revoked")
+    elif len(verified) >= 2:
+        # A foreign CA: its OCSP responder or CRL decides (services.foreign_revocation).
+        foreign_revocation.checker().check(leaf, verified[1], now)
     return AuthenticatedDevice(device_id, module_id or None, auth_type, sha1, serial, ca_id)
 
 
