@@ -36,7 +36,7 @@ from fleetpki.services.authority import (
     template_from_record,
 )
 from fleetpki.services.context import Actor
-from fleetpki.services.domains import OWNER, find_domain, may_request
+from fleetpki.services.domains import OWNER, domain_id_for, may_request
 from fleetpki.services.outbox import CERTIFICATE_REVOKED, enqueue_event
 from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId
 
@@ -86,11 +86,11 @@ def _store(
     domain_name = issued.common_name or (
         issued.subject_alt_names[0].value if issued.subject_alt_names else None
     )
-    domain = find_domain(session, ca_id, domain_name) if domain_name else None
+    domain_id = domain_id_for(session, ca_id, domain_name) if domain_name else None
     record = CertificateRecord(
         ca_id=ca_id,
         template_id=template_id,
-        domain_id=domain.id if domain else None,
+        domain_id=domain_id,
         serial_hex=issued.serial_hex,
         subject_cn=issued.common_name,
         sans=[f"{san.type.name}:{san.value}" for san in issued.subject_alt_names],

@@ -39,6 +39,7 @@ __all__ = [
 #: Every fleetpki API token starts with this, so that secret scanners can find leaks.
 TOKEN_PREFIX = "fpk_"  # noqa: S105 (a public prefix, not a secret)
 PRINCIPAL_TYPES = frozenset({"User", "ServicePrincipal", "Group", "Device"})
+_LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
 def validate_principal_id(principal_id: str) -> str:
@@ -212,7 +213,10 @@ def authenticate_token(session: Session, secret: str, *, now: dt.datetime) -> Pr
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
     if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
         raise AuthenticationError("auth.bad_token", "the bearer token has expired or was revoked")
-    token.last_used_at = now
+    # Recorded at minute resolution: a write on every request would serialise all
+    # authenticated requests on the database's write lock.
+    if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
+        token.last_used_at = now
     principal = session.get(Principal, token.principal_id)
     if principal is None:
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
