@@ -5,7 +5,8 @@ subclassed: when a TLS connection is made it reads the verified client certifica
 from the transport's ``ssl_object`` and puts its DER into the per-connection copy
 of the ASGI ``state``, which every request's scope receives.  Routes read it with
 :func:`client_certificate_der`.  EST ``simplereenroll`` (RFC 7030 §3.3.2) relies
-on it.
+on it.  The other certificates the client sent (its chain, as far as OpenSSL
+exposes it) are kept beside it for MQTT over WebSockets.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from typing import Any
 from starlette.requests import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from fleetpki.hub.tls import peer_certificates
+
 __all__ = [
     "CLIENT_CERT_STATE_KEY",
+    "CLIENT_CHAIN_STATE_KEY",
     "ClientCertH11Protocol",
     "client_certificate_der",
     "http_protocol_class",
@@ -28,6 +32,8 @@ __all__ = [
 
 #: The key under which the verified client certificate's DER is kept in ``scope["state"]``.
 CLIENT_CERT_STATE_KEY = "fleetpki.tls_client_cert_der"
+#: The key of the other certificates the client sent (DER, leaf excluded; may be empty).
+CLIENT_CHAIN_STATE_KEY = "fleetpki.tls_client_chain_der"
 
 
 def server_ssl_context(certfile: Path, keyfile: Path, client_ca_file: Path) -> ssl.SSLContext:
@@ -45,22 +51,18 @@ def server_ssl_context(certfile: Path, keyfile: Path, client_ca_file: Path) -> s
     return context
 
 
-def _peer_certificate(transport: asyncio.BaseTransport) -> bytes | None:
+def _with_client_certificate(protocol: Any, transport: asyncio.BaseTransport) -> None:
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
-        return None
-    try:
-        der: bytes | None = ssl_object.getpeercert(binary_form=True)
-    except (ValueError, ssl.SSLError):
-        return None
-    return der or None
-
-
-def _with_client_certificate(protocol: Any, transport: asyncio.BaseTransport) -> None:
-    der = _peer_certificate(transport)
+        return
+    der, chain = peer_certificates(ssl_object)
     if der is not None:
         # A private copy for this connection: the shared lifespan state is untouched.
-        protocol.app_state = {**protocol.app_state, CLIENT_CERT_STATE_KEY: der}
+        protocol.app_state = {
+            **protocol.app_state,
+            CLIENT_CERT_STATE_KEY: der,
+            CLIENT_CHAIN_STATE_KEY: tuple(chain),
+        }
 
 
 class ClientCertH11Protocol(H11Protocol):
