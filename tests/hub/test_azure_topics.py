@@ -103,7 +103,8 @@ def test_the_host_is_compared_leniently(host: str) -> None:
 
 @pytest.mark.parametrize("host", ["[::1]:8883", "[::1]", "127.0.0.1", "127.0.0.1:8883"])
 def test_ip_literals_as_hosts(host: str) -> None:
-    parse_username(f"{host}/dev1/?a=1", "dev1", hub_hostnames=["::1", "127.0.0.1"])
+    parsed = parse_username(f"{host}/dev1/?a=1", "dev1", hub_hostnames=["::1", "127.0.0.1"])
+    assert parsed.identity.device_id == "dev1"
 
 
 @pytest.mark.parametrize(
