@@ -7,8 +7,8 @@ Semantics follow Azure IoT Hub's service API (shared/reference/azure-iot-hub-pro
 after the transaction commits.
 
 Revocation goes further than Azure, which never checks it (§4.2): for CAs that this
-fleetpki manages the certificate table decides. Certificates of foreign CAs are
-accepted without a CRL or OCSP check for now.
+fleetpki manages the certificate table decides; for foreign CAs the OCSP responder
+or CRL that the certificate names (:mod:`fleetpki.services.foreign_revocation`).
 """
 
 from __future__ import annotations
