@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fleetpki.errors import FleetPKIError, ValidationError
@@ -69,29 +69,66 @@ def _entries_for(session: Session, ca: CARecord) -> list[RevokedEntry]:
     ]
 
 
+def _fresh(ca: CARecord, now: dt.datetime) -> bool:
+    return (
+        ca.crl_der is not None
+        and ca.crl_next_update is not None
+        and not ca.crl_stale
+        and now < ca.crl_next_update - _REFRESH_MARGIN
+    )
+
+
+def _cached(ca: CARecord) -> tuple[bytes, dt.datetime]:
+    assert ca.crl_der is not None
+    assert ca.crl_next_update is not None
+    return ca.crl_der, ca.crl_next_update
+
+
+def _lock(session: Session, ca_id: str) -> CARecord:
+    """The CA row, re-read under a lock that serialises CRL rebuilds.
+
+    PostgreSQL locks the row with ``SELECT ... FOR UPDATE``.  SQLite ignores FOR
+    UPDATE; its one write lock is taken by the first write of a transaction, so a
+    no-op UPDATE takes it (waiting out the busy timeout) before the row is re-read.
+    ``populate_existing`` replaces what the session already holds: without it the
+    identity map would keep the number read before the lock, and two rebuilders
+    would both issue "number + 1" (RFC 5280 §5.2.3 wants it to increase).
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(CARecord).where(CARecord.id == ca_id).values(crl_number=CARecord.crl_number)
+        )
+    locked = session.scalar(
+        select(CARecord)
+        .where(CARecord.id == ca_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    assert locked is not None
+    return locked
+
+
 def get_crl(
     session: Session, keystore: KeyStore, urls: CAUrlsConfig, ca_id: str, *, now: dt.datetime
 ) -> tuple[bytes, dt.datetime]:
     """The CA's current CRL in DER and its next update.
 
     Served from the cache while it is fresh and no revocation happened since;
-    otherwise rebuilt, numbered one higher and cached.  On PostgreSQL the CA row is
-    locked while rebuilding, so concurrent readers never issue two CRLs with one
-    number.
+    otherwise rebuilt, numbered one higher and cached.  Rebuilds hold a lock on the
+    CA (a row lock on PostgreSQL, the write lock on SQLite) and look at the cache
+    again once they have it, so concurrent readers after a revocation get one new
+    CRL with one new number, never two CRLs with the same number.
 
     Raises:
         NotFoundError: ``ca.not_found``.
     """
     ca = get_ca(session, ca_id)
-    if (
-        ca.crl_der is not None
-        and ca.crl_next_update is not None
-        and not ca.crl_stale
-        and now < ca.crl_next_update - _REFRESH_MARGIN
-    ):
-        return ca.crl_der, ca.crl_next_update
-    locked = session.scalar(select(CARecord).where(CARecord.id == ca.id).with_for_update())
-    assert locked is not None
+    if _fresh(ca, now):
+        return _cached(ca)
+    locked = _lock(session, ca.id)
+    if _fresh(locked, now):
+        # Another transaction rebuilt it while this one waited for the lock.
+        return _cached(locked)
     certificate = ca_certificate(locked)
     this_update = now.replace(microsecond=0)
     next_update = min(this_update + CRL_LIFETIME, certificate.not_valid_after_utc)
