@@ -74,25 +74,57 @@ def est(tmp_path: Path):  # type: ignore[no-untyped-def]
                 requesters=[AGENT],
                 now=fleet.now(),
             )
+            # The agent's own name, so that it may hold a certificate of its own.
+            domains.register_domain(
+                session,
+                Actor.local_admin(),
+                ca_id=issuing.id,
+                template_id=None,
+                name=AGENT,
+                owners=[AGENT],
+                requesters=[AGENT],
+                now=fleet.now(),
+            )
         yield server, token, issuing.id
 
 
-def _enroll(
-    server: LiveServer, token: str, body: Path, tmp: Path
-) -> subprocess.CompletedProcess[bytes]:
-    return curl(
-        "--cacert",
-        server.ca_bundle,
-        "--user",
-        f"{AGENT}:{token}",
-        "-H",
-        "Content-Type: application/pkcs10",
-        "--data-binary",
-        f"@{body}",
-        "-w",
-        "\n%{http_code}",
-        f"{server.base_url}/.well-known/est/simpleenroll",
+def _post(
+    server: LiveServer,
+    route: str,
+    body: Path,
+    *auth: str | Path,
+    headers_file: Path | None = None,
+    content_type: str = "application/pkcs10",
+) -> tuple[bytes, int]:
+    """POST a base64 CSR as RFC 7030's examples do; the body and the HTTP status."""
+    dump: list[str | Path] = ["-D", headers_file] if headers_file is not None else []
+    return _split(
+        curl(
+            "--cacert",
+            server.ca_bundle,
+            *auth,
+            *dump,
+            "-H",
+            f"Content-Type: {content_type}",
+            "--data-binary",
+            f"@{body}",
+            "-w",
+            "\n%{http_code}",
+            f"{server.base_url}/.well-known/est/{route}",
+        )
     )
+
+
+def _certificate_count(server: LiveServer) -> int:
+    with server.fleet.transaction() as session:
+        return len(
+            certificates.list_certificates(
+                session,
+                Actor.local_admin(),
+                certificates.CertificateQuery(),
+                now=server.fleet.now(),
+            )
+        )
 
 
 def _split(done: subprocess.CompletedProcess[bytes]) -> tuple[bytes, int]:
@@ -118,11 +150,21 @@ def test_cacerts_simpleenroll_simplereenroll_with_curl(est, tmp_path: Path) -> N
         "CN=fleetpki Issuing CA,O=fleetpki",
         "CN=fleetpki Root CA,O=fleetpki",
     ]
+    # RFC 7030 §4.1.3's answer, read exactly as its users do: curl | base64 -d | openssl.
     printed = subprocess.run(
-        ["openssl", "pkcs7", "-inform", "DER", "-print_certs"],
-        input=base64.b64decode(cacerts.stdout),
+        [
+            "bash",
+            "-o",
+            "pipefail",
+            "-c",
+            'curl -sS --cacert "$1" "$2" | base64 -d | openssl pkcs7 -inform DER -print_certs',
+            "est-cacerts",
+            str(server.ca_bundle),
+            f"{server.base_url}/.well-known/est/cacerts",
+        ],
         capture_output=True,
         check=True,
+        timeout=60,
     )
     assert b"subject=O = fleetpki, CN = fleetpki Issuing CA" in printed.stdout
     labelled = curl(
@@ -132,7 +174,8 @@ def test_cacerts_simpleenroll_simplereenroll_with_curl(est, tmp_path: Path) -> N
     (tmp_path / "issuing.pem").write_bytes(chain[0].public_bytes(Encoding.PEM))
     (tmp_path / "root.pem").write_bytes(chain[1].public_bytes(Encoding.PEM))
 
-    body, code = _split(_enroll(server, token, openssl_csr(tmp_path, "dev", "dev-est"), tmp_path))
+    basic = ("--user", f"{AGENT}:{token}")
+    body, code = _post(server, "simpleenroll", openssl_csr(tmp_path, "dev", "dev-est"), *basic)
     assert code == 200, body
     (leaf,) = certs_from(body)
     assert leaf.subject.rfc4514_string() == "CN=dev-est"
@@ -144,26 +187,25 @@ def test_cacerts_simpleenroll_simplereenroll_with_curl(est, tmp_path: Path) -> N
     assert checked.ok, checked.output
 
     # simplereenroll: the current certificate is the only credential (TLS client auth).
+    current = ("--cert", tmp_path / "dev.pem", "--key", tmp_path / "dev.key")
     new_csr = openssl_csr(tmp_path, "dev2", "dev-est")
-    renewed = curl(
-        "--cacert",
-        server.ca_bundle,
-        "--cert",
-        tmp_path / "dev.pem",
-        "--key",
-        tmp_path / "dev.key",
-        "-H",
-        "Content-Type: application/pkcs10",
-        "--data-binary",
-        f"@{new_csr}",
-        "-w",
-        "\n%{http_code}",
-        f"{server.base_url}/.well-known/est/simplereenroll",
-    )
-    body, code = _split(renewed)
+    count = _certificate_count(server)
+    # RFC 7030 §4.2.2: the subject must be the current certificate's.
+    other_subject = openssl_csr(tmp_path, "dev3", AGENT)
+    body, code = _post(server, "simplereenroll", other_subject, *current)
+    assert (code, b"renewal.subject_mismatch" in body) == (400, True), body
+    assert _certificate_count(server) == count
+    body, code = _post(server, "simplereenroll", new_csr, *current)
     assert code == 200, body
     (new_leaf,) = certs_from(body)
     assert new_leaf.serial_number != leaf.serial_number
+    assert new_leaf.subject == leaf.subject
+    assert_lints_clean("certificate", new_leaf.public_bytes(Encoding.DER))
+    (tmp_path / "dev2.pem").write_bytes(new_leaf.public_bytes(Encoding.PEM))
+    checked = verify(
+        tmp_path / "dev2.pem", tmp_path / "issuing.pem", tmp_path / "root.pem", purpose="sslclient"
+    )
+    assert checked.ok, checked.output
     with server.fleet.transaction() as session:
         record = certificates.get_certificate(session, format(new_leaf.serial_number, "X"))
         assert (
@@ -172,19 +214,7 @@ def test_cacerts_simpleenroll_simplereenroll_with_curl(est, tmp_path: Path) -> N
         )
 
     # No client certificate: 401; a revoked one: refused.
-    body, code = _split(
-        curl(
-            "--cacert",
-            server.ca_bundle,
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{new_csr}",
-            "-w",
-            "\n%{http_code}",
-            f"{server.base_url}/.well-known/est/simplereenroll",
-        )
-    )
+    body, code = _post(server, "simplereenroll", new_csr)
     assert code == 401
     assert b"est.client_certificate_required" in body
     with server.fleet.transaction() as session:
@@ -195,25 +225,59 @@ def test_cacerts_simpleenroll_simplereenroll_with_curl(est, tmp_path: Path) -> N
             RevocationReason.KEY_COMPROMISE,
             now=server.fleet.now(),
         )
-    body, code = _split(
-        curl(
-            "--cacert",
-            server.ca_bundle,
-            "--cert",
-            tmp_path / "dev.pem",
-            "--key",
-            tmp_path / "dev.key",
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{new_csr}",
-            "-w",
-            "\n%{http_code}",
-            f"{server.base_url}/.well-known/est/simplereenroll",
-        )
-    )
+    count = _certificate_count(server)
+    body, code = _post(server, "simplereenroll", new_csr, *current)
     assert code == 401
     assert b"certificate.revoked" in body
+    assert _certificate_count(server) == count
+
+
+def _issue_via_service(server: LiveServer, cn: str, tmp: Path) -> tuple[Path, Path]:
+    """The agent requests a certificate for ``cn`` (its own id, or a device's)."""
+    body = openssl_csr(tmp, f"own-{cn}", cn)
+    with server.fleet.transaction() as session:
+        issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
+        _, issued = certificates.issue(
+            session,
+            Actor(AGENT),
+            server.fleet.keystore,
+            server.fleet.urls,
+            certificates.IssueCommand(ca_id=issuing.id, csr=base64.b64decode(body.read_bytes())),
+            now=server.fleet.now(),
+        )
+    (tmp / f"own-{cn}.pem").write_text(issued.pem)
+    return tmp / f"own-{cn}.pem", tmp / f"own-{cn}.key"
+
+
+def test_simpleenroll_by_the_agents_own_client_certificate(est, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, _, _ = est
+    agent_pem, agent_key = _issue_via_service(server, AGENT, tmp_path)
+    device_pem, device_key = _issue_via_service(server, "dev-est", tmp_path)
+    csr = openssl_csr(tmp_path, "dev", "dev-est")
+    body, code = _post(server, "simpleenroll", csr, "--cert", agent_pem, "--key", agent_key)
+    assert code == 200, body
+    (leaf,) = certs_from(body)
+    assert leaf.subject.rfc4514_string() == "CN=dev-est"
+    assert_lints_clean("certificate", leaf.public_bytes(Encoding.DER))
+    with server.fleet.transaction() as session:
+        record = certificates.get_certificate(session, format(leaf.serial_number, "X"))
+        assert record.requested_by == AGENT
+    # A device's certificate, though the agent requested it, does not stand for the agent.
+    count = _certificate_count(server)
+    body, code = _post(server, "simpleenroll", csr, "--cert", device_pem, "--key", device_key)
+    assert code == 401, body
+    assert b"auth.certificate_not_a_credential" in body
+    assert _certificate_count(server) == count
+
+
+def test_simpleenroll_with_a_bearer_token(est, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, token, issuing_id = est
+    csr = openssl_csr(tmp_path, "dev", "dev-est")
+    bearer = ("-H", f"Authorization: Bearer {token}")
+    body, code = _post(server, f"{issuing_id}/simpleenroll", csr, *bearer)
+    assert code == 200, body
+    (leaf,) = certs_from(body)
+    assert_lints_clean("certificate", leaf.public_bytes(Encoding.DER))
 
 
 @pytest.mark.parametrize(
@@ -237,44 +301,29 @@ def test_simpleenroll_refusals_sign_nothing(
 ) -> None:
     server, token, _ = est
     body_file = openssl_csr(tmp_path, "r", cn)
-    args: list[str | Path] = [
-        "--cacert",
-        server.ca_bundle,
-        "-H",
-        f"Content-Type: {content_type}",
-        "--data-binary",
-        f"@{body_file}",
-        "-w",
-        "\n%{http_code}",
-    ]
+    args: list[str | Path] = []
     if user == "agent":
         args += ["--user", f"{AGENT}:{token}"]
     elif user == "wrong-token":
         args += ["--user", f"{AGENT}:fpk_not-a-real-token"]
     elif user == "other-user":
         args += ["--user", f"44444444-4444-4444-8444-444444444444:{token}"]
-    with server.fleet.transaction() as session:
-        before = len(
-            certificates.list_certificates(
-                session,
-                Actor.local_admin(),
-                certificates.CertificateQuery(),
-                now=server.fleet.now(),
-            )
-        )
-    body, got = _split(curl(*args, f"{server.base_url}/.well-known/est/simpleenroll"))
+    before = _certificate_count(server)
+    body, got = _post(
+        server,
+        "simpleenroll",
+        body_file,
+        *args,
+        headers_file=tmp_path / "h",
+        content_type=content_type,
+    )
     assert got == status, body
     assert code.encode() in body
-    with server.fleet.transaction() as session:
-        after = len(
-            certificates.list_certificates(
-                session,
-                Actor.local_admin(),
-                certificates.CertificateQuery(),
-                now=server.fleet.now(),
-            )
-        )
-    assert after == before
+    assert _certificate_count(server) == before
+    if status == 401:
+        # RFC 7030 §3.2.3: the client learns that HTTP Basic is accepted.
+        challenges = (tmp_path / "h").read_text().lower()
+        assert 'www-authenticate: basic realm="fleetpki est"' in challenges
 
 
 def test_csrattrs_parse_with_openssl(est) -> None:  # type: ignore[no-untyped-def]

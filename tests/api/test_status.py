@@ -6,6 +6,7 @@ import base64
 import ssl
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 from cryptography import x509
@@ -16,7 +17,7 @@ from conftest import make_csr
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor, authority, certificates, domains
 from fleetpki.services.certificates import IssueCommand
-from support.openssl import verify_with_crl
+from support.openssl import ocsp_query, verify_with_crl
 from support.pkilint import assert_lints_clean
 from support.server import LiveServer, start_server
 
@@ -123,21 +124,28 @@ def test_crl_is_cached_rebuilt_after_a_revocation_and_checked_by_openssl(tmp_pat
     assert issuing_ok.ok, issuing_ok.output
 
 
-def _openssl_ocsp(server: LiveServer, issuer: Path, cert: Path, root: Path) -> str:
+def _openssl_ocsp(
+    server: LiveServer, issuer: Path, root: Path, target: list[str], respout: Path
+) -> str:
+    """``openssl ocsp`` over HTTPS as a relying party runs it: a nonce, the answer verified.
+
+    ``-CAfile`` serves both the TLS connection and the response's signature.
+    """
     done = subprocess.run(
         [
             "openssl",
             "ocsp",
             "-issuer",
             str(issuer),
-            "-cert",
-            str(cert),
+            *target,
             "-url",
             f"{server.base_url}/ocsp",
             "-CAfile",
             str(root),
             "-verify_other",
             str(issuer),
+            "-respout",
+            str(respout),
             "-resp_text",
         ],
         capture_output=True,
@@ -168,12 +176,25 @@ def test_ocsp_with_openssl_good_revoked_unknown_and_get(tmp_path: Path) -> None:
         _, issuing_pem, root_pem = _chain_files(server, tmp_path)
         _revoke(server, bad_serial)
 
-        good_out = _openssl_ocsp(server, issuing_pem, good, root_pem)
-        assert "Response verify OK" in good_out, good_out
-        assert f"{good}: good" in good_out
-        bad_out = _openssl_ocsp(server, issuing_pem, bad, root_pem)
-        assert f"{bad}: revoked" in bad_out, bad_out
-        assert "Reason: keyCompromise" in bad_out
+        outputs = {}
+        for name, target in (
+            ("good", ["-cert", str(good)]),
+            ("revoked", ["-cert", str(bad)]),
+            ("unknown", ["-serial", "0x3039"]),  # a serial this CA never issued
+        ):
+            respout = tmp_path / f"{name}.ocsp"
+            outputs[name] = _openssl_ocsp(server, issuing_pem, root_pem, target, respout)
+            out = outputs[name]
+            assert "Response verify OK" in out, out
+            # openssl sends a nonce by default and complains when it is not echoed.
+            assert "WARNING: no nonce in response" not in out, out
+            assert "Nonce Verify error" not in out, out
+            assert "OCSP Nonce:" in out, out
+            assert_lints_clean("ocsp_response", respout.read_bytes())
+        assert f"{good}: good" in outputs["good"]
+        assert f"{bad}: revoked" in outputs["revoked"]
+        assert "Reason: keyCompromise" in outputs["revoked"]
+        assert "0x3039: unknown" in outputs["unknown"]
 
         issuer = x509.load_pem_x509_certificate(issuing_pem.read_bytes())
         leaf = x509.load_pem_x509_certificate(good.read_bytes())
@@ -192,14 +213,10 @@ def test_ocsp_with_openssl_good_revoked_unknown_and_get(tmp_path: Path) -> None:
             )
             assert_lints_clean("ocsp_response", unknown.content)
 
-            # GET with the base64 request in the path (Appendix A.1).
-            encoded = base64.b64encode(_request_for(leaf, issuer)).decode()
-            got = http.get(f"/ocsp/{encoded}")
-            assert (
-                ocsp.load_der_ocsp_response(got.content).certificate_status
-                == ocsp.OCSPCertStatus.GOOD
-            )
-            assert_lints_clean("ocsp_response", got.content)
+            malformed_get = http.get("/ocsp/not-an-ocsp-request")
+            assert malformed_get.status_code == 200
+            status = ocsp.load_der_ocsp_response(malformed_get.content).response_status
+            assert status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
 
             garbage = http.post("/ocsp", content=b"\x30\x00", headers=headers)
             status = ocsp.load_der_ocsp_response(garbage.content).response_status
@@ -212,3 +229,63 @@ def test_ocsp_with_openssl_good_revoked_unknown_and_get(tmp_path: Path) -> None:
             other = http.post("/ocsp", content=_request_for(leaf, leaf), headers=headers)
             status = ocsp.load_der_ocsp_response(other.content).response_status
             assert status == ocsp.OCSPResponseStatus.UNAUTHORIZED
+
+
+def _request_with_slashes(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
+    """A request (with a nonce) whose base64 holds "/" and "+", as many real ones do."""
+    probe = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
+    for n in range(256):
+        der = (
+            ocsp.OCSPRequestBuilder()
+            .add_certificate_by_hash(
+                probe.issuer_name_hash, probe.issuer_key_hash, cert.serial_number, hashes.SHA1()
+            )
+            .add_extension(x509.OCSPNonce(bytes([n]) * 16), critical=False)
+            .build()
+            .public_bytes(serialization.Encoding.DER)
+        )
+        encoded = base64.b64encode(der).decode()
+        if "/" in encoded and "+" in encoded:
+            return der
+    raise AssertionError("no nonce gave a base64 with / and +")
+
+
+def test_ocsp_get_with_curl_url_encoded_and_raw_checked_by_openssl(tmp_path: Path) -> None:
+    with start_server(tmp_path / "home") as server:
+        _, good = _issue(server, "dev-good", tmp_path)
+        _, issuing_pem, root_pem = _chain_files(server, tmp_path)
+        issuer = x509.load_pem_x509_certificate(issuing_pem.read_bytes())
+        leaf = x509.load_pem_x509_certificate(good.read_bytes())
+        request = tmp_path / "request.der"
+        request.write_bytes(_request_with_slashes(leaf, issuer))
+        encoded = base64.b64encode(request.read_bytes()).decode()
+        # RFC 6960 Appendix A.1: the URL-encoding of the base64; raw slashes work too.
+        for name, path in (("encoded", quote(encoded, safe="")), ("raw", encoded)):
+            response = tmp_path / f"{name}.ocsp"
+            done = subprocess.run(
+                [
+                    "curl",
+                    "-sS",
+                    "--path-as-is",
+                    "--cacert",
+                    str(server.ca_bundle),
+                    "-o",
+                    str(response),
+                    "-w",
+                    "%{http_code} %{content_type}",
+                    f"{server.base_url}/ocsp/{path}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.stdout == "200 application/ocsp-response", done.stdout + done.stderr
+            # -reqin makes openssl check the nonce against the request that was sent.
+            checked = ocsp_query(
+                response, ca_file=root_pem, request=request, verify_other=issuing_pem
+            )
+            assert checked.verified, checked.output
+            assert checked.nonce_ok, checked.output
+            answer = ocsp.load_der_ocsp_response(response.read_bytes())
+            assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+            assert_lints_clean("ocsp_response", response.read_bytes())

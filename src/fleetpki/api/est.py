@@ -8,31 +8,35 @@ issuing CA; without one the only active issuing CA serves.
 Who may enroll:
 
 - ``simpleenroll``: an enrollment agent, by HTTP Basic (username: its principal id,
-  password: one of its API tokens) or ``Authorization: Bearer`` with the same
-  token or an OIDC JWT.  The CSR's names must be domains the agent may request,
-  exactly as on every other issuance route.
+  password: one of its API tokens), ``Authorization: Bearer`` with the same
+  token or an OIDC JWT, or, without an Authorization header, a TLS client
+  certificate that is the agent's own: one of ours, current and unrevoked, whose
+  CN is the agent's principal id and which the agent requested itself (§3.3.2).
+  The CSR's names must be domains the agent may request, exactly as on every
+  other issuance route.  A 401 challenges for Basic as well as Bearer (§3.2.3).
 - ``simplereenroll``: only the TLS client certificate, which must be a current,
-  unrevoked certificate of ours; the new CSR must name what it names (§4.2.2).
+  unrevoked certificate of ours; the new CSR's subject must be the current
+  certificate's, and its SANs among the current names (§4.2.2).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from fleetpki.api.auth import Caller, caller_for_token, require_caller
 from fleetpki.api.deps import client_source, get_fleet
+from fleetpki.api.problems import problem_response
 from fleetpki.api.tls import client_certificate_der
-from fleetpki.errors import AuthenticationError, ValidationError
-from fleetpki.services import FleetPKI, authority, certificates
+from fleetpki.errors import AuthenticationError, ValidationError, http_status_for
+from fleetpki.services import Actor, FleetPKI, authority, certificates
 from fleetpki.services.certificates import IssueCommand
 from fleetpki.store.models import CARecord
 
@@ -44,6 +48,7 @@ CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 PKCS10 = "application/pkcs10"
 CSRATTRS_TYPE = "application/csrattrs"
 _BASE64_HEADERS = {"Content-Transfer-Encoding": "base64"}
+_BASIC_CHALLENGE = 'Basic realm="fleetpki EST"'
 #: The CsrAttrs answer (RFC 7030 §4.5.2): a SEQUENCE naming ecdsa-with-SHA256
 #: (1.2.840.10045.4.3.2), the signature the CA prefers on CSRs.
 CSRATTRS_DER = bytes.fromhex("300a06082a8648ce3d040302")
@@ -51,17 +56,25 @@ _MAX_CSR_BASE64 = 96 * 1024
 
 
 def require_agent(request: Request) -> Caller:
-    """The enrollment agent: HTTP Basic (principal id, API token) or a bearer token.
+    """The enrollment agent: HTTP Basic, a bearer token, or the agent's own client certificate.
 
     RFC 7030 §3.2.3 lets EST servers take HTTP Basic; the password is one of the
-    principal's API tokens, and the username must be that principal's id.
+    principal's API tokens, and the username must be that principal's id.  An
+    Authorization header, when present, decides; otherwise a TLS client
+    certificate may stand for the principal that requested it for its own id
+    (RFC 7030 §3.3.2).
 
     Raises:
         AuthenticationError: 401 ``auth.*``; ``auth.bad_basic`` for malformed Basic
         credentials; ``auth.basic_user_mismatch`` when the username is not the
-        token's principal.
+        token's principal; ``auth.certificate_not_a_credential`` and
+        ``certificate.*`` for a client certificate that is not a current agent's own.
     """
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    header = request.headers.get("authorization")
+    client_der = client_certificate_der(request)
+    if header is None and client_der is not None:
+        return _caller_for_certificate(request, client_der)
+    scheme, _, value = (header or "").partition(" ")
     if scheme.lower() != "basic":
         return require_caller(request)
     try:
@@ -78,7 +91,16 @@ def require_agent(request: Request) -> Caller:
     return caller
 
 
-AgentDep = Annotated[Caller, Depends(require_agent)]
+def _caller_for_certificate(request: Request, certificate_der: bytes) -> Caller:
+    fleet = get_fleet(request)
+    with fleet.transaction() as session:
+        principal = certificates.principal_for_client_certificate(
+            session, certificate_der, now=fleet.now()
+        )
+        actor = Actor(
+            principal_id=principal.id, is_admin=principal.is_admin, source=client_source(request)
+        )
+        return Caller(actor=actor, display_name=principal.friendly_name)
 
 
 def _certs_only(certs: list[x509.Certificate]) -> Response:
@@ -161,8 +183,15 @@ def cacerts(request: Request, label: str | None = None) -> Response:
 
 @router.post("/simpleenroll", response_class=Response)
 @router.post("/{label}/simpleenroll", response_class=Response, include_in_schema=False)
-async def simpleenroll(request: Request, caller: AgentDep, label: str | None = None) -> Response:
+async def simpleenroll(request: Request, label: str | None = None) -> Response:
     """Issue a certificate for a base64 PKCS#10 CSR (RFC 7030 §4.2.1) to an enrollment agent."""
+    try:
+        caller = await run_in_threadpool(require_agent, request)
+    except AuthenticationError as exc:
+        # RFC 7030 §3.2.3 / RFC 7235 §4.1: name every scheme this route takes.
+        refusal = problem_response(request, http_status_for(exc), exc.code, exc.message)
+        refusal.headers.append("WWW-Authenticate", _BASIC_CHALLENGE)
+        return refusal
     csr = await _csr_from(request)
     return await run_in_threadpool(_simpleenroll, get_fleet(request), caller, label, csr)
 

@@ -38,12 +38,13 @@ from fleetpki.services.authority import (
 from fleetpki.services.context import Actor
 from fleetpki.services.domains import OWNER, domain_id_for, may_request
 from fleetpki.services.outbox import CERTIFICATE_REVOKED, enqueue_event
-from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId
+from fleetpki.store.models import CertificateRecord, DomainMember, Principal, UsedTokenId
 
 __all__ = [
     "CertificateQuery",
     "IssueCommand",
     "authenticate_certificate",
+    "authenticate_client_certificate",
     "certificate_holder",
     "certificate_pem",
     "get_certificate",
@@ -51,6 +52,7 @@ __all__ = [
     "issue",
     "list_certificates",
     "load_certificate_pem",
+    "principal_for_client_certificate",
     "renew_with_certificate",
     "renew_with_client_certificate",
     "renew_with_token",
@@ -380,6 +382,54 @@ def renew_with_certificate(
     return _renew(session, keystore, urls, current, csr, validity_days, source=source, now=now)
 
 
+def authenticate_client_certificate(
+    session: Session, certificate_der: bytes, *, now: dt.datetime
+) -> CertificateRecord:
+    """The current certificate of ours that a TLS client presented.
+
+    The TLS layer proved possession of the key and the chain to one of our CAs;
+    this checks that the certificate is one we issued, unexpired and unrevoked.
+
+    Raises:
+        AuthenticationError: ``certificate.unknown``, ``certificate.revoked``,
+        ``certificate.expired``.
+    """
+    sha1 = hashlib.sha1(certificate_der).hexdigest().upper()  # noqa: S324 - a thumbprint
+    current = session.scalar(select(CertificateRecord).where(CertificateRecord.sha1_hex == sha1))
+    if current is None:
+        raise AuthenticationError(
+            "certificate.unknown", "the client certificate was not issued here"
+        )
+    _check_current(current, now)
+    return current
+
+
+def principal_for_client_certificate(
+    session: Session, certificate_der: bytes, *, now: dt.datetime
+) -> Principal:
+    """The principal whose own certificate a TLS client presented (EST, RFC 7030 §3.3.2).
+
+    A certificate is a principal's credential only when that principal requested
+    it for itself: its subject CN is the principal's id and the principal is its
+    requester.  A device certificate (CN = the device id, requested by an agent)
+    therefore never stands for the agent that requested it.
+
+    Raises:
+        AuthenticationError: as :func:`authenticate_client_certificate`, and
+        ``auth.certificate_not_a_credential`` when the certificate is not a
+        principal's own.
+    """
+    current = authenticate_client_certificate(session, certificate_der, now=now)
+    principal = session.get(Principal, current.requested_by)
+    cn = (current.subject_cn or "").lower()
+    if principal is None or cn != current.requested_by.lower():
+        raise AuthenticationError(
+            "auth.certificate_not_a_credential",
+            "the client certificate is not a principal's own (CN = principal id, requested by it)",
+        )
+    return principal
+
+
 def renew_with_client_certificate(
     session: Session,
     keystore: KeyStore,
@@ -392,29 +442,21 @@ def renew_with_client_certificate(
 ) -> tuple[CertificateRecord, IssuedCertificate]:
     """Renew for a caller whose TLS client certificate is ``certificate_der`` (EST mTLS).
 
-    The TLS layer proved possession of the key; this checks that the certificate
-    is ours, current and unrevoked.
+    RFC 7030 §4.2.2: the CSR's subject must be identical to the current
+    certificate's; its SANs, as on every renewal, must be among the current names.
 
     Raises:
-        AuthenticationError: ``certificate.unknown``, ``certificate.revoked``,
-        ``certificate.expired``.
+        AuthenticationError: as :func:`authenticate_client_certificate`.
+        ValidationError: ``renewal.subject_mismatch``; the pipeline's codes.
     """
-    sha1 = hashlib.sha1(certificate_der).hexdigest().upper()  # noqa: S324 - a thumbprint
-    current = session.scalar(select(CertificateRecord).where(CertificateRecord.sha1_hex == sha1))
-    if current is None:
-        raise AuthenticationError(
-            "certificate.unknown", "the client certificate was not issued here"
+    current = authenticate_client_certificate(session, certificate_der, now=now)
+    requested = parse_csr(csr).csr.subject
+    if requested != x509.load_der_x509_certificate(current.der).subject:
+        raise ValidationError(
+            "renewal.subject_mismatch",
+            "the CSR's subject must be the current certificate's (RFC 7030 §4.2.2)",
         )
-    return renew_with_certificate(
-        session,
-        keystore,
-        urls,
-        current=current,
-        csr=csr,
-        validity_days=None,
-        source=source,
-        now=now,
-    )
+    return _renew(session, keystore, urls, current, csr, None, source=source, now=now)
 
 
 def _renew(
