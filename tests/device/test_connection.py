@@ -84,7 +84,7 @@ def enroll(live: LiveServer) -> Iterator[Callable[[], DeviceIdentity]]:
 @pytest.fixture
 def device(enroll: Callable[[], DeviceIdentity], hub: LiveHub) -> DeviceIdentity:
     identity = enroll()
-    hub.backend.add_device(identity.device_id)
+    hub.registry.add_device(identity.device_id)
     return identity
 
 
@@ -107,7 +107,7 @@ def test_telemetry_with_properties(device: DeviceIdentity, hub: LiveHub) -> None
             correlation_id="cid/1",
         )
         client.send_telemetry(b"\x00raw", properties={})
-    stored = [r for r in hub.backend.telemetry if r.device_id == device.device_id]
+    stored = [r for r in hub.registry.telemetry if r.device_id == device.device_id]
     assert [r.payload for r in stored] == [b'{"temperature": 31}', b"\x00raw"]
     first = stored[0]
     assert first.application_properties == {"temperatureAlert": "true", "a b/c": "x&y=z+1"}
@@ -142,10 +142,10 @@ def test_desired_patch_c2d_and_method(device: DeviceIdentity, hub: LiveHub) -> N
         client.on_desired_patch(patches.put)
         client.on_cloud_message(messages.put)
         client.on_method(reboot)
-        version = hub.backend.patch_desired(device.device_id, {"interval": 30})
+        version = hub.registry.patch_desired(device.device_id, {"interval": 30})
         patch = patches.get(timeout=WAIT)
         assert patch == {"interval": 30, "$version": version}
-        hub.backend.send_c2d(
+        hub.registry.send_c2d(
             device.device_id,
             C2DMessage("m-1", b"hello device", {"$.cid": "corr", "color": "red"}),
         )
@@ -179,7 +179,7 @@ def test_c2d_queued_while_offline_arrives_after_reconnect(
         client.connect()
         client.on_cloud_message(messages.put)
         client.disconnect()
-        hub.backend.send_c2d(device.device_id, C2DMessage("m-2", b"while away"))
+        hub.registry.send_c2d(device.device_id, C2DMessage("m-2", b"while away"))
         client.connect()
         assert messages.get(timeout=WAIT).body == b"while away"
 
@@ -208,10 +208,10 @@ def test_reconnect_with_a_renewed_certificate(
         client.reconnect(renewed)
         assert client.identity is renewed
         # The old certificate is revoked: the renewed session does not care.
-        hub.backend.revoke(device.certificate)
+        hub.registry.revoke(device.certificate)
         client.send_telemetry("after")
         assert client.is_connected
-    payloads = [r.payload for r in hub.backend.telemetry if r.device_id == device.device_id]
+    payloads = [r.payload for r in hub.registry.telemetry if r.device_id == device.device_id]
     assert payloads == [b"before", b"after"]
 
 
@@ -260,7 +260,7 @@ def test_revocation_closes_the_session_and_stops_retries(
 ) -> None:
     with DeviceClient(device, "localhost", port=hub.port) as client:
         client.connect()
-        hub.backend.revoke(device.certificate)
+        hub.registry.revoke(device.certificate)
         # paho reconnects after the drop; the hub answers CONNACK 5 and the client stops.
         wait_until(lambda: client.refused_code == 5, "the refused reconnect")
         assert not client.is_connected

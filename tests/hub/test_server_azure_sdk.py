@@ -87,8 +87,8 @@ def test_azure_device_sdk_end_to_end(sqlite_fleet: FleetPKI, tmp_path: Path) -> 
     script = tmp_path / "device.py"
     script.write_text(DEVICE_SCRIPT)
     with start_hub_thread(sqlite_fleet, port=8883) as hub:
-        hub.backend.add_device("sdkdev")
-        hub.backend.patch_desired("sdkdev", {"interval": 5})
+        hub.registry.add_device("sdkdev")
+        hub.registry.patch_desired("sdkdev", {"interval": 5})
         with subprocess.Popen(
             [str(AZURE_PYTHON), str(script), str(files.cert), str(files.key), str(hub.ca_file)],
             stdout=subprocess.PIPE,
@@ -111,8 +111,8 @@ def test_azure_device_sdk_end_to_end(sqlite_fleet: FleetPKI, tmp_path: Path) -> 
                 while not hub.call(lambda: _subscribed(hub)):
                     assert time.monotonic() < deadline, "the SDK never subscribed"
                     time.sleep(0.05)
-                hub.backend.patch_desired("sdkdev", {"interval": 9})
-                hub.backend.send_c2d("sdkdev", C2DMessage("c1", b"to device", {"k": "v"}))
+                hub.registry.patch_desired("sdkdev", {"interval": 9})
+                hub.registry.send_c2d("sdkdev", C2DMessage("c1", b"to device", {"k": "v"}))
                 result = hub.run(hub.broker.invoke_method("sdkdev", "reboot", {"in": 1}, 30))
                 assert result.as_json() == {"status": 200, "payload": {"ok": True}}
                 rest = process.stdout.read()
@@ -126,11 +126,11 @@ def test_azure_device_sdk_end_to_end(sqlite_fleet: FleetPKI, tmp_path: Path) -> 
         assert 'desired {"$version": 3, "interval": 9}' in lines
         assert 'c2d to device {"k": "v"}' in lines
         assert 'method reboot {"in": 1}' in lines
-        (record,) = hub.backend.telemetry
+        (record,) = hub.registry.telemetry
         assert record.payload == b"hello"
         assert record.system_properties["message-id"] == "mid-1"
         assert record.application_properties == {"colour": "blue & green"}
-        assert hub.backend.get_twin("sdkdev").reported == {"fw": "2.0"}
+        assert hub.registry.get_twin("sdkdev").reported == {"fw": "2.0"}
 
 
 def _subscribed(hub: object) -> bool:

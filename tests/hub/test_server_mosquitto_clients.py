@@ -22,7 +22,7 @@ def hub(sqlite_fleet: FleetPKI) -> Iterator[LiveHub]:
 
 @pytest.fixture
 def dev1(sqlite_fleet: FleetPKI, hub: LiveHub, tmp_path: Path) -> DeviceFiles:
-    hub.backend.add_device("dev1")
+    hub.registry.add_device("dev1")
     return issue_device(sqlite_fleet, "dev1", tmp_path)
 
 
@@ -43,7 +43,7 @@ def test_mosquitto_pub_telemetry_is_stored(hub: LiveHub, dev1: DeviceFiles) -> N
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    (record,) = hub.backend.telemetry
+    (record,) = hub.registry.telemetry
     assert record.payload == b"21.5"
     assert record.system_properties == {"content-type": "text/plain"}
     assert record.application_properties == {"site": "north gate"}
@@ -66,7 +66,7 @@ def test_mosquitto_pub_on_another_devices_topic_is_dropped(
         capture_output=True,
         timeout=30,
     )
-    assert not hub.backend.telemetry
+    assert not hub.registry.telemetry
     deadline = time.monotonic() + 20
     while "azure.topic_not_allowed" not in caplog.text:
         assert time.monotonic() < deadline, "no log line"
@@ -96,7 +96,7 @@ def test_mosquitto_sub_receives_c2d(hub: LiveHub, dev1: DeviceFiles) -> None:
         while not hub.call(lambda: _subscribed(hub)):
             assert time.monotonic() < deadline, "mosquitto_sub never subscribed"
             time.sleep(0.02)
-        hub.backend.send_c2d("dev1", C2DMessage("m1", b"open the gate"))
+        hub.registry.send_c2d("dev1", C2DMessage("m1", b"open the gate"))
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     topic, _, payload = out.strip().partition(" ")

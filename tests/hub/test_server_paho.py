@@ -113,7 +113,7 @@ def hub(sqlite_fleet: FleetPKI) -> Iterator[LiveHub]:
 
 @pytest.fixture
 def dev1(sqlite_fleet: FleetPKI, hub: LiveHub, tmp_path: Path) -> DeviceFiles:
-    hub.backend.add_device("dev1")
+    hub.registry.add_device("dev1")
     return issue_device(sqlite_fleet, "dev1", tmp_path / "certs")
 
 
@@ -140,7 +140,7 @@ def test_telemetry_is_stored_with_exact_properties_before_the_puback(
     topic = "devices/dev1/messages/events/%24.mid=mid%201&%24.ct=application%2Fjson&a%2Bb=c%2Bd&e%3Df=x%26y"
     device.publish(topic, b'{"t": 21.5}')
     # PUBACK came back, so the message is already stored.
-    (record,) = hub.backend.telemetry
+    (record,) = hub.registry.telemetry
     assert record.device_id == "dev1"
     assert record.payload == b'{"t": 21.5}'
     assert record.system_properties == {"message-id": "mid 1", "content-type": "application/json"}
@@ -153,11 +153,11 @@ def test_many_messages_are_batched_and_all_acknowledged(hub: LiveHub, device: De
     ]
     for info in infos:
         info.wait_for_publish(WAIT)
-    assert [r.payload for r in hub.backend.telemetry] == [f"m{i}".encode() for i in range(200)]
+    assert [r.payload for r in hub.registry.telemetry] == [f"m{i}".encode() for i in range(200)]
 
 
 def test_twin_get_is_answered_without_a_subscription(hub: LiveHub, device: Device) -> None:
-    hub.backend.patch_desired("dev1", {"interval": 5})
+    hub.registry.patch_desired("dev1", {"interval": 5})
     device.publish("$iothub/twin/GET/?$rid=r1", " ")
     message = device.next_message()
     assert message.topic == "$iothub/twin/res/200/?$rid=r1"
@@ -171,12 +171,12 @@ def test_reported_patch_answers_204_with_version(hub: LiveHub, device: Device) -
     device.publish("$iothub/twin/PATCH/properties/reported/?$rid=7", json.dumps({"fw": "1.2"}))
     message = device.next_message()
     assert message.topic == "$iothub/twin/res/204/?$rid=7&$version=2"
-    assert hub.backend.get_twin("dev1").reported == {"fw": "1.2"}
+    assert hub.registry.get_twin("dev1").reported == {"fw": "1.2"}
 
 
 def test_desired_patch_is_pushed_with_version(hub: LiveHub, device: Device) -> None:
     device.subscribe("$iothub/twin/PATCH/properties/desired/#")
-    hub.backend.patch_desired("dev1", {"interval": 9})
+    hub.registry.patch_desired("dev1", {"interval": 9})
     message = device.next_message()
     assert message.topic == "$iothub/twin/PATCH/properties/desired/?$version=2"
     assert json.loads(message.payload) == {"interval": 9, "$version": 2}
@@ -207,17 +207,17 @@ def test_c2d_is_delivered_live_and_after_reconnect(hub: LiveHub, dev1: DeviceFil
     first = Device(hub, dev1)
     assert first.connect() == 0
     first.subscribe("devices/dev1/messages/devicebound/#")
-    hub.backend.send_c2d("dev1", C2DMessage("m1", b"live", {"$.cid": "c1", "colour": "blue"}))
+    hub.registry.send_c2d("dev1", C2DMessage("m1", b"live", {"$.cid": "c1", "colour": "blue"}))
     message = first.next_message()
     assert message.topic == (
         "devices/dev1/messages/devicebound/%24.mid=m1&%24.cid=c1"
         "&%24.to=%2Fdevices%2Fdev1%2Fmessages%2Fdevicebound&iothub-ack=none&colour=blue"
     )
     assert message.payload == b"live"
-    wait_until(lambda: not hub.backend.pending_c2d("dev1"), "the delivery to be recorded")
+    wait_until(lambda: not hub.registry.pending_c2d("dev1"), "the delivery to be recorded")
     first.close()
     wait_until(lambda: not hub.broker.is_connected("dev1"), "the disconnect")
-    hub.backend.send_c2d("dev1", C2DMessage("m2", b"queued"))
+    hub.registry.send_c2d("dev1", C2DMessage("m2", b"queued"))
     # A new client with the same id and no SUBSCRIBE: the session kept the subscription.
     second = Device(hub, dev1)
     try:
@@ -246,7 +246,7 @@ def test_publishing_on_another_devices_topic_drops_the_connection(
     device.client.reconnect_delay_set(60, 120)
     device.client.publish("devices/dev2/messages/events/", b"spoof", qos=1)
     assert device.disconnected.wait(WAIT)
-    assert not hub.backend.telemetry
+    assert not hub.registry.telemetry
     wait_until(lambda: "azure.topic_not_allowed" in caplog.text, "the log line")
 
 
@@ -292,24 +292,24 @@ def test_refusals_get_connack_5_and_a_logged_reason(
     if case == "unknown_device":
         files = issue_device(sqlite_fleet, "ghost", tmp_path)
     elif case == "device_disabled":
-        hub.backend.add_device("dev9", enabled=False)
+        hub.registry.add_device("dev9", enabled=False)
         files = issue_device(sqlite_fleet, "dev9", tmp_path)
     elif case == "cn_mismatch":
-        hub.backend.add_device("dev9")
+        hub.registry.add_device("dev9")
         files = issue_device(sqlite_fleet, "other", tmp_path)
         kwargs["client_id"] = "dev9"
     elif case in ("untrusted_ca", "ca_unverified"):
-        hub.backend.add_device("dev9")
+        hub.registry.add_device("dev9")
         foreign = ForeignCA()
         if case == "ca_unverified":
-            hub.backend.trust_ca(foreign.certificate, verified=False)
+            hub.registry.trust_ca(foreign.certificate, verified=False)
         files = foreign.issue("dev9", tmp_path)
     elif case == "certificate_revoked":
-        hub.backend.add_device("dev9")
+        hub.registry.add_device("dev9")
         files = issue_device(sqlite_fleet, "dev9", tmp_path)
-        hub.backend.revoke(files.certificate)
+        hub.registry.revoke(files.certificate)
     else:
-        hub.backend.add_device("dev9")
+        hub.registry.add_device("dev9")
         files = issue_device(sqlite_fleet, "dev9", tmp_path)
         kwargs["username"] = "otherhub/dev9/?api-version=2019-10-01"
         code = "azure.bad_username"
@@ -333,11 +333,11 @@ def test_blocking_a_device_closes_its_live_session_and_refuses_it(
 ) -> None:
     device.client.reconnect_delay_set(60, 120)
     if how == "revoke":
-        hub.backend.revoke(dev1.certificate)
+        hub.registry.revoke(dev1.certificate)
     elif how == "disable":
-        hub.backend.set_enabled("dev1", False)
+        hub.registry.set_enabled("dev1", False)
     else:
-        hub.backend.delete_device("dev1")
+        hub.registry.delete_device("dev1")
     assert device.disconnected.wait(WAIT)
     wait_until(lambda: not hub.broker.is_connected("dev1"), "the session to close")
     assert _refused(hub, dev1) == 5

@@ -1,4 +1,10 @@
-"""A running hub for tests: `HubServer` on uvloop in a thread, on a free port, over TLS.
+"""A running hub for tests: `start_hub` on uvloop in a thread, on a free port, over TLS.
+
+The hub runs exactly as under ``fleetpki serve``: on the database-backed
+`StoreHubBackend`, with the fleet's issuing CA trusted through the proof-of-possession
+flow (`hub_trust.trust_local_ca`). Tests change the registry through the control-plane
+services with `HubRegistry` (``hub.registry``): devices, twins, cloud-to-device
+messages, hub CAs, and revocation through the real revocation service.
 
 Device certificates come from the fleet's own issuing CA through the issuance pipeline
 (`issue_device`), or from a throwaway foreign CA (`ForeignCA`) for the refusal cases.
@@ -21,18 +27,28 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleetpki.hub.backend import C2DMessage, TelemetryRecord, Twin
 from fleetpki.hub.broker import Broker
-from fleetpki.hub.memory import InMemoryHubBackend
-from fleetpki.hub.server import HubServer
-from fleetpki.hub.tls import hub_ssl_context
-from fleetpki.services import Actor, FleetPKI
+from fleetpki.hub.server import HubServer, start_hub
+from fleetpki.hub.store_backend import StoreHubBackend
+from fleetpki.pki.revocation import RevocationReason
+from fleetpki.services import Actor, FleetPKI, certificates, hub_messages, hub_registry, hub_trust
 from fleetpki.services.authority import ca_certificate, list_cas
 from fleetpki.services.certificates import IssueCommand, issue
 from fleetpki.services.context import LOCAL_ADMIN_ID
 from fleetpki.services.domains import find_domain, register_domain
+from fleetpki.services.hub_registry import DeviceSpec, DeviceStatus
 from fleetpki.services.server_cert import ensure_server_certificate
 
-__all__ = ["DeviceFiles", "ForeignCA", "LiveHub", "issue_device", "start_hub_thread"]
+__all__ = [
+    "DeviceFiles",
+    "ForeignCA",
+    "HubRegistry",
+    "LiveHub",
+    "issue_device",
+    "start_hub_thread",
+    "trust_issuing_ca",
+]
 
 _T = TypeVar("_T")
 
@@ -47,12 +63,116 @@ class DeviceFiles:
     certificate: x509.Certificate
 
 
+class HubRegistry:
+    """The hub's control plane as tests drive it: each call is one committed transaction.
+
+    Every change goes through the services an operator's route ends in (the registry,
+    twins, messages, hub trust, ``certificates.revoke``), so the live hub learns of it
+    the way it does in production: from the notifications sent after the commit.
+    """
+
+    def __init__(self, fleet: FleetPKI, backend: StoreHubBackend) -> None:
+        self.fleet = fleet
+        self.backend = backend
+
+    def add_device(self, device_id: str, *, enabled: bool = True) -> None:
+        """Register a certificate-authority device."""
+        status = DeviceStatus.ENABLED if enabled else DeviceStatus.DISABLED
+        with self.fleet.transaction() as session:
+            hub_registry.put_device(
+                session, DeviceSpec(device_id, status=status), now=self.fleet.now()
+            )
+
+    def set_enabled(self, device_id: str, enabled: bool) -> None:
+        """Enable or disable a device."""
+        status = DeviceStatus.ENABLED if enabled else DeviceStatus.DISABLED
+        with self.fleet.transaction() as session:
+            hub_registry.set_device_status(session, device_id, status, now=self.fleet.now())
+
+    def delete_device(self, device_id: str) -> None:
+        """Remove a device from the registry."""
+        with self.fleet.transaction() as session:
+            hub_registry.delete_device(session, device_id)
+
+    def revoke(self, certificate: x509.Certificate) -> None:
+        """Revoke a certificate of the fleet's CAs through the revocation service."""
+        with self.fleet.transaction() as session:
+            record = certificates.get_certificate(session, format(certificate.serial_number, "X"))
+            certificates.revoke(
+                session,
+                Actor.local_admin(),
+                record,
+                RevocationReason.KEY_COMPROMISE,
+                now=self.fleet.now(),
+            )
+
+    def patch_desired(self, device_id: str, patch: dict[str, Any]) -> int:
+        """Merge a desired-properties patch (as the service API's twin PATCH); the version."""
+        with self.fleet.transaction() as session:
+            record = hub_registry.patch_twin(
+                session, device_id, {"properties": {"desired": patch}}, now=self.fleet.now()
+            )
+            return record.desired_version
+
+    def send_c2d(self, device_id: str, message: C2DMessage) -> None:
+        """Queue a cloud-to-device message."""
+        with self.fleet.transaction() as session:
+            hub_messages.enqueue_c2d(
+                session,
+                device_id,
+                message.payload,
+                now=self.fleet.now(),
+                properties=message.properties,
+                message_id=message.message_id,
+            )
+
+    def trust_ca(self, certificate: x509.Certificate, *, verified: bool = False) -> None:
+        """Upload a CA certificate to the hub, unverified unless ``verified``."""
+        name = f"ca-{certificate.serial_number:x}"[:40]
+        with self.fleet.transaction() as session:
+            hub_trust.upload_hub_ca(
+                session, name, _pem(certificate), now=self.fleet.now(), verified=verified
+            )
+
+    @property
+    def telemetry(self) -> list[TelemetryRecord]:
+        """The stored device-to-cloud messages, oldest first (read back from the database)."""
+        with self.fleet.transaction() as session:
+            return [
+                TelemetryRecord(
+                    device_id=m.device_id,
+                    module_id=m.module_id,
+                    enqueued_at=m.enqueued_at,
+                    payload=m.body,
+                    system_properties=dict(m.system_properties),
+                    application_properties=dict(m.properties),
+                )
+                for m in hub_messages.list_messages(session, limit=1000)
+            ]
+
+    def get_twin(self, device_id: str) -> Twin:
+        """The device's twin as the hub reads it."""
+        return self.backend.get_twin(device_id)
+
+    def pending_c2d(self, device_id: str) -> list[C2DMessage]:
+        """The device's undelivered cloud-to-device messages."""
+        return list(self.backend.pending_c2d(device_id))
+
+
+def trust_issuing_ca(fleet: FleetPKI) -> None:
+    """Trust the fleet's issuing CA in its hub by proof of possession (idempotent)."""
+    with fleet.transaction() as session:
+        issuing = next(c for c in list_cas(session) if c.tier == "issuing")
+        hub_trust.trust_local_ca(session, fleet.keystore, issuing.id, now=fleet.now())
+
+
 @dataclass
 class LiveHub:
-    """A hub running in a background thread."""
+    """A hub running in a background thread, on the fleet's database."""
 
     server: HubServer
-    backend: InMemoryHubBackend
+    backend: StoreHubBackend
+    registry: HubRegistry
     loop: asyncio.AbstractEventLoop
     ca_file: Path
     hostname: str = "localhost"
@@ -190,25 +310,34 @@ class ForeignCA:
 
 @contextmanager
 def start_hub_thread(
-    fleet: FleetPKI, *, host: str = "127.0.0.1", port: int = 0, batch_window: float = 0.002
+    fleet: FleetPKI,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    revocation_poll: float = 0.5,
+    trust: bool = True,
 ) -> Iterator[LiveHub]:
-    """Serve a hub for ``fleet`` (an in-memory registry trusting its CAs) until the block ends."""
+    """Serve the hub of ``fleet`` (``start_hub`` on `StoreHubBackend`) until the block ends.
+
+    Args:
+        trust: trust the issuing CA through the proof-of-possession flow first.
+        revocation_poll: the outbox consumer's interval for other processes' revocations.
+    """
+    if trust:
+        trust_issuing_ca(fleet)
     files = ensure_server_certificate(fleet, hostname="localhost", host=host)
-    context = hub_ssl_context(files.certfile, files.keyfile)
-    backend = InMemoryHubBackend()
-    with fleet.transaction() as session:
-        for ca in list_cas(session):
-            backend.trust_ca(ca_certificate(ca))
-    broker = Broker(backend, hostnames=("localhost", "127.0.0.1"), batch_window=batch_window)
-    server = HubServer(broker, context)
+    backend = StoreHubBackend(fleet, revocation_poll=revocation_poll)
     loop = uvloop.new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []
+    stoppers: list[Callable[[], Any]] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(server.start(host, port))
+            stoppers.append(
+                loop.run_until_complete(start_hub(fleet, host=host, port=port, backend=backend))
+            )
         except BaseException as exc:
             failure.append(exc)
             started.set()
@@ -216,7 +345,7 @@ def start_hub_thread(
             return
         started.set()
         loop.run_forever()
-        loop.run_until_complete(server.stop())
+        loop.run_until_complete(stoppers[0]())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
@@ -226,8 +355,10 @@ def start_hub_thread(
     if failure:
         thread.join()
         raise failure[0]
+    server = stoppers[0].__self__
+    assert isinstance(server, HubServer)
     try:
-        yield LiveHub(server, backend, loop, files.ca_bundle)
+        yield LiveHub(server, backend, HubRegistry(fleet, backend), loop, files.ca_bundle)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=15)

@@ -299,7 +299,9 @@ async def start_hub(
     """Start the hub for ``fleetpki serve`` in the running loop; return its stopper.
 
     The TLS certificate comes from the server-certificate service (issued by the local
-    issuing CA for the hostname, ``localhost`` and 127.0.0.1). The stopper is the
+    issuing CA for the hostname, ``localhost`` and 127.0.0.1). On the database-backed
+    backend (the default) the broker also becomes the process's direct-method invoker
+    for the service API, until it stops. The stopper is the
     `HubServer.stop` bound method, so ``stopper.__self__`` is the running server.
 
     Raises:
@@ -318,7 +320,13 @@ async def start_hub(
     context = hub_ssl_context(files.certfile, files.keyfile, [files.client_ca_file.read_bytes()])
     if backend is None:
         backend = await loop.run_in_executor(None, _backend_for, fleet)
-    server = HubServer(Broker(backend, hostnames=names), context)
+    broker = Broker(backend, hostnames=names)
+    server = HubServer(broker, context)
     await server.start(host, port)
+    from fleetpki.hub.store_backend import StoreHubBackend
+
+    if isinstance(backend, StoreHubBackend):
+        # POST /twins/{id}/methods reaches this broker until it stops.
+        backend.attach_broker(broker)
     _log.info("fleetpki hub on mqtts://%s:%s", host, server.port)
     return server.stop

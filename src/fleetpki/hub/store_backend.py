@@ -1,11 +1,32 @@
 """The database-backed `HubBackend`: the MQTT server's view of the hub's control plane.
 
-Each call opens one transaction on the fleetpki database and calls the services
-(`fleetpki.services.hub_registry`, `hub_messages`); control-plane notifications
-(`fleetpki.services.hub_events`) are translated into the broker's `HubEvent` types.
-A background thread runs the outbox consumer for ``certificate.revoked`` every
-``revocation_poll`` seconds, so revocations made by other processes (the CLI, another
-API node) also close live sessions; those made in this process arrive at once.
+Each call opens one transaction on the fleetpki database (``fleet.transaction()``) and
+calls the control-plane services (`fleetpki.services.hub_registry`, `hub_messages`).
+The broker calls these methods from its thread pools only, so none of this runs on
+the event loop.
+
+Notifications from the control plane (`fleetpki.services.hub_events`, dispatched after
+each commit from the committing thread) are translated into the broker's `HubEvent`
+types by `_Bridge`: a revoked certificate (any route: CLI, ``/v1``, EZCA, all of which
+end in ``services.certificates.revoke``), a disabled or deleted device, a desired
+patch, a queued cloud-to-device message.
+
+Revocations also travel through the outbox (DESIGN.md "Events and the outbox"):
+`_RevocationConsumer` runs `hub_registry.deliver_revocations` in a thread of its own.
+It is woken at once when a revocation commits in this process (no polling delay) and
+otherwise looks every ``revocation_poll`` seconds, which is how revocations committed
+by another process on the same database (``fleetpki cert revoke`` from the CLI) reach
+this hub. Delivery is idempotent: a session already closed stays closed.
+
+Trust needs no event: `hub_registry.authenticate_device` reads the hub CAs through
+`hub_trust.trust_anchors`, whose cache is checked against the ``hub_cas`` table on
+every connect, so a CA verified or deleted (here or in another process) applies to
+the next connection without a restart.
+
+Direct methods: the service API (`fleetpki.api.hub_service`) calls the process's
+`fleetpki.services.hub_methods.MethodInvoker`. `BrokerMethodInvoker` adapts the
+broker's ``invoke_method`` / ``connected_device_count`` to it, and
+`StoreHubBackend.attach_broker` attaches it for as long as the broker listens.
 """
 
 from __future__ import annotations
@@ -30,66 +51,144 @@ from fleetpki.hub.backend import (
     TelemetryRecord,
     Twin,
 )
+from fleetpki.hub.broker import Broker
 from fleetpki.services import foreign_revocation, hub_events, hub_messages, hub_registry
 from fleetpki.services.app import FleetPKI
-from fleetpki.services.hub_methods import attach_method_invoker, device_not_online
+from fleetpki.services.hub_methods import (
+    attach_method_invoker,
+    detach_method_invoker,
+    device_not_online,
+)
 
-__all__ = ["BrokerMethodInvoker", "StoreHubBackend"]
+__all__ = ["DEFAULT_REVOCATION_POLL", "BrokerMethodInvoker", "StoreHubBackend"]
 
 _log = logging.getLogger(__name__)
 
-#: Seconds between runs of the outbox consumer for revocations from other processes.
+#: Seconds between outbox checks for revocations committed by other processes.
 DEFAULT_REVOCATION_POLL = 0.5
 
 
 class _Bridge(hub_events.HubEventListener):
-    """Turns control-plane notifications into the broker's events."""
+    """Turns control-plane notifications into the broker's events (called from any thread)."""
 
     def __init__(self, listener: HubListener) -> None:
         self.listener = listener
 
     def on_device_blocked(self, device_id: str, reason: str) -> None:
+        """Disabled (``hub.device_disabled``) or deleted (``hub.unknown_device``)."""
         self.listener(DeviceBlocked(device_id, reason))
 
     def on_certificate_revoked(self, serial: str, sha1: str | None) -> None:
+        """A certificate was revoked: the broker closes sessions that use it."""
         self.listener(CertificateRevoked(sha1=sha1, serial=serial))
 
     def on_desired_patched(self, device_id: str, patch: Mapping[str, Any], version: int) -> None:
+        """Desired twin properties changed."""
         self.listener(DesiredPatched(device_id, patch, version))
 
     def on_c2d_queued(self, device_id: str) -> None:
+        """A cloud-to-device message waits for the device."""
         self.listener(C2DQueued(device_id))
 
 
-class BrokerMethodInvoker:
-    """Adapts a broker's ``invoke_method`` to `fleetpki.services.hub_methods.MethodInvoker`.
+class _RevocationConsumer(hub_events.HubEventListener):
+    """The outbox consumer for ``certificate.revoked``: a thread woken on commit or by timer.
 
-    The broker may run on another event loop than the caller (the API), so calls
-    cross loops through a worker thread.
+    Args:
+        fleet: the database to read the outbox from.
+        poll: the longest wait between two runs (revocations from other processes).
     """
 
-    def __init__(self, broker: Any) -> None:
+    def __init__(self, fleet: FleetPKI, poll: float) -> None:
+        self._fleet = fleet
+        self._poll = poll
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._run, name="fleetpki-hub-revocations", daemon=True
+        )
+
+    def start(self) -> None:
+        """Listen for local revocations and start the thread (which runs once at once)."""
+        hub_events.add_listener(self)
+        self._wake.set()
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread; waits at most ``timeout`` for a delivery in progress."""
+        hub_events.remove_listener(self)
+        self._stopped = True
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def on_certificate_revoked(self, serial: str, sha1: str | None) -> None:
+        """A revocation committed in this process: deliver its outbox row now."""
+        if threading.current_thread() is not self._thread:  # not our own dispatches
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._poll)
+            self._wake.clear()
+            if self._stopped:
+                return
+            try:
+                while not self._stopped and self._deliver_batch():
+                    pass
+            except Exception:
+                _log.exception("hub: delivering revocations failed; retrying")
+
+    def _deliver_batch(self, limit: int = 100) -> bool:
+        """Deliver up to ``limit`` events; whether there may be more."""
+        with self._fleet.transaction() as session:
+            delivered = hub_registry.deliver_revocations(
+                session, now=self._fleet.now(), limit=limit
+            )
+        return delivered == limit
+
+
+class BrokerMethodInvoker:
+    """Adapts a `Broker` to `fleetpki.services.hub_methods.MethodInvoker`.
+
+    The broker runs on its own loop (``loop``); the caller (an API route) may run on
+    another one, as in tests, so the call then crosses loops without a thread.
+
+    Args:
+        broker: the started broker.
+        loop: the loop the broker runs on.
+    """
+
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
         self.broker = broker
+        self.loop = loop
 
     async def invoke(
         self, device_id: str, method: str, payload: Any, timeout: float
     ) -> tuple[int, Any]:
-        """Call ``method`` on the device; see `MethodInvoker.invoke`."""
-        broker_loop = getattr(self.broker, "_loop", None)
-        if broker_loop is None:
+        """Call ``method`` on the device and return its ``(status, payload)``.
+
+        Raises:
+            NotFoundError: ``hub.device_not_online`` (404103), also once the hub stopped.
+            FleetPKIError: ``hub.method_timeout`` (504101).
+        """
+        if self.loop.is_closed():
             raise device_not_online(device_id)
-        if broker_loop is asyncio.get_running_loop():
-            result = await self.broker.invoke_method(device_id, method, payload, timeout)
+        call = self.broker.invoke_method(device_id, method, payload, timeout)
+        if asyncio.get_running_loop() is self.loop:
+            result = await call
         else:
-            result = await asyncio.to_thread(
-                self.broker.invoke_method_threadsafe, device_id, method, payload, timeout
-            )
+            try:
+                future = asyncio.run_coroutine_threadsafe(call, self.loop)
+            except RuntimeError:  # the hub's loop closed meanwhile
+                call.close()
+                raise device_not_online(device_id) from None
+            result = await asyncio.wrap_future(future)
         return int(result.status), result.payload
 
     def connected_device_count(self) -> int:
         """Devices connected to the broker now."""
-        count = self.broker.connected_device_count  # a property on the broker
-        return int(count() if callable(count) else count)
+        return self.broker.connected_device_count
 
 
 class StoreHubBackend:
@@ -97,7 +196,8 @@ class StoreHubBackend:
 
     Args:
         fleet: the opened fleetpki instance (its database and clock).
-        revocation_poll: seconds between outbox checks for revocations made elsewhere.
+        revocation_poll: seconds between outbox checks for revocations made by other
+            processes; revocations committed in this process are delivered at once.
     """
 
     def __init__(
@@ -106,9 +206,12 @@ class StoreHubBackend:
         self.fleet = fleet
         self.revocation_poll = revocation_poll
         foreign_revocation.configure(soft_fail=fleet.settings.hub_revocation_soft_fail)
+        self._lock = threading.Lock()
         self._bridges: dict[HubListener, _Bridge] = {}
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
+        self._consumer: _RevocationConsumer | None = None
+        self._invoker: BrokerMethodInvoker | None = None
+
+    # -- HubBackend --
 
     def authenticate(
         self,
@@ -173,37 +276,44 @@ class StoreHubBackend:
             hub_messages.mark_c2d_delivered(session, device_id, message_id, now=self.fleet.now())
 
     def add_listener(self, listener: HubListener) -> None:
-        """Forward control-plane notifications to ``listener``; start the revocation poller.
-
-        When the listener is a bound method of a broker (``broker._on_backend_event``),
-        the broker is also attached as this process's direct-method invoker.
-        """
+        """Forward control-plane notifications to ``listener``; start the outbox consumer."""
         bridge = _Bridge(listener)
-        self._bridges[listener] = bridge
-        hub_events.add_listener(bridge)
-        broker = getattr(listener, "__self__", None)
-        if broker is not None and hasattr(broker, "invoke_method_threadsafe"):
-            attach_method_invoker(BrokerMethodInvoker(broker))
-        if self._poller is None:
-            self._stop.clear()
-            self._poller = threading.Thread(
-                target=self._poll_revocations, name="fleetpki-hub-revocations", daemon=True
-            )
-            self._poller.start()
+        hub_events.add_listener(bridge)  # before the consumer's first run
+        with self._lock:
+            self._bridges[listener] = bridge
+            if self._consumer is None:
+                self._consumer = _RevocationConsumer(self.fleet, self.revocation_poll)
+                self._consumer.start()
 
     def remove_listener(self, listener: HubListener) -> None:
-        """Stop forwarding to ``listener``; the poller stops with the last one."""
-        bridge = self._bridges.pop(listener, None)
+        """Stop forwarding to ``listener``; with the last one, stop the consumer and methods.
+
+        Called by `Broker.stop` on the loop: the consumer's thread is joined for at most
+        the end of a delivery in progress (one short transaction).
+        """
+        with self._lock:
+            bridge = self._bridges.pop(listener, None)
+            consumer = None
+            invoker = None
+            if not self._bridges:
+                consumer, self._consumer = self._consumer, None
+                invoker, self._invoker = self._invoker, None
         if bridge is not None:
             hub_events.remove_listener(bridge)
-        if not self._bridges and self._poller is not None:
-            self._stop.set()
-            self._poller = None
+        if invoker is not None:
+            detach_method_invoker(invoker)
+        if consumer is not None:
+            consumer.stop()
 
-    def _poll_revocations(self) -> None:
-        while not self._stop.wait(self.revocation_poll):
-            try:
-                with self.fleet.transaction() as session:
-                    hub_registry.deliver_revocations(session, now=self.fleet.now())
-            except Exception:
-                _log.exception("hub: delivering revocations failed; retrying")
+    # -- direct methods --
+
+    def attach_broker(self, broker: Broker) -> BrokerMethodInvoker:
+        """Make ``broker`` this process's direct-method invoker (call in its running loop).
+
+        It is detached again when the broker stops (its listener is removed).
+        """
+        invoker = BrokerMethodInvoker(broker, asyncio.get_running_loop())
+        with self._lock:
+            self._invoker = invoker
+        attach_method_invoker(invoker)
+        return invoker
