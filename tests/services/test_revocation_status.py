@@ -249,3 +249,22 @@ def test_ocsp_get_takes_url_encoded_base64_with_slashes(fleet: FleetPKI) -> None
         for path in (encoded, quote(encoded, safe="")):  # RFC 6960 Appendix A.1
             der = answer_ocsp_get(session, fleet.keystore, path, now=fleet.now())
             assert ocsp.load_der_ocsp_response(der).certificate_status == ocsp.OCSPCertStatus.GOOD
+
+
+def test_the_root_answers_for_the_issuing_ca(fleet: FleetPKI) -> None:
+    with fleet.transaction() as session:
+        issuing_ca = next(c for c in authority.list_cas(session) if c.tier == "issuing")
+        issuing, root = authority.ca_chain(session, issuing_ca)
+    statuses = []
+    for serial in (None, issuing.serial_number + 1):
+        with fleet.transaction() as session:
+            der = answer_ocsp(
+                session, fleet.keystore, _request(issuing, root, serial=serial), now=fleet.now()
+            )
+        response = ocsp.load_der_ocsp_response(der)
+        assert response.responder_key_hash == (
+            x509.SubjectKeyIdentifier.from_public_key(root.public_key()).digest
+        )
+        statuses.append(response.certificate_status)
+        assert_lints_clean("ocsp_response", der)
+    assert statuses == [ocsp.OCSPCertStatus.GOOD, ocsp.OCSPCertStatus.UNKNOWN]

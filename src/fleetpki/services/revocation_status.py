@@ -164,6 +164,11 @@ def _issuer_of(cas: Sequence[CARecord], request: OcspRequest) -> CARecord | None
     return None
 
 
+def _is_subordinate_of(session: Session, ca: CARecord, serial: int) -> bool:
+    children = session.scalars(select(CARecord).where(CARecord.parent_id == ca.id))
+    return any(int(child.serial_hex, 16) == serial for child in children)
+
+
 def _status_of(session: Session, ca: CARecord, serial: int) -> CertificateStatus:
     record = session.scalar(
         select(CertificateRecord).where(
@@ -171,6 +176,9 @@ def _status_of(session: Session, ca: CARecord, serial: int) -> CertificateStatus
         )
     )
     if record is None:
+        if _is_subordinate_of(session, ca, serial):
+            # A root answers for the CAs it certified; fleetpki does not revoke CAs yet.
+            return CertificateStatus.good()
         # RFC 6960 §2.2: "unknown" when the responder does not know the certificate.
         return CertificateStatus.unknown()
     if record.status == "revoked":
