@@ -1,321 +1,242 @@
-"""Certificate issuance: fleetpki's HTTPS API vs cfssl's sign API, in the same run.
+"""Certificate issuance: fleetpki's HTTPS API vs cfssl's sign API, same CA, same CSRs.
 
-Run: ``.venv/bin/python bench/ca_issuance.py`` (about 20 seconds; ``make bench`` installs
-cfssl first).  Both CAs have EC P-256 keys and sign the same prepared EC P-256 CSRs:
+Run: ``.venv/bin/python bench/ca_issuance.py`` (about 20 s; ``bash scripts/ensure-bench-deps.sh``
+installs cfssl first).  Both servers sign with fleetpki's EC P-256 issuing CA (its key is
+exported unencrypted into a temporary folder for cfssl) and get the same prepared EC P-256
+CSRs, each with its own key, from ``CLIENTS`` keep-alive client threads:
 
-- fleetpki: ``POST /v1/certificates`` over HTTPS (TLS 1.3, keep-alive) to ``fleetpki
-  serve --only ca`` in its own process, authenticated by an API token; each
-  issuance runs the whole pipeline and commits the certificate and its audit entry
-  to SQLite before answering.
-- cfssl 1.2.0: ``POST /api/v1/cfssl/sign`` over plain HTTP to ``cfssl serve`` in its own
-  process; it signs and keeps nothing.
+- fleetpki: ``POST /v1/certificates`` over HTTPS (TLS 1.3) to ``fleetpki serve --only ca``
+  in its own process, with an admin API token; each issuance checks the token and the
+  requester's rights, runs the whole pipeline (CSR proof of possession, policy, signing,
+  the check of the signed result) and commits the certificate and its audit entry to
+  SQLite before answering.
+- cfssl 1.2.0 (Debian's golang-cfssl): ``POST /api/v1/cfssl/sign`` over plain HTTP to
+  ``cfssl serve`` in its own process; no authentication, and it stores nothing.
 
-Each side gets the same number of requests from the same number of client threads.
-A reference line gives the in-process costs: the pure pipeline, and the service with
-its database write.
+Reference lines (in process, one core, no HTTP): the pure pipeline
+``fleetpki.pki.issuance.issue_certificate`` with the FileKeyStore signer, split into its
+signing step and the check of the signed certificate; the CSR parse with its signature
+check (done per request before the pipeline); and ``services.certificates.issue`` with
+its SQLite transaction, as the API runs it.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import datetime as dt
 import json
 import shutil
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ca_common import (
+    FleetHome,
+    Load,
+    csr_pem,
+    export_ca,
+    fleetpki_server,
+    header,
+    make_home,
+    process,
+    run_round,
+)
 
 from fleetpki.api.background import free_port
-from fleetpki.pki import IssuanceRequest, Issuer, Template, issue_certificate, parse_csr
-from fleetpki.services import Actor, FleetPKI, authority, certificates, domains, init_home
+from fleetpki.pki import IssuanceRequest, ParsedCSR, Template, issue_certificate, parse_csr
+from fleetpki.pki.issuance import (
+    Plan,
+    build_certificate,
+    check_certificate,
+    check_key_policy,
+    resolve_names,
+    resolve_usages,
+    resolve_validity,
+)
+from fleetpki.services import authority, certificates
 from fleetpki.services.certificates import IssueCommand
 from fleetpki.services.principals import create_token
-from fleetpki.settings import Settings
 
-REQUESTS = 400
-THREADS = 8
+ROUNDS = 3  # per server, alternating
+REQUESTS = 150  # per round
+CLIENTS = 8
+IN_PROCESS = 200  # certificates per in-process round (pipeline); a quarter for the service
 
-
-def _csrs(count: int) -> list[str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    out = []
-    for index in range(count):
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dev-{index}")])
-        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-        out.append(csr.public_bytes(serialization.Encoding.PEM).decode())
-    return out
+T = TypeVar("T")
 
 
-def _load(
-    call: Callable[[httpx.Client, int], None], make_client: Callable[[], httpx.Client]
-) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(REQUESTS))
-
-    def worker() -> None:
-        with make_client() as client:
-            call(client, -1)  # warm the connection (not counted)
-            while True:
-                with lock:
-                    index = next(counter, None)
-                if index is None:
-                    return
-                started = time.perf_counter()
-                call(client, index)
-                elapsed = time.perf_counter() - started
-                with lock:
-                    latencies.append(elapsed)
-
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-        for future in [pool.submit(worker) for _ in range(THREADS)]:
-            future.result()
-    return REQUESTS / (time.perf_counter() - started), latencies
+def _per_item_us(action: Callable[[T], object], items: Sequence[T], rounds: int = 5) -> float:
+    """The median over rounds of the mean time per item, in µs."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for item in items:
+            action(item)
+        times.append((time.perf_counter() - started) / len(items) * 1e6)
+    return statistics.median(times)
 
 
-def _fleetpki(folder: Path, csrs: list[str]) -> tuple[float, list[float]]:
-    api_port = free_port()
-    home = folder / "home"
-    settings = Settings.default_for(home).with_changes(
-        public_url=f"https://127.0.0.1:{api_port}", api_port=api_port, mqtt_port=free_port()
-    )
-    fleet = init_home(settings).app
-    admin = Actor.local_admin()
+def in_process(fleet_home: FleetHome) -> dict[str, float]:
+    """µs per certificate for the pipeline, its parts, the CSR parse and the service."""
+    fleet = fleet_home.fleet
+    names = [f"inproc-{index}" for index in range(IN_PROCESS)]
+    fleet_home.register(names)
+    pems = [csr_pem(name) for name in names]
+    parsed = [parse_csr(pem) for pem in pems]
     with fleet.transaction() as session:
-        token = create_token(session, admin, admin.principal_id, now=fleet.now()).secret
-        issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-        for name in ["dev-warm", *(f"dev-{index}" for index in range(len(csrs)))]:
-            domains.register_domain(
-                session,
-                admin,
-                ca_id=issuing.id,
-                template_id=None,
-                name=name,
-                owners=[admin.principal_id],
-                requesters=[admin.principal_id],
-                now=fleet.now(),
-            )
-    fleet.close()
-    # The server runs in its own process, as cfssl does, so the load client's threads
-    # do not share its interpreter.
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "fleetpki"),
-            "--home",
-            str(home),
-            "serve",
-            "--only",
-            "ca",
-            "--api-port",
-            str(api_port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        bundle = home / "tls" / "ca-bundle.pem"
-        for _ in range(200):
-            if bundle.exists():
-                try:
-                    context = ssl.create_default_context(cafile=str(bundle))
-                    httpx.get(f"{settings.public_url}/healthz", verify=context, timeout=1)
-                    break
-                except (httpx.HTTPError, ssl.SSLError, OSError):
-                    pass
-            time.sleep(0.05)
-        context = ssl.create_default_context(cafile=str(bundle))
+        ca = authority.get_ca(session, fleet_home.ca_id)
+        issuer = authority.issuer_for(ca, fleet.keystore, fleet.urls)
+    template = Template(str(uuid.uuid4()))
+    now = fleet.now()
 
-        def call(client: httpx.Client, index: int) -> None:
-            csr = csrs[index] if index >= 0 else _csr_for("dev-warm")
-            answer = client.post("/v1/certificates", json={"csr": csr, "ca_id": issuing.id})
-            answer.raise_for_status()
-
-        return _load(
-            call,
-            lambda: httpx.Client(
-                base_url=settings.public_url,
-                verify=context,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
-            ),
+    def pipeline(csr: ParsedCSR) -> None:
+        issue_certificate(
+            IssuanceRequest(csr=csr), template, issuer, may_request=lambda _n: True, now=now
         )
-    finally:
-        process.terminate()
-        process.wait(15)
 
+    def plan(csr: ParsedCSR) -> Plan:
+        # The steps before signing, as issue_certificate runs them.
+        request = IssuanceRequest(csr=csr)
+        spec = check_key_policy(csr, template)
+        cn, sans = resolve_names(request, template, lambda _n: True)
+        not_before, not_after = resolve_validity(request, template, issuer, now)
+        usages, ekus = resolve_usages(request, template, spec)
+        return Plan(csr.public_key, spec, cn, sans, not_before, not_after, usages, ekus)
 
-_WARM_KEY = ec.generate_private_key(ec.SECP256R1())
+    plans = [plan(csr) for csr in parsed]
+    signed = [(build_certificate(p, issuer), p) for p in plans]
 
-
-def _csr_for(cn: str) -> str:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    csr = (
-        x509.CertificateSigningRequestBuilder().subject_name(name).sign(_WARM_KEY, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _cfssl(folder: Path, csrs: list[str]) -> tuple[float, list[float]]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cfssl bench CA")])
-    now = dt.datetime.now(dt.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (folder / "ca-key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    (folder / "config.json").write_text(
-        json.dumps(
-            {
-                "signing": {
-                    "default": {
-                        "expiry": "8760h",
-                        "usages": ["digital signature", "server auth", "client auth"],
-                    }
-                }
-            }
-        )
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "cfssl",
-            "serve",
-            "-address",
-            "127.0.0.1",
-            "-port",
-            str(port),
-            "-ca",
-            str(folder / "ca.pem"),
-            "-ca-key",
-            str(folder / "ca-key.pem"),
-            "-config",
-            str(folder / "config.json"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                httpx.get(f"{base}/api/v1/cfssl/info", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-
-        def call(client: httpx.Client, index: int) -> None:
-            csr = csrs[index] if index >= 0 else _csr_for("dev-warm")
-            answer = client.post("/api/v1/cfssl/sign", json={"certificate_request": csr})
-            answer.raise_for_status()
-            if not answer.json().get("success"):
-                raise RuntimeError(answer.text)
-
-        return _load(call, lambda: httpx.Client(base_url=base, timeout=30))
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _in_process(folder: Path, csrs: list[str]) -> tuple[float, float]:
-    fleet: FleetPKI = init_home(Settings.default_for(folder / "inproc")).app
-    admin = Actor.local_admin()
-    try:
+    def service(pem: str) -> None:
         with fleet.transaction() as session:
-            ca = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-            issuer: Issuer = authority.issuer_for(ca, fleet.keystore, fleet.urls)
-            for index in range(len(csrs)):
-                domains.register_domain(
-                    session,
-                    admin,
-                    ca_id=ca.id,
-                    template_id=None,
-                    name=f"dev-{index}",
-                    owners=[admin.principal_id],
-                    requesters=[admin.principal_id],
-                    now=fleet.now(),
-                )
-        template = Template(str(uuid.uuid4()))
-        parsed = [parse_csr(c) for c in csrs]
-        started = time.perf_counter()
-        for request in parsed:
-            issue_certificate(
-                IssuanceRequest(csr=request),
-                template,
-                issuer,
-                may_request=lambda _n: True,
+            certificates.issue(
+                session,
+                fleet_home.admin,
+                fleet.keystore,
+                fleet.urls,
+                IssueCommand(ca_id=fleet_home.ca_id, csr=pem),
                 now=fleet.now(),
             )
-        pipeline = (time.perf_counter() - started) / len(parsed)
-        started = time.perf_counter()
-        for csr in csrs:
-            with fleet.transaction() as session:
-                certificates.issue(
-                    session,
-                    admin,
-                    fleet.keystore,
-                    fleet.urls,
-                    IssueCommand(ca_id=ca.id, csr=csr),
-                    now=fleet.now(),
-                )
-        service = (time.perf_counter() - started) / len(csrs)
-        return pipeline, service
-    finally:
-        fleet.close()
+
+    return {
+        "pipeline": _per_item_us(pipeline, parsed),
+        "sign": _per_item_us(lambda p: build_certificate(p, issuer), plans),
+        "check": _per_item_us(lambda s: check_certificate(s[0], s[1], issuer), signed),
+        "parse": _per_item_us(parse_csr, pems),
+        # Each service call stores a certificate, so each round gets CSRs of its own.
+        "service": statistics.median(
+            _per_item_us(service, pems[start : start + IN_PROCESS // 4], rounds=1)
+            for start in range(0, IN_PROCESS - IN_PROCESS // 4 + 1, IN_PROCESS // 4)
+        ),
+    }
 
 
-def _row(name: str, rate: float, latencies: list[float]) -> str:
-    ms = sorted(x * 1000 for x in latencies)
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    return f"| {name} | {rate:,.0f} | {statistics.median(ms):.1f} | {p99:.1f} |"
+def _cfssl_config(folder: Path) -> Path:
+    config = folder / "cfssl-config.json"
+    # The same leaf profile as fleetpki's default template: digital signature, client auth.
+    usages = ["digital signature", "client auth"]
+    config.write_text(json.dumps({"signing": {"default": {"expiry": "8760h", "usages": usages}}}))
+    return config
 
 
 def main() -> int:
     if shutil.which("cfssl") is None:
         print("cfssl is missing: run `bash scripts/ensure-bench-deps.sh` (Debian's golang-cfssl)")
         return 1
-    csrs = _csrs(REQUESTS)
     with tempfile.TemporaryDirectory(prefix="fleetpki-bench-") as scratch:
         folder = Path(scratch)
-        pipeline, service = _in_process(folder, csrs[:200])
-        fleet_rate, fleet_lat = _fleetpki(folder, csrs)
-        cfssl_rate, cfssl_lat = _cfssl(folder, csrs)
-    print(f"\ncertificate issuance, EC P-256 CA and CSRs, {REQUESTS} requests, {THREADS} threads")
-    print("| server | issuances/s | p50 ms | p99 ms |\n|---|---|---|---|")
-    print(_row("fleetpki /v1 over HTTPS, stored in SQLite", fleet_rate, fleet_lat))
-    print(_row("cfssl 1.2.0 sign over HTTP, not stored", cfssl_rate, cfssl_lat))
-    print(f"| ratio fleetpki / cfssl | {fleet_rate / cfssl_rate:.2f} | | |")
+        fleet_home = make_home(folder)
+        reference = in_process(fleet_home)
+        rounds = [[f"dev-{r}-{i}" for i in range(REQUESTS)] for r in range(ROUNDS)]
+        fleet_home.register(["dev-warm"] + [name for names in rounds for name in names])
+        csrs = [[csr_pem(name) for name in names] for names in rounds]
+        warm = csr_pem("dev-warm")
+        with fleet_home.fleet.transaction() as session:
+            admin = fleet_home.admin
+            token = create_token(session, admin, admin.principal_id, now=fleet_home.fleet.now())
+        ca_cert, ca_key = export_ca(fleet_home, folder)
+        cfssl_url = f"http://127.0.0.1:{free_port()}"
+        cfssl = [
+            "cfssl",
+            "serve",
+            "-address",
+            "127.0.0.1",
+            "-port",
+            cfssl_url.rsplit(":", 1)[1],
+            "-ca",
+            str(ca_cert),
+            "-ca-key",
+            str(ca_key),
+            "-config",
+            str(_cfssl_config(folder)),
+        ]
+
+        def fleet_send(client: httpx.Client, csr: str) -> None:
+            answer = client.post("/v1/certificates", json={"csr": csr, "ca_id": ca_id})
+            answer.raise_for_status()
+
+        def cfssl_send(client: httpx.Client, csr: str) -> None:
+            answer = client.post("/api/v1/cfssl/sign", json={"certificate_request": csr})
+            answer.raise_for_status()
+            if not answer.json().get("success"):
+                raise RuntimeError(answer.text)
+
+        ca_id = fleet_home.ca_id
+        fleet_load, cfssl_load = Load(), Load()
+        with (
+            fleetpki_server(fleet_home) as fleet_server,
+            process(
+                cfssl, lambda: httpx.get(f"{cfssl_url}/api/v1/cfssl/health", timeout=1)
+            ) as cfssl_server,
+        ):
+            for csr_round in csrs:
+                run_round(
+                    fleet_load,
+                    fleet_server.pid,
+                    warm,
+                    csr_round,
+                    fleet_send,
+                    lambda: httpx.Client(
+                        base_url=fleet_home.base_url,
+                        verify=str(fleet_home.bundle),
+                        headers={"Authorization": f"Bearer {token.secret}"},
+                        timeout=30,
+                    ),
+                    CLIENTS,
+                )
+                run_round(
+                    cfssl_load,
+                    cfssl_server.pid,
+                    warm,
+                    csr_round,
+                    cfssl_send,
+                    lambda: httpx.Client(base_url=cfssl_url, timeout=30),
+                    CLIENTS,
+                )
     print(
-        f"\nin process, one core: pipeline {pipeline * 1e6:.0f} µs per certificate; "
-        f"with the SQLite commit and audit entry {service * 1e6:.0f} µs"
+        f"\ncertificate issuance over HTTP, EC P-256 issuing CA (the same for both) and CSRs, "
+        f"{ROUNDS} rounds of {REQUESTS} requests, {CLIENTS} keep-alive clients"
+    )
+    print(header("server", "issuances/s"))
+    print(fleet_load.row("fleetpki POST /v1/certificates, HTTPS, token, stored in SQLite"))
+    print(cfssl_load.row("cfssl 1.2.0 serve /api/v1/cfssl/sign, HTTP, no auth, not stored"))
+    ratio = statistics.median(fleet_load.rates) / statistics.median(cfssl_load.rates)
+    cpu_ratio = (fleet_load.server_cpu / len(fleet_load.latencies)) / (
+        cfssl_load.server_cpu / len(cfssl_load.latencies)
+    )
+    print(f"| ratio fleetpki / cfssl | {ratio:.2f} | | | {cpu_ratio:.1f} | |")
+    print(
+        "\nin process, one core, µs per certificate (median of rounds): "
+        f"pipeline issue_certificate {reference['pipeline']:.0f} "
+        f"(of which signing {reference['sign']:.0f}, check of the signed certificate "
+        f"{reference['check']:.0f}); CSR parse and signature check {reference['parse']:.0f}; "
+        f"services.certificates.issue with the SQLite commit and audit entry "
+        f"{reference['service']:.0f}"
     )
     return 0
 

@@ -1,31 +1,29 @@
-"""OCSP responses: fleetpki's responder vs ``openssl ocsp`` as a responder, in the same run.
+"""OCSP responses: fleetpki's responder vs ``openssl ocsp`` as a responder, same CA, same requests.
 
-Run: ``.venv/bin/python bench/ocsp.py`` (about 15 seconds).  Both answer for the same
-EC P-256 issuing CA (fleetpki's, whose key the benchmark reads from the home with its
-passphrase) and the same prepared requests, half for a good and half for a revoked
-certificate, each with a fresh nonce:
+Run: ``.venv/bin/python bench/ocsp.py`` (about 15 s).  Both answer for fleetpki's EC P-256
+issuing CA (its key is exported unencrypted into a temporary folder for openssl) and get
+the same prepared DER requests, half for a good and half for a revoked certificate, each
+with its own nonce, from ``CLIENTS`` client threads:
 
-- fleetpki: ``POST /ocsp`` over HTTPS to ``fleetpki serve --only ca`` in its own process;
-  each answer looks the serial up in the database and is signed by the CA key.
-- openssl 3: ``openssl ocsp -port`` over plain HTTP with an ``index.txt`` in ``openssl
-  ca`` format, signing with the same key; it answers one request at a time.
+- fleetpki: ``POST /ocsp`` over HTTPS (TLS 1.3, keep-alive) to ``fleetpki serve --only ca``
+  in its own process (the route in ``fleetpki.api.status``); each answer looks the serial
+  up in SQLite and is signed by the CA key.
+- openssl 3 (the reference responder): ``openssl ocsp -index index.txt -port`` over plain
+  HTTP, one process, an ``index.txt`` in ``openssl ca`` format holding both serials; it
+  answers HTTP/1.0 and closes the connection after each response, so its clients
+  reconnect for every request (inside the timed part, as real clients of it do).
 
-Each side gets the same requests from the same number of client threads, on new
-connections for openssl (it closes after each answer) and keep-alive for fleetpki.
+A reference line gives ``services.revocation_status.answer_ocsp`` in process (one core,
+SQLite session, no HTTP).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,209 +31,186 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ca_common import (
+    FleetHome,
+    Load,
+    csr_pem,
+    export_ca,
+    fleetpki_server,
+    header,
+    make_home,
+    process,
+    run_round,
+)
+
 from fleetpki.api.background import free_port
-from fleetpki.keystore import load_or_create_passphrase
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, authority, certificates, domains, init_home
+from fleetpki.services import certificates
 from fleetpki.services.certificates import IssueCommand
-from fleetpki.settings import Settings
+from fleetpki.services.revocation_status import answer_ocsp
 
-REQUESTS = 400
-THREADS = 4
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from conftest import make_csr  # noqa: E402 - the tests' CSR helper
+ROUNDS = 3  # per responder, alternating
+REQUESTS = 200  # per round
+CLIENTS = 4
+OCSP_TYPE = {"Content-Type": "application/ocsp-request"}
 
 
-def _requests(leaves: list[x509.Certificate], issuer: x509.Certificate) -> list[bytes]:
-    out = []
-    for index in range(REQUESTS):
-        request = (
-            ocsp.OCSPRequestBuilder()
-            .add_certificate(leaves[index % len(leaves)], issuer, hashes.SHA1())
-            .add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
-            .build()
+def _leaves(fleet_home: FleetHome) -> tuple[x509.Certificate, x509.Certificate]:
+    """Issue a good and a revoked device certificate."""
+    fleet, admin = fleet_home.fleet, fleet_home.admin
+    fleet_home.register(["dev-good", "dev-revoked"])
+    leaves = []
+    with fleet.transaction() as session:
+        for name in ("dev-good", "dev-revoked"):
+            record, issued = certificates.issue(
+                session,
+                admin,
+                fleet.keystore,
+                fleet.urls,
+                IssueCommand(ca_id=fleet_home.ca_id, csr=csr_pem(name)),
+                now=fleet.now(),
+            )
+            leaves.append(issued.certificate)
+        certificates.revoke(
+            session, admin, record, RevocationReason.KEY_COMPROMISE, now=fleet.now()
         )
-        out.append(request.public_bytes(serialization.Encoding.DER))
-    return out
+    return leaves[0], leaves[1]
 
 
-def _load(send: Callable[[bytes], bytes], requests: list[bytes]) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    pending = iter(requests)
-
-    def worker() -> None:
-        while True:
-            with lock:
-                body = next(pending, None)
-            if body is None:
-                return
-            started = time.perf_counter()
-            answer = ocsp.load_der_ocsp_response(send(body))
-            if answer.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
-                raise RuntimeError(answer.response_status)
-            with lock:
-                latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-        for future in [pool.submit(worker) for _ in range(THREADS)]:
-            future.result()
-    return len(requests) / (time.perf_counter() - started), latencies
+def _index(folder: Path, good: x509.Certificate, revoked: x509.Certificate) -> Path:
+    """An ``openssl ca`` index: status, expiry, revocation, serial (hex), file, subject."""
+    expiry = good.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
+    revoked_at = time.strftime("%y%m%d%H%M%SZ", time.gmtime())
+    index = folder / "index.txt"
+    index.write_text(
+        f"V\t{expiry}\t\t{good.serial_number:X}\tunknown\t/CN=dev-good\n"
+        f"R\t{expiry}\t{revoked_at},keyCompromise\t{revoked.serial_number:X}\tunknown"
+        "\t/CN=dev-revoked\n"
+    )
+    return index
 
 
-def _wait(check: Callable[[], object]) -> None:
-    for _ in range(200):
-        try:
-            check()
-            return
-        except (httpx.HTTPError, OSError, ssl.SSLError):
-            time.sleep(0.05)
-    raise RuntimeError("the server did not start")
+def _request(leaf: x509.Certificate, issuer: x509.Certificate) -> bytes:
+    builder = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate(leaf, issuer, hashes.SHA1())
+        .add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+    )
+    return builder.build().public_bytes(serialization.Encoding.DER)
 
 
-def _row(name: str, rate: float, latencies: list[float]) -> str:
-    ms = sorted(x * 1000 for x in latencies)
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    return f"| {name} | {rate:,.0f} | {statistics.median(ms):.1f} | {p99:.1f} |"
+def _status(answer: bytes) -> ocsp.OCSPCertStatus:
+    response = ocsp.load_der_ocsp_response(answer)
+    if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+        raise RuntimeError(f"OCSP {response.response_status}")
+    return response.certificate_status
+
+
+def _in_process_us(fleet_home: FleetHome, requests: list[bytes]) -> float:
+    fleet = fleet_home.fleet
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for body in requests:
+            with fleet.transaction() as session:
+                answer_ocsp(session, fleet.keystore, body, now=fleet.now())
+        times.append((time.perf_counter() - started) / len(requests) * 1e6)
+    return statistics.median(times)
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fleetpki-bench-") as scratch:
         folder = Path(scratch)
-        api_port, openssl_port = free_port(), free_port()
-        home = folder / "home"
-        settings = Settings.default_for(home).with_changes(
-            public_url=f"https://127.0.0.1:{api_port}", api_port=api_port
-        )
-        fleet = init_home(settings).app
-        admin = Actor.local_admin()
-        leaves: list[x509.Certificate] = []
-        with fleet.transaction() as session:
-            ca = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-            issuer = authority.ca_certificate(ca)
-            key_ref = ca.key_ref
-            for name in ("good", "revoked"):
-                domains.register_domain(
-                    session,
-                    admin,
-                    ca_id=ca.id,
-                    template_id=None,
-                    name=f"dev-{name}",
-                    owners=[admin.principal_id],
-                    requesters=[admin.principal_id],
-                    now=fleet.now(),
-                )
-                record, issued = certificates.issue(
-                    session,
-                    admin,
-                    fleet.keystore,
-                    fleet.urls,
-                    IssueCommand(ca_id=ca.id, csr=make_csr(f"dev-{name}")[1]),
-                    now=fleet.now(),
-                )
-                leaves.append(issued.certificate)
-                if name == "revoked":
-                    certificates.revoke(
-                        session, admin, record, RevocationReason.KEY_COMPROMISE, now=fleet.now()
-                    )
-        fleet.close()
-        # openssl's responder needs the CA key in the clear: decrypt it for this run only.
-        key = serialization.load_pem_private_key(
-            (home / "keys" / key_ref.removeprefix("file:")).read_bytes(),
-            password=load_or_create_passphrase(home),
-        )
-        (folder / "ca-key.pem").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        (folder / "ca.pem").write_bytes(issuer.public_bytes(serialization.Encoding.PEM))
-        expiry = leaves[0].not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
-        revoked_at = time.strftime("%y%m%d%H%M%SZ", time.gmtime())
-        (folder / "index.txt").write_text(
-            f"V\t{expiry}\t\t{leaves[0].serial_number:X}\tunknown\t/CN=dev-good\n"
-            f"R\t{expiry}\t{revoked_at},keyCompromise\t{leaves[1].serial_number:X}\tunknown\t/CN=dev-revoked\n"
-        )
-        requests = _requests(leaves, issuer)
-        fleet_server = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "fleetpki"),
-                "--home",
-                str(home),
-                "serve",
-                "--only",
-                "ca",
-                "--api-port",
-                str(api_port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        openssl_server = subprocess.Popen(
-            [
-                "openssl",
-                "ocsp",
-                "-index",
-                str(folder / "index.txt"),
-                "-port",
-                str(openssl_port),
-                "-ignore_err",
-                "-rsigner",
-                str(folder / "ca.pem"),
-                "-rkey",
-                str(folder / "ca-key.pem"),
-                "-CA",
-                str(folder / "ca.pem"),
-                "-nmin",
-                "60",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            bundle = home / "tls" / "ca-bundle.pem"
-            _wait(
-                lambda: httpx.get(
-                    f"{settings.public_url}/healthz",
-                    verify=ssl.create_default_context(cafile=str(bundle)),
-                    timeout=1,
-                )
-            )
-            headers = {"Content-Type": "application/ocsp-request"}
-            local = threading.local()
+        fleet_home = make_home(folder)
+        good, revoked = _leaves(fleet_home)
+        issuer = fleet_home.ca_certificate
+        rounds = [
+            [_request(good if i % 2 == 0 else revoked, issuer) for i in range(REQUESTS)]
+            for _ in range(ROUNDS)
+        ]
+        warm = _request(good, issuer)
+        reference = _in_process_us(fleet_home, rounds[0][:100])
+        ca_cert, ca_key = export_ca(fleet_home, folder)
+        openssl_port = free_port()
+        openssl_url = f"http://127.0.0.1:{openssl_port}/"
+        openssl = [
+            "openssl",
+            "ocsp",
+            "-index",
+            str(_index(folder, good, revoked)),
+            "-port",
+            str(openssl_port),
+            "-rsigner",
+            str(ca_cert),
+            "-rkey",
+            str(ca_key),
+            "-CA",
+            str(ca_cert),
+            "-nmin",
+            "60",
+            "-ignore_err",
+        ]
+        fleet_url = f"{fleet_home.base_url}/ocsp"
 
-            def fleet_send(body: bytes) -> bytes:
-                client = getattr(local, "client", None)
-                if client is None:
-                    client = local.client = httpx.Client(
-                        verify=ssl.create_default_context(cafile=str(bundle)), timeout=30
-                    )
-                return client.post(
-                    f"{settings.public_url}/ocsp", content=body, headers=headers
-                ).content
+        def fleet_send(client: httpx.Client, body: bytes) -> None:
+            _status(client.post(fleet_url, content=body, headers=OCSP_TYPE).content)
 
-            def openssl_send(body: bytes) -> bytes:
-                return httpx.post(
-                    f"http://127.0.0.1:{openssl_port}/", content=body, headers=headers, timeout=30
-                ).content
+        def openssl_send(client: httpx.Client, body: bytes) -> None:
+            _status(client.post(openssl_url, content=body, headers=OCSP_TYPE).content)
 
-            _wait(lambda: openssl_send(requests[0]))
-            fleet_rate, fleet_lat = _load(fleet_send, requests)
-            openssl_rate, openssl_lat = _load(openssl_send, requests)
-        finally:
-            for process in (fleet_server, openssl_server):
-                process.terminate()
-                process.wait(15)
+        def fleet_client() -> httpx.Client:
+            return httpx.Client(verify=str(fleet_home.bundle), timeout=30)
+
+        def openssl_client() -> httpx.Client:
+            return httpx.Client(timeout=30)
+
+        fleet_load, openssl_load = Load(), Load()
+        with (
+            fleetpki_server(fleet_home) as fleet_server,
+            process(
+                openssl, lambda: httpx.post(openssl_url, content=warm, headers=OCSP_TYPE)
+            ) as openssl_server,
+        ):
+            # Both say the same thing: good, then revoked.
+            for send, client in ((fleet_send, fleet_client), (openssl_send, openssl_client)):
+                with client() as probe:
+                    url = fleet_url if send is fleet_send else openssl_url
+                    statuses = [
+                        _status(probe.post(url, content=body, headers=OCSP_TYPE).content)
+                        for body in rounds[0][:2]
+                    ]
+                if statuses != [ocsp.OCSPCertStatus.GOOD, ocsp.OCSPCertStatus.REVOKED]:
+                    raise RuntimeError(f"{url} answered {statuses}")
+            for requests in rounds:
+                run_round(
+                    fleet_load, fleet_server.pid, warm, requests, fleet_send, fleet_client, CLIENTS
+                )
+                run_round(
+                    openssl_load,
+                    openssl_server.pid,
+                    warm,
+                    requests,
+                    openssl_send,
+                    openssl_client,
+                    CLIENTS,
+                )
     print(
-        f"\nOCSP, EC P-256 CA, {REQUESTS} requests with nonces (good, revoked), {THREADS} threads"
+        f"\nOCSP over HTTP POST, EC P-256 issuing CA (the same for both), requests with nonces "
+        f"(half good, half revoked), {ROUNDS} rounds of {REQUESTS}, {CLIENTS} client threads"
     )
-    print("| responder | responses/s | p50 ms | p99 ms |\n|---|---|---|---|")
-    print(_row("fleetpki POST /ocsp over HTTPS (database lookup)", fleet_rate, fleet_lat))
-    print(_row("openssl ocsp -port over HTTP (index.txt)", openssl_rate, openssl_lat))
-    print(f"| ratio fleetpki / openssl | {fleet_rate / openssl_rate:.2f} | | |")
+    print(header("responder", "responses/s"))
+    print(fleet_load.row("fleetpki POST /ocsp, HTTPS keep-alive, SQLite lookup"))
+    print(openssl_load.row("openssl ocsp -index -port, HTTP, new connection per request"))
+    ratio = statistics.median(fleet_load.rates) / statistics.median(openssl_load.rates)
+    cpu_ratio = (fleet_load.server_cpu / len(fleet_load.latencies)) / (
+        openssl_load.server_cpu / len(openssl_load.latencies)
+    )
+    print(f"| ratio fleetpki / openssl | {ratio:.2f} | | | {cpu_ratio:.1f} | |")
+    print(
+        f"\nin process, one core: services.revocation_status.answer_ocsp with its SQLite "
+        f"session {reference:.0f} µs per response (median of 5 rounds)"
+    )
     return 0
 
 

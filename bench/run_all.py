@@ -6,27 +6,41 @@ Each benchmark is a separate process, so one does not warm or load the next.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SKIP = {"run_all.py", "hub_common.py"}
+TIMEOUT = 180  # seconds; each benchmark is meant to take well under a minute
 
 
 def main() -> int:
     failures = 0
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in SKIP)
+    # Shared helpers (*_common.py) and this runner are not benchmarks.
+    scripts = sorted(
+        p for p in HERE.glob("*.py") if p.name != "run_all.py" and not p.stem.endswith("_common")
+    )
     for script in scripts:
         print(f"\n## {script.name}", flush=True)
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, str(script)], check=False)
-        print(
-            f"({script.name}: {time.perf_counter() - started:.1f} s, exit {done.returncode})",
-            flush=True,
-        )
-        failures += done.returncode != 0
+        # Its own process group, so that on a timeout the servers it started go too.
+        bench = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
+        try:
+            returncode = bench.wait(TIMEOUT)
+            status, failed = f"exit {returncode}", returncode != 0
+        except subprocess.TimeoutExpired:
+            os.killpg(bench.pid, signal.SIGTERM)
+            try:
+                bench.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(bench.pid, signal.SIGKILL)
+                bench.wait()
+            status, failed = f"stopped after {TIMEOUT} s", True
+        print(f"({script.name}: {time.perf_counter() - started:.1f} s, {status})", flush=True)
+        failures += failed
     return 1 if failures else 0
 
 
