@@ -48,6 +48,7 @@ __all__ = [
     "header",
     "make_home",
     "process",
+    "ratio_row",
     "run_round",
 ]
 
@@ -218,6 +219,13 @@ class Load:
             f"{self.server_cpu / self.elapsed * 100:.0f} / "
             f"{self.client_cpu / self.elapsed * 100:.0f} |"
         )
+
+
+def ratio_row(name: str, ours: Load, peer: Load) -> str:
+    """The table's last row: fleetpki's rate and CPU per request over the peer's."""
+    rate = statistics.median(ours.rates) / statistics.median(peer.rates)
+    cpu = (ours.server_cpu / len(ours.latencies)) / (peer.server_cpu / len(peer.latencies))
+    return f"| ratio fleetpki / {name} | {rate:.2f} | | | {cpu:.1f} | |"
 
 
 def header(first: str, unit: str) -> str:

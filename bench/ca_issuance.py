@@ -45,6 +45,7 @@ from ca_common import (
     header,
     make_home,
     process,
+    ratio_row,
     run_round,
 )
 
@@ -225,11 +226,7 @@ def main() -> int:
     print(header("server", "issuances/s"))
     print(fleet_load.row("fleetpki POST /v1/certificates, HTTPS, token, stored in SQLite"))
     print(cfssl_load.row("cfssl 1.2.0 serve /api/v1/cfssl/sign, HTTP, no auth, not stored"))
-    ratio = statistics.median(fleet_load.rates) / statistics.median(cfssl_load.rates)
-    cpu_ratio = (fleet_load.server_cpu / len(fleet_load.latencies)) / (
-        cfssl_load.server_cpu / len(cfssl_load.latencies)
-    )
-    print(f"| ratio fleetpki / cfssl | {ratio:.2f} | | | {cpu_ratio:.1f} | |")
+    print(ratio_row("cfssl", fleet_load, cfssl_load))
     print(
         "\nin process, one core, µs per certificate (median of rounds): "
         f"pipeline issue_certificate {reference['pipeline']:.0f} "

@@ -41,6 +41,7 @@ from ca_common import (
     header,
     make_home,
     process,
+    ratio_row,
     run_round,
 )
 
@@ -202,11 +203,7 @@ def main() -> int:
     print(header("responder", "responses/s"))
     print(fleet_load.row("fleetpki POST /ocsp, HTTPS keep-alive, SQLite lookup"))
     print(openssl_load.row("openssl ocsp -index -port, HTTP, new connection per request"))
-    ratio = statistics.median(fleet_load.rates) / statistics.median(openssl_load.rates)
-    cpu_ratio = (fleet_load.server_cpu / len(fleet_load.latencies)) / (
-        openssl_load.server_cpu / len(openssl_load.latencies)
-    )
-    print(f"| ratio fleetpki / openssl | {ratio:.2f} | | | {cpu_ratio:.1f} | |")
+    print(ratio_row("openssl", fleet_load, openssl_load))
     print(
         f"\nin process, one core: services.revocation_status.answer_ocsp with its SQLite "
         f"session {reference:.0f} µs per response (median of 5 rounds)"
