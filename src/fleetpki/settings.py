@@ -56,6 +56,8 @@ class Settings:
         token_audience: overrides ``public_url`` as the certificate-token audience.
         hub_revocation_soft_fail: accept devices of foreign CAs whose revocation
             status cannot be established (default: refuse them).
+        hub_node: this hub node's name; every hub process sharing one database needs
+            its own, since each node gets its own delivery of every revocation.
     """
 
     home: Path
@@ -70,6 +72,7 @@ class Settings:
     oidc_jwks: str = ""
     token_audience: str = ""
     hub_revocation_soft_fail: bool = False
+    hub_node: str = "builtin"
 
     @property
     def keys_dir(self) -> Path:

@@ -14,16 +14,18 @@ from fleetpki.services import (
     Actor,
     FleetPKI,
     certificates,
-    hub_events,
     hub_messages,
     hub_registry,
     hub_trust,
 )
+from fleetpki.services.delivery import ConsumerWorker
+from fleetpki.services.events import HubEventListener
 from fleetpki.services.hub_registry import AuthType, DeviceSpec, DeviceStatus
+from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from support.hub_control import issue_device_certificate, issuing_ca
 
 
-class Recorder(hub_events.HubEventListener):
+class Recorder(HubEventListener):
     """Collects notifications."""
 
     def __init__(self) -> None:
@@ -46,11 +48,11 @@ class Recorder(hub_events.HubEventListener):
 
 
 @pytest.fixture
-def events() -> Iterator[Recorder]:
+def events(fleet: FleetPKI) -> Iterator[Recorder]:
     recorder = Recorder()
-    hub_events.add_listener(recorder)
+    fleet.events.subscribe(recorder)
     yield recorder
-    hub_events.remove_listener(recorder)
+    fleet.events.unsubscribe(recorder)
 
 
 def _add(fleet: FleetPKI, device_id: str = "dev-1", **kwargs: Any) -> None:
@@ -306,10 +308,32 @@ def test_revocation_refuses_and_reaches_listeners(fleet: FleetPKI, events: Recor
         with pytest.raises(AuthenticationError) as info:
             hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
         assert info.value.code == "hub.certificate_revoked"
-        assert hub_registry.deliver_revocations(session, now=fleet.now()) == 1
+
+
+def test_revocation_reaches_a_consumer_through_its_own_delivery(fleet: FleetPKI) -> None:
+    """The hub node's consumer gets the outbox event once, however often it looks."""
+    _leaf, _chain, record = issue_device_certificate(fleet, "dev-2")
+    delivered: list[tuple[str, str]] = []
+    worker = ConsumerWorker(
+        fleet.delivery,
+        fleet.events,
+        "hub:test",
+        [CERTIFICATE_REVOKED],
+        lambda d: delivered.append((d.event_type, d.subject_id)),
+    )
+    fleet.delivery.register(worker.consumer, worker.event_types)
     with fleet.transaction() as session:
-        assert hub_registry.deliver_revocations(session, now=fleet.now()) == 0
-    assert len(events.revoked) == 2
+        certificates.revoke(
+            session,
+            Actor.local_admin(),
+            certificates.get_certificate(session, record.serial_hex),
+            RevocationReason.KEY_COMPROMISE,
+            now=fleet.now(),
+        )
+    assert worker.run_once() == 1
+    assert worker.run_once() == 0
+    assert delivered == [(CERTIFICATE_REVOKED, record.serial_hex)]
+    assert fleet.delivery.backlog("hub:test").pending == 0
 
 
 def test_self_signed_device_by_thumbprint(fleet: FleetPKI) -> None:

@@ -18,7 +18,7 @@ from fleetpki.hub.store_backend import StoreHubBackend
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor, FleetPKI, certificates, hub_messages, hub_registry, hub_trust
 from fleetpki.services.hub_registry import DeviceSpec, DeviceStatus
-from fleetpki.store.models import OutboxEvent
+from fleetpki.services.outbox import CERTIFICATE_REVOKED, enqueue_event
 from support.hub_control import issue_device_certificate, issuing_ca
 
 
@@ -47,24 +47,25 @@ def test_backend_end_to_end(sqlite_fleet: FleetPKI) -> None:
         assert [m.message_id for m in backend.pending_c2d("dev-1")] == ["m1"]
         backend.mark_c2d_delivered("dev-1", "m1")
         assert backend.pending_c2d("dev-1") == []
-        # A revocation made by another process: only the outbox row exists.
-        with fleet.transaction() as session:
-            session.add(
-                OutboxEvent(
-                    created_at=fleet.now(),
-                    event_type="certificate.revoked",
-                    subject_id="ABC",
-                    payload={"serial": "ABC", "sha1": "00" * 20},
-                    status="pending",
-                    attempts=0,
-                    next_attempt_at=fleet.now(),
+        # A revocation made by another application (as another process would): only
+        # the outbox row reaches this hub node, through its own delivery.
+        other = FleetPKI.open(fleet.settings)
+        try:
+            with other.transaction() as session:
+                enqueue_event(
+                    session,
+                    CERTIFICATE_REVOKED,
+                    "ABC",
+                    {"serial": "ABC", "sha1": "00" * 20},
+                    at=other.now(),
                 )
-            )
-            # ... which the flush hook also reports in this process; the poller repeats it.
+        finally:
+            other.close()
         deadline = time.monotonic() + 5
-        while seen.count(CertificateRevoked(sha1="00" * 20, serial="ABC")) < 2:
+        while CertificateRevoked(sha1="00" * 20, serial="ABC") not in seen:
             assert time.monotonic() < deadline
             time.sleep(0.02)
+        assert fleet.delivery.backlog("hub:builtin").pending == 0
         with fleet.transaction() as session:
             certificates.revoke(
                 session,

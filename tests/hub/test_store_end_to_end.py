@@ -35,7 +35,7 @@ from fleetpki.services import (
     hub_trust,
 )
 from fleetpki.services.hub_registry import DeviceSpec
-from fleetpki.store.models import OutboxEvent
+from fleetpki.store.models import EventDelivery, OutboxEvent
 from support.hub import DeviceFiles, issue_device, start_hub_thread
 from support.server import start_server
 
@@ -107,9 +107,16 @@ def _trust_issuing_ca(fleet: FleetPKI) -> str:
 
 
 def _revocation_events(fleet: FleetPKI, serial: str) -> list[str]:
+    """The hub node's delivery states of the revocation events for ``serial``."""
     with fleet.transaction() as session:
-        query = select(OutboxEvent.status).where(
-            OutboxEvent.event_type == "certificate.revoked", OutboxEvent.subject_id == serial
+        query = (
+            select(EventDelivery.status)
+            .join(OutboxEvent, OutboxEvent.id == EventDelivery.event_id)
+            .where(
+                OutboxEvent.event_type == "certificate.revoked",
+                OutboxEvent.subject_id == serial,
+                EventDelivery.consumer == "hub:builtin",
+            )
         )
         return list(session.scalars(query))
 

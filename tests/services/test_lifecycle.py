@@ -17,7 +17,7 @@ from fleetpki.pki.keys import KeySpec
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor, FleetPKI, authority, certificates, domains
 from fleetpki.services.certificates import CertificateQuery, IssueCommand
-from fleetpki.services.outbox import CERTIFICATE_REVOKED, pending_events
+from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from fleetpki.store import models
 
 ALICE_ACTOR = Actor(ALICE, source="test")
@@ -251,6 +251,7 @@ def test_renewal_refusals(fleet: FleetPKI) -> None:
 
 
 def test_revoke_writes_the_outbox_event_in_the_same_transaction(fleet: FleetPKI) -> None:
+    fleet.delivery.register("test", [CERTIFICATE_REVOKED])
     _register(fleet)
     _, record, _ = _issue(fleet)
     with fleet.transaction() as session, pytest.raises(PermissionDenied):
@@ -261,8 +262,7 @@ def test_revoke_writes_the_outbox_event_in_the_same_transaction(fleet: FleetPKI)
             RevocationReason.KEY_COMPROMISE,
             now=fleet.now(),
         )
-    with fleet.transaction() as session:
-        assert pending_events(session, now=fleet.now()) == []
+    assert fleet.delivery.claim("test", lease=dt.timedelta(seconds=30), limit=10) == []
     with fleet.transaction() as session:
         certificates.revoke(
             session,
@@ -271,11 +271,11 @@ def test_revoke_writes_the_outbox_event_in_the_same_transaction(fleet: FleetPKI)
             RevocationReason.KEY_COMPROMISE,
             now=fleet.now(),
         )
+    events = fleet.delivery.claim("test", lease=dt.timedelta(seconds=30), limit=10)
+    assert [(e.event_type, e.payload["device_id"], e.payload["reason"]) for e in events] == [
+        (CERTIFICATE_REVOKED, "dev-001", "keyCompromise")
+    ]
     with fleet.transaction() as session:
-        events = pending_events(session, now=fleet.now())
-        assert [(e.event_type, e.payload["device_id"], e.payload["reason"]) for e in events] == [
-            (CERTIFICATE_REVOKED, "dev-001", "keyCompromise")
-        ]
         stored = certificates.get_certificate(session, record.serial_hex)
         assert (stored.status, stored.revocation_reason) == ("revoked", 1)
         assert authority.get_ca(session, stored.ca_id).crl_stale

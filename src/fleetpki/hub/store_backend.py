@@ -5,18 +5,19 @@ calls the control-plane services (`fleetpki.services.hub_registry`, `hub_message
 The broker calls these methods from its thread pools only, so none of this runs on
 the event loop.
 
-Notifications from the control plane (`fleetpki.services.hub_events`, dispatched after
-each commit from the committing thread) are translated into the broker's `HubEvent`
-types by `_Bridge`: a revoked certificate (any route: CLI, ``/v1``, EZCA, all of which
-end in ``services.certificates.revoke``), a disabled or deleted device, a desired
-patch, a queued cloud-to-device message.
+Notifications from the control plane (published on the application's event bus,
+``fleet.events``, after each commit from the committing thread) are translated into the
+broker's `HubEvent` types by `_Bridge`: a revoked certificate (any route: CLI, ``/v1``,
+EZCA, all of which end in ``services.certificates.revoke``), a disabled or deleted
+device, a desired patch, a queued cloud-to-device message.
 
-Revocations also travel through the outbox (DESIGN.md "Events and the outbox"):
-`_RevocationConsumer` runs `hub_registry.deliver_revocations` in a thread of its own.
-It is woken at once when a revocation commits in this process (no polling delay) and
-otherwise looks every ``revocation_poll`` seconds, which is how revocations committed
-by another process on the same database (``fleetpki cert revoke`` from the CLI) reach
-this hub. Delivery is idempotent: a session already closed stays closed.
+Revocations also travel through the outbox (DESIGN.md "Events and the outbox"): this
+hub node is the consumer ``hub:<settings.hub_node>`` of ``certificate.revoked`` events
+and has its own delivery of each (`fleetpki.services.delivery.ConsumerWorker`). Its
+worker is woken at once when a revocation commits in this process, by PostgreSQL
+LISTEN/NOTIFY when one commits in another process, and otherwise looks every
+``revocation_poll`` seconds (SQLite). Delivery is idempotent: a session already closed
+stays closed.
 
 Trust needs no event: `hub_registry.authenticate_device` reads the hub CAs through
 `hub_trust.trust_anchors`, whose cache is checked against the ``hub_cas`` table on
@@ -52,13 +53,17 @@ from fleetpki.hub.backend import (
     Twin,
 )
 from fleetpki.hub.broker import Broker
-from fleetpki.services import foreign_revocation, hub_events, hub_messages, hub_registry
+from fleetpki.services import foreign_revocation, hub_messages, hub_registry
 from fleetpki.services.app import FleetPKI
+from fleetpki.services.delivery import ConsumerWorker
+from fleetpki.services.events import HubEventListener
 from fleetpki.services.hub_methods import (
     attach_method_invoker,
     detach_method_invoker,
     device_not_online,
 )
+from fleetpki.services.outbox import CERTIFICATE_REVOKED
+from fleetpki.services.ports.events import Delivery
 
 __all__ = ["DEFAULT_REVOCATION_POLL", "BrokerMethodInvoker", "StoreHubBackend"]
 
@@ -68,7 +73,7 @@ _log = logging.getLogger(__name__)
 DEFAULT_REVOCATION_POLL = 0.5
 
 
-class _Bridge(hub_events.HubEventListener):
+class _Bridge(HubEventListener):
     """Turns control-plane notifications into the broker's events (called from any thread)."""
 
     def __init__(self, listener: HubListener) -> None:
@@ -89,63 +94,6 @@ class _Bridge(hub_events.HubEventListener):
     def on_c2d_queued(self, device_id: str) -> None:
         """A cloud-to-device message waits for the device."""
         self.listener(C2DQueued(device_id))
-
-
-class _RevocationConsumer(hub_events.HubEventListener):
-    """The outbox consumer for ``certificate.revoked``: a thread woken on commit or by timer.
-
-    Args:
-        fleet: the database to read the outbox from.
-        poll: the longest wait between two runs (revocations from other processes).
-    """
-
-    def __init__(self, fleet: FleetPKI, poll: float) -> None:
-        self._fleet = fleet
-        self._poll = poll
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread = threading.Thread(
-            target=self._run, name="fleetpki-hub-revocations", daemon=True
-        )
-
-    def start(self) -> None:
-        """Listen for local revocations and start the thread (which runs once at once)."""
-        hub_events.add_listener(self)
-        self._wake.set()
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop the thread; waits at most ``timeout`` for a delivery in progress."""
-        hub_events.remove_listener(self)
-        self._stopped = True
-        self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def on_certificate_revoked(self, serial: str, sha1: str | None) -> None:
-        """A revocation committed in this process: deliver its outbox row now."""
-        if threading.current_thread() is not self._thread:  # not our own dispatches
-            self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(self._poll)
-            self._wake.clear()
-            if self._stopped:
-                return
-            try:
-                while not self._stopped and self._deliver_batch():
-                    pass
-            except Exception:
-                _log.exception("hub: delivering revocations failed; retrying")
-
-    def _deliver_batch(self, limit: int = 100) -> bool:
-        """Deliver up to ``limit`` events; whether there may be more."""
-        with self._fleet.transaction() as session:
-            delivered = hub_registry.deliver_revocations(
-                session, now=self._fleet.now(), limit=limit
-            )
-        return delivered == limit
 
 
 class BrokerMethodInvoker:
@@ -208,7 +156,7 @@ class StoreHubBackend:
         foreign_revocation.configure(soft_fail=fleet.settings.hub_revocation_soft_fail)
         self._lock = threading.Lock()
         self._bridges: dict[HubListener, _Bridge] = {}
-        self._consumer: _RevocationConsumer | None = None
+        self._consumer: ConsumerWorker | None = None
         self._invoker: BrokerMethodInvoker | None = None
 
     # -- HubBackend --
@@ -278,12 +226,19 @@ class StoreHubBackend:
     def add_listener(self, listener: HubListener) -> None:
         """Forward control-plane notifications to ``listener``; start the outbox consumer."""
         bridge = _Bridge(listener)
-        hub_events.add_listener(bridge)  # before the consumer's first run
+        self.fleet.events.subscribe(bridge)  # before the consumer's first run
         with self._lock:
             self._bridges[listener] = bridge
-            if self._consumer is None:
-                self._consumer = _RevocationConsumer(self.fleet, self.revocation_poll)
-                self._consumer.start()
+            start = self._consumer is None
+        if start:
+            consumer = self.fleet.start_consumer(
+                f"hub:{self.fleet.settings.hub_node}",
+                [CERTIFICATE_REVOKED],
+                self._deliver_revocation,
+                poll=self.revocation_poll,
+            )
+            with self._lock:
+                self._consumer = consumer
 
     def remove_listener(self, listener: HubListener) -> None:
         """Stop forwarding to ``listener``; with the last one, stop the consumer and methods.
@@ -299,11 +254,22 @@ class StoreHubBackend:
                 consumer, self._consumer = self._consumer, None
                 invoker, self._invoker = self._invoker, None
         if bridge is not None:
-            hub_events.remove_listener(bridge)
+            self.fleet.events.unsubscribe(bridge)
         if invoker is not None:
             detach_method_invoker(invoker)
         if consumer is not None:
-            consumer.stop()
+            self.fleet.stop_consumer(consumer)
+
+    def _deliver_revocation(self, delivery: Delivery) -> None:
+        """This node's delivery of a ``certificate.revoked`` event: close matching sessions."""
+        payload = delivery.payload
+        event = CertificateRevoked(
+            sha1=payload.get("sha1"), serial=str(payload.get("serial", delivery.subject_id))
+        )
+        with self._lock:
+            listeners = list(self._bridges)
+        for listener in listeners:
+            listener(event)
 
     # -- direct methods --
 

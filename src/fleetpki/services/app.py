@@ -1,9 +1,15 @@
-"""The application object: settings, database, keystore and clock, opened once."""
+"""The application object: settings, store, keystore, clock and event bus, built once.
+
+It is the composition root: the only place that picks the implementations (the SQL
+store, the file keystore) and hands them to the services. Two application objects in
+one process share nothing: each has its own bus, store and consumer workers.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import threading
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -13,9 +19,13 @@ from fleetpki.errors import ConflictError
 from fleetpki.keystore import FileKeyStore, KeyStore, load_or_create_passphrase
 from fleetpki.services.authority import CAUrlsConfig, HierarchySpec, create_hierarchy
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock, system_clock
+from fleetpki.services.delivery import DEFAULT_POLL, ConsumerWorker, EventDelivery, Handler
+from fleetpki.services.events import EventBus
 from fleetpki.settings import Settings
 from fleetpki.store.db import Database
 from fleetpki.store.models import CARecord, Principal, TemplateRecord
+from fleetpki.store.notify import NotifyListener
+from fleetpki.store.unit_of_work import SqlStore
 
 __all__ = ["FleetPKI", "InitResult", "init_home"]
 
@@ -28,6 +38,11 @@ class FleetPKI:
         database: the database handle (migrated).
         keystore: custody of CA keys.
         clock: the source of "now" (injected so tests can move time).
+
+    Attributes:
+        events: this application's event bus (in-process, after-commit notifications).
+        store: the database as the services see it (units of work).
+        delivery: the outbox's per-consumer delivery use cases.
     """
 
     def __init__(
@@ -42,6 +57,12 @@ class FleetPKI:
         self.keystore = keystore
         self.clock = clock
         self.urls = CAUrlsConfig(settings.public_url)
+        self.events = EventBus()
+        self.store = SqlStore(database, self.events)
+        self.delivery = EventDelivery(self.store, clock)
+        self._lock = threading.Lock()
+        self._workers: list[ConsumerWorker] = []
+        self._listener: NotifyListener | None = None
 
     @classmethod
     def open(
@@ -65,12 +86,55 @@ class FleetPKI:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A database transaction: committed on success, rolled back on any error."""
-        with self.db.session() as session:
-            yield session
+        """A database transaction: committed on success, rolled back on any error.
+
+        Deprecated inside the package: services open their own units of work through
+        :attr:`store`. Kept while the remaining callers move over.
+        """
+        with self.store.transaction() as unit:
+            yield unit.session
+
+    def start_consumer(
+        self,
+        name: str,
+        event_types: Collection[str],
+        handler: Handler,
+        *,
+        poll: float = DEFAULT_POLL,
+    ) -> ConsumerWorker:
+        """Start delivering ``event_types`` to ``handler`` as consumer ``name``.
+
+        The consumer is registered in the database, so events committed from now on by
+        any process get a delivery for it; on PostgreSQL this application LISTENs for
+        commits elsewhere. Stop the worker with :meth:`stop_consumer` (or :meth:`close`).
+        """
+        worker = ConsumerWorker(self.delivery, self.events, name, event_types, handler, poll=poll)
+        with self._lock:
+            if self._listener is None and self.db.dialect == "postgresql":
+                self._listener = NotifyListener(self.db, self.events)
+                self._listener.start()
+            self._workers.append(worker)
+        worker.start()
+        return worker
+
+    def stop_consumer(self, worker: ConsumerWorker) -> None:
+        """Stop a worker started by :meth:`start_consumer` (its deliveries stay pending)."""
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+            listener = self._listener if not self._workers else None
+            if listener is not None:
+                self._listener = None
+        worker.stop()
+        if listener is not None:
+            listener.stop()
 
     def close(self) -> None:
-        """Release database connections."""
+        """Stop consumer workers and release database connections."""
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            self.stop_consumer(worker)
         self.db.dispose()
 
 

@@ -37,6 +37,8 @@ from fleetpki.services.authority import (
 )
 from fleetpki.services.context import Actor
 from fleetpki.services.domains import OWNER, domain_id_for, may_request
+from fleetpki.services.events import notify_after_commit
+from fleetpki.services.notifications import CertificateRevoked
 from fleetpki.services.outbox import CERTIFICATE_REVOKED, enqueue_event
 from fleetpki.store.models import CertificateRecord, DomainMember, Principal, UsedTokenId
 
@@ -573,6 +575,17 @@ def revoke(
             "revoked_at": record.revoked_at.isoformat(),
         },
         at=now,
+    )
+    # The live hub in this process closes the session at once; the outbox delivery
+    # above reaches every other consumer (hub nodes, hub links), here or elsewhere.
+    notify_after_commit(
+        session,
+        CertificateRevoked(
+            serial=record.serial_hex,
+            sha1=record.sha1_hex,
+            ca_id=record.ca_id,
+            device_id=record.subject_cn,
+        ),
     )
     record_audit(
         session,

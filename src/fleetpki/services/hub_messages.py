@@ -17,7 +17,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from fleetpki.errors import NotFoundError, ValidationError
-from fleetpki.services.hub_events import C2DQueued, notify_after_commit
+from fleetpki.services.events import notify_after_commit
+from fleetpki.services.notifications import C2DQueued
 from fleetpki.store.hub_models import HubC2DMessage, HubDevice, HubMessage
 
 __all__ = [

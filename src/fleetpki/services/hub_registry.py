@@ -3,8 +3,8 @@
 Semantics follow Azure IoT Hub's service API (shared/reference/azure-iot-hub-protocol.md
 §3.2, §3.3) and X.509 device authentication (§4.2); the MQTT server calls
 :func:`authenticate_device` on every connect. Changes that concern live connections
-(disable, delete, desired patches) reach the hub through :mod:`fleetpki.services.hub_events`
-after the transaction commits.
+(disable, delete, desired patches) reach the hub through the application's event bus
+(:mod:`fleetpki.services.events`) after the transaction commits.
 
 Revocation goes further than Azure, which never checks it (§4.2): for CAs that this
 fleetpki manages the certificate table decides; for foreign CAs the OCSP responder
@@ -30,17 +30,11 @@ from fleetpki.errors import AuthenticationError, ConflictError, NotFoundError, V
 from fleetpki.pki.chain import verify_client_chain
 from fleetpki.pki.issuance import thumbprints
 from fleetpki.services import foreign_revocation
-from fleetpki.services.hub_events import (
-    CertificateRevoked,
-    DesiredPatched,
-    DeviceBlocked,
-    dispatch,
-    notify_after_commit,
-)
+from fleetpki.services.events import notify_after_commit
 from fleetpki.services.hub_trust import check_if_match, new_etag, trust_anchors
-from fleetpki.services.outbox import CERTIFICATE_REVOKED
+from fleetpki.services.notifications import DesiredPatched, DeviceBlocked
 from fleetpki.store.hub_models import HubC2DMessage, HubDevice
-from fleetpki.store.models import CARecord, CertificateRecord, OutboxEvent
+from fleetpki.store.models import CARecord, CertificateRecord
 
 __all__ = [
     "AuthType",
@@ -51,7 +45,6 @@ __all__ = [
     "authenticate_device",
     "connected_device_count",
     "delete_device",
-    "deliver_revocations",
     "get_device",
     "get_twin",
     "list_devices",
@@ -581,45 +574,3 @@ def _managed_issuer(session: Session, verified: Sequence[x509.Certificate]) -> s
         return None
     issuer_sha1, _ = thumbprints(verified[1].public_bytes(serialization.Encoding.DER))
     return session.scalar(select(CARecord.id).where(CARecord.sha1_hex == issuer_sha1))
-
-
-# --------------------------------------------------------------------------- revocation
-
-
-def deliver_revocations(session: Session, *, now: dt.datetime, limit: int = 100) -> int:
-    """The built-in hub's connector: hand pending ``certificate.revoked`` events to the hub.
-
-    Each event is dispatched to the in-process listeners, which close matching
-    sessions, and is marked done. Revocations committed in this process have already
-    been dispatched right after their commit; delivering again is harmless (the
-    listeners are idempotent). The events are disabled devices for no other hub yet:
-    once an Azure connector shares the outbox, this should mark per-connector delivery.
-
-    Returns the number of events delivered.
-    """
-    query = (
-        select(OutboxEvent)
-        .where(
-            OutboxEvent.status == "pending",
-            OutboxEvent.event_type == CERTIFICATE_REVOKED,
-            OutboxEvent.next_attempt_at <= now,
-        )
-        .order_by(OutboxEvent.id)
-        .limit(limit)
-    )
-    delivered = 0
-    for event in session.scalars(query):
-        payload = event.payload
-        dispatch(
-            CertificateRevoked(
-                serial=str(payload.get("serial", event.subject_id)),
-                sha1=payload.get("sha1"),
-                ca_id=payload.get("ca_id"),
-                device_id=payload.get("device_id"),
-            )
-        )
-        event.status = "done"
-        event.attempts += 1
-        event.delivered_at = now
-        delivered += 1
-    return delivered

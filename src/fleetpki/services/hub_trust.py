@@ -33,7 +33,8 @@ from fleetpki.keystore import KeyStore
 from fleetpki.pki.issuance import thumbprints
 from fleetpki.pki.keys import KeySpec, generate_key
 from fleetpki.services.authority import get_ca
-from fleetpki.services.hub_events import TrustChanged, notify_after_commit
+from fleetpki.services.events import notify_after_commit
+from fleetpki.services.notifications import TrustChanged
 from fleetpki.store.hub_models import HubCA
 
 __all__ = [

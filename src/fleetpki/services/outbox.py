@@ -1,16 +1,15 @@
-"""The outbox: events for hubs, written in the same transaction as the change."""
+"""Outbox event types, and the transitional writer for services still handed a session."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleetpki.store.models import OutboxEvent
+from fleetpki.services.events import unit_of
 
-__all__ = ["CERTIFICATE_REVOKED", "enqueue_event", "pending_events"]
+__all__ = ["CERTIFICATE_REVOKED", "enqueue_event"]
 
 #: A certificate was revoked: hubs must close its sessions and disable the device.
 CERTIFICATE_REVOKED = "certificate.revoked"
@@ -18,27 +17,6 @@ CERTIFICATE_REVOKED = "certificate.revoked"
 
 def enqueue_event(
     session: Session, event_type: str, subject_id: str, payload: dict[str, Any], *, at: dt.datetime
-) -> OutboxEvent:
-    """Add an outbox event to the current transaction; it commits with the change."""
-    event = OutboxEvent(
-        created_at=at,
-        event_type=event_type,
-        subject_id=subject_id,
-        payload=payload,
-        status="pending",
-        attempts=0,
-        next_attempt_at=at,
-    )
-    session.add(event)
-    return event
-
-
-def pending_events(session: Session, *, now: dt.datetime, limit: int = 100) -> list[OutboxEvent]:
-    """Events due for delivery, oldest first."""
-    query = (
-        select(OutboxEvent)
-        .where(OutboxEvent.status == "pending", OutboxEvent.next_attempt_at <= now)
-        .order_by(OutboxEvent.id)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+) -> int:
+    """Append an outbox event to the session's unit of work; it commits with the change."""
+    return unit_of(session).events.append(event_type, subject_id, payload, at=at)

@@ -36,6 +36,8 @@ __all__ = [
     "CertificateRecord",
     "DomainMember",
     "DomainRecord",
+    "EventConsumer",
+    "EventDelivery",
     "OutboxEvent",
     "Principal",
     "TemplateRecord",
@@ -242,19 +244,47 @@ class AuditEntry(Base):
 
 
 class OutboxEvent(Base):
-    """An event for hubs, written in the same transaction as the change it reports."""
+    """An event for other consumers, written in the same transaction as the change it reports.
+
+    Its delivery state lives in :class:`EventDelivery`, one row per consumer, so that one
+    consumer never takes an event from another.
+    """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[dt.datetime]
     event_type: Mapped[str] = mapped_column(String(64))
     subject_id: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, failed
+
+
+class EventConsumer(Base):
+    """A consumer of outbox events (a hub node, a hub link) and the event types it takes."""
+
+    __tablename__ = "event_consumers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime]
+
+
+class EventDelivery(Base):
+    """One event for one consumer: its own status, attempts, lease and last error."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "consumer", name="uq_event_deliveries_event_id_consumer"),
+        Index("ix_event_deliveries_due", "consumer", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"))
+    consumer: Mapped[str] = mapped_column(ForeignKey("event_consumers.name", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime]
+    claimed_until: Mapped[dt.datetime | None]
     delivered_at: Mapped[dt.datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
 

@@ -1,0 +1,229 @@
+"""Event delivery: each consumer takes its own deliveries of outbox events, with retries.
+
+Theory of operation. A change that other parts must learn (a revocation, later a CA
+renewal or a hub link's work) appends an outbox event in its own transaction; the
+event log writes one delivery row for every consumer subscribed to the event's type
+(:meth:`EventLog.append`). A :class:`ConsumerWorker` runs one consumer in a thread:
+
+1. it waits to be woken: at once when this process commits an event (the bus's
+   :class:`~fleetpki.services.notifications.EventsWritten`), when another process
+   commits one (PostgreSQL LISTEN/NOTIFY, see :mod:`fleetpki.store.notify`), or after
+   ``poll`` seconds (SQLite has no NOTIFY; a lost wake-up costs at most one poll);
+2. it claims the consumer's due deliveries in one short transaction, each leased for
+   ``lease`` so a second worker of the same consumer skips them and a crashed worker's
+   deliveries come back when the lease ends;
+3. it calls the handler for each delivery with *no* transaction open (a handler may
+   talk to a hub over the network);
+4. it records each outcome in one more short transaction: done, or failed with the
+   error and a retry time after exponential backoff with jitter.
+
+Handlers must be idempotent: a delivery whose outcome was not recorded (a crash
+between 3 and 4) is delivered again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from fleetpki.services.context import Clock
+from fleetpki.services.events import EventBus
+from fleetpki.services.notifications import EventsWritten, Notification
+from fleetpki.services.ports import Store
+from fleetpki.services.ports.events import Delivery, DeliveryBacklog
+
+__all__ = [
+    "DEFAULT_POLL",
+    "Backoff",
+    "ConsumerWorker",
+    "DeliveryFailed",
+    "EventDelivery",
+    "Handler",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Seconds between looks at the outbox when nothing woke the worker (SQLite, lost NOTIFY).
+DEFAULT_POLL = 0.5
+
+Handler = Callable[[Delivery], None]
+
+
+class DeliveryFailed(Exception):
+    """Raised by a handler to have a delivery retried later, with a message to record."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff").
+
+    Attributes:
+        base: the first retry's upper bound, in seconds.
+        cap: the largest wait, in seconds.
+    """
+
+    base: float = 1.0
+    cap: float = 300.0
+
+    def delay(self, attempts: int, rng: random.Random) -> dt.timedelta:
+        """How long to wait before attempt ``attempts + 1``."""
+        ceiling = min(self.cap, self.base * 2 ** max(attempts - 1, 0))
+        return dt.timedelta(seconds=rng.uniform(ceiling / 2, ceiling))
+
+
+class EventDelivery:
+    """The use cases of event delivery: subscribe a consumer, claim, settle, report.
+
+    Args:
+        store: the database.
+        clock: the source of "now".
+    """
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def register(self, consumer: str, event_types: Collection[str]) -> None:
+        """Subscribe ``consumer`` to ``event_types``; events from now on get a delivery."""
+        with self._store.transaction() as tx:
+            tx.events.register_consumer(consumer, event_types, at=self._clock())
+
+    def unregister(self, consumer: str) -> None:
+        """Forget ``consumer`` and drop its undelivered events."""
+        with self._store.transaction() as tx:
+            tx.events.unregister_consumer(consumer)
+
+    def claim(self, consumer: str, *, lease: dt.timedelta, limit: int) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries of ``consumer``."""
+        with self._store.transaction() as tx:
+            return list(tx.events.claim_due(consumer, now=self._clock(), lease=lease, limit=limit))
+
+    def settle(
+        self,
+        outcomes: Collection[tuple[Delivery, str | None]],
+        backoff: Backoff,
+        rng: random.Random,
+    ) -> None:
+        """Record outcomes: ``None`` for delivered, else the error (retried after backoff)."""
+        if not outcomes:
+            return
+        now = self._clock()
+        with self._store.transaction() as tx:
+            for delivery, error in outcomes:
+                if error is None:
+                    tx.events.mark_delivered(delivery.id, at=now)
+                else:
+                    retry_at = now + backoff.delay(delivery.attempts, rng)
+                    tx.events.mark_failed(delivery.id, error, retry_at=retry_at)
+
+    def backlog(self, consumer: str) -> DeliveryBacklog:
+        """What ``consumer`` still has to deliver."""
+        with self._store.transaction() as tx:
+            return tx.events.backlog(consumer)
+
+
+class ConsumerWorker:
+    """One consumer's delivery loop in a thread of its own (see the module docstring).
+
+    Args:
+        delivery: the delivery use cases.
+        bus: the application's event bus (wakes the worker when events commit).
+        consumer: the consumer's name, unique per hub node or hub link.
+        event_types: the event types it takes.
+        handler: delivers one event; raises to have it retried.
+        poll: the longest sleep between two looks at the outbox.
+        lease: how long a claimed delivery is this worker's.
+        backoff: retry timing for failed deliveries.
+        batch: deliveries claimed per transaction.
+    """
+
+    def __init__(
+        self,
+        delivery: EventDelivery,
+        bus: EventBus,
+        consumer: str,
+        event_types: Collection[str],
+        handler: Handler,
+        *,
+        poll: float = DEFAULT_POLL,
+        lease: dt.timedelta = dt.timedelta(seconds=60),
+        backoff: Backoff | None = None,
+        batch: int = 100,
+    ) -> None:
+        self.consumer = consumer
+        self.event_types = frozenset(event_types)
+        self._delivery = delivery
+        self._bus = bus
+        self._handler = handler
+        self._poll = poll
+        self._lease = lease
+        self._backoff = backoff or Backoff()
+        self._batch = batch
+        self._rng = random.Random()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"fleetpki-consumer-{consumer}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Register the consumer, listen for commits and start the loop (it runs once at once)."""
+        self._delivery.register(self.consumer, self.event_types)
+        self._bus.subscribe(self._on_notification)
+        self._wake.set()
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop; waits at most ``timeout`` for a delivery in progress."""
+        self._bus.unsubscribe(self._on_notification)
+        self._stopped.set()
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Look at the outbox now."""
+        self._wake.set()
+
+    def _on_notification(self, notification: Notification) -> None:
+        if isinstance(notification, EventsWritten) and (
+            not notification.event_types or notification.event_types & self.event_types
+        ):
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.wait(self._poll)
+            self._wake.clear()
+            try:
+                while not self._stopped.is_set() and self.run_once() == self._batch:
+                    pass
+            except Exception:
+                _log.exception("consumer %s: delivery failed; retrying", self.consumer)
+                self._stopped.wait(self._poll)
+
+    def run_once(self) -> int:
+        """Claim, deliver and settle one batch; returns how many deliveries it claimed."""
+        claimed = self._delivery.claim(self.consumer, lease=self._lease, limit=self._batch)
+        outcomes: list[tuple[Delivery, str | None]] = []
+        for item in claimed:
+            try:
+                self._handler(item)
+            except Exception as exc:
+                _log.warning(
+                    "consumer %s: event %d (%s) failed, attempt %d: %s",
+                    self.consumer,
+                    item.event_id,
+                    item.event_type,
+                    item.attempts,
+                    exc,
+                )
+                outcomes.append((item, f"{type(exc).__name__}: {exc}"))
+            else:
+                outcomes.append((item, None))
+        self._delivery.settle(outcomes, self._backoff, self._rng)
+        return len(claimed)

@@ -1,0 +1,68 @@
+"""What the services need from outside them, declared as Protocols that store/ implements.
+
+A use case is one call on a service object; the service opens one unit of work with
+``store.transaction()``, reaches the data through the repositories the unit of work
+holds, and returns plain views (frozen dataclasses), never ORM objects. Nothing here
+knows about SQLAlchemy: ``fleetpki.store`` implements these Protocols
+(:class:`fleetpki.store.unit_of_work.SqlStore`), and the application object
+(:class:`fleetpki.services.app.FleetPKI`) wires the implementation in.
+
+Entities are the records of ``fleetpki.store.models`` (plain mapped classes): services
+read and change their attributes inside a unit of work, and the unit of work writes
+the changes at commit. Services never build queries or touch a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from fleetpki.services.ports.events import EventLog, Notification
+
+__all__ = ["EventLog", "Notification", "Store", "UnitOfWork"]
+
+
+class UnitOfWork(Protocol):
+    """One database transaction and the repositories bound to it.
+
+    Everything done through it commits together when the ``with`` block of
+    :meth:`Store.transaction` ends normally, and is rolled back when it raises.
+    """
+
+    @property
+    def events(self) -> EventLog:
+        """The outbox: events for other consumers, written with the change."""
+        ...
+
+    # -- repositories of the CA side (services/ports/ca.py) -------------------------------
+
+    # -- repositories of the hub side (services/ports/hub.py) -----------------------------
+
+    def publish(self, notification: Notification) -> None:
+        """Hand ``notification`` to the in-process event bus once this unit commits.
+
+        A rollback drops it, so a refused change never reaches a listener.
+        """
+        ...
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after a successful commit (outside the transaction)."""
+        ...
+
+    def flush(self) -> None:
+        """Send pending changes to the database now (to learn generated ids, or fail early)."""
+        ...
+
+
+class Store(Protocol):
+    """The database as the services see it: a source of units of work."""
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[UnitOfWork]:
+        """A unit of work: committed when the block ends, rolled back when it raises."""
+        ...

@@ -1,0 +1,99 @@
+"""The outbox as the services see it: events written with a change, a delivery per consumer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleetpki.services.notifications import Notification
+
+__all__ = ["Delivery", "DeliveryBacklog", "EventLog", "Notification"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event as one consumer is to receive it.
+
+    Attributes:
+        id: the delivery's id (one per event and consumer).
+        event_id: the outbox event's id, the same for every consumer.
+        consumer: the consumer's name (``hub:<node>``, ``link:<name>``).
+        event_type: e.g. ``certificate.revoked``.
+        subject_id: what the event is about (a serial, a device id).
+        payload: the event's data, as written with the change.
+        attempts: deliveries tried so far, this one included.
+        created_at: when the change committed.
+    """
+
+    id: int
+    event_id: int
+    consumer: str
+    event_type: str
+    subject_id: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    attempts: int = 1
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryBacklog:
+    """What a consumer still has to do."""
+
+    consumer: str
+    pending: int
+    failing: int
+    oldest_pending_at: dt.datetime | None
+    last_error: str | None
+
+
+class EventLog(Protocol):
+    """The outbox of one unit of work."""
+
+    def append(
+        self,
+        event_type: str,
+        subject_id: str,
+        payload: Mapping[str, Any],
+        *,
+        at: dt.datetime,
+    ) -> int:
+        """Write an event and one pending delivery for each consumer subscribed to its type.
+
+        Consumers in other processes are woken when the unit commits (LISTEN/NOTIFY on
+        PostgreSQL, their short poll on SQLite). Returns the event's id.
+        """
+        ...
+
+    def register_consumer(
+        self, name: str, event_types: Collection[str], *, at: dt.datetime
+    ) -> None:
+        """Subscribe ``name`` to ``event_types`` from now on (idempotent; replaces the types)."""
+        ...
+
+    def unregister_consumer(self, name: str) -> None:
+        """Forget a consumer and its undelivered events (a hub link removed)."""
+        ...
+
+    def claim_due(
+        self, consumer: str, *, now: dt.datetime, lease: dt.timedelta, limit: int
+    ) -> Sequence[Delivery]:
+        """Due deliveries of ``consumer``, oldest first, leased so no other worker takes them.
+
+        Each claimed delivery counts one attempt. A lease that runs out (its worker
+        died) makes the delivery due again, so nothing is lost on a crash.
+        """
+        ...
+
+    def mark_delivered(self, delivery_id: int, *, at: dt.datetime) -> None:
+        """Record a successful delivery."""
+        ...
+
+    def mark_failed(self, delivery_id: int, error: str, *, retry_at: dt.datetime) -> None:
+        """Record a failed attempt; the delivery is due again at ``retry_at``."""
+        ...
+
+    def backlog(self, consumer: str) -> DeliveryBacklog:
+        """Pending and failing deliveries of ``consumer``."""
+        ...

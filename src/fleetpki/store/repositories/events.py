@@ -1,0 +1,179 @@
+"""The outbox on SQL: events, their consumers and one delivery row per event and consumer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy.orm import Session
+
+from fleetpki.services.ports.events import Delivery, DeliveryBacklog
+from fleetpki.store.models import EventConsumer, EventDelivery, OutboxEvent
+
+__all__ = ["NOTIFY_CHANNEL", "SqlEventLog"]
+
+#: The PostgreSQL channel that carries "events committed" to other processes.
+NOTIFY_CHANNEL = "fleetpki_events"
+
+#: Longest error text kept per delivery.
+_MAX_ERROR = 2000
+
+
+class SqlEventLog:
+    """:class:`fleetpki.services.ports.events.EventLog` on one session.
+
+    Args:
+        session: the unit of work's session.
+        dialect: ``sqlite`` or ``postgresql`` (PostgreSQL also gets a NOTIFY, sent by
+            the server at commit, so listeners in other processes wake at once).
+        written: called with each appended event type, so the unit of work can tell
+            this process's dispatchers after the commit.
+    """
+
+    def __init__(self, session: Session, dialect: str, written: Any) -> None:
+        self._session = session
+        self._dialect = dialect
+        self._written = written
+
+    def append(
+        self,
+        event_type: str,
+        subject_id: str,
+        payload: Mapping[str, Any],
+        *,
+        at: dt.datetime,
+    ) -> int:
+        """See :meth:`EventLog.append`."""
+        event = OutboxEvent(
+            created_at=at, event_type=event_type, subject_id=subject_id, payload=dict(payload)
+        )
+        self._session.add(event)
+        self._session.flush()
+        consumers = [
+            c.name
+            for c in self._session.scalars(select(EventConsumer).order_by(EventConsumer.name))
+            if event_type in c.event_types
+        ]
+        for name in consumers:
+            self._session.add(
+                EventDelivery(
+                    event_id=event.id,
+                    consumer=name,
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=at,
+                )
+            )
+        if self._dialect == "postgresql":
+            # NOTIFY is transactional: PostgreSQL sends it when (and only if) this commits.
+            self._session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": NOTIFY_CHANNEL, "payload": event_type},
+            )
+        self._written(event_type)
+        return event.id
+
+    def register_consumer(
+        self, name: str, event_types: Collection[str], *, at: dt.datetime
+    ) -> None:
+        """See :meth:`EventLog.register_consumer`."""
+        existing = self._session.get(EventConsumer, name)
+        types = sorted(set(event_types))
+        if existing is None:
+            self._session.add(EventConsumer(name=name, event_types=types, created_at=at))
+        elif list(existing.event_types) != types:
+            existing.event_types = types
+        self._session.flush()
+
+    def unregister_consumer(self, name: str) -> None:
+        """See :meth:`EventLog.unregister_consumer`."""
+        self._session.execute(delete(EventDelivery).where(EventDelivery.consumer == name))
+        self._session.execute(delete(EventConsumer).where(EventConsumer.name == name))
+
+    def claim_due(
+        self, consumer: str, *, now: dt.datetime, lease: dt.timedelta, limit: int
+    ) -> Sequence[Delivery]:
+        """See :meth:`EventLog.claim_due`."""
+        query = (
+            select(EventDelivery, OutboxEvent)
+            .join(OutboxEvent, OutboxEvent.id == EventDelivery.event_id)
+            .where(
+                EventDelivery.consumer == consumer,
+                EventDelivery.status == "pending",
+                EventDelivery.next_attempt_at <= now,
+                or_(EventDelivery.claimed_until.is_(None), EventDelivery.claimed_until <= now),
+            )
+            .order_by(EventDelivery.id)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            # Several workers of one consumer (API workers, hub nodes) share the rows:
+            # each takes rows no other transaction holds (SQLite has one writer anyway).
+            query = query.with_for_update(skip_locked=True, of=EventDelivery)
+        claimed: list[Delivery] = []
+        for delivery, event in self._session.execute(query):
+            delivery.attempts += 1
+            delivery.claimed_until = now + lease
+            claimed.append(
+                Delivery(
+                    id=delivery.id,
+                    event_id=event.id,
+                    consumer=consumer,
+                    event_type=event.event_type,
+                    subject_id=event.subject_id,
+                    payload=dict(event.payload),
+                    attempts=delivery.attempts,
+                    created_at=event.created_at,
+                )
+            )
+        return claimed
+
+    def mark_delivered(self, delivery_id: int, *, at: dt.datetime) -> None:
+        """See :meth:`EventLog.mark_delivered`."""
+        delivery = self._session.get(EventDelivery, delivery_id)
+        if delivery is not None:
+            delivery.status = "done"
+            delivery.delivered_at = at
+            delivery.claimed_until = None
+            delivery.last_error = None
+
+    def mark_failed(self, delivery_id: int, error: str, *, retry_at: dt.datetime) -> None:
+        """See :meth:`EventLog.mark_failed`."""
+        delivery = self._session.get(EventDelivery, delivery_id)
+        if delivery is not None:
+            delivery.next_attempt_at = retry_at
+            delivery.claimed_until = None
+            delivery.last_error = error[:_MAX_ERROR]
+
+    def backlog(self, consumer: str) -> DeliveryBacklog:
+        """See :meth:`EventLog.backlog`."""
+        pending = EventDelivery.status == "pending"
+        row = self._session.execute(
+            select(
+                func.count(EventDelivery.id),
+                func.count(EventDelivery.last_error),
+                func.min(OutboxEvent.created_at),
+            )
+            .join(OutboxEvent, OutboxEvent.id == EventDelivery.event_id)
+            .where(EventDelivery.consumer == consumer, pending)
+        ).one()
+        last_error = self._session.scalar(
+            select(EventDelivery.last_error)
+            .where(
+                EventDelivery.consumer == consumer, pending, EventDelivery.last_error.is_not(None)
+            )
+            .order_by(EventDelivery.id.desc())
+            .limit(1)
+        )
+        oldest = row[2]
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=dt.UTC)
+        return DeliveryBacklog(
+            consumer=consumer,
+            pending=int(row[0]),
+            failing=int(row[1]),
+            oldest_pending_at=oldest,
+            last_error=last_error,
+        )

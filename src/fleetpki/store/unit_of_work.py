@@ -1,0 +1,87 @@
+"""The unit of work on SQLAlchemy: one session, its repositories, notifications after commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from fleetpki.services.notifications import EventsWritten, Notification
+from fleetpki.store.db import Database
+from fleetpki.store.repositories.events import SqlEventLog
+
+if TYPE_CHECKING:
+    from fleetpki.services.events import EventBus
+
+__all__ = ["SqlStore", "SqlUnitOfWork"]
+
+#: Where a unit of work keeps itself on its session (for code still handed the session).
+UOW_KEY = "fleetpki.unit_of_work"
+
+
+class SqlUnitOfWork:
+    """:class:`fleetpki.services.ports.UnitOfWork` on one SQLAlchemy session."""
+
+    def __init__(self, session: Session, dialect: str) -> None:
+        self.session = session
+        self.dialect = dialect
+        self.notifications: list[Notification] = []
+        self.callbacks: list[Callable[[], None]] = []
+        self.written_types: set[str] = set()
+        session.info[UOW_KEY] = self
+
+    @cached_property
+    def events(self) -> SqlEventLog:
+        """The outbox."""
+        return SqlEventLog(self.session, self.dialect, self.written_types.add)
+
+    # -- repositories of the CA side ------------------------------------------------------
+
+    # -- repositories of the hub side -----------------------------------------------------
+
+    def publish(self, notification: Notification) -> None:
+        """See :meth:`UnitOfWork.publish`."""
+        self.notifications.append(notification)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """See :meth:`UnitOfWork.after_commit`."""
+        self.callbacks.append(callback)
+
+    def flush(self) -> None:
+        """See :meth:`UnitOfWork.flush`."""
+        self.session.flush()
+
+
+class SqlStore:
+    """:class:`fleetpki.services.ports.Store` on a :class:`~fleetpki.store.db.Database`.
+
+    Args:
+        database: the migrated database.
+        bus: the application's event bus; a unit's notifications reach it after commit.
+    """
+
+    def __init__(self, database: Database, bus: EventBus) -> None:
+        self.database = database
+        self._bus = bus
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.database.dialect
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlUnitOfWork]:
+        """See :meth:`Store.transaction`: commit at the end of the block, roll back on error."""
+        with self.database.session() as session:
+            unit = SqlUnitOfWork(session, self.database.dialect)
+            yield unit
+        # Committed: tell this process now (a rollback raised above and dropped all this).
+        notifications = list(unit.notifications)
+        if unit.written_types:
+            notifications.append(EventsWritten(frozenset(unit.written_types)))
+        self._bus.publish_all(notifications)
+        for callback in unit.callbacks:
+            callback()
