@@ -32,8 +32,8 @@ from fleetpki.device import (
     DeviceDirectory,
     DeviceIdentity,
     EzcaEnroller,
+    MethodReply,
     MethodRequest,
-    MethodResult,
     enroll_device,
     mqtt_username,
     renew_identity,
@@ -133,9 +133,9 @@ def test_desired_patch_c2d_and_method(device: DeviceIdentity, hub: LiveHub) -> N
     messages: queue.Queue[CloudMessage] = queue.Queue()
     calls: list[MethodRequest] = []
 
-    def reboot(request: MethodRequest) -> MethodResult:
+    def reboot(request: MethodRequest) -> MethodReply:
         calls.append(request)
-        return MethodResult(200, {"rebooting": True, "delay": request.payload["delay"]})
+        return MethodReply(200, {"rebooting": True, "delay": request.payload["delay"]})
 
     with DeviceClient(device, "localhost", port=hub.port) as client:
         client.connect()
@@ -161,7 +161,7 @@ def test_desired_patch_c2d_and_method(device: DeviceIdentity, hub: LiveHub) -> N
 
 
 def test_method_handler_failure_answers_500(device: DeviceIdentity, hub: LiveHub) -> None:
-    def broken(_request: MethodRequest) -> MethodResult:
+    def broken(_request: MethodRequest) -> MethodReply:
         raise RuntimeError("boom")
 
     with DeviceClient(device, "localhost", port=hub.port) as client:

@@ -26,7 +26,7 @@ from fleetpki.device import (
     enroll_device,
     renew_identity,
 )
-from fleetpki.device.enrollment import _principal_from_jwt
+from fleetpki.device.ezca_enroller import _principal_from_jwt
 from fleetpki.errors import AuthenticationError, FleetPKIError
 from fleetpki.pki.keys import KeySpec
 from fleetpki.services.context import LOCAL_ADMIN_ID

@@ -524,12 +524,21 @@ def test_valid_packet_followed_by_noise_raises_only_protocol_error(
 # --- the public surface ----------------------------------------------------------------------------
 
 
-def test_the_package_exports_both_modules_whole() -> None:
+def test_the_package_exports_its_modules_whole() -> None:
     import fleetpki.hub.protocol as protocol
-    from fleetpki.hub.protocol import packets, session
+    from fleetpki.hub.protocol import (
+        encoder,
+        events,
+        packets,
+        reader,
+        server_connection,
+        session,
+        topic_filters,
+    )
 
-    assert sorted(protocol.__all__) == sorted({*packets.__all__, *session.__all__})
+    modules = (encoder, events, packets, reader, server_connection, session, topic_filters)
+    owner = {name: module for module in modules for name in module.__all__}
+    assert sum(len(module.__all__) for module in modules) == len(owner)  # no name twice
+    assert sorted(protocol.__all__) == sorted(owner)
     for name in protocol.__all__:
-        assert getattr(protocol, name) is getattr(
-            packets if name in packets.__all__ else session, name
-        )
+        assert getattr(protocol, name) is getattr(owner[name], name)

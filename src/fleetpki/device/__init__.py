@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-from fleetpki.device.connection import (
-    API_VERSION,
-    DEFAULT_MQTT_PORT,
-    MAX_MESSAGE_SIZE,
-    CloudMessage,
-    DeviceClient,
-    MethodRequest,
-    MethodResult,
-    TwinResponse,
-    mqtt_username,
-)
-from fleetpki.device.csr import (
+from fleetpki.device.certificate_request import (
     DEFAULT_DEVICE_KEY_SPEC,
     DEVICE_KEY_SPECS,
     check_device_id,
@@ -21,22 +10,28 @@ from fleetpki.device.csr import (
     make_csr,
     make_csr_pem,
 )
-from fleetpki.device.enrollment import (
-    AvailableCA,
+from fleetpki.device.connection import (
+    API_VERSION,
+    DEFAULT_MQTT_PORT,
+    MAX_MESSAGE_SIZE,
+    DeviceClient,
+    mqtt_username,
+)
+from fleetpki.device.enroller import (
+    EnrolledCertificate,
     Enroller,
-    EstEnroller,
-    EzcaEnroller,
-    IssuedCertificate,
-    V1Enroller,
     enroll_device,
     renew_identity,
 )
+from fleetpki.device.est_enroller import EstEnroller
+from fleetpki.device.ezca_enroller import EzcaEnroller, OfferedCA
 from fleetpki.device.identity import (
     DeviceDirectory,
     DeviceIdentity,
     DeviceMetadata,
     client_ssl_context,
 )
+from fleetpki.device.messages import CloudMessage, MethodReply, MethodRequest, TwinResponse
 from fleetpki.device.registry import (
     HubConnectionString,
     HubRegistry,
@@ -56,6 +51,7 @@ from fleetpki.device.simulator import (
     simulate_device,
     telemetry_message,
 )
+from fleetpki.device.v1_enroller import V1Enroller
 
 __all__ = [
     "API_VERSION",
@@ -65,20 +61,20 @@ __all__ = [
     "DEFAULT_RENEW_FRACTION",
     "DEVICE_KEY_SPECS",
     "MAX_MESSAGE_SIZE",
-    "AvailableCA",
     "CloudMessage",
     "DeviceClient",
     "DeviceDirectory",
     "DeviceIdentity",
     "DeviceMetadata",
+    "EnrolledCertificate",
     "Enroller",
     "EstEnroller",
     "EzcaEnroller",
     "HubConnectionString",
     "HubRegistry",
-    "IssuedCertificate",
+    "MethodReply",
     "MethodRequest",
-    "MethodResult",
+    "OfferedCA",
     "RenewalPolicy",
     "Renewer",
     "ServiceApiRegistry",

@@ -37,6 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from fleetpki.device.identity import DeviceIdentity, client_ssl_context
+from fleetpki.device.messages import CloudMessage, MethodReply, MethodRequest, TwinResponse
 from fleetpki.errors import AuthenticationError, FleetPKIError, ValidationError
 from fleetpki.hub.azure.topics import (
     DESIRED_PATCH_FILTER,
@@ -55,11 +56,7 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_MQTT_PORT",
     "MAX_MESSAGE_SIZE",
-    "CloudMessage",
     "DeviceClient",
-    "MethodRequest",
-    "MethodResult",
-    "TwinResponse",
     "mqtt_username",
 ]
 
@@ -97,50 +94,6 @@ def mqtt_username(
     if model_id:
         query += f"&model-id={quote(model_id, safe='')}"
     return f"{hostname}/{device_id}/?{query}"
-
-
-@dataclass(frozen=True, slots=True)
-class CloudMessage:
-    """A cloud-to-device message (ref §1.6).
-
-    Attributes:
-        body: the payload, as sent.
-        properties: system properties (``message_id``, ``correlation_id`` ...) and
-            application properties.
-    """
-
-    body: bytes
-    properties: MessageProperties
-
-    def text(self) -> str:
-        """The body decoded as UTF-8."""
-        return self.body.decode()
-
-
-@dataclass(frozen=True, slots=True)
-class MethodRequest:
-    """A direct-method call (ref §1.5): its name, request id and JSON payload."""
-
-    name: str
-    rid: str
-    payload: Any
-
-
-@dataclass(frozen=True, slots=True)
-class MethodResult:
-    """A handler's answer to a direct method: an HTTP-like status and a JSON payload."""
-
-    status: int = 200
-    payload: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class TwinResponse:
-    """The hub's answer to a twin request (ref §1.5): status, ``$version`` and body."""
-
-    status: int
-    version: int | None
-    body: bytes
 
 
 @dataclass(slots=True)
@@ -218,7 +171,7 @@ class DeviceClient:
         self._refused: int | None = None
         self._c2d_handler: Callable[[CloudMessage], None] | None = None
         self._desired_handler: Callable[[dict[str, Any]], None] | None = None
-        self._method_handler: Callable[[MethodRequest], MethodResult] | None = None
+        self._method_handler: Callable[[MethodRequest], MethodReply] | None = None
         self._handlers = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"fleetpki-device-{identity.device_id}"
         )
@@ -479,10 +432,10 @@ class DeviceClient:
     def _answer_method(self, request: MethodRequest) -> None:
         handler = self._method_handler
         try:
-            result = handler(request) if handler is not None else MethodResult(404, None)
+            result = handler(request) if handler is not None else MethodReply(404, None)
         except Exception:
             _log.exception("method handler %r of device %s failed", request.name, self.device_id)
-            result = MethodResult(500, {"error": "the method handler failed"})
+            result = MethodReply(500, {"error": "the method handler failed"})
         topic = f"$iothub/methods/res/{result.status}/?$rid={quote(request.rid, safe='')}"
         try:
             self._publish(topic, json.dumps(result.payload).encode(), _DEFAULT_TIMEOUT)
@@ -603,7 +556,7 @@ class DeviceClient:
 
     def on_method(
         self,
-        handler: Callable[[MethodRequest], MethodResult] | None,
+        handler: Callable[[MethodRequest], MethodReply] | None,
         *,
         timeout: float = _DEFAULT_TIMEOUT,
     ) -> None:

@@ -27,7 +27,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from fleetpki.client import error_from_response
-from fleetpki.device.renewal import utc_now
+from fleetpki.device.clock import utc_now
 from fleetpki.errors import ConflictError, FleetPKIError, ValidationError
 
 __all__ = [

@@ -6,7 +6,7 @@ either way, so a fleet enrolled in one batch does not renew in one burst. A temp
 EZCA ``AutoRenewPercentage`` can stand in for the fraction.
 
 The `Renewer` thread sleeps until that time, renews (a callable, usually
-`fleetpki.device.enrollment.Enroller.renew` wrapped by `renew_identity`), hands the new
+`fleetpki.device.enroller.Enroller.renew` wrapped by `renew_identity`), hands the new
 identity to ``on_renewed`` (which saves it and reconnects), and starts over with the new
 certificate. A failed renewal is retried every ``retry_interval`` (sooner when the
 certificate is about to expire). Clock, randomness and waiting are injectable.
@@ -22,12 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fleetpki.device.clock import utc_now
+from fleetpki.device.enroller import Enroller, renew_identity
 from fleetpki.device.identity import DeviceDirectory, DeviceIdentity
 from fleetpki.errors import ValidationError
 
 if TYPE_CHECKING:
     from fleetpki.device.connection import DeviceClient
-    from fleetpki.device.enrollment import Enroller
 
 __all__ = [
     "DEFAULT_JITTER",
@@ -36,7 +37,6 @@ __all__ = [
     "RenewalPolicy",
     "Renewer",
     "start_auto_renewal",
-    "utc_now",
 ]
 
 _log = logging.getLogger("fleetpki.device.renewal")
@@ -48,11 +48,6 @@ DEFAULT_JITTER = 1 / 20
 #: The latest fraction accepted: some lifetime must remain to renew in and to retry.
 MAX_RENEW_FRACTION = 0.95
 _MIN_RENEW_FRACTION = 0.05
-
-
-def utc_now() -> dt.datetime:
-    """The current time in UTC (the default clock)."""
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +262,6 @@ def start_auto_renewal(
 
     Returns the started renewer; call `Renewer.stop` when done.
     """
-    from fleetpki.device.enrollment import renew_identity
 
     def renew(current: DeviceIdentity) -> DeviceIdentity:
         return renew_identity(enroller, current, new_key=new_key, directory=directory)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetpki.device.connection import DEFAULT_MQTT_PORT, DeviceClient
-from fleetpki.device.enrollment import EzcaEnroller, enroll_device
+from fleetpki.device.enroller import enroll_device
+from fleetpki.device.ezca_enroller import EzcaEnroller
 from fleetpki.device.identity import DeviceDirectory, DeviceIdentity
 from fleetpki.device.registry import HubRegistry
 from fleetpki.pki.keys import KeySpec

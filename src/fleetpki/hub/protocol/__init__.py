@@ -1,7 +1,20 @@
-"""The sans-I/O MQTT 3.1.1 core of the hub: packets, a reader and the connection state machine."""
+"""The sans-I/O MQTT 3.1.1 core of the hub: packets, codec, topics, session and connection."""
 
 from __future__ import annotations
 
+from fleetpki.hub.protocol.encoder import encode, encode_puback, encode_publish
+from fleetpki.hub.protocol.events import (
+    ConnectRequested,
+    Disconnected,
+    Event,
+    PingReceived,
+    ProtocolViolation,
+    PubAckReceived,
+    Published,
+    Subscribed,
+    TimedOut,
+    Unsubscribed,
+)
 from fleetpki.hub.protocol.packets import (
     DEFAULT_MAX_PACKET_SIZE,
     MAX_REMAINING_LENGTH,
@@ -10,7 +23,6 @@ from fleetpki.hub.protocol.packets import (
     ConnectReturnCode,
     Disconnect,
     Packet,
-    PacketReader,
     PacketType,
     PingReq,
     PingResp,
@@ -29,31 +41,19 @@ from fleetpki.hub.protocol.packets import (
     UnsubAck,
     Unsubscribe,
     Will,
-    encode,
-    encode_puback,
-    encode_publish,
-    validate_topic_filter,
-    validate_topic_name,
 )
-from fleetpki.hub.protocol.session import (
+from fleetpki.hub.protocol.reader import PacketReader
+from fleetpki.hub.protocol.server_connection import (
     DEFAULT_CONNECT_TIMEOUT,
     MAX_KEEPALIVE_SECONDS,
     ConnectionState,
-    ConnectionStateError,
-    ConnectRequested,
-    Disconnected,
-    Event,
-    OutgoingMessage,
-    PingReceived,
-    ProtocolViolation,
-    PubAckReceived,
-    Published,
     ServerConnection,
-    SessionState,
-    Subscribed,
-    TimedOut,
-    Unsubscribed,
+)
+from fleetpki.hub.protocol.session import ConnectionStateError, OutgoingMessage, SessionState
+from fleetpki.hub.protocol.topic_filters import (
     topic_matches,
+    validate_topic_filter,
+    validate_topic_name,
 )
 
 __all__ = [
