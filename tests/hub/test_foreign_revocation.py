@@ -37,7 +37,14 @@ from fleetpki.pki.ocsp import (
     parse_ocsp_request,
 )
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import FleetPKI, authority, foreign_revocation, hub_registry, hub_trust
+from fleetpki.services import (
+    FleetPKI,
+    authority,
+    foreign_revocation,
+    hub_authentication,
+    hub_registry,
+    hub_trust,
+)
 from fleetpki.services.hub_registry import DeviceSpec
 from support.hub import issue_device
 from support.testca import MiniCA, make_ca
@@ -264,7 +271,7 @@ def _authenticate(fleet: FleetPKI, leaf: x509.Certificate, device_id: str) -> No
         if device_id not in {d.device_id for d in hub_registry.list_devices(session)}:
             hub_registry.put_device(session, DeviceSpec(device_id=device_id), now=fleet.now())
     with fleet.transaction() as session:
-        hub_registry.authenticate_device(session, leaf, [], device_id, fleet.now())
+        hub_authentication.authenticate_device(session, leaf, [], device_id, fleet.now())
 
 
 def _refused(fleet: FleetPKI, leaf: x509.Certificate, device_id: str) -> str:

@@ -14,6 +14,7 @@ from fleetpki.services import (
     Actor,
     FleetPKI,
     certificates,
+    hub_authentication,
     hub_events,
     hub_messages,
     hub_registry,
@@ -269,22 +270,22 @@ def test_authenticate_a_ca_device_and_its_refusals(fleet: FleetPKI) -> None:
     _trust(fleet)
     leaf, chain, record = issue_device_certificate(fleet, "dev-1")
     with fleet.transaction() as session, pytest.raises(AuthenticationError) as info:
-        hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
+        hub_authentication.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
     assert info.value.code == "hub.unknown_device"
     _add(fleet)
     with fleet.transaction() as session:
-        device = hub_registry.authenticate_device(
+        device = hub_authentication.authenticate_device(
             session, leaf, [leaf, *chain], "dev-1", fleet.now()
         )
         assert (device.device_id, device.certificate_serial) == ("dev-1", record.serial_hex)
         assert device.certificate_sha1 == record.sha1_hex
         assert device.fleetpki_ca_id == issuing_ca(fleet).id
         with pytest.raises(AuthenticationError) as info:
-            hub_registry.authenticate_device(session, leaf, chain, "dev-2", fleet.now())
+            hub_authentication.authenticate_device(session, leaf, chain, "dev-2", fleet.now())
         assert info.value.code == "hub.cn_mismatch"
         hub_registry.set_device_status(session, "dev-1", DeviceStatus.DISABLED, now=fleet.now())
         with pytest.raises(AuthenticationError) as info:
-            hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
+            hub_authentication.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
         assert info.value.code == "hub.device_disabled"
 
 
@@ -304,7 +305,7 @@ def test_revocation_refuses_and_reaches_listeners(fleet: FleetPKI, events: Recor
     assert events.revoked == [(record.serial_hex, record.sha1_hex)]
     with fleet.transaction() as session:
         with pytest.raises(AuthenticationError) as info:
-            hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
+            hub_authentication.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
         assert info.value.code == "hub.certificate_revoked"
         assert hub_registry.deliver_revocations(session, now=fleet.now()) == 1
     with fleet.transaction() as session:
@@ -322,7 +323,7 @@ def test_self_signed_device_by_thumbprint(fleet: FleetPKI) -> None:
         secondary_thumbprint=record.sha1_hex.lower(),
     )
     with fleet.transaction() as session:
-        device = hub_registry.authenticate_device(session, leaf, [], "dev-ss", fleet.now())
+        device = hub_authentication.authenticate_device(session, leaf, [], "dev-ss", fleet.now())
         assert device.auth_type is AuthType.SELF_SIGNED
         hub_registry.put_device(
             session,
@@ -331,5 +332,5 @@ def test_self_signed_device_by_thumbprint(fleet: FleetPKI) -> None:
             if_match="*",
         )
         with pytest.raises(AuthenticationError) as info:
-            hub_registry.authenticate_device(session, leaf, [], "dev-ss", fleet.now())
+            hub_authentication.authenticate_device(session, leaf, [], "dev-ss", fleet.now())
         assert info.value.code == "hub.wrong_auth_type"

@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from fleetpki.errors import AuthenticationError, ConflictError, FleetPKIError
-from fleetpki.services import FleetPKI, hub_registry, hub_trust
+from fleetpki.services import FleetPKI, hub_authentication, hub_registry, hub_trust
 from fleetpki.services.hub_registry import DeviceSpec
 from support.hub_control import ForeignCA, issue_device_certificate, issuing_ca
 
@@ -84,7 +84,7 @@ def test_unverified_untrusted_and_deleted_cas_are_refused(fleet: FleetPKI) -> No
     def authenticate() -> str:
         with fleet.transaction() as session:
             try:
-                hub_registry.authenticate_device(session, leaf, [], "dev-f", fleet.now())
+                hub_authentication.authenticate_device(session, leaf, [], "dev-f", fleet.now())
             except AuthenticationError as exc:
                 return exc.code
         return "ok"
@@ -109,7 +109,7 @@ def test_trust_local_ca_is_idempotent_and_enables_its_devices(fleet: FleetPKI) -
         hub_registry.put_device(session, DeviceSpec("dev-1"), now=fleet.now())
     leaf, chain, _ = issue_device_certificate(fleet, "dev-1")
     with fleet.transaction() as session, pytest.raises(AuthenticationError) as info:
-        hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
+        hub_authentication.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
     assert info.value.code == "hub.untrusted_ca"
     with fleet.transaction() as session:
         first = hub_trust.trust_local_ca(session, fleet.keystore, ca_id, now=fleet.now())
@@ -117,7 +117,7 @@ def test_trust_local_ca_is_idempotent_and_enables_its_devices(fleet: FleetPKI) -
         again = hub_trust.trust_local_ca(session, fleet.keystore, ca_id, now=fleet.now())
         assert (again.id, again.is_verified, again.fleetpki_ca_id) == (first.id, True, ca_id)
         assert len(hub_trust.list_hub_cas(session)) == 1
-        device = hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
+        device = hub_authentication.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
         assert device.fleetpki_ca_id == ca_id
 
 

@@ -18,7 +18,7 @@ otherwise looks every ``revocation_poll`` seconds, which is how revocations comm
 by another process on the same database (``fleetpki cert revoke`` from the CLI) reach
 this hub. Delivery is idempotent: a session already closed stays closed.
 
-Trust needs no event: `hub_registry.authenticate_device` reads the hub CAs through
+Trust needs no event: `hub_authentication.authenticate_device` reads the hub CAs through
 `hub_trust.trust_anchors`, whose cache is checked against the ``hub_cas`` table on
 every connect, so a CA verified or deleted (here or in another process) applies to
 the next connection without a restart.
@@ -52,7 +52,13 @@ from fleetpki.hub.backend import (
     Twin,
 )
 from fleetpki.hub.broker import Broker
-from fleetpki.services import foreign_revocation, hub_events, hub_messages, hub_registry
+from fleetpki.services import (
+    foreign_revocation,
+    hub_authentication,
+    hub_events,
+    hub_messages,
+    hub_registry,
+)
 from fleetpki.services.app import FleetPKI
 from fleetpki.services.hub_methods import (
     attach_method_invoker,
@@ -220,9 +226,9 @@ class StoreHubBackend:
         client_id: str,
         now: dt.datetime,
     ) -> AuthenticatedDevice:
-        """See `fleetpki.services.hub_registry.authenticate_device`."""
+        """See `fleetpki.services.hub_authentication.authenticate_device`."""
         with self.fleet.transaction() as session:
-            device = hub_registry.authenticate_device(session, leaf, chain, client_id, now)
+            device = hub_authentication.authenticate_device(session, leaf, chain, client_id, now)
         return AuthenticatedDevice(
             device_id=device.device_id,
             certificate_sha1=device.certificate_sha1,
