@@ -14,14 +14,13 @@ from fleetpki.services import (
     Actor,
     FleetPKI,
     certificates,
-    hub_authentication,
     hub_events,
     hub_messages,
     hub_registry,
     hub_trust,
 )
 from fleetpki.services.hub_registry import AuthType, DeviceSpec, DeviceStatus
-from support.hub_control import issue_device_certificate, issuing_ca
+from support.hub_control import authenticator, issue_device_certificate, issuing_ca
 
 
 class Recorder(hub_events.HubEventListener):
@@ -268,25 +267,24 @@ def test_c2d_queue(fleet: FleetPKI, events: Recorder) -> None:
 
 def test_authenticate_a_ca_device_and_its_refusals(fleet: FleetPKI) -> None:
     _trust(fleet)
+    hub = authenticator(fleet)
     leaf, chain, record = issue_device_certificate(fleet, "dev-1")
-    with fleet.transaction() as session, pytest.raises(AuthenticationError) as info:
-        hub_authentication.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
+    with pytest.raises(AuthenticationError) as info:
+        hub.authenticate(leaf, chain, "dev-1", fleet.now())
     assert info.value.code == "hub.unknown_device"
     _add(fleet)
+    device = hub.authenticate(leaf, [leaf, *chain], "dev-1", fleet.now())
+    assert (device.device_id, device.certificate_serial) == ("dev-1", record.serial_hex)
+    assert device.certificate_sha1 == record.sha1_hex
+    assert device.fleetpki_ca_id == issuing_ca(fleet).id
+    with pytest.raises(AuthenticationError) as info:
+        hub.authenticate(leaf, chain, "dev-2", fleet.now())
+    assert info.value.code == "hub.cn_mismatch"
     with fleet.transaction() as session:
-        device = hub_authentication.authenticate_device(
-            session, leaf, [leaf, *chain], "dev-1", fleet.now()
-        )
-        assert (device.device_id, device.certificate_serial) == ("dev-1", record.serial_hex)
-        assert device.certificate_sha1 == record.sha1_hex
-        assert device.fleetpki_ca_id == issuing_ca(fleet).id
-        with pytest.raises(AuthenticationError) as info:
-            hub_authentication.authenticate_device(session, leaf, chain, "dev-2", fleet.now())
-        assert info.value.code == "hub.cn_mismatch"
         hub_registry.set_device_status(session, "dev-1", DeviceStatus.DISABLED, now=fleet.now())
-        with pytest.raises(AuthenticationError) as info:
-            hub_authentication.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
-        assert info.value.code == "hub.device_disabled"
+    with pytest.raises(AuthenticationError) as info:
+        hub.authenticate(leaf, chain, "dev-1", fleet.now())
+    assert info.value.code == "hub.device_disabled"
 
 
 def test_revocation_refuses_and_reaches_listeners(fleet: FleetPKI, events: Recorder) -> None:
@@ -303,10 +301,10 @@ def test_revocation_refuses_and_reaches_listeners(fleet: FleetPKI, events: Recor
         )
     # A revocation committed in this process is dispatched right after its commit.
     assert events.revoked == [(record.serial_hex, record.sha1_hex)]
+    with pytest.raises(AuthenticationError) as info:
+        authenticator(fleet).authenticate(leaf, chain, "dev-1", fleet.now())
+    assert info.value.code == "hub.certificate_revoked"
     with fleet.transaction() as session:
-        with pytest.raises(AuthenticationError) as info:
-            hub_authentication.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
-        assert info.value.code == "hub.certificate_revoked"
         assert hub_registry.deliver_revocations(session, now=fleet.now()) == 1
     with fleet.transaction() as session:
         assert hub_registry.deliver_revocations(session, now=fleet.now()) == 0
@@ -322,15 +320,16 @@ def test_self_signed_device_by_thumbprint(fleet: FleetPKI) -> None:
         primary_thumbprint="00" * 20,
         secondary_thumbprint=record.sha1_hex.lower(),
     )
+    hub = authenticator(fleet)
+    device = hub.authenticate(leaf, [], "dev-ss", fleet.now())
+    assert device.auth_type is AuthType.SELF_SIGNED
     with fleet.transaction() as session:
-        device = hub_authentication.authenticate_device(session, leaf, [], "dev-ss", fleet.now())
-        assert device.auth_type is AuthType.SELF_SIGNED
         hub_registry.put_device(
             session,
             DeviceSpec("dev-ss", auth_type=AuthType.SELF_SIGNED, primary_thumbprint="11" * 20),
             now=fleet.now(),
             if_match="*",
         )
-        with pytest.raises(AuthenticationError) as info:
-            hub_authentication.authenticate_device(session, leaf, [], "dev-ss", fleet.now())
-        assert info.value.code == "hub.wrong_auth_type"
+    with pytest.raises(AuthenticationError) as info:
+        hub.authenticate(leaf, [], "dev-ss", fleet.now())
+    assert info.value.code == "hub.wrong_auth_type"

@@ -1,154 +1,155 @@
-"""Device authentication on connect: may this TLS client certificate connect as this client id?
+"""Device authentication on connect: read the facts, ask the revocation source, apply the policy.
 
-The MQTT server calls :func:`authenticate_device` on every connect (X.509 device
-authentication, shared/reference/azure-iot-hub-protocol.md §4.2).
+The MQTT server asks on every connect whether a TLS client certificate may connect as
+an MQTT client id (X.509 device authentication, shared/reference/azure-iot-hub-protocol.md
+§4.2). The decision is `fleetpki.hub.policy.DevicePolicy`'s; this service gathers its
+inputs without holding the database during network I/O:
 
-Revocation goes further than Azure, which never checks it (§4.2): for CAs that this
-fleetpki manages the certificate table decides; for foreign CAs the OCSP responder
-or CRL that the certificate names (:mod:`fleetpki.services.foreign_revocation`).
+1. One short read transaction: the device's registry entry, the hub's trust anchors
+   (through the application's `TrustCache`), the policy's first step (CN, registry,
+   authentication type, chain), and, when the verified issuer is one of fleetpki's
+   own CAs, the certificate's status in fleetpki's certificate table.
+2. The transaction is closed (its connection back in the pool).
+3. For a foreign CA, the OCSP responder or CRL the leaf names is asked
+   (`fleetpki.services.foreign_revocation.RevocationChecker`), with no session open.
+4. The policy's second step decides.
+
+Revocation goes further than Azure, which never checks it (§4.2).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleetpki.errors import AuthenticationError
-from fleetpki.pki.chain import verify_client_chain
-from fleetpki.pki.issuance import thumbprints
-from fleetpki.services import foreign_revocation
-from fleetpki.services.hub_registry import AuthType, DeviceStatus
-from fleetpki.services.hub_trust import trust_anchors
+from fleetpki.hub.policy import (
+    Admission,
+    AuthenticatedDevice,
+    AuthType,
+    DevicePolicy,
+    DeviceStatus,
+    PresentedCertificate,
+    RegistryEntry,
+    RevocationStatus,
+    RevocationVerdict,
+    TrustedCAs,
+)
+from fleetpki.services.foreign_revocation import RevocationChecker
+from fleetpki.services.hub_trust import TrustCache
 from fleetpki.store.hub_models import HubDevice
 from fleetpki.store.models import CARecord, CertificateRecord
 
-__all__ = ["AuthenticatedDevice", "authenticate_device"]
+__all__ = ["AuthenticatedDevice", "DeviceAuthenticator"]
+
+_log = logging.getLogger("fleetpki.hub.revocation")
+
+#: Opens one unit of work on the database (``FleetPKI.transaction``).
+Transaction = Callable[[], AbstractContextManager[Session]]
 
 
-@dataclass(frozen=True, slots=True)
-class AuthenticatedDevice:
-    """A device the hub let in (what :func:`authenticate_device` returns).
+class DeviceAuthenticator:
+    """Authenticates connecting devices with the one hub policy; thread-safe.
 
-    Attributes:
-        device_id / module_id: the identity (the client id is ``device`` or ``device/module``).
-        auth_type: how it authenticated.
-        certificate_sha1 / certificate_serial: the leaf's thumbprint and serial,
-            upper-case hex, to match later revocations.
-        fleetpki_ca_id: the fleetpki CA that issued the leaf, when it is one of ours.
+    Built once per application, from its parts, and shared by every hub connection.
+
+    Args:
+        transaction: opens a database transaction (``FleetPKI.transaction``).
+        policy: the decision (its revocation soft-fail choice included).
+        revocation: the foreign-CA revocation checker (its CRL cache is this
+            application's).
+        trust: the cache of the hub's parsed trust anchors.
     """
 
-    device_id: str
-    module_id: str | None
-    auth_type: AuthType
-    certificate_sha1: str
-    certificate_serial: str
-    fleetpki_ca_id: str | None = None
+    def __init__(
+        self,
+        transaction: Transaction,
+        *,
+        policy: DevicePolicy,
+        revocation: RevocationChecker,
+        trust: TrustCache,
+    ) -> None:
+        self._transaction = transaction
+        self.policy = policy
+        self.revocation = revocation
+        self.trust = trust
+
+    def authenticate(
+        self,
+        leaf: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        client_id: str,
+        now: dt.datetime,
+    ) -> AuthenticatedDevice:
+        """Decide whether ``leaf`` may connect as ``client_id`` (ref §4.2).
+
+        Args:
+            leaf: the TLS client certificate.
+            chain: what the peer sent besides the leaf (a copy of the leaf is ignored).
+            client_id: the MQTT client id, ``device`` or ``device/module``.
+            now: the time of the check.
+
+        Raises:
+            AuthenticationError: ``hub.cn_mismatch``, ``hub.unknown_device``,
+                ``hub.device_disabled``, ``hub.wrong_auth_type``, ``hub.untrusted_ca``,
+                ``hub.ca_unverified``, ``hub.certificate_revoked``,
+                ``hub.revocation_unknown`` (`fleetpki.hub.policy.Refusal`). The server
+                answers CONNACK 5 to every one (ref §1.4).
+        """
+        presented = PresentedCertificate(leaf, tuple(chain), client_id)
+        with self._transaction() as session:
+            entry = _registry_entry(session, presented.device_id)
+            anchors = self.trust.anchors(session)
+            trusted = TrustedCAs(
+                tuple(a.certificate for a in anchors.verified),
+                tuple(a.certificate for a in anchors.unverified),
+            )
+            admission = self.policy.admit(presented, entry, trusted, now)
+            verdict = _fleetpki_verdict(session, admission)
+        # The transaction is closed: a slow responder holds no database connection.
+        if verdict is None and admission.issuer is not None:
+            verdict = self.revocation.verdict(leaf, admission.issuer, now)
+        device = self.policy.decide(admission, verdict)
+        if verdict is not None and verdict.status is RevocationStatus.UNKNOWN:
+            _log.warning(
+                "hub: revocation status of serial %s from %s unknown; accepted (soft-fail)",
+                device.certificate_serial,
+                admission.issuer.subject.rfc4514_string() if admission.issuer else "?",
+            )
+        return device
 
 
-# --------------------------------------------------------------------------- authentication
-
-
-def _common_name(cert: x509.Certificate) -> str | None:
-    attributes = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not attributes:
-        return None
-    value = attributes[0].value
-    return value if isinstance(value, str) else value.decode()
-
-
-def _refuse(code: str, message: str) -> AuthenticationError:
-    return AuthenticationError(code, message)
-
-
-def authenticate_device(
-    session: Session,
-    leaf: x509.Certificate,
-    chain: Sequence[x509.Certificate],
-    client_id: str,
-    now: dt.datetime,
-) -> AuthenticatedDevice:
-    """Decide whether the TLS client certificate ``leaf`` may connect as ``client_id`` (ref §4.2).
-
-    Checks, in order: the leaf CN equals the client id; the device (the part before
-    ``/`` for a module) is registered and enabled; its authentication type is
-    certificateAuthority, or selfSigned with a matching thumbprint (hex, any case);
-    for certificateAuthority the chain (``chain`` holds what the peer sent besides the
-    leaf; a copy of the leaf in it is ignored) verifies up to a *verified* hub CA; and
-    the certificate is not revoked: fleetpki's own records for its CAs, the OCSP
-    responder or CRL the certificate names for foreign CAs.
-
-    Raises:
-        AuthenticationError: ``hub.cn_mismatch``, ``hub.unknown_device``,
-            ``hub.device_disabled``, ``hub.wrong_auth_type``, ``hub.untrusted_ca``,
-            ``hub.ca_unverified``, ``hub.certificate_revoked``,
-            ``hub.revocation_unknown``. The server answers
-            CONNACK 5 to every one (ref §1.4).
-    """
-    cn = _common_name(leaf)
-    if cn != client_id:
-        raise _refuse("hub.cn_mismatch", "the certificate CN is not the MQTT client id")
-    device_id, _, module_id = client_id.partition("/")
+def _registry_entry(session: Session, device_id: str) -> RegistryEntry | None:
     record = session.get(HubDevice, device_id)
     if record is None:
-        raise _refuse("hub.unknown_device", "the device is not registered in the hub")
-    if record.status != DeviceStatus.ENABLED.value:
-        raise _refuse("hub.device_disabled", "the device is disabled")
-    der = leaf.public_bytes(serialization.Encoding.DER)
-    sha1, sha256 = thumbprints(der)
-    serial = format(leaf.serial_number, "X")
-    auth_type = AuthType(record.auth_type)
-    if auth_type is AuthType.SELF_SIGNED:
-        allowed = {t.upper() for t in (record.primary_thumbprint, record.secondary_thumbprint) if t}
-        if sha1 not in allowed and sha256 not in allowed:
-            raise _refuse("hub.wrong_auth_type", "the certificate thumbprint is not the device's")
-        return AuthenticatedDevice(device_id, module_id or None, auth_type, sha1, serial)
-    if auth_type is not AuthType.CERTIFICATE_AUTHORITY:
-        raise _refuse("hub.wrong_auth_type", "the device does not use X.509 CA authentication")
-    intermediates = [c for c in chain if c != leaf]
-    anchors = trust_anchors(session)
-    try:
-        verified = verify_client_chain(
-            leaf, intermediates, [a.certificate for a in anchors.verified], now=now
-        )
-    except AuthenticationError as exc:
-        if anchors.unverified:
-            try:
-                verify_client_chain(
-                    leaf, intermediates, [a.certificate for a in anchors.unverified], now=now
-                )
-            except AuthenticationError:
-                pass
-            else:
-                raise _refuse(
-                    "hub.ca_unverified", "the certificate's CA is not verified in the hub"
-                ) from exc
-        raise _refuse("hub.untrusted_ca", "the certificate does not chain to a hub CA") from exc
-    ca_id = _managed_issuer(session, verified)
-    if ca_id is not None:
-        status = session.scalar(
-            select(CertificateRecord.status).where(
-                CertificateRecord.ca_id == ca_id, CertificateRecord.serial_hex == serial
-            )
-        )
-        if status != "valid":
-            # Revoked, or signed by one of our CAs without being on record: refuse both.
-            raise _refuse("hub.certificate_revoked", "the certificate is revoked")
-    elif len(verified) >= 2:
-        # A foreign CA: its OCSP responder or CRL decides (services.foreign_revocation).
-        foreign_revocation.checker().check(leaf, verified[1], now)
-    return AuthenticatedDevice(device_id, module_id or None, auth_type, sha1, serial, ca_id)
-
-
-def _managed_issuer(session: Session, verified: Sequence[x509.Certificate]) -> str | None:
-    """The fleetpki CA id of the leaf's issuer (``verified[1]``), if it is one of ours."""
-    if len(verified) < 2:
         return None
-    issuer_sha1, _ = thumbprints(verified[1].public_bytes(serialization.Encoding.DER))
-    return session.scalar(select(CARecord.id).where(CARecord.sha1_hex == issuer_sha1))
+    return RegistryEntry(
+        device_id=record.device_id,
+        status=DeviceStatus(record.status),
+        auth_type=AuthType(record.auth_type),
+        thumbprints=frozenset(
+            t for t in (record.primary_thumbprint, record.secondary_thumbprint) if t
+        ),
+    )
+
+
+def _fleetpki_verdict(session: Session, admission: Admission) -> RevocationVerdict | None:
+    """The certificate table's verdict when the leaf's verified issuer is a fleetpki CA."""
+    issuer_sha1 = admission.issuer_sha1
+    if issuer_sha1 is None:
+        return None
+    ca_id = session.scalar(select(CARecord.id).where(CARecord.sha1_hex == issuer_sha1))
+    if ca_id is None:
+        return None
+    status = session.scalar(
+        select(CertificateRecord.status).where(
+            CertificateRecord.ca_id == ca_id,
+            CertificateRecord.serial_hex == admission.device.certificate_serial,
+        )
+    )
+    return RevocationVerdict.from_fleetpki_record(ca_id, status)

@@ -9,7 +9,6 @@ Device authentication on connect is :mod:`fleetpki.services.hub_authentication`.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from fleetpki.errors import ConflictError, NotFoundError, ValidationError
+from fleetpki.hub.policy import AuthType, DeviceStatus
 from fleetpki.services.hub_events import (
     CertificateRevoked,
     DesiredPatched,
@@ -55,47 +55,6 @@ __all__ = [
 #: ``- . + % _ # * ? ! ( ) , = @ $ '`` (ref §1.3).
 _ID_EXTRA = set("-.+%_#*?!(),=@$'")
 _MAX_ID = 128
-
-
-class DeviceStatus(enum.Enum):
-    """Whether a device may connect (ref §3.3)."""
-
-    ENABLED = "enabled"
-    DISABLED = "disabled"
-
-    @classmethod
-    def parse(cls, text: str) -> DeviceStatus:
-        """Parse ``enabled``/``disabled`` in any case.
-
-        Raises:
-            ValidationError: ``hub.bad_status``.
-        """
-        try:
-            return cls(text.lower())
-        except ValueError:
-            raise ValidationError("hub.bad_status", "status must be enabled or disabled") from None
-
-
-class AuthType(enum.Enum):
-    """How a device authenticates (ref §3.2 "SDK bodies")."""
-
-    CERTIFICATE_AUTHORITY = "certificateAuthority"
-    SELF_SIGNED = "selfSigned"
-    SAS = "sas"
-
-    @classmethod
-    def parse(cls, text: str) -> AuthType:
-        """Parse the Azure spelling, case-insensitively.
-
-        Raises:
-            ValidationError: ``hub.bad_auth_type``.
-        """
-        for member in cls:
-            if member.value.lower() == text.lower():
-                return member
-        raise ValidationError(
-            "hub.bad_auth_type", "authentication type must be certificateAuthority or selfSigned"
-        )
 
 
 @dataclass(frozen=True, slots=True)
