@@ -26,6 +26,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from fleetpki.errors import AuthenticationError
 from fleetpki.hub.protocol import Connect, encode
 from fleetpki.hub.server import start_hub
+from fleetpki.hub.store_backend import StoreHubBackend
 from fleetpki.keystore import Signer
 from fleetpki.keystore.files import FileSigner
 from fleetpki.pki.crl import RevokedEntry, build_crl
@@ -63,6 +64,9 @@ class Responder:
         self.ocsp_signer: Signer = ca.signer
         self.ocsp_forger: ec.EllipticCurvePrivateKey | None = None
         self.ocsp_forger_cert: x509.Certificate | None = None
+        #: When set, an OCSP request sets ``ocsp_asked`` and waits for ``ocsp_hold``.
+        self.ocsp_hold: threading.Event | None = None
+        self.ocsp_asked = threading.Event()
         responder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,6 +94,9 @@ class Responder:
 
             def do_POST(self) -> None:
                 responder.ocsp_requests += 1
+                if responder.ocsp_hold is not None:
+                    responder.ocsp_asked.set()
+                    responder.ocsp_hold.wait(60)
                 if not responder.ocsp_up:
                     self.send_response(503)
                     self.end_headers()
@@ -512,3 +519,54 @@ def test_the_real_hub_refuses_a_revoked_foreign_device(
     assert revoked == b"\x20\x02\x00\x05"  # CONNACK 5, not authorized
     assert foreign.ocsp_requests == 2
     assert "hub.certificate_revoked" in caplog.text
+
+
+def test_a_slow_responder_holds_no_database_connection(
+    fleet: FleetPKI, foreign: Responder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 8: network I/O outside database transactions. A device connects to the real
+    # hub while its CA's OCSP responder holds the answer; meanwhile no connection of the
+    # fleet's pool may be checked out (the hub's outbox consumer, which also uses the
+    # pool, is set to look only once an hour and is waited for).
+    monkeypatch.setattr(foreign_revocation, "FETCH_TIMEOUT", 60.0)
+    _trust(fleet, foreign.ca)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = _leaf(foreign.ca, "f-slow", ocsp_url=f"{foreign.base}/ocsp", crl_url=None, key=key)
+    (tmp_path / "f-slow.pem").write_bytes(
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, foreign.ca.cert))
+    )
+    (tmp_path / "f-slow.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with fleet.transaction() as session:
+        hub_registry.put_device(session, DeviceSpec(device_id="f-slow"), now=fleet.now())
+    foreign.ocsp_hold = threading.Event()
+    pool = fleet.db.engine.pool
+    held: list[int] = []
+
+    async def scenario() -> bytes:
+        backend = StoreHubBackend(fleet, revocation_poll=3600)
+        stop = await start_hub(fleet, host="127.0.0.1", port=0, backend=backend)
+        try:
+            port = stop.__self__.port  # type: ignore[attr-defined]
+            connack = asyncio.create_task(asyncio.to_thread(_connack, port, tmp_path, "f-slow"))
+            assert await asyncio.to_thread(foreign.ocsp_asked.wait, 30)
+            # The hub is inside the OCSP fetch now, and stays there until released.
+            for _ in range(500):
+                held.append(pool.checkedout())  # type: ignore[attr-defined]
+                if held[-1] == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert foreign.ocsp_hold is not None
+            foreign.ocsp_hold.set()
+            return await connack
+        finally:
+            await stop()
+
+    assert asyncio.run(scenario()) == b"\x20\x02\x00\x00"  # accepted once the answer came
+    assert held[-1] == 0, f"connections checked out during the OCSP fetch: {held}"
+    assert foreign.ocsp_requests == 1
