@@ -1,19 +1,18 @@
-"""Shared pieces of the hub benchmarks: certificates, the two servers, and a raw MQTT load client.
+"""Shared pieces of the hub benchmarks: a fleetpki home, the two servers, a raw MQTT load client.
 
-fleetpki's hub runs in its own process (``python bench/hub_common.py serve ...``) so that
-it and mosquitto are measured the same way: a separate server process, the same load
-client in this process, on the same machine in the same run.
+fleetpki's hub is the one users run: ``fleetpki serve --only hub`` on a real fleetpki
+home (SQLite), the database-backed hub whose devices are registered in its registry and
+whose certificates come from its own issuing CA, trusted in the hub by proof of
+possession. It runs in its own process so that it and mosquitto are measured the same
+way: a separate server process, the same load client in this process, on the same
+machine in the same run. mosquitto gets the same CA, server certificate and devices.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime as dt
-import os
 import shutil
 import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from fleetpki.hub.protocol import Connect, encode, encode_publish
 
@@ -52,10 +51,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -68,12 +63,17 @@ def _key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 @dataclass(frozen=True)
 class Certs:
-    """A CA, a server certificate for localhost and ``n`` EC P-256 device certificates."""
+    """A fleetpki home with ``n`` registered devices, and the PEM files both servers use."""
 
     folder: Path
 
     @property
+    def home(self) -> Path:
+        return self.folder / "home"
+
+    @property
     def ca(self) -> Path:
+        """The CA certificates (root and issuing), to verify the server and the devices."""
         return self.folder / "ca.pem"
 
     @property
@@ -89,73 +89,74 @@ class Certs:
 
 
 def make_certs(folder: Path, devices: int) -> Certs:
-    """Write the CA, the server certificate and ``devices`` device certificates."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("Bench CA"))
-        .issuer_name(_name("Bench CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    """Make a fleetpki home: its hub trusts its issuing CA, ``devices`` devices registered.
 
-    def leaf(cn: str, server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(aki, critical=False)
-        )
-        if server:
-            import ipaddress
+    Each device ``dev{i}`` gets an EC P-256 key and a certificate issued by the home's
+    issuing CA through the issuance service, and is registered in the hub registry
+    (certificateAuthority). The server certificate is the one ``fleetpki serve`` uses;
+    copies readable by mosquitto's user go into ``folder``.
+    """
+    from fleetpki.services import Actor, authority, hub_registry, hub_trust, init_home
+    from fleetpki.services.certificates import IssueCommand, issue
+    from fleetpki.services.context import LOCAL_ADMIN_ID
+    from fleetpki.services.domains import register_domain
+    from fleetpki.services.hub_registry import DeviceSpec
+    from fleetpki.services.server_cert import ensure_server_certificate
+    from fleetpki.settings import Settings
 
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-        return builder.sign(ca_key, hashes.SHA256()), key
-
-    folder.mkdir(parents=True, exist_ok=True)
     certs = Certs(folder)
-    certs.ca.write_bytes(_pem(ca))
-    server, server_key = leaf("localhost", True)
-    certs.server_cert.write_bytes(_pem(server))
-    certs.server_key.write_bytes(_key(server_key))
-    for index in range(devices):
-        cert, key = leaf(f"dev{index}", False)
-        cert_path, key_path = certs.device(index)
-        cert_path.write_bytes(_pem(cert) + _pem(ca))
-        key_path.write_bytes(_key(key))
+    settings = Settings.default_for(certs.home).with_changes(host="127.0.0.1")
+    fleet = init_home(settings).app
+    try:
+        admin = Actor.local_admin()
+        with fleet.transaction() as session:
+            issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
+            hub_trust.trust_local_ca(session, fleet.keystore, issuing.id, now=fleet.now())
+            issuing_pem = _pem(authority.ca_certificate(issuing))
+        files = ensure_server_certificate(fleet, hostname="localhost", host="127.0.0.1")
+        certs.ca.write_bytes(files.client_ca_file.read_bytes())
+        certs.server_cert.write_bytes(files.certfile.read_bytes())
+        certs.server_key.write_bytes(files.keyfile.read_bytes())
+        certs.server_key.chmod(0o644)  # mosquitto reads it as its own user
+        for start in range(0, devices, 100):
+            with fleet.transaction() as session:
+                for index in range(start, min(start + 100, devices)):
+                    device_id = f"dev{index}"
+                    register_domain(
+                        session,
+                        admin,
+                        ca_id=issuing.id,
+                        template_id=None,
+                        name=device_id,
+                        owners=[LOCAL_ADMIN_ID],
+                        requesters=[LOCAL_ADMIN_ID],
+                        now=fleet.now(),
+                    )
+                    key = ec.generate_private_key(ec.SECP256R1())
+                    csr = (
+                        x509.CertificateSigningRequestBuilder()
+                        .subject_name(
+                            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
+                        )
+                        .sign(key, hashes.SHA256())
+                    )
+                    _, issued = issue(
+                        session,
+                        admin,
+                        fleet.keystore,
+                        fleet.urls,
+                        IssueCommand(
+                            ca_id=issuing.id, csr=csr.public_bytes(serialization.Encoding.PEM)
+                        ),
+                        now=fleet.now(),
+                    )
+                    hub_registry.put_device(session, DeviceSpec(device_id), now=fleet.now())
+                    cert_path, key_path = certs.device(index)
+                    leaf = x509.load_der_x509_certificate(issued.der)
+                    cert_path.write_bytes(_pem(leaf) + issuing_pem)
+                    key_path.write_bytes(_key(key))
+    finally:
+        fleet.close()
     return certs
 
 
@@ -194,21 +195,31 @@ def mosquitto(certs: Certs) -> Iterator[tuple[int, int]]:
 
 
 @contextmanager
-def fleetpki_hub(
-    certs: Certs, devices: int, *, durable: Path | None = None
-) -> Iterator[tuple[int, int]]:
-    """Run fleetpki's hub (uvloop, in-memory registry) in a process; yield (port, pid)."""
+def fleetpki_hub(certs: Certs) -> Iterator[tuple[int, int]]:
+    """Run ``fleetpki serve --only hub`` on the home of ``certs``; yield (port, pid)."""
     port = free_port()
-    command = [sys.executable, __file__, "serve", str(certs.folder), str(port), str(devices)]
-    if durable is not None:
-        command.append(str(durable))
-    process = subprocess.Popen(command)
-    try:
-        _wait_port(port, process)
-        yield port, process.pid
-    finally:
-        process.terminate()
-        process.wait(10)
+    command = [
+        sys.executable,
+        "-m",
+        "fleetpki",
+        "--home",
+        str(certs.home),
+        "serve",
+        "--only",
+        "hub",
+        "--host",
+        "127.0.0.1",
+        "--mqtt-port",
+        str(port),
+    ]
+    with (certs.folder / "serve.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=log)
+        try:
+            _wait_port(port, process)
+            yield port, process.pid
+        finally:
+            process.terminate()
+            process.wait(10)
 
 
 def rss_kb(pid: int) -> int:
@@ -324,69 +335,6 @@ def table(title: str, unit: str, fleet: float, mosq: float, higher_is_better: bo
     )
 
 
-# --- the fleetpki hub process ----------------------------------------------------------------
-
-
-def _serve(folder: Path, port: int, devices: int, durable: Path | None) -> None:
-    import uvloop
-
-    from fleetpki.hub.broker import Broker
-    from fleetpki.hub.memory import InMemoryHubBackend
-    from fleetpki.hub.server import HubServer
-    from fleetpki.hub.tls import hub_ssl_context
-
-    certs = Certs(folder)
-    sink = None
-    if durable is not None:
-        db = sqlite3.connect(durable, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS telemetry (device TEXT, at TEXT, body BLOB, props TEXT)"
-        )
-
-        def sink(batch: Sequence[object]) -> None:
-            # One transaction per batch, fsynced before the PUBACKs go out.
-            db.execute("BEGIN")
-            db.executemany(
-                "INSERT INTO telemetry VALUES (?, ?, ?, ?)",
-                [
-                    (
-                        r.device_id,
-                        r.enqueued_at.isoformat(),
-                        r.payload,
-                        repr(r.application_properties),
-                    )  # type: ignore[attr-defined]
-                    for r in batch
-                ],
-            )
-            db.execute("COMMIT")
-
-    backend = InMemoryHubBackend(telemetry_sink=sink)
-    backend.trust_ca(x509.load_pem_x509_certificate(certs.ca.read_bytes()))
-    for index in range(devices):
-        backend.add_device(f"dev{index}")
-    context = hub_ssl_context(certs.server_cert, certs.server_key)
-
-    async def main() -> None:
-        server = HubServer(Broker(backend, hostnames=("localhost",)), context)
-        await server.start("127.0.0.1", port)
-        await asyncio.Event().wait()
-
-    uvloop.run(main())
-
-
-def _main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["serve"])
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("port", type=int)
-    parser.add_argument("devices", type=int)
-    parser.add_argument("durable", type=Path, nargs="?")
-    args = parser.parse_args()
-    _serve(args.folder, args.port, args.devices, args.durable)
-
-
 @contextmanager
 def workdir() -> Iterator[Path]:
     """A temporary folder for one benchmark run."""
@@ -394,8 +342,3 @@ def workdir() -> Iterator[Path]:
         # mosquitto started as root drops to the `mosquitto` user, which must read the certs.
         Path(folder).chmod(0o755)
         yield Path(folder)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    _main()

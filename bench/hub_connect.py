@@ -51,7 +51,7 @@ async def measure(port: int, certs: Certs) -> float:
 def main() -> None:
     with workdir() as folder:
         certs = make_certs(folder, WORKERS)
-        with fleetpki_hub(certs, WORKERS) as (port, _):
+        with fleetpki_hub(certs) as (port, _):
             fleet = uvloop.run(measure(port, certs))
         with mosquitto(certs) as (port, _):
             mosq = uvloop.run(measure(port, certs))

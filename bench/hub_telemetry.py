@@ -2,8 +2,10 @@
 
 Run: ``.venv/bin/python bench/hub_telemetry.py`` (about 15 s). Each device keeps
 ``WINDOW`` QoS 1 PUBLISHes in flight; a message counts when its PUBACK arrives. fleetpki
-acknowledges only after the batch holding the message is committed to SQLite (WAL,
-``synchronous=FULL``); mosquitto runs with ``persistence false``, so it stores nothing.
+is ``fleetpki serve --only hub`` on a real home: it acknowledges only after the batch
+holding the message is committed to the home's SQLite database (WAL,
+``synchronous=NORMAL``) through the hub's message service; mosquitto runs with
+``persistence false``, so it stores nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ async def measure(port: int, certs: Certs) -> float:
 def main() -> None:
     with workdir() as folder:
         certs = make_certs(folder, DEVICES)
-        with fleetpki_hub(certs, DEVICES, durable=folder / "telemetry.db") as (port, _):
+        with fleetpki_hub(certs) as (port, _):
             fleet = uvloop.run(measure(port, certs))
         with mosquitto(certs) as (port, _):
             mosq = uvloop.run(measure(port, certs))

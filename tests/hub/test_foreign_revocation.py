@@ -26,6 +26,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from fleetpki.errors import AuthenticationError
 from fleetpki.hub.protocol import Connect, encode
 from fleetpki.hub.server import start_hub
+from fleetpki.hub.store_backend import StoreHubBackend
 from fleetpki.keystore import Signer
 from fleetpki.keystore.files import FileSigner
 from fleetpki.pki.crl import RevokedEntry, build_crl
@@ -38,8 +39,10 @@ from fleetpki.pki.ocsp import (
 )
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import FleetPKI, authority, foreign_revocation, hub_registry, hub_trust
+from fleetpki.services.hub_authentication import DeviceAuthenticator
 from fleetpki.services.hub_registry import DeviceSpec
 from support.hub import issue_device
+from support.hub_control import authenticator
 from support.testca import MiniCA, make_ca
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -61,6 +64,9 @@ class Responder:
         self.ocsp_signer: Signer = ca.signer
         self.ocsp_forger: ec.EllipticCurvePrivateKey | None = None
         self.ocsp_forger_cert: x509.Certificate | None = None
+        #: When set, an OCSP request sets ``ocsp_asked`` and waits for ``ocsp_hold``.
+        self.ocsp_hold: threading.Event | None = None
+        self.ocsp_asked = threading.Event()
         responder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,6 +94,9 @@ class Responder:
 
             def do_POST(self) -> None:
                 responder.ocsp_requests += 1
+                if responder.ocsp_hold is not None:
+                    responder.ocsp_asked.set()
+                    responder.ocsp_hold.wait(60)
                 if not responder.ocsp_up:
                     self.send_response(503)
                     self.end_headers()
@@ -186,11 +195,15 @@ def _forged_ocsp(
 @pytest.fixture
 def foreign(tmp_path: Path) -> Iterator[Responder]:
     responder = Responder(make_ca(tmp_path, "p256", "Foreign Factory CA"))
-    foreign_revocation.configure(soft_fail=False, fetch=None)
     yield responder
     responder.stop()
     assert responder.errors == []  # every answer was the one the test meant to serve
-    foreign_revocation.configure(soft_fail=False)
+
+
+@pytest.fixture
+def hub(sqlite_fleet: FleetPKI) -> DeviceAuthenticator:
+    """The hub's authenticator, with its own revocation checker (cache, holds) for one test."""
+    return authenticator(sqlite_fleet)
 
 
 def _trust(fleet: FleetPKI, ca: MiniCA) -> None:
@@ -259,86 +272,98 @@ def _leaf(
     return ca.signer.sign_certificate(builder)
 
 
-def _authenticate(fleet: FleetPKI, leaf: x509.Certificate, device_id: str) -> None:
+def _authenticate(
+    fleet: FleetPKI, hub: DeviceAuthenticator, leaf: x509.Certificate, device_id: str
+) -> None:
     with fleet.transaction() as session:
         if device_id not in {d.device_id for d in hub_registry.list_devices(session)}:
             hub_registry.put_device(session, DeviceSpec(device_id=device_id), now=fleet.now())
-    with fleet.transaction() as session:
-        hub_registry.authenticate_device(session, leaf, [], device_id, fleet.now())
+    hub.authenticate(leaf, [], device_id, fleet.now())
 
 
-def _refused(fleet: FleetPKI, leaf: x509.Certificate, device_id: str) -> str:
+def _refused(
+    fleet: FleetPKI, hub: DeviceAuthenticator, leaf: x509.Certificate, device_id: str
+) -> str:
     with pytest.raises(AuthenticationError) as caught:
-        _authenticate(fleet, leaf, device_id)
+        _authenticate(fleet, hub, leaf, device_id)
     return caught.value.code
 
 
-def test_ocsp_good_and_revoked(sqlite_fleet: FleetPKI, foreign: Responder) -> None:
+def test_ocsp_good_and_revoked(
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
+) -> None:
     _trust(sqlite_fleet, foreign.ca)
     leaf = _leaf(foreign.ca, "f-1", ocsp_url=f"{foreign.base}/ocsp", crl_url=None)
-    _authenticate(sqlite_fleet, leaf, "f-1")
+    _authenticate(sqlite_fleet, hub, leaf, "f-1")
     foreign.revoked.add(leaf.serial_number)
-    assert _refused(sqlite_fleet, leaf, "f-1") == "hub.certificate_revoked"
+    assert _refused(sqlite_fleet, hub, leaf, "f-1") == "hub.certificate_revoked"
     assert foreign.ocsp_requests == 2
 
 
-def test_crl_revocation_and_cache(sqlite_fleet: FleetPKI, foreign: Responder) -> None:
+def test_crl_revocation_and_cache(
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
+) -> None:
     _trust(sqlite_fleet, foreign.ca)
     good = _leaf(foreign.ca, "f-good", ocsp_url=None, crl_url=f"{foreign.base}/crl")
     bad = _leaf(foreign.ca, "f-bad", ocsp_url=None, crl_url=f"{foreign.base}/crl")
     foreign.revoked.add(bad.serial_number)
-    _authenticate(sqlite_fleet, good, "f-good")
-    assert _refused(sqlite_fleet, bad, "f-bad") == "hub.certificate_revoked"
-    _authenticate(sqlite_fleet, good, "f-good")
+    _authenticate(sqlite_fleet, hub, good, "f-good")
+    assert _refused(sqlite_fleet, hub, bad, "f-bad") == "hub.certificate_revoked"
+    _authenticate(sqlite_fleet, hub, good, "f-good")
     assert foreign.crl_requests == 1  # cached until its next update
 
 
-def test_ocsp_down_falls_back_to_the_crl(sqlite_fleet: FleetPKI, foreign: Responder) -> None:
+def test_ocsp_down_falls_back_to_the_crl(
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
+) -> None:
     _trust(sqlite_fleet, foreign.ca)
     leaf = _leaf(foreign.ca, "f-2", ocsp_url=f"{foreign.base}/ocsp", crl_url=f"{foreign.base}/crl")
     foreign.ocsp_up = False
     foreign.revoked.add(leaf.serial_number)
-    assert _refused(sqlite_fleet, leaf, "f-2") == "hub.certificate_revoked"
+    assert _refused(sqlite_fleet, hub, leaf, "f-2") == "hub.certificate_revoked"
     assert (foreign.ocsp_requests, foreign.crl_requests) == (1, 1)
 
 
 def test_no_answer_fails_closed_unless_soft_fail(
-    sqlite_fleet: FleetPKI, foreign: Responder
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
 ) -> None:
     _trust(sqlite_fleet, foreign.ca)
     leaf = _leaf(foreign.ca, "f-3", ocsp_url=f"{foreign.base}/ocsp", crl_url=None)
     foreign.ocsp_up = False
-    assert _refused(sqlite_fleet, leaf, "f-3") == "hub.revocation_unknown"
-    foreign_revocation.configure(soft_fail=True)
-    _authenticate(sqlite_fleet, leaf, "f-3")
+    assert _refused(sqlite_fleet, hub, leaf, "f-3") == "hub.revocation_unknown"
+    _authenticate(sqlite_fleet, authenticator(sqlite_fleet, soft_fail=True), leaf, "f-3")
 
 
 def test_a_crl_signed_by_another_key_is_refused(
-    sqlite_fleet: FleetPKI, foreign: Responder, tmp_path: Path
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder, tmp_path: Path
 ) -> None:
     _trust(sqlite_fleet, foreign.ca)
     leaf = _leaf(foreign.ca, "f-4", ocsp_url=None, crl_url=f"{foreign.base}/crl")
     foreign.crl_ca = make_ca(tmp_path, "p256", "Foreign Factory CA")  # same name, other key
-    assert _refused(sqlite_fleet, leaf, "f-4") == "hub.revocation_unknown"
+    assert _refused(sqlite_fleet, hub, leaf, "f-4") == "hub.revocation_unknown"
     foreign.crl_ca = foreign.ca
-    _authenticate(sqlite_fleet, leaf, "f-4")  # the genuine CRL, fetched again: not cached
+    _authenticate(sqlite_fleet, hub, leaf, "f-4")  # the genuine CRL, fetched again: not cached
     assert foreign.crl_requests == 2
 
 
-def test_a_lapsed_crl_says_nothing(sqlite_fleet: FleetPKI, foreign: Responder) -> None:
+def test_a_lapsed_crl_says_nothing(
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
+) -> None:
     # RFC 5280 §5.1.2.5: past its nextUpdate a CRL no longer describes the present.
     _trust(sqlite_fleet, foreign.ca)
     leaf = _leaf(foreign.ca, "f-4b", ocsp_url=None, crl_url=f"{foreign.base}/crl")
     foreign.crl_next_update = NOW - dt.timedelta(minutes=30)
-    assert _refused(sqlite_fleet, leaf, "f-4b") == "hub.revocation_unknown"
+    assert _refused(sqlite_fleet, hub, leaf, "f-4b") == "hub.revocation_unknown"
     foreign.crl_next_update = NOW + dt.timedelta(hours=1)
-    _authenticate(sqlite_fleet, leaf, "f-4b")
+    _authenticate(sqlite_fleet, hub, leaf, "f-4b")
     assert foreign.crl_requests == 2
 
 
-def test_a_leaf_naming_no_source_is_accepted(sqlite_fleet: FleetPKI, foreign: Responder) -> None:
+def test_a_leaf_naming_no_source_is_accepted(
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
+) -> None:
     _trust(sqlite_fleet, foreign.ca)
-    _authenticate(sqlite_fleet, _leaf(foreign.ca, "f-5", ocsp_url=None, crl_url=None), "f-5")
+    _authenticate(sqlite_fleet, hub, _leaf(foreign.ca, "f-5", ocsp_url=None, crl_url=None), "f-5")
     assert (foreign.ocsp_requests, foreign.crl_requests) == (0, 0)
 
 
@@ -353,16 +378,18 @@ def test_fleetpki_managed_cas_are_not_fetched(
         calls.append(url)
         return b""
 
-    foreign_revocation.configure(fetch=fetch)
+    hub = authenticator(sqlite_fleet, fetch=fetch)
     with sqlite_fleet.transaction() as session:
         issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
         hub_trust.trust_local_ca(session, sqlite_fleet.keystore, issuing.id, now=sqlite_fleet.now())
     files = issue_device(sqlite_fleet, "own-1", tmp_path)
-    _authenticate(sqlite_fleet, files.certificate, "own-1")
+    _authenticate(sqlite_fleet, hub, files.certificate, "own-1")
     assert calls == []
 
 
-def test_a_delegated_responder_may_answer(sqlite_fleet: FleetPKI, foreign: Responder) -> None:
+def test_a_delegated_responder_may_answer(
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
+) -> None:
     # RFC 6960 §4.2.2.2: a responder certificate the CA issued with id-kp-OCSPSigning.
     _trust(sqlite_fleet, foreign.ca)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -375,14 +402,14 @@ def test_a_delegated_responder_may_answer(sqlite_fleet: FleetPKI, foreign: Respo
     )
     foreign.ocsp_signer = FileSigner("memory:responder", key)
     leaf = _leaf(foreign.ca, "f-6", ocsp_url=f"{foreign.base}/ocsp", crl_url=None)
-    _authenticate(sqlite_fleet, leaf, "f-6")
+    _authenticate(sqlite_fleet, hub, leaf, "f-6")
     foreign.revoked.add(leaf.serial_number)
-    assert _refused(sqlite_fleet, leaf, "f-6") == "hub.certificate_revoked"
+    assert _refused(sqlite_fleet, hub, leaf, "f-6") == "hub.certificate_revoked"
 
 
 @pytest.mark.parametrize("signer", ["impostor", "ca_issued_without_ocsp_signing"])
 def test_an_ocsp_answer_signed_by_another_key_is_ignored(
-    signer: str, sqlite_fleet: FleetPKI, foreign: Responder
+    signer: str, sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
 ) -> None:
     # RFC 6960 §4.2.2.2: only the CA, or a delegate it marked id-kp-OCSPSigning.
     _trust(sqlite_fleet, foreign.ca)
@@ -395,40 +422,45 @@ def test_an_ocsp_answer_signed_by_another_key_is_ignored(
             foreign.ca, "f-other", ocsp_url=None, crl_url=None, key=foreign.ocsp_forger
         )
     # The forged "good" is not believed; the CRL still says revoked.
-    assert _refused(sqlite_fleet, leaf, "f-7") == "hub.certificate_revoked"
+    assert _refused(sqlite_fleet, hub, leaf, "f-7") == "hub.certificate_revoked"
     assert (foreign.ocsp_requests, foreign.crl_requests) == (1, 1)
 
 
 def test_a_crl_for_another_distribution_point_is_not_used(
-    sqlite_fleet: FleetPKI, foreign: Responder
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
 ) -> None:
     # RFC 5280 §6.3.3 (b)(2)(i): the CRL's issuing distribution point must name the
     # certificate's distribution point.
     _trust(sqlite_fleet, foreign.ca)
     leaf = _leaf(foreign.ca, "f-8", ocsp_url=None, crl_url=f"{foreign.base}/crl")
     foreign.crl_idp_url = f"{foreign.base}/other.crl"
-    assert _refused(sqlite_fleet, leaf, "f-8") == "hub.revocation_unknown"
+    assert _refused(sqlite_fleet, hub, leaf, "f-8") == "hub.revocation_unknown"
     foreign.crl_idp_url = f"{foreign.base}/crl"
-    _authenticate(sqlite_fleet, leaf, "f-8")
+    _authenticate(sqlite_fleet, hub, leaf, "f-8")
 
 
-def test_an_unreachable_source_is_held_briefly(sqlite_fleet: FleetPKI, foreign: Responder) -> None:
+def test_an_unreachable_source_is_held_briefly(
+    sqlite_fleet: FleetPKI, hub: DeviceAuthenticator, foreign: Responder
+) -> None:
     # One timeout per URL, not one per connecting device, while a responder is down.
     _trust(sqlite_fleet, foreign.ca)
     leaf = _leaf(foreign.ca, "f-9", ocsp_url=f"{foreign.base}/ocsp", crl_url=None)
     foreign.ocsp_up = False
-    assert _refused(sqlite_fleet, leaf, "f-9") == "hub.revocation_unknown"
-    assert _refused(sqlite_fleet, leaf, "f-9") == "hub.revocation_unknown"
+    assert _refused(sqlite_fleet, hub, leaf, "f-9") == "hub.revocation_unknown"
+    assert _refused(sqlite_fleet, hub, leaf, "f-9") == "hub.revocation_unknown"
     assert foreign.ocsp_requests == 1
 
 
 def test_oversized_answers_are_failures(
-    sqlite_fleet: FleetPKI, foreign: Responder, monkeypatch: pytest.MonkeyPatch
+    sqlite_fleet: FleetPKI,
+    hub: DeviceAuthenticator,
+    foreign: Responder,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _trust(sqlite_fleet, foreign.ca)
     monkeypatch.setattr(foreign_revocation, "MAX_RESPONSE_SIZE", 64)
     leaf = _leaf(foreign.ca, "f-10", ocsp_url=None, crl_url=f"{foreign.base}/crl")
-    assert _refused(sqlite_fleet, leaf, "f-10") == "hub.revocation_unknown"
+    assert _refused(sqlite_fleet, hub, leaf, "f-10") == "hub.revocation_unknown"
     assert foreign.crl_requests == 1
 
 
@@ -487,3 +519,54 @@ def test_the_real_hub_refuses_a_revoked_foreign_device(
     assert revoked == b"\x20\x02\x00\x05"  # CONNACK 5, not authorized
     assert foreign.ocsp_requests == 2
     assert "hub.certificate_revoked" in caplog.text
+
+
+def test_a_slow_responder_holds_no_database_connection(
+    fleet: FleetPKI, foreign: Responder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 8: network I/O outside database transactions. A device connects to the real
+    # hub while its CA's OCSP responder holds the answer; meanwhile no connection of the
+    # fleet's pool may be checked out (the hub's outbox consumer, which also uses the
+    # pool, is set to look only once an hour and is waited for).
+    monkeypatch.setattr(foreign_revocation, "FETCH_TIMEOUT", 60.0)
+    _trust(fleet, foreign.ca)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = _leaf(foreign.ca, "f-slow", ocsp_url=f"{foreign.base}/ocsp", crl_url=None, key=key)
+    (tmp_path / "f-slow.pem").write_bytes(
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, foreign.ca.cert))
+    )
+    (tmp_path / "f-slow.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with fleet.transaction() as session:
+        hub_registry.put_device(session, DeviceSpec(device_id="f-slow"), now=fleet.now())
+    foreign.ocsp_hold = threading.Event()
+    pool = fleet.db.engine.pool
+    held: list[int] = []
+
+    async def scenario() -> bytes:
+        backend = StoreHubBackend(fleet, revocation_poll=3600)
+        stop = await start_hub(fleet, host="127.0.0.1", port=0, backend=backend)
+        try:
+            port = stop.__self__.port  # type: ignore[attr-defined]
+            connack = asyncio.create_task(asyncio.to_thread(_connack, port, tmp_path, "f-slow"))
+            assert await asyncio.to_thread(foreign.ocsp_asked.wait, 30)
+            # The hub is inside the OCSP fetch now, and stays there until released.
+            for _ in range(500):
+                held.append(pool.checkedout())  # type: ignore[attr-defined]
+                if held[-1] == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert foreign.ocsp_hold is not None
+            foreign.ocsp_hold.set()
+            return await connack
+        finally:
+            await stop()
+
+    assert asyncio.run(scenario()) == b"\x20\x02\x00\x00"  # accepted once the answer came
+    assert held[-1] == 0, f"connections checked out during the OCSP fetch: {held}"
+    assert foreign.ocsp_requests == 1

@@ -22,7 +22,7 @@ from fleetpki.services.delivery import ConsumerWorker
 from fleetpki.services.events import HubEventListener
 from fleetpki.services.hub_registry import AuthType, DeviceSpec, DeviceStatus
 from fleetpki.services.outbox import CERTIFICATE_REVOKED
-from support.hub_control import issue_device_certificate, issuing_ca
+from support.hub_control import authenticator, issue_device_certificate, issuing_ca
 
 
 class Recorder(HubEventListener):
@@ -269,25 +269,24 @@ def test_c2d_queue(fleet: FleetPKI, events: Recorder) -> None:
 
 def test_authenticate_a_ca_device_and_its_refusals(fleet: FleetPKI) -> None:
     _trust(fleet)
+    hub = authenticator(fleet)
     leaf, chain, record = issue_device_certificate(fleet, "dev-1")
-    with fleet.transaction() as session, pytest.raises(AuthenticationError) as info:
-        hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
+    with pytest.raises(AuthenticationError) as info:
+        hub.authenticate(leaf, chain, "dev-1", fleet.now())
     assert info.value.code == "hub.unknown_device"
     _add(fleet)
+    device = hub.authenticate(leaf, [leaf, *chain], "dev-1", fleet.now())
+    assert (device.device_id, device.certificate_serial) == ("dev-1", record.serial_hex)
+    assert device.certificate_sha1 == record.sha1_hex
+    assert device.fleetpki_ca_id == issuing_ca(fleet).id
+    with pytest.raises(AuthenticationError) as info:
+        hub.authenticate(leaf, chain, "dev-2", fleet.now())
+    assert info.value.code == "hub.cn_mismatch"
     with fleet.transaction() as session:
-        device = hub_registry.authenticate_device(
-            session, leaf, [leaf, *chain], "dev-1", fleet.now()
-        )
-        assert (device.device_id, device.certificate_serial) == ("dev-1", record.serial_hex)
-        assert device.certificate_sha1 == record.sha1_hex
-        assert device.fleetpki_ca_id == issuing_ca(fleet).id
-        with pytest.raises(AuthenticationError) as info:
-            hub_registry.authenticate_device(session, leaf, chain, "dev-2", fleet.now())
-        assert info.value.code == "hub.cn_mismatch"
         hub_registry.set_device_status(session, "dev-1", DeviceStatus.DISABLED, now=fleet.now())
-        with pytest.raises(AuthenticationError) as info:
-            hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
-        assert info.value.code == "hub.device_disabled"
+    with pytest.raises(AuthenticationError) as info:
+        hub.authenticate(leaf, chain, "dev-1", fleet.now())
+    assert info.value.code == "hub.device_disabled"
 
 
 def test_revocation_refuses_and_reaches_listeners(fleet: FleetPKI, events: Recorder) -> None:
@@ -304,10 +303,9 @@ def test_revocation_refuses_and_reaches_listeners(fleet: FleetPKI, events: Recor
         )
     # A revocation committed in this process is dispatched right after its commit.
     assert events.revoked == [(record.serial_hex, record.sha1_hex)]
-    with fleet.transaction() as session:
-        with pytest.raises(AuthenticationError) as info:
-            hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
-        assert info.value.code == "hub.certificate_revoked"
+    with pytest.raises(AuthenticationError) as info:
+        authenticator(fleet).authenticate(leaf, chain, "dev-1", fleet.now())
+    assert info.value.code == "hub.certificate_revoked"
 
 
 def test_revocation_reaches_a_consumer_through_its_own_delivery(fleet: FleetPKI) -> None:
@@ -345,15 +343,16 @@ def test_self_signed_device_by_thumbprint(fleet: FleetPKI) -> None:
         primary_thumbprint="00" * 20,
         secondary_thumbprint=record.sha1_hex.lower(),
     )
+    hub = authenticator(fleet)
+    device = hub.authenticate(leaf, [], "dev-ss", fleet.now())
+    assert device.auth_type is AuthType.SELF_SIGNED
     with fleet.transaction() as session:
-        device = hub_registry.authenticate_device(session, leaf, [], "dev-ss", fleet.now())
-        assert device.auth_type is AuthType.SELF_SIGNED
         hub_registry.put_device(
             session,
             DeviceSpec("dev-ss", auth_type=AuthType.SELF_SIGNED, primary_thumbprint="11" * 20),
             now=fleet.now(),
             if_match="*",
         )
-        with pytest.raises(AuthenticationError) as info:
-            hub_registry.authenticate_device(session, leaf, [], "dev-ss", fleet.now())
-        assert info.value.code == "hub.wrong_auth_type"
+    with pytest.raises(AuthenticationError) as info:
+        hub.authenticate(leaf, [], "dev-ss", fleet.now())
+    assert info.value.code == "hub.wrong_auth_type"

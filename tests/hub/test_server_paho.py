@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from fleetpki.hub.backend import C2DMessage
-from fleetpki.hub.broker import DeviceNotOnline, MethodResult
+from fleetpki.hub.methods import DeviceNotOnline, MethodResult
 from fleetpki.hub.protocol import Connect, encode
 from fleetpki.services import FleetPKI
 from support.hub import DeviceFiles, ForeignCA, LiveHub, issue_device, start_hub_thread

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from fleetpki.errors import AuthenticationError, ConflictError, FleetPKIError
 from fleetpki.services import FleetPKI, hub_registry, hub_trust
 from fleetpki.services.hub_registry import DeviceSpec
-from support.hub_control import ForeignCA, issue_device_certificate, issuing_ca
+from support.hub_control import ForeignCA, authenticator, issue_device_certificate, issuing_ca
 
 
 def _pem(cert: object) -> bytes:
@@ -80,13 +80,13 @@ def test_unverified_untrusted_and_deleted_cas_are_refused(fleet: FleetPKI) -> No
     with fleet.transaction() as session:
         hub_registry.put_device(session, DeviceSpec("dev-f"), now=fleet.now())
     leaf = ca.sign("dev-f")
+    hub = authenticator(fleet)  # one trust cache across the changes, as in the hub
 
     def authenticate() -> str:
-        with fleet.transaction() as session:
-            try:
-                hub_registry.authenticate_device(session, leaf, [], "dev-f", fleet.now())
-            except AuthenticationError as exc:
-                return exc.code
+        try:
+            hub.authenticate(leaf, [], "dev-f", fleet.now())
+        except AuthenticationError as exc:
+            return exc.code
         return "ok"
 
     assert authenticate() == "hub.untrusted_ca"
@@ -108,8 +108,9 @@ def test_trust_local_ca_is_idempotent_and_enables_its_devices(fleet: FleetPKI) -
     with fleet.transaction() as session:
         hub_registry.put_device(session, DeviceSpec("dev-1"), now=fleet.now())
     leaf, chain, _ = issue_device_certificate(fleet, "dev-1")
-    with fleet.transaction() as session, pytest.raises(AuthenticationError) as info:
-        hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
+    hub = authenticator(fleet)
+    with pytest.raises(AuthenticationError) as info:
+        hub.authenticate(leaf, chain, "dev-1", fleet.now())
     assert info.value.code == "hub.untrusted_ca"
     with fleet.transaction() as session:
         first = hub_trust.trust_local_ca(session, fleet.keystore, ca_id, now=fleet.now())
@@ -117,8 +118,7 @@ def test_trust_local_ca_is_idempotent_and_enables_its_devices(fleet: FleetPKI) -
         again = hub_trust.trust_local_ca(session, fleet.keystore, ca_id, now=fleet.now())
         assert (again.id, again.is_verified, again.fleetpki_ca_id) == (first.id, True, ca_id)
         assert len(hub_trust.list_hub_cas(session)) == 1
-        device = hub_registry.authenticate_device(session, leaf, chain, "dev-1", fleet.now())
-        assert device.fleetpki_ca_id == ca_id
+    assert hub.authenticate(leaf, chain, "dev-1", fleet.now()).fleetpki_ca_id == ca_id
 
 
 def test_upload_refusals(fleet: FleetPKI) -> None:

@@ -8,13 +8,29 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleetpki.hub.policy import DevicePolicy
 from fleetpki.keystore import PrivateKey
 from fleetpki.pki.keys import KeySpec, generate_key
 from fleetpki.services import Actor, FleetPKI, authority, certificates, domains
 from fleetpki.services.certificates import IssueCommand
+from fleetpki.services.foreign_revocation import Fetcher, RevocationChecker
+from fleetpki.services.hub_authentication import DeviceAuthenticator
+from fleetpki.services.hub_trust import TrustCache
 from fleetpki.store.models import CARecord, CertificateRecord
 
-__all__ = ["ForeignCA", "issue_device_certificate", "issuing_ca"]
+__all__ = ["ForeignCA", "authenticator", "issue_device_certificate", "issuing_ca"]
+
+
+def authenticator(
+    fleet: FleetPKI, *, soft_fail: bool = False, fetch: Fetcher | None = None
+) -> DeviceAuthenticator:
+    """The hub's device authenticator on ``fleet``'s database, built as the hub builds it."""
+    return DeviceAuthenticator(
+        fleet.transaction,
+        policy=DevicePolicy(revocation_soft_fail=soft_fail),
+        revocation=RevocationChecker(fetch),
+        trust=TrustCache(),
+    )
 
 
 def issuing_ca(fleet: FleetPKI) -> CARecord:

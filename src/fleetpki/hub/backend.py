@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
+from fleetpki.hub.policy import AuthenticatedDevice
+
 __all__ = [
     "AuthenticatedDevice",
     "C2DMessage",
@@ -29,23 +31,6 @@ __all__ = [
     "TelemetryRecord",
     "Twin",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class AuthenticatedDevice:
-    """A device the backend let in.
-
-    Attributes:
-        device_id: the registry id (equal to the certificate CN and MQTT client id).
-        module_id: set for a module identity.
-        certificate_sha1: the leaf's SHA-1 thumbprint, upper-case hex, for revocation.
-        certificate_serial: the leaf's serial number, upper-case hex.
-    """
-
-    device_id: str
-    certificate_sha1: str
-    certificate_serial: str
-    module_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +146,8 @@ class HubBackend(Protocol):
         """Decide whether this certificate may connect as ``client_id`` (ref §4.2).
 
         Raises:
-            AuthenticationError: with a ``hub.*`` code naming the reason
-                (``hub.unknown_device``, ``hub.device_disabled``, ``hub.cn_mismatch``,
-                ``hub.untrusted_ca``, ``hub.ca_unverified``, ``hub.certificate_revoked``).
+            AuthenticationError: with a code of `fleetpki.hub.policy.Refusal`, the
+                one table every backend's refusals come from.
         """
         ...
 

@@ -19,10 +19,12 @@ LISTEN/NOTIFY when one commits in another process, and otherwise looks every
 ``revocation_poll`` seconds (SQLite). Delivery is idempotent: a session already closed
 stays closed.
 
-Trust needs no event: `hub_registry.authenticate_device` reads the hub CAs through
-`hub_trust.trust_anchors`, whose cache is checked against the ``hub_cas`` table on
-every connect, so a CA verified or deleted (here or in another process) applies to
-the next connection without a restart.
+Device authentication is `fleetpki.services.hub_authentication.DeviceAuthenticator`
+(the one policy of `fleetpki.hub.policy`), built here from this backend's own parts:
+a revocation checker for foreign CAs and a trust cache, never shared with another
+application in the process. Trust needs no event: the trust cache is checked against
+the ``hub_cas`` table on every connect, so a CA verified or deleted (here or in
+another process) applies to the next connection without a restart.
 
 Direct methods: the service API (`fleetpki.api.hub_service`) calls the process's
 `fleetpki.services.hub_methods.MethodInvoker`. `BrokerMethodInvoker` adapts the
@@ -53,15 +55,19 @@ from fleetpki.hub.backend import (
     Twin,
 )
 from fleetpki.hub.broker import Broker
-from fleetpki.services import foreign_revocation, hub_messages, hub_registry
+from fleetpki.hub.policy import DevicePolicy
+from fleetpki.services import hub_messages, hub_registry
 from fleetpki.services.app import FleetPKI
 from fleetpki.services.delivery import ConsumerWorker
 from fleetpki.services.events import HubEventListener
+from fleetpki.services.foreign_revocation import RevocationChecker
+from fleetpki.services.hub_authentication import DeviceAuthenticator
 from fleetpki.services.hub_methods import (
     attach_method_invoker,
     detach_method_invoker,
     device_not_online,
 )
+from fleetpki.services.hub_trust import TrustCache
 from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from fleetpki.services.ports.events import Delivery
 
@@ -146,14 +152,25 @@ class StoreHubBackend:
         fleet: the opened fleetpki instance (its database and clock).
         revocation_poll: seconds between outbox checks for revocations made by other
             processes; revocations committed in this process are delivered at once.
+        authenticator: how devices are authenticated; by default one built from the
+            fleet's settings with its own revocation checker and trust cache.
     """
 
     def __init__(
-        self, fleet: FleetPKI, *, revocation_poll: float = DEFAULT_REVOCATION_POLL
+        self,
+        fleet: FleetPKI,
+        *,
+        revocation_poll: float = DEFAULT_REVOCATION_POLL,
+        authenticator: DeviceAuthenticator | None = None,
     ) -> None:
         self.fleet = fleet
         self.revocation_poll = revocation_poll
-        foreign_revocation.configure(soft_fail=fleet.settings.hub_revocation_soft_fail)
+        self.authenticator = authenticator or DeviceAuthenticator(
+            fleet.transaction,
+            policy=DevicePolicy(revocation_soft_fail=fleet.settings.hub_revocation_soft_fail),
+            revocation=RevocationChecker(),
+            trust=TrustCache(),
+        )
         self._lock = threading.Lock()
         self._bridges: dict[HubListener, _Bridge] = {}
         self._consumer: ConsumerWorker | None = None
@@ -168,15 +185,8 @@ class StoreHubBackend:
         client_id: str,
         now: dt.datetime,
     ) -> AuthenticatedDevice:
-        """See `fleetpki.services.hub_registry.authenticate_device`."""
-        with self.fleet.transaction() as session:
-            device = hub_registry.authenticate_device(session, leaf, chain, client_id, now)
-        return AuthenticatedDevice(
-            device_id=device.device_id,
-            certificate_sha1=device.certificate_sha1,
-            certificate_serial=device.certificate_serial,
-            module_id=device.module_id,
-        )
+        """See `fleetpki.services.hub_authentication.DeviceAuthenticator.authenticate`."""
+        return self.authenticator.authenticate(leaf, chain, client_id, now)
 
     def store_telemetry(self, batch: Sequence[TelemetryRecord]) -> None:
         """Store a batch in one transaction; returns once it is committed."""

@@ -18,11 +18,15 @@ was uploaded and verified in the hub, the leaf's own pointers are followed:
    (b)(2)).  Parsed CRLs are cached per URL and issuer key until their nextUpdate,
    within a bounded cache.
 
-A certificate that names neither source is accepted, since there is nothing to check;
-the hub logs that once per CA.  When it names sources but none answers (network
-error, timeout, bad signature, stale data), the hub refuses it with
-``hub.revocation_unknown``, unless ``hub_revocation_soft_fail`` is set: the hub's
-promise is that it enforces revocation, so it fails closed by default.
+The checker reports what the sources say (`fleetpki.hub.policy.RevocationVerdict`);
+the hub's policy decides.  A certificate that names neither source is accepted, since
+there is nothing to check; the checker logs that once per CA.  When it names sources
+but none answers (network error, timeout, bad signature, stale data), the policy
+refuses it with ``hub.revocation_unknown``, unless ``hub_revocation_soft_fail`` is set:
+the hub's promise is that it enforces revocation, so it fails closed by default.
+
+The checker fetches over the network, so it is called with no database transaction
+open (`fleetpki.services.hub_authentication` reads first, closes, then asks).
 
 Every fetch is bounded (``FETCH_TIMEOUT`` per connect and read, the same as a
 deadline for the whole body, and ``MAX_RESPONSE_SIZE``).  A URL whose fetch failed
@@ -54,7 +58,8 @@ from cryptography.x509.oid import (
     SignatureAlgorithmOID,
 )
 
-from fleetpki.errors import AuthenticationError, ValidationError
+from fleetpki.errors import ValidationError
+from fleetpki.hub.policy import RevocationStatus, RevocationVerdict
 from fleetpki.pki.ocsp import issuer_hashes
 
 __all__ = [
@@ -63,8 +68,6 @@ __all__ = [
     "MAX_RESPONSE_SIZE",
     "Fetcher",
     "RevocationChecker",
-    "checker",
-    "configure",
 ]
 
 _log = logging.getLogger("fleetpki.hub.revocation")
@@ -209,65 +212,60 @@ class _CachedCrl:
 class RevocationChecker:
     """Checks foreign leaves by OCSP, then CRL; thread-safe (the hub calls from a pool).
 
+    One checker belongs to one application (the hub backend builds it and hands it to
+    `fleetpki.services.hub_authentication.DeviceAuthenticator`): its CRL cache and
+    failure holds are never shared with another application in the same process.
+
     Args:
         fetch: how URLs are fetched (tests pass a counting wrapper).
-        soft_fail: accept when sources exist but none answers, instead of refusing.
     """
 
-    def __init__(self, fetch: Fetcher = _http_fetch, *, soft_fail: bool = False) -> None:
-        self.fetch = fetch
-        self.soft_fail = soft_fail
+    def __init__(self, fetch: Fetcher | None = None) -> None:
+        self.fetch: Fetcher = fetch or _http_fetch
         self._lock = threading.Lock()
         self._crls: dict[tuple[str, bytes], _CachedCrl] = {}
         self._held: dict[str, float] = {}
         self._warned: set[bytes] = set()
 
-    def check(self, leaf: x509.Certificate, issuer: x509.Certificate, now: dt.datetime) -> None:
-        """Refuse ``leaf`` if a source says it is revoked, or if no source can say.
+    def verdict(
+        self, leaf: x509.Certificate, issuer: x509.Certificate, now: dt.datetime
+    ) -> RevocationVerdict:
+        """What the sources ``leaf`` names say about it: OCSP first, then CRLs.
+
+        Fetches over the network: never call this inside a database transaction.
 
         Args:
             leaf: the device certificate.
             issuer: the verified certificate that issued ``leaf`` (its chain's next link).
             now: the time of the check, timezone-aware.
 
-        Raises:
-            AuthenticationError: ``hub.certificate_revoked``; ``hub.revocation_unknown``
-                when sources exist but none answered and soft-fail is off.
+        Returns:
+            ``GOOD`` or ``REVOKED`` from the first source that could say; ``UNKNOWN``
+            when sources exist but none answered usably; ``UNCHECKED`` when the leaf
+            names none (logged once per CA). The hub's policy
+            (`fleetpki.hub.policy.DevicePolicy`) decides what each means.
         """
         ocsp_urls = _ocsp_urls(leaf)
         points = _distribution_points(leaf)
         if not ocsp_urls and not points:
             self._warn_unchecked(issuer)
-            return
+            return RevocationVerdict(RevocationStatus.UNCHECKED, "none")
         for url in ocsp_urls:
             status = self._ask_ocsp(url, leaf, issuer, now)
             if status is ocsp.OCSPCertStatus.REVOKED:
-                raise AuthenticationError(
-                    "hub.certificate_revoked", "the certificate is revoked (OCSP)"
-                )
+                return RevocationVerdict(RevocationStatus.REVOKED, "OCSP")
             if status is ocsp.OCSPCertStatus.GOOD:
-                return
+                return RevocationVerdict(RevocationStatus.GOOD, "OCSP")
         for point in points:
             for url in _http_urls(point.full_name):
                 entry = self._crl(url, point, leaf, issuer, now)
                 if entry is None:
                     continue
                 if leaf.serial_number in entry.serials:
-                    raise AuthenticationError(
-                        "hub.certificate_revoked", "the certificate is revoked (CRL)"
-                    )
+                    return RevocationVerdict(RevocationStatus.REVOKED, "CRL")
                 if not entry.partial:
-                    return
-        if self.soft_fail:
-            _log.warning(
-                "hub: revocation status of serial %X from %s unknown; accepted (soft-fail)",
-                leaf.serial_number,
-                issuer.subject.rfc4514_string(),
-            )
-            return
-        raise AuthenticationError(
-            "hub.revocation_unknown", "the certificate's revocation status cannot be established"
-        )
+                    return RevocationVerdict(RevocationStatus.GOOD, "CRL")
+        return RevocationVerdict(RevocationStatus.UNKNOWN, "OCSP and CRL")
 
     def _warn_unchecked(self, issuer: x509.Certificate) -> None:
         key = _spki_sha256(issuer)
@@ -477,26 +475,3 @@ class RevocationChecker:
                 return None
             partial = partial or idp.only_some_reasons is not None
         return _CachedCrl(frozenset(r.serial_number for r in crl), next_update, partial)
-
-
-_lock = threading.Lock()
-_checker = RevocationChecker()
-
-
-def checker() -> RevocationChecker:
-    """The process-wide checker the hub uses."""
-    return _checker
-
-
-def configure(*, soft_fail: bool | None = None, fetch: Fetcher | None = None) -> RevocationChecker:
-    """Replace the process-wide checker, with an empty cache.
-
-    The hub does at start (``Settings.hub_revocation_soft_fail``); tests inject a
-    fetcher.  ``None`` keeps the current soft-fail choice and the HTTP fetcher.
-    """
-    global _checker  # noqa: PLW0603 - one checker per process, replaced at start
-    with _lock:
-        _checker = RevocationChecker(
-            fetch or _http_fetch, soft_fail=_checker.soft_fail if soft_fail is None else soft_fail
-        )
-        return _checker

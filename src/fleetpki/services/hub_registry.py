@@ -1,48 +1,35 @@
-"""The hub's device registry: identities, twins, statistics, device authentication and revocation.
+"""The hub's device registry: identities, twins and statistics.
 
 Semantics follow Azure IoT Hub's service API (shared/reference/azure-iot-hub-protocol.md
-§3.2, §3.3) and X.509 device authentication (§4.2); the MQTT server calls
-:func:`authenticate_device` on every connect. Changes that concern live connections
-(disable, delete, desired patches) reach the hub through the application's event bus
-(:mod:`fleetpki.services.events`) after the transaction commits.
-
-Revocation goes further than Azure, which never checks it (§4.2): for CAs that this
-fleetpki manages the certificate table decides; for foreign CAs the OCSP responder
-or CRL that the certificate names (:mod:`fleetpki.services.foreign_revocation`).
+§3.2, §3.3). Changes that concern live connections (disable, delete, desired patches)
+reach the hub through the application's event bus (:mod:`fleetpki.services.events`)
+after the transaction commits.
+Device authentication on connect is :mod:`fleetpki.services.hub_authentication`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from fleetpki.errors import AuthenticationError, ConflictError, NotFoundError, ValidationError
-from fleetpki.pki.chain import verify_client_chain
-from fleetpki.pki.issuance import thumbprints
-from fleetpki.services import foreign_revocation
+from fleetpki.errors import ConflictError, NotFoundError, ValidationError
+from fleetpki.hub.policy import AuthType, DeviceStatus
 from fleetpki.services.events import notify_after_commit
-from fleetpki.services.hub_trust import check_if_match, new_etag, trust_anchors
+from fleetpki.services.hub_trust import check_if_match, new_etag
 from fleetpki.services.notifications import DesiredPatched, DeviceBlocked
 from fleetpki.store.hub_models import HubC2DMessage, HubDevice
-from fleetpki.store.models import CARecord, CertificateRecord
 
 __all__ = [
     "AuthType",
-    "AuthenticatedDevice",
     "DeviceSpec",
     "DeviceStatus",
     "RegistryStatistics",
-    "authenticate_device",
     "connected_device_count",
     "delete_device",
     "get_device",
@@ -63,47 +50,6 @@ _ID_EXTRA = set("-.+%_#*?!(),=@$'")
 _MAX_ID = 128
 
 
-class DeviceStatus(enum.Enum):
-    """Whether a device may connect (ref §3.3)."""
-
-    ENABLED = "enabled"
-    DISABLED = "disabled"
-
-    @classmethod
-    def parse(cls, text: str) -> DeviceStatus:
-        """Parse ``enabled``/``disabled`` in any case.
-
-        Raises:
-            ValidationError: ``hub.bad_status``.
-        """
-        try:
-            return cls(text.lower())
-        except ValueError:
-            raise ValidationError("hub.bad_status", "status must be enabled or disabled") from None
-
-
-class AuthType(enum.Enum):
-    """How a device authenticates (ref §3.2 "SDK bodies")."""
-
-    CERTIFICATE_AUTHORITY = "certificateAuthority"
-    SELF_SIGNED = "selfSigned"
-    SAS = "sas"
-
-    @classmethod
-    def parse(cls, text: str) -> AuthType:
-        """Parse the Azure spelling, case-insensitively.
-
-        Raises:
-            ValidationError: ``hub.bad_auth_type``.
-        """
-        for member in cls:
-            if member.value.lower() == text.lower():
-                return member
-        raise ValidationError(
-            "hub.bad_auth_type", "authentication type must be certificateAuthority or selfSigned"
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
     """A device as a PUT creates or replaces it.
@@ -122,26 +68,6 @@ class DeviceSpec:
     secondary_thumbprint: str | None = None
     status: DeviceStatus = DeviceStatus.ENABLED
     status_reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AuthenticatedDevice:
-    """A device the hub let in (what :func:`authenticate_device` returns).
-
-    Attributes:
-        device_id / module_id: the identity (the client id is ``device`` or ``device/module``).
-        auth_type: how it authenticated.
-        certificate_sha1 / certificate_serial: the leaf's thumbprint and serial,
-            upper-case hex, to match later revocations.
-        fleetpki_ca_id: the fleetpki CA that issued the leaf, when it is one of ours.
-    """
-
-    device_id: str
-    module_id: str | None
-    auth_type: AuthType
-    certificate_sha1: str
-    certificate_serial: str
-    fleetpki_ca_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,105 +398,3 @@ def patch_reported(
     record.twin_etag = new_etag()
     record.last_activity_at = now
     return record.reported_version
-
-
-# --------------------------------------------------------------------------- authentication
-
-
-def _common_name(cert: x509.Certificate) -> str | None:
-    attributes = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not attributes:
-        return None
-    value = attributes[0].value
-    return value if isinstance(value, str) else value.decode()
-
-
-def _refuse(code: str, message: str) -> AuthenticationError:
-    return AuthenticationError(code, message)
-
-
-def authenticate_device(
-    session: Session,
-    leaf: x509.Certificate,
-    chain: Sequence[x509.Certificate],
-    client_id: str,
-    now: dt.datetime,
-) -> AuthenticatedDevice:
-    """Decide whether the TLS client certificate ``leaf`` may connect as ``client_id`` (ref §4.2).
-
-    Checks, in order: the leaf CN equals the client id; the device (the part before
-    ``/`` for a module) is registered and enabled; its authentication type is
-    certificateAuthority, or selfSigned with a matching thumbprint (hex, any case);
-    for certificateAuthority the chain (``chain`` holds what the peer sent besides the
-    leaf; a copy of the leaf in it is ignored) verifies up to a *verified* hub CA; and
-    the certificate is not revoked: fleetpki's own records for its CAs, the OCSP
-    responder or CRL the certificate names for foreign CAs.
-
-    Raises:
-        AuthenticationError: ``hub.cn_mismatch``, ``hub.unknown_device``,
-            ``hub.device_disabled``, ``hub.wrong_auth_type``, ``hub.untrusted_ca``,
-            ``hub.ca_unverified``, ``hub.certificate_revoked``,
-            ``hub.revocation_unknown``. The server answers
-            CONNACK 5 to every one (ref §1.4).
-    """
-    cn = _common_name(leaf)
-    if cn != client_id:
-        raise _refuse("hub.cn_mismatch", "the certificate CN is not the MQTT client id")
-    device_id, _, module_id = client_id.partition("/")
-    record = session.get(HubDevice, device_id)
-    if record is None:
-        raise _refuse("hub.unknown_device", "the device is not registered in the hub")
-    if record.status != DeviceStatus.ENABLED.value:
-        raise _refuse("hub.device_disabled", "the device is disabled")
-    der = leaf.public_bytes(serialization.Encoding.DER)
-    sha1, sha256 = thumbprints(der)
-    serial = format(leaf.serial_number, "X")
-    auth_type = AuthType(record.auth_type)
-    if auth_type is AuthType.SELF_SIGNED:
-        allowed = {t.upper() for t in (record.primary_thumbprint, record.secondary_thumbprint) if t}
-        if sha1 not in allowed and sha256 not in allowed:
-            raise _refuse("hub.wrong_auth_type", "the certificate thumbprint is not the device's")
-        return AuthenticatedDevice(device_id, module_id or None, auth_type, sha1, serial)
-    if auth_type is not AuthType.CERTIFICATE_AUTHORITY:
-        raise _refuse("hub.wrong_auth_type", "the device does not use X.509 CA authentication")
-    intermediates = [c for c in chain if c != leaf]
-    anchors = trust_anchors(session)
-    try:
-        verified = verify_client_chain(
-            leaf, intermediates, [a.certificate for a in anchors.verified], now=now
-        )
-    except AuthenticationError as exc:
-        if anchors.unverified:
-            try:
-                verify_client_chain(
-                    leaf, intermediates, [a.certificate for a in anchors.unverified], now=now
-                )
-            except AuthenticationError:
-                pass
-            else:
-                raise _refuse(
-                    "hub.ca_unverified", "the certificate's CA is not verified in the hub"
-                ) from exc
-        raise _refuse("hub.untrusted_ca", "the certificate does not chain to a hub CA") from exc
-    ca_id = _managed_issuer(session, verified)
-    if ca_id is not None:
-        status = session.scalar(
-            select(CertificateRecord.status).where(
-                CertificateRecord.ca_id == ca_id, CertificateRecord.serial_hex == serial
-            )
-        )
-        if status != "valid":
-            # Revoked, or signed by one of our CAs without being on record: refuse both.
-            raise _refuse("hub.certificate_revoked", "the certificate is revoked")
-    elif len(verified) >= 2:
-        # A foreign CA: its OCSP responder or CRL decides (services.foreign_revocation).
-        foreign_revocation.checker().check(leaf, verified[1], now)
-    return AuthenticatedDevice(device_id, module_id or None, auth_type, sha1, serial, ca_id)
-
-
-def _managed_issuer(session: Session, verified: Sequence[x509.Certificate]) -> str | None:
-    """The fleetpki CA id of the leaf's issuer (``verified[1]``), if it is one of ours."""
-    if len(verified) < 2:
-        return None
-    issuer_sha1, _ = thumbprints(verified[1].public_bytes(serialization.Encoding.DER))
-    return session.scalar(select(CARecord.id).where(CARecord.sha1_hex == issuer_sha1))

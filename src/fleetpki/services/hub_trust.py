@@ -5,11 +5,10 @@ verification code, present a certificate whose subject CN is the code and which 
 CA's key signed, and the CA becomes verified. Only verified CAs authenticate devices
 (ref §4.1, §4.2). :func:`trust_local_ca` runs all the steps with a local CA's key.
 
-The MQTT server authenticates on every connect, so :func:`trust_anchors` keeps the
-parsed anchors in a process-wide cache. It is dropped when this process commits a
-trust change, and re-checked against a one-row stamp query (count and newest update
-of ``hub_cas``) so that a change made by another process (the CLI) applies to the
-next connection without a restart.
+The MQTT server authenticates on every connect, so it reads the anchors through a
+:class:`TrustCache` that its application owns, re-checked against a stamp of the
+``hub_cas`` table on every read so that a change made by another process (the CLI)
+applies to the next connection without a restart.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetpki.errors import ConflictError, NotFoundError, ValidationError
@@ -40,11 +39,11 @@ from fleetpki.store.hub_models import HubCA
 __all__ = [
     "TrustAnchor",
     "TrustAnchors",
+    "TrustCache",
     "check_if_match",
     "delete_hub_ca",
     "generate_verification_code",
     "get_hub_ca",
-    "invalidate_trust_cache",
     "list_hub_cas",
     "new_etag",
     "trust_anchors",
@@ -103,7 +102,6 @@ def list_hub_cas(session: Session) -> list[HubCA]:
 
 
 def _changed(session: Session) -> None:
-    invalidate_trust_cache()
     notify_after_commit(session, TrustChanged())
 
 
@@ -301,28 +299,11 @@ class TrustAnchors:
     unverified: Sequence[TrustAnchor]
 
 
-_cache_lock = threading.Lock()
-_cache: dict[str, tuple[object, TrustAnchors]] = {}
-
-
-def invalidate_trust_cache() -> None:
-    """Forget the cached anchors of every database in this process."""
-    with _cache_lock:
-        _cache.clear()
-
-
 def trust_anchors(session: Session) -> TrustAnchors:
-    """The hub's anchors, parsed once and reused while ``hub_cas`` is unchanged."""
-    bind = session.get_bind()
-    key = str(bind.url) if hasattr(bind, "url") else str(id(bind))
-    stamp = tuple(session.execute(select(func.count(HubCA.id), func.max(HubCA.updated_at))).one())
-    with _cache_lock:
-        hit = _cache.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
+    """The hub's anchors, read and parsed from ``hub_cas`` now (`TrustCache` keeps them)."""
     verified: list[TrustAnchor] = []
     unverified: list[TrustAnchor] = []
-    for record in session.scalars(select(HubCA)):
+    for record in session.scalars(select(HubCA).order_by(HubCA.name)):
         anchor = TrustAnchor(
             name=record.name,
             certificate=x509.load_der_x509_certificate(record.certificate_der),
@@ -330,7 +311,40 @@ def trust_anchors(session: Session) -> TrustAnchors:
             fleetpki_ca_id=record.fleetpki_ca_id,
         )
         (verified if record.is_verified else unverified).append(anchor)
-    anchors = TrustAnchors(tuple(verified), tuple(unverified))
-    with _cache_lock:
-        _cache[key] = (stamp, anchors)
-    return anchors
+    return TrustAnchors(tuple(verified), tuple(unverified))
+
+
+class TrustCache:
+    """The parsed anchors of one database, reused while ``hub_cas`` is unchanged.
+
+    The MQTT server authenticates on every connect; parsing every CA certificate each
+    time would dominate. Each read checks a stamp (every hub CA's id, etag and
+    verified flag: every trust change gives a new etag or adds or removes a row), so
+    a CA verified or deleted here or in another process (the CLI) applies to the next
+    connection without a restart, and a frozen test clock cannot hide a change.
+    Owned by the application that uses it; thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entry: tuple[object, TrustAnchors] | None = None
+
+    def anchors(self, session: Session) -> TrustAnchors:
+        """The hub's anchors as of ``session``'s transaction."""
+        rows = session.execute(
+            select(HubCA.id, HubCA.etag, HubCA.is_verified).order_by(HubCA.id)
+        ).all()
+        stamp = tuple(tuple(row) for row in rows)
+        with self._lock:
+            entry = self._entry
+        if entry is not None and entry[0] == stamp:
+            return entry[1]
+        anchors = trust_anchors(session)
+        with self._lock:
+            self._entry = (stamp, anchors)
+        return anchors
+
+    def clear(self) -> None:
+        """Forget the cached anchors (the next read parses them again)."""
+        with self._lock:
+            self._entry = None

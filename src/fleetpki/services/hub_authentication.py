@@ -1,0 +1,155 @@
+"""Device authentication on connect: read the facts, ask the revocation source, apply the policy.
+
+The MQTT server asks on every connect whether a TLS client certificate may connect as
+an MQTT client id (X.509 device authentication, shared/reference/azure-iot-hub-protocol.md
+§4.2). The decision is `fleetpki.hub.policy.DevicePolicy`'s; this service gathers its
+inputs without holding the database during network I/O:
+
+1. One short read transaction: the device's registry entry, the hub's trust anchors
+   (through the application's `TrustCache`), the policy's first step (CN, registry,
+   authentication type, chain), and, when the verified issuer is one of fleetpki's
+   own CAs, the certificate's status in fleetpki's certificate table.
+2. The transaction is closed (its connection back in the pool).
+3. For a foreign CA, the OCSP responder or CRL the leaf names is asked
+   (`fleetpki.services.foreign_revocation.RevocationChecker`), with no session open.
+4. The policy's second step decides.
+
+Revocation goes further than Azure, which never checks it (§4.2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+from cryptography import x509
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleetpki.hub.policy import (
+    Admission,
+    AuthenticatedDevice,
+    AuthType,
+    DevicePolicy,
+    DeviceStatus,
+    PresentedCertificate,
+    RegistryEntry,
+    RevocationStatus,
+    RevocationVerdict,
+    TrustedCAs,
+)
+from fleetpki.services.foreign_revocation import RevocationChecker
+from fleetpki.services.hub_trust import TrustCache
+from fleetpki.store.hub_models import HubDevice
+from fleetpki.store.models import CARecord, CertificateRecord
+
+__all__ = ["AuthenticatedDevice", "DeviceAuthenticator"]
+
+_log = logging.getLogger("fleetpki.hub.revocation")
+
+#: Opens one unit of work on the database (``FleetPKI.transaction``).
+Transaction = Callable[[], AbstractContextManager[Session]]
+
+
+class DeviceAuthenticator:
+    """Authenticates connecting devices with the one hub policy; thread-safe.
+
+    Built once per application, from its parts, and shared by every hub connection.
+
+    Args:
+        transaction: opens a database transaction (``FleetPKI.transaction``).
+        policy: the decision (its revocation soft-fail choice included).
+        revocation: the foreign-CA revocation checker (its CRL cache is this
+            application's).
+        trust: the cache of the hub's parsed trust anchors.
+    """
+
+    def __init__(
+        self,
+        transaction: Transaction,
+        *,
+        policy: DevicePolicy,
+        revocation: RevocationChecker,
+        trust: TrustCache,
+    ) -> None:
+        self._transaction = transaction
+        self.policy = policy
+        self.revocation = revocation
+        self.trust = trust
+
+    def authenticate(
+        self,
+        leaf: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        client_id: str,
+        now: dt.datetime,
+    ) -> AuthenticatedDevice:
+        """Decide whether ``leaf`` may connect as ``client_id`` (ref §4.2).
+
+        Args:
+            leaf: the TLS client certificate.
+            chain: what the peer sent besides the leaf (a copy of the leaf is ignored).
+            client_id: the MQTT client id, ``device`` or ``device/module``.
+            now: the time of the check.
+
+        Raises:
+            AuthenticationError: ``hub.cn_mismatch``, ``hub.unknown_device``,
+                ``hub.device_disabled``, ``hub.wrong_auth_type``, ``hub.untrusted_ca``,
+                ``hub.ca_unverified``, ``hub.certificate_revoked``,
+                ``hub.revocation_unknown`` (`fleetpki.hub.policy.Refusal`). The server
+                answers CONNACK 5 to every one (ref §1.4).
+        """
+        presented = PresentedCertificate(leaf, tuple(chain), client_id)
+        with self._transaction() as session:
+            entry = _registry_entry(session, presented.device_id)
+            anchors = self.trust.anchors(session)
+            trusted = TrustedCAs(
+                tuple(a.certificate for a in anchors.verified),
+                tuple(a.certificate for a in anchors.unverified),
+            )
+            admission = self.policy.admit(presented, entry, trusted, now)
+            verdict = _fleetpki_verdict(session, admission)
+        # The transaction is closed: a slow responder holds no database connection.
+        if verdict is None and admission.issuer is not None:
+            verdict = self.revocation.verdict(leaf, admission.issuer, now)
+        device = self.policy.decide(admission, verdict)
+        if verdict is not None and verdict.status is RevocationStatus.UNKNOWN:
+            _log.warning(
+                "hub: revocation status of serial %s from %s unknown; accepted (soft-fail)",
+                device.certificate_serial,
+                admission.issuer.subject.rfc4514_string() if admission.issuer else "?",
+            )
+        return device
+
+
+def _registry_entry(session: Session, device_id: str) -> RegistryEntry | None:
+    record = session.get(HubDevice, device_id)
+    if record is None:
+        return None
+    return RegistryEntry(
+        device_id=record.device_id,
+        status=DeviceStatus(record.status),
+        auth_type=AuthType(record.auth_type),
+        thumbprints=frozenset(
+            t for t in (record.primary_thumbprint, record.secondary_thumbprint) if t
+        ),
+    )
+
+
+def _fleetpki_verdict(session: Session, admission: Admission) -> RevocationVerdict | None:
+    """The certificate table's verdict when the leaf's verified issuer is a fleetpki CA."""
+    issuer_sha1 = admission.issuer_sha1
+    if issuer_sha1 is None:
+        return None
+    ca_id = session.scalar(select(CARecord.id).where(CARecord.sha1_hex == issuer_sha1))
+    if ca_id is None:
+        return None
+    status = session.scalar(
+        select(CertificateRecord.status).where(
+            CertificateRecord.ca_id == ca_id,
+            CertificateRecord.serial_hex == admission.device.certificate_serial,
+        )
+    )
+    return RevocationVerdict.from_fleetpki_record(ca_id, status)
