@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from fleetpki import __version__
-from fleetpki.cli import ca, certificate, device, domain, home, hub, principal, template, token
+from fleetpki.cli import ca, certificate, device, domain, hub, principal, template, token
+from fleetpki.cli import home as home_cli
 from fleetpki.cli import serve as serve_cli
 from fleetpki.cli.context import CliContext, UsageProblem
 from fleetpki.cli.output import console, err_console
@@ -23,9 +24,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("init")(home.init)
+app.command("init")(home_cli.init)
 app.command("serve")(serve_cli.serve)
-app.command("demo")(home.demo)
+app.command("demo")(home_cli.demo)
 app.add_typer(ca.app, name="ca")
 app.add_typer(template.app, name="template")
 app.add_typer(principal.app, name="principal")
@@ -45,7 +46,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     ctx: typer.Context,
-    home: home.HomeOption = None,
+    home: home_cli.HomeOption = None,
     version: Annotated[
         bool,
         typer.Option(
