@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetpki.api.v1_models import CAOut, CertificateOut, DomainOut, TemplateOut
 from support.openssl import verify
 from support.pkilint import assert_lints_clean
 from support.postgres import PostgresServer
@@ -20,10 +22,10 @@ FLEETPKI = str(Path(sys.executable).parent / "fleetpki")
 
 
 def run(
-    home: Path, *args: str, ok: bool = True, stdin: str | None = None
+    home: Path, *args: str, ok: bool = True, stdin: str | None = None, columns: int = 200
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "FLEETPKI_KEY_PASSPHRASE"}
-    env.update(FLEETPKI_HOME=str(home), COLUMNS="200")
+    env.update(FLEETPKI_HOME=str(home), COLUMNS=str(columns))
     done = subprocess.run(
         [FLEETPKI, *args], env=env, capture_output=True, text=True, input=stdin, timeout=120
     )
@@ -265,3 +267,89 @@ def test_usage_errors_exit_2_without_a_traceback(home: Path) -> None:
 
 def test_version(home: Path) -> None:
     assert run(home, "--version").stdout.startswith("fleetpki ")
+
+
+def _issued_home(home: Path, tmp_path: Path) -> str:
+    """A home with a principal, a domain and one certificate; returns its serial."""
+    run(home, "init")
+    run(home, "principal", "add", OWNER, "--name", "factory line 1 with a long name")
+    run(home, "domain", "register", "dev-001", "--owner", OWNER, "--requester", OWNER)
+    _, csr = openssl_csr(tmp_path, "dev-001", "dev")
+    issued = run(home, "cert", "request", "--domain", "dev-001", "--csr", str(csr))
+    return issued.stderr.split("serial ")[1].split()[0]
+
+
+def test_ids_serials_and_thumbprints_stay_whole_in_80_columns(home: Path, tmp_path: Path) -> None:
+    serial = _issued_home(home, tmp_path)
+    cas = json.loads(run(home, "ca", "list", "-o", "json").stdout)
+    (cert,) = json.loads(run(home, "cert", "list", "-o", "json").stdout)
+    (template,) = json.loads(run(home, "template", "list", "-o", "json").stdout)
+    (domain,) = json.loads(run(home, "domain", "list", "-o", "json").stdout)
+    expected = {
+        ("ca", "list"): [c["id"] for c in cas],
+        ("cert", "list"): [serial, cert["sha1"]],
+        ("template", "list"): [template["id"], template["ca_id"]],
+        ("domain", "list"): [domain["id"], domain["ca_id"], OWNER],
+        ("principal", "list"): [OWNER],
+        ("cert", "show", serial): [serial, cert["sha1"], cert["sha256"], cert["ca_id"]],
+        ("ca", "show", cas[0]["id"]): [cas[0]["id"], cas[0]["serial"], cas[0]["sha1"]],
+    }
+    for command, values in expected.items():
+        # Through a pipe (capture_output) with an 80-column terminal's COLUMNS.
+        lines = run(home, *command, columns=80).stdout.splitlines()
+        for value in values:
+            assert any(value in line for line in lines), (
+                f"{command}: {value} folded:\n" + "\n".join(lines)
+            )
+
+
+def test_json_output_has_the_api_field_names(home: Path, tmp_path: Path) -> None:
+    serial = _issued_home(home, tmp_path)
+    cas = json.loads(run(home, "ca", "list", "-o", "json").stdout)
+    assert len(cas) == 2
+    assert all(set(c) == set(CAOut.model_fields) for c in cas)
+    shown = json.loads(run(home, "ca", "show", cas[1]["id"], "--output", "json").stdout)
+    assert shown == cas[1]
+    (template,) = json.loads(run(home, "template", "list", "-o", "json").stdout)
+    assert set(template) == set(TemplateOut.model_fields)
+    (domain,) = json.loads(run(home, "domain", "list", "-o", "JSON").stdout)
+    assert set(domain) == set(DomainOut.model_fields)
+    assert domain["owners"] == [OWNER] and domain["name"] == "dev-001"
+    (listed,) = json.loads(run(home, "cert", "list", "-o", "json").stdout)
+    assert set(listed) == set(CertificateOut.model_fields)
+    cert = json.loads(run(home, "cert", "show", serial, "-o", "json").stdout)
+    assert cert == listed and cert["serial"] == serial and cert["status"] == "valid"
+    principals = json.loads(run(home, "principal", "list", "-o", "json").stdout)
+    assert {p["id"] for p in principals} >= {OWNER}
+    run(home, "hub", "device", "add", "dev-001")
+    (device,) = json.loads(run(home, "hub", "device", "list", "-o", "json").stdout)
+    assert (
+        device["deviceId"] == "dev-001"
+        and device["authentication"]["type"] == "certificateAuthority"
+    )
+    twin = json.loads(run(home, "hub", "device", "show", "dev-001", "-o", "json").stdout)
+    assert twin["deviceId"] == "dev-001" and "properties" in twin
+    assert "dev-001" in run(home, "hub", "device", "show", "dev-001").stdout
+    bad = run(home, "ca", "list", "-o", "yaml", ok=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["init"],
+        ["serve"],
+        ["principal", "list"],
+        ["principal", "add", OWNER, "--name", "x"],
+        ["token", "create", "--principal", OWNER],
+        ["hub", "device", "list"],
+        ["hub", "trust", "4215cd17-4e34-4a99-973e-feca02f3b8eb"],
+        ["hub", "connection-string"],
+    ],
+)
+def test_commands_without_an_api_route_refuse_server(home: Path, command: list[str]) -> None:
+    done = run(home, "--server", "https://127.0.0.1:9", "--token", "fpk_x", *command, ok=False)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "--server" in line and "(cli.local_only)" in line
+    assert not (home / "config.toml").exists()

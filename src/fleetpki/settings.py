@@ -85,6 +85,15 @@ class Settings:
         return self.home / CONFIG_FILE
 
     @property
+    def public_url_is_default(self) -> bool:
+        """Whether ``public_url`` is the one derived from the default host and ``api_port``.
+
+        Such a URL was never chosen by the operator (``init`` without ``--public-url``),
+        so ``serve`` may move it to the port it serves.
+        """
+        return self.public_url == f"https://{DEFAULT_HOST}:{self.api_port}"
+
+    @property
     def certificate_token_audience(self) -> str:
         """The ``aud`` that certificate tokens must carry."""
         return self.token_audience or self.public_url
@@ -122,6 +131,11 @@ class Settings:
     def with_changes(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied."""
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def save(self) -> None:
+        """Write the settings to the home's ``config.toml`` (readable by the owner only)."""
+        self.config_path.write_text(self.to_toml())
+        self.config_path.chmod(0o600)
 
     def to_toml(self) -> str:
         """The settings (without ``home``) as TOML text."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -187,3 +188,49 @@ def test_cli_server_without_token_is_one_line(server: LiveServer) -> None:
         check=False,
     )
     assert done.returncode == 1 and "cli.token_required" in done.stderr
+
+
+def test_ca_commands_work_remotely(server: LiveServer) -> None:
+    with Client(server.base_url, server.admin_token, verify=server.ca_bundle) as client:
+        cas = client.list_cas()
+        templates = client.list_templates()
+    issuing = next(c for c in cas if c["tier"] == "issuing")
+    # --output json prints what the API returned, so the field names are the API's.
+    assert json.loads(_cli(server, "ca", "list", "-o", "json").stdout) == cas
+    shown = _cli(server, "ca", "show", issuing["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert issuing["sha1"] in shown.stdout and issuing["crl_url"] in shown.stdout
+    assert json.loads(_cli(server, "ca", "show", issuing["id"], "-o", "json").stdout) == issuing
+    exported = _cli(server, "ca", "export", issuing["id"])
+    assert exported.returncode == 0, exported.stderr
+    chain = x509.load_pem_x509_certificates(exported.stdout.encode())
+    assert chain[0].serial_number == int(issuing["serial"], 16)
+    assert len(chain) == 2
+    assert json.loads(_cli(server, "template", "list", "-o", "json").stdout) == templates
+    assert templates[0]["id"] in _cli(server, "template", "list").stdout
+    missing = _cli(server, "ca", "show", "00000000-0000-4000-8000-000000000000")
+    assert missing.returncode == 1 and "(ca.not_found)" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_remote_json_is_the_api_answer(server: LiveServer) -> None:
+    with Client(server.base_url, server.admin_token, verify=server.ca_bundle) as client:
+        client.register_domain("json-device-1", owners=[LOCAL_ADMIN_ID])
+        _, csr = make_csr("json-device-1")
+        serial = client.issue_certificate(csr, domain="json-device-1")["certificate"]["serial"]
+        domains = client.list_domains()
+        certificate = client.get_certificate(serial)
+    assert json.loads(_cli(server, "domain", "list", "-o", "json").stdout) == domains
+    listed = json.loads(
+        _cli(server, "cert", "list", "--domain", "json-device-1", "-o", "json").stdout
+    )
+    assert [c["serial"] for c in listed] == [serial]
+    assert json.loads(_cli(server, "cert", "show", serial, "-o", "json").stdout) == certificate
+
+
+def test_commands_without_an_api_route_refuse_server(server: LiveServer) -> None:
+    done = _cli(server, "principal", "list")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "`fleetpki principal list`" in line and "--server" in line
+    assert "(cli.local_only)" in line

@@ -1,4 +1,4 @@
-"""Records to answer shapes: what the EZCA and /v1 routes show of CAs, domains and certificates."""
+"""Records to answer shapes: what the EZCA and /v1 routes (and the CLI's ``-o json``) show."""
 
 from __future__ import annotations
 
@@ -6,19 +6,29 @@ import datetime as dt
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy.orm import Session
 
+from fleetpki.api.v1_models import CAOut, CertificateOut, DomainOut, TemplateOut
 from fleetpki.pki.names import SanType
 from fleetpki.pki.profile import KeyUsageName
-from fleetpki.store.models import CARecord, CertificateRecord
+from fleetpki.pki.revocation import RevocationReason
+from fleetpki.services import authority, certificates, domains
+from fleetpki.services.authority import CAUrlsConfig
+from fleetpki.store.models import CARecord, CertificateRecord, DomainRecord, TemplateRecord
 
 __all__ = [
     "ca_hashing",
     "ca_key_type",
+    "ca_out",
     "certificate_ekus",
     "certificate_key_usages",
+    "certificate_out",
+    "domain_out",
     "iso",
     "pem_of",
+    "renewed_serial",
     "san_entries",
+    "template_out",
 ]
 
 _KEY_TYPES = {
@@ -85,3 +95,93 @@ def certificate_ekus(certificate: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return [oid.dotted_string for oid in ekus]
+
+
+# --------------------------------------------------------------------------- /v1 shapes
+# The /v1 routes and the CLI's ``--output json`` both build their answers here, so
+# that a field has one name wherever it is shown.
+
+
+def ca_out(urls: CAUrlsConfig, ca: CARecord) -> CAOut:
+    """A CA as ``/v1/cas`` shows it."""
+    return CAOut(
+        id=ca.id,
+        name=ca.name,
+        tier=ca.tier,
+        parent_id=ca.parent_id,
+        status=ca.status,
+        key_spec=ca.key_spec,
+        subject=ca.subject,
+        serial=ca.serial_hex,
+        sha1=ca.sha1_hex,
+        not_before=iso(ca.not_before),
+        not_after=iso(ca.not_after),
+        certificate_pem=pem_of(authority.ca_certificate(ca)),
+        crl_url=urls.crl_url(ca.id),
+    )
+
+
+def template_out(t: TemplateRecord) -> TemplateOut:
+    """A template as ``/v1/templates`` shows it."""
+    return TemplateOut(
+        id=t.id,
+        ca_id=t.ca_id,
+        name=t.name,
+        template_type=t.template_type,
+        max_validity_days=t.max_validity_days,
+        allowed_key_specs=list(t.allowed_key_specs),
+        default_ekus=list(t.default_ekus),
+        allowed_ekus=list(t.allowed_ekus),
+        allowed_key_usages=list(t.allowed_key_usages),
+        domain_restrictions=list(t.domain_restrictions),
+        auto_renew_percentage=t.auto_renew_percentage,
+    )
+
+
+def domain_out(d: DomainRecord) -> DomainOut:
+    """A domain as ``/v1/domains`` shows it."""
+    return DomainOut(
+        id=d.id,
+        name=d.name,
+        ca_id=d.ca_id,
+        template_id=d.template_id,
+        owners=d.principals_with(domains.OWNER),
+        requesters=d.principals_with(domains.REQUESTER),
+        created_at=iso(d.created_at),
+    )
+
+
+def certificate_out(r: CertificateRecord, renews_serial: str | None = None) -> CertificateOut:
+    """A certificate as ``/v1/certificates`` shows it."""
+    reason = (
+        RevocationReason.parse(r.revocation_reason).rfc_name
+        if r.revocation_reason is not None
+        else None
+    )
+    return CertificateOut(
+        serial=r.serial_hex,
+        ca_id=r.ca_id,
+        template_id=r.template_id,
+        domain_id=r.domain_id,
+        subject_cn=r.subject_cn,
+        sans=list(r.sans),
+        key_spec=r.key_spec,
+        status=r.status,
+        not_before=iso(r.not_before),
+        not_after=iso(r.not_after),
+        sha1=r.sha1_hex,
+        sha256=r.sha256_hex,
+        requested_by=r.requested_by,
+        renews_serial=renews_serial,
+        revoked_at=iso(r.revoked_at) if r.revoked_at else None,
+        revocation_reason=reason,
+        certificate_pem=certificates.certificate_pem(r),
+    )
+
+
+def renewed_serial(session: Session, record: CertificateRecord) -> str | None:
+    """The serial of the certificate that ``record`` renewed, if it renewed one."""
+    if record.renews_id is None:
+        return None
+    renewed = session.get(CertificateRecord, record.renews_id)
+    return renewed.serial_hex if renewed else None

@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
@@ -20,11 +21,13 @@ from fleetpki.api.tls import http_protocol_class, server_ssl_context
 from fleetpki.errors import ConflictError, ValidationError
 from fleetpki.services import FleetPKI
 from fleetpki.services.server_cert import ServerTLSFiles, ensure_server_certificate
+from fleetpki.settings import Settings
 
 __all__ = [
     "HubStarter",
     "Only",
     "PreparedServer",
+    "advertised_settings",
     "bind_socket",
     "prepare_server",
     "run_servers",
@@ -64,6 +67,37 @@ def bind_socket(host: str, port: int) -> socket.socket:
         ) from None
     sock.set_inheritable(True)
     return sock
+
+
+def _port_of(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def advertised_settings(settings: Settings, api_port: int) -> tuple[Settings, str | None]:
+    """The settings to serve ``api_port`` with, and a sentence for the log when they differ.
+
+    The public URL is what certificates (CRL, OCSP, caIssuers) and certificate tokens
+    (their audience) name, and ``hub connection-string`` prints the API port, so they
+    must name the port clients reach.  A public URL that ``init`` derived from the
+    default port follows the served port; one the operator set is kept, since a
+    reverse proxy may sit in front of the server.
+    """
+    if _port_of(settings.public_url) == api_port:
+        return settings, None
+    if settings.public_url_is_default:
+        moved = settings.with_changes(
+            public_url=settings.public_url.rsplit(":", 1)[0] + f":{api_port}", api_port=api_port
+        )
+        return moved, (
+            f"public URL is now {moved.public_url}: the default one follows the served port "
+            f"(it named {settings.api_port})"
+        )
+    return settings, (
+        f"public URL {settings.public_url} names port {_port_of(settings.public_url)}, not the "
+        f"served {api_port}: kept, as for a reverse proxy; if clients reach this port directly, "
+        f"set public_url in {settings.config_path}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +230,18 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def serve(
-    fleet: FleetPKI, *, host: str, api_port: int, hostname: str, only: Only | None = None
+    fleet: FleetPKI,
+    *,
+    host: str,
+    api_port: int,
+    hostname: str,
+    only: Only | None = None,
+    api_socket: socket.socket | None = None,
 ) -> None:
     """Run ``fleetpki serve`` until interrupted.
+
+    ``api_socket`` is the API port already bound (by :func:`bind_socket`), when the
+    caller had to know that the port is free before acting.
 
     Raises:
         ConflictError: ``serve.port_in_use``.
@@ -206,7 +249,9 @@ def serve(
     """
     if only == "hub" and _hub_starter() is None:
         raise ValidationError("serve.hub_unavailable", "the hub is not available yet")
-    prepared = prepare_server(fleet, host=host, api_port=api_port, hostname=hostname, only=only)
+    prepared = prepare_server(
+        fleet, host=host, api_port=api_port, hostname=hostname, only=only, api_socket=api_socket
+    )
     if prepared.api_socket is not None:
         _log.info("fleetpki API on https://%s:%s", host, prepared.api_port)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -11,7 +11,15 @@ from fastapi.responses import Response
 
 from fleetpki.api.auth import Caller, bearer_token, require_admin, require_caller
 from fleetpki.api.deps import client_source, get_fleet, get_metrics
-from fleetpki.api.presenters import iso, pem_of
+from fleetpki.api.presenters import (
+    ca_out,
+    certificate_out,
+    domain_out,
+    iso,
+    pem_of,
+    renewed_serial,
+    template_out,
+)
 from fleetpki.api.v1_models import (
     AuditEntryOut,
     CAOut,
@@ -29,15 +37,11 @@ from fleetpki.pki.names import SanType, SubjectAltName
 from fleetpki.pki.profile import KeyUsageName, parse_eku
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import authority, certificates, domains, enrollment
-from fleetpki.services.app import FleetPKI
 from fleetpki.services.audit import list_audit
 from fleetpki.services.certificates import CertificateQuery, IssueCommand
 from fleetpki.store.models import (
     AuditEntry,
-    CARecord,
     CertificateRecord,
-    DomainRecord,
-    TemplateRecord,
 )
 
 __all__ = ["router"]
@@ -47,79 +51,6 @@ router = APIRouter(prefix="/v1", tags=["v1"])
 CallerDep = Annotated[Caller, Depends(require_caller)]
 AdminDep = Annotated[Caller, Depends(require_admin)]
 PEM_CHAIN = "application/pem-certificate-chain"
-
-
-def _ca_out(fleet: FleetPKI, ca: CARecord) -> CAOut:
-    return CAOut(
-        id=ca.id,
-        name=ca.name,
-        tier=ca.tier,
-        parent_id=ca.parent_id,
-        status=ca.status,
-        key_spec=ca.key_spec,
-        subject=ca.subject,
-        serial=ca.serial_hex,
-        sha1=ca.sha1_hex,
-        not_before=iso(ca.not_before),
-        not_after=iso(ca.not_after),
-        certificate_pem=pem_of(authority.ca_certificate(ca)),
-        crl_url=fleet.urls.crl_url(ca.id),
-    )
-
-
-def _template_out(t: TemplateRecord) -> TemplateOut:
-    return TemplateOut(
-        id=t.id,
-        ca_id=t.ca_id,
-        name=t.name,
-        template_type=t.template_type,
-        max_validity_days=t.max_validity_days,
-        allowed_key_specs=list(t.allowed_key_specs),
-        default_ekus=list(t.default_ekus),
-        allowed_ekus=list(t.allowed_ekus),
-        allowed_key_usages=list(t.allowed_key_usages),
-        domain_restrictions=list(t.domain_restrictions),
-        auto_renew_percentage=t.auto_renew_percentage,
-    )
-
-
-def _domain_out(d: DomainRecord) -> DomainOut:
-    return DomainOut(
-        id=d.id,
-        name=d.name,
-        ca_id=d.ca_id,
-        template_id=d.template_id,
-        owners=d.principals_with(domains.OWNER),
-        requesters=d.principals_with(domains.REQUESTER),
-        created_at=iso(d.created_at),
-    )
-
-
-def _certificate_out(r: CertificateRecord, renews_serial: str | None = None) -> CertificateOut:
-    reason = (
-        RevocationReason.parse(r.revocation_reason).rfc_name
-        if r.revocation_reason is not None
-        else None
-    )
-    return CertificateOut(
-        serial=r.serial_hex,
-        ca_id=r.ca_id,
-        template_id=r.template_id,
-        domain_id=r.domain_id,
-        subject_cn=r.subject_cn,
-        sans=list(r.sans),
-        key_spec=r.key_spec,
-        status=r.status,
-        not_before=iso(r.not_before),
-        not_after=iso(r.not_after),
-        sha1=r.sha1_hex,
-        sha256=r.sha256_hex,
-        requested_by=r.requested_by,
-        renews_serial=renews_serial,
-        revoked_at=iso(r.revoked_at) if r.revoked_at else None,
-        revocation_reason=reason,
-        certificate_pem=certificates.certificate_pem(r),
-    )
 
 
 def _audit_out(e: AuditEntry) -> AuditEntryOut:
@@ -143,7 +74,7 @@ def list_cas(request: Request, caller: CallerDep) -> list[CAOut]:
     """Every CA, roots first."""
     fleet = get_fleet(request)
     with fleet.transaction() as session:
-        return [_ca_out(fleet, ca) for ca in authority.list_cas(session)]
+        return [ca_out(fleet.urls, ca) for ca in authority.list_cas(session)]
 
 
 @router.get("/cas/{ca_id}", response_model=CAOut)
@@ -151,7 +82,7 @@ def get_ca(ca_id: str, request: Request, caller: CallerDep) -> CAOut:
     """One CA."""
     fleet = get_fleet(request)
     with fleet.transaction() as session:
-        return _ca_out(fleet, authority.get_ca(session, ca_id))
+        return ca_out(fleet.urls, authority.get_ca(session, ca_id))
 
 
 @router.get("/cas/{ca_id}/chain", response_class=Response)
@@ -170,7 +101,7 @@ def list_templates(
     """Issuance templates, optionally of one CA."""
     fleet = get_fleet(request)
     with fleet.transaction() as session:
-        return [_template_out(t) for t in authority.list_templates(session, ca_id)]
+        return [template_out(t) for t in authority.list_templates(session, ca_id)]
 
 
 @router.get("/templates/{template_id}", response_model=TemplateOut)
@@ -178,7 +109,7 @@ def get_template(template_id: str, request: Request, caller: CallerDep) -> Templ
     """One template."""
     fleet = get_fleet(request)
     with fleet.transaction() as session:
-        return _template_out(authority.get_template(session, template_id))
+        return template_out(authority.get_template(session, template_id))
 
 
 # --------------------------------------------------------------------------- domains
@@ -189,7 +120,7 @@ def list_domains(request: Request, caller: CallerDep, name: str | None = None) -
     """Domains the caller owns or requests for (every domain for admins)."""
     fleet = get_fleet(request)
     with fleet.transaction() as session:
-        return [_domain_out(d) for d in domains.list_domains(session, caller.actor, name=name)]
+        return [domain_out(d) for d in domains.list_domains(session, caller.actor, name=name)]
 
 
 @router.post("/domains", response_model=DomainOut, status_code=201)
@@ -210,7 +141,7 @@ def register_domain(body: DomainIn, request: Request, caller: CallerDep) -> Doma
             requesters=[enrollment.MemberRef(m.id, m.name) for m in body.requesters],
             now=fleet.now(),
         )
-        return _domain_out(domain)
+        return domain_out(domain)
 
 
 @router.get("/domains/{domain_id}", response_model=DomainOut)
@@ -218,7 +149,7 @@ def get_domain(domain_id: str, request: Request, caller: CallerDep) -> DomainOut
     """One domain the caller can see."""
     fleet = get_fleet(request)
     with fleet.transaction() as session:
-        return _domain_out(enrollment.visible_domain(session, caller.actor, domain_id))
+        return domain_out(enrollment.visible_domain(session, caller.actor, domain_id))
 
 
 @router.put("/domains/{domain_id}/members", response_model=DomainOut)
@@ -236,7 +167,7 @@ def set_domain_members(
             requesters=body.requesters,
             now=fleet.now(),
         )
-        return _domain_out(domain)
+        return domain_out(domain)
 
 
 # --------------------------------------------------------------------------- certificates
@@ -270,7 +201,7 @@ def _issued(
     record: CertificateRecord, leaf: x509.Certificate, chain: list[x509.Certificate]
 ) -> CertificateIssuedOut:
     return CertificateIssuedOut(
-        certificate=_certificate_out(record),
+        certificate=certificate_out(record),
         chain_pem=pem_of(leaf) + pem_of(chain[0]),
         root_pem=pem_of(chain[-1]),
     )
@@ -328,7 +259,7 @@ def list_certificates(
     )
     with fleet.transaction() as session:
         rows = certificates.list_certificates(session, caller.actor, query, now=fleet.now())
-        return [_certificate_out(r) for r in rows]
+        return [certificate_out(r) for r in rows]
 
 
 def _visible(request: Request, caller: Caller, serial: str) -> CertificateOut:
@@ -336,8 +267,7 @@ def _visible(request: Request, caller: Caller, serial: str) -> CertificateOut:
     with fleet.transaction() as session:
         record = certificates.get_certificate(session, serial)
         enrollment.visible_certificate(session, caller.actor, record)
-        renews = session.get(CertificateRecord, record.renews_id) if record.renews_id else None
-        return _certificate_out(record, renews.serial_hex if renews else None)
+        return certificate_out(record, renewed_serial(session, record))
 
 
 @router.get("/certificates/{serial}", response_model=CertificateOut)
@@ -363,7 +293,7 @@ def revoke_certificate(
         record = certificates.get_certificate(session, serial)
         enrollment.visible_certificate(session, caller.actor, record)
         certificates.revoke(session, caller.actor, record, reason, now=fleet.now())
-        answer = _certificate_out(record)
+        answer = certificate_out(record)
     get_metrics(request).revocations.labels(reason=reason.rfc_name).inc()
     return answer
 

@@ -1,120 +1,187 @@
-"""``fleetpki hub``: the built-in hub's registry, CA trust and service connection strings."""
+"""``fleetpki hub``: the built-in hub's registry, CA trust, telemetry and connection strings."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
+from fleetpki.cli.context import CliContext, cli_context
+from fleetpki.cli.output import (
+    Output,
+    OutputOption,
+    console,
+    err_console,
+    print_fields,
+    print_json,
+    print_table,
+    table,
+)
+from fleetpki.client import Client
+from fleetpki.errors import ValidationError
 from fleetpki.keystore import load_or_create_passphrase
 from fleetpki.services import FleetPKI, hub_registry, hub_sas, hub_trust
+from fleetpki.services.hub_messages import enqueue_c2d, list_messages
 from fleetpki.services.hub_registry import DeviceSpec, DeviceStatus
 
-__all__ = ["hub_app"]
+__all__ = ["app"]
 
-hub_app = typer.Typer(help="The built-in IoT hub: devices, CA trust, connection strings.")
+app = typer.Typer(help="The built-in IoT hub: devices, CA trust, connection strings.")
 device_app = typer.Typer(help="Devices in the hub's registry.", no_args_is_help=True)
-hub_app.add_typer(device_app, name="device")
-
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+app.add_typer(device_app, name="device")
 
 DeviceId = Annotated[str, typer.Argument(help="The device id (its certificate CN).")]
 
 
-@contextmanager
-def _opened() -> Iterator[FleetPKI]:
-    # The home comes from the root command's --home option, kept by cli.main.
-    from fleetpki.cli.main import _opened as opened_home
-
-    with opened_home() as instance:
-        yield instance
+# --------------------------------------------------------------------------- the registry
+# The hub's service API (Azure's shapes) has these routes, but it authenticates with
+# SAS connection strings, not fleetpki tokens, so these commands act on the local home.
 
 
-def _when(value: object) -> str:
-    return "" if value is None else str(value)
+def _add_device(fleet: FleetPKI, device_id: str) -> str:
+    with fleet.transaction() as session:
+        record, _ = hub_registry.put_device(session, DeviceSpec(device_id), now=fleet.now())
+        return record.device_id
+
+
+def _list_devices(fleet: FleetPKI) -> list[dict[str, Any]]:
+    from fleetpki.api.hub_service import device_json
+
+    with fleet.transaction() as session:
+        return [device_json(d) for d in hub_registry.list_devices(session)]
+
+
+def _device_twin(fleet: FleetPKI, device_id: str) -> dict[str, Any]:
+    from fleetpki.api.hub_service import twin_json
+
+    with fleet.transaction() as session:
+        return twin_json(hub_registry.get_device(session, device_id))
+
+
+def _set_status(fleet: FleetPKI, device_id: str, status: DeviceStatus, reason: str | None) -> None:
+    with fleet.transaction() as session:
+        hub_registry.set_device_status(session, device_id, status, reason=reason, now=fleet.now())
+
+
+def _delete_device(fleet: FleetPKI, device_id: str) -> None:
+    with fleet.transaction() as session:
+        hub_registry.delete_device(session, device_id)
 
 
 @device_app.command("add")
-def device_add(device_id: DeviceId) -> None:
+def device_add(ctx: typer.Context, device_id: DeviceId) -> None:
     """Register a device that authenticates with a certificate from a trusted CA."""
-    with _opened() as inst, inst.transaction() as session:
-        record, _ = hub_registry.put_device(session, DeviceSpec(device_id), now=inst.now())
-    err_console.print(f"device {record.device_id} added (certificateAuthority, enabled)")
+    added = _add_device(cli_context(ctx).fleet("hub device add"), device_id)
+    err_console.print(f"device {added} added (certificateAuthority, enabled)")
 
 
 @device_app.command("list")
-def device_list() -> None:
-    """List registered devices."""
-    table = Table(box=box.SIMPLE_HEAD)
-    for column in ("device id", "status", "auth", "connection", "c2d pending"):
-        table.add_column(column, overflow="fold")
-    with _opened() as inst, inst.transaction() as session:
-        for device in hub_registry.list_devices(session):
-            table.add_row(
-                device.device_id,
-                device.status,
-                device.auth_type,
-                device.connection_state,
-                str(device.c2d_count),
-            )
-    console.print(table)
+def device_list(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:
+    """List registered devices (``-o json``: Azure's Device shape, as ``GET /devices``)."""
+    devices = _list_devices(cli_context(ctx).fleet("hub device list"))
+    if output is Output.JSON:
+        print_json(devices)
+        return
+    rows = table("device id", "status", "auth", "connection", "c2d pending", "thumbprint")
+    for d in devices:
+        rows.add_row(
+            d["deviceId"],
+            d["status"],
+            d["authentication"]["type"],
+            d["connectionState"],
+            str(d["cloudToDeviceMessageCount"]),
+            d["authentication"]["x509Thumbprint"]["primaryThumbprint"] or "",
+        )
+    print_table(rows)
 
 
 @device_app.command("show")
-def device_show(device_id: DeviceId) -> None:
-    """Show a device and its twin."""
-    from fleetpki.api.hub_service import twin_json
-
-    with _opened() as inst, inst.transaction() as session:
-        document = twin_json(hub_registry.get_device(session, device_id))
-    console.print_json(data=document)
-
-
-def _set_status(device_id: str, status: DeviceStatus, reason: str | None) -> None:
-    with _opened() as inst, inst.transaction() as session:
-        hub_registry.set_device_status(session, device_id, status, reason=reason, now=inst.now())
-    err_console.print(f"device {device_id} {status.value}")
+def device_show(
+    ctx: typer.Context, device_id: DeviceId, output: OutputOption = Output.TABLE
+) -> None:
+    """Show a device and its twin (``-o json``: Azure's Twin shape, as ``GET /twins/{id}``)."""
+    twin = _device_twin(cli_context(ctx).fleet("hub device show"), device_id)
+    if output is Output.JSON:
+        print_json(twin)
+        return
+    thumbprints = twin["x509Thumbprint"]
+    print_fields(
+        [
+            ("device id", twin["deviceId"]),
+            (
+                "status",
+                twin["status"] + (f" ({twin['statusReason']})" if twin["statusReason"] else ""),
+            ),
+            ("auth", twin["authenticationType"]),
+            ("connection", twin["connectionState"]),
+            ("last activity", twin["lastActivityTime"]),
+            ("c2d pending", twin["cloudToDeviceMessageCount"]),
+            ("thumbprint", thumbprints["primaryThumbprint"] or "-"),
+            ("secondary", thumbprints["secondaryThumbprint"] or "-"),
+            ("tags", twin["tags"]),
+            ("desired", twin["properties"]["desired"]),
+            ("reported", twin["properties"]["reported"]),
+        ]
+    )
 
 
 @device_app.command("disable")
 def device_disable(
+    ctx: typer.Context,
     device_id: DeviceId,
     reason: Annotated[str | None, typer.Option(help="Why (shown as statusReason).")] = None,
 ) -> None:
     """Disable a device: it is refused from now on and a live session is closed."""
-    _set_status(device_id, DeviceStatus.DISABLED, reason)
+    _set_status(
+        cli_context(ctx).fleet("hub device disable"), device_id, DeviceStatus.DISABLED, reason
+    )
+    err_console.print(f"device {device_id} {DeviceStatus.DISABLED.value}")
 
 
 @device_app.command("enable")
-def device_enable(device_id: DeviceId) -> None:
+def device_enable(ctx: typer.Context, device_id: DeviceId) -> None:
     """Enable a device again."""
-    _set_status(device_id, DeviceStatus.ENABLED, None)
+    _set_status(cli_context(ctx).fleet("hub device enable"), device_id, DeviceStatus.ENABLED, None)
+    err_console.print(f"device {device_id} {DeviceStatus.ENABLED.value}")
 
 
 @device_app.command("delete")
-def device_delete(device_id: DeviceId) -> None:
+def device_delete(ctx: typer.Context, device_id: DeviceId) -> None:
     """Remove a device from the registry (and its queued messages)."""
-    with _opened() as inst, inst.transaction() as session:
-        hub_registry.delete_device(session, device_id)
+    _delete_device(cli_context(ctx).fleet("hub device delete"), device_id)
     err_console.print(f"device {device_id} deleted")
 
 
-@hub_app.command("trust")
-def trust(ca_id: Annotated[str, typer.Argument(help="The id of a fleetpki CA.")]) -> None:
+# --------------------------------------------------------------------------- trust, SAS
+
+
+def _trust(fleet: FleetPKI, ca_id: str) -> tuple[str, str]:
+    with fleet.transaction() as session:
+        record = hub_trust.trust_local_ca(session, fleet.keystore, ca_id, now=fleet.now())
+        return record.name, record.sha1_hex
+
+
+def _connection_string(fleet: FleetPKI, policy: str, hostname: str | None) -> str:
+    secret = load_or_create_passphrase(fleet.settings.home)
+    host = hostname or f"{fleet.settings.hostname}:{fleet.settings.api_port}"
+    with fleet.transaction() as session:
+        hub_sas.ensure_sas_policies(session, secret, now=fleet.now())
+        return hub_sas.connection_string(session, secret, host, policy)
+
+
+@app.command("trust")
+def trust(
+    ctx: typer.Context, ca_id: Annotated[str, typer.Argument(help="The id of a fleetpki CA.")]
+) -> None:
     """Trust a local CA in the hub, proving possession of its key (Azure's verification flow)."""
-    with _opened() as inst, inst.transaction() as session:
-        record = hub_trust.trust_local_ca(session, inst.keystore, ca_id, now=inst.now())
-    err_console.print(f"hub trusts {record.name} ({record.sha1_hex}), verified")
+    name, sha1 = _trust(cli_context(ctx).fleet("hub trust"), ca_id)
+    err_console.print(f"hub trusts {name} ({sha1}), verified")
 
 
-@hub_app.command("connection-string")
+@app.command("connection-string")
 def connection_string(
+    ctx: typer.Context,
     policy: Annotated[
         str, typer.Option(help="iothubowner, service, registryRead or registryReadWrite.")
     ] = "iothubowner",
@@ -123,21 +190,27 @@ def connection_string(
     ] = None,
 ) -> None:
     """Print a service connection string for the Azure IoT Hub SDKs."""
-    with _opened() as inst, inst.transaction() as session:
-        secret = load_or_create_passphrase(inst.settings.home)
-        hub_sas.ensure_sas_policies(session, secret, now=inst.now())
-        host = hostname or f"{inst.settings.hostname}:{inst.settings.api_port}"
-        text = hub_sas.connection_string(session, secret, host, policy)
+    text = _connection_string(cli_context(ctx).fleet("hub connection-string"), policy, hostname)
     typer.echo(text)
 
 
-def _remote_client() -> object | None:
-    from fleetpki.cli.main import _client
-
-    return _client()
+# --------------------------------------------------------------------------- telemetry, C2D
 
 
-def _print_message(message: dict[str, object]) -> None:
+def _messages(
+    state: CliContext, client: Client | None, device: str | None, after: int | None, limit: int
+) -> list[dict[str, Any]]:
+    if client is not None:
+        return client.hub_messages(device=device, after=after, limit=limit)
+    from fleetpki.api.hub_v1 import message_out
+
+    fleet = state.fleet("hub monitor")
+    with fleet.transaction() as session:
+        rows = list_messages(session, device_id=device, after_id=after, limit=limit)
+        return [message_out(r).model_dump() for r in rows]
+
+
+def _print_message(message: dict[str, Any]) -> None:
     console.print_json(
         data={
             "event": {
@@ -153,8 +226,9 @@ def _print_message(message: dict[str, object]) -> None:
     )
 
 
-@hub_app.command("monitor")
+@app.command("monitor")
 def monitor(
+    ctx: typer.Context,
     device: Annotated[str | None, typer.Option("--device", help="Only this device.")] = None,
     follow: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Keep waiting for new messages.")
@@ -165,27 +239,14 @@ def monitor(
     ] = None,
 ) -> None:
     """Show telemetry as the hub stored it, live, like ``az iot hub monitor-events``."""
-    import time
-
-    from fleetpki.api.hub_v1 import message_out
-    from fleetpki.client import Client
-    from fleetpki.services.hub_messages import list_messages
-
-    client = _remote_client()
+    state = cli_context(ctx)
+    client = state.client()
     deadline = None if timeout is None else time.monotonic() + timeout
-
-    def fetch(after: int | None, limit: int) -> list[dict[str, object]]:
-        if isinstance(client, Client):
-            return client.hub_messages(device=device, after=after, limit=limit)
-        with _opened() as inst, inst.transaction() as session:
-            rows = list_messages(session, device_id=device, after_id=after, limit=limit)
-            return [message_out(r).model_dump() for r in rows]
-
     # The newest `last` messages first: page through to the end, keep the tail.
-    backlog: list[dict[str, object]] = []
+    backlog: list[dict[str, Any]] = []
     after: int | None = None
     while True:
-        page = fetch(after, 1000)
+        page = _messages(state, client, device, after, 1000)
         if not page:
             break
         backlog = (backlog + page)[-last:] if last else []
@@ -197,7 +258,7 @@ def monitor(
     err_console.print("[dim]waiting for telemetry; Ctrl+C to stop[/dim]")
     try:
         while deadline is None or time.monotonic() < deadline:
-            page = fetch(after, 500)
+            page = _messages(state, client, device, after, 500)
             for message in page:
                 _print_message(message)
                 after = int(str(message["id"]))
@@ -207,8 +268,17 @@ def monitor(
         return
 
 
-@hub_app.command("send")
+def _enqueue(fleet: FleetPKI, device_id: str, text: str, properties: dict[str, str]) -> str:
+    with fleet.transaction() as session:
+        message = enqueue_c2d(
+            session, device_id, text.encode(), now=fleet.now(), properties=properties
+        )
+        return message.message_id
+
+
+@app.command("send")
 def send(
+    ctx: typer.Context,
     device_id: DeviceId,
     text: Annotated[str, typer.Argument(help="The message body.")],
     prop: Annotated[
@@ -221,23 +291,15 @@ def send(
     when the device next connects (or by a hub running in this process); with
     ``--server`` the running hub delivers it at once.
     """
-    from fleetpki.client import Client
-    from fleetpki.errors import ValidationError
-    from fleetpki.services.hub_messages import enqueue_c2d
-
     properties: dict[str, str] = {}
     for item in prop or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValidationError("cli.bad_property", f"bad property {item!r}: use key=value")
         properties[key] = value
-    client = _remote_client()
-    if isinstance(client, Client):
-        answer = client.send_c2d(device_id, text, properties=properties)
-        console.print(f"queued {answer['messageId']} for {device_id}")
-        return
-    with _opened() as inst, inst.transaction() as session:
-        message = enqueue_c2d(
-            session, device_id, text.encode(), now=inst.now(), properties=properties
-        )
-    console.print(f"queued {message.message_id} for {device_id}")
+    state = cli_context(ctx)
+    if client := state.client():
+        message_id = str(client.send_c2d(device_id, text, properties=properties)["messageId"])
+    else:
+        message_id = _enqueue(state.fleet("hub send"), device_id, text, properties)
+    console.print(f"queued {message_id} for {device_id}")

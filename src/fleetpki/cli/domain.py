@@ -1,0 +1,108 @@
+"""``fleetpki domain``: device ids with owners and requesters, locally or with ``--server``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from fleetpki.cli.context import cli_context
+from fleetpki.cli.output import Output, OutputOption, console, print_json, print_table, table
+from fleetpki.errors import ValidationError
+from fleetpki.services import Actor, FleetPKI, authority, domains
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Domains: device ids with owners and requesters.", no_args_is_help=True)
+
+
+def _default_issuing_ca(fleet: FleetPKI, ca: str | None) -> str:
+    if ca:
+        return ca
+    with fleet.transaction() as session:
+        issuing = [
+            c for c in authority.list_cas(session) if c.tier == "issuing" and c.status == "active"
+        ]
+    if len(issuing) != 1:
+        raise ValidationError("cli.ca_required", "several issuing CAs exist: choose one with --ca")
+    return issuing[0].id
+
+
+def _local_register(
+    fleet: FleetPKI,
+    name: str,
+    owners: list[str],
+    requesters: list[str],
+    ca: str | None,
+    template: str | None,
+) -> dict[str, Any]:
+    from fleetpki.api.presenters import domain_out
+
+    ca_id = _default_issuing_ca(fleet, ca)
+    with fleet.transaction() as session:
+        record = domains.register_domain(
+            session,
+            Actor.local_admin(),
+            ca_id=ca_id,
+            template_id=template,
+            name=name,
+            owners=owners,
+            requesters=requesters,
+            now=fleet.now(),
+        )
+        return domain_out(record).model_dump(mode="json")
+
+
+def _local_list(fleet: FleetPKI, name: str | None) -> list[dict[str, Any]]:
+    from fleetpki.api.presenters import domain_out
+
+    with fleet.transaction() as session:
+        found = domains.list_domains(session, Actor.local_admin(), name=name)
+        return [domain_out(d).model_dump(mode="json") for d in found]
+
+
+@app.command("register")
+def domain_register(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The device id or DNS name.")],
+    owner: Annotated[list[str], typer.Option("--owner", help="Owner principal id (repeatable).")],
+    requester: Annotated[
+        list[str] | None, typer.Option("--requester", help="Requester principal id (repeatable).")
+    ] = None,
+    ca: Annotated[str | None, typer.Option(help="Issuing CA id (default: the only one).")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Template id (default: the CA's first).")
+    ] = None,
+) -> None:
+    """Register a domain with its owners and requesters."""
+    state = cli_context(ctx)
+    if client := state.client():
+        domain = client.register_domain(
+            name, owners=owner, requesters=requester or [], ca_id=ca, template_id=template
+        )
+    else:
+        domain = _local_register(
+            state.fleet("domain register"), name, owner, requester or [], ca, template
+        )
+    console.print(f"registered domain {domain['name']} ({domain['id']})")
+
+
+@app.command("list")
+def domain_list(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Option("--name", help="Only this domain.")] = None,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """List domains with their owners and requesters."""
+    state = cli_context(ctx)
+    client = state.client()
+    found = client.list_domains(name) if client else _local_list(state.fleet("domain list"), name)
+    if output is Output.JSON:
+        print_json(found)
+        return
+    rows = table("name", "id", "CA", "owners", "requesters", wrap=["name"])
+    for d in found:
+        rows.add_row(
+            d["name"], d["id"], d["ca_id"], "\n".join(d["owners"]), "\n".join(d["requesters"])
+        )
+    print_table(rows)

@@ -1,0 +1,85 @@
+"""``fleetpki init`` and ``fleetpki demo``: make a home, or run the lifecycle in a throwaway one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleetpki.cli.context import cli_context
+from fleetpki.cli.output import console, err_console
+from fleetpki.pki.keys import KeySpec
+from fleetpki.services import init_home
+from fleetpki.services.app import InitResult
+from fleetpki.services.authority import HierarchySpec
+from fleetpki.settings import Settings
+
+__all__ = ["HomeOption", "demo", "init"]
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="The fleetpki home (default $FLEETPKI_HOME, else ~/.fleetpki)."),
+]
+
+
+def _create(settings: Settings, spec: HierarchySpec) -> InitResult:
+    with err_console.status("creating the CA hierarchy..."):
+        result = init_home(settings, spec)
+    result.app.close()
+    return result
+
+
+def init(
+    ctx: typer.Context,
+    home: HomeOption = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default SQLite)."
+        ),
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="Base URL put into certificates for CRL, OCSP and CA issuers."),
+    ] = None,
+    name: Annotated[
+        str, typer.Option(help="Name of the hierarchy, used in CA names.")
+    ] = "fleetpki",
+    root_key: Annotated[str, typer.Option(help="Root CA key type.")] = KeySpec.EC_P384.value,
+    issuing_key: Annotated[str, typer.Option(help="Issuing CA key type.")] = KeySpec.EC_P256.value,
+    max_validity_days: Annotated[
+        int, typer.Option(help="Maximum validity of the IoT device template, in days.")
+    ] = 365,
+) -> None:
+    """Create a home: configuration, database and a root + issuing CA hierarchy."""
+    state = cli_context(ctx)
+    state.require_local("init")
+    resolved = state.home_path(home)
+    settings = Settings.default_for(resolved, database_url)
+    if public_url:
+        settings = settings.with_changes(public_url=public_url.rstrip("/"))
+    spec = HierarchySpec(
+        name=name,
+        root_key=KeySpec.parse(root_key),
+        issuing_key=KeySpec.parse(issuing_key),
+        max_validity_days=max_validity_days,
+    )
+    result = _create(settings, spec)
+    console.print(f"[green]initialised[/green] {resolved}")
+    console.print(f"  database      {result.app.db.safe_url}")
+    console.print(f"  root CA       {result.root.name}  {result.root.id}  ({result.root.key_spec})")
+    console.print(
+        f"  issuing CA    {result.issuing.name}  {result.issuing.id}  ({result.issuing.key_spec})"
+    )
+    console.print(
+        f"  template      {result.template.name}  {result.template.id}  "
+        f"(max {result.template.max_validity_days} days)"
+    )
+
+
+def demo() -> None:
+    """Run the certificate lifecycle end to end in a temporary home (no setup needed)."""
+    from fleetpki.demo import run_demo
+
+    raise typer.Exit(run_demo(console))
