@@ -1,4 +1,4 @@
-"""Records to answer shapes: what the EZCA and /v1 routes show of CAs, domains and certificates."""
+"""Views to answer shapes: what the EZCA and /v1 routes show of CAs, domains and certificates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fleetpki.pki.names import SanType
 from fleetpki.pki.profile import KeyUsageName
-from fleetpki.store.models import CARecord, CertificateRecord
+from fleetpki.services.ca_views import CertificateView
 
 __all__ = [
     "ca_hashing",
@@ -30,14 +30,14 @@ _KEY_TYPES = {
 }
 
 
-def ca_key_type(ca: CARecord) -> str:
+def ca_key_type(key_spec: str) -> str:
     """EZCA's ``CAKeyType`` text for a CA's key spec."""
-    return _KEY_TYPES.get(ca.key_spec, ca.key_spec)
+    return _KEY_TYPES.get(key_spec, key_spec)
 
 
-def ca_hashing(ca: CARecord) -> str:
-    """EZCA's ``CAHashing``: the CA's signature hash."""
-    return "SHA384" if ca.key_spec == "ec-p384" else "SHA256"
+def ca_hashing(key_spec: str) -> str:
+    """EZCA's ``CAHashing``: the signature hash of a CA with this key spec."""
+    return "SHA384" if key_spec == "ec-p384" else "SHA256"
 
 
 def iso(value: dt.datetime) -> str:
@@ -50,7 +50,7 @@ def pem_of(certificate: x509.Certificate) -> str:
     return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def san_entries(record: CertificateRecord) -> list[tuple[int, str]]:
+def san_entries(record: CertificateView) -> list[tuple[int, str]]:
     """The certificate's SANs as (GeneralName tag, value) pairs."""
     entries = []
     for text in record.sans:

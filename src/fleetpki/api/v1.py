@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from cryptography import x509
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
@@ -28,17 +27,17 @@ from fleetpki.api.v1_models import (
 from fleetpki.pki.names import SanType, SubjectAltName
 from fleetpki.pki.profile import KeyUsageName, parse_eku
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import authority, certificates, domains, enrollment
 from fleetpki.services.app import FleetPKI
-from fleetpki.services.audit import list_audit
-from fleetpki.services.certificates import CertificateQuery, IssueCommand
-from fleetpki.store.models import (
-    AuditEntry,
-    CARecord,
-    CertificateRecord,
-    DomainRecord,
-    TemplateRecord,
+from fleetpki.services.ca_views import (
+    AuditEntryView,
+    CAView,
+    CertificateView,
+    DomainView,
+    IssuedView,
+    TemplateView,
 )
+from fleetpki.services.certificates import CertificateQuery, IssueCommand
+from fleetpki.services.enrollment import MemberRef
 
 __all__ = ["router"]
 
@@ -49,7 +48,7 @@ AdminDep = Annotated[Caller, Depends(require_admin)]
 PEM_CHAIN = "application/pem-certificate-chain"
 
 
-def _ca_out(fleet: FleetPKI, ca: CARecord) -> CAOut:
+def _ca_out(fleet: FleetPKI, ca: CAView) -> CAOut:
     return CAOut(
         id=ca.id,
         name=ca.name,
@@ -62,12 +61,12 @@ def _ca_out(fleet: FleetPKI, ca: CARecord) -> CAOut:
         sha1=ca.sha1_hex,
         not_before=iso(ca.not_before),
         not_after=iso(ca.not_after),
-        certificate_pem=pem_of(authority.ca_certificate(ca)),
+        certificate_pem=pem_of(ca.certificate),
         crl_url=fleet.urls.crl_url(ca.id),
     )
 
 
-def _template_out(t: TemplateRecord) -> TemplateOut:
+def _template_out(t: TemplateView) -> TemplateOut:
     return TemplateOut(
         id=t.id,
         ca_id=t.ca_id,
@@ -83,24 +82,19 @@ def _template_out(t: TemplateRecord) -> TemplateOut:
     )
 
 
-def _domain_out(d: DomainRecord) -> DomainOut:
+def _domain_out(d: DomainView) -> DomainOut:
     return DomainOut(
         id=d.id,
         name=d.name,
         ca_id=d.ca_id,
         template_id=d.template_id,
-        owners=d.principals_with(domains.OWNER),
-        requesters=d.principals_with(domains.REQUESTER),
+        owners=list(d.owners),
+        requesters=list(d.requesters),
         created_at=iso(d.created_at),
     )
 
 
-def _certificate_out(r: CertificateRecord, renews_serial: str | None = None) -> CertificateOut:
-    reason = (
-        RevocationReason.parse(r.revocation_reason).rfc_name
-        if r.revocation_reason is not None
-        else None
-    )
+def _certificate_out(r: CertificateView) -> CertificateOut:
     return CertificateOut(
         serial=r.serial_hex,
         ca_id=r.ca_id,
@@ -115,14 +109,14 @@ def _certificate_out(r: CertificateRecord, renews_serial: str | None = None) -> 
         sha1=r.sha1_hex,
         sha256=r.sha256_hex,
         requested_by=r.requested_by,
-        renews_serial=renews_serial,
+        renews_serial=r.renews_serial,
         revoked_at=iso(r.revoked_at) if r.revoked_at else None,
-        revocation_reason=reason,
-        certificate_pem=certificates.certificate_pem(r),
+        revocation_reason=r.reason_name,
+        certificate_pem=r.pem,
     )
 
 
-def _audit_out(e: AuditEntry) -> AuditEntryOut:
+def _audit_out(e: AuditEntryView) -> AuditEntryOut:
     return AuditEntryOut(
         id=e.id,
         at=iso(e.at),
@@ -142,24 +136,20 @@ def _audit_out(e: AuditEntry) -> AuditEntryOut:
 def list_cas(request: Request, caller: CallerDep) -> list[CAOut]:
     """Every CA, roots first."""
     fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return [_ca_out(fleet, ca) for ca in authority.list_cas(session)]
+    return [_ca_out(fleet, ca) for ca in fleet.cas.list()]
 
 
 @router.get("/cas/{ca_id}", response_model=CAOut)
 def get_ca(ca_id: str, request: Request, caller: CallerDep) -> CAOut:
     """One CA."""
     fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return _ca_out(fleet, authority.get_ca(session, ca_id))
+    return _ca_out(fleet, fleet.cas.get(ca_id))
 
 
 @router.get("/cas/{ca_id}/chain", response_class=Response)
 def get_ca_chain(ca_id: str, request: Request, caller: CallerDep) -> Response:
     """The CA's certificate and its parents up to the root, in PEM."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        chain = authority.ca_chain(session, authority.get_ca(session, ca_id))
+    chain = get_fleet(request).cas.chain(ca_id)
     return Response("".join(pem_of(c) for c in chain), media_type=PEM_CHAIN)
 
 
@@ -168,17 +158,13 @@ def list_templates(
     request: Request, caller: CallerDep, ca_id: str | None = None
 ) -> list[TemplateOut]:
     """Issuance templates, optionally of one CA."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return [_template_out(t) for t in authority.list_templates(session, ca_id)]
+    return [_template_out(t) for t in get_fleet(request).templates.list(ca_id)]
 
 
 @router.get("/templates/{template_id}", response_model=TemplateOut)
 def get_template(template_id: str, request: Request, caller: CallerDep) -> TemplateOut:
     """One template."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return _template_out(authority.get_template(session, template_id))
+    return _template_out(get_fleet(request).templates.get(template_id))
 
 
 # --------------------------------------------------------------------------- domains
@@ -187,38 +173,27 @@ def get_template(template_id: str, request: Request, caller: CallerDep) -> Templ
 @router.get("/domains", response_model=list[DomainOut])
 def list_domains(request: Request, caller: CallerDep, name: str | None = None) -> list[DomainOut]:
     """Domains the caller owns or requests for (every domain for admins)."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return [_domain_out(d) for d in domains.list_domains(session, caller.actor, name=name)]
+    return [_domain_out(d) for d in get_fleet(request).domains.list(caller.actor, name=name)]
 
 
 @router.post("/domains", response_model=DomainOut, status_code=201)
 def register_domain(body: DomainIn, request: Request, caller: CallerDep) -> DomainOut:
     """Register a domain; principals first seen in the member lists are created."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        ca_id, template_id = enrollment.resolve_issue_target(
-            session, caller.actor, domain=None, ca_id=body.ca_id, template_id=body.template_id
-        )
-        domain = enrollment.register_domain_with_members(
-            session,
-            caller.actor,
-            ca_id=ca_id,
-            template_id=template_id,
-            name=body.name,
-            owners=[enrollment.MemberRef(m.id, m.name) for m in body.owners],
-            requesters=[enrollment.MemberRef(m.id, m.name) for m in body.requesters],
-            now=fleet.now(),
-        )
-        return _domain_out(domain)
+    domain = get_fleet(request).enrollment.register_domain(
+        caller.actor,
+        ca_id=body.ca_id,
+        template_id=body.template_id,
+        name=body.name,
+        owners=[MemberRef(m.id, m.name) for m in body.owners],
+        requesters=[MemberRef(m.id, m.name) for m in body.requesters],
+    )
+    return _domain_out(domain)
 
 
 @router.get("/domains/{domain_id}", response_model=DomainOut)
 def get_domain(domain_id: str, request: Request, caller: CallerDep) -> DomainOut:
     """One domain the caller can see."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return _domain_out(enrollment.visible_domain(session, caller.actor, domain_id))
+    return _domain_out(get_fleet(request).domains.get(caller.actor, domain_id))
 
 
 @router.put("/domains/{domain_id}/members", response_model=DomainOut)
@@ -226,23 +201,16 @@ def set_domain_members(
     domain_id: str, body: DomainMembersIn, request: Request, caller: CallerDep
 ) -> DomainOut:
     """Replace a domain's owners and requesters (its owners and admins only)."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        domain = domains.set_domain_members(
-            session,
-            caller.actor,
-            domain_id,
-            owners=body.owners,
-            requesters=body.requesters,
-            now=fleet.now(),
-        )
-        return _domain_out(domain)
+    domain = get_fleet(request).domains.set_members(
+        caller.actor, domain_id, owners=body.owners, requesters=body.requesters
+    )
+    return _domain_out(domain)
 
 
 # --------------------------------------------------------------------------- certificates
 
 
-def _issue_command(body: CertificateIssueIn, ca_id: str, template_id: str | None) -> IssueCommand:
+def _issue_command(body: CertificateIssueIn) -> IssueCommand:
     sans = (
         tuple(
             SubjectAltName(SanType[s.type.upper()], s.value.strip()) for s in body.subject_alt_names
@@ -251,8 +219,9 @@ def _issue_command(body: CertificateIssueIn, ca_id: str, template_id: str | None
         else None
     )
     return IssueCommand(
-        ca_id=ca_id,
-        template_id=template_id,
+        ca_id=body.ca_id,
+        template_id=body.template_id,
+        domain=body.domain,
         csr=body.csr,
         validity_days=body.validity_days,
         subject_cn=body.subject_cn,
@@ -266,13 +235,11 @@ def _issue_command(body: CertificateIssueIn, ca_id: str, template_id: str | None
     )
 
 
-def _issued(
-    record: CertificateRecord, leaf: x509.Certificate, chain: list[x509.Certificate]
-) -> CertificateIssuedOut:
+def _issued(issued: IssuedView) -> CertificateIssuedOut:
     return CertificateIssuedOut(
-        certificate=_certificate_out(record),
-        chain_pem=pem_of(leaf) + pem_of(chain[0]),
-        root_pem=pem_of(chain[-1]),
+        certificate=_certificate_out(issued.certificate),
+        chain_pem=issued.pem + pem_of(issued.chain[0]),
+        root_pem=pem_of(issued.chain[-1]),
     )
 
 
@@ -281,24 +248,7 @@ def issue_certificate(
     body: CertificateIssueIn, request: Request, caller: CallerDep
 ) -> CertificateIssuedOut:
     """Issue a certificate for a CSR naming a domain the caller may request for."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        ca_id, template_id = enrollment.resolve_issue_target(
-            session,
-            caller.actor,
-            domain=body.domain,
-            ca_id=body.ca_id,
-            template_id=body.template_id,
-        )
-        record, issued = certificates.issue(
-            session,
-            caller.actor,
-            fleet.keystore,
-            fleet.urls,
-            _issue_command(body, ca_id, template_id),
-            now=fleet.now(),
-        )
-        answer = _issued(record, issued.certificate, enrollment.issuer_chain(session, record))
+    answer = _issued(get_fleet(request).certificates.issue(caller.actor, _issue_command(body)))
     get_metrics(request).issued.labels(kind="v1").inc()
     return answer
 
@@ -315,7 +265,6 @@ def list_certificates(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CertificateOut]:
     """Certificates the caller can see, newest first, with filters."""
-    fleet = get_fleet(request)
     query = CertificateQuery(
         domain=domain,
         status=status,
@@ -326,18 +275,13 @@ def list_certificates(
         offset=offset,
         limit=limit,
     )
-    with fleet.transaction() as session:
-        rows = certificates.list_certificates(session, caller.actor, query, now=fleet.now())
-        return [_certificate_out(r) for r in rows]
+    return [
+        _certificate_out(r) for r in get_fleet(request).certificates.search(caller.actor, query)
+    ]
 
 
 def _visible(request: Request, caller: Caller, serial: str) -> CertificateOut:
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        record = certificates.get_certificate(session, serial)
-        enrollment.visible_certificate(session, caller.actor, record)
-        renews = session.get(CertificateRecord, record.renews_id) if record.renews_id else None
-        return _certificate_out(record, renews.serial_hex if renews else None)
+    return _certificate_out(get_fleet(request).certificates.get(caller.actor, serial))
 
 
 @router.get("/certificates/{serial}", response_model=CertificateOut)
@@ -358,12 +302,7 @@ def revoke_certificate(
 ) -> CertificateOut:
     """Revoke a certificate with an RFC 5280 reason (domain owners and admins)."""
     reason = RevocationReason.parse(body.reason)
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        record = certificates.get_certificate(session, serial)
-        enrollment.visible_certificate(session, caller.actor, record)
-        certificates.revoke(session, caller.actor, record, reason, now=fleet.now())
-        answer = _certificate_out(record)
+    answer = _certificate_out(get_fleet(request).certificates.revoke(caller.actor, serial, reason))
     get_metrics(request).revocations.labels(reason=reason.rfc_name).inc()
     return answer
 
@@ -372,21 +311,14 @@ def revoke_certificate(
 def renew_certificate(body: RenewIn, request: Request) -> CertificateIssuedOut:
     """Renew with the current certificate; the bearer token is a certificate token."""
     token = bearer_token(request)
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        record, issued = certificates.renew_with_token(
-            session,
-            fleet.keystore,
-            fleet.urls,
-            token=token,
-            certificate_pem=body.certificate,
-            csr=body.csr,
-            validity_days=body.validity_days,
-            audience=fleet.settings.certificate_token_audience,
-            source=client_source(request),
-            now=fleet.now(),
-        )
-        answer = _issued(record, issued.certificate, enrollment.issuer_chain(session, record))
+    issued = get_fleet(request).renewal.renew_with_token(
+        token=token,
+        certificate_pem=body.certificate,
+        csr=body.csr,
+        validity_days=body.validity_days,
+        source=client_source(request),
+    )
+    answer = _issued(issued)
     get_metrics(request).issued.labels(kind="renew").inc()
     return answer
 
@@ -399,13 +331,8 @@ def certificate_audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEntryOut]:
     """The audit entries of one certificate the caller can see."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        record = certificates.get_certificate(session, serial)
-        pairs = enrollment.certificate_audit(
-            session, caller.actor, thumbprint=record.sha1_hex, limit=limit
-        )
-        return [_audit_out(e) for e, _ in pairs]
+    entries = get_fleet(request).certificates.audit(caller.actor, serial, limit=limit)
+    return [_audit_out(e) for e in entries]
 
 
 # --------------------------------------------------------------------------- audit
@@ -420,7 +347,7 @@ def audit_log(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEntryOut]:
     """The newest audit entries (admins only), optionally for one object."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        entries = list_audit(session, object_type=object_type, object_id=object_id, limit=limit)
-        return [_audit_out(e) for e in entries]
+    entries = get_fleet(request).audit.latest(
+        caller.actor, object_type=object_type, object_id=object_id, limit=limit
+    )
+    return [_audit_out(e) for e in entries]

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from fleetpki.services.notifications import EventsWritten, Notification
@@ -122,6 +123,11 @@ class SqlStore:
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self.database.dialect
+
+    def ping(self) -> None:
+        """See :meth:`Store.ping`."""
+        with self.database.session() as session:
+            session.execute(text("SELECT 1"))
 
     @contextmanager
     def transaction(self) -> Iterator[SqlUnitOfWork]:

@@ -116,3 +116,7 @@ class Store(Protocol):
     def transaction(self) -> AbstractContextManager[UnitOfWork]:
         """A unit of work: committed when the block ends, rolled back when it raises."""
         ...
+
+    def ping(self) -> None:
+        """Reach the database once (a health check); raises when it cannot."""
+        ...

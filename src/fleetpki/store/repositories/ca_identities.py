@@ -164,4 +164,4 @@ class SqlAuditRepository:
             .where(AuditEntry.object_type == "certificate")
             .order_by(AuditEntry.id.desc())
         )
-        return [(entry, cert) for entry, cert in self._session.execute(query).tuples()]
+        return [(row[0], row[1]) for row in self._session.execute(query)]
