@@ -28,7 +28,6 @@ from fleetpki.errors import FleetPKIError
 from fleetpki.keystore import load_or_create_passphrase
 from fleetpki.pki.keys import KeySpec
 from fleetpki.services import Actor, FleetPKI, init_home
-from fleetpki.services.principals import add_principal, create_token
 from fleetpki.settings import Settings
 
 __all__ = ["STEPS", "DemoState", "Step", "run_demo"]
@@ -110,13 +109,10 @@ def _trust(state: DemoState, _console: Console) -> str:
 
 def _agent(state: DemoState, _console: Console) -> str:
     fleet = state.fleet()
-    with fleet.transaction() as session:
-        add_principal(
-            session, Actor.local_admin(), AGENT_ID, "demo enrollment agent", now=fleet.now()
-        )
-        state.agent_token = create_token(
-            session, Actor.local_admin(), AGENT_ID, name="demo", now=fleet.now()
-        ).secret
+    fleet.principals.add(Actor.local_admin(), AGENT_ID, "demo enrollment agent")
+    state.agent_token = fleet.principals.create_token(
+        Actor.local_admin(), AGENT_ID, name="demo"
+    ).secret
     return f"principal {AGENT_ID} with an API token (stored hashed)"
 
 

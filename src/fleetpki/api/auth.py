@@ -11,7 +11,7 @@ from fleetpki.api.deps import client_source, get_fleet
 from fleetpki.api.oidc import OIDCVerifier
 from fleetpki.errors import AuthenticationError, PermissionDenied
 from fleetpki.services import Actor
-from fleetpki.services.principals import TOKEN_PREFIX, authenticate_token, ensure_principal
+from fleetpki.services.principals import TOKEN_PREFIX
 
 __all__ = ["Caller", "bearer_token", "caller_for_token", "require_admin", "require_caller"]
 
@@ -59,19 +59,16 @@ def caller_for_token(request: Request, token: str) -> Caller:
         AuthenticationError: 401 for bad credentials.
     """
     fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        if token.startswith(TOKEN_PREFIX):
-            principal = authenticate_token(session, token, now=fleet.now())
-        else:
-            verifier = cast(OIDCVerifier, request.app.state.oidc)
-            identity = verifier.verify(token)
-            principal = ensure_principal(
-                session, identity.principal_id, identity.display_name, now=fleet.now()
-            )
-        actor = Actor(
-            principal_id=principal.id, is_admin=principal.is_admin, source=client_source(request)
-        )
-        return Caller(actor=actor, display_name=principal.friendly_name)
+    if token.startswith(TOKEN_PREFIX):
+        principal = fleet.principals.authenticate_token(token)
+    else:
+        # The JWKS may be fetched over the network: before any unit of work opens.
+        identity = cast(OIDCVerifier, request.app.state.oidc).verify(token)
+        principal = fleet.principals.ensure(identity.principal_id, identity.display_name)
+    actor = Actor(
+        principal_id=principal.id, is_admin=principal.is_admin, source=client_source(request)
+    )
+    return Caller(actor=actor, display_name=principal.friendly_name)
 
 
 def require_admin(request: Request) -> Caller:

@@ -3,7 +3,7 @@
 Bodies and answers are base64 DER as the RFC has them (§4.1.3, §4.2.1, §4.2.3):
 ``application/pkcs10`` requests, ``application/pkcs7-mime; smime-type=certs-only``
 answers.  An optional CA label (``/.well-known/est/{ca-id}/...``, §3.2.2) picks an
-issuing CA; without one the only active issuing CA serves.
+issuing CA; without one the current issuer serves (``services.authority.current_issuer``).
 
 Who may enroll:
 
@@ -36,9 +36,8 @@ from fleetpki.api.deps import client_source, get_fleet
 from fleetpki.api.problems import problem_response
 from fleetpki.api.tls import client_certificate_der
 from fleetpki.errors import AuthenticationError, ValidationError, http_status_for
-from fleetpki.services import Actor, FleetPKI, authority, certificates
+from fleetpki.services import Actor, FleetPKI
 from fleetpki.services.certificates import IssueCommand
-from fleetpki.store.models import CARecord
 
 __all__ = ["CSRATTRS_DER", "router"]
 
@@ -92,37 +91,16 @@ def require_agent(request: Request) -> Caller:
 
 
 def _caller_for_certificate(request: Request, certificate_der: bytes) -> Caller:
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        principal = certificates.principal_for_client_certificate(
-            session, certificate_der, now=fleet.now()
-        )
-        actor = Actor(
-            principal_id=principal.id, is_admin=principal.is_admin, source=client_source(request)
-        )
-        return Caller(actor=actor, display_name=principal.friendly_name)
+    principal = get_fleet(request).renewal.principal_for_client_certificate(certificate_der)
+    actor = Actor(
+        principal_id=principal.id, is_admin=principal.is_admin, source=client_source(request)
+    )
+    return Caller(actor=actor, display_name=principal.friendly_name)
 
 
 def _certs_only(certs: list[x509.Certificate]) -> Response:
     der = pkcs7.serialize_certificates(certs, serialization.Encoding.DER)
     return Response(base64.encodebytes(der), media_type=CERTS_ONLY, headers=_BASE64_HEADERS)
-
-
-def _issuing_ca(fleet: FleetPKI, label: str | None) -> CARecord:
-    with fleet.transaction() as session:
-        if label is not None:
-            ca = authority.get_ca(session, label)
-            if ca.tier != "issuing":
-                raise ValidationError("ca.not_issuing", "that CA label names a root")
-            return ca
-        active = [
-            c for c in authority.list_cas(session) if c.tier == "issuing" and c.status == "active"
-        ]
-    if len(active) != 1:
-        raise ValidationError(
-            "est.label_required", "several issuing CAs: use /.well-known/est/{ca-id}/"
-        )
-    return active[0]
 
 
 async def _csr_from(request: Request) -> bytes:
@@ -140,38 +118,20 @@ async def _csr_from(request: Request) -> bytes:
 
 
 def _cacerts(fleet: FleetPKI, label: str | None) -> Response:
-    ca = _issuing_ca(fleet, label)
-    with fleet.transaction() as session:
-        chain = authority.ca_chain(session, ca)
-    return _certs_only(chain)
+    # Without a label the current issuer serves (services/authority's one rule).
+    return _certs_only(fleet.cas.issuing_chain(label))
 
 
 def _simpleenroll(fleet: FleetPKI, caller: Caller, label: str | None, csr: bytes) -> Response:
-    ca = _issuing_ca(fleet, label)
-    with fleet.transaction() as session:
-        _, issued = certificates.issue(
-            session,
-            caller.actor,
-            fleet.keystore,
-            fleet.urls,
-            IssueCommand(ca_id=ca.id, csr=csr),
-            now=fleet.now(),
-        )
-    return _certs_only([issued.certificate])
+    issued = fleet.certificates.issue(caller.actor, IssueCommand(ca_id=label, csr=csr))
+    return _certs_only([issued.issued.certificate])
 
 
 def _simplereenroll(fleet: FleetPKI, request: Request, current_der: bytes, csr: bytes) -> Response:
-    with fleet.transaction() as session:
-        _, issued = certificates.renew_with_client_certificate(
-            session,
-            fleet.keystore,
-            fleet.urls,
-            certificate_der=current_der,
-            csr=csr,
-            source=client_source(request),
-            now=fleet.now(),
-        )
-    return _certs_only([issued.certificate])
+    issued = fleet.renewal.renew_with_client_certificate(
+        certificate_der=current_der, csr=csr, source=client_source(request)
+    )
+    return _certs_only([issued.issued.certificate])
 
 
 @router.get("/cacerts", response_class=Response)

@@ -12,8 +12,6 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetpki.services import FleetPKI
-from fleetpki.services.authority import list_cas
-from fleetpki.services.enrollment import leaf_expiry_summary
 
 __all__ = ["METRICS_CONTENT_TYPE", "LatencyMiddleware", "Metrics"]
 
@@ -36,12 +34,11 @@ class _ExpiryCollector(Collector):
             "fleetpki_nearest_leaf_not_after_timestamp_seconds",
             "When the valid leaf certificate that expires first expires (Unix time).",
         )
-        with self._fleet.transaction() as session:
-            for ca in list_cas(session):
-                ca_family.add_metric([ca.id, ca.name, ca.tier, ca.status], ca.not_after.timestamp())
-            nearest = leaf_expiry_summary(session, self._fleet.now())
-        if nearest is not None:
-            leaf_family.add_metric([], nearest.timestamp())
+        summary = self._fleet.certificates.expiry_summary()
+        for ca in summary.cas:
+            ca_family.add_metric([ca.id, ca.name, ca.tier, ca.status], ca.not_after.timestamp())
+        if summary.nearest_leaf_not_after is not None:
+            leaf_family.add_metric([], summary.nearest_leaf_not_after.timestamp())
         yield ca_family
         yield leaf_family
 

@@ -1,4 +1,4 @@
-"""Records to answer shapes: what the EZCA and /v1 routes (and the CLI's ``-o json``) show."""
+"""Views to answer shapes: what the EZCA and /v1 routes (and the CLI's ``-o json``) show."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ import datetime as dt
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy.orm import Session
 
 from fleetpki.api.v1_models import CAOut, CertificateOut, DomainOut, TemplateOut
 from fleetpki.pki.names import SanType
 from fleetpki.pki.profile import KeyUsageName
-from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import authority, certificates, domains
 from fleetpki.services.authority import CAUrlsConfig
-from fleetpki.store.models import CARecord, CertificateRecord, DomainRecord, TemplateRecord
+from fleetpki.services.ca_views import CAView, CertificateView, DomainView, TemplateView
 
 __all__ = [
     "ca_hashing",
@@ -26,7 +23,6 @@ __all__ = [
     "domain_out",
     "iso",
     "pem_of",
-    "renewed_serial",
     "san_entries",
     "template_out",
 ]
@@ -40,14 +36,14 @@ _KEY_TYPES = {
 }
 
 
-def ca_key_type(ca: CARecord) -> str:
+def ca_key_type(key_spec: str) -> str:
     """EZCA's ``CAKeyType`` text for a CA's key spec."""
-    return _KEY_TYPES.get(ca.key_spec, ca.key_spec)
+    return _KEY_TYPES.get(key_spec, key_spec)
 
 
-def ca_hashing(ca: CARecord) -> str:
-    """EZCA's ``CAHashing``: the CA's signature hash."""
-    return "SHA384" if ca.key_spec == "ec-p384" else "SHA256"
+def ca_hashing(key_spec: str) -> str:
+    """EZCA's ``CAHashing``: the signature hash of a CA with this key spec."""
+    return "SHA384" if key_spec == "ec-p384" else "SHA256"
 
 
 def iso(value: dt.datetime) -> str:
@@ -60,7 +56,7 @@ def pem_of(certificate: x509.Certificate) -> str:
     return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def san_entries(record: CertificateRecord) -> list[tuple[int, str]]:
+def san_entries(record: CertificateView) -> list[tuple[int, str]]:
     """The certificate's SANs as (GeneralName tag, value) pairs."""
     entries = []
     for text in record.sans:
@@ -102,7 +98,7 @@ def certificate_ekus(certificate: x509.Certificate) -> list[str]:
 # that a field has one name wherever it is shown.
 
 
-def ca_out(urls: CAUrlsConfig, ca: CARecord) -> CAOut:
+def ca_out(urls: CAUrlsConfig, ca: CAView) -> CAOut:
     """A CA as ``/v1/cas`` shows it."""
     return CAOut(
         id=ca.id,
@@ -116,12 +112,12 @@ def ca_out(urls: CAUrlsConfig, ca: CARecord) -> CAOut:
         sha1=ca.sha1_hex,
         not_before=iso(ca.not_before),
         not_after=iso(ca.not_after),
-        certificate_pem=pem_of(authority.ca_certificate(ca)),
+        certificate_pem=pem_of(ca.certificate),
         crl_url=urls.crl_url(ca.id),
     )
 
 
-def template_out(t: TemplateRecord) -> TemplateOut:
+def template_out(t: TemplateView) -> TemplateOut:
     """A template as ``/v1/templates`` shows it."""
     return TemplateOut(
         id=t.id,
@@ -138,26 +134,21 @@ def template_out(t: TemplateRecord) -> TemplateOut:
     )
 
 
-def domain_out(d: DomainRecord) -> DomainOut:
+def domain_out(d: DomainView) -> DomainOut:
     """A domain as ``/v1/domains`` shows it."""
     return DomainOut(
         id=d.id,
         name=d.name,
         ca_id=d.ca_id,
         template_id=d.template_id,
-        owners=d.principals_with(domains.OWNER),
-        requesters=d.principals_with(domains.REQUESTER),
+        owners=list(d.owners),
+        requesters=list(d.requesters),
         created_at=iso(d.created_at),
     )
 
 
-def certificate_out(r: CertificateRecord, renews_serial: str | None = None) -> CertificateOut:
+def certificate_out(r: CertificateView) -> CertificateOut:
     """A certificate as ``/v1/certificates`` shows it."""
-    reason = (
-        RevocationReason.parse(r.revocation_reason).rfc_name
-        if r.revocation_reason is not None
-        else None
-    )
     return CertificateOut(
         serial=r.serial_hex,
         ca_id=r.ca_id,
@@ -172,16 +163,8 @@ def certificate_out(r: CertificateRecord, renews_serial: str | None = None) -> C
         sha1=r.sha1_hex,
         sha256=r.sha256_hex,
         requested_by=r.requested_by,
-        renews_serial=renews_serial,
+        renews_serial=r.renews_serial,
         revoked_at=iso(r.revoked_at) if r.revoked_at else None,
-        revocation_reason=reason,
-        certificate_pem=certificates.certificate_pem(r),
+        revocation_reason=r.reason_name,
+        certificate_pem=r.pem,
     )
-
-
-def renewed_serial(session: Session, record: CertificateRecord) -> str | None:
-    """The serial of the certificate that ``record`` renewed, if it renewed one."""
-    if record.renews_id is None:
-        return None
-    renewed = session.get(CertificateRecord, record.renews_id)
-    return renewed.serial_hex if renewed else None

@@ -20,7 +20,7 @@ from fleetpki.api.app import create_app
 from fleetpki.api.tls import http_protocol_class, server_ssl_context
 from fleetpki.errors import ConflictError, ValidationError
 from fleetpki.services import FleetPKI
-from fleetpki.services.server_cert import ServerTLSFiles, ensure_server_certificate
+from fleetpki.services.server_cert import ServerTLSFiles
 from fleetpki.settings import Settings
 
 __all__ = [
@@ -140,7 +140,7 @@ def prepare_server(
     if api_socket is None and only in (None, "ca"):
         api_socket = bind_socket(host, api_port)
     try:
-        tls = ensure_server_certificate(fleet, hostname=hostname, host=host)
+        tls = fleet.server_certificates.ensure(hostname=hostname, host=host)
         context = server_ssl_context(tls.certfile, tls.keyfile, tls.client_ca_file)
         app = create_app(fleet)
     except BaseException:

@@ -12,12 +12,6 @@ from starlette.concurrency import run_in_threadpool
 
 from fleetpki.api.deps import get_fleet
 from fleetpki.errors import ValidationError
-from fleetpki.services.revocation_status import (
-    answer_ocsp,
-    answer_ocsp_get,
-    ca_certificate_der,
-    get_crl,
-)
 
 __all__ = ["router"]
 
@@ -41,18 +35,16 @@ def _cache_headers(now: dt.datetime, until: dt.datetime) -> dict[str, str]:
 def crl(ca_id: str, request: Request) -> Response:
     """The CA's CRL in DER (RFC 5280 §5), as its certificates' CRL distribution point names."""
     fleet = get_fleet(request)
-    now = fleet.now()
-    with fleet.transaction() as session:
-        der, next_update = get_crl(session, fleet.keystore, fleet.urls, ca_id, now=now)
-    return Response(der, media_type=CRL_TYPE, headers=_cache_headers(now, next_update))
+    crl = fleet.revocation_status.crl(ca_id)
+    return Response(
+        crl.der, media_type=CRL_TYPE, headers=_cache_headers(fleet.now(), crl.next_update)
+    )
 
 
 @router.get("/ca/{ca_id}.cer", response_class=Response)
 def ca_certificate(ca_id: str, request: Request) -> Response:
     """A CA certificate in DER, as the caIssuers access method names it (RFC 5280 §4.2.2.1)."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        der = ca_certificate_der(session, ca_id)
+    der = get_fleet(request).revocation_status.ca_certificate_der(ca_id)
     return Response(der, media_type=CERT_TYPE, headers={"Cache-Control": "public, max-age=86400"})
 
 
@@ -72,19 +64,12 @@ async def ocsp_post(request: Request) -> Response:
             "request.unsupported_media_type", f"send the OCSP request as {OCSP_REQUEST_TYPE}"
         )
     body = await request.body()
-    fleet = get_fleet(request)
-
-    def answer() -> bytes:
-        with fleet.transaction() as session:
-            return answer_ocsp(session, fleet.keystore, body, now=fleet.now())
-
-    return Response(await run_in_threadpool(answer), media_type=OCSP_RESPONSE_TYPE)
+    answer = await run_in_threadpool(get_fleet(request).revocation_status.ocsp, body)
+    return Response(answer, media_type=OCSP_RESPONSE_TYPE)
 
 
 @router.get("/ocsp/{encoded:path}", response_class=Response)
 def ocsp_get(encoded: Annotated[str, Path()], request: Request) -> Response:
     """OCSP over GET: the URL-encoded base64 DER request follows ``/ocsp/`` (Appendix A.1)."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        der = answer_ocsp_get(session, fleet.keystore, encoded, now=fleet.now())
+    der = get_fleet(request).revocation_status.ocsp_get(encoded)
     return Response(der, media_type=OCSP_RESPONSE_TYPE, headers={"Cache-Control": "max-age=60"})

@@ -5,21 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from cryptography import x509
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from fleetpki.api.auth import Caller, bearer_token, require_admin, require_caller
 from fleetpki.api.deps import client_source, get_fleet, get_metrics
-from fleetpki.api.presenters import (
-    ca_out,
-    certificate_out,
-    domain_out,
-    iso,
-    pem_of,
-    renewed_serial,
-    template_out,
-)
+from fleetpki.api.presenters import ca_out, certificate_out, domain_out, iso, pem_of, template_out
 from fleetpki.api.v1_models import (
     AuditEntryOut,
     CAOut,
@@ -36,13 +27,12 @@ from fleetpki.api.v1_models import (
 from fleetpki.pki.names import SanType, SubjectAltName
 from fleetpki.pki.profile import KeyUsageName, parse_eku
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import authority, certificates, domains, enrollment
-from fleetpki.services.audit import list_audit
-from fleetpki.services.certificates import CertificateQuery, IssueCommand
-from fleetpki.store.models import (
-    AuditEntry,
-    CertificateRecord,
+from fleetpki.services.ca_views import (
+    AuditEntryView,
+    IssuedView,
 )
+from fleetpki.services.certificates import CertificateQuery, IssueCommand
+from fleetpki.services.enrollment import MemberRef
 
 __all__ = ["router"]
 
@@ -53,7 +43,7 @@ AdminDep = Annotated[Caller, Depends(require_admin)]
 PEM_CHAIN = "application/pem-certificate-chain"
 
 
-def _audit_out(e: AuditEntry) -> AuditEntryOut:
+def _audit_out(e: AuditEntryView) -> AuditEntryOut:
     return AuditEntryOut(
         id=e.id,
         at=iso(e.at),
@@ -73,24 +63,20 @@ def _audit_out(e: AuditEntry) -> AuditEntryOut:
 def list_cas(request: Request, caller: CallerDep) -> list[CAOut]:
     """Every CA, roots first."""
     fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return [ca_out(fleet.urls, ca) for ca in authority.list_cas(session)]
+    return [ca_out(fleet.urls, ca) for ca in fleet.cas.list()]
 
 
 @router.get("/cas/{ca_id}", response_model=CAOut)
 def get_ca(ca_id: str, request: Request, caller: CallerDep) -> CAOut:
     """One CA."""
     fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return ca_out(fleet.urls, authority.get_ca(session, ca_id))
+    return ca_out(fleet.urls, fleet.cas.get(ca_id))
 
 
 @router.get("/cas/{ca_id}/chain", response_class=Response)
 def get_ca_chain(ca_id: str, request: Request, caller: CallerDep) -> Response:
     """The CA's certificate and its parents up to the root, in PEM."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        chain = authority.ca_chain(session, authority.get_ca(session, ca_id))
+    chain = get_fleet(request).cas.chain(ca_id)
     return Response("".join(pem_of(c) for c in chain), media_type=PEM_CHAIN)
 
 
@@ -99,17 +85,13 @@ def list_templates(
     request: Request, caller: CallerDep, ca_id: str | None = None
 ) -> list[TemplateOut]:
     """Issuance templates, optionally of one CA."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return [template_out(t) for t in authority.list_templates(session, ca_id)]
+    return [template_out(t) for t in get_fleet(request).templates.list(ca_id)]
 
 
 @router.get("/templates/{template_id}", response_model=TemplateOut)
 def get_template(template_id: str, request: Request, caller: CallerDep) -> TemplateOut:
     """One template."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return template_out(authority.get_template(session, template_id))
+    return template_out(get_fleet(request).templates.get(template_id))
 
 
 # --------------------------------------------------------------------------- domains
@@ -118,38 +100,27 @@ def get_template(template_id: str, request: Request, caller: CallerDep) -> Templ
 @router.get("/domains", response_model=list[DomainOut])
 def list_domains(request: Request, caller: CallerDep, name: str | None = None) -> list[DomainOut]:
     """Domains the caller owns or requests for (every domain for admins)."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return [domain_out(d) for d in domains.list_domains(session, caller.actor, name=name)]
+    return [domain_out(d) for d in get_fleet(request).domains.list(caller.actor, name=name)]
 
 
 @router.post("/domains", response_model=DomainOut, status_code=201)
 def register_domain(body: DomainIn, request: Request, caller: CallerDep) -> DomainOut:
     """Register a domain; principals first seen in the member lists are created."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        ca_id, template_id = enrollment.resolve_issue_target(
-            session, caller.actor, domain=None, ca_id=body.ca_id, template_id=body.template_id
-        )
-        domain = enrollment.register_domain_with_members(
-            session,
-            caller.actor,
-            ca_id=ca_id,
-            template_id=template_id,
-            name=body.name,
-            owners=[enrollment.MemberRef(m.id, m.name) for m in body.owners],
-            requesters=[enrollment.MemberRef(m.id, m.name) for m in body.requesters],
-            now=fleet.now(),
-        )
-        return domain_out(domain)
+    domain = get_fleet(request).enrollment.register_domain(
+        caller.actor,
+        ca_id=body.ca_id,
+        template_id=body.template_id,
+        name=body.name,
+        owners=[MemberRef(m.id, m.name) for m in body.owners],
+        requesters=[MemberRef(m.id, m.name) for m in body.requesters],
+    )
+    return domain_out(domain)
 
 
 @router.get("/domains/{domain_id}", response_model=DomainOut)
 def get_domain(domain_id: str, request: Request, caller: CallerDep) -> DomainOut:
     """One domain the caller can see."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        return domain_out(enrollment.visible_domain(session, caller.actor, domain_id))
+    return domain_out(get_fleet(request).domains.get(caller.actor, domain_id))
 
 
 @router.put("/domains/{domain_id}/members", response_model=DomainOut)
@@ -157,23 +128,16 @@ def set_domain_members(
     domain_id: str, body: DomainMembersIn, request: Request, caller: CallerDep
 ) -> DomainOut:
     """Replace a domain's owners and requesters (its owners and admins only)."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        domain = domains.set_domain_members(
-            session,
-            caller.actor,
-            domain_id,
-            owners=body.owners,
-            requesters=body.requesters,
-            now=fleet.now(),
-        )
-        return domain_out(domain)
+    domain = get_fleet(request).domains.set_members(
+        caller.actor, domain_id, owners=body.owners, requesters=body.requesters
+    )
+    return domain_out(domain)
 
 
 # --------------------------------------------------------------------------- certificates
 
 
-def _issue_command(body: CertificateIssueIn, ca_id: str, template_id: str | None) -> IssueCommand:
+def _issue_command(body: CertificateIssueIn) -> IssueCommand:
     sans = (
         tuple(
             SubjectAltName(SanType[s.type.upper()], s.value.strip()) for s in body.subject_alt_names
@@ -182,8 +146,9 @@ def _issue_command(body: CertificateIssueIn, ca_id: str, template_id: str | None
         else None
     )
     return IssueCommand(
-        ca_id=ca_id,
-        template_id=template_id,
+        ca_id=body.ca_id,
+        template_id=body.template_id,
+        domain=body.domain,
         csr=body.csr,
         validity_days=body.validity_days,
         subject_cn=body.subject_cn,
@@ -197,13 +162,11 @@ def _issue_command(body: CertificateIssueIn, ca_id: str, template_id: str | None
     )
 
 
-def _issued(
-    record: CertificateRecord, leaf: x509.Certificate, chain: list[x509.Certificate]
-) -> CertificateIssuedOut:
+def _issued(issued: IssuedView) -> CertificateIssuedOut:
     return CertificateIssuedOut(
-        certificate=certificate_out(record),
-        chain_pem=pem_of(leaf) + pem_of(chain[0]),
-        root_pem=pem_of(chain[-1]),
+        certificate=certificate_out(issued.certificate),
+        chain_pem=issued.pem + pem_of(issued.chain[0]),
+        root_pem=pem_of(issued.chain[-1]),
     )
 
 
@@ -212,24 +175,7 @@ def issue_certificate(
     body: CertificateIssueIn, request: Request, caller: CallerDep
 ) -> CertificateIssuedOut:
     """Issue a certificate for a CSR naming a domain the caller may request for."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        ca_id, template_id = enrollment.resolve_issue_target(
-            session,
-            caller.actor,
-            domain=body.domain,
-            ca_id=body.ca_id,
-            template_id=body.template_id,
-        )
-        record, issued = certificates.issue(
-            session,
-            caller.actor,
-            fleet.keystore,
-            fleet.urls,
-            _issue_command(body, ca_id, template_id),
-            now=fleet.now(),
-        )
-        answer = _issued(record, issued.certificate, enrollment.issuer_chain(session, record))
+    answer = _issued(get_fleet(request).certificates.issue(caller.actor, _issue_command(body)))
     get_metrics(request).issued.labels(kind="v1").inc()
     return answer
 
@@ -246,7 +192,6 @@ def list_certificates(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CertificateOut]:
     """Certificates the caller can see, newest first, with filters."""
-    fleet = get_fleet(request)
     query = CertificateQuery(
         domain=domain,
         status=status,
@@ -257,17 +202,11 @@ def list_certificates(
         offset=offset,
         limit=limit,
     )
-    with fleet.transaction() as session:
-        rows = certificates.list_certificates(session, caller.actor, query, now=fleet.now())
-        return [certificate_out(r) for r in rows]
+    return [certificate_out(r) for r in get_fleet(request).certificates.search(caller.actor, query)]
 
 
 def _visible(request: Request, caller: Caller, serial: str) -> CertificateOut:
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        record = certificates.get_certificate(session, serial)
-        enrollment.visible_certificate(session, caller.actor, record)
-        return certificate_out(record, renewed_serial(session, record))
+    return certificate_out(get_fleet(request).certificates.get(caller.actor, serial))
 
 
 @router.get("/certificates/{serial}", response_model=CertificateOut)
@@ -288,12 +227,7 @@ def revoke_certificate(
 ) -> CertificateOut:
     """Revoke a certificate with an RFC 5280 reason (domain owners and admins)."""
     reason = RevocationReason.parse(body.reason)
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        record = certificates.get_certificate(session, serial)
-        enrollment.visible_certificate(session, caller.actor, record)
-        certificates.revoke(session, caller.actor, record, reason, now=fleet.now())
-        answer = certificate_out(record)
+    answer = certificate_out(get_fleet(request).certificates.revoke(caller.actor, serial, reason))
     get_metrics(request).revocations.labels(reason=reason.rfc_name).inc()
     return answer
 
@@ -302,21 +236,14 @@ def revoke_certificate(
 def renew_certificate(body: RenewIn, request: Request) -> CertificateIssuedOut:
     """Renew with the current certificate; the bearer token is a certificate token."""
     token = bearer_token(request)
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        record, issued = certificates.renew_with_token(
-            session,
-            fleet.keystore,
-            fleet.urls,
-            token=token,
-            certificate_pem=body.certificate,
-            csr=body.csr,
-            validity_days=body.validity_days,
-            audience=fleet.settings.certificate_token_audience,
-            source=client_source(request),
-            now=fleet.now(),
-        )
-        answer = _issued(record, issued.certificate, enrollment.issuer_chain(session, record))
+    issued = get_fleet(request).renewal.renew_with_token(
+        token=token,
+        certificate_pem=body.certificate,
+        csr=body.csr,
+        validity_days=body.validity_days,
+        source=client_source(request),
+    )
+    answer = _issued(issued)
     get_metrics(request).issued.labels(kind="renew").inc()
     return answer
 
@@ -329,13 +256,8 @@ def certificate_audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEntryOut]:
     """The audit entries of one certificate the caller can see."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        record = certificates.get_certificate(session, serial)
-        pairs = enrollment.certificate_audit(
-            session, caller.actor, thumbprint=record.sha1_hex, limit=limit
-        )
-        return [_audit_out(e) for e, _ in pairs]
+    entries = get_fleet(request).certificates.audit(caller.actor, serial, limit=limit)
+    return [_audit_out(e) for e in entries]
 
 
 # --------------------------------------------------------------------------- audit
@@ -350,7 +272,7 @@ def audit_log(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEntryOut]:
     """The newest audit entries (admins only), optionally for one object."""
-    fleet = get_fleet(request)
-    with fleet.transaction() as session:
-        entries = list_audit(session, object_type=object_type, object_id=object_id, limit=limit)
-        return [_audit_out(e) for e in entries]
+    entries = get_fleet(request).audit.latest(
+        caller.actor, object_type=object_type, object_id=object_id, limit=limit
+    )
+    return [_audit_out(e) for e in entries]

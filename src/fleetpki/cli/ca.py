@@ -18,7 +18,7 @@ from fleetpki.cli.output import (
     table,
     write_out,
 )
-from fleetpki.services import FleetPKI, authority
+from fleetpki.services import FleetPKI
 
 __all__ = ["app"]
 
@@ -34,24 +34,19 @@ CaId = Annotated[str, typer.Argument(help="The CA id.")]
 def _local_list(fleet: FleetPKI) -> list[dict[str, Any]]:
     from fleetpki.api.presenters import ca_out
 
-    with fleet.transaction() as session:
-        return [
-            ca_out(fleet.urls, ca).model_dump(mode="json") for ca in authority.list_cas(session)
-        ]
+    return [ca_out(fleet.urls, ca).model_dump(mode="json") for ca in fleet.cas.list()]
 
 
 def _local_show(fleet: FleetPKI, ca_id: str) -> dict[str, Any]:
     from fleetpki.api.presenters import ca_out
 
-    with fleet.transaction() as session:
-        return ca_out(fleet.urls, authority.get_ca(session, ca_id)).model_dump(mode="json")
+    return ca_out(fleet.urls, fleet.cas.get(ca_id)).model_dump(mode="json")
 
 
 def _local_chain_pem(fleet: FleetPKI, ca_id: str) -> str:
     from fleetpki.api.presenters import pem_of
 
-    with fleet.transaction() as session:
-        chain = authority.ca_chain(session, authority.get_ca(session, ca_id))
+    chain = fleet.cas.chain(ca_id)
     return "".join(pem_of(c) for c in chain)
 
 

@@ -23,12 +23,12 @@ from fleetpki.cli.output import (
     table,
     write_out,
 )
-from fleetpki.errors import NotFoundError, ValidationError
 from fleetpki.keystore import PrivateKey
 from fleetpki.pki.certtoken import make_certificate_token
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, FleetPKI, authority, certificates, domains
-from fleetpki.services.certificates import CertificateQuery, IssueCommand
+from fleetpki.services import Actor, FleetPKI
+from fleetpki.services.ca_views import IssuedView
+from fleetpki.services.certificates import CertificateQuery, IssueCommand, load_certificate_pem
 
 __all__ = ["app"]
 
@@ -41,93 +41,66 @@ Serial = Annotated[str, typer.Argument(help="Serial number in hex.")]
 # ``{"certificate": {...}, "chain_pem": "..."}`` as ``POST /v1/certificates`` answers.
 
 
-def _issued_json(fleet: FleetPKI, record: Any, leaf_pem: str) -> dict[str, Any]:
+def _issued_json(issued: IssuedView) -> dict[str, Any]:
     from fleetpki.api.presenters import certificate_out, pem_of
 
-    with fleet.transaction() as session:
-        chain = authority.ca_chain(session, authority.get_ca(session, record.ca_id))
     # The leaf and the issuing CA; the root is the trust anchor and is not sent.
     return {
-        "certificate": certificate_out(record).model_dump(mode="json"),
-        "chain_pem": leaf_pem + pem_of(chain[0]),
-        "root_pem": pem_of(chain[-1]),
+        "certificate": certificate_out(issued.certificate).model_dump(mode="json"),
+        "chain_pem": issued.pem + pem_of(issued.chain[0]),
+        "root_pem": pem_of(issued.chain[-1]),
     }
 
 
 def _local_request(
     fleet: FleetPKI, domain: str, csr: bytes, days: int | None, ca: str | None
 ) -> dict[str, Any]:
-    with fleet.transaction() as session:
-        found = domains.list_domains(session, Actor.local_admin(), name=domain)
-        found = [d for d in found if ca is None or d.ca_id == ca]
-        if not found:
-            raise NotFoundError("domain.not_found", f"no registered domain {domain!r}")
-        if len(found) > 1:
-            raise ValidationError(
-                "cli.ca_required", f"{domain!r} exists under several CAs: use --ca"
-            )
-        record, issued = certificates.issue(
-            session,
-            Actor.local_admin(),
-            fleet.keystore,
-            fleet.urls,
-            IssueCommand(
-                ca_id=found[0].ca_id,
-                template_id=found[0].template_id,
-                csr=csr,
-                validity_days=days,
-            ),
-            now=fleet.now(),
-        )
-    if domain not in {issued.common_name, *(s.value for s in issued.subject_alt_names)}:
+    actor = Actor.local_admin()
+    target = fleet.domains.for_request(actor, domain, ca)
+    issued = fleet.certificates.issue(
+        actor,
+        IssueCommand(
+            ca_id=target.ca_id, template_id=target.template_id, csr=csr, validity_days=days
+        ),
+    )
+    named = {issued.issued.common_name, *(s.value for s in issued.issued.subject_alt_names)}
+    if domain not in named:
         err_console.print(f"[yellow]note[/yellow]: the certificate does not name {domain!r}")
-    return _issued_json(fleet, record, issued.pem)
+    return _issued_json(issued)
 
 
 def _local_list(fleet: FleetPKI, query: CertificateQuery) -> list[dict[str, Any]]:
     from fleetpki.api.presenters import certificate_out
 
-    with fleet.transaction() as session:
-        rows = certificates.list_certificates(session, Actor.local_admin(), query, now=fleet.now())
-        return [certificate_out(r).model_dump(mode="json") for r in rows]
+    rows = fleet.certificates.search(Actor.local_admin(), query)
+    return [certificate_out(r).model_dump(mode="json") for r in rows]
 
 
 def _local_show(fleet: FleetPKI, serial: str) -> dict[str, Any]:
-    from fleetpki.api.presenters import certificate_out, renewed_serial
+    from fleetpki.api.presenters import certificate_out
 
-    with fleet.transaction() as session:
-        record = certificates.get_certificate(session, serial)
-        return certificate_out(record, renewed_serial(session, record)).model_dump(mode="json")
+    return certificate_out(fleet.certificates.get(Actor.local_admin(), serial)).model_dump(
+        mode="json"
+    )
 
 
 def _local_revoke(fleet: FleetPKI, serial: str, reason: RevocationReason) -> dict[str, Any]:
     from fleetpki.api.presenters import certificate_out
 
-    with fleet.transaction() as session:
-        record = certificates.get_certificate(session, serial)
-        certificates.revoke(session, Actor.local_admin(), record, reason, now=fleet.now())
-        return certificate_out(record).model_dump(mode="json")
+    revoked = fleet.certificates.revoke(Actor.local_admin(), serial, reason)
+    return certificate_out(revoked).model_dump(mode="json")
 
 
 def _local_renew(
     fleet: FleetPKI, cert_pem: bytes, key: PrivateKey, csr: bytes, days: int | None
 ) -> dict[str, Any]:
-    current = certificates.load_certificate_pem(cert_pem)
+    current = load_certificate_pem(cert_pem)
     audience = fleet.settings.certificate_token_audience
     token = make_certificate_token(current, key, audience=audience, now=fleet.now())
-    with fleet.transaction() as session:
-        record, issued = certificates.renew_with_token(
-            session,
-            fleet.keystore,
-            fleet.urls,
-            token=token,
-            certificate_pem=cert_pem,
-            csr=csr,
-            validity_days=days,
-            audience=audience,
-            now=fleet.now(),
-        )
-    return _issued_json(fleet, record, issued.pem)
+    issued = fleet.renewal.renew_with_token(
+        token=token, certificate_pem=cert_pem, csr=csr, validity_days=days
+    )
+    return _issued_json(issued)
 
 
 @app.command("request")
@@ -264,7 +237,7 @@ def cert_renew(
 ) -> None:
     """Renew with the current certificate: its key signs a one-time certificate token."""
     cert_pem = read_file(cert, "certificate")
-    certificates.load_certificate_pem(cert_pem)  # a bad file fails before the key is read
+    load_certificate_pem(cert_pem)  # a bad file fails before the key is read
     private_key = load_private_key(key)
     csr_bytes = read_file(csr, "CSR")
     state = cli_context(ctx)

@@ -8,24 +8,11 @@ import typer
 
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import Output, OutputOption, console, print_json, print_table, table
-from fleetpki.errors import ValidationError
-from fleetpki.services import Actor, FleetPKI, authority, domains
+from fleetpki.services import Actor, FleetPKI
 
 __all__ = ["app"]
 
 app = typer.Typer(help="Domains: device ids with owners and requesters.", no_args_is_help=True)
-
-
-def _default_issuing_ca(fleet: FleetPKI, ca: str | None) -> str:
-    if ca:
-        return ca
-    with fleet.transaction() as session:
-        issuing = [
-            c for c in authority.list_cas(session) if c.tier == "issuing" and c.status == "active"
-        ]
-    if len(issuing) != 1:
-        raise ValidationError("cli.ca_required", "several issuing CAs exist: choose one with --ca")
-    return issuing[0].id
 
 
 def _local_register(
@@ -38,27 +25,24 @@ def _local_register(
 ) -> dict[str, Any]:
     from fleetpki.api.presenters import domain_out
 
-    ca_id = _default_issuing_ca(fleet, ca)
-    with fleet.transaction() as session:
-        record = domains.register_domain(
-            session,
-            Actor.local_admin(),
-            ca_id=ca_id,
-            template_id=template,
-            name=name,
-            owners=owners,
-            requesters=requesters,
-            now=fleet.now(),
-        )
-        return domain_out(record).model_dump(mode="json")
+    # A domain registered without --ca goes to the CA that issues now: the one rule.
+    ca_id = ca or fleet.cas.current_issuer().id
+    domain = fleet.domains.register(
+        Actor.local_admin(),
+        ca_id=ca_id,
+        template_id=template,
+        name=name,
+        owners=owners,
+        requesters=requesters,
+    )
+    return domain_out(domain).model_dump(mode="json")
 
 
 def _local_list(fleet: FleetPKI, name: str | None) -> list[dict[str, Any]]:
     from fleetpki.api.presenters import domain_out
 
-    with fleet.transaction() as session:
-        found = domains.list_domains(session, Actor.local_admin(), name=name)
-        return [domain_out(d).model_dump(mode="json") for d in found]
+    found = fleet.domains.list(Actor.local_admin(), name=name)
+    return [domain_out(d).model_dump(mode="json") for d in found]
 
 
 @app.command("register")

@@ -8,14 +8,15 @@ import typer
 
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import Output, OutputOption, console, print_json, print_table, table
-from fleetpki.services import Actor, FleetPKI, principals
+from fleetpki.services import Actor, FleetPKI
+from fleetpki.services.ca_views import PrincipalView
 
 __all__ = ["app"]
 
 app = typer.Typer(help="Principals (users and services).", no_args_is_help=True)
 
 
-def _principal_json(principal: Any) -> dict[str, Any]:
+def _principal_json(principal: PrincipalView) -> dict[str, Any]:
     # The API has no principal resource yet; these are the store's field names.
     return {
         "id": principal.id,
@@ -28,22 +29,14 @@ def _principal_json(principal: Any) -> dict[str, Any]:
 def _add(
     fleet: FleetPKI, principal_id: str, name: str, principal_type: str, admin: bool
 ) -> dict[str, Any]:
-    with fleet.transaction() as session:
-        added = principals.add_principal(
-            session,
-            Actor.local_admin(),
-            principal_id,
-            name,
-            principal_type=principal_type,
-            is_admin=admin,
-            now=fleet.now(),
-        )
-        return _principal_json(added)
+    added = fleet.principals.add(
+        Actor.local_admin(), principal_id, name, principal_type=principal_type, is_admin=admin
+    )
+    return _principal_json(added)
 
 
 def _list(fleet: FleetPKI) -> list[dict[str, Any]]:
-    with fleet.transaction() as session:
-        return [_principal_json(p) for p in principals.list_principals(session)]
+    return [_principal_json(p) for p in fleet.principals.list()]
 
 
 @app.command("add")

@@ -9,7 +9,7 @@ import typer
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import Output, OutputOption, print_json, print_table, table
 from fleetpki.pki.profile import Template
-from fleetpki.services import FleetPKI, authority
+from fleetpki.services import FleetPKI
 
 __all__ = ["app"]
 
@@ -19,11 +19,7 @@ app = typer.Typer(help="Issuance templates.", no_args_is_help=True)
 def _local_list(fleet: FleetPKI, ca_id: str | None) -> list[dict[str, Any]]:
     from fleetpki.api.presenters import template_out
 
-    with fleet.transaction() as session:
-        return [
-            template_out(t).model_dump(mode="json")
-            for t in authority.list_templates(session, ca_id)
-        ]
+    return [template_out(t).model_dump(mode="json") for t in fleet.templates.list(ca_id)]
 
 
 @app.command("list")

@@ -11,7 +11,7 @@ import typer
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.inputs import parse_duration
 from fleetpki.cli.output import err_console
-from fleetpki.services import Actor, FleetPKI, principals
+from fleetpki.services import Actor, FleetPKI
 from fleetpki.services.principals import NewToken
 
 __all__ = ["app"]
@@ -22,15 +22,9 @@ app = typer.Typer(help="API tokens.", no_args_is_help=True)
 def _create(
     fleet: FleetPKI, principal_id: str, name: str, lifetime: dt.timedelta | None
 ) -> NewToken:
-    with fleet.transaction() as session:
-        return principals.create_token(
-            session,
-            Actor.local_admin(),
-            principal_id,
-            name=name,
-            lifetime=lifetime,
-            now=fleet.now(),
-        )
+    return fleet.principals.create_token(
+        Actor.local_admin(), principal_id, name=name, lifetime=lifetime
+    )
 
 
 @app.command("create")

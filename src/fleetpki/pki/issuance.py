@@ -116,6 +116,7 @@ class Plan:
     not_after: dt.datetime
     key_usages: tuple[KeyUsageName, ...]
     ekus: tuple[str, ...]
+    local_names: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +203,7 @@ def resolve_names(
     if cn is None and not sans:
         raise ValidationError("csr.no_names", "the request names no subject CN and no SAN")
     for san in sans:
-        san.to_general_name()  # raises san.invalid on a malformed value
+        san.to_general_name(local_names=template.local_names)  # san.invalid when malformed
     names = ([cn] if cn is not None else []) + [san.authorization_name for san in sans]
     for name in dict.fromkeys(names):
         if not template.allows_name(name):
@@ -325,7 +326,12 @@ def build_certificate(plan: Plan, issuer: Issuer) -> x509.Certificate:
     if plan.subject_alt_names:
         # RFC 5280 §4.2.1.6: critical when the subject is empty.
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([san.to_general_name() for san in plan.subject_alt_names]),
+            x509.SubjectAlternativeName(
+                [
+                    san.to_general_name(local_names=plan.local_names)
+                    for san in plan.subject_alt_names
+                ]
+            ),
             critical=not plan.common_name,
         )
     if issuer.crl_url:
@@ -391,6 +397,7 @@ def issue_certificate(
         not_after=not_after,
         key_usages=usages,
         ekus=ekus,
+        local_names=template.local_names,
     )
     cert = build_certificate(plan, issuer)
     check_certificate(cert, plan, issuer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -100,8 +101,12 @@ class SubjectAltName:
             "csr.unsupported_san", f"unsupported subject alternative name {name!r}"
         )
 
-    def to_general_name(self) -> x509.GeneralName:
+    def to_general_name(self, *, local_names: Collection[str] = ()) -> x509.GeneralName:
         """Convert to a cryptography ``GeneralName``, checking the value's syntax.
+
+        Args:
+            local_names: single-label host names accepted as DNS names all the same
+                (``localhost`` on a server certificate for this machine).
 
         Raises:
             ValidationError: ``san.invalid`` when the value does not fit its type.
@@ -109,7 +114,7 @@ class SubjectAltName:
         value = self.value
         try:
             if self.type is SanType.DNS:
-                if not is_dns_name(value):
+                if not is_dns_name(value) and value.lower() not in local_names:
                     raise ValueError(value)
                 return x509.DNSName(value)
             if self.type is SanType.IP:

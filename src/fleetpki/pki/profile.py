@@ -159,6 +159,9 @@ class Template:
         allowed_key_usages: the key usage bits a request may ask for.
         domain_restrictions: glob patterns every name must match; empty allows any.
         auto_renew_percentage: when devices should renew, in percent of lifetime.
+        local_names: single-label host names (lower case) allowed as DNS SANs although
+            they are not DNS names (see :func:`fleetpki.pki.names.is_dns_name`): only the
+            server profile has one, ``localhost``, so https://localhost verifies.
     """
 
     template_id: str
@@ -171,6 +174,7 @@ class Template:
     allowed_key_usages: frozenset[KeyUsageName] = frozenset(KeyUsageName)
     domain_restrictions: tuple[str, ...] = field(default=())
     auto_renew_percentage: int = 66
+    local_names: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.max_validity_days < 1:

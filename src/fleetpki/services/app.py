@@ -17,13 +17,28 @@ from sqlalchemy.orm import Session
 
 from fleetpki.errors import ConflictError
 from fleetpki.keystore import FileKeyStore, KeyStore, load_or_create_passphrase
-from fleetpki.services.authority import CAUrlsConfig, HierarchySpec, create_hierarchy
+from fleetpki.services.audit import AuditService
+from fleetpki.services.authority import (
+    CAService,
+    CAUrlsConfig,
+    HierarchySpec,
+    TemplateService,
+    create_hierarchy_in,
+)
+from fleetpki.services.ca_views import CAView, TemplateView, ca_view, template_view
+from fleetpki.services.certificates import CertificateService
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock, system_clock
 from fleetpki.services.delivery import DEFAULT_POLL, ConsumerWorker, EventDelivery, Handler
+from fleetpki.services.domains import DomainService
+from fleetpki.services.enrollment import EnrollmentService
 from fleetpki.services.events import EventBus
+from fleetpki.services.principals import PrincipalService
+from fleetpki.services.renewal import RenewalService
+from fleetpki.services.revocation_status import RevocationStatusService
+from fleetpki.services.server_cert import ServerCertificateService
 from fleetpki.settings import Settings
 from fleetpki.store.db import Database
-from fleetpki.store.models import CARecord, Principal, TemplateRecord
+from fleetpki.store.models import Principal
 from fleetpki.store.notify import NotifyListener
 from fleetpki.store.unit_of_work import SqlStore
 
@@ -43,6 +58,8 @@ class FleetPKI:
         events: this application's event bus (in-process, after-commit notifications).
         store: the database as the services see it (units of work).
         delivery: the outbox's per-consumer delivery use cases.
+        cas, templates, certificates, renewal, domains, principals, enrollment,
+        revocation_status, audit, server_certificates: the CA side's use cases.
     """
 
     def __init__(
@@ -60,6 +77,23 @@ class FleetPKI:
         self.events = EventBus()
         self.store = SqlStore(database, self.events)
         self.delivery = EventDelivery(self.store, clock)
+        # -- CA side: the use cases of CAs, certificates, domains and principals --------
+        # Services read the time through ``self.now``, so a test that moves
+        # ``fleet.clock`` moves every service's clock with it.
+        audience, now = settings.certificate_token_audience, self.now
+        self.cas = CAService(self.store, keystore, now, self.urls)
+        self.templates = TemplateService(self.store)
+        self.certificates = CertificateService(self.store, keystore, now, self.urls)
+        self.renewal = RenewalService(self.store, keystore, now, self.urls, audience=audience)
+        self.domains = DomainService(self.store, now)
+        self.principals = PrincipalService(self.store, now)
+        self.enrollment = EnrollmentService(self.store, now, audience=audience)
+        self.revocation_status = RevocationStatusService(self.store, keystore, now, self.urls)
+        self.audit = AuditService(self.store)
+        self.server_certificates = ServerCertificateService(
+            self.store, keystore, now, self.urls, settings.home
+        )
+        # -- end of the CA side -----------------------------------------------------------
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []
         self._listener: NotifyListener | None = None
@@ -143,9 +177,9 @@ class InitResult:
     """What ``init`` created."""
 
     app: FleetPKI
-    root: CARecord
-    issuing: CARecord
-    template: TemplateRecord
+    root: CAView
+    issuing: CAView
+    template: TemplateView
 
 
 def init_home(
@@ -169,9 +203,9 @@ def init_home(
     keystore = FileKeyStore(settings.keys_dir, load_or_create_passphrase(home, create=True))
     app = FleetPKI(settings, database, keystore, clock)
     now = app.now()
-    with app.transaction() as session:
-        if session.get(Principal, LOCAL_ADMIN_ID) is None:
-            session.add(
+    with app.store.transaction() as tx:
+        if tx.principals.get(LOCAL_ADMIN_ID) is None:
+            tx.principals.add(
                 Principal(
                     id=LOCAL_ADMIN_ID,
                     friendly_name="local admin",
@@ -180,11 +214,12 @@ def init_home(
                     created_at=now,
                 )
             )
-        root, issuing, template = create_hierarchy(
-            session, Actor.local_admin(), keystore, app.urls, spec or HierarchySpec(), now=now
+        root, issuing, template = create_hierarchy_in(
+            tx, Actor.local_admin(), keystore, app.urls, spec or HierarchySpec(), now=now
         )
+        views = ca_view(root), ca_view(issuing), template_view(template)
     # The configuration is written last: a home without it is not a home, so a
     # failed init can simply be run again.
     settings.config_path.write_text(settings.to_toml())
     settings.config_path.chmod(0o600)
-    return InitResult(app, root, issuing, template)
+    return InitResult(app, *views)

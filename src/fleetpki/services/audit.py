@@ -5,17 +5,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
+from fleetpki.errors import PermissionDenied
+from fleetpki.services.ca_views import AuditEntryView, audit_entry_view
 from fleetpki.services.context import Actor
+from fleetpki.services.events import unit_of
+from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import AuditEntry
 
-__all__ = ["list_audit", "record_audit"]
+__all__ = ["AuditService", "list_audit", "record_audit", "write_audit"]
 
 
-def record_audit(
-    session: Session,
+def write_audit(
+    tx: UnitOfWork,
     actor: Actor,
     action: str,
     object_type: str,
@@ -24,8 +25,8 @@ def record_audit(
     at: dt.datetime,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Add an audit entry to the current transaction (never secrets in ``details``)."""
-    session.add(
+    """Add an audit entry to the caller's unit of work (never secrets in ``details``)."""
+    tx.audit.add(
         AuditEntry(
             at=at,
             actor_id=actor.principal_id,
@@ -38,17 +39,59 @@ def record_audit(
     )
 
 
+class AuditService:
+    """Reading the audit log.
+
+    Args:
+        store: the database.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def latest(
+        self,
+        actor: Actor,
+        *,
+        object_type: str | None = None,
+        object_id: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntryView]:
+        """The newest audit entries (admins only), optionally of one object.
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+        """
+        if not actor.is_admin:
+            raise PermissionDenied("auth.admin_required", "only admins may read the audit log")
+        with self._store.transaction() as tx:
+            entries = tx.audit.latest(object_type=object_type, object_id=object_id, limit=limit)
+            return [audit_entry_view(e) for e in entries]
+
+
+# -- transitional: for callers still handed a session (the CLI, the hub side) -------------
+
+
+def record_audit(
+    session: Any,
+    actor: Actor,
+    action: str,
+    object_type: str,
+    object_id: str,
+    *,
+    at: dt.datetime,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """:func:`write_audit` in the unit of work that opened ``session`` (transitional)."""
+    write_audit(unit_of(session), actor, action, object_type, object_id, at=at, details=details)
+
+
 def list_audit(
-    session: Session,
+    session: Any,
     *,
     object_type: str | None = None,
     object_id: str | None = None,
     limit: int = 100,
 ) -> list[AuditEntry]:
-    """The newest audit entries, optionally for one object."""
-    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
-    if object_type is not None:
-        query = query.where(AuditEntry.object_type == object_type)
-    if object_id is not None:
-        query = query.where(AuditEntry.object_id == object_id)
-    return list(session.scalars(query))
+    """The newest audit entries, optionally for one object (transitional)."""
+    return unit_of(session).audit.latest(object_type=object_type, object_id=object_id, limit=limit)

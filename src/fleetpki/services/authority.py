@@ -1,15 +1,20 @@
-"""CAs and templates: creating the hierarchy, finding issuers, exporting chains."""
+"""CAs and templates: the hierarchy, the one rule for which CA issues, issuers and chains.
+
+Which CA issues when a caller names none is decided here and only here
+(:func:`current_issuer`): the CA's state decides, not the order CAs happen to be
+listed in.
+"""
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from fleetpki.errors import NotFoundError, ValidationError
 from fleetpki.keystore import KeyStore
@@ -24,22 +29,40 @@ from fleetpki.pki.ca import (
 from fleetpki.pki.issuance import Issuer, thumbprints
 from fleetpki.pki.keys import CA_KEY_SPECS, KeySpec, generate_key
 from fleetpki.pki.profile import DEFAULT_MAX_VALIDITY_DAYS, KeyUsageName, Template
-from fleetpki.services.audit import record_audit
-from fleetpki.services.context import Actor
+from fleetpki.services.audit import write_audit
+from fleetpki.services.ca_views import (
+    CAView,
+    HierarchyView,
+    IssuerOfferView,
+    TemplateView,
+    ca_view,
+    template_view,
+)
+from fleetpki.services.context import Actor, Clock
+from fleetpki.services.events import unit_of
+from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CARecord, TemplateRecord
 
 __all__ = [
+    "CAService",
     "CAUrlsConfig",
     "HierarchySpec",
+    "TemplateService",
     "ca_certificate",
     "ca_chain",
+    "ca_record",
     "create_hierarchy",
+    "current_issuer",
     "get_ca",
     "get_template",
+    "is_current_issuer",
     "issuer_for",
     "list_cas",
     "list_templates",
+    "template_for",
     "template_from_record",
+    "template_record",
+    "template_record_of",
 ]
 
 
@@ -74,6 +97,150 @@ class HierarchySpec:
     max_validity_days: int = DEFAULT_MAX_VALIDITY_DAYS
 
 
+# -- code shared by use cases: runs inside the caller's unit of work ---------------------
+
+
+def _parse_id(value: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise NotFoundError(f"{what}.not_found", f"no {what} {value!r} (not a GUID)") from None
+
+
+def ca_record(tx: UnitOfWork, ca_id: str) -> CARecord:
+    """The CA with this id, in the caller's unit of work.
+
+    Raises:
+        NotFoundError: ``ca.not_found``.
+    """
+    ca = tx.cas.get(_parse_id(ca_id, "ca"))
+    if ca is None:
+        raise NotFoundError("ca.not_found", f"no CA {ca_id}")
+    return ca
+
+
+def template_record_of(
+    tx: UnitOfWork, template_id: str, ca_id: str | None = None
+) -> TemplateRecord:
+    """The template with this id, optionally checked to belong to ``ca_id`` (caller's unit).
+
+    Raises:
+        NotFoundError: ``template.not_found``.
+    """
+    record = tx.templates.get(_parse_id(template_id, "template"))
+    if record is None or (ca_id is not None and record.ca_id != ca_id):
+        raise NotFoundError("template.not_found", f"no template {template_id} for that CA")
+    return record
+
+
+def template_for(tx: UnitOfWork, ca: CARecord, template_id: str | None) -> TemplateRecord:
+    """The template a request to ``ca`` uses: the one named, or the CA's first (caller's unit).
+
+    Raises:
+        NotFoundError: ``template.not_found``.
+    """
+    if template_id is not None:
+        return template_record_of(tx, template_id, ca.id)
+    templates = tx.templates.all(ca.id)
+    if not templates:
+        raise NotFoundError("template.not_found", f"CA {ca.name!r} has no template")
+    return templates[0]
+
+
+def is_current_issuer(ca: CARecord, now: dt.datetime) -> bool:
+    """Whether ``ca`` may issue leaves now: an active issuing CA inside its validity."""
+    return ca.tier == "issuing" and ca.status == "active" and ca.not_before <= now < ca.not_after
+
+
+def current_issuer(tx: UnitOfWork, now: dt.datetime) -> CARecord:
+    """The CA that issues when a request names none: the one rule (caller's unit of work).
+
+    Among the CAs whose state lets them issue now (status active, tier issuing, inside
+    their validity), the one with the newest ``not_before``: a renewed issuing CA takes
+    over from the one it replaces as soon as it is valid. Creation time and id break a
+    tie only so that every process picks the same one.
+
+    Raises:
+        NotFoundError: ``ca.no_current_issuer`` when no CA may issue now.
+    """
+    candidates = [ca for ca in tx.cas.all() if is_current_issuer(ca, now)]
+    if not candidates:
+        raise NotFoundError(
+            "ca.no_current_issuer",
+            "no issuing CA is active and valid now: name a CA, or create or renew one",
+        )
+    return max(candidates, key=lambda ca: (ca.not_before, ca.created_at, ca.id))
+
+
+def ca_certificate(ca: CARecord | CAView) -> x509.Certificate:
+    """The CA's certificate object."""
+    return x509.load_der_x509_certificate(ca.certificate_der)
+
+
+def ca_chain_of(tx: UnitOfWork, ca: CARecord) -> list[x509.Certificate]:
+    """The CA's certificate followed by its parents up to the root (caller's unit)."""
+    chain = [ca_certificate(ca)]
+    current = ca
+    while current.parent_id is not None:
+        current = ca_record(tx, current.parent_id)
+        chain.append(ca_certificate(current))
+    return chain
+
+
+def issuer_for(ca: CARecord, keystore: KeyStore, urls: CAUrlsConfig) -> Issuer:
+    """The signing context of a CA: certificate, signer and published URLs.
+
+    Raises:
+        ValidationError: ``ca.not_issuing`` for a root (roots sign only CAs),
+        ``ca.retired`` for a CA that no longer issues.
+    """
+    if ca.tier != "issuing":
+        raise ValidationError("ca.not_issuing", f"CA {ca.name!r} is a root and issues no leaves")
+    if ca.status != "active":
+        raise ValidationError("ca.retired", f"CA {ca.name!r} no longer issues certificates")
+    return Issuer(
+        certificate=ca_certificate(ca),
+        signer=keystore.signer(ca.key_ref),
+        crl_url=urls.crl_url(ca.id),
+        ocsp_url=urls.ocsp_url(),
+        ca_issuers_url=urls.ca_issuers_url(ca.id),
+    )
+
+
+def template_record(template: Template, ca_id: str, now: dt.datetime) -> TemplateRecord:
+    """The stored form of a template."""
+    return TemplateRecord(
+        id=template.template_id,
+        ca_id=ca_id,
+        name=template.name,
+        template_type=template.template_type,
+        max_validity_days=template.max_validity_days,
+        allowed_key_specs=sorted(s.value for s in template.allowed_key_specs),
+        default_ekus=list(template.default_ekus),
+        allowed_ekus=sorted(template.allowed_ekus),
+        allowed_key_usages=sorted(u.value for u in template.allowed_key_usages),
+        domain_restrictions=list(template.domain_restrictions),
+        auto_renew_percentage=template.auto_renew_percentage,
+        created_at=now,
+    )
+
+
+def template_from_record(record: TemplateRecord) -> Template:
+    """The domain form of a stored template."""
+    return Template(
+        template_id=record.id,
+        name=record.name,
+        template_type=record.template_type,
+        max_validity_days=record.max_validity_days,
+        allowed_key_specs=frozenset(KeySpec(v) for v in record.allowed_key_specs),
+        default_ekus=tuple(record.default_ekus),
+        allowed_ekus=frozenset(record.allowed_ekus),
+        allowed_key_usages=frozenset(KeyUsageName(v) for v in record.allowed_key_usages),
+        domain_restrictions=tuple(record.domain_restrictions),
+        auto_renew_percentage=record.auto_renew_percentage,
+    )
+
+
 def _ca_record(
     ca_id: str,
     name: str,
@@ -106,8 +273,8 @@ def _ca_record(
     )
 
 
-def create_hierarchy(
-    session: Session,
+def create_hierarchy_in(
+    tx: UnitOfWork,
     actor: Actor,
     keystore: KeyStore,
     urls: CAUrlsConfig,
@@ -115,7 +282,7 @@ def create_hierarchy(
     *,
     now: dt.datetime,
 ) -> tuple[CARecord, CARecord, TemplateRecord]:
-    """Create a root CA, an issuing CA signed by it and the default IoT device template.
+    """Create a root CA, an issuing CA signed by it and the default template (caller's unit).
 
     Raises:
         ValidationError: ``ca.bad_key_type`` for a key type a CA may not have.
@@ -158,15 +325,14 @@ def create_hierarchy(
         spec.issuing_key,
         now,
     )
-    session.add(root)
-    session.flush()
-    session.add(issuing)
+    tx.cas.add(root)
+    tx.cas.add(issuing)
     template = Template(template_id=str(uuid.uuid4()), max_validity_days=spec.max_validity_days)
     record = template_record(template, issuing_id, now)
-    session.add(record)
+    tx.templates.add(record)
     for ca in (root, issuing):
-        record_audit(
-            session,
+        write_audit(
+            tx,
             actor,
             "ca.create",
             "ca",
@@ -174,8 +340,8 @@ def create_hierarchy(
             at=now,
             details={"name": ca.name, "tier": ca.tier, "key": ca.key_spec, "subject": ca.subject},
         )
-    record_audit(
-        session,
+    write_audit(
+        tx,
         actor,
         "template.create",
         "template",
@@ -186,116 +352,158 @@ def create_hierarchy(
     return root, issuing, record
 
 
-def template_record(template: Template, ca_id: str, now: dt.datetime) -> TemplateRecord:
-    """The stored form of a template."""
-    return TemplateRecord(
-        id=template.template_id,
-        ca_id=ca_id,
-        name=template.name,
-        template_type=template.template_type,
-        max_validity_days=template.max_validity_days,
-        allowed_key_specs=sorted(s.value for s in template.allowed_key_specs),
-        default_ekus=list(template.default_ekus),
-        allowed_ekus=sorted(template.allowed_ekus),
-        allowed_key_usages=sorted(u.value for u in template.allowed_key_usages),
-        domain_restrictions=list(template.domain_restrictions),
-        auto_renew_percentage=template.auto_renew_percentage,
-        created_at=now,
-    )
+# -- the use cases -----------------------------------------------------------------------
 
 
-def template_from_record(record: TemplateRecord) -> Template:
-    """The domain form of a stored template."""
-    return Template(
-        template_id=record.id,
-        name=record.name,
-        template_type=record.template_type,
-        max_validity_days=record.max_validity_days,
-        allowed_key_specs=frozenset(KeySpec(v) for v in record.allowed_key_specs),
-        default_ekus=tuple(record.default_ekus),
-        allowed_ekus=frozenset(record.allowed_ekus),
-        allowed_key_usages=frozenset(KeyUsageName(v) for v in record.allowed_key_usages),
-        domain_restrictions=tuple(record.domain_restrictions),
-        auto_renew_percentage=record.auto_renew_percentage,
-    )
+class CAService:
+    """Certificate authorities: the hierarchy, listing, chains and the current issuer.
 
-
-def _parse_id(value: str, what: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise NotFoundError(f"{what}.not_found", f"no {what} {value!r} (not a GUID)") from None
-
-
-def get_ca(session: Session, ca_id: str) -> CARecord:
-    """Look up a CA by id.
-
-    Raises:
-        NotFoundError: ``ca.not_found``.
+    Args:
+        store: the database.
+        keystore: custody of CA keys.
+        clock: the source of "now".
+        urls: where CRLs, OCSP and CA certificates are published.
     """
-    ca = session.get(CARecord, _parse_id(ca_id, "ca"))
-    if ca is None:
-        raise NotFoundError("ca.not_found", f"no CA {ca_id}")
-    return ca
+
+    def __init__(self, store: Store, keystore: KeyStore, clock: Clock, urls: CAUrlsConfig) -> None:
+        self._store = store
+        self._keystore = keystore
+        self._clock = clock
+        self._urls = urls
+
+    def create_hierarchy(self, actor: Actor, spec: HierarchySpec) -> HierarchyView:
+        """Create a root CA, an issuing CA signed by it and the default IoT device template.
+
+        Raises:
+            ValidationError: ``ca.bad_key_type``.
+        """
+        with self._store.transaction() as tx:
+            root, issuing, template = create_hierarchy_in(
+                tx, actor, self._keystore, self._urls, spec, now=self._clock()
+            )
+            return HierarchyView(ca_view(root), ca_view(issuing), template_view(template))
+
+    def list(self) -> builtins.list[CAView]:
+        """Every CA, roots first."""
+        with self._store.transaction() as tx:
+            return [ca_view(ca) for ca in tx.cas.all()]
+
+    def get(self, ca_id: str) -> CAView:
+        """One CA.
+
+        Raises:
+            NotFoundError: ``ca.not_found``.
+        """
+        with self._store.transaction() as tx:
+            return ca_view(ca_record(tx, ca_id))
+
+    def chain(self, ca_id: str) -> builtins.list[x509.Certificate]:
+        """The CA's certificate followed by its parents up to the root.
+
+        Raises:
+            NotFoundError: ``ca.not_found``.
+        """
+        with self._store.transaction() as tx:
+            return ca_chain_of(tx, ca_record(tx, ca_id))
+
+    def current_issuer(self) -> CAView:
+        """The CA that issues when a request names none (see :func:`current_issuer`).
+
+        Raises:
+            NotFoundError: ``ca.no_current_issuer``.
+        """
+        with self._store.transaction() as tx:
+            return ca_view(current_issuer(tx, self._clock()))
+
+    def issuing_chain(self, ca_id: str | None = None) -> builtins.list[x509.Certificate]:
+        """The chain of the issuing CA ``ca_id``, or of the current issuer when ``None``.
+
+        Raises:
+            NotFoundError: ``ca.not_found``, ``ca.no_current_issuer``.
+            ValidationError: ``ca.not_issuing`` when ``ca_id`` names a root.
+        """
+        with self._store.transaction() as tx:
+            if ca_id is None:
+                ca = current_issuer(tx, self._clock())
+            else:
+                ca = ca_record(tx, ca_id)
+                if ca.tier != "issuing":
+                    raise ValidationError("ca.not_issuing", "that CA is a root")
+            return ca_chain_of(tx, ca)
+
+    def issuer_offers(self) -> builtins.list[IssuerOfferView]:
+        """Every CA that may issue now, with each of its templates."""
+        now = self._clock()
+        with self._store.transaction() as tx:
+            return [
+                IssuerOfferView(ca_view(ca), template_view(t))
+                for ca in tx.cas.all()
+                if is_current_issuer(ca, now)
+                for t in tx.templates.all(ca.id)
+            ]
 
 
-def list_cas(session: Session) -> list[CARecord]:
-    """Every CA, roots first."""
-    return list(
-        session.scalars(select(CARecord).order_by(CARecord.tier.desc(), CARecord.created_at))
-    )
+class TemplateService:
+    """Issuance templates.
 
-
-def get_template(session: Session, template_id: str, ca_id: str | None = None) -> TemplateRecord:
-    """Look up a template, optionally checking that it belongs to ``ca_id``.
-
-    Raises:
-        NotFoundError: ``template.not_found``.
+    Args:
+        store: the database.
     """
-    record = session.get(TemplateRecord, _parse_id(template_id, "template"))
-    if record is None or (ca_id is not None and record.ca_id != ca_id):
-        raise NotFoundError("template.not_found", f"no template {template_id} for that CA")
-    return record
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def list(self, ca_id: str | None = None) -> builtins.list[TemplateView]:
+        """Templates, optionally of one CA, oldest first."""
+        with self._store.transaction() as tx:
+            return [template_view(t) for t in tx.templates.all(ca_id)]
+
+    def get(self, template_id: str) -> TemplateView:
+        """One template.
+
+        Raises:
+            NotFoundError: ``template.not_found``.
+        """
+        with self._store.transaction() as tx:
+            return template_view(template_record_of(tx, template_id))
 
 
-def list_templates(session: Session, ca_id: str | None = None) -> list[TemplateRecord]:
-    """Templates, optionally of one CA."""
-    query = select(TemplateRecord).order_by(TemplateRecord.created_at)
-    if ca_id is not None:
-        query = query.where(TemplateRecord.ca_id == ca_id)
-    return list(session.scalars(query))
+# -- transitional: for callers still handed a session (the CLI, the hub side) -------------
 
 
-def ca_certificate(ca: CARecord) -> x509.Certificate:
-    """The CA's certificate object."""
-    return x509.load_der_x509_certificate(ca.certificate_der)
+def get_ca(session: Any, ca_id: str) -> CARecord:
+    """:func:`ca_record` in the unit of work that opened ``session`` (transitional)."""
+    return ca_record(unit_of(session), ca_id)
 
 
-def ca_chain(session: Session, ca: CARecord) -> list[x509.Certificate]:
-    """The CA's certificate followed by its parents up to the root."""
-    chain = [ca_certificate(ca)]
-    current = ca
-    while current.parent_id is not None:
-        current = get_ca(session, current.parent_id)
-        chain.append(ca_certificate(current))
-    return chain
+def list_cas(session: Any) -> list[CARecord]:
+    """Every CA, roots first (transitional)."""
+    return unit_of(session).cas.all()
 
 
-def issuer_for(ca: CARecord, keystore: KeyStore, urls: CAUrlsConfig) -> Issuer:
-    """The signing context of a CA: certificate, signer and published URLs.
+def get_template(session: Any, template_id: str, ca_id: str | None = None) -> TemplateRecord:
+    """:func:`template_record_of` in the session's unit of work (transitional)."""
+    return template_record_of(unit_of(session), template_id, ca_id)
 
-    Raises:
-        ValidationError: ``ca.not_issuing`` for a root (roots sign only CAs),
-        ``ca.retired`` for a CA that no longer issues.
-    """
-    if ca.tier != "issuing":
-        raise ValidationError("ca.not_issuing", f"CA {ca.name!r} is a root and issues no leaves")
-    if ca.status != "active":
-        raise ValidationError("ca.retired", f"CA {ca.name!r} no longer issues certificates")
-    return Issuer(
-        certificate=ca_certificate(ca),
-        signer=keystore.signer(ca.key_ref),
-        crl_url=urls.crl_url(ca.id),
-        ocsp_url=urls.ocsp_url(),
-        ca_issuers_url=urls.ca_issuers_url(ca.id),
-    )
+
+def list_templates(session: Any, ca_id: str | None = None) -> list[TemplateRecord]:
+    """Templates, optionally of one CA (transitional)."""
+    return unit_of(session).templates.all(ca_id)
+
+
+def ca_chain(session: Any, ca: CARecord) -> list[x509.Certificate]:
+    """:func:`ca_chain_of` in the session's unit of work (transitional)."""
+    return ca_chain_of(unit_of(session), ca)
+
+
+def create_hierarchy(
+    session: Any,
+    actor: Actor,
+    keystore: KeyStore,
+    urls: CAUrlsConfig,
+    spec: HierarchySpec,
+    *,
+    now: dt.datetime,
+) -> tuple[CARecord, CARecord, TemplateRecord]:
+    """:func:`create_hierarchy_in` in the session's unit of work (transitional)."""
+    return create_hierarchy_in(unit_of(session), actor, keystore, urls, spec, now=now)

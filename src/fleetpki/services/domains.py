@@ -2,49 +2,61 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from typing import Any
 
 from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, ValidationError
 from fleetpki.pki.names import validate_domain_name
-from fleetpki.services.audit import record_audit
-from fleetpki.services.authority import get_ca, get_template, template_from_record
-from fleetpki.services.context import Actor
-from fleetpki.services.principals import get_principal
+from fleetpki.services.audit import write_audit
+from fleetpki.services.authority import ca_record, template_for, template_from_record
+from fleetpki.services.ca_views import OWNER, REQUESTER, DomainView, domain_view
+from fleetpki.services.context import Actor, Clock
+from fleetpki.services.events import unit_of
+from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.services.principals import principal_record
 from fleetpki.store.models import DomainMember, DomainRecord
 
 __all__ = [
     "OWNER",
     "REQUESTER",
+    "DomainService",
+    "domain_for_request",
     "domain_id_for",
     "find_domain",
     "get_domain",
     "list_domains",
     "may_request",
     "register_domain",
+    "register_domain_in",
     "set_domain_members",
+    "visible_domain_record",
 ]
 
-OWNER = "owner"
-REQUESTER = "requester"
+
+# -- code shared by use cases: runs inside the caller's unit of work ---------------------
 
 
 def _check_members(
-    session: Session, owners: Sequence[str], requesters: Sequence[str]
+    tx: UnitOfWork, owners: Sequence[str], requesters: Sequence[str]
 ) -> tuple[list[str], list[str]]:
     if not owners:
         raise ValidationError("domain.no_owner", "a domain needs at least one owner")
-    owner_ids = list(dict.fromkeys(get_principal(session, o).id for o in owners))
-    requester_ids = list(dict.fromkeys(get_principal(session, r).id for r in requesters))
+    owner_ids = list(dict.fromkeys(principal_record(tx, o).id for o in owners))
+    requester_ids = list(dict.fromkeys(principal_record(tx, r).id for r in requesters))
     return owner_ids, requester_ids
 
 
-def register_domain(
-    session: Session,
+def _members(owner_ids: Sequence[str], requester_ids: Sequence[str]) -> list[DomainMember]:
+    return [DomainMember(principal_id=p, role=OWNER) for p in owner_ids] + [
+        DomainMember(principal_id=p, role=REQUESTER) for p in requester_ids
+    ]
+
+
+def register_domain_in(
+    tx: UnitOfWork,
     actor: Actor,
     *,
     ca_id: str,
@@ -54,7 +66,7 @@ def register_domain(
     requesters: Sequence[str],
     now: dt.datetime,
 ) -> DomainRecord:
-    """Register ``name`` under a CA with its owners and requesters.
+    """Register ``name`` under a CA with its owners and requesters (caller's unit of work).
 
     Any known principal may register a free name; non-admins must be among its owners,
     so nobody registers a name for others to hold.
@@ -67,26 +79,17 @@ def register_domain(
         PermissionDenied: ``domain.must_own``.
     """
     validate_domain_name(name)
-    ca = get_ca(session, ca_id)
-    if template_id is None:
-        templates = ca.templates
-        if not templates:
-            raise NotFoundError("template.not_found", f"CA {ca.name!r} has no template")
-        template = templates[0]
-    else:
-        template = get_template(session, template_id, ca.id)
+    ca = ca_record(tx, ca_id)
+    template = template_for(tx, ca, template_id)
     if not template_from_record(template).allows_name(name):
         raise ValidationError(
             "template.domain_restricted",
             f"{name!r} is outside the domain restrictions of template {template.name!r}",
         )
-    owner_ids, requester_ids = _check_members(session, owners, requesters)
+    owner_ids, requester_ids = _check_members(tx, owners, requesters)
     if not actor.is_admin and actor.principal_id not in owner_ids:
         raise PermissionDenied("domain.must_own", "you must be an owner of a domain you register")
-    existing = session.scalar(
-        select(DomainRecord).where(DomainRecord.ca_id == ca.id, DomainRecord.name == name)
-    )
-    if existing is not None:
+    if tx.domains.find(ca.id, name) is not None:
         raise ConflictError("domain.exists", f"domain {name!r} is already registered with this CA")
     domain = DomainRecord(
         id=str(uuid.uuid4()),
@@ -96,13 +99,10 @@ def register_domain(
         created_at=now,
         created_by=actor.principal_id,
     )
-    domain.members = [DomainMember(principal_id=p, role=OWNER) for p in owner_ids] + [
-        DomainMember(principal_id=p, role=REQUESTER) for p in requester_ids
-    ]
-    session.add(domain)
-    session.flush()
-    record_audit(
-        session,
+    domain.members = _members(owner_ids, requester_ids)
+    tx.domains.add(domain)
+    write_audit(
+        tx,
         actor,
         "domain.register",
         "domain",
@@ -113,8 +113,8 @@ def register_domain(
     return domain
 
 
-def set_domain_members(
-    session: Session,
+def _set_members(
+    tx: UnitOfWork,
     actor: Actor,
     domain_id: str,
     *,
@@ -122,20 +122,13 @@ def set_domain_members(
     requesters: Sequence[str],
     now: dt.datetime,
 ) -> DomainRecord:
-    """Replace a domain's owners and requesters (owners and admins only).
-
-    Raises:
-        PermissionDenied: ``domain.not_owner``.
-    """
-    domain = get_domain(session, domain_id)
+    domain = _domain(tx, domain_id)
     if not actor.is_admin and actor.principal_id not in domain.principals_with(OWNER):
         raise PermissionDenied("domain.not_owner", "only the domain's owners may change it")
-    owner_ids, requester_ids = _check_members(session, owners, requesters)
-    domain.members = [DomainMember(principal_id=p, role=OWNER) for p in owner_ids] + [
-        DomainMember(principal_id=p, role=REQUESTER) for p in requester_ids
-    ]
-    record_audit(
-        session,
+    owner_ids, requester_ids = _check_members(tx, owners, requesters)
+    domain.members = _members(owner_ids, requester_ids)
+    write_audit(
+        tx,
         actor,
         "domain.update",
         "domain",
@@ -146,58 +139,208 @@ def set_domain_members(
     return domain
 
 
-def get_domain(session: Session, domain_id: str) -> DomainRecord:
-    """Look up a domain by id.
-
-    Raises:
-        NotFoundError: ``domain.not_found``.
-    """
-    domain = session.get(DomainRecord, domain_id)
+def _domain(tx: UnitOfWork, domain_id: str) -> DomainRecord:
+    domain = tx.domains.get(domain_id)
     if domain is None:
         raise NotFoundError("domain.not_found", f"no domain {domain_id}")
     return domain
 
 
-def find_domain(session: Session, ca_id: str, name: str) -> DomainRecord | None:
-    """The domain registered under ``ca_id`` with exactly this name, if any."""
-    return session.scalar(
-        select(DomainRecord).where(DomainRecord.ca_id == ca_id, DomainRecord.name == name)
-    )
+def visible_domain_record(tx: UnitOfWork, actor: Actor, domain_id: str) -> DomainRecord:
+    """A domain the actor owns or requests for, any for admins (caller's unit of work).
+
+    Raises:
+        NotFoundError: ``domain.not_found``, also for domains the actor cannot see.
+    """
+    domain = tx.domains.get(domain_id)
+    if domain is None or not (
+        actor.is_admin or actor.principal_id in {m.principal_id for m in domain.members}
+    ):
+        raise NotFoundError("domain.not_found", f"no domain {domain_id}")
+    return domain
 
 
-def list_domains(session: Session, actor: Actor, *, name: str | None = None) -> list[DomainRecord]:
-    """Domains the actor owns or may request from (every domain for admins)."""
-    query = select(DomainRecord).order_by(DomainRecord.name)
-    if name is not None:
-        query = query.where(DomainRecord.name == name)
-    if not actor.is_admin:
-        query = query.where(
-            DomainRecord.id.in_(
-                select(DomainMember.domain_id).where(
-                    DomainMember.principal_id == actor.principal_id
-                )
-            )
-        )
-    return list(session.scalars(query))
+def visible_domains(tx: UnitOfWork, actor: Actor, *, name: str | None = None) -> list[DomainRecord]:
+    """Domains the actor owns or may request from, every domain for admins (caller's unit)."""
+    return tx.domains.search(name=name, member=None if actor.is_admin else actor.principal_id)
 
 
-def may_request(session: Session, actor: Actor, ca_id: str, name: str) -> bool:
-    """Whether ``actor`` may request a certificate naming ``name`` from ``ca_id``.
+def may_request_in(tx: UnitOfWork, actor: Actor, ca_id: str, name: str) -> bool:
+    """Whether ``actor`` may request a certificate naming ``name`` from ``ca_id`` (caller's unit).
 
     The name must be a registered domain of that CA, and the actor one of its
-    requesters or an admin.  One indexed query, no objects loaded: this runs for
-    every name of every issuance.
+    requesters or an admin.
     """
-    query = select(DomainRecord.id).where(DomainRecord.ca_id == ca_id, DomainRecord.name == name)
-    if not actor.is_admin:
-        query = query.join(DomainMember, DomainMember.domain_id == DomainRecord.id).where(
-            DomainMember.principal_id == actor.principal_id, DomainMember.role == REQUESTER
+    return tx.domains.may_request(ca_id, name, None if actor.is_admin else actor.principal_id)
+
+
+def domain_for_request(
+    tx: UnitOfWork, actor: Actor, name: str, ca_id: str | None = None
+) -> DomainRecord:
+    """The one registered domain called ``name`` that the actor can see (caller's unit).
+
+    Raises:
+        NotFoundError: ``domain.not_found``.
+        ValidationError: ``domain.ambiguous`` when it exists under several CAs and
+        no ``ca_id`` chooses one.
+    """
+    found = [d for d in visible_domains(tx, actor, name=name) if ca_id is None or d.ca_id == ca_id]
+    if not found:
+        raise NotFoundError("domain.not_found", f"no registered domain {name!r} that you can see")
+    if len(found) > 1:
+        raise ValidationError(
+            "domain.ambiguous", f"{name!r} is registered under several CAs: name the CA"
         )
-    return session.scalar(query.limit(1)) is not None
+    return found[0]
 
 
-def domain_id_for(session: Session, ca_id: str, name: str) -> str | None:
-    """The id of the domain ``name`` under ``ca_id``, if registered."""
-    return session.scalar(
-        select(DomainRecord.id).where(DomainRecord.ca_id == ca_id, DomainRecord.name == name)
+# -- the use cases -----------------------------------------------------------------------
+
+
+class DomainService:
+    """Domains and their members.
+
+    Args:
+        store: the database.
+        clock: the source of "now".
+    """
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def register(
+        self,
+        actor: Actor,
+        *,
+        ca_id: str,
+        template_id: str | None,
+        name: str,
+        owners: Sequence[str],
+        requesters: Sequence[str],
+    ) -> DomainView:
+        """Register ``name`` under a CA with its owners and requesters (known principals).
+
+        Raises:
+            See :func:`register_domain_in`.
+        """
+        with self._store.transaction() as tx:
+            domain = register_domain_in(
+                tx,
+                actor,
+                ca_id=ca_id,
+                template_id=template_id,
+                name=name,
+                owners=owners,
+                requesters=requesters,
+                now=self._clock(),
+            )
+            return domain_view(domain)
+
+    def set_members(
+        self, actor: Actor, domain_id: str, *, owners: Sequence[str], requesters: Sequence[str]
+    ) -> DomainView:
+        """Replace a domain's owners and requesters (owners and admins only).
+
+        Raises:
+            NotFoundError: ``domain.not_found``, ``principal.not_found``.
+            PermissionDenied: ``domain.not_owner``.
+            ValidationError: ``domain.no_owner``.
+        """
+        with self._store.transaction() as tx:
+            domain = _set_members(
+                tx, actor, domain_id, owners=owners, requesters=requesters, now=self._clock()
+            )
+            return domain_view(domain)
+
+    def get(self, actor: Actor, domain_id: str) -> DomainView:
+        """A domain the actor owns or requests for (any domain for admins).
+
+        Raises:
+            NotFoundError: ``domain.not_found``, also for domains the actor cannot see.
+        """
+        with self._store.transaction() as tx:
+            return domain_view(visible_domain_record(tx, actor, domain_id))
+
+    def list(self, actor: Actor, *, name: str | None = None) -> builtins.list[DomainView]:
+        """Domains the actor owns or may request from (every domain for admins), by name."""
+        with self._store.transaction() as tx:
+            return [domain_view(d) for d in visible_domains(tx, actor, name=name)]
+
+    def for_request(self, actor: Actor, name: str, ca_id: str | None = None) -> DomainView:
+        """The one domain called ``name`` the actor can see (see :func:`domain_for_request`)."""
+        with self._store.transaction() as tx:
+            return domain_view(domain_for_request(tx, actor, name, ca_id))
+
+    def find(self, ca_id: str, name: str) -> DomainView | None:
+        """The domain registered under ``ca_id`` with exactly this name, if any."""
+        with self._store.transaction() as tx:
+            domain = tx.domains.find(ca_id, name)
+            return domain_view(domain) if domain is not None else None
+
+
+# -- transitional: for callers still handed a session (the CLI, the hub side's tests) -----
+
+
+def register_domain(
+    session: Any,
+    actor: Actor,
+    *,
+    ca_id: str,
+    template_id: str | None,
+    name: str,
+    owners: Sequence[str],
+    requesters: Sequence[str],
+    now: dt.datetime,
+) -> DomainRecord:
+    """:func:`register_domain_in` in the session's unit of work (transitional)."""
+    return register_domain_in(
+        unit_of(session),
+        actor,
+        ca_id=ca_id,
+        template_id=template_id,
+        name=name,
+        owners=owners,
+        requesters=requesters,
+        now=now,
     )
+
+
+def set_domain_members(
+    session: Any,
+    actor: Actor,
+    domain_id: str,
+    *,
+    owners: Sequence[str],
+    requesters: Sequence[str],
+    now: dt.datetime,
+) -> DomainRecord:
+    """Replace a domain's members in the session's unit of work (transitional)."""
+    return _set_members(
+        unit_of(session), actor, domain_id, owners=owners, requesters=requesters, now=now
+    )
+
+
+def get_domain(session: Any, domain_id: str) -> DomainRecord:
+    """A domain by id, in the session's unit of work (transitional)."""
+    return _domain(unit_of(session), domain_id)
+
+
+def find_domain(session: Any, ca_id: str, name: str) -> DomainRecord | None:
+    """The domain ``name`` under ``ca_id``, in the session's unit of work (transitional)."""
+    return unit_of(session).domains.find(ca_id, name)
+
+
+def list_domains(session: Any, actor: Actor, *, name: str | None = None) -> list[DomainRecord]:
+    """:func:`visible_domains` in the session's unit of work (transitional)."""
+    return visible_domains(unit_of(session), actor, name=name)
+
+
+def may_request(session: Any, actor: Actor, ca_id: str, name: str) -> bool:
+    """:func:`may_request_in` in the session's unit of work (transitional)."""
+    return may_request_in(unit_of(session), actor, ca_id, name)
+
+
+def domain_id_for(session: Any, ca_id: str, name: str) -> str | None:
+    """The id of the domain ``name`` under ``ca_id`` (transitional)."""
+    return unit_of(session).domains.id_for(ca_id, name)

@@ -1,79 +1,54 @@
-"""Compound use cases behind the HTTP API: catalogues, registration with upserts, token auth."""
+"""The EZCA-shaped use cases: registration with members, my domains and certificates, audit.
+
+EZCA's routes combine steps that the other services keep apart (register a domain and
+the principals it names; list certificates with their CA's name and whether the
+caller may revoke them; a device revoking its own certificate by token). Each is one
+use case here, in one unit of work.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import jwt
-from cryptography import x509
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from fleetpki.errors import AuthenticationError, NotFoundError, ValidationError
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services.audit import list_audit
-from fleetpki.services.authority import ca_chain, get_ca, list_cas, list_templates
+from fleetpki.services.authority import ca_record, current_issuer, template_record_of
+from fleetpki.services.ca_views import (
+    CertificateAuditView,
+    CertificateEntryView,
+    CertificateView,
+    DomainInformationView,
+    DomainView,
+    audit_entry_view,
+    certificate_view,
+    domain_view,
+)
 from fleetpki.services.certificates import (
-    authenticate_certificate,
+    CertificateQuery,
+    can_see,
+    certificate_by_thumbprint,
     certificate_holder,
-    certificate_pem,
-    get_certificate_by_thumbprint,
-    revoke,
+    may_revoke,
+    revoke_in,
+    search_in,
+    visible_certificate,
 )
-from fleetpki.services.context import Actor
-from fleetpki.services.domains import OWNER, list_domains, register_domain
-from fleetpki.services.principals import ensure_principal
-from fleetpki.store.models import (
-    AuditEntry,
-    CARecord,
-    CertificateRecord,
-    DomainMember,
-    DomainRecord,
-    Principal,
-    TemplateRecord,
-)
+from fleetpki.services.context import Actor, Clock
+from fleetpki.services.domains import register_domain_in, visible_domains
+from fleetpki.services.events import unit_of
+from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.services.principals import ensure_principal_in
+from fleetpki.services.renewal import authenticate_certificate_token_in
+from fleetpki.store.models import AuditEntry, CertificateRecord, DomainRecord
 
 __all__ = [
-    "IssuerOffer",
+    "EnrollmentService",
     "MemberRef",
-    "authenticate_certificate_token",
-    "can_see_certificate",
-    "certificate_audit",
-    "domain_for_request",
-    "issuer_chain",
-    "issuer_offers",
-    "leaf_expiry_summary",
-    "may_revoke",
-    "principal_names",
     "register_domain_with_members",
-    "resolve_issue_target",
-    "revoke_by_thumbprint",
-    "revoke_with_token",
-    "visible_certificate",
-    "visible_domain",
+    "register_domain_with_members_in",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class IssuerOffer:
-    """An issuing CA and one of its templates: what a caller may request from."""
-
-    ca: CARecord
-    template: TemplateRecord
-
-
-def issuer_offers(session: Session) -> list[IssuerOffer]:
-    """Every active issuing CA with each of its templates."""
-    offers: list[IssuerOffer] = []
-    for ca in list_cas(session):
-        if ca.tier != "issuing" or ca.status != "active":
-            continue
-        offers.extend(IssuerOffer(ca, t) for t in list_templates(session, ca.id))
-    return offers
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,39 +59,42 @@ class MemberRef:
     friendly_name: str = ""
 
 
-def register_domain_with_members(
-    session: Session,
+def register_domain_with_members_in(
+    tx: UnitOfWork,
     actor: Actor,
     *,
-    ca_id: str,
+    ca_id: str | None,
     template_id: str | None,
     name: str,
     owners: Sequence[MemberRef],
     requesters: Sequence[MemberRef],
     now: dt.datetime,
 ) -> DomainRecord:
-    """Register a domain, creating principals first seen in its owner and requester lists.
+    """Register a domain, creating principals first seen in its member lists (caller's unit).
 
     EZCA's RegisterNewDomain names principals by Entra object id; they need not be
-    known yet.  When no owner is given the caller owns the domain and may request
-    for it, as EZCA's client defaults to.  Everything happens in the caller's
-    transaction, so a refused registration leaves no new principal behind.
+    known yet. When no owner is given the caller owns the domain and may request
+    for it, as EZCA's client defaults to. Without ``ca_id`` the current issuer takes
+    the domain. A refused registration leaves no new principal behind (one unit).
 
     Raises:
-        ValidationError: ``principal.bad_id`` and the codes of ``register_domain``.
-        NotFoundError, ConflictError, PermissionDenied: see ``register_domain``.
+        ValidationError: ``principal.bad_id`` and the codes of ``register_domain_in``.
+        NotFoundError: ``ca.no_current_issuer``; see ``register_domain_in``.
+        ConflictError, PermissionDenied: see ``register_domain_in``.
     """
+    if ca_id is None:
+        ca_id = current_issuer(tx, now).id
     if not owners:
         owners = [MemberRef(actor.principal_id)]
         requesters = requesters or [MemberRef(actor.principal_id)]
     owner_ids = [
-        ensure_principal(session, m.principal_id, m.friendly_name, now=now).id for m in owners
+        ensure_principal_in(tx, m.principal_id, m.friendly_name, now=now).id for m in owners
     ]
     requester_ids = [
-        ensure_principal(session, m.principal_id, m.friendly_name, now=now).id for m in requesters
+        ensure_principal_in(tx, m.principal_id, m.friendly_name, now=now).id for m in requesters
     ]
-    return register_domain(
-        session,
+    return register_domain_in(
+        tx,
         actor,
         ca_id=ca_id,
         template_id=template_id,
@@ -127,282 +105,165 @@ def register_domain_with_members(
     )
 
 
-def domain_for_request(
-    session: Session, actor: Actor, name: str, ca_id: str | None = None
-) -> DomainRecord:
-    """The one registered domain called ``name`` that the actor can see.
+def _in_window(entry: AuditEntry, since: dt.datetime | None, until: dt.datetime | None) -> bool:
+    return (since is None or entry.at >= since) and (until is None or entry.at <= until)
 
-    Raises:
-        NotFoundError: ``domain.not_found``.
-        ValidationError: ``domain.ambiguous`` when it exists under several CAs and
-        no ``ca_id`` chooses one.
+
+class EnrollmentService:
+    """The EZCA-shaped use cases.
+
+    Args:
+        store: the database.
+        clock: the source of "now".
+        audience: the ``aud`` certificate tokens must carry (this CA's public URL).
     """
-    found = [
-        d for d in list_domains(session, actor, name=name) if ca_id is None or d.ca_id == ca_id
-    ]
-    if not found:
-        raise NotFoundError("domain.not_found", f"no registered domain {name!r} that you can see")
-    if len(found) > 1:
-        raise ValidationError(
-            "domain.ambiguous", f"{name!r} is registered under several CAs: name the CA"
-        )
-    return found[0]
+
+    def __init__(self, store: Store, clock: Clock, *, audience: str) -> None:
+        self._store = store
+        self._clock = clock
+        self._audience = audience
+
+    def register_domain(
+        self,
+        actor: Actor,
+        *,
+        ca_id: str | None,
+        template_id: str | None,
+        name: str,
+        owners: Sequence[MemberRef],
+        requesters: Sequence[MemberRef],
+    ) -> DomainView:
+        """Register a domain with members, creating new principals (see the ``_in`` function)."""
+        with self._store.transaction() as tx:
+            domain = register_domain_with_members_in(
+                tx,
+                actor,
+                ca_id=ca_id,
+                template_id=template_id,
+                name=name,
+                owners=owners,
+                requesters=requesters,
+                now=self._clock(),
+            )
+            return domain_view(domain)
+
+    def my_domains(self, actor: Actor) -> list[DomainInformationView]:
+        """The domains the actor owns or requests for, with CA and member names."""
+        with self._store.transaction() as tx:
+            found = visible_domains(tx, actor)
+            names = tx.principals.names({m.principal_id for d in found for m in d.members})
+            return [
+                DomainInformationView(domain_view(d), ca_record(tx, d.ca_id).name, dict(names))
+                for d in found
+            ]
+
+    def my_certificates(
+        self, actor: Actor, *, offset: int, limit: int
+    ) -> list[CertificateEntryView]:
+        """A page of the certificates the actor can see, newest first, as EZCA lists them."""
+        query = CertificateQuery(offset=offset, limit=limit)
+        with self._store.transaction() as tx:
+            return [
+                CertificateEntryView(
+                    certificate_view(r),
+                    ca_name=ca_record(tx, r.ca_id).name,
+                    auto_renew_percentage=template_record_of(
+                        tx, r.template_id
+                    ).auto_renew_percentage,
+                    can_revoke=r.status != "revoked" and may_revoke(tx, actor, r),
+                )
+                for r in search_in(tx, actor, query, now=self._clock())
+            ]
+
+    def certificate_audit(
+        self,
+        actor: Actor,
+        *,
+        thumbprint: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> list[CertificateAuditView]:
+        """Certificate audit entries the actor may see, newest first, with their certificate.
+
+        With a thumbprint, the entries of that certificate (which the actor must be able
+        to see); without, the entries of every certificate the actor can see.
+
+        Raises:
+            NotFoundError: ``certificate.not_found``.
+        """
+        limit = min(max(limit, 1), 1000)
+        offset = max(offset, 0)
+        with self._store.transaction() as tx:
+            pairs: list[tuple[AuditEntry, CertificateRecord]]
+            if thumbprint is not None:
+                record = certificate_by_thumbprint(tx, thumbprint)
+                visible_certificate(tx, actor, record)
+                entries = tx.audit.latest(
+                    object_type="certificate", object_id=record.serial_hex, limit=offset + limit
+                )
+                pairs = [(e, record) for e in entries]
+            else:
+                pairs = [
+                    (entry, cert)
+                    for entry, cert in tx.audit.certificate_entries()
+                    if can_see(tx, actor, cert)
+                ]
+            pairs = [(e, c) for e, c in pairs if _in_window(e, since, until)]
+            return [
+                CertificateAuditView(
+                    audit_entry_view(e), certificate_view(c), ca_record(tx, c.ca_id).name
+                )
+                for e, c in pairs[offset : offset + limit]
+            ]
+
+    def revoke_with_token(
+        self,
+        token: str,
+        *,
+        certificate_pem: bytes | str | None = None,
+        reason: RevocationReason = RevocationReason.CESSATION_OF_OPERATION,
+        source: str,
+    ) -> CertificateView:
+        """A device revokes its own certificate, proving possession with a certificate token.
+
+        Raises:
+            AuthenticationError: see
+            :func:`fleetpki.services.renewal.authenticate_certificate_token_in`.
+        """
+        now = self._clock()
+        with self._store.transaction() as tx:
+            record = authenticate_certificate_token_in(
+                tx, token, certificate_pem_text=certificate_pem, audience=self._audience, now=now
+            )
+            holder = certificate_holder(record)
+            actor = Actor(principal_id=holder.principal_id, source=source)
+            return certificate_view(revoke_in(tx, actor, record, reason, now=now))
 
 
-def can_see_certificate(session: Session, actor: Actor, record: CertificateRecord) -> bool:
-    """Admins, the requester, the holder and members of the certificate's domain."""
-    if actor.is_admin or actor.principal_id in {
-        record.requested_by,
-        certificate_holder(record).principal_id,
-    }:
-        return True
-    if record.domain_id is None:
-        return False
-    member = session.scalar(
-        select(DomainMember.principal_id).where(
-            DomainMember.domain_id == record.domain_id,
-            DomainMember.principal_id == actor.principal_id,
-        )
-    )
-    return member is not None
+# -- transitional: for callers still handed a session -------------------------------------
 
 
-def visible_certificate(session: Session, actor: Actor, record: CertificateRecord) -> None:
-    """Check that the actor may see ``record``.
-
-    Raises:
-        NotFoundError: ``certificate.not_found``, so that strangers cannot probe
-        which serials exist.
-    """
-    if not can_see_certificate(session, actor, record):
-        raise NotFoundError("certificate.not_found", f"no certificate {record.serial_hex}")
-
-
-def issuer_chain(session: Session, record: CertificateRecord) -> list[x509.Certificate]:
-    """The issuing CA's certificate followed by its parents up to the root."""
-    return ca_chain(session, get_ca(session, record.ca_id))
-
-
-def revoke_by_thumbprint(
-    session: Session,
-    actor: Actor,
-    thumbprint: str,
-    reason: RevocationReason,
-    *,
-    ca_id: str | None = None,
-    now: dt.datetime,
-) -> CertificateRecord:
-    """Revoke the certificate with this SHA-1 (or SHA-256) thumbprint, EZCA-style.
-
-    Raises:
-        NotFoundError: ``certificate.not_found`` (also when it belongs to another CA
-        or the caller cannot see it).
-        PermissionDenied, ConflictError, ValidationError: see ``certificates.revoke``.
-    """
-    record = get_certificate_by_thumbprint(session, thumbprint)
-    if ca_id is not None and record.ca_id != get_ca(session, ca_id).id:
-        raise NotFoundError("certificate.not_found", f"no certificate {thumbprint} under that CA")
-    visible_certificate(session, actor, record)
-    return revoke(session, actor, record, reason, now=now)
-
-
-def _thumbprint_from_token(token: str) -> str:
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise AuthenticationError(
-            "certtoken.invalid", "the certificate token is malformed"
-        ) from exc
-    x5t = header.get("x5t")
-    if not isinstance(x5t, str) or not x5t:
-        raise AuthenticationError("certtoken.invalid", "the certificate token carries no x5t")
-    if len(x5t) == 40 and all(c in "0123456789abcdefABCDEF" for c in x5t):
-        return x5t.upper()
-    # RFC 7515 §4.1.7: base64url of the SHA-1 digest.
-    try:
-        raw = base64.urlsafe_b64decode(x5t + "=" * (-len(x5t) % 4))
-    except (ValueError, binascii.Error):
-        raise AuthenticationError("certtoken.invalid", "the token's x5t is malformed") from None
-    if len(raw) != 20:
-        raise AuthenticationError("certtoken.invalid", "the token's x5t is malformed")
-    return raw.hex().upper()
-
-
-def authenticate_certificate_token(
-    session: Session,
-    token: str,
-    *,
-    certificate_pem_text: bytes | str | None = None,
-    audience: str,
-    now: dt.datetime,
-) -> CertificateRecord:
-    """Check a certificate token, with the certificate from the body or found by ``x5t``.
-
-    EZCA's RevokeCertificate sends no body: the certificate is then the stored one
-    whose SHA-1 thumbprint the token's ``x5t`` names.
-
-    Raises:
-        AuthenticationError: ``certtoken.*``, ``certificate.unknown``,
-        ``certificate.revoked``, ``certificate.expired``.
-        ValidationError: ``certificate.malformed``.
-    """
-    if certificate_pem_text is None:
-        try:
-            stored = get_certificate_by_thumbprint(session, _thumbprint_from_token(token))
-        except NotFoundError:
-            raise AuthenticationError(
-                "certificate.unknown", "the token names a certificate not issued here"
-            ) from None
-        certificate_pem_text = certificate_pem(stored)
-    return authenticate_certificate(
-        session, token, certificate_pem_text, audience=audience, now=now
-    )
-
-
-def revoke_with_token(
-    session: Session,
-    token: str,
-    *,
-    certificate_pem_text: bytes | str | None = None,
-    reason: RevocationReason = RevocationReason.CESSATION_OF_OPERATION,
-    audience: str,
-    source: str,
-    now: dt.datetime,
-) -> CertificateRecord:
-    """A device revokes its own certificate, proving possession with a certificate token.
-
-    Raises:
-        AuthenticationError: see :func:`authenticate_certificate_token`.
-    """
-    record = authenticate_certificate_token(
-        session, token, certificate_pem_text=certificate_pem_text, audience=audience, now=now
-    )
-    holder = certificate_holder(record)
-    actor = Actor(principal_id=holder.principal_id, source=source)
-    return revoke(session, actor, record, reason, now=now)
-
-
-def certificate_audit(
-    session: Session,
+def register_domain_with_members(
+    session: Any,
     actor: Actor,
     *,
-    thumbprint: str | None = None,
-    since: dt.datetime | None = None,
-    until: dt.datetime | None = None,
-    offset: int = 0,
-    limit: int = 100,
-) -> list[tuple[AuditEntry, CertificateRecord | None]]:
-    """Certificate audit entries the actor may see, newest first, with their certificate.
-
-    With a thumbprint, the entries of that certificate (which the actor must be able
-    to see); without, the entries of every certificate the actor can see.
-
-    Raises:
-        NotFoundError: ``certificate.not_found``.
-    """
-    limit = min(max(limit, 1), 1000)
-    if thumbprint is not None:
-        record = get_certificate_by_thumbprint(session, thumbprint)
-        visible_certificate(session, actor, record)
-        entries = list_audit(
-            session, object_type="certificate", object_id=record.serial_hex, limit=offset + limit
-        )
-        pairs: list[tuple[AuditEntry, CertificateRecord | None]] = [(e, record) for e in entries]
-    else:
-        query = (
-            select(AuditEntry, CertificateRecord)
-            .join(CertificateRecord, CertificateRecord.serial_hex == AuditEntry.object_id)
-            .where(AuditEntry.object_type == "certificate")
-            .order_by(AuditEntry.id.desc())
-        )
-        pairs = [
-            (entry, cert)
-            for entry, cert in session.execute(query)
-            if can_see_certificate(session, actor, cert)
-        ]
-    pairs = [
-        (e, c)
-        for e, c in pairs
-        if (since is None or e.at >= since) and (until is None or e.at <= until)
-    ]
-    return pairs[max(offset, 0) : max(offset, 0) + limit]
-
-
-def leaf_expiry_summary(session: Session, now: dt.datetime) -> dt.datetime | None:
-    """The earliest ``not_after`` among valid, unexpired leaf certificates, if any."""
-    return session.scalar(
-        select(func.min(CertificateRecord.not_after)).where(
-            CertificateRecord.status == "valid", CertificateRecord.not_after > now
-        )
-    )
-
-
-def may_revoke(session: Session, actor: Actor, record: CertificateRecord) -> bool:
-    """Whether ``certificates.revoke`` would let the actor revoke ``record``.
-
-    The same rule as there: admins, the holder, and owners of the certificate's domain.
-    """
-    if actor.is_admin or actor.principal_id == certificate_holder(record).principal_id:
-        return True
-    if record.domain_id is None:
-        return False
-    owner = session.scalar(
-        select(DomainMember.principal_id).where(
-            DomainMember.domain_id == record.domain_id,
-            DomainMember.principal_id == actor.principal_id,
-            DomainMember.role == OWNER,
-        )
-    )
-    return owner is not None
-
-
-def principal_names(session: Session, principal_ids: Sequence[str]) -> dict[str, str]:
-    """Friendly names of principals by id (ids without a principal are left out)."""
-    if not principal_ids:
-        return {}
-    rows = session.execute(
-        select(Principal.id, Principal.friendly_name).where(Principal.id.in_(set(principal_ids)))
-    )
-    return {row[0]: row[1] for row in rows}
-
-
-def resolve_issue_target(
-    session: Session,
-    actor: Actor,
-    *,
-    domain: str | None,
     ca_id: str | None,
     template_id: str | None,
-) -> tuple[str, str | None]:
-    """The CA and template a request goes to: given, the domain's, or the only issuing CA.
-
-    Raises:
-        NotFoundError: ``domain.not_found``, ``ca.not_found``.
-        ValidationError: ``domain.ambiguous``, ``request.ca_required`` when several
-        issuing CAs exist and nothing chooses one.
-    """
-    if domain is not None:
-        found = domain_for_request(session, actor, domain, ca_id)
-        return found.ca_id, template_id or found.template_id
-    if ca_id is not None:
-        return ca_id, template_id
-    issuing = [c for c in list_cas(session) if c.tier == "issuing" and c.status == "active"]
-    if len(issuing) != 1:
-        raise ValidationError(
-            "request.ca_required", "several (or no) issuing CAs exist: name the CA or the domain"
-        )
-    return issuing[0].id, template_id
-
-
-def visible_domain(session: Session, actor: Actor, domain_id: str) -> DomainRecord:
-    """A domain the actor owns or requests for (any domain for admins).
-
-    Raises:
-        NotFoundError: ``domain.not_found``, also for domains the actor cannot see.
-    """
-    domain = session.get(DomainRecord, domain_id)
-    if domain is None or not (
-        actor.is_admin or actor.principal_id in {m.principal_id for m in domain.members}
-    ):
-        raise NotFoundError("domain.not_found", f"no domain {domain_id}")
-    return domain
+    name: str,
+    owners: Sequence[MemberRef],
+    requesters: Sequence[MemberRef],
+    now: dt.datetime,
+) -> DomainRecord:
+    """:func:`register_domain_with_members_in` in the session's unit (transitional)."""
+    return register_domain_with_members_in(
+        unit_of(session),
+        actor,
+        ca_id=ca_id,
+        template_id=template_id,
+        name=name,
+        owners=owners,
+        requesters=requesters,
+        now=now,
+    )

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from typing import Any
 
 from fleetpki.errors import (
     AuthenticationError,
@@ -19,20 +18,26 @@ from fleetpki.errors import (
     PermissionDenied,
     ValidationError,
 )
-from fleetpki.services.audit import record_audit
-from fleetpki.services.context import Actor
+from fleetpki.services.audit import write_audit
+from fleetpki.services.ca_views import PrincipalView, principal_view
+from fleetpki.services.context import Actor, Clock
+from fleetpki.services.events import unit_of
+from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import ApiToken, Principal
 
 __all__ = [
     "PRINCIPAL_TYPES",
     "TOKEN_PREFIX",
     "NewToken",
+    "PrincipalService",
     "add_principal",
     "authenticate_token",
     "create_token",
     "ensure_principal",
+    "ensure_principal_in",
     "get_principal",
     "list_principals",
+    "principal_record",
     "validate_principal_id",
 ]
 
@@ -62,23 +67,67 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add_principal(
-    session: Session,
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    """A token just created: the secret is shown once and never stored."""
+
+    token_id: str
+    secret: str
+    principal_id: str
+    expires_at: dt.datetime | None
+
+
+# -- code shared by use cases: runs inside the caller's unit of work ---------------------
+
+
+def principal_record(tx: UnitOfWork, principal_id: str) -> Principal:
+    """The principal with this id (caller's unit of work).
+
+    Raises:
+        ValidationError: ``principal.bad_id``.
+        NotFoundError: ``principal.not_found``.
+    """
+    pid = validate_principal_id(principal_id)
+    principal = tx.principals.get(pid)
+    if principal is None:
+        raise NotFoundError(
+            "principal.not_found", f"no principal {pid}; add it with `principal add`"
+        )
+    return principal
+
+
+def ensure_principal_in(
+    tx: UnitOfWork, principal_id: str, friendly_name: str, *, now: dt.datetime
+) -> Principal:
+    """The principal, created on first sight (OIDC callers, EZCA owner lists; caller's unit).
+
+    Raises:
+        ValidationError: ``principal.bad_id``.
+    """
+    pid = validate_principal_id(principal_id)
+    principal = tx.principals.get(pid)
+    if principal is None:
+        principal = Principal(
+            id=pid,
+            friendly_name=(friendly_name.strip() or pid)[:200],
+            principal_type="User",
+            is_admin=False,
+            created_at=now,
+        )
+        tx.principals.add(principal)
+    return principal
+
+
+def _add_principal(
+    tx: UnitOfWork,
     actor: Actor,
     principal_id: str,
     friendly_name: str,
     *,
-    principal_type: str = "User",
-    is_admin: bool = False,
+    principal_type: str,
+    is_admin: bool,
     now: dt.datetime,
 ) -> Principal:
-    """Register a principal.  Only admins may.
-
-    Raises:
-        PermissionDenied: ``principal.admin_required``.
-        ValidationError: ``principal.bad_id``, ``principal.bad_type``, ``principal.bad_name``.
-        ConflictError: ``principal.exists``.
-    """
     if not actor.is_admin:
         raise PermissionDenied("principal.admin_required", "only admins may add principals")
     pid = validate_principal_id(principal_id)
@@ -90,14 +139,14 @@ def add_principal(
     name = friendly_name.strip()
     if not name or len(name) > 200:
         raise ValidationError("principal.bad_name", "a friendly name must be 1-200 characters")
-    if session.get(Principal, pid) is not None:
+    if tx.principals.get(pid) is not None:
         raise ConflictError("principal.exists", f"principal {pid} already exists")
     principal = Principal(
         id=pid, friendly_name=name, principal_type=principal_type, is_admin=is_admin, created_at=now
     )
-    session.add(principal)
-    record_audit(
-        session,
+    tx.principals.add(principal)
+    write_audit(
+        tx,
         actor,
         "principal.add",
         "principal",
@@ -108,71 +157,16 @@ def add_principal(
     return principal
 
 
-def ensure_principal(
-    session: Session, principal_id: str, friendly_name: str, *, now: dt.datetime
-) -> Principal:
-    """Return the principal, creating it on first sight (OIDC callers, EZCA owner lists)."""
-    pid = validate_principal_id(principal_id)
-    principal = session.get(Principal, pid)
-    if principal is None:
-        principal = Principal(
-            id=pid,
-            friendly_name=(friendly_name.strip() or pid)[:200],
-            principal_type="User",
-            is_admin=False,
-            created_at=now,
-        )
-        session.add(principal)
-        session.flush()
-    return principal
-
-
-def get_principal(session: Session, principal_id: str) -> Principal:
-    """Look up a principal.
-
-    Raises:
-        NotFoundError: ``principal.not_found``.
-    """
-    pid = validate_principal_id(principal_id)
-    principal = session.get(Principal, pid)
-    if principal is None:
-        raise NotFoundError(
-            "principal.not_found", f"no principal {pid}; add it with `principal add`"
-        )
-    return principal
-
-
-def list_principals(session: Session) -> list[Principal]:
-    """Every principal, by friendly name."""
-    return list(session.scalars(select(Principal).order_by(Principal.friendly_name)))
-
-
-@dataclass(frozen=True, slots=True)
-class NewToken:
-    """A token just created: the secret is shown once and never stored."""
-
-    token_id: str
-    secret: str
-    principal_id: str
-    expires_at: dt.datetime | None
-
-
-def create_token(
-    session: Session,
+def _create_token(
+    tx: UnitOfWork,
     actor: Actor,
     principal_id: str,
     *,
-    name: str = "api",
-    lifetime: dt.timedelta | None = None,
+    name: str,
+    lifetime: dt.timedelta | None,
     now: dt.datetime,
 ) -> NewToken:
-    """Create an API token for a principal (admins, or the principal for itself).
-
-    Raises:
-        PermissionDenied: ``token.not_allowed``.
-        NotFoundError: ``principal.not_found``.
-    """
-    principal = get_principal(session, principal_id)
+    principal = principal_record(tx, principal_id)
     if not actor.is_admin and actor.principal_id != principal.id:
         raise PermissionDenied("token.not_allowed", "only admins may create tokens for others")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -185,9 +179,9 @@ def create_token(
         created_at=now,
         expires_at=now + lifetime if lifetime else None,
     )
-    session.add(token)
-    record_audit(
-        session,
+    tx.tokens.add(token)
+    write_audit(
+        tx,
         actor,
         "token.create",
         "principal",
@@ -198,16 +192,11 @@ def create_token(
     return NewToken(token.id, secret, principal.id, token.expires_at)
 
 
-def authenticate_token(session: Session, secret: str, *, now: dt.datetime) -> Principal:
-    """Return the principal a bearer token belongs to.
-
-    Raises:
-        AuthenticationError: ``auth.bad_token`` for unknown, expired or revoked tokens.
-    """
+def _authenticate_token(tx: UnitOfWork, secret: str, *, now: dt.datetime) -> Principal:
     if not secret.startswith(TOKEN_PREFIX):
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
     digest = _hash_token(secret)
-    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    token = tx.tokens.find_by_hash(digest)
     # The index lookup already matched; compare again in constant time for form's sake.
     if token is None or not hmac.compare_digest(token.token_hash, digest):
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
@@ -217,7 +206,167 @@ def authenticate_token(session: Session, secret: str, *, now: dt.datetime) -> Pr
     # authenticated requests on the database's write lock.
     if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
         token.last_used_at = now
-    principal = session.get(Principal, token.principal_id)
+    principal = tx.principals.get(token.principal_id)
     if principal is None:
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
     return principal
+
+
+# -- the use cases -----------------------------------------------------------------------
+
+
+class PrincipalService:
+    """Principals and their API tokens.
+
+    Args:
+        store: the database.
+        clock: the source of "now".
+    """
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def add(
+        self,
+        actor: Actor,
+        principal_id: str,
+        friendly_name: str,
+        *,
+        principal_type: str = "User",
+        is_admin: bool = False,
+    ) -> PrincipalView:
+        """Register a principal. Only admins may.
+
+        Raises:
+            PermissionDenied: ``principal.admin_required``.
+            ValidationError: ``principal.bad_id``, ``principal.bad_type``, ``principal.bad_name``.
+            ConflictError: ``principal.exists``.
+        """
+        with self._store.transaction() as tx:
+            principal = _add_principal(
+                tx,
+                actor,
+                principal_id,
+                friendly_name,
+                principal_type=principal_type,
+                is_admin=is_admin,
+                now=self._clock(),
+            )
+            return principal_view(principal)
+
+    def ensure(self, principal_id: str, friendly_name: str) -> PrincipalView:
+        """The principal, created on first sight (an OIDC caller).
+
+        Raises:
+            ValidationError: ``principal.bad_id``.
+        """
+        with self._store.transaction() as tx:
+            return principal_view(
+                ensure_principal_in(tx, principal_id, friendly_name, now=self._clock())
+            )
+
+    def get(self, principal_id: str) -> PrincipalView:
+        """One principal.
+
+        Raises:
+            ValidationError: ``principal.bad_id``.
+            NotFoundError: ``principal.not_found``.
+        """
+        with self._store.transaction() as tx:
+            return principal_view(principal_record(tx, principal_id))
+
+    def list(self) -> builtins.list[PrincipalView]:
+        """Every principal, by friendly name."""
+        with self._store.transaction() as tx:
+            return [principal_view(p) for p in tx.principals.all()]
+
+    def create_token(
+        self,
+        actor: Actor,
+        principal_id: str,
+        *,
+        name: str = "api",
+        lifetime: dt.timedelta | None = None,
+    ) -> NewToken:
+        """Create an API token for a principal (admins, or the principal for itself).
+
+        Raises:
+            PermissionDenied: ``token.not_allowed``.
+            NotFoundError: ``principal.not_found``.
+        """
+        with self._store.transaction() as tx:
+            return _create_token(
+                tx, actor, principal_id, name=name, lifetime=lifetime, now=self._clock()
+            )
+
+    def authenticate_token(self, secret: str) -> PrincipalView:
+        """The principal a bearer API token belongs to.
+
+        Raises:
+            AuthenticationError: ``auth.bad_token`` for unknown, expired or revoked tokens.
+        """
+        with self._store.transaction() as tx:
+            return principal_view(_authenticate_token(tx, secret, now=self._clock()))
+
+
+# -- transitional: for callers still handed a session (the CLI, tests' setup) -------------
+
+
+def add_principal(
+    session: Any,
+    actor: Actor,
+    principal_id: str,
+    friendly_name: str,
+    *,
+    principal_type: str = "User",
+    is_admin: bool = False,
+    now: dt.datetime,
+) -> Principal:
+    """Register a principal in the session's unit of work (transitional)."""
+    return _add_principal(
+        unit_of(session),
+        actor,
+        principal_id,
+        friendly_name,
+        principal_type=principal_type,
+        is_admin=is_admin,
+        now=now,
+    )
+
+
+def ensure_principal(
+    session: Any, principal_id: str, friendly_name: str, *, now: dt.datetime
+) -> Principal:
+    """:func:`ensure_principal_in` in the session's unit of work (transitional)."""
+    return ensure_principal_in(unit_of(session), principal_id, friendly_name, now=now)
+
+
+def get_principal(session: Any, principal_id: str) -> Principal:
+    """:func:`principal_record` in the session's unit of work (transitional)."""
+    return principal_record(unit_of(session), principal_id)
+
+
+def list_principals(session: Any) -> list[Principal]:
+    """Every principal, by friendly name (transitional)."""
+    return unit_of(session).principals.all()
+
+
+def create_token(
+    session: Any,
+    actor: Actor,
+    principal_id: str,
+    *,
+    name: str = "api",
+    lifetime: dt.timedelta | None = None,
+    now: dt.datetime,
+) -> NewToken:
+    """Create an API token in the session's unit of work (transitional)."""
+    return _create_token(
+        unit_of(session), actor, principal_id, name=name, lifetime=lifetime, now=now
+    )
+
+
+def authenticate_token(session: Any, secret: str, *, now: dt.datetime) -> Principal:
+    """The principal of a bearer token, in the session's unit of work (transitional)."""
+    return _authenticate_token(unit_of(session), secret, now=now)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from typing import Any
 
 from fleetpki.errors import FleetPKIError, ValidationError
 from fleetpki.keystore import KeyStore
@@ -28,16 +26,23 @@ from fleetpki.pki.ocsp import (
     response_status_for,
 )
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services.authority import CAUrlsConfig, ca_certificate, get_ca, list_cas
-from fleetpki.store.models import CARecord, CertificateRecord
+from fleetpki.services.authority import CAUrlsConfig, ca_certificate, ca_record
+from fleetpki.services.ca_views import CrlView
+from fleetpki.services.context import Clock
+from fleetpki.services.events import unit_of
+from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.store.models import CARecord
 
 __all__ = [
     "CRL_LIFETIME",
     "OCSP_LIFETIME",
+    "RevocationStatusService",
     "answer_ocsp",
     "answer_ocsp_get",
     "ca_certificate_der",
+    "crl_in",
     "get_crl",
+    "ocsp_answer_in",
 ]
 
 #: A CRL is valid this long; it is rebuilt on the first read after it lapses, or
@@ -49,23 +54,18 @@ OCSP_LIFETIME = dt.timedelta(hours=1)
 _REFRESH_MARGIN = dt.timedelta(minutes=5)
 
 
-def _entries_for(session: Session, ca: CARecord) -> list[RevokedEntry]:
+def _entries_for(tx: UnitOfWork, ca: CARecord) -> list[RevokedEntry]:
     if ca.tier == "root":
         # The root's CRL lists revoked subordinate CAs (the issuing CA's CRL DP
         # points here); fleetpki does not revoke CAs yet, so it is empty.
         return []
-    rows = session.scalars(
-        select(CertificateRecord).where(
-            CertificateRecord.ca_id == ca.id, CertificateRecord.status == "revoked"
-        )
-    )
     return [
         RevokedEntry(
             serial=int(row.serial_hex, 16),
             revoked_at=row.revoked_at or row.created_at,
             reason=RevocationReason.parse(row.revocation_reason or 0),
         )
-        for row in rows
+        for row in tx.certificates.revoked_of(ca.id)
     ]
 
 
@@ -84,48 +84,25 @@ def _cached(ca: CARecord) -> tuple[bytes, dt.datetime]:
     return ca.crl_der, ca.crl_next_update
 
 
-def _lock(session: Session, ca_id: str) -> CARecord:
-    """The CA row, re-read under a lock that serialises CRL rebuilds.
-
-    PostgreSQL locks the row with ``SELECT ... FOR UPDATE``.  SQLite ignores FOR
-    UPDATE; its one write lock is taken by the first write of a transaction, so a
-    no-op UPDATE takes it (waiting out the busy timeout) before the row is re-read.
-    ``populate_existing`` replaces what the session already holds: without it the
-    identity map would keep the number read before the lock, and two rebuilders
-    would both issue "number + 1" (RFC 5280 §5.2.3 wants it to increase).
-    """
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(
-            update(CARecord).where(CARecord.id == ca_id).values(crl_number=CARecord.crl_number)
-        )
-    locked = session.scalar(
-        select(CARecord)
-        .where(CARecord.id == ca_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    assert locked is not None
-    return locked
-
-
-def get_crl(
-    session: Session, keystore: KeyStore, urls: CAUrlsConfig, ca_id: str, *, now: dt.datetime
+def crl_in(
+    tx: UnitOfWork, keystore: KeyStore, urls: CAUrlsConfig, ca_id: str, *, now: dt.datetime
 ) -> tuple[bytes, dt.datetime]:
-    """The CA's current CRL in DER and its next update.
+    """The CA's current CRL in DER and its next update (caller's unit of work).
 
     Served from the cache while it is fresh and no revocation happened since;
     otherwise rebuilt, numbered one higher and cached.  Rebuilds hold a lock on the
-    CA (a row lock on PostgreSQL, the write lock on SQLite) and look at the cache
-    again once they have it, so concurrent readers after a revocation get one new
-    CRL with one new number, never two CRLs with the same number.
+    CA (:meth:`CARepository.lock_for_crl`: a row lock on PostgreSQL, the write lock on
+    SQLite) and look at the cache again once they have it, so concurrent readers after
+    a revocation get one new CRL with one new number, never two CRLs with the same
+    number (RFC 5280 §5.2.3 wants it to increase).
 
     Raises:
         NotFoundError: ``ca.not_found``.
     """
-    ca = get_ca(session, ca_id)
+    ca = ca_record(tx, ca_id)
     if _fresh(ca, now):
         return _cached(ca)
-    locked = _lock(session, ca.id)
+    locked = tx.cas.lock_for_crl(ca.id)
     if _fresh(locked, now):
         # Another transaction rebuilt it while this one waited for the lock.
         return _cached(locked)
@@ -136,7 +113,7 @@ def get_crl(
     der = build_crl(
         certificate,
         keystore.signer(locked.key_ref),
-        _entries_for(session, locked),
+        _entries_for(tx, locked),
         crl_number=number,
         this_update=this_update,
         next_update=next_update,
@@ -148,15 +125,6 @@ def get_crl(
     return der, next_update
 
 
-def ca_certificate_der(session: Session, ca_id: str) -> bytes:
-    """A CA's certificate in DER, for the caIssuers URL (RFC 5280 §4.2.2.1).
-
-    Raises:
-        NotFoundError: ``ca.not_found``.
-    """
-    return get_ca(session, ca_id).certificate_der
-
-
 def _issuer_of(cas: Sequence[CARecord], request: OcspRequest) -> CARecord | None:
     for ca in cas:
         if request.cert_id.names_issuer(ca_certificate(ca)):
@@ -164,19 +132,10 @@ def _issuer_of(cas: Sequence[CARecord], request: OcspRequest) -> CARecord | None
     return None
 
 
-def _is_subordinate_of(session: Session, ca: CARecord, serial: int) -> bool:
-    children = session.scalars(select(CARecord).where(CARecord.parent_id == ca.id))
-    return any(int(child.serial_hex, 16) == serial for child in children)
-
-
-def _status_of(session: Session, ca: CARecord, serial: int) -> CertificateStatus:
-    record = session.scalar(
-        select(CertificateRecord).where(
-            CertificateRecord.ca_id == ca.id, CertificateRecord.serial_hex == format(serial, "X")
-        )
-    )
+def _status_of(tx: UnitOfWork, ca: CARecord, serial: int) -> CertificateStatus:
+    record = tx.certificates.find_by_ca_serial(ca.id, format(serial, "X"))
     if record is None:
-        if _is_subordinate_of(session, ca, serial):
+        if any(int(child.serial_hex, 16) == serial for child in tx.cas.children_of(ca.id)):
             # A root answers for the CAs it certified; fleetpki does not revoke CAs yet.
             return CertificateStatus.good()
         # RFC 6960 §2.2: "unknown" when the responder does not know the certificate.
@@ -189,8 +148,8 @@ def _status_of(session: Session, ca: CARecord, serial: int) -> CertificateStatus
     return CertificateStatus.good()
 
 
-def _answer(session: Session, keystore: KeyStore, request: OcspRequest, now: dt.datetime) -> bytes:
-    ca = _issuer_of(list_cas(session), request)
+def _answer(tx: UnitOfWork, keystore: KeyStore, request: OcspRequest, now: dt.datetime) -> bytes:
+    ca = _issuer_of(tx.cas.all(), request)
     if ca is None:
         # RFC 6960 §2.3: "unauthorized" when the responder does not serve the issuer.
         raise ValidationError("ocsp.unauthorized", "this responder does not serve that issuer")
@@ -198,7 +157,7 @@ def _answer(session: Session, keystore: KeyStore, request: OcspRequest, now: dt.
     this_update = now.replace(microsecond=0)
     return build_ocsp_response(
         request,
-        _status_of(session, ca, request.cert_id.serial_number),
+        _status_of(tx, ca, request.cert_id.serial_number),
         issuer_cert=certificate,
         responder_cert=certificate,
         signer=keystore.signer(ca.key_ref),
@@ -207,27 +166,91 @@ def _answer(session: Session, keystore: KeyStore, request: OcspRequest, now: dt.
     )
 
 
-def _safely(
-    session: Session, keystore: KeyStore, parse: Callable[[], OcspRequest], now: dt.datetime
+def ocsp_answer_in(
+    tx: UnitOfWork, keystore: KeyStore, parse: Callable[[], OcspRequest], now: dt.datetime
 ) -> bytes:
+    """The DER OCSP response for the request ``parse`` returns (caller's unit of work).
+
+    Refusals are OCSP error responses, not errors (RFC 6960 §2.3): malformed requests
+    get ``malformedRequest``, other issuers ``unauthorized``, serials this CA never
+    issued ``unknown``; nothing raises.
+    """
     try:
-        return _answer(session, keystore, parse(), now)
+        return _answer(tx, keystore, parse(), now)
     except FleetPKIError as exc:
-        # Refusals are OCSP error responses, not HTTP errors (RFC 6960 §2.3).
         return build_ocsp_error_response(response_status_for(exc))
 
 
-def answer_ocsp(
-    session: Session, keystore: KeyStore, request_der: bytes, *, now: dt.datetime
-) -> bytes:
-    """The DER OCSP response for a POSTed request (RFC 6960 Appendix A.1).
+class RevocationStatusService:
+    """What relying parties ask: CRLs, CA certificates (caIssuers) and OCSP.
 
-    Malformed requests get ``malformedRequest``, other issuers ``unauthorized``,
-    serials this CA never issued ``unknown``; nothing raises.
+    Args:
+        store: the database.
+        keystore: custody of CA keys (CRLs and OCSP answers are signed by the CA).
+        clock: the source of "now".
+        urls: where CRLs are published (each CRL's issuing distribution point).
     """
-    return _safely(session, keystore, lambda: parse_ocsp_request(request_der), now)
+
+    def __init__(self, store: Store, keystore: KeyStore, clock: Clock, urls: CAUrlsConfig) -> None:
+        self._store = store
+        self._keystore = keystore
+        self._clock = clock
+        self._urls = urls
+
+    def crl(self, ca_id: str) -> CrlView:
+        """The CA's current CRL (see :func:`crl_in`).
+
+        Raises:
+            NotFoundError: ``ca.not_found``.
+        """
+        with self._store.transaction() as tx:
+            der, next_update = crl_in(tx, self._keystore, self._urls, ca_id, now=self._clock())
+            return CrlView(der, next_update)
+
+    def ca_certificate_der(self, ca_id: str) -> bytes:
+        """A CA's certificate in DER, for the caIssuers URL (RFC 5280 §4.2.2.1).
+
+        Raises:
+            NotFoundError: ``ca.not_found``.
+        """
+        with self._store.transaction() as tx:
+            return ca_record(tx, ca_id).certificate_der
+
+    def ocsp(self, request_der: bytes) -> bytes:
+        """The DER OCSP response for a POSTed request (RFC 6960 Appendix A.1); never raises."""
+        with self._store.transaction() as tx:
+            return ocsp_answer_in(
+                tx, self._keystore, lambda: parse_ocsp_request(request_der), self._clock()
+            )
+
+    def ocsp_get(self, path: str) -> bytes:
+        """The DER OCSP response for a GET whose URL ends in the base64 request; never raises."""
+        with self._store.transaction() as tx:
+            return ocsp_answer_in(
+                tx, self._keystore, lambda: parse_ocsp_request_path(path), self._clock()
+            )
 
 
-def answer_ocsp_get(session: Session, keystore: KeyStore, path: str, *, now: dt.datetime) -> bytes:
-    """The DER OCSP response for a GET request whose URL ends in the base64 request."""
-    return _safely(session, keystore, lambda: parse_ocsp_request_path(path), now)
+# -- transitional: for callers still handed a session (tests that move the clock) ---------
+
+
+def get_crl(
+    session: Any, keystore: KeyStore, urls: CAUrlsConfig, ca_id: str, *, now: dt.datetime
+) -> tuple[bytes, dt.datetime]:
+    """:func:`crl_in` in the session's unit of work (transitional)."""
+    return crl_in(unit_of(session), keystore, urls, ca_id, now=now)
+
+
+def ca_certificate_der(session: Any, ca_id: str) -> bytes:
+    """A CA's certificate in DER (transitional)."""
+    return ca_record(unit_of(session), ca_id).certificate_der
+
+
+def answer_ocsp(session: Any, keystore: KeyStore, request_der: bytes, *, now: dt.datetime) -> bytes:
+    """:meth:`RevocationStatusService.ocsp` in the session's unit of work (transitional)."""
+    return ocsp_answer_in(unit_of(session), keystore, lambda: parse_ocsp_request(request_der), now)
+
+
+def answer_ocsp_get(session: Any, keystore: KeyStore, path: str, *, now: dt.datetime) -> bytes:
+    """:meth:`RevocationStatusService.ocsp_get` in the session's unit of work (transitional)."""
+    return ocsp_answer_in(unit_of(session), keystore, lambda: parse_ocsp_request_path(path), now)

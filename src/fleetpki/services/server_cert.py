@@ -1,4 +1,10 @@
-"""The API server's own TLS certificate, issued by the local issuing CA and kept in the home."""
+"""The API server's own TLS certificate, issued by the current issuing CA and kept in the home.
+
+It is issued like every other certificate: a CSR through the one issuance pipeline
+(:func:`fleetpki.services.certificates.sign_and_store`) under a server profile, by the
+CA :func:`fleetpki.services.authority.current_issuer` names, and recorded, so that CRLs
+and OCSP know of it.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +13,67 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
-from fleetpki.errors import NotFoundError
-from fleetpki.pki.extensions import (
-    authority_information_access,
-    crl_distribution_points,
-    key_usage,
-)
-from fleetpki.pki.issuance import BACKDATE, thumbprints
+from fleetpki.keystore import KeyStore
+from fleetpki.pki.csr import parse_csr
+from fleetpki.pki.issuance import IssuanceRequest
 from fleetpki.pki.keys import KeySpec
-from fleetpki.services.app import FleetPKI
-from fleetpki.services.audit import record_audit
-from fleetpki.services.authority import ca_certificate, issuer_for, list_cas, list_templates
-from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
-from fleetpki.store.models import CertificateRecord
+from fleetpki.pki.names import SanType, SubjectAltName
+from fleetpki.pki.profile import EKU_NAMES, Template
+from fleetpki.services.audit import write_audit
+from fleetpki.services.authority import (
+    CAUrlsConfig,
+    ca_certificate,
+    ca_chain_of,
+    current_issuer,
+    template_for,
+)
+from fleetpki.services.certificates import sign_and_store
+from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
+from fleetpki.services.ports import Store
 
-__all__ = ["SERVER_CERT_DAYS", "ServerTLSFiles", "ensure_server_certificate", "server_names"]
+if TYPE_CHECKING:
+    from fleetpki.services.app import FleetPKI
+
+__all__ = [
+    "SERVER_CERT_DAYS",
+    "SERVER_COMMON_NAME",
+    "ServerCertificateService",
+    "ServerTLSFiles",
+    "ensure_server_certificate",
+    "server_names",
+    "server_profile",
+]
 
 #: Lifetime of the server certificate; it is reissued at start when a third remains.
 SERVER_CERT_DAYS = 90
+#: The subject CN of server certificates. The names clients check are the SANs
+#: (RFC 6125 §6.4.4); a single-label CN such as ``localhost`` would be folded out of
+#: the SANs by the pipeline, which treats a non-DNS CN as a device id.
+SERVER_COMMON_NAME = "fleetpki server"
+
+
+def server_profile(template_id: str) -> Template:
+    """The issuance profile of server certificates: P-256, serverAuth, 90 days.
+
+    ``template_id`` is the stored template the certificate is recorded under (the
+    issuing CA's first): the profile is code, so it never appears in EZCA's catalogue.
+    """
+    return Template(
+        template_id=template_id,
+        name="fleetpki server",
+        max_validity_days=SERVER_CERT_DAYS,
+        allowed_key_specs=frozenset({KeySpec.EC_P256}),
+        default_ekus=(EKU_NAMES["serverAuth"],),
+        allowed_ekus=frozenset({EKU_NAMES["serverAuth"]}),
+        local_names=frozenset({"localhost"}),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,134 +150,141 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(temporary, path)
 
 
-def _issue(
-    app: FleetPKI, dns: list[str], ips: list[str], now: dt.datetime
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
-    with app.transaction() as session:
-        issuing = [c for c in list_cas(session) if c.tier == "issuing" and c.status == "active"]
-        if not issuing:
-            raise NotFoundError(
-                "ca.not_found", "no active issuing CA to sign the server certificate"
-            )
-        ca = issuing[-1]
-        templates = list_templates(session, ca.id)
-        if not templates:
-            raise NotFoundError("template.not_found", f"CA {ca.name!r} has no template")
-        issuer = issuer_for(ca, app.keystore, app.urls)
-        chain = [ca_certificate(ca)]
+def _server_csr(key: ec.EllipticCurvePrivateKey, dns: list[str], ips: list[str]) -> bytes:
+    general_names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    general_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_COMMON_NAME)]))
+        .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    issuing: x509.Certificate
+
+
+class ServerCertificateService:
+    """The server's own TLS material in ``home/tls``.
+
+    Args:
+        store: the database.
+        keystore: custody of CA keys.
+        clock: the source of "now".
+        urls: where CRLs, OCSP and CA certificates are published.
+        home: the fleetpki home (its ``tls`` folder holds the files).
+    """
+
+    def __init__(
+        self, store: Store, keystore: KeyStore, clock: Clock, urls: CAUrlsConfig, home: Path
+    ) -> None:
+        self._store = store
+        self._keystore = keystore
+        self._clock = clock
+        self._urls = urls
+        self._home = home
+
+    def _issue(self, dns: list[str], ips: list[str], now: dt.datetime) -> _Issued:
         key = ec.generate_private_key(ec.SECP256R1())
-        public_key = key.public_key()
-        not_before = max(now - BACKDATE, issuer.certificate.not_valid_before_utc)
-        not_after = min(
-            now + dt.timedelta(days=SERVER_CERT_DAYS), issuer.certificate.not_valid_after_utc
-        )
-        general_names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        general_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
-        issuer_ski = issuer.certificate.extensions.get_extension_for_class(
-            x509.SubjectKeyIdentifier
-        ).value
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])]))
-            .issuer_name(issuer.certificate.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before.replace(microsecond=0))
-            .not_valid_after(not_after.replace(microsecond=0))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(key_usage(digital_signature=True), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
-                critical=False,
+        csr = _server_csr(key, dns, ips)
+        names = {SERVER_COMMON_NAME, *dns, *ips}
+        with self._store.transaction() as tx:
+            ca = current_issuer(tx, now)
+            stored_template = template_for(tx, ca, None)
+            sans = tuple(SubjectAltName(SanType.DNS, d) for d in dns) + tuple(
+                SubjectAltName(SanType.IP, a) for a in ips
             )
-            .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
-        )
-        if issuer.crl_url:
-            builder = builder.add_extension(crl_distribution_points(issuer.crl_url), critical=False)
-        aia = authority_information_access(ocsp_url=issuer.ocsp_url)
-        if aia is not None:
-            builder = builder.add_extension(aia, critical=False)
-        cert = issuer.signer.sign_certificate(builder)
-        der = cert.public_bytes(serialization.Encoding.DER)
-        sha1, sha256 = thumbprints(der)
-        serial_hex = format(cert.serial_number, "X")
-        # Recorded like every certificate the CA signs, so CRLs and OCSP know of it.
-        session.add(
-            CertificateRecord(
-                ca_id=ca.id,
-                template_id=templates[0].id,
-                domain_id=None,
-                serial_hex=serial_hex,
-                subject_cn=dns[0],
-                sans=[f"DNS:{d}" for d in dns] + [f"IP:{a}" for a in ips],
-                key_spec=KeySpec.EC_P256.value,
-                not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc,
-                sha1_hex=sha1,
-                sha256_hex=sha256,
-                der=der,
-                status="valid",
+            record, issued = sign_and_store(
+                tx,
+                IssuanceRequest(
+                    csr=parse_csr(csr), validity_days=SERVER_CERT_DAYS, subject_alt_names=sans
+                ),
+                server_profile(stored_template.id),
+                stored_template,
+                ca,
+                self._keystore,
+                self._urls,
+                may_request=lambda name: name in names,
                 requested_by=LOCAL_ADMIN_ID,
                 renews_id=None,
-                created_at=now,
+                now=now,
             )
-        )
-        record_audit(
-            session,
-            Actor(principal_id=LOCAL_ADMIN_ID, is_admin=True, source="serve"),
-            "certificate.issue",
-            "certificate",
-            serial_hex,
-            at=now,
-            details={"purpose": "api server TLS", "dns": dns, "ips": ips, "sha1": sha1},
-        )
-        chain += [ca_certificate(c) for c in list_cas(session) if c.tier == "root"]
-    return cert, key, chain
+            write_audit(
+                tx,
+                Actor(principal_id=LOCAL_ADMIN_ID, is_admin=True, source="serve"),
+                "certificate.issue",
+                "certificate",
+                record.serial_hex,
+                at=now,
+                details={
+                    "purpose": "api server TLS",
+                    "dns": dns,
+                    "ips": ips,
+                    "sha1": issued.sha1_hex,
+                },
+            )
+            return _Issued(issued.certificate, key, ca_chain_of(tx, ca)[0])
 
+    def _anchors(self) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+        with self._store.transaction() as tx:
+            cas = tx.cas.all()
+            return (
+                [ca_certificate(c) for c in cas if c.tier == "root"],
+                [ca_certificate(c) for c in cas],
+            )
 
-def ensure_server_certificate(
-    app: FleetPKI, *, hostname: str, host: str, now: dt.datetime | None = None
-) -> ServerTLSFiles:
-    """Make sure ``home/tls`` holds a current server certificate for the hostname.
+    def ensure(self, *, hostname: str, host: str) -> ServerTLSFiles:
+        """Make sure ``home/tls`` holds a current server certificate for the hostname.
 
-    A certificate is reused while more than a third of its life remains and it
-    names the hostname, ``localhost`` and 127.0.0.1 (and ``host`` when it is a
-    specific address); otherwise a new key and certificate are issued by the
-    active issuing CA.  The CA bundle (roots, for clients) and the client CA file
-    (every CA, for verifying client certificates) are written each time.
+        A certificate is reused while more than a third of its life remains and it
+        names the hostname, ``localhost`` and 127.0.0.1 (and ``host`` when it is a
+        specific address); otherwise a new key and certificate are issued by the
+        current issuing CA. The CA bundle (roots, for clients) and the client CA file
+        (every CA, for verifying client certificates) are written each time. Files
+        are written after the unit of work, never inside it.
 
-    Raises:
-        NotFoundError: ``ca.not_found`` when no issuing CA is active.
-    """
-    now = now or app.now()
-    files = ServerTLSFiles.in_home(app.settings.home)
-    dns, ips = server_names(hostname, host)
-    if not _still_good(files, dns, ips, now):
-        cert, key, chain = _issue(app, dns, ips, now)
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        _write(files.keyfile, key_pem, 0o600)
-        # The leaf and its issuing CA; the root is the trust anchor and is not sent.
+        Raises:
+            NotFoundError: ``ca.no_current_issuer`` when no issuing CA may issue now.
+        """
+        now = self._clock()
+        files = ServerTLSFiles.in_home(self._home)
+        dns, ips = server_names(hostname, host)
+        if not _still_good(files, dns, ips, now):
+            issued = self._issue(dns, ips, now)
+            key_pem = issued.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            _write(files.keyfile, key_pem, 0o600)
+            # The leaf and its issuing CA; the root is the trust anchor and is not sent.
+            _write(
+                files.certfile,
+                b"".join(
+                    c.public_bytes(serialization.Encoding.PEM)
+                    for c in (issued.certificate, issued.issuing)
+                ),
+                0o644,
+            )
+        roots, every = self._anchors()
         _write(
-            files.certfile,
-            b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, chain[0]]),
+            files.ca_bundle,
+            b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots),
             0o644,
         )
-    with app.transaction() as session:
-        cas = list_cas(session)
-        roots = [ca_certificate(c) for c in cas if c.tier == "root"]
-        every = [ca_certificate(c) for c in cas]
-    _write(
-        files.ca_bundle, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots), 0o644
-    )
-    _write(
-        files.client_ca_file,
-        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in every),
-        0o644,
-    )
-    return files
+        _write(
+            files.client_ca_file,
+            b"".join(c.public_bytes(serialization.Encoding.PEM) for c in every),
+            0o644,
+        )
+        return files
+
+
+def ensure_server_certificate(app: FleetPKI, *, hostname: str, host: str) -> ServerTLSFiles:
+    """``app.server_certificates.ensure(...)`` (transitional, for callers not yet moved)."""
+    return app.server_certificates.ensure(hostname=hostname, host=host)

@@ -7,10 +7,22 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from fleetpki.services.notifications import EventsWritten, Notification
 from fleetpki.store.db import Database
+from fleetpki.store.repositories.ca import SqlCARepository, SqlTemplateRepository
+from fleetpki.store.repositories.ca_certificates import (
+    SqlCertificateRepository,
+    SqlUsedTokenRepository,
+)
+from fleetpki.store.repositories.ca_identities import (
+    SqlAuditRepository,
+    SqlDomainRepository,
+    SqlPrincipalRepository,
+    SqlTokenRepository,
+)
 from fleetpki.store.repositories.events import SqlEventLog
 
 if TYPE_CHECKING:
@@ -39,6 +51,46 @@ class SqlUnitOfWork:
         return SqlEventLog(self.session, self.dialect, self.written_types.add)
 
     # -- repositories of the CA side ------------------------------------------------------
+
+    @cached_property
+    def cas(self) -> SqlCARepository:
+        """Certificate authorities."""
+        return SqlCARepository(self.session, self.dialect)
+
+    @cached_property
+    def templates(self) -> SqlTemplateRepository:
+        """Issuance templates."""
+        return SqlTemplateRepository(self.session)
+
+    @cached_property
+    def certificates(self) -> SqlCertificateRepository:
+        """Issued leaf certificates."""
+        return SqlCertificateRepository(self.session)
+
+    @cached_property
+    def domains(self) -> SqlDomainRepository:
+        """Domains with their members."""
+        return SqlDomainRepository(self.session)
+
+    @cached_property
+    def principals(self) -> SqlPrincipalRepository:
+        """Principals."""
+        return SqlPrincipalRepository(self.session)
+
+    @cached_property
+    def tokens(self) -> SqlTokenRepository:
+        """API tokens."""
+        return SqlTokenRepository(self.session)
+
+    @cached_property
+    def used_tokens(self) -> SqlUsedTokenRepository:
+        """Certificate-token ids already accepted."""
+        return SqlUsedTokenRepository(self.session)
+
+    @cached_property
+    def audit(self) -> SqlAuditRepository:
+        """The audit log."""
+        return SqlAuditRepository(self.session)
 
     # -- repositories of the hub side -----------------------------------------------------
 
@@ -71,6 +123,11 @@ class SqlStore:
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self.database.dialect
+
+    def ping(self) -> None:
+        """See :meth:`Store.ping`."""
+        with self.database.session() as session:
+            session.execute(text("SELECT 1"))
 
     @contextmanager
     def transaction(self) -> Iterator[SqlUnitOfWork]:

@@ -18,6 +18,16 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from fleetpki.services.ports.ca import (
+    AuditRepository,
+    CARepository,
+    CertificateRepository,
+    DomainRepository,
+    PrincipalRepository,
+    TemplateRepository,
+    TokenRepository,
+    UsedTokenRepository,
+)
 from fleetpki.services.ports.events import EventLog, Notification
 
 __all__ = ["EventLog", "Notification", "Store", "UnitOfWork"]
@@ -36,6 +46,46 @@ class UnitOfWork(Protocol):
         ...
 
     # -- repositories of the CA side (services/ports/ca.py) -------------------------------
+
+    @property
+    def cas(self) -> CARepository:
+        """Certificate authorities."""
+        ...
+
+    @property
+    def templates(self) -> TemplateRepository:
+        """Issuance templates."""
+        ...
+
+    @property
+    def certificates(self) -> CertificateRepository:
+        """Issued leaf certificates."""
+        ...
+
+    @property
+    def domains(self) -> DomainRepository:
+        """Domains with their owners and requesters."""
+        ...
+
+    @property
+    def principals(self) -> PrincipalRepository:
+        """Principals (users, service identities)."""
+        ...
+
+    @property
+    def tokens(self) -> TokenRepository:
+        """API tokens."""
+        ...
+
+    @property
+    def used_tokens(self) -> UsedTokenRepository:
+        """Certificate-token ids already accepted."""
+        ...
+
+    @property
+    def audit(self) -> AuditRepository:
+        """The audit log."""
+        ...
 
     # -- repositories of the hub side (services/ports/hub.py) -----------------------------
 
@@ -65,4 +115,8 @@ class Store(Protocol):
 
     def transaction(self) -> AbstractContextManager[UnitOfWork]:
         """A unit of work: committed when the block ends, rolled back when it raises."""
+        ...
+
+    def ping(self) -> None:
+        """Reach the database once (a health check); raises when it cannot."""
         ...

@@ -1,0 +1,243 @@
+"""The CA side's repositories: what the CA services ask of the database, as Protocols.
+
+One Protocol per aggregate (CAs, templates, certificates, domains with their members,
+principals, API tokens, used certificate-token ids, the audit log), modelled on
+smallstep's ``db`` interfaces. Methods are named for what the services ask; they take
+and return the entities of :mod:`fleetpki.store.models`, which the services read and
+change inside the unit of work that handed them the repository.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fleetpki.store.models import (
+    ApiToken,
+    AuditEntry,
+    CARecord,
+    CertificateRecord,
+    DomainRecord,
+    Principal,
+    TemplateRecord,
+)
+
+__all__ = [
+    "AuditRepository",
+    "CARepository",
+    "CertificateRepository",
+    "CertificateSearch",
+    "DomainRepository",
+    "PrincipalRepository",
+    "TemplateRepository",
+    "TokenRepository",
+    "UsedTokenRepository",
+]
+
+
+class CARepository(Protocol):
+    """Certificate authorities and their CRL cache."""
+
+    def get(self, ca_id: str) -> CARecord | None:
+        """The CA with this (canonical GUID) id."""
+        ...
+
+    def all(self) -> list[CARecord]:
+        """Every CA, roots first, then by creation time."""
+        ...
+
+    def children_of(self, ca_id: str) -> list[CARecord]:
+        """The CAs that ``ca_id`` certified."""
+        ...
+
+    def add(self, ca: CARecord) -> None:
+        """Store a new CA (written at once, so that children may refer to it)."""
+        ...
+
+    def lock_for_crl(self, ca_id: str) -> CARecord:
+        """The CA re-read under a lock that serialises CRL rebuilds of this CA.
+
+        The lock lasts until the unit of work ends; the row returned reflects what was
+        committed before the lock was granted.
+        """
+        ...
+
+
+class TemplateRepository(Protocol):
+    """Issuance templates of CAs."""
+
+    def get(self, template_id: str) -> TemplateRecord | None:
+        """The template with this (canonical GUID) id."""
+        ...
+
+    def all(self, ca_id: str | None = None) -> list[TemplateRecord]:
+        """Templates by creation time, optionally of one CA."""
+        ...
+
+    def add(self, template: TemplateRecord) -> None:
+        """Store a new template."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateSearch:
+    """What a certificate search filters on; ``None`` filters nothing.
+
+    Attributes:
+        status: ``valid`` (unrevoked, unexpired at ``now``), ``revoked`` or ``expired``.
+        expiring_before: unrevoked certificates valid at ``now`` that end by then.
+        visible_to: only certificates this principal requested or whose domain it
+            belongs to.
+    """
+
+    now: dt.datetime
+    subject_cn: str | None = None
+    status: str | None = None
+    expiring_before: dt.datetime | None = None
+    ca_id: str | None = None
+    visible_to: str | None = None
+    offset: int = 0
+    limit: int = 100
+
+
+class CertificateRepository(Protocol):
+    """Issued leaf certificates."""
+
+    def get(self, certificate_id: int) -> CertificateRecord | None:
+        """The certificate with this row id."""
+        ...
+
+    def find_by_serial(self, serial_hex: str) -> CertificateRecord | None:
+        """The certificate with this canonical serial (upper-case hex, no leading zeros)."""
+        ...
+
+    def find_by_ca_serial(self, ca_id: str, serial_hex: str) -> CertificateRecord | None:
+        """The certificate of ``ca_id`` with this canonical serial."""
+        ...
+
+    def find_by_sha1(self, sha1_hex: str) -> CertificateRecord | None:
+        """The certificate with this upper-case SHA-1 thumbprint."""
+        ...
+
+    def find_by_sha256(self, sha256_hex: str) -> CertificateRecord | None:
+        """The certificate with this upper-case SHA-256 thumbprint."""
+        ...
+
+    def search(self, search: CertificateSearch) -> list[CertificateRecord]:
+        """Certificates matching ``search``, newest first."""
+        ...
+
+    def revoked_of(self, ca_id: str) -> list[CertificateRecord]:
+        """The revoked certificates of a CA (what its CRL lists)."""
+        ...
+
+    def nearest_expiry(self, now: dt.datetime) -> dt.datetime | None:
+        """The earliest ``not_after`` among unrevoked certificates still valid at ``now``."""
+        ...
+
+    def add(self, certificate: CertificateRecord) -> None:
+        """Store a new certificate (written at once: serial and thumbprints are unique)."""
+        ...
+
+
+class DomainRepository(Protocol):
+    """Domains (device ids or DNS names) under a CA, with their members."""
+
+    def get(self, domain_id: str) -> DomainRecord | None:
+        """The domain with this id, members loaded."""
+        ...
+
+    def find(self, ca_id: str, name: str) -> DomainRecord | None:
+        """The domain registered under ``ca_id`` with exactly this name."""
+        ...
+
+    def id_for(self, ca_id: str, name: str) -> str | None:
+        """The id of the domain ``name`` under ``ca_id`` (no object loaded)."""
+        ...
+
+    def search(self, *, name: str | None = None, member: str | None = None) -> list[DomainRecord]:
+        """Domains by name, optionally only one name, or only those ``member`` belongs to."""
+        ...
+
+    def may_request(self, ca_id: str, name: str, requester: str | None) -> bool:
+        """Whether ``name`` is a domain of ``ca_id`` and ``requester`` one of its requesters.
+
+        ``None`` asks only whether the domain exists. One indexed query: this runs for
+        every name of every issuance.
+        """
+        ...
+
+    def has_member(self, domain_id: str, principal_id: str, role: str | None = None) -> bool:
+        """Whether ``principal_id`` holds ``role`` (any role for ``None``) on the domain."""
+        ...
+
+    def add(self, domain: DomainRecord) -> None:
+        """Store a new domain with its members (written at once)."""
+        ...
+
+
+class PrincipalRepository(Protocol):
+    """Users and service identities."""
+
+    def get(self, principal_id: str) -> Principal | None:
+        """The principal with this (canonical GUID) id."""
+        ...
+
+    def all(self) -> list[Principal]:
+        """Every principal, by friendly name."""
+        ...
+
+    def names(self, principal_ids: Collection[str]) -> Mapping[str, str]:
+        """Friendly names by id of those ids that are principals."""
+        ...
+
+    def add(self, principal: Principal) -> None:
+        """Store a new principal (written at once)."""
+        ...
+
+
+class TokenRepository(Protocol):
+    """API tokens, found by their hash."""
+
+    def find_by_hash(self, token_hash: str) -> ApiToken | None:
+        """The token whose SHA-256 hash is ``token_hash``."""
+        ...
+
+    def add(self, token: ApiToken) -> None:
+        """Store a new token."""
+        ...
+
+
+class UsedTokenRepository(Protocol):
+    """Certificate-token ids already accepted (replay protection)."""
+
+    def consume(self, jti: str, expires_at: dt.datetime, *, now: dt.datetime) -> bool:
+        """Record ``jti`` as used; ``False`` when it already was (the unit stays usable).
+
+        Ids of tokens that expired well before ``now`` are forgotten on the way.
+        """
+        ...
+
+
+class AuditRepository(Protocol):
+    """The audit log."""
+
+    def add(self, entry: AuditEntry) -> None:
+        """Append an entry."""
+        ...
+
+    def latest(
+        self,
+        *,
+        object_type: str | None = None,
+        object_id: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """The newest entries first, optionally of one object."""
+        ...
+
+    def certificate_entries(self) -> Sequence[tuple[AuditEntry, CertificateRecord]]:
+        """Every entry about a certificate with that certificate, newest first."""
+        ...

@@ -1,0 +1,83 @@
+"""The CA side's repositories on SQL: certificate authorities and their templates."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from fleetpki.store.models import CARecord, TemplateRecord
+
+__all__ = ["SqlCARepository", "SqlTemplateRepository"]
+
+
+class SqlCARepository:
+    """:class:`fleetpki.services.ports.ca.CARepository` on one session."""
+
+    def __init__(self, session: Session, dialect: str) -> None:
+        self._session = session
+        self._dialect = dialect
+
+    def get(self, ca_id: str) -> CARecord | None:
+        """See :meth:`CARepository.get`."""
+        return self._session.get(CARecord, ca_id)
+
+    def all(self) -> list[CARecord]:
+        """See :meth:`CARepository.all`."""
+        query = select(CARecord).order_by(CARecord.tier.desc(), CARecord.created_at)
+        return list(self._session.scalars(query))
+
+    def children_of(self, ca_id: str) -> list[CARecord]:
+        """See :meth:`CARepository.children_of`."""
+        return list(self._session.scalars(select(CARecord).where(CARecord.parent_id == ca_id)))
+
+    def add(self, ca: CARecord) -> None:
+        """See :meth:`CARepository.add`."""
+        self._session.add(ca)
+        self._session.flush()
+
+    def lock_for_crl(self, ca_id: str) -> CARecord:
+        """See :meth:`CARepository.lock_for_crl`.
+
+        PostgreSQL locks the row with ``SELECT ... FOR UPDATE``. SQLite ignores FOR
+        UPDATE; its one write lock is taken by the first write of a transaction, so a
+        no-op UPDATE takes it (waiting out the busy timeout) before the row is re-read.
+        ``populate_existing`` replaces what the session already holds: without it the
+        identity map would keep the number read before the lock, and two rebuilders
+        would both issue "number + 1" (RFC 5280 §5.2.3 wants it to increase).
+        """
+        if self._dialect == "sqlite":
+            self._session.execute(
+                update(CARecord).where(CARecord.id == ca_id).values(crl_number=CARecord.crl_number)
+            )
+        locked = self._session.scalar(
+            select(CARecord)
+            .where(CARecord.id == ca_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if locked is None:
+            raise LookupError(f"CA {ca_id} vanished while locking it")
+        return locked
+
+
+class SqlTemplateRepository:
+    """:class:`fleetpki.services.ports.ca.TemplateRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, template_id: str) -> TemplateRecord | None:
+        """See :meth:`TemplateRepository.get`."""
+        return self._session.get(TemplateRecord, template_id)
+
+    def all(self, ca_id: str | None = None) -> list[TemplateRecord]:
+        """See :meth:`TemplateRepository.all`."""
+        query = select(TemplateRecord).order_by(TemplateRecord.created_at, TemplateRecord.id)
+        if ca_id is not None:
+            query = query.where(TemplateRecord.ca_id == ca_id)
+        return list(self._session.scalars(query))
+
+    def add(self, template: TemplateRecord) -> None:
+        """See :meth:`TemplateRepository.add`."""
+        self._session.add(template)
+        self._session.flush()

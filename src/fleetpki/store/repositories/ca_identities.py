@@ -1,0 +1,167 @@
+"""The CA side's repositories on SQL: principals, API tokens, domains and the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleetpki.store.models import (
+    ApiToken,
+    AuditEntry,
+    CertificateRecord,
+    DomainMember,
+    DomainRecord,
+    Principal,
+)
+
+__all__ = [
+    "SqlAuditRepository",
+    "SqlDomainRepository",
+    "SqlPrincipalRepository",
+    "SqlTokenRepository",
+]
+
+
+class SqlPrincipalRepository:
+    """:class:`fleetpki.services.ports.ca.PrincipalRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, principal_id: str) -> Principal | None:
+        """See :meth:`PrincipalRepository.get`."""
+        return self._session.get(Principal, principal_id)
+
+    def all(self) -> list[Principal]:
+        """See :meth:`PrincipalRepository.all`."""
+        return list(self._session.scalars(select(Principal).order_by(Principal.friendly_name)))
+
+    def names(self, principal_ids: Collection[str]) -> Mapping[str, str]:
+        """See :meth:`PrincipalRepository.names`."""
+        if not principal_ids:
+            return {}
+        rows = self._session.execute(
+            select(Principal.id, Principal.friendly_name).where(
+                Principal.id.in_(set(principal_ids))
+            )
+        )
+        return {row[0]: row[1] for row in rows}
+
+    def add(self, principal: Principal) -> None:
+        """See :meth:`PrincipalRepository.add`."""
+        self._session.add(principal)
+        self._session.flush()
+
+
+class SqlTokenRepository:
+    """:class:`fleetpki.services.ports.ca.TokenRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def find_by_hash(self, token_hash: str) -> ApiToken | None:
+        """See :meth:`TokenRepository.find_by_hash`."""
+        return self._session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash))
+
+    def add(self, token: ApiToken) -> None:
+        """See :meth:`TokenRepository.add`."""
+        self._session.add(token)
+
+
+class SqlDomainRepository:
+    """:class:`fleetpki.services.ports.ca.DomainRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, domain_id: str) -> DomainRecord | None:
+        """See :meth:`DomainRepository.get`."""
+        return self._session.get(DomainRecord, domain_id)
+
+    def find(self, ca_id: str, name: str) -> DomainRecord | None:
+        """See :meth:`DomainRepository.find`."""
+        return self._session.scalar(
+            select(DomainRecord).where(DomainRecord.ca_id == ca_id, DomainRecord.name == name)
+        )
+
+    def id_for(self, ca_id: str, name: str) -> str | None:
+        """See :meth:`DomainRepository.id_for`."""
+        return self._session.scalar(
+            select(DomainRecord.id).where(DomainRecord.ca_id == ca_id, DomainRecord.name == name)
+        )
+
+    def search(self, *, name: str | None = None, member: str | None = None) -> list[DomainRecord]:
+        """See :meth:`DomainRepository.search`."""
+        query = select(DomainRecord).order_by(DomainRecord.name)
+        if name is not None:
+            query = query.where(DomainRecord.name == name)
+        if member is not None:
+            query = query.where(
+                DomainRecord.id.in_(
+                    select(DomainMember.domain_id).where(DomainMember.principal_id == member)
+                )
+            )
+        return list(self._session.scalars(query))
+
+    def may_request(self, ca_id: str, name: str, requester: str | None) -> bool:
+        """See :meth:`DomainRepository.may_request`."""
+        query = select(DomainRecord.id).where(
+            DomainRecord.ca_id == ca_id, DomainRecord.name == name
+        )
+        if requester is not None:
+            query = query.join(DomainMember, DomainMember.domain_id == DomainRecord.id).where(
+                DomainMember.principal_id == requester, DomainMember.role == "requester"
+            )
+        return self._session.scalar(query.limit(1)) is not None
+
+    def has_member(self, domain_id: str, principal_id: str, role: str | None = None) -> bool:
+        """See :meth:`DomainRepository.has_member`."""
+        query = select(DomainMember.principal_id).where(
+            DomainMember.domain_id == domain_id, DomainMember.principal_id == principal_id
+        )
+        if role is not None:
+            query = query.where(DomainMember.role == role)
+        return self._session.scalar(query.limit(1)) is not None
+
+    def add(self, domain: DomainRecord) -> None:
+        """See :meth:`DomainRepository.add`."""
+        self._session.add(domain)
+        self._session.flush()
+
+
+class SqlAuditRepository:
+    """:class:`fleetpki.services.ports.ca.AuditRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add(self, entry: AuditEntry) -> None:
+        """See :meth:`AuditRepository.add`."""
+        self._session.add(entry)
+
+    def latest(
+        self,
+        *,
+        object_type: str | None = None,
+        object_id: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """See :meth:`AuditRepository.latest`."""
+        query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if object_type is not None:
+            query = query.where(AuditEntry.object_type == object_type)
+        if object_id is not None:
+            query = query.where(AuditEntry.object_id == object_id)
+        return list(self._session.scalars(query))
+
+    def certificate_entries(self) -> Sequence[tuple[AuditEntry, CertificateRecord]]:
+        """See :meth:`AuditRepository.certificate_entries`."""
+        query = (
+            select(AuditEntry, CertificateRecord)
+            .join(CertificateRecord, CertificateRecord.serial_hex == AuditEntry.object_id)
+            .where(AuditEntry.object_type == "certificate")
+            .order_by(AuditEntry.id.desc())
+        )
+        return [(row[0], row[1]) for row in self._session.execute(query)]
