@@ -11,8 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fleetpki.keystore import load_or_create_passphrase
-from fleetpki.services import FleetPKI, hub_registry, hub_sas, hub_trust
+from fleetpki.services import FleetPKI
 from fleetpki.services.hub_registry import DeviceSpec, DeviceStatus
 
 __all__ = ["hub_app"]
@@ -43,8 +42,8 @@ def _when(value: object) -> str:
 @device_app.command("add")
 def device_add(device_id: DeviceId) -> None:
     """Register a device that authenticates with a certificate from a trusted CA."""
-    with _opened() as inst, inst.transaction() as session:
-        record, _ = hub_registry.put_device(session, DeviceSpec(device_id), now=inst.now())
+    with _opened() as inst:
+        record, _ = inst.hub_devices.put(DeviceSpec(device_id))
     err_console.print(f"device {record.device_id} added (certificateAuthority, enabled)")
 
 
@@ -54,8 +53,8 @@ def device_list() -> None:
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("device id", "status", "auth", "connection", "c2d pending"):
         table.add_column(column, overflow="fold")
-    with _opened() as inst, inst.transaction() as session:
-        for device in hub_registry.list_devices(session):
+    with _opened() as inst:
+        for device in inst.hub_devices.list():
             table.add_row(
                 device.device_id,
                 device.status,
@@ -71,14 +70,14 @@ def device_show(device_id: DeviceId) -> None:
     """Show a device and its twin."""
     from fleetpki.api.hub_service import twin_json
 
-    with _opened() as inst, inst.transaction() as session:
-        document = twin_json(hub_registry.get_device(session, device_id))
+    with _opened() as inst:
+        document = twin_json(inst.hub_twins.get(device_id))
     console.print_json(data=document)
 
 
 def _set_status(device_id: str, status: DeviceStatus, reason: str | None) -> None:
-    with _opened() as inst, inst.transaction() as session:
-        hub_registry.set_device_status(session, device_id, status, reason=reason, now=inst.now())
+    with _opened() as inst:
+        inst.hub_devices.set_status(device_id, status, reason=reason)
     err_console.print(f"device {device_id} {status.value}")
 
 
@@ -100,16 +99,16 @@ def device_enable(device_id: DeviceId) -> None:
 @device_app.command("delete")
 def device_delete(device_id: DeviceId) -> None:
     """Remove a device from the registry (and its queued messages)."""
-    with _opened() as inst, inst.transaction() as session:
-        hub_registry.delete_device(session, device_id)
+    with _opened() as inst:
+        inst.hub_devices.delete(device_id)
     err_console.print(f"device {device_id} deleted")
 
 
 @hub_app.command("trust")
 def trust(ca_id: Annotated[str, typer.Argument(help="The id of a fleetpki CA.")]) -> None:
     """Trust a local CA in the hub, proving possession of its key (Azure's verification flow)."""
-    with _opened() as inst, inst.transaction() as session:
-        record = hub_trust.trust_local_ca(session, inst.keystore, ca_id, now=inst.now())
+    with _opened() as inst:
+        record = inst.hub_trust.trust_local_ca(ca_id)
     err_console.print(f"hub trusts {record.name} ({record.sha1_hex}), verified")
 
 
@@ -123,11 +122,8 @@ def connection_string(
     ] = None,
 ) -> None:
     """Print a service connection string for the Azure IoT Hub SDKs."""
-    with _opened() as inst, inst.transaction() as session:
-        secret = load_or_create_passphrase(inst.settings.home)
-        hub_sas.ensure_sas_policies(session, secret, now=inst.now())
-        host = hostname or f"{inst.settings.hostname}:{inst.settings.api_port}"
-        text = hub_sas.connection_string(session, secret, host, policy)
+    with _opened() as inst:
+        text = inst.hub_sas.connection_string(policy, hostname)
     typer.echo(text)
 
 
@@ -169,7 +165,6 @@ def monitor(
 
     from fleetpki.api.hub_v1 import message_out
     from fleetpki.client import Client
-    from fleetpki.services.hub_messages import list_messages
 
     client = _remote_client()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -177,8 +172,8 @@ def monitor(
     def fetch(after: int | None, limit: int) -> list[dict[str, object]]:
         if isinstance(client, Client):
             return client.hub_messages(device=device, after=after, limit=limit)
-        with _opened() as inst, inst.transaction() as session:
-            rows = list_messages(session, device_id=device, after_id=after, limit=limit)
+        with _opened() as inst:
+            rows = inst.hub_messages.list_telemetry(device_id=device, after_id=after, limit=limit)
             return [message_out(r).model_dump() for r in rows]
 
     # The newest `last` messages first: page through to the end, keep the tail.
@@ -223,7 +218,6 @@ def send(
     """
     from fleetpki.client import Client
     from fleetpki.errors import ValidationError
-    from fleetpki.services.hub_messages import enqueue_c2d
 
     properties: dict[str, str] = {}
     for item in prop or []:
@@ -236,8 +230,6 @@ def send(
         answer = client.send_c2d(device_id, text, properties=properties)
         console.print(f"queued {answer['messageId']} for {device_id}")
         return
-    with _opened() as inst, inst.transaction() as session:
-        message = enqueue_c2d(
-            session, device_id, text.encode(), now=inst.now(), properties=properties
-        )
+    with _opened() as inst:
+        message = inst.hub_messages.enqueue_c2d(device_id, text.encode(), properties=properties)
     console.print(f"queued {message.message_id} for {device_id}")

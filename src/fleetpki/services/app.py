@@ -21,6 +21,15 @@ from fleetpki.services.authority import CAUrlsConfig, HierarchySpec, create_hier
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock, system_clock
 from fleetpki.services.delivery import DEFAULT_POLL, ConsumerWorker, EventDelivery, Handler
 from fleetpki.services.events import EventBus
+
+# -- hub side services --
+from fleetpki.services.hub_devices import HubDeviceService
+from fleetpki.services.hub_messages import HubMessageService
+from fleetpki.services.hub_methods import HubMethodService
+from fleetpki.services.hub_sas import HubSasService
+from fleetpki.services.hub_statistics import HubStatisticsService
+from fleetpki.services.hub_trust import HubTrustService, TrustCache
+from fleetpki.services.hub_twins import HubTwinService
 from fleetpki.settings import Settings
 from fleetpki.store.db import Database
 from fleetpki.store.models import CARecord, Principal, TemplateRecord
@@ -43,6 +52,11 @@ class FleetPKI:
         events: this application's event bus (in-process, after-commit notifications).
         store: the database as the services see it (units of work).
         delivery: the outbox's per-consumer delivery use cases.
+        hub_devices / hub_twins / hub_statistics: the built-in hub's registry.
+        hub_trust: the hub's trusted CAs (and this application's anchor cache).
+        hub_messages: telemetry and the cloud-to-device queue.
+        hub_sas: the service API's shared-access policies and tokens.
+        hub_methods: direct methods through this application's live hub, if attached.
     """
 
     def __init__(
@@ -60,6 +74,20 @@ class FleetPKI:
         self.events = EventBus()
         self.store = SqlStore(database, self.events)
         self.delivery = EventDelivery(self.store, clock)
+        # -- hub side: the built-in hub's control plane ---------------------------------
+        self.hub_devices = HubDeviceService(self.store, clock)
+        self.hub_twins = HubTwinService(self.store, clock)
+        self.hub_trust = HubTrustService(self.store, keystore, clock, TrustCache())
+        self.hub_messages = HubMessageService(self.store, clock)
+        self.hub_sas = HubSasService(
+            self.store,
+            clock,
+            secret=lambda: load_or_create_passphrase(settings.home),
+            hostnames={settings.hostname, "localhost", "127.0.0.1"},
+            default_hostname=f"{settings.hostname}:{settings.api_port}",
+        )
+        self.hub_methods = HubMethodService(self.hub_devices)
+        self.hub_statistics = HubStatisticsService(self.store, self.hub_methods)
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []
         self._listener: NotifyListener | None = None
