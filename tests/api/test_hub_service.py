@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fleetpki.keystore import load_or_create_passphrase
 from fleetpki.services import hub_sas
 from support.server import LiveServer, start_server
 
@@ -32,11 +31,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 def _keys(live: LiveServer, policy: str) -> tuple[str, str]:
-    secret = load_or_create_passphrase(live.fleet.settings.home)
-    with live.fleet.transaction() as session:
-        hub_sas.ensure_sas_policies(session, secret, now=live.fleet.now())
-        primary, secondary, _ = hub_sas.policy_keys(session, secret, policy)
-    return primary, secondary
+    keys = live.fleet.hub_sas.policy_keys(policy)
+    return keys.primary, keys.secondary
 
 
 def _get(live: LiveServer, path: str, token: str | None, **params: str) -> httpx.Response:
@@ -118,12 +114,7 @@ def test_sas_refusals(live: LiveServer, case: str, status: int) -> None:
 def test_the_azure_iot_hub_sdk(live: LiveServer) -> None:
     if not AZURE_PYTHON.exists():
         subprocess.run(["bash", str(REPO / "scripts" / "azure-venv.sh")], check=True)
-    secret = load_or_create_passphrase(live.fleet.settings.home)
-    with live.fleet.transaction() as session:
-        hub_sas.ensure_sas_policies(session, secret, now=live.fleet.now())
-        connection = hub_sas.connection_string(
-            session, secret, f"localhost:{live.port}", "iothubowner"
-        )
+    connection = live.fleet.hub_sas.connection_string("iothubowner", f"localhost:{live.port}")
     env = {**os.environ, "REQUESTS_CA_BUNDLE": str(live.ca_bundle)}
     result = subprocess.run(
         [str(AZURE_PYTHON), "-W", "ignore", str(SCRIPT), connection, "sdk-dev-1"],

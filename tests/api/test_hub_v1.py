@@ -12,9 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from fleetpki.services import hub_registry
-from fleetpki.services.hub_messages import TelemetryInput, pending_c2d, store_telemetry
-from fleetpki.services.hub_registry import DeviceSpec
+from fleetpki.services.hub_devices import DeviceSpec
+from fleetpki.services.hub_messages import TelemetryInput
 from support.server import start_server
 
 FLEETPKI = str(Path(sys.executable).parent / "fleetpki")
@@ -22,22 +21,20 @@ FLEETPKI = str(Path(sys.executable).parent / "fleetpki")
 
 def _seed(fleet, device: str = "dev-1", count: int = 3) -> None:  # type: ignore[no-untyped-def]
     now = dt.datetime.now(dt.UTC)
-    with fleet.transaction() as session:
-        hub_registry.put_device(session, DeviceSpec(device_id=device), now=now)
-        store_telemetry(
-            session,
-            [
-                TelemetryInput(
-                    device_id=device,
-                    enqueued_at=now,
-                    body=json.dumps({"n": i}).encode(),
-                    system_properties={"message-id": f"m{i}"},
-                    properties={"temperatureAlert": "false"},
-                )
-                for i in range(count)
-            ]
-            + [TelemetryInput(device_id=device, enqueued_at=now, body=b"\xff\x00")],
-        )
+    fleet.hub_devices.put(DeviceSpec(device_id=device))
+    fleet.hub_messages.store_telemetry(
+        [
+            TelemetryInput(
+                device_id=device,
+                enqueued_at=now,
+                body=json.dumps({"n": i}).encode(),
+                system_properties={"message-id": f"m{i}"},
+                properties={"temperatureAlert": "false"},
+            )
+            for i in range(count)
+        ]
+        + [TelemetryInput(device_id=device, enqueued_at=now, body=b"\xff\x00")]
+    )
 
 
 def test_messages_stream_and_c2d_over_real_tls(tmp_path: Path) -> None:
@@ -83,17 +80,20 @@ def test_messages_stream_and_c2d_over_real_tls(tmp_path: Path) -> None:
             missing = http.post("/v1/hub/devices/ghost/messages", json={"body": "x"})
             assert missing.status_code == 404
             assert missing.json()["code"] == "hub.device_not_found"
+        queued = server.fleet.hub_messages.pending_c2d("dev-1")
+        assert [(m.body, m.properties) for m in queued] == [(b"reboot", {"k": "v"})]
+        from fleetpki.services.audit import list_audit
+
         with server.fleet.transaction() as session:
-            queued = pending_c2d(session, "dev-1")
-            assert [(m.body, m.properties) for m in queued] == [(b"reboot", {"k": "v"})]
+            (entry,) = list_audit(session, object_type="hub_device", object_id="dev-1")
+            assert entry.action == "hub.c2d_send"
+            assert entry.details == {"message_id": sent.json()["messageId"], "bytes": 6}
 
 
 def _seed_one(fleet) -> None:  # type: ignore[no-untyped-def]
-    with fleet.transaction() as session:
-        store_telemetry(
-            session,
-            [TelemetryInput(device_id="dev-1", enqueued_at=dt.datetime.now(dt.UTC), body=b"live")],
-        )
+    fleet.hub_messages.store_telemetry(
+        [TelemetryInput(device_id="dev-1", enqueued_at=dt.datetime.now(dt.UTC), body=b"live")]
+    )
 
 
 def test_cli_monitor_and_send(tmp_path: Path) -> None:
@@ -114,18 +114,16 @@ def test_cli_monitor_and_send(tmp_path: Path) -> None:
 
     fleet = FleetPKI.open(Settings.load(home))
     try:
-        with fleet.transaction() as session:
-            store_telemetry(
-                session,
-                [
-                    TelemetryInput(
-                        device_id="dev-1",
-                        enqueued_at=dt.datetime.now(dt.UTC),
-                        body=b'{"temperature": 31}',
-                        properties={"temperatureAlert": "true"},
-                    )
-                ],
-            )
+        fleet.hub_messages.store_telemetry(
+            [
+                TelemetryInput(
+                    device_id="dev-1",
+                    enqueued_at=dt.datetime.now(dt.UTC),
+                    body=b'{"temperature": 31}',
+                    properties={"temperatureAlert": "true"},
+                )
+            ]
+        )
         shown = cli("hub", "monitor", "--device", "dev-1", "--no-follow")
         assert shown.returncode == 0, shown.stderr
         assert '"origin": "dev-1"' in shown.stdout
@@ -135,7 +133,6 @@ def test_cli_monitor_and_send(tmp_path: Path) -> None:
         bad = cli("hub", "send", "dev-1", "hello", "--property", "nokey")
         assert bad.returncode == 1
         assert "(cli.bad_property)" in bad.stderr
-        with fleet.transaction() as session:
-            assert [m.body for m in pending_c2d(session, "dev-1")] == [b"hello"]
+        assert [m.body for m in fleet.hub_messages.pending_c2d("dev-1")] == [b"hello"]
     finally:
         fleet.close()

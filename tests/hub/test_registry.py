@@ -1,4 +1,5 @@
-"""The hub registry on both backends: devices and etags, twins, statistics, messages, authentication."""
+"""The hub registry services on both backends: devices and etags, twins, statistics, messages,
+authentication, and two applications in one process that share nothing."""
 
 from __future__ import annotations
 
@@ -10,17 +11,11 @@ import pytest
 
 from fleetpki.errors import AuthenticationError, ConflictError, FleetPKIError, NotFoundError
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import (
-    Actor,
-    FleetPKI,
-    certificates,
-    hub_messages,
-    hub_registry,
-    hub_trust,
-)
+from fleetpki.services import Actor, FleetPKI, certificates
 from fleetpki.services.delivery import ConsumerWorker
 from fleetpki.services.events import HubEventListener
-from fleetpki.services.hub_registry import AuthType, DeviceSpec, DeviceStatus
+from fleetpki.services.hub_devices import AuthType, DeviceSpec, DeviceStatus
+from fleetpki.services.hub_messages import TelemetryInput
 from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from support.hub_control import authenticator, issue_device_certificate, issuing_ca
 
@@ -56,30 +51,23 @@ def events(fleet: FleetPKI) -> Iterator[Recorder]:
 
 
 def _add(fleet: FleetPKI, device_id: str = "dev-1", **kwargs: Any) -> None:
-    with fleet.transaction() as session:
-        hub_registry.put_device(session, DeviceSpec(device_id, **kwargs), now=fleet.now())
+    fleet.hub_devices.put(DeviceSpec(device_id, **kwargs))
 
 
 def _trust(fleet: FleetPKI) -> None:
-    with fleet.transaction() as session:
-        hub_trust.trust_local_ca(session, fleet.keystore, issuing_ca(fleet).id, now=fleet.now())
+    fleet.hub_trust.trust_local_ca(issuing_ca(fleet).id)
 
 
 def test_create_get_list_and_conflict(fleet: FleetPKI) -> None:
-    with fleet.transaction() as session:
-        record, created = hub_registry.put_device(session, DeviceSpec("dev-1"), now=fleet.now())
-        assert created
-        assert (record.status, record.auth_type, record.desired_version) == (
-            "enabled",
-            "certificateAuthority",
-            1,
-        )
-    with fleet.transaction() as session:
-        assert hub_registry.get_device(session, "dev-1").etag == record.etag
-        assert [d.device_id for d in hub_registry.list_devices(session)] == ["dev-1"]
-        with pytest.raises(ConflictError) as info:
-            hub_registry.put_device(session, DeviceSpec("dev-1"), now=fleet.now())
-        assert (info.value.code, info.value.http_status) == ("hub.device_exists", 409)
+    record, created = fleet.hub_devices.put(DeviceSpec("dev-1"))
+    assert created
+    assert (record.status, record.auth_type) == ("enabled", "certificateAuthority")
+    assert fleet.hub_twins.get("dev-1").desired_version == 1
+    assert fleet.hub_devices.get("dev-1").etag == record.etag
+    assert [d.device_id for d in fleet.hub_devices.list()] == ["dev-1"]
+    with pytest.raises(ConflictError) as info:
+        fleet.hub_devices.put(DeviceSpec("dev-1"))
+    assert (info.value.code, info.value.http_status) == ("hub.device_exists", 409)
 
 
 @pytest.mark.parametrize(
@@ -88,22 +76,19 @@ def test_create_get_list_and_conflict(fleet: FleetPKI) -> None:
 )
 def test_if_match(fleet: FleetPKI, if_match: str, ok: bool) -> None:
     _add(fleet)
-    with fleet.transaction() as session:
-        etag = hub_registry.get_device(session, "dev-1").etag
+    etag = fleet.hub_devices.get("dev-1").etag
     header = if_match.replace("ETAG", etag)
-    with fleet.transaction() as session:
-        spec = DeviceSpec("dev-1", status=DeviceStatus.DISABLED, status_reason="maintenance")
-        if ok:
-            record, created = hub_registry.put_device(
-                session, spec, now=fleet.now(), if_match=header
-            )
-            assert not created
-            assert record.etag != etag
-            assert (record.status, record.status_reason) == ("disabled", "maintenance")
-        else:
-            with pytest.raises(ConflictError) as info:
-                hub_registry.put_device(session, spec, now=fleet.now(), if_match=header)
-            assert (info.value.code, info.value.http_status) == ("precondition.failed", 412)
+    spec = DeviceSpec("dev-1", status=DeviceStatus.DISABLED, status_reason="maintenance")
+    if ok:
+        record, created = fleet.hub_devices.put(spec, if_match=header)
+        assert not created
+        assert record.etag != etag
+        assert (record.status, record.status_reason) == ("disabled", "maintenance")
+    else:
+        with pytest.raises(ConflictError) as info:
+            fleet.hub_devices.put(spec, if_match=header)
+        assert (info.value.code, info.value.http_status) == ("precondition.failed", 412)
+        assert fleet.hub_devices.get("dev-1").status == "enabled"
 
 
 @pytest.mark.parametrize(
@@ -123,109 +108,102 @@ def test_if_match(fleet: FleetPKI, if_match: str, ok: bool) -> None:
 def test_bad_devices_are_refused(
     fleet: FleetPKI, device_id: str, kwargs: dict[str, Any], code: str
 ) -> None:
-    with fleet.transaction() as session, pytest.raises(FleetPKIError) as info:
-        hub_registry.put_device(session, DeviceSpec(device_id, **kwargs), now=fleet.now())
+    with pytest.raises(FleetPKIError) as info:
+        fleet.hub_devices.put(DeviceSpec(device_id, **kwargs))
     assert info.value.code == code
+    assert fleet.hub_devices.list() == []
 
 
 def test_disable_and_delete_notify_after_commit_only(fleet: FleetPKI, events: Recorder) -> None:
     _add(fleet)
+    # A refused change notifies no one: a stale etag rolls the unit of work back.
+    with pytest.raises(ConflictError):
+        fleet.hub_devices.set_status("dev-1", DeviceStatus.DISABLED, if_match='"stale"')
+    assert events.blocked == []
+    assert fleet.hub_devices.get("dev-1").status == "enabled"
+    record = fleet.hub_devices.set_status("dev-1", DeviceStatus.DISABLED, reason="stolen")
+    assert (record.status, record.status_reason) == ("disabled", "stolen")
+    assert events.blocked == [("dev-1", "hub.device_disabled")]
+    record = fleet.hub_devices.set_status("dev-1", DeviceStatus.ENABLED)
+    assert record.status_reason is None
+    fleet.hub_devices.delete("dev-1", if_match='"*"')
+    assert events.blocked[-1] == ("dev-1", "hub.unknown_device")
+    with pytest.raises(NotFoundError):
+        fleet.hub_devices.get("dev-1")
+
+
+def test_notifications_wait_for_the_commit(fleet: FleetPKI, events: Recorder) -> None:
+    """A use case run inside a unit that rolls back never reaches a listener."""
+    from fleetpki.services.hub_devices import set_status_in
+
+    _add(fleet)
 
     def disable_then_fail() -> None:
-        with fleet.transaction() as session:
-            hub_registry.set_device_status(session, "dev-1", DeviceStatus.DISABLED, now=fleet.now())
+        with fleet.store.transaction() as tx:
+            set_status_in(tx, "dev-1", DeviceStatus.DISABLED, now=fleet.now())
             raise RuntimeError("roll back")
 
     with pytest.raises(RuntimeError):
         disable_then_fail()
     assert events.blocked == []
-    with fleet.transaction() as session:
-        hub_registry.set_device_status(
-            session, "dev-1", DeviceStatus.DISABLED, reason="stolen", now=fleet.now()
-        )
+    assert fleet.hub_devices.get("dev-1").status == "enabled"
+    with fleet.store.transaction() as tx:
+        set_status_in(tx, "dev-1", DeviceStatus.DISABLED, now=fleet.now())
         assert events.blocked == []
     assert events.blocked == [("dev-1", "hub.device_disabled")]
-    with fleet.transaction() as session:
-        record = hub_registry.set_device_status(
-            session, "dev-1", DeviceStatus.ENABLED, now=fleet.now()
-        )
-        assert record.status_reason is None
-        hub_registry.delete_device(session, "dev-1", if_match='"*"')
-    assert events.blocked[-1] == ("dev-1", "hub.unknown_device")
-    with fleet.transaction() as session, pytest.raises(NotFoundError):
-        hub_registry.get_device(session, "dev-1")
 
 
 def test_statistics(fleet: FleetPKI) -> None:
     for name in ("a", "b", "c"):
         _add(fleet, name)
-    with fleet.transaction() as session:
-        hub_registry.set_device_status(session, "b", DeviceStatus.DISABLED, now=fleet.now())
-        hub_registry.record_connection(session, "a", connected=True, now=fleet.now())
-    with fleet.transaction() as session:
-        stats = hub_registry.registry_statistics(session)
-        assert (stats.total, stats.enabled, stats.disabled) == (3, 2, 1)
-        assert hub_registry.connected_device_count(session) == 1
+    fleet.hub_devices.set_status("b", DeviceStatus.DISABLED)
+    fleet.hub_devices.record_connection("a", connected=True)
+    fleet.hub_devices.record_connection("ghost", connected=True)  # deleted meanwhile: ignored
+    stats = fleet.hub_statistics.devices()
+    assert (stats.total, stats.enabled, stats.disabled) == (3, 2, 1)
+    assert fleet.hub_statistics.connected_devices() == 1
+    assert fleet.hub_devices.get("a").connection_state == "Connected"
 
 
 def test_twin_patch_merges_and_bumps_desired_version(fleet: FleetPKI, events: Recorder) -> None:
     _add(fleet)
-    with fleet.transaction() as session:
-        twin = hub_registry.patch_twin(
-            session,
-            "dev-1",
-            {
-                "tags": {"site": "a"},
-                "properties": {"desired": {"rate": 5, "cfg": {"x": 1, "y": 2}}},
-            },
-            now=fleet.now(),
-        )
-        etag = twin.twin_etag
+    twin = fleet.hub_twins.patch(
+        "dev-1",
+        {
+            "tags": {"site": "a"},
+            "properties": {"desired": {"rate": 5, "cfg": {"x": 1, "y": 2}}},
+        },
+    )
+    etag = twin.etag
     assert events.desired == [("dev-1", {"rate": 5, "cfg": {"x": 1, "y": 2}}, 2)]
-    with fleet.transaction() as session:
-        twin = hub_registry.patch_twin(
-            session,
-            "dev-1",
-            {"properties": {"desired": {"rate": None, "cfg": {"y": None, "z": 3}, "$version": 9}}},
-            now=fleet.now(),
-            if_match=f'"{etag}"',
-        )
-        assert twin.desired == {"cfg": {"x": 1, "z": 3}}
-        assert twin.desired_version == 3
-        assert twin.tags == {"site": "a"}
-        with pytest.raises(ConflictError):
-            hub_registry.patch_twin(
-                session, "dev-1", {"tags": {}}, now=fleet.now(), if_match='"old"'
-            )
+    twin = fleet.hub_twins.patch(
+        "dev-1",
+        {"properties": {"desired": {"rate": None, "cfg": {"y": None, "z": 3}, "$version": 9}}},
+        if_match=f'"{etag}"',
+    )
+    assert twin.desired == {"cfg": {"x": 1, "z": 3}}
+    assert twin.desired_version == 3
+    assert twin.tags == {"site": "a"}
+    with pytest.raises(ConflictError):
+        fleet.hub_twins.patch("dev-1", {"tags": {}}, if_match='"old"')
+    assert fleet.hub_twins.get("dev-1").tags == {"site": "a"}
 
 
 def test_twin_replace_and_reported(fleet: FleetPKI, events: Recorder) -> None:
     _add(fleet)
-    with fleet.transaction() as session:
-        hub_registry.patch_twin(
-            session, "dev-1", {"properties": {"desired": {"a": 1, "b": 2}}}, now=fleet.now()
-        )
-    with fleet.transaction() as session:
-        twin = hub_registry.replace_twin(
-            session,
-            "dev-1",
-            {"tags": {"t": 1}, "properties": {"desired": {"b": 3}}},
-            now=fleet.now(),
-        )
-        assert (twin.tags, twin.desired, twin.desired_version) == ({"t": 1}, {"b": 3}, 3)
-        assert hub_registry.patch_reported(session, "dev-1", {"fw": "1.0"}, now=fleet.now()) == 2
-        assert (
-            hub_registry.patch_reported(session, "dev-1", {"fw": None, "ok": True}, now=fleet.now())
-            == 3
-        )
-        assert hub_registry.get_twin(session, "dev-1").reported == {"ok": True}
+    fleet.hub_twins.patch("dev-1", {"properties": {"desired": {"a": 1, "b": 2}}})
+    twin = fleet.hub_twins.replace("dev-1", {"tags": {"t": 1}, "properties": {"desired": {"b": 3}}})
+    assert (twin.tags, twin.desired, twin.desired_version) == ({"t": 1}, {"b": 3}, 3)
+    assert fleet.hub_twins.patch_reported("dev-1", {"fw": "1.0"}) == 2
+    assert fleet.hub_twins.patch_reported("dev-1", {"fw": None, "ok": True}) == 3
+    assert fleet.hub_twins.get("dev-1").reported == {"ok": True}
     assert events.desired[-1] == ("dev-1", {"a": None, "b": 3}, 3)
 
 
 def test_telemetry_batches_and_paging(fleet: FleetPKI) -> None:
     now = fleet.now()
     batch = [
-        hub_messages.TelemetryInput(
+        TelemetryInput(
             device_id=f"dev-{i % 2}",
             enqueued_at=now + dt.timedelta(milliseconds=i),
             body=b"\x00" + bytes([i]),
@@ -234,37 +212,51 @@ def test_telemetry_batches_and_paging(fleet: FleetPKI) -> None:
         )
         for i in range(10)
     ]
-    with fleet.transaction() as session:
-        hub_messages.store_telemetry(session, batch)
-    with fleet.transaction() as session:
-        everything = hub_messages.list_messages(session)
-        assert [m.body for m in everything] == [item.body for item in batch]
-        assert everything[0].properties == {"k": "v w", "flag": None}
-        assert everything[0].enqueued_at == now
-        odd = hub_messages.list_messages(
-            session, device_id="dev-1", after_id=everything[1].id, limit=2
-        )
-        assert [m.body[1] for m in odd] == [3, 5]
+    fleet.hub_messages.store_telemetry(batch)
+    everything = fleet.hub_messages.list_telemetry()
+    assert [m.body for m in everything] == [item.body for item in batch]
+    assert everything[0].properties == {"k": "v w", "flag": None}
+    assert everything[0].enqueued_at == now
+    odd = fleet.hub_messages.list_telemetry(device_id="dev-1", after_id=everything[1].id, limit=2)
+    assert [m.body[1] for m in odd] == [3, 5]
+    assert fleet.hub_messages.latest_id() == everything[-1].id
+    assert fleet.hub_messages.latest_id("dev-0") == everything[-2].id
+    assert fleet.hub_messages.latest_id("nobody") == 0
 
 
 def test_c2d_queue(fleet: FleetPKI, events: Recorder) -> None:
     _add(fleet)
-    with fleet.transaction() as session:
-        first = hub_messages.enqueue_c2d(
-            session, "dev-1", b"one", now=fleet.now(), properties={"a": "b"}
-        )
-        hub_messages.enqueue_c2d(session, "dev-1", b"two", now=fleet.now(), message_id="m2")
-        with pytest.raises(NotFoundError):
-            hub_messages.enqueue_c2d(session, "nobody", b"x", now=fleet.now())
+    first = fleet.hub_messages.enqueue_c2d("dev-1", b"one", properties={"a": "b"})
+    fleet.hub_messages.enqueue_c2d("dev-1", b"two", message_id="m2")
+    with pytest.raises(NotFoundError):
+        fleet.hub_messages.enqueue_c2d("nobody", b"x")
+    with pytest.raises(FleetPKIError) as info:
+        fleet.hub_messages.enqueue_c2d("dev-1", b"x" * (64 * 1024 + 1))
+    assert info.value.code == "hub.message_too_large"
     assert events.c2d == ["dev-1", "dev-1"]
+    assert [m.body for m in fleet.hub_messages.pending_c2d("dev-1")] == [b"one", b"two"]
+    assert fleet.hub_devices.get("dev-1").c2d_count == 2
+    fleet.hub_messages.mark_c2d_delivered("dev-1", first.message_id)
+    fleet.hub_messages.mark_c2d_delivered("dev-1", first.message_id)
+    assert [m.message_id for m in fleet.hub_messages.pending_c2d("dev-1")] == ["m2"]
+    assert fleet.hub_devices.get("dev-1").c2d_count == 1
+    fleet.hub_devices.delete("dev-1")
+    assert fleet.hub_messages.pending_c2d("dev-1") == []
+
+
+def test_send_c2d_writes_an_audit_entry(fleet: FleetPKI) -> None:
+    from fleetpki.services.audit import list_audit
+
+    _add(fleet)
+    sent = fleet.hub_messages.send_c2d(Actor.local_admin(), "dev-1", b"reboot", message_id="r1")
+    assert (sent.message_id, sent.status) == ("r1", "pending")
     with fleet.transaction() as session:
-        assert [m.body for m in hub_messages.pending_c2d(session, "dev-1")] == [b"one", b"two"]
-        assert hub_registry.get_device(session, "dev-1").c2d_count == 2
-        hub_messages.mark_c2d_delivered(session, "dev-1", first.message_id, now=fleet.now())
-        hub_messages.mark_c2d_delivered(session, "dev-1", first.message_id, now=fleet.now())
+        (entry,) = list_audit(session, object_type="hub_device", object_id="dev-1")
+        assert (entry.action, entry.details) == ("hub.c2d_send", {"message_id": "r1", "bytes": 6})
+    with pytest.raises(NotFoundError):
+        fleet.hub_messages.send_c2d(Actor.local_admin(), "ghost", b"x")
     with fleet.transaction() as session:
-        assert [m.message_id for m in hub_messages.pending_c2d(session, "dev-1")] == ["m2"]
-        assert hub_registry.get_device(session, "dev-1").c2d_count == 1
+        assert list_audit(session, object_type="hub_device", object_id="ghost") == []
 
 
 def test_authenticate_a_ca_device_and_its_refusals(fleet: FleetPKI) -> None:
@@ -282,8 +274,7 @@ def test_authenticate_a_ca_device_and_its_refusals(fleet: FleetPKI) -> None:
     with pytest.raises(AuthenticationError) as info:
         hub.authenticate(leaf, chain, "dev-2", fleet.now())
     assert info.value.code == "hub.cn_mismatch"
-    with fleet.transaction() as session:
-        hub_registry.set_device_status(session, "dev-1", DeviceStatus.DISABLED, now=fleet.now())
+    fleet.hub_devices.set_status("dev-1", DeviceStatus.DISABLED)
     with pytest.raises(AuthenticationError) as info:
         hub.authenticate(leaf, chain, "dev-1", fleet.now())
     assert info.value.code == "hub.device_disabled"
@@ -346,13 +337,92 @@ def test_self_signed_device_by_thumbprint(fleet: FleetPKI) -> None:
     hub = authenticator(fleet)
     device = hub.authenticate(leaf, [], "dev-ss", fleet.now())
     assert device.auth_type is AuthType.SELF_SIGNED
-    with fleet.transaction() as session:
-        hub_registry.put_device(
-            session,
-            DeviceSpec("dev-ss", auth_type=AuthType.SELF_SIGNED, primary_thumbprint="11" * 20),
-            now=fleet.now(),
-            if_match="*",
-        )
+    fleet.hub_devices.put(
+        DeviceSpec("dev-ss", auth_type=AuthType.SELF_SIGNED, primary_thumbprint="11" * 20),
+        if_match="*",
+    )
     with pytest.raises(AuthenticationError) as info:
         hub.authenticate(leaf, [], "dev-ss", fleet.now())
     assert info.value.code == "hub.wrong_auth_type"
+
+
+class _RecordingInvoker:
+    """The live hub's side of a direct method, answering every call with 200."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    async def invoke(
+        self, device_id: str, method: str, payload: Any, timeout: float
+    ) -> tuple[int, Any]:
+        self.calls.append((device_id, method, payload))
+        return 200, {"echo": payload}
+
+    def connected_device_count(self) -> int:
+        return 7
+
+
+@pytest.fixture
+def other_fleet(tmp_path: Any, key_passphrase: None) -> Iterator[FleetPKI]:
+    """A second application in this process, on a database of its own."""
+    from fleetpki.services import init_home
+    from fleetpki.services.authority import HierarchySpec
+    from fleetpki.settings import Settings
+
+    app = init_home(Settings.default_for(tmp_path / "other"), HierarchySpec()).app
+    yield app
+    app.close()
+
+
+def test_two_applications_do_not_share_the_method_invoker(
+    fleet: FleetPKI, other_fleet: FleetPKI
+) -> None:
+    import asyncio
+
+    _add(fleet)
+    _add(other_fleet)
+    invoker = _RecordingInvoker()
+    fleet.hub_methods.attach(invoker)
+    assert fleet.hub_methods.current() is invoker
+    assert other_fleet.hub_methods.current() is None
+    result = asyncio.run(fleet.hub_methods.invoke("dev-1", "reboot", {"in": 1}, 5))
+    assert (result.status, result.payload) == (200, {"echo": {"in": 1}})
+    with pytest.raises(NotFoundError) as info:
+        asyncio.run(other_fleet.hub_methods.invoke("dev-1", "reboot", {"in": 2}, 5))
+    assert info.value.code == "hub.device_not_online"
+    with pytest.raises(NotFoundError) as info:
+        asyncio.run(fleet.hub_methods.invoke("ghost", "reboot", None, 5))
+    assert info.value.code == "hub.device_not_found"
+    assert invoker.calls == [("dev-1", "reboot", {"in": 1})]
+    assert fleet.hub_statistics.connected_devices() == 7
+    assert other_fleet.hub_statistics.connected_devices() == 0
+    fleet.hub_methods.detach(_RecordingInvoker())  # another invoker: this one stays
+    assert fleet.hub_methods.current() is invoker
+    fleet.hub_methods.detach(invoker)
+    assert fleet.hub_methods.current() is None
+
+
+def test_two_applications_do_not_share_the_trust_cache(
+    fleet: FleetPKI, other_fleet: FleetPKI
+) -> None:
+    with fleet.store.transaction() as tx:
+        empty = fleet.hub_trust.trust_anchors(tx)
+    assert (empty.verified, empty.unverified) == ((), ())
+    _trust(fleet)
+    with fleet.store.transaction() as tx:
+        mine = fleet.hub_trust.trust_anchors(tx)
+        # Unchanged hub_cas: the parsed anchors are reused, not read again.
+        assert fleet.hub_trust.trust_anchors(tx) is mine
+    with other_fleet.store.transaction() as tx:
+        theirs = other_fleet.hub_trust.trust_anchors(tx)
+    assert [a.fleetpki_ca_id for a in mine.verified] == [issuing_ca(fleet).id]
+    assert (theirs.verified, theirs.unverified) == ((), ())
+    # A change made by another application on the same database (as another process
+    # would make it) is seen on the next read.
+    same_database = FleetPKI.open(fleet.settings)
+    try:
+        same_database.hub_trust.delete(mine.verified[0].name)
+    finally:
+        same_database.close()
+    with fleet.store.transaction() as tx:
+        assert fleet.hub_trust.trust_anchors(tx).verified == ()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from fleetpki.errors import AuthenticationError, ConflictError, FleetPKIError
-from fleetpki.services import FleetPKI, hub_registry, hub_trust
-from fleetpki.services.hub_registry import DeviceSpec
+from fleetpki.errors import AuthenticationError, ConflictError, FleetPKIError, NotFoundError
+from fleetpki.services import FleetPKI
+from fleetpki.services.hub_devices import DeviceSpec
 from support.hub_control import ForeignCA, authenticator, issue_device_certificate, issuing_ca
 
 
@@ -16,30 +16,25 @@ def _pem(cert: object) -> bytes:
 
 
 def _upload(fleet: FleetPKI, ca: ForeignCA, name: str = "foreign") -> str:
-    with fleet.transaction() as session:
-        hub_trust.upload_hub_ca(session, name, _pem(ca.certificate), now=fleet.now())
-        record = hub_trust.generate_verification_code(session, name, now=fleet.now())
-        assert record.verification_code is not None
-        assert len(record.verification_code) == 40
-        int(record.verification_code, 16)
-        return record.verification_code
+    uploaded = fleet.hub_trust.upload(name, _pem(ca.certificate))
+    assert (uploaded.is_verified, uploaded.verification_code) == (False, None)
+    record = fleet.hub_trust.generate_verification_code(name, if_match=f'"{uploaded.etag}"')
+    assert record.etag != uploaded.etag
+    assert record.verification_code is not None
+    assert len(record.verification_code) == 40
+    int(record.verification_code, 16)
+    return record.verification_code
 
 
 def test_proof_of_possession_verifies_a_foreign_ca(fleet: FleetPKI) -> None:
     ca = ForeignCA()
     code = _upload(fleet, ca)
-    with fleet.transaction() as session:
-        before = hub_trust.get_hub_ca(session, "foreign").etag
-        record = hub_trust.verify_hub_ca(
-            session,
-            "foreign",
-            _pem(ca.sign(code, client=False)),
-            now=fleet.now(),
-            if_match=f'"{before}"',
-        )
-        assert record.is_verified
-        assert record.etag != before
-        assert record.verification_code is None
+    before = fleet.hub_trust.get("foreign").etag
+    record = fleet.hub_trust.verify("foreign", _pem(ca.sign(code, client=False)), if_match=before)
+    assert record.is_verified
+    assert record.etag != before
+    assert record.verification_code is None
+    assert fleet.hub_trust.get("foreign") == record
 
 
 @pytest.mark.parametrize("case", ["wrong_cn", "wrong_signer", "no_code", "stale_etag", "not_pem"])
@@ -55,8 +50,9 @@ def test_proof_of_possession_refusals(fleet: FleetPKI, case: str) -> None:
             ForeignCA(ca.certificate.subject.rfc4514_string()[3:]).sign(code, client=False)
         )
     elif case == "no_code":
-        with fleet.transaction() as session:
-            hub_trust.get_hub_ca(session, "foreign").verification_code = None
+        # A CA uploaded without a code generated for it.
+        fleet.hub_trust.delete("foreign")
+        fleet.hub_trust.upload("foreign", _pem(ca.certificate))
     elif case == "stale_etag":
         if_match = '"stale"'
     elif case == "not_pem":
@@ -68,17 +64,15 @@ def test_proof_of_possession_refusals(fleet: FleetPKI, case: str) -> None:
         "stale_etag": "precondition.failed",
         "not_pem": "certificate.malformed",
     }[case]
-    with fleet.transaction() as session, pytest.raises(FleetPKIError) as info:
-        hub_trust.verify_hub_ca(session, "foreign", proof, now=fleet.now(), if_match=if_match)
+    with pytest.raises(FleetPKIError) as info:
+        fleet.hub_trust.verify("foreign", proof, if_match=if_match)
     assert info.value.code == expected
-    with fleet.transaction() as session:
-        assert not hub_trust.get_hub_ca(session, "foreign").is_verified
+    assert not fleet.hub_trust.get("foreign").is_verified
 
 
 def test_unverified_untrusted_and_deleted_cas_are_refused(fleet: FleetPKI) -> None:
     ca = ForeignCA()
-    with fleet.transaction() as session:
-        hub_registry.put_device(session, DeviceSpec("dev-f"), now=fleet.now())
+    fleet.hub_devices.put(DeviceSpec("dev-f"))
     leaf = ca.sign("dev-f")
     hub = authenticator(fleet)  # one trust cache across the changes, as in the hub
 
@@ -92,40 +86,47 @@ def test_unverified_untrusted_and_deleted_cas_are_refused(fleet: FleetPKI) -> No
     assert authenticate() == "hub.untrusted_ca"
     code = _upload(fleet, ca)
     assert authenticate() == "hub.ca_unverified"
-    with fleet.transaction() as session:
-        hub_trust.verify_hub_ca(
-            session, "foreign", _pem(ca.sign(code, client=False)), now=fleet.now()
-        )
+    fleet.hub_trust.verify("foreign", _pem(ca.sign(code, client=False)))
     # Foreign CAs: no CRL or OCSP check yet, so a verified chain is enough.
     assert authenticate() == "ok"
-    with fleet.transaction() as session:
-        hub_trust.delete_hub_ca(session, "foreign", if_match="*")
+    with pytest.raises(ConflictError):
+        fleet.hub_trust.delete("foreign", if_match='"stale"')
+    assert authenticate() == "ok"
+    fleet.hub_trust.delete("foreign", if_match="*")
     assert authenticate() == "hub.untrusted_ca"
+    with pytest.raises(NotFoundError):
+        fleet.hub_trust.delete("foreign")
 
 
 def test_trust_local_ca_is_idempotent_and_enables_its_devices(fleet: FleetPKI) -> None:
     ca_id = issuing_ca(fleet).id
-    with fleet.transaction() as session:
-        hub_registry.put_device(session, DeviceSpec("dev-1"), now=fleet.now())
+    fleet.hub_devices.put(DeviceSpec("dev-1"))
     leaf, chain, _ = issue_device_certificate(fleet, "dev-1")
     hub = authenticator(fleet)
     with pytest.raises(AuthenticationError) as info:
         hub.authenticate(leaf, chain, "dev-1", fleet.now())
     assert info.value.code == "hub.untrusted_ca"
-    with fleet.transaction() as session:
-        first = hub_trust.trust_local_ca(session, fleet.keystore, ca_id, now=fleet.now())
-    with fleet.transaction() as session:
-        again = hub_trust.trust_local_ca(session, fleet.keystore, ca_id, now=fleet.now())
-        assert (again.id, again.is_verified, again.fleetpki_ca_id) == (first.id, True, ca_id)
-        assert len(hub_trust.list_hub_cas(session)) == 1
+    first = fleet.hub_trust.trust_local_ca(ca_id)
+    again = fleet.hub_trust.trust_local_ca(ca_id)
+    assert (again.id, again.is_verified, again.fleetpki_ca_id) == (first.id, True, ca_id)
+    assert again == first
+    assert [c.name for c in fleet.hub_trust.list()] == [first.name]
     assert hub.authenticate(leaf, chain, "dev-1", fleet.now()).fleetpki_ca_id == ca_id
+    for unknown in ("00000000-0000-4000-8000-000000000000", "not-a-guid"):
+        with pytest.raises(NotFoundError) as info:
+            fleet.hub_trust.trust_local_ca(unknown)
+        assert info.value.code == "ca.not_found"
 
 
 def test_upload_refusals(fleet: FleetPKI) -> None:
     ca = ForeignCA()
     _upload(fleet, ca, "dup")
-    with fleet.transaction() as session, pytest.raises(ConflictError):
-        hub_trust.upload_hub_ca(session, "dup", _pem(ca.certificate), now=fleet.now())
-    with fleet.transaction() as session, pytest.raises(FleetPKIError) as info:
-        hub_trust.upload_hub_ca(session, "leaf", _pem(ca.sign("dev")), now=fleet.now())
+    with pytest.raises(ConflictError):
+        fleet.hub_trust.upload("dup", _pem(ca.certificate))
+    with pytest.raises(FleetPKIError) as info:
+        fleet.hub_trust.upload("leaf", _pem(ca.sign("dev")))
     assert info.value.code == "hub.not_a_ca"
+    with pytest.raises(FleetPKIError) as info:
+        fleet.hub_trust.upload("junk", b"not a certificate")
+    assert info.value.code == "certificate.malformed"
+    assert [c.name for c in fleet.hub_trust.list()] == ["dup"]

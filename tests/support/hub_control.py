@@ -15,7 +15,6 @@ from fleetpki.services import Actor, FleetPKI, authority, certificates, domains
 from fleetpki.services.certificates import IssueCommand
 from fleetpki.services.foreign_revocation import Fetcher, RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
-from fleetpki.services.hub_trust import TrustCache
 from fleetpki.store.models import CARecord, CertificateRecord
 
 __all__ = ["ForeignCA", "authenticator", "issue_device_certificate", "issuing_ca"]
@@ -26,10 +25,10 @@ def authenticator(
 ) -> DeviceAuthenticator:
     """The hub's device authenticator on ``fleet``'s database, built as the hub builds it."""
     return DeviceAuthenticator(
-        fleet.transaction,
+        fleet.store,
         policy=DevicePolicy(revocation_soft_fail=soft_fail),
         revocation=RevocationChecker(fetch),
-        trust=TrustCache(),
+        trust=fleet.hub_trust,
     )
 
 

@@ -2,23 +2,21 @@
 
 The routes only translate: SAS authentication (§3.1), Azure's JSON shapes and dates
 with a ``T`` (§3.2), ``If-Match`` (§3.3), direct methods (§3.4) and Azure's error
-bodies with the ``iothub-errorcode`` header (§3.5). The decisions live in
-``fleetpki.services.hub_registry``, ``hub_sas`` and ``hub_methods``.
+bodies with the ``iothub-errorcode`` header (§3.5). Each calls one method of the
+application's hub services (``fleet.hub_devices``, ``hub_twins``, ``hub_statistics``,
+``hub_sas``, ``hub_methods``), which own the decisions and the transactions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import re
 import uuid
 from collections.abc import Callable, Coroutine
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -31,16 +29,11 @@ from fleetpki.errors import (
     ValidationError,
     http_status_for,
 )
-from fleetpki.keystore import load_or_create_passphrase
-from fleetpki.services import FleetPKI, hub_registry, hub_sas
-from fleetpki.services.hub_methods import (
-    DEFAULT_METHOD_TIMEOUT,
-    current_method_invoker,
-    device_not_online,
-)
-from fleetpki.services.hub_registry import AuthType, DeviceSpec, DeviceStatus
+from fleetpki.services import FleetPKI, hub_sas
+from fleetpki.services.hub_devices import AuthType, DeviceSpec, DeviceStatus, HubDeviceView
+from fleetpki.services.hub_methods import DEFAULT_METHOD_TIMEOUT
 from fleetpki.services.hub_sas import Right, SasCaller
-from fleetpki.store.hub_models import HubDevice
+from fleetpki.services.hub_twins import TwinView
 
 __all__ = [
     "API_VERSION",
@@ -111,17 +104,7 @@ def azure_error_response(error: FleetPKIError) -> JSONResponse:
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _secret_for(home: Path) -> bytes:
-    return load_or_create_passphrase(home)
-
-
-def _secret(fleet: FleetPKI) -> bytes:
-    return _secret_for(fleet.settings.home)
-
-
-def _hostnames(fleet: FleetPKI) -> set[str]:
-    return {fleet.settings.hostname.lower(), "localhost", "127.0.0.1"}
+_T = TypeVar("_T")
 
 
 def _sas_caller(
@@ -132,14 +115,7 @@ def _sas_caller(
     fleet = get_fleet(request)
     if not api_version:
         raise AzureError(ValidationError("hub.bad_api_version", "the api-version is missing"))
-    try:
-        with fleet.transaction() as session:
-            hub_sas.ensure_sas_policies(session, _secret(fleet), now=fleet.now())
-            return hub_sas.verify_sas_token(
-                session, _secret(fleet), authorization, _hostnames(fleet), now=fleet.now()
-            )
-    except FleetPKIError as exc:
-        raise AzureError(exc) from exc
+    return _call(fleet.hub_sas.authenticate, authorization)
 
 
 Caller = Annotated[SasCaller, Depends(_sas_caller)]
@@ -177,7 +153,7 @@ def _guard(caller: SasCaller, *rights: Right) -> None:
         raise AzureError(exc) from exc
 
 
-def device_json(device: HubDevice) -> dict[str, Any]:
+def device_json(device: HubDeviceView) -> dict[str, Any]:
     """A registry entry in Azure's Device shape (ref §3.2 "Device fields")."""
     return {
         "deviceId": device.device_id,
@@ -202,13 +178,14 @@ def device_json(device: HubDevice) -> dict[str, Any]:
     }
 
 
-def twin_json(device: HubDevice) -> dict[str, Any]:
+def twin_json(twin: TwinView) -> dict[str, Any]:
     """A device's twin in Azure's Twin shape (ref §3.2 "Twin fields")."""
+    device = twin.device
     return {
         "deviceId": device.device_id,
-        "etag": device.twin_etag,
+        "etag": twin.etag,
         "deviceEtag": device.etag,
-        "version": device.desired_version + device.reported_version,
+        "version": twin.desired_version + twin.reported_version,
         "status": device.status,
         "statusReason": device.status_reason,
         "statusUpdateTime": _iso(device.status_updated_at),
@@ -221,10 +198,10 @@ def twin_json(device: HubDevice) -> dict[str, Any]:
             "secondaryThumbprint": device.secondary_thumbprint,
         },
         "capabilities": {"iotEdge": False},
-        "tags": device.tags,
+        "tags": twin.tags,
         "properties": {
-            "desired": {**device.desired, "$version": device.desired_version},
-            "reported": {**device.reported, "$version": device.reported_version},
+            "desired": {**twin.desired, "$version": twin.desired_version},
+            "reported": {**twin.reported, "$version": twin.reported_version},
         },
     }
 
@@ -249,11 +226,10 @@ def _spec_from(device_id: str, body: dict[str, Any]) -> DeviceSpec:
     )
 
 
-def _call(fleet: FleetPKI, work: Any) -> Any:
-    """Run ``work(session)`` in a transaction; fleetpki errors become Azure errors."""
+def _call(use_case: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run one service call; fleetpki errors become Azure errors."""
     try:
-        with fleet.transaction() as session:
-            return work(session)
+        return use_case(*args, **kwargs)
     except FleetPKIError as exc:
         raise AzureError(exc) from exc
 
@@ -267,25 +243,16 @@ def put_device(
 ) -> dict[str, Any]:
     """Create (200, not 201: ref §3.2) or update a device identity."""
     _guard(caller, Right.REGISTRY_WRITE)
-
-    def work(session: Any) -> dict[str, Any]:
-        record, _ = hub_registry.put_device(
-            session, _spec_from(device_id, body), now=fleet.now(), if_match=if_match
-        )
-        return device_json(record)
-
-    result: dict[str, Any] = _call(fleet, work)
-    return result
+    spec = _call(_spec_from, device_id, body)
+    device, _ = _call(fleet.hub_devices.put, spec, if_match=if_match)
+    return device_json(device)
 
 
 @router.get("/devices/{device_id}")
 def get_device(device_id: str, caller: Caller, fleet: Fleet) -> dict[str, Any]:
     """One device identity."""
     _guard(caller, Right.REGISTRY_READ)
-    result: dict[str, Any] = _call(
-        fleet, lambda s: device_json(hub_registry.get_device(s, device_id))
-    )
-    return result
+    return device_json(_call(fleet.hub_devices.get, device_id))
 
 
 @router.delete("/devices/{device_id}", status_code=204)
@@ -294,7 +261,7 @@ def delete_device(
 ) -> Response:
     """Delete a device (204, ref §3.2); its live session is closed."""
     _guard(caller, Right.REGISTRY_WRITE)
-    _call(fleet, lambda s: hub_registry.delete_device(s, device_id, if_match=if_match))
+    _call(fleet.hub_devices.delete, device_id, if_match=if_match)
     return Response(status_code=204)
 
 
@@ -304,10 +271,7 @@ def list_devices(
 ) -> list[dict[str, Any]]:
     """Device identities, at most ``top``."""
     _guard(caller, Right.REGISTRY_READ)
-    result: list[dict[str, Any]] = _call(
-        fleet, lambda s: [device_json(d) for d in hub_registry.list_devices(s, limit=top)]
-    )
-    return result
+    return [device_json(d) for d in _call(fleet.hub_devices.list, limit=top)]
 
 
 _SELECT_ALL = re.compile(r"^\s*select\s+\*\s+from\s+devices\s*$", re.IGNORECASE)
@@ -329,7 +293,7 @@ def query_devices(
         )
     start = int(continuation) if continuation and continuation.isdigit() else 0
     size = max(1, min(max_items or 100, 1000))
-    twins = _call(fleet, lambda s: [twin_json(d) for d in hub_registry.list_devices(s)])
+    twins = [twin_json(t) for t in _call(fleet.hub_twins.list)]
     page = twins[start : start + size]
     headers = {"x-ms-item-type": "Twin"}
     if start + size < len(twins):
@@ -344,8 +308,7 @@ def query_devices(
 def get_twin(device_id: str, caller: Caller, fleet: Fleet) -> dict[str, Any]:
     """A device twin."""
     _guard(caller, Right.REGISTRY_READ, Right.SERVICE_CONNECT)
-    result: dict[str, Any] = _call(fleet, lambda s: twin_json(hub_registry.get_twin(s, device_id)))
-    return result
+    return twin_json(_call(fleet.hub_twins.get, device_id))
 
 
 @router.patch("/twins/{device_id}")
@@ -354,13 +317,7 @@ def patch_twin(
 ) -> dict[str, Any]:
     """Merge tags and desired properties (ref §3.3)."""
     _guard(caller, Right.REGISTRY_WRITE, Right.SERVICE_CONNECT)
-    result: dict[str, Any] = _call(
-        fleet,
-        lambda s: twin_json(
-            hub_registry.patch_twin(s, device_id, body, now=fleet.now(), if_match=if_match)
-        ),
-    )
-    return result
+    return twin_json(_call(fleet.hub_twins.patch, device_id, body, if_match=if_match))
 
 
 @router.put("/twins/{device_id}")
@@ -369,13 +326,7 @@ def replace_twin(
 ) -> dict[str, Any]:
     """Replace tags and desired properties (ref §3.3)."""
     _guard(caller, Right.REGISTRY_WRITE, Right.SERVICE_CONNECT)
-    result: dict[str, Any] = _call(
-        fleet,
-        lambda s: twin_json(
-            hub_registry.replace_twin(s, device_id, body, now=fleet.now(), if_match=if_match)
-        ),
-    )
-    return result
+    return twin_json(_call(fleet.hub_twins.replace, device_id, body, if_match=if_match))
 
 
 @router.post("/twins/{device_id}/methods")
@@ -391,15 +342,11 @@ async def invoke_method(
     if not isinstance(raw_timeout, int | float):
         raise AzureError(ValidationError("hub.bad_method", "responseTimeoutInSeconds is a number"))
     timeout = float(min(max(raw_timeout, 1), _MAX_METHOD_TIMEOUT))
-    await run_in_threadpool(_call, fleet, lambda s: hub_registry.get_device(s, device_id))
-    invoker = current_method_invoker()
     try:
-        if invoker is None:
-            raise device_not_online(device_id)
-        status, payload = await invoker.invoke(device_id, method, body.get("payload"), timeout)
+        result = await fleet.hub_methods.invoke(device_id, method, body.get("payload"), timeout)
     except FleetPKIError as exc:
         raise AzureError(exc) from exc
-    return {"status": status, "payload": payload}
+    return {"status": result.status, "payload": result.payload}
 
 
 # --------------------------------------------------------------------------- statistics
@@ -409,7 +356,7 @@ async def invoke_method(
 def registry_statistics(caller: Caller, fleet: Fleet) -> dict[str, int]:
     """Device counts (ref §3.2)."""
     _guard(caller, Right.REGISTRY_READ)
-    stats: hub_registry.RegistryStatistics = _call(fleet, hub_registry.registry_statistics)
+    stats = _call(fleet.hub_statistics.devices)
     return {
         "totalDeviceCount": stats.total,
         "enabledDeviceCount": stats.enabled,
@@ -421,8 +368,4 @@ def registry_statistics(caller: Caller, fleet: Fleet) -> dict[str, int]:
 def service_statistics(caller: Caller, fleet: Fleet) -> dict[str, int]:
     """Connected devices: the live hub's count when one runs here, else the registry's."""
     _guard(caller, Right.SERVICE_CONNECT, Right.REGISTRY_READ)
-    invoker = current_method_invoker()
-    if invoker is not None:
-        return {"connectedDeviceCount": invoker.connected_device_count()}
-    count: int = _call(fleet, hub_registry.connected_device_count)
-    return {"connectedDeviceCount": count}
+    return {"connectedDeviceCount": _call(fleet.hub_statistics.connected_devices)}

@@ -16,9 +16,7 @@ from fleetpki.api.auth import Caller, require_admin
 from fleetpki.api.deps import get_fleet
 from fleetpki.api.presenters import iso
 from fleetpki.services import FleetPKI
-from fleetpki.services.audit import record_audit
-from fleetpki.services.hub_messages import enqueue_c2d, list_messages
-from fleetpki.store.hub_models import HubMessage
+from fleetpki.services.hub_messages import HubMessageView
 
 __all__ = ["C2DIn", "C2DOut", "MessageOut", "message_out", "router"]
 
@@ -60,7 +58,7 @@ class C2DOut(BaseModel):
     status: str
 
 
-def message_out(row: HubMessage) -> MessageOut:
+def message_out(row: HubMessageView) -> MessageOut:
     """The JSON form of a stored message."""
     try:
         body, encoding = row.body.decode("utf-8"), "utf-8"
@@ -79,11 +77,8 @@ def message_out(row: HubMessage) -> MessageOut:
 
 
 def _page(fleet: FleetPKI, device: str | None, after: int | None, limit: int) -> list[MessageOut]:
-    with fleet.transaction() as session:
-        return [
-            message_out(r)
-            for r in list_messages(session, device_id=device, after_id=after, limit=limit)
-        ]
+    rows = fleet.hub_messages.list_telemetry(device_id=device, after_id=after, limit=limit)
+    return [message_out(r) for r in rows]
 
 
 @router.get("/messages", response_model=list[MessageOut])
@@ -115,8 +110,7 @@ async def stream_messages(
     if resume and resume.isdigit():
         after = int(resume)
     if after is None:
-        latest = await run_in_threadpool(_latest_id, fleet, device)
-        after = latest
+        after = await run_in_threadpool(fleet.hub_messages.latest_id, device)
 
     async def events() -> AsyncIterator[bytes]:
         last = after
@@ -143,16 +137,6 @@ async def stream_messages(
     )
 
 
-def _latest_id(fleet: FleetPKI, device: str | None) -> int:
-    from sqlalchemy import func, select
-
-    with fleet.transaction() as session:
-        query = select(func.max(HubMessage.id))
-        if device is not None:
-            query = query.where(HubMessage.device_id == device)
-        return session.scalar(query) or 0
-
-
 @router.post("/devices/{device_id}/messages", response_model=C2DOut, status_code=201)
 def send_c2d(device_id: str, body: C2DIn, request: Request, caller: AdminDep) -> C2DOut:
     """Queue a cloud-to-device message; a connected device gets it at once, others on reconnect.
@@ -160,24 +144,11 @@ def send_c2d(device_id: str, body: C2DIn, request: Request, caller: AdminDep) ->
     Raises:
         NotFoundError: ``hub.device_not_found`` (404).
     """
-    fleet = get_fleet(request)
-    now = fleet.now()
-    with fleet.transaction() as session:
-        message = enqueue_c2d(
-            session,
-            device_id,
-            body.body.encode(),
-            now=now,
-            properties=body.properties,
-            message_id=body.messageId,
-        )
-        record_audit(
-            session,
-            caller.actor,
-            "hub.c2d_send",
-            "hub_device",
-            device_id,
-            at=now,
-            details={"message_id": message.message_id, "bytes": len(message.body)},
-        )
-        return C2DOut(messageId=message.message_id, deviceId=device_id, status=message.status)
+    message = get_fleet(request).hub_messages.send_c2d(
+        caller.actor,
+        device_id,
+        body.body.encode(),
+        properties=body.properties,
+        message_id=body.messageId,
+    )
+    return C2DOut(messageId=message.message_id, deviceId=device_id, status=message.status)

@@ -20,10 +20,9 @@ from fleetpki.cli.output import (
 )
 from fleetpki.client import Client
 from fleetpki.errors import ValidationError
-from fleetpki.keystore import load_or_create_passphrase
-from fleetpki.services import FleetPKI, hub_registry, hub_sas, hub_trust
-from fleetpki.services.hub_messages import enqueue_c2d, list_messages
-from fleetpki.services.hub_registry import DeviceSpec, DeviceStatus
+from fleetpki.hub.policy import DeviceStatus
+from fleetpki.services import FleetPKI
+from fleetpki.services.hub_devices import DeviceSpec
 
 __all__ = ["app"]
 
@@ -40,33 +39,28 @@ DeviceId = Annotated[str, typer.Argument(help="The device id (its certificate CN
 
 
 def _add_device(fleet: FleetPKI, device_id: str) -> str:
-    with fleet.transaction() as session:
-        record, _ = hub_registry.put_device(session, DeviceSpec(device_id), now=fleet.now())
-        return record.device_id
+    device, _ = fleet.hub_devices.put(DeviceSpec(device_id))
+    return device.device_id
 
 
 def _list_devices(fleet: FleetPKI) -> list[dict[str, Any]]:
     from fleetpki.api.hub_service import device_json
 
-    with fleet.transaction() as session:
-        return [device_json(d) for d in hub_registry.list_devices(session)]
+    return [device_json(d) for d in fleet.hub_devices.list()]
 
 
 def _device_twin(fleet: FleetPKI, device_id: str) -> dict[str, Any]:
     from fleetpki.api.hub_service import twin_json
 
-    with fleet.transaction() as session:
-        return twin_json(hub_registry.get_device(session, device_id))
+    return twin_json(fleet.hub_twins.get(device_id))
 
 
 def _set_status(fleet: FleetPKI, device_id: str, status: DeviceStatus, reason: str | None) -> None:
-    with fleet.transaction() as session:
-        hub_registry.set_device_status(session, device_id, status, reason=reason, now=fleet.now())
+    fleet.hub_devices.set_status(device_id, status, reason=reason)
 
 
 def _delete_device(fleet: FleetPKI, device_id: str) -> None:
-    with fleet.transaction() as session:
-        hub_registry.delete_device(session, device_id)
+    fleet.hub_devices.delete(device_id)
 
 
 @device_app.command("add")
@@ -157,17 +151,12 @@ def device_delete(ctx: typer.Context, device_id: DeviceId) -> None:
 
 
 def _trust(fleet: FleetPKI, ca_id: str) -> tuple[str, str]:
-    with fleet.transaction() as session:
-        record = hub_trust.trust_local_ca(session, fleet.keystore, ca_id, now=fleet.now())
-        return record.name, record.sha1_hex
+    trusted = fleet.hub_trust.trust_local_ca(ca_id)
+    return trusted.name, trusted.sha1_hex
 
 
 def _connection_string(fleet: FleetPKI, policy: str, hostname: str | None) -> str:
-    secret = load_or_create_passphrase(fleet.settings.home)
-    host = hostname or f"{fleet.settings.hostname}:{fleet.settings.api_port}"
-    with fleet.transaction() as session:
-        hub_sas.ensure_sas_policies(session, secret, now=fleet.now())
-        return hub_sas.connection_string(session, secret, host, policy)
+    return fleet.hub_sas.connection_string(policy, hostname)
 
 
 @app.command("trust")
@@ -205,9 +194,8 @@ def _messages(
     from fleetpki.api.hub_v1 import message_out
 
     fleet = state.fleet("hub monitor")
-    with fleet.transaction() as session:
-        rows = list_messages(session, device_id=device, after_id=after, limit=limit)
-        return [message_out(r).model_dump() for r in rows]
+    rows = fleet.hub_messages.list_telemetry(device_id=device, after_id=after, limit=limit)
+    return [message_out(r).model_dump() for r in rows]
 
 
 def _print_message(message: dict[str, Any]) -> None:
@@ -269,11 +257,8 @@ def monitor(
 
 
 def _enqueue(fleet: FleetPKI, device_id: str, text: str, properties: dict[str, str]) -> str:
-    with fleet.transaction() as session:
-        message = enqueue_c2d(
-            session, device_id, text.encode(), now=fleet.now(), properties=properties
-        )
-        return message.message_id
+    message = fleet.hub_messages.enqueue_c2d(device_id, text.encode(), properties=properties)
+    return message.message_id
 
 
 @app.command("send")

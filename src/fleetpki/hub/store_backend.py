@@ -1,7 +1,8 @@
 """The database-backed `HubBackend`: the MQTT server's view of the hub's control plane.
 
-Each call opens one transaction on the fleetpki database (``fleet.transaction()``) and
-calls the control-plane services (`fleetpki.services.hub_registry`, `hub_messages`).
+Each call is one use case of the application's hub services (``fleet.hub_twins``,
+``fleet.hub_messages``, ``fleet.hub_methods``, ``fleet.hub_authentication``), each its
+own unit of work.
 The broker calls these methods from its thread pools only, so none of this runs on
 the event loop.
 
@@ -19,17 +20,18 @@ LISTEN/NOTIFY when one commits in another process, and otherwise looks every
 ``revocation_poll`` seconds (SQLite). Delivery is idempotent: a session already closed
 stays closed.
 
-Device authentication is `fleetpki.services.hub_authentication.DeviceAuthenticator`
-(the one policy of `fleetpki.hub.policy`), built here from this backend's own parts:
-a revocation checker for foreign CAs and a trust cache, never shared with another
-application in the process. Trust needs no event: the trust cache is checked against
-the ``hub_cas`` table on every connect, so a CA verified or deleted (here or in
-another process) applies to the next connection without a restart.
+Device authentication is the application's
+`fleetpki.services.hub_authentication.DeviceAuthenticator` (the one policy of
+`fleetpki.hub.policy`), with the application's revocation checker for foreign CAs and
+trust cache. Trust needs no event: the trust cache is checked against the ``hub_cas``
+table on every connect, so a CA verified or deleted (here or in another process)
+applies to the next connection without a restart.
 
 Direct methods: the service API (`fleetpki.api.hub_service`) calls the process's
-`fleetpki.services.hub_methods.MethodInvoker`. `BrokerMethodInvoker` adapts the
-broker's ``invoke_method`` / ``connected_device_count`` to it, and
-`StoreHubBackend.attach_broker` attaches it for as long as the broker listens.
+application's `fleetpki.services.hub_methods.HubMethodService`. `BrokerMethodInvoker`
+adapts the broker's ``invoke_method`` / ``connected_device_count`` to its
+``MethodInvoker``, and `StoreHubBackend.attach_broker` attaches it for as long as the
+broker listens.
 """
 
 from __future__ import annotations
@@ -55,21 +57,14 @@ from fleetpki.hub.backend import (
     Twin,
 )
 from fleetpki.hub.broker import Broker
-from fleetpki.hub.policy import DevicePolicy
-from fleetpki.services import hub_messages, hub_registry
 from fleetpki.services.app import FleetPKI
 from fleetpki.services.delivery import ConsumerWorker
 from fleetpki.services.events import HubEventListener
-from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
-from fleetpki.services.hub_methods import (
-    attach_method_invoker,
-    detach_method_invoker,
-    device_not_online,
-)
-from fleetpki.services.hub_trust import TrustCache
+from fleetpki.services.hub_methods import device_not_online
 from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from fleetpki.services.ports.events import Delivery
+from fleetpki.services.ports.hub import TelemetryInput
 
 __all__ = ["DEFAULT_REVOCATION_POLL", "BrokerMethodInvoker", "StoreHubBackend"]
 
@@ -152,8 +147,8 @@ class StoreHubBackend:
         fleet: the opened fleetpki instance (its database and clock).
         revocation_poll: seconds between outbox checks for revocations made by other
             processes; revocations committed in this process are delivered at once.
-        authenticator: how devices are authenticated; by default one built from the
-            fleet's settings with its own revocation checker and trust cache.
+        authenticator: how devices are authenticated; by default the application's
+            (``fleet.hub_authentication``).
     """
 
     def __init__(
@@ -165,12 +160,7 @@ class StoreHubBackend:
     ) -> None:
         self.fleet = fleet
         self.revocation_poll = revocation_poll
-        self.authenticator = authenticator or DeviceAuthenticator(
-            fleet.transaction,
-            policy=DevicePolicy(revocation_soft_fail=fleet.settings.hub_revocation_soft_fail),
-            revocation=RevocationChecker(),
-            trust=TrustCache(),
-        )
+        self.authenticator = authenticator or fleet.hub_authentication
         self._lock = threading.Lock()
         self._bridges: dict[HubListener, _Bridge] = {}
         self._consumer: ConsumerWorker | None = None
@@ -191,7 +181,7 @@ class StoreHubBackend:
     def store_telemetry(self, batch: Sequence[TelemetryRecord]) -> None:
         """Store a batch in one transaction; returns once it is committed."""
         items = [
-            hub_messages.TelemetryInput(
+            TelemetryInput(
                 device_id=record.device_id,
                 module_id=record.module_id,
                 enqueued_at=record.enqueued_at,
@@ -201,37 +191,32 @@ class StoreHubBackend:
             )
             for record in batch
         ]
-        with self.fleet.transaction() as session:
-            hub_messages.store_telemetry(session, items)
+        self.fleet.hub_messages.store_telemetry(items)
 
     def get_twin(self, device_id: str) -> Twin:
         """The device's desired and reported properties with their versions."""
-        with self.fleet.transaction() as session:
-            record = hub_registry.get_twin(session, device_id)
-            return Twin(
-                desired=dict(record.desired),
-                reported=dict(record.reported),
-                desired_version=record.desired_version,
-                reported_version=record.reported_version,
-            )
+        twin = self.fleet.hub_twins.get(device_id)
+        return Twin(
+            desired=dict(twin.desired),
+            reported=dict(twin.reported),
+            desired_version=twin.desired_version,
+            reported_version=twin.reported_version,
+        )
 
     def patch_reported(self, device_id: str, patch: Mapping[str, Any]) -> int:
         """Merge a reported patch; return the new reported ``$version``."""
-        with self.fleet.transaction() as session:
-            return hub_registry.patch_reported(session, device_id, patch, now=self.fleet.now())
+        return self.fleet.hub_twins.patch_reported(device_id, patch)
 
     def pending_c2d(self, device_id: str) -> Sequence[C2DMessage]:
         """Undelivered cloud-to-device messages, oldest first."""
-        with self.fleet.transaction() as session:
-            return [
-                C2DMessage(message_id=m.message_id, payload=m.body, properties=dict(m.properties))
-                for m in hub_messages.pending_c2d(session, device_id)
-            ]
+        return [
+            C2DMessage(message_id=m.message_id, payload=m.body, properties=dict(m.properties))
+            for m in self.fleet.hub_messages.pending_c2d(device_id)
+        ]
 
     def mark_c2d_delivered(self, device_id: str, message_id: str) -> None:
         """Record the device's acknowledgement of a message."""
-        with self.fleet.transaction() as session:
-            hub_messages.mark_c2d_delivered(session, device_id, message_id, now=self.fleet.now())
+        self.fleet.hub_messages.mark_c2d_delivered(device_id, message_id)
 
     def add_listener(self, listener: HubListener) -> None:
         """Forward control-plane notifications to ``listener``; start the outbox consumer."""
@@ -266,7 +251,7 @@ class StoreHubBackend:
         if bridge is not None:
             self.fleet.events.unsubscribe(bridge)
         if invoker is not None:
-            detach_method_invoker(invoker)
+            self.fleet.hub_methods.detach(invoker)
         if consumer is not None:
             self.fleet.stop_consumer(consumer)
 
@@ -291,5 +276,5 @@ class StoreHubBackend:
         invoker = BrokerMethodInvoker(broker, asyncio.get_running_loop())
         with self._lock:
             self._invoker = invoker
-        attach_method_invoker(invoker)
+        self.fleet.hub_methods.attach(invoker)
         return invoker

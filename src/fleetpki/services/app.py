@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from fleetpki.errors import ConflictError
+from fleetpki.hub.policy import DevicePolicy
 from fleetpki.keystore import FileKeyStore, KeyStore, load_or_create_passphrase
 from fleetpki.services.audit import AuditService
 from fleetpki.services.authority import (
@@ -32,6 +33,15 @@ from fleetpki.services.delivery import DEFAULT_POLL, ConsumerWorker, EventDelive
 from fleetpki.services.domains import DomainService
 from fleetpki.services.enrollment import EnrollmentService
 from fleetpki.services.events import EventBus
+from fleetpki.services.foreign_revocation import RevocationChecker
+from fleetpki.services.hub_authentication import DeviceAuthenticator
+from fleetpki.services.hub_devices import HubDeviceService
+from fleetpki.services.hub_messages import HubMessageService
+from fleetpki.services.hub_methods import HubMethodService
+from fleetpki.services.hub_sas import HubSasService
+from fleetpki.services.hub_statistics import HubStatisticsService
+from fleetpki.services.hub_trust import HubTrustService, TrustCache
+from fleetpki.services.hub_twins import HubTwinService
 from fleetpki.services.principals import PrincipalService
 from fleetpki.services.renewal import RenewalService
 from fleetpki.services.revocation_status import RevocationStatusService
@@ -60,6 +70,12 @@ class FleetPKI:
         delivery: the outbox's per-consumer delivery use cases.
         cas, templates, certificates, renewal, domains, principals, enrollment,
         revocation_status, audit, server_certificates: the CA side's use cases.
+        hub_devices / hub_twins / hub_statistics: the built-in hub's registry.
+        hub_trust: the hub's trusted CAs (and this application's anchor cache).
+        hub_messages: telemetry and the cloud-to-device queue.
+        hub_sas: the service API's shared-access policies and tokens.
+        hub_methods: direct methods through this application's live hub, if attached.
+        hub_authentication: device authentication on connect (the one hub policy).
     """
 
     def __init__(
@@ -94,6 +110,27 @@ class FleetPKI:
             self.store, keystore, now, self.urls, settings.home
         )
         # -- end of the CA side -----------------------------------------------------------
+        # -- hub side: the built-in hub's control plane ---------------------------------
+        self.hub_devices = HubDeviceService(self.store, now)
+        self.hub_twins = HubTwinService(self.store, now)
+        self.hub_trust = HubTrustService(self.store, keystore, now, TrustCache())
+        self.hub_messages = HubMessageService(self.store, now)
+        self.hub_sas = HubSasService(
+            self.store,
+            now,
+            secret=lambda: load_or_create_passphrase(settings.home),
+            hostnames={settings.hostname, "localhost", "127.0.0.1"},
+            default_hostname=f"{settings.hostname}:{settings.api_port}",
+        )
+        self.hub_methods = HubMethodService(self.hub_devices)
+        self.hub_statistics = HubStatisticsService(self.store, self.hub_methods)
+        self.hub_authentication = DeviceAuthenticator(
+            self.store,
+            policy=DevicePolicy(revocation_soft_fail=settings.hub_revocation_soft_fail),
+            revocation=RevocationChecker(),
+            trust=self.hub_trust,
+        )
+        # -- end of the hub side ----------------------------------------------------------
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []
         self._listener: NotifyListener | None = None

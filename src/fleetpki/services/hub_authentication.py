@@ -5,10 +5,11 @@ an MQTT client id (X.509 device authentication, shared/reference/azure-iot-hub-p
 §4.2). The decision is `fleetpki.hub.policy.DevicePolicy`'s; this service gathers its
 inputs without holding the database during network I/O:
 
-1. One short read transaction: the device's registry entry, the hub's trust anchors
-   (through the application's `TrustCache`), the policy's first step (CN, registry,
-   authentication type, chain), and, when the verified issuer is one of fleetpki's
-   own CAs, the certificate's status in fleetpki's certificate table.
+1. One short read unit of work: the device's registry entry, the hub's trust anchors
+   (through `HubTrustService.trust_anchors`, which the application's cache serves),
+   the policy's first step (CN, registry, authentication type, chain), and, when the
+   verified issuer is one of fleetpki's own CAs, the certificate's status in
+   fleetpki's certificate table.
 2. The transaction is closed (its connection back in the pool).
 3. For a foreign CA, the OCSP responder or CRL the leaf names is asked
    (`fleetpki.services.foreign_revocation.RevocationChecker`), with no session open.
@@ -21,12 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 
 from cryptography import x509
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from fleetpki.hub.policy import (
     Admission,
@@ -41,16 +39,12 @@ from fleetpki.hub.policy import (
     TrustedCAs,
 )
 from fleetpki.services.foreign_revocation import RevocationChecker
-from fleetpki.services.hub_trust import TrustCache
-from fleetpki.store.hub_models import HubDevice
-from fleetpki.store.models import CARecord, CertificateRecord
+from fleetpki.services.hub_trust import HubTrustService
+from fleetpki.services.ports import Store, UnitOfWork
 
 __all__ = ["AuthenticatedDevice", "DeviceAuthenticator"]
 
 _log = logging.getLogger("fleetpki.hub.revocation")
-
-#: Opens one unit of work on the database (``FleetPKI.transaction``).
-Transaction = Callable[[], AbstractContextManager[Session]]
 
 
 class DeviceAuthenticator:
@@ -59,22 +53,22 @@ class DeviceAuthenticator:
     Built once per application, from its parts, and shared by every hub connection.
 
     Args:
-        transaction: opens a database transaction (``FleetPKI.transaction``).
+        store: the database.
         policy: the decision (its revocation soft-fail choice included).
         revocation: the foreign-CA revocation checker (its CRL cache is this
             application's).
-        trust: the cache of the hub's parsed trust anchors.
+        trust: the hub's trusted CAs (their parsed anchors cached by the application).
     """
 
     def __init__(
         self,
-        transaction: Transaction,
+        store: Store,
         *,
         policy: DevicePolicy,
         revocation: RevocationChecker,
-        trust: TrustCache,
+        trust: HubTrustService,
     ) -> None:
-        self._transaction = transaction
+        self._store = store
         self.policy = policy
         self.revocation = revocation
         self.trust = trust
@@ -102,15 +96,15 @@ class DeviceAuthenticator:
                 answers CONNACK 5 to every one (ref §1.4).
         """
         presented = PresentedCertificate(leaf, tuple(chain), client_id)
-        with self._transaction() as session:
-            entry = _registry_entry(session, presented.device_id)
-            anchors = self.trust.anchors(session)
+        with self._store.transaction() as tx:
+            entry = _registry_entry(tx, presented.device_id)
+            anchors = self.trust.trust_anchors(tx)
             trusted = TrustedCAs(
                 tuple(a.certificate for a in anchors.verified),
                 tuple(a.certificate for a in anchors.unverified),
             )
             admission = self.policy.admit(presented, entry, trusted, now)
-            verdict = _fleetpki_verdict(session, admission)
+            verdict = _fleetpki_verdict(tx, admission)
         # The transaction is closed: a slow responder holds no database connection.
         if verdict is None and admission.issuer is not None:
             verdict = self.revocation.verdict(leaf, admission.issuer, now)
@@ -124,8 +118,8 @@ class DeviceAuthenticator:
         return device
 
 
-def _registry_entry(session: Session, device_id: str) -> RegistryEntry | None:
-    record = session.get(HubDevice, device_id)
+def _registry_entry(tx: UnitOfWork, device_id: str) -> RegistryEntry | None:
+    record = tx.hub_devices.get(device_id)
     if record is None:
         return None
     return RegistryEntry(
@@ -138,18 +132,13 @@ def _registry_entry(session: Session, device_id: str) -> RegistryEntry | None:
     )
 
 
-def _fleetpki_verdict(session: Session, admission: Admission) -> RevocationVerdict | None:
+def _fleetpki_verdict(tx: UnitOfWork, admission: Admission) -> RevocationVerdict | None:
     """The certificate table's verdict when the leaf's verified issuer is a fleetpki CA."""
     issuer_sha1 = admission.issuer_sha1
     if issuer_sha1 is None:
         return None
-    ca_id = session.scalar(select(CARecord.id).where(CARecord.sha1_hex == issuer_sha1))
+    ca_id = tx.cas.id_by_sha1(issuer_sha1)
     if ca_id is None:
         return None
-    status = session.scalar(
-        select(CertificateRecord.status).where(
-            CertificateRecord.ca_id == ca_id,
-            CertificateRecord.serial_hex == admission.device.certificate_serial,
-        )
-    )
-    return RevocationVerdict.from_fleetpki_record(ca_id, status)
+    record = tx.certificates.find_by_ca_serial(ca_id, admission.device.certificate_serial)
+    return RevocationVerdict.from_fleetpki_record(ca_id, record.status if record else None)

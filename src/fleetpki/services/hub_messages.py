@@ -8,21 +8,27 @@ delivered after a reconnect.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.orm import Session
-
-from fleetpki.errors import NotFoundError, ValidationError
-from fleetpki.services.events import notify_after_commit
+from fleetpki.errors import ValidationError
+from fleetpki.services.context import Actor, Clock
+from fleetpki.services.events import unit_of
+from fleetpki.services.hub_devices import require_device
 from fleetpki.services.notifications import C2DQueued
-from fleetpki.store.hub_models import HubC2DMessage, HubDevice, HubMessage
+from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.services.ports.hub import TelemetryInput
+from fleetpki.store.hub_models import HubC2DMessage, HubMessage
 
 __all__ = [
     "MAX_C2D_BYTES",
+    "C2DMessageView",
+    "HubMessageService",
+    "HubMessageView",
     "TelemetryInput",
     "enqueue_c2d",
     "list_messages",
@@ -36,61 +42,57 @@ MAX_C2D_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class TelemetryInput:
-    """One device-to-cloud message to store.
+class HubMessageView:
+    """One stored device-to-cloud message."""
 
-    Attributes:
-        system_properties: decoded ``$.`` properties by their Azure names.
-        properties: application properties, decoded exactly (a key without ``=``
-            has the value ``None``).
-    """
-
+    id: int
     device_id: str
+    module_id: str | None
     enqueued_at: dt.datetime
     body: bytes
-    system_properties: Mapping[str, str] = field(default_factory=dict)
-    properties: Mapping[str, str | None] = field(default_factory=dict)
-    module_id: str | None = None
+    system_properties: dict[str, Any]
+    properties: dict[str, Any]
 
 
-def store_telemetry(session: Session, batch: Sequence[TelemetryInput]) -> None:
-    """Insert a batch of telemetry in one statement; durable once the caller commits."""
-    if not batch:
-        return
-    session.execute(
-        insert(HubMessage),
-        [
-            {
-                "device_id": item.device_id,
-                "module_id": item.module_id,
-                "enqueued_at": item.enqueued_at,
-                "body": bytes(item.body),
-                "system_properties": dict(item.system_properties),
-                "properties": dict(item.properties),
-            }
-            for item in batch
-        ],
+@dataclass(frozen=True, slots=True)
+class C2DMessageView:
+    """One cloud-to-device message and its delivery state (``pending``, ``delivered``)."""
+
+    message_id: str
+    device_id: str
+    body: bytes
+    properties: dict[str, str]
+    status: str
+    created_at: dt.datetime
+    delivered_at: dt.datetime | None
+
+
+def _message_view(row: HubMessage) -> HubMessageView:
+    return HubMessageView(
+        id=row.id,
+        device_id=row.device_id,
+        module_id=row.module_id,
+        enqueued_at=row.enqueued_at,
+        body=bytes(row.body),
+        system_properties=copy.deepcopy(row.system_properties),
+        properties=copy.deepcopy(row.properties),
     )
 
 
-def list_messages(
-    session: Session,
-    *,
-    device_id: str | None = None,
-    after_id: int | None = None,
-    limit: int = 100,
-) -> list[HubMessage]:
-    """Stored telemetry in arrival order, after ``after_id`` (for paging and live tails)."""
-    query = select(HubMessage).order_by(HubMessage.id).limit(max(1, min(limit, 1000)))
-    if device_id is not None:
-        query = query.where(HubMessage.device_id == device_id)
-    if after_id is not None:
-        query = query.where(HubMessage.id > after_id)
-    return list(session.scalars(query))
+def _c2d_view(row: HubC2DMessage) -> C2DMessageView:
+    return C2DMessageView(
+        message_id=row.message_id,
+        device_id=row.device_id,
+        body=bytes(row.body),
+        properties=dict(row.properties),
+        status=row.status,
+        created_at=row.created_at,
+        delivered_at=row.delivered_at,
+    )
 
 
-def enqueue_c2d(
-    session: Session,
+def enqueue_in(
+    tx: UnitOfWork,
     device_id: str,
     body: bytes,
     *,
@@ -98,15 +100,8 @@ def enqueue_c2d(
     properties: Mapping[str, str] | None = None,
     message_id: str | None = None,
 ) -> HubC2DMessage:
-    """Queue a cloud-to-device message; the connected device is told after commit.
-
-    Raises:
-        NotFoundError: ``hub.device_not_found``.
-        ValidationError: ``hub.message_too_large`` over :data:`MAX_C2D_BYTES`.
-    """
-    device = session.get(HubDevice, device_id)
-    if device is None:
-        raise NotFoundError("hub.device_not_found", f"no device {device_id!r} in the hub")
+    """:meth:`HubMessageService.enqueue_c2d` inside the caller's unit of work."""
+    device = require_device(tx, device_id)
     if len(body) > MAX_C2D_BYTES:
         raise ValidationError(
             "hub.message_too_large", f"a cloud-to-device message is at most {MAX_C2D_BYTES} bytes"
@@ -119,38 +114,169 @@ def enqueue_c2d(
         status="pending",
         created_at=now,
     )
-    session.add(message)
+    tx.hub_c2d.add(message)
     device.c2d_count += 1
-    session.flush()
-    notify_after_commit(session, C2DQueued(device_id))
+    tx.publish(C2DQueued(device_id))
     return message
 
 
-def pending_c2d(session: Session, device_id: str) -> list[HubC2DMessage]:
-    """The device's undelivered cloud-to-device messages, oldest first."""
-    query = (
-        select(HubC2DMessage)
-        .where(HubC2DMessage.device_id == device_id, HubC2DMessage.status == "pending")
-        .order_by(HubC2DMessage.id)
-    )
-    return list(session.scalars(query))
-
-
-def mark_c2d_delivered(
-    session: Session, device_id: str, message_id: str, *, now: dt.datetime
-) -> None:
-    """Record the device's PUBACK for a message; unknown or repeated ids are ignored."""
-    message = session.scalar(
-        select(HubC2DMessage).where(
-            HubC2DMessage.device_id == device_id,
-            HubC2DMessage.message_id == message_id,
-            HubC2DMessage.status == "pending",
-        )
-    )
+def mark_delivered_in(tx: UnitOfWork, device_id: str, message_id: str, *, now: dt.datetime) -> None:
+    """:meth:`HubMessageService.mark_c2d_delivered` inside the caller's unit of work."""
+    message = tx.hub_c2d.find_pending(device_id, message_id)
     if message is None:
         return
     message.status = "delivered"
     message.delivered_at = now
-    device = session.get(HubDevice, device_id)
+    device = tx.hub_devices.get(device_id)
     if device is not None and device.c2d_count > 0:
         device.c2d_count -= 1
+
+
+class HubMessageService:
+    """Telemetry storage and the cloud-to-device queue of the built-in hub.
+
+    Args:
+        store: the database.
+        clock: the source of "now".
+    """
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def store_telemetry(self, batch: Sequence[TelemetryInput]) -> None:
+        """Insert a batch of telemetry in one statement; durable when this returns."""
+        if not batch:
+            return
+        with self._store.transaction() as tx:
+            tx.hub_telemetry.add_batch(batch)
+
+    def list_telemetry(
+        self, *, device_id: str | None = None, after_id: int | None = None, limit: int = 100
+    ) -> list[HubMessageView]:
+        """Stored telemetry in arrival order, after ``after_id`` (for paging and live tails).
+
+        ``limit`` is clamped to 1..1000.
+        """
+        with self._store.transaction() as tx:
+            rows = tx.hub_telemetry.list(device_id=device_id, after_id=after_id, limit=limit)
+            return [_message_view(r) for r in rows]
+
+    def latest_id(self, device_id: str | None = None) -> int:
+        """The newest stored message id (of one device, or of all); 0 when there is none."""
+        with self._store.transaction() as tx:
+            return tx.hub_telemetry.latest_id(device_id)
+
+    def enqueue_c2d(
+        self,
+        device_id: str,
+        body: bytes,
+        *,
+        properties: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> C2DMessageView:
+        """Queue a cloud-to-device message; the connected device is told after commit.
+
+        Raises:
+            NotFoundError: ``hub.device_not_found``.
+            ValidationError: ``hub.message_too_large`` over :data:`MAX_C2D_BYTES`.
+        """
+        with self._store.transaction() as tx:
+            message = enqueue_in(
+                tx,
+                device_id,
+                body,
+                now=self._clock(),
+                properties=properties,
+                message_id=message_id,
+            )
+            return _c2d_view(message)
+
+    def send_c2d(
+        self,
+        actor: Actor,
+        device_id: str,
+        body: bytes,
+        *,
+        properties: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> C2DMessageView:
+        """Queue a cloud-to-device message on behalf of ``actor``, with an audit entry.
+
+        Raises:
+            NotFoundError: ``hub.device_not_found``.
+            ValidationError: ``hub.message_too_large``.
+        """
+        now = self._clock()
+        with self._store.transaction() as tx:
+            message = enqueue_in(
+                tx, device_id, body, now=now, properties=properties, message_id=message_id
+            )
+            tx.hub_audit.record(
+                actor_id=actor.principal_id,
+                source=actor.source,
+                action="hub.c2d_send",
+                object_type="hub_device",
+                object_id=device_id,
+                at=now,
+                details={"message_id": message.message_id, "bytes": len(message.body)},
+            )
+            return _c2d_view(message)
+
+    def pending_c2d(self, device_id: str) -> list[C2DMessageView]:
+        """The device's undelivered cloud-to-device messages, oldest first."""
+        with self._store.transaction() as tx:
+            return [_c2d_view(m) for m in tx.hub_c2d.pending(device_id)]
+
+    def mark_c2d_delivered(self, device_id: str, message_id: str) -> None:
+        """Record the device's PUBACK for a message; unknown or repeated ids are ignored."""
+        with self._store.transaction() as tx:
+            mark_delivered_in(tx, device_id, message_id, now=self._clock())
+
+
+# --------------------------------------------------------------------------- transitional
+# Session-taking functions for callers not yet moved to HubMessageService (the MQTT
+# server's store backend, demo, test fixtures); they go when those callers move.
+
+
+def store_telemetry(session: Any, batch: Sequence[TelemetryInput]) -> None:
+    """Transitional: :meth:`HubMessageService.store_telemetry` in ``session``'s transaction."""
+    if batch:
+        unit_of(session).hub_telemetry.add_batch(batch)
+
+
+def list_messages(
+    session: Any,
+    *,
+    device_id: str | None = None,
+    after_id: int | None = None,
+    limit: int = 100,
+) -> list[HubMessage]:
+    """Transitional: :meth:`HubMessageService.list_telemetry` in ``session``'s transaction."""
+    rows = unit_of(session).hub_telemetry.list(device_id=device_id, after_id=after_id, limit=limit)
+    return list(rows)
+
+
+def enqueue_c2d(
+    session: Any,
+    device_id: str,
+    body: bytes,
+    *,
+    now: dt.datetime,
+    properties: Mapping[str, str] | None = None,
+    message_id: str | None = None,
+) -> HubC2DMessage:
+    """Transitional: :meth:`HubMessageService.enqueue_c2d` in ``session``'s transaction."""
+    return enqueue_in(
+        unit_of(session), device_id, body, now=now, properties=properties, message_id=message_id
+    )
+
+
+def pending_c2d(session: Any, device_id: str) -> list[HubC2DMessage]:
+    """Transitional: :meth:`HubMessageService.pending_c2d` in ``session``'s transaction."""
+    return list(unit_of(session).hub_c2d.pending(device_id))
+
+
+def mark_c2d_delivered(session: Any, device_id: str, message_id: str, *, now: dt.datetime) -> None:
+    """Transitional: :meth:`HubMessageService.mark_c2d_delivered` in ``session``."""
+    mark_delivered_in(unit_of(session), device_id, message_id, now=now)

@@ -1,24 +1,27 @@
-"""Direct methods (ref §3.4): the interface the live hub implements for the service API.
+"""Direct methods (ref §3.4): the live hub that the service API calls, owned by the application.
 
 The service API's ``POST /twins/{id}/methods`` needs a connected device, which only the
-MQTT server knows about. The server registers a :class:`MethodInvoker` with
-:func:`attach_method_invoker` when it starts; without one every device is offline
-(404103).
+MQTT server knows about. The server attaches a :class:`MethodInvoker` to its
+application's :class:`HubMethodService` (``fleet.hub_methods.attach``) while it
+listens; without one every device is offline (404103). Each application has its own
+service, so two applications in one process never reach each other's hub.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from fleetpki.errors import NotFoundError
+from fleetpki.services.hub_devices import HubDeviceService
 
 __all__ = [
     "DEFAULT_METHOD_TIMEOUT",
+    "HubMethodService",
     "MethodInvoker",
-    "attach_method_invoker",
-    "current_method_invoker",
-    "detach_method_invoker",
+    "MethodResult",
     "device_not_online",
 ]
 
@@ -47,31 +50,63 @@ class MethodInvoker(Protocol):
         ...
 
 
-_lock = threading.Lock()
-_invoker: MethodInvoker | None = None
+@dataclass(frozen=True, slots=True)
+class MethodResult:
+    """A device's answer to a direct method (ref §3.4 ``{"status", "payload"}``)."""
 
-
-def attach_method_invoker(invoker: MethodInvoker) -> None:
-    """Make ``invoker`` the process's live hub for direct methods."""
-    global _invoker  # noqa: PLW0603 - one live hub per process
-    with _lock:
-        _invoker = invoker
-
-
-def detach_method_invoker(invoker: MethodInvoker | None = None) -> None:
-    """Forget the live hub (only ``invoker``, when given)."""
-    global _invoker  # noqa: PLW0603 - one live hub per process
-    with _lock:
-        if invoker is None or _invoker is invoker:
-            _invoker = None
-
-
-def current_method_invoker() -> MethodInvoker | None:
-    """The attached live hub, or ``None`` when no hub runs in this process."""
-    with _lock:
-        return _invoker
+    status: int
+    payload: Any
 
 
 def device_not_online(device_id: str) -> NotFoundError:
     """The error for a device that cannot take a direct method now (Azure 404103)."""
     return NotFoundError("hub.device_not_online", f"device {device_id!r} is not online")
+
+
+class HubMethodService:
+    """Direct methods through this application's live hub, when one is attached.
+
+    Args:
+        devices: the registry, to tell an unknown device (404001) from an offline one.
+    """
+
+    def __init__(self, devices: HubDeviceService) -> None:
+        self._devices = devices
+        self._lock = threading.Lock()
+        self._invoker: MethodInvoker | None = None
+
+    def attach(self, invoker: MethodInvoker) -> None:
+        """Make ``invoker`` this application's live hub for direct methods."""
+        with self._lock:
+            self._invoker = invoker
+
+    def detach(self, invoker: MethodInvoker | None = None) -> None:
+        """Forget the live hub (only ``invoker``, when given)."""
+        with self._lock:
+            if invoker is None or self._invoker is invoker:
+                self._invoker = None
+
+    def current(self) -> MethodInvoker | None:
+        """The attached live hub, or ``None`` when no hub runs for this application."""
+        with self._lock:
+            return self._invoker
+
+    async def invoke(
+        self, device_id: str, method: str, payload: Any, timeout: float
+    ) -> MethodResult:
+        """Call ``method`` on the connected device and return its answer (ref §3.4).
+
+        The registry is read in a worker thread (one short unit of work) and closed
+        before the call goes to the device, so no transaction waits on the network.
+
+        Raises:
+            NotFoundError: ``hub.device_not_found`` (404001); ``hub.device_not_online``
+                (404103) when no hub runs or the device is not connected.
+            FleetPKIError: ``hub.method_timeout`` (504101).
+        """
+        await asyncio.to_thread(self._devices.get, device_id)
+        invoker = self.current()
+        if invoker is None:
+            raise device_not_online(device_id)
+        status, answer = await invoker.invoke(device_id, method, payload, timeout)
+        return MethodResult(status, answer)

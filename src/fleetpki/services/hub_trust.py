@@ -3,12 +3,14 @@
 Azure's flow, kept step by step: upload a CA (it starts unverified), generate a
 verification code, present a certificate whose subject CN is the code and which the
 CA's key signed, and the CA becomes verified. Only verified CAs authenticate devices
-(ref §4.1, §4.2). :func:`trust_local_ca` runs all the steps with a local CA's key.
+(ref §4.1, §4.2). :meth:`HubTrustService.trust_local_ca` runs all the steps with a
+local CA's key.
 
-The MQTT server authenticates on every connect, so it reads the anchors through a
-:class:`TrustCache` that its application owns, re-checked against a stamp of the
-``hub_cas`` table on every read so that a change made by another process (the CLI)
-applies to the next connection without a restart.
+The MQTT server authenticates on every connect, so device authentication reads the
+anchors through :meth:`HubTrustService.trust_anchors` inside its own unit of work:
+a :class:`TrustCache` that the application owns keeps them parsed, checked against a
+stamp of the ``hub_cas`` table on every read, so that a change made by another
+process (the CLI) applies to the next connection without a restart.
 """
 
 from __future__ import annotations
@@ -17,26 +19,29 @@ import datetime as dt
 import secrets
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from fleetpki.errors import ConflictError, NotFoundError, ValidationError
 from fleetpki.keystore import KeyStore
 from fleetpki.pki.issuance import thumbprints
 from fleetpki.pki.keys import KeySpec, generate_key
-from fleetpki.services.authority import get_ca
-from fleetpki.services.events import notify_after_commit
+from fleetpki.services.context import Clock
+from fleetpki.services.events import unit_of
+from fleetpki.services.hub_etags import check_if_match, new_etag
 from fleetpki.services.notifications import TrustChanged
+from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.hub_models import HubCA
 
 __all__ = [
+    "HubCAView",
+    "HubTrustService",
     "TrustAnchor",
     "TrustAnchors",
     "TrustCache",
@@ -44,6 +49,7 @@ __all__ = [
     "delete_hub_ca",
     "generate_verification_code",
     "get_hub_ca",
+    "hub_ca_view",
     "list_hub_cas",
     "new_etag",
     "trust_anchors",
@@ -53,25 +59,106 @@ __all__ = [
 ]
 
 
-def new_etag() -> str:
-    """A fresh opaque etag (ref §3.3: opaque strings the SDK echoes back)."""
-    return secrets.token_urlsafe(9)
+@dataclass(frozen=True, slots=True)
+class HubCAView:
+    """A hub CA as the APIs present it (Azure's certificate description, ref §4.1)."""
+
+    id: str
+    name: str
+    certificate_der: bytes
+    sha1_hex: str
+    sha256_hex: str
+    subject: str
+    not_after: dt.datetime
+    is_verified: bool
+    verification_code: str | None
+    etag: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    fleetpki_ca_id: str | None
 
 
-def check_if_match(if_match: str | None, etag: str) -> None:
-    """Apply ``If-Match`` (ref §3.3): quotes stripped, ``*`` matches anything.
+def hub_ca_view(record: HubCA) -> HubCAView:
+    """The view of a hub CA (call inside the unit of work that read it)."""
+    return HubCAView(
+        id=record.id,
+        name=record.name,
+        certificate_der=record.certificate_der,
+        sha1_hex=record.sha1_hex,
+        sha256_hex=record.sha256_hex,
+        subject=record.subject,
+        not_after=record.not_after,
+        is_verified=record.is_verified,
+        verification_code=record.verification_code,
+        etag=record.etag,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        fleetpki_ca_id=record.fleetpki_ca_id,
+    )
 
-    Raises:
-        ConflictError: ``precondition.failed`` (HTTP 412) on a mismatch.
+
+@dataclass(frozen=True, slots=True)
+class TrustAnchor:
+    """A hub CA as the authenticator uses it."""
+
+    name: str
+    certificate: x509.Certificate
+    sha1_hex: str
+    fleetpki_ca_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrustAnchors:
+    """The hub CAs split by state: only ``verified`` ones authenticate devices."""
+
+    verified: Sequence[TrustAnchor]
+    unverified: Sequence[TrustAnchor]
+
+
+def _read_anchors(tx: UnitOfWork) -> TrustAnchors:
+    verified: list[TrustAnchor] = []
+    unverified: list[TrustAnchor] = []
+    for record in tx.hub_cas.list():
+        anchor = TrustAnchor(
+            name=record.name,
+            certificate=x509.load_der_x509_certificate(record.certificate_der),
+            sha1_hex=record.sha1_hex,
+            fleetpki_ca_id=record.fleetpki_ca_id,
+        )
+        (verified if record.is_verified else unverified).append(anchor)
+    return TrustAnchors(tuple(verified), tuple(unverified))
+
+
+class TrustCache:
+    """The parsed anchors of one database, reused while ``hub_cas`` is unchanged.
+
+    Parsing every CA certificate on each connect would dominate authentication. Each
+    read checks the repository's stamp (every hub CA's id, etag and verified flag: a
+    trust change always gives a new etag or adds or removes a row), so a CA verified
+    or deleted here or in another process applies to the next read, with no
+    invalidation call and no dependence on clocks. Owned by one application; thread-safe.
     """
-    if if_match is None:
-        return
-    value = if_match.strip().removeprefix("W/")
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    if value in ("*", etag):
-        return
-    raise ConflictError("precondition.failed", "the If-Match etag does not match")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entry: tuple[Hashable, TrustAnchors] | None = None
+
+    def anchors(self, tx: UnitOfWork) -> TrustAnchors:
+        """The hub's anchors as of ``tx``'s transaction."""
+        stamp = tx.hub_cas.stamp()
+        with self._lock:
+            entry = self._entry
+        if entry is not None and entry[0] == stamp:
+            return entry[1]
+        anchors = _read_anchors(tx)
+        with self._lock:
+            self._entry = (stamp, anchors)
+        return anchors
+
+    def clear(self) -> None:
+        """Forget the cached anchors (the next read parses them again)."""
+        with self._lock:
+            self._entry = None
 
 
 def _parse_certificate(data: bytes | str) -> x509.Certificate:
@@ -84,29 +171,28 @@ def _parse_certificate(data: bytes | str) -> x509.Certificate:
         raise ValidationError("certificate.malformed", "not a PEM or DER certificate") from exc
 
 
-def get_hub_ca(session: Session, name: str) -> HubCA:
-    """The hub CA called ``name``.
+def _common_name(cert: x509.Certificate) -> str | None:
+    attributes = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not attributes:
+        return None
+    value = attributes[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
+def require_hub_ca(tx: UnitOfWork, name: str) -> HubCA:
+    """The hub CA called ``name`` in the caller's unit of work.
 
     Raises:
         NotFoundError: ``hub.ca_not_found``.
     """
-    record = session.scalar(select(HubCA).where(HubCA.name == name))
+    record = tx.hub_cas.get_by_name(name)
     if record is None:
         raise NotFoundError("hub.ca_not_found", f"no hub CA named {name!r}")
     return record
 
 
-def list_hub_cas(session: Session) -> list[HubCA]:
-    """Every hub CA, by name."""
-    return list(session.scalars(select(HubCA).order_by(HubCA.name)))
-
-
-def _changed(session: Session) -> None:
-    notify_after_commit(session, TrustChanged())
-
-
-def upload_hub_ca(
-    session: Session,
+def upload_in(
+    tx: UnitOfWork,
     name: str,
     certificate: bytes | str,
     *,
@@ -114,12 +200,7 @@ def upload_hub_ca(
     fleetpki_ca_id: str | None = None,
     verified: bool = False,
 ) -> HubCA:
-    """Upload a CA certificate; it starts unverified unless ``verified`` (ref §4.1).
-
-    Raises:
-        ValidationError: ``certificate.malformed``, ``hub.not_a_ca``.
-        ConflictError: ``hub.ca_exists`` when the name is taken.
-    """
+    """:meth:`HubTrustService.upload` inside the caller's unit of work (returns the record)."""
     cert = _parse_certificate(certificate)
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -127,7 +208,7 @@ def upload_hub_ca(
         is_ca = False
     if not is_ca:
         raise ValidationError("hub.not_a_ca", "the certificate is not a CA certificate")
-    if session.scalar(select(HubCA.id).where(HubCA.name == name)) is not None:
+    if tx.hub_cas.get_by_name(name) is not None:
         raise ConflictError("hub.ca_exists", f"a hub CA named {name!r} exists")
     der = cert.public_bytes(serialization.Encoding.DER)
     sha1, sha256 = thumbprints(der)
@@ -146,22 +227,16 @@ def upload_hub_ca(
         updated_at=now,
         fleetpki_ca_id=fleetpki_ca_id,
     )
-    session.add(record)
-    session.flush()
-    _changed(session)
+    tx.hub_cas.add(record)
+    tx.publish(TrustChanged())
     return record
 
 
-def generate_verification_code(
-    session: Session, name: str, *, now: dt.datetime, if_match: str | None = None
+def verification_code_in(
+    tx: UnitOfWork, name: str, *, now: dt.datetime, if_match: str | None = None
 ) -> HubCA:
-    """Give the CA a new verification code (40 hex characters, ref §4.1) and a new etag.
-
-    Raises:
-        NotFoundError: ``hub.ca_not_found``.
-        ConflictError: ``precondition.failed``.
-    """
-    record = get_hub_ca(session, name)
+    """:meth:`HubTrustService.generate_verification_code` inside the caller's unit of work."""
+    record = require_hub_ca(tx, name)
     check_if_match(if_match, record.etag)
     record.verification_code = secrets.token_hex(20).upper()
     record.etag = new_etag()
@@ -169,35 +244,16 @@ def generate_verification_code(
     return record
 
 
-def _common_name(cert: x509.Certificate) -> str | None:
-    attributes = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not attributes:
-        return None
-    value = attributes[0].value
-    return value if isinstance(value, str) else value.decode()
-
-
-def verify_hub_ca(
-    session: Session,
+def verify_in(
+    tx: UnitOfWork,
     name: str,
     verification_certificate: bytes | str,
     *,
     now: dt.datetime,
     if_match: str | None = None,
 ) -> HubCA:
-    """Check proof of possession and mark the CA verified (ref §4.1 steps 3-4).
-
-    The verification certificate's subject CN must equal the current code, and its
-    signature must check with the uploaded CA's public key.
-
-    Raises:
-        NotFoundError: ``hub.ca_not_found``.
-        ConflictError: ``precondition.failed``; ``hub.no_verification_code`` before a
-            code was generated.
-        ValidationError: ``certificate.malformed``, ``hub.verification_cn_mismatch``,
-            ``hub.verification_bad_signature``.
-    """
-    record = get_hub_ca(session, name)
+    """:meth:`HubTrustService.verify` inside the caller's unit of work (returns the record)."""
+    record = require_hub_ca(tx, name)
     check_if_match(if_match, record.etag)
     if not record.verification_code:
         raise ConflictError(
@@ -221,43 +277,32 @@ def verify_hub_ca(
     record.verification_code = None
     record.etag = new_etag()
     record.updated_at = now
-    _changed(session)
+    tx.publish(TrustChanged())
     return record
 
 
-def delete_hub_ca(session: Session, name: str, *, if_match: str | None = None) -> None:
-    """Remove a hub CA; devices chaining only to it are refused from the next connect.
-
-    Raises:
-        NotFoundError: ``hub.ca_not_found``.
-        ConflictError: ``precondition.failed``.
-    """
-    record = get_hub_ca(session, name)
+def delete_in(tx: UnitOfWork, name: str, *, if_match: str | None = None) -> None:
+    """:meth:`HubTrustService.delete` inside the caller's unit of work."""
+    record = require_hub_ca(tx, name)
     check_if_match(if_match, record.etag)
-    session.delete(record)
-    session.flush()
-    _changed(session)
+    tx.hub_cas.delete(record)
+    tx.publish(TrustChanged())
 
 
-def trust_local_ca(session: Session, keystore: KeyStore, ca_id: str, *, now: dt.datetime) -> HubCA:
-    """Trust a fleetpki CA in the hub through the whole proof-of-possession flow.
-
-    Uploads the CA certificate (named after the CA), generates a code, signs a
-    verification certificate for it with the CA's key from ``keystore`` and verifies
-    it. Running it again for a verified CA changes nothing.
-
-    Raises:
-        NotFoundError: ``ca.not_found``.
-        ConflictError: ``hub.ca_exists`` when another certificate holds the CA's name.
-    """
-    ca = get_ca(session, ca_id)
-    existing = session.scalar(select(HubCA).where(HubCA.sha1_hex == ca.sha1_hex))
+def trust_local_ca_in(tx: UnitOfWork, keystore: KeyStore, ca_id: str, *, now: dt.datetime) -> HubCA:
+    """:meth:`HubTrustService.trust_local_ca` inside the caller's unit of work."""
+    try:
+        key = str(uuid.UUID(str(ca_id)))
+    except ValueError:
+        raise NotFoundError("ca.not_found", f"no ca {ca_id!r} (not a GUID)") from None
+    ca = tx.hub_cas.local_ca(key)
+    if ca is None:
+        raise NotFoundError("ca.not_found", f"no CA {ca_id}")
+    existing = tx.hub_cas.find_by_sha1(ca.sha1_hex)
     if existing is not None and existing.is_verified:
         return existing
-    record = existing or upload_hub_ca(
-        session, ca.name, ca.certificate_der, now=now, fleetpki_ca_id=ca.id
-    )
-    record = generate_verification_code(session, record.name, now=now)
+    record = existing or upload_in(tx, ca.name, ca.certificate_der, now=now, fleetpki_ca_id=ca.id)
+    record = verification_code_in(tx, record.name, now=now)
     assert record.verification_code is not None
     ca_cert = x509.load_der_x509_certificate(ca.certificate_der)
     proof_key = generate_key(KeySpec.EC_P256)
@@ -273,78 +318,198 @@ def trust_local_ca(session: Session, keystore: KeyStore, ca_id: str, *, now: dt.
         .not_valid_after(now + dt.timedelta(days=1))
     )
     proof = keystore.signer(ca.key_ref).sign_certificate(builder)
-    return verify_hub_ca(
-        session, record.name, proof.public_bytes(serialization.Encoding.PEM), now=now
+    return verify_in(tx, record.name, proof.public_bytes(serialization.Encoding.PEM), now=now)
+
+
+class HubTrustService:
+    """The hub's trusted CAs: Azure's proof-of-possession flow (ref §4.1) and the anchors.
+
+    Args:
+        store: the database.
+        keystore: custody of the local CAs' keys (for :meth:`trust_local_ca`).
+        clock: the source of "now".
+        cache: this application's cache of parsed anchors.
+    """
+
+    def __init__(self, store: Store, keystore: KeyStore, clock: Clock, cache: TrustCache) -> None:
+        self._store = store
+        self._keystore = keystore
+        self._clock = clock
+        self.cache = cache
+
+    def upload(
+        self,
+        name: str,
+        certificate: bytes | str,
+        *,
+        fleetpki_ca_id: str | None = None,
+        verified: bool = False,
+    ) -> HubCAView:
+        """Upload a CA certificate; it starts unverified unless ``verified`` (ref §4.1).
+
+        Raises:
+            ValidationError: ``certificate.malformed``, ``hub.not_a_ca``.
+            ConflictError: ``hub.ca_exists`` when the name is taken.
+        """
+        with self._store.transaction() as tx:
+            record = upload_in(
+                tx,
+                name,
+                certificate,
+                now=self._clock(),
+                fleetpki_ca_id=fleetpki_ca_id,
+                verified=verified,
+            )
+            return hub_ca_view(record)
+
+    def get(self, name: str) -> HubCAView:
+        """The hub CA called ``name``.
+
+        Raises:
+            NotFoundError: ``hub.ca_not_found``.
+        """
+        with self._store.transaction() as tx:
+            return hub_ca_view(require_hub_ca(tx, name))
+
+    def list(self) -> list[HubCAView]:
+        """Every hub CA, by name."""
+        with self._store.transaction() as tx:
+            return [hub_ca_view(r) for r in tx.hub_cas.list()]
+
+    def generate_verification_code(self, name: str, *, if_match: str | None = None) -> HubCAView:
+        """Give the CA a new verification code (40 hex characters, ref §4.1) and a new etag.
+
+        Raises:
+            NotFoundError: ``hub.ca_not_found``.
+            ConflictError: ``precondition.failed``.
+        """
+        with self._store.transaction() as tx:
+            record = verification_code_in(tx, name, now=self._clock(), if_match=if_match)
+            return hub_ca_view(record)
+
+    def verify(
+        self, name: str, verification_certificate: bytes | str, *, if_match: str | None = None
+    ) -> HubCAView:
+        """Check proof of possession and mark the CA verified (ref §4.1 steps 3-4).
+
+        The verification certificate's subject CN must equal the current code, and its
+        signature must check with the uploaded CA's public key.
+
+        Raises:
+            NotFoundError: ``hub.ca_not_found``.
+            ConflictError: ``precondition.failed``; ``hub.no_verification_code`` before
+                a code was generated.
+            ValidationError: ``certificate.malformed``, ``hub.verification_cn_mismatch``,
+                ``hub.verification_bad_signature``.
+        """
+        with self._store.transaction() as tx:
+            record = verify_in(
+                tx, name, verification_certificate, now=self._clock(), if_match=if_match
+            )
+            return hub_ca_view(record)
+
+    def delete(self, name: str, *, if_match: str | None = None) -> None:
+        """Remove a hub CA; devices chaining only to it are refused from the next connect.
+
+        Raises:
+            NotFoundError: ``hub.ca_not_found``.
+            ConflictError: ``precondition.failed``.
+        """
+        with self._store.transaction() as tx:
+            delete_in(tx, name, if_match=if_match)
+
+    def trust_local_ca(self, ca_id: str) -> HubCAView:
+        """Trust a fleetpki CA in the hub through the whole proof-of-possession flow.
+
+        Uploads the CA certificate (named after the CA), generates a code, signs a
+        verification certificate for it with the CA's key and verifies it, in one unit
+        of work. Running it again for a verified CA changes nothing.
+
+        Raises:
+            NotFoundError: ``ca.not_found``.
+            ConflictError: ``hub.ca_exists`` when another certificate holds the CA's name.
+        """
+        with self._store.transaction() as tx:
+            record = trust_local_ca_in(tx, self._keystore, ca_id, now=self._clock())
+            return hub_ca_view(record)
+
+    def trust_anchors(self, tx: UnitOfWork) -> TrustAnchors:
+        """The hub's anchors, inside the caller's unit of work (device authentication's).
+
+        Served from this application's :class:`TrustCache` while ``hub_cas`` is unchanged.
+        """
+        return self.cache.anchors(tx)
+
+
+# --------------------------------------------------------------------------- transitional
+# Session-taking functions for callers not yet moved to HubTrustService (the MQTT
+# server's store backend, device authentication, demo, test fixtures). Each is the
+# service's use case inside the caller's transaction; they go when those callers move.
+
+
+def get_hub_ca(session: Any, name: str) -> HubCA:
+    """Transitional: :meth:`HubTrustService.get` in ``session``'s transaction."""
+    return require_hub_ca(unit_of(session), name)
+
+
+def list_hub_cas(session: Any) -> list[HubCA]:
+    """Transitional: :meth:`HubTrustService.list` in ``session``'s transaction."""
+    return list(unit_of(session).hub_cas.list())
+
+
+def upload_hub_ca(
+    session: Any,
+    name: str,
+    certificate: bytes | str,
+    *,
+    now: dt.datetime,
+    fleetpki_ca_id: str | None = None,
+    verified: bool = False,
+) -> HubCA:
+    """Transitional: :meth:`HubTrustService.upload` in ``session``'s transaction."""
+    return upload_in(
+        unit_of(session),
+        name,
+        certificate,
+        now=now,
+        fleetpki_ca_id=fleetpki_ca_id,
+        verified=verified,
     )
 
 
-# --------------------------------------------------------------------------- anchor cache
+def generate_verification_code(
+    session: Any, name: str, *, now: dt.datetime, if_match: str | None = None
+) -> HubCA:
+    """Transitional: :meth:`HubTrustService.generate_verification_code` in ``session``."""
+    return verification_code_in(unit_of(session), name, now=now, if_match=if_match)
 
 
-@dataclass(frozen=True, slots=True)
-class TrustAnchor:
-    """A hub CA as the authenticator uses it."""
-
-    name: str
-    certificate: x509.Certificate
-    sha1_hex: str
-    fleetpki_ca_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class TrustAnchors:
-    """The hub CAs split by state: only ``verified`` ones authenticate devices."""
-
-    verified: Sequence[TrustAnchor]
-    unverified: Sequence[TrustAnchor]
+def verify_hub_ca(
+    session: Any,
+    name: str,
+    verification_certificate: bytes | str,
+    *,
+    now: dt.datetime,
+    if_match: str | None = None,
+) -> HubCA:
+    """Transitional: :meth:`HubTrustService.verify` in ``session``'s transaction."""
+    return verify_in(unit_of(session), name, verification_certificate, now=now, if_match=if_match)
 
 
-def trust_anchors(session: Session) -> TrustAnchors:
-    """The hub's anchors, read and parsed from ``hub_cas`` now (`TrustCache` keeps them)."""
-    verified: list[TrustAnchor] = []
-    unverified: list[TrustAnchor] = []
-    for record in session.scalars(select(HubCA).order_by(HubCA.name)):
-        anchor = TrustAnchor(
-            name=record.name,
-            certificate=x509.load_der_x509_certificate(record.certificate_der),
-            sha1_hex=record.sha1_hex,
-            fleetpki_ca_id=record.fleetpki_ca_id,
-        )
-        (verified if record.is_verified else unverified).append(anchor)
-    return TrustAnchors(tuple(verified), tuple(unverified))
+def delete_hub_ca(session: Any, name: str, *, if_match: str | None = None) -> None:
+    """Transitional: :meth:`HubTrustService.delete` in ``session``'s transaction."""
+    delete_in(unit_of(session), name, if_match=if_match)
 
 
-class TrustCache:
-    """The parsed anchors of one database, reused while ``hub_cas`` is unchanged.
+def trust_local_ca(session: Any, keystore: KeyStore, ca_id: str, *, now: dt.datetime) -> HubCA:
+    """Transitional: :meth:`HubTrustService.trust_local_ca` in ``session``'s transaction."""
+    return trust_local_ca_in(unit_of(session), keystore, ca_id, now=now)
 
-    The MQTT server authenticates on every connect; parsing every CA certificate each
-    time would dominate. Each read checks a stamp (every hub CA's id, etag and
-    verified flag: every trust change gives a new etag or adds or removes a row), so
-    a CA verified or deleted here or in another process (the CLI) applies to the next
-    connection without a restart, and a frozen test clock cannot hide a change.
-    Owned by the application that uses it; thread-safe.
+
+def trust_anchors(session: Any) -> TrustAnchors:
+    """Transitional: the anchors read and parsed now, uncached (see :class:`TrustCache`).
+
+    Only ``hub_registry.authenticate_device`` calls it, until device authentication
+    reads them through :meth:`HubTrustService.trust_anchors`.
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entry: tuple[object, TrustAnchors] | None = None
-
-    def anchors(self, session: Session) -> TrustAnchors:
-        """The hub's anchors as of ``session``'s transaction."""
-        rows = session.execute(
-            select(HubCA.id, HubCA.etag, HubCA.is_verified).order_by(HubCA.id)
-        ).all()
-        stamp = tuple(tuple(row) for row in rows)
-        with self._lock:
-            entry = self._entry
-        if entry is not None and entry[0] == stamp:
-            return entry[1]
-        anchors = trust_anchors(session)
-        with self._lock:
-            self._entry = (stamp, anchors)
-        return anchors
-
-    def clear(self) -> None:
-        """Forget the cached anchors (the next read parses them again)."""
-        with self._lock:
-            self._entry = None
+    return _read_anchors(unit_of(session))

@@ -25,6 +25,16 @@ from fleetpki.store.repositories.ca_identities import (
 )
 from fleetpki.store.repositories.events import SqlEventLog
 
+# -- hub side repositories --
+from fleetpki.store.repositories.hub import (
+    SqlHubAuditTrail,
+    SqlHubC2DRepository,
+    SqlHubCARepository,
+    SqlHubDeviceRepository,
+    SqlHubSasPolicyRepository,
+    SqlHubTelemetryRepository,
+)
+
 if TYPE_CHECKING:
     from fleetpki.services.events import EventBus
 
@@ -93,6 +103,36 @@ class SqlUnitOfWork:
         return SqlAuditRepository(self.session)
 
     # -- repositories of the hub side -----------------------------------------------------
+
+    @cached_property
+    def hub_devices(self) -> SqlHubDeviceRepository:
+        """The hub's device registry."""
+        return SqlHubDeviceRepository(self.session)
+
+    @cached_property
+    def hub_cas(self) -> SqlHubCARepository:
+        """CA certificates uploaded to the hub."""
+        return SqlHubCARepository(self.session)
+
+    @cached_property
+    def hub_telemetry(self) -> SqlHubTelemetryRepository:
+        """Stored device-to-cloud messages."""
+        return SqlHubTelemetryRepository(self.session)
+
+    @cached_property
+    def hub_c2d(self) -> SqlHubC2DRepository:
+        """The cloud-to-device queue."""
+        return SqlHubC2DRepository(self.session)
+
+    @cached_property
+    def hub_sas_policies(self) -> SqlHubSasPolicyRepository:
+        """Shared-access policies of the hub's service API."""
+        return SqlHubSasPolicyRepository(self.session)
+
+    @cached_property
+    def hub_audit(self) -> SqlHubAuditTrail:
+        """Audit entries of hub use cases."""
+        return SqlHubAuditTrail(self.session)
 
     def publish(self, notification: Notification) -> None:
         """See :meth:`UnitOfWork.publish`."""

@@ -30,6 +30,16 @@ from fleetpki.services.ports.ca import (
 )
 from fleetpki.services.ports.events import EventLog, Notification
 
+# -- hub side ports --
+from fleetpki.services.ports.hub import (
+    HubAuditTrail,
+    HubC2DRepository,
+    HubCARepository,
+    HubDeviceRepository,
+    HubSasPolicyRepository,
+    HubTelemetryRepository,
+)
+
 __all__ = ["EventLog", "Notification", "Store", "UnitOfWork"]
 
 
@@ -88,6 +98,36 @@ class UnitOfWork(Protocol):
         ...
 
     # -- repositories of the hub side (services/ports/hub.py) -----------------------------
+
+    @property
+    def hub_devices(self) -> HubDeviceRepository:
+        """The hub's device registry (identities and twins)."""
+        ...
+
+    @property
+    def hub_cas(self) -> HubCARepository:
+        """CA certificates uploaded to the hub."""
+        ...
+
+    @property
+    def hub_telemetry(self) -> HubTelemetryRepository:
+        """Stored device-to-cloud messages."""
+        ...
+
+    @property
+    def hub_c2d(self) -> HubC2DRepository:
+        """The cloud-to-device queue."""
+        ...
+
+    @property
+    def hub_sas_policies(self) -> HubSasPolicyRepository:
+        """Shared-access policies of the hub's service API."""
+        ...
+
+    @property
+    def hub_audit(self) -> HubAuditTrail:
+        """Audit entries of hub use cases (until the CA side's audit repository lands)."""
+        ...
 
     def publish(self, notification: Notification) -> None:
         """Hand ``notification`` to the in-process event bus once this unit commits.

@@ -52,6 +52,10 @@ class CARepository(Protocol):
         """The CAs that ``ca_id`` certified."""
         ...
 
+    def id_by_sha1(self, sha1_hex: str) -> str | None:
+        """The id of the CA whose certificate has this SHA-1 thumbprint (upper-case hex)."""
+        ...
+
     def add(self, ca: CARecord) -> None:
         """Store a new CA (written at once, so that children may refer to it)."""
         ...

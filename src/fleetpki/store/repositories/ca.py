@@ -30,6 +30,10 @@ class SqlCARepository:
         """See :meth:`CARepository.children_of`."""
         return list(self._session.scalars(select(CARecord).where(CARecord.parent_id == ca_id)))
 
+    def id_by_sha1(self, sha1_hex: str) -> str | None:
+        """See :meth:`CARepository.id_by_sha1`."""
+        return self._session.scalar(select(CARecord.id).where(CARecord.sha1_hex == sha1_hex))
+
     def add(self, ca: CARecord) -> None:
         """See :meth:`CARepository.add`."""
         self._session.add(ca)

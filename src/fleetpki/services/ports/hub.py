@@ -1,0 +1,180 @@
+"""The repositories the hub's control-plane services declare: devices, CAs, messages, policies.
+
+Implemented on SQL by :mod:`fleetpki.store.repositories.hub_devices` and its siblings,
+and reached through the unit of work (``tx.hub_devices``, ``tx.hub_cas``, ...). The
+entities are the records of :mod:`fleetpki.store.hub_models`; services change their
+attributes and the unit of work writes them at commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleetpki.store.hub_models import HubC2DMessage, HubCA, HubDevice, HubMessage, HubSasPolicy
+from fleetpki.store.models import CARecord
+
+__all__ = [
+    "HubAuditTrail",
+    "HubC2DRepository",
+    "HubCARepository",
+    "HubDeviceRepository",
+    "HubSasPolicyRepository",
+    "HubTelemetryRepository",
+    "TelemetryInput",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryInput:
+    """One device-to-cloud message to store.
+
+    Attributes:
+        system_properties: decoded ``$.`` properties by their Azure names.
+        properties: application properties, decoded exactly (a key without ``=``
+            has the value ``None``).
+    """
+
+    device_id: str
+    enqueued_at: dt.datetime
+    body: bytes
+    system_properties: Mapping[str, str] = field(default_factory=dict)
+    properties: Mapping[str, str | None] = field(default_factory=dict)
+    module_id: str | None = None
+
+
+class HubDeviceRepository(Protocol):
+    """Device identities and their twins (one row per device, ref §3.2, §3.3)."""
+
+    def get(self, device_id: str) -> HubDevice | None:
+        """The device ``device_id``, or ``None``."""
+        ...
+
+    def list(self, *, limit: int | None = None) -> Sequence[HubDevice]:
+        """Devices by id, at most ``limit``."""
+        ...
+
+    def add(self, device: HubDevice) -> None:
+        """Register a new device (written at once, so a duplicate id fails here)."""
+        ...
+
+    def delete(self, device: HubDevice) -> None:
+        """Remove a device."""
+        ...
+
+    def count_by_status(self) -> Mapping[str, int]:
+        """How many devices have each status (``enabled``, ``disabled``)."""
+        ...
+
+    def count_connected(self) -> int:
+        """Devices whose recorded connection state is ``Connected``."""
+        ...
+
+
+class HubCARepository(Protocol):
+    """CA certificates uploaded to the hub (ref §4.1)."""
+
+    def get_by_name(self, name: str) -> HubCA | None:
+        """The hub CA called ``name``, or ``None``."""
+        ...
+
+    def find_by_sha1(self, sha1_hex: str) -> HubCA | None:
+        """The hub CA whose certificate has this SHA-1 thumbprint (upper hex), or ``None``."""
+        ...
+
+    def list(self) -> Sequence[HubCA]:
+        """Every hub CA, by name."""
+        ...
+
+    def add(self, ca: HubCA) -> None:
+        """Store a new hub CA (written at once, so a duplicate name fails here)."""
+        ...
+
+    def delete(self, ca: HubCA) -> None:
+        """Remove a hub CA."""
+        ...
+
+    def stamp(self) -> Hashable:
+        """A value that changes whenever any hub CA is added, removed, re-coded or verified."""
+        ...
+
+    def local_ca(self, ca_id: str) -> CARecord | None:
+        """The fleetpki CA ``ca_id`` that ``trust_local_ca`` uploads, or ``None``."""
+        ...
+
+
+class HubTelemetryRepository(Protocol):
+    """Stored device-to-cloud messages (ref §1.5)."""
+
+    def add_batch(self, batch: Sequence[TelemetryInput]) -> None:
+        """Insert ``batch`` in one statement."""
+        ...
+
+    def list(
+        self, *, device_id: str | None, after_id: int | None, limit: int
+    ) -> Sequence[HubMessage]:
+        """Messages in arrival order after ``after_id`` (one device or all), at most ``limit``."""
+        ...
+
+    def latest_id(self, device_id: str | None) -> int:
+        """The newest message id (of one device, or of all), 0 when there is none."""
+        ...
+
+
+class HubC2DRepository(Protocol):
+    """The cloud-to-device queue (ref §1.5)."""
+
+    def add(self, message: HubC2DMessage) -> None:
+        """Queue a message."""
+        ...
+
+    def pending(self, device_id: str) -> Sequence[HubC2DMessage]:
+        """The device's undelivered messages, oldest first."""
+        ...
+
+    def find_pending(self, device_id: str, message_id: str) -> HubC2DMessage | None:
+        """The device's undelivered message ``message_id``, or ``None``."""
+        ...
+
+    def delete_for_device(self, device_id: str) -> None:
+        """Drop every message of ``device_id`` (the device is being deleted)."""
+        ...
+
+
+class HubSasPolicyRepository(Protocol):
+    """Shared-access policies of the service API (ref §3.1)."""
+
+    def names(self) -> frozenset[str]:
+        """The names of the stored policies."""
+        ...
+
+    def get(self, name: str) -> HubSasPolicy | None:
+        """The policy ``name``, or ``None``."""
+        ...
+
+    def add(self, policy: HubSasPolicy) -> None:
+        """Store a new policy."""
+        ...
+
+
+class HubAuditTrail(Protocol):
+    """Audit entries written by hub use cases, in the change's unit of work.
+
+    Transitional: the CA side's audit repository takes this over when it lands.
+    """
+
+    def record(
+        self,
+        *,
+        actor_id: str,
+        source: str,
+        action: str,
+        object_type: str,
+        object_id: str,
+        at: dt.datetime,
+        details: Mapping[str, Any],
+    ) -> None:
+        """Add one audit entry (never secrets in ``details``)."""
+        ...

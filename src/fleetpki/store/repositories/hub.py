@@ -1,0 +1,236 @@
+"""The hub's repositories on SQL: devices with twins, hub CAs, telemetry, C2D, SAS policies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from fleetpki.services.ports.hub import TelemetryInput
+from fleetpki.store.hub_models import HubC2DMessage, HubCA, HubDevice, HubMessage, HubSasPolicy
+from fleetpki.store.models import AuditEntry, CARecord
+
+__all__ = [
+    "SqlHubAuditTrail",
+    "SqlHubC2DRepository",
+    "SqlHubCARepository",
+    "SqlHubDeviceRepository",
+    "SqlHubSasPolicyRepository",
+    "SqlHubTelemetryRepository",
+]
+
+#: The most telemetry rows one page returns.
+_MAX_PAGE = 1000
+
+
+class SqlHubDeviceRepository:
+    """:class:`fleetpki.services.ports.hub.HubDeviceRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, device_id: str) -> HubDevice | None:
+        """See :meth:`HubDeviceRepository.get`."""
+        return self._session.get(HubDevice, device_id)
+
+    def list(self, *, limit: int | None = None) -> Sequence[HubDevice]:
+        """See :meth:`HubDeviceRepository.list`."""
+        query = select(HubDevice).order_by(HubDevice.device_id)
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self._session.scalars(query))
+
+    def add(self, device: HubDevice) -> None:
+        """See :meth:`HubDeviceRepository.add`."""
+        self._session.add(device)
+        self._session.flush()
+
+    def delete(self, device: HubDevice) -> None:
+        """See :meth:`HubDeviceRepository.delete`."""
+        self._session.delete(device)
+        self._session.flush()
+
+    def count_by_status(self) -> Mapping[str, int]:
+        """See :meth:`HubDeviceRepository.count_by_status`."""
+        query = select(HubDevice.status, func.count()).group_by(HubDevice.status)
+        return {str(status): int(count) for status, count in self._session.execute(query).all()}
+
+    def count_connected(self) -> int:
+        """See :meth:`HubDeviceRepository.count_connected`."""
+        query = select(func.count()).where(HubDevice.connection_state == "Connected")
+        return int(self._session.scalar(query) or 0)
+
+
+class SqlHubCARepository:
+    """:class:`fleetpki.services.ports.hub.HubCARepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get_by_name(self, name: str) -> HubCA | None:
+        """See :meth:`HubCARepository.get_by_name`."""
+        return self._session.scalar(select(HubCA).where(HubCA.name == name))
+
+    def find_by_sha1(self, sha1_hex: str) -> HubCA | None:
+        """See :meth:`HubCARepository.find_by_sha1`."""
+        return self._session.scalar(select(HubCA).where(HubCA.sha1_hex == sha1_hex))
+
+    def list(self) -> Sequence[HubCA]:
+        """See :meth:`HubCARepository.list`."""
+        return list(self._session.scalars(select(HubCA).order_by(HubCA.name)))
+
+    def add(self, ca: HubCA) -> None:
+        """See :meth:`HubCARepository.add`."""
+        self._session.add(ca)
+        self._session.flush()
+
+    def delete(self, ca: HubCA) -> None:
+        """See :meth:`HubCARepository.delete`."""
+        self._session.delete(ca)
+        self._session.flush()
+
+    def stamp(self) -> Hashable:
+        """See :meth:`HubCARepository.stamp`.
+
+        Every hub CA's id, etag and verified flag: each trust change gives a new etag
+        or adds or removes a row, so the stamp does not depend on clocks.
+        """
+        query = select(HubCA.id, HubCA.etag, HubCA.is_verified).order_by(HubCA.id)
+        return tuple(tuple(row) for row in self._session.execute(query).all())
+
+    def local_ca(self, ca_id: str) -> CARecord | None:
+        """See :meth:`HubCARepository.local_ca`."""
+        return self._session.get(CARecord, ca_id)
+
+
+class SqlHubTelemetryRepository:
+    """:class:`fleetpki.services.ports.hub.HubTelemetryRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add_batch(self, batch: Sequence[TelemetryInput]) -> None:
+        """See :meth:`HubTelemetryRepository.add_batch` (one multi-row INSERT)."""
+        if not batch:
+            return
+        self._session.execute(
+            insert(HubMessage),
+            [
+                {
+                    "device_id": item.device_id,
+                    "module_id": item.module_id,
+                    "enqueued_at": item.enqueued_at,
+                    "body": bytes(item.body),
+                    "system_properties": dict(item.system_properties),
+                    "properties": dict(item.properties),
+                }
+                for item in batch
+            ],
+        )
+
+    def list(
+        self, *, device_id: str | None, after_id: int | None, limit: int
+    ) -> Sequence[HubMessage]:
+        """See :meth:`HubTelemetryRepository.list`."""
+        query = select(HubMessage).order_by(HubMessage.id).limit(max(1, min(limit, _MAX_PAGE)))
+        if device_id is not None:
+            query = query.where(HubMessage.device_id == device_id)
+        if after_id is not None:
+            query = query.where(HubMessage.id > after_id)
+        return list(self._session.scalars(query))
+
+    def latest_id(self, device_id: str | None) -> int:
+        """See :meth:`HubTelemetryRepository.latest_id`."""
+        query = select(func.max(HubMessage.id))
+        if device_id is not None:
+            query = query.where(HubMessage.device_id == device_id)
+        return int(self._session.scalar(query) or 0)
+
+
+class SqlHubC2DRepository:
+    """:class:`fleetpki.services.ports.hub.HubC2DRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add(self, message: HubC2DMessage) -> None:
+        """See :meth:`HubC2DRepository.add`."""
+        self._session.add(message)
+        self._session.flush()
+
+    def pending(self, device_id: str) -> Sequence[HubC2DMessage]:
+        """See :meth:`HubC2DRepository.pending`."""
+        query = (
+            select(HubC2DMessage)
+            .where(HubC2DMessage.device_id == device_id, HubC2DMessage.status == "pending")
+            .order_by(HubC2DMessage.id)
+        )
+        return list(self._session.scalars(query))
+
+    def find_pending(self, device_id: str, message_id: str) -> HubC2DMessage | None:
+        """See :meth:`HubC2DRepository.find_pending`."""
+        return self._session.scalar(
+            select(HubC2DMessage).where(
+                HubC2DMessage.device_id == device_id,
+                HubC2DMessage.message_id == message_id,
+                HubC2DMessage.status == "pending",
+            )
+        )
+
+    def delete_for_device(self, device_id: str) -> None:
+        """See :meth:`HubC2DRepository.delete_for_device`."""
+        self._session.execute(delete(HubC2DMessage).where(HubC2DMessage.device_id == device_id))
+
+
+class SqlHubSasPolicyRepository:
+    """:class:`fleetpki.services.ports.hub.HubSasPolicyRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def names(self) -> frozenset[str]:
+        """See :meth:`HubSasPolicyRepository.names`."""
+        return frozenset(self._session.scalars(select(HubSasPolicy.name)))
+
+    def get(self, name: str) -> HubSasPolicy | None:
+        """See :meth:`HubSasPolicyRepository.get`."""
+        return self._session.get(HubSasPolicy, name)
+
+    def add(self, policy: HubSasPolicy) -> None:
+        """See :meth:`HubSasPolicyRepository.add`."""
+        self._session.add(policy)
+        self._session.flush()
+
+
+class SqlHubAuditTrail:
+    """:class:`fleetpki.services.ports.hub.HubAuditTrail` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def record(
+        self,
+        *,
+        actor_id: str,
+        source: str,
+        action: str,
+        object_type: str,
+        object_id: str,
+        at: dt.datetime,
+        details: Mapping[str, Any],
+    ) -> None:
+        """See :meth:`HubAuditTrail.record`."""
+        self._session.add(
+            AuditEntry(
+                at=at,
+                actor_id=actor_id,
+                action=action,
+                object_type=object_type,
+                object_id=object_id,
+                source=source[:128],
+                details=dict(details),
+            )
+        )
