@@ -21,6 +21,8 @@ from fleetpki.services.authority import CAUrlsConfig, HierarchySpec, create_hier
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock, system_clock
 from fleetpki.services.delivery import DEFAULT_POLL, ConsumerWorker, EventDelivery, Handler
 from fleetpki.services.events import EventBus
+from fleetpki.services.hub_management import HubManagementService, hub_identity
+from fleetpki.services.token_issuer import LocalTokenIssuer
 from fleetpki.settings import Settings
 from fleetpki.store.db import Database
 from fleetpki.store.models import CARecord, Principal, TemplateRecord
@@ -60,6 +62,17 @@ class FleetPKI:
         self.events = EventBus()
         self.store = SqlStore(database, self.events)
         self.delivery = EventDelivery(self.store, clock)
+        # Hub side, Azure's management plane (issue 9): the hub as an ARM resource, and
+        # fleetpki's own client-credentials token endpoint (off unless enabled).
+        self.hub_management = HubManagementService(self.store, clock, hub_identity(settings))
+        self.token_issuer = LocalTokenIssuer(
+            self.store,
+            clock,
+            home=settings.home,
+            public_url=settings.public_url,
+            tenant_id=self.hub_management.identity.tenant_id,
+            enabled=settings.token_endpoint_enabled,
+        )
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []
         self._listener: NotifyListener | None = None
