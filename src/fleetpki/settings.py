@@ -58,6 +58,11 @@ class Settings:
             status cannot be established (default: refuse them).
         hub_node: this hub node's name; every hub process sharing one database needs
             its own, since each node gets its own delivery of every revocation.
+        arm_subscription_id / arm_resource_group / arm_hub_name: the Azure resource path
+            under which the built-in hub answers Azure's management API (empty: derived
+            from the home and the hostname, see ``services.hub_management``).
+        token_endpoint_enabled / token_tenant_id: serve the client-credentials token
+            endpoint that azure-identity's ClientSecretCredential calls (off by default).
     """
 
     home: Path
@@ -73,6 +78,11 @@ class Settings:
     token_audience: str = ""
     hub_revocation_soft_fail: bool = False
     hub_node: str = "builtin"
+    arm_subscription_id: str = ""
+    arm_resource_group: str = "fleetpki"
+    arm_hub_name: str = ""
+    token_endpoint_enabled: bool = False
+    token_tenant_id: str = ""
 
     @property
     def keys_dir(self) -> Path:

@@ -39,6 +39,8 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.status",
     "fleetpki.api.est",
     "fleetpki.api.hub_websocket",
+    "fleetpki.api.arm",
+    "fleetpki.api.oauth",
 )
 
 

@@ -36,6 +36,7 @@ from fleetpki.services.events import EventBus
 from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
 from fleetpki.services.hub_devices import HubDeviceService
+from fleetpki.services.hub_management import HubManagementService, hub_identity
 from fleetpki.services.hub_messages import HubMessageService
 from fleetpki.services.hub_methods import HubMethodService
 from fleetpki.services.hub_sas import HubSasService
@@ -46,6 +47,7 @@ from fleetpki.services.principals import PrincipalService
 from fleetpki.services.renewal import RenewalService
 from fleetpki.services.revocation_status import RevocationStatusService
 from fleetpki.services.server_cert import ServerCertificateService
+from fleetpki.services.token_issuer import LocalTokenIssuer
 from fleetpki.settings import Settings
 from fleetpki.store.db import Database
 from fleetpki.store.models import Principal
@@ -131,6 +133,17 @@ class FleetPKI:
             trust=self.hub_trust,
         )
         # -- end of the hub side ----------------------------------------------------------
+        # Hub side, Azure's management plane (issue 9): the hub as an ARM resource, and
+        # fleetpki's own client-credentials token endpoint (off unless enabled).
+        self.hub_management = HubManagementService(self.store, now, hub_identity(settings))
+        self.token_issuer = LocalTokenIssuer(
+            self.store,
+            now,
+            home=settings.home,
+            public_url=settings.public_url,
+            tenant_id=self.hub_management.identity.tenant_id,
+            enabled=settings.token_endpoint_enabled,
+        )
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []
         self._listener: NotifyListener | None = None

@@ -192,7 +192,7 @@ def _create_token(
     return NewToken(token.id, secret, principal.id, token.expires_at)
 
 
-def _authenticate_token(tx: UnitOfWork, secret: str, *, now: dt.datetime) -> Principal:
+def authenticate_token_in(tx: UnitOfWork, secret: str, *, now: dt.datetime) -> Principal:
     if not secret.startswith(TOKEN_PREFIX):
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
     digest = _hash_token(secret)
@@ -307,7 +307,7 @@ class PrincipalService:
             AuthenticationError: ``auth.bad_token`` for unknown, expired or revoked tokens.
         """
         with self._store.transaction() as tx:
-            return principal_view(_authenticate_token(tx, secret, now=self._clock()))
+            return principal_view(authenticate_token_in(tx, secret, now=self._clock()))
 
 
 # -- transitional: for callers still handed a session (the CLI, tests' setup) -------------
@@ -369,4 +369,4 @@ def create_token(
 
 def authenticate_token(session: Any, secret: str, *, now: dt.datetime) -> Principal:
     """The principal of a bearer token, in the session's unit of work (transitional)."""
-    return _authenticate_token(unit_of(session), secret, now=now)
+    return authenticate_token_in(unit_of(session), secret, now=now)
