@@ -34,8 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fleetpki.api.background import free_port
+from fleetpki.application import FleetPKI, init_home
 from fleetpki.keystore import load_or_create_passphrase
-from fleetpki.services import Actor, FleetPKI, authority, domains, init_home
+from fleetpki.services import Actor, authority, domains
 from fleetpki.settings import Settings
 
 __all__ = [

@@ -96,7 +96,8 @@ def make_certs(folder: Path, devices: int) -> Certs:
     (certificateAuthority). The server certificate is the one ``fleetpki serve`` uses;
     copies readable by mosquitto's user go into ``folder``.
     """
-    from fleetpki.services import Actor, authority, hub_registry, hub_trust, init_home
+    from fleetpki.application import init_home
+    from fleetpki.services import Actor, authority, hub_registry, hub_trust
     from fleetpki.services.certificates import IssueCommand, issue
     from fleetpki.services.context import LOCAL_ADMIN_ID
     from fleetpki.services.domains import register_domain

@@ -26,16 +26,9 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_common import connect_clients, workdir
 
+from fleetpki.application import FleetPKI, init_home
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import (
-    Actor,
-    FleetPKI,
-    authority,
-    certificates,
-    hub_registry,
-    hub_trust,
-    init_home,
-)
+from fleetpki.services import Actor, authority, certificates, hub_registry, hub_trust
 from fleetpki.services.hub_registry import DeviceSpec
 from fleetpki.settings import Settings
 

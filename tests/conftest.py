@@ -13,9 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from fleetpki.application import FleetPKI, init_home
 from fleetpki.keystore import PrivateKey
 from fleetpki.pki.keys import KeySpec, generate_key
-from fleetpki.services import Actor, FleetPKI, init_home
+from fleetpki.services import Actor
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.principals import add_principal
 from fleetpki.settings import Settings

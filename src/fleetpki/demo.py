@@ -24,10 +24,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fleetpki.application import FleetPKI, init_home
 from fleetpki.errors import FleetPKIError
 from fleetpki.keystore import load_or_create_passphrase
 from fleetpki.pki.keys import KeySpec
-from fleetpki.services import Actor, FleetPKI, init_home
+from fleetpki.services import Actor
 from fleetpki.settings import Settings
 
 __all__ = ["STEPS", "DemoState", "Step", "run_demo"]

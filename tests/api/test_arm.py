@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
-from fleetpki.services import FleetPKI
+from fleetpki.application import FleetPKI
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
 from fleetpki.services.hub_management import HubIdentity
 from fleetpki.services.hub_trust import trust_anchors

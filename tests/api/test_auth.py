@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from fleetpki.api import create_app
 from fleetpki.api.oidc import OIDCVerifier
-from fleetpki.services import FleetPKI
+from fleetpki.application import FleetPKI
 from fleetpki.store.models import Principal
 from support.api import TestClient
 

@@ -109,7 +109,7 @@ def test_cli_monitor_and_send(tmp_path: Path) -> None:
 
     assert cli("init").returncode == 0
     assert cli("hub", "device", "add", "dev-1").returncode == 0
-    from fleetpki.services import FleetPKI
+    from fleetpki.application import FleetPKI
     from fleetpki.settings import Settings
 
     fleet = FleetPKI.open(Settings.load(home))

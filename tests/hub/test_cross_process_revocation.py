@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from fleetpki.services import FleetPKI, hub_registry, init_home
+from fleetpki.application import FleetPKI, init_home
+from fleetpki.services import hub_registry
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.hub_registry import DeviceSpec
 from fleetpki.settings import Settings

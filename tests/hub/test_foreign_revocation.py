@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from fleetpki.application import FleetPKI
 from fleetpki.errors import AuthenticationError
 from fleetpki.hub.protocol import Connect, encode
 from fleetpki.hub.server import start_hub
@@ -38,7 +39,7 @@ from fleetpki.pki.ocsp import (
     parse_ocsp_request,
 )
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import FleetPKI, authority, foreign_revocation, hub_registry, hub_trust
+from fleetpki.services import authority, foreign_revocation, hub_registry, hub_trust
 from fleetpki.services.hub_authentication import DeviceAuthenticator
 from fleetpki.services.hub_registry import DeviceSpec
 from support.hub import issue_device

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from fleetpki.application import FleetPKI
 from fleetpki.errors import AuthenticationError, ConflictError, FleetPKIError, NotFoundError
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, FleetPKI, certificates
+from fleetpki.services import Actor, certificates
 from fleetpki.services.delivery import ConsumerWorker
 from fleetpki.services.events import HubEventListener
 from fleetpki.services.hub_devices import AuthType, DeviceSpec, DeviceStatus
@@ -365,7 +366,7 @@ class _RecordingInvoker:
 @pytest.fixture
 def other_fleet(tmp_path: Any, key_passphrase: None) -> Iterator[FleetPKI]:
     """A second application in this process, on a database of its own."""
-    from fleetpki.services import init_home
+    from fleetpki.application import init_home
     from fleetpki.services.authority import HierarchySpec
     from fleetpki.settings import Settings
 

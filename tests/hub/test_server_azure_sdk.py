@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from fleetpki.application import FleetPKI
 from fleetpki.hub.backend import C2DMessage
-from fleetpki.services import FleetPKI
 from support.hub import issue_device, start_hub_thread
 
 AZURE_PYTHON = Path(__file__).resolve().parents[2] / ".venv-azure" / "bin" / "python"

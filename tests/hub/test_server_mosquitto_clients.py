@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fleetpki.application import FleetPKI
 from fleetpki.hub.backend import C2DMessage
-from fleetpki.services import FleetPKI
 from support.hub import DeviceFiles, LiveHub, issue_device, start_hub_thread
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from fleetpki.application import FleetPKI
 from fleetpki.hub.backend import C2DMessage
 from fleetpki.hub.methods import DeviceNotOnline, MethodResult
 from fleetpki.hub.protocol import Connect, encode
-from fleetpki.services import FleetPKI
 from support.hub import DeviceFiles, ForeignCA, LiveHub, issue_device, start_hub_thread
 
 WAIT = 20.0

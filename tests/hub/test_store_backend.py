@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from fleetpki.application import FleetPKI
 from fleetpki.errors import AuthenticationError
 from fleetpki.hub.backend import (
     C2DQueued,
@@ -16,7 +17,7 @@ from fleetpki.hub.backend import (
 )
 from fleetpki.hub.store_backend import StoreHubBackend
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, FleetPKI, certificates, hub_messages, hub_registry, hub_trust
+from fleetpki.services import Actor, certificates, hub_messages, hub_registry, hub_trust
 from fleetpki.services.hub_registry import DeviceSpec, DeviceStatus
 from fleetpki.services.outbox import CERTIFICATE_REVOKED, enqueue_event
 from support.hub_control import issue_device_certificate, issuing_ca

@@ -22,11 +22,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import select
 
+from fleetpki.application import FleetPKI
 from fleetpki.keystore import load_or_create_passphrase
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import (
     Actor,
-    FleetPKI,
     authority,
     certificates,
     hub_messages,

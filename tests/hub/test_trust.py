@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from fleetpki.application import FleetPKI
 from fleetpki.errors import AuthenticationError, ConflictError, FleetPKIError, NotFoundError
-from fleetpki.services import FleetPKI
 from fleetpki.services.hub_devices import DeviceSpec
 from support.hub_control import ForeignCA, authenticator, issue_device_certificate, issuing_ca
 

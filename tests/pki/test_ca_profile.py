@@ -8,8 +8,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from fleetpki.application import init_home
 from fleetpki.pki.keys import CA_KEY_SPECS, KeySpec
-from fleetpki.services import authority, init_home
+from fleetpki.services import authority
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.settings import Settings
 from support.openssl import verify

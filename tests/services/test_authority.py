@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conftest import ALICE, make_csr
+from fleetpki.application import FleetPKI
 from fleetpki.errors import NotFoundError
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, FleetPKI
+from fleetpki.services import Actor
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.ca_views import CAView
 from fleetpki.services.certificates import CertificateQuery, IssueCommand

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 
-from fleetpki.services import FleetPKI
+from fleetpki.application import FleetPKI
 from fleetpki.services.delivery import Backoff, ConsumerWorker, EventDelivery
 from fleetpki.services.notifications import EventsWritten, Notification, TrustChanged
 from fleetpki.services.outbox import CERTIFICATE_REVOKED, enqueue_event

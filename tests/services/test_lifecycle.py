@@ -10,12 +10,13 @@ from cryptography import x509
 from sqlalchemy import func, select
 
 from conftest import ALICE, BOB, make_csr
+from fleetpki.application import FleetPKI
 from fleetpki.errors import AuthenticationError, ConflictError, FleetPKIError, PermissionDenied
 from fleetpki.keystore import PrivateKey
 from fleetpki.pki.certtoken import make_certificate_token
 from fleetpki.pki.keys import KeySpec
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, FleetPKI
+from fleetpki.services import Actor
 from fleetpki.services.ca_views import CAView, DomainView, IssuedView
 from fleetpki.services.certificates import CertificateQuery, IssueCommand
 from fleetpki.services.outbox import CERTIFICATE_REVOKED

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from conftest import ALICE, make_csr
+from fleetpki.application import FleetPKI
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, FleetPKI, authority, certificates, domains
+from fleetpki.services import Actor, authority, certificates, domains
 from fleetpki.services.certificates import IssueCommand
 from fleetpki.services.revocation_status import (
     CRL_LIFETIME,

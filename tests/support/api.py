@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from fleetpki.api import create_app
-from fleetpki.services import FleetPKI
+from fleetpki.application import FleetPKI
 from fleetpki.services.authority import list_cas
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
 from fleetpki.services.principals import create_token

@@ -27,12 +27,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleetpki.application import FleetPKI
 from fleetpki.hub.backend import C2DMessage, TelemetryRecord, Twin
 from fleetpki.hub.broker import Broker
 from fleetpki.hub.server import HubServer, start_hub
 from fleetpki.hub.store_backend import StoreHubBackend
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, FleetPKI, certificates, hub_messages, hub_registry, hub_trust
+from fleetpki.services import Actor, certificates, hub_messages, hub_registry, hub_trust
 from fleetpki.services.authority import ca_certificate, list_cas
 from fleetpki.services.certificates import IssueCommand, issue
 from fleetpki.services.context import LOCAL_ADMIN_ID

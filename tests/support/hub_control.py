@@ -8,10 +8,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleetpki.application import FleetPKI
 from fleetpki.hub.policy import DevicePolicy
 from fleetpki.keystore import PrivateKey
 from fleetpki.pki.keys import KeySpec, generate_key
-from fleetpki.services import Actor, FleetPKI, authority, certificates, domains
+from fleetpki.services import Actor, authority, certificates, domains
 from fleetpki.services.certificates import IssueCommand
 from fleetpki.services.foreign_revocation import Fetcher, RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator

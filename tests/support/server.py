@@ -13,7 +13,7 @@ import uvloop
 from fastapi import FastAPI
 
 from fleetpki.api.server import Only, PreparedServer, bind_socket, prepare_server, run_servers
-from fleetpki.services import FleetPKI, init_home
+from fleetpki.application import FleetPKI, init_home
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
 from fleetpki.services.principals import create_token

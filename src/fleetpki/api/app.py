@@ -22,8 +22,8 @@ from fleetpki.api.problems import (
     unexpected_error_handler,
     validation_error_handler,
 )
+from fleetpki.application import FleetPKI
 from fleetpki.errors import FleetPKIError, ValidationError
-from fleetpki.services import FleetPKI
 
 __all__ = ["MAX_BODY_BYTES", "BodyLimitMiddleware", "create_app"]
 

@@ -33,13 +33,13 @@ from fastapi.routing import APIRoute
 from fleetpki.api.auth import bearer_token
 from fleetpki.api.deps import client_source, get_fleet
 from fleetpki.api.oidc import OIDCVerifier
+from fleetpki.application import FleetPKI
 from fleetpki.errors import (
     AuthenticationError,
     FleetPKIError,
     ValidationError,
     http_status_for,
 )
-from fleetpki.services import FleetPKI
 from fleetpki.services.hub_management import (
     ARM_AUDIENCES,
     ApiTokenSecret,

@@ -10,8 +10,8 @@ from types import TracebackType
 import uvloop
 
 from fleetpki.api.server import Only, PreparedServer, bind_socket, prepare_server, run_servers
+from fleetpki.application import FleetPKI
 from fleetpki.errors import FleetPKIError
-from fleetpki.services import FleetPKI
 
 __all__ = ["ServerThread", "free_port"]
 

@@ -7,7 +7,7 @@ from typing import cast
 from fastapi import Request
 
 from fleetpki.api.metrics import Metrics
-from fleetpki.services import FleetPKI
+from fleetpki.application import FleetPKI
 
 __all__ = ["client_source", "get_fleet", "get_metrics"]
 

@@ -35,8 +35,9 @@ from fleetpki.api.auth import Caller, caller_for_token, require_caller
 from fleetpki.api.deps import client_source, get_fleet
 from fleetpki.api.problems import problem_response
 from fleetpki.api.tls import client_certificate_der
+from fleetpki.application import FleetPKI
 from fleetpki.errors import AuthenticationError, ValidationError, http_status_for
-from fleetpki.services import Actor, FleetPKI
+from fleetpki.services import Actor
 from fleetpki.services.certificates import IssueCommand
 
 __all__ = ["CSRATTRS_DER", "router"]

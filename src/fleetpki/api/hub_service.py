@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from fleetpki.api.deps import get_fleet
+from fleetpki.application import FleetPKI
 from fleetpki.errors import (
     AuthenticationError,
     FleetPKIError,
@@ -29,7 +30,7 @@ from fleetpki.errors import (
     ValidationError,
     http_status_for,
 )
-from fleetpki.services import FleetPKI, hub_sas
+from fleetpki.services import hub_sas
 from fleetpki.services.hub_devices import AuthType, DeviceSpec, DeviceStatus, HubDeviceView
 from fleetpki.services.hub_methods import DEFAULT_METHOD_TIMEOUT
 from fleetpki.services.hub_sas import Right, SasCaller

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from fleetpki.api.auth import Caller, require_admin
 from fleetpki.api.deps import get_fleet
 from fleetpki.api.presenters import iso
-from fleetpki.services import FleetPKI
+from fleetpki.application import FleetPKI
 from fleetpki.services.hub_messages import HubMessageView
 
 __all__ = ["C2DIn", "C2DOut", "MessageOut", "message_out", "router"]

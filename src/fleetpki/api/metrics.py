@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleetpki.services import FleetPKI
+from fleetpki.application import FleetPKI
 
 __all__ = ["METRICS_CONTENT_TYPE", "LatencyMiddleware", "Metrics"]
 

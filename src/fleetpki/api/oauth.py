@@ -17,8 +17,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from fleetpki.api.deps import get_fleet
+from fleetpki.application import FleetPKI
 from fleetpki.errors import AuthenticationError, FleetPKIError, NotFoundError
-from fleetpki.services import FleetPKI
 from fleetpki.services.token_issuer import ClientCredentialsGrant
 
 __all__ = ["router"]

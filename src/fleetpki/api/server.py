@@ -18,8 +18,8 @@ from fastapi import FastAPI
 
 from fleetpki.api.app import create_app
 from fleetpki.api.tls import http_protocol_class, server_ssl_context
+from fleetpki.application import FleetPKI
 from fleetpki.errors import ConflictError, ValidationError
-from fleetpki.services import FleetPKI
 from fleetpki.services.server_cert import ServerTLSFiles
 from fleetpki.settings import Settings
 

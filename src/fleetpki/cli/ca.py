@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fleetpki.application import FleetPKI
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import (
     Output,
@@ -18,7 +19,6 @@ from fleetpki.cli.output import (
     table,
     write_out,
 )
-from fleetpki.services import FleetPKI
 
 __all__ = ["app"]
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fleetpki.application import FleetPKI
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.inputs import load_private_key, parse_duration, read_file
 from fleetpki.cli.output import (
@@ -26,7 +27,7 @@ from fleetpki.cli.output import (
 from fleetpki.keystore import PrivateKey
 from fleetpki.pki.certtoken import make_certificate_token
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, FleetPKI
+from fleetpki.services import Actor
 from fleetpki.services.ca_views import IssuedView
 from fleetpki.services.certificates import CertificateQuery, IssueCommand, load_certificate_pem
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import typer
 
+from fleetpki.application import FleetPKI
 from fleetpki.client import Client
 from fleetpki.errors import ValidationError
-from fleetpki.services import FleetPKI
 from fleetpki.settings import Settings, resolve_home
 
 __all__ = ["CliContext", "UsageProblem", "cli_context"]

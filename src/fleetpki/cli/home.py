@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
+from fleetpki.application import InitResult, init_home
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import console, err_console
 from fleetpki.pki.keys import KeySpec
-from fleetpki.services import init_home
-from fleetpki.services.app import InitResult
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.settings import Settings
 

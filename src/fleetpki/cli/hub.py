@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fleetpki.application import FleetPKI
 from fleetpki.cli.context import CliContext, cli_context
 from fleetpki.cli.output import (
     Output,
@@ -21,7 +22,6 @@ from fleetpki.cli.output import (
 from fleetpki.client import Client
 from fleetpki.errors import ValidationError
 from fleetpki.hub.policy import DeviceStatus
-from fleetpki.services import FleetPKI
 from fleetpki.services.hub_devices import DeviceSpec
 
 __all__ = ["app"]

@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 import typer
 
+from fleetpki.application import FleetPKI
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import Output, OutputOption, console, print_json, print_table, table
-from fleetpki.services import Actor, FleetPKI
+from fleetpki.services import Actor
 from fleetpki.services.ca_views import PrincipalView
 
 __all__ = ["app"]

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 import typer
 
+from fleetpki.application import FleetPKI
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import Output, OutputOption, print_json, print_table, table
 from fleetpki.pki.profile import Template
-from fleetpki.services import FleetPKI
 
 __all__ = ["app"]
 

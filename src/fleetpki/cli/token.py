@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
+from fleetpki.application import FleetPKI
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.inputs import parse_duration
 from fleetpki.cli.output import err_console
-from fleetpki.services import Actor, FleetPKI
+from fleetpki.services import Actor
 from fleetpki.services.principals import NewToken
 
 __all__ = ["app"]

@@ -45,6 +45,7 @@ from typing import Any
 
 from cryptography import x509
 
+from fleetpki.application import FleetPKI
 from fleetpki.hub.backend import (
     AuthenticatedDevice,
     C2DMessage,
@@ -57,7 +58,6 @@ from fleetpki.hub.backend import (
     Twin,
 )
 from fleetpki.hub.broker import Broker
-from fleetpki.services.app import FleetPKI
 from fleetpki.services.delivery import ConsumerWorker
 from fleetpki.services.events import HubEventListener
 from fleetpki.services.hub_authentication import DeviceAuthenticator

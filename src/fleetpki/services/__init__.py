@@ -1,13 +1,12 @@
-"""Use cases: domains, issuance, renewal, revocation, CAs, principals, audit and outbox.
+"""Use cases: one service class per noun, built by :class:`fleetpki.application.FleetPKI`.
 
-:class:`FleetPKI` bundles what the use cases need (settings, database, keystore,
-clock) for the entry points: the CLI and the HTTP API build one and call the
-functions of the modules here inside its transactions.
+Each service owns its unit of work: CAs and templates, certificates (issuance, renewal,
+revocation), domains, principals and tokens, revocation status (CRL and OCSP), audit, the
+outbox's delivery, and the built-in hub's devices, twins, messages, methods and trust.
 """
 
 from __future__ import annotations
 
-from fleetpki.services.app import FleetPKI, init_home
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock, system_clock
 
-__all__ = ["LOCAL_ADMIN_ID", "Actor", "Clock", "FleetPKI", "init_home", "system_clock"]
+__all__ = ["LOCAL_ADMIN_ID", "Actor", "Clock", "system_clock"]

@@ -39,7 +39,7 @@ from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.ports import Store
 
 if TYPE_CHECKING:
-    from fleetpki.services.app import FleetPKI
+    from fleetpki.application import FleetPKI
 
 __all__ = [
     "SERVER_CERT_DAYS",

@@ -5,7 +5,7 @@ A use case is one call on a service object; the service opens one unit of work w
 holds, and returns plain views (frozen dataclasses), never ORM objects. Nothing here
 knows about SQLAlchemy: ``fleetpki.store`` implements these Protocols
 (:class:`fleetpki.store.unit_of_work.SqlStore`), and the application object
-(:class:`fleetpki.services.app.FleetPKI`) wires the implementation in.
+(:class:`fleetpki.application.FleetPKI`) wires the implementation in.
 
 Entities are the records of ``fleetpki.store.models`` (plain mapped classes): services
 read and change their attributes inside a unit of work, and the unit of work writes
