@@ -17,7 +17,7 @@ from fleetpki.hub.azure import (
     AzureProtocolError,
     AzureProtocolErrorCode,
     C2DAck,
-    DeviceIdentity,
+    ClientIdentity,
     MessageProperties,
     MethodResponse,
     SystemProperties,
@@ -46,8 +46,8 @@ CAPTURED_USERNAME = (
     "localhost/dev1/?api-version=2019-10-01&DeviceClientType="
     "azure-iot-device-iothub-py%2F2.14.0%283.11.7%3BLinux%205.15%3Bx86_64%29"
 )
-DEVICE = DeviceIdentity("dev1")
-MODULE = DeviceIdentity("dev1", "mod1")
+DEVICE = ClientIdentity("dev1")
+MODULE = ClientIdentity("dev1", "mod1")
 
 
 def sdk_extract_properties(topic: str) -> dict[str, str]:
@@ -79,11 +79,11 @@ def test_the_captured_username() -> None:
         ("hub.example/dev1/", "dev1", DEVICE),
         ("hub.example/dev1/mod1/?api-version=2019-10-01", "dev1/mod1", MODULE),
         # Device ids may hold - . + % _ # * ? ! ( ) , = @ $ ' and are sent raw.
-        ("hub.example/a+b?c#d=e/?api-version=1", "a+b?c#d=e", DeviceIdentity("a+b?c#d=e")),
-        ("hub.example/x%20y/?api-version=1", "x%20y", DeviceIdentity("x%20y")),
+        ("hub.example/a+b?c#d=e/?api-version=1", "a+b?c#d=e", ClientIdentity("a+b?c#d=e")),
+        ("hub.example/x%20y/?api-version=1", "x%20y", ClientIdentity("x%20y")),
     ],
 )
-def test_usernames_accepted(username: str, client_id: str, identity: DeviceIdentity) -> None:
+def test_usernames_accepted(username: str, client_id: str, identity: ClientIdentity) -> None:
     assert parse_username(username, client_id, hub_hostnames=["hub.example"]).identity == identity
 
 
@@ -301,7 +301,7 @@ def test_decoding_any_text_raises_only_azure_errors(bag: str) -> None:
         # The SDK percent-encodes ids in topics: 'a b+c' becomes 'a%20b%2Bc'.
         (
             "devices/a%20b%2Bc/messages/events/",
-            DeviceIdentity("a b+c"),
+            ClientIdentity("a b+c"),
             Telemetry(MessageProperties()),
         ),
         ("$iothub/twin/GET/?$rid=42", DEVICE, TwinGetRequest("42")),
@@ -312,7 +312,7 @@ def test_decoding_any_text_raises_only_azure_errors(bag: str) -> None:
         ("$iothub/methods/res/-1/?$rid=x%2Fy", DEVICE, MethodResponse(-1, "x/y")),
     ],
 )
-def test_device_topics(topic: str, identity: DeviceIdentity, expected: object) -> None:
+def test_device_topics(topic: str, identity: ClientIdentity, expected: object) -> None:
     assert parse_device_topic(topic, identity) == expected
 
 
@@ -334,7 +334,7 @@ def test_device_topics(topic: str, identity: DeviceIdentity, expected: object) -
         ("telemetry", DEVICE),
     ],
 )
-def test_topics_a_device_may_not_publish(topic: str, identity: DeviceIdentity) -> None:
+def test_topics_a_device_may_not_publish(topic: str, identity: ClientIdentity) -> None:
     with pytest.raises(AzureProtocolError) as caught:
         parse_device_topic(topic, identity)
     assert caught.value.code == AzureProtocolErrorCode.TOPIC_NOT_ALLOWED
@@ -366,7 +366,7 @@ def test_known_topics_with_bad_parameters(topic: str) -> None:
         (METHODS_FILTER, DEVICE, True),
         ("devices/dev1/modules/mod1/inputs/#", MODULE, True),
         ("devices/dev1/#", DEVICE, True),
-        ("devices/a%20b/messages/devicebound/#", DeviceIdentity("a b"), True),
+        ("devices/a%20b/messages/devicebound/#", ClientIdentity("a b"), True),
         ("devices/dev2/messages/devicebound/#", DEVICE, False),
         ("devices/+/messages/devicebound/#", DEVICE, False),
         ("devices/#", DEVICE, False),
@@ -379,14 +379,14 @@ def test_known_topics_with_bad_parameters(topic: str) -> None:
         ("+/dev1/messages/devicebound/#", DEVICE, False),
     ],
 )
-def test_own_subscriptions(topic_filter: str, identity: DeviceIdentity, allowed: bool) -> None:
+def test_own_subscriptions(topic_filter: str, identity: ClientIdentity, allowed: bool) -> None:
     validate_topic_filter(topic_filter)
     assert is_own_topic(topic_filter, identity, is_filter=True) is allowed
 
 
 def test_a_device_named_like_a_wildcard_cannot_subscribe_with_it() -> None:
-    assert not is_own_topic("devices/+/messages/devicebound/#", DeviceIdentity("+"), is_filter=True)
-    assert is_own_topic("devices/%2B/messages/devicebound/#", DeviceIdentity("+"), is_filter=True)
+    assert not is_own_topic("devices/+/messages/devicebound/#", ClientIdentity("+"), is_filter=True)
+    assert is_own_topic("devices/%2B/messages/devicebound/#", ClientIdentity("+"), is_filter=True)
 
 
 # --- hub-to-device topics (ref §1.5-§1.7) -------------------------------------------------------

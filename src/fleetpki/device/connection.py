@@ -43,13 +43,11 @@ from fleetpki.hub.azure.topics import (
     DESIRED_PATCH_FILTER,
     METHODS_FILTER,
     TWIN_RESPONSE_FILTER,
+    ClientIdentity,
     MessageProperties,
     SystemProperties,
     decode_property_bag,
     encode_property_bag,
-)
-from fleetpki.hub.azure.topics import (
-    DeviceIdentity as TopicIdentity,
 )
 
 __all__ = [
@@ -159,7 +157,7 @@ class DeviceClient:
         self._client_type = client_type
         self._given_context = ssl_context
         self._identity = identity
-        self._topics = TopicIdentity(identity.device_id)
+        self._topics = ClientIdentity(identity.device_id)
         self._lock = threading.Lock()
         self._filters: set[str] = set()
         self._pending: dict[str, _Pending] = {}

@@ -17,6 +17,12 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from fleetpki.hub.policy import AuthenticatedDevice
+from fleetpki.services.notifications import (
+    C2DQueued,
+    CertificateRevoked,
+    DesiredPatched,
+    DeviceBlocked,
+)
 
 __all__ = [
     "AuthenticatedDevice",
@@ -87,38 +93,8 @@ class C2DMessage:
     properties: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class CertificateRevoked:
-    """A certificate was revoked: close sessions that use it and refuse it from now on."""
-
-    sha1: str | None = None
-    serial: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceBlocked:
-    """A device was disabled or deleted: close its session and refuse it from now on."""
-
-    device_id: str
-    reason: str = "hub.device_disabled"
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredPatched:
-    """Desired properties changed; ``patch`` holds the changed keys (``None`` deletes)."""
-
-    device_id: str
-    patch: Mapping[str, Any]
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class C2DQueued:
-    """A cloud-to-device message was queued for ``device_id``."""
-
-    device_id: str
-
-
+#: What the broker reacts to: the application's hub notifications (one class each, in
+#: :mod:`fleetpki.services.notifications`).
 HubEvent = CertificateRevoked | DeviceBlocked | DesiredPatched | C2DQueued
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fleetpki.hub.azure.topics import DeviceIdentity
+from fleetpki.hub.azure.topics import ClientIdentity
 from fleetpki.hub.backend import AuthenticatedDevice
 from fleetpki.hub.protocol import ServerConnection
 
@@ -16,7 +16,7 @@ class Link(Protocol):
 
     mqtt: ServerConnection
     device: AuthenticatedDevice | None
-    identity: DeviceIdentity | None
+    identity: ClientIdentity | None
     unacked: int
 
     def write(self, data: bytes) -> None:

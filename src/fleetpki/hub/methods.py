@@ -8,9 +8,10 @@ import uuid
 from typing import Any
 
 from fleetpki.errors import FleetPKIError, NotFoundError
-from fleetpki.hub.azure.topics import DeviceIdentity, MethodResponse, method_request_topic
+from fleetpki.hub.azure.topics import ClientIdentity, MethodResponse, method_request_topic
 from fleetpki.hub.link import Link
 from fleetpki.hub.protocol import QoS
+from fleetpki.services.hub_methods import MethodResult
 
 __all__ = [
     "DEFAULT_METHOD_TIMEOUT",
@@ -44,20 +45,6 @@ class MethodTimeout(FleetPKIError):
         )
         #: Azure's error code for this failure (ref §3.4).
         self.azure_error_code = 504101
-
-
-class MethodResult:
-    """A device's answer to a direct method: its status and JSON payload (ref §3.4)."""
-
-    __slots__ = ("payload", "status")
-
-    def __init__(self, status: int, payload: Any) -> None:
-        self.status = status
-        self.payload = payload
-
-    def as_json(self) -> dict[str, Any]:
-        """The service API's body: ``{"status": n, "payload": ...}``."""
-        return {"status": self.status, "payload": self.payload}
 
 
 class MethodCalls:
@@ -97,7 +84,7 @@ class MethodCalls:
         finally:
             self._pending.pop(key, None)
 
-    def answered(self, identity: DeviceIdentity, answer: MethodResponse, body: bytes) -> None:
+    def answered(self, identity: ClientIdentity, answer: MethodResponse, body: bytes) -> None:
         """A device published a method response: complete its call (late answers are dropped)."""
         future = self._pending.get((identity.client_id, answer.rid))
         if future is None or future.done():

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from fleetpki.errors import ConflictError
-from fleetpki.hub.azure.topics import DeviceIdentity
+from fleetpki.hub.azure.topics import ClientIdentity
 from fleetpki.hub.backend import AuthenticatedDevice, HubBackend
 from fleetpki.hub.broker import Broker
 from fleetpki.hub.protocol import (
@@ -75,7 +75,7 @@ class HubConnection(asyncio.Protocol):
         self._keepalive_armed = False
         self.mqtt = ServerConnection(clock=loop.time)
         self.device: AuthenticatedDevice | None = None
-        self.identity: DeviceIdentity | None = None
+        self.identity: ClientIdentity | None = None
         self.unacked = 0
 
     # -- asyncio.Protocol --

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from fleetpki.hub.azure.topics import DeviceIdentity, Telemetry
+from fleetpki.hub.azure.topics import ClientIdentity, Telemetry
 from fleetpki.hub.backend import TelemetryRecord
 from fleetpki.hub.link import Link
 from fleetpki.hub.protocol import ConnectionState
@@ -44,7 +44,7 @@ _SYSTEM_NAMES = {
 
 
 def telemetry_record(
-    identity: DeviceIdentity,
+    identity: ClientIdentity,
     message: Telemetry,
     payload: bytes,
     *,

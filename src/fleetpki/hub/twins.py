@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from fleetpki.errors import FleetPKIError
-from fleetpki.hub.azure.topics import DeviceIdentity, desired_patch_topic, twin_response_topic
+from fleetpki.hub.azure.topics import ClientIdentity, desired_patch_topic, twin_response_topic
 from fleetpki.hub.backend import DesiredPatched, HubBackend
 from fleetpki.hub.link import Link
 from fleetpki.hub.protocol import QoS
@@ -42,7 +42,7 @@ class TwinChannel:
         self._executor = executor
         self._send = send
 
-    async def get(self, identity: DeviceIdentity, rid: str) -> None:
+    async def get(self, identity: ClientIdentity, rid: str) -> None:
         """Answer a twin GET with the desired and reported properties (ref §1.5)."""
         loop = asyncio.get_running_loop()
         try:
@@ -57,7 +57,7 @@ class TwinChannel:
         # Delivered whatever the client subscribed to (ref §1.7).
         self._send(identity.client_id, twin_response_topic(200, rid), body, QoS.AT_LEAST_ONCE)
 
-    async def patch_reported(self, identity: DeviceIdentity, rid: str, payload: bytes) -> None:
+    async def patch_reported(self, identity: ClientIdentity, rid: str, payload: bytes) -> None:
         """Store a reported-properties patch; answer 204 with the new version, or the error."""
         try:
             patch = json.loads(payload)

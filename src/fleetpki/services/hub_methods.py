@@ -57,6 +57,10 @@ class MethodResult:
     status: int
     payload: Any
 
+    def as_json(self) -> dict[str, Any]:
+        """The service API's body: ``{"status": n, "payload": ...}``."""
+        return {"status": self.status, "payload": self.payload}
+
 
 def device_not_online(device_id: str) -> NotFoundError:
     """The error for a device that cannot take a direct method now (Azure 404103)."""

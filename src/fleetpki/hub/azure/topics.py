@@ -23,8 +23,8 @@ __all__ = [
     "AzureProtocolError",
     "AzureProtocolErrorCode",
     "C2DAck",
+    "ClientIdentity",
     "ConnectUsername",
-    "DeviceIdentity",
     "DeviceMessage",
     "MessageProperties",
     "MethodResponse",
@@ -105,14 +105,14 @@ def _split_pairs(text: str) -> Iterable[tuple[str, str | None]]:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceIdentity:
+class ClientIdentity:
     """A device, or a module of a device, as named by its MQTT client id."""
 
     device_id: str
     module_id: str | None = None
 
     @classmethod
-    def from_client_id(cls, client_id: str) -> DeviceIdentity:
+    def from_client_id(cls, client_id: str) -> ClientIdentity:
         """Parse ``{deviceId}`` or ``{deviceId}/{moduleId}`` (ref §1.3, §1.9).
 
         Raises:
@@ -149,7 +149,7 @@ class ConnectUsername:
     """The parts of a hub CONNECT username ``{host}/{clientId}/?{query}``."""
 
     host: str
-    identity: DeviceIdentity
+    identity: ClientIdentity
     query: Mapping[str, str | None] = field(default_factory=dict)
 
     @property
@@ -199,7 +199,7 @@ def parse_username(
     Raises:
         AzureProtocolError: ``azure.bad_username``, or ``azure.bad_client_id``.
     """
-    identity = DeviceIdentity.from_client_id(client_id)
+    identity = ClientIdentity.from_client_id(client_id)
     if not username:
         raise AzureProtocolError("a username is required", AzureProtocolErrorCode.BAD_USERNAME)
     host, slash, rest = username.partition("/")
@@ -345,7 +345,7 @@ class MethodResponse:
 DeviceMessage = Telemetry | TwinGetRequest | TwinReportedPatch | MethodResponse
 
 
-def _own_levels(levels: list[str], identity: DeviceIdentity, *, wildcards: bool) -> int:
+def _own_levels(levels: list[str], identity: ClientIdentity, *, wildcards: bool) -> int:
     """How many leading levels name ``identity`` (``devices/d`` or ``.../modules/m``); 0 if not.
 
     Ids are compared after unquoting, so both the SDK's percent-encoded form and a raw id
@@ -369,7 +369,7 @@ def _own_levels(levels: list[str], identity: DeviceIdentity, *, wildcards: bool)
     return 4
 
 
-def is_own_topic(topic: str, identity: DeviceIdentity, *, is_filter: bool = False) -> bool:
+def is_own_topic(topic: str, identity: ClientIdentity, *, is_filter: bool = False) -> bool:
     """Whether a device may publish on ``topic`` (or subscribe to it, with ``is_filter``).
 
     Allowed: ``devices/{its id}/...`` (``devices/{d}/modules/{its module}/...`` for a
@@ -397,7 +397,7 @@ def _rid(query: dict[str, str | None]) -> str:
     return rid
 
 
-def parse_device_topic(topic: str, identity: DeviceIdentity) -> DeviceMessage:
+def parse_device_topic(topic: str, identity: ClientIdentity) -> DeviceMessage:
     """Classify a PUBLISH topic from ``identity`` (ref §1.5, §1.9).
 
     Raises:
@@ -450,13 +450,13 @@ def c2d_topic(device_id: str, properties: MessageProperties, *, ack: C2DAck = C2
     The bag carries the system properties, ``$.to`` and ``iothub-ack`` (which the SDK
     ignores but Azure sends), then the application properties.
     """
-    base = DeviceIdentity(device_id).topic_base
+    base = ClientIdentity(device_id).topic_base
     extra = (("$.to", f"/devices/{device_id}/messages/devicebound"), ("iothub-ack", ack.value))
     return f"{base}/messages/devicebound/{encode_property_bag(properties, extra_system=extra)}"
 
 
 def module_input_topic(
-    identity: DeviceIdentity, input_name: str, properties: MessageProperties
+    identity: ClientIdentity, input_name: str, properties: MessageProperties
 ) -> str:
     """``devices/{d}/modules/{m}/inputs/{name}/{bag}`` (ref §1.9)."""
     if identity.module_id is None:
