@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleetpki.device.connection import DEFAULT_MQTT_PORT
+from fleetpki.device.mqtt_transport import DEFAULT_MQTT_PORT
 from fleetpki.device.registry import HubRegistry, ServiceApiRegistry
 from fleetpki.device.simulator import (
     DEFAULT_MESSAGES,

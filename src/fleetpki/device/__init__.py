@@ -10,13 +10,7 @@ from fleetpki.device.certificate_request import (
     make_csr,
     make_csr_pem,
 )
-from fleetpki.device.connection import (
-    API_VERSION,
-    DEFAULT_MQTT_PORT,
-    MAX_MESSAGE_SIZE,
-    DeviceClient,
-    mqtt_username,
-)
+from fleetpki.device.connection import MAX_MESSAGE_SIZE, DeviceClient
 from fleetpki.device.enroller import (
     EnrolledCertificate,
     Enroller,
@@ -32,6 +26,7 @@ from fleetpki.device.identity import (
     client_ssl_context,
 )
 from fleetpki.device.messages import CloudMessage, MethodReply, MethodRequest, TwinResponse
+from fleetpki.device.mqtt_transport import API_VERSION, DEFAULT_MQTT_PORT, mqtt_username
 from fleetpki.device.registry import (
     HubConnectionString,
     HubRegistry,

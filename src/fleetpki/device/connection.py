@@ -38,6 +38,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from fleetpki.device.identity import DeviceIdentity, client_ssl_context
 from fleetpki.device.messages import CloudMessage, MethodReply, MethodRequest, TwinResponse
+from fleetpki.device.mqtt_transport import (
+    DEFAULT_MQTT_PORT,
+    REFUSED_CREDENTIALS,
+    ClosingSSLSocket,
+    close_socket,
+    connack_code,
+    mqtt_username,
+)
 from fleetpki.errors import AuthenticationError, FleetPKIError, ValidationError
 from fleetpki.hub.azure.topics import (
     DESIRED_PATCH_FILTER,
@@ -50,69 +58,19 @@ from fleetpki.hub.azure.topics import (
     encode_property_bag,
 )
 
-__all__ = [
-    "API_VERSION",
-    "DEFAULT_MQTT_PORT",
-    "MAX_MESSAGE_SIZE",
-    "DeviceClient",
-    "mqtt_username",
-]
+__all__ = ["MAX_MESSAGE_SIZE", "DeviceClient"]
 
 _log = logging.getLogger("fleetpki.device.connection")
 
-#: The service API version the username names.
-API_VERSION = "2021-04-12"
-#: Azure IoT Hub's MQTT-over-TLS port (the SDK hard-codes it; here it is only a default).
-DEFAULT_MQTT_PORT = 8883
 #: The largest device-to-cloud message Azure IoT Hub accepts, and the SDK sends (ref §1.6).
 MAX_MESSAGE_SIZE = 262_144
 _DEFAULT_TIMEOUT = 30.0
-# CONNACK return codes that mean "these credentials will not do" (MQTT 3.1.1 §3.2.2.3).
-_REFUSED_CREDENTIALS = frozenset({4, 5})
-# paho 2 maps MQTT 3.1.1 CONNACK codes onto MQTT 5 reason codes; this maps them back.
-_V5_TO_V311 = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
-
-
-def mqtt_username(
-    hostname: str,
-    device_id: str,
-    *,
-    api_version: str = API_VERSION,
-    client_type: str | None = None,
-    model_id: str | None = None,
-) -> str:
-    """The CONNECT username ``{hostname}/{deviceId}/?api-version=...`` (ref §1.3).
-
-    Host and device id are sent as they are; query values are percent-encoded with
-    ``quote`` (a space becomes ``%20``), as the SDK does.
-    """
-    query = f"api-version={quote(api_version, safe='')}"
-    if client_type:
-        query += f"&DeviceClientType={quote(client_type, safe='')}"
-    if model_id:
-        query += f"&model-id={quote(model_id, safe='')}"
-    return f"{hostname}/{device_id}/?{query}"
 
 
 @dataclass(slots=True)
 class _Pending:
     event: threading.Event = field(default_factory=threading.Event)
     response: TwinResponse | None = None
-
-
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """An SSL socket that closes itself when its handshake fails.
-
-    paho-mqtt leaves the socket of a failed handshake (an untrusted hub certificate)
-    unclosed; its file descriptor would linger until garbage collection.
-    """
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
 
 
 def _query(text: str) -> Mapping[str, str | None]:
@@ -216,7 +174,7 @@ class DeviceClient:
             self._identity, ca_bundle=self._ca_bundle
         )
         if context.sslsocket_class is ssl.SSLSocket:
-            context.sslsocket_class = _ClosingSSLSocket
+            context.sslsocket_class = ClosingSSLSocket
         client.tls_set_context(context)
         client.reconnect_delay_set(min_delay=1, max_delay=60)
         client.on_connect = self._on_connect
@@ -246,7 +204,7 @@ class DeviceClient:
         try:
             client.connect(self.connect_host, self.port, keepalive=self.keepalive)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            _close_socket(client)
+            close_socket(client)
             raise FleetPKIError(
                 "hub.unreachable",
                 f"cannot connect to {self.connect_host}:{self.port}: {type(exc).__name__}: {exc}",
@@ -262,7 +220,7 @@ class DeviceClient:
             raise FleetPKIError("hub.closed", "the hub closed the connection before CONNACK")
         if code != 0:
             self._shutdown_client()
-            if code in _REFUSED_CREDENTIALS:
+            if code in REFUSED_CREDENTIALS:
                 raise AuthenticationError(
                     "hub.refused", f"the hub refused device {self.device_id} (CONNACK {code})"
                 )
@@ -275,7 +233,7 @@ class DeviceClient:
             return
         client.disconnect()
         client.loop_stop()
-        _close_socket(client)
+        close_socket(client)
 
     def disconnect(self) -> None:
         """Send DISCONNECT and close the connection (the hub keeps the session)."""
@@ -334,13 +292,13 @@ class DeviceClient:
         reason_code: Any,
         _properties: Any,
     ) -> None:
-        code = _V5_TO_V311.get(int(reason_code.value), int(reason_code.value))
+        code = connack_code(int(reason_code.value))
         self._connack = code
         self._connack_event.set()
         if code != 0:
             self._refused = code
             _log.warning("hub refused device %s: CONNACK %d", self.device_id, code)
-            if code in _REFUSED_CREDENTIALS:
+            if code in REFUSED_CREDENTIALS:
                 # Like the Azure SDK after a credential error: stop retrying (ref §1.4).
                 client.disconnect()
             return
@@ -614,13 +572,3 @@ class DeviceClient:
             "$iothub/twin/PATCH/properties/reported", json.dumps(dict(patch)).encode(), timeout
         )
         return response.version
-
-
-def _close_socket(client: mqtt.Client) -> None:
-    """Close a socket paho left open after a failed connect (no ResourceWarning)."""
-    sock = getattr(client, "_sock", None)
-    if sock is not None:
-        try:
-            sock.close()
-        finally:
-            client._sock = None

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetpki.device.connection import DEFAULT_MQTT_PORT, DeviceClient
+from fleetpki.device.connection import DeviceClient
 from fleetpki.device.enroller import enroll_device
 from fleetpki.device.ezca_enroller import EzcaEnroller
 from fleetpki.device.identity import DeviceDirectory, DeviceIdentity
+from fleetpki.device.mqtt_transport import DEFAULT_MQTT_PORT
 from fleetpki.device.registry import HubRegistry
 from fleetpki.pki.keys import KeySpec
 
