@@ -17,9 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from fleetpki.application import FleetPKI, init_home
-from fleetpki.services import hub_registry
 from fleetpki.services.authority import HierarchySpec
-from fleetpki.services.hub_registry import DeviceSpec
+from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.settings import Settings
 from fleetpki.store.models import EventDelivery, OutboxEvent
 from support.hub import issue_device, start_hub_thread
@@ -54,8 +53,7 @@ def test_a_revocation_in_another_process_closes_the_live_session(
     pg_fleet: FleetPKI, tmp_path: Path
 ) -> None:
     fleet = pg_fleet
-    with fleet.transaction() as session:
-        hub_registry.put_device(session, DeviceSpec("xp-1"), now=fleet.now())
+    fleet.hub_devices.put(DeviceSpec("xp-1"))
     files = issue_device(fleet, "xp-1", tmp_path)
     serial = format(files.certificate.serial_number, "X")
     # A second consumer that never runs: its delivery must stay its own.

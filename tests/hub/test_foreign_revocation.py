@@ -39,11 +39,11 @@ from fleetpki.pki.ocsp import (
     parse_ocsp_request,
 )
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import authority, foreign_revocation, hub_registry, hub_trust
+from fleetpki.services import foreign_revocation
 from fleetpki.services.hub_authentication import DeviceAuthenticator
-from fleetpki.services.hub_registry import DeviceSpec
+from fleetpki.services.hub_devices import DeviceSpec
 from support.hub import issue_device
-from support.hub_control import authenticator
+from support.hub_control import authenticator, issuing_ca
 from support.testca import MiniCA, make_ca
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -209,27 +209,21 @@ def hub(sqlite_fleet: FleetPKI) -> DeviceAuthenticator:
 
 def _trust(fleet: FleetPKI, ca: MiniCA) -> None:
     """Upload and verify the foreign CA by proof of possession, as its owner would."""
-    with fleet.transaction() as session:
-        hub_trust.upload_hub_ca(
-            session, "foreign", ca.cert.public_bytes(serialization.Encoding.DER), now=fleet.now()
-        )
-        code = hub_trust.generate_verification_code(
-            session, "foreign", now=fleet.now()
-        ).verification_code
-        assert code is not None
-        key = ec.generate_private_key(ec.SECP256R1())
-        proof = ca.signer.sign_certificate(
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, code)]))
-            .issuer_name(ca.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - dt.timedelta(minutes=1))
-            .not_valid_after(NOW + dt.timedelta(days=1))
-        )
-        hub_trust.verify_hub_ca(
-            session, "foreign", proof.public_bytes(serialization.Encoding.PEM), now=fleet.now()
-        )
+    fleet.hub_trust.upload("foreign", ca.cert.public_bytes(serialization.Encoding.DER))
+    code = fleet.hub_trust.generate_verification_code("foreign").verification_code
+    assert code is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    proof = ca.signer.sign_certificate(
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, code)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(minutes=1))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+    )
+    verified = fleet.hub_trust.verify("foreign", proof.public_bytes(serialization.Encoding.PEM))
+    assert verified.is_verified
 
 
 def _leaf(
@@ -276,9 +270,8 @@ def _leaf(
 def _authenticate(
     fleet: FleetPKI, hub: DeviceAuthenticator, leaf: x509.Certificate, device_id: str
 ) -> None:
-    with fleet.transaction() as session:
-        if device_id not in {d.device_id for d in hub_registry.list_devices(session)}:
-            hub_registry.put_device(session, DeviceSpec(device_id=device_id), now=fleet.now())
+    if device_id not in {d.device_id for d in fleet.hub_devices.list()}:
+        fleet.hub_devices.put(DeviceSpec(device_id=device_id))
     hub.authenticate(leaf, [], device_id, fleet.now())
 
 
@@ -380,9 +373,7 @@ def test_fleetpki_managed_cas_are_not_fetched(
         return b""
 
     hub = authenticator(sqlite_fleet, fetch=fetch)
-    with sqlite_fleet.transaction() as session:
-        issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-        hub_trust.trust_local_ca(session, sqlite_fleet.keystore, issuing.id, now=sqlite_fleet.now())
+    sqlite_fleet.hub_trust.trust_local_ca(issuing_ca(sqlite_fleet).id)
     files = issue_device(sqlite_fleet, "own-1", tmp_path)
     _authenticate(sqlite_fleet, hub, files.certificate, "own-1")
     assert calls == []
@@ -499,10 +490,7 @@ def test_the_real_hub_refuses_a_revoked_foreign_device(
                 serialization.NoEncryption(),
             )
         )
-        with sqlite_fleet.transaction() as session:
-            hub_registry.put_device(
-                session, DeviceSpec(device_id=device_id), now=sqlite_fleet.now()
-            )
+        sqlite_fleet.hub_devices.put(DeviceSpec(device_id=device_id))
     foreign.revoked.add(leaves["f-revoked"].serial_number)
 
     async def scenario() -> tuple[bytes, bytes]:
@@ -543,8 +531,7 @@ def test_a_slow_responder_holds_no_database_connection(
             serialization.NoEncryption(),
         )
     )
-    with fleet.transaction() as session:
-        hub_registry.put_device(session, DeviceSpec(device_id="f-slow"), now=fleet.now())
+    fleet.hub_devices.put(DeviceSpec(device_id="f-slow"))
     foreign.ocsp_hold = threading.Event()
     pool = fleet.db.engine.pool
     held: list[int] = []

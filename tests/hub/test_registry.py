@@ -12,7 +12,7 @@ import pytest
 from fleetpki.application import FleetPKI
 from fleetpki.errors import AuthenticationError, ConflictError, FleetPKIError, NotFoundError
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, certificates
+from fleetpki.services import Actor
 from fleetpki.services.delivery import ConsumerWorker
 from fleetpki.services.events import HubEventListener
 from fleetpki.services.hub_devices import AuthType, DeviceSpec, DeviceStatus
@@ -246,18 +246,15 @@ def test_c2d_queue(fleet: FleetPKI, events: Recorder) -> None:
 
 
 def test_send_c2d_writes_an_audit_entry(fleet: FleetPKI) -> None:
-    from fleetpki.services.audit import list_audit
-
+    admin = Actor.local_admin()
     _add(fleet)
-    sent = fleet.hub_messages.send_c2d(Actor.local_admin(), "dev-1", b"reboot", message_id="r1")
+    sent = fleet.hub_messages.send_c2d(admin, "dev-1", b"reboot", message_id="r1")
     assert (sent.message_id, sent.status) == ("r1", "pending")
-    with fleet.transaction() as session:
-        (entry,) = list_audit(session, object_type="hub_device", object_id="dev-1")
-        assert (entry.action, entry.details) == ("hub.c2d_send", {"message_id": "r1", "bytes": 6})
+    (entry,) = fleet.audit.latest(admin, object_type="hub_device", object_id="dev-1")
+    assert (entry.action, entry.details) == ("hub.c2d_send", {"message_id": "r1", "bytes": 6})
     with pytest.raises(NotFoundError):
-        fleet.hub_messages.send_c2d(Actor.local_admin(), "ghost", b"x")
-    with fleet.transaction() as session:
-        assert list_audit(session, object_type="hub_device", object_id="ghost") == []
+        fleet.hub_messages.send_c2d(admin, "ghost", b"x")
+    assert fleet.audit.latest(admin, object_type="hub_device", object_id="ghost") == []
 
 
 def test_authenticate_a_ca_device_and_its_refusals(fleet: FleetPKI) -> None:
@@ -285,14 +282,9 @@ def test_revocation_refuses_and_reaches_listeners(fleet: FleetPKI, events: Recor
     _trust(fleet)
     _add(fleet)
     leaf, chain, record = issue_device_certificate(fleet, "dev-1")
-    with fleet.transaction() as session:
-        certificates.revoke(
-            session,
-            Actor.local_admin(),
-            certificates.get_certificate(session, record.serial_hex),
-            RevocationReason.KEY_COMPROMISE,
-            now=fleet.now(),
-        )
+    fleet.certificates.revoke(
+        Actor.local_admin(), record.serial_hex, RevocationReason.KEY_COMPROMISE
+    )
     # A revocation committed in this process is dispatched right after its commit.
     assert events.revoked == [(record.serial_hex, record.sha1_hex)]
     with pytest.raises(AuthenticationError) as info:
@@ -312,14 +304,9 @@ def test_revocation_reaches_a_consumer_through_its_own_delivery(fleet: FleetPKI)
         lambda d: delivered.append((d.event_type, d.subject_id)),
     )
     fleet.delivery.register(worker.consumer, worker.event_types)
-    with fleet.transaction() as session:
-        certificates.revoke(
-            session,
-            Actor.local_admin(),
-            certificates.get_certificate(session, record.serial_hex),
-            RevocationReason.KEY_COMPROMISE,
-            now=fleet.now(),
-        )
+    fleet.certificates.revoke(
+        Actor.local_admin(), record.serial_hex, RevocationReason.KEY_COMPROMISE
+    )
     assert worker.run_once() == 1
     assert worker.run_once() == 0
     assert delivered == [(CERTIFICATE_REVOKED, record.serial_hex)]

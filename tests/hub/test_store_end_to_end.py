@@ -8,12 +8,10 @@ revocation service and through ``POST /v1/certificates/{serial}/revoke``.
 
 from __future__ import annotations
 
-import queue
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,87 +21,24 @@ import pytest
 from sqlalchemy import select
 
 from fleetpki.application import FleetPKI
-from fleetpki.keystore import load_or_create_passphrase
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import (
-    Actor,
-    authority,
-    certificates,
-    hub_messages,
-    hub_registry,
-    hub_sas,
-    hub_trust,
-)
-from fleetpki.services.hub_registry import DeviceSpec
+from fleetpki.services import Actor
+from fleetpki.services.hub_devices import DeviceSpec
+from fleetpki.services.hub_sas import make_sas_token
 from fleetpki.store.models import EventDelivery, OutboxEvent
-from support.hub import DeviceFiles, issue_device, start_hub_thread
+from support.hub import issue_device, start_hub_thread
+from support.hub_control import issuing_ca
+from support.mqtt_device import WAIT, Device, connect_once, wait_until
 from support.server import start_server
-
-WAIT = 20.0
-
-
-def wait_until(predicate: Callable[[], object], what: str) -> None:
-    """Poll ``predicate`` until true (a generous bound, never a timing assertion)."""
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-class Device:
-    """A paho-mqtt 2 client connected as a device over TLS with its certificate."""
-
-    def __init__(self, port: int, ca_file: Path, files: DeviceFiles) -> None:
-        self.port = port
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=files.device_id, clean_session=False
-        )
-        context = ssl.create_default_context(cafile=str(ca_file))
-        context.load_cert_chain(files.cert, files.key)
-        self.client.tls_set_context(context)
-        self.client.username_pw_set(f"localhost/{files.device_id}/?api-version=2021-04-12")
-        self.client.reconnect_delay_set(60, 120)  # a refused or closed client stays away
-        self.connack: queue.Queue[int] = queue.Queue()
-        self.disconnected = threading.Event()
-        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.connack.put(_v311_code(rc))
-        self.client.on_disconnect = lambda *_: self.disconnected.set()
-
-    def connect(self) -> int:
-        """Connect and return the CONNACK return code (MQTT 3.1.1)."""
-        self.client.connect("localhost", self.port, keepalive=60)
-        self.client.loop_start()
-        return self.connack.get(timeout=WAIT)
-
-    def close(self) -> None:
-        """Disconnect and stop the network thread."""
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def _v311_code(reason: Any) -> int:
-    names = {"Success": 0, "Not authorized": 5}
-    return names.get(str(reason), reason.value)
-
-
-def _connect_once(port: int, ca_file: Path, files: DeviceFiles) -> int:
-    device = Device(port, ca_file, files)
-    try:
-        return device.connect()
-    finally:
-        device.close()
 
 
 def _register(fleet: FleetPKI, device_id: str) -> None:
-    with fleet.transaction() as session:
-        hub_registry.put_device(session, DeviceSpec(device_id), now=fleet.now())
+    fleet.hub_devices.put(DeviceSpec(device_id))
 
 
 def _trust_issuing_ca(fleet: FleetPKI) -> str:
     """Trust the issuing CA by proof of possession; return the hub CA's name."""
-    with fleet.transaction() as session:
-        issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-        return hub_trust.trust_local_ca(session, fleet.keystore, issuing.id, now=fleet.now()).name
+    return fleet.hub_trust.trust_local_ca(issuing_ca(fleet).id).name
 
 
 def _revocation_events(fleet: FleetPKI, serial: str) -> list[str]:
@@ -130,7 +65,7 @@ def test_register_trust_telemetry_revoke_through_the_services(
     # A long poll: the outbox row can only be delivered promptly by the wake on commit.
     with start_hub_thread(fleet, trust=False, revocation_poll=3600) as hub:
         # No CA trusted yet; trusting one applies to the next connection, no restart.
-        assert _connect_once(hub.port, hub.ca_file, files) == 5
+        assert connect_once(hub.port, hub.ca_file, files) == 5
         wait_until(lambda: "hub.untrusted_ca" in caplog.text, "the untrusted-CA log line")
         _trust_issuing_ca(fleet)
 
@@ -140,34 +75,27 @@ def test_register_trust_telemetry_revoke_through_the_services(
             topic = "devices/e2e-1/messages/events/%24.mid=m-1&%24.ct=application%2Fjson&zone=a%2Bb"
             device.client.publish(topic, b'{"t": 20.5}', qos=1).wait_for_publish(WAIT)
             # The PUBACK came back, so the message is in the database already.
-            with fleet.transaction() as session:
-                (stored,) = hub_messages.list_messages(session, device_id="e2e-1")
-                assert stored.body == b'{"t": 20.5}'
-                assert stored.system_properties == {
-                    "message-id": "m-1",
-                    "content-type": "application/json",
-                }
-                assert stored.properties == {"zone": "a+b"}
+            (stored,) = fleet.hub_messages.list_telemetry(device_id="e2e-1")
+            assert stored.body == b'{"t": 20.5}'
+            assert stored.system_properties == {
+                "message-id": "m-1",
+                "content-type": "application/json",
+            }
+            assert stored.properties == {"zone": "a+b"}
 
             serial = format(files.certificate.serial_number, "X")
-            with fleet.transaction() as session:
-                record = certificates.get_certificate(session, serial)
-                certificates.revoke(
-                    session,
-                    Actor.local_admin(),
-                    record,
-                    RevocationReason.KEY_COMPROMISE,
-                    now=fleet.now(),
-                )
+            revoked = fleet.certificates.revoke(
+                Actor.local_admin(), serial, RevocationReason.KEY_COMPROMISE
+            )
             assert device.disconnected.wait(WAIT)
             wait_until(lambda: not hub.broker.is_connected("e2e-1"), "the session to close")
             wait_until(
-                lambda: _revocation_events(fleet, record.serial_hex) == ["done"],
+                lambda: _revocation_events(fleet, revoked.serial_hex) == ["done"],
                 "the outbox consumer to deliver the revocation",
             )
         finally:
             device.close()
-        assert _connect_once(hub.port, hub.ca_file, files) == 5
+        assert connect_once(hub.port, hub.ca_file, files) == 5
         wait_until(lambda: "hub.certificate_revoked" in caplog.text, "the revocation log line")
 
 
@@ -179,10 +107,9 @@ def test_a_deleted_hub_ca_refuses_new_connections_without_a_restart(
     files = issue_device(fleet, "e2e-2", tmp_path)
     with start_hub_thread(fleet, trust=False) as hub:
         name = _trust_issuing_ca(fleet)
-        assert _connect_once(hub.port, hub.ca_file, files) == 0
-        with fleet.transaction() as session:
-            hub_trust.delete_hub_ca(session, name)
-        assert _connect_once(hub.port, hub.ca_file, files) == 5
+        assert connect_once(hub.port, hub.ca_file, files) == 0
+        fleet.hub_trust.delete(name)
+        assert connect_once(hub.port, hub.ca_file, files) == 5
         wait_until(lambda: "hub.untrusted_ca" in caplog.text, "the untrusted-CA log line")
 
 
@@ -201,12 +128,9 @@ def test_fleetpki_serve_direct_method_and_v1_revoke_close_the_session(
         _trust_issuing_ca(fleet)
         _register(fleet, "e2e-3")
         files = issue_device(fleet, "e2e-3", tmp_path)
-        secret = load_or_create_passphrase(fleet.settings.home)
-        with fleet.transaction() as session:
-            hub_sas.ensure_sas_policies(session, secret, now=fleet.now())
-            key, _, _ = hub_sas.policy_keys(session, secret, "iothubowner")
+        key = fleet.hub_sas.policy_keys("iothubowner").primary
         host = f"localhost:{live.port}"
-        sas = hub_sas.make_sas_token(host, "iothubowner", key, int(time.time()) + 3600)
+        sas = make_sas_token(host, "iothubowner", key, int(time.time()) + 3600)
 
         device = Device(mqtt_port, live.ca_bundle, files)
         try:
@@ -248,4 +172,4 @@ def test_fleetpki_serve_direct_method_and_v1_revoke_close_the_session(
             assert device.disconnected.wait(WAIT)
         finally:
             device.close()
-        assert _connect_once(mqtt_port, live.ca_bundle, files) == 5
+        assert connect_once(mqtt_port, live.ca_bundle, files) == 5

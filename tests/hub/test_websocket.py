@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives import serialization
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, authority, certificates, hub_registry, hub_trust
-from fleetpki.services.hub_messages import enqueue_c2d, list_messages
-from fleetpki.services.hub_registry import DeviceSpec
+from fleetpki.services import Actor
+from fleetpki.services.hub_devices import DeviceSpec
 from support.hub import DeviceFiles, issue_device
+from support.hub_control import issuing_ca
 from support.server import LiveServer, start_server
 
 WAIT = 20.0
@@ -44,10 +44,8 @@ def _prepare(server: LiveServer, device_id: str, tmp: Path) -> DeviceFiles:
     """Issue a device certificate, trust the issuing CA and register the device."""
     fleet = server.fleet
     files = issue_device(fleet, device_id, tmp)
-    with fleet.transaction() as session:
-        issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-        hub_trust.trust_local_ca(session, fleet.keystore, issuing.id, now=fleet.now())
-        hub_registry.put_device(session, DeviceSpec(device_id=device_id), now=fleet.now())
+    fleet.hub_trust.trust_local_ca(issuing_ca(fleet).id)
+    fleet.hub_devices.put(DeviceSpec(device_id=device_id))
     return files
 
 
@@ -122,29 +120,21 @@ def test_telemetry_c2d_and_revocation_over_websockets(tmp_path: Path) -> None:
             info.wait_for_publish(WAIT)
             assert info.is_published()
             # Stored before the PUBACK.
-            with server.fleet.transaction() as session:
-                stored = list_messages(session, device_id="ws-dev")
+            stored = server.fleet.hub_messages.list_telemetry(device_id="ws-dev")
             assert [(m.body, m.properties) for m in stored] == [(b'{"t": 21}', {"alert": "yes"})]
 
             # Queued first: the subscription delivers it.
-            with server.fleet.transaction() as session:
-                enqueue_c2d(session, "ws-dev", b"hello over websockets", now=server.fleet.now())
+            server.fleet.hub_messages.enqueue_c2d("ws-dev", b"hello over websockets")
             assert client.subscribe("devices/ws-dev/messages/devicebound/#", qos=1)[0] == 0
             assert got_c2d.wait(WAIT)
             assert received == [b"hello over websockets"]
 
             # Live revocation closes the WebSocket session too.
-            with server.fleet.transaction() as session:
-                record = certificates.get_certificate(
-                    session, format(files.certificate.serial_number, "X")
-                )
-                certificates.revoke(
-                    session,
-                    Actor.local_admin(),
-                    record,
-                    RevocationReason.KEY_COMPROMISE,
-                    now=server.fleet.now(),
-                )
+            server.fleet.certificates.revoke(
+                Actor.local_admin(),
+                format(files.certificate.serial_number, "X"),
+                RevocationReason.KEY_COMPROMISE,
+            )
             assert state["closed"].wait(WAIT)  # type: ignore[attr-defined]
         finally:
             client.loop_stop()
@@ -422,8 +412,7 @@ def test_azure_device_sdk_over_websockets(tmp_path: Path) -> None:
         pytest.fail("no .venv-azure: `make test` builds it with scripts/azure-venv.sh")
     with start_server(tmp_path / "home") as server, _forward_443(server.port):
         files = _prepare(server, "ws-sdk", tmp_path)
-        with server.fleet.transaction() as session:
-            enqueue_c2d(session, "ws-sdk", b"to the SDK", now=server.fleet.now())
+        server.fleet.hub_messages.enqueue_c2d("ws-sdk", b"to the SDK")
         lines = _run_azure_device(server, files, tmp_path)
         assert lines == [
             "connected",
@@ -432,8 +421,7 @@ def test_azure_device_sdk_over_websockets(tmp_path: Path) -> None:
             "c2d to the SDK",
             "done",
         ]
-        with server.fleet.transaction() as session:
-            (stored,) = list_messages(session, device_id="ws-sdk")
+        (stored,) = server.fleet.hub_messages.list_telemetry(device_id="ws-sdk")
         assert stored.body == b"hello over 443"
         assert stored.properties == {"colour": "blue & green"}
 

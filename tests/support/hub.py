@@ -2,9 +2,10 @@
 
 The hub runs exactly as under ``fleetpki serve``: on the database-backed
 `StoreHubBackend`, with the fleet's issuing CA trusted through the proof-of-possession
-flow (`hub_trust.trust_local_ca`). Tests change the registry through the control-plane
-services with `HubRegistry` (``hub.registry``): devices, twins, cloud-to-device
-messages, hub CAs, and revocation through the real revocation service.
+flow (``fleet.hub_trust.trust_local_ca``). Tests change the registry through the
+application's control-plane services with `HubRegistry` (``hub.registry``): devices,
+twins, cloud-to-device messages, hub CAs, and revocation through the real revocation
+service.
 
 Device certificates come from the fleet's own issuing CA through the issuance pipeline
 (`issue_device`), or from a throwaway foreign CA (`ForeignCA`) for the refusal cases.
@@ -33,13 +34,11 @@ from fleetpki.hub.broker import Broker
 from fleetpki.hub.server import HubServer, start_hub
 from fleetpki.hub.store_backend import StoreHubBackend
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, certificates, hub_messages, hub_registry, hub_trust
-from fleetpki.services.authority import ca_certificate, list_cas
-from fleetpki.services.certificates import IssueCommand, issue
-from fleetpki.services.context import LOCAL_ADMIN_ID
-from fleetpki.services.domains import find_domain, register_domain
-from fleetpki.services.hub_registry import DeviceSpec, DeviceStatus
+from fleetpki.services import Actor
+from fleetpki.services.certificates import IssueCommand
+from fleetpki.services.hub_devices import DeviceSpec, DeviceStatus
 from fleetpki.services.server_cert import ensure_server_certificate
+from support.hub_control import issuing_ca
 
 __all__ = [
     "DeviceFiles",
@@ -65,11 +64,12 @@ class DeviceFiles:
 
 
 class HubRegistry:
-    """The hub's control plane as tests drive it: each call is one committed transaction.
+    """The hub's control plane as tests drive it: each call is one service call, one commit.
 
-    Every change goes through the services an operator's route ends in (the registry,
-    twins, messages, hub trust, ``certificates.revoke``), so the live hub learns of it
-    the way it does in production: from the notifications sent after the commit.
+    Every change goes through the application's services an operator's route ends in
+    (``hub_devices``, ``hub_twins``, ``hub_messages``, ``hub_trust``,
+    ``certificates.revoke``), so the live hub learns of it the way it does in
+    production: from the notifications sent after the commit.
     """
 
     def __init__(self, fleet: FleetPKI, backend: StoreHubBackend) -> None:
@@ -79,77 +79,58 @@ class HubRegistry:
     def add_device(self, device_id: str, *, enabled: bool = True) -> None:
         """Register a certificate-authority device."""
         status = DeviceStatus.ENABLED if enabled else DeviceStatus.DISABLED
-        with self.fleet.transaction() as session:
-            hub_registry.put_device(
-                session, DeviceSpec(device_id, status=status), now=self.fleet.now()
-            )
+        self.fleet.hub_devices.put(DeviceSpec(device_id, status=status))
 
     def set_enabled(self, device_id: str, enabled: bool) -> None:
         """Enable or disable a device."""
         status = DeviceStatus.ENABLED if enabled else DeviceStatus.DISABLED
-        with self.fleet.transaction() as session:
-            hub_registry.set_device_status(session, device_id, status, now=self.fleet.now())
+        self.fleet.hub_devices.set_status(device_id, status)
 
     def delete_device(self, device_id: str) -> None:
         """Remove a device from the registry."""
-        with self.fleet.transaction() as session:
-            hub_registry.delete_device(session, device_id)
+        self.fleet.hub_devices.delete(device_id)
 
     def revoke(self, certificate: x509.Certificate) -> None:
         """Revoke a certificate of the fleet's CAs through the revocation service."""
-        with self.fleet.transaction() as session:
-            record = certificates.get_certificate(session, format(certificate.serial_number, "X"))
-            certificates.revoke(
-                session,
-                Actor.local_admin(),
-                record,
-                RevocationReason.KEY_COMPROMISE,
-                now=self.fleet.now(),
-            )
+        self.fleet.certificates.revoke(
+            Actor.local_admin(),
+            format(certificate.serial_number, "X"),
+            RevocationReason.KEY_COMPROMISE,
+        )
 
     def patch_desired(self, device_id: str, patch: dict[str, Any]) -> int:
         """Merge a desired-properties patch (as the service API's twin PATCH); the version."""
-        with self.fleet.transaction() as session:
-            record = hub_registry.patch_twin(
-                session, device_id, {"properties": {"desired": patch}}, now=self.fleet.now()
-            )
-            return record.desired_version
+        twin = self.fleet.hub_twins.patch(device_id, {"properties": {"desired": patch}})
+        return twin.desired_version
 
     def send_c2d(self, device_id: str, message: C2DMessage) -> None:
         """Queue a cloud-to-device message."""
-        with self.fleet.transaction() as session:
-            hub_messages.enqueue_c2d(
-                session,
-                device_id,
-                message.payload,
-                now=self.fleet.now(),
-                properties=message.properties,
-                message_id=message.message_id,
-            )
+        self.fleet.hub_messages.enqueue_c2d(
+            device_id,
+            message.payload,
+            properties=message.properties,
+            message_id=message.message_id,
+        )
 
     def trust_ca(self, certificate: x509.Certificate, *, verified: bool = False) -> None:
         """Upload a CA certificate to the hub, unverified unless ``verified``."""
         name = f"ca-{certificate.serial_number:x}"[:40]
-        with self.fleet.transaction() as session:
-            hub_trust.upload_hub_ca(
-                session, name, _pem(certificate), now=self.fleet.now(), verified=verified
-            )
+        self.fleet.hub_trust.upload(name, _pem(certificate), verified=verified)
 
     @property
     def telemetry(self) -> list[TelemetryRecord]:
         """The stored device-to-cloud messages, oldest first (read back from the database)."""
-        with self.fleet.transaction() as session:
-            return [
-                TelemetryRecord(
-                    device_id=m.device_id,
-                    module_id=m.module_id,
-                    enqueued_at=m.enqueued_at,
-                    payload=m.body,
-                    system_properties=dict(m.system_properties),
-                    application_properties=dict(m.properties),
-                )
-                for m in hub_messages.list_messages(session, limit=1000)
-            ]
+        return [
+            TelemetryRecord(
+                device_id=m.device_id,
+                module_id=m.module_id,
+                enqueued_at=m.enqueued_at,
+                payload=m.body,
+                system_properties=dict(m.system_properties),
+                application_properties=dict(m.properties),
+            )
+            for m in self.fleet.hub_messages.list_telemetry(limit=1000)
+        ]
 
     def get_twin(self, device_id: str) -> Twin:
         """The device's twin as the hub reads it."""
@@ -162,9 +143,7 @@ class HubRegistry:
 
 def trust_issuing_ca(fleet: FleetPKI) -> None:
     """Trust the fleet's issuing CA in its hub by proof of possession (idempotent)."""
-    with fleet.transaction() as session:
-        issuing = next(c for c in list_cas(session) if c.tier == "issuing")
-        hub_trust.trust_local_ca(session, fleet.keystore, issuing.id, now=fleet.now())
+    fleet.hub_trust.trust_local_ca(issuing_ca(fleet).id)
 
 
 @dataclass
@@ -220,29 +199,22 @@ def issue_device(fleet: FleetPKI, device_id: str, folder: Path) -> DeviceFiles:
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
         .sign(key, hashes.SHA256())
     )
-    with fleet.transaction() as session:
-        issuing = next(c for c in list_cas(session) if c.tier == "issuing")
-        if find_domain(session, issuing.id, device_id) is None:
-            register_domain(
-                session,
-                Actor.local_admin(),
-                ca_id=issuing.id,
-                template_id=None,
-                name=device_id,
-                owners=[LOCAL_ADMIN_ID],
-                requesters=[LOCAL_ADMIN_ID],
-                now=fleet.now(),
-            )
-        _, issued = issue(
-            session,
-            Actor.local_admin(),
-            fleet.keystore,
-            fleet.urls,
-            IssueCommand(ca_id=issuing.id, csr=csr.public_bytes(serialization.Encoding.PEM)),
-            now=fleet.now(),
+    admin = Actor.local_admin()
+    issuing = issuing_ca(fleet)
+    if fleet.domains.find(issuing.id, device_id) is None:
+        fleet.domains.register(
+            admin,
+            ca_id=issuing.id,
+            template_id=None,
+            name=device_id,
+            owners=[admin.principal_id],
+            requesters=[admin.principal_id],
         )
-        chain = ca_certificate(issuing)
-    certificate = x509.load_der_x509_certificate(issued.der)
+    issued = fleet.certificates.issue(
+        admin, IssueCommand(ca_id=issuing.id, csr=csr.public_bytes(serialization.Encoding.PEM))
+    )
+    certificate = issued.issued.certificate
+    chain = issuing.certificate
     folder.mkdir(parents=True, exist_ok=True)
     cert_path = folder / f"{device_id}.pem"
     key_path = folder / f"{device_id}.key"

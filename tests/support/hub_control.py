@@ -12,11 +12,11 @@ from fleetpki.application import FleetPKI
 from fleetpki.hub.policy import DevicePolicy
 from fleetpki.keystore import PrivateKey
 from fleetpki.pki.keys import KeySpec, generate_key
-from fleetpki.services import Actor, authority, certificates, domains
+from fleetpki.services import Actor
+from fleetpki.services.ca_views import CAView, CertificateView
 from fleetpki.services.certificates import IssueCommand
 from fleetpki.services.foreign_revocation import Fetcher, RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
-from fleetpki.store.models import CARecord, CertificateRecord
 
 __all__ = ["ForeignCA", "authenticator", "issue_device_certificate", "issuing_ca"]
 
@@ -33,46 +33,36 @@ def authenticator(
     )
 
 
-def issuing_ca(fleet: FleetPKI) -> CARecord:
+def issuing_ca(fleet: FleetPKI) -> CAView:
     """The local issuing CA."""
-    with fleet.transaction() as session:
-        return next(c for c in authority.list_cas(session) if c.tier == "issuing")
+    return next(c for c in fleet.cas.list() if c.tier == "issuing")
 
 
 def issue_device_certificate(
     fleet: FleetPKI, device_id: str, *, register: bool = True
-) -> tuple[x509.Certificate, list[x509.Certificate], CertificateRecord]:
+) -> tuple[x509.Certificate, list[x509.Certificate], CertificateView]:
     """Issue a certificate with ``CN=device_id`` from the local issuing CA.
 
-    Returns the leaf, the chain a device would send (the issuing CA) and the record.
+    With ``register`` the domain ``device_id`` is registered first (once), with the
+    local admin as owner and requester. Returns the leaf, the chain a device would
+    send (the issuing CA) and the stored certificate.
     """
     from conftest import make_csr
 
     admin = Actor.local_admin()
     ca = issuing_ca(fleet)
     _, csr = make_csr(device_id)
-    with fleet.transaction() as session:
-        if register and domains.find_domain(session, ca.id, device_id) is None:
-            domains.register_domain(
-                session,
-                admin,
-                ca_id=ca.id,
-                template_id=None,
-                name=device_id,
-                owners=[admin.principal_id],
-                requesters=[admin.principal_id],
-                now=fleet.now(),
-            )
-        record, issued = certificates.issue(
-            session,
+    if register and fleet.domains.find(ca.id, device_id) is None:
+        fleet.domains.register(
             admin,
-            fleet.keystore,
-            fleet.urls,
-            IssueCommand(ca_id=ca.id, csr=csr),
-            now=fleet.now(),
+            ca_id=ca.id,
+            template_id=None,
+            name=device_id,
+            owners=[admin.principal_id],
+            requesters=[admin.principal_id],
         )
-    leaf = x509.load_der_x509_certificate(issued.der)
-    return leaf, [x509.load_der_x509_certificate(ca.certificate_der)], record
+    issued = fleet.certificates.issue(admin, IssueCommand(ca_id=ca.id, csr=csr))
+    return issued.issued.certificate, [ca.certificate], issued.certificate
 
 
 class ForeignCA:
