@@ -20,7 +20,7 @@ from fleetpki.application import FleetPKI, init_home
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.settings import Settings
-from fleetpki.store.models import EventDelivery, OutboxEvent
+from fleetpki.store.models import EventDeliveryRecord, OutboxEvent
 from support.hub import issue_device, start_hub_thread
 from support.mqtt_device import WAIT, Device, wait_until
 from support.postgres import PostgresServer
@@ -42,8 +42,8 @@ def pg_fleet(postgres: PostgresServer, tmp_path: Path, key_passphrase: None) -> 
 def _deliveries(fleet: FleetPKI, serial: str) -> dict[str, str]:
     with fleet.transaction() as session:
         rows = session.execute(
-            select(EventDelivery.consumer, EventDelivery.status)
-            .join(OutboxEvent, OutboxEvent.id == EventDelivery.event_id)
+            select(EventDeliveryRecord.consumer, EventDeliveryRecord.status)
+            .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)
             .where(OutboxEvent.subject_id == serial)
         )
         return {str(consumer): str(status) for consumer, status in rows}

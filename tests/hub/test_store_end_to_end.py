@@ -25,7 +25,7 @@ from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.services.hub_sas import make_sas_token
-from fleetpki.store.models import EventDelivery, OutboxEvent
+from fleetpki.store.models import EventDeliveryRecord, OutboxEvent
 from support.hub import issue_device, start_hub_thread
 from support.hub_control import issuing_ca
 from support.mqtt_device import WAIT, Device, connect_once, wait_until
@@ -45,12 +45,12 @@ def _revocation_events(fleet: FleetPKI, serial: str) -> list[str]:
     """The hub node's delivery states of the revocation events for ``serial``."""
     with fleet.transaction() as session:
         query = (
-            select(EventDelivery.status)
-            .join(OutboxEvent, OutboxEvent.id == EventDelivery.event_id)
+            select(EventDeliveryRecord.status)
+            .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)
             .where(
                 OutboxEvent.event_type == "certificate.revoked",
                 OutboxEvent.subject_id == serial,
-                EventDelivery.consumer == "hub:builtin",
+                EventDeliveryRecord.consumer == "hub:builtin",
             )
         )
         return list(session.scalars(query))

@@ -37,7 +37,7 @@ __all__ = [
     "DomainMember",
     "DomainRecord",
     "EventConsumer",
-    "EventDelivery",
+    "EventDeliveryRecord",
     "OutboxEvent",
     "Principal",
     "TemplateRecord",
@@ -246,7 +246,7 @@ class AuditEntry(Base):
 class OutboxEvent(Base):
     """An event for other consumers, written in the same transaction as the change it reports.
 
-    Its delivery state lives in :class:`EventDelivery`, one row per consumer, so that one
+    Its delivery state lives in :class:`EventDeliveryRecord`, one row per consumer, so that one
     consumer never takes an event from another.
     """
 
@@ -269,7 +269,7 @@ class EventConsumer(Base):
     created_at: Mapped[dt.datetime]
 
 
-class EventDelivery(Base):
+class EventDeliveryRecord(Base):
     """One event for one consumer: its own status, attempts, lease and last error."""
 
     __tablename__ = "event_deliveries"

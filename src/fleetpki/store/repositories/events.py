@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.events import Delivery, DeliveryBacklog
-from fleetpki.store.models import EventConsumer, EventDelivery, OutboxEvent
+from fleetpki.store.models import EventConsumer, EventDeliveryRecord, OutboxEvent
 
 __all__ = ["NOTIFY_CHANNEL", "SqlEventLog"]
 
@@ -58,7 +58,7 @@ class SqlEventLog:
         ]
         for name in consumers:
             self._session.add(
-                EventDelivery(
+                EventDeliveryRecord(
                     event_id=event.id,
                     consumer=name,
                     status="pending",
@@ -89,7 +89,9 @@ class SqlEventLog:
 
     def unregister_consumer(self, name: str) -> None:
         """See :meth:`EventLog.unregister_consumer`."""
-        self._session.execute(delete(EventDelivery).where(EventDelivery.consumer == name))
+        self._session.execute(
+            delete(EventDeliveryRecord).where(EventDeliveryRecord.consumer == name)
+        )
         self._session.execute(delete(EventConsumer).where(EventConsumer.name == name))
 
     def claim_due(
@@ -97,21 +99,24 @@ class SqlEventLog:
     ) -> Sequence[Delivery]:
         """See :meth:`EventLog.claim_due`."""
         query = (
-            select(EventDelivery, OutboxEvent)
-            .join(OutboxEvent, OutboxEvent.id == EventDelivery.event_id)
+            select(EventDeliveryRecord, OutboxEvent)
+            .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)
             .where(
-                EventDelivery.consumer == consumer,
-                EventDelivery.status == "pending",
-                EventDelivery.next_attempt_at <= now,
-                or_(EventDelivery.claimed_until.is_(None), EventDelivery.claimed_until <= now),
+                EventDeliveryRecord.consumer == consumer,
+                EventDeliveryRecord.status == "pending",
+                EventDeliveryRecord.next_attempt_at <= now,
+                or_(
+                    EventDeliveryRecord.claimed_until.is_(None),
+                    EventDeliveryRecord.claimed_until <= now,
+                ),
             )
-            .order_by(EventDelivery.id)
+            .order_by(EventDeliveryRecord.id)
             .limit(limit)
         )
         if self._dialect == "postgresql":
             # Several workers of one consumer (API workers, hub nodes) share the rows:
             # each takes rows no other transaction holds (SQLite has one writer anyway).
-            query = query.with_for_update(skip_locked=True, of=EventDelivery)
+            query = query.with_for_update(skip_locked=True, of=EventDeliveryRecord)
         claimed: list[Delivery] = []
         for delivery, event in self._session.execute(query):
             delivery.attempts += 1
@@ -132,7 +137,7 @@ class SqlEventLog:
 
     def mark_delivered(self, delivery_id: int, *, at: dt.datetime) -> None:
         """See :meth:`EventLog.mark_delivered`."""
-        delivery = self._session.get(EventDelivery, delivery_id)
+        delivery = self._session.get(EventDeliveryRecord, delivery_id)
         if delivery is not None:
             delivery.status = "done"
             delivery.delivered_at = at
@@ -141,7 +146,7 @@ class SqlEventLog:
 
     def mark_failed(self, delivery_id: int, error: str, *, retry_at: dt.datetime) -> None:
         """See :meth:`EventLog.mark_failed`."""
-        delivery = self._session.get(EventDelivery, delivery_id)
+        delivery = self._session.get(EventDeliveryRecord, delivery_id)
         if delivery is not None:
             delivery.next_attempt_at = retry_at
             delivery.claimed_until = None
@@ -149,22 +154,24 @@ class SqlEventLog:
 
     def backlog(self, consumer: str) -> DeliveryBacklog:
         """See :meth:`EventLog.backlog`."""
-        pending = EventDelivery.status == "pending"
+        pending = EventDeliveryRecord.status == "pending"
         row = self._session.execute(
             select(
-                func.count(EventDelivery.id),
-                func.count(EventDelivery.last_error),
+                func.count(EventDeliveryRecord.id),
+                func.count(EventDeliveryRecord.last_error),
                 func.min(OutboxEvent.created_at),
             )
-            .join(OutboxEvent, OutboxEvent.id == EventDelivery.event_id)
-            .where(EventDelivery.consumer == consumer, pending)
+            .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)
+            .where(EventDeliveryRecord.consumer == consumer, pending)
         ).one()
         last_error = self._session.scalar(
-            select(EventDelivery.last_error)
+            select(EventDeliveryRecord.last_error)
             .where(
-                EventDelivery.consumer == consumer, pending, EventDelivery.last_error.is_not(None)
+                EventDeliveryRecord.consumer == consumer,
+                pending,
+                EventDeliveryRecord.last_error.is_not(None),
             )
-            .order_by(EventDelivery.id.desc())
+            .order_by(EventDeliveryRecord.id.desc())
             .limit(1)
         )
         oldest = row[2]
