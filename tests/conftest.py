@@ -18,7 +18,6 @@ from fleetpki.keystore import PrivateKey
 from fleetpki.pki.keys import KeySpec, generate_key
 from fleetpki.services import Actor
 from fleetpki.services.authority import HierarchySpec
-from fleetpki.services.principals import add_principal
 from fleetpki.settings import Settings
 from support.postgres import PostgresServer, start_postgres
 
@@ -56,15 +55,19 @@ def key_passphrase() -> Iterator[None]:
         os.environ["FLEETPKI_KEY_PASSPHRASE"] = saved
 
 
+def _add_alice_and_bob(app: FleetPKI) -> None:
+    admin = Actor.local_admin()
+    app.principals.add(admin, ALICE, "alice")
+    app.principals.add(admin, BOB, "bob")
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, database_url: str, key_passphrase: None) -> Iterator[FleetPKI]:
     """An initialised fleetpki with alice (requester/owner) and bob (a stranger)."""
     settings = Settings.default_for(tmp_path / "home", database_url)
     result = init_home(settings, HierarchySpec())
     app = result.app
-    with app.transaction() as session:
-        add_principal(session, Actor.local_admin(), ALICE, "alice", now=app.now())
-        add_principal(session, Actor.local_admin(), BOB, "bob", now=app.now())
+    _add_alice_and_bob(app)
     yield app
     app.close()
 
@@ -74,9 +77,7 @@ def sqlite_fleet(tmp_path: Path, key_passphrase: None) -> Iterator[FleetPKI]:
     """Like ``fleet`` but on SQLite only, for tests of layers above the store."""
     settings = Settings.default_for(tmp_path / "home")
     app = init_home(settings, HierarchySpec()).app
-    with app.transaction() as session:
-        add_principal(session, Actor.local_admin(), ALICE, "alice", now=app.now())
-        add_principal(session, Actor.local_admin(), BOB, "bob", now=app.now())
+    _add_alice_and_bob(app)
     yield app
     app.close()
 

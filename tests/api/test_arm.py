@@ -41,14 +41,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import select
 
-from fleetpki.application import FleetPKI
+from fleetpki.services.ca_views import CAView
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
 from fleetpki.services.hub_management import HubIdentity
-from fleetpki.services.hub_trust import trust_anchors
-from fleetpki.services.principals import add_principal, create_token
-from fleetpki.store.models import CARecord
 from support.api import live_server_fixture  # noqa: F401 (a fixture)
 from support.pkilint import assert_lints_clean
 from support.server import LiveServer, start_server
@@ -64,7 +60,9 @@ class Arm:
 
     server: LiveServer
     identity: HubIdentity
-    issuing: CARecord
+    issuing: CAView
+    #: Where the keystore holds the issuing CA's key: proofs of possession are signed with it.
+    issuing_key_ref: str
     # Clients and credentials close before the server stops, so that no keep-alive
     # connection outlives it.
     opened: ExitStack
@@ -129,11 +127,16 @@ def _client(
 @pytest.fixture(name="arm")
 def arm_fixture(tmp_path: Path, key_passphrase: None) -> Iterator[Arm]:
     with start_server(tmp_path / "home", token_endpoint_enabled=True) as server:
-        with server.fleet.transaction() as session:
-            issuing = session.scalars(select(CARecord).where(CARecord.tier == "issuing")).one()
-            session.expunge(issuing)
+        fleet = server.fleet
+        (issuing,) = (c for c in fleet.cas.list() if c.tier == "issuing")
+        # No use case hands out a CA's key reference (only the hub's own trust flow
+        # signs proofs), so the test reads it from the store to sign proofs itself.
+        with fleet.store.transaction() as tx:
+            record = tx.cas.get(issuing.id)
+            assert record is not None
+            key_ref = record.key_ref
         with _sdk_clients() as opened:
-            yield Arm(server, server.fleet.hub_management.show(), issuing, opened)
+            yield Arm(server, fleet.hub_management.show(), issuing, key_ref, opened)
 
 
 class StaticToken:
@@ -150,9 +153,9 @@ def _pem(der: bytes) -> str:
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _proof(fleet: FleetPKI, ca: CARecord, code: str) -> str:
+def _proof(arm: Arm, code: str) -> str:
     """A verification certificate: CN is ``code``, signed by the CA's key (ref §4.1 step 3)."""
-    ca_cert = x509.load_der_x509_certificate(ca.certificate_der)
+    ca_cert = arm.issuing.certificate
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -163,7 +166,7 @@ def _proof(fleet: FleetPKI, ca: CARecord, code: str) -> str:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
     )
-    signed = fleet.keystore.signer(ca.key_ref).sign_certificate(builder)
+    signed = arm.server.fleet.keystore.signer(arm.issuing_key_ref).sign_certificate(builder)
     return signed.public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -213,7 +216,7 @@ def test_proof_of_possession_through_the_sdk(arm: Arm) -> None:
         hub,
         "issuing",
         nonce.etag,
-        CertificateVerificationDescription(certificate=_proof(arm.server.fleet, arm.issuing, code)),
+        CertificateVerificationDescription(certificate=_proof(arm, code)),
     )
     assert verified.properties.is_verified is True
     assert verified.etag not in (created.etag, nonce.etag)
@@ -227,8 +230,9 @@ def test_proof_of_possession_through_the_sdk(arm: Arm) -> None:
     assert got.properties.thumbprint == created.properties.thumbprint
 
     # The hub now authenticates devices of this CA (ref §4.2: only verified CAs do).
-    with arm.server.fleet.transaction() as session:
-        anchors = trust_anchors(session)
+    fleet = arm.server.fleet
+    with fleet.store.transaction() as tx:
+        anchors = fleet.hub_trust.trust_anchors(tx)
     assert [a.sha1_hex.upper() for a in anchors.verified] == [arm.issuing.sha1_hex.upper()]
 
     # The certificate the hub hands back is the CA certificate fleetpki made.
@@ -284,9 +288,7 @@ def test_a_verification_certificate_for_another_code_is_refused(arm: Arm) -> Non
     created = _upload(arm, client)
     nonce = client.certificates.generate_verification_code(rg, hub, "issuing", created.etag)
     other_code = secrets.token_hex(20).upper()
-    wrong = CertificateVerificationDescription(
-        certificate=_proof(arm.server.fleet, arm.issuing, other_code)
-    )
+    wrong = CertificateVerificationDescription(certificate=_proof(arm, other_code))
 
     with pytest.raises(HttpResponseError) as refused:
         client.certificates.verify(rg, hub, "issuing", nonce.etag, wrong)
@@ -375,16 +377,8 @@ def test_a_token_for_another_audience_is_401(arm: Arm) -> None:
 
 def test_a_principal_that_is_not_admin_gets_403(arm: Arm) -> None:
     fleet = arm.server.fleet
-    with fleet.transaction() as session:
-        add_principal(
-            session,
-            Actor.local_admin(),
-            STRANGER,
-            "app",
-            principal_type="ServicePrincipal",
-            now=fleet.now(),
-        )
-        token = create_token(session, Actor.local_admin(), STRANGER, now=fleet.now())
+    fleet.principals.add(Actor.local_admin(), STRANGER, "app", principal_type="ServicePrincipal")
+    token = fleet.principals.create_token(Actor.local_admin(), STRANGER)
     client = arm.client(arm.credential(STRANGER, token.secret))
     with pytest.raises(HttpResponseError) as refused:
         client.certificates.list_by_iot_hub(arm.identity.resource_group, arm.identity.hub_name)

@@ -74,20 +74,10 @@ def test_client_round_trip(server: LiveServer, tmp_path: Path) -> None:
 
 def test_non_admin_client_gets_permission_denied(server: LiveServer) -> None:
     from fleetpki.services import Actor
-    from fleetpki.services.principals import add_principal, create_token
 
-    fleet = server.fleet
-    with fleet.transaction() as session:
-        add_principal(
-            session,
-            Actor.local_admin(),
-            "33333333-3333-4333-8333-333333333333",
-            "erin",
-            now=fleet.now(),
-        )
-        token = create_token(
-            session, Actor.local_admin(), "33333333-3333-4333-8333-333333333333", now=fleet.now()
-        )
+    erin = "33333333-3333-4333-8333-333333333333"
+    server.fleet.principals.add(Actor.local_admin(), erin, "erin")
+    token = server.fleet.principals.create_token(Actor.local_admin(), erin)
     with (
         Client(server.base_url, token.secret, verify=server.ca_bundle) as client,
         pytest.raises(PermissionDenied),

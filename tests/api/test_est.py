@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, authority, certificates, domains
-from fleetpki.services.principals import add_principal, create_token
+from fleetpki.services import Actor
+from fleetpki.services.certificates import CertificateQuery, IssueCommand
 from support.openssl import verify
 from support.pkilint import assert_lints_clean
 from support.server import LiveServer, start_server
@@ -59,31 +59,19 @@ def openssl_csr(tmp: Path, name: str, cn: str) -> Path:
 @pytest.fixture
 def est(tmp_path: Path):  # type: ignore[no-untyped-def]
     with start_server(tmp_path / "home") as server:
-        fleet = server.fleet
-        with fleet.transaction() as session:
-            add_principal(session, Actor.local_admin(), AGENT, "factory line", now=fleet.now())
-            token = create_token(session, Actor.local_admin(), AGENT, now=fleet.now()).secret
-            issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-            domains.register_domain(
-                session,
-                Actor.local_admin(),
+        fleet, admin = server.fleet, Actor.local_admin()
+        fleet.principals.add(admin, AGENT, "factory line")
+        token = fleet.principals.create_token(admin, AGENT).secret
+        issuing = next(c for c in fleet.cas.list() if c.tier == "issuing")
+        # "dev-est" is the device; the agent's own name lets it hold a certificate of its own.
+        for name in ("dev-est", AGENT):
+            fleet.domains.register(
+                admin,
                 ca_id=issuing.id,
                 template_id=None,
-                name="dev-est",
+                name=name,
                 owners=[AGENT],
                 requesters=[AGENT],
-                now=fleet.now(),
-            )
-            # The agent's own name, so that it may hold a certificate of its own.
-            domains.register_domain(
-                session,
-                Actor.local_admin(),
-                ca_id=issuing.id,
-                template_id=None,
-                name=AGENT,
-                owners=[AGENT],
-                requesters=[AGENT],
-                now=fleet.now(),
             )
         yield server, token, issuing.id
 
@@ -116,15 +104,11 @@ def _post(
 
 
 def _certificate_count(server: LiveServer) -> int:
-    with server.fleet.transaction() as session:
-        return len(
-            certificates.list_certificates(
-                session,
-                Actor.local_admin(),
-                certificates.CertificateQuery(),
-                now=server.fleet.now(),
-            )
-        )
+    return len(server.fleet.certificates.search(Actor.local_admin(), CertificateQuery()))
+
+
+def _serial(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "X")
 
 
 def _split(done: subprocess.CompletedProcess[bytes]) -> tuple[bytes, int]:
@@ -206,25 +190,16 @@ def test_cacerts_simpleenroll_simplereenroll_with_curl(est, tmp_path: Path) -> N
         tmp_path / "dev2.pem", tmp_path / "issuing.pem", tmp_path / "root.pem", purpose="sslclient"
     )
     assert checked.ok, checked.output
-    with server.fleet.transaction() as session:
-        record = certificates.get_certificate(session, format(new_leaf.serial_number, "X"))
-        assert (
-            record.renews_id
-            == certificates.get_certificate(session, format(leaf.serial_number, "X")).id
-        )
+    renewed = server.fleet.certificates.get(Actor.local_admin(), _serial(new_leaf))
+    assert renewed.renews_serial == _serial(leaf)
 
     # No client certificate: 401; a revoked one: refused.
     body, code = _post(server, "simplereenroll", new_csr)
     assert code == 401
     assert b"est.client_certificate_required" in body
-    with server.fleet.transaction() as session:
-        certificates.revoke(
-            session,
-            Actor.local_admin(),
-            certificates.get_certificate(session, format(leaf.serial_number, "X")),
-            RevocationReason.KEY_COMPROMISE,
-            now=server.fleet.now(),
-        )
+    server.fleet.certificates.revoke(
+        Actor.local_admin(), _serial(leaf), RevocationReason.KEY_COMPROMISE
+    )
     count = _certificate_count(server)
     body, code = _post(server, "simplereenroll", new_csr, *current)
     assert code == 401
@@ -235,16 +210,10 @@ def test_cacerts_simpleenroll_simplereenroll_with_curl(est, tmp_path: Path) -> N
 def _issue_via_service(server: LiveServer, cn: str, tmp: Path) -> tuple[Path, Path]:
     """The agent requests a certificate for ``cn`` (its own id, or a device's)."""
     body = openssl_csr(tmp, f"own-{cn}", cn)
-    with server.fleet.transaction() as session:
-        issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-        _, issued = certificates.issue(
-            session,
-            Actor(AGENT),
-            server.fleet.keystore,
-            server.fleet.urls,
-            certificates.IssueCommand(ca_id=issuing.id, csr=base64.b64decode(body.read_bytes())),
-            now=server.fleet.now(),
-        )
+    issuing = next(c for c in server.fleet.cas.list() if c.tier == "issuing")
+    issued = server.fleet.certificates.issue(
+        Actor(AGENT), IssueCommand(ca_id=issuing.id, csr=base64.b64decode(body.read_bytes()))
+    )
     (tmp / f"own-{cn}.pem").write_text(issued.pem)
     return tmp / f"own-{cn}.pem", tmp / f"own-{cn}.key"
 
@@ -259,9 +228,8 @@ def test_simpleenroll_by_the_agents_own_client_certificate(est, tmp_path: Path) 
     (leaf,) = certs_from(body)
     assert leaf.subject.rfc4514_string() == "CN=dev-est"
     assert_lints_clean("certificate", leaf.public_bytes(Encoding.DER))
-    with server.fleet.transaction() as session:
-        record = certificates.get_certificate(session, format(leaf.serial_number, "X"))
-        assert record.requested_by == AGENT
+    record = server.fleet.certificates.get(Actor.local_admin(), _serial(leaf))
+    assert record.requested_by == AGENT
     # A device's certificate, though the agent requested it, does not stand for the agent.
     count = _certificate_count(server)
     body, code = _post(server, "simpleenroll", csr, "--cert", device_pem, "--key", device_key)

@@ -59,10 +59,7 @@ def _request_body(api: Api, device: str, csr: bytes, **extra: object) -> dict[st
 def _check_certificate(pem: str, api: Api, tmp_path: Path) -> x509.Certificate:
     cert = x509.load_pem_x509_certificate(pem.encode())
     assert_lints_clean("certificate", cert.public_bytes(serialization.Encoding.DER))
-    with api.fleet.transaction() as session:
-        from fleetpki.services.authority import ca_chain, get_ca
-
-        chain = ca_chain(session, get_ca(session, api.ca_id))
+    chain = api.fleet.cas.chain(api.ca_id)
     leaf = tmp_path / "leaf.pem"
     leaf.write_text(pem)
     paths = []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from fleetpki.services import Actor
 from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.services.hub_messages import TelemetryInput
 from support.server import start_server
@@ -82,12 +83,11 @@ def test_messages_stream_and_c2d_over_real_tls(tmp_path: Path) -> None:
             assert missing.json()["code"] == "hub.device_not_found"
         queued = server.fleet.hub_messages.pending_c2d("dev-1")
         assert [(m.body, m.properties) for m in queued] == [(b"reboot", {"k": "v"})]
-        from fleetpki.services.audit import list_audit
-
-        with server.fleet.transaction() as session:
-            (entry,) = list_audit(session, object_type="hub_device", object_id="dev-1")
-            assert entry.action == "hub.c2d_send"
-            assert entry.details == {"message_id": sent.json()["messageId"], "bytes": 6}
+        (entry,) = server.fleet.audit.latest(
+            Actor.local_admin(), object_type="hub_device", object_id="dev-1"
+        )
+        assert entry.action == "hub.c2d_send"
+        assert entry.details == {"message_id": sent.json()["messageId"], "bytes": 6}
 
 
 def _seed_one(fleet) -> None:  # type: ignore[no-untyped-def]

@@ -25,8 +25,7 @@ from fleetpki.api.tls import client_certificate_der
 from fleetpki.errors import ConflictError
 from fleetpki.pki.issuance import thumbprints
 from fleetpki.services import LOCAL_ADMIN_ID, Actor
-from fleetpki.services.certificates import IssueCommand, issue
-from fleetpki.services.domains import register_domain
+from fleetpki.services.certificates import IssueCommand
 from support.openssl import verify
 from support.pkilint import lint
 from support.server import LiveServer, start_server
@@ -92,32 +91,13 @@ def test_metrics_count_issuances_and_refusals(server: LiveServer) -> None:
 
 
 def _device_certificate(server: LiveServer, tmp_path: Path, device: str) -> tuple[Path, Path]:
-    fleet = server.fleet
+    fleet, admin = server.fleet, Actor.local_admin()
     key, csr = make_csr(device)
-    with fleet.transaction() as session:
-        ca_id = next(
-            c.id
-            for c in __import__("fleetpki.services.authority", fromlist=["x"]).list_cas(session)
-            if c.tier == "issuing"
-        )
-        register_domain(
-            session,
-            Actor.local_admin(),
-            ca_id=ca_id,
-            template_id=None,
-            name=device,
-            owners=[LOCAL_ADMIN_ID],
-            requesters=[],
-            now=fleet.now(),
-        )
-        _, issued = issue(
-            session,
-            Actor.local_admin(),
-            fleet.keystore,
-            fleet.urls,
-            IssueCommand(ca_id=ca_id, csr=csr),
-            now=fleet.now(),
-        )
+    ca_id = next(c.id for c in fleet.cas.list() if c.tier == "issuing")
+    fleet.domains.register(
+        admin, ca_id=ca_id, template_id=None, name=device, owners=[LOCAL_ADMIN_ID], requesters=[]
+    )
+    issued = fleet.certificates.issue(admin, IssueCommand(ca_id=ca_id, csr=csr))
     cert_path, key_path = tmp_path / "device.pem", tmp_path / "device.key"
     cert_path.write_text(issued.pem)
     key_path.write_bytes(

@@ -15,61 +15,47 @@ from cryptography.x509 import ocsp
 
 from conftest import make_csr
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, authority, certificates, domains
+from fleetpki.services import Actor
+from fleetpki.services.ca_views import CAView
 from fleetpki.services.certificates import IssueCommand
 from support.openssl import ocsp_query, verify_with_crl
 from support.pkilint import assert_lints_clean
 from support.server import LiveServer, start_server
 
 
+def _ca(server: LiveServer, tier: str) -> CAView:
+    return next(c for c in server.fleet.cas.list() if c.tier == tier)
+
+
 def _issue(server: LiveServer, name: str, tmp: Path) -> tuple[str, Path]:
     fleet = server.fleet
     admin = Actor.local_admin()
-    with fleet.transaction() as session:
-        issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-        domains.register_domain(
-            session,
-            admin,
-            ca_id=issuing.id,
-            template_id=None,
-            name=name,
-            owners=[admin.principal_id],
-            requesters=[admin.principal_id],
-            now=fleet.now(),
-        )
-        _, csr = make_csr(name)
-        record, issued = certificates.issue(
-            session,
-            admin,
-            fleet.keystore,
-            fleet.urls,
-            IssueCommand(ca_id=issuing.id, csr=csr),
-            now=fleet.now(),
-        )
+    issuing = _ca(server, "issuing")
+    fleet.domains.register(
+        admin,
+        ca_id=issuing.id,
+        template_id=None,
+        name=name,
+        owners=[admin.principal_id],
+        requesters=[admin.principal_id],
+    )
+    _, csr = make_csr(name)
+    issued = fleet.certificates.issue(admin, IssueCommand(ca_id=issuing.id, csr=csr))
     path = tmp / f"{name}.pem"
     path.write_text(issued.pem)
-    return record.serial_hex, path
+    return issued.certificate.serial_hex, path
 
 
 def _chain_files(server: LiveServer, tmp: Path) -> tuple[str, Path, Path]:
-    with server.fleet.transaction() as session:
-        issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-        issuing_cert, root_cert = authority.ca_chain(session, issuing)
+    issuing = _ca(server, "issuing")
+    issuing_cert, root_cert = server.fleet.cas.chain(issuing.id)
     (tmp / "issuing.pem").write_bytes(issuing_cert.public_bytes(serialization.Encoding.PEM))
     (tmp / "root.pem").write_bytes(root_cert.public_bytes(serialization.Encoding.PEM))
     return issuing.id, tmp / "issuing.pem", tmp / "root.pem"
 
 
 def _revoke(server: LiveServer, serial: str) -> None:
-    fleet = server.fleet
-    with fleet.transaction() as session:
-        certificates.revoke(
-            session,
-            Actor.local_admin(),
-            certificates.get_certificate(session, serial),
-            RevocationReason.KEY_COMPROMISE,
-            now=fleet.now(),
-        )
+    server.fleet.certificates.revoke(Actor.local_admin(), serial, RevocationReason.KEY_COMPROMISE)
 
 
 def test_crl_is_cached_rebuilt_after_a_revocation_and_checked_by_openssl(tmp_path: Path) -> None:
@@ -87,9 +73,7 @@ def test_crl_is_cached_rebuilt_after_a_revocation_and_checked_by_openssl(tmp_pat
             assert again.content == first.content  # served from the cache
             _revoke(server, bad_serial)
             after = http.get(f"/crl/{issuing_id}.crl")
-            with server.fleet.transaction() as session:
-                root_id = next(c.id for c in authority.list_cas(session) if c.tier == "root")
-            root_crl = http.get(f"/crl/{root_id}.crl")
+            root_crl = http.get(f"/crl/{_ca(server, 'root').id}.crl")
             ca_der = http.get(f"/ca/{issuing_id}.cer")
             assert ca_der.headers["content-type"] == "application/pkix-cert"
             assert x509.load_der_x509_certificate(ca_der.content) == x509.load_pem_x509_certificate(

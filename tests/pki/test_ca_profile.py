@@ -10,7 +10,6 @@ from cryptography.hazmat.primitives import serialization
 
 from fleetpki.application import init_home
 from fleetpki.pki.keys import CA_KEY_SPECS, KeySpec
-from fleetpki.services import authority
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.settings import Settings
 from support.openssl import verify
@@ -25,10 +24,7 @@ def test_hierarchy_of_each_key_type_lints_clean(
         Settings.default_for(tmp_path / "home"), HierarchySpec(root_key=spec, issuing_key=spec)
     )
     try:
-        with result.app.transaction() as session:
-            issuing, root = authority.ca_chain(
-                session, authority.get_ca(session, result.issuing.id)
-            )
+        issuing, root = result.app.cas.chain(result.issuing.id)
     finally:
         result.app.close()
     for cert in (root, issuing):

@@ -12,9 +12,7 @@ from sqlalchemy import func, select
 
 from fleetpki.api import create_app
 from fleetpki.application import FleetPKI
-from fleetpki.services.authority import list_cas
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
-from fleetpki.services.principals import create_token
 from fleetpki.store import models
 from support.server import LiveServer, start_server
 
@@ -51,17 +49,15 @@ __all__ = ["ALICE", "BOB", "Api", "TestClient", "api_fixture", "live_server_fixt
 
 
 def _token(fleet: FleetPKI, principal: str) -> str:
-    with fleet.transaction() as session:
-        return create_token(session, Actor.local_admin(), principal, now=fleet.now()).secret
+    return fleet.principals.create_token(Actor.local_admin(), principal).secret
 
 
 @pytest.fixture(name="api")
 def api_fixture(sqlite_fleet: FleetPKI) -> Iterator[Api]:
     """The app for ``sqlite_fleet``, called in-process (no sockets)."""
     fleet = sqlite_fleet
-    with fleet.transaction() as session:
-        issuing = next(c for c in list_cas(session) if c.tier == "issuing")
-        ca_id, template_id = issuing.id, issuing.templates[0].id
+    issuing = next(c for c in fleet.cas.list() if c.tier == "issuing")
+    ca_id, template_id = issuing.id, fleet.templates.list(issuing.id)[0].id
     app = create_app(fleet)
     with TestClient(app, base_url="https://testserver") as client:
         yield Api(

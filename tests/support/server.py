@@ -16,7 +16,6 @@ from fleetpki.api.server import Only, PreparedServer, bind_socket, prepare_serve
 from fleetpki.application import FleetPKI, init_home
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
-from fleetpki.services.principals import create_token
 from fleetpki.settings import Settings
 
 __all__ = ["LiveServer", "start_server"]
@@ -73,8 +72,7 @@ def start_server(
         public_url=base_url, api_port=port, **{"mqtt_port": 0, **settings_changes}
     )
     fleet = init_home(settings, HierarchySpec()).app
-    with fleet.transaction() as session:
-        admin = create_token(session, Actor.local_admin(), LOCAL_ADMIN_ID, now=fleet.now())
+    admin = fleet.principals.create_token(Actor.local_admin(), LOCAL_ADMIN_ID)
     prepared = prepare_server(
         fleet, host="127.0.0.1", api_port=port, hostname="localhost", only=only, api_socket=sock
     )
