@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from fleetpki.api.background import free_port
 from fleetpki.application import FleetPKI, init_home
 from fleetpki.keystore import load_or_create_passphrase
-from fleetpki.services import Actor, authority, domains
+from fleetpki.services import Actor
 from fleetpki.settings import Settings
 
 __all__ = [
@@ -87,18 +87,15 @@ class FleetHome:
 
     def register(self, names: Sequence[str]) -> None:
         """Register each name as a domain on the issuing CA, the admin its requester."""
-        with self.fleet.transaction() as session:
-            for name in names:
-                domains.register_domain(
-                    session,
-                    self.admin,
-                    ca_id=self.ca_id,
-                    template_id=None,
-                    name=name,
-                    owners=[self.admin.principal_id],
-                    requesters=[self.admin.principal_id],
-                    now=self.fleet.now(),
-                )
+        for name in names:
+            self.fleet.domains.register(
+                self.admin,
+                ca_id=self.ca_id,
+                template_id=None,
+                name=name,
+                owners=[self.admin.principal_id],
+                requesters=[self.admin.principal_id],
+            )
 
 
 def make_home(folder: Path) -> FleetHome:
@@ -109,10 +106,25 @@ def make_home(folder: Path) -> FleetHome:
         public_url=f"https://127.0.0.1:{api_port}", api_port=api_port, mqtt_port=free_port()
     )
     fleet = init_home(settings).app
-    with fleet.transaction() as session:
-        ca = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-        ca_id, key_ref, certificate = ca.id, ca.key_ref, authority.ca_certificate(ca)
-    return FleetHome(home, settings, fleet, ca_id, key_ref, certificate, Actor.local_admin())
+    issuing = fleet.cas.current_issuer()
+    certificate = issuing.certificate
+    key_ref = _key_ref_of(fleet, certificate)
+    return FleetHome(home, settings, fleet, issuing.id, key_ref, certificate, Actor.local_admin())
+
+
+def _key_ref_of(fleet: FleetPKI, certificate: x509.Certificate) -> str:
+    """The keystore reference of the CA key whose public key is ``certificate``'s.
+
+    No service hands out a CA's key reference (adapters have no business with keys), so
+    the benchmark finds the issuing CA's key among the home's key files by its public
+    key; the peer servers need that key, and the in-process reference line its signer.
+    """
+    public = certificate.public_key()
+    for path in sorted(fleet.settings.keys_dir.glob("*.pem")):
+        key_ref = f"file:{path.name}"
+        if fleet.keystore.signer(key_ref).public_key() == public:
+            return key_ref
+    raise RuntimeError(f"no key in {fleet.settings.keys_dir} matches {certificate.subject}")
 
 
 def export_ca(fleet_home: FleetHome, folder: Path) -> tuple[Path, Path]:

@@ -16,8 +16,8 @@ CSRs, each with its own key, from ``CLIENTS`` keep-alive client threads:
 Reference lines (in process, one core, no HTTP): the pure pipeline
 ``fleetpki.pki.issuance.issue_certificate`` with the FileKeyStore signer, split into its
 signing step and the check of the signed certificate; the CSR parse with its signature
-check (done per request before the pipeline); and ``services.certificates.issue`` with
-its SQLite transaction, as the API runs it.
+check (done per request before the pipeline); and ``fleet.certificates.issue`` with
+its SQLite unit of work, as the API runs it.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from ca_common import (
 from fleetpki.api.background import free_port
 from fleetpki.pki import IssuanceRequest, ParsedCSR, Template, issue_certificate, parse_csr
 from fleetpki.pki.issuance import (
+    Issuer,
     Plan,
     build_certificate,
     check_certificate,
@@ -60,9 +61,7 @@ from fleetpki.pki.issuance import (
     resolve_usages,
     resolve_validity,
 )
-from fleetpki.services import authority, certificates
 from fleetpki.services.certificates import IssueCommand
-from fleetpki.services.principals import create_token
 
 ROUNDS = 3  # per server, alternating
 REQUESTS = 150  # per round
@@ -90,9 +89,14 @@ def in_process(fleet_home: FleetHome) -> dict[str, float]:
     fleet_home.register(names)
     pems = [csr_pem(name) for name in names]
     parsed = [parse_csr(pem) for pem in pems]
-    with fleet.transaction() as session:
-        ca = authority.get_ca(session, fleet_home.ca_id)
-        issuer = authority.issuer_for(ca, fleet.keystore, fleet.urls)
+    # The signing context the issuance service builds for this CA (authority.issuer_for).
+    issuer = Issuer(
+        certificate=fleet_home.ca_certificate,
+        signer=fleet.keystore.signer(fleet_home.key_ref),
+        crl_url=fleet.urls.crl_url(fleet_home.ca_id),
+        ocsp_url=fleet.urls.ocsp_url(),
+        ca_issuers_url=fleet.urls.ca_issuers_url(fleet_home.ca_id),
+    )
     template = Template(str(uuid.uuid4()))
     now = fleet.now()
 
@@ -114,15 +118,7 @@ def in_process(fleet_home: FleetHome) -> dict[str, float]:
     signed = [(build_certificate(p, issuer), p) for p in plans]
 
     def service(pem: str) -> None:
-        with fleet.transaction() as session:
-            certificates.issue(
-                session,
-                fleet_home.admin,
-                fleet.keystore,
-                fleet.urls,
-                IssueCommand(ca_id=fleet_home.ca_id, csr=pem),
-                now=fleet.now(),
-            )
+        fleet.certificates.issue(fleet_home.admin, IssueCommand(ca_id=fleet_home.ca_id, csr=pem))
 
     return {
         "pipeline": _per_item_us(pipeline, parsed),
@@ -157,9 +153,8 @@ def main() -> int:
         fleet_home.register(["dev-warm"] + [name for names in rounds for name in names])
         csrs = [[csr_pem(name) for name in names] for names in rounds]
         warm = csr_pem("dev-warm")
-        with fleet_home.fleet.transaction() as session:
-            admin = fleet_home.admin
-            token = create_token(session, admin, admin.principal_id, now=fleet_home.fleet.now())
+        admin = fleet_home.admin
+        token = fleet_home.fleet.principals.create_token(admin, admin.principal_id)
         ca_cert, ca_key = export_ca(fleet_home, folder)
         cfssl_url = f"http://127.0.0.1:{free_port()}"
         cfssl = [
@@ -232,7 +227,7 @@ def main() -> int:
         f"pipeline issue_certificate {reference['pipeline']:.0f} "
         f"(of which signing {reference['sign']:.0f}, check of the signed certificate "
         f"{reference['check']:.0f}); CSR parse and signature check {reference['parse']:.0f}; "
-        f"services.certificates.issue with the SQLite commit and audit entry "
+        f"fleet.certificates.issue with the SQLite commit and audit entry "
         f"{reference['service']:.0f}"
     )
     return 0

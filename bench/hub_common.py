@@ -97,12 +97,9 @@ def make_certs(folder: Path, devices: int) -> Certs:
     copies readable by mosquitto's user go into ``folder``.
     """
     from fleetpki.application import init_home
-    from fleetpki.services import Actor, authority, hub_registry, hub_trust
-    from fleetpki.services.certificates import IssueCommand, issue
-    from fleetpki.services.context import LOCAL_ADMIN_ID
-    from fleetpki.services.domains import register_domain
-    from fleetpki.services.hub_registry import DeviceSpec
-    from fleetpki.services.server_cert import ensure_server_certificate
+    from fleetpki.services import Actor
+    from fleetpki.services.certificates import IssueCommand
+    from fleetpki.services.hub_devices import DeviceSpec
     from fleetpki.settings import Settings
 
     certs = Certs(folder)
@@ -110,52 +107,38 @@ def make_certs(folder: Path, devices: int) -> Certs:
     fleet = init_home(settings).app
     try:
         admin = Actor.local_admin()
-        with fleet.transaction() as session:
-            issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-            hub_trust.trust_local_ca(session, fleet.keystore, issuing.id, now=fleet.now())
-            issuing_pem = _pem(authority.ca_certificate(issuing))
-        files = ensure_server_certificate(fleet, hostname="localhost", host="127.0.0.1")
+        issuing = fleet.cas.current_issuer()
+        fleet.hub_trust.trust_local_ca(issuing.id)
+        issuing_pem = _pem(issuing.certificate)
+        files = fleet.server_certificates.ensure(hostname="localhost", host="127.0.0.1")
         certs.ca.write_bytes(files.client_ca_file.read_bytes())
         certs.server_cert.write_bytes(files.certfile.read_bytes())
         certs.server_key.write_bytes(files.keyfile.read_bytes())
         certs.server_key.chmod(0o644)  # mosquitto reads it as its own user
-        for start in range(0, devices, 100):
-            with fleet.transaction() as session:
-                for index in range(start, min(start + 100, devices)):
-                    device_id = f"dev{index}"
-                    register_domain(
-                        session,
-                        admin,
-                        ca_id=issuing.id,
-                        template_id=None,
-                        name=device_id,
-                        owners=[LOCAL_ADMIN_ID],
-                        requesters=[LOCAL_ADMIN_ID],
-                        now=fleet.now(),
-                    )
-                    key = ec.generate_private_key(ec.SECP256R1())
-                    csr = (
-                        x509.CertificateSigningRequestBuilder()
-                        .subject_name(
-                            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
-                        )
-                        .sign(key, hashes.SHA256())
-                    )
-                    _, issued = issue(
-                        session,
-                        admin,
-                        fleet.keystore,
-                        fleet.urls,
-                        IssueCommand(
-                            ca_id=issuing.id, csr=csr.public_bytes(serialization.Encoding.PEM)
-                        ),
-                        now=fleet.now(),
-                    )
-                    hub_registry.put_device(session, DeviceSpec(device_id), now=fleet.now())
-                    cert_path, key_path = certs.device(index)
-                    leaf = x509.load_der_x509_certificate(issued.der)
-                    cert_path.write_bytes(_pem(leaf) + issuing_pem)
-                    key_path.write_bytes(_key(key))
+        for index in range(devices):
+            device_id = f"dev{index}"
+            fleet.domains.register(
+                admin,
+                ca_id=issuing.id,
+                template_id=None,
+                name=device_id,
+                owners=[admin.principal_id],
+                requesters=[admin.principal_id],
+            )
+            key = ec.generate_private_key(ec.SECP256R1())
+            csr = (
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+                .sign(key, hashes.SHA256())
+            )
+            issued = fleet.certificates.issue(
+                admin,
+                IssueCommand(ca_id=issuing.id, csr=csr.public_bytes(serialization.Encoding.PEM)),
+            )
+            fleet.hub_devices.put(DeviceSpec(device_id))
+            cert_path, key_path = certs.device(index)
+            cert_path.write_bytes(_pem(issued.issued.certificate) + issuing_pem)
+            key_path.write_bytes(_key(key))
     finally:
         fleet.close()
     return certs

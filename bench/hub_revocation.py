@@ -28,8 +28,8 @@ from hub_common import connect_clients, workdir
 
 from fleetpki.application import FleetPKI, init_home
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import Actor, authority, certificates, hub_registry, hub_trust
-from fleetpki.services.hub_registry import DeviceSpec
+from fleetpki.services import Actor
+from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.settings import Settings
 
 DEVICES = 100
@@ -39,14 +39,11 @@ from support.hub import issue_device  # noqa: E402 - the tests' device helper
 
 def _prepare(folder: Path) -> tuple[FleetPKI, list[tuple[str, ssl.SSLContext]]]:
     fleet = init_home(Settings.default_for(folder / "home")).app
-    with fleet.transaction() as session:
-        issuing = next(c for c in authority.list_cas(session) if c.tier == "issuing")
-        hub_trust.trust_local_ca(session, fleet.keystore, issuing.id, now=fleet.now())
+    fleet.hub_trust.trust_local_ca(fleet.cas.current_issuer().id)
     devices: list[tuple[str, ssl.SSLContext]] = []
     for index in range(DEVICES):
         files = issue_device(fleet, f"dev{index}", folder)
-        with fleet.transaction() as session:
-            hub_registry.put_device(session, DeviceSpec(device_id=f"dev{index}"), now=fleet.now())
+        fleet.hub_devices.put(DeviceSpec(device_id=f"dev{index}"))
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = (
@@ -58,11 +55,7 @@ def _prepare(folder: Path) -> tuple[FleetPKI, list[tuple[str, ssl.SSLContext]]]:
 
 
 def _revoke(fleet: FleetPKI, serial: str) -> None:
-    with fleet.transaction() as session:
-        record = certificates.get_certificate(session, serial)
-        certificates.revoke(
-            session, Actor.local_admin(), record, RevocationReason.KEY_COMPROMISE, now=fleet.now()
-        )
+    fleet.certificates.revoke(Actor.local_admin(), serial, RevocationReason.KEY_COMPROMISE)
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ with its own nonce, from ``CLIENTS`` client threads:
   answers HTTP/1.0 and closes the connection after each response, so its clients
   reconnect for every request (inside the timed part, as real clients of it do).
 
-A reference line gives ``services.revocation_status.answer_ocsp`` in process (one core,
-SQLite session, no HTTP).
+A reference line gives ``fleet.revocation_status.ocsp`` in process (one core, its SQLite
+unit of work, no HTTP).
 """
 
 from __future__ import annotations
@@ -47,9 +47,7 @@ from ca_common import (
 
 from fleetpki.api.background import free_port
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services import certificates
 from fleetpki.services.certificates import IssueCommand
-from fleetpki.services.revocation_status import answer_ocsp
 
 ROUNDS = 3  # per responder, alternating
 REQUESTS = 200  # per round
@@ -61,22 +59,12 @@ def _leaves(fleet_home: FleetHome) -> tuple[x509.Certificate, x509.Certificate]:
     """Issue a good and a revoked device certificate."""
     fleet, admin = fleet_home.fleet, fleet_home.admin
     fleet_home.register(["dev-good", "dev-revoked"])
-    leaves = []
-    with fleet.transaction() as session:
-        for name in ("dev-good", "dev-revoked"):
-            record, issued = certificates.issue(
-                session,
-                admin,
-                fleet.keystore,
-                fleet.urls,
-                IssueCommand(ca_id=fleet_home.ca_id, csr=csr_pem(name)),
-                now=fleet.now(),
-            )
-            leaves.append(issued.certificate)
-        certificates.revoke(
-            session, admin, record, RevocationReason.KEY_COMPROMISE, now=fleet.now()
-        )
-    return leaves[0], leaves[1]
+    good, revoked = (
+        fleet.certificates.issue(admin, IssueCommand(ca_id=fleet_home.ca_id, csr=csr_pem(name)))
+        for name in ("dev-good", "dev-revoked")
+    )
+    fleet.certificates.revoke(admin, revoked.issued.serial_hex, RevocationReason.KEY_COMPROMISE)
+    return good.issued.certificate, revoked.issued.certificate
 
 
 def _index(folder: Path, good: x509.Certificate, revoked: x509.Certificate) -> Path:
@@ -114,8 +102,7 @@ def _in_process_us(fleet_home: FleetHome, requests: list[bytes]) -> float:
     for _ in range(5):
         started = time.perf_counter()
         for body in requests:
-            with fleet.transaction() as session:
-                answer_ocsp(session, fleet.keystore, body, now=fleet.now())
+            fleet.revocation_status.ocsp(body)
         times.append((time.perf_counter() - started) / len(requests) * 1e6)
     return statistics.median(times)
 
@@ -205,8 +192,8 @@ def main() -> int:
     print(openssl_load.row("openssl ocsp -index -port, HTTP, new connection per request"))
     print(ratio_row("openssl", fleet_load, openssl_load))
     print(
-        f"\nin process, one core: services.revocation_status.answer_ocsp with its SQLite "
-        f"session {reference:.0f} µs per response (median of 5 rounds)"
+        f"\nin process, one core: fleet.revocation_status.ocsp with its SQLite "
+        f"unit of work {reference:.0f} µs per response (median of 5 rounds)"
     )
     return 0
 

@@ -26,7 +26,6 @@ from rich.table import Table
 
 from fleetpki.application import FleetPKI, init_home
 from fleetpki.errors import FleetPKIError
-from fleetpki.keystore import load_or_create_passphrase
 from fleetpki.pki.keys import KeySpec
 from fleetpki.services import Actor
 from fleetpki.settings import Settings
@@ -97,15 +96,10 @@ def _start_servers(state: DemoState, _console: Console) -> str:
 
 
 def _trust(state: DemoState, _console: Console) -> str:
-    from fleetpki.services.hub_trust import trust_local_ca
-
-    fleet = state.fleet()
-    with fleet.transaction() as session:
-        record = trust_local_ca(session, fleet.keystore, state.issuing_id, now=fleet.now())
-        verified, thumbprint = record.is_verified, record.sha1_hex
-    if not verified:
+    trusted = state.fleet().hub_trust.trust_local_ca(state.issuing_id)
+    if not trusted.is_verified:
         raise FleetPKIError("demo.not_verified", "the hub did not verify the CA")
-    return f"issuing CA {thumbprint[:12]}… uploaded, code signed by its key, verified"
+    return f"issuing CA {trusted.sha1_hex[:12]}… uploaded, code signed by its key, verified"
 
 
 def _agent(state: DemoState, _console: Console) -> str:
@@ -119,15 +113,13 @@ def _agent(state: DemoState, _console: Console) -> str:
 
 def _simulate(state: DemoState, console: Console) -> str:
     from fleetpki.device import ServiceApiRegistry, SimulatorSettings, simulate_device
-    from fleetpki.services.hub_sas import connection_string, ensure_sas_policies
 
     fleet = state.fleet()
-    secret = load_or_create_passphrase(fleet.settings.home)
-    with fleet.transaction() as session:
-        ensure_sas_policies(session, secret, now=fleet.now())
-        conn = connection_string(
-            session, secret, f"localhost:{fleet.settings.api_port}", "registryReadWrite"
-        )
+    # The hub's default policies are created on first use; the device registers
+    # itself through the service API with this one, as the tutorial's does.
+    conn = fleet.hub_sas.connection_string(
+        "registryReadWrite", hostname=f"localhost:{fleet.settings.api_port}"
+    )
     assert state.ca_bundle is not None
     settings = SimulatorSettings(
         server_url=state.api_url,
@@ -156,32 +148,28 @@ def _simulate(state: DemoState, console: Console) -> str:
 
 
 def _show_telemetry(state: DemoState, console: Console) -> str:
-    from fleetpki.services.hub_messages import list_messages
-
-    fleet = state.fleet()
     device_id = _device_id(state)
-    with fleet.transaction() as session:
-        rows = list_messages(session, device_id=device_id, limit=100)
-        bodies = [json.loads(r.body) for r in rows]
-        table = Table(
-            "id",
-            "enqueued (UTC)",
-            "messageId",
-            "temperature",
-            "humidity",
-            "temperatureAlert",
-            box=None,
-            padding=(0, 2),
+    rows = state.fleet().hub_messages.list_telemetry(device_id=device_id, limit=100)
+    bodies = [json.loads(r.body) for r in rows]
+    table = Table(
+        "id",
+        "enqueued (UTC)",
+        "messageId",
+        "temperature",
+        "humidity",
+        "temperatureAlert",
+        box=None,
+        padding=(0, 2),
+    )
+    for row, body in zip(rows, bodies, strict=True):
+        table.add_row(
+            str(row.id),
+            row.enqueued_at.strftime("%H:%M:%S.%f")[:-3],
+            str(body.get("messageId")),
+            str(body.get("temperature")),
+            str(body.get("humidity")),
+            str(row.properties.get("temperatureAlert")),
         )
-        for row, body in zip(rows, bodies, strict=True):
-            table.add_row(
-                str(row.id),
-                row.enqueued_at.strftime("%H:%M:%S.%f")[:-3],
-                str(body.get("messageId")),
-                str(body.get("temperature")),
-                str(body.get("humidity")),
-                str(row.properties.get("temperatureAlert")),
-            )
     console.print(table)
     if len(bodies) != 5 or any(b["deviceId"] != device_id for b in bodies):
         raise FleetPKIError("demo.telemetry", f"expected 5 stored messages, found {len(bodies)}")

@@ -31,10 +31,7 @@ from fleetpki.device import (
     telemetry_message,
 )
 from fleetpki.device.simulator import HUMIDITY_RANGE, TEMPERATURE_RANGE
-from fleetpki.keystore import load_or_create_passphrase
 from fleetpki.pki.keys import KeySpec
-from fleetpki.services import hub_messages, hub_registry, hub_sas, hub_trust
-from fleetpki.services.authority import list_cas
 from support.server import LiveServer, start_server
 
 
@@ -61,21 +58,16 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     home = tmp_path_factory.mktemp("device-simulate") / "home"
     with start_server(home, mqtt_port=mqtt_port) as live:
         fleet = live.fleet
-        secret = load_or_create_passphrase(fleet.settings.home)
-        with fleet.transaction() as session:
-            issuing = next(c for c in list_cas(session) if c.tier == "issuing")
-            hub_trust.trust_local_ca(session, fleet.keystore, issuing.id, now=fleet.now())
-            hub_sas.ensure_sas_policies(session, secret, now=fleet.now())
-            connection = hub_sas.connection_string(
-                session, secret, f"localhost:{live.port}", "iothubowner"
-            )
+        fleet.hub_trust.trust_local_ca(fleet.cas.current_issuer().id)
+        connection = fleet.hub_sas.connection_string(
+            "iothubowner", hostname=f"localhost:{live.port}"
+        )
         yield Serve(live, mqtt_port, connection)
 
 
 def _stored(serve: Serve, device_id: str) -> list[tuple[dict[str, object], dict[str, object]]]:
-    with serve.live.fleet.transaction() as session:
-        rows = hub_messages.list_messages(session, device_id=device_id)
-        return [(json.loads(r.body), dict(r.properties)) for r in rows]
+    rows = serve.live.fleet.hub_messages.list_telemetry(device_id=device_id)
+    return [(json.loads(r.body), dict(r.properties)) for r in rows]
 
 
 def _check_messages(serve: Serve, device_id: str, count: int = 5) -> None:
@@ -136,8 +128,7 @@ def test_registering_twice_is_fine(serve: Serve) -> None:
     with ServiceApiRegistry(serve.connection_string, verify=serve.live.ca_bundle) as registry:
         assert registry.register_device(device_id) is True
         assert registry.register_device(device_id) is False
-    with serve.live.fleet.transaction() as session:
-        assert hub_registry.get_device(session, device_id).auth_type == "certificateAuthority"
+    assert serve.live.fleet.hub_devices.get(device_id).auth_type == "certificateAuthority"
 
 
 def test_cli_simulate(serve: Serve, tmp_path: Path) -> None:
