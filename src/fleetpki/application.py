@@ -170,10 +170,11 @@ class FleetPKI:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A database transaction: committed on success, rolled back on any error.
+        """The raw session of one unit of work: committed on success, rolled back on error.
 
-        Deprecated inside the package: services open their own units of work through
-        :attr:`store`. Kept while the remaining callers move over.
+        For tests that arrange states no use case makes, or count rows to show that a
+        refused request wrote nothing. No adapter and no service calls it: use cases are
+        the services' methods, each with its own unit of work.
         """
         with self.store.transaction() as unit:
             yield unit.session

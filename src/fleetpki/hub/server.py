@@ -307,15 +307,13 @@ async def start_hub(
     Raises:
         ConflictError: ``serve.port_in_use`` when the MQTT port is taken.
     """
-    from fleetpki.services.server_cert import ensure_server_certificate
-
     settings = fleet.settings
     host = host or settings.host
     port = settings.mqtt_port if port is None else port
     names = tuple(hostnames or (settings.hostname, "localhost", "127.0.0.1"))
     loop = asyncio.get_running_loop()
     files = await loop.run_in_executor(
-        None, lambda: ensure_server_certificate(fleet, hostname=settings.hostname, host=host)
+        None, lambda: fleet.server_certificates.ensure(hostname=settings.hostname, host=host)
     )
     context = hub_ssl_context(files.certfile, files.keyfile, [files.client_ca_file.read_bytes()])
     if backend is None:

@@ -8,11 +8,10 @@ from typing import Any
 from fleetpki.errors import PermissionDenied
 from fleetpki.services.ca_views import AuditEntryView, audit_entry_view
 from fleetpki.services.context import Actor
-from fleetpki.services.events import unit_of
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import AuditEntry
 
-__all__ = ["AuditService", "list_audit", "record_audit", "write_audit"]
+__all__ = ["AuditService", "write_audit"]
 
 
 def write_audit(
@@ -67,31 +66,3 @@ class AuditService:
         with self._store.transaction() as tx:
             entries = tx.audit.latest(object_type=object_type, object_id=object_id, limit=limit)
             return [audit_entry_view(e) for e in entries]
-
-
-# -- transitional: for callers still handed a session (the CLI, the hub side) -------------
-
-
-def record_audit(
-    session: Any,
-    actor: Actor,
-    action: str,
-    object_type: str,
-    object_id: str,
-    *,
-    at: dt.datetime,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """:func:`write_audit` in the unit of work that opened ``session`` (transitional)."""
-    write_audit(unit_of(session), actor, action, object_type, object_id, at=at, details=details)
-
-
-def list_audit(
-    session: Any,
-    *,
-    object_type: str | None = None,
-    object_id: str | None = None,
-    limit: int = 100,
-) -> list[AuditEntry]:
-    """The newest audit entries, optionally for one object (transitional)."""
-    return unit_of(session).audit.latest(object_type=object_type, object_id=object_id, limit=limit)

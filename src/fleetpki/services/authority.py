@@ -11,7 +11,6 @@ import builtins
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -39,7 +38,6 @@ from fleetpki.services.ca_views import (
     template_view,
 )
 from fleetpki.services.context import Actor, Clock
-from fleetpki.services.events import unit_of
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CARecord, TemplateRecord
 
@@ -49,16 +47,10 @@ __all__ = [
     "HierarchySpec",
     "TemplateService",
     "ca_certificate",
-    "ca_chain",
     "ca_record",
-    "create_hierarchy",
     "current_issuer",
-    "get_ca",
-    "get_template",
     "is_current_issuer",
     "issuer_for",
-    "list_cas",
-    "list_templates",
     "template_for",
     "template_from_record",
     "template_record",
@@ -466,44 +458,3 @@ class TemplateService:
         """
         with self._store.transaction() as tx:
             return template_view(template_record_of(tx, template_id))
-
-
-# -- transitional: for callers still handed a session (the CLI, the hub side) -------------
-
-
-def get_ca(session: Any, ca_id: str) -> CARecord:
-    """:func:`ca_record` in the unit of work that opened ``session`` (transitional)."""
-    return ca_record(unit_of(session), ca_id)
-
-
-def list_cas(session: Any) -> list[CARecord]:
-    """Every CA, roots first (transitional)."""
-    return unit_of(session).cas.all()
-
-
-def get_template(session: Any, template_id: str, ca_id: str | None = None) -> TemplateRecord:
-    """:func:`template_record_of` in the session's unit of work (transitional)."""
-    return template_record_of(unit_of(session), template_id, ca_id)
-
-
-def list_templates(session: Any, ca_id: str | None = None) -> list[TemplateRecord]:
-    """Templates, optionally of one CA (transitional)."""
-    return unit_of(session).templates.all(ca_id)
-
-
-def ca_chain(session: Any, ca: CARecord) -> list[x509.Certificate]:
-    """:func:`ca_chain_of` in the session's unit of work (transitional)."""
-    return ca_chain_of(unit_of(session), ca)
-
-
-def create_hierarchy(
-    session: Any,
-    actor: Actor,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
-    spec: HierarchySpec,
-    *,
-    now: dt.datetime,
-) -> tuple[CARecord, CARecord, TemplateRecord]:
-    """:func:`create_hierarchy_in` in the session's unit of work (transitional)."""
-    return create_hierarchy_in(unit_of(session), actor, keystore, urls, spec, now=now)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -39,37 +38,25 @@ from fleetpki.services.ca_views import (
 )
 from fleetpki.services.context import Actor, Clock
 from fleetpki.services.domains import domain_for_request, may_request_in
-from fleetpki.services.events import unit_of
 from fleetpki.services.notifications import CertificateRevoked
 from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.services.ports.ca import CertificateSearch
-from fleetpki.store.models import CARecord, CertificateRecord, Principal, TemplateRecord
+from fleetpki.store.models import CARecord, CertificateRecord, TemplateRecord
 
 __all__ = [
     "CertificateQuery",
     "CertificateService",
     "IssueCommand",
-    "authenticate_certificate",
-    "authenticate_client_certificate",
     "can_see",
     "certificate_by_serial",
     "certificate_by_thumbprint",
     "certificate_holder",
     "certificate_pem",
-    "get_certificate",
-    "get_certificate_by_thumbprint",
-    "issue",
     "issue_in",
     "issued_view",
-    "list_certificates",
     "load_certificate_pem",
     "may_revoke",
-    "principal_for_client_certificate",
-    "renew_with_certificate",
-    "renew_with_client_certificate",
-    "renew_with_token",
-    "revoke",
     "revoke_in",
     "sign_and_store",
     "visible_certificate",
@@ -561,138 +548,3 @@ class CertificateService:
                 tuple(ca_view(ca) for ca in tx.cas.all()),
                 tx.certificates.nearest_expiry(self._clock()),
             )
-
-
-# -- transitional: for callers still handed a session (the CLI, other sides' tests) -------
-
-
-def issue(
-    session: Any,
-    actor: Actor,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
-    command: IssueCommand,
-    *,
-    now: dt.datetime,
-) -> tuple[CertificateRecord, IssuedCertificate]:
-    """:func:`issue_in` in the session's unit of work (transitional)."""
-    return issue_in(unit_of(session), actor, keystore, urls, command, now=now)
-
-
-def get_certificate(session: Any, serial: str) -> CertificateRecord:
-    """:func:`certificate_by_serial` in the session's unit of work (transitional)."""
-    return certificate_by_serial(unit_of(session), serial)
-
-
-def get_certificate_by_thumbprint(session: Any, thumbprint: str) -> CertificateRecord:
-    """:func:`certificate_by_thumbprint` in the session's unit of work (transitional)."""
-    return certificate_by_thumbprint(unit_of(session), thumbprint)
-
-
-def list_certificates(
-    session: Any, actor: Actor, query: CertificateQuery, *, now: dt.datetime
-) -> list[CertificateRecord]:
-    """:func:`search_in` in the session's unit of work (transitional)."""
-    return search_in(unit_of(session), actor, query, now=now)
-
-
-def revoke(
-    session: Any,
-    actor: Actor,
-    record: CertificateRecord,
-    reason: RevocationReason,
-    *,
-    now: dt.datetime,
-) -> CertificateRecord:
-    """:func:`revoke_in` in the session's unit of work (transitional)."""
-    return revoke_in(unit_of(session), actor, record, reason, now=now)
-
-
-def authenticate_certificate(
-    session: Any, token: str, certificate_pem: bytes | str, *, audience: str, now: dt.datetime
-) -> CertificateRecord:
-    """See :func:`fleetpki.services.renewal.authenticate_certificate_in` (transitional)."""
-    from fleetpki.services import renewal
-
-    return renewal.authenticate_certificate_in(
-        unit_of(session), token, certificate_pem, audience=audience, now=now
-    )
-
-
-def authenticate_client_certificate(
-    session: Any, certificate_der: bytes, *, now: dt.datetime
-) -> CertificateRecord:
-    """See :func:`fleetpki.services.renewal.authenticate_client_certificate_in` (transitional)."""
-    from fleetpki.services import renewal
-
-    return renewal.authenticate_client_certificate_in(unit_of(session), certificate_der, now=now)
-
-
-def principal_for_client_certificate(
-    session: Any, certificate_der: bytes, *, now: dt.datetime
-) -> Principal:
-    """See :func:`fleetpki.services.renewal.principal_for_client_certificate_in` (transitional)."""
-    from fleetpki.services import renewal
-
-    return renewal.principal_for_client_certificate_in(unit_of(session), certificate_der, now=now)
-
-
-def renew_with_token(
-    session: Any,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
-    *,
-    token: str,
-    certificate_pem: bytes | str,
-    csr: bytes | str,
-    validity_days: int | None,
-    audience: str,
-    source: str = "cli",
-    now: dt.datetime,
-) -> tuple[CertificateRecord, IssuedCertificate]:
-    """Renew with a certificate token in the session's unit of work (transitional)."""
-    from fleetpki.services import renewal
-
-    tx = unit_of(session)
-    current = renewal.authenticate_certificate_in(
-        tx, token, certificate_pem, audience=audience, now=now
-    )
-    return renewal.renew_in(tx, keystore, urls, current, csr, validity_days, source=source, now=now)
-
-
-def renew_with_certificate(
-    session: Any,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
-    *,
-    current: CertificateRecord,
-    csr: bytes | str,
-    validity_days: int | None,
-    source: str,
-    now: dt.datetime,
-) -> tuple[CertificateRecord, IssuedCertificate]:
-    """Renew for a caller already authenticated by ``current`` (transitional)."""
-    from fleetpki.services import renewal
-
-    renewal.check_current(current, now)
-    return renewal.renew_in(
-        unit_of(session), keystore, urls, current, csr, validity_days, source=source, now=now
-    )
-
-
-def renew_with_client_certificate(
-    session: Any,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
-    *,
-    certificate_der: bytes,
-    csr: bytes | str,
-    source: str,
-    now: dt.datetime,
-) -> tuple[CertificateRecord, IssuedCertificate]:
-    """Renew for the holder of a TLS client certificate (transitional)."""
-    from fleetpki.services import renewal
-
-    return renewal.renew_with_client_certificate_in(
-        unit_of(session), keystore, urls, certificate_der, csr, source=source, now=now
-    )

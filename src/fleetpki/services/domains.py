@@ -6,7 +6,6 @@ import builtins
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, ValidationError
 from fleetpki.pki.names import validate_domain_name
@@ -14,7 +13,6 @@ from fleetpki.services.audit import write_audit
 from fleetpki.services.authority import ca_record, template_for, template_from_record
 from fleetpki.services.ca_views import OWNER, REQUESTER, DomainView, domain_view
 from fleetpki.services.context import Actor, Clock
-from fleetpki.services.events import unit_of
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.services.principals import principal_record
 from fleetpki.store.models import DomainMember, DomainRecord
@@ -24,14 +22,7 @@ __all__ = [
     "REQUESTER",
     "DomainService",
     "domain_for_request",
-    "domain_id_for",
-    "find_domain",
-    "get_domain",
-    "list_domains",
-    "may_request",
-    "register_domain",
     "register_domain_in",
-    "set_domain_members",
     "visible_domain_record",
 ]
 
@@ -277,70 +268,3 @@ class DomainService:
         with self._store.transaction() as tx:
             domain = tx.domains.find(ca_id, name)
             return domain_view(domain) if domain is not None else None
-
-
-# -- transitional: for callers still handed a session (the CLI, the hub side's tests) -----
-
-
-def register_domain(
-    session: Any,
-    actor: Actor,
-    *,
-    ca_id: str,
-    template_id: str | None,
-    name: str,
-    owners: Sequence[str],
-    requesters: Sequence[str],
-    now: dt.datetime,
-) -> DomainRecord:
-    """:func:`register_domain_in` in the session's unit of work (transitional)."""
-    return register_domain_in(
-        unit_of(session),
-        actor,
-        ca_id=ca_id,
-        template_id=template_id,
-        name=name,
-        owners=owners,
-        requesters=requesters,
-        now=now,
-    )
-
-
-def set_domain_members(
-    session: Any,
-    actor: Actor,
-    domain_id: str,
-    *,
-    owners: Sequence[str],
-    requesters: Sequence[str],
-    now: dt.datetime,
-) -> DomainRecord:
-    """Replace a domain's members in the session's unit of work (transitional)."""
-    return _set_members(
-        unit_of(session), actor, domain_id, owners=owners, requesters=requesters, now=now
-    )
-
-
-def get_domain(session: Any, domain_id: str) -> DomainRecord:
-    """A domain by id, in the session's unit of work (transitional)."""
-    return _domain(unit_of(session), domain_id)
-
-
-def find_domain(session: Any, ca_id: str, name: str) -> DomainRecord | None:
-    """The domain ``name`` under ``ca_id``, in the session's unit of work (transitional)."""
-    return unit_of(session).domains.find(ca_id, name)
-
-
-def list_domains(session: Any, actor: Actor, *, name: str | None = None) -> list[DomainRecord]:
-    """:func:`visible_domains` in the session's unit of work (transitional)."""
-    return visible_domains(unit_of(session), actor, name=name)
-
-
-def may_request(session: Any, actor: Actor, ca_id: str, name: str) -> bool:
-    """:func:`may_request_in` in the session's unit of work (transitional)."""
-    return may_request_in(unit_of(session), actor, ca_id, name)
-
-
-def domain_id_for(session: Any, ca_id: str, name: str) -> str | None:
-    """The id of the domain ``name`` under ``ca_id`` (transitional)."""
-    return unit_of(session).domains.id_for(ca_id, name)

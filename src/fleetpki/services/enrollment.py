@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services.authority import ca_record, current_issuer, template_record_of
@@ -37,18 +36,12 @@ from fleetpki.services.certificates import (
 )
 from fleetpki.services.context import Actor, Clock
 from fleetpki.services.domains import register_domain_in, visible_domains
-from fleetpki.services.events import unit_of
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.services.principals import ensure_principal_in
 from fleetpki.services.renewal import authenticate_certificate_token_in
 from fleetpki.store.models import AuditEntry, CertificateRecord, DomainRecord
 
-__all__ = [
-    "EnrollmentService",
-    "MemberRef",
-    "register_domain_with_members",
-    "register_domain_with_members_in",
-]
+__all__ = ["EnrollmentService", "MemberRef", "register_domain_with_members_in"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,30 +233,3 @@ class EnrollmentService:
             holder = certificate_holder(record)
             actor = Actor(principal_id=holder.principal_id, source=source)
             return certificate_view(revoke_in(tx, actor, record, reason, now=now))
-
-
-# -- transitional: for callers still handed a session -------------------------------------
-
-
-def register_domain_with_members(
-    session: Any,
-    actor: Actor,
-    *,
-    ca_id: str | None,
-    template_id: str | None,
-    name: str,
-    owners: Sequence[MemberRef],
-    requesters: Sequence[MemberRef],
-    now: dt.datetime,
-) -> DomainRecord:
-    """:func:`register_domain_with_members_in` in the session's unit (transitional)."""
-    return register_domain_with_members_in(
-        unit_of(session),
-        actor,
-        ca_id=ca_id,
-        template_id=template_id,
-        name=name,
-        owners=owners,
-        requesters=requesters,
-        now=now,
-    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from fleetpki.services.notifications import (
     C2DQueued,
@@ -23,15 +23,9 @@ from fleetpki.services.notifications import (
     TrustChanged,
 )
 
-__all__ = ["EventBus", "HubEventListener", "Listener", "notify_after_commit", "unit_of"]
-
-if TYPE_CHECKING:
-    from fleetpki.services.ports import UnitOfWork
+__all__ = ["EventBus", "HubEventListener", "Listener"]
 
 _log = logging.getLogger(__name__)
-
-#: Where a unit of work keeps itself on its SQLAlchemy session (see store/unit_of_work.py).
-_UOW_KEY = "fleetpki.unit_of_work"
 
 Listener = Callable[[Notification], None]
 
@@ -110,20 +104,3 @@ class HubEventListener:
 
     def on_events_written(self, event_types: frozenset[str]) -> None:
         """Outbox events were committed."""
-
-
-def unit_of(session: Any) -> UnitOfWork:
-    """The unit of work that opened ``session``: for services still handed a session.
-
-    Raises:
-        RuntimeError: when the session was not opened by the application's store.
-    """
-    unit = session.info.get(_UOW_KEY)
-    if unit is None:
-        raise RuntimeError("this session was not opened by the application's store")
-    return cast("UnitOfWork", unit)
-
-
-def notify_after_commit(session: Any, notification: Notification) -> None:
-    """Publish ``notification`` on the application's bus when ``session`` commits."""
-    unit_of(session).publish(notification)

@@ -17,7 +17,6 @@ from typing import Any
 
 from fleetpki.errors import ValidationError
 from fleetpki.services.context import Actor, Clock
-from fleetpki.services.events import unit_of
 from fleetpki.services.hub_devices import require_device
 from fleetpki.services.notifications import C2DQueued
 from fleetpki.services.ports import Store, UnitOfWork
@@ -30,11 +29,6 @@ __all__ = [
     "HubMessageService",
     "HubMessageView",
     "TelemetryInput",
-    "enqueue_c2d",
-    "list_messages",
-    "mark_c2d_delivered",
-    "pending_c2d",
-    "store_telemetry",
 ]
 
 #: Azure's limit for a cloud-to-device message body.
@@ -232,51 +226,3 @@ class HubMessageService:
         """Record the device's PUBACK for a message; unknown or repeated ids are ignored."""
         with self._store.transaction() as tx:
             mark_delivered_in(tx, device_id, message_id, now=self._clock())
-
-
-# --------------------------------------------------------------------------- transitional
-# Session-taking functions for callers not yet moved to HubMessageService (the MQTT
-# server's store backend, demo, test fixtures); they go when those callers move.
-
-
-def store_telemetry(session: Any, batch: Sequence[TelemetryInput]) -> None:
-    """Transitional: :meth:`HubMessageService.store_telemetry` in ``session``'s transaction."""
-    if batch:
-        unit_of(session).hub_telemetry.add_batch(batch)
-
-
-def list_messages(
-    session: Any,
-    *,
-    device_id: str | None = None,
-    after_id: int | None = None,
-    limit: int = 100,
-) -> list[HubMessage]:
-    """Transitional: :meth:`HubMessageService.list_telemetry` in ``session``'s transaction."""
-    rows = unit_of(session).hub_telemetry.list(device_id=device_id, after_id=after_id, limit=limit)
-    return list(rows)
-
-
-def enqueue_c2d(
-    session: Any,
-    device_id: str,
-    body: bytes,
-    *,
-    now: dt.datetime,
-    properties: Mapping[str, str] | None = None,
-    message_id: str | None = None,
-) -> HubC2DMessage:
-    """Transitional: :meth:`HubMessageService.enqueue_c2d` in ``session``'s transaction."""
-    return enqueue_in(
-        unit_of(session), device_id, body, now=now, properties=properties, message_id=message_id
-    )
-
-
-def pending_c2d(session: Any, device_id: str) -> list[HubC2DMessage]:
-    """Transitional: :meth:`HubMessageService.pending_c2d` in ``session``'s transaction."""
-    return list(unit_of(session).hub_c2d.pending(device_id))
-
-
-def mark_c2d_delivered(session: Any, device_id: str, message_id: str, *, now: dt.datetime) -> None:
-    """Transitional: :meth:`HubMessageService.mark_c2d_delivered` in ``session``."""
-    mark_delivered_in(unit_of(session), device_id, message_id, now=now)

@@ -19,7 +19,6 @@ import secrets
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote, quote_plus, unquote
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -28,7 +27,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fleetpki.errors import AuthenticationError, NotFoundError, PermissionDenied
 from fleetpki.services.context import Clock
-from fleetpki.services.events import unit_of
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.hub_models import HubSasPolicy
 
@@ -38,10 +36,7 @@ __all__ = [
     "PolicyKeys",
     "Right",
     "SasCaller",
-    "connection_string",
-    "ensure_sas_policies",
     "make_sas_token",
-    "policy_keys",
     "require_right",
 ]
 
@@ -291,25 +286,3 @@ def require_right(caller: SasCaller, *alternatives: Right) -> None:
     """
     if not caller.rights.intersection(alternatives):
         raise PermissionDenied("hub.sas_forbidden", "this policy may not do that")
-
-
-# --------------------------------------------------------------------------- transitional
-# Session-taking functions for callers not yet moved to HubSasService (demo, test
-# fixtures); they go when those callers move.
-
-
-def ensure_sas_policies(session: Any, secret: bytes, *, now: dt.datetime) -> None:
-    """Transitional: :meth:`HubSasService.ensure_policies` in ``session``'s transaction."""
-    ensure_policies_in(unit_of(session), secret, now=now)
-
-
-def policy_keys(session: Any, secret: bytes, name: str) -> tuple[str, str, frozenset[Right]]:
-    """Transitional: :meth:`HubSasService.policy_keys` in ``session`` (a tuple, as before)."""
-    keys = policy_keys_in(unit_of(session), secret, name)
-    return keys.primary, keys.secondary, keys.rights
-
-
-def connection_string(session: Any, secret: bytes, hostname: str, policy: str) -> str:
-    """Transitional: :meth:`HubSasService.connection_string` in ``session``'s transaction."""
-    keys = policy_keys_in(unit_of(session), secret, policy)
-    return _connection_string(hostname, policy, keys.primary)

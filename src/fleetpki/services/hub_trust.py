@@ -21,7 +21,6 @@ import threading
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -33,7 +32,6 @@ from fleetpki.keystore import KeyStore
 from fleetpki.pki.issuance import thumbprints
 from fleetpki.pki.keys import KeySpec, generate_key
 from fleetpki.services.context import Clock
-from fleetpki.services.events import unit_of
 from fleetpki.services.hub_etags import check_if_match, new_etag
 from fleetpki.services.notifications import TrustChanged
 from fleetpki.services.ports import Store, UnitOfWork
@@ -46,16 +44,8 @@ __all__ = [
     "TrustAnchors",
     "TrustCache",
     "check_if_match",
-    "delete_hub_ca",
-    "generate_verification_code",
-    "get_hub_ca",
     "hub_ca_view",
-    "list_hub_cas",
     "new_etag",
-    "trust_anchors",
-    "trust_local_ca",
-    "upload_hub_ca",
-    "verify_hub_ca",
 ]
 
 
@@ -439,77 +429,3 @@ class HubTrustService:
         Served from this application's :class:`TrustCache` while ``hub_cas`` is unchanged.
         """
         return self.cache.anchors(tx)
-
-
-# --------------------------------------------------------------------------- transitional
-# Session-taking functions for callers not yet moved to HubTrustService (the MQTT
-# server's store backend, device authentication, demo, test fixtures). Each is the
-# service's use case inside the caller's transaction; they go when those callers move.
-
-
-def get_hub_ca(session: Any, name: str) -> HubCA:
-    """Transitional: :meth:`HubTrustService.get` in ``session``'s transaction."""
-    return require_hub_ca(unit_of(session), name)
-
-
-def list_hub_cas(session: Any) -> list[HubCA]:
-    """Transitional: :meth:`HubTrustService.list` in ``session``'s transaction."""
-    return list(unit_of(session).hub_cas.list())
-
-
-def upload_hub_ca(
-    session: Any,
-    name: str,
-    certificate: bytes | str,
-    *,
-    now: dt.datetime,
-    fleetpki_ca_id: str | None = None,
-    verified: bool = False,
-) -> HubCA:
-    """Transitional: :meth:`HubTrustService.upload` in ``session``'s transaction."""
-    return upload_in(
-        unit_of(session),
-        name,
-        certificate,
-        now=now,
-        fleetpki_ca_id=fleetpki_ca_id,
-        verified=verified,
-    )
-
-
-def generate_verification_code(
-    session: Any, name: str, *, now: dt.datetime, if_match: str | None = None
-) -> HubCA:
-    """Transitional: :meth:`HubTrustService.generate_verification_code` in ``session``."""
-    return verification_code_in(unit_of(session), name, now=now, if_match=if_match)
-
-
-def verify_hub_ca(
-    session: Any,
-    name: str,
-    verification_certificate: bytes | str,
-    *,
-    now: dt.datetime,
-    if_match: str | None = None,
-) -> HubCA:
-    """Transitional: :meth:`HubTrustService.verify` in ``session``'s transaction."""
-    return verify_in(unit_of(session), name, verification_certificate, now=now, if_match=if_match)
-
-
-def delete_hub_ca(session: Any, name: str, *, if_match: str | None = None) -> None:
-    """Transitional: :meth:`HubTrustService.delete` in ``session``'s transaction."""
-    delete_in(unit_of(session), name, if_match=if_match)
-
-
-def trust_local_ca(session: Any, keystore: KeyStore, ca_id: str, *, now: dt.datetime) -> HubCA:
-    """Transitional: :meth:`HubTrustService.trust_local_ca` in ``session``'s transaction."""
-    return trust_local_ca_in(unit_of(session), keystore, ca_id, now=now)
-
-
-def trust_anchors(session: Any) -> TrustAnchors:
-    """Transitional: the anchors read and parsed now, uncached (see :class:`TrustCache`).
-
-    Only ``hub_registry.authenticate_device`` calls it, until device authentication
-    reads them through :meth:`HubTrustService.trust_anchors`.
-    """
-    return _read_anchors(unit_of(session))

@@ -9,7 +9,6 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from fleetpki.errors import (
     AuthenticationError,
@@ -21,7 +20,6 @@ from fleetpki.errors import (
 from fleetpki.services.audit import write_audit
 from fleetpki.services.ca_views import PrincipalView, principal_view
 from fleetpki.services.context import Actor, Clock
-from fleetpki.services.events import unit_of
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import ApiToken, Principal
 
@@ -30,13 +28,8 @@ __all__ = [
     "TOKEN_PREFIX",
     "NewToken",
     "PrincipalService",
-    "add_principal",
-    "authenticate_token",
-    "create_token",
-    "ensure_principal",
+    "authenticate_token_in",
     "ensure_principal_in",
-    "get_principal",
-    "list_principals",
     "principal_record",
     "validate_principal_id",
 ]
@@ -308,65 +301,3 @@ class PrincipalService:
         """
         with self._store.transaction() as tx:
             return principal_view(authenticate_token_in(tx, secret, now=self._clock()))
-
-
-# -- transitional: for callers still handed a session (the CLI, tests' setup) -------------
-
-
-def add_principal(
-    session: Any,
-    actor: Actor,
-    principal_id: str,
-    friendly_name: str,
-    *,
-    principal_type: str = "User",
-    is_admin: bool = False,
-    now: dt.datetime,
-) -> Principal:
-    """Register a principal in the session's unit of work (transitional)."""
-    return _add_principal(
-        unit_of(session),
-        actor,
-        principal_id,
-        friendly_name,
-        principal_type=principal_type,
-        is_admin=is_admin,
-        now=now,
-    )
-
-
-def ensure_principal(
-    session: Any, principal_id: str, friendly_name: str, *, now: dt.datetime
-) -> Principal:
-    """:func:`ensure_principal_in` in the session's unit of work (transitional)."""
-    return ensure_principal_in(unit_of(session), principal_id, friendly_name, now=now)
-
-
-def get_principal(session: Any, principal_id: str) -> Principal:
-    """:func:`principal_record` in the session's unit of work (transitional)."""
-    return principal_record(unit_of(session), principal_id)
-
-
-def list_principals(session: Any) -> list[Principal]:
-    """Every principal, by friendly name (transitional)."""
-    return unit_of(session).principals.all()
-
-
-def create_token(
-    session: Any,
-    actor: Actor,
-    principal_id: str,
-    *,
-    name: str = "api",
-    lifetime: dt.timedelta | None = None,
-    now: dt.datetime,
-) -> NewToken:
-    """Create an API token in the session's unit of work (transitional)."""
-    return _create_token(
-        unit_of(session), actor, principal_id, name=name, lifetime=lifetime, now=now
-    )
-
-
-def authenticate_token(session: Any, secret: str, *, now: dt.datetime) -> Principal:
-    """The principal of a bearer token, in the session's unit of work (transitional)."""
-    return authenticate_token_in(unit_of(session), secret, now=now)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from fleetpki.errors import FleetPKIError, ValidationError
 from fleetpki.keystore import KeyStore
@@ -29,21 +28,10 @@ from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services.authority import CAUrlsConfig, ca_certificate, ca_record
 from fleetpki.services.ca_views import CrlView
 from fleetpki.services.context import Clock
-from fleetpki.services.events import unit_of
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CARecord
 
-__all__ = [
-    "CRL_LIFETIME",
-    "OCSP_LIFETIME",
-    "RevocationStatusService",
-    "answer_ocsp",
-    "answer_ocsp_get",
-    "ca_certificate_der",
-    "crl_in",
-    "get_crl",
-    "ocsp_answer_in",
-]
+__all__ = ["CRL_LIFETIME", "OCSP_LIFETIME", "RevocationStatusService", "crl_in", "ocsp_answer_in"]
 
 #: A CRL is valid this long; it is rebuilt on the first read after it lapses, or
 #: after any revocation.
@@ -229,28 +217,3 @@ class RevocationStatusService:
             return ocsp_answer_in(
                 tx, self._keystore, lambda: parse_ocsp_request_path(path), self._clock()
             )
-
-
-# -- transitional: for callers still handed a session (tests that move the clock) ---------
-
-
-def get_crl(
-    session: Any, keystore: KeyStore, urls: CAUrlsConfig, ca_id: str, *, now: dt.datetime
-) -> tuple[bytes, dt.datetime]:
-    """:func:`crl_in` in the session's unit of work (transitional)."""
-    return crl_in(unit_of(session), keystore, urls, ca_id, now=now)
-
-
-def ca_certificate_der(session: Any, ca_id: str) -> bytes:
-    """A CA's certificate in DER (transitional)."""
-    return ca_record(unit_of(session), ca_id).certificate_der
-
-
-def answer_ocsp(session: Any, keystore: KeyStore, request_der: bytes, *, now: dt.datetime) -> bytes:
-    """:meth:`RevocationStatusService.ocsp` in the session's unit of work (transitional)."""
-    return ocsp_answer_in(unit_of(session), keystore, lambda: parse_ocsp_request(request_der), now)
-
-
-def answer_ocsp_get(session: Any, keystore: KeyStore, path: str, *, now: dt.datetime) -> bytes:
-    """:meth:`RevocationStatusService.ocsp_get` in the session's unit of work (transitional)."""
-    return ocsp_answer_in(unit_of(session), keystore, lambda: parse_ocsp_request_path(path), now)

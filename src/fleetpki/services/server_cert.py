@@ -39,14 +39,13 @@ from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.ports import Store
 
 if TYPE_CHECKING:
-    from fleetpki.application import FleetPKI
+    pass
 
 __all__ = [
     "SERVER_CERT_DAYS",
     "SERVER_COMMON_NAME",
     "ServerCertificateService",
     "ServerTLSFiles",
-    "ensure_server_certificate",
     "server_names",
     "server_profile",
 ]
@@ -283,8 +282,3 @@ class ServerCertificateService:
             0o644,
         )
         return files
-
-
-def ensure_server_certificate(app: FleetPKI, *, hostname: str, host: str) -> ServerTLSFiles:
-    """``app.server_certificates.ensure(...)`` (transitional, for callers not yet moved)."""
-    return app.server_certificates.ensure(hostname=hostname, host=host)

@@ -40,10 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SqlStore", "SqlUnitOfWork"]
 
-#: Where a unit of work keeps itself on its session (for code still handed the session).
-UOW_KEY = "fleetpki.unit_of_work"
-
-
 class SqlUnitOfWork:
     """:class:`fleetpki.services.ports.UnitOfWork` on one SQLAlchemy session."""
 
@@ -53,7 +49,6 @@ class SqlUnitOfWork:
         self.notifications: list[Notification] = []
         self.callbacks: list[Callable[[], None]] = []
         self.written_types: set[str] = set()
-        session.info[UOW_KEY] = self
 
     @cached_property
     def events(self) -> SqlEventLog:
