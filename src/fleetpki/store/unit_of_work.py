@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SqlStore", "SqlUnitOfWork"]
 
+
 class SqlUnitOfWork:
     """:class:`fleetpki.services.ports.UnitOfWork` on one SQLAlchemy session."""
 
