@@ -41,7 +41,6 @@ from fleetpki.device import (
 )
 from fleetpki.errors import AuthenticationError, FleetPKIError, ValidationError
 from fleetpki.hub.backend import C2DMessage
-from fleetpki.services.server_cert import ensure_server_certificate
 from support.hub import LiveHub, start_hub_thread
 from support.server import LiveServer, start_server
 
@@ -323,7 +322,7 @@ def mosquitto(live: LiveServer, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """mosquitto on TLS 1.2 requiring a client certificate from the fleetpki CA."""
     if shutil.which("mosquitto") is None:
         pytest.fail("mosquitto is missing: `make test` installs it (scripts/ensure-system-deps.sh)")
-    files = ensure_server_certificate(live.fleet, hostname="localhost", host="127.0.0.1")
+    files = live.fleet.server_certificates.ensure(hostname="localhost", host="127.0.0.1")
     # mosquitto started as root drops to the "mosquitto" user, which cannot enter the
     # pytest folders: give it copies it owns in a folder it may traverse.
     with tempfile.TemporaryDirectory(prefix="fleetpki-mosquitto-") as folder:

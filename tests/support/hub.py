@@ -37,7 +37,6 @@ from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.certificates import IssueCommand
 from fleetpki.services.hub_devices import DeviceSpec, DeviceStatus
-from fleetpki.services.server_cert import ensure_server_certificate
 from support.hub_control import issuing_ca
 
 __all__ = [
@@ -298,7 +297,7 @@ def start_hub_thread(
     """
     if trust:
         trust_issuing_ca(fleet)
-    files = ensure_server_certificate(fleet, hostname="localhost", host=host)
+    files = fleet.server_certificates.ensure(hostname="localhost", host=host)
     backend = StoreHubBackend(fleet, revocation_poll=revocation_poll)
     loop = uvloop.new_event_loop()
     started = threading.Event()
