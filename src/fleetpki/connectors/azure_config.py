@@ -213,7 +213,8 @@ def build_credential(config: AzureCredentialConfig, *, ca_bundle: str | None) ->
     delivery with its own backoff.
 
     Raises:
-        ConnectorError: ``link.credential_incomplete`` naming the missing fields.
+        ConnectorError: ``link.credential_incomplete`` naming the missing fields,
+            ``link.bad_credential`` for a certificate file that cannot be used.
     """
     common: dict[str, Any] = {"retry_total": 0, **_authority_kwargs(config)}
     if ca_bundle:
@@ -224,6 +225,17 @@ def build_credential(config: AzureCredentialConfig, *, ca_bundle: str | None) ->
     if config.kind is CredentialKind.CERTIFICATE:
         tenant, client, path = _require(config, "tenant_id", "client_id", "certificate_path")
         password = config.certificate_password.encode() if config.certificate_password else None
-        return CertificateCredential(tenant, client, path, password=password, **common)
+        try:
+            return CertificateCredential(tenant, client, path, password=password, **common)
+        except OSError as exc:
+            raise ConnectorError(
+                "link.bad_credential", f"the certificate file {path} cannot be read: {exc.strerror}"
+            ) from exc
+        except ValueError as exc:
+            # azure-identity's own words: an unreadable file, a wrong password, a key
+            # that is not RSA (it signs its assertion with RS256).
+            raise ConnectorError(
+                "link.bad_credential", f"the certificate file {path} cannot be used: {exc}"
+            ) from exc
     common.pop("disable_instance_discovery", None)
     return DefaultAzureCredential(**common)
