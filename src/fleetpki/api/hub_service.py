@@ -1,6 +1,8 @@
 """Azure IoT Hub's service REST API (api-version 2021-04-12) for the built-in hub (ref §3).
 
-The routes only translate: SAS authentication (§3.1), Azure's JSON shapes and dates
+The routes only translate: SAS authentication (§3.1) or a bearer token for
+``https://iothubs.azure.net`` (Microsoft Entra style, checked against the configured
+OIDC issuer and fleetpki's own token endpoint), Azure's JSON shapes and dates
 with a ``T`` (§3.2), ``If-Match`` (§3.3), direct methods (§3.4) and Azure's error
 bodies with the ``iothub-errorcode`` header (§3.5). Each calls one method of the
 application's hub services (``fleet.hub_devices``, ``hub_twins``, ``hub_statistics``,
@@ -14,14 +16,16 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
+import jwt
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from fleetpki.api.deps import get_fleet
+from fleetpki.api.oidc import OIDCVerifier
 from fleetpki.application import FleetPKI
 from fleetpki.errors import (
     AuthenticationError,
@@ -32,9 +36,15 @@ from fleetpki.errors import (
 )
 from fleetpki.services import hub_sas
 from fleetpki.services.hub_devices import AuthType, DeviceSpec, DeviceStatus, HubDeviceView
+from fleetpki.services.hub_management import (
+    ApiTokenSecret,
+    BearerIdentity,
+    ManagementCredential,
+)
 from fleetpki.services.hub_methods import DEFAULT_METHOD_TIMEOUT
-from fleetpki.services.hub_sas import Right, SasCaller
+from fleetpki.services.hub_sas import IOTHUB_AUDIENCES, Right, SasCaller
 from fleetpki.services.hub_twins import TwinView
+from fleetpki.services.principals import TOKEN_PREFIX
 
 __all__ = [
     "API_VERSION",
@@ -108,6 +118,60 @@ def azure_error_response(error: FleetPKIError) -> JSONResponse:
 _T = TypeVar("_T")
 
 
+def _verifiers(request: Request) -> list[OIDCVerifier]:
+    """OIDC verifiers for service-API tokens: the configured issuer and fleetpki's own.
+
+    Built once per application (kept on ``app.state``) with the IoT Hub audiences.
+    """
+    cached = getattr(request.app.state, "iothub_verifiers", None)
+    if cached is not None:
+        return cast(list[OIDCVerifier], cached)
+    fleet = get_fleet(request)
+    settings = fleet.settings
+    audiences = ",".join(IOTHUB_AUDIENCES)
+    verifiers: list[OIDCVerifier] = []
+    if settings.oidc_issuer and settings.oidc_jwks:
+        verifiers.append(OIDCVerifier(settings.oidc_issuer, audiences, settings.oidc_jwks))
+    issuer = fleet.token_issuer
+    if issuer.enabled:
+        verifiers.append(OIDCVerifier(issuer.issuer, audiences, str(issuer.jwks_path)))
+    request.app.state.iothub_verifiers = verifiers
+    return verifiers
+
+
+def _bearer_credential(request: Request, token: str) -> ManagementCredential:
+    """The caller a bearer token names: a fleetpki API token, or a verified OIDC JWT.
+
+    The JWT's signature, issuer and audience are checked here, where the OIDC keys are
+    (the keys may be fetched: before any unit of work); what the principal may do is
+    the service's rule.
+    """
+    if token.startswith(TOKEN_PREFIX):
+        return ApiTokenSecret(token)
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise AuthenticationError("auth.bad_token", "the bearer token is not a JWT") from exc
+    issuer = unverified.get("iss")
+    verifier = next((v for v in _verifiers(request) if v.issuer == issuer), None)
+    if verifier is None:
+        raise AuthenticationError(
+            "hub.token_issuer",
+            f"the bearer token is from an issuer this hub does not trust: {issuer!r}",
+        )
+    try:
+        identity = verifier.verify(token)
+    except AuthenticationError as exc:
+        if isinstance(exc.__cause__, jwt.InvalidAudienceError):
+            raise AuthenticationError(
+                "hub.token_audience",
+                f"the bearer token is for the audience {unverified.get('aud')!r}; the hub's "
+                f"service API takes tokens for {IOTHUB_AUDIENCES[0]!r}",
+            ) from exc
+        raise
+    return BearerIdentity(identity.principal_id, identity.display_name)
+
+
 def _sas_caller(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
@@ -116,6 +180,10 @@ def _sas_caller(
     fleet = get_fleet(request)
     if not api_version:
         raise AzureError(ValidationError("hub.bad_api_version", "the api-version is missing"))
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        credential = _call(_bearer_credential, request, token.strip())
+        return _call(fleet.hub_sas.authenticate_bearer, credential)
     return _call(fleet.hub_sas.authenticate, authorization)
 
 

@@ -1,4 +1,4 @@
-"""Shared-access policies of the hub's service API and SAS token checks (ref §3.1).
+"""Who may call the hub's service API: SAS tokens of its policies (ref §3.1) and bearer tokens.
 
 A SAS token is ``SharedAccessSignature sr=..&sig=..&se=..&skn=..`` where ``sig`` is
 HMAC-SHA256, keyed with the base64-decoded policy key, over the *encoded* ``sr`` as
@@ -6,6 +6,13 @@ it appears in the token, a newline and ``se``. Checking it needs the key itself,
 policy keys cannot be stored as hashes like API tokens are; they are encrypted at
 rest (Fernet) with a key derived by HKDF from the home's key passphrase, the same
 secret that protects the CA keys.
+
+Azure IoT Hub also takes Microsoft Entra bearer tokens for the resource
+``https://iothubs.azure.net`` on its service API, authorised by Azure roles
+(learn.microsoft.com, iot-hub "Control access to IoT Hub by using Microsoft Entra ID").
+The built-in hub does the same for tokens of the configured OIDC issuer and of
+fleetpki's own token endpoint: fleetpki admins hold what "IoT Hub Data Contributor"
+grants, every other principal what "IoT Hub Data Reader" grants.
 """
 
 from __future__ import annotations
@@ -27,11 +34,17 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fleetpki.errors import AuthenticationError, NotFoundError, PermissionDenied
 from fleetpki.services.context import Clock
+from fleetpki.services.hub_management import ApiTokenSecret, ManagementCredential
 from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.services.principals import authenticate_token_in, ensure_principal_in
 from fleetpki.store.hub_models import HubSasPolicy
 
 __all__ = [
+    "ADMIN_RIGHTS",
+    "AZURE_ROLES",
     "DEFAULT_POLICIES",
+    "IOTHUB_AUDIENCES",
+    "READER_RIGHTS",
     "HubSasService",
     "PolicyKeys",
     "Right",
@@ -61,16 +74,38 @@ DEFAULT_POLICIES: dict[str, frozenset[Right]] = {
     "registryReadWrite": frozenset({Right.REGISTRY_READ, Right.REGISTRY_WRITE}),
 }
 
+#: The audiences a bearer token for the service API may carry: Entra's resource for IoT
+#: Hub's service APIs, with and without the trailing slash that v1 and v2 tokens differ by.
+IOTHUB_AUDIENCES = ("https://iothubs.azure.net", "https://iothubs.azure.net/")
+#: The rights of a fleetpki admin presenting a bearer token ("IoT Hub Data Contributor").
+ADMIN_RIGHTS = frozenset({Right.REGISTRY_READ, Right.REGISTRY_WRITE, Right.SERVICE_CONNECT})
+#: The rights of any other principal ("IoT Hub Data Reader": reads only).
+READER_RIGHTS = frozenset({Right.REGISTRY_READ})
+#: The Azure built-in role that grants each right to an Entra principal, named in refusals.
+AZURE_ROLES: dict[Right, str] = {
+    Right.REGISTRY_READ: "IoT Hub Data Reader",
+    Right.REGISTRY_WRITE: "IoT Hub Registry Contributor",
+    Right.SERVICE_CONNECT: "IoT Hub Data Contributor",
+    Right.DEVICE_CONNECT: "IoT Hub Data Contributor",
+}
+
 _PREFIX = "SharedAccessSignature "
 _HKDF_INFO = b"fleetpki hub sas policy keys v1"
 
 
 @dataclass(frozen=True, slots=True)
 class SasCaller:
-    """A service caller whose SAS token checked out."""
+    """A service caller whose SAS or bearer token checked out.
+
+    Attributes:
+        policy: the shared access policy of a SAS token, or ``principal <id>``.
+        rights: what the caller may do.
+        principal_id: the fleetpki principal of a bearer token; ``None`` for SAS.
+    """
 
     policy: str
     rights: frozenset[Right]
+    principal_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,12 +312,47 @@ class HubSasService:
             ensure_policies_in(tx, secret, now=now)
             return verify_token_in(tx, secret, authorization, self.hostnames, now=now)
 
+    def authenticate_bearer(self, credential: ManagementCredential) -> SasCaller:
+        """The rights of a bearer caller: a verified OIDC token's principal, or an API token.
+
+        The token's signature, issuer and audience (:data:`IOTHUB_AUDIENCES`) are checked
+        before this call, where the OIDC keys are; this is the rule: a principal seen
+        for the first time is created, admins get :data:`ADMIN_RIGHTS` and every other
+        principal :data:`READER_RIGHTS`.
+
+        Raises:
+            AuthenticationError: ``auth.bad_token`` for an unknown, expired or revoked
+                API token.
+            ValidationError: ``principal.bad_id``.
+        """
+        now = self._clock()
+        with self._store.transaction() as tx:
+            if isinstance(credential, ApiTokenSecret):
+                principal = authenticate_token_in(tx, credential.secret, now=now)
+            else:
+                principal = ensure_principal_in(
+                    tx, credential.principal_id, credential.display_name, now=now
+                )
+            rights = ADMIN_RIGHTS if principal.is_admin else READER_RIGHTS
+            return SasCaller(f"principal {principal.id}", rights, principal_id=principal.id)
+
 
 def require_right(caller: SasCaller, *alternatives: Right) -> None:
     """Refuse unless the caller holds one of ``alternatives``.
 
+    A bearer caller is told which Azure role it would need (:data:`AZURE_ROLES`), as a
+    principal of an Azure IoT Hub would be.
+
     Raises:
-        PermissionDenied: ``hub.sas_forbidden``.
+        PermissionDenied: ``hub.sas_forbidden``, ``hub.role_required``.
     """
-    if not caller.rights.intersection(alternatives):
+    if caller.rights.intersection(alternatives):
+        return
+    if caller.principal_id is None:
         raise PermissionDenied("hub.sas_forbidden", "this policy may not do that")
+    roles = " or ".join(dict.fromkeys(f"'{AZURE_ROLES[r]}'" for r in alternatives))
+    raise PermissionDenied(
+        "hub.role_required",
+        f"The principal '{caller.principal_id}' may not do that: it needs the {roles} role "
+        "on the hub, which fleetpki grants to its admins only.",
+    )

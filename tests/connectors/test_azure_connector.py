@@ -1,0 +1,450 @@
+"""The ``azure`` connector against a real ``fleetpki serve``, with the real Azure SDKs.
+
+azure-mgmt-iothub and azure-identity, unmodified, talk over TLS to fleetpki's
+Azure-compatible management plane and its client-credentials token endpoint; the
+registry side talks to the hub's service REST API with a bearer token from the same
+credential or with a connection string's SAS. Nothing is mocked: every refusal is the
+server's, translated by the connector.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import logging
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from fleetpki.connectors.azure import AzureHubConnector
+from fleetpki.connectors.azure_config import (
+    AzureCredentialConfig,
+    AzureHubConfig,
+    CredentialKind,
+)
+from fleetpki.connectors.connector import ConnectorError, DeviceAuthentication, ProofSigner
+from fleetpki.services.ca_views import CAView
+from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
+from fleetpki.services.hub_management import HubIdentity
+from support.server import LiveServer, start_server
+
+pytestmark = pytest.mark.slow
+
+STRANGER = "3b0c5c1e-8d0f-4b7e-a2a4-6f1c2d3e4f50"
+
+
+@dataclass
+class Hub:
+    """A server with its token endpoint on, and what a link needs to reach it."""
+
+    server: LiveServer
+    identity: HubIdentity
+    cas: dict[str, CAView]
+    key_refs: dict[str, str]
+    opened: ExitStack
+    proofs: list[str] = field(default_factory=list)
+
+    def config(self, **changes: Any) -> AzureHubConfig:
+        """The link to this hub as a user would configure it, with ``changes``."""
+        credential = AzureCredentialConfig(
+            kind=CredentialKind.CLIENT_SECRET,
+            tenant_id=self.identity.tenant_id,
+            client_id=changes.pop("client_id", LOCAL_ADMIN_ID),
+            client_secret=changes.pop("client_secret", self.server.admin_token),
+            authority_host=self.server.base_url,
+        )
+        config = AzureHubConfig(
+            subscription_id=self.identity.subscription_id,
+            resource_group=self.identity.resource_group,
+            hub_name=self.identity.hub_name,
+            credential=credential,
+            management_url=self.server.base_url,
+            service_url=self.server.base_url,
+            ca_bundle=str(self.server.ca_bundle),
+        )
+        return replace(config, **changes)
+
+    def connector(self, **changes: Any) -> AzureHubConnector:
+        connector = AzureHubConnector(self.config(**changes))
+        self.opened.callback(connector.close)
+        return connector
+
+    def pem(self, tier: str) -> bytes:
+        return self.cas[tier].certificate.public_bytes(serialization.Encoding.PEM)
+
+    def prover(self, tier: str) -> ProofSigner:
+        """Sign ``CN=<code>`` with the CA's key through the keystore (ref §4.1 step 3)."""
+        ca, key_ref = self.cas[tier], self.key_refs[tier]
+
+        def prove(code: str) -> bytes:
+            self.proofs.append(code)
+            now = dt.datetime.now(dt.UTC)
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, code)]))
+                .issuer_name(ca.certificate.subject)
+                .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(days=1))
+            )
+            signed = self.server.fleet.keystore.signer(key_ref).sign_certificate(builder)
+            return signed.public_bytes(serialization.Encoding.DER)
+
+        return prove
+
+
+@pytest.fixture(name="hub")
+def hub_fixture(tmp_path: Path, key_passphrase: None) -> Iterator[Hub]:
+    with start_server(tmp_path / "home", token_endpoint_enabled=True) as server:
+        fleet = server.fleet
+        cas = {c.tier: c for c in fleet.cas.list()}
+        # No use case hands out a CA's key reference, so the test reads it from the
+        # store to sign proofs itself (as tests/api/test_arm.py does).
+        key_refs = {}
+        with fleet.store.transaction() as tx:
+            for tier, ca in cas.items():
+                record = tx.cas.get(ca.id)
+                assert record is not None
+                key_refs[tier] = record.key_ref
+        with ExitStack() as opened:
+            # Runs last: an azure-core error holds a pooled socket in a reference cycle.
+            opened.callback(gc.collect)
+            yield Hub(server, fleet.hub_management.show(), cas, key_refs, opened)
+
+
+@pytest.fixture(name="quiet_identity")
+def quiet_identity_fixture() -> Iterator[None]:
+    """Keep azure-identity's refusal logs out of the log capture.
+
+    azure-identity logs a refused token request with the exception among the record's
+    arguments, and the exception's response holds a socket; kept by the capture past
+    the test, it would make the server's graceful stop wait for that connection.
+    """
+    logger = logging.getLogger("azure.identity")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    yield
+    logger.setLevel(level)
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"https://127.0.0.1:{port}"
+
+
+def _stranger(hub: Hub) -> str:
+    fleet = hub.server.fleet
+    fleet.principals.add(Actor.local_admin(), STRANGER, "app", principal_type="ServicePrincipal")
+    return fleet.principals.create_token(Actor.local_admin(), STRANGER).secret
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def test_one_click_trust_uploads_proves_and_verifies(hub: Hub) -> None:
+    connector = hub.connector()
+    issuing = hub.cas["issuing"]
+
+    trusted = connector.trust_ca("fleet-issuing", hub.pem("issuing"), hub.prover("issuing"))
+
+    assert trusted.name == "fleet-issuing"
+    assert trusted.verified is True
+    assert trusted.thumbprint == issuing.sha1_hex.upper()
+    (held,) = hub.server.fleet.hub_trust.list()
+    assert (held.name, held.is_verified, held.sha1_hex.upper()) == (
+        "fleet-issuing",
+        True,
+        issuing.sha1_hex.upper(),
+    )
+    # The hub issued one code and the proof answered exactly it.
+    assert len(hub.proofs) == 1 and len(hub.proofs[0]) == 40
+
+
+def test_repeating_trust_keeps_the_verified_certificate(hub: Hub) -> None:
+    connector = hub.connector()
+    connector.trust_ca("fleet-issuing", hub.pem("issuing"), hub.prover("issuing"))
+    before = hub.server.fleet.hub_trust.get("fleet-issuing")
+
+    again = connector.trust_ca("fleet-issuing", hub.pem("issuing"), hub.prover("issuing"))
+
+    assert again.verified is True
+    after = hub.server.fleet.hub_trust.get("fleet-issuing")
+    assert after.etag == before.etag  # nothing was written
+    assert len(hub.proofs) == 1  # and no second proof was asked for
+
+
+def test_a_different_certificate_under_the_name_is_replaced(hub: Hub) -> None:
+    connector = hub.connector()
+    connector.trust_ca("fleet-ca", hub.pem("root"), hub.prover("root"))
+
+    replaced = connector.trust_ca("fleet-ca", hub.pem("issuing"), hub.prover("issuing"))
+
+    assert replaced.thumbprint == hub.cas["issuing"].sha1_hex.upper()
+    (held,) = hub.server.fleet.hub_trust.list()
+    assert held.sha1_hex.upper() == hub.cas["issuing"].sha1_hex.upper()
+    assert held.is_verified is True
+
+
+def test_an_unverified_upload_of_the_same_certificate_is_proven(hub: Hub) -> None:
+    fleet = hub.server.fleet
+    fleet.hub_trust.upload("fleet-issuing", hub.cas["issuing"].certificate_der)
+
+    trusted = hub.connector().trust_ca("fleet-issuing", hub.pem("issuing"), hub.prover("issuing"))
+
+    assert trusted.verified is True
+    assert fleet.hub_trust.get("fleet-issuing").is_verified is True
+
+
+def test_an_etag_race_re_reads_and_retries_once(hub: Hub) -> None:
+    fleet = hub.server.fleet
+    prove = hub.prover("issuing")
+    raced: list[str] = []
+
+    def prove_while_another_writer_renews_the_code(code: str) -> bytes:
+        if not raced:
+            # Another writer asks for a new code: the etag the connector holds goes stale,
+            # so its verify gets Azure's 412 and it must start over from a fresh read.
+            raced.append(fleet.hub_trust.generate_verification_code("fleet-issuing").etag)
+        return prove(code)
+
+    trusted = hub.connector().trust_ca(
+        "fleet-issuing", hub.pem("issuing"), prove_while_another_writer_renews_the_code
+    )
+
+    assert trusted.verified is True
+    assert len(hub.proofs) == 2  # the stale proof, then the one that was accepted
+    assert fleet.hub_trust.get("fleet-issuing").etag != raced[0]
+
+
+def test_remove_deletes_once_and_then_reports_nothing_there(hub: Hub) -> None:
+    connector = hub.connector()
+    connector.trust_ca("fleet-issuing", hub.pem("issuing"), hub.prover("issuing"))
+
+    assert connector.remove_ca("fleet-issuing") is True
+    assert hub.server.fleet.hub_trust.list() == []
+    assert connector.remove_ca("fleet-issuing") is False
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_register_disable_enable_and_pin_a_device(hub: Hub) -> None:
+    connector = hub.connector()
+    devices = hub.server.fleet.hub_devices
+
+    connector.register_device("sensor-1")
+    created = devices.get("sensor-1")
+    assert (created.auth_type, created.status) == ("certificateAuthority", "enabled")
+    connector.register_device("sensor-1")  # kept as it is
+    assert devices.get("sensor-1").etag == created.etag
+
+    assert connector.set_device_enabled("sensor-1", False, reason="certificate revoked") is True
+    disabled = devices.get("sensor-1")
+    assert (disabled.status, disabled.status_reason) == ("disabled", "certificate revoked")
+    assert connector.set_device_enabled("sensor-1", False) is True  # already: no write
+    assert devices.get("sensor-1").etag == disabled.etag
+    assert connector.set_device_enabled("sensor-1", True) is True
+    assert devices.get("sensor-1").status == "enabled"
+
+    pin = "ab:" + "12" * 19
+    assert connector.set_device_authentication("sensor-1", DeviceAuthentication(pin)) is True
+    pinned = devices.get("sensor-1")
+    assert (pinned.auth_type, pinned.primary_thumbprint) == ("selfSigned", "AB" + "12" * 19)
+    assert connector.set_device_authentication("sensor-1", DeviceAuthentication()) is True
+    back = devices.get("sensor-1")
+    assert (back.auth_type, back.primary_thumbprint) == ("certificateAuthority", None)
+
+
+def test_a_missing_device_is_reported_not_created(hub: Hub) -> None:
+    connector = hub.connector()
+    assert connector.set_device_enabled("nobody", False) is False
+    assert connector.set_device_authentication("nobody", DeviceAuthentication()) is False
+    assert hub.server.fleet.hub_devices.list() == []
+
+
+def test_a_connection_string_serves_the_registry_only(hub: Hub) -> None:
+    fleet = hub.server.fleet
+    # The connection string's HostName (localhost:<port>) is the service URL.
+    connection = fleet.hub_sas.connection_string("registryReadWrite")
+    connector = hub.connector(credential=None, connection_string=connection, service_url=None)
+
+    connector.register_device("sensor-2")
+    assert connector.set_device_enabled("sensor-2", False, reason="revoked") is True
+    assert fleet.hub_devices.get("sensor-2").status == "disabled"
+    health = connector.health()
+    assert health.reachable is True and "1 devices" in health.detail
+
+    with pytest.raises(ConnectorError) as no_certificates:
+        connector.trust_ca("fleet-issuing", hub.pem("issuing"), hub.prover("issuing"))
+    assert no_certificates.value.code == "link.credential_missing"
+    assert "registry only" in no_certificates.value.message
+
+
+def test_a_read_only_policy_is_refused_naming_the_permission(hub: Hub) -> None:
+    connection = hub.server.fleet.hub_sas.connection_string("registryRead")
+    connector = hub.connector(credential=None, connection_string=connection)
+    with pytest.raises(ConnectorError) as refused:
+        connector.register_device("sensor-3")
+    assert refused.value.code == "link.forbidden"
+    assert "RegistryWrite" in refused.value.message
+    assert connection.split("SharedAccessKey=")[1] not in refused.value.message
+
+
+# --------------------------------------------------------------------------- health and errors
+
+
+def test_health_reads_the_hub_resource(hub: Hub) -> None:
+    health = hub.connector().health()
+    assert health.reachable is True
+    assert hub.identity.hub_name in health.detail and "localhost" in health.detail
+
+
+def test_an_unreachable_hub_is_transient(hub: Hub) -> None:
+    dead = _closed_port_url()
+    health = hub.connector(management_url=dead).health()
+    assert health.reachable is False and dead in health.detail
+
+    with pytest.raises(ConnectorError) as registry:
+        hub.connector(service_url=dead).register_device("sensor-4")
+    assert registry.value.code == "link.unreachable"
+    assert registry.value.transient is True
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"subscription_id": "11111111-2222-3333-4444-555555555555"}, "subscription"),
+        ({"resource_group": "no-such-group"}, "resource group"),
+        ({"hub_name": "no-such-hub"}, "IoT hub"),
+    ],
+    ids=["subscription", "resource-group", "hub"],
+)
+def test_an_unknown_place_is_named(hub: Hub, changes: dict[str, str], named: str) -> None:
+    connector = hub.connector(**changes)
+    (value,) = changes.values()
+    for call in (
+        connector.health,
+        lambda: connector.trust_ca("c", hub.pem("issuing"), hub.prover("issuing")),
+    ):
+        with pytest.raises(ConnectorError) as missing:
+            call()
+        assert missing.value.code == "link.not_found"
+        assert missing.value.transient is False
+        assert f"{named} {value!r}" in missing.value.message
+
+
+def test_a_malformed_subscription_is_named(hub: Hub) -> None:
+    with pytest.raises(ConnectorError) as malformed:
+        hub.connector(subscription_id="not-a-guid").health()
+    assert malformed.value.code == "link.bad_subscription"
+    assert "'not-a-guid'" in malformed.value.message
+
+
+def test_a_principal_without_the_roles_is_told_which_it_needs(hub: Hub) -> None:
+    secret = _stranger(hub)
+    connector = hub.connector(client_id=STRANGER, client_secret=secret)
+
+    with pytest.raises(ConnectorError) as certificates:
+        connector.trust_ca("fleet-issuing", hub.pem("issuing"), hub.prover("issuing"))
+    assert certificates.value.code == "link.forbidden"
+    assert "Microsoft.Devices/IotHubs/certificates/*" in certificates.value.message
+    assert "Contributor" in certificates.value.message
+
+    # Reading the registry is allowed (IoT Hub Data Reader); writing is not.
+    assert connector.set_device_enabled("nobody", False) is False
+    with pytest.raises(ConnectorError) as registry:
+        connector.register_device("sensor-5")
+    assert registry.value.code == "link.forbidden"
+    assert "IoT Hub Registry Contributor" in registry.value.message
+    assert secret not in registry.value.message
+
+
+def test_a_token_for_the_wrong_audience_is_refused(hub: Hub) -> None:
+    registry = hub.connector(registry_scope="https://management.azure.com/.default")
+    with pytest.raises(ConnectorError) as wrong_registry:
+        registry.register_device("sensor-6")
+    assert wrong_registry.value.code == "link.unauthorized"
+    assert "https://management.azure.com/" in wrong_registry.value.message
+
+    management = hub.connector(management_scope="https://vault.azure.net/.default")
+    with pytest.raises(ConnectorError) as wrong_management:
+        management.health()
+    assert wrong_management.value.code == "link.unauthorized"
+    assert "InvalidAuthenticationTokenAudience" in wrong_management.value.message
+
+
+@pytest.mark.usefixtures("quiet_identity")
+def test_a_wrong_secret_and_an_incomplete_credential_are_clear(hub: Hub) -> None:
+    wrong = "fpk_" + uuid.uuid4().hex
+    with pytest.raises(ConnectorError) as refused:
+        hub.connector(client_secret=wrong).health()
+    assert refused.value.code == "link.credential"
+    assert wrong not in refused.value.message
+
+    incomplete = AzureCredentialConfig(kind=CredentialKind.CLIENT_SECRET, tenant_id="t")
+    with pytest.raises(ConnectorError) as missing:
+        AzureHubConnector(hub.config(credential=incomplete))
+    assert missing.value.code == "link.credential_incomplete"
+    assert "client_id, client_secret" in missing.value.message
+
+
+def _certificate_file(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    """A PEM file with a key and its self-signed certificate, as CertificateCredential reads."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetpki link")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(key_pem + cert.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+@pytest.mark.usefixtures("quiet_identity")
+def test_a_certificate_credential_reaches_the_token_endpoint(hub: Hub, tmp_path: Path) -> None:
+    def credential(path: str) -> AzureCredentialConfig:
+        return AzureCredentialConfig(
+            kind=CredentialKind.CERTIFICATE,
+            tenant_id=hub.identity.tenant_id,
+            client_id=LOCAL_ADMIN_ID,
+            certificate_path=path,
+            authority_host=hub.server.base_url,
+        )
+
+    # azure-identity signs its client assertion with RS256: an EC key is refused at once.
+    ec_file = _certificate_file(tmp_path / "ec.pem", ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(ConnectorError) as unusable:
+        AzureHubConnector(hub.config(credential=credential(ec_file)))
+    assert unusable.value.code == "link.bad_credential"
+    assert "RSA" in unusable.value.message
+
+    # fleetpki's endpoint takes client secrets only: the signed assertion gets its OAuth
+    # refusal, reported as a credential error.
+    rsa_file = _certificate_file(
+        tmp_path / "rsa.pem", rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    with pytest.raises(ConnectorError) as refused:
+        hub.connector(credential=credential(rsa_file)).health()
+    assert refused.value.code == "link.credential"
