@@ -29,7 +29,13 @@ from fleetpki.services.authority import (
 from fleetpki.services.ca_views import CAView, TemplateView, ca_view, template_view
 from fleetpki.services.certificates import CertificateService
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock, system_clock
-from fleetpki.services.delivery import DEFAULT_POLL, ConsumerWorker, EventDelivery, Handler
+from fleetpki.services.delivery import (
+    DEFAULT_POLL,
+    Backoff,
+    ConsumerWorker,
+    EventDelivery,
+    Handler,
+)
 from fleetpki.services.domains import DomainService
 from fleetpki.services.enrollment import EnrollmentService
 from fleetpki.services.events import EventBus
@@ -186,6 +192,8 @@ class FleetPKI:
         handler: Handler,
         *,
         poll: float = DEFAULT_POLL,
+        backoff: Backoff | None = None,
+        max_attempts: int | None = None,
     ) -> ConsumerWorker:
         """Start delivering ``event_types`` to ``handler`` as consumer ``name``.
 
@@ -193,7 +201,16 @@ class FleetPKI:
         any process get a delivery for it; on PostgreSQL this application LISTENs for
         commits elsewhere. Stop the worker with :meth:`stop_consumer` (or :meth:`close`).
         """
-        worker = ConsumerWorker(self.delivery, self.events, name, event_types, handler, poll=poll)
+        worker = ConsumerWorker(
+            self.delivery,
+            self.events,
+            name,
+            event_types,
+            handler,
+            poll=poll,
+            backoff=backoff,
+            max_attempts=max_attempts,
+        )
         with self._lock:
             if self._listener is None and self.db.dialect == "postgresql":
                 self._listener = NotifyListener(self.db, self.events)

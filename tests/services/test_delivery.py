@@ -6,7 +6,13 @@ import datetime as dt
 import random
 
 from fleetpki.application import FleetPKI
-from fleetpki.services.delivery import Backoff, ConsumerWorker, EventDelivery
+from fleetpki.services.delivery import (
+    Backoff,
+    ConsumerWorker,
+    DeliveryFailed,
+    EventDelivery,
+    Outcome,
+)
 from fleetpki.services.notifications import EventsWritten, Notification, TrustChanged
 from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from fleetpki.services.ports.events import Delivery
@@ -36,7 +42,7 @@ def test_each_consumer_has_its_own_delivery(fleet: FleetPKI) -> None:
     _revoked(fleet, "01")
     first = fleet.delivery.claim("hub:a", lease=LEASE, limit=10)
     assert [d.subject_id for d in first] == ["01"]
-    fleet.delivery.settle([(first[0], None)], Backoff(), random.Random(1))
+    fleet.delivery.settle([Outcome(first[0])], Backoff(), random.Random(1))
     # hub:a delivering took nothing from link:b.
     second = fleet.delivery.claim("link:b", lease=LEASE, limit=10)
     assert [(d.subject_id, d.event_id) for d in second] == [("01", first[0].event_id)]
@@ -64,14 +70,16 @@ def test_a_failed_delivery_is_retried_after_its_backoff(fleet: FleetPKI) -> None
     clock = MovableClock(fleet.now())
     delivery = EventDelivery(fleet.store, clock)
     (claimed,) = delivery.claim("flaky", lease=LEASE, limit=10)
-    delivery.settle([(claimed, "HubUnreachable: 503")], Backoff(base=10, cap=60), random.Random(2))
+    delivery.settle(
+        [Outcome(claimed, "HubUnreachable: 503")], Backoff(base=10, cap=60), random.Random(2)
+    )
     backlog = delivery.backlog("flaky")
     assert (backlog.pending, backlog.failing, backlog.last_error) == (1, 1, "HubUnreachable: 503")
     assert delivery.claim("flaky", lease=LEASE, limit=10) == []  # backing off
     clock.now += dt.timedelta(seconds=10)  # the first retry waits at most `base`
     (again,) = delivery.claim("flaky", lease=LEASE, limit=10)
     assert (again.id, again.attempts) == (claimed.id, 2)
-    delivery.settle([(again, None)], Backoff(), random.Random(3))
+    delivery.settle([Outcome(again)], Backoff(), random.Random(3))
     assert delivery.backlog("flaky").pending == 0
 
 
@@ -112,6 +120,61 @@ def test_a_worker_records_a_handler_failure_and_keeps_the_others(fleet: FleetPKI
     assert seen == ["06"]
     backlog = fleet.delivery.backlog("mixed")
     assert (backlog.pending, backlog.last_error) == (1, "RuntimeError: hub said no")
+
+
+def test_a_permanent_failure_is_given_up_on_and_can_be_requeued(fleet: FleetPKI) -> None:
+    def handler(item: Delivery) -> None:
+        raise DeliveryFailed("link.not_found: no hub 'h1'", permanent=True)
+
+    worker = ConsumerWorker(fleet.delivery, fleet.events, "gone", [CERTIFICATE_REVOKED], handler)
+    fleet.delivery.register("gone", [CERTIFICATE_REVOKED])
+    _revoked(fleet, "07")
+    assert worker.run_once() == 1
+    backlog = fleet.delivery.backlog("gone")
+    assert (backlog.pending, backlog.failed) == (0, 1)
+    assert backlog.last_error == "link.not_found: no hub 'h1'"
+    (failed,) = fleet.delivery.failed("gone")
+    assert (failed.subject_id, failed.attempts, failed.event_type) == ("07", 1, CERTIFICATE_REVOKED)
+    assert worker.run_once() == 0  # given up on: not claimed again by itself
+    assert fleet.delivery.retry_failed("gone") == 1
+    assert fleet.delivery.failed("gone") == []
+    (again,) = fleet.delivery.claim("gone", lease=LEASE, limit=10)
+    assert (again.id, again.attempts) == (failed.id, 1)  # attempts start over
+
+
+def test_a_delivery_fails_for_good_after_max_attempts(fleet: FleetPKI) -> None:
+    fleet.delivery.register("bounded", [CERTIFICATE_REVOKED])
+    _revoked(fleet, "08")
+    clock = MovableClock(fleet.now())
+    delivery = EventDelivery(fleet.store, clock)
+    for attempt in (1, 2, 3):
+        (claimed,) = delivery.claim("bounded", lease=LEASE, limit=10)
+        assert claimed.attempts == attempt
+        delivery.settle(
+            [Outcome(claimed, "unreachable")],
+            Backoff(base=1, cap=1),
+            random.Random(attempt),
+            max_attempts=3,
+        )
+        clock.now += dt.timedelta(seconds=1)
+    backlog = delivery.backlog("bounded")
+    assert (backlog.pending, backlog.failed) == (0, 1)
+    assert delivery.claim("bounded", lease=LEASE, limit=10) == []
+
+
+def test_retry_after_is_honoured_when_longer_than_the_backoff(fleet: FleetPKI) -> None:
+    fleet.delivery.register("throttled", [CERTIFICATE_REVOKED])
+    _revoked(fleet, "09")
+    clock = MovableClock(fleet.now())
+    delivery = EventDelivery(fleet.store, clock)
+    (claimed,) = delivery.claim("throttled", lease=LEASE, limit=10)
+    delivery.settle(
+        [Outcome(claimed, "link.throttled", retry_after=30)], Backoff(base=1), random.Random(5)
+    )
+    clock.now += dt.timedelta(seconds=29)
+    assert delivery.claim("throttled", lease=LEASE, limit=10) == []  # the backoff alone is <= 1 s
+    clock.now += dt.timedelta(seconds=1)
+    assert len(delivery.claim("throttled", lease=LEASE, limit=10)) == 1
 
 
 def test_two_applications_do_not_see_each_others_events(fleet: FleetPKI) -> None:

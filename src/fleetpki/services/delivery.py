@@ -14,8 +14,11 @@ event log writes one delivery row for every consumer subscribed to the event's t
    deliveries come back when the lease ends;
 3. it calls the handler for each delivery with *no* transaction open (a handler may
    talk to a hub over the network);
-4. it records each outcome in one more short transaction: done, or failed with the
-   error and a retry time after exponential backoff with jitter.
+4. it records each outcome in one more short transaction: done; or failed with the
+   error and a retry time after exponential backoff with jitter (or the hub's own
+   ``Retry-After``, from :class:`DeliveryFailed`); or, for a permanent error or after
+   ``max_attempts``, given up on as *failed*, kept with its last error until an
+   operator requeues it (:meth:`EventDelivery.retry_failed`).
 
 Handlers must be idempotent: a delivery whose outcome was not recorded (a crash
 between 3 and 4) is delivered again.
@@ -34,7 +37,7 @@ from fleetpki.services.context import Clock
 from fleetpki.services.events import EventBus
 from fleetpki.services.notifications import EventsWritten, Notification
 from fleetpki.services.ports import Store
-from fleetpki.services.ports.events import Delivery, DeliveryBacklog
+from fleetpki.services.ports.events import Delivery, DeliveryBacklog, FailedDelivery
 
 __all__ = [
     "DEFAULT_POLL",
@@ -43,6 +46,7 @@ __all__ = [
     "DeliveryFailed",
     "EventDelivery",
     "Handler",
+    "Outcome",
 ]
 
 _log = logging.getLogger(__name__)
@@ -54,7 +58,31 @@ Handler = Callable[[Delivery], None]
 
 
 class DeliveryFailed(Exception):
-    """Raised by a handler to have a delivery retried later, with a message to record."""
+    """Raised by a handler to say how a delivery failed.
+
+    Args:
+        message: what to record as the delivery's last error (no secrets).
+        retry_after: seconds the peer asked to wait (HTTP ``Retry-After``), used instead
+            of the backoff when longer.
+        permanent: retrying cannot help (a refusal, a missing hub): give up at once.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, permanent: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one delivery attempt: ``error`` ``None`` for delivered."""
+
+    delivery: Delivery
+    error: str | None = None
+    retry_after: float | None = None
+    permanent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,26 +132,54 @@ class EventDelivery:
 
     def settle(
         self,
-        outcomes: Collection[tuple[Delivery, str | None]],
+        outcomes: Collection[Outcome],
         backoff: Backoff,
         rng: random.Random,
+        *,
+        max_attempts: int | None = None,
     ) -> None:
-        """Record outcomes: ``None`` for delivered, else the error (retried after backoff)."""
+        """Record outcomes: delivered; retried after the backoff or the peer's
+        ``Retry-After``, whichever is longer; or failed for good when the error is
+        permanent or ``max_attempts`` attempts were made.
+        """
         if not outcomes:
             return
         now = self._clock()
         with self._store.transaction() as tx:
-            for delivery, error in outcomes:
+            for outcome in outcomes:
+                delivery, error = outcome.delivery, outcome.error
                 if error is None:
                     tx.events.mark_delivered(delivery.id, at=now)
+                elif outcome.permanent or (
+                    max_attempts is not None and delivery.attempts >= max_attempts
+                ):
+                    tx.events.mark_dead(delivery.id, error, at=now)
                 else:
-                    retry_at = now + backoff.delay(delivery.attempts, rng)
-                    tx.events.mark_failed(delivery.id, error, retry_at=retry_at)
+                    wait = backoff.delay(delivery.attempts, rng)
+                    if outcome.retry_after is not None:
+                        wait = max(wait, dt.timedelta(seconds=outcome.retry_after))
+                    tx.events.mark_failed(delivery.id, error, retry_at=now + wait)
 
     def backlog(self, consumer: str) -> DeliveryBacklog:
-        """What ``consumer`` still has to deliver."""
+        """What ``consumer`` still has to deliver, and what it gave up on."""
         with self._store.transaction() as tx:
             return tx.events.backlog(consumer)
+
+    def failed(self, consumer: str, *, limit: int = 100) -> list[FailedDelivery]:
+        """The deliveries ``consumer`` gave up on, oldest first, with their last error."""
+        with self._store.transaction() as tx:
+            return list(tx.events.failed(consumer, limit=limit))
+
+    def retry_failed(self, consumer: str) -> int:
+        """Requeue every failed delivery of ``consumer`` (due now, attempts from zero).
+
+        Returns how many were requeued; the consumer's worker is woken on commit.
+        """
+        with self._store.transaction() as tx:
+            count = tx.events.requeue_failed(consumer, at=self._clock())
+            if count:
+                tx.publish(EventsWritten())
+            return count
 
 
 class ConsumerWorker:
@@ -139,6 +195,8 @@ class ConsumerWorker:
         lease: how long a claimed delivery is this worker's.
         backoff: retry timing for failed deliveries.
         batch: deliveries claimed per transaction.
+        max_attempts: attempts before a delivery is given up on as failed (``None``:
+            retry for ever, as the built-in hub's own consumer does).
     """
 
     def __init__(
@@ -153,8 +211,10 @@ class ConsumerWorker:
         lease: dt.timedelta = dt.timedelta(seconds=60),
         backoff: Backoff | None = None,
         batch: int = 100,
+        max_attempts: int | None = None,
     ) -> None:
         self.consumer = consumer
+        self._max_attempts = max_attempts
         self.event_types = frozenset(event_types)
         self._delivery = delivery
         self._bus = bus
@@ -209,10 +269,23 @@ class ConsumerWorker:
     def run_once(self) -> int:
         """Claim, deliver and settle one batch; returns how many deliveries it claimed."""
         claimed = self._delivery.claim(self.consumer, lease=self._lease, limit=self._batch)
-        outcomes: list[tuple[Delivery, str | None]] = []
+        outcomes: list[Outcome] = []
         for item in claimed:
             try:
                 self._handler(item)
+            except DeliveryFailed as exc:
+                _log.warning(
+                    "consumer %s: event %d (%s) failed, attempt %d%s: %s",
+                    self.consumer,
+                    item.event_id,
+                    item.event_type,
+                    item.attempts,
+                    " (permanent)" if exc.permanent else "",
+                    exc,
+                )
+                outcomes.append(
+                    Outcome(item, str(exc), retry_after=exc.retry_after, permanent=exc.permanent)
+                )
             except Exception as exc:
                 _log.warning(
                     "consumer %s: event %d (%s) failed, attempt %d: %s",
@@ -222,8 +295,8 @@ class ConsumerWorker:
                     item.attempts,
                     exc,
                 )
-                outcomes.append((item, f"{type(exc).__name__}: {exc}"))
+                outcomes.append(Outcome(item, f"{type(exc).__name__}: {exc}"))
             else:
-                outcomes.append((item, None))
-        self._delivery.settle(outcomes, self._backoff, self._rng)
+                outcomes.append(Outcome(item))
+        self._delivery.settle(outcomes, self._backoff, self._rng, max_attempts=self._max_attempts)
         return len(claimed)

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from fleetpki.services.notifications import Notification
 
-__all__ = ["Delivery", "DeliveryBacklog", "EventLog", "Notification"]
+__all__ = ["Delivery", "DeliveryBacklog", "EventLog", "FailedDelivery", "Notification"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +39,36 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryBacklog:
-    """What a consumer still has to do."""
+    """What a consumer still has to do.
+
+    Attributes:
+        pending: deliveries still to make (retries included).
+        failing: pending deliveries whose last attempt failed.
+        failed: deliveries given up on (a permanent error, or too many attempts); they
+            wait for an operator's retry.
+        oldest_pending_at: when the oldest pending event committed.
+        last_error: the newest error of a pending or failed delivery.
+    """
 
     consumer: str
     pending: int
     failing: int
     oldest_pending_at: dt.datetime | None
     last_error: str | None
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """A delivery given up on, as an operator sees it."""
+
+    id: int
+    event_id: int
+    event_type: str
+    subject_id: str
+    attempts: int
+    last_error: str | None
+    created_at: dt.datetime
 
 
 class EventLog(Protocol):
@@ -94,6 +117,18 @@ class EventLog(Protocol):
         """Record a failed attempt; the delivery is due again at ``retry_at``."""
         ...
 
+    def mark_dead(self, delivery_id: int, error: str, *, at: dt.datetime) -> None:
+        """Give up on a delivery: it is kept, as failed, until :meth:`requeue_failed`."""
+        ...
+
     def backlog(self, consumer: str) -> DeliveryBacklog:
-        """Pending and failing deliveries of ``consumer``."""
+        """Pending, failing and failed deliveries of ``consumer``."""
+        ...
+
+    def failed(self, consumer: str, *, limit: int) -> Sequence[FailedDelivery]:
+        """The failed deliveries of ``consumer``, oldest first."""
+        ...
+
+    def requeue_failed(self, consumer: str, *, at: dt.datetime) -> int:
+        """Make every failed delivery of ``consumer`` due now, with fresh attempts."""
         ...

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from fleetpki.services.ports.events import Delivery, DeliveryBacklog
+from fleetpki.services.ports.events import Delivery, DeliveryBacklog, FailedDelivery
 from fleetpki.store.models import EventConsumer, EventDeliveryRecord, OutboxEvent
 
 __all__ = ["NOTIFY_CHANNEL", "SqlEventLog"]
@@ -152,6 +152,54 @@ class SqlEventLog:
             delivery.claimed_until = None
             delivery.last_error = error[:_MAX_ERROR]
 
+    def mark_dead(self, delivery_id: int, error: str, *, at: dt.datetime) -> None:
+        """See :meth:`EventLog.mark_dead`."""
+        delivery = self._session.get(EventDeliveryRecord, delivery_id)
+        if delivery is not None:
+            delivery.status = "failed"
+            delivery.next_attempt_at = at
+            delivery.claimed_until = None
+            delivery.last_error = error[:_MAX_ERROR]
+
+    def failed(self, consumer: str, *, limit: int) -> Sequence[FailedDelivery]:
+        """See :meth:`EventLog.failed`."""
+        rows = self._session.execute(
+            select(EventDeliveryRecord, OutboxEvent)
+            .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)
+            .where(EventDeliveryRecord.consumer == consumer, EventDeliveryRecord.status == "failed")
+            .order_by(EventDeliveryRecord.id)
+            .limit(limit)
+        )
+        return [
+            FailedDelivery(
+                id=delivery.id,
+                event_id=event.id,
+                event_type=event.event_type,
+                subject_id=event.subject_id,
+                attempts=delivery.attempts,
+                last_error=delivery.last_error,
+                created_at=_aware(event.created_at),
+            )
+            for delivery, event in rows
+        ]
+
+    def requeue_failed(self, consumer: str, *, at: dt.datetime) -> int:
+        """See :meth:`EventLog.requeue_failed`."""
+        records = list(
+            self._session.scalars(
+                select(EventDeliveryRecord).where(
+                    EventDeliveryRecord.consumer == consumer,
+                    EventDeliveryRecord.status == "failed",
+                )
+            )
+        )
+        for record in records:
+            record.status = "pending"
+            record.attempts = 0
+            record.next_attempt_at = at
+            record.claimed_until = None
+        return len(records)
+
     def backlog(self, consumer: str) -> DeliveryBacklog:
         """See :meth:`EventLog.backlog`."""
         pending = EventDeliveryRecord.status == "pending"
@@ -164,23 +212,34 @@ class SqlEventLog:
             .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)
             .where(EventDeliveryRecord.consumer == consumer, pending)
         ).one()
+        failed = self._session.scalar(
+            select(func.count(EventDeliveryRecord.id)).where(
+                EventDeliveryRecord.consumer == consumer, EventDeliveryRecord.status == "failed"
+            )
+        )
         last_error = self._session.scalar(
             select(EventDeliveryRecord.last_error)
             .where(
                 EventDeliveryRecord.consumer == consumer,
-                pending,
+                EventDeliveryRecord.status.in_(("pending", "failed")),
                 EventDeliveryRecord.last_error.is_not(None),
             )
             .order_by(EventDeliveryRecord.id.desc())
             .limit(1)
         )
         oldest = row[2]
-        if oldest is not None and oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=dt.UTC)
+        if oldest is not None:
+            oldest = _aware(oldest)
         return DeliveryBacklog(
             consumer=consumer,
             pending=int(row[0]),
             failing=int(row[1]),
             oldest_pending_at=oldest,
             last_error=last_error,
+            failed=int(failed or 0),
         )
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
