@@ -13,6 +13,7 @@ from fleetpki.services.audit import write_audit
 from fleetpki.services.authority import ca_record, template_for, template_from_record
 from fleetpki.services.ca_views import OWNER, REQUESTER, DomainView, domain_view
 from fleetpki.services.context import Actor, Clock
+from fleetpki.services.outbox import DOMAIN_REGISTERED
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.services.principals import principal_record
 from fleetpki.store.models import DomainMember, DomainRecord
@@ -101,6 +102,7 @@ def register_domain_in(
         at=now,
         details={"name": name, "ca_id": ca.id, "owners": owner_ids, "requesters": requester_ids},
     )
+    tx.events.append(DOMAIN_REGISTERED, domain.id, {"name": name, "ca_id": ca.id}, at=now)
     return domain
 
 

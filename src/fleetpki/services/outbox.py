@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["CERTIFICATE_REVOKED"]
+__all__ = ["CERTIFICATE_RENEWED", "CERTIFICATE_REVOKED", "DOMAIN_REGISTERED"]
 
 #: A certificate was revoked: hubs must close its sessions and disable the device.
 CERTIFICATE_REVOKED = "certificate.revoked"
+#: A device renewed its certificate: a link that pinned the device to its old
+#: thumbprint re-pins it to the new one.
+CERTIFICATE_RENEWED = "certificate.renewed"
+#: A domain (a device id) was registered: links that register devices create it.
+DOMAIN_REGISTERED = "domain.registered"

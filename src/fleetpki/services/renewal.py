@@ -38,6 +38,7 @@ from fleetpki.services.certificates import (
     sign_and_store,
 )
 from fleetpki.services.context import Actor, Clock
+from fleetpki.services.outbox import CERTIFICATE_RENEWED
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CertificateRecord, Principal
 
@@ -249,6 +250,19 @@ def renew_in(
             "not_after": issued.not_after.isoformat(),
             "sha1": issued.sha1_hex,
         },
+    )
+    tx.events.append(
+        CERTIFICATE_RENEWED,
+        record.serial_hex,
+        {
+            "serial": record.serial_hex,
+            "renews": current.serial_hex,
+            "ca_id": record.ca_id,
+            "device_id": record.subject_cn,
+            "sha1": record.sha1_hex,
+            "not_after": record.not_after.isoformat(),
+        },
+        at=now,
     )
     return record, issued
 
