@@ -105,8 +105,15 @@ RULES = [
             "fleetpki.hub.server",
             "fleetpki.hub.broker",
             "fleetpki.application",
+            "fleetpki.connectors",
         ),
-        allowed=("fleetpki.store.models", "fleetpki.store.hub_models"),
+        # The records are the services' entities; the connector interface is a port
+        # (a hub link's implementation is chosen by the application, not a service).
+        allowed=(
+            "fleetpki.store.models",
+            "fleetpki.store.hub_models",
+            "fleetpki.connectors.connector",
+        ),
     ),
     Rule(
         "the store implements ports and serves no adapter",

@@ -28,6 +28,7 @@ __all__ = [
     "HubC2DMessage",
     "HubCA",
     "HubDevice",
+    "HubLinkPin",
     "HubMessage",
     "HubSasPolicy",
 ]
@@ -130,3 +131,23 @@ class HubSasPolicy(Base):
     primary_key: Mapped[str] = mapped_column(Text)  # encrypted
     secondary_key: Mapped[str] = mapped_column(Text)  # encrypted
     created_at: Mapped[dt.datetime]
+
+
+class HubLinkPin(Base):
+    """A device a hub link switched to thumbprint authentication after a revocation.
+
+    A hub cannot refuse one certificate of a certificate-authority device and accept
+    another, so when a revoked certificate is not the device's only valid one the link
+    pins the device to its current certificate until the revoked one expires; each
+    renewal moves the pin, and at ``until`` the device goes back to CA authentication.
+    """
+
+    __tablename__ = "hub_link_pins"
+
+    link_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    thumbprint: Mapped[str] = mapped_column(String(40))
+    revoked_serial: Mapped[str] = mapped_column(String(64))
+    until: Mapped[dt.datetime] = mapped_column(index=True)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]

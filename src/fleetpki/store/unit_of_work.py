@@ -31,6 +31,7 @@ from fleetpki.store.repositories.hub import (
     SqlHubC2DRepository,
     SqlHubCARepository,
     SqlHubDeviceRepository,
+    SqlHubLinkPinRepository,
     SqlHubSasPolicyRepository,
     SqlHubTelemetryRepository,
 )
@@ -109,6 +110,11 @@ class SqlUnitOfWork:
     def hub_cas(self) -> SqlHubCARepository:
         """CA certificates uploaded to the hub."""
         return SqlHubCARepository(self.session)
+
+    @cached_property
+    def link_pins(self) -> SqlHubLinkPinRepository:
+        """Devices that hub links pinned to a thumbprint after a revocation."""
+        return SqlHubLinkPinRepository(self.session)
 
     @cached_property
     def hub_telemetry(self) -> SqlHubTelemetryRepository:

@@ -36,6 +36,7 @@ from fleetpki.services.ports.hub import (
     HubC2DRepository,
     HubCARepository,
     HubDeviceRepository,
+    HubLinkPinRepository,
     HubSasPolicyRepository,
     HubTelemetryRepository,
 )
@@ -107,6 +108,11 @@ class UnitOfWork(Protocol):
     @property
     def hub_cas(self) -> HubCARepository:
         """CA certificates uploaded to the hub."""
+        ...
+
+    @property
+    def link_pins(self) -> HubLinkPinRepository:
+        """Devices that hub links pinned to a thumbprint after a revocation."""
         ...
 
     @property

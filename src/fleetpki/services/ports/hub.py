@@ -13,7 +13,14 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fleetpki.store.hub_models import HubC2DMessage, HubCA, HubDevice, HubMessage, HubSasPolicy
+from fleetpki.store.hub_models import (
+    HubC2DMessage,
+    HubCA,
+    HubDevice,
+    HubLinkPin,
+    HubMessage,
+    HubSasPolicy,
+)
 from fleetpki.store.models import CARecord
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "HubC2DRepository",
     "HubCARepository",
     "HubDeviceRepository",
+    "HubLinkPinRepository",
     "HubSasPolicyRepository",
     "HubTelemetryRepository",
     "TelemetryInput",
@@ -140,6 +148,30 @@ class HubC2DRepository(Protocol):
 
     def delete_for_device(self, device_id: str) -> None:
         """Drop every message of ``device_id`` (the device is being deleted)."""
+        ...
+
+
+class HubLinkPinRepository(Protocol):
+    """Devices that hub links pinned to a thumbprint (see :class:`HubLinkPin`)."""
+
+    def get(self, link_name: str, device_id: str) -> HubLinkPin | None:
+        """The link's pin of the device, if any."""
+        ...
+
+    def add(self, pin: HubLinkPin) -> None:
+        """Record a new pin."""
+        ...
+
+    def delete(self, pin: HubLinkPin) -> None:
+        """Forget a pin (the device is back on CA authentication)."""
+        ...
+
+    def due(self, link_name: str, now: dt.datetime) -> Sequence[HubLinkPin]:
+        """The link's pins whose revoked certificate has expired by ``now``."""
+        ...
+
+    def for_link(self, link_name: str) -> Sequence[HubLinkPin]:
+        """Every pin of the link, by device id."""
         ...
 
 

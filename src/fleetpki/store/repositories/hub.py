@@ -10,7 +10,14 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.hub import TelemetryInput
-from fleetpki.store.hub_models import HubC2DMessage, HubCA, HubDevice, HubMessage, HubSasPolicy
+from fleetpki.store.hub_models import (
+    HubC2DMessage,
+    HubCA,
+    HubDevice,
+    HubLinkPin,
+    HubMessage,
+    HubSasPolicy,
+)
 from fleetpki.store.models import AuditEntry, CARecord
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "SqlHubC2DRepository",
     "SqlHubCARepository",
     "SqlHubDeviceRepository",
+    "SqlHubLinkPinRepository",
     "SqlHubSasPolicyRepository",
     "SqlHubTelemetryRepository",
 ]
@@ -234,3 +242,34 @@ class SqlHubAuditTrail:
                 details=dict(details),
             )
         )
+
+
+class SqlHubLinkPinRepository:
+    """:class:`fleetpki.services.ports.hub.HubLinkPinRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, link_name: str, device_id: str) -> HubLinkPin | None:
+        """See :meth:`HubLinkPinRepository.get`."""
+        return self._session.get(HubLinkPin, (link_name, device_id))
+
+    def add(self, pin: HubLinkPin) -> None:
+        """See :meth:`HubLinkPinRepository.add`."""
+        self._session.add(pin)
+        self._session.flush()
+
+    def delete(self, pin: HubLinkPin) -> None:
+        """See :meth:`HubLinkPinRepository.delete`."""
+        self._session.delete(pin)
+        self._session.flush()
+
+    def due(self, link_name: str, now: dt.datetime) -> Sequence[HubLinkPin]:
+        """See :meth:`HubLinkPinRepository.due`."""
+        query = select(HubLinkPin).where(HubLinkPin.link_name == link_name, HubLinkPin.until <= now)
+        return list(self._session.scalars(query.order_by(HubLinkPin.device_id)))
+
+    def for_link(self, link_name: str) -> Sequence[HubLinkPin]:
+        """See :meth:`HubLinkPinRepository.for_link`."""
+        query = select(HubLinkPin).where(HubLinkPin.link_name == link_name)
+        return list(self._session.scalars(query.order_by(HubLinkPin.device_id)))

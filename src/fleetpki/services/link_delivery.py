@@ -1,0 +1,242 @@
+"""Delivery to one hub link: revocations, renewals and registrations carried to the hub.
+
+Each link is an event consumer of its own (``link:<name>``, see
+:mod:`fleetpki.services.delivery`), so a link that is down only delays itself: its
+deliveries wait, with backoff and the hub's ``Retry-After``, and nothing is lost on a
+crash because the events were written with the changes. The handler here reads what
+it needs in one short unit of work, calls the hub through its connector with no
+transaction open, and records the result in another.
+
+Revocation, for a device that authenticates by its CA (which a hub cannot tell apart
+by certificate):
+
+- the revoked certificate is the device's only valid one: the device is disabled;
+- the device has a newer valid certificate (it renewed): disabling it would cut off
+  the legitimate device, so the link pins it to thumbprint authentication on its
+  newest certificate until the revoked one expires (:class:`HubLinkPin`); each later
+  renewal moves the pin, and :meth:`LinkDelivery.release_expired_pins` puts the device
+  back on CA authentication once the revoked certificate can no longer be used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from fleetpki.connectors.connector import ConnectorError, DeviceAuthentication, HubConnector
+from fleetpki.services.context import Clock
+from fleetpki.services.delivery import DeliveryFailed
+from fleetpki.services.outbox import CERTIFICATE_RENEWED, CERTIFICATE_REVOKED, DOMAIN_REGISTERED
+from fleetpki.services.ports import Store
+from fleetpki.services.ports.ca import CertificateSearch
+from fleetpki.services.ports.events import Delivery
+from fleetpki.store.hub_models import HubLinkPin
+
+__all__ = [
+    "LINK_EVENT_TYPES",
+    "LinkDelivery",
+    "LinkTarget",
+    "RevocationPlan",
+    "link_consumer",
+    "plan_revocation",
+]
+
+_log = logging.getLogger(__name__)
+
+#: The events a hub link consumes.
+LINK_EVENT_TYPES = frozenset({CERTIFICATE_REVOKED, CERTIFICATE_RENEWED, DOMAIN_REGISTERED})
+
+
+def link_consumer(link_name: str) -> str:
+    """The event consumer name of a hub link."""
+    return f"link:{link_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTarget:
+    """What delivery needs to know of a link.
+
+    Attributes:
+        name: the link's name.
+        ca_ids: the fleetpki CAs the link trusts; events about other CAs are skipped.
+        disable_on_revoke: disable (or pin) a device when its certificate is revoked.
+        register_devices: create the device in the hub when its domain is registered.
+    """
+
+    name: str
+    ca_ids: frozenset[str]
+    disable_on_revoke: bool = True
+    register_devices: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ValidCertificate:
+    """A device's certificate that is still valid: its serial, SHA-1 and expiry."""
+
+    serial: str
+    sha1: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationPlan:
+    """What a link does for one revocation.
+
+    ``pin`` ``None`` means disable the device; otherwise pin it to that certificate
+    until ``until`` (the revoked certificate's expiry).
+    """
+
+    device_id: str
+    pin: ValidCertificate | None
+    until: dt.datetime
+
+
+def plan_revocation(
+    device_id: str, revoked_not_after: dt.datetime, others: list[ValidCertificate]
+) -> RevocationPlan:
+    """Disable the device when no other certificate is valid, else pin the newest one."""
+    newest = max(others, key=lambda c: (c.not_before, c.serial), default=None)
+    return RevocationPlan(device_id=device_id, pin=newest, until=revoked_not_after)
+
+
+def _failed(exc: ConnectorError) -> DeliveryFailed:
+    return DeliveryFailed(
+        f"{exc.code}: {exc.message}", retry_after=exc.retry_after, permanent=not exc.transient
+    )
+
+
+class LinkDelivery:
+    """The delivery handler of one hub link (a :data:`~fleetpki.services.delivery.Handler`).
+
+    Args:
+        store: the database.
+        clock: the source of "now".
+        target: the link.
+        connector: how to reach its hub.
+    """
+
+    def __init__(
+        self, store: Store, clock: Clock, target: LinkTarget, connector: HubConnector
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self.target = target
+        self.connector = connector
+
+    def __call__(self, delivery: Delivery) -> None:
+        """Deliver one event to the hub (idempotent: delivering twice does no harm).
+
+        Raises:
+            DeliveryFailed: the hub refused or could not be reached (``permanent`` when
+                retrying cannot help).
+        """
+        payload = delivery.payload
+        if str(payload.get("ca_id")) not in self.target.ca_ids:
+            return
+        try:
+            if delivery.event_type == CERTIFICATE_REVOKED and self.target.disable_on_revoke:
+                self._revoked(str(payload["device_id"]), str(payload["serial"]))
+            elif delivery.event_type == CERTIFICATE_RENEWED:
+                self._renewed(str(payload["device_id"]), str(payload["sha1"]))
+            elif delivery.event_type == DOMAIN_REGISTERED and self.target.register_devices:
+                self.connector.register_device(str(payload["name"]))
+        except ConnectorError as exc:
+            raise _failed(exc) from exc
+
+    # -- revocation -------------------------------------------------------------------------
+
+    def _revoked(self, device_id: str, serial: str) -> None:
+        now = self._clock()
+        with self._store.transaction() as tx:
+            revoked = tx.certificates.find_by_serial(serial)
+            if revoked is None or revoked.not_after <= now:
+                return  # nothing left to protect against
+            others = [
+                ValidCertificate(c.serial_hex, c.sha1_hex, c.not_before, c.not_after)
+                for c in tx.certificates.search(
+                    CertificateSearch(now=now, subject_cn=device_id, status="valid", limit=1000)
+                )
+                if c.ca_id in self.target.ca_ids and c.serial_hex != serial
+            ]
+            plan = plan_revocation(device_id, revoked.not_after, others)
+        if plan.pin is None:
+            found = self.connector.set_device_enabled(
+                device_id, False, reason="its certificate was revoked"
+            )
+            _log.info("link %s: device %s disabled (found: %s)", self.target.name, device_id, found)
+            return
+        found = self.connector.set_device_authentication(
+            device_id, DeviceAuthentication(thumbprint=plan.pin.sha1)
+        )
+        if not found:
+            return
+        with self._store.transaction() as tx:
+            pin = tx.link_pins.get(self.target.name, device_id)
+            if pin is None:
+                tx.link_pins.add(
+                    HubLinkPin(
+                        link_name=self.target.name,
+                        device_id=device_id,
+                        thumbprint=plan.pin.sha1,
+                        revoked_serial=serial,
+                        until=plan.until,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            else:
+                pin.thumbprint = plan.pin.sha1
+                pin.revoked_serial = serial
+                pin.until = max(pin.until, plan.until)
+                pin.updated_at = now
+        _log.info(
+            "link %s: device %s pinned to %s until %s",
+            self.target.name,
+            device_id,
+            plan.pin.sha1,
+            plan.until.isoformat(),
+        )
+
+    def _renewed(self, device_id: str, sha1: str) -> None:
+        with self._store.transaction() as tx:
+            pin = tx.link_pins.get(self.target.name, device_id)
+            if pin is None or pin.thumbprint == sha1:
+                return
+        self.connector.set_device_authentication(device_id, DeviceAuthentication(thumbprint=sha1))
+        with self._store.transaction() as tx:
+            pin = tx.link_pins.get(self.target.name, device_id)
+            if pin is not None:
+                pin.thumbprint = sha1
+                pin.updated_at = self._clock()
+
+    # -- pins whose revoked certificate expired ---------------------------------------------
+
+    def release_expired_pins(self) -> int:
+        """Put pinned devices back on CA authentication once the revoked certificate expired.
+
+        Returns how many devices went back. A hub that cannot be reached keeps the pins
+        for the next call.
+
+        Raises:
+            ConnectorError: a permanent refusal by the hub.
+        """
+        now = self._clock()
+        with self._store.transaction() as tx:
+            due = [(p.device_id, p.until) for p in tx.link_pins.due(self.target.name, now)]
+        released = 0
+        for device_id, until in due:
+            try:
+                self.connector.set_device_authentication(device_id, DeviceAuthentication())
+            except ConnectorError as exc:
+                if exc.transient:
+                    _log.warning("link %s: pin of %s kept: %s", self.target.name, device_id, exc)
+                    continue
+                raise
+            with self._store.transaction() as tx:
+                pin = tx.link_pins.get(self.target.name, device_id)
+                if pin is not None and pin.until == until:
+                    tx.link_pins.delete(pin)
+                    released += 1
+        return released
