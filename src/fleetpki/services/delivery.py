@@ -267,36 +267,47 @@ class ConsumerWorker:
                 self._stopped.wait(self._poll)
 
     def run_once(self) -> int:
-        """Claim, deliver and settle one batch; returns how many deliveries it claimed."""
+        """Claim, deliver and settle one batch; returns how many deliveries it claimed.
+
+        Each failure is logged at DEBUG and the batch's failures once at WARNING, so a
+        hub that is down for an hour does not write a line per queued event per retry.
+        """
         claimed = self._delivery.claim(self.consumer, lease=self._lease, limit=self._batch)
         outcomes: list[Outcome] = []
         for item in claimed:
             try:
                 self._handler(item)
             except DeliveryFailed as exc:
-                _log.warning(
-                    "consumer %s: event %d (%s) failed, attempt %d%s: %s",
-                    self.consumer,
-                    item.event_id,
-                    item.event_type,
-                    item.attempts,
-                    " (permanent)" if exc.permanent else "",
-                    exc,
-                )
                 outcomes.append(
                     Outcome(item, str(exc), retry_after=exc.retry_after, permanent=exc.permanent)
                 )
             except Exception as exc:
-                _log.warning(
-                    "consumer %s: event %d (%s) failed, attempt %d: %s",
-                    self.consumer,
-                    item.event_id,
-                    item.event_type,
-                    item.attempts,
-                    exc,
-                )
                 outcomes.append(Outcome(item, f"{type(exc).__name__}: {exc}"))
             else:
                 outcomes.append(Outcome(item))
+                continue
+            _log.debug(
+                "consumer %s: event %d (%s) failed, attempt %d: %s",
+                self.consumer,
+                item.event_id,
+                item.event_type,
+                item.attempts,
+                outcomes[-1].error,
+            )
+        failures = [o for o in outcomes if o.error is not None]
+        if failures:
+            first = failures[0]
+            _log.warning(
+                "consumer %s: %d of %d deliveries failed (%d permanently); first: event %d "
+                "(%s), attempt %d: %s",
+                self.consumer,
+                len(failures),
+                len(outcomes),
+                sum(1 for o in failures if o.permanent),
+                first.delivery.event_id,
+                first.delivery.event_type,
+                first.delivery.attempts,
+                first.error,
+            )
         self._delivery.settle(outcomes, self._backoff, self._rng, max_attempts=self._max_attempts)
         return len(claimed)
