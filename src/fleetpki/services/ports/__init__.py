@@ -36,6 +36,7 @@ from fleetpki.services.ports.hub import (
     HubC2DRepository,
     HubCARepository,
     HubDeviceRepository,
+    HubLinkRepository,
     HubSasPolicyRepository,
     HubTelemetryRepository,
 )
@@ -122,6 +123,11 @@ class UnitOfWork(Protocol):
     @property
     def hub_sas_policies(self) -> HubSasPolicyRepository:
         """Shared-access policies of the hub's service API."""
+        ...
+
+    @property
+    def hub_links(self) -> HubLinkRepository:
+        """Hub links and the CAs each one trusts."""
         ...
 
     @property

@@ -13,7 +13,14 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fleetpki.store.hub_models import HubC2DMessage, HubCA, HubDevice, HubMessage, HubSasPolicy
+from fleetpki.store.hub_models import (
+    HubC2DMessage,
+    HubCA,
+    HubDevice,
+    HubLink,
+    HubMessage,
+    HubSasPolicy,
+)
 from fleetpki.store.models import CARecord
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "HubC2DRepository",
     "HubCARepository",
     "HubDeviceRepository",
+    "HubLinkRepository",
     "HubSasPolicyRepository",
     "HubTelemetryRepository",
     "TelemetryInput",
@@ -177,4 +185,24 @@ class HubAuditTrail(Protocol):
         details: Mapping[str, Any],
     ) -> None:
         """Add one audit entry (never secrets in ``details``)."""
+        ...
+
+
+class HubLinkRepository(Protocol):
+    """Hub links: the hubs this CA drives, with the CAs each trusts (``link.cas``)."""
+
+    def get(self, name: str) -> HubLink | None:
+        """The link ``name``, or ``None``."""
+        ...
+
+    def list(self) -> Sequence[HubLink]:
+        """Every link, by name."""
+        ...
+
+    def add(self, link: HubLink) -> None:
+        """Store a new link (written at once, so a duplicate name fails here)."""
+        ...
+
+    def delete(self, link: HubLink) -> None:
+        """Remove a link and its CA records."""
         ...
