@@ -15,7 +15,7 @@ from fleetpki.application import FleetPKI
 from fleetpki.services.authority import list_cas
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
 from fleetpki.services.principals import create_token
-from fleetpki.store import models
+from fleetpki.store import hub_models, models
 from support.server import LiveServer, start_server
 
 with warnings.catch_warnings():
@@ -84,6 +84,9 @@ _COUNTED = (
     models.AuditEntry,
     models.OutboxEvent,
     models.UsedTokenId,
+    hub_models.HubCA,
+    hub_models.HubLink,
+    hub_models.HubLinkCA,
 )
 
 
