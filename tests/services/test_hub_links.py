@@ -122,6 +122,10 @@ _BAD = {
         LinkCommand("x", LinkKind.AZURE, azure=_azure(subscription_id="not-a-guid")),
         "link.bad_subscription",
     ),
+    "an empty hub name": (
+        LinkCommand("x", LinkKind.AZURE, azure=_azure(hub_name=" ")),
+        "link.target_incomplete",
+    ),
     "bad resource group": (
         LinkCommand("x", LinkKind.AZURE, azure=_azure(resource_group="ends.")),
         "link.bad_resource_group",
@@ -170,7 +174,7 @@ _BAD = {
     ),
     "an azure link without a target": (
         LinkCommand("x", LinkKind.AZURE),
-        "link.credential_incomplete",
+        "link.target_incomplete",
     ),
 }
 

@@ -209,12 +209,23 @@ def check_azure_target(target: AzureTarget, secret: LinkSecret | None) -> AzureT
     """``target`` checked and normalised, with what its credential needs present.
 
     Raises:
-        ValidationError: ``link.bad_subscription`` (not a GUID),
+        ValidationError: ``link.target_incomplete`` (naming what is missing),
+            ``link.bad_subscription`` (not a GUID),
             ``link.bad_resource_group``, ``link.bad_hub_name``, ``link.bad_url``,
             ``link.credential_incomplete`` (naming what is missing),
             ``link.option_not_used`` (an option the credential does not take),
             ``link.bad_connection_string``, ``link.certificate_missing``.
     """
+    parts = {
+        "a subscription": target.subscription_id,
+        "a resource group": target.resource_group,
+        "a hub name": target.hub_name,
+    }
+    missing_parts = [what for what, value in parts.items() if not value.strip()]
+    if missing_parts:
+        raise ValidationError(
+            "link.target_incomplete", f"an azure link needs {', '.join(missing_parts)}"
+        )
     subscription = target.subscription_id.strip()
     if not _GUID.match(subscription):
         raise ValidationError(

@@ -54,6 +54,7 @@ __all__ = [
     "LinkConnection",
     "LinkTrustView",
     "certificate_name_for",
+    "link_command",
 ]
 
 #: A link's event consumer is ``link:<name>``.
@@ -160,6 +161,67 @@ def certificate_name_for(ca_name: str, ca_id: str) -> str:
     return f"{slug[:55]}-{ca_id[:8]}"
 
 
+def link_command(
+    name: str,
+    kind: str,
+    *,
+    ca_ids: Sequence[str] = (),
+    disable_on_revoke: bool = True,
+    register_devices: bool = False,
+    subscription_id: str | None = None,
+    resource_group: str | None = None,
+    hub_name: str | None = None,
+    management_url: str | None = None,
+    credential: str | None = None,
+    tenant_id: str | None = None,
+    client_id: str | None = None,
+    authority_host: str | None = None,
+    certificate_path: str | None = None,
+    secret: str | None = None,
+) -> LinkCommand:
+    """A :class:`LinkCommand` from the fields the CLI and the API take, as text.
+
+    Any Azure field makes an Azure target (a builtin link then refuses it in
+    :meth:`HubLinkService.add`); the checks themselves are the service's.
+
+    Raises:
+        ValidationError: ``link.bad_kind``, ``link.bad_credential``.
+    """
+    azure_fields = (
+        subscription_id,
+        resource_group,
+        hub_name,
+        management_url,
+        credential,
+        tenant_id,
+        client_id,
+        authority_host,
+        certificate_path,
+    )
+    target = None
+    if any(value is not None for value in azure_fields):
+        target = AzureTarget(
+            subscription_id=subscription_id or "",
+            resource_group=resource_group or "",
+            hub_name=hub_name or "",
+            management_url=management_url or DEFAULT_MANAGEMENT_URL,
+            credential=CredentialKind.parse(credential or CredentialKind.DEFAULT.value),
+            tenant_id=tenant_id,
+            client_id=client_id,
+            authority_host=authority_host,
+            certificate_path=certificate_path,
+        )
+    return LinkCommand(
+        name=name,
+        kind=LinkKind.parse(kind),
+        ca_ids=tuple(ca_ids),
+        disable_on_revoke=disable_on_revoke,
+        register_devices=register_devices,
+        azure=target,
+        secret=LinkSecret(secret) if secret else None,
+    )
+
+
 def _require_admin(actor: Actor) -> None:
     if not actor.is_admin:
         raise PermissionDenied("auth.admin_required", "only admins manage hub links")
@@ -225,7 +287,7 @@ def _check_command(command: LinkCommand) -> tuple[AzureTarget | None, list[str]]
     if command.kind is LinkKind.AZURE:
         if command.azure is None:
             raise ValidationError(
-                "link.credential_incomplete",
+                "link.target_incomplete",
                 "an azure link needs a subscription, a resource group and a hub name",
             )
         target = check_azure_target(command.azure, command.secret)
@@ -277,7 +339,7 @@ class HubLinkService:
         Raises:
             PermissionDenied: ``auth.admin_required``.
             ValidationError: ``link.bad_name``, the checks of the Azure target
-                (``link.bad_subscription``, ``link.bad_resource_group``,
+                (``link.target_incomplete``, ``link.bad_subscription``, ``link.bad_resource_group``,
                 ``link.bad_hub_name``, ``link.bad_url``, ``link.credential_incomplete``,
                 ``link.option_not_used``, ``link.bad_connection_string``,
                 ``link.certificate_missing``).
