@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from fleetpki.connectors.builtin import BuiltinHubConnector
 from fleetpki.errors import ConflictError
 from fleetpki.hub.policy import DevicePolicy
 from fleetpki.keystore import FileKeyStore, KeyStore, load_or_create_passphrase
@@ -42,6 +43,7 @@ from fleetpki.services.events import EventBus
 from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
 from fleetpki.services.hub_devices import HubDeviceService
+from fleetpki.services.hub_links import HubLinkService
 from fleetpki.services.hub_management import HubManagementService, hub_identity
 from fleetpki.services.hub_messages import HubMessageService
 from fleetpki.services.hub_methods import HubMethodService
@@ -84,6 +86,8 @@ class FleetPKI:
         hub_sas: the service API's shared-access policies and tokens.
         hub_methods: direct methods through this application's live hub, if attached.
         hub_authentication: device authentication on connect (the one hub policy).
+        hub_management / token_issuer: the built-in hub as an Azure resource.
+        hub_links: the hubs this CA drives through connectors, and one-click trust.
     """
 
     def __init__(
@@ -149,6 +153,20 @@ class FleetPKI:
             public_url=settings.public_url,
             tenant_id=self.hub_management.identity.tenant_id,
             enabled=settings.token_endpoint_enabled,
+        )
+        # Hub links (issue 9): the hubs this CA drives through connectors; the built-in
+        # hub of this process is reached through its own services.
+        identity = self.hub_management.identity
+        self.hub_links = HubLinkService(
+            self.store,
+            keystore,
+            now,
+            secret=lambda: load_or_create_passphrase(settings.home),
+            builtin=BuiltinHubConnector(
+                self.hub_trust,
+                self.hub_devices,
+                description=f"the built-in hub {identity.hub_name} on {identity.host_name}",
+            ),
         )
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []

@@ -294,3 +294,31 @@ class Client:
             json={"body": body, "properties": properties or {}},
         ).json()
         return result
+
+    # ----------------------------------------------------------------- hub links
+
+    def list_hub_links(self) -> list[dict[str, Any]]:
+        """Every hub link (``GET /v1/hub-links``, admins)."""
+        result: list[dict[str, Any]] = self._call("GET", "/v1/hub-links").json()
+        return result
+
+    def add_hub_link(self, link: dict[str, Any]) -> dict[str, Any]:
+        """Add a hub link (``POST /v1/hub-links`` with the ``HubLinkIn`` fields)."""
+        result: dict[str, Any] = self._call("POST", "/v1/hub-links", json=link).json()
+        return result
+
+    def get_hub_link(self, name: str) -> dict[str, Any]:
+        """One hub link."""
+        result: dict[str, Any] = self._call("GET", f"/v1/hub-links/{quote(name, safe='')}").json()
+        return result
+
+    def remove_hub_link(self, name: str) -> None:
+        """Remove a hub link."""
+        self._call("DELETE", f"/v1/hub-links/{quote(name, safe='')}")
+
+    def trust_in_hub_link(self, name: str, ca_id: str) -> dict[str, Any]:
+        """One-click trust of ``ca_id`` in the link's hub (``POST /v1/hub-links/{name}/trust``)."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/hub-links/{quote(name, safe='')}/trust", json={"caId": ca_id}
+        ).json()
+        return result

@@ -224,3 +224,26 @@ def test_commands_without_an_api_route_refuse_server(server: LiveServer) -> None
     (line,) = done.stderr.strip().splitlines()
     assert "`fleetpki principal list`" in line and "--server" in line
     assert "(cli.local_only)" in line
+
+
+def test_hub_links_work_remotely(server: LiveServer) -> None:
+    with Client(server.base_url, server.admin_token, verify=server.ca_bundle) as client:
+        issuing = next(c["id"] for c in client.list_cas() if c["tier"] == "issuing")
+    added = _cli(server, "hub", "link", "add", "remote-local", "--builtin", "--ca", issuing)
+    assert added.returncode == 0, added.stderr
+    trusted = _cli(server, "hub", "link", "trust", "remote-local", issuing, "-o", "json")
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["verified"] is True
+    with Client(server.base_url, server.admin_token, verify=server.ca_bundle) as client:
+        link = client.get_hub_link("remote-local")
+        assert client.list_hub_links() == [link]
+    shown = _cli(server, "hub", "link", "show", "remote-local", "-o", "json")
+    assert json.loads(shown.stdout) == link
+    assert link["cas"][0]["verifiedAt"] is not None
+    twice = _cli(server, "hub", "link", "add", "remote-local", "--builtin")
+    assert twice.returncode == 1 and "(link.exists)" in twice.stderr
+    assert _cli(server, "hub", "link", "remove", "remote-local").returncode == 0
+    with Client(server.base_url, server.admin_token, verify=server.ca_bundle) as client:
+        with pytest.raises(NotFoundError) as caught:
+            client.get_hub_link("remote-local")
+        assert caught.value.code == "link.not_found"

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from fleetpki.api import create_app
 from fleetpki.application import FleetPKI
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
-from fleetpki.store import models
+from fleetpki.store import hub_models, models
 from support.server import LiveServer, start_server
 
 with warnings.catch_warnings():
@@ -80,6 +80,9 @@ _COUNTED = (
     models.AuditEntry,
     models.OutboxEvent,
     models.UsedTokenId,
+    hub_models.HubCA,
+    hub_models.HubLink,
+    hub_models.HubLinkCA,
 )
 
 

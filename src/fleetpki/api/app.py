@@ -36,6 +36,7 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.v1",
     "fleetpki.api.hub_service",
     "fleetpki.api.hub_v1",
+    "fleetpki.api.hub_links",
     "fleetpki.api.status",
     "fleetpki.api.est",
     "fleetpki.api.hub_websocket",

@@ -1,4 +1,4 @@
-"""``fleetpki hub``: the built-in hub's registry, CA trust, telemetry and connection strings."""
+"""``fleetpki hub``: the built-in hub's identity, registry, CA trust, telemetry; hub links."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from fleetpki.application import FleetPKI
+from fleetpki.cli import hub_link
 from fleetpki.cli.context import CliContext, cli_context
 from fleetpki.cli.output import (
     Output,
@@ -29,6 +30,7 @@ __all__ = ["app"]
 app = typer.Typer(help="The built-in IoT hub: devices, CA trust, connection strings.")
 device_app = typer.Typer(help="Devices in the hub's registry.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
+app.add_typer(hub_link.app, name="link")
 
 DeviceId = Annotated[str, typer.Argument(help="The device id (its certificate CN).")]
 
@@ -145,6 +147,50 @@ def device_delete(ctx: typer.Context, device_id: DeviceId) -> None:
     """Remove a device from the registry (and its queued messages)."""
     _delete_device(cli_context(ctx).fleet("hub device delete"), device_id)
     err_console.print(f"device {device_id} deleted")
+
+
+# --------------------------------------------------------------------------- the hub itself
+
+
+def _identity(fleet: FleetPKI) -> dict[str, str | None]:
+    identity = fleet.hub_management.show()
+    url = fleet.settings.public_url.rstrip("/")
+    return {
+        "subscriptionId": identity.subscription_id,
+        "resourceGroup": identity.resource_group,
+        "hubName": identity.hub_name,
+        "tenantId": identity.tenant_id,
+        "hostName": identity.host_name,
+        "resourceId": identity.resource_id,
+        "managementUrl": url,
+        # fleetpki's own token endpoint, for --authority-host, only when it is enabled.
+        "authorityHost": url if fleet.settings.token_endpoint_enabled else None,
+    }
+
+
+@app.command("show")
+def show(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:
+    """Show the built-in hub as Azure's management plane names it.
+
+    Another fleetpki links this hub with ``hub link add NAME --azure --subscription S
+    --resource-group RG --hub H --management-url URL`` using these values.
+    """
+    identity = _identity(cli_context(ctx).fleet("hub show"))
+    if output is Output.JSON:
+        print_json(identity)
+        return
+    print_fields(
+        [
+            ("subscription", identity["subscriptionId"]),
+            ("resource group", identity["resourceGroup"]),
+            ("hub", identity["hubName"]),
+            ("tenant", identity["tenantId"]),
+            ("host name", identity["hostName"]),
+            ("management URL", identity["managementUrl"]),
+            ("authority host", identity["authorityHost"] or "- (token endpoint off)"),
+            ("resource id", identity["resourceId"]),
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- trust, SAS

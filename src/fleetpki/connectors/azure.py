@@ -41,8 +41,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fleetpki.connectors.azure_config import (
+    AzureCredentialConfig,
     AzureHubConfig,
     ConnectionString,
+    CredentialKind,
     build_credential,
     management_scope,
 )
@@ -54,8 +56,9 @@ from fleetpki.connectors.connector import (
     ProofSigner,
     TrustedCA,
 )
+from fleetpki.services.hub_links import LinkConnection
 
-__all__ = ["CERTIFICATES_ROLE", "AzureHubConnector"]
+__all__ = ["CERTIFICATES_ROLE", "AzureHubConnector", "connector_for_link"]
 
 #: What the credential needs for certificates: a role with the actions
 #: ``Microsoft.Devices/IotHubs/certificates/*`` on the hub (learn.microsoft.com,
@@ -492,3 +495,54 @@ class AzureHubConnector:
             }
 
         return self._update_device(device_id, change)
+
+
+def connector_for_link(link: LinkConnection) -> AzureHubConnector:
+    """The azure connector of a stored azure hub link (its secret revealed only here).
+
+    Raises:
+        ConnectorError: ``link.credential`` when the link is not an azure link.
+    """
+    target = link.azure
+    if target is None:
+        raise ConnectorError("link.credential", f"link {link.name!r} is not an azure link")
+    secret = link.secret.reveal() if link.secret is not None else None
+    kind = target.credential.value
+    credential: AzureCredentialConfig | None
+    connection_string = None
+    if kind == "connection-string":
+        credential, connection_string = None, secret
+    elif kind == "client-secret":
+        credential = AzureCredentialConfig(
+            kind=CredentialKind.CLIENT_SECRET,
+            tenant_id=target.tenant_id,
+            client_id=target.client_id,
+            client_secret=secret,
+            authority_host=target.authority_host,
+        )
+    elif kind == "client-certificate":
+        credential = AzureCredentialConfig(
+            kind=CredentialKind.CERTIFICATE,
+            tenant_id=target.tenant_id,
+            client_id=target.client_id,
+            certificate_path=target.certificate_path,
+            certificate_password=secret,
+            authority_host=target.authority_host,
+        )
+    else:
+        credential = AzureCredentialConfig(
+            kind=CredentialKind.DEFAULT,
+            tenant_id=target.tenant_id,
+            client_id=target.client_id,
+            authority_host=target.authority_host,
+        )
+    return AzureHubConnector(
+        AzureHubConfig(
+            subscription_id=target.subscription_id,
+            resource_group=target.resource_group,
+            hub_name=target.hub_name,
+            credential=credential,
+            management_url=target.management_url,
+            connection_string=connection_string,
+        )
+    )

@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from fleetpki.errors import ConflictError, NotFoundError, ValidationError
 from fleetpki.keystore import KeyStore
 from fleetpki.pki.issuance import thumbprints
-from fleetpki.pki.keys import KeySpec, generate_key
+from fleetpki.pki.proof import verification_certificate_builder
 from fleetpki.services.context import Clock
 from fleetpki.services.hub_etags import check_if_match, new_etag
 from fleetpki.services.notifications import TrustChanged
@@ -202,6 +202,10 @@ def upload_in(
         raise ConflictError("hub.ca_exists", f"a hub CA named {name!r} exists")
     der = cert.public_bytes(serialization.Encoding.DER)
     sha1, sha256 = thumbprints(der)
+    if fleetpki_ca_id is None:
+        # A CA this fleetpki runs, however it was uploaded (the CLI, a hub link, Azure's
+        # management API), is checked against fleetpki's own certificate table.
+        fleetpki_ca_id = tx.cas.id_by_sha1(sha1)
     record = HubCA(
         id=str(uuid.uuid4()),
         name=name,
@@ -294,18 +298,8 @@ def trust_local_ca_in(tx: UnitOfWork, keystore: KeyStore, ca_id: str, *, now: dt
     record = existing or upload_in(tx, ca.name, ca.certificate_der, now=now, fleetpki_ca_id=ca.id)
     record = verification_code_in(tx, record.name, now=now)
     assert record.verification_code is not None
-    ca_cert = x509.load_der_x509_certificate(ca.certificate_der)
-    proof_key = generate_key(KeySpec.EC_P256)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, record.verification_code)])
-        )
-        .issuer_name(ca_cert.subject)
-        .public_key(proof_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+    builder = verification_certificate_builder(
+        record.verification_code, x509.load_der_x509_certificate(ca.certificate_der), now=now
     )
     proof = keystore.signer(ca.key_ref).sign_certificate(builder)
     return verify_in(tx, record.name, proof.public_bytes(serialization.Encoding.PEM), now=now)

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of the built-in hub: registry, trusted CAs, telemetry, C2D, SAS policies.
+"""SQLAlchemy 2 models of the hub side: the built-in hub's registry, trust, messages; hub links.
 
 The shapes follow Azure IoT Hub's service API (shared/reference/azure-iot-hub-protocol.md
 §3.2: device and twin fields; §4.1: CA certificates with proof of possession), so that
@@ -20,7 +20,7 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from fleetpki.store.models import Base, UTCDateTime
 
@@ -28,6 +28,8 @@ __all__ = [
     "HubC2DMessage",
     "HubCA",
     "HubDevice",
+    "HubLink",
+    "HubLinkCA",
     "HubLinkPin",
     "HubMessage",
     "HubSasPolicy",
@@ -151,3 +153,62 @@ class HubLinkPin(Base):
     until: Mapped[dt.datetime] = mapped_column(index=True)
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
+
+
+class HubLink(Base):
+    """A hub this CA drives through a connector: the built-in hub, or an Azure IoT Hub.
+
+    An ``azure`` link names the hub as Azure's management plane does (subscription,
+    resource group, hub name under ``management_url``) and how to get a token for it.
+    The one secret a credential may need (a client secret, a connection string, a
+    client certificate's password) is stored encrypted with a key derived from the
+    home's key passphrase (``secret``); it is never returned by a view.
+    """
+
+    __tablename__ = "hub_links"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # builtin, azure
+    # The link's event consumer (``link:<name>``): outbox deliveries for this hub.
+    consumer: Mapped[str] = mapped_column(String(128), unique=True)
+    disable_on_revoke: Mapped[bool] = mapped_column(Boolean, default=True)
+    register_devices: Mapped[bool] = mapped_column(Boolean, default=False)
+    subscription_id: Mapped[str | None] = mapped_column(String(36))
+    resource_group: Mapped[str | None] = mapped_column(String(90))
+    hub_name: Mapped[str | None] = mapped_column(String(50))
+    management_url: Mapped[str | None] = mapped_column(Text)
+    # default, client-secret, client-certificate, connection-string
+    credential: Mapped[str | None] = mapped_column(String(32))
+    tenant_id: Mapped[str | None] = mapped_column(String(128))
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    authority_host: Mapped[str | None] = mapped_column(Text)
+    certificate_path: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str | None] = mapped_column(Text)  # encrypted
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+    cas: Mapped[list[HubLinkCA]] = relationship(
+        back_populates="link",
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        order_by="HubLinkCA.added_at",
+    )
+
+
+class HubLinkCA(Base):
+    """A CA a link trusts, and what the hub last said about its certificate."""
+
+    __tablename__ = "hub_link_cas"
+
+    link_name: Mapped[str] = mapped_column(
+        ForeignKey("hub_links.name", ondelete="CASCADE"), primary_key=True
+    )
+    ca_id: Mapped[str] = mapped_column(ForeignKey("cas.id"), primary_key=True)
+    added_at: Mapped[dt.datetime]
+    # The hub's name for the certificate and its thumbprint, once trusted there.
+    certificate_name: Mapped[str | None] = mapped_column(String(64))
+    thumbprint: Mapped[str | None] = mapped_column(String(40))
+    verified_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    link: Mapped[HubLink] = relationship(back_populates="cas")

@@ -35,6 +35,7 @@ from fleetpki.store.repositories.hub import (
     SqlHubSasPolicyRepository,
     SqlHubTelemetryRepository,
 )
+from fleetpki.store.repositories.hub_links import SqlHubLinkRepository
 
 if TYPE_CHECKING:
     from fleetpki.services.events import EventBus
@@ -130,6 +131,11 @@ class SqlUnitOfWork:
     def hub_sas_policies(self) -> SqlHubSasPolicyRepository:
         """Shared-access policies of the hub's service API."""
         return SqlHubSasPolicyRepository(self.session)
+
+    @cached_property
+    def hub_links(self) -> SqlHubLinkRepository:
+        """Hub links and the CAs each one trusts."""
+        return SqlHubLinkRepository(self.session)
 
     @cached_property
     def hub_audit(self) -> SqlHubAuditTrail:

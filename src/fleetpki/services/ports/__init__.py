@@ -37,6 +37,7 @@ from fleetpki.services.ports.hub import (
     HubCARepository,
     HubDeviceRepository,
     HubLinkPinRepository,
+    HubLinkRepository,
     HubSasPolicyRepository,
     HubTelemetryRepository,
 )
@@ -128,6 +129,11 @@ class UnitOfWork(Protocol):
     @property
     def hub_sas_policies(self) -> HubSasPolicyRepository:
         """Shared-access policies of the hub's service API."""
+        ...
+
+    @property
+    def hub_links(self) -> HubLinkRepository:
+        """Hub links and the CAs each one trusts."""
         ...
 
     @property

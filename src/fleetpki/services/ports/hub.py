@@ -17,6 +17,7 @@ from fleetpki.store.hub_models import (
     HubC2DMessage,
     HubCA,
     HubDevice,
+    HubLink,
     HubLinkPin,
     HubMessage,
     HubSasPolicy,
@@ -29,6 +30,7 @@ __all__ = [
     "HubCARepository",
     "HubDeviceRepository",
     "HubLinkPinRepository",
+    "HubLinkRepository",
     "HubSasPolicyRepository",
     "HubTelemetryRepository",
     "TelemetryInput",
@@ -209,4 +211,24 @@ class HubAuditTrail(Protocol):
         details: Mapping[str, Any],
     ) -> None:
         """Add one audit entry (never secrets in ``details``)."""
+        ...
+
+
+class HubLinkRepository(Protocol):
+    """Hub links: the hubs this CA drives, with the CAs each trusts (``link.cas``)."""
+
+    def get(self, name: str) -> HubLink | None:
+        """The link ``name``, or ``None``."""
+        ...
+
+    def list(self) -> Sequence[HubLink]:
+        """Every link, by name."""
+        ...
+
+    def add(self, link: HubLink) -> None:
+        """Store a new link (written at once, so a duplicate name fails here)."""
+        ...
+
+    def delete(self, link: HubLink) -> None:
+        """Remove a link and its CA records."""
         ...

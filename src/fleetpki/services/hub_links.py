@@ -1,0 +1,566 @@
+"""Hub links: the hubs this CA drives through connectors, and one-click trust of a CA in one.
+
+A link names a hub (the built-in hub of this process, or an Azure IoT Hub reached
+through Azure's own APIs), the CAs it trusts, and two options: disable a device in the
+hub when its certificate is revoked (on by default) and register devices in the hub
+when their domain is registered (off by default). Each link is an event consumer of
+its own, ``link:<name>`` (:attr:`HubLinkView.consumer`), through which the changes it
+must see will be delivered.
+
+One-click trust (:meth:`HubLinkService.trust`) runs Azure's proof-of-possession flow
+against the linked hub: upload the CA certificate, fetch a verification code, sign the
+verification certificate with the CA's key through the keystore's signer, verify. The
+hub is reached outside any transaction: the link and the CA are read in one unit of
+work, the connector is called, and the result is recorded in another.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from fleetpki.connectors.connector import ConnectorError, HubConnector, TrustedCA
+from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, ValidationError
+from fleetpki.keystore import KeyStore
+from fleetpki.pki.proof import verification_certificate_builder
+from fleetpki.services.audit import write_audit
+from fleetpki.services.context import Actor, Clock
+from fleetpki.services.hub_link_settings import (
+    DEFAULT_MANAGEMENT_URL,
+    AzureTarget,
+    CredentialKind,
+    LinkKind,
+    LinkSecret,
+    check_azure_target,
+    check_link_name,
+    open_secret,
+    seal_secret,
+)
+from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.store.hub_models import HubLink, HubLinkCA
+
+__all__ = [
+    "CONSUMER_PREFIX",
+    "HubLinkService",
+    "HubLinkView",
+    "LinkCAView",
+    "LinkCommand",
+    "LinkConnection",
+    "LinkTrustView",
+    "certificate_name_for",
+    "link_command",
+]
+
+#: A link's event consumer is ``link:<name>``.
+CONSUMER_PREFIX = "link:"
+#: The module of the azure connector, imported when an azure link is first used.
+_AZURE_MODULE = "fleetpki.connectors.azure"
+# Azure's certificate names: ``^[A-Za-z0-9-._]{1,64}$`` (the RP's pattern).
+_CERTIFICATE_NAME_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCommand:
+    """A link to add.
+
+    Attributes:
+        name: the link's name (1-64 letters, digits, ``.``, ``_``, ``-``).
+        kind: builtin or azure.
+        ca_ids: the CAs the link trusts (each must exist).
+        disable_on_revoke: disable a device in the hub when its certificate is revoked.
+        register_devices: register a device in the hub when its domain is registered.
+        azure: where the hub is and how to authenticate (azure links only).
+        secret: the credential's secret (client secret, connection string, or the
+            client certificate's password); stored encrypted, never shown.
+    """
+
+    name: str
+    kind: LinkKind
+    ca_ids: Sequence[str] = ()
+    disable_on_revoke: bool = True
+    register_devices: bool = False
+    azure: AzureTarget | None = None
+    secret: LinkSecret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCAView:
+    """A CA a link trusts, and what the hub said when it was last trusted there.
+
+    Attributes:
+        certificate_name / thumbprint: the hub's name for the certificate and its
+            SHA-1 (upper hex), once trusted; ``None`` before.
+        verified_at: when proof of possession last succeeded.
+        last_error: the last trust attempt's error, until one succeeds.
+    """
+
+    ca_id: str
+    ca_name: str
+    added_at: dt.datetime
+    certificate_name: str | None
+    thumbprint: str | None
+    verified_at: dt.datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HubLinkView:
+    """A link as the CLI and the API present it (never its secret, only whether it has one).
+
+    Attributes:
+        consumer: the link's event consumer name, ``link:<name>``.
+        azure: the Azure target, for azure links.
+    """
+
+    name: str
+    kind: LinkKind
+    consumer: str
+    disable_on_revoke: bool
+    register_devices: bool
+    azure: AzureTarget | None
+    has_secret: bool
+    cas: tuple[LinkCAView, ...]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConnection:
+    """What a connector is built from: the link's target and its opened secret."""
+
+    name: str
+    kind: LinkKind
+    azure: AzureTarget | None = None
+    secret: LinkSecret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTrustView:
+    """What one-click trust did: the hub holds the CA's certificate, verified."""
+
+    link: str
+    ca_id: str
+    certificate_name: str
+    thumbprint: str
+    verified: bool
+
+
+def certificate_name_for(ca_name: str, ca_id: str) -> str:
+    """The hub's name for a CA's certificate: its name made Azure-safe, and its id's start.
+
+    Stable for a CA across its generations, so a renewed CA certificate replaces the
+    old one under the same name; the id keeps two CAs of one name apart.
+    """
+    slug = _CERTIFICATE_NAME_BAD.sub("-", ca_name).strip("-.") or "ca"
+    return f"{slug[:55]}-{ca_id[:8]}"
+
+
+def link_command(
+    name: str,
+    kind: str,
+    *,
+    ca_ids: Sequence[str] = (),
+    disable_on_revoke: bool = True,
+    register_devices: bool = False,
+    subscription_id: str | None = None,
+    resource_group: str | None = None,
+    hub_name: str | None = None,
+    management_url: str | None = None,
+    credential: str | None = None,
+    tenant_id: str | None = None,
+    client_id: str | None = None,
+    authority_host: str | None = None,
+    certificate_path: str | None = None,
+    secret: str | None = None,
+) -> LinkCommand:
+    """A :class:`LinkCommand` from the fields the CLI and the API take, as text.
+
+    Any Azure field makes an Azure target (a builtin link then refuses it in
+    :meth:`HubLinkService.add`); the checks themselves are the service's.
+
+    Raises:
+        ValidationError: ``link.bad_kind``, ``link.bad_credential``.
+    """
+    azure_fields = (
+        subscription_id,
+        resource_group,
+        hub_name,
+        management_url,
+        credential,
+        tenant_id,
+        client_id,
+        authority_host,
+        certificate_path,
+    )
+    target = None
+    if any(value is not None for value in azure_fields):
+        target = AzureTarget(
+            subscription_id=subscription_id or "",
+            resource_group=resource_group or "",
+            hub_name=hub_name or "",
+            management_url=management_url or DEFAULT_MANAGEMENT_URL,
+            credential=CredentialKind.parse(credential or CredentialKind.DEFAULT.value),
+            tenant_id=tenant_id,
+            client_id=client_id,
+            authority_host=authority_host,
+            certificate_path=certificate_path,
+        )
+    return LinkCommand(
+        name=name,
+        kind=LinkKind.parse(kind),
+        ca_ids=tuple(ca_ids),
+        disable_on_revoke=disable_on_revoke,
+        register_devices=register_devices,
+        azure=target,
+        secret=LinkSecret(secret) if secret else None,
+    )
+
+
+def _require_admin(actor: Actor) -> None:
+    if not actor.is_admin:
+        raise PermissionDenied("auth.admin_required", "only admins manage hub links")
+
+
+def _azure_target(record: HubLink) -> AzureTarget | None:
+    if record.kind != LinkKind.AZURE.value:
+        return None
+    # An azure link is stored with its whole target (add checks it).
+    return AzureTarget(
+        subscription_id=record.subscription_id or "",
+        resource_group=record.resource_group or "",
+        hub_name=record.hub_name or "",
+        management_url=record.management_url or DEFAULT_MANAGEMENT_URL,
+        credential=CredentialKind(record.credential or CredentialKind.DEFAULT.value),
+        tenant_id=record.tenant_id,
+        client_id=record.client_id,
+        authority_host=record.authority_host,
+        certificate_path=record.certificate_path,
+    )
+
+
+def _link_view(tx: UnitOfWork, record: HubLink) -> HubLinkView:
+    cas = []
+    for entry in record.cas:
+        ca = tx.cas.get(entry.ca_id)
+        cas.append(
+            LinkCAView(
+                ca_id=entry.ca_id,
+                ca_name=ca.name if ca is not None else "",
+                added_at=entry.added_at,
+                certificate_name=entry.certificate_name,
+                thumbprint=entry.thumbprint,
+                verified_at=entry.verified_at,
+                last_error=entry.last_error,
+            )
+        )
+    return HubLinkView(
+        name=record.name,
+        kind=LinkKind(record.kind),
+        consumer=record.consumer,
+        disable_on_revoke=record.disable_on_revoke,
+        register_devices=record.register_devices,
+        azure=_azure_target(record),
+        has_secret=record.secret is not None,
+        cas=tuple(cas),
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+def _require_link(tx: UnitOfWork, name: str) -> HubLink:
+    record = tx.hub_links.get(name)
+    if record is None:
+        raise NotFoundError("link.not_found", f"no hub link named {name!r}")
+    return record
+
+
+def _check_command(command: LinkCommand) -> tuple[AzureTarget | None, list[str]]:
+    """The command's target and CA ids, checked before any unit of work opens."""
+    check_link_name(command.name)
+    target = None
+    if command.kind is LinkKind.AZURE:
+        if command.azure is None:
+            raise ValidationError(
+                "link.target_incomplete",
+                "an azure link needs a subscription, a resource group and a hub name",
+            )
+        target = check_azure_target(command.azure, command.secret)
+    elif command.azure is not None or command.secret is not None:
+        raise ValidationError(
+            "link.option_not_used",
+            "a builtin link drives this process's own hub and takes no Azure target or "
+            "credential; link a fleetpki hub in another process as an azure link",
+        )
+    ca_ids: list[str] = []
+    for ca_id in command.ca_ids:
+        if ca_id not in ca_ids:
+            ca_ids.append(ca_id)
+    return target, ca_ids
+
+
+class HubLinkService:
+    """Hub links: add, list, show, remove; one-click trust; the connector for a link.
+
+    Args:
+        store: the database.
+        keystore: custody of the CAs' keys (signs the verification certificates).
+        clock: the source of "now".
+        secret: returns the home's key passphrase (read when first needed), from
+            which the key sealing the links' secrets is derived.
+        builtin: the connector to this process's built-in hub.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        keystore: KeyStore,
+        clock: Clock,
+        *,
+        secret: Callable[[], bytes],
+        builtin: HubConnector,
+    ) -> None:
+        self._store = store
+        self._keystore = keystore
+        self._clock = clock
+        self._passphrase = secret
+        self._builtin = builtin
+
+    # -- the resource -------------------------------------------------------------------
+
+    def add(self, actor: Actor, command: LinkCommand) -> HubLinkView:
+        """Add a link (admins only); nothing is written when anything is refused.
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            ValidationError: ``link.bad_name``, the checks of the Azure target
+                (``link.target_incomplete``, ``link.bad_subscription``, ``link.bad_resource_group``,
+                ``link.bad_hub_name``, ``link.bad_url``, ``link.credential_incomplete``,
+                ``link.option_not_used``, ``link.bad_connection_string``,
+                ``link.certificate_missing``).
+            NotFoundError: ``ca.not_found`` for a CA id that names no CA.
+            ConflictError: ``link.exists``.
+        """
+        _require_admin(actor)
+        target, ca_ids = _check_command(command)
+        sealed = (
+            seal_secret(self._passphrase(), command.secret) if command.secret is not None else None
+        )
+        now = self._clock()
+        with self._store.transaction() as tx:
+            if tx.hub_links.get(command.name) is not None:
+                raise ConflictError("link.exists", f"a hub link named {command.name!r} exists")
+            for ca_id in ca_ids:
+                if tx.cas.get(ca_id) is None:
+                    raise NotFoundError("ca.not_found", f"no CA {ca_id}")
+            record = HubLink(
+                name=command.name,
+                kind=command.kind.value,
+                consumer=CONSUMER_PREFIX + command.name,
+                disable_on_revoke=command.disable_on_revoke,
+                register_devices=command.register_devices,
+                subscription_id=target.subscription_id if target else None,
+                resource_group=target.resource_group if target else None,
+                hub_name=target.hub_name if target else None,
+                management_url=target.management_url if target else None,
+                credential=target.credential.value if target else None,
+                tenant_id=target.tenant_id if target else None,
+                client_id=target.client_id if target else None,
+                authority_host=target.authority_host if target else None,
+                certificate_path=target.certificate_path if target else None,
+                secret=sealed,
+                created_at=now,
+                updated_at=now,
+                cas=[HubLinkCA(ca_id=ca_id, added_at=now) for ca_id in ca_ids],
+            )
+            tx.hub_links.add(record)
+            write_audit(
+                tx,
+                actor,
+                "hub.link.add",
+                "hub_link",
+                command.name,
+                at=now,
+                details={"kind": command.kind.value, "cas": ca_ids},
+            )
+            return _link_view(tx, record)
+
+    def list(self, actor: Actor) -> list[HubLinkView]:
+        """Every link, by name (admins only).
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+        """
+        _require_admin(actor)
+        with self._store.transaction() as tx:
+            return [_link_view(tx, r) for r in tx.hub_links.list()]
+
+    def get(self, actor: Actor, name: str) -> HubLinkView:
+        """One link (admins only).
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            NotFoundError: ``link.not_found``.
+        """
+        _require_admin(actor)
+        with self._store.transaction() as tx:
+            return _link_view(tx, _require_link(tx, name))
+
+    def remove(self, actor: Actor, name: str) -> None:
+        """Remove a link; the hub keeps what it was given (admins only).
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            NotFoundError: ``link.not_found``.
+        """
+        _require_admin(actor)
+        with self._store.transaction() as tx:
+            tx.hub_links.delete(_require_link(tx, name))
+            write_audit(tx, actor, "hub.link.remove", "hub_link", name, at=self._clock())
+
+    # -- connectors ---------------------------------------------------------------------
+
+    def connector_for(self, link: LinkConnection) -> HubConnector:
+        """The connector that drives ``link``'s hub.
+
+        A builtin link gets this process's built-in hub; an azure link the azure
+        connector (``fleetpki.connectors.azure.connector_for_link(link)``), imported
+        only now, so that a build without it still manages builtin links.
+
+        Raises:
+            ConnectorError: ``link.connector_unavailable`` when the azure connector is
+                not part of this installation.
+        """
+        if link.kind is LinkKind.BUILTIN:
+            return self._builtin
+        try:
+            module = importlib.import_module(_AZURE_MODULE)
+            factory = module.connector_for_link
+        except (ImportError, AttributeError) as exc:
+            raise ConnectorError(
+                "link.connector_unavailable",
+                f"link {link.name!r} is an azure link, but this installation has no azure "
+                f"connector ({_AZURE_MODULE}.connector_for_link); install fleetpki with the "
+                "Azure SDKs (azure-mgmt-iothub, azure-identity)",
+            ) from exc
+        connector: HubConnector = factory(link)
+        return connector
+
+    def _connection(self, record: HubLink) -> LinkConnection:
+        secret = open_secret(self._passphrase(), record.secret) if record.secret else None
+        return LinkConnection(
+            name=record.name,
+            kind=LinkKind(record.kind),
+            azure=_azure_target(record),
+            secret=secret,
+        )
+
+    def connector(self, actor: Actor, name: str) -> HubConnector:
+        """The connector of the link ``name`` (admins only).
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            NotFoundError: ``link.not_found``.
+            ValidationError: ``link.secret_undecryptable``.
+            ConnectorError: ``link.connector_unavailable``.
+        """
+        _require_admin(actor)
+        with self._store.transaction() as tx:
+            connection = self._connection(_require_link(tx, name))
+        return self.connector_for(connection)
+
+    # -- one-click trust ----------------------------------------------------------------
+
+    def trust(self, actor: Actor, link: str, ca_id: str) -> LinkTrustView:
+        """Trust a CA in the link's hub with proof of possession, in one call (admins only).
+
+        Uploads the CA certificate, fetches a verification code, signs the verification
+        certificate (:func:`fleetpki.pki.proof.verification_certificate_builder`) with
+        the CA's key through the keystore's signer, and verifies it. The CA joins the
+        link's CAs. Repeating it is harmless: a hub that holds the certificate verified
+        keeps it. The hub is called between two units of work, never inside one.
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            NotFoundError: ``link.not_found``, ``ca.not_found``.
+            ConnectorError: what the hub refused (its ``transient`` says whether a
+                retry may succeed); the error is recorded on the link's CA entry.
+        """
+        _require_admin(actor)
+        with self._store.transaction() as tx:
+            record = _require_link(tx, link)
+            ca = tx.cas.get(ca_id)
+            if ca is None:
+                raise NotFoundError("ca.not_found", f"no CA {ca_id}")
+            connection = self._connection(record)
+            ca_certificate = x509.load_der_x509_certificate(ca.certificate_der)
+            key_ref, name = ca.key_ref, certificate_name_for(ca.name, ca.id)
+        connector = self.connector_for(connection)
+
+        def prove(code: str) -> bytes:
+            builder = verification_certificate_builder(code, ca_certificate, now=self._clock())
+            proof = self._keystore.signer(key_ref).sign_certificate(builder)
+            return proof.public_bytes(serialization.Encoding.DER)
+
+        pem = ca_certificate.public_bytes(serialization.Encoding.PEM)
+        try:
+            trusted = connector.trust_ca(name, pem, prove)
+        except ConnectorError as exc:
+            self._record_trust(actor, link, ca_id, None, error=f"{exc.message} ({exc.code})")
+            raise
+        self._record_trust(actor, link, ca_id, trusted, error=None)
+        return LinkTrustView(
+            link=link,
+            ca_id=ca_id,
+            certificate_name=trusted.name,
+            thumbprint=trusted.thumbprint,
+            verified=trusted.verified,
+        )
+
+    def _record_trust(
+        self,
+        actor: Actor,
+        link: str,
+        ca_id: str,
+        trusted: TrustedCA | None,
+        *,
+        error: str | None,
+    ) -> None:
+        now = self._clock()
+        with self._store.transaction() as tx:
+            record = tx.hub_links.get(link)
+            if record is None:
+                # Removed while the hub was being called: the hub keeps the CA, and
+                # there is no link left to record it on.
+                return
+            entry = next((e for e in record.cas if e.ca_id == ca_id), None)
+            if entry is None:
+                entry = HubLinkCA(ca_id=ca_id, added_at=now)
+                record.cas.append(entry)
+            if trusted is not None:
+                entry.certificate_name = trusted.name
+                entry.thumbprint = trusted.thumbprint
+                entry.verified_at = now if trusted.verified else entry.verified_at
+                entry.last_error = None
+            else:
+                entry.last_error = error
+            record.updated_at = now
+            details: dict[str, object] = {"ca_id": ca_id}
+            if trusted is not None:
+                details |= {"certificate": trusted.name, "thumbprint": trusted.thumbprint}
+            else:
+                details["error"] = error
+            write_audit(
+                tx,
+                actor,
+                "hub.link.trust" if trusted is not None else "hub.link.trust_failed",
+                "hub_link",
+                link,
+                at=now,
+                details=details,
+            )

@@ -1,0 +1,158 @@
+"""``/v1/hub-links``: add, list, show, remove and one-click trust, admins only, stable codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetpki.api.hub_links import HubLinkOut, LinkTrustOut
+from support.api import Api, api_fixture, row_counts  # noqa: F401 (a fixture)
+
+SUBSCRIPTION = "5b6c8a8e-3f0e-4c5e-9a53-2c1f7b1f0d9e"
+SECRET = "HostName=h.azure-devices.net;SharedAccessKeyName=iothubowner;SharedAccessKey=c2VjcmV0"
+
+
+def _add(api: Api, body: dict[str, object], status: int = 201) -> dict[str, object]:
+    answer = api.client.post("/v1/hub-links", json=body, headers=api.auth(api.admin))
+    assert answer.status_code == status, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def test_add_list_get_trust_and_remove(api: Api) -> None:
+    added = _add(api, {"name": "local", "kind": "builtin", "caIds": [api.ca_id]})
+    HubLinkOut.model_validate(added)
+    assert (added["kind"], added["consumer"], added["disableOnRevoke"]) == (
+        "builtin",
+        "link:local",
+        True,
+    )
+    cloud = _add(
+        api,
+        {
+            "name": "cloud",
+            "kind": "azure",
+            "subscriptionId": SUBSCRIPTION,
+            "resourceGroup": "rg",
+            "hubName": "my-hub",
+            "credential": "connection-string",
+            "secret": SECRET,
+            "registerDevices": True,
+        },
+    )
+    assert cloud["azure"] == {
+        "subscriptionId": SUBSCRIPTION,
+        "resourceGroup": "rg",
+        "hubName": "my-hub",
+        "managementUrl": "https://management.azure.com",
+        "credential": "connection-string",
+        "tenantId": None,
+        "clientId": None,
+        "authorityHost": None,
+        "certificatePath": None,
+    }
+    assert cloud["hasSecret"] is True
+    assert "c2VjcmV0" not in str(cloud)
+
+    listed = api.client.get("/v1/hub-links", headers=api.auth(api.admin)).json()
+    assert [link["name"] for link in listed] == ["cloud", "local"]
+    shown = api.client.get("/v1/hub-links/local", headers=api.auth(api.admin)).json()
+    assert shown == added
+
+    trusted = api.client.post(
+        "/v1/hub-links/local/trust", json={"caId": api.ca_id}, headers=api.auth(api.admin)
+    )
+    assert trusted.status_code == 200, trusted.text
+    result = LinkTrustOut.model_validate(trusted.json())
+    assert result.verified
+    again = api.client.post(
+        "/v1/hub-links/local/trust", json={"caId": api.ca_id}, headers=api.auth(api.admin)
+    )
+    assert again.json() == trusted.json()
+    [entry] = api.client.get("/v1/hub-links/local", headers=api.auth(api.admin)).json()["cas"]
+    assert (entry["certificateName"], entry["thumbprint"]) == (
+        result.certificateName,
+        result.thumbprint,
+    )
+    assert entry["verifiedAt"] is not None
+
+    gone = api.client.delete("/v1/hub-links/cloud", headers=api.auth(api.admin))
+    assert gone.status_code == 204
+    missing = api.client.get("/v1/hub-links/cloud", headers=api.auth(api.admin))
+    assert (missing.status_code, missing.json()["code"]) == (404, "link.not_found")
+
+
+_BAD: dict[str, tuple[dict[str, object], int, str]] = {
+    "unknown CA": (
+        {"name": "x", "kind": "builtin", "caIds": ["00000000-0000-4000-8000-00000000dead"]},
+        404,
+        "ca.not_found",
+    ),
+    "name taken": ({"name": "taken", "kind": "builtin"}, 409, "link.exists"),
+    "malformed subscription": (
+        {
+            "name": "x",
+            "kind": "azure",
+            "subscriptionId": "1234",
+            "resourceGroup": "rg",
+            "hubName": "hub",
+        },
+        400,
+        "link.bad_subscription",
+    ),
+    "unknown kind": ({"name": "x", "kind": "aws"}, 400, "link.bad_kind"),
+    "unknown credential": (
+        {
+            "name": "x",
+            "kind": "azure",
+            "subscriptionId": SUBSCRIPTION,
+            "resourceGroup": "rg",
+            "hubName": "hub",
+            "credential": "password",
+        },
+        400,
+        "link.bad_credential",
+    ),
+    "unknown field": ({"name": "x", "kind": "builtin", "colour": "red"}, 422, "request.invalid"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD))
+def test_bad_input_is_a_problem_and_changes_nothing(api: Api, case: str) -> None:
+    _add(api, {"name": "taken", "kind": "builtin"})
+    before = row_counts(api.fleet)
+    body, status, code = _BAD[case]
+    answer = api.client.post("/v1/hub-links", json=body, headers=api.auth(api.admin))
+    assert (answer.status_code, answer.json()["code"]) == (status, code)
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert row_counts(api.fleet) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/hub-links", None),
+        ("POST", "/v1/hub-links", {"name": "x", "kind": "builtin"}),
+        ("GET", "/v1/hub-links/taken", None),
+        ("DELETE", "/v1/hub-links/taken", None),
+        ("POST", "/v1/hub-links/taken/trust", {"caId": "x"}),
+    ],
+)
+def test_only_admins(api: Api, method: str, path: str, body: object) -> None:
+    _add(api, {"name": "taken", "kind": "builtin"})
+    before = row_counts(api.fleet)
+    answer = api.client.request(method, path, json=body, headers=api.auth(api.alice))
+    assert (answer.status_code, answer.json()["code"]) == (403, "auth.admin_required")
+    anonymous = api.client.request(method, path, json=body)
+    assert anonymous.status_code == 401
+    assert row_counts(api.fleet) == before
+
+
+def test_trusting_an_unknown_ca_or_in_an_unknown_link(api: Api) -> None:
+    _add(api, {"name": "local", "kind": "builtin"})
+    before = row_counts(api.fleet)
+    for path, ca_id, code in [
+        ("/v1/hub-links/local/trust", "00000000-0000-4000-8000-00000000dead", "ca.not_found"),
+        ("/v1/hub-links/nope/trust", api.ca_id, "link.not_found"),
+    ]:
+        answer = api.client.post(path, json={"caId": ca_id}, headers=api.auth(api.admin))
+        assert (answer.status_code, answer.json()["code"]) == (404, code)
+    assert row_counts(api.fleet) == before
