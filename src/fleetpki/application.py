@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from dataclasses import dataclass
-
-from sqlalchemy.orm import Session
 
 from fleetpki.connectors.builtin import BuiltinHubConnector
 from fleetpki.errors import ConflictError
@@ -25,11 +22,10 @@ from fleetpki.services.authority import (
     CAUrlsConfig,
     HierarchySpec,
     TemplateService,
-    create_hierarchy_in,
 )
-from fleetpki.services.ca_views import CAView, TemplateView, ca_view, template_view
+from fleetpki.services.ca_views import CAView, TemplateView
 from fleetpki.services.certificates import CertificateService
-from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock, system_clock
+from fleetpki.services.context import Clock, system_clock
 from fleetpki.services.delivery import (
     DEFAULT_POLL,
     Backoff,
@@ -58,7 +54,6 @@ from fleetpki.services.server_cert import ServerCertificateService
 from fleetpki.services.token_issuer import LocalTokenIssuer
 from fleetpki.settings import Settings
 from fleetpki.store.db import Database
-from fleetpki.store.models import Principal
 from fleetpki.store.notify import NotifyListener
 from fleetpki.store.unit_of_work import SqlStore
 
@@ -192,17 +187,6 @@ class FleetPKI:
         """The current time from the injected clock."""
         return self.clock()
 
-    @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """The raw session of one unit of work: committed on success, rolled back on error.
-
-        For tests that arrange states no use case makes, or count rows to show that a
-        refused request wrote nothing. No adapter and no service calls it: use cases are
-        the services' methods, each with its own unit of work.
-        """
-        with self.store.transaction() as unit:
-            yield unit.session
-
     def start_consumer(
         self,
         name: str,
@@ -288,22 +272,8 @@ def init_home(
     database.migrate()
     keystore = FileKeyStore(settings.keys_dir, load_or_create_passphrase(home, create=True))
     app = FleetPKI(settings, database, keystore, clock)
-    now = app.now()
-    with app.store.transaction() as tx:
-        if tx.principals.get(LOCAL_ADMIN_ID) is None:
-            tx.principals.add(
-                Principal(
-                    id=LOCAL_ADMIN_ID,
-                    friendly_name="local admin",
-                    principal_type="User",
-                    is_admin=True,
-                    created_at=now,
-                )
-            )
-        root, issuing, template = create_hierarchy_in(
-            tx, Actor.local_admin(), keystore, app.urls, spec or HierarchySpec(), now=now
-        )
-        views = ca_view(root), ca_view(issuing), template_view(template)
+    made = app.cas.bootstrap(spec or HierarchySpec())
+    views = made.root, made.issuing, made.template
     # The configuration is written last: a home without it is not a home, so a
     # failed init can simply be run again.
     settings.config_path.write_text(settings.to_toml())

@@ -19,6 +19,7 @@ from fleetpki.api.oidc import OIDCVerifier
 from fleetpki.application import FleetPKI
 from fleetpki.store.models import Principal
 from support.api import TestClient
+from support.database import raw_session
 
 ISSUER = "https://login.example.test/tenant/v2.0"
 AUDIENCE = "https://management.core.windows.net/"
@@ -68,7 +69,7 @@ def test_first_seen_oidc_principal_is_created_with_upn(
         headers={"Authorization": f"Bearer {_jwt(signing_key, oid=oid)}"},
     )
     assert answer.status_code == 200, answer.text
-    with sqlite_fleet.transaction() as session:
+    with raw_session(sqlite_fleet) as session:
         principal = session.get(Principal, oid)
         assert principal is not None and principal.friendly_name == "carol@example.test"
 
@@ -80,7 +81,7 @@ def test_sub_is_used_without_oid_and_name_without_upn(
     token = _jwt(signing_key, oid=None, upn=None, sub=sub, name="Dana")
     answer = oidc_client.get("/v1/domains", headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 200, answer.text
-    with sqlite_fleet.transaction() as session:
+    with raw_session(sqlite_fleet) as session:
         assert session.get(Principal, sub).friendly_name == "Dana"  # type: ignore[union-attr]
 
 
@@ -100,7 +101,7 @@ def test_bad_oidc_tokens_are_401_and_create_nobody(
     overrides: dict[str, Any],
     code: str,
 ) -> None:
-    with sqlite_fleet.transaction() as session:
+    with raw_session(sqlite_fleet) as session:
         before = len(list(session.scalars(select(Principal))))
     answer = oidc_client.get(
         "/v1/domains", headers={"Authorization": f"Bearer {_jwt(signing_key, **overrides)}"}
@@ -108,7 +109,7 @@ def test_bad_oidc_tokens_are_401_and_create_nobody(
     assert answer.status_code == 401
     assert answer.json()["code"] == code
     assert answer.headers["www-authenticate"].startswith("Bearer")
-    with sqlite_fleet.transaction() as session:
+    with raw_session(sqlite_fleet) as session:
         assert len(list(session.scalars(select(Principal)))) == before
 
 

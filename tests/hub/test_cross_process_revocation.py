@@ -21,6 +21,7 @@ from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.settings import Settings
 from fleetpki.store.models import EventDeliveryRecord, OutboxEvent
+from support.database import raw_session
 from support.hub import issue_device, start_hub_thread
 from support.mqtt_device import WAIT, Device, wait_until
 from support.postgres import PostgresServer
@@ -40,7 +41,7 @@ def pg_fleet(postgres: PostgresServer, tmp_path: Path, key_passphrase: None) -> 
 
 
 def _deliveries(fleet: FleetPKI, serial: str) -> dict[str, str]:
-    with fleet.transaction() as session:
+    with raw_session(fleet) as session:
         rows = session.execute(
             select(EventDeliveryRecord.consumer, EventDeliveryRecord.status)
             .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)

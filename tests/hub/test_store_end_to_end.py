@@ -26,6 +26,7 @@ from fleetpki.services import Actor
 from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.services.hub_sas import make_sas_token
 from fleetpki.store.models import EventDeliveryRecord, OutboxEvent
+from support.database import raw_session
 from support.hub import issue_device, start_hub_thread
 from support.hub_control import issuing_ca
 from support.mqtt_device import WAIT, Device, connect_once, wait_until
@@ -43,7 +44,7 @@ def _trust_issuing_ca(fleet: FleetPKI) -> str:
 
 def _revocation_events(fleet: FleetPKI, serial: str) -> list[str]:
     """The hub node's delivery states of the revocation events for ``serial``."""
-    with fleet.transaction() as session:
+    with raw_session(fleet) as session:
         query = (
             select(EventDeliveryRecord.status)
             .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)

@@ -26,6 +26,7 @@ from fleetpki.services.hub_link_settings import (
 from fleetpki.services.hub_links import HubLinkService, LinkCommand, LinkConnection
 from fleetpki.store.hub_models import HubLink
 from support.api import row_counts
+from support.database import raw_session
 from support.hub import issue_device, start_hub_thread
 from support.hub_control import issuing_ca
 from support.mqtt_device import connect_once
@@ -94,7 +95,7 @@ def test_an_azure_link_keeps_its_target_and_seals_its_secret(fleet: FleetPKI) ->
     assert (view.has_secret, view.disable_on_revoke, view.register_devices) == (True, False, True)
     assert SECRET not in repr(view)
     assert SECRET not in repr(command)
-    with fleet.transaction() as session:
+    with raw_session(fleet) as session:
         stored = session.scalars(select(HubLink)).one().secret
     assert stored is not None
     assert SECRET not in stored

@@ -21,6 +21,7 @@ from fleetpki.services.ca_views import CAView, DomainView, IssuedView
 from fleetpki.services.certificates import CertificateQuery, IssueCommand
 from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from fleetpki.store import models
+from support.database import raw_session
 
 ALICE_ACTOR = Actor(ALICE, source="test")
 BOB_ACTOR = Actor(BOB, source="test")
@@ -39,7 +40,7 @@ _TABLES = [
 
 
 def _counts(fleet: FleetPKI) -> dict[str, int]:
-    with fleet.transaction() as session:
+    with raw_session(fleet) as session:
         return {
             t.__tablename__: session.scalar(select(func.count()).select_from(t)) or 0
             for t in _TABLES

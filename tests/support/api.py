@@ -14,6 +14,7 @@ from fleetpki.api import create_app
 from fleetpki.application import FleetPKI
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
 from fleetpki.store import hub_models, models
+from support.database import raw_session
 from support.server import LiveServer, start_server
 
 with warnings.catch_warnings():
@@ -88,7 +89,7 @@ _COUNTED = (
 
 def row_counts(fleet: FleetPKI) -> dict[str, int]:
     """How many rows each table holds, plus how many certificates are revoked."""
-    with fleet.transaction() as session:
+    with raw_session(fleet) as session:
         counts = {
             m.__tablename__: session.scalar(select(func.count()).select_from(m)) or 0
             for m in _COUNTED

@@ -37,9 +37,9 @@ from fleetpki.services.ca_views import (
     ca_view,
     template_view,
 )
-from fleetpki.services.context import Actor, Clock
+from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.ports import Store, UnitOfWork
-from fleetpki.store.models import CARecord, TemplateRecord
+from fleetpki.store.models import CARecord, Principal, TemplateRecord
 
 __all__ = [
     "CAService",
@@ -372,6 +372,29 @@ class CAService:
         with self._store.transaction() as tx:
             root, issuing, template = create_hierarchy_in(
                 tx, actor, self._keystore, self._urls, spec, now=self._clock()
+            )
+            return HierarchyView(ca_view(root), ca_view(issuing), template_view(template))
+
+    def bootstrap(self, spec: HierarchySpec) -> HierarchyView:
+        """A new home's first unit of work: the local admin and the first CA hierarchy.
+
+        Raises:
+            ValidationError: ``ca.bad_key_type``.
+        """
+        now = self._clock()
+        with self._store.transaction() as tx:
+            if tx.principals.get(LOCAL_ADMIN_ID) is None:
+                tx.principals.add(
+                    Principal(
+                        id=LOCAL_ADMIN_ID,
+                        friendly_name="local admin",
+                        principal_type="User",
+                        is_admin=True,
+                        created_at=now,
+                    )
+                )
+            root, issuing, template = create_hierarchy_in(
+                tx, Actor.local_admin(), self._keystore, self._urls, spec, now=now
             )
             return HierarchyView(ca_view(root), ca_view(issuing), template_view(template))
 
