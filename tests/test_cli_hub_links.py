@@ -113,3 +113,105 @@ def test_link_refusals_change_nothing(tmp_path: Path) -> None:
     _refused(home, "hub", "link", "show", "nope", code="link.not_found")
     _refused(home, "hub", "link", "trust", "nope", "x", code="link.not_found")
     assert _links(home) == before
+
+
+def _pem_bundle(path: Path) -> Path:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "private hub CA")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_link_status_shows_failed_deliveries_and_retry_requeues_them(
+    tmp_path: Path, key_passphrase: None
+) -> None:
+    import time
+
+    from fleetpki.application import FleetPKI
+    from fleetpki.pki.revocation import RevocationReason
+    from fleetpki.services import Actor
+    from fleetpki.services.delivery import Backoff
+    from fleetpki.services.link_workers import LinkWorkers
+    from fleetpki.settings import Settings
+    from support.hub_control import issue_device_certificate
+
+    home = tmp_path / "home"
+    run(home, "init")
+    cas = json.loads(run(home, "ca", "list", "-o", "json").stdout)
+    issuing = next(c["id"] for c in cas if c["tier"] == "issuing")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("HostName=h.example;SharedAccessKeyName=owner;SharedAccessKey=c2VjcmV0")
+    bundle = _pem_bundle(tmp_path / "bundle.pem")
+    run(
+        home,
+        "hub", "link", "add", "down", "--azure", "--ca", issuing,
+        "--subscription", SUBSCRIPTION, "--resource-group", "rg", "--hub", "down-hub",
+        "--credential", "connection-string", "--secret-file", str(secret_file),
+        "--service-url", "https://127.0.0.1:9/", "--ca-bundle", str(bundle),
+    )  # fmt: skip
+    shown = json.loads(run(home, "hub", "link", "show", "down", "-o", "json").stdout)
+    assert shown["azure"]["serviceUrl"] == "https://127.0.0.1:9"
+    assert shown["azure"]["caBundle"] == str(bundle.resolve())
+    assert "127.0.0.1:9" in run(home, "hub", "link", "show", "down").stdout
+
+    # What `fleetpki serve` would do, with a short patience: revoke, fail twice, give up.
+    fleet = FleetPKI.open(Settings.load(home))
+    try:
+        serial = issue_device_certificate(fleet, "dev-cli")[2].serial_hex
+        fleet.certificates.revoke(Actor.local_admin(), serial, RevocationReason.KEY_COMPROMISE)
+        workers = LinkWorkers(
+            fleet.hub_links,
+            fleet.store,
+            fleet.now,
+            fleet.events,
+            start_consumer=fleet.start_consumer,
+            stop_consumer=fleet.stop_consumer,
+            max_attempts=2,
+            backoff=Backoff(base=0.02, cap=0.05),
+        )
+        workers.start()
+        deadline = time.monotonic() + 20
+        while fleet.hub_links.status(Actor.local_admin(), "down")[0].backlog.failed < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        workers.stop()
+    finally:
+        fleet.close()
+
+    [status] = json.loads(run(home, "hub", "link", "status", "-o", "json").stdout)
+    assert (status["link"], status["pending"], status["failed"]) == ("down", 0, 1)
+    [failed] = status["failedDeliveries"]
+    assert (failed["eventType"], failed["subject"]) == ("certificate.revoked", serial)
+    assert "link.unreachable" in failed["lastError"]
+    text = run(home, "hub", "link", "status", "down")
+    assert "certificate.revoked" in text.stdout and "hub link retry" in text.stderr
+
+    retried = run(home, "hub", "link", "retry", "down")
+    assert "down: 1 delivery(ies) requeued" in retried.stderr
+    [after] = json.loads(run(home, "hub", "link", "status", "down", "-o", "json").stdout)
+    assert (after["pending"], after["failed"], after["failedDeliveries"]) == (1, 0, [])
+    _refused(home, "hub", "link", "status", "nope", code="link.not_found")
+    _refused(home, "hub", "link", "retry", "nope", code="link.not_found")
+    _refused(
+        home, "hub", "link", "add", "x", "--azure", "--subscription", SUBSCRIPTION,
+        "--resource-group", "rg", "--hub", "hub", "--ca-bundle", str(secret_file),
+        code="link.ca_bundle_missing",
+    )  # fmt: skip

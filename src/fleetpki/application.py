@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from fleetpki.connectors.builtin import BuiltinHubConnector
+from fleetpki.connectors.connector import ConnectorError, HubConnector
 from fleetpki.errors import ConflictError
 from fleetpki.hub.policy import DevicePolicy
 from fleetpki.keystore import FileKeyStore, KeyStore, load_or_create_passphrase
@@ -39,7 +40,8 @@ from fleetpki.services.events import EventBus
 from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
 from fleetpki.services.hub_devices import HubDeviceService
-from fleetpki.services.hub_links import HubLinkService
+from fleetpki.services.hub_link_settings import LinkKind
+from fleetpki.services.hub_links import HubLinkService, LinkConnection
 from fleetpki.services.hub_management import HubManagementService, hub_identity
 from fleetpki.services.hub_messages import HubMessageService
 from fleetpki.services.hub_methods import HubMethodService
@@ -47,6 +49,7 @@ from fleetpki.services.hub_sas import HubSasService
 from fleetpki.services.hub_statistics import HubStatisticsService
 from fleetpki.services.hub_trust import HubTrustService, TrustCache
 from fleetpki.services.hub_twins import HubTwinService
+from fleetpki.services.link_workers import LinkWorkers
 from fleetpki.services.principals import PrincipalService
 from fleetpki.services.renewal import RenewalService
 from fleetpki.services.revocation_status import RevocationStatusService
@@ -83,6 +86,7 @@ class FleetPKI:
         hub_authentication: device authentication on connect (the one hub policy).
         hub_management / token_issuer: the built-in hub as an Azure resource.
         hub_links: the hubs this CA drives through connectors, and one-click trust.
+        link_workers: the links' delivery workers (``fleetpki serve`` starts them).
     """
 
     def __init__(
@@ -152,16 +156,26 @@ class FleetPKI:
         # Hub links (issue 9): the hubs this CA drives through connectors; the built-in
         # hub of this process is reached through its own services.
         identity = self.hub_management.identity
+        self._builtin_connector = BuiltinHubConnector(
+            self.hub_trust,
+            self.hub_devices,
+            description=f"the built-in hub {identity.hub_name} on {identity.host_name}",
+        )
         self.hub_links = HubLinkService(
             self.store,
             keystore,
             now,
             secret=lambda: load_or_create_passphrase(settings.home),
-            builtin=BuiltinHubConnector(
-                self.hub_trust,
-                self.hub_devices,
-                description=f"the built-in hub {identity.hub_name} on {identity.host_name}",
-            ),
+            connectors=self._link_connector,
+        )
+        # One delivery worker per link, started by ``fleetpki serve`` (start_link_workers).
+        self.link_workers = LinkWorkers(
+            self.hub_links,
+            self.store,
+            now,
+            self.events,
+            start_consumer=self.start_consumer,
+            stop_consumer=self.stop_consumer,
         )
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []
@@ -186,6 +200,27 @@ class FleetPKI:
     def now(self) -> dt.datetime:
         """The current time from the injected clock."""
         return self.clock()
+
+    def _link_connector(self, link: LinkConnection) -> HubConnector:
+        """The connector of a link: this process's built-in hub, or the azure connector.
+
+        The azure connector (and the Azure SDKs under it) is imported when an azure
+        link is first used, so a CA that links no Azure hub never loads them.
+
+        Raises:
+            ConnectorError: ``link.connector_unavailable`` without the Azure SDKs.
+        """
+        if link.kind is LinkKind.BUILTIN:
+            return self._builtin_connector
+        try:
+            from fleetpki.connectors.azure import connector_for_link
+        except ImportError as exc:
+            raise ConnectorError(
+                "link.connector_unavailable",
+                f"link {link.name!r} is an azure link, but the Azure SDKs are not installed "
+                f"({exc.name}); install azure-mgmt-iothub and azure-identity",
+            ) from exc
+        return connector_for_link(link)
 
     def start_consumer(
         self,
@@ -234,7 +269,8 @@ class FleetPKI:
             listener.stop()
 
     def close(self) -> None:
-        """Stop consumer workers and release database connections."""
+        """Stop the link workers and consumer workers; release database connections."""
+        self.link_workers.stop()
         with self._lock:
             workers = list(self._workers)
         for worker in workers:

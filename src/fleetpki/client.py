@@ -316,6 +316,20 @@ class Client:
         """Remove a hub link."""
         self._call("DELETE", f"/v1/hub-links/{quote(name, safe='')}")
 
+    def hub_link_status(self, name: str, *, limit: int = 20) -> dict[str, Any]:
+        """The link's delivery status (``GET /v1/hub-links/{name}/status``)."""
+        result: dict[str, Any] = self._call(
+            "GET", f"/v1/hub-links/{quote(name, safe='')}/status", params={"limit": limit}
+        ).json()
+        return result
+
+    def retry_hub_link(self, name: str) -> dict[str, Any]:
+        """Requeue the link's failed deliveries (``POST /v1/hub-links/{name}/retry``)."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/hub-links/{quote(name, safe='')}/retry"
+        ).json()
+        return result
+
     def trust_in_hub_link(self, name: str, ca_id: str) -> dict[str, Any]:
         """One-click trust of ``ca_id`` in the link's hub (``POST /v1/hub-links/{name}/trust``)."""
         result: dict[str, Any] = self._call(

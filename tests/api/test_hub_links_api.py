@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from fleetpki.api.hub_links import HubLinkOut, LinkTrustOut
 from support.api import Api, api_fixture, row_counts  # noqa: F401 (a fixture)
@@ -48,6 +51,8 @@ def test_add_list_get_trust_and_remove(api: Api) -> None:
         "clientId": None,
         "authorityHost": None,
         "certificatePath": None,
+        "serviceUrl": None,
+        "caBundle": None,
     }
     assert cloud["hasSecret"] is True
     assert "c2VjcmV0" not in str(cloud)
@@ -134,6 +139,8 @@ def test_bad_input_is_a_problem_and_changes_nothing(api: Api, case: str) -> None
         ("GET", "/v1/hub-links/taken", None),
         ("DELETE", "/v1/hub-links/taken", None),
         ("POST", "/v1/hub-links/taken/trust", {"caId": "x"}),
+        ("GET", "/v1/hub-links/taken/status", None),
+        ("POST", "/v1/hub-links/taken/retry", None),
     ],
 )
 def test_only_admins(api: Api, method: str, path: str, body: object) -> None:
@@ -155,4 +162,61 @@ def test_trusting_an_unknown_ca_or_in_an_unknown_link(api: Api) -> None:
     ]:
         answer = api.client.post(path, json={"caId": ca_id}, headers=api.auth(api.admin))
         assert (answer.status_code, answer.json()["code"]) == (404, code)
+    assert row_counts(api.fleet) == before
+
+
+def test_status_and_retry(api: Api) -> None:
+    _add(api, {"name": "local", "kind": "builtin", "caIds": [api.ca_id]})
+    answer = api.client.get("/v1/hub-links/local/status", headers=api.auth(api.admin))
+    assert answer.status_code == 200, answer.text
+    status = answer.json()
+    assert (status["link"], status["kind"], status["failed"], status["failedDeliveries"]) == (
+        "local",
+        "builtin",
+        0,
+        [],
+    )
+    retried = api.client.post("/v1/hub-links/local/retry", headers=api.auth(api.admin))
+    assert retried.json() == {"link": "local", "requeued": 0}
+    for method, path in [
+        ("GET", "/v1/hub-links/nope/status"),
+        ("POST", "/v1/hub-links/nope/retry"),
+    ]:
+        missing = api.client.request(method, path, headers=api.auth(api.admin))
+        assert (missing.status_code, missing.json()["code"]) == (404, "link.not_found")
+    bad = api.client.get("/v1/hub-links/local/status?limit=0", headers=api.auth(api.admin))
+    assert bad.status_code == 422
+
+
+def test_an_azure_link_to_another_fleetpki_names_its_service_url_and_ca_bundle(
+    api: Api, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle.pem"
+    certificate = api.fleet.cas.get(api.ca_id).certificate
+    bundle.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    body: dict[str, object] = {
+        "name": "other",
+        "kind": "azure",
+        "subscriptionId": SUBSCRIPTION,
+        "resourceGroup": "rg",
+        "hubName": "other-hub",
+        "credential": "connection-string",
+        "secret": SECRET,
+        "serviceUrl": "https://other.example:8443/",
+        "caBundle": str(bundle),
+    }
+    added = _add(api, body)
+    assert (added["azure"]["serviceUrl"], added["azure"]["caBundle"]) == (  # type: ignore[index]
+        "https://other.example:8443",
+        str(bundle),
+    )
+    before = row_counts(api.fleet)
+    for change, code in [
+        ({"caBundle": str(tmp_path / "missing.pem")}, "link.ca_bundle_missing"),
+        ({"serviceUrl": "ftp://other.example"}, "link.bad_url"),
+    ]:
+        answer = api.client.post(
+            "/v1/hub-links", json={**body, "name": "x", **change}, headers=api.auth(api.admin)
+        )
+        assert (answer.status_code, answer.json()["code"]) == (400, code)
     assert row_counts(api.fleet) == before

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from fleetpki.application import FleetPKI
-from fleetpki.connectors import ConnectorError, DeviceAuthentication, HubConnector, TrustedCA
+from fleetpki.connectors import DeviceAuthentication, HubConnector, TrustedCA
 from fleetpki.errors import FleetPKIError
 from fleetpki.services.context import Actor
 from fleetpki.services.hub_devices import DeviceSpec
@@ -207,15 +206,13 @@ def test_only_admins_manage_links(fleet: FleetPKI) -> None:
     assert row_counts(fleet) == before
 
 
-def test_an_azure_link_gets_the_azure_connector_or_a_clear_error(fleet: FleetPKI) -> None:
+def test_an_azure_link_gets_the_azure_connector_and_a_builtin_one_this_hub(
+    fleet: FleetPKI,
+) -> None:
+    from fleetpki.connectors.azure import AzureHubConnector
+
     connection = LinkConnection("cloud", LinkKind.AZURE, azure=_azure())
-    if importlib.util.find_spec("fleetpki.connectors.azure") is None:
-        with pytest.raises(ConnectorError) as info:
-            fleet.hub_links.connector_for(connection)
-        assert info.value.code == "link.connector_unavailable"
-        assert "cloud" in info.value.message
-    else:
-        assert callable(fleet.hub_links.connector_for(connection).trust_ca)
+    assert isinstance(fleet.hub_links.connector_for(connection), AzureHubConnector)
     builtin = fleet.hub_links.connector_for(LinkConnection("local", LinkKind.BUILTIN))
     assert builtin.health().reachable
 
@@ -241,6 +238,7 @@ class RecordingConnector:
     def __init__(self, inner: HubConnector) -> None:
         self.inner = inner
         self.proofs: list[bytes] = []
+        self.closed = False
 
     def trust_ca(self, name: str, certificate_pem: bytes, prove: object) -> TrustedCA:
         def recording(code: str) -> bytes:
@@ -269,6 +267,9 @@ class RecordingConnector:
     def health(self) -> object:
         return self.inner.health()
 
+    def close(self) -> None:
+        self.closed = True
+
 
 def _recording_links(fleet: FleetPKI) -> tuple[HubLinkService, RecordingConnector]:
     recorder = RecordingConnector(
@@ -279,7 +280,7 @@ def _recording_links(fleet: FleetPKI) -> tuple[HubLinkService, RecordingConnecto
         fleet.keystore,
         fleet.now,
         secret=lambda: b"unused",
-        builtin=recorder,  # type: ignore[arg-type]
+        connectors=lambda _link: recorder,  # type: ignore[arg-type, return-value]
     )
     return links, recorder
 
@@ -315,6 +316,7 @@ def test_one_click_trust_lets_a_device_of_that_ca_connect(
     # The proof the CA's key signed: CN = the code, issued by the CA, clean to pkilint
     # and to openssl as a certificate of the CA's chain.
     [proof_der] = recorder.proofs
+    assert recorder.closed  # the connector is released after trust
     proof = x509.load_der_x509_certificate(proof_der)
     proof.verify_directly_issued_by(x509.load_der_x509_certificate(ca.certificate_der))
     assert_lints_clean("certificate", proof_der, include_warnings=True)

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetpki.api.auth import Caller, require_admin
 from fleetpki.api.deps import get_fleet
 from fleetpki.api.presenters import iso
-from fleetpki.services.hub_links import HubLinkView, LinkTrustView, link_command
+from fleetpki.services.hub_links import (
+    HubLinkView,
+    LinkRetryView,
+    LinkStatusView,
+    LinkTrustView,
+    link_command,
+)
 
 __all__ = [
     "AzureTargetOut",
+    "FailedDeliveryOut",
     "HubLinkIn",
     "HubLinkOut",
     "LinkCAOut",
+    "LinkRetryOut",
+    "LinkStatusOut",
     "LinkTrustIn",
     "LinkTrustOut",
     "hub_link_out",
+    "link_retry_out",
+    "link_status_out",
     "link_trust_out",
     "router",
 ]
@@ -53,6 +64,8 @@ class HubLinkIn(BaseModel):
     clientId: str | None = Field(default=None, max_length=64)  # noqa: N815
     authorityHost: str | None = Field(default=None, max_length=2048)  # noqa: N815
     certificatePath: str | None = Field(default=None, max_length=4096)  # noqa: N815
+    serviceUrl: str | None = Field(default=None, max_length=2048)  # noqa: N815
+    caBundle: str | None = Field(default=None, max_length=4096)  # noqa: N815
     secret: str | None = Field(default=None, max_length=8192)
 
 
@@ -68,6 +81,8 @@ class AzureTargetOut(BaseModel):
     clientId: str | None  # noqa: N815
     authorityHost: str | None  # noqa: N815
     certificatePath: str | None  # noqa: N815
+    serviceUrl: str | None  # noqa: N815
+    caBundle: str | None  # noqa: N815
 
 
 class LinkCAOut(BaseModel):
@@ -115,6 +130,69 @@ class LinkTrustOut(BaseModel):
     verified: bool
 
 
+class FailedDeliveryOut(BaseModel):
+    """A delivery the link gave up on, with its last error."""
+
+    id: int
+    eventId: int  # noqa: N815
+    eventType: str  # noqa: N815
+    subject: str
+    attempts: int
+    lastError: str | None  # noqa: N815
+    createdAt: str  # noqa: N815
+
+
+class LinkStatusOut(BaseModel):
+    """A link's delivery: pending (of which failing, retried with backoff) and failed."""
+
+    link: str
+    kind: str
+    pending: int
+    failing: int
+    failed: int
+    oldestPendingAt: str | None  # noqa: N815
+    lastError: str | None  # noqa: N815
+    failedDeliveries: list[FailedDeliveryOut]  # noqa: N815
+
+
+class LinkRetryOut(BaseModel):
+    """How many failed deliveries of the link were requeued."""
+
+    link: str
+    requeued: int
+
+
+def link_status_out(view: LinkStatusView) -> LinkStatusOut:
+    """The JSON form of a link's delivery status."""
+    backlog = view.backlog
+    return LinkStatusOut(
+        link=view.link,
+        kind=view.kind.value,
+        pending=backlog.pending,
+        failing=backlog.failing,
+        failed=backlog.failed,
+        oldestPendingAt=iso(backlog.oldest_pending_at) if backlog.oldest_pending_at else None,
+        lastError=backlog.last_error,
+        failedDeliveries=[
+            FailedDeliveryOut(
+                id=f.id,
+                eventId=f.event_id,
+                eventType=f.event_type,
+                subject=f.subject_id,
+                attempts=f.attempts,
+                lastError=f.last_error,
+                createdAt=iso(f.created_at),
+            )
+            for f in view.failed
+        ],
+    )
+
+
+def link_retry_out(view: LinkRetryView) -> LinkRetryOut:
+    """The JSON form of a retry."""
+    return LinkRetryOut(link=view.link, requeued=view.requeued)
+
+
 def hub_link_out(view: HubLinkView) -> HubLinkOut:
     """The JSON form of a link (the CLI's ``-o json`` prints the same)."""
     azure = view.azure
@@ -135,6 +213,8 @@ def hub_link_out(view: HubLinkView) -> HubLinkOut:
                 clientId=azure.client_id,
                 authorityHost=azure.authority_host,
                 certificatePath=azure.certificate_path,
+                serviceUrl=azure.service_url,
+                caBundle=azure.ca_bundle,
             )
             if azure is not None
             else None
@@ -192,6 +272,8 @@ def add_link(body: HubLinkIn, request: Request, caller: AdminDep) -> HubLinkOut:
         client_id=body.clientId,
         authority_host=body.authorityHost,
         certificate_path=body.certificatePath,
+        service_url=body.serviceUrl,
+        ca_bundle=body.caBundle,
         secret=body.secret,
     )
     return hub_link_out(get_fleet(request).hub_links.add(caller.actor, command))
@@ -214,3 +296,22 @@ def remove_link(name: str, request: Request, caller: AdminDep) -> Response:
 def trust_ca(name: str, body: LinkTrustIn, request: Request, caller: AdminDep) -> LinkTrustOut:
     """One-click trust: upload the CA certificate to the link's hub and prove possession."""
     return link_trust_out(get_fleet(request).hub_links.trust(caller.actor, name, body.caId))
+
+
+@router.get("/{name}/status", response_model=LinkStatusOut)
+def link_status(
+    name: str,
+    request: Request,
+    caller: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> LinkStatusOut:
+    """The link's delivery: pending and failing counts, and the failed rows (up to ``limit``)."""
+    [view] = get_fleet(request).hub_links.status(caller.actor, name, limit=limit)
+    return link_status_out(view)
+
+
+@router.post("/{name}/retry", response_model=LinkRetryOut)
+def retry_link(name: str, request: Request, caller: AdminDep) -> LinkRetryOut:
+    """Requeue the link's failed deliveries (due now, attempts counted from zero)."""
+    [view] = get_fleet(request).hub_links.retry(caller.actor, name)
+    return link_retry_out(view)

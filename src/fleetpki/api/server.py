@@ -187,6 +187,12 @@ async def run_servers(
         stoppers.append(stopper)
         # MQTT over WebSockets on the HTTPS port reaches the same broker.
         prepared.app.state.hub_broker = getattr(getattr(stopper, "__self__", None), "broker", None)
+    links_started = False
+    if only in (None, "ca"):
+        # The CA side carries its revocations, renewals and registrations to the
+        # linked hubs (fleetpki.services.link_workers).
+        await asyncio.to_thread(fleet.link_workers.start)
+        links_started = True
     server: uvicorn.Server | None = None
     tasks: list[asyncio.Task[None]] = []
     if prepared.api_socket is not None:
@@ -219,6 +225,8 @@ async def run_servers(
                 await task
         for stopper in stoppers:
             await stopper()
+        if links_started:
+            await asyncio.to_thread(fleet.link_workers.stop)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -55,6 +55,8 @@ def _local_add(fleet: FleetPKI, fields: dict[str, Any]) -> dict[str, Any]:
         client_id=fields.get("clientId"),
         authority_host=fields.get("authorityHost"),
         certificate_path=fields.get("certificatePath"),
+        service_url=fields.get("serviceUrl"),
+        ca_bundle=fields.get("caBundle"),
         secret=fields.get("secret"),
     )
     return hub_link_out(fleet.hub_links.add(Actor.local_admin(), command)).model_dump(mode="json")
@@ -141,6 +143,17 @@ def link_add(
         Path | None,
         typer.Option(help="The client certificate's PEM (certificate and key), kept in place."),
     ] = None,
+    service_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The hub's service API, when not https://HOSTNAME (another fleetpki's "
+            "hub: its API URL)."
+        ),
+    ] = None,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(help="A CA bundle (PEM) to check the hub's and the authority's TLS with."),
+    ] = None,
     secret_file: Annotated[
         Path | None,
         typer.Option(
@@ -187,6 +200,8 @@ def link_add(
         "clientId": client_id,
         "authorityHost": authority_host,
         "certificatePath": str(certificate.resolve()) if certificate else None,
+        "serviceUrl": service_url,
+        "caBundle": str(ca_bundle.resolve()) if ca_bundle else None,
         "secret": _read_secret(secret_file) if secret_file else None,
     }
     fields |= {key: value for key, value in optional.items() if value is not None}
@@ -248,6 +263,8 @@ def link_show(ctx: typer.Context, name: LinkName, output: OutputOption = Output.
             ("client id", azure["clientId"] or "-"),
             ("authority host", azure["authorityHost"] or "-"),
             ("certificate", azure["certificatePath"] or "-"),
+            ("service URL", azure["serviceUrl"] or "-"),
+            ("CA bundle", azure["caBundle"] or "-"),
             ("secret", "stored, encrypted" if link["hasSecret"] else "-"),
         ]
     fields.append(("created", fmt_iso(link["createdAt"])))
@@ -291,3 +308,84 @@ def link_trust(
         f"hub link {result['link']} trusts {result['certificateName']} "
         f"({result['thumbprint']}), {'verified' if result['verified'] else 'NOT verified'}"
     )
+
+
+def _status(state: CliContext, name: str | None, limit: int) -> list[dict[str, Any]]:
+    if client := state.client():
+        names = [name] if name is not None else [link["name"] for link in client.list_hub_links()]
+        return [client.hub_link_status(n, limit=limit) for n in names]
+    from fleetpki.api.hub_links import link_status_out
+
+    views = state.fleet("hub link status").hub_links.status(Actor.local_admin(), name, limit=limit)
+    return [link_status_out(v).model_dump(mode="json") for v in views]
+
+
+def _retry(state: CliContext, name: str | None) -> list[dict[str, Any]]:
+    if client := state.client():
+        names = [name] if name is not None else [link["name"] for link in client.list_hub_links()]
+        return [client.retry_hub_link(n) for n in names]
+    from fleetpki.api.hub_links import link_retry_out
+
+    views = state.fleet("hub link retry").hub_links.retry(Actor.local_admin(), name)
+    return [link_retry_out(v).model_dump(mode="json") for v in views]
+
+
+OptionalLinkName = Annotated[
+    str | None, typer.Argument(help="The link's name (default: every link).")
+]
+
+
+@app.command("status")
+def link_status(
+    ctx: typer.Context,
+    name: OptionalLinkName = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, help="Failed deliveries to list per link.")
+    ] = 20,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Delivery to the linked hubs: pending, failing (retried with backoff) and failed."""
+    statuses = _status(cli_context(ctx), name, limit)
+    if output is Output.JSON:
+        print_json(statuses)
+        return
+    rows = table(
+        "link", "pending", "failing", "failed", "oldest pending", "last error", wrap=("last error",)
+    )
+    for entry in statuses:
+        rows.add_row(
+            entry["link"],
+            str(entry["pending"]),
+            str(entry["failing"]),
+            str(entry["failed"]),
+            fmt_iso(entry["oldestPendingAt"]) if entry["oldestPendingAt"] else "-",
+            entry["lastError"] or "-",
+        )
+    print_table(rows)
+    failed = [(entry["link"], f) for entry in statuses for f in entry["failedDeliveries"]]
+    if failed:
+        rows = table("link", "event", "subject", "attempts", "committed", "error", wrap=("error",))
+        for link, f in failed:
+            rows.add_row(
+                link,
+                f"{f['eventType']} #{f['eventId']}",
+                f["subject"],
+                str(f["attempts"]),
+                fmt_iso(f["createdAt"]),
+                f["lastError"] or "-",
+            )
+        err_console.print("failed deliveries (requeue with `fleetpki hub link retry`):")
+        print_table(rows)
+
+
+@app.command("retry")
+def link_retry(
+    ctx: typer.Context, name: OptionalLinkName = None, output: OutputOption = Output.TABLE
+) -> None:
+    """Requeue the failed deliveries of a link (or of every link), due now."""
+    results = _retry(cli_context(ctx), name)
+    if output is Output.JSON:
+        print_json(results)
+        return
+    for entry in results:
+        err_console.print(f"hub link {entry['link']}: {entry['requeued']} delivery(ies) requeued")

@@ -544,5 +544,7 @@ def connector_for_link(link: LinkConnection) -> AzureHubConnector:
             credential=credential,
             management_url=target.management_url,
             connection_string=connection_string,
+            service_url=target.service_url,
+            ca_bundle=target.ca_bundle,
         )
     )

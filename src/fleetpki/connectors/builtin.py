@@ -161,3 +161,6 @@ class BuiltinHubConnector:
         except Exception as exc:  # a health check reports what failed, it does not raise
             return HubHealth(False, f"{self._description}: {type(exc).__name__}")
         return HubHealth(True, self._description)
+
+    def close(self) -> None:
+        """See :meth:`HubConnector.close`: the built-in hub holds no connections of its own."""

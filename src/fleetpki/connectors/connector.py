@@ -132,3 +132,7 @@ class HubConnector(Protocol):
     def health(self) -> HubHealth:
         """Whether the hub answers, and what it says it is."""
         ...
+
+    def close(self) -> None:
+        """Release the connections and credentials this connector holds (idempotent)."""
+        ...

@@ -149,6 +149,11 @@ class AzureTarget:
             unless set: a sovereign cloud, or fleetpki's own token endpoint).
         certificate_path: the client certificate's PEM (certificate and key), for
             client-certificate; read by the connector when it authenticates.
+        service_url: the hub's service API (device registry), when it is not
+            ``https://`` and the hub resource's hostName (another fleetpki's hub,
+            which serves it on its HTTPS API port).
+        ca_bundle: a CA bundle (PEM file) that the connector's TLS trusts instead of
+            the system's (a hub or token endpoint under a private CA).
     """
 
     subscription_id: str
@@ -160,6 +165,8 @@ class AzureTarget:
     client_id: str | None = None
     authority_host: str | None = None
     certificate_path: str | None = None
+    service_url: str | None = None
+    ca_bundle: str | None = None
 
 
 def check_link_name(name: str) -> str:
@@ -214,7 +221,8 @@ def check_azure_target(target: AzureTarget, secret: LinkSecret | None) -> AzureT
             ``link.bad_resource_group``, ``link.bad_hub_name``, ``link.bad_url``,
             ``link.credential_incomplete`` (naming what is missing),
             ``link.option_not_used`` (an option the credential does not take),
-            ``link.bad_connection_string``, ``link.certificate_missing``.
+            ``link.bad_connection_string``, ``link.certificate_missing``,
+            ``link.ca_bundle_missing``.
     """
     parts = {
         "a subscription": target.subscription_id,
@@ -285,6 +293,10 @@ def check_azure_target(target: AzureTarget, secret: LinkSecret | None) -> AzureT
                 f"the client certificate {certificate!r} is not a file (give an absolute path)",
             )
         certificate = str(path)
+    service_url = _blank_to_none(target.service_url)
+    ca_bundle = _blank_to_none(target.ca_bundle)
+    if ca_bundle is not None:
+        ca_bundle = _pem_file(ca_bundle)
     return AzureTarget(
         subscription_id=subscription.lower(),
         resource_group=group,
@@ -295,7 +307,23 @@ def check_azure_target(target: AzureTarget, secret: LinkSecret | None) -> AzureT
         client_id=client,
         authority_host=_authority(authority) if authority is not None else None,
         certificate_path=certificate,
+        service_url=_https_url(service_url, "service URL") if service_url is not None else None,
+        ca_bundle=ca_bundle,
     )
+
+
+def _pem_file(value: str) -> str:
+    path = Path(value).expanduser()
+    try:
+        text = path.read_text() if path.is_absolute() else ""
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValidationError(
+            "link.ca_bundle_missing",
+            f"the CA bundle {value!r} is not a PEM file of certificates (give an absolute path)",
+        )
+    return str(path)
 
 
 def _fernet(passphrase: bytes) -> Fernet:

@@ -16,11 +16,8 @@ work, the connector is called, and the result is recorded in another.
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import builtins
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -36,190 +33,48 @@ from fleetpki.services.hub_link_settings import (
     AzureTarget,
     CredentialKind,
     LinkKind,
-    LinkSecret,
     check_azure_target,
     check_link_name,
     open_secret,
     seal_secret,
 )
+from fleetpki.services.hub_link_views import (
+    CONSUMER_PREFIX,
+    HubLinkView,
+    LinkCAView,
+    LinkCommand,
+    LinkConnection,
+    LinkRetryView,
+    LinkRuntime,
+    LinkStatusView,
+    LinkTrustView,
+    certificate_name_for,
+    link_command,
+)
+from fleetpki.services.link_delivery import LINK_EVENT_TYPES, LinkTarget
+from fleetpki.services.notifications import EventsWritten, HubLinksChanged
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.hub_models import HubLink, HubLinkCA
 
 __all__ = [
     "CONSUMER_PREFIX",
+    "ConnectorFactory",
     "HubLinkService",
     "HubLinkView",
+    "HubLinksChanged",
     "LinkCAView",
     "LinkCommand",
     "LinkConnection",
+    "LinkRetryView",
+    "LinkRuntime",
+    "LinkStatusView",
     "LinkTrustView",
     "certificate_name_for",
     "link_command",
 ]
 
-#: A link's event consumer is ``link:<name>``.
-CONSUMER_PREFIX = "link:"
-#: The module of the azure connector, imported when an azure link is first used.
-_AZURE_MODULE = "fleetpki.connectors.azure"
-# Azure's certificate names: ``^[A-Za-z0-9-._]{1,64}$`` (the RP's pattern).
-_CERTIFICATE_NAME_BAD = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-@dataclass(frozen=True, slots=True)
-class LinkCommand:
-    """A link to add.
-
-    Attributes:
-        name: the link's name (1-64 letters, digits, ``.``, ``_``, ``-``).
-        kind: builtin or azure.
-        ca_ids: the CAs the link trusts (each must exist).
-        disable_on_revoke: disable a device in the hub when its certificate is revoked.
-        register_devices: register a device in the hub when its domain is registered.
-        azure: where the hub is and how to authenticate (azure links only).
-        secret: the credential's secret (client secret, connection string, or the
-            client certificate's password); stored encrypted, never shown.
-    """
-
-    name: str
-    kind: LinkKind
-    ca_ids: Sequence[str] = ()
-    disable_on_revoke: bool = True
-    register_devices: bool = False
-    azure: AzureTarget | None = None
-    secret: LinkSecret | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LinkCAView:
-    """A CA a link trusts, and what the hub said when it was last trusted there.
-
-    Attributes:
-        certificate_name / thumbprint: the hub's name for the certificate and its
-            SHA-1 (upper hex), once trusted; ``None`` before.
-        verified_at: when proof of possession last succeeded.
-        last_error: the last trust attempt's error, until one succeeds.
-    """
-
-    ca_id: str
-    ca_name: str
-    added_at: dt.datetime
-    certificate_name: str | None
-    thumbprint: str | None
-    verified_at: dt.datetime | None
-    last_error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class HubLinkView:
-    """A link as the CLI and the API present it (never its secret, only whether it has one).
-
-    Attributes:
-        consumer: the link's event consumer name, ``link:<name>``.
-        azure: the Azure target, for azure links.
-    """
-
-    name: str
-    kind: LinkKind
-    consumer: str
-    disable_on_revoke: bool
-    register_devices: bool
-    azure: AzureTarget | None
-    has_secret: bool
-    cas: tuple[LinkCAView, ...]
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class LinkConnection:
-    """What a connector is built from: the link's target and its opened secret."""
-
-    name: str
-    kind: LinkKind
-    azure: AzureTarget | None = None
-    secret: LinkSecret | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LinkTrustView:
-    """What one-click trust did: the hub holds the CA's certificate, verified."""
-
-    link: str
-    ca_id: str
-    certificate_name: str
-    thumbprint: str
-    verified: bool
-
-
-def certificate_name_for(ca_name: str, ca_id: str) -> str:
-    """The hub's name for a CA's certificate: its name made Azure-safe, and its id's start.
-
-    Stable for a CA across its generations, so a renewed CA certificate replaces the
-    old one under the same name; the id keeps two CAs of one name apart.
-    """
-    slug = _CERTIFICATE_NAME_BAD.sub("-", ca_name).strip("-.") or "ca"
-    return f"{slug[:55]}-{ca_id[:8]}"
-
-
-def link_command(
-    name: str,
-    kind: str,
-    *,
-    ca_ids: Sequence[str] = (),
-    disable_on_revoke: bool = True,
-    register_devices: bool = False,
-    subscription_id: str | None = None,
-    resource_group: str | None = None,
-    hub_name: str | None = None,
-    management_url: str | None = None,
-    credential: str | None = None,
-    tenant_id: str | None = None,
-    client_id: str | None = None,
-    authority_host: str | None = None,
-    certificate_path: str | None = None,
-    secret: str | None = None,
-) -> LinkCommand:
-    """A :class:`LinkCommand` from the fields the CLI and the API take, as text.
-
-    Any Azure field makes an Azure target (a builtin link then refuses it in
-    :meth:`HubLinkService.add`); the checks themselves are the service's.
-
-    Raises:
-        ValidationError: ``link.bad_kind``, ``link.bad_credential``.
-    """
-    azure_fields = (
-        subscription_id,
-        resource_group,
-        hub_name,
-        management_url,
-        credential,
-        tenant_id,
-        client_id,
-        authority_host,
-        certificate_path,
-    )
-    target = None
-    if any(value is not None for value in azure_fields):
-        target = AzureTarget(
-            subscription_id=subscription_id or "",
-            resource_group=resource_group or "",
-            hub_name=hub_name or "",
-            management_url=management_url or DEFAULT_MANAGEMENT_URL,
-            credential=CredentialKind.parse(credential or CredentialKind.DEFAULT.value),
-            tenant_id=tenant_id,
-            client_id=client_id,
-            authority_host=authority_host,
-            certificate_path=certificate_path,
-        )
-    return LinkCommand(
-        name=name,
-        kind=LinkKind.parse(kind),
-        ca_ids=tuple(ca_ids),
-        disable_on_revoke=disable_on_revoke,
-        register_devices=register_devices,
-        azure=target,
-        secret=LinkSecret(secret) if secret else None,
-    )
+#: Builds the connector that drives a link's hub (chosen by the application object).
+ConnectorFactory = Callable[[LinkConnection], HubConnector]
 
 
 def _require_admin(actor: Actor) -> None:
@@ -241,6 +96,8 @@ def _azure_target(record: HubLink) -> AzureTarget | None:
         client_id=record.client_id,
         authority_host=record.authority_host,
         certificate_path=record.certificate_path,
+        service_url=record.service_url,
+        ca_bundle=record.ca_bundle,
     )
 
 
@@ -313,7 +170,8 @@ class HubLinkService:
         clock: the source of "now".
         secret: returns the home's key passphrase (read when first needed), from
             which the key sealing the links' secrets is derived.
-        builtin: the connector to this process's built-in hub.
+        connectors: builds the connector of a link (the application object picks the
+            implementation: this process's built-in hub, or the azure connector).
     """
 
     def __init__(
@@ -323,13 +181,13 @@ class HubLinkService:
         clock: Clock,
         *,
         secret: Callable[[], bytes],
-        builtin: HubConnector,
+        connectors: ConnectorFactory,
     ) -> None:
         self._store = store
         self._keystore = keystore
         self._clock = clock
         self._passphrase = secret
-        self._builtin = builtin
+        self._connectors = connectors
 
     # -- the resource -------------------------------------------------------------------
 
@@ -373,12 +231,18 @@ class HubLinkService:
                 client_id=target.client_id if target else None,
                 authority_host=target.authority_host if target else None,
                 certificate_path=target.certificate_path if target else None,
+                service_url=target.service_url if target else None,
+                ca_bundle=target.ca_bundle if target else None,
                 secret=sealed,
                 created_at=now,
                 updated_at=now,
                 cas=[HubLinkCA(ca_id=ca_id, added_at=now) for ca_id in ca_ids],
             )
             tx.hub_links.add(record)
+            # Subscribed with the link, so events committed from now on are kept for it
+            # even before a worker delivers them (``fleetpki serve`` need not be running).
+            tx.events.register_consumer(record.consumer, LINK_EVENT_TYPES, at=now)
+            tx.publish(HubLinksChanged())
             write_audit(
                 tx,
                 actor,
@@ -420,36 +284,97 @@ class HubLinkService:
         """
         _require_admin(actor)
         with self._store.transaction() as tx:
-            tx.hub_links.delete(_require_link(tx, name))
+            record = _require_link(tx, name)
+            tx.events.unregister_consumer(record.consumer)
+            tx.hub_links.delete(record)
+            tx.publish(HubLinksChanged())
             write_audit(tx, actor, "hub.link.remove", "hub_link", name, at=self._clock())
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def status(
+        self, actor: Actor, name: str | None = None, *, limit: int = 20
+    ) -> builtins.list[LinkStatusView]:
+        """The delivery of one link, or of every link: its backlog and failed rows.
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            NotFoundError: ``link.not_found``.
+        """
+        _require_admin(actor)
+        with self._store.transaction() as tx:
+            records = [_require_link(tx, name)] if name is not None else tx.hub_links.list()
+            return [
+                LinkStatusView(
+                    link=r.name,
+                    kind=LinkKind(r.kind),
+                    backlog=tx.events.backlog(r.consumer),
+                    failed=tuple(tx.events.failed(r.consumer, limit=limit)),
+                )
+                for r in records
+            ]
+
+    def retry(self, actor: Actor, name: str | None = None) -> builtins.list[LinkRetryView]:
+        """Requeue the failed deliveries of one link, or of every link (due now, their
+        attempts counted from zero); the links' workers are woken on commit.
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            NotFoundError: ``link.not_found``.
+        """
+        _require_admin(actor)
+        now = self._clock()
+        with self._store.transaction() as tx:
+            records = [_require_link(tx, name)] if name is not None else tx.hub_links.list()
+            views = [
+                LinkRetryView(link=r.name, requeued=tx.events.requeue_failed(r.consumer, at=now))
+                for r in records
+            ]
+            requeued = sum(v.requeued for v in views)
+            if requeued:
+                tx.publish(EventsWritten(frozenset(LINK_EVENT_TYPES)))
+                write_audit(
+                    tx,
+                    actor,
+                    "hub.link.retry",
+                    "hub_link",
+                    name or "*",
+                    at=now,
+                    details={"requeued": {v.link: v.requeued for v in views}},
+                )
+            return views
+
+    def runtimes(self) -> builtins.list[LinkRuntime]:
+        """What each link's delivery worker runs from (for the server, not for people:
+        the connections hold the opened secrets).
+
+        Raises:
+            ValidationError: ``link.secret_undecryptable``.
+        """
+        with self._store.transaction() as tx:
+            return [
+                LinkRuntime(
+                    target=LinkTarget(
+                        name=r.name,
+                        ca_ids=frozenset(entry.ca_id for entry in r.cas),
+                        disable_on_revoke=r.disable_on_revoke,
+                        register_devices=r.register_devices,
+                    ),
+                    connection=self._connection(r),
+                )
+                for r in tx.hub_links.list()
+            ]
 
     # -- connectors ---------------------------------------------------------------------
 
     def connector_for(self, link: LinkConnection) -> HubConnector:
         """The connector that drives ``link``'s hub.
 
-        A builtin link gets this process's built-in hub; an azure link the azure
-        connector (``fleetpki.connectors.azure.connector_for_link(link)``), imported
-        only now, so that a build without it still manages builtin links.
-
         Raises:
-            ConnectorError: ``link.connector_unavailable`` when the azure connector is
-                not part of this installation.
+            ConnectorError: ``link.connector_unavailable`` when this installation has no
+                connector for the link's kind.
         """
-        if link.kind is LinkKind.BUILTIN:
-            return self._builtin
-        try:
-            module = importlib.import_module(_AZURE_MODULE)
-            factory = module.connector_for_link
-        except (ImportError, AttributeError) as exc:
-            raise ConnectorError(
-                "link.connector_unavailable",
-                f"link {link.name!r} is an azure link, but this installation has no azure "
-                f"connector ({_AZURE_MODULE}.connector_for_link); install fleetpki with the "
-                "Azure SDKs (azure-mgmt-iothub, azure-identity)",
-            ) from exc
-        connector: HubConnector = factory(link)
-        return connector
+        return self._connectors(link)
 
     def _connection(self, record: HubLink) -> LinkConnection:
         secret = open_secret(self._passphrase(), record.secret) if record.secret else None
@@ -513,6 +438,8 @@ class HubLinkService:
         except ConnectorError as exc:
             self._record_trust(actor, link, ca_id, None, error=f"{exc.message} ({exc.code})")
             raise
+        finally:
+            connector.close()
         self._record_trust(actor, link, ca_id, trusted, error=None)
         return LinkTrustView(
             link=link,
@@ -542,6 +469,7 @@ class HubLinkService:
             if entry is None:
                 entry = HubLinkCA(ca_id=ca_id, added_at=now)
                 record.cas.append(entry)
+                tx.publish(HubLinksChanged())
             if trusted is not None:
                 entry.certificate_name = trusted.name
                 entry.thumbprint = trusted.thumbprint

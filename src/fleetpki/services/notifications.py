@@ -18,6 +18,7 @@ __all__ = [
     "DesiredPatched",
     "DeviceBlocked",
     "EventsWritten",
+    "HubLinksChanged",
     "Notification",
     "TrustChanged",
 ]
@@ -69,6 +70,17 @@ class EventsWritten:
     event_types: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class HubLinksChanged:
+    """A hub link was added or removed, or trusts another CA: its delivery must follow."""
+
+
 Notification = (
-    DeviceBlocked | CertificateRevoked | DesiredPatched | C2DQueued | TrustChanged | EventsWritten
+    DeviceBlocked
+    | CertificateRevoked
+    | DesiredPatched
+    | C2DQueued
+    | TrustChanged
+    | EventsWritten
+    | HubLinksChanged
 )

@@ -183,6 +183,10 @@ class HubLink(Base):
     client_id: Mapped[str | None] = mapped_column(String(64))
     authority_host: Mapped[str | None] = mapped_column(Text)
     certificate_path: Mapped[str | None] = mapped_column(Text)
+    # The hub's service API when its resource's hostName does not name it (another
+    # fleetpki's hub), and a CA bundle (PEM file) its TLS is checked against.
+    service_url: Mapped[str | None] = mapped_column(Text)
+    ca_bundle: Mapped[str | None] = mapped_column(Text)
     secret: Mapped[str | None] = mapped_column(Text)  # encrypted
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
