@@ -132,6 +132,27 @@ def test_a_renewed_device_is_pinned_to_its_current_certificate_until_the_old_exp
     assert expired.release_expired_pins() == 0  # released once
 
 
+def test_revoking_the_newest_certificate_disables_the_device_despite_older_ones(
+    hub: Hub,
+) -> None:
+    """An older valid certificate is no proof of a renewal: the current key was revoked."""
+    fleet = hub.server.fleet
+    link = _link(hub)
+    link.connector.register_device("dev-newest")
+    old_leaf, chain, _ = issue_device_certificate(fleet, "dev-newest")
+    _, _, newest = issue_device_certificate(fleet, "dev-newest")
+    stop = _drain(hub, link)
+    try:
+        _revoke(hub, newest.serial_hex)
+        _wait_delivered(hub, link)
+    finally:
+        stop()
+    device = fleet.hub_devices.get("dev-newest")
+    assert device.status == DeviceStatus.DISABLED.value
+    assert device.auth_type == AuthType.CERTIFICATE_AUTHORITY.value  # not pinned
+    assert _connects(hub, "dev-newest", old_leaf, chain) == "hub.device_disabled"
+
+
 def test_a_renewal_after_the_pin_moves_the_pin(hub: Hub) -> None:
     from conftest import make_csr
 

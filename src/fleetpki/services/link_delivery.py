@@ -10,7 +10,8 @@ transaction open, and records the result in another.
 Revocation, for a device that authenticates by its CA (which a hub cannot tell apart
 by certificate):
 
-- the revoked certificate is the device's only valid one: the device is disabled;
+- the device has no valid certificate issued after the revoked one (it was the only
+  one, or the newest): the device is disabled;
 - the device has a newer valid certificate (it renewed): disabling it would cut off
   the legitimate device, so the link pins it to thumbprint authentication on its
   newest certificate until the revoked one expires (:class:`HubLinkPin`); each later
@@ -72,12 +73,16 @@ class LinkTarget:
 
 @dataclass(frozen=True, slots=True)
 class ValidCertificate:
-    """A device's certificate that is still valid: its serial, SHA-1 and expiry."""
+    """A device's certificate that is still valid: its serial, SHA-1 and validity, and
+    ``order``, which grows with each issuance (the store's row id), so that two
+    certificates issued in the same second still compare.
+    """
 
     serial: str
     sha1: str
     not_before: dt.datetime
     not_after: dt.datetime
+    order: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +99,18 @@ class RevocationPlan:
 
 
 def plan_revocation(
-    device_id: str, revoked_not_after: dt.datetime, others: list[ValidCertificate]
+    device_id: str, revoked: ValidCertificate, others: list[ValidCertificate]
 ) -> RevocationPlan:
-    """Disable the device when no other certificate is valid, else pin the newest one."""
-    newest = max(others, key=lambda c: (c.not_before, c.serial), default=None)
-    return RevocationPlan(device_id=device_id, pin=newest, until=revoked_not_after)
+    """Pin the device to its newest certificate issued after the revoked one, if any;
+    else disable it.
+
+    Only a *newer* certificate means the device renewed and is the legitimate holder:
+    a revoked certificate that is itself the newest (a compromised current key) leaves
+    nothing to trust, so older ones do not keep the device in.
+    """
+    newer = [c for c in others if c.order > revoked.order]
+    newest = max(newer, key=lambda c: c.order, default=None)
+    return RevocationPlan(device_id=device_id, pin=newest, until=revoked.not_after)
 
 
 def _failed(exc: ConnectorError) -> DeliveryFailed:
@@ -154,13 +166,23 @@ class LinkDelivery:
             if revoked is None or revoked.not_after <= now:
                 return  # nothing left to protect against
             others = [
-                ValidCertificate(c.serial_hex, c.sha1_hex, c.not_before, c.not_after)
+                ValidCertificate(c.serial_hex, c.sha1_hex, c.not_before, c.not_after, c.id)
                 for c in tx.certificates.search(
                     CertificateSearch(now=now, subject_cn=device_id, status="valid", limit=1000)
                 )
                 if c.ca_id in self.target.ca_ids and c.serial_hex != serial
             ]
-            plan = plan_revocation(device_id, revoked.not_after, others)
+            plan = plan_revocation(
+                device_id,
+                ValidCertificate(
+                    revoked.serial_hex,
+                    revoked.sha1_hex,
+                    revoked.not_before,
+                    revoked.not_after,
+                    revoked.id,
+                ),
+                others,
+            )
         if plan.pin is None:
             found = self.connector.set_device_enabled(
                 device_id, False, reason="its certificate was revoked"
