@@ -29,6 +29,8 @@ def test_the_demo_runs_end_to_end() -> None:
     assert "5 messages stored durably" in done.stdout
     assert "closed the live session" in done.stdout
     assert "CONNACK 5" in done.stdout
+    assert "through Azure's APIs" in done.stdout and "verified" in done.stdout
+    assert f"link {demo.DEMO_LINK} disabled" in done.stdout
 
 
 def test_a_failing_step_fails_the_demo_and_stops_it(monkeypatch: pytest.MonkeyPatch) -> None:

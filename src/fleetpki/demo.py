@@ -1,12 +1,15 @@
 """``fleetpki demo``: the whole story on this machine, with real servers and a real device.
 
 In a temporary home and on free ports it creates a CA hierarchy, starts the CA's
-HTTPS API and the MQTT hub, trusts the issuing CA in the hub by proof of
-possession, runs the tutorial's device (hub registration through the service
+HTTPS API and the MQTT hub, links the hub as an Azure IoT Hub is linked (its
+management plane through azure-mgmt-iothub, tokens from the hub's own
+client-credentials endpoint, which the demo turns on) and trusts the issuing CA
+there by proof of possession, runs the tutorial's device (hub registration through the service
 API, domain, RSA-4096 key and CSR, a 10-day certificate over the EZCA routes,
 MQTT over TLS, five telemetry messages), shows what the hub stored, renews the
 certificate with itself and reconnects, revokes it and measures how long the live
-session survives, and checks that a reconnect is refused.  Nothing is simulated
+session survives, sees the link disable the device in the hub, and checks that a
+reconnect is refused.  Nothing is simulated
 but the device's sensor readings.
 """
 
@@ -34,6 +37,8 @@ __all__ = ["STEPS", "DemoState", "Step", "run_demo"]
 
 #: The enrollment agent the demo acts as (an Entra-style object id).
 AGENT_ID = "6f1c0d3e-0000-4000-8000-00000000d3e0"
+#: The demo's hub link: the built-in hub, reached as an Azure IoT Hub is.
+DEMO_LINK = "demo-hub"
 _SESSION_CLOSE_TIMEOUT = 10.0
 
 
@@ -72,7 +77,11 @@ def _create_ca(state: DemoState, _console: Console) -> str:
 
     api_port, mqtt_port = free_port(), free_port()
     settings = Settings.default_for(state.home).with_changes(
-        public_url=f"https://127.0.0.1:{api_port}", api_port=api_port, mqtt_port=mqtt_port
+        public_url=f"https://127.0.0.1:{api_port}",
+        api_port=api_port,
+        mqtt_port=mqtt_port,
+        # The hub link below gets its Azure tokens here (off by default elsewhere).
+        token_endpoint_enabled=True,
     )
     result = init_home(settings)
     state.app, state.issuing_id = result.app, result.issuing.id
@@ -96,10 +105,42 @@ def _start_servers(state: DemoState, _console: Console) -> str:
 
 
 def _trust(state: DemoState, _console: Console) -> str:
-    trusted = state.fleet().hub_trust.trust_local_ca(state.issuing_id)
-    if not trusted.is_verified:
+    from fleetpki.services.context import LOCAL_ADMIN_ID
+    from fleetpki.services.hub_links import link_command
+
+    fleet, admin = state.fleet(), Actor.local_admin()
+    identity = fleet.hub_management.show()
+    # The client secret of the link's credential: an API token of the local admin,
+    # exchanged at the hub's token endpoint as Entra ID's would be.
+    secret = fleet.principals.create_token(admin, LOCAL_ADMIN_ID, name="demo hub link").secret
+    assert state.ca_bundle is not None
+    fleet.hub_links.add(
+        admin,
+        link_command(
+            DEMO_LINK,
+            "azure",
+            ca_ids=[state.issuing_id],
+            subscription_id=identity.subscription_id,
+            resource_group=identity.resource_group,
+            hub_name=identity.hub_name,
+            management_url=state.api_url,
+            service_url=state.api_url,
+            ca_bundle=str(state.ca_bundle),
+            credential="client-secret",
+            tenant_id=identity.tenant_id,
+            client_id=LOCAL_ADMIN_ID,
+            authority_host=state.api_url,
+            secret=secret,
+        ),
+    )
+    trusted = fleet.hub_links.trust(admin, DEMO_LINK, state.issuing_id)
+    if not trusted.verified:
         raise FleetPKIError("demo.not_verified", "the hub did not verify the CA")
-    return f"issuing CA {trusted.sha1_hex[:12]}… uploaded, code signed by its key, verified"
+    return (
+        f"link {DEMO_LINK} through Azure's APIs: issuing CA uploaded as "
+        f"{trusted.certificate_name} ({trusted.thumbprint[:12]}…), code signed by its key, "
+        "verified"
+    )
 
 
 def _agent(state: DemoState, _console: Console) -> str:
@@ -238,6 +279,29 @@ def _revoke(state: DemoState, _console: Console) -> str:
     )
 
 
+def _disabled(state: DemoState, _console: Console) -> str:
+    from fleetpki.device import DeviceIdentity
+    from fleetpki.hub.policy import DeviceStatus
+
+    assert isinstance(state.identity, DeviceIdentity)
+    fleet, device_id = state.fleet(), state.identity.device_id
+    started = time.perf_counter()
+    while fleet.hub_devices.get(device_id).status != DeviceStatus.DISABLED.value:
+        if time.perf_counter() - started > _SESSION_CLOSE_TIMEOUT:
+            [status] = fleet.hub_links.status(Actor.local_admin(), DEMO_LINK)
+            raise FleetPKIError(
+                "demo.not_disabled",
+                f"the link did not disable {device_id}: {status.backlog.last_error or 'pending'}",
+            )
+        time.sleep(0.01)
+    device = fleet.hub_devices.get(device_id)
+    return (
+        f"link {DEMO_LINK} disabled {device_id} in the hub "
+        f"({device.status_reason or 'revoked'}), {(time.perf_counter() - started) * 1000:.0f} ms "
+        "after the session closed"
+    )
+
+
 def _refused(state: DemoState, _console: Console) -> str:
     from fleetpki.device import DeviceClient
 
@@ -255,12 +319,13 @@ def _refused(state: DemoState, _console: Console) -> str:
 STEPS = [
     Step("create the CA hierarchy", _create_ca),
     Step("start the CA API and the hub", _start_servers),
-    Step("trust the CA in the hub (proof of possession)", _trust),
+    Step("link the hub and trust the CA (one-click trust)", _trust),
     Step("create an enrollment agent", _agent),
     Step("simulate the tutorial's device", _simulate),
     Step("show the telemetry the hub stored", _show_telemetry),
     Step("renew with the current certificate and reconnect", _renew),
     Step("revoke: the live session closes", _revoke),
+    Step("the hub link disables the device", _disabled),
     Step("reconnect with the revoked certificate", _refused),
 ]
 

@@ -218,6 +218,10 @@ async def run_servers(
         else:
             await asyncio.Event().wait()
     finally:
+        if links_started:
+            # First: their connectors may hold keep-alive connections to this very API
+            # (a link to this hub), which uvicorn's graceful stop would wait for.
+            await asyncio.to_thread(fleet.link_workers.stop)
         if server is not None:
             server.should_exit = True
         for task in tasks:
@@ -225,8 +229,6 @@ async def run_servers(
                 await task
         for stopper in stoppers:
             await stopper()
-        if links_started:
-            await asyncio.to_thread(fleet.link_workers.stop)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
