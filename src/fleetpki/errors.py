@@ -82,6 +82,7 @@ _STATUS_BY_CODE: dict[str, int] = {
     "request.unsupported_media_type": 415,
     "precondition.failed": 412,
     "home.exists": 409,
+    "link.certificate_name_taken": 409,
 }
 
 

@@ -220,3 +220,23 @@ def test_an_azure_link_to_another_fleetpki_names_its_service_url_and_ca_bundle(
         )
         assert (answer.status_code, answer.json()["code"]) == (400, code)
     assert row_counts(api.fleet) == before
+
+
+def test_trust_where_another_ca_holds_the_name_is_409_and_changes_nothing(api: Api) -> None:
+    from fleetpki.services.hub_links import certificate_name_for
+
+    fleet = api.fleet
+    issuing = fleet.cas.get(api.ca_id)
+    root = fleet.cas.get(issuing.parent_id or "")
+    name = certificate_name_for(issuing.name, issuing.id)
+    fleet.hub_trust.upload(name, root.certificate.public_bytes(serialization.Encoding.PEM))
+    _add(api, {"name": "local", "kind": "builtin"})
+    held = fleet.hub_trust.get(name)
+    answer = api.client.post(
+        "/v1/hub-links/local/trust", json={"caId": api.ca_id}, headers=api.auth(api.admin)
+    )
+    assert (answer.status_code, answer.json()["code"]) == (409, "link.certificate_name_taken")
+    after = fleet.hub_trust.get(name)
+    assert (after.sha1_hex, after.etag) == (held.sha1_hex, held.etag)
+    [entry] = api.client.get("/v1/hub-links/local", headers=api.auth(api.admin)).json()["cas"]
+    assert "link.certificate_name_taken" in entry["lastError"]

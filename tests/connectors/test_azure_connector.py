@@ -25,8 +25,10 @@ from fleetpki.connectors.azure_config import (
     AzureCredentialConfig,
     CredentialKind,
 )
-from fleetpki.connectors.connector import ConnectorError, DeviceAuthentication
+from fleetpki.connectors.connector import ConnectorError, DeviceAuthentication, HubConnector
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor
+from fleetpki.services.hub_link_settings import LinkKind
+from fleetpki.services.hub_links import LinkConnection
 from support.azure_hub import Hub, hub_fixture, quiet_identity_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -82,16 +84,56 @@ def test_repeating_trust_keeps_the_verified_certificate(hub: Hub) -> None:
     assert len(hub.proofs) == 1  # and no second proof was asked for
 
 
-def test_a_different_certificate_under_the_name_is_replaced(hub: Hub) -> None:
-    connector = hub.connector()
-    connector.trust_ca("fleet-ca", hub.pem("root"), hub.prover("root"))
+def _next_generation(hub: Hub, tier: str = "issuing") -> bytes:
+    """The CA re-certified by its parent: the same subject and key, a new certificate."""
+    ca = hub.cas[tier].certificate
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(ca.subject)
+        .issuer_name(ca.issuer)
+        .public_key(ca.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    )
+    signed = hub.server.fleet.keystore.signer(hub.key_refs["root"]).sign_certificate(builder)
+    return signed.public_bytes(serialization.Encoding.PEM)
 
-    replaced = connector.trust_ca("fleet-ca", hub.pem("issuing"), hub.prover("issuing"))
 
-    assert replaced.thumbprint == hub.cas["issuing"].sha1_hex.upper()
+@pytest.mark.parametrize("kind", ["azure", "builtin"])
+def test_a_new_generation_of_the_ca_replaces_the_old_under_its_name(hub: Hub, kind: str) -> None:
+    connector = hub.connector() if kind == "azure" else _builtin(hub)
+    connector.trust_ca("fleet-ca", hub.pem("issuing"), hub.prover("issuing"))
+
+    renewed_pem = _next_generation(hub)
+    replaced = connector.trust_ca("fleet-ca", renewed_pem, hub.prover("issuing"))
+
+    renewed = x509.load_pem_x509_certificate(renewed_pem)
+    sha1 = renewed.fingerprint(hashes.SHA1()).hex().upper()
+    assert replaced.thumbprint == sha1
     (held,) = hub.server.fleet.hub_trust.list()
-    assert held.sha1_hex.upper() == hub.cas["issuing"].sha1_hex.upper()
-    assert held.is_verified is True
+    assert (held.name, held.sha1_hex.upper(), held.is_verified) == ("fleet-ca", sha1, True)
+
+
+@pytest.mark.parametrize("kind", ["azure", "builtin"])
+def test_another_cas_certificate_under_the_name_is_refused_and_kept(hub: Hub, kind: str) -> None:
+    connector = hub.connector() if kind == "azure" else _builtin(hub)
+    connector.trust_ca("fleet-ca", hub.pem("root"), hub.prover("root"))
+    before = hub.server.fleet.hub_trust.get("fleet-ca")
+
+    with pytest.raises(ConnectorError) as info:
+        connector.trust_ca("fleet-ca", hub.pem("issuing"), hub.prover("issuing"))
+
+    assert (info.value.code, info.value.transient) == ("link.certificate_name_taken", False)
+    assert "fleet-ca" in info.value.message and "Root" in info.value.message
+    after = hub.server.fleet.hub_trust.get("fleet-ca")
+    assert (after.sha1_hex, after.etag, after.is_verified) == (before.sha1_hex, before.etag, True)
+
+
+def _builtin(hub: Hub) -> HubConnector:
+    return hub.server.fleet.hub_links.connector_for(LinkConnection("local", LinkKind.BUILTIN))
 
 
 def test_an_unverified_upload_of_the_same_certificate_is_proven(hub: Hub) -> None:

@@ -40,6 +40,7 @@ from fleetpki.errors import (
     ValidationError,
     http_status_for,
 )
+from fleetpki.pki.names import dotnet_subject
 from fleetpki.services.hub_management import (
     ARM_AUDIENCES,
     ApiTokenSecret,
@@ -302,9 +303,7 @@ def hub_json(identity: HubIdentity) -> dict[str, Any]:
 
 
 def _subject(der: bytes) -> str:
-    # Azure shows .NET's form of the subject: most specific RDN first, ", " between.
-    cert = x509.load_der_x509_certificate(der)
-    return ", ".join(rdn.rfc4514_string() for rdn in reversed(cert.subject.rdns))
+    return dotnet_subject(x509.load_der_x509_certificate(der).subject)
 
 
 def certificate_json(

@@ -55,7 +55,9 @@ from fleetpki.connectors.connector import (
     HubHealth,
     ProofSigner,
     TrustedCA,
+    check_replaceable,
 )
+from fleetpki.pki.names import dotnet_subject
 from fleetpki.services.hub_links import LinkConnection
 
 __all__ = ["CERTIFICATES_ROLE", "AzureHubConnector", "connector_for_link"]
@@ -350,15 +352,18 @@ class AzureHubConnector:
         """Upload the CA certificate under ``name`` and prove possession (ref §4.1).
 
         A verified certificate with the same thumbprint is kept; the same certificate
-        unverified is proven; another certificate under ``name`` is replaced with the
-        etag read just before. A 412 re-reads and tries once more.
+        unverified is proven; another generation of the same CA (the same subject)
+        under ``name`` is replaced with the etag read just before, and another CA's
+        certificate under ``name`` is refused. A 412 re-reads and tries once more.
 
         Raises:
+            ConnectorError: ``link.certificate_name_taken`` (:func:`check_replaceable`),
             ConnectorError: ``link.conflict`` (transient) after a second 412,
                 ``link.refused`` when the hub refuses the proof, and the errors of
                 :meth:`health`.
         """
         thumbprint, pem = _sha1(certificate_pem)
+        subject = dotnet_subject(x509.load_pem_x509_certificate(pem.encode()).subject)
 
         def attempt() -> TrustedCA:
             c, client = self.config, self._mgmt()
@@ -369,6 +374,8 @@ class AzureHubConnector:
                     return TrustedCA(name, thumbprint, True)
                 etag = current.etag
             else:
+                if current is not None:
+                    check_replaceable(name, current.properties.subject or "", subject)
                 body = CertificateDescription(properties=CertificateProperties(certificate=pem))
                 with self._management(f"upload certificate {name!r}"):
                     uploaded = client.certificates.create_or_update(

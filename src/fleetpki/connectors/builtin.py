@@ -26,10 +26,12 @@ from fleetpki.connectors.connector import (
     HubHealth,
     ProofSigner,
     TrustedCA,
+    check_replaceable,
 )
 from fleetpki.errors import ConflictError, FleetPKIError, NotFoundError
 from fleetpki.hub.policy import AuthType, DeviceStatus
 from fleetpki.pki.issuance import thumbprints
+from fleetpki.pki.names import dotnet_subject
 from fleetpki.services.hub_devices import DeviceSpec, HubDeviceService
 from fleetpki.services.hub_trust import HubCAView, HubTrustService
 
@@ -84,7 +86,11 @@ class BuiltinHubConnector:
         if record is None:
             other = next((c for c in held if c.name == name), None)
             if other is not None:
-                # Another certificate under this name (the CA's older generation): replaced.
+                # Another certificate under this name: the CA's older generation is
+                # replaced, another CA's certificate refused.
+                new_subject = x509.load_der_x509_certificate(der).subject
+                held_subject = x509.load_der_x509_certificate(other.certificate_der).subject
+                check_replaceable(name, dotnet_subject(held_subject), dotnet_subject(new_subject))
                 _hub_call(lambda: self._trust.delete(name, if_match=other.etag))
             record = _hub_call(lambda: self._trust.upload(name, certificate_pem))
         uploaded = record

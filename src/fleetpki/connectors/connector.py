@@ -15,6 +15,7 @@ __all__ = [
     "HubHealth",
     "ProofSigner",
     "TrustedCA",
+    "check_replaceable",
 ]
 
 #: Signs the proof-of-possession certificate for a verification code: given the code the
@@ -136,3 +137,23 @@ class HubConnector(Protocol):
     def close(self) -> None:
         """Release the connections and credentials this connector holds (idempotent)."""
         ...
+
+
+def check_replaceable(name: str, held_subject: str, new_subject: str) -> None:
+    """Refuse to replace the hub's certificate ``name`` unless it is the same CA's.
+
+    A CA's certificate keeps its hub name across its generations, so a different
+    certificate under the name with the same subject is an older generation, replaced
+    by the new one. A different subject is someone else's certificate that happens to
+    bear the name: replacing it would silently end that CA's trust.
+
+    Raises:
+        ConnectorError: ``link.certificate_name_taken`` (permanent).
+    """
+    if held_subject.strip() != new_subject.strip():
+        raise ConnectorError(
+            "link.certificate_name_taken",
+            f"the hub holds another CA's certificate named {name!r} (subject "
+            f"{held_subject!r}, not {new_subject!r}); nothing was changed: delete or rename "
+            "that certificate in the hub, then trust again",
+        )

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_DOMAIN_LENGTH",
     "SanType",
     "SubjectAltName",
+    "dotnet_subject",
     "is_dns_name",
     "validate_domain_name",
 ]
@@ -136,3 +137,10 @@ class SubjectAltName:
     def authorization_name(self) -> str:
         """The domain a requester must hold to get this SAN: the DNS name, or the value."""
         return self.value
+
+
+def dotnet_subject(name: x509.Name) -> str:
+    """``name`` as Azure shows a certificate's subject: .NET's form, most specific RDN
+    first, ``", "`` between (``CN=Issuing CA, O=Contoso``).
+    """
+    return ", ".join(rdn.rfc4514_string() for rdn in reversed(name.rdns))
