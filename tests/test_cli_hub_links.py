@@ -215,3 +215,37 @@ def test_link_status_shows_failed_deliveries_and_retry_requeues_them(
         "--resource-group", "rg", "--hub", "hub", "--ca-bundle", str(secret_file),
         code="link.ca_bundle_missing",
     )  # fmt: skip
+
+
+def test_another_home_links_this_hub_with_what_hub_show_prints(
+    tmp_path: Path, key_passphrase: None
+) -> None:
+    """Two fleetpki homes: B links A's running hub as an azure link and trusts its CA there."""
+    from fleetpki.services.context import LOCAL_ADMIN_ID
+    from support.server import start_server
+
+    with start_server(tmp_path / "a", token_endpoint_enabled=True) as server:
+        shown = run(tmp_path / "a", "hub", "show")
+        assert "hub link add NAME --azure" in shown.stdout and "--service-url" in shown.stdout
+        a = json.loads(run(tmp_path / "a", "hub", "show", "-o", "json").stdout)
+        assert (a["serviceUrl"], a["authorityHost"]) == (server.base_url, server.base_url)
+
+        b = tmp_path / "b"
+        run(b, "init")
+        cas = json.loads(run(b, "ca", "list", "-o", "json").stdout)
+        issuing = next(c for c in cas if c["tier"] == "issuing")
+        token = tmp_path / "token"
+        token.write_text(server.admin_token)
+        run(
+            b,
+            "hub", "link", "add", "a", "--azure", "--ca", issuing["id"],
+            "--subscription", a["subscriptionId"], "--resource-group", a["resourceGroup"],
+            "--hub", a["hubName"], "--management-url", a["managementUrl"],
+            "--service-url", a["serviceUrl"], "--ca-bundle", a["caBundle"],
+            "--authority-host", a["authorityHost"], "--credential", "client-secret",
+            "--tenant", a["tenantId"], "--client-id", LOCAL_ADMIN_ID, "--secret-file", str(token),
+        )  # fmt: skip
+        trusted = run(b, "hub", "link", "trust", "a", issuing["id"])
+        assert "verified" in trusted.stderr
+        held = {c.sha1_hex.upper(): c.is_verified for c in server.fleet.hub_trust.list()}
+        assert held.get(issuing["sha1"].upper()) is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -165,7 +166,32 @@ def _identity(fleet: FleetPKI) -> dict[str, str | None]:
         "managementUrl": url,
         # fleetpki's own token endpoint, for --authority-host, only when it is enabled.
         "authorityHost": url if fleet.settings.token_endpoint_enabled else None,
+        # The service API is on the HTTPS API port, under the home's own CA.
+        "serviceUrl": url,
+        "caBundle": str(fleet.settings.home / "tls" / "ca-bundle.pem"),
     }
+
+
+def _link_command(identity: dict[str, str | None]) -> str:
+    """The ``hub link add`` another fleetpki runs to link this hub."""
+    parts = [
+        "fleetpki hub link add NAME --azure",
+        f"--subscription {identity['subscriptionId']}",
+        f"--resource-group {identity['resourceGroup']}",
+        f"--hub {identity['hubName']}",
+        f"--management-url {identity['managementUrl']}",
+        f"--service-url {identity['serviceUrl']}",
+        "--ca-bundle COPY-OF-" + Path(identity["caBundle"] or "ca-bundle.pem").name,
+    ]
+    if identity["authorityHost"]:
+        parts += [
+            f"--authority-host {identity['authorityHost']}",
+            f"--credential client-secret --tenant {identity['tenantId']}",
+            "--client-id PRINCIPAL-ID --secret-file FILE-WITH-ITS-API-TOKEN",
+        ]
+    else:
+        parts.append("--credential connection-string --secret-file FILE-WITH-A-CONNECTION-STRING")
+    return " \\\n    ".join(parts) + "\n"
 
 
 @app.command("show")
@@ -175,7 +201,8 @@ def show(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:
     Another fleetpki links this hub with ``hub link add NAME --azure --subscription S
     --resource-group RG --hub H --management-url URL`` using these values.
     """
-    identity = _identity(cli_context(ctx).fleet("hub show"))
+    fleet = cli_context(ctx).fleet("hub show")
+    identity = _identity(fleet)
     if output is Output.JSON:
         print_json(identity)
         return
@@ -188,9 +215,21 @@ def show(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:
             ("host name", identity["hostName"]),
             ("management URL", identity["managementUrl"]),
             ("authority host", identity["authorityHost"] or "- (token endpoint off)"),
+            ("service URL", identity["serviceUrl"]),
+            ("CA bundle", identity["caBundle"]),
             ("resource id", identity["resourceId"]),
         ]
     )
+    console.print("\nlink this hub from another fleetpki with:", highlight=False)
+    console.print(_link_command(identity), highlight=False, markup=False)
+    if not identity["authorityHost"]:
+        err_console.print(
+            "[yellow]note[/yellow]: a connection string reaches the device registry only; "
+            "for one-click trust from elsewhere, turn on the token endpoint "
+            f"(token_endpoint_enabled = true in {fleet.settings.config_path}; "
+            "docs/azure-management.md)",
+            highlight=False,
+        )
 
 
 # --------------------------------------------------------------------------- trust, SAS
