@@ -182,6 +182,7 @@ def test_link_status_shows_failed_deliveries_and_retry_requeues_them(
             fleet.store,
             fleet.now,
             fleet.events,
+            fleet.keystore,
             start_consumer=fleet.start_consumer,
             stop_consumer=fleet.stop_consumer,
             max_attempts=2,

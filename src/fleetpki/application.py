@@ -24,6 +24,7 @@ from fleetpki.services.authority import (
     HierarchySpec,
     TemplateService,
 )
+from fleetpki.services.ca_lifecycle import CALifecycleService
 from fleetpki.services.ca_views import CAView, TemplateView
 from fleetpki.services.certificates import CertificateService
 from fleetpki.services.context import Clock, system_clock
@@ -76,8 +77,9 @@ class FleetPKI:
         events: this application's event bus (in-process, after-commit notifications).
         store: the database as the services see it (units of work).
         delivery: the outbox's per-consumer delivery use cases.
-        cas, templates, certificates, renewal, domains, principals, enrollment,
-        revocation_status, audit, server_certificates: the CA side's use cases.
+        cas, ca_lifecycle (renewal and generations), templates, certificates, renewal,
+        domains, principals, enrollment, revocation_status, audit, server_certificates:
+            the CA side's use cases.
         hub_devices / hub_twins / hub_statistics: the built-in hub's registry.
         hub_trust: the hub's trusted CAs (and this application's anchor cache).
         hub_messages: telemetry and the cloud-to-device queue.
@@ -109,6 +111,7 @@ class FleetPKI:
         # ``fleet.clock`` moves every service's clock with it.
         audience, now = settings.certificate_token_audience, self.now
         self.cas = CAService(self.store, keystore, now, self.urls)
+        self.ca_lifecycle = CALifecycleService(self.store, keystore, now, self.urls)
         self.templates = TemplateService(self.store)
         self.certificates = CertificateService(self.store, keystore, now, self.urls)
         self.renewal = RenewalService(self.store, keystore, now, self.urls, audience=audience)
@@ -174,6 +177,7 @@ class FleetPKI:
             self.store,
             now,
             self.events,
+            keystore,
             start_consumer=self.start_consumer,
             stop_consumer=self.stop_consumer,
         )

@@ -39,7 +39,7 @@ def _link(hub: Hub, name: str = "azure-1", **options: bool) -> LinkDelivery:
     connector = hub.connector()
     connector.trust_ca("fleet-issuing", hub.pem("issuing"), hub.prover("issuing"))
     target = LinkTarget(name=name, ca_ids=frozenset({issuing.id}), **options)
-    return LinkDelivery(fleet.store, fleet.now, target, connector)
+    return LinkDelivery(fleet.store, fleet.now, target, connector, keystore=fleet.keystore)
 
 
 def _drain(hub: Hub, link: LinkDelivery) -> Callable[[], None]:
@@ -124,7 +124,9 @@ def test_a_renewed_device_is_pinned_to_its_current_certificate_until_the_old_exp
     # Before the revoked certificate expires the pin stays; after, the device goes back.
     assert link.release_expired_pins() == 0
     later = old.not_after + dt.timedelta(seconds=1)
-    expired = LinkDelivery(fleet.store, lambda: later, link.target, link.connector)
+    expired = LinkDelivery(
+        fleet.store, lambda: later, link.target, link.connector, keystore=fleet.keystore
+    )
     assert expired.release_expired_pins() == 1
     device = fleet.hub_devices.get("dev-renewed")
     assert device.auth_type == AuthType.CERTIFICATE_AUTHORITY.value
@@ -192,6 +194,7 @@ def test_events_of_a_ca_the_link_does_not_trust_are_skipped(hub: Hub) -> None:
         fleet.now,
         LinkTarget(name="other", ca_ids=frozenset({"not-this-ca"})),
         link.connector,
+        keystore=fleet.keystore,
     )
     stop = _drain(hub, other)
     try:
@@ -244,6 +247,7 @@ def test_a_hub_that_is_down_gets_every_revocation_once_it_is_back(hub: Hub) -> N
         fleet.now,
         link.target,
         hub.connector(management_url=_closed(), service_url=_closed()),
+        keystore=fleet.keystore,
     )
     consumer = link_consumer(link.target.name)
     fleet.delivery.register(consumer, LINK_EVENT_TYPES)

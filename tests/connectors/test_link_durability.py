@@ -112,7 +112,11 @@ def test_a_hub_down_during_1000_revocations_disables_all_once_back(durable_hub: 
 
     # Retries against the hub that is down back off for seconds, as in production (with
     # a fifth of a second they would keep the database's one writer busy).
-    stop = _run(hub, LinkDelivery(fleet.store, fleet.now, target, down), Backoff(base=2, cap=5))
+    stop = _run(
+        hub,
+        LinkDelivery(fleet.store, fleet.now, target, down, keystore=fleet.keystore),
+        Backoff(base=2, cap=5),
+    )
     try:
         for serial in serials:
             fleet.certificates.revoke(Actor.local_admin(), serial, RevocationReason.KEY_COMPROMISE)
@@ -125,7 +129,7 @@ def test_a_hub_down_during_1000_revocations_disables_all_once_back(durable_hub: 
     assert _statuses(hub, devices) == {DeviceStatus.ENABLED.value: REVOCATIONS}
     assert "link.unreachable" in (fleet.delivery.backlog(consumer).last_error or "")
 
-    stop = _run(hub, LinkDelivery(fleet.store, fleet.now, target, up))
+    stop = _run(hub, LinkDelivery(fleet.store, fleet.now, target, up, keystore=fleet.keystore))
     try:
         _wait(lambda: fleet.delivery.backlog(consumer).pending == 0, "the backlog delivered")
     finally:
@@ -177,7 +181,9 @@ def test_a_server_killed_after_the_commit_delivers_after_restart(durable_hub: Hu
     assert fleet.delivery.backlog(consumer).pending == 1  # committed, not delivered
     assert fleet.hub_devices.get("dev-killed").status == DeviceStatus.ENABLED.value
 
-    stop = _run(hub, LinkDelivery(fleet.store, fleet.now, target, connector))  # the restart
+    stop = _run(
+        hub, LinkDelivery(fleet.store, fleet.now, target, connector, keystore=fleet.keystore)
+    )  # the restart
     try:
         _wait(lambda: fleet.delivery.backlog(consumer).pending == 0, "delivered after restart")
     finally:

@@ -119,6 +119,7 @@ def failing_workers_fixture(fleet: FleetPKI) -> Iterator[LinkWorkers]:
         fleet.store,
         fleet.now,
         fleet.events,
+        fleet.keystore,
         start_consumer=fleet.start_consumer,
         stop_consumer=fleet.stop_consumer,
         max_attempts=2,

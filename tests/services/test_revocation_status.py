@@ -89,11 +89,11 @@ def test_crl_numbers_rise_only_when_the_crl_changes_or_lapses(fleet: FleetPKI) -
     assert reason == x509.ReasonFlags.superseded
     lapsed = _crl(fleet, issuing.id, now + CRL_LIFETIME)
     assert _crl_number(lapsed) == _crl_number(rebuilt) + 1
-    # The number the CA row keeps for the next CRL is no view's business: read the row.
+    # The number the generation keeps for the next CRL is no view's business: read the row.
     with fleet.store.transaction() as tx:
         record = tx.cas.get(issuing.id)
         assert record is not None
-        assert record.crl_number == _crl_number(lapsed)
+        assert record.generations[0].crl_number == _crl_number(lapsed)
 
 
 def test_concurrent_rebuilds_issue_one_crl_with_one_new_number(fleet: FleetPKI) -> None:
@@ -113,7 +113,7 @@ def test_concurrent_rebuilds_issue_one_crl_with_one_new_number(fleet: FleetPKI) 
         try:
             with fleet.store.transaction() as tx:
                 record = tx.cas.get(issuing.id)
-                assert record is not None and record.crl_stale
+                assert record is not None and record.generations[0].crl_stale
                 barrier.wait(timeout=30)
                 crls.append(crl_in(tx, fleet.keystore, fleet.urls, issuing.id, now=now)[0])
         except BaseException as exc:  # reported by the assertion below

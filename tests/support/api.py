@@ -78,12 +78,14 @@ _COUNTED = (
     models.DomainRecord,
     models.DomainMember,
     models.CertificateRecord,
+    models.CAGeneration,
     models.AuditEntry,
     models.OutboxEvent,
     models.UsedTokenId,
     hub_models.HubCA,
     hub_models.HubLink,
     hub_models.HubLinkCA,
+    hub_models.HubLinkGeneration,
 )
 
 

@@ -41,6 +41,27 @@ def crl(ca_id: str, request: Request) -> Response:
     )
 
 
+@router.get("/crl/{ca_id}/{generation}.crl", response_class=Response)
+def generation_crl(
+    ca_id: str, generation: Annotated[int, Path(ge=1, le=100000)], request: Request
+) -> Response:
+    """The CRL of a later generation of the CA (a renewal's certificates name this URL)."""
+    fleet = get_fleet(request)
+    crl = fleet.revocation_status.crl(ca_id, generation)
+    return Response(
+        crl.der, media_type=CRL_TYPE, headers=_cache_headers(fleet.now(), crl.next_update)
+    )
+
+
+@router.get("/ca/{ca_id}/{generation}.cer", response_class=Response)
+def generation_certificate(
+    ca_id: str, generation: Annotated[int, Path(ge=1, le=100000)], request: Request
+) -> Response:
+    """The certificate of a later generation of the CA, in DER (caIssuers)."""
+    der = get_fleet(request).revocation_status.ca_certificate_der(ca_id, generation)
+    return Response(der, media_type=CERT_TYPE, headers={"Cache-Control": "public, max-age=86400"})
+
+
 @router.get("/ca/{ca_id}.cer", response_class=Response)
 def ca_certificate(ca_id: str, request: Request) -> Response:
     """A CA certificate in DER, as the caIssuers access method names it (RFC 5280 §4.2.2.1)."""

@@ -29,6 +29,7 @@ from fleetpki.pki.issuance import Issuer, thumbprints
 from fleetpki.pki.keys import CA_KEY_SPECS, KeySpec, generate_key
 from fleetpki.pki.profile import DEFAULT_MAX_VALIDITY_DAYS, KeyUsageName, Template
 from fleetpki.services.audit import write_audit
+from fleetpki.services.ca_generations import ACTIVE, generation_record
 from fleetpki.services.ca_views import (
     CAView,
     HierarchyView,
@@ -64,17 +65,19 @@ class CAUrlsConfig:
 
     public_url: str
 
-    def crl_url(self, ca_id: str) -> str:
-        """The CRL of a CA (RFC 5280 §4.2.1.13)."""
-        return f"{self.public_url.rstrip('/')}/crl/{ca_id}.crl"
+    def crl_url(self, ca_id: str, generation: int = 1) -> str:
+        """The CRL of a CA's generation (RFC 5280 §4.2.1.13); the first keeps the plain URL."""
+        base = f"{self.public_url.rstrip('/')}/crl/{ca_id}"
+        return f"{base}.crl" if generation == 1 else f"{base}/{generation}.crl"
 
     def ocsp_url(self) -> str:
         """The OCSP responder (RFC 6960 §2.1, reached through AIA)."""
         return f"{self.public_url.rstrip('/')}/ocsp"
 
-    def ca_issuers_url(self, ca_id: str) -> str:
-        """A CA's certificate in DER (RFC 5280 §4.2.2.1 caIssuers)."""
-        return f"{self.public_url.rstrip('/')}/ca/{ca_id}.cer"
+    def ca_issuers_url(self, ca_id: str, generation: int = 1) -> str:
+        """A CA generation's certificate in DER (RFC 5280 §4.2.2.1 caIssuers)."""
+        base = f"{self.public_url.rstrip('/')}/ca/{ca_id}"
+        return f"{base}.cer" if generation == 1 else f"{base}/{generation}.cer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +196,9 @@ def issuer_for(ca: CARecord, keystore: KeyStore, urls: CAUrlsConfig) -> Issuer:
     return Issuer(
         certificate=ca_certificate(ca),
         signer=keystore.signer(ca.key_ref),
-        crl_url=urls.crl_url(ca.id),
+        crl_url=urls.crl_url(ca.id, ca.generation),
         ocsp_url=urls.ocsp_url(),
-        ca_issuers_url=urls.ca_issuers_url(ca.id),
+        ca_issuers_url=urls.ca_issuers_url(ca.id, ca.generation),
     )
 
 
@@ -245,8 +248,12 @@ def _ca_record(
 ) -> CARecord:
     der = cert.public_bytes(serialization.Encoding.DER)
     sha1, _ = thumbprints(der)
+    first = generation_record(ca_id, 1, ACTIVE, cert, key_ref, spec, key_created_at=now, now=now)
+    first.activated_at = now
     return CARecord(
         id=ca_id,
+        generation=1,
+        generations=[first],
         name=name,
         tier=tier,
         parent_id=parent_id,

@@ -26,6 +26,7 @@ from fleetpki.services.authority import (
     template_for,
     template_from_record,
 )
+from fleetpki.services.ca_generations import generation_of
 from fleetpki.services.ca_views import (
     OWNER,
     AuditEntryView,
@@ -244,6 +245,7 @@ def sign_and_store(
         requested_by=requested_by,
         renews_id=renews_id,
         created_at=now,
+        ca_generation=ca.generation,
     )
     tx.certificates.add(record)
     return record, issued
@@ -361,7 +363,9 @@ def revoke_in(
     revoked_at = now.replace(microsecond=0)
     record.revoked_at = revoked_at
     record.revocation_reason = reason.code
-    ca_record(tx, record.ca_id).crl_stale = True
+    issuer = generation_of(ca_record(tx, record.ca_id), record.ca_generation)
+    if issuer is not None:
+        issuer.crl_stale = True
     tx.events.append(
         CERTIFICATE_REVOKED,
         record.serial_hex,

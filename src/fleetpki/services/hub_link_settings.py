@@ -34,6 +34,7 @@ __all__ = [
     "CredentialKind",
     "LinkKind",
     "LinkSecret",
+    "certificate_name_for",
     "check_azure_target",
     "check_link_name",
     "open_secret",
@@ -51,6 +52,8 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _RESOURCE_GROUP = re.compile(r"^[-\w.()]{0,89}[-\w()]$", re.ASCII)
 _HUB_NAME = re.compile(r"^[A-Za-z0-9-]{3,50}$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
+# Azure's certificate names: ``^[A-Za-z0-9-._]{1,64}$`` (the RP's pattern).
+_CERTIFICATE_NAME_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 # An IoT Hub connection string names these three parts (ref §3.1).
 _CONNECTION_STRING_PARTS = ("hostname", "sharedaccesskeyname", "sharedaccesskey")
 
@@ -350,3 +353,16 @@ def open_secret(passphrase: bytes, sealed: str) -> LinkSecret:
             "the link's stored secret cannot be decrypted (was the key passphrase changed?); "
             "remove the link and add it again",
         ) from None
+
+
+def certificate_name_for(ca_name: str, ca_id: str, generation: int = 1) -> str:
+    """The hub's name for a CA generation's certificate: the CA's name made Azure-safe,
+    its id's start and, after the first, the generation (``-g2``).
+
+    The id keeps two CAs of one name apart; the generation lets a hub hold a renewed
+    CA's certificate beside the one it replaces until that one is retired.
+    """
+    slug = _CERTIFICATE_NAME_BAD.sub("-", ca_name).strip("-.") or "ca"
+    if generation == 1:
+        return f"{slug[:55]}-{ca_id[:8]}"
+    return f"{slug[:48]}-{ca_id[:8]}-g{generation}"

@@ -7,7 +7,6 @@ cases only; the names are re-exported there.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from fleetpki.services.hub_link_settings import (
     CredentialKind,
     LinkKind,
     LinkSecret,
+    certificate_name_for,
 )
 from fleetpki.services.link_delivery import LinkTarget
 from fleetpki.services.ports.events import DeliveryBacklog, FailedDelivery
@@ -37,8 +37,6 @@ __all__ = [
 
 #: A link's event consumer is ``link:<name>``.
 CONSUMER_PREFIX = "link:"
-# Azure's certificate names: ``^[A-Za-z0-9-._]{1,64}$`` (the RP's pattern).
-_CERTIFICATE_NAME_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,16 +123,6 @@ class LinkTrustView:
     certificate_name: str
     thumbprint: str
     verified: bool
-
-
-def certificate_name_for(ca_name: str, ca_id: str) -> str:
-    """The hub's name for a CA's certificate: its name made Azure-safe, and its id's start.
-
-    Stable for a CA across its generations, so a renewed CA certificate replaces the
-    old one under the same name; the id keeps two CAs of one name apart.
-    """
-    slug = _CERTIFICATE_NAME_BAD.sub("-", ca_name).strip("-.") or "ca"
-    return f"{slug[:55]}-{ca_id[:8]}"
 
 
 def link_command(

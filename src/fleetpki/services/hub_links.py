@@ -22,11 +22,12 @@ from collections.abc import Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from fleetpki.connectors.connector import ConnectorError, HubConnector, TrustedCA
+from fleetpki.connectors.connector import ConnectorError, HubConnector, ProofSigner, TrustedCA
 from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, ValidationError
 from fleetpki.keystore import KeyStore
 from fleetpki.pki.proof import verification_certificate_builder
 from fleetpki.services.audit import write_audit
+from fleetpki.services.ca_generations import ACTIVE, PENDING, RETIRING, activate_if_ready_in
 from fleetpki.services.context import Actor, Clock
 from fleetpki.services.hub_link_settings import (
     DEFAULT_MANAGEMENT_URL,
@@ -51,7 +52,7 @@ from fleetpki.services.hub_link_views import (
     certificate_name_for,
     link_command,
 )
-from fleetpki.services.link_delivery import LINK_EVENT_TYPES, LinkTarget
+from fleetpki.services.link_delivery import LINK_EVENT_TYPES, LinkTarget, record_generation_in
 from fleetpki.services.notifications import EventsWritten, HubLinksChanged
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.hub_models import HubLink, HubLinkCA
@@ -105,14 +106,23 @@ def _link_view(tx: UnitOfWork, record: HubLink) -> HubLinkView:
     cas = []
     for entry in record.cas:
         ca = tx.cas.get(entry.ca_id)
+        # What the hub holds of the CA's active generation, once a renewal reached it.
+        held = next(
+            (
+                g
+                for g in record.generations
+                if ca is not None and g.ca_id == ca.id and g.generation == ca.generation
+            ),
+            None,
+        )
         cas.append(
             LinkCAView(
                 ca_id=entry.ca_id,
                 ca_name=ca.name if ca is not None else "",
                 added_at=entry.added_at,
-                certificate_name=entry.certificate_name,
-                thumbprint=entry.thumbprint,
-                verified_at=entry.verified_at,
+                certificate_name=held.certificate_name if held else entry.certificate_name,
+                thumbprint=held.thumbprint if held else entry.thumbprint,
+                verified_at=held.verified_at if held else entry.verified_at,
                 last_error=entry.last_error,
             )
         )
@@ -423,38 +433,60 @@ class HubLinkService:
             if ca is None:
                 raise NotFoundError("ca.not_found", f"no CA {ca_id}")
             connection = self._connection(record)
-            ca_certificate = x509.load_der_x509_certificate(ca.certificate_der)
-            key_ref, name = ca.key_ref, certificate_name_for(ca.name, ca.id)
+            # Every generation a device may hold a certificate of, the active one first.
+            live = sorted(
+                (g for g in ca.generations if g.state in (PENDING, ACTIVE, RETIRING)),
+                key=lambda g: (g.number != ca.generation, g.number),
+            )
+            uploads = [
+                (
+                    g.number,
+                    certificate_name_for(ca.name, ca.id, g.number),
+                    x509.load_der_x509_certificate(g.certificate_der),
+                    g.key_ref,
+                )
+                for g in live
+            ]
         connector = self.connector_for(connection)
-
-        def prove(code: str) -> bytes:
-            builder = verification_certificate_builder(code, ca_certificate, now=self._clock())
-            proof = self._keystore.signer(key_ref).sign_certificate(builder)
-            return proof.public_bytes(serialization.Encoding.DER)
-
-        pem = ca_certificate.public_bytes(serialization.Encoding.PEM)
+        results: list[tuple[int, TrustedCA]] = []
         try:
-            trusted = connector.trust_ca(name, pem, prove)
+            for number, name, certificate, key_ref in uploads:
+                trusted = connector.trust_ca(
+                    name,
+                    certificate.public_bytes(serialization.Encoding.PEM),
+                    self._prover(certificate, key_ref),
+                )
+                results.append((number, trusted))
         except ConnectorError as exc:
-            self._record_trust(actor, link, ca_id, None, error=f"{exc.message} ({exc.code})")
+            error = f"{exc.message} ({exc.code})"
+            self._record_trust(actor, link, ca_id, results, error=error)
             raise
         finally:
             connector.close()
-        self._record_trust(actor, link, ca_id, trusted, error=None)
+        self._record_trust(actor, link, ca_id, results, error=None)
+        _, active = results[0]
         return LinkTrustView(
             link=link,
             ca_id=ca_id,
-            certificate_name=trusted.name,
-            thumbprint=trusted.thumbprint,
-            verified=trusted.verified,
+            certificate_name=active.name,
+            thumbprint=active.thumbprint,
+            verified=active.verified,
         )
+
+    def _prover(self, certificate: x509.Certificate, key_ref: str) -> ProofSigner:
+        def prove(code: str) -> bytes:
+            builder = verification_certificate_builder(code, certificate, now=self._clock())
+            proof = self._keystore.signer(key_ref).sign_certificate(builder)
+            return proof.public_bytes(serialization.Encoding.DER)
+
+        return prove
 
     def _record_trust(
         self,
         actor: Actor,
         link: str,
         ca_id: str,
-        trusted: TrustedCA | None,
+        results: builtins.list[tuple[int, TrustedCA]],
         *,
         error: str | None,
     ) -> None:
@@ -470,23 +502,29 @@ class HubLinkService:
                 entry = HubLinkCA(ca_id=ca_id, added_at=now)
                 record.cas.append(entry)
                 tx.publish(HubLinksChanged())
-            if trusted is not None:
-                entry.certificate_name = trusted.name
-                entry.thumbprint = trusted.thumbprint
-                entry.verified_at = now if trusted.verified else entry.verified_at
-                entry.last_error = None
-            else:
-                entry.last_error = error
+            ca = tx.cas.get(ca_id)
+            for number, trusted in results:
+                record_generation_in(record, ca_id, number, trusted, None, now=now)
+                if ca is not None and number == ca.generation:
+                    entry.certificate_name = trusted.name
+                    entry.thumbprint = trusted.thumbprint
+                    entry.verified_at = now if trusted.verified else entry.verified_at
+            entry.last_error = error
             record.updated_at = now
+            for number, trusted in results:
+                if trusted.verified:
+                    activate_if_ready_in(tx, actor, ca_id, number, now=now)
+            first = results[0][1] if results and error is None else None
             details: dict[str, object] = {"ca_id": ca_id}
-            if trusted is not None:
-                details |= {"certificate": trusted.name, "thumbprint": trusted.thumbprint}
+            if first is not None:
+                details |= {"certificate": first.name, "thumbprint": first.thumbprint}
+                details["generations"] = [number for number, _ in results]
             else:
                 details["error"] = error
             write_audit(
                 tx,
                 actor,
-                "hub.link.trust" if trusted is not None else "hub.link.trust_failed",
+                "hub.link.trust" if first is not None else "hub.link.trust_failed",
                 "hub_link",
                 link,
                 at=now,

@@ -25,14 +25,31 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from fleetpki.connectors.connector import ConnectorError, DeviceAuthentication, HubConnector
-from fleetpki.services.context import Clock
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from fleetpki.connectors.connector import (
+    ConnectorError,
+    DeviceAuthentication,
+    HubConnector,
+    TrustedCA,
+)
+from fleetpki.keystore import KeyStore
+from fleetpki.pki.proof import verification_certificate_builder
+from fleetpki.services.ca_generations import activate_if_ready_in, generation_of
+from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.delivery import DeliveryFailed
-from fleetpki.services.outbox import CERTIFICATE_RENEWED, CERTIFICATE_REVOKED, DOMAIN_REGISTERED
+from fleetpki.services.hub_link_settings import certificate_name_for
+from fleetpki.services.outbox import (
+    CA_GENERATION_CREATED,
+    CERTIFICATE_RENEWED,
+    CERTIFICATE_REVOKED,
+    DOMAIN_REGISTERED,
+)
 from fleetpki.services.ports import Store
 from fleetpki.services.ports.ca import CertificateSearch
 from fleetpki.services.ports.events import Delivery
-from fleetpki.store.hub_models import HubLinkPin
+from fleetpki.store.hub_models import HubLink, HubLinkGeneration, HubLinkPin
 
 __all__ = [
     "LINK_EVENT_TYPES",
@@ -41,12 +58,40 @@ __all__ = [
     "RevocationPlan",
     "link_consumer",
     "plan_revocation",
+    "record_generation_in",
 ]
 
 _log = logging.getLogger(__name__)
 
 #: The events a hub link consumes.
-LINK_EVENT_TYPES = frozenset({CERTIFICATE_REVOKED, CERTIFICATE_RENEWED, DOMAIN_REGISTERED})
+LINK_EVENT_TYPES = frozenset(
+    {CERTIFICATE_REVOKED, CERTIFICATE_RENEWED, DOMAIN_REGISTERED, CA_GENERATION_CREATED}
+)
+
+
+def record_generation_in(
+    link: HubLink,
+    ca_id: str,
+    number: int,
+    trusted: TrustedCA | None,
+    error: str | None,
+    *,
+    now: dt.datetime,
+) -> None:
+    """Record on ``link`` what its hub said of a CA generation (caller's unit of work)."""
+    entry = next((g for g in link.generations if g.ca_id == ca_id and g.generation == number), None)
+    if entry is None:
+        entry = HubLinkGeneration(
+            link_name=link.name, ca_id=ca_id, generation=number, updated_at=now
+        )
+        link.generations.append(entry)
+    if trusted is not None:
+        entry.certificate_name, entry.thumbprint = trusted.name, trusted.thumbprint
+        entry.verified_at = now if trusted.verified else entry.verified_at
+        entry.last_error = None
+    else:
+        entry.last_error = error
+    entry.updated_at = now
 
 
 def link_consumer(link_name: str) -> str:
@@ -130,12 +175,19 @@ class LinkDelivery:
     """
 
     def __init__(
-        self, store: Store, clock: Clock, target: LinkTarget, connector: HubConnector
+        self,
+        store: Store,
+        clock: Clock,
+        target: LinkTarget,
+        connector: HubConnector,
+        *,
+        keystore: KeyStore,
     ) -> None:
         self._store = store
         self._clock = clock
         self.target = target
         self.connector = connector
+        self._keystore = keystore
 
     def __call__(self, delivery: Delivery) -> None:
         """Deliver one event to the hub (idempotent: delivering twice does no harm).
@@ -154,6 +206,8 @@ class LinkDelivery:
                 self._renewed(str(payload["device_id"]), str(payload["sha1"]))
             elif delivery.event_type == DOMAIN_REGISTERED and self.target.register_devices:
                 self.connector.register_device(str(payload["name"]))
+            elif delivery.event_type == CA_GENERATION_CREATED:
+                self._generation_created(str(payload["ca_id"]), int(payload["generation"]))
         except ConnectorError as exc:
             raise _failed(exc) from exc
 
@@ -232,6 +286,47 @@ class LinkDelivery:
             if pin is not None:
                 pin.thumbprint = sha1
                 pin.updated_at = self._clock()
+
+    # -- CA renewal: hubs first ------------------------------------------------------------
+
+    def _generation_created(self, ca_id: str, number: int) -> None:
+        """Upload and prove a CA's new generation; activate it if this was the last link."""
+        with self._store.transaction() as tx:
+            ca = tx.cas.get(ca_id)
+            generation = generation_of(ca, number) if ca is not None else None
+            if ca is None or generation is None or generation.state == "retired":
+                return
+            name = certificate_name_for(ca.name, ca.id, number)
+            certificate = x509.load_der_x509_certificate(generation.certificate_der)
+            key_ref = generation.key_ref
+
+        def prove(code: str) -> bytes:
+            builder = verification_certificate_builder(code, certificate, now=self._clock())
+            proof = self._keystore.signer(key_ref).sign_certificate(builder)
+            return proof.public_bytes(serialization.Encoding.DER)
+
+        pem = certificate.public_bytes(serialization.Encoding.PEM)
+        try:
+            trusted = self.connector.trust_ca(name, pem, prove)
+        except ConnectorError as exc:
+            self._record_generation(ca_id, number, None, f"{exc.message} ({exc.code})")
+            raise
+        self._record_generation(ca_id, number, trusted, None)
+
+    def _record_generation(
+        self, ca_id: str, number: int, trusted: TrustedCA | None, error: str | None
+    ) -> None:
+        now = self._clock()
+        with self._store.transaction() as tx:
+            link = tx.hub_links.get(self.target.name)
+            if link is None:
+                return  # removed meanwhile
+            record_generation_in(link, ca_id, number, trusted, error, now=now)
+            if trusted is not None and trusted.verified:
+                actor = Actor(LOCAL_ADMIN_ID, is_admin=True, source="hub link delivery")
+                activated = activate_if_ready_in(tx, actor, ca_id, number, now=now)
+                if activated:
+                    _log.info("CA %s: generation %d active (every link holds it)", ca_id, number)
 
     # -- pins whose revoked certificate expired ---------------------------------------------
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from fleetpki.connectors.connector import ConnectorError
 from fleetpki.errors import FleetPKIError
+from fleetpki.keystore import KeyStore
 from fleetpki.services.context import Clock
 from fleetpki.services.delivery import Backoff, ConsumerWorker, Handler
 from fleetpki.services.events import EventBus
@@ -60,6 +61,7 @@ class LinkWorkers:
         store: the database (the deliveries read and record what they do).
         clock: the source of "now".
         bus: the application's event bus.
+        keystore: custody of CA keys (a renewed CA's proof of possession).
         start_consumer / stop_consumer: the application's consumer workers
             (:meth:`fleetpki.application.FleetPKI.start_consumer`).
         max_attempts: attempts before a delivery is given up on as failed.
@@ -74,6 +76,7 @@ class LinkWorkers:
         store: Store,
         clock: Clock,
         bus: EventBus,
+        keystore: KeyStore,
         *,
         start_consumer: StartConsumer,
         stop_consumer: StopConsumer,
@@ -83,6 +86,7 @@ class LinkWorkers:
         pin_interval: float = 60.0,
     ) -> None:
         self._links = links
+        self._keystore = keystore
         self._store = store
         self._clock = clock
         self._bus = bus
@@ -163,7 +167,9 @@ class LinkWorkers:
                 self._broken[name] = error
             return
         self._broken.pop(name, None)
-        delivery = LinkDelivery(self._store, self._clock, runtime.target, connector)
+        delivery = LinkDelivery(
+            self._store, self._clock, runtime.target, connector, keystore=self._keystore
+        )
         handler: Handler = delivery
         worker = self._start_consumer(
             link_consumer(name),

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["CERTIFICATE_RENEWED", "CERTIFICATE_REVOKED", "DOMAIN_REGISTERED"]
+__all__ = [
+    "CA_GENERATION_CREATED",
+    "CERTIFICATE_RENEWED",
+    "CERTIFICATE_REVOKED",
+    "DOMAIN_REGISTERED",
+]
 
 #: A certificate was revoked: hubs must close its sessions and disable the device.
 CERTIFICATE_REVOKED = "certificate.revoked"
@@ -11,3 +16,6 @@ CERTIFICATE_REVOKED = "certificate.revoked"
 CERTIFICATE_RENEWED = "certificate.renewed"
 #: A domain (a device id) was registered: links that register devices create it.
 DOMAIN_REGISTERED = "domain.registered"
+#: A CA was renewed: every link that trusts it uploads and verifies the new generation,
+#: which becomes active once all of them hold it (hubs first).
+CA_GENERATION_CREATED = "ca.generation_created"

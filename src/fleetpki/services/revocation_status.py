@@ -1,7 +1,7 @@
 """Revocation status for relying parties: each CA's CRL (cached) and OCSP answers.
 
-CRLs follow Vault PKI's habit: the DER is cached on the CA row with its number and
-next update; a revocation marks it stale and the next read rebuilds it with the
+CRLs follow Vault PKI's habit: the DER is cached on each CA generation's row with its
+number and next update; a revocation marks it stale and the next read rebuilds it with the
 next CRL number (RFC 5280 §5.2.3 requires the number to increase).  OCSP answers
 are signed by the CA key itself (RFC 6960 §4.2.2.2 allows the issuer to respond)
 and built per request, since they carry the request's nonce.
@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 
-from fleetpki.errors import FleetPKIError, ValidationError
+from cryptography import x509
+
+from fleetpki.errors import FleetPKIError, NotFoundError, ValidationError
 from fleetpki.keystore import KeyStore
 from fleetpki.pki.crl import CrlScope, RevokedEntry, build_crl
 from fleetpki.pki.ocsp import (
@@ -25,11 +27,12 @@ from fleetpki.pki.ocsp import (
     response_status_for,
 )
 from fleetpki.pki.revocation import RevocationReason
-from fleetpki.services.authority import CAUrlsConfig, ca_certificate, ca_record
+from fleetpki.services.authority import CAUrlsConfig, ca_record
+from fleetpki.services.ca_generations import generation_of
 from fleetpki.services.ca_views import CrlView
 from fleetpki.services.context import Clock
 from fleetpki.services.ports import Store, UnitOfWork
-from fleetpki.store.models import CARecord
+from fleetpki.store.models import CAGeneration, CARecord
 
 __all__ = ["CRL_LIFETIME", "OCSP_LIFETIME", "RevocationStatusService", "crl_in", "ocsp_answer_in"]
 
@@ -42,7 +45,7 @@ OCSP_LIFETIME = dt.timedelta(hours=1)
 _REFRESH_MARGIN = dt.timedelta(minutes=5)
 
 
-def _entries_for(tx: UnitOfWork, ca: CARecord) -> list[RevokedEntry]:
+def _entries_for(tx: UnitOfWork, ca: CARecord, generation: CAGeneration) -> list[RevokedEntry]:
     if ca.tier == "root":
         # The root's CRL lists revoked subordinate CAs (the issuing CA's CRL DP
         # points here); fleetpki does not revoke CAs yet, so it is empty.
@@ -54,58 +57,75 @@ def _entries_for(tx: UnitOfWork, ca: CARecord) -> list[RevokedEntry]:
             reason=RevocationReason.parse(row.revocation_reason or 0),
         )
         for row in tx.certificates.revoked_of(ca.id)
+        if row.ca_generation == generation.number
     ]
 
 
-def _fresh(ca: CARecord, now: dt.datetime) -> bool:
+def _fresh(generation: CAGeneration, now: dt.datetime) -> bool:
     return (
-        ca.crl_der is not None
-        and ca.crl_next_update is not None
-        and not ca.crl_stale
-        and now < ca.crl_next_update - _REFRESH_MARGIN
+        generation.crl_der is not None
+        and generation.crl_next_update is not None
+        and not generation.crl_stale
+        and now < generation.crl_next_update - _REFRESH_MARGIN
     )
 
 
-def _cached(ca: CARecord) -> tuple[bytes, dt.datetime]:
-    assert ca.crl_der is not None
-    assert ca.crl_next_update is not None
-    return ca.crl_der, ca.crl_next_update
+def _cached(generation: CAGeneration) -> tuple[bytes, dt.datetime]:
+    assert generation.crl_der is not None
+    assert generation.crl_next_update is not None
+    return generation.crl_der, generation.crl_next_update
+
+
+def _generation(ca: CARecord, number: int) -> CAGeneration:
+    generation = generation_of(ca, number)
+    if generation is None:
+        raise NotFoundError("ca.not_found", f"CA {ca.id} has no generation {number}")
+    return generation
 
 
 def crl_in(
-    tx: UnitOfWork, keystore: KeyStore, urls: CAUrlsConfig, ca_id: str, *, now: dt.datetime
+    tx: UnitOfWork,
+    keystore: KeyStore,
+    urls: CAUrlsConfig,
+    ca_id: str,
+    *,
+    now: dt.datetime,
+    generation: int = 1,
 ) -> tuple[bytes, dt.datetime]:
-    """The CA's current CRL in DER and its next update (caller's unit of work).
+    """A CA generation's current CRL in DER and its next update (caller's unit of work).
 
-    Served from the cache while it is fresh and no revocation happened since;
-    otherwise rebuilt, numbered one higher and cached.  Rebuilds hold a lock on the
-    CA (:meth:`CARepository.lock_for_crl`: a row lock on PostgreSQL, the write lock on
-    SQLite) and look at the cache again once they have it, so concurrent readers after
-    a revocation get one new CRL with one new number, never two CRLs with the same
-    number (RFC 5280 §5.2.3 wants it to increase).
+    Each generation has its own CRL, signed by its key and listing the certificates it
+    issued (the CRL DP of each certificate names its generation's URL). Served from the
+    cache while it is fresh and no revocation happened since; otherwise rebuilt,
+    numbered one higher and cached. Rebuilds hold a lock on the generation
+    (:meth:`CARepository.lock_generation_for_crl`: a row lock on PostgreSQL, the write
+    lock on SQLite) and look at the cache again once they have it, so concurrent
+    readers after a revocation get one new CRL with one new number, never two CRLs
+    with the same number (RFC 5280 §5.2.3 wants it to increase).
 
     Raises:
-        NotFoundError: ``ca.not_found``.
+        NotFoundError: ``ca.not_found`` (for the CA or the generation).
     """
     ca = ca_record(tx, ca_id)
-    if _fresh(ca, now):
-        return _cached(ca)
-    locked = tx.cas.lock_for_crl(ca.id)
+    current = _generation(ca, generation)
+    if _fresh(current, now):
+        return _cached(current)
+    locked = tx.cas.lock_generation_for_crl(ca.id, generation)
     if _fresh(locked, now):
         # Another transaction rebuilt it while this one waited for the lock.
         return _cached(locked)
-    certificate = ca_certificate(locked)
+    certificate = x509.load_der_x509_certificate(locked.certificate_der)
     this_update = now.replace(microsecond=0)
     next_update = min(this_update + CRL_LIFETIME, certificate.not_valid_after_utc)
     number = locked.crl_number + 1
     der = build_crl(
         certificate,
         keystore.signer(locked.key_ref),
-        _entries_for(tx, locked),
+        _entries_for(tx, ca, locked),
         crl_number=number,
         this_update=this_update,
         next_update=next_update,
-        idp_url=urls.crl_url(locked.id),
+        idp_url=urls.crl_url(ca.id, generation),
         scope=CrlScope.for_issuer(certificate),
     )
     locked.crl_number, locked.crl_der = number, der
@@ -113,10 +133,17 @@ def crl_in(
     return der, next_update
 
 
-def _issuer_of(cas: Sequence[CARecord], request: OcspRequest) -> CARecord | None:
+def _issuer_of(
+    cas: Sequence[CARecord], request: OcspRequest
+) -> tuple[CARecord, CAGeneration] | None:
+    # Any generation, retiring ones included: a certificate is answered for by the
+    # key and certificate that signed it (RFC 6960 §4.1.1 CertID names both).
     for ca in cas:
-        if request.cert_id.names_issuer(ca_certificate(ca)):
-            return ca
+        for generation in ca.generations:
+            if request.cert_id.names_issuer(
+                x509.load_der_x509_certificate(generation.certificate_der)
+            ):
+                return ca, generation
     return None
 
 
@@ -137,18 +164,19 @@ def _status_of(tx: UnitOfWork, ca: CARecord, serial: int) -> CertificateStatus:
 
 
 def _answer(tx: UnitOfWork, keystore: KeyStore, request: OcspRequest, now: dt.datetime) -> bytes:
-    ca = _issuer_of(tx.cas.all(), request)
-    if ca is None:
+    found = _issuer_of(tx.cas.all(), request)
+    if found is None:
         # RFC 6960 §2.3: "unauthorized" when the responder does not serve the issuer.
         raise ValidationError("ocsp.unauthorized", "this responder does not serve that issuer")
-    certificate = ca_certificate(ca)
+    ca, generation = found
+    certificate = x509.load_der_x509_certificate(generation.certificate_der)
     this_update = now.replace(microsecond=0)
     return build_ocsp_response(
         request,
         _status_of(tx, ca, request.cert_id.serial_number),
         issuer_cert=certificate,
         responder_cert=certificate,
-        signer=keystore.signer(ca.key_ref),
+        signer=keystore.signer(generation.key_ref),
         this_update=this_update,
         next_update=min(this_update + OCSP_LIFETIME, certificate.not_valid_after_utc),
     )
@@ -185,24 +213,26 @@ class RevocationStatusService:
         self._clock = clock
         self._urls = urls
 
-    def crl(self, ca_id: str) -> CrlView:
-        """The CA's current CRL (see :func:`crl_in`).
+    def crl(self, ca_id: str, generation: int = 1) -> CrlView:
+        """The current CRL of a CA's generation (see :func:`crl_in`).
 
         Raises:
             NotFoundError: ``ca.not_found``.
         """
         with self._store.transaction() as tx:
-            der, next_update = crl_in(tx, self._keystore, self._urls, ca_id, now=self._clock())
+            der, next_update = crl_in(
+                tx, self._keystore, self._urls, ca_id, now=self._clock(), generation=generation
+            )
             return CrlView(der, next_update)
 
-    def ca_certificate_der(self, ca_id: str) -> bytes:
-        """A CA's certificate in DER, for the caIssuers URL (RFC 5280 §4.2.2.1).
+    def ca_certificate_der(self, ca_id: str, generation: int = 1) -> bytes:
+        """A CA generation's certificate in DER, for the caIssuers URL (RFC 5280 §4.2.2.1).
 
         Raises:
             NotFoundError: ``ca.not_found``.
         """
         with self._store.transaction() as tx:
-            return ca_record(tx, ca_id).certificate_der
+            return _generation(ca_record(tx, ca_id), generation).certificate_der
 
     def ocsp(self, request_der: bytes) -> bytes:
         """The DER OCSP response for a POSTed request (RFC 6960 Appendix A.1); never raises."""

@@ -30,6 +30,7 @@ __all__ = [
     "HubDevice",
     "HubLink",
     "HubLinkCA",
+    "HubLinkGeneration",
     "HubLinkPin",
     "HubMessage",
     "HubSasPolicy",
@@ -197,6 +198,9 @@ class HubLink(Base):
         lazy="selectin",
         order_by="HubLinkCA.added_at",
     )
+    generations: Mapped[list[HubLinkGeneration]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin"
+    )
 
 
 class HubLinkCA(Base):
@@ -216,3 +220,25 @@ class HubLinkCA(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     link: Mapped[HubLink] = relationship(back_populates="cas")
+
+
+class HubLinkGeneration(Base):
+    """A generation of a CA as one link's hub holds it: uploaded and verified, or failing.
+
+    A pending generation becomes active once every link that trusts its CA has a row
+    here with ``verified_at`` set (hubs first).
+    """
+
+    __tablename__ = "hub_link_generations"
+
+    link_name: Mapped[str] = mapped_column(
+        ForeignKey("hub_links.name", ondelete="CASCADE"), primary_key=True
+    )
+    ca_id: Mapped[str] = mapped_column(ForeignKey("cas.id"), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    certificate_name: Mapped[str | None] = mapped_column(String(64))
+    thumbprint: Mapped[str | None] = mapped_column(String(40))
+    verified_at: Mapped[dt.datetime | None]
+    removed_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime]

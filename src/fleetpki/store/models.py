@@ -32,6 +32,7 @@ __all__ = [
     "ApiToken",
     "AuditEntry",
     "Base",
+    "CAGeneration",
     "CARecord",
     "CertificateRecord",
     "DomainMember",
@@ -93,6 +94,10 @@ class CARecord(Base):
     tier: Mapped[str] = mapped_column(String(16))  # "root" or "issuing"
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("cas.id"))
     status: Mapped[str] = mapped_column(String(16), default="active")  # active, retired
+    # The active generation's key and certificate (``generation``), copied here when a
+    # generation is activated (services.ca_lifecycle.activate_in, the one writer) so
+    # that issuance reads one row; every generation is in ``generations``.
+    generation: Mapped[int] = mapped_column(Integer, default=1)
     key_ref: Mapped[str] = mapped_column(String(200))
     key_spec: Mapped[str] = mapped_column(String(16))
     subject: Mapped[str] = mapped_column(Text)
@@ -102,14 +107,57 @@ class CARecord(Base):
     not_before: Mapped[dt.datetime]
     not_after: Mapped[dt.datetime]
     created_at: Mapped[dt.datetime]
-    # CRL cache (RFC 5280 §5): the last CRL built, its number and when it lapses.
-    # A revocation sets crl_stale; the next read rebuilds.
+    # Unused since migration 0007 (each generation caches its own CRL); kept so that
+    # a downgrade finds them.
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
     crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
 
     templates: Mapped[list[TemplateRecord]] = relationship(back_populates="ca")
+    generations: Mapped[list[CAGeneration]] = relationship(
+        back_populates="ca",
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        order_by="CAGeneration.number",
+    )
+
+
+class CAGeneration(Base):
+    """One certificate of a CA: the first, or one made by a renewal (with or without a new key).
+
+    A generation is *pending* until every hub link that trusts the CA holds it
+    verified, then *active* (it issues), then *retiring* once a newer one is active
+    (still trusted: certificates it issued are outstanding), and *retired* when none
+    is left. Each generation has its own CRL, cached here (RFC 5280 §5: the last CRL
+    built, its number and when it lapses; a revocation sets ``crl_stale``).
+    """
+
+    __tablename__ = "ca_generations"
+    __table_args__ = (UniqueConstraint("ca_id", "number", name="uq_ca_generations_ca_id_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ca_id: Mapped[str] = mapped_column(ForeignKey("cas.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # pending, active, retiring, retired
+    key_ref: Mapped[str] = mapped_column(String(200))
+    key_spec: Mapped[str] = mapped_column(String(16))
+    key_created_at: Mapped[dt.datetime]
+    subject: Mapped[str] = mapped_column(Text)
+    serial_hex: Mapped[str] = mapped_column(String(64))
+    sha1_hex: Mapped[str] = mapped_column(String(40), index=True)
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    not_before: Mapped[dt.datetime]
+    not_after: Mapped[dt.datetime]
+    created_at: Mapped[dt.datetime]
+    activated_at: Mapped[dt.datetime | None]
+    retired_at: Mapped[dt.datetime | None]
+    crl_number: Mapped[int] = mapped_column(Integer, default=0)
+    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    crl_next_update: Mapped[dt.datetime | None]
+    crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    ca: Mapped[CARecord] = relationship(back_populates="generations")
 
 
 class TemplateRecord(Base):
@@ -225,6 +273,8 @@ class CertificateRecord(Base):
     requested_by: Mapped[str] = mapped_column(String(64))
     renews_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
     created_at: Mapped[dt.datetime]
+    # The generation of the CA that signed it (CAGeneration.number).
+    ca_generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class AuditEntry(Base):

@@ -17,6 +17,7 @@ from typing import Protocol
 from fleetpki.store.models import (
     ApiToken,
     AuditEntry,
+    CAGeneration,
     CARecord,
     CertificateRecord,
     DomainRecord,
@@ -58,6 +59,12 @@ class CARepository(Protocol):
 
     def add(self, ca: CARecord) -> None:
         """Store a new CA (written at once, so that children may refer to it)."""
+        ...
+
+    def lock_generation_for_crl(self, ca_id: str, number: int) -> CAGeneration:
+        """Generation ``number`` of the CA re-read under a lock that serialises its CRL
+        rebuilds (as :meth:`lock_for_crl`).
+        """
         ...
 
     def lock_for_crl(self, ca_id: str) -> CARecord:

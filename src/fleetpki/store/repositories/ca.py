@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from fleetpki.store.models import CARecord, TemplateRecord
+from fleetpki.store.models import CAGeneration, CARecord, TemplateRecord
 
 __all__ = ["SqlCARepository", "SqlTemplateRepository"]
 
@@ -32,7 +32,11 @@ class SqlCARepository:
 
     def id_by_sha1(self, sha1_hex: str) -> str | None:
         """See :meth:`CARepository.id_by_sha1`."""
-        return self._session.scalar(select(CARecord.id).where(CARecord.sha1_hex == sha1_hex))
+        # Any generation's certificate, not only the active one: a device may still hold
+        # a certificate from a retiring generation.
+        return self._session.scalar(
+            select(CAGeneration.ca_id).where(CAGeneration.sha1_hex == sha1_hex).limit(1)
+        )
 
     def add(self, ca: CARecord) -> None:
         """See :meth:`CARepository.add`."""
@@ -61,6 +65,23 @@ class SqlCARepository:
         )
         if locked is None:
             raise LookupError(f"CA {ca_id} vanished while locking it")
+        return locked
+
+    def lock_generation_for_crl(self, ca_id: str, number: int) -> CAGeneration:
+        """See :meth:`CARepository.lock_generation_for_crl` (locked as :meth:`lock_for_crl`)."""
+        where = (CAGeneration.ca_id == ca_id, CAGeneration.number == number)
+        if self._dialect == "sqlite":
+            self._session.execute(
+                update(CAGeneration).where(*where).values(crl_number=CAGeneration.crl_number)
+            )
+        locked = self._session.scalar(
+            select(CAGeneration)
+            .where(*where)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if locked is None:
+            raise LookupError(f"generation {number} of CA {ca_id} vanished while locking it")
         return locked
 
 

@@ -1,0 +1,283 @@
+"""CA renewal: a new generation of a CA, with the same key or a new one, hubs first.
+
+``fleetpki ca renew`` asks :meth:`CALifecycleService.renew`: the CA's parent (or, for
+a root, the CA itself) signs a new certificate for the CA's subject, with the current
+key or a new one (``rekey``, the default once the key is older than
+``rekey_after``). The new generation is pending; an outbox event
+(``ca.generation_created``) carries it to every hub link that trusts the CA, each of
+which uploads it and proves possession; when the last one has it verified, the
+generation becomes active (:func:`~fleetpki.services.ca_generations.activate_if_ready_in`)
+and issuance switches to it. A CA that no link trusts activates at once. The built-in
+hub, when it trusts the CA directly (``fleetpki hub trust``), gets the new
+generation in the renewal's own unit of work.
+
+Root renewal keeps the root's key (a new self-signed certificate over the same key
+and name, so issuing CAs' certificates chain to either); a root rollover to a new key
+(cross-certificates) is not built yet and is refused.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, ValidationError
+from fleetpki.keystore import KeyStore
+from fleetpki.pki.ca import CAUrls, build_root_ca, build_subordinate_ca
+from fleetpki.pki.keys import KeySpec, generate_key
+from fleetpki.pki.proof import verification_certificate_builder
+from fleetpki.services.audit import write_audit
+from fleetpki.services.authority import CAUrlsConfig, ca_record
+from fleetpki.services.ca_generations import (
+    PENDING,
+    GenerationView,
+    activate_in,
+    generation_of,
+    generation_record,
+    generation_view,
+    pending_links_in,
+)
+from fleetpki.services.context import Actor, Clock
+from fleetpki.services.hub_trust import upload_in, verification_code_in, verify_in
+from fleetpki.services.outbox import CA_GENERATION_CREATED
+from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.store.models import CAGeneration, CARecord
+
+__all__ = ["DEFAULT_REKEY_AFTER", "CALifecycleService", "RenewCommand"]
+
+#: A key older than this is replaced on renewal unless the caller says otherwise.
+DEFAULT_REKEY_AFTER = dt.timedelta(days=365)
+
+
+@dataclass(frozen=True, slots=True)
+class RenewCommand:
+    """A renewal: ``rekey`` ``None`` lets the key's age decide; ``days`` ``None`` keeps
+    the current generation's lifetime (capped at the parent's expiry).
+    """
+
+    rekey: bool | None = None
+    days: int | None = None
+
+
+def _require_admin(actor: Actor) -> None:
+    if not actor.is_admin:
+        raise PermissionDenied("auth.admin_required", "only admins renew CAs")
+
+
+def _active(ca: CARecord) -> CAGeneration:
+    generation = generation_of(ca, ca.generation)
+    if generation is None:  # every CA has its active generation (migration 0007)
+        raise NotFoundError(
+            "ca.generation_missing", f"CA {ca.id} has no generation {ca.generation}"
+        )
+    return generation
+
+
+class CALifecycleService:
+    """CA renewal, its generations, and activation (admins only).
+
+    Args:
+        store: the database.
+        keystore: custody of CA keys (new keys, and the parents' signatures).
+        clock: the source of "now".
+        urls: where CRLs and CA certificates are published.
+        rekey_after: the key age past which a renewal makes a new key by default.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        keystore: KeyStore,
+        clock: Clock,
+        urls: CAUrlsConfig,
+        *,
+        rekey_after: dt.timedelta = DEFAULT_REKEY_AFTER,
+    ) -> None:
+        self._store = store
+        self._keystore = keystore
+        self._clock = clock
+        self._urls = urls
+        self._rekey_after = rekey_after
+
+    def renew(self, actor: Actor, ca_id: str, command: RenewCommand) -> GenerationView:
+        """Make a new generation of the CA; it activates once every link holds it.
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            NotFoundError: ``ca.not_found``.
+            ValidationError: ``ca.retired``, ``ca.bad_days``, ``ca.days_beyond_parent``,
+                ``ca.parent_not_active``, ``ca.root_rollover_unsupported``.
+            ConflictError: ``ca.renewal_pending`` while an earlier renewal waits for hubs.
+        """
+        _require_admin(actor)
+        now = self._clock()
+        with self._store.transaction() as tx:
+            ca = ca_record(tx, ca_id)
+            if ca.status != "active":
+                raise ValidationError("ca.retired", f"CA {ca.name!r} is retired; it is not renewed")
+            waiting = next((g for g in ca.generations if g.state == PENDING), None)
+            if waiting is not None:
+                raise ConflictError(
+                    "ca.renewal_pending",
+                    f"generation {waiting.number} of CA {ca.name!r} still waits for its hub "
+                    "links; activate it (`fleetpki ca activate --force`) before renewing again",
+                )
+            current = _active(ca)
+            rekey = (
+                command.rekey
+                if command.rekey is not None
+                else now - current.key_created_at >= self._rekey_after
+            )
+            if ca.tier == "root" and rekey:
+                raise ValidationError(
+                    "ca.root_rollover_unsupported",
+                    "a root is renewed with its own key (--same-key); a rollover to a new root "
+                    "key, with cross-certificates, is not supported yet",
+                )
+            generation = self._new_generation(tx, ca, current, rekey, command.days, now)
+            ca.generations.append(generation)
+            tx.events.append(
+                CA_GENERATION_CREATED,
+                ca.id,
+                {"ca_id": ca.id, "generation": generation.number},
+                at=now,
+            )
+            self._trust_in_builtin_hub(tx, ca, generation, now)
+            write_audit(
+                tx,
+                actor,
+                "ca.renew",
+                "ca",
+                ca.id,
+                at=now,
+                details={
+                    "generation": generation.number,
+                    "rekey": rekey,
+                    "not_after": generation.not_after.isoformat(),
+                },
+            )
+            if not pending_links_in(tx, ca.id, generation.number):
+                activate_in(tx, actor, ca, generation, now=now)
+            return generation_view(tx, ca, generation)
+
+    def _new_generation(
+        self,
+        tx: UnitOfWork,
+        ca: CARecord,
+        current: CAGeneration,
+        rekey: bool,
+        days: int | None,
+        now: dt.datetime,
+    ) -> CAGeneration:
+        lifetime = current.not_after - current.not_before
+        if days is not None and not 1 <= days <= 36500:
+            raise ValidationError("ca.bad_days", "--days must be between 1 and 36500")
+        spec = KeySpec(current.key_spec)
+        if rekey:
+            signer = self._keystore.create(generate_key(spec))
+            key_created_at = now
+        else:
+            signer = self._keystore.signer(current.key_ref)
+            key_created_at = current.key_created_at
+        subject = x509.load_der_x509_certificate(current.certificate_der).subject
+        number = max(g.number for g in ca.generations) + 1
+        if ca.parent_id is None:
+            wanted = dt.timedelta(days=days) if days is not None else lifetime
+            cert = build_root_ca(signer, subject, now=now, days=max(wanted.days, 1))
+        else:
+            parent = ca_record(tx, ca.parent_id)
+            if parent.status != "active":
+                raise ValidationError(
+                    "ca.parent_not_active", f"the parent CA {parent.name!r} is retired"
+                )
+            parent_cert = x509.load_der_x509_certificate(parent.certificate_der)
+            remaining = parent_cert.not_valid_after_utc - now
+            if days is not None and dt.timedelta(days=days) > remaining:
+                raise ValidationError(
+                    "ca.days_beyond_parent",
+                    f"--days {days} goes past the parent CA's expiry "
+                    f"({parent_cert.not_valid_after_utc:%Y-%m-%d}, {remaining.days} days left)",
+                )
+            wanted_days = days if days is not None else max(lifetime.days, 1)
+            cert = build_subordinate_ca(
+                parent_cert,
+                self._keystore.signer(parent.key_ref),
+                signer,
+                subject,
+                now=now,
+                days=wanted_days,
+                urls=CAUrls(
+                    crl_url=self._urls.crl_url(parent.id, parent.generation),
+                    ca_issuers_url=self._urls.ca_issuers_url(parent.id, parent.generation),
+                ),
+            )
+        return generation_record(
+            ca.id,
+            number,
+            PENDING,
+            cert,
+            signer.key_ref,
+            spec,
+            key_created_at=key_created_at,
+            now=now,
+        )
+
+    def _trust_in_builtin_hub(
+        self, tx: UnitOfWork, ca: CARecord, generation: CAGeneration, now: dt.datetime
+    ) -> None:
+        """Give the built-in hub the new generation when it trusts the CA directly."""
+        if not any(h.fleetpki_ca_id == ca.id for h in tx.hub_cas.list()):
+            return
+        name = f"{ca.name}-g{generation.number}"
+        record = upload_in(tx, name, generation.certificate_der, now=now, fleetpki_ca_id=ca.id)
+        record = verification_code_in(tx, record.name, now=now)
+        assert record.verification_code is not None
+        builder = verification_certificate_builder(
+            record.verification_code,
+            x509.load_der_x509_certificate(generation.certificate_der),
+            now=now,
+        )
+        proof = self._keystore.signer(generation.key_ref).sign_certificate(builder)
+        verify_in(tx, record.name, proof.public_bytes(serialization.Encoding.PEM), now=now)
+
+    def generations(self, ca_id: str) -> builtins.list[GenerationView]:
+        """Every generation of the CA, oldest first, with the links a pending one waits for.
+
+        Raises:
+            NotFoundError: ``ca.not_found``.
+        """
+        with self._store.transaction() as tx:
+            ca = ca_record(tx, ca_id)
+            return [generation_view(tx, ca, g) for g in ca.generations]
+
+    def activate(self, actor: Actor, ca_id: str, *, force: bool = False) -> GenerationView:
+        """Activate the CA's pending generation; with links still pending only if ``force``.
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            NotFoundError: ``ca.not_found``, ``ca.nothing_pending``.
+            ConflictError: ``ca.links_pending`` (naming them) without ``force``.
+        """
+        _require_admin(actor)
+        now = self._clock()
+        with self._store.transaction() as tx:
+            ca = ca_record(tx, ca_id)
+            generation = next((g for g in ca.generations if g.state == PENDING), None)
+            if generation is None:
+                raise NotFoundError(
+                    "ca.nothing_pending", f"CA {ca.name!r} has no generation waiting to activate"
+                )
+            waiting = pending_links_in(tx, ca.id, generation.number)
+            if waiting and not force:
+                raise ConflictError(
+                    "ca.links_pending",
+                    f"generation {generation.number} is not yet verified in: "
+                    f"{', '.join(waiting)}; devices it signs would be refused there "
+                    "(--force activates anyway)",
+                )
+            activate_in(tx, actor, ca, generation, now=now, forced=bool(waiting))
+            return generation_view(tx, ca, generation)
