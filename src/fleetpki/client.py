@@ -136,6 +136,24 @@ class Client:
         result: dict[str, Any] = self._call("GET", f"/v1/cas/{ca_id}").json()
         return result
 
+    def ca_generations(self, ca_id: str) -> list[dict[str, Any]]:
+        """The CA's generations (``GET /v1/cas/{id}/generations``)."""
+        result: list[dict[str, Any]] = self._call("GET", f"/v1/cas/{ca_id}/generations").json()
+        return result
+
+    def renew_ca(self, ca_id: str, *, rekey: bool | None, days: int | None) -> dict[str, Any]:
+        """Renew a CA (``POST /v1/cas/{id}/renew``, admins)."""
+        body = {k: v for k, v in {"rekey": rekey, "days": days}.items() if v is not None}
+        result: dict[str, Any] = self._call("POST", f"/v1/cas/{ca_id}/renew", json=body).json()
+        return result
+
+    def activate_ca(self, ca_id: str, *, force: bool) -> dict[str, Any]:
+        """Activate a CA's pending generation (``POST /v1/cas/{id}/activate``, admins)."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/cas/{ca_id}/activate", json={"force": force}
+        ).json()
+        return result
+
     def ca_chain_pem(self, ca_id: str) -> str:
         """A CA's chain up to the root, in PEM."""
         return self._call("GET", f"/v1/cas/{ca_id}/chain").text

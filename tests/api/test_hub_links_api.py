@@ -240,3 +240,29 @@ def test_trust_where_another_ca_holds_the_name_is_409_and_changes_nothing(api: A
     assert (after.sha1_hex, after.etag) == (held.sha1_hex, held.etag)
     [entry] = api.client.get("/v1/hub-links/local", headers=api.auth(api.admin)).json()["cas"]
     assert "link.certificate_name_taken" in entry["lastError"]
+
+
+def test_ca_renewal_over_the_api(api: Api) -> None:
+    answer = api.client.post(
+        f"/v1/cas/{api.ca_id}/renew", json={"rekey": False}, headers=api.auth(api.admin)
+    )
+    assert answer.status_code == 201, answer.text
+    assert (answer.json()["number"], answer.json()["state"]) == (2, "active")
+    listed = api.client.get(f"/v1/cas/{api.ca_id}/generations", headers=api.auth(api.alice))
+    assert [g["state"] for g in listed.json()] == ["retiring", "active"]
+    crl = api.client.get(f"/crl/{api.ca_id}/2.crl")
+    assert (crl.status_code, crl.headers["content-type"]) == (200, "application/pkix-crl")
+    assert api.client.get(f"/ca/{api.ca_id}/2.cer").status_code == 200
+    assert api.client.get(f"/crl/{api.ca_id}/9.crl").status_code == 404
+    before = row_counts(api.fleet)
+    for path, body, headers, status, code in [
+        (f"/v1/cas/{api.ca_id}/renew", {}, api.auth(api.alice), 403, "auth.admin_required"),
+        (f"/v1/cas/{api.ca_id}/renew", {"rekey": "yes"}, api.auth(api.admin), 422, None),
+        (f"/v1/cas/{api.ca_id}/renew", {"days": 0}, api.auth(api.admin), 422, None),
+        (f"/v1/cas/{api.ca_id}/activate", {}, api.auth(api.admin), 404, "ca.nothing_pending"),
+    ]:
+        refused = api.client.post(path, json=body, headers=headers)
+        assert refused.status_code == status, refused.text
+        if code is not None:
+            assert refused.json()["code"] == code
+    assert row_counts(api.fleet) == before

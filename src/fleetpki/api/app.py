@@ -34,6 +34,7 @@ MAX_BODY_BYTES = 1_000_000
 _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.ezca",
     "fleetpki.api.v1",
+    "fleetpki.api.ca_lifecycle",
     "fleetpki.api.hub_service",
     "fleetpki.api.hub_v1",
     "fleetpki.api.hub_links",

@@ -113,7 +113,8 @@ def ca_out(urls: CAUrlsConfig, ca: CAView) -> CAOut:
         not_before=iso(ca.not_before),
         not_after=iso(ca.not_after),
         certificate_pem=pem_of(ca.certificate),
-        crl_url=urls.crl_url(ca.id),
+        crl_url=urls.crl_url(ca.id, ca.generation),
+        generation=ca.generation,
     )
 
 

@@ -41,6 +41,7 @@ class CAOut(BaseModel):
     not_after: str
     certificate_pem: str
     crl_url: str
+    generation: int = 1
 
 
 class TemplateOut(BaseModel):

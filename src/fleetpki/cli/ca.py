@@ -1,4 +1,4 @@
-"""``fleetpki ca``: list, show and export certificate authorities, locally or with ``--server``."""
+"""``fleetpki ca``: list, show, export, renew and activate CAs, locally or with ``--server``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Annotated, Any
 import typer
 
 from fleetpki.application import FleetPKI
-from fleetpki.cli.context import cli_context
+from fleetpki.cli.context import CliContext, cli_context
 from fleetpki.cli.output import (
     Output,
     OutputOption,
+    err_console,
     fmt_iso,
     print_fields,
     print_json,
@@ -41,6 +42,18 @@ def _local_show(fleet: FleetPKI, ca_id: str) -> dict[str, Any]:
     from fleetpki.api.presenters import ca_out
 
     return ca_out(fleet.urls, fleet.cas.get(ca_id)).model_dump(mode="json")
+
+
+def _generations(state: CliContext, ca_id: str) -> list[dict[str, Any]]:
+    if client := state.client():
+        return client.ca_generations(ca_id)
+    from fleetpki.api.ca_lifecycle import generation_out
+
+    fleet = state.fleet("ca show")
+    return [
+        generation_out(fleet.urls, g).model_dump(mode="json")
+        for g in fleet.ca_lifecycle.generations(ca_id)
+    ]
 
 
 def _local_chain_pem(fleet: FleetPKI, ca_id: str) -> str:
@@ -73,8 +86,9 @@ def ca_show(ctx: typer.Context, ca_id: CaId, output: OutputOption = Output.TABLE
     state = cli_context(ctx)
     client = state.client()
     ca = client.get_ca(ca_id) if client else _local_show(state.fleet("ca show"), ca_id)
+    generations = _generations(state, ca_id)
     if output is Output.JSON:
-        print_json(ca)
+        print_json(ca | {"generations": generations})
         return
     print_fields(
         [
@@ -90,8 +104,96 @@ def ca_show(ctx: typer.Context, ca_id: CaId, output: OutputOption = Output.TABLE
             ("not before", fmt_iso(ca["not_before"])),
             ("not after", fmt_iso(ca["not_after"])),
             ("crl", ca["crl_url"]),
+            ("generation", ca["generation"]),
         ]
     )
+    rows = table("gen", "state", "key", "sha1", "not before", "not after", "waiting for")
+    for g in generations:
+        rows.add_row(
+            str(g["number"]),
+            g["state"],
+            g["key_spec"] + (" (new key)" if g["rekeyed"] else ""),
+            g["sha1"][:16] + "…",
+            fmt_iso(g["not_before"]),
+            fmt_iso(g["not_after"]),
+            ", ".join(g["pending_links"]) or "-",
+        )
+    print_table(rows)
+
+
+@app.command("renew")
+def ca_renew(
+    ctx: typer.Context,
+    ca_id: CaId,
+    rekey: Annotated[
+        bool | None,
+        typer.Option(
+            "--rekey/--same-key",
+            help="A new key, or the current one (default: a new key once it is a year old).",
+        ),
+    ] = None,
+    days: Annotated[
+        int | None,
+        typer.Option(min=1, max=36500, help="Validity in days (default: the current lifetime)."),
+    ] = None,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Renew a CA: a new generation, active once every hub link that trusts it has it."""
+    state = cli_context(ctx)
+    if client := state.client():
+        generation = client.renew_ca(ca_id, rekey=rekey, days=days)
+    else:
+        from fleetpki.api.ca_lifecycle import generation_out
+        from fleetpki.services import Actor
+        from fleetpki.services.ca_lifecycle import RenewCommand
+
+        fleet = state.fleet("ca renew")
+        view = fleet.ca_lifecycle.renew(Actor.local_admin(), ca_id, RenewCommand(rekey, days))
+        generation = generation_out(fleet.urls, view).model_dump(mode="json")
+    if output is Output.JSON:
+        print_json(generation)
+        return
+    err_console.print(_generation_sentence(generation), highlight=False)
+
+
+@app.command("activate")
+def ca_activate(
+    ctx: typer.Context,
+    ca_id: CaId,
+    force: Annotated[
+        bool, typer.Option(help="Activate although some hub links do not hold it yet.")
+    ] = False,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Activate a CA's pending generation (normally automatic once every link has it)."""
+    state = cli_context(ctx)
+    if client := state.client():
+        generation = client.activate_ca(ca_id, force=force)
+    else:
+        from fleetpki.api.ca_lifecycle import generation_out
+        from fleetpki.services import Actor
+
+        fleet = state.fleet("ca activate")
+        view = fleet.ca_lifecycle.activate(Actor.local_admin(), ca_id, force=force)
+        generation = generation_out(fleet.urls, view).model_dump(mode="json")
+    if output is Output.JSON:
+        print_json(generation)
+        return
+    err_console.print(_generation_sentence(generation), highlight=False)
+
+
+def _generation_sentence(generation: dict[str, Any]) -> str:
+    key = "a new key" if generation["rekeyed"] else "the same key"
+    text = (
+        f"CA {generation['ca_id']} generation {generation['number']} ({key}, until "
+        f"{fmt_iso(generation['not_after'])}): {generation['state']}"
+    )
+    if generation["pending_links"]:
+        text += (
+            f"; waiting for hub links {', '.join(generation['pending_links'])} to hold it "
+            "(`fleetpki hub link status`; `fleetpki ca activate --force` to go ahead)"
+        )
+    return text
 
 
 @app.command("export")

@@ -73,6 +73,8 @@ class CAView:
     not_before: dt.datetime
     not_after: dt.datetime
     certificate_der: bytes = field(repr=False)
+    #: The active generation's number (1 until the CA is renewed).
+    generation: int = 1
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -95,6 +97,7 @@ def ca_view(ca: CARecord) -> CAView:
         not_before=ca.not_before,
         not_after=ca.not_after,
         certificate_der=ca.certificate_der,
+        generation=ca.generation,
     )
 
 
