@@ -40,6 +40,18 @@ def test_renew_shows_generations_and_the_new_certificate_verifies(tmp_path: Path
     assert verify(leaf, root).ok
 
 
+def test_ca_list_expiring_shows_what_needs_renewing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run(home, "init")
+    issuing = str(_issuing(home)["id"])
+    assert json.loads(run(home, "ca", "list", "--expiring", "30d", "-o", "json").stdout) == []
+    run(home, "ca", "renew", issuing, "--same-key", "--days", "10")
+    soon = json.loads(run(home, "ca", "list", "--expiring", "30d", "-o", "json").stdout)
+    assert [c["id"] for c in soon] == [issuing]
+    bad = run(home, "ca", "list", "--expiring", "soon", ok=False)
+    assert bad.returncode == 2 and "number of days" in bad.stderr
+
+
 def test_bad_renewals_are_named_and_change_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
     run(home, "init")

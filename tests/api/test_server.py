@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -88,6 +89,35 @@ def test_metrics_count_issuances_and_refusals(server: LiveServer) -> None:
     assert 'fleetpki_refusals_total{code="auth.bad_token"}' in text
     assert "fleetpki_ca_not_after_timestamp_seconds{" in text
     assert "fleetpki_http_request_duration_seconds_bucket{" in text
+    issuing = next(c for c in server.fleet.cas.list() if c.tier == "issuing")
+    days = re.search(rf'fleetpki_ca_days_to_expiry{{ca_id="{issuing.id}",[^}}]*}} (\S+)', text)
+    assert days is not None and 5 * 365 - 2 < float(days[1]) <= 5 * 365
+
+
+def test_metrics_show_a_generation_waiting_for_its_hub_links(server: LiveServer) -> None:
+    from fleetpki.services.ca_lifecycle import RenewCommand
+    from fleetpki.services.hub_links import link_command
+
+    fleet, admin = server.fleet, Actor.local_admin()
+    issuing = next(c for c in fleet.cas.list() if c.tier == "issuing")
+    # A link whose hub cannot be reached: the new generation waits for it.
+    fleet.hub_links.add(
+        admin,
+        link_command(
+            "unreachable", "azure", ca_ids=[issuing.id],
+            subscription_id="5b6c8a8e-3f0e-4c5e-9a53-2c1f7b1f0d9e", resource_group="rg",
+            hub_name="gone", management_url="https://127.0.0.1:9", service_url="https://127.0.0.1:9",
+            credential="connection-string",
+            secret="HostName=gone.example;SharedAccessKeyName=o;SharedAccessKey=c2VjcmV0",
+        ),
+    )  # fmt: skip
+    fleet.ca_lifecycle.renew(admin, issuing.id, RenewCommand(rekey=False))
+    with _client(server) as client:
+        text = client.get("/metrics").text
+    assert (
+        f'fleetpki_ca_pending_generation_age_seconds{{ca_id="{issuing.id}",generation="2",'
+        'pending_links="unreachable"}' in text
+    )
 
 
 def _device_certificate(server: LiveServer, tmp_path: Path, device: str) -> tuple[Path, Path]:

@@ -34,9 +34,30 @@ class _ExpiryCollector(Collector):
             "fleetpki_nearest_leaf_not_after_timestamp_seconds",
             "When the valid leaf certificate that expires first expires (Unix time).",
         )
+        days_family = GaugeMetricFamily(
+            "fleetpki_ca_days_to_expiry",
+            "Days until each CA's active certificate expires (negative once expired).",
+            labels=["ca_id", "name", "tier"],
+        )
+        pending_family = GaugeMetricFamily(
+            "fleetpki_ca_pending_generation_age_seconds",
+            "How long a renewed CA generation has waited for its hub links (alert on it).",
+            labels=["ca_id", "generation", "pending_links"],
+        )
         summary = self._fleet.certificates.expiry_summary()
+        now = self._fleet.now()
         for ca in summary.cas:
             ca_family.add_metric([ca.id, ca.name, ca.tier, ca.status], ca.not_after.timestamp())
+            if ca.status == "active":
+                days = (ca.not_after - now).total_seconds() / 86400
+                days_family.add_metric([ca.id, ca.name, ca.tier], round(days, 3))
+        for generation in self._fleet.ca_lifecycle.pending():
+            pending_family.add_metric(
+                [generation.ca_id, str(generation.number), ",".join(generation.pending_links)],
+                (now - generation.created_at).total_seconds(),
+            )
+        yield days_family
+        yield pending_family
         if summary.nearest_leaf_not_after is not None:
             leaf_family.add_metric([], summary.nearest_leaf_not_after.timestamp())
         yield ca_family

@@ -63,12 +63,33 @@ def _local_chain_pem(fleet: FleetPKI, ca_id: str) -> str:
     return "".join(pem_of(c) for c in chain)
 
 
+def _days(text: str) -> int:
+    """``90d`` or ``90``: a number of days."""
+    value = text.strip().lower().removesuffix("d")
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= 36500:
+        raise typer.BadParameter(f"{text!r} is not a number of days such as 90d")
+    return int(value)
+
+
 @app.command("list")
-def ca_list(ctx: typer.Context, output: OutputOption = Output.TABLE) -> None:
-    """List the CAs."""
+def ca_list(
+    ctx: typer.Context,
+    expiring: Annotated[
+        str | None,
+        typer.Option(help="Only CAs that expire within this many days (e.g. 90d)."),
+    ] = None,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """List the CAs (``--expiring 90d``: those that need renewing soon)."""
+    import datetime as dt
+
+    within = _days(expiring) if expiring is not None else None
     state = cli_context(ctx)
     client = state.client()
     cas = client.list_cas() if client else _local_list(state.fleet("ca list"))
+    if within is not None:
+        horizon = dt.datetime.now(dt.UTC) + dt.timedelta(days=within)
+        cas = [c for c in cas if dt.datetime.fromisoformat(c["not_after"]) <= horizon]
     if output is Output.JSON:
         print_json(cas)
         return

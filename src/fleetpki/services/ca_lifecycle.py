@@ -254,6 +254,16 @@ class CALifecycleService:
             ca = ca_record(tx, ca_id)
             return [generation_view(tx, ca, g) for g in ca.generations]
 
+    def pending(self) -> builtins.list[GenerationView]:
+        """Every generation still waiting for its hub links, oldest first (for alerts)."""
+        with self._store.transaction() as tx:
+            return [
+                generation_view(tx, ca, g)
+                for ca in tx.cas.all()
+                for g in ca.generations
+                if g.state == PENDING
+            ]
+
     def activate(self, actor: Actor, ca_id: str, *, force: bool = False) -> GenerationView:
         """Activate the CA's pending generation; with links still pending only if ``force``.
 
