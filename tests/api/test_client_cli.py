@@ -190,7 +190,11 @@ def test_ca_commands_work_remotely(server: LiveServer) -> None:
     shown = _cli(server, "ca", "show", issuing["id"])
     assert shown.returncode == 0, shown.stderr
     assert issuing["sha1"] in shown.stdout and issuing["crl_url"] in shown.stdout
-    assert json.loads(_cli(server, "ca", "show", issuing["id"], "-o", "json").stdout) == issuing
+    # ca show adds the CA's generations, as GET /v1/cas/{id}/generations returns them.
+    with Client(server.base_url, server.admin_token, verify=server.ca_bundle) as client:
+        generations = client.ca_generations(issuing["id"])
+    shown_json = json.loads(_cli(server, "ca", "show", issuing["id"], "-o", "json").stdout)
+    assert shown_json == issuing | {"generations": generations}
     exported = _cli(server, "ca", "export", issuing["id"])
     assert exported.returncode == 0, exported.stderr
     chain = x509.load_pem_x509_certificates(exported.stdout.encode())
