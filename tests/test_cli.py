@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetpki.api.ca_lifecycle import GenerationOut
 from fleetpki.api.v1_models import CAOut, CertificateOut, DomainOut, TemplateOut
 from support.openssl import verify
 from support.pkilint import assert_lints_clean
@@ -309,7 +310,9 @@ def test_json_output_has_the_api_field_names(home: Path, tmp_path: Path) -> None
     assert len(cas) == 2
     assert all(set(c) == set(CAOut.model_fields) for c in cas)
     shown = json.loads(run(home, "ca", "show", cas[1]["id"], "--output", "json").stdout)
+    generations = shown.pop("generations")
     assert shown == cas[1]
+    assert [set(g) for g in generations] == [set(GenerationOut.model_fields)]
     (template,) = json.loads(run(home, "template", "list", "-o", "json").stdout)
     assert set(template) == set(TemplateOut.model_fields)
     (domain,) = json.loads(run(home, "domain", "list", "-o", "JSON").stdout)
