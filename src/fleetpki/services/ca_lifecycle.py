@@ -29,7 +29,6 @@ from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, Vali
 from fleetpki.keystore import KeyStore
 from fleetpki.pki.ca import CAUrls, build_root_ca, build_subordinate_ca
 from fleetpki.pki.keys import KeySpec, generate_key
-from fleetpki.pki.proof import verification_certificate_builder
 from fleetpki.services.audit import write_audit
 from fleetpki.services.authority import CAUrlsConfig, ca_record
 from fleetpki.services.ca_generations import (
@@ -42,7 +41,12 @@ from fleetpki.services.ca_generations import (
     pending_links_in,
 )
 from fleetpki.services.context import Actor, Clock
-from fleetpki.services.hub_trust import upload_in, verification_code_in, verify_in
+from fleetpki.services.hub_trust import (
+    possession_proof,
+    upload_in,
+    verification_code_in,
+    verify_in,
+)
 from fleetpki.services.outbox import CA_GENERATION_CREATED
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CAGeneration, CARecord
@@ -236,12 +240,13 @@ class CALifecycleService:
         record = upload_in(tx, name, generation.certificate_der, now=now, fleetpki_ca_id=ca.id)
         record = verification_code_in(tx, record.name, now=now)
         assert record.verification_code is not None
-        builder = verification_certificate_builder(
-            record.verification_code,
+        proof = possession_proof(
+            self._keystore,
+            generation.key_ref,
             x509.load_der_x509_certificate(generation.certificate_der),
+            record.verification_code,
             now=now,
         )
-        proof = self._keystore.signer(generation.key_ref).sign_certificate(builder)
         verify_in(tx, record.name, proof.public_bytes(serialization.Encoding.PEM), now=now)
 
     def generations(self, ca_id: str) -> builtins.list[GenerationView]:

@@ -22,10 +22,9 @@ from collections.abc import Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from fleetpki.connectors.connector import ConnectorError, HubConnector, ProofSigner, TrustedCA
+from fleetpki.connectors.connector import ConnectorError, HubConnector, TrustedCA
 from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, ValidationError
 from fleetpki.keystore import KeyStore
-from fleetpki.pki.proof import verification_certificate_builder
 from fleetpki.services.audit import write_audit
 from fleetpki.services.ca_generations import ACTIVE, PENDING, RETIRING, activate_if_ready_in
 from fleetpki.services.context import Actor, Clock
@@ -52,6 +51,7 @@ from fleetpki.services.hub_link_views import (
     certificate_name_for,
     link_command,
 )
+from fleetpki.services.hub_trust import proof_signer
 from fleetpki.services.link_delivery import LINK_EVENT_TYPES, LinkTarget, record_generation_in
 from fleetpki.services.notifications import EventsWritten, HubLinksChanged
 from fleetpki.services.ports import Store, UnitOfWork
@@ -454,7 +454,7 @@ class HubLinkService:
                 trusted = connector.trust_ca(
                     name,
                     certificate.public_bytes(serialization.Encoding.PEM),
-                    self._prover(certificate, key_ref),
+                    proof_signer(self._keystore, key_ref, certificate, self._clock),
                 )
                 results.append((number, trusted))
         except ConnectorError as exc:
@@ -472,14 +472,6 @@ class HubLinkService:
             thumbprint=active.thumbprint,
             verified=active.verified,
         )
-
-    def _prover(self, certificate: x509.Certificate, key_ref: str) -> ProofSigner:
-        def prove(code: str) -> bytes:
-            builder = verification_certificate_builder(code, certificate, now=self._clock())
-            proof = self._keystore.signer(key_ref).sign_certificate(builder)
-            return proof.public_bytes(serialization.Encoding.DER)
-
-        return prove
 
     def _record_trust(
         self,

@@ -19,7 +19,7 @@ import datetime as dt
 import secrets
 import threading
 import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -46,6 +46,8 @@ __all__ = [
     "check_if_match",
     "hub_ca_view",
     "new_etag",
+    "possession_proof",
+    "proof_signer",
 ]
 
 
@@ -283,6 +285,33 @@ def delete_in(tx: UnitOfWork, name: str, *, if_match: str | None = None) -> None
     tx.publish(TrustChanged())
 
 
+def possession_proof(
+    keystore: KeyStore,
+    key_ref: str,
+    ca_certificate: x509.Certificate,
+    code: str,
+    *,
+    now: dt.datetime,
+) -> x509.Certificate:
+    """The verification certificate for ``code`` (CN = the code), signed by the CA's key
+    through the keystore's signer (ref §4.1 step 3): the one way fleetpki proves possession.
+    """
+    builder = verification_certificate_builder(code, ca_certificate, now=now)
+    return keystore.signer(key_ref).sign_certificate(builder)
+
+
+def proof_signer(
+    keystore: KeyStore, key_ref: str, ca_certificate: x509.Certificate, clock: Clock
+) -> Callable[[str], bytes]:
+    """A connector's proof signer (code in, DER verification certificate out) for a CA."""
+
+    def prove(code: str) -> bytes:
+        proof = possession_proof(keystore, key_ref, ca_certificate, code, now=clock())
+        return proof.public_bytes(serialization.Encoding.DER)
+
+    return prove
+
+
 def trust_local_ca_in(tx: UnitOfWork, keystore: KeyStore, ca_id: str, *, now: dt.datetime) -> HubCA:
     """:meth:`HubTrustService.trust_local_ca` inside the caller's unit of work."""
     try:
@@ -298,10 +327,8 @@ def trust_local_ca_in(tx: UnitOfWork, keystore: KeyStore, ca_id: str, *, now: dt
     record = existing or upload_in(tx, ca.name, ca.certificate_der, now=now, fleetpki_ca_id=ca.id)
     record = verification_code_in(tx, record.name, now=now)
     assert record.verification_code is not None
-    builder = verification_certificate_builder(
-        record.verification_code, x509.load_der_x509_certificate(ca.certificate_der), now=now
-    )
-    proof = keystore.signer(ca.key_ref).sign_certificate(builder)
+    certificate = x509.load_der_x509_certificate(ca.certificate_der)
+    proof = possession_proof(keystore, ca.key_ref, certificate, record.verification_code, now=now)
     return verify_in(tx, record.name, proof.public_bytes(serialization.Encoding.PEM), now=now)
 
 

@@ -35,11 +35,11 @@ from fleetpki.connectors.connector import (
     TrustedCA,
 )
 from fleetpki.keystore import KeyStore
-from fleetpki.pki.proof import verification_certificate_builder
 from fleetpki.services.ca_generations import activate_if_ready_in, generation_of
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.delivery import DeliveryFailed
 from fleetpki.services.hub_link_settings import certificate_name_for
+from fleetpki.services.hub_trust import proof_signer
 from fleetpki.services.outbox import (
     CA_GENERATION_CREATED,
     CERTIFICATE_RENEWED,
@@ -300,11 +300,7 @@ class LinkDelivery:
             certificate = x509.load_der_x509_certificate(generation.certificate_der)
             key_ref = generation.key_ref
 
-        def prove(code: str) -> bytes:
-            builder = verification_certificate_builder(code, certificate, now=self._clock())
-            proof = self._keystore.signer(key_ref).sign_certificate(builder)
-            return proof.public_bytes(serialization.Encoding.DER)
-
+        prove = proof_signer(self._keystore, key_ref, certificate, self._clock)
         pem = certificate.public_bytes(serialization.Encoding.PEM)
         try:
             trusted = self.connector.trust_ca(name, pem, prove)
