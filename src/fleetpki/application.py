@@ -180,6 +180,7 @@ class FleetPKI:
             keystore,
             start_consumer=self.start_consumer,
             stop_consumer=self.stop_consumer,
+            housekeeping=[self.ca_lifecycle.retire_drained],
         )
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []

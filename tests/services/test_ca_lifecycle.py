@@ -214,3 +214,50 @@ def test_bad_renewals_are_refused_and_change_nothing(fleet: FleetPKI) -> None:
         assert info.value.code == code
     assert row_counts(fleet) == before
     assert [g.number for g in fleet.ca_lifecycle.generations(ca.id)] == [1]
+
+
+def test_a_drained_generation_is_retired_and_leaves_the_linked_hub(fleet: FleetPKI) -> None:
+    ca = issuing_ca(fleet)
+    fleet.hub_links.add(ADMIN, link_command("local", "builtin"))
+    fleet.hub_links.trust(ADMIN, "local", ca.id)
+    _, _, old = issue_device_certificate(fleet, "dev-drain")
+    workers = LinkWorkers(
+        fleet.hub_links, fleet.store, fleet.now, fleet.events, fleet.keystore,
+        start_consumer=fleet.start_consumer, stop_consumer=fleet.stop_consumer,
+        backoff=Backoff(base=0.02, cap=0.05), resync=0.2,
+    )  # fmt: skip
+    workers.start()
+    try:
+        new = fleet.ca_lifecycle.renew(ADMIN, ca.id, RenewCommand(rekey=True))
+        _wait(lambda: fleet.ca_lifecycle.generations(ca.id)[-1].state == "active", "activation")
+        assert fleet.ca_lifecycle.retire_drained() == []  # dev-drain's certificate is out there
+        fleet.certificates.revoke(ADMIN, old.serial_hex, RevocationReason.SUPERSEDED)
+        [retired] = fleet.ca_lifecycle.retire_drained()
+        assert (retired.number, retired.state) == (1, "retired")
+        _wait(
+            lambda: {h.sha1_hex.upper() for h in fleet.hub_trust.list()} == {new.sha1_hex.upper()},
+            "the old generation to leave the hub",
+        )
+    finally:
+        workers.stop()
+    assert fleet.ca_lifecycle.retire_drained() == []
+    # Its CRL is still served, and lists the certificate revoked last.
+    crl = x509.load_der_x509_crl(fleet.revocation_status.crl(ca.id, 1).der)
+    assert [e.serial_number for e in crl] == [int(old.serial_hex, 16)]
+
+
+def test_a_certificate_renewed_away_no_longer_holds_its_generation(fleet: FleetPKI) -> None:
+    from conftest import make_csr
+
+    ca = issuing_ca(fleet)
+    leaf, _, _ = issue_device_certificate(fleet, "dev-away")
+    fleet.ca_lifecycle.renew(ADMIN, ca.id, RenewCommand(rekey=False))
+    assert fleet.ca_lifecycle.retire_drained() == []
+    _, csr = make_csr("dev-away")
+    renewed = fleet.renewal.renew_with_client_certificate(
+        certificate_der=leaf.public_bytes(serialization.Encoding.DER), csr=csr, source="test"
+    )
+    assert renewed.certificate.ca_id == ca.id
+    assert [g.number for g in fleet.ca_lifecycle.retire_drained()] == [1]
+    states = [g.state for g in fleet.ca_lifecycle.generations(ca.id)]
+    assert states == ["retired", "active"]

@@ -33,6 +33,8 @@ from fleetpki.services.audit import write_audit
 from fleetpki.services.authority import CAUrlsConfig, ca_record
 from fleetpki.services.ca_generations import (
     PENDING,
+    RETIRED,
+    RETIRING,
     GenerationView,
     activate_in,
     generation_of,
@@ -40,14 +42,15 @@ from fleetpki.services.ca_generations import (
     generation_view,
     pending_links_in,
 )
-from fleetpki.services.context import Actor, Clock
+from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.hub_trust import (
+    delete_in,
     possession_proof,
     upload_in,
     verification_code_in,
     verify_in,
 )
-from fleetpki.services.outbox import CA_GENERATION_CREATED
+from fleetpki.services.outbox import CA_GENERATION_CREATED, CA_GENERATION_RETIRED
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CAGeneration, CARecord
 
@@ -258,6 +261,49 @@ class CALifecycleService:
         with self._store.transaction() as tx:
             ca = ca_record(tx, ca_id)
             return [generation_view(tx, ca, g) for g in ca.generations]
+
+    def retire_drained(self) -> builtins.list[GenerationView]:
+        """Retire every retiring generation of an issuing CA with nothing outstanding.
+
+        Nothing outstanding: no certificate of the generation is valid, unexpired and not
+        renewed away. A retired generation is removed from the built-in hub's trust here
+        and from every linked hub by its link (``ca.generation_retired``); its CRL and
+        OCSP are still served. Run periodically by ``fleetpki serve``; returns what was
+        retired.
+        """
+        now = self._clock()
+        actor = Actor(LOCAL_ADMIN_ID, is_admin=True, source="ca housekeeping")
+        retired = []
+        with self._store.transaction() as tx:
+            for ca in tx.cas.all():
+                if ca.tier != "issuing":
+                    continue  # a root's certificates are CAs: retiring roots is an operator's call
+                for generation in ca.generations:
+                    if generation.state != RETIRING:
+                        continue
+                    if tx.certificates.outstanding_of(ca.id, generation.number, now):
+                        continue
+                    generation.state, generation.retired_at = RETIRED, now
+                    for held in tx.hub_cas.list():
+                        if held.sha1_hex.upper() == generation.sha1_hex.upper():
+                            delete_in(tx, held.name)
+                    tx.events.append(
+                        CA_GENERATION_RETIRED,
+                        ca.id,
+                        {"ca_id": ca.id, "generation": generation.number},
+                        at=now,
+                    )
+                    write_audit(
+                        tx,
+                        actor,
+                        "ca.retire_generation",
+                        "ca",
+                        ca.id,
+                        at=now,
+                        details={"generation": generation.number},
+                    )
+                    retired.append(generation_view(tx, ca, generation))
+        return retired
 
     def pending(self) -> builtins.list[GenerationView]:
         """Every generation still waiting for its hub links, oldest first (for alerts)."""

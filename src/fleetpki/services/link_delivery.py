@@ -42,6 +42,7 @@ from fleetpki.services.hub_link_settings import certificate_name_for
 from fleetpki.services.hub_trust import proof_signer
 from fleetpki.services.outbox import (
     CA_GENERATION_CREATED,
+    CA_GENERATION_RETIRED,
     CERTIFICATE_RENEWED,
     CERTIFICATE_REVOKED,
     DOMAIN_REGISTERED,
@@ -65,7 +66,13 @@ _log = logging.getLogger(__name__)
 
 #: The events a hub link consumes.
 LINK_EVENT_TYPES = frozenset(
-    {CERTIFICATE_REVOKED, CERTIFICATE_RENEWED, DOMAIN_REGISTERED, CA_GENERATION_CREATED}
+    {
+        CERTIFICATE_REVOKED,
+        CERTIFICATE_RENEWED,
+        DOMAIN_REGISTERED,
+        CA_GENERATION_CREATED,
+        CA_GENERATION_RETIRED,
+    }
 )
 
 
@@ -208,6 +215,8 @@ class LinkDelivery:
                 self.connector.register_device(str(payload["name"]))
             elif delivery.event_type == CA_GENERATION_CREATED:
                 self._generation_created(str(payload["ca_id"]), int(payload["generation"]))
+            elif delivery.event_type == CA_GENERATION_RETIRED:
+                self._generation_retired(str(payload["ca_id"]), int(payload["generation"]))
         except ConnectorError as exc:
             raise _failed(exc) from exc
 
@@ -308,6 +317,31 @@ class LinkDelivery:
             self._record_generation(ca_id, number, None, f"{exc.message} ({exc.code})")
             raise
         self._record_generation(ca_id, number, trusted, None)
+
+    def _generation_retired(self, ca_id: str, number: int) -> None:
+        """Remove a retired generation's certificate from the hub (idempotent)."""
+        with self._store.transaction() as tx:
+            ca = tx.cas.get(ca_id)
+            if ca is None:
+                return
+            name = certificate_name_for(ca.name, ca.id, number)
+        self.connector.remove_ca(name)
+        now = self._clock()
+        with self._store.transaction() as tx:
+            link = tx.hub_links.get(self.target.name)
+            entry = next(
+                (
+                    g
+                    for g in (link.generations if link is not None else [])
+                    if g.ca_id == ca_id and g.generation == number
+                ),
+                None,
+            )
+            if entry is not None:
+                entry.removed_at, entry.updated_at = now, now
+        _log.info(
+            "link %s: CA %s generation %d removed from the hub", self.target.name, ca_id, number
+        )
 
     def _record_generation(
         self, ca_id: str, number: int, trusted: TrustedCA | None, error: str | None

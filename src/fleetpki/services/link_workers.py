@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from fleetpki.connectors.connector import ConnectorError
@@ -67,7 +67,9 @@ class LinkWorkers:
         max_attempts: attempts before a delivery is given up on as failed.
         backoff: the retry backoff.
         resync: seconds between looks at the stored links.
-        pin_interval: seconds between releases of expired pins.
+        pin_interval: seconds between releases of expired pins (and housekeeping).
+        housekeeping: further periodic CA-side work run at the same pace (the
+            retirement of drained CA generations).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class LinkWorkers:
         backoff: Backoff | None = None,
         resync: float = 5.0,
         pin_interval: float = 60.0,
+        housekeeping: Sequence[Callable[[], object]] = (),
     ) -> None:
         self._links = links
         self._keystore = keystore
@@ -96,6 +99,7 @@ class LinkWorkers:
         self._backoff = backoff
         self._resync = resync
         self._pin_interval = pin_interval
+        self._housekeeping = tuple(housekeeping)
         self._running: dict[str, _Running] = {}
         self._broken: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -214,6 +218,8 @@ class LinkWorkers:
             if time.monotonic() >= pins_due:
                 pins_due = time.monotonic() + self._pin_interval
                 self._guarded(self.release_expired_pins)
+                for step in self._housekeeping:
+                    self._guarded(step)
             self._wake.wait(min(self._resync, max(pins_due - time.monotonic(), 0.0)))
             self._wake.clear()
             if not self._stopping.is_set():

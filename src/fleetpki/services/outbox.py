@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "CA_GENERATION_CREATED",
+    "CA_GENERATION_RETIRED",
     "CERTIFICATE_RENEWED",
     "CERTIFICATE_REVOKED",
     "DOMAIN_REGISTERED",
@@ -19,3 +20,5 @@ DOMAIN_REGISTERED = "domain.registered"
 #: A CA was renewed: every link that trusts it uploads and verifies the new generation,
 #: which becomes active once all of them hold it (hubs first).
 CA_GENERATION_CREATED = "ca.generation_created"
+#: A CA generation has nothing outstanding: every link removes it from its hub.
+CA_GENERATION_RETIRED = "ca.generation_retired"

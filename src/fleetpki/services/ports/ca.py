@@ -144,6 +144,12 @@ class CertificateRepository(Protocol):
         """The revoked certificates of a CA (what its CRL lists)."""
         ...
 
+    def outstanding_of(self, ca_id: str, generation: int, now: dt.datetime) -> int:
+        """How many certificates of this CA generation are still usable: valid, not
+        expired, and not renewed away (no certificate renews them).
+        """
+        ...
+
     def nearest_expiry(self, now: dt.datetime) -> dt.datetime | None:
         """The earliest ``not_after`` among unrevoked certificates still valid at ``now``."""
         ...

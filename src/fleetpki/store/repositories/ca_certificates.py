@@ -6,7 +6,7 @@ import datetime as dt
 
 from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from fleetpki.services.ports.ca import CertificateSearch
 from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId
@@ -101,6 +101,19 @@ class SqlCertificateRepository:
                 )
             )
         )
+
+    def outstanding_of(self, ca_id: str, generation: int, now: dt.datetime) -> int:
+        """See :meth:`CertificateRepository.outstanding_of`."""
+        renewal = aliased(CertificateRecord)
+        renewed = select(renewal.id).where(renewal.renews_id == CertificateRecord.id).exists()
+        query = select(func.count(CertificateRecord.id)).where(
+            CertificateRecord.ca_id == ca_id,
+            CertificateRecord.ca_generation == generation,
+            CertificateRecord.status == "valid",
+            CertificateRecord.not_after > now,
+            ~renewed,
+        )
+        return int(self._session.scalar(query) or 0)
 
     def nearest_expiry(self, now: dt.datetime) -> dt.datetime | None:
         """See :meth:`CertificateRepository.nearest_expiry`."""
