@@ -31,6 +31,8 @@ def test_the_demo_runs_end_to_end() -> None:
     assert "CONNACK 5" in done.stdout
     assert "through Azure's APIs" in done.stdout and "verified" in done.stdout
     assert f"link {demo.DEMO_LINK} disabled" in done.stdout
+    assert "generation 2 with a new key, active once the hub link held it" in done.stdout
+    assert "(2 CA certificates in the hub)" in done.stdout
 
 
 def test_a_failing_step_fails_the_demo_and_stops_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,9 @@ client-credentials endpoint, which the demo turns on) and trusts the issuing CA
 there by proof of possession, runs the tutorial's device (hub registration through the service
 API, domain, RSA-4096 key and CSR, a 10-day certificate over the EZCA routes,
 MQTT over TLS, five telemetry messages), shows what the hub stored, renews the
-certificate with itself and reconnects, revokes it and measures how long the live
+certificate with itself and reconnects, renews the issuing CA with a new key (the
+hub gets it first; the device renews onto it; the old generation stays trusted while
+what it signed is outstanding), revokes the device's certificate and measures how long the live
 session survives, sees the link disable the device in the hub, and checks that a
 reconnect is refused.  Nothing is simulated
 but the device's sensor readings.
@@ -250,6 +252,50 @@ def _renew(state: DemoState, _console: Console) -> str:
     )
 
 
+def _rollover(state: DemoState, _console: Console) -> str:
+    from fleetpki.device import DeviceClient, DeviceIdentity, EzcaEnroller, renew_identity
+    from fleetpki.services.ca_lifecycle import RenewCommand
+
+    assert isinstance(state.identity, DeviceIdentity)
+    assert isinstance(state.client, DeviceClient)
+    assert state.ca_bundle is not None
+    fleet, admin = state.fleet(), Actor.local_admin()
+    generation = fleet.ca_lifecycle.renew(admin, state.issuing_id, RenewCommand(rekey=True))
+    started = time.perf_counter()
+    while fleet.ca_lifecycle.generations(state.issuing_id)[-1].state != "active":
+        if time.perf_counter() - started > _SESSION_CLOSE_TIMEOUT:
+            raise FleetPKIError("demo.not_activated", "the hub link did not take the new CA")
+        time.sleep(0.01)
+    in_hub = len(fleet.hub_trust.list())
+    # The device renews onto the new generation's chain with no configuration.
+    with EzcaEnroller(state.api_url, state.agent_token, verify=state.ca_bundle) as enroller:
+        new = renew_identity(enroller, state.identity)
+    state.client.close()
+    state.identity = new
+    client = DeviceClient(
+        new,
+        "localhost",
+        port=fleet.settings.mqtt_port,
+        connect_host="127.0.0.1",
+        ca_bundle=state.ca_bundle,
+    )
+    client.connect()
+    client.send_telemetry({"deviceId": new.device_id, "messageId": 7, "newCA": True})
+    state.client = client
+    # The old generation stays trusted while anything it signed is outstanding: here the
+    # server's own TLS certificate, which renews on its own schedule.
+    retired = fleet.ca_lifecycle.retire_drained()
+    states = {g.number: g.state for g in fleet.ca_lifecycle.generations(state.issuing_id)}
+    if retired or states.get(generation.number - 1) != "retiring":
+        raise FleetPKIError("demo.retired_early", f"unexpected generation states {states}")
+    return (
+        f"generation {generation.number} with a new key, active once the hub link held it "
+        f"({in_hub} CA certificates in the hub); the device renewed onto it and reconnected; "
+        f"generation {generation.number - 1} stays trusted, retiring, until what it signed "
+        "(the server's TLS certificate) expires or renews"
+    )
+
+
 def _revoke(state: DemoState, _console: Console) -> str:
     from fleetpki.client import Client
     from fleetpki.device import DeviceClient, DeviceIdentity
@@ -324,6 +370,7 @@ STEPS = [
     Step("simulate the tutorial's device", _simulate),
     Step("show the telemetry the hub stored", _show_telemetry),
     Step("renew with the current certificate and reconnect", _renew),
+    Step("renew the issuing CA with a new key (hubs first)", _rollover),
     Step("revoke: the live session closes", _revoke),
     Step("the hub link disables the device", _disabled),
     Step("reconnect with the revoked certificate", _refused),

@@ -236,7 +236,13 @@ class CALifecycleService:
     def _trust_in_builtin_hub(
         self, tx: UnitOfWork, ca: CARecord, generation: CAGeneration, now: dt.datetime
     ) -> None:
-        """Give the built-in hub the new generation when it trusts the CA directly."""
+        """Give the built-in hub the new generation when it trusts the CA directly.
+
+        When a link trusts the CA, the links carry the generation (a builtin link to
+        this same hub included), so it is not uploaded twice.
+        """
+        if pending_links_in(tx, ca.id, generation.number):
+            return
         if not any(h.fleetpki_ca_id == ca.id for h in tx.hub_cas.list()):
             return
         name = f"{ca.name}-g{generation.number}"
