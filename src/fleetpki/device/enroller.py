@@ -35,6 +35,7 @@ from fleetpki.device.identity import (
 )
 from fleetpki.errors import ValidationError
 from fleetpki.keystore import PrivateKey
+from fleetpki.pki.chain import is_self_signed, issued_by
 from fleetpki.pki.keys import KeySpec, key_spec_of
 
 __all__ = [
@@ -111,9 +112,9 @@ def order_chain(
     """The intermediates from ``others`` that lead from ``leaf`` upwards, issuer first."""
     chain: list[x509.Certificate] = []
     current = leaf
-    pool = [c for c in others if c.subject != c.issuer]  # roots are trust anchors, not sent
+    pool = [c for c in others if not is_self_signed(c)]  # roots are trust anchors, not sent
     while True:
-        parent = next((c for c in pool if c.subject == current.issuer and c not in chain), None)
+        parent = next((c for c in pool if issued_by(current, c) and c not in chain), None)
         if parent is None:
             return tuple(chain)
         chain.append(parent)
@@ -143,7 +144,7 @@ def split_issued(
             "enroll.no_certificate", "the server's answer holds no certificate for the CSR's key"
         )
     others = [c for c in certificates if c is not leaf]
-    roots = tuple(c for c in others if c.subject == c.issuer)
+    roots = tuple(c for c in others if is_self_signed(c))
     return EnrolledCertificate(leaf, order_chain(leaf, others), roots)
 
 

@@ -20,6 +20,7 @@ from fleetpki.device.enroller import EnrolledCertificate, EnrollerBase, order_ch
 from fleetpki.device.identity import DeviceIdentity, client_ssl_context
 from fleetpki.device.transport import DEFAULT_HTTP_TIMEOUT, HttpTransport, verify_context
 from fleetpki.errors import FleetPKIError, ValidationError
+from fleetpki.pki.chain import is_self_signed
 
 __all__ = ["EstEnroller"]
 
@@ -89,7 +90,7 @@ class EstEnroller(EnrollerBase):
         if not chain or not roots:
             cas = self.ca_certificates()
             chain = chain or order_chain(issued.certificate, cas)
-            roots = roots or tuple(c for c in cas if c.subject == c.issuer)
+            roots = roots or tuple(c for c in cas if is_self_signed(c))
         return EnrolledCertificate(issued.certificate, chain, roots)
 
     @staticmethod

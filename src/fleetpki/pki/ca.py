@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_ISSUING_DAYS",
     "DEFAULT_ROOT_DAYS",
     "CAUrls",
+    "build_cross_certificate",
     "build_root_ca",
     "build_subordinate_ca",
     "ca_name",
@@ -132,3 +133,50 @@ def build_subordinate_ca(
     if aia is not None:
         builder = builder.add_extension(aia, critical=False)
     return parent_signer.sign_certificate(builder)
+
+
+def build_cross_certificate(
+    subject_cert: x509.Certificate,
+    issuer_cert: x509.Certificate,
+    issuer_signer: Signer,
+    *,
+    now: dt.datetime,
+) -> x509.Certificate:
+    """Certify ``subject_cert``'s key and name with another key of the same CA.
+
+    The link certificates of a root rollover (RFC 4210 §4.4): with the old root as
+    ``issuer_cert`` it is NewWithOld (the new key under the old, for relying parties
+    that hold only the old root), with the new root as ``issuer_cert`` OldWithNew. The
+    subject, key, key identifier and CA constraints are the subject certificate's;
+    issuer and authority key identifier are the issuer's; the validity is the overlap
+    of the two.
+
+    Raises:
+        ValidationError: ``ca.expired`` when the two certificates' validities do not overlap.
+    """
+    not_before = max(subject_cert.not_valid_before_utc, issuer_cert.not_valid_before_utc)
+    not_after = min(subject_cert.not_valid_after_utc, issuer_cert.not_valid_after_utc)
+    if not_after <= max(not_before, now):
+        raise ValidationError("ca.expired", "the two CA certificates are never valid together")
+    issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    constraints = subject_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject_cert.subject)
+        .issuer_name(issuer_cert.subject)
+        .public_key(subject_cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(constraints, critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(subject_cert.public_key()),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
+            critical=False,
+        )
+    )
+    return issuer_signer.sign_certificate(builder)

@@ -29,7 +29,13 @@ from fleetpki.pki.issuance import Issuer, thumbprints
 from fleetpki.pki.keys import CA_KEY_SPECS, KeySpec, generate_key
 from fleetpki.pki.profile import DEFAULT_MAX_VALIDITY_DAYS, KeyUsageName, Template
 from fleetpki.services.audit import write_audit
-from fleetpki.services.ca_generations import ACTIVE, generation_record
+from fleetpki.services.ca_generations import (
+    ACTIVE,
+    generation_of,
+    generation_record,
+    link_certificates,
+    signing_generation,
+)
 from fleetpki.services.ca_views import (
     CAView,
     HierarchyView,
@@ -172,13 +178,30 @@ def ca_certificate(ca: CARecord | CAView) -> x509.Certificate:
     return x509.load_der_x509_certificate(ca.certificate_der)
 
 
-def ca_chain_of(tx: UnitOfWork, ca: CARecord) -> list[x509.Certificate]:
-    """The CA's certificate followed by its parents up to the root (caller's unit)."""
-    chain = [ca_certificate(ca)]
-    current = ca
-    while current.parent_id is not None:
-        current = ca_record(tx, current.parent_id)
-        chain.append(ca_certificate(current))
+def ca_chain_of(
+    tx: UnitOfWork, ca: CARecord, generation: int | None = None
+) -> list[x509.Certificate]:
+    """The CA's certificate followed by its parents up to the root (caller's unit).
+
+    ``generation`` picks the CA's certificate (default: the active one); each parent
+    is the generation that signed the one below it (see
+    :func:`~fleetpki.services.ca_generations.signing_generation`). While a root
+    rollover is under way, the root's link certificates follow the root, so a relying
+    party that holds either root generation finds a path.
+    """
+    current_ca = ca
+    current = generation_of(ca, generation if generation is not None else ca.generation)
+    if current is None:
+        raise NotFoundError(
+            "ca.generation_missing", f"CA {ca.name!r} has no generation {generation}"
+        )
+    chain = [x509.load_der_x509_certificate(current.certificate_der)]
+    while current_ca.parent_id is not None:
+        parent = ca_record(tx, current_ca.parent_id)
+        current = signing_generation(parent, current.parent_generation)
+        current_ca = parent
+        chain.append(x509.load_der_x509_certificate(current.certificate_der))
+    chain.extend(link_certificates(current_ca, current))
     return chain
 
 
@@ -248,7 +271,17 @@ def _ca_record(
 ) -> CARecord:
     der = cert.public_bytes(serialization.Encoding.DER)
     sha1, _ = thumbprints(der)
-    first = generation_record(ca_id, 1, ACTIVE, cert, key_ref, spec, key_created_at=now, now=now)
+    first = generation_record(
+        ca_id,
+        1,
+        ACTIVE,
+        cert,
+        key_ref,
+        spec,
+        key_created_at=now,
+        now=now,
+        parent_generation=1 if parent_id is not None else None,
+    )
     first.activated_at = now
     return CARecord(
         id=ca_id,

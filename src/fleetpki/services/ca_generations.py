@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from fleetpki.errors import NotFoundError
 from fleetpki.pki.issuance import thumbprints
 from fleetpki.pki.keys import KeySpec
 from fleetpki.services.audit import write_audit
@@ -38,7 +39,10 @@ __all__ = [
     "generation_of",
     "generation_record",
     "generation_view",
+    "link_certificates",
+    "parent_pending",
     "pending_links_in",
+    "signing_generation",
 ]
 
 PENDING, ACTIVE, RETIRING, RETIRED = "pending", "active", "retiring", "retired"
@@ -54,6 +58,11 @@ class GenerationView:
         rekeyed: whether its key differs from the previous generation's.
         pending_links: for a pending generation, the hub links that do not hold it
             verified yet.
+        parent_generation: the parent's generation that signed it (``None`` for a root).
+        waits_for_parent: a pending generation signed by a parent generation that is
+            itself still pending (a root rollover): it activates after its parent's.
+        cross_certificates_der: for a root generation with a new key, the two link
+            certificates (new key under the old, old key under the new).
     """
 
     ca_id: str
@@ -71,6 +80,9 @@ class GenerationView:
     retired_at: dt.datetime | None
     pending_links: tuple[str, ...]
     certificate_der: bytes
+    parent_generation: int | None = None
+    waits_for_parent: bool = False
+    cross_certificates_der: tuple[bytes, ...] = ()
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -88,6 +100,7 @@ def generation_record(
     *,
     key_created_at: dt.datetime,
     now: dt.datetime,
+    parent_generation: int | None = None,
 ) -> CAGeneration:
     """The stored form of a new generation (its CRL not built yet)."""
     der = cert.public_bytes(serialization.Encoding.DER)
@@ -107,12 +120,58 @@ def generation_record(
         created_at=now,
         crl_number=0,
         crl_stale=True,
+        parent_generation=parent_generation,
     )
 
 
 def generation_of(ca: CARecord, number: int) -> CAGeneration | None:
     """Generation ``number`` of ``ca``."""
     return next((g for g in ca.generations if g.number == number), None)
+
+
+def signing_generation(parent: CARecord, number: int | None) -> CAGeneration:
+    """The generation of ``parent`` to put above a child generation it signed as ``number``.
+
+    The parent's active generation when it has the same key as generation ``number``
+    (a same-key renewal: the child's signature verifies under either, and the active one
+    lasts longer), otherwise generation ``number`` itself (the child was signed by a key
+    the parent has since rolled over).
+    """
+    active = generation_of(parent, parent.generation)
+    signed = generation_of(parent, number) if number is not None else None
+    if signed is None or (active is not None and active.key_ref == signed.key_ref):
+        if active is None:  # every CA has its active generation (migration 0007)
+            raise NotFoundError(
+                "ca.generation_missing", f"CA {parent.id} has no generation {parent.generation}"
+            )
+        return active
+    return signed
+
+
+def link_certificates(root: CARecord, generation: CAGeneration) -> list[x509.Certificate]:
+    """The rollover link certificates that let holders of another root generation validate.
+
+    For a new-key generation whose predecessor is not retired, NewWithOld (this key
+    under the old one); for a generation whose successor rolled the key and is not
+    retired, that successor's OldWithNew (this key under the new one).
+    """
+    links = []
+    previous = generation_of(root, generation.number - 1)
+    if generation.cross_der and previous is not None and previous.state != RETIRED:
+        links.append(x509.load_der_x509_certificate(generation.cross_der))
+    following = generation_of(root, generation.number + 1)
+    if following is not None and following.back_cross_der and following.state != RETIRED:
+        links.append(x509.load_der_x509_certificate(following.back_cross_der))
+    return links
+
+
+def parent_pending(tx: UnitOfWork, ca: CARecord, generation: CAGeneration) -> bool:
+    """Whether ``generation`` was signed by a parent generation that is still pending."""
+    if ca.parent_id is None or generation.parent_generation is None:
+        return False
+    parent = tx.cas.get(ca.parent_id)
+    signed = generation_of(parent, generation.parent_generation) if parent else None
+    return signed is not None and signed.state == PENDING
 
 
 def pending_links_in(tx: UnitOfWork, ca_id: str, number: int) -> list[str]:
@@ -152,6 +211,11 @@ def generation_view(tx: UnitOfWork, ca: CARecord, generation: CAGeneration) -> G
             else ()
         ),
         certificate_der=generation.certificate_der,
+        parent_generation=generation.parent_generation,
+        waits_for_parent=generation.state == PENDING and parent_pending(tx, ca, generation),
+        cross_certificates_der=tuple(
+            der for der in (generation.cross_der, generation.back_cross_der) if der
+        ),
     )
 
 
@@ -167,7 +231,8 @@ def activate_in(
     """Make ``generation`` the CA's active one: it issues from now on.
 
     The previous active generation becomes retiring; the CA row takes the new key and
-    certificate (the one place that writes them after creation).
+    certificate (the one place that writes them after creation). Child generations that
+    waited for this one (re-certified under a rolled-over root) activate when ready.
     """
     for other in ca.generations:
         if other.state == ACTIVE and other is not generation:
@@ -187,12 +252,24 @@ def activate_in(
         details["forced"] = True
         details["pending_links"] = pending_links_in(tx, ca.id, generation.number)
     write_audit(tx, actor, "ca.activate", "ca", ca.id, at=now, details=details)
+    for child in tx.cas.children_of(ca.id):
+        waiting = next(
+            (
+                g
+                for g in child.generations
+                if g.state == PENDING and g.parent_generation == generation.number
+            ),
+            None,
+        )
+        if waiting is not None:
+            activate_if_ready_in(tx, actor, child.id, waiting.number, now=now)
 
 
 def activate_if_ready_in(
     tx: UnitOfWork, actor: Actor, ca_id: str, number: int, *, now: dt.datetime
 ) -> bool:
-    """Activate generation ``number`` of ``ca_id`` if it is pending and no link lacks it.
+    """Activate generation ``number`` of ``ca_id`` if it is pending, no link lacks it and
+    the parent generation that signed it is active.
 
     Returns whether it was activated now.
     """
@@ -200,7 +277,7 @@ def activate_if_ready_in(
     generation = generation_of(ca, number) if ca is not None else None
     if ca is None or generation is None or generation.state != PENDING:
         return False
-    if pending_links_in(tx, ca_id, number):
+    if pending_links_in(tx, ca_id, number) or parent_pending(tx, ca, generation):
         return False
     activate_in(tx, actor, ca, generation, now=now)
     return True

@@ -11,9 +11,14 @@ and issuance switches to it. A CA that no link trusts activates at once. The bui
 hub, when it trusts the CA directly (``fleetpki hub trust``), gets the new
 generation in the renewal's own unit of work.
 
-Root renewal keeps the root's key (a new self-signed certificate over the same key
-and name, so issuing CAs' certificates chain to either); a root rollover to a new key
-(cross-certificates) is not built yet and is refused.
+A root renewed with its own key gets a new self-signed certificate over the same key
+and name, so issuing CAs' certificates chain to either. A root renewed with a new key
+is a *rollover* (RFC 4210 §4.4): the new self-signed root, the two link certificates
+(the new key certified by the old one, and the old by the new) kept with it, and every
+issuing CA under it re-certified (its own key, signed by the new root key) as a
+pending generation that activates after the new root does. Chains carry the link
+certificates while both root generations are live, so a relying party holding either
+root validates certificates from either side of the rollover.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, ValidationError
 from fleetpki.keystore import KeyStore
-from fleetpki.pki.ca import CAUrls, build_root_ca, build_subordinate_ca
+from fleetpki.pki.ca import CAUrls, build_cross_certificate, build_root_ca, build_subordinate_ca
 from fleetpki.pki.keys import KeySpec, generate_key
 from fleetpki.services.audit import write_audit
 from fleetpki.services.authority import CAUrlsConfig, ca_record
@@ -40,6 +45,7 @@ from fleetpki.services.ca_generations import (
     generation_of,
     generation_record,
     generation_view,
+    parent_pending,
     pending_links_in,
 )
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
@@ -113,12 +119,16 @@ class CALifecycleService:
     def renew(self, actor: Actor, ca_id: str, command: RenewCommand) -> GenerationView:
         """Make a new generation of the CA; it activates once every link holds it.
 
+        For a root with ``rekey``, a rollover: the new root with its link certificates,
+        and a re-certified generation of every issuing CA under it (returned: the root's).
+
         Raises:
             PermissionDenied: ``auth.admin_required``.
             NotFoundError: ``ca.not_found``.
             ValidationError: ``ca.retired``, ``ca.bad_days``, ``ca.days_beyond_parent``,
-                ``ca.parent_not_active``, ``ca.root_rollover_unsupported``.
-            ConflictError: ``ca.renewal_pending`` while an earlier renewal waits for hubs.
+                ``ca.parent_not_active``.
+            ConflictError: ``ca.renewal_pending`` while an earlier renewal of the CA (or,
+                for a root rollover, of an issuing CA under it) waits for hubs.
         """
         _require_admin(actor)
         now = self._clock()
@@ -139,37 +149,117 @@ class CALifecycleService:
                 if command.rekey is not None
                 else now - current.key_created_at >= self._rekey_after
             )
-            if ca.tier == "root" and rekey:
-                raise ValidationError(
-                    "ca.root_rollover_unsupported",
-                    "a root is renewed with its own key (--same-key); a rollover to a new root "
-                    "key, with cross-certificates, is not supported yet",
-                )
-            generation = self._new_generation(tx, ca, current, rekey, command.days, now)
-            ca.generations.append(generation)
-            tx.events.append(
-                CA_GENERATION_CREATED,
-                ca.id,
-                {"ca_id": ca.id, "generation": generation.number},
-                at=now,
-            )
-            self._trust_in_builtin_hub(tx, ca, generation, now)
-            write_audit(
-                tx,
-                actor,
-                "ca.renew",
-                "ca",
-                ca.id,
-                at=now,
-                details={
-                    "generation": generation.number,
-                    "rekey": rekey,
-                    "not_after": generation.not_after.isoformat(),
-                },
-            )
+            children = [c for c in tx.cas.children_of(ca.id) if c.status == "active"]
+            rollover = ca.tier == "root" and rekey
+            if rollover:
+                for child in children:
+                    held = next((g for g in child.generations if g.state == PENDING), None)
+                    if held is not None:
+                        raise ConflictError(
+                            "ca.renewal_pending",
+                            f"generation {held.number} of the issuing CA {child.name!r} still "
+                            "waits for its hub links; a root rollover re-certifies it, so "
+                            "activate or finish that renewal first",
+                        )
+                generation = self._rolled_root(ca, current, command.days, now)
+            else:
+                generation = self._new_generation(tx, ca, current, rekey, command.days, now)
+            self._add_generation(tx, actor, ca, generation, "ca.renew", now, rekey=rekey)
+            if rollover:
+                root_cert = x509.load_der_x509_certificate(generation.certificate_der)
+                for child in children:
+                    recertified = self._recertified(ca, generation, root_cert, child, now)
+                    self._add_generation(tx, actor, child, recertified, "ca.recertify", now)
             if not pending_links_in(tx, ca.id, generation.number):
                 activate_in(tx, actor, ca, generation, now=now)
             return generation_view(tx, ca, generation)
+
+    def _add_generation(
+        self,
+        tx: UnitOfWork,
+        actor: Actor,
+        ca: CARecord,
+        generation: CAGeneration,
+        action: str,
+        now: dt.datetime,
+        *,
+        rekey: bool = False,
+    ) -> None:
+        """Record a new pending generation: the outbox event, direct trust, the audit."""
+        ca.generations.append(generation)
+        tx.events.append(
+            CA_GENERATION_CREATED,
+            ca.id,
+            {"ca_id": ca.id, "generation": generation.number},
+            at=now,
+        )
+        self._trust_in_builtin_hub(tx, ca, generation, now)
+        details: dict[str, object] = {
+            "generation": generation.number,
+            "rekey": rekey,
+            "not_after": generation.not_after.isoformat(),
+        }
+        if generation.parent_generation is not None:
+            details["parent_generation"] = generation.parent_generation
+        write_audit(tx, actor, action, "ca", ca.id, at=now, details=details)
+
+    def _rolled_root(
+        self, ca: CARecord, current: CAGeneration, days: int | None, now: dt.datetime
+    ) -> CAGeneration:
+        """A new root generation on a new key, with its two link certificates."""
+        if days is not None and not 1 <= days <= 36500:
+            raise ValidationError("ca.bad_days", "--days must be between 1 and 36500")
+        lifetime = current.not_after - current.not_before
+        spec = KeySpec(current.key_spec)
+        old_cert = x509.load_der_x509_certificate(current.certificate_der)
+        old_signer = self._keystore.signer(current.key_ref)
+        signer = self._keystore.create(generate_key(spec))
+        wanted = days if days is not None else max(lifetime.days, 1)
+        new_cert = build_root_ca(signer, old_cert.subject, now=now, days=wanted)
+        new_with_old = build_cross_certificate(new_cert, old_cert, old_signer, now=now)
+        old_with_new = build_cross_certificate(old_cert, new_cert, signer, now=now)
+        number = max(g.number for g in ca.generations) + 1
+        generation = generation_record(
+            ca.id, number, PENDING, new_cert, signer.key_ref, spec, key_created_at=now, now=now
+        )
+        generation.cross_der = new_with_old.public_bytes(serialization.Encoding.DER)
+        generation.back_cross_der = old_with_new.public_bytes(serialization.Encoding.DER)
+        return generation
+
+    def _recertified(
+        self,
+        root: CARecord,
+        root_generation: CAGeneration,
+        root_cert: x509.Certificate,
+        child: CARecord,
+        now: dt.datetime,
+    ) -> CAGeneration:
+        """The child CA's key and name certified by the new root generation (pending)."""
+        current = _active(child)
+        lifetime = current.not_after - current.not_before
+        cert = build_subordinate_ca(
+            root_cert,
+            self._keystore.signer(root_generation.key_ref),
+            self._keystore.signer(current.key_ref),
+            x509.load_der_x509_certificate(current.certificate_der).subject,
+            now=now,
+            days=max(lifetime.days, 1),
+            urls=CAUrls(
+                crl_url=self._urls.crl_url(root.id, root_generation.number),
+                ca_issuers_url=self._urls.ca_issuers_url(root.id, root_generation.number),
+            ),
+        )
+        return generation_record(
+            child.id,
+            max(g.number for g in child.generations) + 1,
+            PENDING,
+            cert,
+            current.key_ref,
+            KeySpec(current.key_spec),
+            key_created_at=current.key_created_at,
+            now=now,
+            parent_generation=root_generation.number,
+        )
 
     def _new_generation(
         self,
@@ -192,6 +282,7 @@ class CALifecycleService:
             key_created_at = current.key_created_at
         subject = x509.load_der_x509_certificate(current.certificate_der).subject
         number = max(g.number for g in ca.generations) + 1
+        parent_generation = None
         if ca.parent_id is None:
             wanted = dt.timedelta(days=days) if days is not None else lifetime
             cert = build_root_ca(signer, subject, now=now, days=max(wanted.days, 1))
@@ -202,6 +293,7 @@ class CALifecycleService:
                     "ca.parent_not_active", f"the parent CA {parent.name!r} is retired"
                 )
             parent_cert = x509.load_der_x509_certificate(parent.certificate_der)
+            parent_generation = parent.generation
             remaining = parent_cert.not_valid_after_utc - now
             if days is not None and dt.timedelta(days=days) > remaining:
                 raise ValidationError(
@@ -231,6 +323,7 @@ class CALifecycleService:
             spec,
             key_created_at=key_created_at,
             now=now,
+            parent_generation=parent_generation,
         )
 
     def _trust_in_builtin_hub(
@@ -327,7 +420,9 @@ class CALifecycleService:
         Raises:
             PermissionDenied: ``auth.admin_required``.
             NotFoundError: ``ca.not_found``, ``ca.nothing_pending``.
-            ConflictError: ``ca.links_pending`` (naming them) without ``force``.
+            ConflictError: ``ca.links_pending`` (naming them) without ``force``;
+                ``ca.parent_pending`` while the parent generation that signed it is
+                pending (even with ``force``).
         """
         _require_admin(actor)
         now = self._clock()
@@ -337,6 +432,13 @@ class CALifecycleService:
             if generation is None:
                 raise NotFoundError(
                     "ca.nothing_pending", f"CA {ca.name!r} has no generation waiting to activate"
+                )
+            if parent_pending(tx, ca, generation):
+                raise ConflictError(
+                    "ca.parent_pending",
+                    f"generation {generation.number} of CA {ca.name!r} is signed by its "
+                    "parent's new generation, which is not active yet; activate the parent "
+                    "first (this one follows by itself)",
                 )
             waiting = pending_links_in(tx, ca.id, generation.number)
             if waiting and not force:

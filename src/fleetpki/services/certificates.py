@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -325,7 +326,7 @@ def issue_in(
 
 def issued_view(tx: UnitOfWork, record: CertificateRecord, issued: IssuedCertificate) -> IssuedView:
     """The view of a certificate just issued, with its CA chain (caller's unit)."""
-    chain = ca_chain_of(tx, ca_record(tx, record.ca_id))
+    chain = ca_chain_of(tx, ca_record(tx, record.ca_id), record.ca_generation)
     return IssuedView(certificate_view(record), issued, tuple(chain))
 
 
@@ -481,6 +482,18 @@ class CertificateService:
             record = certificate_by_serial(tx, serial)
             visible_certificate(tx, actor, record)
             return _view_with_renewed(tx, record)
+
+    def chain_of(self, actor: Actor, serial: str) -> builtins.list[x509.Certificate]:
+        """The CA chain of one certificate the actor can see: the generation of its CA
+        that issued it, up to the root, with a root rollover's link certificates.
+
+        Raises:
+            NotFoundError: ``certificate.not_found``, also when the actor cannot see it.
+        """
+        with self._store.transaction() as tx:
+            record = certificate_by_serial(tx, serial)
+            visible_certificate(tx, actor, record)
+            return ca_chain_of(tx, ca_record(tx, record.ca_id), record.ca_generation)
 
     def get_by_thumbprint(self, actor: Actor, thumbprint: str) -> CertificateView:
         """One certificate the actor can see, by SHA-1 or SHA-256 thumbprint.

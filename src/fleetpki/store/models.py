@@ -156,6 +156,13 @@ class CAGeneration(Base):
     crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: For a CA with a parent: the parent's generation whose key signed this one.
+    parent_generation: Mapped[int | None] = mapped_column(Integer)
+    #: For a root generation with a new key: the new key certified by the previous
+    #: generation's key (NewWithOld, RFC 4210 §4.4), and the previous key certified by
+    #: the new one (OldWithNew), so holders of either root validate either chain.
+    cross_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    back_cross_der: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     ca: Mapped[CARecord] = relationship(back_populates="generations")
 
