@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_PKCS11_MODULE",
     "HOME_ENV",
     "KEYSTORES",
+    "PKCS11_PIN_ENV",
     "Settings",
     "resolve_home",
 ]
@@ -33,6 +34,8 @@ DEFAULT_API_PORT = 8443
 DEFAULT_MQTT_PORT = 8883
 #: Where Debian's ``softhsm2`` package installs the SoftHSM2 PKCS#11 module.
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+#: Environment variable holding the PKCS#11 token's user PIN (wins over a PIN file).
+PKCS11_PIN_ENV = "FLEETPKI_PKCS11_PIN"
 #: The keystore backends: encrypted key files (the default) or a PKCS#11 token.
 KEYSTORES = ("file", "pkcs11")
 

@@ -386,3 +386,26 @@ def test_an_unknown_keystore_backend_is_refused() -> None:
     with pytest.raises(FleetPKIError) as info:
         Settings.default_for(Path("/tmp/nowhere")).with_changes(keystore="vault")
     assert info.value.code == "config.invalid"
+
+
+def test_fleetpki_init_with_the_pkcs11_keystore_makes_a_home_without_key_files(
+    tmp_path: Path, softhsm: SoftHsm, pin: str, key_passphrase: None
+) -> None:
+    home = tmp_path / "home"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fleetpki", *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    done = run("init", "--home", str(home), "--keystore", "pkcs11", "--pkcs11-token", TOKEN)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"PKCS#11 token {TOKEN!r}" in done.stdout
+    config = (home / "config.toml").read_text()
+    assert 'keystore = "pkcs11"' in config and f'pkcs11_token = "{TOKEN}"' in config
+    assert PIN not in config
+    assert not (home / "keys").exists()
+    listed = run("--home", str(home), "ca", "list", "-o", "json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "Issuing CA" in listed.stdout

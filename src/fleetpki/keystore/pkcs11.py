@@ -59,6 +59,7 @@ from fleetpki.keystore.tbs import (
     replace_signed_ocsp,
 )
 from fleetpki.pki.keys import KeySpec
+from fleetpki.settings import PKCS11_PIN_ENV
 
 if TYPE_CHECKING:
     from pkcs11 import _pkcs11 as native
@@ -72,7 +73,7 @@ __all__ = [
 ]
 
 #: Environment variable holding the token's user PIN (wins over a PIN file).
-PIN_ENV = "FLEETPKI_PKCS11_PIN"
+PIN_ENV = PKCS11_PIN_ENV
 _PREFIX = "pkcs11:"
 _LABEL_PREFIX = "fleetpki-"
 _ID_BYTES = 16
