@@ -409,3 +409,15 @@ def test_fleetpki_init_with_the_pkcs11_keystore_makes_a_home_without_key_files(
     listed = run("--home", str(home), "ca", "list", "-o", "json")
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert "Issuing CA" in listed.stdout
+
+
+def test_a_ca_key_missing_from_the_token_is_reported_by_the_startup_check(
+    hsm_fleet: FleetPKI,
+) -> None:
+    assert hsm_fleet.cas.check_keys() == 2
+    issuing_ref = _key_refs(hsm_fleet)[1]
+    hsm_fleet.keystore.discard(issuing_ref)
+    with pytest.raises(FleetPKIError) as info:
+        hsm_fleet.cas.check_keys()
+    assert info.value.code == "keystore.key_missing"
+    assert "Issuing CA" in info.value.message and issuing_ref in info.value.message

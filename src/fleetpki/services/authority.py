@@ -433,6 +433,43 @@ class CAService:
             )
             return HierarchyView(ca_view(root), ca_view(issuing), template_view(template))
 
+    def check_keys(self) -> int:
+        """Load the key of every CA generation from the keystore; return how many there are.
+
+        ``fleetpki serve`` calls this at startup, so that a key the keystore lacks (a
+        token other than the one that holds it, a deleted key file) or cannot open is
+        reported then, not at the first issuance, CRL or OCSP answer. Every generation
+        counts, retired ones too: their CRLs and OCSP answers are still signed. The
+        keystore is asked outside the unit of work.
+
+        Raises:
+            NotFoundError: ``keystore.key_missing`` naming the CA and generation.
+            ValidationError: ``keystore.key_mismatch`` when the keystore's key is not the
+                one in the generation's certificate; ``keystore.bad_passphrase``.
+        """
+        with self._store.transaction() as tx:
+            keys = {
+                g.key_ref: (ca.name, g.number, g.certificate_der)
+                for ca in tx.cas.all()
+                for g in ca.generations
+            }
+        for key_ref, (name, number, der) in keys.items():
+            try:
+                signer = self._keystore.signer(key_ref)
+            except NotFoundError as exc:
+                raise NotFoundError(
+                    "keystore.key_missing",
+                    f"the key of CA {name!r} generation {number} ({key_ref}) is not in the "
+                    f"keystore: {exc.message}",
+                ) from exc
+            if signer.public_key() != x509.load_der_x509_certificate(der).public_key():
+                raise ValidationError(
+                    "keystore.key_mismatch",
+                    f"the keystore's key {key_ref} is not the key of CA {name!r} "
+                    f"generation {number}",
+                )
+        return len(keys)
+
     def list(self) -> builtins.list[CAView]:
         """Every CA, roots first."""
         with self._store.transaction() as tx:
