@@ -81,7 +81,8 @@ def open_keystore(settings: Settings, *, create: bool = False) -> KeyStore:
         passphrase = load_or_create_passphrase(settings.home, create=create)
         return FileKeyStore(settings.keys_dir, passphrase)
     try:
-        from fleetpki.keystore.pkcs11 import Pkcs11KeyStore, read_pin
+        from fleetpki.keystore.pkcs11 import Pkcs11KeyStore
+        from fleetpki.keystore.token import read_pin
     except ImportError as exc:
         raise ValidationError(
             "keystore.module_missing",

@@ -25,13 +25,12 @@ from sqlalchemy import select
 
 from fleetpki.application import FleetPKI, init_home
 from fleetpki.errors import FleetPKIError
-from fleetpki.keystore.pkcs11 import PIN_ENV
 from fleetpki.pki.keys import KeySpec
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.ca_lifecycle import RenewCommand
-from fleetpki.settings import Settings
+from fleetpki.settings import PKCS11_PIN_ENV, Settings
 from fleetpki.store.models import CAGeneration
 from support.api import row_counts
 from support.database import raw_session
@@ -303,7 +302,7 @@ def test_a_wrong_pin_stops_open_before_anything_else(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = _closed_home(tmp_path, softhsm)
-    monkeypatch.setenv(PIN_ENV, "0000-wrong")
+    monkeypatch.setenv(PKCS11_PIN_ENV, "0000-wrong")
     with pytest.raises(FleetPKIError) as info:
         FleetPKI.open(settings)
     assert info.value.code == "keystore.bad_pin"
@@ -313,11 +312,11 @@ def test_a_wrong_pin_stops_open_before_anything_else(
 def test_a_wrong_pin_is_refused_while_another_application_is_logged_in(
     hsm_fleet: FleetPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(PIN_ENV, "0000-wrong")
+    monkeypatch.setenv(PKCS11_PIN_ENV, "0000-wrong")
     with pytest.raises(FleetPKIError) as info:
         FleetPKI.open(hsm_fleet.settings)
     assert info.value.code == "keystore.bad_pin"
-    monkeypatch.setenv(PIN_ENV, PIN)
+    monkeypatch.setenv(PKCS11_PIN_ENV, PIN)
     second = FleetPKI.open(hsm_fleet.settings)
     issue_device_certificate(second, "dev-second")
     second.close()
@@ -333,7 +332,7 @@ def test_fleetpki_serve_with_a_wrong_pin_exits_at_startup_with_the_code(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = _closed_home(tmp_path, softhsm)
-    monkeypatch.setenv(PIN_ENV, "0000-wrong")
+    monkeypatch.setenv(PKCS11_PIN_ENV, "0000-wrong")
     done = subprocess.run(
         [sys.executable, "-m", "fleetpki", "--home", str(settings.home), "serve",
          "--api-port", "0", "--mqtt-port", "0"],
@@ -369,7 +368,7 @@ def test_the_pin_comes_from_a_file_when_the_environment_has_none(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     settings = _closed_home(tmp_path, softhsm)
-    monkeypatch.delenv(PIN_ENV)
+    monkeypatch.delenv(PKCS11_PIN_ENV)
     with pytest.raises(FleetPKIError) as info:
         FleetPKI.open(settings)
     assert info.value.code == "keystore.pin_missing"

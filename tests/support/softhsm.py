@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 
 from fleetpki.application import FleetPKI, init_home
-from fleetpki.keystore.pkcs11 import PIN_ENV
 from fleetpki.services.authority import HierarchySpec
-from fleetpki.settings import DEFAULT_PKCS11_MODULE, Settings
+from fleetpki.settings import DEFAULT_PKCS11_MODULE, PKCS11_PIN_ENV, Settings
 
 __all__ = [
     "FULL_TOKEN",
@@ -158,7 +157,7 @@ def softhsm_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHs
 @pytest.fixture(name="pin")
 def pin_fixture(monkeypatch: pytest.MonkeyPatch) -> str:
     """The tokens' user PIN, given to fleetpki through ``$FLEETPKI_PKCS11_PIN``."""
-    monkeypatch.setenv(PIN_ENV, PIN)
+    monkeypatch.setenv(PKCS11_PIN_ENV, PIN)
     return PIN
 
 

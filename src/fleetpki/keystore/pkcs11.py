@@ -6,16 +6,8 @@ the token signs digests or TBS bytes, and :mod:`fleetpki.keystore.tbs` assembles
 the signed DER. A key is known by ``pkcs11:<CKA_ID in hex>``; its objects carry the
 label ``fleetpki-<id>``.
 
-PKCS#11 state is per process, not per object: ``C_Initialize`` is called once per
-process per module, and a login holds for every session of the process on that
-token (PKCS#11 v2.40 §5.4, §5.6); logging out of one session logs out of all.
-So the process keeps one loaded module per path and one logged-in session per
-token, shared by reference count between the keystores that open it (two
-application objects in one process, as in the tests). The first opener's PIN is
-checked by the token; a later opener's PIN is compared with it, since the token
-cannot be asked again while the process is logged in. The one session is used
-under a lock: PKCS#11 sessions are not for concurrent use (§5.6), so signatures
-on one token are serialised within a process.
+The token's session is the process's one logged-in session on it
+(:mod:`fleetpki.keystore.token`), used under its lock.
 
 Errors, all raised when the keystore is opened (``fleetpki serve`` and every
 local command open it first), not at the first signature:
@@ -26,19 +18,11 @@ local command open it first), not at the first signature:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
-import hmac
-import os
 import secrets
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import pkcs11
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -58,22 +42,14 @@ from fleetpki.keystore.tbs import (
     replace_signature,
     replace_signed_ocsp,
 )
+from fleetpki.keystore.token import TokenLogin, log_in, log_out, token_unavailable
 from fleetpki.pki.keys import KeySpec
-from fleetpki.settings import PKCS11_PIN_ENV
 
 if TYPE_CHECKING:
-    from pkcs11 import _pkcs11 as native
     from pkcs11.types import SignMixin
 
-__all__ = [
-    "PIN_ENV",
-    "Pkcs11KeyStore",
-    "Pkcs11Signer",
-    "read_pin",
-]
+__all__ = ["Pkcs11KeyStore", "Pkcs11Signer"]
 
-#: Environment variable holding the token's user PIN (wins over a PIN file).
-PIN_ENV = PKCS11_PIN_ENV
 _PREFIX = "pkcs11:"
 _LABEL_PREFIX = "fleetpki-"
 _ID_BYTES = 16
@@ -84,137 +60,6 @@ _CURVES: dict[KeySpec, tuple[str, ec.EllipticCurve]] = {
 }
 _RSA_BITS = {KeySpec.RSA_2048: 2048, KeySpec.RSA_3072: 3072, KeySpec.RSA_4096: 4096}
 _RSA_MECHANISMS = {"sha256": Mechanism.SHA256_RSA_PKCS, "sha384": Mechanism.SHA384_RSA_PKCS}
-
-_T = TypeVar("_T")
-
-
-def read_pin(pin_file: str = "") -> str:
-    """The token's user PIN: ``$FLEETPKI_PKCS11_PIN``, else the first line of ``pin_file``.
-
-    Raises:
-        ValidationError: ``keystore.pin_missing`` when neither gives a PIN.
-    """
-    from_env = os.environ.get(PIN_ENV)
-    if from_env:
-        return from_env
-    if pin_file:
-        try:
-            pin = Path(pin_file).expanduser().read_text().strip()
-        except OSError as exc:
-            raise ValidationError(
-                "keystore.pin_missing", f"cannot read the PKCS#11 PIN file {pin_file}: {exc}"
-            ) from exc
-        if pin:
-            return pin
-    raise ValidationError(
-        "keystore.pin_missing",
-        f"no PKCS#11 PIN: set {PIN_ENV} or pkcs11_pin_file in config.toml",
-    )
-
-
-# -- the process-wide PKCS#11 state (see the module docstring) ---------------------------
-
-
-@dataclass(eq=False)
-class _Login:
-    """The one logged-in session of this process on a token, and who uses it."""
-
-    key: tuple[str, bytes]
-    session: pkcs11.Session
-    pin_digest: bytes
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    users: int = 1
-
-
-_registry_lock = threading.Lock()
-_logins: dict[tuple[str, bytes], _Login] = {}
-
-
-def _pin_digest(pin: str) -> bytes:
-    return hashlib.sha256(b"fleetpki pkcs11 pin\0" + pin.encode()).digest()
-
-
-def _module(path: str) -> native.lib:
-    # python-pkcs11 keeps one loaded, initialised module per path for the process.
-    if not Path(path).is_file():
-        raise ValidationError(
-            "keystore.module_missing",
-            f"PKCS#11 module {path} does not exist (Debian: apt-get install softhsm2, "
-            "or set pkcs11_module to your HSM vendor's library)",
-        )
-    try:
-        module = pkcs11.lib(path)
-    except p11.PKCS11Error as exc:
-        raise ValidationError(
-            "keystore.module_missing", f"cannot load the PKCS#11 module {path}: {exc}"
-        ) from exc
-    return module
-
-
-def _token(module: native.lib, path: str, label: str) -> pkcs11.Token:
-    if not label:
-        raise ValidationError(
-            "keystore.token_missing", "no PKCS#11 token label: set pkcs11_token in config.toml"
-        )
-    try:
-        return module.get_token(token_label=label)
-    except p11.NoSuchToken:
-        raise NotFoundError(
-            "keystore.token_missing", f"no PKCS#11 token labelled {label!r} in {path}"
-        ) from None
-    except p11.MultipleTokensReturned:
-        raise ValidationError(
-            "keystore.token_ambiguous", f"more than one PKCS#11 token is labelled {label!r}"
-        ) from None
-
-
-def _log_in(token: pkcs11.Token, label: str, pin: str) -> pkcs11.Session:
-    try:
-        return token.open(rw=True, user_pin=pin)
-    except p11.PinIncorrect:
-        raise ValidationError(
-            "keystore.bad_pin", f"the PIN of PKCS#11 token {label!r} is wrong"
-        ) from None
-    except p11.PinLocked:
-        raise ValidationError(
-            "keystore.pin_locked", f"the PIN of PKCS#11 token {label!r} is locked"
-        ) from None
-    except p11.UserAlreadyLoggedIn:
-        # Someone else in this process logged in: its sessions are ours too (§5.6).
-        return token.open(rw=True)
-    except p11.PKCS11Error as exc:
-        raise ValidationError(
-            "keystore.token_missing", f"cannot open PKCS#11 token {label!r}: {exc!r}"
-        ) from exc
-
-
-def _acquire(path: str, label: str, pin: str) -> _Login:
-    with _registry_lock:
-        module = _module(path)
-        token = _token(module, path, label)
-        key = (path, token.serial)
-        login = _logins.get(key)
-        if login is not None:
-            if not hmac.compare_digest(login.pin_digest, _pin_digest(pin)):
-                raise ValidationError(
-                    "keystore.bad_pin", f"the PIN of PKCS#11 token {label!r} is wrong"
-                )
-            login.users += 1
-            return login
-        login = _Login(key, _log_in(token, label, pin), _pin_digest(pin))
-        _logins[key] = login
-        return login
-
-
-def _release(login: _Login) -> None:
-    with _registry_lock:
-        login.users -= 1
-        if login.users > 0:
-            return
-        _logins.pop(login.key, None)
-    # The token may have gone away: then nothing is left to release.
-    with login.lock, contextlib.suppress(p11.PKCS11Error):
-        login.session.close()  # logs the process out of the token
 
 
 # -- stand-in keys -------------------------------------------------------------------------
@@ -259,10 +104,6 @@ def _stand_in_for(public_key: PublicKey) -> _StandIn:
 # -- the signer ------------------------------------------------------------------------------
 
 
-def _token_unavailable(exc: p11.PKCS11Error) -> FleetPKIError:
-    return FleetPKIError("keystore.token_unavailable", f"the PKCS#11 token did not answer: {exc!r}")
-
-
 class Pkcs11Signer:
     """A CA key held in a PKCS#11 token; it signs what it is given, inside the token.
 
@@ -279,7 +120,7 @@ class Pkcs11Signer:
         key_ref: str,
         private_key: SignMixin,
         public_key: PublicKey,
-        login: _Login,
+        login: TokenLogin,
         stand_in: _StandIn,
     ) -> None:
         self._key_ref = key_ref
@@ -351,7 +192,7 @@ class Pkcs11Signer:
                 extractable = self._private[Attribute.EXTRACTABLE]
                 sensitive = self._private[Attribute.SENSITIVE]
         except p11.PKCS11Error as exc:
-            raise _token_unavailable(exc) from exc
+            raise token_unavailable(exc) from exc
         if extractable or not sensitive:
             raise ValidationError(
                 "keystore.key_not_protected",
@@ -377,7 +218,7 @@ class Pkcs11Signer:
                 mechanism = _RSA_MECHANISMS[self._hash.name]
                 return self._private.sign(tbs, mechanism=mechanism)
         except p11.PKCS11Error as exc:
-            raise _token_unavailable(exc) from exc
+            raise token_unavailable(exc) from exc
 
     def _check(self, signature: bytes, tbs: bytes) -> None:
         # A token that signs with another key than the one it shows would publish
@@ -409,7 +250,7 @@ class Pkcs11KeyStore:
     so that a wrong configuration fails there.
     """
 
-    def __init__(self, login: _Login, label: str) -> None:
+    def __init__(self, login: TokenLogin, label: str) -> None:
         self._login = login
         self._label = label
         self._signers: dict[str, Pkcs11Signer] = {}
@@ -427,7 +268,7 @@ class Pkcs11KeyStore:
         """
         if not pin:
             raise ValidationError("keystore.pin_missing", "the PKCS#11 PIN is empty")
-        return cls(_acquire(module, token_label, pin), token_label)
+        return cls(log_in(module, token_label, pin), token_label)
 
     @property
     def token_label(self) -> str:
@@ -494,7 +335,7 @@ class Pkcs11KeyStore:
                 f"({type(exc).__name__}; is it full?); nothing was changed",
             ) from exc
         except p11.PKCS11Error as exc:
-            raise _token_unavailable(exc) from exc
+            raise token_unavailable(exc) from exc
         try:
             signer = self._load(key_ref)
             signer.require_protected()
@@ -523,14 +364,14 @@ class Pkcs11KeyStore:
                 for obj in list(self._login.session.get_objects({Attribute.ID: key_id})):
                     obj.destroy()
             except p11.PKCS11Error as exc:
-                raise _token_unavailable(exc) from exc
+                raise token_unavailable(exc) from exc
 
     def close(self) -> None:
         """Give up this keystore's share of the token session (the last one logs out)."""
         if not self._closed:
             self._closed = True
             self._signers.clear()
-            _release(self._login)
+            log_out(self._login)
 
     def _key_id(self, key_ref: str) -> bytes:
         hex_id = key_ref.removeprefix(_PREFIX)
@@ -560,7 +401,7 @@ class Pkcs11KeyStore:
                 f"PKCS#11 token {self._label!r} holds no single key pair {key_ref}",
             ) from exc
         except p11.PKCS11Error as exc:
-            raise _token_unavailable(exc) from exc
+            raise token_unavailable(exc) from exc
         signer = Pkcs11Signer(key_ref, private, public, self._login, self._stand_in(public))
         self._signers[key_ref] = signer
         return signer
@@ -570,16 +411,13 @@ class Pkcs11KeyStore:
             kind = ("ec", public_key.curve.key_size)
         else:
             kind = ("rsa", 0)  # any RSA key makes sha256WithRSAEncryption
-        return _cached(self._stand_ins, kind, lambda: _stand_in_for(public_key))
+        stand_in = self._stand_ins.get(kind)
+        if stand_in is None:
+            stand_in = self._stand_ins[kind] = _stand_in_for(public_key)
+        return stand_in
 
     def __repr__(self) -> str:
         return f"Pkcs11KeyStore(token={self._label!r})"
-
-
-def _cached(cache: dict[tuple[str, int], _T], key: tuple[str, int], make: Callable[[], _T]) -> _T:
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
 
 
 def _public_key_of(public: Any) -> PublicKey:
