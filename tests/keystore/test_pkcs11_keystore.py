@@ -30,11 +30,12 @@ from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.ca_lifecycle import RenewCommand
+from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.settings import PKCS11_PIN_ENV, Settings
 from fleetpki.store.models import CAGeneration
 from support.api import row_counts
 from support.database import raw_session
-from support.hub_control import issue_device_certificate, issuing_ca
+from support.hub_control import authenticator, issue_device_certificate, issuing_ca
 from support.openssl import crl_verify, ocsp_query, verify, verify_with_crl
 from support.pkilint import assert_lints_clean
 from support.softhsm import (  # noqa: F401 (fixtures)
@@ -420,3 +421,19 @@ def test_a_ca_key_missing_from_the_token_is_reported_by_the_startup_check(
         hsm_fleet.cas.check_keys()
     assert info.value.code == "keystore.key_missing"
     assert "Issuing CA" in info.value.message and issuing_ref in info.value.message
+
+
+def test_the_built_in_hub_verifies_possession_of_token_keys_across_a_rekey(
+    hsm_fleet: FleetPKI,
+) -> None:
+    # The proof of possession is a certificate signed by the CA's key (Azure's
+    # verification-code flow): here the token signs it, for the first key and the new.
+    ca = issuing_ca(hsm_fleet)
+    hsm_fleet.hub_trust.trust_local_ca(ca.id)
+    generation = hsm_fleet.ca_lifecycle.renew(ADMIN, ca.id, RenewCommand(rekey=True))
+    assert generation.state == "active" and generation.rekeyed
+    held = {h.sha1_hex.upper(): h.is_verified for h in hsm_fleet.hub_trust.list()}
+    assert held == {ca.sha1_hex.upper(): True, generation.sha1_hex.upper(): True}
+    leaf, chain, _ = issue_device_certificate(hsm_fleet, "dev-hub")
+    hsm_fleet.hub_devices.put(DeviceSpec("dev-hub"))
+    authenticator(hsm_fleet).authenticate(leaf, chain, "dev-hub", hsm_fleet.now())
