@@ -4,6 +4,7 @@
 #   curl                             - HTTP peer (EST and API tests, as RFC 7030's examples use it)
 #   initdb, pg_ctl, postgres         - throwaway PostgreSQL clusters (tests/support/postgres.py)
 #   mosquitto, mosquitto_pub/_sub    - MQTT broker and clients
+#   softhsm2-util, libsofthsm2.so    - SoftHSM2, the PKCS#11 token of the keystore tests
 #
 # Idempotent and fast when everything is present (no apt calls at all). When something is
 # missing it runs `apt-get update` once and `apt-get install -y --no-install-recommends` for the
@@ -21,7 +22,7 @@ case "${1:-}" in
     "") ;;
     --check) CHECK_ONLY=1 ;;
     -h | --help)
-        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -60,6 +61,12 @@ pg_bin_dir() {
     done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V) | tail -n 1
 }
 
+# Debian's softhsm2 puts the PKCS#11 module here (settings.DEFAULT_PKCS11_MODULE).
+SOFTHSM_MODULE=/usr/lib/softhsm/libsofthsm2.so
+have_softhsm() {
+    have softhsm2-util && [[ -f "$SOFTHSM_MODULE" ]]
+}
+
 have_postgres_server() {
     if have initdb && have pg_ctl && have postgres; then
         return 0
@@ -84,6 +91,9 @@ fi
 if ! have mosquitto_pub || ! have mosquitto_sub; then
     missing_pkgs+=(mosquitto-clients)
 fi
+if ! have_softhsm; then
+    missing_pkgs+=(softhsm2)
+fi
 
 if ((${#missing_pkgs[@]} == 0)); then
     if pg_initdb=$(command -v initdb 2>/dev/null); then
@@ -91,7 +101,7 @@ if ((${#missing_pkgs[@]} == 0)); then
     else
         pg_where=$(pg_bin_dir)
     fi
-    log "all present: openssl, curl, PostgreSQL server (${pg_where}), mosquitto, mosquitto_pub/_sub"
+    log "all present: openssl, curl, PostgreSQL server (${pg_where}), mosquitto, mosquitto_pub/_sub, softhsm2"
     exit 0
 fi
 
@@ -185,7 +195,7 @@ fi
 
 # Re-check: fail loudly if the install did not provide what is needed.
 if ! have openssl || ! have_postgres_server || ! have mosquitto /usr/sbin /usr/local/sbin \
-    || ! have mosquitto_pub || ! have mosquitto_sub; then
+    || ! have mosquitto_pub || ! have mosquitto_sub || ! have_softhsm; then
     log "error: programs still missing after installing ${missing_pkgs[*]}"
     exit 1
 fi

@@ -1,7 +1,7 @@
 """The application object: settings, store, keystore, clock and event bus, built once.
 
 It is the composition root: the only place that picks the implementations (the SQL
-store, the file keystore) and hands them to the services. Two application objects in
+store, the file or PKCS#11 keystore) and hands them to the services. Two application objects in
 one process share nothing: each has its own bus, store and consumer workers.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fleetpki.connectors.builtin import BuiltinHubConnector
 from fleetpki.connectors.connector import ConnectorError, HubConnector
-from fleetpki.errors import ConflictError
+from fleetpki.errors import ConflictError, ValidationError
 from fleetpki.hub.policy import DevicePolicy
 from fleetpki.keystore import FileKeyStore, KeyStore, load_or_create_passphrase
 from fleetpki.services.audit import AuditService
@@ -61,7 +61,35 @@ from fleetpki.store.db import Database
 from fleetpki.store.notify import NotifyListener
 from fleetpki.store.unit_of_work import SqlStore
 
-__all__ = ["FleetPKI", "InitResult", "init_home"]
+__all__ = ["FleetPKI", "InitResult", "init_home", "open_keystore"]
+
+
+def open_keystore(settings: Settings, *, create: bool = False) -> KeyStore:
+    """The keystore that ``settings`` name, opened: a wrong configuration fails here.
+
+    ``file``: the encrypted key files of the home (``create`` makes the passphrase
+    file of a new home). ``pkcs11``: the token labelled ``pkcs11_token`` in
+    ``pkcs11_module``, logged in with the PIN of ``$FLEETPKI_PKCS11_PIN`` or
+    ``pkcs11_pin_file``; python-pkcs11 is imported only then.
+
+    Raises:
+        NotFoundError: ``keystore.passphrase_missing``, ``keystore.token_missing``.
+        ValidationError: ``keystore.module_missing``, ``keystore.pin_missing``,
+            ``keystore.bad_pin``, ``keystore.pin_locked``, ``keystore.token_ambiguous``.
+    """
+    if settings.keystore != "pkcs11":
+        passphrase = load_or_create_passphrase(settings.home, create=create)
+        return FileKeyStore(settings.keys_dir, passphrase)
+    try:
+        from fleetpki.keystore.pkcs11 import Pkcs11KeyStore
+        from fleetpki.keystore.token import read_pin
+    except ImportError as exc:
+        raise ValidationError(
+            "keystore.module_missing",
+            f"keystore = pkcs11 needs python-pkcs11 ({exc.name} is not installed)",
+        ) from exc
+    pin = read_pin(settings.pkcs11_pin_file)
+    return Pkcs11KeyStore.open(settings.pkcs11_module, settings.pkcs11_token, pin)
 
 
 class FleetPKI:
@@ -190,16 +218,24 @@ class FleetPKI:
     def open(
         cls, settings: Settings, *, clock: Clock = system_clock, migrate: bool = True
     ) -> FleetPKI:
-        """Open an initialised home: its database (migrated to head) and keystore.
+        """Open an initialised home: its keystore, then its database (migrated to head).
+
+        The keystore is opened first, so that a missing token or a wrong PIN stops
+        ``fleetpki serve`` (and every local command) before anything else is done.
 
         Raises:
-            NotFoundError: ``keystore.passphrase_missing``.
-            ValidationError: ``database.unreachable``, ``database.bad_url``.
+            NotFoundError: ``keystore.passphrase_missing``, ``keystore.token_missing``.
+            ValidationError: ``keystore.bad_pin`` and the other errors of
+                :func:`open_keystore`; ``database.unreachable``, ``database.bad_url``.
         """
-        database = Database(settings.database_url)
-        if migrate:
-            database.migrate()
-        keystore = FileKeyStore(settings.keys_dir, load_or_create_passphrase(settings.home))
+        keystore = open_keystore(settings)
+        try:
+            database = Database(settings.database_url)
+            if migrate:
+                database.migrate()
+        except BaseException:
+            keystore.close()
+            raise
         return cls(settings, database, keystore, clock)
 
     def now(self) -> dt.datetime:
@@ -274,13 +310,14 @@ class FleetPKI:
             listener.stop()
 
     def close(self) -> None:
-        """Stop the link workers and consumer workers; release database connections."""
+        """Stop the link workers and consumer workers; release the database and keystore."""
         self.link_workers.stop()
         with self._lock:
             workers = list(self._workers)
         for worker in workers:
             self.stop_consumer(worker)
         self.db.dispose()
+        self.keystore.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,9 +346,16 @@ def init_home(
             f"{home} already holds a fleetpki configuration; refusing to overwrite it",
         )
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    database = Database(settings.database_url)
-    database.migrate()
-    keystore = FileKeyStore(settings.keys_dir, load_or_create_passphrase(home, create=True))
+    # The passphrase also protects the hub's shared-access keys and the links' secrets,
+    # so a home has one whichever keystore holds the CA keys.
+    load_or_create_passphrase(home, create=True)
+    keystore = open_keystore(settings, create=True)
+    try:
+        database = Database(settings.database_url)
+        database.migrate()
+    except BaseException:
+        keystore.close()
+        raise
     app = FleetPKI(settings, database, keystore, clock)
     made = app.cas.bootstrap(spec or HierarchySpec())
     views = made.root, made.issuing, made.template

@@ -83,6 +83,9 @@ _STATUS_BY_CODE: dict[str, int] = {
     "precondition.failed": 412,
     "home.exists": 409,
     "link.certificate_name_taken": 409,
+    # A CA key's token that stops answering, or signs wrongly, is the server's fault.
+    "keystore.token_unavailable": 503,
+    "keystore.bad_signature": 500,
 }
 
 

@@ -19,7 +19,10 @@ __all__ = [
     "DEFAULT_API_PORT",
     "DEFAULT_HOST",
     "DEFAULT_MQTT_PORT",
+    "DEFAULT_PKCS11_MODULE",
     "HOME_ENV",
+    "KEYSTORES",
+    "PKCS11_PIN_ENV",
     "Settings",
     "resolve_home",
 ]
@@ -29,6 +32,12 @@ CONFIG_FILE = "config.toml"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8443
 DEFAULT_MQTT_PORT = 8883
+#: Where Debian's ``softhsm2`` package installs the SoftHSM2 PKCS#11 module.
+DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+#: Environment variable holding the PKCS#11 token's user PIN (wins over a PIN file).
+PKCS11_PIN_ENV = "FLEETPKI_PKCS11_PIN"
+#: The keystore backends: encrypted key files (the default) or a PKCS#11 token.
+KEYSTORES = ("file", "pkcs11")
 
 
 def resolve_home(home: Path | str | None) -> Path:
@@ -63,6 +72,11 @@ class Settings:
             from the home and the hostname, see ``services.hub_management``).
         token_endpoint_enabled / token_tenant_id: serve the client-credentials token
             endpoint that azure-identity's ClientSecretCredential calls (off by default).
+        keystore: where CA keys are kept: ``file`` (encrypted PKCS#8 files in the home)
+            or ``pkcs11`` (generated in, and never leaving, a PKCS#11 token).
+        pkcs11_module / pkcs11_token / pkcs11_pin_file: the PKCS#11 module's path, the
+            token's label, and a file holding the user PIN (``$FLEETPKI_PKCS11_PIN``
+            wins; the PIN is never written to the configuration).
     """
 
     home: Path
@@ -83,6 +97,17 @@ class Settings:
     arm_hub_name: str = ""
     token_endpoint_enabled: bool = False
     token_tenant_id: str = ""
+    keystore: str = "file"
+    pkcs11_module: str = DEFAULT_PKCS11_MODULE
+    pkcs11_token: str = ""
+    pkcs11_pin_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.keystore not in KEYSTORES:
+            raise ValidationError(
+                "config.invalid",
+                f"keystore must be one of {', '.join(KEYSTORES)}, not {self.keystore!r}",
+            )
 
     @property
     def keys_dir(self) -> Path:

@@ -48,11 +48,11 @@ def chain(
     """A root (P-384) and an issuing CA of the parametrised key type, with PEM files."""
     tmp = tmp_path_factory.mktemp("chain")
     keystore = FileKeyStore(tmp / "keys", b"test passphrase")
-    root_signer = keystore.create(generate_key(KeySpec.EC_P384))
+    root_signer = keystore.generate(KeySpec.EC_P384)
     root = build_root_ca(
         root_signer, ca_name("Test Root", "fleetpki tests"), now=NOW - dt.timedelta(days=1)
     )
-    signer = keystore.create(generate_key(request.param))
+    signer = keystore.generate(request.param)
     issuing = build_subordinate_ca(
         root,
         root_signer,

@@ -12,7 +12,7 @@ from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import console, err_console
 from fleetpki.pki.keys import KeySpec
 from fleetpki.services.authority import HierarchySpec
-from fleetpki.settings import Settings
+from fleetpki.settings import DEFAULT_PKCS11_MODULE, PKCS11_PIN_ENV, Settings
 
 __all__ = ["HomeOption", "demo", "init"]
 
@@ -50,6 +50,26 @@ def init(
     max_validity_days: Annotated[
         int, typer.Option(help="Maximum validity of the IoT device template, in days.")
     ] = 365,
+    keystore: Annotated[
+        str,
+        typer.Option(
+            help="Where CA keys are kept: `file` (encrypted files in the home) or `pkcs11` "
+            "(generated in a token, never leaving it; docs/keystore.md)."
+        ),
+    ] = "file",
+    pkcs11_module: Annotated[
+        str, typer.Option(help="The PKCS#11 module (with --keystore pkcs11).")
+    ] = DEFAULT_PKCS11_MODULE,
+    pkcs11_token: Annotated[
+        str, typer.Option(help="The label of the PKCS#11 token that keeps the CA keys.")
+    ] = "",
+    pkcs11_pin_file: Annotated[
+        str,
+        typer.Option(
+            help=f"A file holding the token's user PIN; ${PKCS11_PIN_ENV} wins. The PIN "
+            "itself is never written to the configuration."
+        ),
+    ] = "",
 ) -> None:
     """Create a home: configuration, database and a root + issuing CA hierarchy."""
     state = cli_context(ctx)
@@ -58,6 +78,15 @@ def init(
     settings = Settings.default_for(resolved, database_url)
     if public_url:
         settings = settings.with_changes(public_url=public_url.rstrip("/"))
+    if keystore != "file":
+        settings = settings.with_changes(
+            keystore=keystore,
+            pkcs11_module=pkcs11_module,
+            pkcs11_token=pkcs11_token,
+            pkcs11_pin_file=str(Path(pkcs11_pin_file).expanduser().resolve())
+            if pkcs11_pin_file
+            else "",
+        )
     spec = HierarchySpec(
         name=name,
         root_key=KeySpec.parse(root_key),
@@ -67,6 +96,8 @@ def init(
     result = _create(settings, spec)
     console.print(f"[green]initialised[/green] {resolved}")
     console.print(f"  database      {result.app.db.safe_url}")
+    if settings.keystore == "pkcs11":
+        console.print(f"  CA keys       PKCS#11 token {settings.pkcs11_token!r}")
     console.print(f"  root CA       {result.root.name}  {result.root.id}  ({result.root.key_spec})")
     console.print(
         f"  issuing CA    {result.issuing.name}  {result.issuing.id}  ({result.issuing.key_spec})"

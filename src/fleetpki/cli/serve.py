@@ -48,6 +48,8 @@ def serve(
         api_socket = bind_socket(settings.host, port)
         settings = _advertise(settings, port)
     fleet = state.open(settings)
+    # Every CA key is loaded now: a token without them stops serve here (docs/keystore.md).
+    fleet.cas.check_keys()
     if only != "hub":
         err_console.print(
             f"fleetpki API on https://{settings.host}:{port}  (public URL {settings.public_url}; "

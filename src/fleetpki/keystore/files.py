@@ -6,6 +6,7 @@ import os
 import secrets
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -13,6 +14,9 @@ from cryptography.x509 import ocsp
 
 from fleetpki.errors import NotFoundError, ValidationError
 from fleetpki.keystore.signer import PrivateKey, PublicKey, Signer, hash_for_key
+
+if TYPE_CHECKING:
+    from fleetpki.pki.keys import KeySpec
 
 __all__ = ["PASSPHRASE_ENV", "FileKeyStore", "FileSigner", "load_or_create_passphrase"]
 
@@ -78,7 +82,8 @@ class FileSigner:
     def sign_ocsp(
         self, builder: ocsp.OCSPResponseBuilder, responder_cert: x509.Certificate
     ) -> ocsp.OCSPResponse:
-        """Sign an OCSP response builder whose responder certificate is ``responder_cert``."""
+        """Name ``responder_cert`` by key hash (RFC 6960 §4.2.2.3) and sign the response."""
+        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, responder_cert)
         return builder.sign(self._key, hash_for_key(self._key))
 
     def __repr__(self) -> str:
@@ -100,8 +105,15 @@ class FileKeyStore:
         self._passphrase = passphrase
         self._cache: dict[str, FileSigner] = {}
 
-    def create(self, key: PrivateKey) -> Signer:
-        """Encrypt ``key`` into a new file and return its signer."""
+    def generate(self, spec: KeySpec) -> Signer:
+        """Generate a key of ``spec`` in memory, encrypt it into a new file, return its signer."""
+        # pki.keys imports this package's key types, so it is imported when first used.
+        from fleetpki.pki.keys import generate_key
+
+        return self.store(generate_key(spec))
+
+    def store(self, key: PrivateKey) -> Signer:
+        """Encrypt an existing ``key`` into a new file and return its signer."""
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"{uuid.uuid4()}.pem"
         pem = key.private_bytes(
@@ -116,14 +128,26 @@ class FileKeyStore:
         self._cache[signer.key_ref] = signer
         return signer
 
+    def discard(self, key_ref: str) -> None:
+        """Delete the file of a key that was never used; missing files are ignored."""
+        self._cache.pop(key_ref, None)
+        self._path(key_ref).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Forget the decrypted keys (nothing else is held open)."""
+        self._cache.clear()
+
+    def _path(self, key_ref: str) -> Path:
+        if not key_ref.startswith(_FILE_PREFIX) or "/" in key_ref or ".." in key_ref:
+            raise NotFoundError("keystore.key_missing", f"unknown key reference {key_ref!r}")
+        return self._dir / key_ref.removeprefix(_FILE_PREFIX)
+
     def signer(self, key_ref: str) -> Signer:
         """Load the signer for ``key_ref`` (``file:NAME``), decrypting it once."""
         cached = self._cache.get(key_ref)
         if cached is not None:
             return cached
-        if not key_ref.startswith(_FILE_PREFIX) or "/" in key_ref or ".." in key_ref:
-            raise NotFoundError("keystore.key_missing", f"unknown key reference {key_ref!r}")
-        path = self._dir / key_ref.removeprefix(_FILE_PREFIX)
+        path = self._path(key_ref)
         try:
             pem = path.read_bytes()
         except FileNotFoundError as exc:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509 import ocsp
+
+if TYPE_CHECKING:
+    # Only for annotations: pki.keys imports this module's key types at run time.
+    from fleetpki.pki.keys import KeySpec
 
 __all__ = ["KeyStore", "PrivateKey", "PublicKey", "Signer", "hash_for_key"]
 
@@ -68,15 +72,32 @@ class Signer(Protocol):
     def sign_ocsp(
         self, builder: ocsp.OCSPResponseBuilder, responder_cert: x509.Certificate
     ) -> ocsp.OCSPResponse:
-        """Sign an OCSP response builder; ``responder_cert`` is the certificate of this key."""
+        """Name the responder and sign an OCSP response builder.
+
+        ``builder`` has no responder ID yet: the signer sets it to the key hash of
+        ``responder_cert`` (RFC 6960 §4.2.2.3), the certificate of this key, since a
+        signer whose key ``cryptography`` cannot hold must name it itself.
+        """
         ...
 
 
 class KeyStore(Protocol):
-    """Where CA keys are generated and kept."""
+    """Where CA keys are generated and kept; a key never leaves it."""
 
-    def create(self, key: PrivateKey) -> Signer:
-        """Store a new private key and return its signer."""
+    def generate(self, spec: KeySpec) -> Signer:
+        """Generate a new key of ``spec`` inside the keystore and return its signer.
+
+        Raises:
+            ValidationError: ``keystore.unsupported_key`` for a spec the backend cannot make.
+            ConflictError: ``keystore.token_full`` when the backend has no room for it.
+        """
+        ...
+
+    def discard(self, key_ref: str) -> None:
+        """Destroy a key that was generated but never used (its CA was not created).
+
+        Missing keys are ignored.
+        """
         ...
 
     def signer(self, key_ref: str) -> Signer:
@@ -86,4 +107,8 @@ class KeyStore(Protocol):
             NotFoundError: ``keystore.key_missing`` when no key has that reference.
             ValidationError: ``keystore.bad_passphrase`` when the key cannot be decrypted.
         """
+        ...
+
+    def close(self) -> None:
+        """Release what the keystore holds open (a token session); signers stop working."""
         ...

@@ -362,21 +362,18 @@ def build_ocsp_response(
         # out rather than state "unspecified".
         if status.reason is not RevocationReason.UNSPECIFIED and status.reason is not None:
             reason = status.reason.to_reason_flags()
-    builder = (
-        ocsp.OCSPResponseBuilder()
-        .add_response_by_hash(
-            issuer_name_hash=cert_id.issuer_name_hash,
-            issuer_key_hash=cert_id.issuer_key_hash,
-            serial_number=cert_id.serial_number,
-            algorithm=_HASHES[cert_id.hash_algorithm](),
-            cert_status=status.state,
-            this_update=this_update,
-            next_update=next_update,
-            revocation_time=revoked_at,
-            revocation_reason=reason,
-        )
-        # RFC 6960 §4.2.2.3: byKey is the SHA-1 hash of the responder's public key.
-        .responder_id(ocsp.OCSPResponderEncoding.HASH, responder_cert)
+    # No responder ID here: the signer names the responder by key hash (RFC 6960
+    # §4.2.2.3), since a signer of a key in a token must set it itself.
+    builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
+        issuer_name_hash=cert_id.issuer_name_hash,
+        issuer_key_hash=cert_id.issuer_key_hash,
+        serial_number=cert_id.serial_number,
+        algorithm=_HASHES[cert_id.hash_algorithm](),
+        cert_status=status.state,
+        this_update=this_update,
+        next_update=next_update,
+        revocation_time=revoked_at,
+        revocation_reason=reason,
     )
     if responder_cert != issuer_cert:
         # RFC 6960 §4.2.2.2: a client must find the delegate's certificate, and

@@ -26,7 +26,7 @@ from fleetpki.pki.ca import (
     ca_name,
 )
 from fleetpki.pki.issuance import Issuer, thumbprints
-from fleetpki.pki.keys import CA_KEY_SPECS, KeySpec, generate_key
+from fleetpki.pki.keys import CA_KEY_SPECS, KeySpec
 from fleetpki.pki.profile import DEFAULT_MAX_VALIDITY_DAYS, KeyUsageName, Template
 from fleetpki.services.audit import write_audit
 from fleetpki.services.ca_generations import (
@@ -305,29 +305,28 @@ def _ca_record(
     )
 
 
-def create_hierarchy_in(
-    tx: UnitOfWork,
-    actor: Actor,
+def _new_hierarchy(
     keystore: KeyStore,
     urls: CAUrlsConfig,
     spec: HierarchySpec,
+    root_id: str,
+    issuing_id: str,
+    made: list[str],
     *,
     now: dt.datetime,
-) -> tuple[CARecord, CARecord, TemplateRecord]:
-    """Create a root CA, an issuing CA signed by it and the default template (caller's unit).
+) -> tuple[CARecord, CARecord]:
+    """The root and issuing CA records, their keys generated in the keystore.
 
-    Raises:
-        ValidationError: ``ca.bad_key_type`` for a key type a CA may not have.
+    ``made`` collects the references of the keys generated, for the caller to discard
+    should the creation fail.
     """
-    for key_spec in (spec.root_key, spec.issuing_key):
-        if key_spec not in CA_KEY_SPECS:
-            raise ValidationError("ca.bad_key_type", f"a CA key cannot be {key_spec.value}")
-    root_id, issuing_id = str(uuid.uuid4()), str(uuid.uuid4())
-    root_signer = keystore.create(generate_key(spec.root_key))
+    root_signer = keystore.generate(spec.root_key)
+    made.append(root_signer.key_ref)
     root_cert = build_root_ca(
         root_signer, ca_name(f"{spec.name} Root CA", spec.name), now=now, days=spec.root_days
     )
-    issuing_signer = keystore.create(generate_key(spec.issuing_key))
+    issuing_signer = keystore.generate(spec.issuing_key)
+    made.append(issuing_signer.key_ref)
     issuing_cert = build_subordinate_ca(
         root_cert,
         root_signer,
@@ -357,6 +356,35 @@ def create_hierarchy_in(
         spec.issuing_key,
         now,
     )
+    return root, issuing
+
+
+def create_hierarchy_in(
+    tx: UnitOfWork,
+    actor: Actor,
+    keystore: KeyStore,
+    urls: CAUrlsConfig,
+    spec: HierarchySpec,
+    *,
+    now: dt.datetime,
+) -> tuple[CARecord, CARecord, TemplateRecord]:
+    """Create a root CA, an issuing CA signed by it and the default template (caller's unit).
+
+    Raises:
+        ValidationError: ``ca.bad_key_type`` for a key type a CA may not have.
+    """
+    for key_spec in (spec.root_key, spec.issuing_key):
+        if key_spec not in CA_KEY_SPECS:
+            raise ValidationError("ca.bad_key_type", f"a CA key cannot be {key_spec.value}")
+    root_id, issuing_id = str(uuid.uuid4()), str(uuid.uuid4())
+    made: list[str] = []
+    try:
+        root, issuing = _new_hierarchy(keystore, urls, spec, root_id, issuing_id, made, now=now)
+    except BaseException:
+        # The keys were generated for CAs that will not exist (nothing was committed).
+        for key_ref in made:
+            keystore.discard(key_ref)
+        raise
     tx.cas.add(root)
     tx.cas.add(issuing)
     template = Template(template_id=str(uuid.uuid4()), max_validity_days=spec.max_validity_days)
@@ -437,6 +465,43 @@ class CAService:
                 tx, Actor.local_admin(), self._keystore, self._urls, spec, now=now
             )
             return HierarchyView(ca_view(root), ca_view(issuing), template_view(template))
+
+    def check_keys(self) -> int:
+        """Load the key of every CA generation from the keystore; return how many there are.
+
+        ``fleetpki serve`` calls this at startup, so that a key the keystore lacks (a
+        token other than the one that holds it, a deleted key file) or cannot open is
+        reported then, not at the first issuance, CRL or OCSP answer. Every generation
+        counts, retired ones too: their CRLs and OCSP answers are still signed. The
+        keystore is asked outside the unit of work.
+
+        Raises:
+            NotFoundError: ``keystore.key_missing`` naming the CA and generation.
+            ValidationError: ``keystore.key_mismatch`` when the keystore's key is not the
+                one in the generation's certificate; ``keystore.bad_passphrase``.
+        """
+        with self._store.transaction() as tx:
+            keys = {
+                g.key_ref: (ca.name, g.number, g.certificate_der)
+                for ca in tx.cas.all()
+                for g in ca.generations
+            }
+        for key_ref, (name, number, der) in keys.items():
+            try:
+                signer = self._keystore.signer(key_ref)
+            except NotFoundError as exc:
+                raise NotFoundError(
+                    "keystore.key_missing",
+                    f"the key of CA {name!r} generation {number} ({key_ref}) is not in the "
+                    f"keystore: {exc.message}",
+                ) from exc
+            if signer.public_key() != x509.load_der_x509_certificate(der).public_key():
+                raise ValidationError(
+                    "keystore.key_mismatch",
+                    f"the keystore's key {key_ref} is not the key of CA {name!r} "
+                    f"generation {number}",
+                )
+        return len(keys)
 
     def list(self) -> builtins.list[CAView]:
         """Every CA, roots first."""

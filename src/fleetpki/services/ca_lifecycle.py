@@ -31,9 +31,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, ValidationError
-from fleetpki.keystore import KeyStore
+from fleetpki.keystore import KeyStore, Signer
 from fleetpki.pki.ca import CAUrls, build_cross_certificate, build_root_ca, build_subordinate_ca
-from fleetpki.pki.keys import KeySpec, generate_key
+from fleetpki.pki.keys import KeySpec
 from fleetpki.services.audit import write_audit
 from fleetpki.services.authority import CAUrlsConfig, ca_record
 from fleetpki.services.ca_generations import (
@@ -164,15 +164,21 @@ class CALifecycleService:
                 generation = self._rolled_root(ca, current, command.days, now)
             else:
                 generation = self._new_generation(tx, ca, current, rekey, command.days, now)
-            self._add_generation(tx, actor, ca, generation, "ca.renew", now, rekey=rekey)
-            if rollover:
-                root_cert = x509.load_der_x509_certificate(generation.certificate_der)
-                for child in children:
-                    recertified = self._recertified(ca, generation, root_cert, child, now)
-                    self._add_generation(tx, actor, child, recertified, "ca.recertify", now)
-            if not pending_links_in(tx, ca.id, generation.number):
-                activate_in(tx, actor, ca, generation, now=now)
-            return generation_view(tx, ca, generation)
+            try:
+                self._add_generation(tx, actor, ca, generation, "ca.renew", now, rekey=rekey)
+                if rollover:
+                    root_cert = x509.load_der_x509_certificate(generation.certificate_der)
+                    for child in children:
+                        recertified = self._recertified(ca, generation, root_cert, child, now)
+                        self._add_generation(tx, actor, child, recertified, "ca.recertify", now)
+                if not pending_links_in(tx, ca.id, generation.number):
+                    activate_in(tx, actor, ca, generation, now=now)
+                return generation_view(tx, ca, generation)
+            except BaseException:
+                # Nothing is committed: a new key would belong to no generation.
+                if rekey:
+                    self._keystore.discard(generation.key_ref)
+                raise
 
     def _add_generation(
         self,
@@ -213,11 +219,15 @@ class CALifecycleService:
         spec = KeySpec(current.key_spec)
         old_cert = x509.load_der_x509_certificate(current.certificate_der)
         old_signer = self._keystore.signer(current.key_ref)
-        signer = self._keystore.create(generate_key(spec))
+        signer = self._keystore.generate(spec)
         wanted = days if days is not None else max(lifetime.days, 1)
-        new_cert = build_root_ca(signer, old_cert.subject, now=now, days=wanted)
-        new_with_old = build_cross_certificate(new_cert, old_cert, old_signer, now=now)
-        old_with_new = build_cross_certificate(old_cert, new_cert, signer, now=now)
+        try:
+            new_cert = build_root_ca(signer, old_cert.subject, now=now, days=wanted)
+            new_with_old = build_cross_certificate(new_cert, old_cert, old_signer, now=now)
+            old_with_new = build_cross_certificate(old_cert, new_cert, signer, now=now)
+        except BaseException:
+            self._keystore.discard(signer.key_ref)
+            raise
         number = max(g.number for g in ca.generations) + 1
         generation = generation_record(
             ca.id, number, PENDING, new_cert, signer.key_ref, spec, key_created_at=now, now=now
@@ -270,53 +280,48 @@ class CALifecycleService:
         days: int | None,
         now: dt.datetime,
     ) -> CAGeneration:
+        """The new generation's record; with ``rekey``, its key generated in the keystore.
+
+        Every refusal of the input comes before a key is generated, and a key generated
+        for a certificate that could not be made is discarded, so a refused renewal
+        leaves nothing behind, in the database or in the keystore.
+        """
         lifetime = current.not_after - current.not_before
         if days is not None and not 1 <= days <= 36500:
             raise ValidationError("ca.bad_days", "--days must be between 1 and 36500")
         spec = KeySpec(current.key_spec)
-        if rekey:
-            signer = self._keystore.create(generate_key(spec))
-            key_created_at = now
-        else:
-            signer = self._keystore.signer(current.key_ref)
-            key_created_at = current.key_created_at
-        subject = x509.load_der_x509_certificate(current.certificate_der).subject
-        number = max(g.number for g in ca.generations) + 1
-        parent_generation = None
-        if ca.parent_id is None:
-            wanted = dt.timedelta(days=days) if days is not None else lifetime
-            cert = build_root_ca(signer, subject, now=now, days=max(wanted.days, 1))
-        else:
+        parent: CARecord | None = None
+        if ca.parent_id is not None:
             parent = ca_record(tx, ca.parent_id)
             if parent.status != "active":
                 raise ValidationError(
                     "ca.parent_not_active", f"the parent CA {parent.name!r} is retired"
                 )
-            parent_cert = x509.load_der_x509_certificate(parent.certificate_der)
-            parent_generation = parent.generation
-            remaining = parent_cert.not_valid_after_utc - now
+            parent_end = x509.load_der_x509_certificate(parent.certificate_der).not_valid_after_utc
+            remaining = parent_end - now
             if days is not None and dt.timedelta(days=days) > remaining:
                 raise ValidationError(
                     "ca.days_beyond_parent",
                     f"--days {days} goes past the parent CA's expiry "
-                    f"({parent_cert.not_valid_after_utc:%Y-%m-%d}, {remaining.days} days left)",
+                    f"({parent_end:%Y-%m-%d}, {remaining.days} days left)",
                 )
-            wanted_days = days if days is not None else max(lifetime.days, 1)
-            cert = build_subordinate_ca(
-                parent_cert,
-                self._keystore.signer(parent.key_ref),
-                signer,
-                subject,
-                now=now,
-                days=wanted_days,
-                urls=CAUrls(
-                    crl_url=self._urls.crl_url(parent.id, parent.generation),
-                    ca_issuers_url=self._urls.ca_issuers_url(parent.id, parent.generation),
-                ),
-            )
+        parent_generation = parent.generation if parent is not None else None
+        if rekey:
+            signer = self._keystore.generate(spec)
+            key_created_at = now
+        else:
+            signer = self._keystore.signer(current.key_ref)
+            key_created_at = current.key_created_at
+        try:
+            subject = x509.load_der_x509_certificate(current.certificate_der).subject
+            cert = self._certificate(subject, parent, signer, lifetime, days, now)
+        except BaseException:
+            if rekey:
+                self._keystore.discard(signer.key_ref)
+            raise
         return generation_record(
             ca.id,
-            number,
+            max(g.number for g in ca.generations) + 1,
             PENDING,
             cert,
             signer.key_ref,
@@ -324,6 +329,33 @@ class CALifecycleService:
             key_created_at=key_created_at,
             now=now,
             parent_generation=parent_generation,
+        )
+
+    def _certificate(
+        self,
+        subject: x509.Name,
+        parent: CARecord | None,
+        signer: Signer,
+        lifetime: dt.timedelta,
+        days: int | None,
+        now: dt.datetime,
+    ) -> x509.Certificate:
+        """The new generation's certificate, signed by the parent (or itself, for a root)."""
+        if parent is None:
+            wanted = dt.timedelta(days=days) if days is not None else lifetime
+            return build_root_ca(signer, subject, now=now, days=max(wanted.days, 1))
+        wanted_days = days if days is not None else max(lifetime.days, 1)
+        return build_subordinate_ca(
+            x509.load_der_x509_certificate(parent.certificate_der),
+            self._keystore.signer(parent.key_ref),
+            signer,
+            subject,
+            now=now,
+            days=wanted_days,
+            urls=CAUrls(
+                crl_url=self._urls.crl_url(parent.id, parent.generation),
+                ca_issuers_url=self._urls.ca_issuers_url(parent.id, parent.generation),
+            ),
         )
 
     def _trust_in_builtin_hub(
