@@ -67,3 +67,25 @@ def test_bad_renewals_are_named_and_change_nothing(tmp_path: Path) -> None:
     assert too_long.returncode == 2 and "--days" in too_long.stderr
     shown = json.loads(run(home, "ca", "show", issuing, "-o", "json").stdout)
     assert [g["number"] for g in shown["generations"]] == [1]
+
+
+def test_a_root_rollover_from_the_cli_shows_the_link_certificates(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run(home, "init")
+    cas = json.loads(run(home, "ca", "list", "-o", "json").stdout)
+    root = next(c for c in cas if c["tier"] == "root")
+    issuing = _issuing(home)
+    done = run(home, "ca", "renew", str(root["id"]), "--rekey")
+    assert "generation 2 (a new key" in done.stderr and ": active" in done.stderr
+    shown = json.loads(run(home, "ca", "show", str(root["id"]), "-o", "json").stdout)
+    [_, rolled] = shown["generations"]
+    assert len(rolled["cross_certificates_pem"]) == 2
+    child = json.loads(run(home, "ca", "show", str(issuing["id"]), "-o", "json").stdout)
+    assert [(g["state"], g["parent_generation"]) for g in child["generations"]] == [
+        ("retiring", 1),
+        ("active", 2),
+    ]
+    # The exported chain is the re-certified issuing CA, the new root and the link.
+    chain = tmp_path / "chain.pem"
+    run(home, "ca", "export", str(issuing["id"]), "--out", str(chain))
+    assert chain.read_text().count("BEGIN CERTIFICATE") == 3

@@ -25,6 +25,7 @@ from fleetpki.services.authority import (
     TemplateService,
 )
 from fleetpki.services.ca_lifecycle import CALifecycleService
+from fleetpki.services.ca_schedule import CASchedule
 from fleetpki.services.ca_views import CAView, TemplateView
 from fleetpki.services.certificates import CertificateService
 from fleetpki.services.context import Clock, system_clock
@@ -105,9 +106,9 @@ class FleetPKI:
         events: this application's event bus (in-process, after-commit notifications).
         store: the database as the services see it (units of work).
         delivery: the outbox's per-consumer delivery use cases.
-        cas, ca_lifecycle (renewal and generations), templates, certificates, renewal,
-        domains, principals, enrollment, revocation_status, audit, server_certificates:
-            the CA side's use cases.
+        cas, ca_lifecycle (renewal and generations), ca_schedule (its periodic work),
+        templates, certificates, renewal, domains, principals, enrollment,
+        revocation_status, audit, server_certificates: the CA side's use cases.
         hub_devices / hub_twins / hub_statistics: the built-in hub's registry.
         hub_trust: the hub's trusted CAs (and this application's anchor cache).
         hub_messages: telemetry and the cloud-to-device queue.
@@ -139,7 +140,17 @@ class FleetPKI:
         # ``fleet.clock`` moves every service's clock with it.
         audience, now = settings.certificate_token_audience, self.now
         self.cas = CAService(self.store, keystore, now, self.urls)
-        self.ca_lifecycle = CALifecycleService(self.store, keystore, now, self.urls)
+        self.ca_lifecycle = CALifecycleService(
+            self.store,
+            keystore,
+            now,
+            self.urls,
+            rekey_after=dt.timedelta(days=settings.ca_rekey_after_days),
+            link_deadline=dt.timedelta(hours=settings.ca_link_deadline_hours),
+        )
+        self.ca_schedule = CASchedule(
+            self.ca_lifecycle, self.store, now, auto_renew_at=settings.ca_auto_renew_at
+        )
         self.templates = TemplateService(self.store)
         self.certificates = CertificateService(self.store, keystore, now, self.urls)
         self.renewal = RenewalService(self.store, keystore, now, self.urls, audience=audience)
@@ -208,7 +219,11 @@ class FleetPKI:
             keystore,
             start_consumer=self.start_consumer,
             stop_consumer=self.stop_consumer,
-            housekeeping=[self.ca_lifecycle.retire_drained],
+            housekeeping=[
+                self.ca_lifecycle.retire_drained,
+                self.ca_schedule.renew_due,
+                self.ca_schedule.report_overdue,
+            ],
         )
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []

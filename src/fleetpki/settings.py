@@ -74,6 +74,13 @@ class Settings:
             endpoint that azure-identity's ClientSecretCredential calls (off by default).
         keystore: where CA keys are kept: ``file`` (encrypted PKCS#8 files in the home)
             or ``pkcs11`` (generated in, and never leaving, a PKCS#11 token).
+        ca_rekey_after_days: a CA renewal makes a new key by default once the current key
+            is this many days old.
+        ca_auto_renew_at: the fraction of a CA generation's lifetime after which
+            ``fleetpki serve`` renews the CA by itself (``0.8``: at 80 %); 0, the
+            default, turns automatic renewal off.
+        ca_link_deadline_hours: how long a renewed CA generation may wait for a hub link
+            before it is reported as overdue (log, metric, ``fleetpki ca show``).
         pkcs11_module / pkcs11_token / pkcs11_pin_file: the PKCS#11 module's path, the
             token's label, and a file holding the user PIN (``$FLEETPKI_PKCS11_PIN``
             wins; the PIN is never written to the configuration).
@@ -98,6 +105,9 @@ class Settings:
     token_endpoint_enabled: bool = False
     token_tenant_id: str = ""
     keystore: str = "file"
+    ca_rekey_after_days: int = 365
+    ca_auto_renew_at: float = 0.0
+    ca_link_deadline_hours: int = 24
     pkcs11_module: str = DEFAULT_PKCS11_MODULE
     pkcs11_token: str = ""
     pkcs11_pin_file: str = ""
@@ -108,6 +118,18 @@ class Settings:
                 "config.invalid",
                 f"keystore must be one of {', '.join(KEYSTORES)}, not {self.keystore!r}",
             )
+        auto = self.ca_auto_renew_at
+        if isinstance(auto, bool) or not isinstance(auto, int | float) or not 0 <= auto < 1:
+            raise ValidationError(
+                "config.invalid",
+                f"ca_auto_renew_at must be a fraction from 0 (off) to below 1, not {auto!r}",
+            )
+        for name in ("ca_rekey_after_days", "ca_link_deadline_hours"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(
+                    "config.invalid", f"{name} must be a whole number of at least 1, not {value!r}"
+                )
 
     @property
     def keys_dir(self) -> Path:
@@ -178,7 +200,7 @@ class Settings:
         for key, value in asdict(self).items():
             if key == "home":
                 continue
-            if isinstance(value, bool | int):
+            if isinstance(value, bool | int | float):
                 lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
             else:
                 escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from cryptography import x509
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,7 +40,11 @@ class ActivateIn(BaseModel):
 
 
 class GenerationOut(BaseModel):
-    """A generation of a CA: its certificate, its state, and what a pending one waits for."""
+    """A generation of a CA: its certificate, its state, and what a pending one waits for.
+
+    ``cross_certificates_pem``, for a root generation with a new key: the rollover's
+    link certificates (the new key certified by the old one, the old by the new).
+    """
 
     ca_id: str
     number: int
@@ -55,7 +60,11 @@ class GenerationOut(BaseModel):
     activated_at: str | None
     retired_at: str | None
     pending_links: list[str]
+    waits_for_parent: bool
+    overdue: bool
+    parent_generation: int | None
     certificate_pem: str
+    cross_certificates_pem: list[str]
     crl_url: str
 
 
@@ -76,7 +85,13 @@ def generation_out(urls: CAUrlsConfig, view: GenerationView) -> GenerationOut:
         activated_at=iso(view.activated_at) if view.activated_at else None,
         retired_at=iso(view.retired_at) if view.retired_at else None,
         pending_links=list(view.pending_links),
+        waits_for_parent=view.waits_for_parent,
+        overdue=view.overdue,
+        parent_generation=view.parent_generation,
         certificate_pem=pem_of(view.certificate),
+        cross_certificates_pem=[
+            pem_of(x509.load_der_x509_certificate(der)) for der in view.cross_certificates_der
+        ],
         crl_url=urls.crl_url(view.ca_id, view.number),
     )
 

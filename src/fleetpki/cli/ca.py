@@ -137,9 +137,18 @@ def ca_show(ctx: typer.Context, ca_id: CaId, output: OutputOption = Output.TABLE
             g["sha1"][:16] + "…",
             fmt_iso(g["not_before"]),
             fmt_iso(g["not_after"]),
-            ", ".join(g["pending_links"]) or "-",
+            _waiting_for(g),
         )
     print_table(rows)
+
+
+def _waiting_for(generation: dict[str, Any]) -> str:
+    """What a pending generation waits for: its hub links, its parent, and if overdue."""
+    waits = list(generation["pending_links"])
+    if generation.get("waits_for_parent"):
+        waits.append(f"parent generation {generation['parent_generation']}")
+    text = ", ".join(waits) or "-"
+    return f"{text} (overdue)" if generation.get("overdue") else text
 
 
 @app.command("renew")

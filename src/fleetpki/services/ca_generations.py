@@ -61,6 +61,8 @@ class GenerationView:
         parent_generation: the parent's generation that signed it (``None`` for a root).
         waits_for_parent: a pending generation signed by a parent generation that is
             itself still pending (a root rollover): it activates after its parent's.
+        overdue: a pending generation that has waited for its links longer than the
+            configured deadline (``ca_link_deadline_hours``).
         cross_certificates_der: for a root generation with a new key, the two link
             certificates (new key under the old, old key under the new).
     """
@@ -82,6 +84,7 @@ class GenerationView:
     certificate_der: bytes
     parent_generation: int | None = None
     waits_for_parent: bool = False
+    overdue: bool = False
     cross_certificates_der: tuple[bytes, ...] = ()
 
     @property
@@ -188,9 +191,26 @@ def pending_links_in(tx: UnitOfWork, ca_id: str, number: int) -> list[str]:
     return pending
 
 
-def generation_view(tx: UnitOfWork, ca: CARecord, generation: CAGeneration) -> GenerationView:
-    """The view of one generation (the pending links read in the caller's unit)."""
+def generation_view(
+    tx: UnitOfWork,
+    ca: CARecord,
+    generation: CAGeneration,
+    *,
+    deadline: dt.timedelta | None = None,
+    now: dt.datetime | None = None,
+) -> GenerationView:
+    """The view of one generation (the pending links read in the caller's unit).
+
+    With ``deadline`` and ``now``, a pending generation older than the deadline is
+    marked overdue.
+    """
     previous = generation_of(ca, generation.number - 1)
+    overdue = (
+        generation.state == PENDING
+        and deadline is not None
+        and now is not None
+        and now - generation.created_at > deadline
+    )
     return GenerationView(
         ca_id=ca.id,
         number=generation.number,
@@ -213,6 +233,7 @@ def generation_view(tx: UnitOfWork, ca: CARecord, generation: CAGeneration) -> G
         certificate_der=generation.certificate_der,
         parent_generation=generation.parent_generation,
         waits_for_parent=generation.state == PENDING and parent_pending(tx, ca, generation),
+        overdue=overdue,
         cross_certificates_der=tuple(
             der for der in (generation.cross_der, generation.back_cross_der) if der
         ),

@@ -60,10 +60,12 @@ from fleetpki.services.outbox import CA_GENERATION_CREATED, CA_GENERATION_RETIRE
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CAGeneration, CARecord
 
-__all__ = ["DEFAULT_REKEY_AFTER", "CALifecycleService", "RenewCommand"]
+__all__ = ["DEFAULT_LINK_DEADLINE", "DEFAULT_REKEY_AFTER", "CALifecycleService", "RenewCommand"]
 
 #: A key older than this is replaced on renewal unless the caller says otherwise.
 DEFAULT_REKEY_AFTER = dt.timedelta(days=365)
+#: A generation waiting longer than this for a hub link is reported as overdue.
+DEFAULT_LINK_DEADLINE = dt.timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,8 @@ class CALifecycleService:
         clock: the source of "now".
         urls: where CRLs and CA certificates are published.
         rekey_after: the key age past which a renewal makes a new key by default.
+        link_deadline: how long a pending generation may wait for its links before it
+            is shown as overdue.
     """
 
     def __init__(
@@ -109,12 +113,14 @@ class CALifecycleService:
         urls: CAUrlsConfig,
         *,
         rekey_after: dt.timedelta = DEFAULT_REKEY_AFTER,
+        link_deadline: dt.timedelta = DEFAULT_LINK_DEADLINE,
     ) -> None:
         self._store = store
         self._keystore = keystore
         self._clock = clock
         self._urls = urls
         self._rekey_after = rekey_after
+        self.link_deadline = link_deadline
 
     def renew(self, actor: Actor, ca_id: str, command: RenewCommand) -> GenerationView:
         """Make a new generation of the CA; it activates once every link holds it.
@@ -389,9 +395,13 @@ class CALifecycleService:
         Raises:
             NotFoundError: ``ca.not_found``.
         """
+        now = self._clock()
         with self._store.transaction() as tx:
             ca = ca_record(tx, ca_id)
-            return [generation_view(tx, ca, g) for g in ca.generations]
+            return [
+                generation_view(tx, ca, g, deadline=self.link_deadline, now=now)
+                for g in ca.generations
+            ]
 
     def retire_drained(self) -> builtins.list[GenerationView]:
         """Retire every retiring generation of an issuing CA with nothing outstanding.
@@ -438,9 +448,10 @@ class CALifecycleService:
 
     def pending(self) -> builtins.list[GenerationView]:
         """Every generation still waiting for its hub links, oldest first (for alerts)."""
+        now = self._clock()
         with self._store.transaction() as tx:
             return [
-                generation_view(tx, ca, g)
+                generation_view(tx, ca, g, deadline=self.link_deadline, now=now)
                 for ca in tx.cas.all()
                 for g in ca.generations
                 if g.state == PENDING
