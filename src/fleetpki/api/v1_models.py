@@ -22,7 +22,9 @@ __all__ = [
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON types are taken as sent, never coerced (``true`` is not 1, ``"30"``
+    # is not 30), so a lax conversion cannot turn bad input into an action (issue 14).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CAOut(BaseModel):
