@@ -27,6 +27,13 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fleetpki.api.azure_schemas import (
+    DEVICE_BODY,
+    METHOD_BODY,
+    QUERY_BODY,
+    TWIN_BODY,
+    json_body,
+)
 from fleetpki.api.deps import get_fleet
 from fleetpki.api.oidc import OIDCVerifier
 from fleetpki.api.params import parse_counter
@@ -388,7 +395,7 @@ def _call(use_case: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
 # --------------------------------------------------------------------------- devices
 
 
-@router.put("/devices/{device_id}")
+@router.put("/devices/{device_id}", openapi_extra=json_body(DEVICE_BODY))
 def put_device(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -428,13 +435,15 @@ def list_devices(
 _SELECT_ALL = re.compile(r"^\s*select\s+\*\s+from\s+devices\s*$", re.IGNORECASE)
 
 
-@router.post("/devices/query")
+@router.post("/devices/query", openapi_extra=json_body(QUERY_BODY))
 def query_devices(
     body: JsonBody,
     caller: Caller,
     fleet: Fleet,
     max_items: Annotated[int | None, Header(alias="x-ms-max-item-count", ge=1, le=1000)] = None,
-    continuation: Annotated[str | None, Header(alias="x-ms-continuation")] = None,
+    continuation: Annotated[
+        str | None, Header(alias="x-ms-continuation", pattern=r"^[0-9]{1,12}$")
+    ] = None,
 ) -> Response:
     """``SELECT * FROM devices`` only, paged by ``x-ms-max-item-count`` (ref §3.2)."""
     _guard(caller, Right.REGISTRY_READ, Right.SERVICE_CONNECT)
@@ -471,7 +480,7 @@ def get_twin(device_id: str, caller: Caller, fleet: Fleet) -> dict[str, Any]:
     return twin_json(_call(fleet.hub_twins.get, device_id))
 
 
-@router.patch("/twins/{device_id}")
+@router.patch("/twins/{device_id}", openapi_extra=json_body(TWIN_BODY))
 def patch_twin(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -480,7 +489,7 @@ def patch_twin(
     return twin_json(_call(fleet.hub_twins.patch, device_id, body, if_match=if_match))
 
 
-@router.put("/twins/{device_id}")
+@router.put("/twins/{device_id}", openapi_extra=json_body(TWIN_BODY))
 def replace_twin(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -489,7 +498,7 @@ def replace_twin(
     return twin_json(_call(fleet.hub_twins.replace, device_id, body, if_match=if_match))
 
 
-@router.post("/twins/{device_id}/methods")
+@router.post("/twins/{device_id}/methods", openapi_extra=json_body(METHOD_BODY))
 async def invoke_method(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet
 ) -> dict[str, Any]:
