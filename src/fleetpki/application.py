@@ -114,7 +114,14 @@ class FleetPKI:
         self.ca_lifecycle = CALifecycleService(self.store, keystore, now, self.urls)
         self.templates = TemplateService(self.store)
         self.certificates = CertificateService(self.store, keystore, now, self.urls)
-        self.renewal = RenewalService(self.store, keystore, now, self.urls, audience=audience)
+        self.renewal = RenewalService(
+            self.store,
+            keystore,
+            now,
+            self.urls,
+            audience=audience,
+            superseded_grace=dt.timedelta(seconds=settings.renewal_grace_seconds),
+        )
         self.domains = DomainService(self.store, now)
         self.principals = PrincipalService(self.store, now)
         self.enrollment = EnrollmentService(self.store, now, audience=audience)
@@ -180,7 +187,7 @@ class FleetPKI:
             keystore,
             start_consumer=self.start_consumer,
             stop_consumer=self.stop_consumer,
-            housekeeping=[self.ca_lifecycle.retire_drained],
+            housekeeping=[self.ca_lifecycle.retire_drained, self.renewal.revoke_superseded],
         )
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []

@@ -63,6 +63,8 @@ class Settings:
             from the home and the hostname, see ``services.hub_management``).
         token_endpoint_enabled / token_tenant_id: serve the client-credentials token
             endpoint that azure-identity's ClientSecretCredential calls (off by default).
+        renewal_grace_seconds: how long a renewed certificate stays valid beside its
+            successor before the server's housekeeping revokes it (reason superseded).
     """
 
     home: Path
@@ -83,6 +85,7 @@ class Settings:
     arm_hub_name: str = ""
     token_endpoint_enabled: bool = False
     token_tenant_id: str = ""
+    renewal_grace_seconds: int = 86400
 
     @property
     def keys_dir(self) -> Path:

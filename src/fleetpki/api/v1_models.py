@@ -136,6 +136,9 @@ class CertificateOut(BaseModel):
     sha256: str
     requested_by: str
     renews_serial: str | None = None
+    superseded_by_serial: str | None = Field(
+        default=None, description="the certificate that renewed this one; it can renew no more"
+    )
     revoked_at: str | None = None
     revocation_reason: str | None = None
     certificate_pem: str
