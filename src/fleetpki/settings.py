@@ -65,6 +65,12 @@ class Settings:
             endpoint that azure-identity's ClientSecretCredential calls (off by default).
         renewal_grace_seconds: how long a renewed certificate stays valid beside its
             successor before the server's housekeeping revokes it (reason superseded).
+        tls_handshake_timeout_seconds: how long a client of either port may take to
+            complete its TLS handshake.
+        http_header_timeout_seconds: how long an API client may take to send a
+            request's headers, from the connection's start or the previous response.
+        api_max_connections / mqtt_max_connections: open connections allowed at once
+            on each port, TLS handshakes included; more are closed at once, and logged.
     """
 
     home: Path
@@ -86,6 +92,10 @@ class Settings:
     token_endpoint_enabled: bool = False
     token_tenant_id: str = ""
     renewal_grace_seconds: int = 86400
+    tls_handshake_timeout_seconds: int = 10
+    http_header_timeout_seconds: int = 10
+    api_max_connections: int = 1000
+    mqtt_max_connections: int = 20000
 
     @property
     def keys_dir(self) -> Path:

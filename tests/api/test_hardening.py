@@ -427,7 +427,13 @@ def _break(live: LiveServer, table: str) -> None:
 
 
 def _errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # The API's and the HTTP server's own (uvicorn logs what escapes the app); the
+    # server's background housekeeping may trip over the broken table too.
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name.startswith(("fleetpki.api", "uvicorn"))
+    ]
 
 
 def test_unexpected_error_on_azure_route_is_azure_shaped_and_keeps_the_connection(
