@@ -153,7 +153,14 @@ class FleetPKI:
         )
         self.templates = TemplateService(self.store)
         self.certificates = CertificateService(self.store, keystore, now, self.urls)
-        self.renewal = RenewalService(self.store, keystore, now, self.urls, audience=audience)
+        self.renewal = RenewalService(
+            self.store,
+            keystore,
+            now,
+            self.urls,
+            audience=audience,
+            superseded_grace=dt.timedelta(seconds=settings.renewal_grace_seconds),
+        )
         self.domains = DomainService(self.store, now)
         self.principals = PrincipalService(self.store, now)
         self.enrollment = EnrollmentService(self.store, now, audience=audience)
@@ -223,6 +230,7 @@ class FleetPKI:
                 self.ca_lifecycle.retire_drained,
                 self.ca_schedule.renew_due,
                 self.ca_schedule.report_overdue,
+                self.renewal.revoke_superseded,
             ],
         )
         self._lock = threading.Lock()

@@ -15,6 +15,7 @@ __all__ = [
     "AuthenticationError",
     "ConflictError",
     "FleetPKIError",
+    "InternalError",
     "NotFoundError",
     "PermissionDenied",
     "ValidationError",
@@ -75,6 +76,16 @@ class ConflictError(FleetPKIError):
     default_status = 409
 
 
+class InternalError(FleetPKIError):
+    """Something failed that should not have: a bug or a broken component (HTTP 500).
+
+    Its message is generic; the cause is only logged, with the request id the caller
+    was given.
+    """
+
+    default_status = 500
+
+
 # Codes whose status differs from their class's default.  Kept in one table so that
 # the API's answers can be read off in one place.
 _STATUS_BY_CODE: dict[str, int] = {
@@ -90,5 +101,9 @@ _STATUS_BY_CODE: dict[str, int] = {
 
 
 def http_status_for(error: FleetPKIError) -> int:
-    """Return the HTTP status for ``error``: its code's entry, else its class default."""
-    return _STATUS_BY_CODE.get(error.code, type(error).default_status)
+    """Return the HTTP status for ``error``: its code's entry, else its own default.
+
+    The default is the class's, unless the instance carries one of its own (a refusal
+    by the HTTP layer, such as 405, keeps the status it was raised with).
+    """
+    return _STATUS_BY_CODE.get(error.code, error.default_status)

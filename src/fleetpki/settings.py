@@ -84,6 +84,14 @@ class Settings:
         pkcs11_module / pkcs11_token / pkcs11_pin_file: the PKCS#11 module's path, the
             token's label, and a file holding the user PIN (``$FLEETPKI_PKCS11_PIN``
             wins; the PIN is never written to the configuration).
+        renewal_grace_seconds: how long a renewed certificate stays valid beside its
+            successor before the server's housekeeping revokes it (reason superseded).
+        tls_handshake_timeout_seconds: how long a client of either port may take to
+            complete its TLS handshake.
+        http_header_timeout_seconds: how long an API client may take to send a
+            request's headers, from the connection's start or the previous response.
+        api_max_connections / mqtt_max_connections: open connections allowed at once
+            on each port, TLS handshakes included; more are closed at once, and logged.
     """
 
     home: Path
@@ -111,6 +119,11 @@ class Settings:
     pkcs11_module: str = DEFAULT_PKCS11_MODULE
     pkcs11_token: str = ""
     pkcs11_pin_file: str = ""
+    renewal_grace_seconds: int = 86400
+    tls_handshake_timeout_seconds: int = 10
+    http_header_timeout_seconds: int = 10
+    api_max_connections: int = 1000
+    mqtt_max_connections: int = 20000
 
     def __post_init__(self) -> None:
         if self.keystore not in KEYSTORES:

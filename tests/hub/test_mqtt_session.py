@@ -732,3 +732,31 @@ def test_paho_client_against_the_core() -> None:
     connect = log[0]
     assert isinstance(connect, ConnectRequested)
     assert (connect.client_id, connect.clean_session, connect.keepalive) == ("dev1", False, 60)
+
+
+@pytest.mark.parametrize(
+    ("first_byte", "code"),
+    [
+        (b"\x30", ProtocolErrorCode.UNEXPECTED_PACKET),  # PUBLISH
+        (b"\xc0", ProtocolErrorCode.UNEXPECTED_PACKET),  # PINGREQ
+        (b"\x82", ProtocolErrorCode.UNEXPECTED_PACKET),  # SUBSCRIBE
+        (b"\x00", ProtocolErrorCode.MALFORMED),  # reserved type 0
+    ],
+    ids=["publish", "pingreq", "subscribe", "reserved"],
+)
+def test_a_first_packet_that_is_not_connect_is_refused_on_its_first_byte(
+    first_byte: bytes, code: ProtocolErrorCode
+) -> None:
+    link = Link()
+    link.server.receive_data(first_byte)  # the rest of the packet may never come
+    [event] = list(link.server.events())
+    assert isinstance(event, ProtocolViolation)
+    assert event.code == code
+    assert link.server.state is ConnectionState.CLOSED
+
+
+def test_the_first_byte_of_a_connect_waits_for_the_rest() -> None:
+    link = Link()
+    link.server.receive_data(b"\x10")
+    assert list(link.server.events()) == []
+    assert link.server.state is ConnectionState.AWAITING_CONNECT

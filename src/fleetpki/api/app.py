@@ -6,20 +6,25 @@ import importlib
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetpki import __version__
 from fleetpki.api.deps import get_fleet, get_metrics
+from fleetpki.api.error_formats import (
+    ErrorBoundaryMiddleware,
+    error_response,
+    is_arm_path,
+    is_hub_service_path,
+)
 from fleetpki.api.metrics import METRICS_CONTENT_TYPE, LatencyMiddleware, Metrics
 from fleetpki.api.oidc import OIDCVerifier
 from fleetpki.api.problems import (
-    PROBLEM_CONTENT_TYPE,
+    count_refusal,
     fleetpki_error_handler,
+    http_error,
     http_exception_handler,
-    problem_body,
-    unexpected_error_handler,
     validation_error_handler,
 )
 from fleetpki.application import FleetPKI
@@ -47,53 +52,88 @@ _ROUTERS: tuple[str, ...] = (
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over a limit, by ``Content-Length`` or while streaming."""
+    """Refuse request bodies over a limit with 413, by ``Content-Length`` or chunked.
+
+    A body with a ``Content-Length`` is refused from the header alone. A chunked one
+    (no ``Content-Length``) is read here, up to the limit, before the route runs: a
+    route that read it itself would fail mid-parse with a 400, and docs/api.md
+    promises 413 for both. Once the limit is passed nothing more is read, so the
+    answer closes the connection.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or answer 413 when its body is over the limit."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, send)
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+            await self.app(scope, receive, send)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise ValidationError("request.too_large", self._message())
-            return message
-
-        await self.app(scope, limited_receive, send)
+            if message["type"] != "http.request":
+                # The client went away before its body ended; the route sees that.
+                await self.app(scope, _replay([], message, receive), send)
+                return
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], None, receive), send)
 
     def _message(self) -> str:
         return f"the request body is larger than {self.max_bytes} bytes"
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        path = str(scope.get("path", ""))
-        metrics = getattr(scope.get("app"), "state", None)
-        registry = getattr(metrics, "metrics", None) if metrics is not None else None
-        if registry is not None:
-            registry.refusals.labels(code="request.too_large").inc()
-        response = JSONResponse(
-            problem_body(413, "request.too_large", self._message(), ezca=path.startswith("/api/")),
-            status_code=413,
-            media_type=PROBLEM_CONTENT_TYPE,
-            headers={"Connection": "close"},
+        error = ValidationError("request.too_large", self._message())
+        count_refusal(scope.get("app"), error.code)
+        response = error_response(
+            str(scope.get("path", "")), error, headers={"Connection": "close"}
         )
         await response(scope, _drain, send)
 
 
+def _replay(messages: list[Message], last: Message | None, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``messages`` (then ``last``) before reading on."""
+    pending = [*messages, *([last] if last is not None else [])]
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
 async def _drain() -> Message:
     return {"type": "http.disconnect"}
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own HTTP errors (no route, wrong method), in the path's error format."""
+    assert isinstance(exc, StarletteHTTPException)
+    path = request.url.path
+    if is_hub_service_path(path) or is_arm_path(path):
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        error = http_error(exc.status_code, detail)
+        count_refusal(request.app, error.code)
+        return error_response(path, error)
+    return await http_exception_handler(request, exc)
 
 
 def _health(request: Request) -> dict[str, str]:
@@ -128,8 +168,9 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.add_exception_handler(FleetPKIError, fleetpki_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
-    app.add_exception_handler(Exception, unexpected_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    # Innermost first: the boundary sees every exception the routes let through.
+    app.add_middleware(ErrorBoundaryMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.add_api_route("/healthz", _health, methods=["GET"], tags=["operations"])

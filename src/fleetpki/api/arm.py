@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from fleetpki.api.auth import bearer_token
+from fleetpki.api.azure_schemas import ARM_CERTIFICATE_BODY, ARM_VERIFY_BODY, json_body
 from fleetpki.api.deps import client_source, get_fleet
 from fleetpki.api.oidc import OIDCVerifier
 from fleetpki.application import FleetPKI
@@ -389,7 +390,7 @@ def get_certificate(
     return JSONResponse(certificate_json(service.identity, view))
 
 
-@router.put(HUB_PATH + "/certificates/{name}")
+@router.put(HUB_PATH + "/certificates/{name}", openapi_extra=json_body(ARM_CERTIFICATE_BODY))
 def put_certificate(
     request: Request,
     fleet: Fleet,
@@ -448,7 +449,7 @@ def generate_verification_code(
     return JSONResponse(certificate_json(service.identity, view, with_code=True))
 
 
-@router.post(HUB_PATH + "/certificates/{name}/verify")
+@router.post(HUB_PATH + "/certificates/{name}/verify", openapi_extra=json_body(ARM_VERIFY_BODY))
 def verify_certificate(
     request: Request,
     fleet: Fleet,

@@ -39,6 +39,12 @@ class _Model(BaseModel):
     )
 
 
+class _Request(_Model):
+    # What clients send is taken in strict mode: JSON types are not coerced, so a
+    # boolean never becomes a number nor a string a number (issue 14).
+    model_config = ConfigDict(strict=True)
+
+
 class APIResult(_Model):
     """EZCA's APIResultModel: success and a message (data travels as a string in it)."""
 
@@ -46,7 +52,7 @@ class APIResult(_Model):
     message: str = Field(alias="Message")
 
 
-class AADObject(_Model):
+class AADObject(_Request):
     """EZCA's AADObjectModel: a principal by Entra object id."""
 
     object_id: str = Field(alias="ObjectId", max_length=64)
@@ -71,7 +77,7 @@ class AvailableCA(_Model):
     ca_tier: str = Field(default="SubordinateCA", alias="CATier")
 
 
-class NewDomainRegistrationRequest(_Model):
+class NewDomainRegistrationRequest(_Request):
     """EZCA's NewDomainRegistrationRequest."""
 
     ca_id: str = Field(alias="CAID", max_length=64)
@@ -117,7 +123,7 @@ def _san_from_text(value: str) -> SubjectAltName:
     return SubjectAltName(SanType.IP, value)
 
 
-class _CreateBase(_Model):
+class _CreateBase(_Request):
     subject_name: str | None = Field(default=None, alias="SubjectName", max_length=1024)
     ca_id: str = Field(alias="CAID", max_length=64)
     template_id: str | None = Field(default=None, alias="TemplateID", max_length=64)
@@ -129,7 +135,7 @@ class _CreateBase(_Model):
     key_usages: list[str] | None = Field(default=None, alias="KeyUsages", max_length=10)
     selected_location: str = Field(default="IoT Device", alias="SelectedLocation", max_length=256)
     auto_renew: bool = Field(default=False, alias="AutoRenew")
-    auto_renew_percentage: int = Field(default=80, alias="AutoRenewPercentage")
+    auto_renew_percentage: int = Field(default=80, alias="AutoRenewPercentage", ge=0, le=100)
 
     def _command(self, sans: tuple[SubjectAltName, ...] | None) -> IssueCommand:
         """The issuance command (EKU names and key usage names parsed; codes on failure)."""
@@ -164,11 +170,11 @@ class CertificateCreateRequest(_CreateBase):
         return self._command(sans)
 
 
-class SubjectAltValue(_Model):
+class SubjectAltValue(_Request):
     """EZCA's typed SAN: ``ValueSTR`` and ``SubjectAltType`` (the GeneralName tag)."""
 
     value: str = Field(alias="ValueSTR", max_length=1024)
-    subject_alt_type: int = Field(alias="SubjectAltType")
+    subject_alt_type: int = Field(alias="SubjectAltType", ge=0, le=1000)
 
 
 class CertificateCreateRequestV2(_CreateBase):
@@ -207,7 +213,7 @@ class CertificateCreatedResponse(_Model):
     root_certificate: str = Field(alias="RootCertificate")
 
 
-class CertRenewRequest(_Model):
+class CertRenewRequest(_Request):
     """EZCA's CertRenewReqModel."""
 
     csr: str = Field(alias="CSR", max_length=65536)
@@ -216,14 +222,14 @@ class CertRenewRequest(_Model):
     )
 
 
-class CertificateAuthenticationPayload(_Model):
+class CertificateAuthenticationPayload(_Request):
     """EZCA's CertificateAuthenticationPayloadModel<CertRenewReqModel>."""
 
     certificate: str = Field(alias="Certificate", max_length=65536)
     payload: CertRenewRequest = Field(alias="Payload")
 
 
-class RevokeRequest(_Model):
+class RevokeRequest(_Request):
     """The body of RevokeCertificateV2: a certificate by SHA-1 thumbprint."""
 
     ca_id: str | None = Field(default=None, alias="CAID", max_length=64)
@@ -257,7 +263,7 @@ class SSLCertInfoV2(_Model):
     can_revoke: bool = Field(alias="CanRevoke")
 
 
-class AuditRequest(_Model):
+class AuditRequest(_Request):
     """EZCA's AuditRequestModel, with an optional certificate thumbprint to narrow it."""
 
     date_from: str | None = Field(default=None, alias="DateFrom", max_length=64)

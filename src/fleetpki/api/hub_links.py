@@ -46,7 +46,7 @@ AdminDep = Annotated[Caller, Depends(require_admin)]
 class HubLinkIn(BaseModel):
     """A link to add. ``secret`` is write-only: stored encrypted, never returned."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(max_length=64)
     kind: str = Field(description="builtin or azure")
@@ -115,7 +115,7 @@ class HubLinkOut(BaseModel):
 class LinkTrustIn(BaseModel):
     """The CA to trust in the link's hub."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     caId: str = Field(max_length=64)  # noqa: N815
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import math
 import re
 import uuid
 from collections.abc import Callable, Coroutine
@@ -23,9 +25,19 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fleetpki.api.azure_schemas import (
+    DEVICE_BODY,
+    METHOD_BODY,
+    QUERY_BODY,
+    TWIN_BODY,
+    json_body,
+)
 from fleetpki.api.deps import get_fleet
 from fleetpki.api.oidc import OIDCVerifier
+from fleetpki.api.params import parse_counter
+from fleetpki.api.problems import INTERNAL_ERROR, http_error
 from fleetpki.application import FleetPKI
 from fleetpki.errors import (
     AuthenticationError,
@@ -60,6 +72,8 @@ API_VERSION = "2021-04-12"
 
 _NO_TIME = "0001-01-01T00:00:00Z"  # Azure's "never" (ref §3.2)
 _MAX_METHOD_TIMEOUT = 300
+# Continuation tokens are offsets into the device list; none is larger than this.
+_MAX_CONTINUATION = 10**12
 
 # Stable code -> (Azure error name, Azure numeric code) (ref §3.5).
 _AZURE_ERRORS: dict[str, tuple[str, int]] = {
@@ -69,12 +83,25 @@ _AZURE_ERRORS: dict[str, tuple[str, int]] = {
     "hub.device_not_online": ("DeviceNotOnline", 404103),
     "hub.method_timeout": ("GatewayTimeout", 504101),
     "hub.bad_api_version": ("InvalidProtocolVersion", 400001),
+    "request.too_large": ("MessageTooLarge", 413001),
+    "internal.error": ("ServerError", 500001),
 }
 _CLASS_ERRORS: dict[type[FleetPKIError], tuple[str, int]] = {
     AuthenticationError: ("IotHubUnauthorizedAccess", 401002),
     PermissionDenied: ("IotHubUnauthorizedAccess", 401002),
     ValidationError: ("ArgumentInvalid", 400004),
 }
+# For errors with neither a code nor a class entry: by HTTP status (names UNCONFIRMED).
+_STATUS_ERRORS: dict[int, tuple[str, int]] = {
+    400: ("ArgumentInvalid", 400004),
+    404: ("NotFound", 404000),
+    405: ("MethodNotAllowed", 405000),
+    409: ("Conflict", 409000),
+    412: ("PreconditionFailed", 412000),
+    413: ("MessageTooLarge", 413001),
+    415: ("UnsupportedMediaType", 415000),
+}
+_log = logging.getLogger("fleetpki.api")
 
 
 def _iso(value: dt.datetime | None) -> str:
@@ -91,12 +118,24 @@ class AzureError(Exception):
         self.error = error
 
 
-def azure_error_response(error: FleetPKIError) -> JSONResponse:
-    """Azure's error body and ``iothub-errorcode`` header for ``error`` (ref §3.5)."""
-    name, number = _AZURE_ERRORS.get(error.code) or next(
-        (v for k, v in _CLASS_ERRORS.items() if isinstance(error, k)), ("ServerError", 500001)
+def azure_error_response(error: FleetPKIError, *, tracking_id: str | None = None) -> JSONResponse:
+    """Azure's error body and ``iothub-errorcode`` header for ``error`` (ref §3.5).
+
+    Args:
+        error: the refusal; its code picks Azure's error name and number.
+        tracking_id: the ``trackingId`` to send (the one logged for an unexpected
+            error); a new one by default.
+    """
+    status = http_status_for(error)
+    name, number = (
+        _AZURE_ERRORS.get(error.code)
+        or _STATUS_ERRORS.get(status)
+        or next(
+            (v for k, v in _CLASS_ERRORS.items() if isinstance(error, k)),
+            ("ServerError", 500001),
+        )
     )
-    tracking = uuid.uuid4().hex
+    tracking = tracking_id or uuid.uuid4().hex
     now = _iso(dt.datetime.now(dt.UTC))
     inner = {
         "errorCode": number,
@@ -110,7 +149,7 @@ def azure_error_response(error: FleetPKIError) -> JSONResponse:
             "Message": json.dumps(inner),
             "ExceptionMessage": f"Tracking ID:{tracking}-TimeStamp:{now}",
         },
-        status_code=http_status_for(error),
+        status_code=status,
         headers={"iothub-errorcode": name},
     )
 
@@ -204,12 +243,36 @@ class _AzureRoute(APIRoute):
                 return await handler(request)
             except AzureError as exc:
                 return azure_error_response(exc.error)
-            except RequestValidationError:
+            except FleetPKIError as exc:
+                return azure_error_response(exc)
+            except RequestValidationError as exc:
                 return azure_error_response(
-                    ValidationError("hub.bad_request", "the request body must be a JSON object")
+                    ValidationError("hub.bad_request", f"the request is invalid: {_where(exc)}")
                 )
+            except StarletteHTTPException as exc:
+                # FastAPI's own refusals (a body that is not JSON, ...), in Azure's form.
+                detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+                return azure_error_response(http_error(exc.status_code, detail))
+            except Exception as exc:
+                # One log entry, with the tracking id the caller sees (ref §3.5); the
+                # connection stays usable because nothing propagates to the server.
+                tracking = uuid.uuid4().hex
+                _log.error(
+                    "unexpected error on %s %s (trackingId %s)",
+                    request.method,
+                    request.url.path,
+                    tracking,
+                    exc_info=exc,
+                )
+                return azure_error_response(INTERNAL_ERROR, tracking_id=tracking)
 
         return handle
+
+
+def _where(exc: RequestValidationError) -> str:
+    # Locations only: the offending value may hold a secret and is never echoed.
+    places = [".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:5]]
+    return ", ".join(places) or "request"
 
 
 router = APIRouter(tags=["hub service (Azure IoT Hub)"], route_class=_AzureRoute)
@@ -275,23 +338,49 @@ def twin_json(twin: TwinView) -> dict[str, Any]:
     }
 
 
+def _text(document: dict[str, Any], key: str, where: str, max_length: int) -> str | None:
+    """A string field of Azure's JSON, or ``None`` when absent or null; anything else refused."""
+    value = document.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("hub.bad_request", f"{where}{key} must be a string or null")
+    if len(value) > max_length:
+        raise ValidationError(
+            "hub.bad_request", f"{where}{key} is longer than {max_length} characters"
+        )
+    return value
+
+
+def _object(document: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """An object field of Azure's JSON (``{}`` when absent or null); anything else refused."""
+    value = document.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError("hub.bad_request", f"{where}{key} must be an object")
+    return value
+
+
 def _spec_from(device_id: str, body: dict[str, Any]) -> DeviceSpec:
-    if body.get("deviceId") not in (None, device_id):
+    if _text(body, "deviceId", "", 128) not in (None, device_id):
         raise ValidationError("hub.bad_device_id", "the body's deviceId is not the URL's")
-    auth = body.get("authentication") or {}
-    if not isinstance(auth, dict):
-        raise ValidationError("hub.bad_auth_type", "authentication must be an object")
-    thumbs = auth.get("x509Thumbprint") or {}
-    status = body.get("status")
+    auth = _object(body, "authentication", "")
+    thumbs = _object(auth, "x509Thumbprint", "authentication.")
+    status = _text(body, "status", "", 32)
     return DeviceSpec(
         device_id=device_id,
-        auth_type=AuthType.parse(str(auth.get("type") or "certificateAuthority")),
-        primary_thumbprint=thumbs.get("primaryThumbprint") if isinstance(thumbs, dict) else None,
-        secondary_thumbprint=thumbs.get("secondaryThumbprint")
-        if isinstance(thumbs, dict)
-        else None,
-        status=DeviceStatus.parse(str(status)) if status else DeviceStatus.ENABLED,
-        status_reason=body.get("statusReason"),
+        auth_type=AuthType.parse(
+            _text(auth, "type", "authentication.", 64) or "certificateAuthority"
+        ),
+        primary_thumbprint=_text(
+            thumbs, "primaryThumbprint", "authentication.x509Thumbprint.", 128
+        ),
+        secondary_thumbprint=_text(
+            thumbs, "secondaryThumbprint", "authentication.x509Thumbprint.", 128
+        ),
+        status=DeviceStatus.parse(status) if status else DeviceStatus.ENABLED,
+        status_reason=_text(body, "statusReason", "", 1024),
     )
 
 
@@ -306,7 +395,7 @@ def _call(use_case: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
 # --------------------------------------------------------------------------- devices
 
 
-@router.put("/devices/{device_id}")
+@router.put("/devices/{device_id}", openapi_extra=json_body(DEVICE_BODY))
 def put_device(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -346,22 +435,33 @@ def list_devices(
 _SELECT_ALL = re.compile(r"^\s*select\s+\*\s+from\s+devices\s*$", re.IGNORECASE)
 
 
-@router.post("/devices/query")
+@router.post("/devices/query", openapi_extra=json_body(QUERY_BODY))
 def query_devices(
     body: JsonBody,
     caller: Caller,
     fleet: Fleet,
-    max_items: Annotated[int | None, Header(alias="x-ms-max-item-count")] = None,
-    continuation: Annotated[str | None, Header(alias="x-ms-continuation")] = None,
+    max_items: Annotated[int | None, Header(alias="x-ms-max-item-count", ge=1, le=1000)] = None,
+    continuation: Annotated[
+        str | None, Header(alias="x-ms-continuation", pattern=r"^[0-9]{1,12}$")
+    ] = None,
 ) -> Response:
     """``SELECT * FROM devices`` only, paged by ``x-ms-max-item-count`` (ref §3.2)."""
     _guard(caller, Right.REGISTRY_READ, Right.SERVICE_CONNECT)
-    if not _SELECT_ALL.match(str(body.get("query", ""))):
+    query = body.get("query", "")
+    if not isinstance(query, str) or not _SELECT_ALL.match(query):
         raise AzureError(
             ValidationError("hub.bad_query", "only SELECT * FROM devices is supported")
         )
-    start = int(continuation) if continuation and continuation.isdigit() else 0
-    size = max(1, min(max_items or 100, 1000))
+    start = 0
+    if continuation:
+        # The token is one this hub sent: ASCII digits (str.isdigit takes "²" too).
+        parsed = parse_counter(continuation, maximum=_MAX_CONTINUATION)
+        if parsed is None:
+            raise AzureError(
+                ValidationError("hub.bad_continuation", "the x-ms-continuation token is invalid")
+            )
+        start = parsed
+    size = max_items or 100
     twins = [twin_json(t) for t in _call(fleet.hub_twins.list)]
     page = twins[start : start + size]
     headers = {"x-ms-item-type": "Twin"}
@@ -380,7 +480,7 @@ def get_twin(device_id: str, caller: Caller, fleet: Fleet) -> dict[str, Any]:
     return twin_json(_call(fleet.hub_twins.get, device_id))
 
 
-@router.patch("/twins/{device_id}")
+@router.patch("/twins/{device_id}", openapi_extra=json_body(TWIN_BODY))
 def patch_twin(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -389,7 +489,7 @@ def patch_twin(
     return twin_json(_call(fleet.hub_twins.patch, device_id, body, if_match=if_match))
 
 
-@router.put("/twins/{device_id}")
+@router.put("/twins/{device_id}", openapi_extra=json_body(TWIN_BODY))
 def replace_twin(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
 ) -> dict[str, Any]:
@@ -398,7 +498,7 @@ def replace_twin(
     return twin_json(_call(fleet.hub_twins.replace, device_id, body, if_match=if_match))
 
 
-@router.post("/twins/{device_id}/methods")
+@router.post("/twins/{device_id}/methods", openapi_extra=json_body(METHOD_BODY))
 async def invoke_method(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet
 ) -> dict[str, Any]:
@@ -407,8 +507,15 @@ async def invoke_method(
     method = body.get("methodName")
     if not isinstance(method, str) or not method:
         raise AzureError(ValidationError("hub.bad_method", "methodName is required"))
-    raw_timeout = body.get("responseTimeoutInSeconds") or DEFAULT_METHOD_TIMEOUT
-    if not isinstance(raw_timeout, int | float):
+    raw_timeout = body.get("responseTimeoutInSeconds")
+    if raw_timeout is None:
+        raw_timeout = DEFAULT_METHOD_TIMEOUT
+    # bool is an int to Python; true is not a number of seconds.
+    if (
+        isinstance(raw_timeout, bool)
+        or not isinstance(raw_timeout, int | float)
+        or (isinstance(raw_timeout, float) and not math.isfinite(raw_timeout))
+    ):
         raise AzureError(ValidationError("hub.bad_method", "responseTimeoutInSeconds is a number"))
     timeout = float(min(max(raw_timeout, 1), _MAX_METHOD_TIMEOUT))
     try:

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from fleetpki.api.auth import Caller, require_admin
 from fleetpki.api.deps import get_fleet
+from fleetpki.api.params import INT64_MAX, parse_counter
 from fleetpki.api.presenters import iso
 from fleetpki.application import FleetPKI
 from fleetpki.services.hub_messages import HubMessageView
@@ -44,6 +45,8 @@ class MessageOut(BaseModel):
 
 class C2DIn(BaseModel):
     """A cloud-to-device message to queue."""
+
+    model_config = ConfigDict(strict=True)
 
     body: str = Field(max_length=64 * 1024)
     properties: dict[str, str] = Field(default_factory=dict)
@@ -86,7 +89,9 @@ def get_messages(
     request: Request,
     caller: AdminDep,
     device: Annotated[str | None, Query(description="Only this device.")] = None,
-    after: Annotated[int | None, Query(description="Only messages after this id.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=INT64_MAX, description="Only messages after this id.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[MessageOut]:
     """Stored telemetry in arrival order (admins)."""
@@ -98,7 +103,10 @@ async def stream_messages(
     request: Request,
     caller: AdminDep,
     device: Annotated[str | None, Query(description="Only this device.")] = None,
-    after: Annotated[int | None, Query(description="Start after this id (default: now).")] = None,
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=INT64_MAX, description="Start after this id (default: now)."),
+    ] = None,
 ) -> StreamingResponse:
     """New telemetry as server-sent events (``text/event-stream``), one event per message.
 
@@ -106,9 +114,9 @@ async def stream_messages(
     ``Last-Event-ID`` resumes where it stopped (WHATWG HTML §9.2).
     """
     fleet = get_fleet(request)
-    resume = request.headers.get("last-event-id")
-    if resume and resume.isdigit():
-        after = int(resume)
+    resume = parse_counter(request.headers.get("last-event-id"))
+    if resume is not None:
+        after = resume
     if after is None:
         after = await run_in_threadpool(fleet.hub_messages.latest_id, device)
 

@@ -165,6 +165,7 @@ def certificate_out(r: CertificateView) -> CertificateOut:
         sha256=r.sha256_hex,
         requested_by=r.requested_by,
         renews_serial=r.renews_serial,
+        superseded_by_serial=r.superseded_by_serial,
         revoked_at=iso(r.revoked_at) if r.revoked_at else None,
         revocation_reason=r.reason_name,
         certificate_pem=r.pem,

@@ -11,15 +11,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fleetpki.errors import AuthenticationError, FleetPKIError, ValidationError, http_status_for
+from fleetpki.errors import (
+    AuthenticationError,
+    FleetPKIError,
+    InternalError,
+    ValidationError,
+    http_status_for,
+)
 
 __all__ = [
+    "INTERNAL_ERROR",
     "PROBLEM_CONTENT_TYPE",
+    "HTTPRefusal",
+    "count_refusal",
     "fleetpki_error_handler",
+    "http_error",
     "http_exception_handler",
     "problem_body",
+    "problem_json",
     "problem_response",
-    "unexpected_error_handler",
     "validation_error_handler",
 ]
 
@@ -28,14 +38,34 @@ _log = logging.getLogger("fleetpki.api")
 
 # Codes for HTTP errors that Starlette raises before a route runs.
 _HTTP_CODES = {
+    400: "request.malformed",
     404: "request.not_found",
     405: "request.method_not_allowed",
     406: "request.not_acceptable",
+    413: "request.too_large",
     415: "request.unsupported_media_type",
 }
 
+#: What an unexpected error answers: no internals, only this and a request id.
+INTERNAL_ERROR = InternalError("internal.error", "an internal error occurred")
 
-def problem_body(status: int, code: str, detail: str, *, ezca: bool = False) -> dict[str, Any]:
+
+class HTTPRefusal(FleetPKIError):
+    """A refusal of the HTTP layer itself (no such route, wrong method), with its status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.default_status = status
+
+
+def http_error(status: int, detail: str) -> FleetPKIError:
+    """The fleetpki error for an HTTP error Starlette or FastAPI raised with ``status``."""
+    return HTTPRefusal(status, _HTTP_CODES.get(status, f"http.{status}"), detail)
+
+
+def problem_body(
+    status: int, code: str, detail: str, *, ezca: bool = False, request_id: str | None = None
+) -> dict[str, Any]:
     """The JSON body of a problem answer.
 
     Args:
@@ -44,6 +74,7 @@ def problem_body(status: int, code: str, detail: str, *, ezca: bool = False) -> 
         detail: the safe, human message.
         ezca: add EZCA's APIResultModel fields (``Success``, ``Message``) so that
             EZCA clients, which show the body's ``Message``, read the error too.
+        request_id: the id under which an unexpected error was logged.
     """
     try:
         title = http.HTTPStatus(status).phrase
@@ -56,6 +87,8 @@ def problem_body(status: int, code: str, detail: str, *, ezca: bool = False) -> 
         "detail": detail,
         "code": code,
     }
+    if request_id is not None:
+        body["request_id"] = request_id
     if ezca:
         body["Success"] = False
         body["Message"] = f"{detail} ({code})"
@@ -64,15 +97,37 @@ def problem_body(status: int, code: str, detail: str, *, ezca: bool = False) -> 
 
 def problem_response(request: Request, status: int, code: str, detail: str) -> JSONResponse:
     """A problem answer for ``request``, counted in the refusal metric."""
-    metrics = getattr(request.app.state, "metrics", None)
+    count_refusal(request.app, code)
+    return problem_json(request.url.path, status, code, detail)
+
+
+def count_refusal(app: Any, code: str) -> None:
+    """Count a refusal by code in the application's metrics, when it has them."""
+    metrics = getattr(getattr(app, "state", None), "metrics", None)
     if metrics is not None:
         metrics.refusals.labels(code=code).inc()
-    headers = {"WWW-Authenticate": 'Bearer realm="fleetpki"'} if status == 401 else None
+
+
+def problem_json(
+    path: str,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    request_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The ``application/problem+json`` answer for a request to ``path``."""
+    extra = dict(headers or {})
+    if status == 401:
+        extra["WWW-Authenticate"] = 'Bearer realm="fleetpki"'
+    if request_id is not None:
+        extra["x-request-id"] = request_id
     return JSONResponse(
-        problem_body(status, code, detail, ezca=request.url.path.startswith("/api/")),
+        problem_body(status, code, detail, ezca=path.startswith("/api/"), request_id=request_id),
         status_code=status,
         media_type=PROBLEM_CONTENT_TYPE,
-        headers=headers,
+        headers=extra or None,
     )
 
 
@@ -111,12 +166,6 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own HTTP errors (no route, wrong method) as problems."""
     assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, f"http.{exc.status_code}")
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
-    return problem_response(request, exc.status_code, code, detail)
-
-
-async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Anything unexpected: logged with its traceback, answered with no internals."""
-    _log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(request, 500, "internal.error", "an internal error occurred")
+    error = http_error(exc.status_code, detail)
+    return problem_response(request, exc.status_code, error.code, error.message)

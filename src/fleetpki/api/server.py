@@ -20,10 +20,12 @@ from fleetpki.api.app import create_app
 from fleetpki.api.tls import http_protocol_class, server_ssl_context
 from fleetpki.application import FleetPKI
 from fleetpki.errors import ConflictError, ValidationError
+from fleetpki.listener import GuardedListener
 from fleetpki.services.server_cert import ServerTLSFiles
 from fleetpki.settings import Settings
 
 __all__ = [
+    "GuardedServer",
     "HubStarter",
     "Only",
     "PreparedServer",
@@ -150,6 +152,61 @@ def prepare_server(
     return PreparedServer(app, tls, context, api_socket)
 
 
+class GuardedServer(uvicorn.Server):
+    """uvicorn's server, accepting through a :class:`~fleetpki.listener.GuardedListener`.
+
+    uvicorn's own ``create_server`` takes no TLS handshake timeout (asyncio's default
+    is 60 s) and no cap on connections; the listener gives both. Only the start is
+    replaced: uvicorn's main loop and graceful shutdown run as they are, on the
+    listener's ``close``/``wait_closed``.
+
+    Args:
+        config: uvicorn's configuration (without TLS: the listener does it).
+        ssl_context: the API port's TLS context.
+        max_connections: open connections allowed at once (``api_max_connections``).
+        handshake_timeout: seconds a TLS handshake may take.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        ssl_context: ssl.SSLContext,
+        *,
+        max_connections: int,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(config)
+        self._ssl_context = ssl_context
+        self._max_connections = max_connections
+        self._handshake_timeout = handshake_timeout
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start a guarded listener on each socket (``serve`` always passes them)."""
+        if not sockets:
+            raise ValidationError("serve.no_socket", "the API listener needs a bound socket")
+        await self.lifespan.startup()
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.servers = [
+            GuardedListener(  # type: ignore[misc]
+                "API",
+                sock,
+                create_protocol,
+                self._ssl_context,
+                max_connections=self._max_connections,
+                handshake_timeout=self._handshake_timeout,
+                setting="api_max_connections",
+            ).start()
+            for sock in sockets
+        ]
+        self.started = True
+
+
 def _hub_starter() -> HubStarter | None:
     # The hub plugs in here: a module exposing `start_hub(fleet)`.  Until it
     # exists, `serve` runs the CA alone.
@@ -196,17 +253,22 @@ async def run_servers(
     server: uvicorn.Server | None = None
     tasks: list[asyncio.Task[None]] = []
     if prepared.api_socket is not None:
+        settings = fleet.settings
         config = uvicorn.Config(
             prepared.app,
-            http=http_protocol_class(),
-            ssl_context_factory=lambda _config, _default: prepared.ssl_context,
+            http=http_protocol_class(float(settings.http_header_timeout_seconds)),
             lifespan="off",
             log_level=log_level,
             access_log=log_level == "debug",
             server_header=False,
             timeout_graceful_shutdown=5,
         )
-        server = uvicorn.Server(config)
+        server = GuardedServer(
+            config,
+            prepared.ssl_context,
+            max_connections=settings.api_max_connections,
+            handshake_timeout=float(settings.tls_handshake_timeout_seconds),
+        )
         tasks.append(asyncio.create_task(server.serve(sockets=[prepared.api_socket])))
     try:
         if stop is not None:

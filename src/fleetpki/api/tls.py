@@ -7,11 +7,19 @@ of the ASGI ``state``, which every request's scope receives.  Routes read it wit
 :func:`client_certificate_der`.  EST ``simplereenroll`` (RFC 7030 §3.3.2) relies
 on it.  The other certificates the client sent (its chain, as far as OpenSSL
 exposes it) are kept beside it for MQTT over WebSockets.
+
+The same subclass bounds how long a client may take to send a request's headers:
+uvicorn has a keep-alive timeout between requests, but none from the connection's
+start, and any byte received cancels it, so a client that opens a connection (or
+starts a request) and never ends its headers would hold it for ever. The header
+deadline is armed when the connection is made and after each response; when it
+fires with no request in flight, the connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from pathlib import Path
 from typing import Any
@@ -21,9 +29,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fleetpki.hub.tls import peer_certificates
 
+_log = logging.getLogger("fleetpki.api")
+
 __all__ = [
     "CLIENT_CERT_STATE_KEY",
     "CLIENT_CHAIN_STATE_KEY",
+    "DEFAULT_HEADER_TIMEOUT",
     "ClientCertH11Protocol",
     "client_certificate_der",
     "http_protocol_class",
@@ -34,6 +45,9 @@ __all__ = [
 CLIENT_CERT_STATE_KEY = "fleetpki.tls_client_cert_der"
 #: The key of the other certificates the client sent (DER, leaf excluded; may be empty).
 CLIENT_CHAIN_STATE_KEY = "fleetpki.tls_client_chain_der"
+#: Seconds a client may take to send a request's headers (from the connection's start,
+#: or from the previous response).
+DEFAULT_HEADER_TIMEOUT = 10.0
 
 
 def server_ssl_context(certfile: Path, keyfile: Path, client_ca_file: Path) -> ssl.SSLContext:
@@ -65,30 +79,84 @@ def _with_client_certificate(protocol: Any, transport: asyncio.BaseTransport) ->
         }
 
 
-class ClientCertH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, exposing the verified TLS client certificate to routes."""
+class _HeaderDeadline:
+    """The header deadline of one connection (see the module docstring)."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the connection and remember the client certificate, if one was sent."""
-        super().connection_made(transport)
-        _with_client_certificate(self, transport)
+    __slots__ = ("_handle", "_protocol", "_timeout")
+
+    def __init__(self, protocol: Any, timeout: float) -> None:
+        self._protocol = protocol
+        self._timeout = timeout
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        self.cancel()
+        if self._timeout > 0:
+            self._handle = asyncio.get_running_loop().call_later(self._timeout, self._expired)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _expired(self) -> None:
+        self._handle = None
+        protocol = self._protocol
+        cycle = protocol.cycle
+        if cycle is not None and not cycle.response_complete:
+            return  # the headers came: a request is being served
+        transport = protocol.transport
+        if transport is not None and not transport.is_closing():
+            _log.debug("closed a connection that sent no complete headers in time")
+            # abort, not close: a client that sends nothing may read nothing either.
+            transport.abort()
 
 
-def http_protocol_class() -> type[asyncio.Protocol]:
-    """The fastest available HTTP protocol class that exposes client certificates."""
+def _protocol_with(base: type[Any], header_timeout: float) -> type[asyncio.Protocol]:
+    class ClientCertProtocol(base):  # type: ignore[misc]
+        """uvicorn's protocol, exposing the TLS client certificate, with a header deadline."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            _with_client_certificate(self, transport)
+            self._fleetpki_deadline = _HeaderDeadline(self, header_timeout)
+            self._fleetpki_deadline.arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._fleetpki_deadline.arm()
+
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            # The connection now belongs to the WebSocket protocol and its own pings.
+            self._fleetpki_deadline.cancel()
+            super().handle_websocket_upgrade(*args)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._fleetpki_deadline.cancel()
+            super().connection_lost(exc)
+
+    ClientCertProtocol.__name__ = f"ClientCert{base.__name__}"
+    ClientCertProtocol.__qualname__ = ClientCertProtocol.__name__
+    return ClientCertProtocol
+
+
+#: uvicorn's h11 protocol, exposing the verified TLS client certificate to routes.
+ClientCertH11Protocol = _protocol_with(H11Protocol, DEFAULT_HEADER_TIMEOUT)
+
+
+def http_protocol_class(header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> type[asyncio.Protocol]:
+    """The fastest available HTTP protocol class that exposes client certificates.
+
+    Args:
+        header_timeout: seconds a client may take to send a request's headers
+            (0 turns the deadline off).
+    """
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # httptools is optional
-        return ClientCertH11Protocol
-
-    class ClientCertHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol, exposing the verified TLS client certificate."""
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            _with_client_certificate(self, transport)
-
-    return ClientCertHttpToolsProtocol
+        return _protocol_with(H11Protocol, header_timeout)
+    return _protocol_with(HttpToolsProtocol, header_timeout)
 
 
 def client_certificate_der(request: Request) -> bytes | None:

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from fleetpki.api.auth import Caller, bearer_token, require_admin, require_caller
 from fleetpki.api.deps import client_source, get_fleet, get_metrics
+from fleetpki.api.params import INT64_MAX
 from fleetpki.api.presenters import ca_out, certificate_out, domain_out, iso, pem_of, template_out
 from fleetpki.api.v1_models import (
     AuditEntryOut,
@@ -188,7 +189,7 @@ def list_certificates(
     status: str | None = None,
     ca_id: str | None = None,
     expiring_within_days: Annotated[int | None, Query(ge=0, le=36500)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CertificateOut]:
     """Certificates the caller can see, newest first, with filters."""

@@ -22,7 +22,9 @@ __all__ = [
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON types are taken as sent, never coerced (``true`` is not 1, ``"30"``
+    # is not 30), so a lax conversion cannot turn bad input into an action (issue 14).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CAOut(BaseModel):
@@ -134,6 +136,9 @@ class CertificateOut(BaseModel):
     sha256: str
     requested_by: str
     renews_serial: str | None = None
+    superseded_by_serial: str | None = Field(
+        default=None, description="the certificate that renewed this one; it can renew no more"
+    )
     revoked_at: str | None = None
     revocation_reason: str | None = None
     certificate_pem: str

@@ -198,6 +198,8 @@ def cert_show(
     ]
     if r.get("renews_serial"):
         rows.append(("renews", r["renews_serial"]))
+    if r.get("superseded_by_serial"):
+        rows.append(("superseded by", r["superseded_by_serial"]))
     if r["status"] == "revoked":
         rows.append(("revoked", f"{fmt_iso(r['revoked_at'])} ({r['revocation_reason']})"))
     print_fields(rows)

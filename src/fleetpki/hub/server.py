@@ -43,13 +43,16 @@ from fleetpki.hub.protocol import (
     Unsubscribed,
 )
 from fleetpki.hub.tls import hub_ssl_context, peer_certificates
+from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener
 
 __all__ = ["HubConnection", "HubServer", "HubTLS", "start_hub"]
 
 _log = logging.getLogger("fleetpki.hub")
 
 #: How long a TLS handshake may take before the socket is dropped.
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = DEFAULT_HANDSHAKE_TIMEOUT
+#: Open connections allowed at once on the MQTT port (``mqtt_max_connections``).
+DEFAULT_MAX_CONNECTIONS = 20000
 
 
 class HubConnection(asyncio.Protocol):
@@ -221,23 +224,42 @@ class HubTLS:
 class HubServer:
     """The MQTT/TLS listener and its broker.
 
+    Connections are accepted through a `fleetpki.listener.GuardedListener`: at most
+    ``max_connections`` open at once (TLS handshakes included), each handshake within
+    ``handshake_timeout`` seconds.
+
     Args:
         broker: the Azure dialect and the backend.
         ssl_context: from `fleetpki.hub.tls.hub_ssl_context`; ``None`` serves plain TCP
             (tests of the protocol only; devices never connect without TLS).
+        max_connections: open connections allowed at once.
+        handshake_timeout: seconds a TLS handshake may take.
     """
 
-    def __init__(self, broker: Broker, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
         self.broker = broker
         self.ssl_context = ssl_context
-        self._server: asyncio.Server | None = None
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self._listener: GuardedListener | None = None
 
     @property
     def port(self) -> int:
         """The bound port (useful after binding port 0)."""
-        assert self._server is not None, "the hub is not started"
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        assert self._listener is not None, "the hub is not started"
+        return self._listener.port
+
+    @property
+    def listener(self) -> GuardedListener | None:
+        """The listener, while the hub runs (its counts of refusals and failed handshakes)."""
+        return self._listener
 
     async def start(self, host: str = "127.0.0.1", port: int = 8883) -> None:
         """Bind and start accepting connections in the running loop.
@@ -262,22 +284,29 @@ class HubServer:
                     f"port {port} on {host} is already in use; pick another with --mqtt-port",
                 ) from None
             raise
-        self._server = await loop.create_server(
+        self._listener = GuardedListener(
+            "MQTT",
+            sock,
             lambda: HubConnection(self.broker, loop),
-            sock=sock,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.ssl_context else None,
-        )
+            self.ssl_context,
+            max_connections=self.max_connections,
+            handshake_timeout=self.handshake_timeout,
+            setting="mqtt_max_connections",
+        ).start()
 
     async def stop(self) -> None:
         """Stop listening, close every connection and store pending telemetry."""
-        if self._server is not None:
-            self._server.close()
+        listener = self._listener
+        if listener is not None:
+            listener.close()
         await self.broker.stop()
-        if self._server is not None:
+        if listener is not None:
+            # Connections the broker does not hold (no CONNECT yet) close here.
+            listener.close_connections()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
+                await asyncio.wait_for(listener.wait_closed(), 5)
+            listener.sock.close()
+            self._listener = None
 
 
 def _backend_for(fleet: Any) -> HubBackend:
@@ -319,7 +348,12 @@ async def start_hub(
     if backend is None:
         backend = await loop.run_in_executor(None, _backend_for, fleet)
     broker = Broker(backend, hostnames=names)
-    server = HubServer(broker, context)
+    server = HubServer(
+        broker,
+        context,
+        max_connections=settings.mqtt_max_connections,
+        handshake_timeout=float(settings.tls_handshake_timeout_seconds),
+    )
     await server.start(host, port)
     from fleetpki.hub.store_backend import StoreHubBackend
 

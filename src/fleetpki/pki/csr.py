@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.x509.oid import NameOID
 
@@ -17,6 +19,11 @@ __all__ = ["MAX_CSR_BYTES", "ParsedCSR", "parse_csr"]
 
 #: A CSR larger than this is refused before parsing; real ones are under 4 KiB.
 MAX_CSR_BYTES = 64 * 1024
+
+# Hashes whose collisions are practical: a signature over them proves nothing
+# (RFC 6194 for SHA-1, RFC 6151 for MD5). OpenSSL refuses to verify them, so without
+# this check such a CSR would read as "no proof of possession", which misleads.
+_WEAK_HASHES: dict[type[hashes.HashAlgorithm], str] = {hashes.SHA1: "SHA-1", hashes.MD5: "MD5"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,7 @@ def parse_csr(data: bytes | str) -> ParsedCSR:
 
     Raises:
         ValidationError: ``csr.malformed``, ``csr.too_large``, ``csr.bad_signature``,
+        ``csr.weak_signature_hash`` (signed with SHA-1 or MD5, named in the message),
         ``csr.unsupported_key`` (DSA or an unknown algorithm), ``csr.bad_subject``
         (several CNs), ``csr.unsupported_san``.
     """
@@ -73,6 +81,7 @@ def parse_csr(data: bytes | str) -> ParsedCSR:
         ) from exc
     if isinstance(public_key, dsa.DSAPublicKey) or not isinstance(public_key, PublicKey):
         raise ValidationError("csr.unsupported_key", "the CSR's key algorithm is not supported")
+    _refuse_weak_hash(csr)
     try:
         valid = csr.is_signature_valid
     except (ValueError, TypeError, x509.UnsupportedGeneralNameType) as exc:
@@ -109,6 +118,20 @@ def parse_csr(data: bytes | str) -> ParsedCSR:
         common_name=common_name,
         subject_alt_names=sans,
     )
+
+
+def _refuse_weak_hash(csr: x509.CertificateSigningRequest) -> None:
+    try:
+        algorithm = csr.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return  # an unknown algorithm: the signature check below refuses it
+    name = _WEAK_HASHES.get(type(algorithm)) if algorithm is not None else None
+    if name is not None:
+        raise ValidationError(
+            "csr.weak_signature_hash",
+            f"the CSR is signed with {name}, a hash too weak to prove possession of the key; "
+            "sign it with SHA-256 or stronger",
+        )
 
 
 def describe_key(key: PublicKey) -> str:

@@ -174,6 +174,9 @@ class CertificateView:
     revocation_reason: int | None
     der: bytes = field(repr=False)
     renews_serial: str | None = None
+    #: The certificate that renewed this one: it can renew no more, and is revoked
+    #: (reason superseded) once the renewal grace period has passed.
+    superseded_by_serial: str | None = None
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -193,7 +196,11 @@ class CertificateView:
         return RevocationReason.parse(self.revocation_reason).rfc_name
 
 
-def certificate_view(r: CertificateRecord, renews_serial: str | None = None) -> CertificateView:
+def certificate_view(
+    r: CertificateRecord,
+    renews_serial: str | None = None,
+    superseded_by_serial: str | None = None,
+) -> CertificateView:
     """The view of a certificate record."""
     return CertificateView(
         serial_hex=r.serial_hex,
@@ -214,6 +221,7 @@ def certificate_view(r: CertificateRecord, renews_serial: str | None = None) -> 
         revocation_reason=r.revocation_reason,
         der=r.der,
         renews_serial=renews_serial,
+        superseded_by_serial=superseded_by_serial,
     )
 
 

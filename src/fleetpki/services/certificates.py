@@ -433,7 +433,12 @@ def search_in(
 
 def _view_with_renewed(tx: UnitOfWork, record: CertificateRecord) -> CertificateView:
     renews = tx.certificates.get(record.renews_id) if record.renews_id else None
-    return certificate_view(record, renews.serial_hex if renews else None)
+    successor = tx.certificates.successor_of(record.id)
+    return certificate_view(
+        record,
+        renews.serial_hex if renews else None,
+        successor.serial_hex if successor else None,
+    )
 
 
 # -- the use cases -----------------------------------------------------------------------

@@ -4,6 +4,15 @@ A device renews with its current certificate as its only credential (smallstep's
 ``ca/renew.go`` habit): by a certificate token signed with the current key (the EZCA
 and /v1 routes), or by presenting the current certificate as its TLS client
 certificate (EST ``simplereenroll``, RFC 7030 §4.2.2).
+
+A certificate renews once. Its successor supersedes it: a second renewal with it is
+refused (``certificate.superseded``), except the retry of the renewal that made the
+successor (a CSR for the successor's key gets the successor back, so a device whose
+answer was lost can recover), and once a grace period has passed it is revoked with
+reason superseded (:meth:`RenewalService.revoke_superseded`, run by the server's
+housekeeping). A stolen certificate therefore mints at most one successor, and the
+audit log holds the chain: ``certificate.renew`` on the successor names the
+certificate it renews, ``certificate.superseded`` on the predecessor names its successor.
 """
 
 from __future__ import annotations
@@ -16,11 +25,13 @@ import hashlib
 import jwt
 from cryptography import x509
 
-from fleetpki.errors import AuthenticationError, NotFoundError, ValidationError
+from fleetpki.errors import AuthenticationError, ConflictError, NotFoundError, ValidationError
 from fleetpki.keystore import KeyStore
 from fleetpki.pki.certtoken import verify_certificate_token
-from fleetpki.pki.csr import parse_csr
+from fleetpki.pki.csr import ParsedCSR, parse_csr
 from fleetpki.pki.issuance import IssuanceRequest, IssuedCertificate
+from fleetpki.pki.names import SubjectAltName
+from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services.audit import write_audit
 from fleetpki.services.authority import (
     CAUrlsConfig,
@@ -35,14 +46,16 @@ from fleetpki.services.certificates import (
     certificate_pem,
     issued_view,
     load_certificate_pem,
+    revoke_in,
     sign_and_store,
 )
-from fleetpki.services.context import Actor, Clock
+from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.outbox import CERTIFICATE_RENEWED
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CertificateRecord, Principal
 
 __all__ = [
+    "DEFAULT_SUPERSEDED_GRACE",
     "RenewalService",
     "authenticate_certificate_in",
     "authenticate_certificate_token_in",
@@ -52,6 +65,12 @@ __all__ = [
     "renew_in",
     "renew_with_client_certificate_in",
 ]
+
+
+#: How long a renewed certificate stays valid beside its successor before it is revoked.
+DEFAULT_SUPERSEDED_GRACE = dt.timedelta(days=1)
+# How many superseded certificates one housekeeping pass revokes (the rest wait a pass).
+_REVOKE_BATCH = 500
 
 
 def check_current(record: CertificateRecord, now: dt.datetime) -> None:
@@ -207,12 +226,29 @@ def renew_in(
     """A new certificate for the names of ``current``, for its holder (caller's unit).
 
     The new CSR may carry a new key but must name the same domain (its CN and SANs
-    must be among the current certificate's names).
+    must be among the current certificate's names). A certificate renews once: the
+    row is locked so that two renewals at once cannot both pass, and a certificate
+    that already has a successor is refused, unless the CSR is for the successor's
+    key (the retry of the renewal that made it), which gets the successor back.
 
     Raises:
         ValidationError, PermissionDenied: the pipeline's codes; ``domain.not_requester``
         when the CSR names something the current certificate does not.
+        ConflictError: ``certificate.superseded`` when it was renewed already.
+        AuthenticationError: ``certificate.revoked`` when revoked meanwhile.
     """
+    parsed = parse_csr(csr)
+    current = tx.certificates.lock(current.id)
+    check_current(current, now)
+    successor = tx.certificates.successor_of(current.id)
+    if successor is not None:
+        if _same_public_key(parsed, successor):
+            return successor, _issued_of(successor)
+        raise ConflictError(
+            "certificate.superseded",
+            f"certificate {current.serial_hex} was renewed already (by {successor.serial_hex}) "
+            "and cannot renew again; renew with its successor",
+        )
     ca = ca_record(tx, current.ca_id)
     template_rec = template_record_of(tx, current.template_id)
     names = {current.subject_cn, *(s.split(":", 1)[1] for s in current.sans)} - {None}
@@ -225,7 +261,7 @@ def renew_in(
         )
     record, issued = sign_and_store(
         tx,
-        IssuanceRequest(csr=parse_csr(csr), validity_days=validity_days),
+        IssuanceRequest(csr=parsed, validity_days=validity_days),
         template_from_record(template_rec),
         template_rec,
         ca,
@@ -251,6 +287,15 @@ def renew_in(
             "sha1": issued.sha1_hex,
         },
     )
+    write_audit(
+        tx,
+        Actor(principal_id=holder.principal_id, source=source),
+        "certificate.superseded",
+        "certificate",
+        current.serial_hex,
+        at=now,
+        details={"by": record.serial_hex, "cn": current.subject_cn},
+    )
     tx.events.append(
         CERTIFICATE_RENEWED,
         record.serial_hex,
@@ -265,6 +310,51 @@ def renew_in(
         at=now,
     )
     return record, issued
+
+
+def _same_public_key(parsed: ParsedCSR, record: CertificateRecord) -> bool:
+    issued_key = x509.load_der_x509_certificate(record.der).public_key()
+    return bool(parsed.public_key == issued_key)
+
+
+def _issued_of(record: CertificateRecord) -> IssuedCertificate:
+    """The issuance result of a stored certificate (for the retry of a renewal)."""
+    certificate = x509.load_der_x509_certificate(record.der)
+    return IssuedCertificate(
+        certificate=certificate,
+        der=record.der,
+        serial_hex=record.serial_hex,
+        sha1_hex=record.sha1_hex,
+        sha256_hex=record.sha256_hex,
+        common_name=record.subject_cn,
+        subject_alt_names=_sans_of(certificate),
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+    )
+
+
+def _sans_of(certificate: x509.Certificate) -> tuple[SubjectAltName, ...]:
+    try:
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(SubjectAltName.from_general_name(name) for name in extension.value)
+
+
+def revoke_superseded_in(
+    tx: UnitOfWork, *, grace: dt.timedelta, now: dt.datetime, limit: int = _REVOKE_BATCH
+) -> list[CertificateRecord]:
+    """Revoke (reason superseded) the certificates renewed more than ``grace`` ago.
+
+    Runs in the caller's unit; each revocation reaches the hubs through the outbox like
+    any other (``certificate.revoked``) and is audited by the CA's housekeeping.
+    """
+    actor = Actor(LOCAL_ADMIN_ID, is_admin=True, source="renewal housekeeping")
+    revoked = []
+    for record in tx.certificates.superseded(renewed_before=now - grace, now=now, limit=limit):
+        revoke_in(tx, actor, record, RevocationReason.SUPERSEDED, now=now)
+        revoked.append(record)
+    return revoked
 
 
 def renew_with_client_certificate_in(
@@ -308,6 +398,8 @@ class RenewalService:
         clock: the source of "now".
         urls: where CRLs, OCSP and CA certificates are published.
         audience: the ``aud`` certificate tokens must carry (this CA's public URL).
+        superseded_grace: how long a renewed certificate stays valid beside its
+            successor before :meth:`revoke_superseded` revokes it.
     """
 
     def __init__(
@@ -318,12 +410,24 @@ class RenewalService:
         urls: CAUrlsConfig,
         *,
         audience: str,
+        superseded_grace: dt.timedelta = DEFAULT_SUPERSEDED_GRACE,
     ) -> None:
         self._store = store
         self._keystore = keystore
         self._clock = clock
         self._urls = urls
         self._audience = audience
+        self._grace = superseded_grace
+
+    def revoke_superseded(self) -> list[str]:
+        """Revoke every certificate renewed more than the grace period ago; their serials.
+
+        The server's housekeeping runs this every minute (``fleetpki serve``). A pass
+        revokes at most a batch; the rest wait for the next pass.
+        """
+        with self._store.transaction() as tx:
+            revoked = revoke_superseded_in(tx, grace=self._grace, now=self._clock())
+            return [r.serial_hex for r in revoked]
 
     def renew_with_token(
         self,

@@ -73,7 +73,7 @@ class SqlUnitOfWork:
     @cached_property
     def certificates(self) -> SqlCertificateRepository:
         """Issued leaf certificates."""
-        return SqlCertificateRepository(self.session)
+        return SqlCertificateRepository(self.session, self.dialect)
 
     @cached_property
     def domains(self) -> SqlDomainRepository:

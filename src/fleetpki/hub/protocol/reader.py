@@ -308,6 +308,16 @@ class PacketReader:
         """How many received bytes are not yet part of a returned packet."""
         return len(self._buffer) - self._pos
 
+    def peek_type(self) -> int | None:
+        """The control packet type of the next packet (§2.2.1), once its first byte is here.
+
+        It lets a server refuse a connection whose first packet is not CONNECT as soon
+        as one byte arrives, rather than after the whole packet, or never.
+        """
+        if len(self._buffer) > self._pos:
+            return self._buffer[self._pos] >> 4
+        return None
+
     def feed(self, data: bytes) -> None:
         """Append received bytes to the buffer."""
         if self._pos:

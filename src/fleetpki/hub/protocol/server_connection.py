@@ -98,6 +98,8 @@ MAX_KEEPALIVE_SECONDS = 1767.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
 _PINGRESP = b"\xd0\x00"
+_CONNECT_TYPE = 1  # the control packet type of CONNECT (§2.2.1)
+_RESERVED_TYPES = frozenset({0, 15})
 
 
 class ConnectionState(Enum):
@@ -256,6 +258,19 @@ class ServerConnection:
         for ever. In CONNECT_RECEIVED it returns ``None`` until `accept` is called.
         """
         while (state := self._state) is _CONNECTED or state is _AWAITING_CONNECT:
+            if state is _AWAITING_CONNECT and (
+                (kind := self._reader.peek_type()) is not None and kind != _CONNECT_TYPE
+            ):
+                # §3.1.0-1: refused on its first byte, so a client that sends another
+                # packet's header (and never its body) is not held for the connect timeout.
+                if kind in _RESERVED_TYPES:
+                    return self._violation(
+                        ProtocolErrorCode.MALFORMED, f"packet type {kind} is reserved (§2.2.1)"
+                    )
+                return self._violation(
+                    ProtocolErrorCode.UNEXPECTED_PACKET,
+                    "the first packet must be CONNECT (§3.1.0-1)",
+                )
             try:
                 packet = self._reader.next_packet()
             except ProtocolError as exc:

@@ -154,6 +154,22 @@ class CertificateRepository(Protocol):
         """The earliest ``not_after`` among unrevoked certificates still valid at ``now``."""
         ...
 
+    def lock(self, certificate_id: int) -> CertificateRecord:
+        """The certificate, re-read and locked against concurrent renewals until the unit
+        ends (``SELECT ... FOR UPDATE``; SQLite's one write lock).
+        """
+        ...
+
+    def successor_of(self, certificate_id: int) -> CertificateRecord | None:
+        """The certificate that renews this one (the first, should several exist)."""
+        ...
+
+    def superseded(
+        self, *, renewed_before: dt.datetime, now: dt.datetime, limit: int
+    ) -> list[CertificateRecord]:
+        """Valid, unexpired certificates whose successor was issued before ``renewed_before``."""
+        ...
+
     def add(self, certificate: CertificateRecord) -> None:
         """Store a new certificate (written at once: serial and thumbprints are unique)."""
         ...

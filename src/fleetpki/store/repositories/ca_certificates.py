@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -20,8 +20,9 @@ _JTI_GRACE = dt.timedelta(hours=2)
 class SqlCertificateRepository:
     """:class:`fleetpki.services.ports.ca.CertificateRepository` on one session."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, dialect: str = "sqlite") -> None:
         self._session = session
+        self._dialect = dialect
 
     def get(self, certificate_id: int) -> CertificateRecord | None:
         """See :meth:`CertificateRepository.get`."""
@@ -120,6 +121,63 @@ class SqlCertificateRepository:
         return self._session.scalar(
             select(func.min(CertificateRecord.not_after)).where(
                 CertificateRecord.status == "valid", CertificateRecord.not_after > now
+            )
+        )
+
+    def lock(self, certificate_id: int) -> CertificateRecord:
+        """See :meth:`CertificateRepository.lock`.
+
+        As :meth:`SqlCARepository.lock_for_crl`: SQLite ignores ``FOR UPDATE``, so a
+        no-op UPDATE takes its one write lock first; ``populate_existing`` re-reads the
+        row the session already holds.
+        """
+        if self._dialect == "sqlite":
+            self._session.execute(
+                update(CertificateRecord)
+                .where(CertificateRecord.id == certificate_id)
+                .values(status=CertificateRecord.status)
+            )
+        locked = self._session.scalar(
+            select(CertificateRecord)
+            .where(CertificateRecord.id == certificate_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if locked is None:
+            raise LookupError(f"certificate {certificate_id} vanished while locking it")
+        return locked
+
+    def successor_of(self, certificate_id: int) -> CertificateRecord | None:
+        """See :meth:`CertificateRepository.successor_of`."""
+        return self._session.scalars(
+            select(CertificateRecord)
+            .where(CertificateRecord.renews_id == certificate_id)
+            .order_by(CertificateRecord.id)
+            .limit(1)
+        ).first()
+
+    def superseded(
+        self, *, renewed_before: dt.datetime, now: dt.datetime, limit: int
+    ) -> list[CertificateRecord]:
+        """See :meth:`CertificateRepository.superseded`.
+
+        Driven from the successors (``id IN (their renews_id)``), each predecessor found
+        by primary key, so the query needs no index on ``renews_id``.
+        """
+        successor = aliased(CertificateRecord)
+        renewed = select(successor.renews_id).where(
+            successor.renews_id.is_not(None), successor.created_at <= renewed_before
+        )
+        return list(
+            self._session.scalars(
+                select(CertificateRecord)
+                .where(
+                    CertificateRecord.id.in_(renewed),
+                    CertificateRecord.status == "valid",
+                    CertificateRecord.not_after > now,
+                )
+                .order_by(CertificateRecord.id)
+                .limit(limit)
             )
         )
 
