@@ -62,8 +62,8 @@ class HubDeviceRepository(Protocol):
         """The device ``device_id``, or ``None``."""
         ...
 
-    def list(self, *, limit: int | None = None) -> Sequence[HubDevice]:
-        """Devices by id, at most ``limit``."""
+    def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
+        """Devices by id, at most ``limit``, skipping the first ``offset``."""
         ...
 
     def add(self, device: HubDevice) -> None:

@@ -44,9 +44,11 @@ class SqlHubDeviceRepository:
         """See :meth:`HubDeviceRepository.get`."""
         return self._session.get(HubDevice, device_id)
 
-    def list(self, *, limit: int | None = None) -> Sequence[HubDevice]:
+    def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
         """See :meth:`HubDeviceRepository.list`."""
         query = select(HubDevice).order_by(HubDevice.device_id)
+        if offset > 0:
+            query = query.offset(offset)
         if limit is not None:
             query = query.limit(limit)
         return list(self._session.scalars(query))
