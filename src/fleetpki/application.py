@@ -52,8 +52,10 @@ from fleetpki.services.hub_statistics import HubStatisticsService
 from fleetpki.services.hub_trust import HubTrustService, TrustCache
 from fleetpki.services.hub_twins import HubTwinService
 from fleetpki.services.link_workers import LinkWorkers
+from fleetpki.services.portal_sessions import PortalSessionService
 from fleetpki.services.principals import PrincipalService
 from fleetpki.services.renewal import RenewalService
+from fleetpki.services.revocation_effects import RevocationEffectService
 from fleetpki.services.revocation_status import RevocationStatusService
 from fleetpki.services.server_cert import ServerCertificateService
 from fleetpki.services.token_issuer import LocalTokenIssuer
@@ -118,6 +120,8 @@ class FleetPKI:
         hub_management / token_issuer: the built-in hub as an Azure resource.
         hub_links: the hubs this CA drives through connectors, and one-click trust.
         link_workers: the links' delivery workers (``fleetpki serve`` starts them).
+        portal_sessions: the web portal's sign-in sessions.
+        revocation_effects: what revoking a certificate does in each hub.
     """
 
     def __init__(
@@ -169,6 +173,10 @@ class FleetPKI:
         self.server_certificates = ServerCertificateService(
             self.store, keystore, now, self.urls, settings.home
         )
+        # The web portal's sign-in sessions.
+        self.portal_sessions = PortalSessionService(
+            self.store, now, lifetime=dt.timedelta(hours=settings.portal_session_hours)
+        )
         # -- end of the CA side -----------------------------------------------------------
         # -- hub side: the built-in hub's control plane ---------------------------------
         self.hub_devices = HubDeviceService(self.store, now)
@@ -217,6 +225,8 @@ class FleetPKI:
             secret=lambda: load_or_create_passphrase(settings.home),
             connectors=self._link_connector,
         )
+        # What a revocation does (or did) in each hub, for the portal's revoke page.
+        self.revocation_effects = RevocationEffectService(self.store, now)
         # One delivery worker per link, started by ``fleetpki serve`` (start_link_workers).
         self.link_workers = LinkWorkers(
             self.hub_links,

@@ -268,9 +268,7 @@ class HubDeviceService:
     def list(self, *, limit: int | None = None, offset: int = 0) -> list[HubDeviceView]:
         """Registered devices by id, at most ``limit``, after the first ``offset``."""
         with self._store.transaction() as tx:
-            return [
-                device_view(r) for r in tx.hub_devices.list(limit=limit, offset=max(offset, 0))
-            ]
+            return [device_view(r) for r in tx.hub_devices.list(limit=limit, offset=max(offset, 0))]
 
     def set_status(
         self,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-
 import datetime as dt
+from collections.abc import Collection, Mapping, Sequence
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.ca import AuditQuery
-
 from fleetpki.store.models import (
     ApiToken,
     AuditEntry,
