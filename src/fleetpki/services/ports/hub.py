@@ -132,6 +132,10 @@ class HubTelemetryRepository(Protocol):
         """The newest message id (of one device, or of all), 0 when there is none."""
         ...
 
+    def recent(self, device_id: str, limit: int) -> Sequence[HubMessage]:
+        """The device's newest ``limit`` messages, newest first."""
+        ...
+
 
 class HubC2DRepository(Protocol):
     """The cloud-to-device queue (ref §1.5)."""

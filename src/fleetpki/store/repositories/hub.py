@@ -152,6 +152,16 @@ class SqlHubTelemetryRepository:
             query = query.where(HubMessage.id > after_id)
         return list(self._session.scalars(query))
 
+    def recent(self, device_id: str, limit: int) -> Sequence[HubMessage]:
+        """See :meth:`HubTelemetryRepository.recent`."""
+        query = (
+            select(HubMessage)
+            .where(HubMessage.device_id == device_id)
+            .order_by(HubMessage.id.desc())
+            .limit(max(1, min(limit, _MAX_PAGE)))
+        )
+        return list(self._session.scalars(query))
+
     def latest_id(self, device_id: str | None) -> int:
         """See :meth:`HubTelemetryRepository.latest_id`."""
         query = select(func.max(HubMessage.id))
