@@ -29,6 +29,7 @@ from fleetpki.api.problems import (
 )
 from fleetpki.application import FleetPKI
 from fleetpki.errors import FleetPKIError, ValidationError
+from fleetpki.portal import include_portal
 
 __all__ = ["MAX_BODY_BYTES", "BodyLimitMiddleware", "create_app"]
 
@@ -181,4 +182,6 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
         router = importlib.import_module(module_name).router
         assert isinstance(router, APIRouter)
         app.include_router(router)
+    # The web portal: ``/`` and ``/portal/`` (fleetpki.portal).
+    include_portal(app, fleet)
     return app

@@ -164,13 +164,17 @@ def render(request: Request, template: str, *, status: int = 200, **context: Any
     return HTMLResponse(_renderer(request).render(template, values), status_code=status)
 
 
-def redirect(path: str, *, notice: str | None = None, **query: str) -> RedirectResponse:
+def redirect(
+    path: str, *, notice: str | None = None, _anchor: str | None = None, **query: str
+) -> RedirectResponse:
     """A 303 to ``path`` (after a form), optionally with one of :data:`NOTICES`."""
     params = {k: v for k, v in query.items() if v}
     if notice is not None:
         assert notice in NOTICES
         params["notice"] = notice
     target = f"{path}?{urlencode(params)}" if params else path
+    if _anchor:
+        target += "#" + quote(_anchor)
     return RedirectResponse(target, status_code=303)
 
 
