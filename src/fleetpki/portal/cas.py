@@ -36,7 +36,7 @@ class CANode:
 def ca_tree(cas: list[CAView]) -> list[CANode]:
     """The roots, each with its descendants (a CA whose parent is missing is a root here)."""
     nodes = {ca.id: CANode(ca) for ca in cas}
-    roots = []
+    roots: list[CANode] = []
     for ca in cas:
         parent = nodes.get(ca.parent_id) if ca.parent_id else None
         (parent.children if parent is not None else roots).append(nodes[ca.id])
@@ -94,7 +94,9 @@ def download_chain(ca_id: str, request: Request, caller: CallerDep) -> Response:
 def _download(text: str, filename: str) -> Response:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in filename)
     return Response(
-        text, media_type=PEM_CHAIN, headers={"Content-Disposition": f'attachment; filename="{safe}"'}
+        text,
+        media_type=PEM_CHAIN,
+        headers={"Content-Disposition": f'attachment; filename="{safe}"'},
     )
 
 

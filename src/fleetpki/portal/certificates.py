@@ -12,10 +12,10 @@ from fastapi.responses import Response
 from fleetpki.api.deps import get_fleet, get_metrics
 from fleetpki.api.presenters import pem_of
 from fleetpki.errors import ValidationError
+from fleetpki.pki.revocation import RevocationReason
 from fleetpki.portal.form import Form
 from fleetpki.portal.pages import PAGE_SIZE, PortalRoute, page_of, redirect, render
 from fleetpki.portal.visitor import Caller, checked_form, signed_in
-from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services.certificates import CertificateQuery
 
 __all__ = ["REASONS", "extension_rows", "router"]
@@ -77,9 +77,7 @@ def _extension_value(ext: x509.Extension[x509.ExtensionType]) -> str:
             str(name.value) for point in value for name in (point.full_name or ()) if name
         )
     if isinstance(value, x509.AuthorityInformationAccess):
-        return ", ".join(
-            f"{d.access_method._name}: {d.access_location.value}" for d in value
-        )
+        return ", ".join(f"{d.access_method._name}: {d.access_location.value}" for d in value)
     if isinstance(value, x509.CertificatePolicies):
         return ", ".join(p.policy_identifier.dotted_string for p in value)
     return str(value)

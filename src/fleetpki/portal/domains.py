@@ -75,9 +75,7 @@ def domain_detail(
             limit=PAGE_SIZE + 1,
         ),
     )
-    return render(
-        request, "domain.html", info=info, page=page_of(request, certificates, page)
-    )
+    return render(request, "domain.html", info=info, page=page_of(request, certificates, page))
 
 
 @router.post("/{domain_id}/members")

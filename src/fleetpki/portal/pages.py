@@ -223,9 +223,7 @@ def _sign_in_redirect(request: Request) -> Response:
         target += "?" + request.url.query
     if request.method != "GET":
         target = "/"
-    return RedirectResponse(
-        "/portal/signin?" + urlencode({"next": target}), status_code=303
-    )
+    return RedirectResponse("/portal/signin?" + urlencode({"next": target}), status_code=303)
 
 
 class PortalRoute(APIRoute):

@@ -73,7 +73,7 @@ def _session_started(started: NewPortalSession, next_path: str, *, interstitial:
 
 
 @router.get("/signin")
-def signin_page(request: Request, next: str | None = None) -> Response:  # noqa: A002
+def signin_page(request: Request, next: str | None = None) -> Response:
     """The sign-in page: OIDC (when configured) and API token."""
     visitor = current_visitor(request)
     if visitor.caller is not None:
@@ -94,7 +94,7 @@ def signin_with_token(request: Request, form: FormDep) -> Response:
 
 
 @router.get("/signin/oidc")
-def signin_with_oidc(request: Request, next: str | None = None) -> Response:  # noqa: A002
+def signin_with_oidc(request: Request, next: str | None = None) -> Response:
     """Send the browser to the provider (authorization code flow with PKCE)."""
     client = _oidc(request)
     url, flow = client.begin(_callback_url(request), safe_next(next))

@@ -190,4 +190,3 @@ async def checked_form(request: Request) -> Form:
             "the form's CSRF token is not this session's; reload the page and try again",
         )
     return form
-
