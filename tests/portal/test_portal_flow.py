@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import ssl
 from pathlib import Path
 
 import httpx
@@ -40,9 +41,14 @@ LINK = "factory-hub"
 def _sign_in_with_token(page: Page, server: LiveServer, token: str) -> None:
     page.goto(server.base_url + "/")
     expect(page).to_have_url(re.compile(r"/portal/signin\?next=%2F$"))
-    page.get_by_label("API token").fill(token)
+    page.get_by_label("API token", exact=True).fill(token)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+
+
+def _nav(page: Page, name: str) -> None:
+    page.get_by_role("navigation", name="Main").get_by_role("link", name=name).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(name)
 
 
 def _issue(server: LiveServer, folder: Path) -> tuple[DeviceFiles, str]:
@@ -57,7 +63,7 @@ def _issue(server: LiveServer, folder: Path) -> tuple[DeviceFiles, str]:
         server.base_url + "/v1/certificates",
         json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "domain": DEVICE},
         headers={"Authorization": f"Bearer {server.admin_token}"},
-        verify=str(server.ca_bundle),
+        verify=ssl.create_default_context(cafile=str(server.ca_bundle)),
     )
     assert answer.status_code == 201, answer.text
     issued = answer.json()
@@ -94,9 +100,9 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
         assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"
 
         # -- link the built-in hub, trust the issuing CA in one click -------------------------
-        page.get_by_role("link", name="Hubs").click()
+        _nav(page, "Hubs")
         add = page.get_by_role("region", name="Add a hub link")
-        add.get_by_label("Name").fill(LINK)
+        add.get_by_label("Link name").fill(LINK)
         add.get_by_label(f"{issuing.name} (issuing)").check()
         expect(add.get_by_label("Disable the IoT device when its certificate is revoked")).to_be_checked()
         add.get_by_label("Register the device in the hub when its domain is registered").check()
@@ -111,7 +117,7 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
         assert any(c.is_verified for c in fleet.hub_trust.list())
 
         # -- register the device's domain: the link registers it in the hub -------------------
-        page.get_by_role("link", name="Domains").click()
+        _nav(page, "Domains")
         register = page.get_by_role("region", name="Register a domain")
         register.get_by_label("Device id or DNS name").fill(DEVICE)
         register.get_by_role("button", name="Register").click()
@@ -119,7 +125,7 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
         expect(page.get_by_role("heading", name=DEVICE)).to_be_visible()
         shots.save(page, "domain")
         wait_until(lambda: any(d.device_id == DEVICE for d in fleet.hub_devices.list()), "device")
-        page.get_by_role("link", name="Domains").click()
+        _nav(page, "Domains")
         shots.save(page, "domains")
 
         # -- a real device connects with its certificate and sends telemetry ----------------
@@ -130,7 +136,7 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
         assert device.connect() == 0
         device.client.subscribe(f"devices/{DEVICE}/messages/devicebound/#", qos=1)
         try:
-            page.get_by_role("link", name="Devices").click()
+            _nav(page, "Devices")
             page.get_by_role("link", name=DEVICE).click()
             expect(page.locator("#live-state")).to_have_text(re.compile("^live"))
             for n in range(5):
@@ -143,6 +149,9 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
             expect(table.locator("tr").last).to_contain_text('"temperature": 24.5')
             expect(page.locator("#chart-legend")).to_contain_text("temperature: 24.5")
             expect(page.locator("#chart-legend")).to_contain_text("humidity: 44")
+            # Reloaded, the page shows what the hub stored, and the live connection.
+            page.reload()
+            expect(table.locator("tr")).to_have_count(5)
             expect(page.locator("#connection-state")).to_contain_text("Connected")
 
             # -- send it a cloud-to-device message -------------------------------------------
@@ -155,7 +164,7 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
             shots.save(page, "device")
 
             # -- find the certificate, see what revoking does, revoke it ---------------------
-            page.get_by_role("link", name="Certificates").click()
+            _nav(page, "Certificates")
             page.get_by_label("Subject contains").fill("sensor")
             page.get_by_role("button", name="Search").click()
             results = page.locator("#results tbody tr")
@@ -190,25 +199,25 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
             device.close()
 
         # -- the other pages, at both widths ----------------------------------------------
-        page.get_by_role("link", name="Devices").click()
+        _nav(page, "Devices")
         expect(page.get_by_role("cell", name="disabled")).to_be_visible()
         shots.save(page, "devices")
-        page.get_by_role("link", name="Hubs").click()
+        _nav(page, "Hubs")
         expect(page.locator(f"#link-{LINK}")).to_contain_text("0 pending")
         shots.save(page, "hubs")
-        page.get_by_role("link", name="CAs").click()
+        _nav(page, "CAs")
         expect(page.get_by_role("list", name="CA hierarchy")).to_contain_text(issuing.name)
         shots.save(page, "cas")
         page.get_by_role("link", name=issuing.name).click()
         expect(page.get_by_role("heading", name="Generations")).to_be_visible()
         shots.save(page, "ca")
-        page.get_by_role("link", name="Audit log").click()
+        _nav(page, "Audit log")
         page.get_by_label("Action").fill("certificate")
         page.get_by_role("button", name="Filter").click()
         expect(page.locator("tbody")).to_contain_text("certificate.revoke")
         expect(page.locator("tbody")).not_to_contain_text("domain.register")
         shots.save(page, "audit")
-        page.get_by_role("link", name="Dashboard").click()
+        _nav(page, "Dashboard")
         expect(page.get_by_role("region", name="Hub links")).to_contain_text(LINK)
         shots.save(page, "dashboard")
 

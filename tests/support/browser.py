@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 __all__ = ["CHROMIUM", "DESKTOP", "PHONE", "Screenshots", "chromium", "new_context"]
 
@@ -29,6 +29,7 @@ WAIT_MS = 20_000
 @contextmanager
 def chromium() -> Iterator[Browser]:
     """Headless Debian Chromium under Playwright."""
+    expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,

@@ -71,6 +71,7 @@ def device_detail(device_id: str, request: Request, caller: AdminDep) -> Respons
         messages=[_message_row(m) for m in messages],
         last_id=messages[-1].id if messages else fleet.hub_messages.latest_id(device_id),
         pending=fleet.hub_messages.pending_c2d(device_id),
+        connected=fleet.hub_statistics.is_connected(device_id),
     )
 
 
