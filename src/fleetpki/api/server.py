@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from fleetpki.api.app import create_app
 from fleetpki.api.tls import http_protocol_class, server_ssl_context
+from fleetpki.api.tls_refresher import TLSRefresher
 from fleetpki.application import FleetPKI
 from fleetpki.errors import ConflictError, ValidationError
 from fleetpki.listener import GuardedListener
@@ -110,6 +111,7 @@ class PreparedServer:
     tls: ServerTLSFiles
     ssl_context: ssl.SSLContext
     api_socket: socket.socket | None
+    tls_refresher: TLSRefresher
 
     @property
     def api_port(self) -> int | None:
@@ -149,7 +151,10 @@ def prepare_server(
         if api_socket is not None:
             api_socket.close()
         raise
-    return PreparedServer(app, tls, context, api_socket)
+    refresher = TLSRefresher(fleet.server_certificates, hostname=hostname, host=host)
+    if api_socket is not None:
+        refresher.add(context, verifies_clients=True)
+    return PreparedServer(app, tls, context, api_socket, refresher)
 
 
 class GuardedServer(uvicorn.Server):
@@ -243,7 +248,12 @@ async def run_servers(
         stopper = await starter(fleet)
         stoppers.append(stopper)
         # MQTT over WebSockets on the HTTPS port reaches the same broker.
-        prepared.app.state.hub_broker = getattr(getattr(stopper, "__self__", None), "broker", None)
+        hub = getattr(stopper, "__self__", None)
+        prepared.app.state.hub_broker = getattr(hub, "broker", None)
+        hub_context = getattr(hub, "ssl_context", None)
+        if isinstance(hub_context, ssl.SSLContext):
+            # The hub judges client chains itself (fleetpki.hub.tls): certificate only.
+            prepared.tls_refresher.add(hub_context, verifies_clients=False)
     links_started = False
     if only in (None, "ca"):
         # The CA side carries its revocations, renewals and registrations to the
@@ -252,6 +262,8 @@ async def run_servers(
         links_started = True
     server: uvicorn.Server | None = None
     tasks: list[asyncio.Task[None]] = []
+    # Not awaited with the servers: it only ends when cancelled below.
+    refreshing = asyncio.create_task(prepared.tls_refresher.run())
     if prepared.api_socket is not None:
         settings = fleet.settings
         config = uvicorn.Config(
@@ -280,6 +292,9 @@ async def run_servers(
         else:
             await asyncio.Event().wait()
     finally:
+        refreshing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refreshing
         if links_started:
             # First: their connectors may hold keep-alive connections to this very API
             # (a link to this hub), which uvicorn's graceful stop would wait for.
