@@ -41,6 +41,7 @@ from fleetpki.services.enrollment import EnrollmentService
 from fleetpki.services.events import EventBus
 from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
+from fleetpki.services.hub_device_keys import DeviceKeySeal
 from fleetpki.services.hub_devices import HubDeviceService
 from fleetpki.services.hub_link_settings import LinkKind
 from fleetpki.services.hub_links import HubLinkService, LinkConnection
@@ -171,7 +172,9 @@ class FleetPKI:
         )
         # -- end of the CA side -----------------------------------------------------------
         # -- hub side: the built-in hub's control plane ---------------------------------
-        self.hub_devices = HubDeviceService(self.store, now)
+        # Device symmetric keys are sealed under the home's passphrase, read when first used.
+        device_keys = DeviceKeySeal(lambda: load_or_create_passphrase(settings.home))
+        self.hub_devices = HubDeviceService(self.store, now, device_keys)
         self.hub_twins = HubTwinService(self.store, now)
         self.hub_trust = HubTrustService(self.store, keystore, now, TrustCache())
         self.hub_messages = HubMessageService(self.store, now)
@@ -189,6 +192,7 @@ class FleetPKI:
             policy=DevicePolicy(revocation_soft_fail=settings.hub_revocation_soft_fail),
             revocation=RevocationChecker(),
             trust=self.hub_trust,
+            seal=device_keys,
         )
         # -- end of the hub side ----------------------------------------------------------
         # Hub side, Azure's management plane (issue 9): the hub as an ARM resource, and
