@@ -2,9 +2,10 @@
 
 Semantics follow Azure IoT Hub's service API (shared/reference/azure-iot-hub-protocol.md).
 Changes that concern live connections reach the hub through the application's event bus
-after the unit of work commits: a disabled, deleted or re-typed device
-(:class:`DeviceBlocked`), and replaced symmetric keys (:class:`DeviceKeysReplaced`: the
-sessions signed with a key that is gone end, the others stay).
+after the unit of work commits: a disabled or deleted device, or an X.509 device turned
+into a sas one (:class:`DeviceBlocked`), and replaced or removed symmetric keys
+(:class:`DeviceKeysReplaced`: the sessions signed with a key that is gone end, the
+others stay).
 
 A sas device has two symmetric keys, given by the caller (base64 of 16 to 64 bytes, as
 Azure requires) or generated (256 bits each) when not given; an update that names no
@@ -261,10 +262,11 @@ def _replace_credentials(
         new = [given[0] or kept[0], given[1] or kept[1]]
     record.primary_key = seal.seal(new[0]) if new else None
     record.secondary_key = seal.seal(new[1]) if new else None
-    if record.auth_type != auth_type.value:
-        # Another kind of credential: no session made with the old kind may go on.
+    if given is not None and record.auth_type != AuthType.SAS.value:
+        # From a certificate to keys: no session made with a certificate may go on.
+        # (Between the two X.509 kinds sessions stay, as before: a hub link pins a
+        # device to its newest certificate without cutting it off.)
         tx.publish(DeviceBlocked(record.device_id, "hub.wrong_auth_type"))
-        return
     removed = frozenset(key_id(k) for k in old) - {key_id(k) for k in new}
     if removed:
         tx.publish(DeviceKeysReplaced(record.device_id, removed))
@@ -327,9 +329,9 @@ class HubDeviceService:
 
         Returns the entry (with a sas device's keys) and whether it was created. Without
         ``If-Match`` an existing device is a conflict; with one it must match the
-        device's etag (``*`` matches). Disabling a device, or changing its
-        authentication type, closes its live session after commit; replacing a sas
-        device's key closes the sessions that key signed.
+        device's etag (``*`` matches). Disabling a device, or turning an X.509 device
+        into a sas one, closes its live session after commit; replacing or removing a
+        sas device's key closes the sessions that key signed.
 
         Raises:
             ValidationError: ``hub.bad_device_id``, ``hub.bad_thumbprint``,
