@@ -58,7 +58,7 @@ from fleetpki.services.renewal import RenewalService
 from fleetpki.services.revocation_status import RevocationStatusService
 from fleetpki.services.server_cert import ServerCertificateService
 from fleetpki.services.token_issuer import LocalTokenIssuer
-from fleetpki.settings import Settings
+from fleetpki.settings import AZURE_HTTPS_PORT, Settings
 from fleetpki.store.db import Database
 from fleetpki.store.notify import NotifyListener
 from fleetpki.store.unit_of_work import SqlStore
@@ -183,7 +183,13 @@ class FleetPKI:
             now,
             secret=lambda: load_or_create_passphrase(settings.home),
             hostnames={settings.hostname, "localhost", "127.0.0.1"},
-            default_hostname=f"{settings.hostname}:{settings.api_port}",
+            # The service SDK puts HostName in its REST URLs; on 443 it needs no port, and
+            # then device and service connection strings name the same host (ref §0).
+            default_hostname=(
+                settings.hostname
+                if settings.api_port == AZURE_HTTPS_PORT
+                else f"{settings.hostname}:{settings.api_port}"
+            ),
         )
         self.hub_methods = HubMethodService(self.hub_devices)
         self.hub_statistics = HubStatisticsService(self.store, self.hub_methods)
