@@ -41,6 +41,7 @@ from fleetpki.services.enrollment import EnrollmentService
 from fleetpki.services.events import EventBus
 from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
+from fleetpki.services.hub_device_keys import DeviceKeySeal
 from fleetpki.services.hub_devices import HubDeviceService
 from fleetpki.services.hub_link_settings import LinkKind
 from fleetpki.services.hub_links import HubLinkService, LinkConnection
@@ -57,7 +58,7 @@ from fleetpki.services.renewal import RenewalService
 from fleetpki.services.revocation_status import RevocationStatusService
 from fleetpki.services.server_cert import ServerCertificateService
 from fleetpki.services.token_issuer import LocalTokenIssuer
-from fleetpki.settings import Settings
+from fleetpki.settings import AZURE_HTTPS_PORT, Settings
 from fleetpki.store.db import Database
 from fleetpki.store.notify import NotifyListener
 from fleetpki.store.unit_of_work import SqlStore
@@ -171,7 +172,9 @@ class FleetPKI:
         )
         # -- end of the CA side -----------------------------------------------------------
         # -- hub side: the built-in hub's control plane ---------------------------------
-        self.hub_devices = HubDeviceService(self.store, now)
+        # Device symmetric keys are sealed under the home's passphrase, read when first used.
+        device_keys = DeviceKeySeal(lambda: load_or_create_passphrase(settings.home))
+        self.hub_devices = HubDeviceService(self.store, now, device_keys)
         self.hub_twins = HubTwinService(self.store, now)
         self.hub_trust = HubTrustService(self.store, keystore, now, TrustCache())
         self.hub_messages = HubMessageService(self.store, now)
@@ -180,7 +183,13 @@ class FleetPKI:
             now,
             secret=lambda: load_or_create_passphrase(settings.home),
             hostnames={settings.hostname, "localhost", "127.0.0.1"},
-            default_hostname=f"{settings.hostname}:{settings.api_port}",
+            # The service SDK puts HostName in its REST URLs; on 443 it needs no port, and
+            # then device and service connection strings name the same host (ref §0).
+            default_hostname=(
+                settings.hostname
+                if settings.api_port == AZURE_HTTPS_PORT
+                else f"{settings.hostname}:{settings.api_port}"
+            ),
         )
         self.hub_methods = HubMethodService(self.hub_devices)
         self.hub_statistics = HubStatisticsService(self.store, self.hub_methods)
@@ -189,6 +198,7 @@ class FleetPKI:
             policy=DevicePolicy(revocation_soft_fail=settings.hub_revocation_soft_fail),
             revocation=RevocationChecker(),
             trust=self.hub_trust,
+            seal=device_keys,
         )
         # -- end of the hub side ----------------------------------------------------------
         # Hub side, Azure's management plane (issue 9): the hub as an ARM resource, and

@@ -15,6 +15,9 @@ from pathlib import Path
 from fleetpki.errors import NotFoundError, ValidationError
 
 __all__ = [
+    "AZURE_AMQP_PORT",
+    "AZURE_HTTPS_PORT",
+    "AZURE_MQTT_PORT",
     "CONFIG_FILE",
     "DEFAULT_API_PORT",
     "DEFAULT_HOST",
@@ -32,6 +35,11 @@ CONFIG_FILE = "config.toml"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8443
 DEFAULT_MQTT_PORT = 8883
+#: The ports the unmodified Azure SDKs dial, which no option of theirs changes (ref §0):
+#: MQTT over TLS, HTTPS (MQTT and AMQP over WebSockets, the service REST API), AMQP.
+AZURE_MQTT_PORT = 8883
+AZURE_HTTPS_PORT = 443
+AZURE_AMQP_PORT = 5671
 #: Where Debian's ``softhsm2`` package installs the SoftHSM2 PKCS#11 module.
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 #: Environment variable holding the PKCS#11 token's user PIN (wins over a PIN file).

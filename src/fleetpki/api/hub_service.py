@@ -299,7 +299,11 @@ def device_json(device: HubDeviceView) -> dict[str, Any]:
         "lastActivityTime": _iso(device.last_activity_at),
         "cloudToDeviceMessageCount": device.c2d_count,
         "authentication": {
-            "symmetricKey": {"primaryKey": None, "secondaryKey": None},
+            # Azure returns a sas device's keys to registry readers (ref §3.2).
+            "symmetricKey": {
+                "primaryKey": device.primary_key,
+                "secondaryKey": device.secondary_key,
+            },
             "x509Thumbprint": {
                 "primaryThumbprint": device.primary_thumbprint,
                 "secondaryThumbprint": device.secondary_thumbprint,
@@ -367,6 +371,7 @@ def _spec_from(device_id: str, body: dict[str, Any]) -> DeviceSpec:
         raise ValidationError("hub.bad_device_id", "the body's deviceId is not the URL's")
     auth = _object(body, "authentication", "")
     thumbs = _object(auth, "x509Thumbprint", "authentication.")
+    keys = _object(auth, "symmetricKey", "authentication.")
     status = _text(body, "status", "", 32)
     return DeviceSpec(
         device_id=device_id,
@@ -379,6 +384,8 @@ def _spec_from(device_id: str, body: dict[str, Any]) -> DeviceSpec:
         secondary_thumbprint=_text(
             thumbs, "secondaryThumbprint", "authentication.x509Thumbprint.", 128
         ),
+        primary_key=_text(keys, "primaryKey", "authentication.symmetricKey.", 128),
+        secondary_key=_text(keys, "secondaryKey", "authentication.symmetricKey.", 128),
         status=DeviceStatus.parse(status) if status else DeviceStatus.ENABLED,
         status_reason=_text(body, "statusReason", "", 1024),
     )
@@ -399,7 +406,11 @@ def _call(use_case: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
 def put_device(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
 ) -> dict[str, Any]:
-    """Create (200, not 201: ref §3.2) or update a device identity."""
+    """Create (200, not 201: ref §3.2) or update a device identity.
+
+    A sas device's keys are generated when the body names none; an update that names
+    keys replaces them (key rotation), one that names none keeps them.
+    """
     _guard(caller, Right.REGISTRY_WRITE)
     spec = _call(_spec_from, device_id, body)
     device, _ = _call(fleet.hub_devices.put, spec, if_match=if_match)
