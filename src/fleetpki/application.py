@@ -16,7 +16,15 @@ from fleetpki.connectors.builtin import BuiltinHubConnector
 from fleetpki.connectors.connector import ConnectorError, HubConnector
 from fleetpki.errors import ConflictError, ValidationError
 from fleetpki.hub.policy import DevicePolicy
-from fleetpki.keystore import FileKeyStore, KeyStore, load_or_create_passphrase
+from fleetpki.keystore import (
+    FileKeyStore,
+    KeyPassphrase,
+    KeyStore,
+    PassphraseOrigin,
+    PassphraseReader,
+    create_passphrase,
+    find_passphrase,
+)
 from fleetpki.services.audit import AuditService
 from fleetpki.services.authority import (
     CAService,
@@ -66,11 +74,11 @@ from fleetpki.store.unit_of_work import SqlStore
 __all__ = ["FleetPKI", "InitResult", "init_home", "open_keystore"]
 
 
-def open_keystore(settings: Settings, *, create: bool = False) -> KeyStore:
+def open_keystore(settings: Settings) -> KeyStore:
     """The keystore that ``settings`` name, opened: a wrong configuration fails here.
 
-    ``file``: the encrypted key files of the home (``create`` makes the passphrase
-    file of a new home). ``pkcs11``: the token labelled ``pkcs11_token`` in
+    ``file``: the encrypted key files of the home, under the key passphrase
+    (:func:`fleetpki.keystore.find_passphrase`). ``pkcs11``: the token labelled ``pkcs11_token`` in
     ``pkcs11_module``, logged in with the PIN of ``$FLEETPKI_PKCS11_PIN`` or
     ``pkcs11_pin_file``; python-pkcs11 is imported only then.
 
@@ -80,8 +88,8 @@ def open_keystore(settings: Settings, *, create: bool = False) -> KeyStore:
             ``keystore.bad_pin``, ``keystore.pin_locked``, ``keystore.token_ambiguous``.
     """
     if settings.keystore != "pkcs11":
-        passphrase = load_or_create_passphrase(settings.home, create=create)
-        return FileKeyStore(settings.keys_dir, passphrase)
+        passphrase = find_passphrase(settings.home, settings.key_passphrase_file)
+        return FileKeyStore(settings.keys_dir, passphrase.secret)
     try:
         from fleetpki.keystore.pkcs11 import Pkcs11KeyStore
         from fleetpki.keystore.token import read_pin
@@ -104,6 +112,7 @@ class FleetPKI:
         clock: the source of "now" (injected so tests can move time).
 
     Attributes:
+        key_passphrase: the key passphrase, found when first needed (and where it is).
         events: this application's event bus (in-process, after-commit notifications).
         store: the database as the services see it (units of work).
         delivery: the outbox's per-consumer delivery use cases.
@@ -133,6 +142,7 @@ class FleetPKI:
         self.keystore = keystore
         self.clock = clock
         self.urls = CAUrlsConfig(settings.public_url)
+        self.key_passphrase = PassphraseReader(settings.home, settings.key_passphrase_file)
         self.events = EventBus()
         self.store = SqlStore(database, self.events)
         self.delivery = EventDelivery(self.store, clock)
@@ -181,7 +191,7 @@ class FleetPKI:
         self.hub_sas = HubSasService(
             self.store,
             now,
-            secret=lambda: load_or_create_passphrase(settings.home),
+            secret=self.key_passphrase,
             hostnames={settings.hostname, "localhost", "127.0.0.1"},
             # The service SDK puts HostName in its REST URLs; on 443 it needs no port, and
             # then device and service connection strings name the same host (ref §0).
@@ -211,6 +221,7 @@ class FleetPKI:
             public_url=settings.public_url,
             tenant_id=self.hub_management.identity.tenant_id,
             enabled=settings.token_endpoint_enabled,
+            passphrase=self.key_passphrase,
         )
         # Hub links (issue 9): the hubs this CA drives through connectors; the built-in
         # hub of this process is reached through its own services.
@@ -224,7 +235,7 @@ class FleetPKI:
             self.store,
             keystore,
             now,
-            secret=lambda: load_or_create_passphrase(settings.home),
+            secret=self.key_passphrase,
             connectors=self._link_connector,
         )
         # One delivery worker per link, started by ``fleetpki serve`` (start_link_workers).
@@ -355,18 +366,24 @@ class FleetPKI:
 
 @dataclass(frozen=True, slots=True)
 class InitResult:
-    """What ``init`` created."""
+    """What ``init`` created; ``passphrase`` says where the key passphrase is."""
 
     app: FleetPKI
     root: CAView
     issuing: CAView
     template: TemplateView
+    passphrase: KeyPassphrase
 
 
 def init_home(
     settings: Settings, spec: HierarchySpec | None = None, *, clock: Clock = system_clock
 ) -> InitResult:
     """Create a new home: configuration, database, the local admin and a CA hierarchy.
+
+    The key passphrase is the one the process was given (``$FLEETPKI_KEY_PASSPHRASE``,
+    a systemd credential), else a new one in ``settings.key_passphrase_file`` or in a
+    new file outside the home, whose path the saved configuration then names
+    (:func:`fleetpki.keystore.create_passphrase`).
 
     Raises:
         ConflictError: ``home.exists`` when the home already holds a configuration
@@ -381,8 +398,10 @@ def init_home(
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The passphrase also protects the hub's shared-access keys and the links' secrets,
     # so a home has one whichever keystore holds the CA keys.
-    load_or_create_passphrase(home, create=True)
-    keystore = open_keystore(settings, create=True)
+    passphrase = create_passphrase(home, settings.key_passphrase_file)
+    if passphrase.source.origin is PassphraseOrigin.FILE:
+        settings = settings.with_changes(key_passphrase_file=str(passphrase.source.path))
+    keystore = open_keystore(settings)
     try:
         database = Database(settings.database_url)
         database.migrate()
@@ -394,6 +413,5 @@ def init_home(
     views = made.root, made.issuing, made.template
     # The configuration is written last: a home without it is not a home, so a
     # failed init can simply be run again.
-    settings.config_path.write_text(settings.to_toml())
-    settings.config_path.chmod(0o600)
-    return InitResult(app, *views)
+    settings.save()
+    return InitResult(app, *views, passphrase)

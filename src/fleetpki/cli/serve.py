@@ -71,6 +71,8 @@ def serve(
     fleet = state.open(settings)
     # Every CA key is loaded now: a token without them stops serve here (docs/keystore.md).
     fleet.cas.check_keys()
+    for warning in fleet.key_passphrase.get().warnings(settings.home):
+        err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     if only != "hub":
         err_console.print(
             f"fleetpki API on https://{settings.host}:{port}  (public URL {settings.public_url}; "

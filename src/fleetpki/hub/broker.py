@@ -14,10 +14,12 @@ is its own module:
   `HubBackend.authenticate_token`; without one, the TLS client certificate, its chain
   and the client id go to `HubBackend.authenticate` (both the one policy,
   `fleetpki.hub.policy`). Every refusal is CONNACK 5 and one log line with the reason
-  code, never a TLS abort (ref §1.4). An accepted client takes over the client id (a
-  previous connection is closed) and gets its persistent session back (§1.8). A
-  session authenticated by a SAS token ends when the token expires (``hub.sas_expired``
-  in the log; the SDK renews its token before that and reconnects with the new one).
+  code, never a TLS abort (ref §1.4); while the database does not answer it is
+  CONNACK 3 (server unavailable), which the SDKs retry, so devices come back by
+  themselves once it does. An accepted client takes over the client id (a previous
+  connection is closed) and gets its persistent session back (§1.8). A session
+  authenticated by a SAS token ends when the token expires (``hub.sas_expired`` in the
+  log; the SDK renews its token before that and reconnects with the new one).
 * Telemetry (ref §1.5, §1.6): `fleetpki.hub.telemetry_batcher`, PUBACK after commit.
 * Twins (ref §1.7): `fleetpki.hub.twins`; direct methods (§3.4): `fleetpki.hub.methods`;
   cloud-to-device messages (§1.6): `fleetpki.hub.c2d`.
@@ -43,7 +45,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from fleetpki.errors import AuthenticationError
+from fleetpki.errors import AuthenticationError, UnavailableError
 from fleetpki.hub.azure.topics import (
     AzureProtocolError,
     MethodResponse,
@@ -145,6 +147,7 @@ class Broker:
     async def stop(self) -> None:
         """Store pending telemetry, close every connection and stop the thread pools."""
         self.backend.remove_listener(self._on_backend_event)
+        self._batcher.stop_retrying()
         await self._batcher.drain()
         for link in list(self._live.values()):
             link.close("hub.shutdown")
@@ -179,10 +182,17 @@ class Broker:
         """Authenticate a CONNECT in the background; answer CONNACK 0 or 5."""
         self._spawn(self._connect(link, event))
 
-    def _refuse(self, link: Link, client_id: str, code: str, message: str) -> None:
+    def _refuse(
+        self,
+        link: Link,
+        client_id: str,
+        code: str,
+        message: str,
+        return_code: ConnectReturnCode = ConnectReturnCode.NOT_AUTHORIZED,
+    ) -> None:
         _log.warning("hub: refused client %r: %s (%s)", client_id, code, message)
         if link.mqtt.state is ConnectionState.CONNECT_RECEIVED:
-            link.write(link.mqtt.refuse(ConnectReturnCode.NOT_AUTHORIZED))
+            link.write(link.mqtt.refuse(return_code))
         link.close(code)
 
     async def _connect(self, link: Link, event: ConnectRequested) -> None:
@@ -210,6 +220,11 @@ class Broker:
                 device = await self._in_thread(self._authenticate, leaf_der, others, client_id)
         except AuthenticationError as exc:
             self._refuse(link, client_id, exc.code, exc.message)
+            return
+        except UnavailableError as exc:
+            # Not the device's fault: CONNACK 3, which the SDKs retry (MQTT 3.1.1 §3.2.2.3).
+            code = ConnectReturnCode.SERVER_UNAVAILABLE
+            self._refuse(link, client_id, exc.code, exc.message, code)
             return
         except Exception:
             _log.exception("hub: authenticating %r failed", client_id)
