@@ -1,7 +1,7 @@
 """Portal sessions: who is signed in to the web portal, keyed by the hash of the secret.
 
-Revision ID: 0010_portal
-Revises: 0008
+Revision ID: 0013_portal
+Revises: 0011_sas_devices
 Create Date: 2026-12-05
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_portal"
-# The revision of 0008_root_rollover.py (its id is "0008").
-down_revision = "0008"
+revision = "0013_portal"
+down_revision = "0011_sas_devices"
 branch_labels = None
 depends_on = None
 
