@@ -99,11 +99,15 @@ def search_certificates(
     subject: Annotated[str, Query(max_length=255)] = "",
     domain: Annotated[str, Query(max_length=255)] = "",
     status: Annotated[str, Query(max_length=16)] = "",
-    expiring: Annotated[int | None, Query(ge=0, le=36500)] = None,
+    expiring: Annotated[str, Query(max_length=6)] = "",
     page: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Response:
     """Search by serial (straight to the certificate), subject, domain, status and expiry."""
     fleet = get_fleet(request)
+    # An empty number field is sent as ``expiring=``: no filter, not an error.
+    days = expiring.strip()
+    if days and not days.isdigit():
+        raise ValidationError("portal.bad_days", "expiring within must be a whole number of days")
     if serial.strip():
         found = fleet.certificates.get(caller.actor, serial)
         return redirect(f"/portal/certificates/{found.serial_hex}")
@@ -111,7 +115,7 @@ def search_certificates(
         domain=domain.strip() or None,
         subject_contains=subject.strip() or None,
         status=status or None,
-        expiring_within=dt.timedelta(days=expiring) if expiring is not None else None,
+        expiring_within=dt.timedelta(days=int(days)) if days else None,
         offset=page * PAGE_SIZE,
         limit=PAGE_SIZE + 1,
     )
@@ -125,7 +129,7 @@ def search_certificates(
             "subject": subject,
             "domain": domain,
             "status": status,
-            "expiring": "" if expiring is None else str(expiring),
+            "expiring": days,
         },
         cas={ca.id: ca.name for ca in fleet.cas.list()},
     )

@@ -12,7 +12,7 @@ from fleetpki.portal.pages import PortalRoute
 
 __all__ = ["STATIC_FILES", "router"]
 
-router = APIRouter(prefix="/portal/static", route_class=PortalRoute, include_in_schema=False)
+router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
 _ROOT = Path(__file__).parent / "static"
 #: The files served, by name, with their media types: nothing else under the folder is.
@@ -20,10 +20,17 @@ STATIC_FILES = {
     "portal.css": ("portal.css", "text/css"),
     "portal.js": ("portal.js", "text/javascript"),
     "htmx.min.js": ("vendor/htmx-2.0.11.min.js", "text/javascript"),
+    "favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 
 
-@router.get("/{name}")
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    """The icon browsers ask for on their own (an SVG: every current browser shows it)."""
+    return static_file("favicon.svg")
+
+
+@router.get("/portal/static/{name}")
 def static_file(name: str) -> Response:
     """One of :data:`STATIC_FILES`.
 
