@@ -25,6 +25,8 @@ const provider = new Provider(issuer, {
     },
   ],
   pkce: { required: () => true },
+  // As Entra ID does, the ID token itself carries the profile claims asked for.
+  conformIdTokenClaims: false,
   features: { devInteractions: { enabled: true } },
   claims: { openid: ["sub"], profile: ["name"] },
   async findAccount(_ctx, id) {

@@ -67,3 +67,6 @@ def start_provider(port: int, client_id: str, redirect_uri: str) -> Iterator[Pro
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
