@@ -21,8 +21,20 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     log "node and npm are needed (scripts/ensure-system-deps.sh installs them)"
     exit 1
 fi
+# The package loads on this Node.js (it is ESM and uses the global Web Crypto API): say so
+# now, with the version, rather than as a provider that does not start in a test.
+check_loads() {
+    local entry="$DIR/node_modules/oidc-provider/lib/index.js"
+    if ! node --input-type=module -e "await import('file://$entry')" >/dev/null 2>&1; then
+        log "oidc-provider $VERSION does not load on Node.js $(node --version):"
+        node --input-type=module -e "await import('file://$entry')" 2>&1 | head -n 5 >&2 || true
+        exit 1
+    fi
+}
+
 installed=$(node -p "require('$DIR/node_modules/oidc-provider/package.json').version" 2>/dev/null || true)
 if [[ "$installed" == "$VERSION" ]]; then
+    check_loads
     log "oidc-provider $VERSION present in $DIR"
     exit 0
 fi
@@ -32,4 +44,5 @@ if [[ ! -f "$DIR/package.json" ]]; then
 fi
 log "installing oidc-provider $VERSION into $DIR"
 npm install --prefix "$DIR" --no-audit --no-fund --loglevel=error "oidc-provider@$VERSION" >&2
+check_loads
 log "done"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 __all__ = ["CHROMIUM", "DESKTOP", "PHONE", "Screenshots", "chromium", "new_context"]
@@ -28,7 +29,15 @@ WAIT_MS = 20_000
 
 @contextmanager
 def chromium() -> Iterator[Browser]:
-    """Headless Debian Chromium under Playwright."""
+    """Headless Debian Chromium under Playwright.
+
+    A machine without it fails the test with what to run (never a skip).
+    """
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"the portal's browser tests need Debian's Chromium at {CHROMIUM}: run "
+            "`make system-deps` (scripts/ensure-system-deps.sh installs it with apt-get)"
+        )
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
