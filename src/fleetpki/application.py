@@ -61,6 +61,7 @@ from fleetpki.services.hub_statistics import HubStatisticsService
 from fleetpki.services.hub_trust import HubTrustService, TrustCache
 from fleetpki.services.hub_twins import HubTwinService
 from fleetpki.services.link_workers import LinkWorkers
+from fleetpki.services.portal_pages import PortalPageService
 from fleetpki.services.portal_sessions import PortalSessionService
 from fleetpki.services.principals import PrincipalService
 from fleetpki.services.renewal import RenewalService
@@ -132,6 +133,7 @@ class FleetPKI:
         link_workers: the links' delivery workers (``fleetpki serve`` starts them).
         portal_sessions: the web portal's sign-in sessions.
         revocation_effects: what revoking a certificate does in each hub.
+        portal_pages: what each page of the web portal shows.
     """
 
     def __init__(
@@ -248,6 +250,22 @@ class FleetPKI:
         )
         # What a revocation does (or did) in each hub, for the portal's revoke page.
         self.revocation_effects = RevocationEffectService(self.store, now)
+        # What each page of the web portal shows, one method a page (reads only).
+        self.portal_pages = PortalPageService(
+            cas=self.cas,
+            lifecycle=self.ca_lifecycle,
+            certificates=self.certificates,
+            enrollment=self.enrollment,
+            effects=self.revocation_effects,
+            links=self.hub_links,
+            management=self.hub_management,
+            trust=self.hub_trust,
+            statistics=self.hub_statistics,
+            devices=self.hub_devices,
+            twins=self.hub_twins,
+            messages=self.hub_messages,
+            urls=self.urls,
+        )
         # One delivery worker per link, started by ``fleetpki serve`` (start_link_workers).
         self.link_workers = LinkWorkers(
             self.hub_links,

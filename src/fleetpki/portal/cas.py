@@ -51,27 +51,23 @@ def _path(url: str) -> str:
 @router.get("")
 def list_cas(request: Request, caller: CallerDep) -> Response:
     """The CA hierarchy as a tree."""
-    cas = get_fleet(request).cas.list()
+    cas = get_fleet(request).portal_pages.cas()
     return render(request, "cas.html", tree=ca_tree(cas), count=len(cas))
 
 
 @router.get("/{ca_id}")
 def ca_detail(ca_id: str, request: Request, caller: CallerDep) -> Response:
     """One CA: its certificate, its generations (with their CRLs), renew and activate."""
-    fleet = get_fleet(request)
-    ca = fleet.cas.get(ca_id)
-    generations = fleet.ca_lifecycle.generations(ca.id)
-    crls = {g.number: _path(fleet.urls.crl_url(ca.id, g.number)) for g in generations}
-    certs = {g.number: _path(fleet.urls.ca_issuers_url(ca.id, g.number)) for g in generations}
+    page = get_fleet(request).portal_pages.ca(ca_id)
     return render(
         request,
         "ca.html",
-        ca=ca,
-        parent=fleet.cas.get(ca.parent_id) if ca.parent_id else None,
-        generations=list(reversed(generations)),
-        crls=crls,
-        certs=certs,
-        pending=any(g.state == "pending" for g in generations),
+        ca=page.ca,
+        parent=page.parent,
+        generations=page.generations,
+        crls={n: _path(url) for n, url in page.crl_urls.items()},
+        certs={n: _path(url) for n, url in page.certificate_urls.items()},
+        pending=page.pending,
     )
 
 
@@ -85,9 +81,8 @@ def download_ca(ca_id: str, request: Request, caller: CallerDep) -> Response:
 @router.get("/{ca_id}/chain.pem")
 def download_chain(ca_id: str, request: Request, caller: CallerDep) -> Response:
     """The CA's certificate and its parents up to the root, as PEM."""
-    fleet = get_fleet(request)
-    ca = fleet.cas.get(ca_id)
-    text = "".join(pem_of(c) for c in fleet.cas.chain(ca_id))
+    ca, chain = get_fleet(request).portal_pages.ca_chain(ca_id)
+    text = "".join(pem_of(c) for c in chain)
     return _download(text, f"{ca.name}-chain.pem")
 
 

@@ -109,8 +109,8 @@ def search_certificates(
     if days and not days.isdigit():
         raise ValidationError("portal.bad_days", "expiring within must be a whole number of days")
     if serial.strip():
-        found = fleet.certificates.get(caller.actor, serial)
-        return redirect(f"/portal/certificates/{found.serial_hex}")
+        exact = fleet.certificates.get(caller.actor, serial)
+        return redirect(f"/portal/certificates/{exact.serial_hex}")
     query = CertificateQuery(
         domain=domain.strip() or None,
         subject_contains=subject.strip() or None,
@@ -119,11 +119,11 @@ def search_certificates(
         offset=page * PAGE_SIZE,
         limit=PAGE_SIZE + 1,
     )
-    rows = fleet.certificates.search(caller.actor, query)
+    found = fleet.portal_pages.certificate_search(caller.actor, query)
     return render(
         request,
         "certificates.html",
-        page=page_of(request, rows, page),
+        page=page_of(request, found.certificates, page),
         filters={
             "serial": serial,
             "subject": subject,
@@ -131,27 +131,25 @@ def search_certificates(
             "status": status,
             "expiring": days,
         },
-        cas={ca.id: ca.name for ca in fleet.cas.list()},
+        cas=found.ca_names,
     )
 
 
 @router.get("/{serial}")
 def certificate_detail(serial: str, request: Request, caller: CallerDep) -> Response:
     """One certificate: fields, decoded extensions, downloads, its effect on the hubs."""
-    fleet = get_fleet(request)
-    certificate = fleet.certificates.get(caller.actor, serial)
-    effect = fleet.revocation_effects.effect(caller.actor, serial)
-    audit = fleet.certificates.audit(caller.actor, serial, limit=20)
+    found = get_fleet(request).portal_pages.certificate(caller.actor, serial)
+    certificate = found.certificate
     return render(
         request,
         "certificate.html",
         certificate=certificate,
-        effect=effect,
-        audit=audit,
+        effect=found.effect,
+        audit=found.audit,
         extensions=extension_rows(certificate.certificate),
         issuer=_name(certificate.certificate.issuer),
         subject=_name(certificate.certificate.subject),
-        ca=fleet.cas.get(certificate.ca_id),
+        ca=found.ca,
     )
 
 
@@ -165,9 +163,7 @@ def download_certificate(serial: str, request: Request, caller: CallerDep) -> Re
 @router.get("/{serial}/chain.pem")
 def download_chain(serial: str, request: Request, caller: CallerDep) -> Response:
     """The certificate and the CA chain that issued it, as PEM."""
-    fleet = get_fleet(request)
-    certificate = fleet.certificates.get(caller.actor, serial)
-    chain = fleet.certificates.chain_of(caller.actor, serial)
+    certificate, chain = get_fleet(request).portal_pages.certificate_chain(caller.actor, serial)
     text = certificate.pem + "".join(pem_of(c) for c in chain)
     return _download(text, f"{certificate.serial_hex}-chain.pem")
 

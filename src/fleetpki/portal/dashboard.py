@@ -3,7 +3,6 @@ their backlog, devices online now, and issuances and revocations per day."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -12,17 +11,12 @@ from fastapi.responses import Response
 from fleetpki.api.deps import get_fleet
 from fleetpki.portal.pages import PAGE_SIZE, PortalRoute, render
 from fleetpki.portal.visitor import Caller, signed_in
-from fleetpki.services.certificates import CertificateQuery, DailyActivity
+from fleetpki.services.certificates import DailyActivity
 
-__all__ = ["ACTIVITY_DAYS", "EXPIRY_WINDOW_DAYS", "ActivityChart", "router"]
+__all__ = ["ActivityChart", "router"]
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 CallerDep = Annotated[Caller, Depends(signed_in)]
-
-#: Certificates ending within this many days are listed.
-EXPIRY_WINDOW_DAYS = 30
-#: Days shown in the activity chart.
-ACTIVITY_DAYS = 30
 
 
 class ActivityChart:
@@ -55,35 +49,18 @@ class ActivityChart:
 @router.get("/")
 def dashboard(request: Request, caller: CallerDep) -> Response:
     """The dashboard."""
-    fleet = get_fleet(request)
-    actor = caller.actor
-    expiring = fleet.certificates.search(
-        actor,
-        CertificateQuery(
-            status="valid",
-            expiring_within=dt.timedelta(days=EXPIRY_WINDOW_DAYS),
-            limit=PAGE_SIZE + 1,
-        ),
-    )
-    activity = ActivityChart(fleet.certificates.daily_activity(actor, days=ACTIVITY_DAYS))
-    links = statuses = None
-    online = registry = None
-    if caller.is_admin:
-        # Hub links and the built-in hub's registry are admins' (as in the API).
-        links = fleet.hub_links.list(actor)
-        statuses = {s.link: s for s in fleet.hub_links.status(actor, limit=1)}
-        online = fleet.hub_statistics.connected_devices()
-        registry = fleet.hub_statistics.devices()
+    page = get_fleet(request).portal_pages.dashboard(caller.actor, limit=PAGE_SIZE + 1)
+    hubs = page.hubs
     return render(
         request,
         "dashboard.html",
-        cas=fleet.cas.list(),
-        expiring=expiring[:PAGE_SIZE],
-        more_expiring=len(expiring) > PAGE_SIZE,
-        window=EXPIRY_WINDOW_DAYS,
-        activity=activity,
-        links=links,
-        statuses=statuses,
-        online=online,
-        registry=registry,
+        cas=page.cas,
+        expiring=page.expiring[:PAGE_SIZE],
+        more_expiring=len(page.expiring) > PAGE_SIZE,
+        window=page.window_days,
+        activity=ActivityChart(page.activity),
+        links=hubs.links if hubs else None,
+        statuses=hubs.statuses if hubs else None,
+        online=hubs.online if hubs else None,
+        registry=hubs.registry if hubs else None,
     )

@@ -43,35 +43,37 @@ def list_devices(
     request: Request, caller: AdminDep, page: Annotated[int, Query(ge=0, le=1_000_000)] = 0
 ) -> Response:
     """The built-in hub's devices, 50 a page."""
-    fleet = get_fleet(request)
-    devices = fleet.hub_devices.list(limit=PAGE_SIZE + 1, offset=page * PAGE_SIZE)
+    found = get_fleet(request).portal_pages.devices(
+        caller.actor, offset=page * PAGE_SIZE, limit=PAGE_SIZE + 1
+    )
     return render(
         request,
         "devices.html",
-        page=page_of(request, devices, page),
-        registry=fleet.hub_statistics.devices(),
-        online=fleet.hub_statistics.connected_devices(),
+        page=page_of(request, found.devices, page),
+        registry=found.registry,
+        online=found.online,
     )
 
 
 @router.get("/{device_id}")
 def device_detail(device_id: str, request: Request, caller: AdminDep) -> Response:
     """One device: registry entry, twin, recent telemetry with the live view, C2D form."""
-    fleet = get_fleet(request)
-    twin = fleet.hub_twins.get(device_id)
-    messages = fleet.hub_messages.recent_telemetry(device_id, limit=RECENT_MESSAGES)
+    found = get_fleet(request).portal_pages.device(
+        caller.actor, device_id, telemetry_rows=RECENT_MESSAGES
+    )
+    twin = found.twin
     return render(
         request,
         "device.html",
-        device=twin.device,
+        device=found.device,
         twin=twin,
         twin_json=json.dumps(
             {"tags": twin.tags, "desired": twin.desired, "reported": twin.reported}, indent=2
         ),
-        messages=[_message_row(m) for m in messages],
-        last_id=messages[-1].id if messages else fleet.hub_messages.latest_id(device_id),
-        pending=fleet.hub_messages.pending_c2d(device_id),
-        connected=fleet.hub_statistics.is_connected(device_id),
+        messages=[_message_row(m) for m in found.telemetry],
+        last_id=found.last_message_id,
+        pending=found.pending,
+        connected=found.connected,
     )
 
 
@@ -84,7 +86,7 @@ async def telemetry(
 ) -> Response:
     """The device's new telemetry as server-sent events (as ``/v1/hub/messages/stream``)."""
     fleet = get_fleet(request)
-    await run_in_threadpool(fleet.hub_devices.get, device_id)
+    await run_in_threadpool(fleet.portal_pages.device_exists, caller.actor, device_id)
     return await telemetry_stream(fleet, request, device_id, after)
 
 

@@ -11,7 +11,6 @@ from fleetpki.api.deps import get_fleet
 from fleetpki.portal.form import Form
 from fleetpki.portal.pages import PAGE_SIZE, PortalRoute, page_of, redirect, render
 from fleetpki.portal.visitor import Caller, checked_form, signed_in
-from fleetpki.services.certificates import CertificateQuery
 from fleetpki.services.enrollment import MemberRef
 
 __all__ = ["router"]
@@ -27,16 +26,14 @@ def list_domains(
 ) -> Response:
     """The domains the caller owns or requests for (every domain for admins), and the
     form to register one."""
-    fleet = get_fleet(request)
-    domains = fleet.enrollment.my_domains(caller.actor)
+    found = get_fleet(request).portal_pages.domains(caller.actor)
     start = page * PAGE_SIZE
-    issuers = [ca for ca in fleet.cas.list() if ca.tier == "issuing" and ca.status == "active"]
     return render(
         request,
         "domains.html",
-        page=page_of(request, domains[start : start + PAGE_SIZE + 1], page),
-        total=len(domains),
-        issuers=issuers,
+        page=page_of(request, found.domains[start : start + PAGE_SIZE + 1], page),
+        total=len(found.domains),
+        issuers=found.issuers,
     )
 
 
@@ -64,18 +61,12 @@ def domain_detail(
     page: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Response:
     """One domain: its members (editable by its owners) and its certificates."""
-    fleet = get_fleet(request)
-    info = fleet.enrollment.domain_information(caller.actor, domain_id)
-    certificates = fleet.certificates.search(
-        caller.actor,
-        CertificateQuery(
-            domain=info.domain.name,
-            ca_id=info.domain.ca_id,
-            offset=page * PAGE_SIZE,
-            limit=PAGE_SIZE + 1,
-        ),
+    found = get_fleet(request).portal_pages.domain(
+        caller.actor, domain_id, offset=page * PAGE_SIZE, limit=PAGE_SIZE + 1
     )
-    return render(request, "domain.html", info=info, page=page_of(request, certificates, page))
+    return render(
+        request, "domain.html", info=found.info, page=page_of(request, found.certificates, page)
+    )
 
 
 @router.post("/{domain_id}/members")

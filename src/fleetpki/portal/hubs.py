@@ -50,19 +50,17 @@ AZURE_FIELDS = (
 @router.get("")
 def hubs(request: Request, caller: AdminDep) -> Response:
     """The built-in hub and every link, with its CAs, options and delivery."""
-    fleet = get_fleet(request)
-    links = fleet.hub_links.list(caller.actor)
-    statuses = {s.link: s for s in fleet.hub_links.status(caller.actor, limit=20)}
+    page = get_fleet(request).portal_pages.hubs(caller.actor)
     return render(
         request,
         "hubs.html",
-        identity=fleet.hub_management.show(),
-        hub_cas=fleet.hub_trust.list(),
-        registry=fleet.hub_statistics.devices(),
-        online=fleet.hub_statistics.connected_devices(),
-        links=links,
-        statuses=statuses,
-        cas=fleet.cas.list(),
+        identity=page.identity,
+        hub_cas=page.hub_cas,
+        registry=page.overview.registry,
+        online=page.overview.online,
+        links=page.overview.links,
+        statuses=page.overview.statuses,
+        cas=page.cas,
         azure_fields=AZURE_FIELDS,
     )
 
