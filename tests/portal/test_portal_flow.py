@@ -56,6 +56,15 @@ def _nav(page: Page, name: str) -> None:
     expect(page.get_by_role("heading", level=1)).to_have_text(name)
 
 
+def _download(page: Page, name: str) -> Path:
+    """Click the download link ``name`` and return where the browser saved the file."""
+    with page.expect_download() as download:
+        page.get_by_role("link", name=name, exact=True).click()
+    path = download.value.path()
+    assert download.value.failure() is None
+    return Path(path)
+
+
 def _issue(server: LiveServer, folder: Path) -> tuple[DeviceFiles, str]:
     """The device's key, and a certificate for it through /v1 (as an enrollment agent would)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -98,14 +107,18 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
         page.on(
             "console",
             lambda m: (
-                console_errors.append(f"{m.text} ({m.location.get('url')})")
+                console_errors.append(f"{m.text} ({m.location.get('url')}, on {page.url})")
                 if m.type == "error"
                 else None
             ),
         )
 
         # -- sign in ----------------------------------------------------------------------
-        page.goto(server.base_url + "/portal/signin")
+        answer = page.goto(server.base_url + "/portal/signin")
+        assert answer is not None
+        csp = answer.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
         shots.save(page, "signin")
         _sign_in_with_token(page, server, server.admin_token)
         session = next(c for c in context.cookies() if c["name"] == "__Host-fleetpki-session")
@@ -207,6 +220,9 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
             page.reload()
             expect(page.locator("table.effect")).to_contain_text("done")
             shots.save(page, "certificate")
+            with_chain = _download(page, "Download with chain").read_bytes()
+            leaf, *cas = x509.load_pem_x509_certificates(with_chain)
+            assert leaf.serial_number == int(serial, 16) and len(cas) == 2
             page.goto(f"{server.base_url}/portal/devices/{DEVICE}")
             expect(page.locator("#device-status")).to_have_text("disabled")
             expect(page.locator("#connection-state")).to_contain_text("Disconnected")
@@ -229,6 +245,21 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
         page.get_by_role("link", name=issuing.name).click()
         expect(page.get_by_role("heading", name="Generations")).to_be_visible()
         shots.save(page, "ca")
+        # Downloads: the CA certificate, its chain to the root, and its CRL with the
+        # device's certificate on it.
+        ca_pem = _download(page, "Download certificate").read_bytes()
+        assert x509.load_pem_x509_certificate(ca_pem).serial_number == int(issuing.serial_hex, 16)
+        chain = x509.load_pem_x509_certificates(_download(page, "Download chain").read_bytes())
+        assert [c.subject.rfc4514_string() for c in chain][-1] == chain[-1].issuer.rfc4514_string()
+        assert len(chain) == 2
+        crl = x509.load_der_x509_crl(_download(page, "Download CRL").read_bytes())
+        assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+        # Renew: a second generation appears.
+        page.get_by_role("button", name=f"Renew {issuing.name}").click()
+        expect(_notice(page)).to_have_text("The CA has a new generation.")
+        generations = page.get_by_role("region", name="Generations").locator("tbody tr")
+        expect(generations).to_have_count(2)
+        assert len(fleet.ca_lifecycle.generations(issuing.id)) == 2
         _nav(page, "Audit log")
         page.get_by_label("Action").fill("certificate")
         page.get_by_role("button", name="Filter").click()

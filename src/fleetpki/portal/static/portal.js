@@ -64,14 +64,16 @@
       return;
     }
     let lo = Infinity, hi = -Infinity;
-    const t0 = this.points[0].t, t1 = this.points[this.points.length - 1].t;
+    const n = this.points.length;
     this.points.forEach(function (p) {
       Object.keys(p.fields).forEach(function (k) {
         lo = Math.min(lo, p.fields[k]); hi = Math.max(hi, p.fields[k]);
       });
     });
     if (hi === lo) { hi += 1; lo -= 1; }
-    const x = function (t) { return pad + (t1 === t0 ? 0.5 : (t - t0) / (t1 - t0)) * (w - 2 * pad); };
+    // One step per message, oldest left: a device often sends several within a second,
+    // which a time axis would draw on top of each other.
+    const x = function (i) { return pad + (n === 1 ? 0.5 : i / (n - 1)) * (w - 2 * pad); };
     const y = function (v) { return h - pad + 10 - ((v - lo) / (hi - lo)) * (h - pad - 20); };
     g.strokeStyle = "#d5d9df";
     g.beginPath(); g.moveTo(pad, h - pad + 10); g.lineTo(w - pad, h - pad + 10); g.stroke();
@@ -82,12 +84,20 @@
       g.lineWidth = 2;
       g.beginPath();
       let started = false;
-      this.points.forEach(function (p) {
+      this.points.forEach(function (p, i) {
         if (!(name in p.fields)) return;
-        const px = x(p.t), py = y(p.fields[name]);
+        const px = x(i), py = y(p.fields[name]);
         if (started) g.lineTo(px, py); else { g.moveTo(px, py); started = true; }
       });
       g.stroke();
+      // A dot on every value, so that a single message shows too.
+      g.fillStyle = COLOURS[i % COLOURS.length];
+      this.points.forEach(function (p, j) {
+        if (!(name in p.fields)) return;
+        g.beginPath();
+        g.arc(x(j), y(p.fields[name]), 3, 0, 2 * Math.PI);
+        g.fill();
+      });
     }, this);
     this.renderLegend();
   };
