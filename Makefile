@@ -41,9 +41,12 @@ typecheck: venv
 unit: venv system-deps azure-venv oidc-provider
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# The portal's browser tests, saving their screenshots into docs/portal/ (docs/portal.md).
+# The portal's browser tests, saving their screenshots into docs/portal/ (docs/portal.md),
+# then quantised to small PNGs by pngquant (apt-get install pngquant).
 portal-screenshots: venv system-deps oidc-provider
+	@command -v pngquant >/dev/null || { echo "portal-screenshots: pngquant is needed (apt-get install pngquant)" >&2; exit 1; }
 	FLEETPKI_PORTAL_SCREENSHOTS=docs/portal $(BIN)/python -m pytest -q -p no:cacheprovider tests/portal
+	pngquant --quality=60-85 --speed 1 --strip --force --ext .png docs/portal/*.png
 
 test: lint typecheck unit
 

@@ -274,12 +274,24 @@ def test_operator_links_trusts_watches_and_revokes(tmp_path: Path) -> None:
         small = phone.new_page()
         _sign_in_with_token(small, server, server.admin_token)
         shots.save(small, "dashboard-390")
-        small.goto(f"{server.base_url}/portal/certificates/{serial}")
-        shots.save(small, "certificate-390")
-        small.goto(f"{server.base_url}/portal/devices/{DEVICE}")
-        shots.save(small, "device-390")
-        # Nothing is wider than the phone's screen.
-        assert small.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        # Nothing is wider than the phone's screen, on any page.
+        wide = "document.documentElement.scrollWidth"
+        assert small.evaluate(wide) <= PHONE["width"]
+        for path in (
+            f"/portal/certificates/{serial}",
+            f"/portal/devices/{DEVICE}",
+            f"/portal/cas/{issuing.id}",
+            "/portal/hubs",
+            "/portal/domains",
+            "/portal/certificates",
+            "/portal/audit",
+            "/portal/devices",
+        ):
+            small.goto(server.base_url + path)
+            expect(small.get_by_role("heading", level=1)).to_be_visible()
+            assert small.evaluate(wide) <= PHONE["width"], path
+            if path.startswith(("/portal/certificates/", "/portal/devices/")):
+                shots.save(small, path.split("/")[2].removesuffix("s") + "-390")
         phone.close()
 
         # -- sign out: the session is over, its cookie opens nothing ------------------------
