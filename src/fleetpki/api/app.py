@@ -29,7 +29,6 @@ from fleetpki.api.problems import (
 )
 from fleetpki.application import FleetPKI
 from fleetpki.errors import FleetPKIError, ValidationError
-from fleetpki.portal import include_portal
 
 __all__ = ["MAX_BODY_BYTES", "BodyLimitMiddleware", "create_app"]
 
@@ -182,6 +181,9 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
         router = importlib.import_module(module_name).router
         assert isinstance(router, APIRouter)
         app.include_router(router)
-    # The web portal: ``/`` and ``/portal/`` (fleetpki.portal).
+    # The web portal: ``/`` and ``/portal/``. Imported here: the portal's modules use the
+    # API's dependencies (fleetpki.api.deps), so importing it at the top would be circular.
+    from fleetpki.portal import include_portal
+
     include_portal(app, fleet)
     return app
