@@ -64,6 +64,18 @@ def test_a_session_resumes_until_it_expires_or_is_signed_out(fleet: FleetPKI) ->
     assert actions.count("portal.sign_in") == 2 and actions.count("portal.sign_out") == 1
 
 
+def test_a_session_ends_when_its_token_expires(fleet: FleetPKI) -> None:
+    clock = _Clock(fleet.now())
+    sessions = PortalSessionService(fleet.store, clock, lifetime=dt.timedelta(hours=8))
+    token = fleet.principals.create_token(ADMIN, ALICE, lifetime=dt.timedelta(minutes=30))
+    started = sessions.sign_in_with_token(token.secret, source="test")
+    assert started.session.expires_at == token.expires_at
+    clock.now += dt.timedelta(minutes=29)
+    assert sessions.resume(started.secret).principal.id == ALICE
+    clock.now += dt.timedelta(minutes=2)
+    assert _code(lambda: sessions.resume(started.secret)) == "portal.session_expired"
+
+
 @pytest.mark.parametrize("token", ["", "fpk_not-a-token", "x" * 200])
 def test_a_bad_token_starts_no_session(fleet: FleetPKI, token: str) -> None:
     before = row_counts(fleet)

@@ -20,7 +20,7 @@ from fleetpki.services.audit import write_audit
 from fleetpki.services.ca_views import PrincipalView, principal_view
 from fleetpki.services.context import Actor, Clock
 from fleetpki.services.ports import Store
-from fleetpki.services.principals import authenticate_token_in, ensure_principal_in
+from fleetpki.services.principals import authenticated_token_in, ensure_principal_in
 from fleetpki.store.models import PortalSession
 
 __all__ = [
@@ -97,15 +97,19 @@ class PortalSessionService:
         return secret, record
 
     def sign_in_with_token(self, token: str, *, source: str) -> NewPortalSession:
-        """Start a session for the principal an API token belongs to.
+        """Start a session for the principal an API token belongs to, lasting at most
+        until the token expires.
 
         Raises:
             AuthenticationError: ``auth.bad_token`` (unknown, expired or revoked).
         """
         now = self._clock()
         with self._store.transaction() as tx:
-            principal = authenticate_token_in(tx, token.strip(), now=now)
+            principal, api_token = authenticated_token_in(tx, token.strip(), now=now)
             secret, record = self._start(principal.id, "token", now)
+            # A session lasts no longer than the token it was started with.
+            if api_token.expires_at is not None and api_token.expires_at < record.expires_at:
+                record.expires_at = api_token.expires_at
             tx.portal_sessions.add(record)
             actor = Actor(principal.id, principal.is_admin, source)
             write_audit(
