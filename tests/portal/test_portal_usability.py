@@ -13,6 +13,7 @@ from playwright.sync_api import Page, expect
 from fleetpki.services import Actor
 from fleetpki.services.enrollment import MemberRef
 from support.browser import Screenshots, chromium, new_context
+from support.hub_control import issue_device_certificate
 from support.server import LiveServer, start_server
 
 pytestmark = pytest.mark.slow
@@ -104,6 +105,18 @@ def test_keyboard_local_times_paging_and_refusals(tmp_path: Path) -> None:
         answer = page.goto(server.base_url + "/portal/certificates?serial=00ff")
         assert answer is not None and answer.status == 404
         expect(page.locator("[role=alert]")).to_contain_text("certificate.not_found")
+        # A revocation without its confirmation ticked: refused, the certificate valid.
+        _, _, stored = issue_device_certificate(fleet, "dev-unconfirmed")
+        page.goto(f"{server.base_url}/portal/certificates/{stored.serial_hex}/revoke")
+        page.get_by_role("button", name="Revoke the certificate").evaluate(
+            "button => button.form.noValidate = true"
+        )
+        with page.expect_response(re.compile(r"/revoke$")) as refused:
+            page.get_by_role("button", name="Revoke the certificate").click()
+        assert refused.value.status == 400
+        expect(page.locator("[role=alert]")).to_contain_text("portal.not_confirmed")
+        assert fleet.certificates.get(ADMIN, stored.serial_hex).status == "valid"
+
         answer = page.goto(server.base_url + "/portal/domains?page=-1")
         assert answer is not None and answer.status == 422
         expect(page.locator("[role=alert]")).to_contain_text("request.invalid")
