@@ -120,3 +120,31 @@ def test_keyboard_local_times_paging_and_refusals(tmp_path: Path) -> None:
         answer = page.goto(server.base_url + "/portal/domains?page=-1")
         assert answer is not None and answer.status == 422
         expect(page.locator("[role=alert]")).to_contain_text("request.invalid")
+
+
+def test_the_pages_work_without_javascript(tmp_path: Path) -> None:
+    """Plain forms and links: sign in, register a domain, search, sign out, no script."""
+    with start_server(tmp_path / "home") as server, chromium() as browser:
+        context = new_context(browser, javascript=False)
+        page = context.new_page()
+        page.goto(server.base_url + "/portal/signin")
+        page.get_by_label("API token", exact=True).fill(server.admin_token)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+        # Without the script, times stay in UTC.
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="CAs").click()
+        page.get_by_role("link", name="fleetpki Issuing CA").click()
+        expect(page.locator("time[data-local]").first).to_contain_text(" UTC")
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Domains").click()
+        register = page.get_by_role("region", name="Register a domain")
+        register.get_by_label("Device id or DNS name").fill("sensor-nojs")
+        register.get_by_role("button", name="Register").click()
+        expect(page.locator("main > p.notice")).to_have_text("The domain is registered.")
+        assert [d.name for d in server.fleet.domains.list(ADMIN)] == ["sensor-nojs"]
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Certificates").click()
+        page.get_by_label("Status").select_option("valid")
+        page.get_by_role("button", name="Search").click()
+        expect(page).to_have_url(re.compile(r"status=valid"))
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.locator("main > p.notice")).to_have_text("You are signed out.")
+        context.close()

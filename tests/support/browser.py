@@ -52,8 +52,11 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-def new_context(browser: Browser, *, width: int = DESKTOP["width"]) -> BrowserContext:
-    """A fresh browser profile (no cookies) that accepts the test server's certificate.
+def new_context(
+    browser: Browser, *, width: int = DESKTOP["width"], javascript: bool = True
+) -> BrowserContext:
+    """A fresh browser profile (no cookies) that accepts the test server's certificate;
+    ``javascript=False`` turns scripts off, as some people browse.
 
     The server's certificate chains to the test home's own root, which this throwaway
     profile cannot be told to trust; the connection is still TLS, so Secure cookies work.
@@ -63,6 +66,7 @@ def new_context(browser: Browser, *, width: int = DESKTOP["width"]) -> BrowserCo
         ignore_https_errors=True,
         timezone_id="Europe/Berlin",
         locale="en-GB",
+        java_script_enabled=javascript,
     )
     context.set_default_timeout(WAIT_MS)
     return context
