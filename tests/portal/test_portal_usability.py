@@ -117,6 +117,34 @@ def test_keyboard_local_times_paging_and_refusals(tmp_path: Path) -> None:
         expect(page.locator("[role=alert]")).to_contain_text("portal.not_confirmed")
         assert fleet.certificates.get(ADMIN, stored.serial_hex).status == "valid"
 
+        # -- certificate search: by serial straight to it, by domain, status and expiry ----
+        page.goto(server.base_url + "/portal/certificates")
+        page.get_by_label("Serial").fill(stored.serial_hex.lower())
+        page.get_by_role("button", name="Search").click()
+        expect(page).to_have_url(re.compile(f"/portal/certificates/{stored.serial_hex}$"))
+        results = page.locator("#results tbody tr")
+
+        def search(fields: dict[str, str]) -> None:
+            page.goto(server.base_url + "/portal/certificates")
+            for label, value in fields.items():
+                control = page.get_by_label(label, exact=True)
+                if label == "Status":
+                    control.select_option(value)
+                else:
+                    control.fill(value)
+            page.get_by_role("button", name="Search").click()
+
+        domain = {"Domain": "dev-unconfirmed"}
+        search({**domain, "Status": "valid"})
+        expect(results).to_have_count(1)
+        expect(results).to_contain_text(stored.serial_hex)
+        search({**domain, "Status": "revoked"})
+        expect(results).to_have_text(["No certificates."])
+        search({**domain, "Expiring within (days)": "400"})
+        expect(results).to_contain_text(stored.serial_hex)
+        search({**domain, "Expiring within (days)": "1"})
+        expect(results).to_have_text(["No certificates."])
+
         answer = page.goto(server.base_url + "/portal/domains?page=-1")
         assert answer is not None and answer.status == 422
         expect(page.locator("[role=alert]")).to_contain_text("request.invalid")
