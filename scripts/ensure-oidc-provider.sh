@@ -21,13 +21,22 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     log "node and npm are needed (scripts/ensure-system-deps.sh installs them)"
     exit 1
 fi
-# The package loads on this Node.js (it is ESM and uses the global Web Crypto API): say so
-# now, with the version, rather than as a provider that does not start in a test.
+# The package loads and signs on this Node.js (it is ESM, and jose under it uses the Web
+# Crypto API, global from Node.js 19 and set by tests/support/oidc_provider.mjs on 18):
+# say so now, with the version, rather than as a provider that fails in a test.
 check_loads() {
-    local entry="$DIR/node_modules/oidc-provider/lib/index.js"
-    if ! node --input-type=module -e "await import('file://$entry')" >/dev/null 2>&1; then
-        log "oidc-provider $VERSION does not load on Node.js $(node --version):"
-        node --input-type=module -e "await import('file://$entry')" 2>&1 | head -n 5 >&2 || true
+    local modules="$DIR/node_modules"
+    local probe="
+        import { webcrypto } from 'node:crypto';
+        if (!globalThis.crypto) globalThis.crypto = webcrypto;
+        const jose = await import('file://$modules/jose/dist/webapi/index.js');
+        const { privateKey } = await jose.generateKeyPair('ES256');
+        await new jose.SignJWT({}).setProtectedHeader({ alg: 'ES256' }).sign(privateKey);
+        await import('file://$modules/oidc-provider/lib/index.js');
+    "
+    if ! node --input-type=module -e "$probe" >/dev/null 2>&1; then
+        log "oidc-provider $VERSION does not work on Node.js $(node --version):"
+        node --input-type=module -e "$probe" 2>&1 | head -n 5 >&2 || true
         exit 1
     fi
 }

@@ -6,8 +6,13 @@
 // Usage: node oidc_provider.mjs PROVIDER_DIR PORT CLIENT_ID REDIRECT_URI
 // (PROVIDER_DIR: where the script installed it). Prints "listening <issuer>" once it
 // accepts connections.
+import { webcrypto } from "node:crypto";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
+
+// Node.js 18 (Debian 12's) has the Web Crypto API that jose, under oidc-provider, calls
+// as the global `crypto` only behind a flag; later versions always have it.
+if (!globalThis.crypto) globalThis.crypto = webcrypto;
 
 const [dir, port, clientId, redirectUri] = process.argv.slice(2);
 const entry = join(dir, "node_modules", "oidc-provider", "lib", "index.js");
