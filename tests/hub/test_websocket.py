@@ -407,6 +407,7 @@ def _run_azure_device(server: LiveServer, files: DeviceFiles, tmp: Path) -> list
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("azure_ports")  # binds 127.0.0.1:443, which the SDK dials
 def test_azure_device_sdk_over_websockets(tmp_path: Path) -> None:
     if not AZURE_PYTHON.exists():
         pytest.fail("no .venv-azure: `make test` builds it with scripts/azure-venv.sh")
