@@ -209,6 +209,7 @@ class FleetPKI:
             self.hub_trust,
             self.hub_devices,
             description=f"the built-in hub {identity.hub_name} on {identity.host_name}",
+            twins=self.hub_twins,
         )
         self.hub_links = HubLinkService(
             self.store,

@@ -117,6 +117,10 @@ def utc_text(moment: dt.datetime) -> str:
     return text + "Z"
 
 
+def _parse_utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=dt.UTC)
+
+
 def _bad(reason: str, code: str = "provisioning.bad_request") -> ValidationError:
     return ValidationError(code, reason)
 
@@ -268,10 +272,7 @@ def dps_register_topic(rid: str) -> str:
 
 def dps_status_topic(rid: str, operation_id: str) -> str:
     """The topic of an operation-status request (the device side)."""
-    return (
-        f"{_STATUS_PREFIX}?$rid={quote(rid, safe='')}"
-        f"&operationId={quote(operation_id, safe='')}"
-    )
+    return f"{_STATUS_PREFIX}?$rid={quote(rid, safe='')}&operationId={quote(operation_id, safe='')}"
 
 
 def response_topic(status: int, rid: str, *, retry_after: int | None = None) -> str:
@@ -347,6 +348,29 @@ class RegistrationState:
     error_code: int | None = None
     error_message: str | None = None
     payload: Any = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RegistrationState:
+        """The state :meth:`to_json` wrote (as the service stores it).
+
+        Raises:
+            ValueError: for a body that is not such a state.
+        """
+        substatus = data.get("substatus")
+        return cls(
+            registration_id=str(data["registrationId"]),
+            status=RegistrationStatus(data["status"]),
+            created_at=_parse_utc(str(data["createdDateTimeUtc"])),
+            updated_at=_parse_utc(str(data["lastUpdatedDateTimeUtc"])),
+            etag=str(data["etag"]),
+            device_id=data.get("deviceId"),
+            assigned_hub=data.get("assignedHub"),
+            substatus=Substatus(substatus) if substatus else None,
+            enrollment_group_id=(data.get("x509") or {}).get("enrollmentGroupId"),
+            error_code=data.get("errorCode"),
+            error_message=data.get("errorMessage"),
+            payload=data.get("payload"),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object, with Azure's field names."""
