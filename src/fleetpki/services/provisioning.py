@@ -589,11 +589,11 @@ class ProvisioningService:
         if assigned and plan.target is not None and plan.target.link is None:
             self._put_builtin_device(tx, plan, device_id, now)
         registration = tx.registrations.get(registration_id)
+        is_new = registration is None
         if registration is None:
             registration = ProvisioningRegistration(
                 registration_id=registration_id, created_at=now, certificate_sha1=sha1
             )
-            tx.registrations.add(registration)
         registration.enrollment_kind = plan.kind.value
         registration.enrollment_name = plan.enrollment
         registration.certificate_sha1 = sha1
@@ -611,6 +611,8 @@ class ProvisioningService:
             assert error is not None
             registration.error_code = dps_error_number(error.http_status)
             registration.error_message = f"{error.message} ({error.code})"
+        if is_new:
+            tx.registrations.add(registration)
         tx.flush()
         return RegistrationState(
             registration_id=registration_id,

@@ -48,7 +48,7 @@ __all__ = [
     "AllocatableHub",
     "AllocationPolicy",
     "EnrollmentKind",
-    "EnrollmentService",
+    "ProvisioningEnrollmentService",
     "EnrollmentSpec",
     "EnrollmentView",
     "ReprovisionPolicy",
@@ -254,15 +254,18 @@ def _check_twin(document: Mapping[str, Any]) -> dict[str, Any]:
             "provisioning.bad_twin",
             f"an initial twin holds tags and properties.desired, not {', '.join(sorted(unknown))}",
         )
-    tags = document.get("tags") or {}
-    properties = document.get("properties") or {}
+    tags = document.get("tags")
+    tags = {} if tags is None else tags
+    properties = document.get("properties")
+    properties = {} if properties is None else properties
     if not isinstance(tags, Mapping) or not isinstance(properties, Mapping):
         raise ValidationError("provisioning.bad_twin", "tags and properties must be JSON objects")
     if set(properties) - {"desired"}:
         raise ValidationError(
             "provisioning.bad_twin", "an initial twin sets desired properties only"
         )
-    desired = properties.get("desired") or {}
+    desired = properties.get("desired")
+    desired = {} if desired is None else desired
     if not isinstance(desired, Mapping):
         raise ValidationError("provisioning.bad_twin", "properties.desired must be a JSON object")
     desired = {k: v for k, v in desired.items() if not str(k).startswith("$")}
@@ -344,7 +347,7 @@ def _resolve_hubs(tx: UnitOfWork, spec: EnrollmentSpec, builtin_host: str) -> bu
     return chosen
 
 
-class EnrollmentService:
+class ProvisioningEnrollmentService:
     """Enrollment groups and individual enrollments: add, replace, list, show, disable, delete.
 
     Args:
