@@ -635,7 +635,7 @@ class ProvisioningService:
         or kept as it is (disabled stays disabled); a reset policy resets its twin."""
         existing = tx.hub_devices.get(device_id)
         if existing is None:
-            put_device_in(tx, DeviceSpec(device_id), now=now)
+            put_device_in(tx, DeviceSpec(device_id), now=now, seal=self._auth.seal)
             if _has_content(plan.twin):
                 assert plan.twin is not None
                 replace_twin_in(tx, device_id, plan.twin)

@@ -1,7 +1,7 @@
 """Provisioning (Azure DPS): enrollments, registration states and registration operations.
 
-Revision ID: 0009_provisioning
-Revises: 0008 (0008_root_rollover.py)
+Revision ID: 0012_provisioning
+Revises: 0011_sas_devices (0011_sas_devices.py)
 Create Date: 2026-12-12
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_provisioning"
-down_revision = "0008"
+revision = "0012_provisioning"
+down_revision = "0011_sas_devices"
 branch_labels = None
 depends_on = None
 
