@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.provisioning_enrollments import EnrollmentKind, EnrollmentSpec
+from support.forward import forward_443
 from support.hub import DeviceFiles, ForeignCA, issue_device
 from support.hub_control import issuing_ca
 from support.server import LiveServer, start_server
@@ -47,7 +49,8 @@ DEVICE_SCRIPT = textwrap.dedent(
         try:
             result = provisioning.register()
         except Exception as exc:
-            say("raised", type(exc).__name__, str(exc).replace("\\n", " ")[:300])
+            cause = exc.__cause__ or exc
+            say("raised", type(exc).__name__, type(cause).__name__, str(cause)[:300])
             sys.exit(0)
         state = result.registration_state
         say("registered", result.status, state.assigned_hub, state.device_id, state.sub_status)
@@ -95,17 +98,6 @@ def _run(
     return done.stdout.splitlines()
 
 
-@pytest.fixture(name="server")
-def server_fixture(tmp_path: Path, key_passphrase: None) -> object:
-    if not AZURE_PYTHON.exists():
-        pytest.fail("no .venv-azure: `make test` builds it with scripts/azure-venv.sh")
-    if not _bindable(8883) or not _bindable(443):
-        pytest.skip("the Azure SDK dials ports 8883 and 443 only, and one cannot be bound")
-    from tests_hub_forward import forward_443  # noqa: F401  (placeholder, replaced below)
-
-    return None
-
-
 @pytest.mark.slow
 def test_the_azure_sdk_provisions_and_connects(
     tmp_path: Path, key_passphrase: None, caplog: pytest.LogCaptureFixture
@@ -114,9 +106,7 @@ def test_the_azure_sdk_provisions_and_connects(
         pytest.fail("no .venv-azure: `make test` builds it with scripts/azure-venv.sh")
     if not _bindable(8883) or not _bindable(443):
         pytest.skip("the Azure SDK dials ports 8883 and 443 only, and one cannot be bound")
-    from test_websocket import _forward_443
-
-    with start_server(tmp_path / "home", mqtt_port=8883) as server, _forward_443(server.port):
+    with start_server(tmp_path / "home", mqtt_port=8883) as server, forward_443(server.port):
         fleet = server.fleet
         ca = issuing_ca(fleet)
         fleet.hub_trust.trust_local_ca(ca.id)
@@ -163,25 +153,19 @@ def test_the_azure_sdk_provisions_and_connects(
         # A revoked certificate: 401 on the response topic; the SDK raises, no retry.
         revoked = issue_device(fleet, "dps-revoked", tmp_path)
         fleet.certificates.revoke(
-            ADMIN, format(revoked.certificate.serial_number, "X"), _key_compromise()
+            ADMIN, format(revoked.certificate.serial_number, "X"), RevocationReason.KEY_COMPROMISE
         )
         (line,) = _run(server, revoked, tmp_path)
-        assert line.startswith("raised ServiceError") and "401" in line, line
+        assert line.startswith("raised ClientError ServiceError") and "401" in line, line
 
         # An unknown CA: the same answer.
         stranger = ForeignCA().issue("dps-stranger", tmp_path)
         (line,) = _run(server, stranger, tmp_path)
-        assert line.startswith("raised ServiceError") and "401" in line, line
+        assert line.startswith("raised ClientError ServiceError") and "401" in line, line
 
         # A disabled enrollment: the operation ends "disabled", which the SDK raises.
         fleet.provisioning_enrollments.set_enabled(ADMIN, EnrollmentKind.GROUP, "plant", False)
         late = issue_device(fleet, "dps-late", tmp_path)
         (line,) = _run(server, late, tmp_path, transport="websockets")
-        assert line.startswith("raised ServiceError") and "disabled" in line, line
+        assert line.startswith("raised ClientError ServiceError") and "disabled" in line, line
         assert [d.device_id for d in fleet.hub_devices.list()] == ["dps-mqtt", "dps-ws"]
-
-
-def _key_compromise() -> object:
-    from fleetpki.pki.revocation import RevocationReason
-
-    return RevocationReason.KEY_COMPROMISE

@@ -338,7 +338,7 @@ async def start_hub(
     context = hub_ssl_context(files.certfile, files.keyfile, [files.client_ca_file.read_bytes()])
     if backend is None:
         backend = await loop.run_in_executor(None, _backend_for, fleet)
-    broker = Broker(backend, hostnames=names, provisioning=getattr(fleet, "provisioning", None))
+    broker = Broker(backend, hostnames=names, provisioning=fleet.provisioning)
     server = HubServer(
         broker,
         context,
