@@ -27,6 +27,8 @@ def test_the_demo_runs_end_to_end() -> None:
     assert done.stdout.count("✓") == len(demo.STEPS)
     assert "✗" not in done.stdout
     assert "5 messages stored durably" in done.stdout
+    assert "never registered beforehand, provisioned through DPS" in done.stdout
+    assert f"group {demo.DEMO_GROUP})" in done.stdout
     assert "closed the live session" in done.stdout
     assert "CONNACK 5" in done.stdout
     assert "through Azure's APIs" in done.stdout and "verified" in done.stdout
