@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ def test_the_demo_runs_end_to_end() -> None:
         capture_output=True,
         text=True,
         timeout=300,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        # PYTHONPATH passes through, so a worktree's demo runs its own code.
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+        | {k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     for number, step in enumerate(demo.STEPS, 1):

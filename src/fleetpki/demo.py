@@ -6,13 +6,13 @@ management plane through azure-mgmt-iothub, tokens from the hub's own
 client-credentials endpoint, which the demo turns on) and trusts the issuing CA
 there by proof of possession, runs the tutorial's device (hub registration through the service
 API, domain, RSA-4096 key and CSR, a 10-day certificate over the EZCA routes,
-MQTT over TLS, five telemetry messages), shows what the hub stored, provisions a
-second device with no hub registration through the provisioning service (Azure DPS's
-protocol, an enrollment group for the issuing CA), renews the
+MQTT over TLS, five telemetry messages), shows what the hub stored, renews the
 certificate with itself and reconnects, renews the issuing CA with a new key (the
 hub gets it first; the device renews onto it; the old generation stays trusted while
 what it signed is outstanding), moves the servers' own TLS certificate onto the new
-generation so that the old one drains and is retired from the hub, revokes the device's
+generation so that the old one drains and is retired from the hub, provisions a second
+device with no hub registration through the provisioning service (Azure DPS's protocol,
+an enrollment group for the issuing CA), revokes the first device's
 certificate and measures how long the live session survives, sees the link disable the
 device in the hub, and checks that a reconnect is refused.  Nothing is simulated
 but the device's sensor readings.
@@ -464,10 +464,10 @@ STEPS = [
     Step("create an enrollment agent", _agent),
     Step("simulate the tutorial's device", _simulate),
     Step("show the telemetry the hub stored", _show_telemetry),
-    Step("provision another device through DPS (zero-touch)", _provision),
     Step("renew with the current certificate and reconnect", _renew),
     Step("renew the issuing CA with a new key (hubs first)", _rollover),
     Step("retire the old CA generation from the hub", _retire),
+    Step("provision another device through DPS (zero-touch)", _provision),
     Step("revoke: the live session closes", _revoke),
     Step("the hub link disables the device", _disabled),
     Step("reconnect with the revoked certificate", _refused),
