@@ -297,12 +297,18 @@ def test_enrollment_groups_are_managed_by_admins(fleet: FleetPKI) -> None:
     assert (group.name, group.enabled, group.allocation) == ("plant", True, AllocationPolicy.STATIC)
     assert group.hubs == (fleet.settings.hostname,)
     assert group.ca_name == issuing_ca(fleet).name
-    disabled = fleet.provisioning_enrollments.set_enabled(ADMIN, EnrollmentKind.GROUP, "plant", False)
+    disabled = fleet.provisioning_enrollments.set_enabled(
+        ADMIN, EnrollmentKind.GROUP, "plant", False
+    )
     assert not disabled.enabled and disabled.etag != group.etag
     with pytest.raises(PermissionDenied):
-        fleet.provisioning_enrollments.list(Actor("11111111-1111-4111-8111-111111111111"), EnrollmentKind.GROUP)
+        fleet.provisioning_enrollments.list(
+            Actor("11111111-1111-4111-8111-111111111111"), EnrollmentKind.GROUP
+        )
     with pytest.raises(ConflictError) as stale:
-        fleet.provisioning_enrollments.delete(ADMIN, EnrollmentKind.GROUP, "plant", if_match=group.etag)
+        fleet.provisioning_enrollments.delete(
+            ADMIN, EnrollmentKind.GROUP, "plant", if_match=group.etag
+        )
     assert stale.value.code == "precondition.failed"
     fleet.provisioning_enrollments.delete(ADMIN, EnrollmentKind.GROUP, "plant")
     assert fleet.provisioning_enrollments.list(ADMIN, EnrollmentKind.GROUP) == []
@@ -339,7 +345,9 @@ def test_an_unverified_hub_ca_cannot_attest_a_group(fleet: FleetPKI) -> None:
     foreign = ForeignCA()
     fleet.hub_trust.upload("foreign", foreign.certificate.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(ValidationError) as caught:
-        fleet.provisioning_enrollments.add(ADMIN, EnrollmentSpec(EnrollmentKind.GROUP, "g", ca="foreign"))
+        fleet.provisioning_enrollments.add(
+            ADMIN, EnrollmentSpec(EnrollmentKind.GROUP, "g", ca="foreign")
+        )
     assert caught.value.code == "provisioning.ca_unverified"
 
 

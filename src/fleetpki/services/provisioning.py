@@ -388,7 +388,8 @@ class ProvisioningService:
         # The transaction is closed: a foreign CA's responder holds no connection.
         device = self._auth.decide(plan.admission, plan.verdict, now)
         self.throttle.check(registration_id, now)
-        sha1 = device.certificate_sha1
+        # The operation is found again by this thumbprint (`operation_status`).
+        sha1 = device.certificate_sha1 or _sha1(leaf.public_bytes(serialization.Encoding.DER))
         outcome = self._allocate(plan, registration_id)
         operation_id = f"4.{uuid.uuid4().hex[:16]}.{uuid.uuid4()}"
         with self._store.transaction() as tx:
