@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from fleetpki.application import FleetPKI
 from fleetpki.errors import (
@@ -356,3 +356,26 @@ def test_the_id_scope_is_azures_form_and_fixed_per_home(fleet: FleetPKI) -> None
     assert view.id_scope.startswith("0ne") and len(view.id_scope) == 11
     assert view.hubs[0].host_name == fleet.settings.hostname
     assert view.hubs[0].link is None
+
+
+def test_a_group_follows_its_ca_to_a_new_generation_after_the_named_one_is_gone(
+    fleet: FleetPKI,
+) -> None:
+    from fleetpki.services.ca_lifecycle import RenewCommand
+
+    _trusted_group(fleet)
+    ca = issuing_ca(fleet)
+    old_name = next(
+        h.name for h in fleet.hub_trust.list() if h.sha1_hex.upper() == ca.sha1_hex.upper()
+    )
+    generation = fleet.ca_lifecycle.renew(ADMIN, ca.id, RenewCommand(rekey=True))
+    assert generation.state == "active"
+    # The generation the group named leaves the hub (as a retirement removes it).
+    fleet.hub_trust.delete(old_name)
+    leaf, chain, _ = issue_device_certificate(fleet, "dev-gen2")
+    assert chain[0].fingerprint(hashes.SHA256()) == generation.certificate.fingerprint(
+        hashes.SHA256()
+    )
+    operation = fleet.provisioning.register(_request(fleet, "dev-gen2", leaf, chain))
+    assert operation.status is RegistrationStatus.ASSIGNED
+    assert operation.state is not None and operation.state.enrollment_group_id == "plant"

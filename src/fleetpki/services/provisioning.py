@@ -458,8 +458,9 @@ class ProvisioningService:
     ) -> tuple[TrustedCAs, dict[str, ProvisioningEnrollment]]:
         """Every group's CA as the policy's anchors, and the group of each anchor.
 
-        A group named after a hub CA of a fleetpki CA is also attested by the hub's
-        certificates of that CA's other generations (a renewed CA keeps its groups).
+        A group for a hub CA of a fleetpki CA is also attested by the hub's certificates
+        of that CA's other generations, the named one retired included (a renewed CA
+        keeps its groups).
         """
         anchors = self._auth.trust.trust_anchors(tx)
         every = [(a, True) for a in anchors.verified] + [(a, False) for a in anchors.unverified]
@@ -469,12 +470,12 @@ class ProvisioningService:
         groups: dict[str, ProvisioningEnrollment] = {}
         for record in tx.enrollments.list(EnrollmentKind.GROUP.value):
             named = by_name.get(record.ca_name or "")
-            if named is None:
+            ca_id = record.fleetpki_ca_id or (named.fleetpki_ca_id if named else None)
+            if named is None and ca_id is None:
                 continue
             for anchor, is_verified in every:
-                same = anchor.name == named.name or (
-                    named.fleetpki_ca_id is not None
-                    and anchor.fleetpki_ca_id == named.fleetpki_ca_id
+                same = (named is not None and anchor.name == named.name) or (
+                    ca_id is not None and anchor.fleetpki_ca_id == ca_id
                 )
                 if not same or anchor.sha1_hex.upper() in groups:
                     continue

@@ -290,8 +290,9 @@ def _parse_certificate(data: bytes) -> x509.Certificate:
         raise ValidationError("certificate.malformed", "not a PEM or DER certificate") from exc
 
 
-def _resolve_ca(tx: UnitOfWork, ca: str | None) -> str:
-    """The hub CA name a group names: a hub CA's name, or a fleetpki CA's id."""
+def _resolve_ca(tx: UnitOfWork, ca: str | None) -> tuple[str, str | None]:
+    """The hub CA a group names (a hub CA's name, or a fleetpki CA's id): its name, and
+    the fleetpki CA behind it when it is one."""
     if not ca:
         raise ValidationError(
             "provisioning.ca_required", "an enrollment group is attested by a hub CA (--ca)"
@@ -317,7 +318,7 @@ def _resolve_ca(tx: UnitOfWork, ca: str | None) -> str:
             "provisioning.ca_unverified",
             f"hub CA {record.name!r} is not verified by proof of possession; verify it first",
         )
-    return record.name
+    return record.name, record.fleetpki_ca_id
 
 
 def _resolve_hubs(tx: UnitOfWork, spec: EnrollmentSpec, builtin_host: str) -> builtins.list[str]:
@@ -402,9 +403,10 @@ class ProvisioningEnrollmentService:
         now = self._clock()
         with self._store.transaction() as tx:
             ca_name: str | None = None
+            ca_id: str | None = None
             der: bytes | None = None
             if spec.kind is EnrollmentKind.GROUP:
-                ca_name = _resolve_ca(tx, spec.ca)
+                ca_name, ca_id = _resolve_ca(tx, spec.ca)
             else:
                 if spec.certificate is None:
                     raise ValidationError(
@@ -428,7 +430,10 @@ class ProvisioningEnrollmentService:
                 check_if_match(if_match, record.etag)
             if ca_name is not None:
                 for other in tx.enrollments.list(EnrollmentKind.GROUP.value):
-                    if other.ca_name == ca_name and other.name != spec.name:
+                    same_ca = other.ca_name == ca_name or (
+                        ca_id is not None and other.fleetpki_ca_id == ca_id
+                    )
+                    if same_ca and other.name != spec.name:
                         raise ConflictError(
                             "provisioning.ca_in_use",
                             f"enrollment group {other.name!r} is attested by hub CA "
@@ -443,6 +448,7 @@ class ProvisioningEnrollmentService:
                     created_at=now,
                 )
             record.ca_name = ca_name
+            record.fleetpki_ca_id = ca_id
             record.certificate_der = der
             sha1, sha256 = thumbprints(der) if der is not None else (None, None)
             record.certificate_sha1 = sha1

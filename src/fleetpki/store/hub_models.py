@@ -269,6 +269,9 @@ class ProvisioningEnrollment(Base):
     # The enrollment group id, or the individual enrollment's registration id.
     name: Mapped[str] = mapped_column(String(128))
     ca_name: Mapped[str | None] = mapped_column(String(200))
+    # The fleetpki CA behind that hub CA, if it is one: the group follows the CA's
+    # generations in the hub after the named one is retired.
+    fleetpki_ca_id: Mapped[str | None] = mapped_column(String(36))
     certificate_der: Mapped[bytes | None] = mapped_column(LargeBinary)
     certificate_sha1: Mapped[str | None] = mapped_column(String(40))
     certificate_sha256: Mapped[str | None] = mapped_column(String(64))

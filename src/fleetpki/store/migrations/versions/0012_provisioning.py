@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("ca_name", sa.String(length=200), nullable=True),
+        sa.Column("fleetpki_ca_id", sa.String(length=36), nullable=True),
         sa.Column("certificate_der", sa.LargeBinary(), nullable=True),
         sa.Column("certificate_sha1", sa.String(length=40), nullable=True),
         sa.Column("certificate_sha256", sa.String(length=64), nullable=True),
