@@ -43,7 +43,7 @@ import logging
 import math
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -313,8 +313,6 @@ class ProvisioningService:
         self.builtin_host = builtin_host
         self._ports = (mqtt_port, api_port)
         self.throttle = throttle or RegistrationThrottle()
-        #: Called with the refusal's code whenever a registration is refused (metrics).
-        self.on_refusal: Callable[[str], None] | None = None
 
     def show(self) -> ProvisioningView:
         """The ID scope, the endpoints and the hubs enrollments may allocate to."""
@@ -354,14 +352,6 @@ class ProvisioningService:
                 ``hub.certificate_revoked``, ``hub.wrong_auth_type``, ...).
             ThrottledError: ``provisioning.throttled``.
         """
-        try:
-            return self._register(request)
-        except FleetPKIError as exc:
-            if self.on_refusal is not None:
-                self.on_refusal(exc.code)
-            raise
-
-    def _register(self, request: RegistrationRequest) -> RegistrationOperation:
         self._check_scope(request.id_scope)
         registration_id = check_registration_id(request.registration_id)
         if (
