@@ -139,8 +139,13 @@ class Broker:
         self._methods = MethodCalls()
         self._c2d = C2DDelivery(backend, self._pool, self._live, self._spawn)
         self._blocks = BlockList()
+        # Registrations may call a linked hub over the network: their own threads, so a
+        # slow hub never holds up the connects and twins of the hub's devices.
+        self._provisioning_pool = concurrent.futures.ThreadPoolExecutor(
+            workers, "fleetpki-provisioning"
+        )
         self._provisioning = (
-            ProvisioningChannel(provisioning, self._pool, self._spawn, self._utcnow)
+            ProvisioningChannel(provisioning, self._provisioning_pool, self._spawn, self._utcnow)
             if provisioning is not None
             else None
         )
@@ -164,6 +169,7 @@ class Broker:
         for link in list(self._live.values()):
             link.close("hub.shutdown")
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._provisioning_pool.shutdown(wait=False, cancel_futures=True)
         self._store_pool.shutdown(wait=True)
 
     @property

@@ -10,7 +10,7 @@ other topic drops it, as on the hub.
   have been sent; otherwise CONNACK 5 (the SDK raises a credential error and stops). The
   certificate itself is checked with each registration, by the service.
 * A registration or a status request is acknowledged (PUBACK) at once, handed to the
-  application's `fleetpki.services.provisioning.ProvisioningService` in the broker's
+  application's `fleetpki.services.provisioning.ProvisioningService` in the channel's
   thread pool, and answered on ``$dps/registrations/res/{status}/?$rid={rid}``: 202
   ``assigning`` with the operation id to a registration, then 200 with the outcome to
   the poll; an error is its status (401, 400, 404, 429 with ``retry-after``) with DPS's
@@ -88,7 +88,8 @@ class ProvisioningChannel:
 
     Args:
         service: the provisioning use cases.
-        pool: the broker's thread pool (every service call may touch the database).
+        pool: the threads for service calls (each may touch the database, and call a
+            linked hub); the broker gives the channel its own.
         spawn: runs a coroutine as a task the broker keeps.
         utcnow: the clock for error bodies.
     """
