@@ -26,6 +26,9 @@ from support.hub import DeviceFiles, ForeignCA, issue_device
 from support.hub_control import issuing_ca
 from support.server import LiveServer, start_server
 
+# The Azure SDKs dial fixed ports (8883, 443): tests that bind them share one xdist worker.
+pytestmark = pytest.mark.xdist_group("azure_ports")
+
 AZURE_PYTHON = Path(__file__).resolve().parents[2] / ".venv-azure" / "bin" / "python"
 ADMIN = Actor.local_admin()
 TWIN = {"tags": {"site": "plant-1"}, "properties": {"desired": {"interval": 30}}}
