@@ -1,7 +1,7 @@
 """Portal sessions: who is signed in to the web portal, keyed by the hash of the secret.
 
 Revision ID: 0013_portal
-Revises: 0011_sas_devices
+Revises: 0012_provisioning
 Create Date: 2026-12-05
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_portal"
-down_revision = "0011_sas_devices"
+down_revision = "0012_provisioning"
 branch_labels = None
 depends_on = None
 
