@@ -1,13 +1,15 @@
 # fleetpki: `make demo` runs the whole story, `make test` the whole suite.
 # Both set up what they need: the virtualenv, Python packages and, through
-# apt-get when missing, system packages (openssl, PostgreSQL, mosquitto).
+# apt-get when missing, system packages (openssl, PostgreSQL, mosquitto, Chromium, Node.js),
+# and the OpenID provider the portal's browser tests sign in at (npm, outside the repo).
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test lint typecheck unit venv system-deps azure-venv bench clean
+.PHONY: demo test lint typecheck unit venv system-deps azure-venv oidc-provider \
+	portal-screenshots bench clean
 
 venv: $(STAMP)
 
@@ -23,6 +25,10 @@ system-deps:
 azure-venv:
 	@bash scripts/azure-venv.sh
 
+# Needs node and npm, hence after system-deps.
+oidc-provider: system-deps
+	@bash scripts/ensure-oidc-provider.sh
+
 lint: venv
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/ruff format --check src tests $(wildcard bench)
@@ -32,8 +38,15 @@ typecheck: venv
 
 # pytest exits 5 when it collects nothing: that is a failure here, as is any other
 # non-zero status.
-unit: venv system-deps azure-venv
+unit: venv system-deps azure-venv oidc-provider
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The portal's browser tests, saving their screenshots into docs/portal/ (docs/portal.md),
+# then quantised to small PNGs by pngquant (apt-get install pngquant).
+portal-screenshots: venv system-deps oidc-provider
+	@command -v pngquant >/dev/null || { echo "portal-screenshots: pngquant is needed (apt-get install pngquant)" >&2; exit 1; }
+	FLEETPKI_PORTAL_SCREENSHOTS=docs/portal $(BIN)/python -m pytest -q -p no:cacheprovider tests/portal
+	pngquant --quality=60-85 --speed 1 --strip --force --ext .png docs/portal/*.png
 
 test: lint typecheck unit
 

@@ -61,6 +61,8 @@ from fleetpki.services.hub_statistics import HubStatisticsService
 from fleetpki.services.hub_trust import HubTrustService, TrustCache
 from fleetpki.services.hub_twins import HubTwinService
 from fleetpki.services.link_workers import LinkWorkers
+from fleetpki.services.portal_pages import PortalPageService
+from fleetpki.services.portal_sessions import PortalSessionService
 from fleetpki.services.principals import PrincipalService
 from fleetpki.services.provisioning import (
     ProvisioningService,
@@ -69,6 +71,7 @@ from fleetpki.services.provisioning import (
 )
 from fleetpki.services.provisioning_enrollments import ProvisioningEnrollmentService
 from fleetpki.services.renewal import RenewalService
+from fleetpki.services.revocation_effects import RevocationEffectService
 from fleetpki.services.revocation_status import RevocationStatusService
 from fleetpki.services.server_cert import ServerCertificateService
 from fleetpki.services.token_issuer import LocalTokenIssuer
@@ -136,6 +139,9 @@ class FleetPKI:
         provisioning_enrollments / provisioning: the provisioning service (Azure DPS): enrollments,
             and the registration of devices into the hubs they allocate.
         link_workers: the links' delivery workers (``fleetpki serve`` starts them).
+        portal_sessions: the web portal's sign-in sessions.
+        revocation_effects: what revoking a certificate does in each hub.
+        portal_pages: what each page of the web portal shows.
     """
 
     def __init__(
@@ -187,6 +193,10 @@ class FleetPKI:
         self.audit = AuditService(self.store)
         self.server_certificates = ServerCertificateService(
             self.store, keystore, now, self.urls, settings.home
+        )
+        # The web portal's sign-in sessions.
+        self.portal_sessions = PortalSessionService(
+            self.store, now, lifetime=dt.timedelta(hours=settings.portal_session_hours)
         )
         # -- end of the CA side -----------------------------------------------------------
         # -- hub side: the built-in hub's control plane ---------------------------------
@@ -246,6 +256,24 @@ class FleetPKI:
             now,
             secret=self.key_passphrase,
             connectors=self._link_connector,
+        )
+        # What a revocation does (or did) in each hub, for the portal's revoke page.
+        self.revocation_effects = RevocationEffectService(self.store, now)
+        # What each page of the web portal shows, one method a page (reads only).
+        self.portal_pages = PortalPageService(
+            cas=self.cas,
+            lifecycle=self.ca_lifecycle,
+            certificates=self.certificates,
+            enrollment=self.enrollment,
+            effects=self.revocation_effects,
+            links=self.hub_links,
+            management=self.hub_management,
+            trust=self.hub_trust,
+            statistics=self.hub_statistics,
+            devices=self.hub_devices,
+            twins=self.hub_twins,
+            messages=self.hub_messages,
+            urls=self.urls,
         )
         # Zero-touch provisioning (issue 13): Azure DPS's enrollments and registration,
         # devices sent to the built-in hub or to linked hubs through their connectors.

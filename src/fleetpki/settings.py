@@ -105,6 +105,11 @@ class Settings:
             request's headers, from the connection's start or the previous response.
         api_max_connections / mqtt_max_connections: open connections allowed at once
             on each port, TLS handshakes included; more are closed at once, and logged.
+        portal_oidc_client_id / portal_oidc_client_secret_file / portal_oidc_scopes: the
+            portal's OIDC client at ``oidc_issuer`` (authorization code with PKCE); no
+            client id turns OIDC sign-in off. The secret file is for confidential
+            clients only.
+        portal_session_hours: how long a portal session lasts from sign-in.
         provisioning_id_scope: the provisioning service's ID scope (empty: ``0ne`` and
             eight hex digits derived from the home, fixed across restarts); give every
             node sharing one database the same one.
@@ -144,6 +149,10 @@ class Settings:
     http_header_timeout_seconds: int = 10
     api_max_connections: int = 1000
     mqtt_max_connections: int = 20000
+    portal_oidc_client_id: str = ""
+    portal_oidc_client_secret_file: str = ""
+    portal_oidc_scopes: str = "openid profile"
+    portal_session_hours: int = 8
     provisioning_id_scope: str = ""
     provisioning_register_interval_seconds: float = 1.0
 
@@ -175,7 +184,7 @@ class Settings:
                 f"provisioning_id_scope must be up to 64 letters, digits, '-', '_' or '.', "
                 f"not {scope!r}",
             )
-        for name in ("ca_rekey_after_days", "ca_link_deadline_hours"):
+        for name in ("ca_rekey_after_days", "ca_link_deadline_hours", "portal_session_hours"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(

@@ -184,4 +184,9 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
         router = importlib.import_module(module_name).router
         assert isinstance(router, APIRouter)
         app.include_router(router)
+    # The web portal: ``/`` and ``/portal/``. Imported here: the portal's modules use the
+    # API's dependencies (fleetpki.api.deps), so importing it at the top would be circular.
+    from fleetpki.portal import include_portal
+
+    include_portal(app, fleet)
     return app

@@ -79,6 +79,11 @@ def serve(
             f"CA bundle: {settings.home / 'tls' / 'ca-bundle.pem'}; Ctrl-C stops)",
             highlight=False,
         )
+        how = "an API token or OpenID Connect" if settings.portal_oidc_client_id else "an API token"
+        err_console.print(
+            f"fleetpki portal at {settings.public_url.rstrip('/')}/  (sign in with {how})",
+            highlight=False,
+        )
     if only != "ca":
         err_console.print(f"fleetpki hub on mqtts://{settings.host}:{settings.mqtt_port}")
         for note in azure_port_notes(settings.hostname, port, settings.mqtt_port, only):

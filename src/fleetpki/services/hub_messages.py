@@ -156,6 +156,12 @@ class HubMessageService:
             rows = tx.hub_telemetry.list(device_id=device_id, after_id=after_id, limit=limit)
             return [_message_view(r) for r in rows]
 
+    def recent_telemetry(self, device_id: str, *, limit: int = 50) -> list[HubMessageView]:
+        """The device's newest ``limit`` (1..1000) messages, in arrival order."""
+        with self._store.transaction() as tx:
+            rows = tx.hub_telemetry.recent(device_id, limit)
+            return [_message_view(r) for r in reversed(rows)]
+
     def latest_id(self, device_id: str | None = None) -> int:
         """The newest stored message id (of one device, or of all); 0 when there is none."""
         with self._store.transaction() as tx:

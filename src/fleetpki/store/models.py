@@ -40,6 +40,7 @@ __all__ = [
     "EventConsumer",
     "EventDeliveryRecord",
     "OutboxEvent",
+    "PortalSession",
     "Principal",
     "TemplateRecord",
     "UTCDateTime",
@@ -214,6 +215,25 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
     last_used_at: Mapped[dt.datetime | None]
+
+
+class PortalSession(Base):
+    """A signed-in portal session, stored only as the SHA-256 hash of its secret.
+
+    The secret is in the browser's cookie alone; a stolen database names sessions but
+    cannot resume one.
+    """
+
+    __tablename__ = "portal_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(
+        ForeignKey("principals.id", ondelete="CASCADE"), index=True
+    )
+    method: Mapped[str] = mapped_column(String(16))  # oidc, token
+    created_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class DomainRecord(Base):

@@ -20,6 +20,7 @@ from fleetpki.store.repositories.ca_certificates import (
 from fleetpki.store.repositories.ca_identities import (
     SqlAuditRepository,
     SqlDomainRepository,
+    SqlPortalSessionRepository,
     SqlPrincipalRepository,
     SqlTokenRepository,
 )
@@ -104,6 +105,11 @@ class SqlUnitOfWork:
     def audit(self) -> SqlAuditRepository:
         """The audit log."""
         return SqlAuditRepository(self.session)
+
+    @cached_property
+    def portal_sessions(self) -> SqlPortalSessionRepository:
+        """Signed-in portal sessions."""
+        return SqlPortalSessionRepository(self.session)
 
     # -- repositories of the hub side -----------------------------------------------------
 

@@ -23,6 +23,7 @@ from fleetpki.services.ports.ca import (
     CARepository,
     CertificateRepository,
     DomainRepository,
+    PortalSessionRepository,
     PrincipalRepository,
     TemplateRepository,
     TokenRepository,
@@ -102,6 +103,11 @@ class UnitOfWork(Protocol):
     @property
     def audit(self) -> AuditRepository:
         """The audit log."""
+        ...
+
+    @property
+    def portal_sessions(self) -> PortalSessionRepository:
+        """Signed-in portal sessions."""
         ...
 
     # -- repositories of the hub side (services/ports/hub.py) -----------------------------

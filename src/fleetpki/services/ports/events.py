@@ -9,7 +9,14 @@ from typing import Any, Protocol
 
 from fleetpki.services.notifications import Notification
 
-__all__ = ["Delivery", "DeliveryBacklog", "EventLog", "FailedDelivery", "Notification"]
+__all__ = [
+    "Delivery",
+    "DeliveryBacklog",
+    "DeliveryState",
+    "EventLog",
+    "FailedDelivery",
+    "Notification",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,17 @@ class FailedDelivery:
     created_at: dt.datetime
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """Where one event stands for one consumer (``pending``, ``done`` or ``failed``)."""
+
+    consumer: str
+    status: str
+    attempts: int
+    last_error: str | None
+    delivered_at: dt.datetime | None
+
+
 class EventLog(Protocol):
     """The outbox of one unit of work."""
 
@@ -127,6 +145,10 @@ class EventLog(Protocol):
 
     def failed(self, consumer: str, *, limit: int) -> Sequence[FailedDelivery]:
         """The failed deliveries of ``consumer``, oldest first."""
+        ...
+
+    def deliveries_of(self, event_type: str, subject_id: str) -> Sequence[DeliveryState]:
+        """Each consumer's delivery of the newest ``event_type`` event about ``subject_id``."""
         ...
 
     def requeue_failed(self, consumer: str, *, at: dt.datetime) -> int:

@@ -62,8 +62,8 @@ class HubDeviceRepository(Protocol):
         """The device ``device_id``, or ``None``."""
         ...
 
-    def list(self, *, limit: int | None = None) -> Sequence[HubDevice]:
-        """Devices by id, at most ``limit``."""
+    def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
+        """Devices by id, at most ``limit``, skipping the first ``offset``."""
         ...
 
     def add(self, device: HubDevice) -> None:
@@ -130,6 +130,10 @@ class HubTelemetryRepository(Protocol):
 
     def latest_id(self, device_id: str | None) -> int:
         """The newest message id (of one device, or of all), 0 when there is none."""
+        ...
+
+    def recent(self, device_id: str, limit: int) -> Sequence[HubMessage]:
+        """The device's newest ``limit`` messages, newest first."""
         ...
 
 

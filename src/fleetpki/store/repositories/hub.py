@@ -44,9 +44,11 @@ class SqlHubDeviceRepository:
         """See :meth:`HubDeviceRepository.get`."""
         return self._session.get(HubDevice, device_id)
 
-    def list(self, *, limit: int | None = None) -> Sequence[HubDevice]:
+    def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
         """See :meth:`HubDeviceRepository.list`."""
         query = select(HubDevice).order_by(HubDevice.device_id)
+        if offset > 0:
+            query = query.offset(offset)
         if limit is not None:
             query = query.limit(limit)
         return list(self._session.scalars(query))
@@ -148,6 +150,16 @@ class SqlHubTelemetryRepository:
             query = query.where(HubMessage.device_id == device_id)
         if after_id is not None:
             query = query.where(HubMessage.id > after_id)
+        return list(self._session.scalars(query))
+
+    def recent(self, device_id: str, limit: int) -> Sequence[HubMessage]:
+        """See :meth:`HubTelemetryRepository.recent`."""
+        query = (
+            select(HubMessage)
+            .where(HubMessage.device_id == device_id)
+            .order_by(HubMessage.id.desc())
+            .limit(max(1, min(limit, _MAX_PAGE)))
+        )
         return list(self._session.scalars(query))
 
     def latest_id(self, device_id: str | None) -> int:
