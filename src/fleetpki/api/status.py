@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleetpki.api.deps import get_fleet
 from fleetpki.errors import ValidationError
+from fleetpki.services.revocation_status import OcspAnswer
 
 __all__ = ["router"]
 
@@ -69,12 +70,39 @@ def ca_certificate(ca_id: str, request: Request) -> Response:
     return Response(der, media_type=CERT_TYPE, headers={"Cache-Control": "public, max-age=86400"})
 
 
+def _ocsp_response(answer: OcspAnswer, now: dt.datetime, *, get: bool) -> Response:
+    """An OCSP answer over HTTP; a GET of a reusable one carries RFC 5019 §6.2's headers."""
+    if not get or answer.etag is None or answer.next_update is None:
+        return Response(answer.der, media_type=OCSP_RESPONSE_TYPE)
+    headers = _cache_headers(now, answer.next_update)
+    headers["Cache-Control"] += ", no-transform, must-revalidate"
+    headers["ETag"] = answer.etag
+    if answer.this_update is not None:
+        headers["Last-Modified"] = format_datetime(answer.this_update, usegmt=True)
+    return Response(answer.der, media_type=OCSP_RESPONSE_TYPE, headers=headers)
+
+
+def _not_modified(request: Request, answer: OcspAnswer, now: dt.datetime) -> Response | None:
+    """304 when the client already holds this response (RFC 9110 §13.1.2 If-None-Match)."""
+    held = request.headers.get("if-none-match")
+    if held is None or answer.etag is None or answer.next_update is None:
+        return None
+    tags = {tag.strip().removeprefix("W/") for tag in held.split(",")}
+    if answer.etag not in tags and "*" not in tags:
+        return None
+    headers = _cache_headers(now, answer.next_update)
+    headers["ETag"] = answer.etag
+    return Response(status_code=304, headers=headers)
+
+
 @router.post("/ocsp", response_class=Response)
 async def ocsp_post(request: Request) -> Response:
     """OCSP over POST (RFC 6960 Appendix A.1): a DER request in, a DER response out.
 
     Every well-formed HTTP request gets HTTP 200; refusals are OCSP error statuses
-    (malformedRequest, unauthorized) inside the response, as the RFC has it.
+    (malformedRequest, unauthorized) inside the response, as the RFC has it.  A cached
+    response is sent from the event loop; anything that needs the database or a
+    signature runs in a worker thread.
 
     Raises:
         ValidationError: ``request.unsupported_media_type`` (415) for another body type.
@@ -85,12 +113,24 @@ async def ocsp_post(request: Request) -> Response:
             "request.unsupported_media_type", f"send the OCSP request as {OCSP_REQUEST_TYPE}"
         )
     body = await request.body()
-    answer = await run_in_threadpool(get_fleet(request).revocation_status.ocsp, body)
-    return Response(answer, media_type=OCSP_RESPONSE_TYPE)
+    fleet = get_fleet(request)
+    answer = fleet.revocation_status.ocsp_from_memory(body)
+    if answer is None:
+        answer = await run_in_threadpool(fleet.revocation_status.ocsp, body)
+    return _ocsp_response(answer, fleet.now(), get=False)
 
 
 @router.get("/ocsp/{encoded:path}", response_class=Response)
-def ocsp_get(encoded: Annotated[str, Path()], request: Request) -> Response:
-    """OCSP over GET: the URL-encoded base64 DER request follows ``/ocsp/`` (Appendix A.1)."""
-    der = get_fleet(request).revocation_status.ocsp_get(encoded)
-    return Response(der, media_type=OCSP_RESPONSE_TYPE, headers={"Cache-Control": "max-age=60"})
+async def ocsp_get(encoded: Annotated[str, Path()], request: Request) -> Response:
+    """OCSP over GET: the URL-encoded base64 DER request follows ``/ocsp/`` (Appendix A.1).
+
+    A response to a request without a nonce is the same for every client until its
+    nextUpdate, so it carries ``Cache-Control: max-age`` up to then, an ``ETag`` and
+    ``Last-Modified`` (RFC 5019 §6.2); ``If-None-Match`` with that ETag gets 304.
+    """
+    fleet = get_fleet(request)
+    answer = fleet.revocation_status.ocsp_from_memory(path=encoded)
+    if answer is None:
+        answer = await run_in_threadpool(fleet.revocation_status.ocsp_get, encoded)
+    now = fleet.now()
+    return _not_modified(request, answer, now) or _ocsp_response(answer, now, get=True)
