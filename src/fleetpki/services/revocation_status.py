@@ -284,9 +284,7 @@ class RevocationStatusService:
         """
         try:
             request = (
-                parse_ocsp_request(request_der)
-                if path is None
-                else parse_ocsp_request_path(path)
+                parse_ocsp_request(request_der) if path is None else parse_ocsp_request_path(path)
             )
         except FleetPKIError as exc:
             return OcspAnswer.refusal(exc)
