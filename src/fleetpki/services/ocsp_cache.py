@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from fleetpki.pki.ocsp import CertId, CertificateStatus
+from fleetpki.pki.ocsp import CertId, CertificateStatus, OcspResponder
 from fleetpki.services.notifications import CertificateRevoked, EventsWritten, Notification
 from fleetpki.services.outbox import (
     CA_GENERATION_CREATED,
@@ -70,19 +70,22 @@ _ISSUER_EVENTS = frozenset({CA_GENERATION_CREATED, CA_GENERATION_RETIRED})
 
 @dataclass(frozen=True, slots=True)
 class Responder:
-    """Who answers for one issuer: its CA and generation, certificate and key reference.
+    """Who answers for one issuer: a CA generation, ready to sign.
 
     Attributes:
         ca_id: the CA.
         tier: ``root`` or ``issuing`` (a root answers for the CAs it certified).
-        certificate: the generation's certificate, the response's signer.
-        key_ref: its key in the keystore.
+        signing: the generation's certificate and key, checked once.
     """
 
     ca_id: str
     tier: str
-    certificate: x509.Certificate
-    key_ref: str
+    signing: OcspResponder
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The generation's certificate, which signs the responses."""
+        return self.signing.responder_cert
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ from fleetpki.pki.ocsp import (
     CertId,
     CertificateStatus,
     OcspRequest,
+    OcspResponder,
     build_ocsp_error_response,
-    build_ocsp_response,
     parse_ocsp_request,
     parse_ocsp_request_path,
     response_status_for,
@@ -148,14 +148,19 @@ def crl_in(
     return der, next_update
 
 
-def _responders(cas: Sequence[CARecord], request: OcspRequest) -> Responder | None:
+def _responder_for(
+    cas: Sequence[CARecord], keystore: KeyStore, request: OcspRequest
+) -> Responder | None:
     # Any generation, retiring ones included: a certificate is answered for by the
     # key and certificate that signed it (RFC 6960 §4.1.1 CertID names both).
     for ca in cas:
         for generation in ca.generations:
             certificate = x509.load_der_x509_certificate(generation.certificate_der)
             if request.cert_id.names_issuer(certificate):
-                return Responder(ca.id, ca.tier, certificate, generation.key_ref)
+                signer = keystore.signer(generation.key_ref)
+                return Responder(
+                    ca.id, ca.tier, OcspResponder.create(certificate, certificate, signer)
+                )
     return None
 
 
@@ -276,11 +281,13 @@ class RevocationStatusService:
     def ocsp_from_memory(
         self, request_der: bytes | None = None, *, path: str | None = None
     ) -> OcspAnswer | None:
-        """The answer to a POST body (or a GET path) when it needs no database and no key.
+        """The answer to a POST body (or a GET path) when it needs no database and no I/O.
 
-        That is a cached response to a request without a nonce, or the refusal of a
-        malformed request; anything else returns ``None`` and is for :meth:`ocsp` or
-        :meth:`ocsp_get`. It never blocks, so an event loop may call it.
+        That is a cached response to a request without a nonce; a response to a request
+        with a nonce, signed now from the cached status, when the keystore signs in
+        this process; or the refusal of a malformed request. Anything else returns
+        ``None`` and is for :meth:`ocsp` or :meth:`ocsp_get`. It never blocks on I/O,
+        so an event loop may call it.
         """
         try:
             request = (
@@ -288,10 +295,17 @@ class RevocationStatusService:
             )
         except FleetPKIError as exc:
             return OcspAnswer.refusal(exc)
-        if request.nonce is not None or self._cache.due():
+        if self._cache.due():
             return None
-        hit = self._cache.get(request.cert_id, self._clock())
-        return OcspAnswer.cached(hit) if hit is not None else None
+        now = self._clock()
+        hit = self._cache.get(request.cert_id, now)
+        if hit is None:
+            return None
+        if request.nonce is None:
+            return OcspAnswer.cached(hit)
+        if not self._keystore.signs_in_process:
+            return None  # a token's signature may block: for a worker thread
+        return OcspAnswer(self._sign(request, hit.status, hit.responder, now)[0])
 
     def _answer(self, parse: Callable[[], OcspRequest]) -> OcspAnswer:
         try:
@@ -337,7 +351,7 @@ class RevocationStatusService:
         key = _issuer_key(request.cert_id)
         known = self._cache.issuer(key)
         if known is None:
-            known = _responders(tx.cas.all(), request)
+            known = _responder_for(tx.cas.all(), self._keystore, request)
             if known is not None:
                 self._cache.remember_issuer(key, known, epoch)
         if known is None:
@@ -354,14 +368,8 @@ class RevocationStatusService:
     ) -> tuple[bytes, dt.datetime, dt.datetime]:
         this_update = now.replace(microsecond=0)
         next_update = min(this_update + OCSP_LIFETIME, responder.certificate.not_valid_after_utc)
-        der = build_ocsp_response(
-            request,
-            status,
-            issuer_cert=responder.certificate,
-            responder_cert=responder.certificate,
-            signer=self._keystore.signer(responder.key_ref),
-            this_update=this_update,
-            next_update=next_update,
+        der = responder.signing.respond(
+            request, status, this_update=this_update, next_update=next_update
         )
         return der, this_update, next_update
 
