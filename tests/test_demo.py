@@ -33,6 +33,7 @@ def test_the_demo_runs_end_to_end() -> None:
     assert f"link {demo.DEMO_LINK} disabled" in done.stdout
     assert "generation 2 with a new key, active once the hub link held it" in done.stdout
     assert "(2 CA certificates in the hub)" in done.stdout
+    assert "was retired: 2 -> 1 CA certificates in the hub" in done.stdout
 
 
 def test_a_failing_step_fails_the_demo_and_stops_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,9 +9,10 @@ API, domain, RSA-4096 key and CSR, a 10-day certificate over the EZCA routes,
 MQTT over TLS, five telemetry messages), shows what the hub stored, renews the
 certificate with itself and reconnects, renews the issuing CA with a new key (the
 hub gets it first; the device renews onto it; the old generation stays trusted while
-what it signed is outstanding), revokes the device's certificate and measures how long the live
-session survives, sees the link disable the device in the hub, and checks that a
-reconnect is refused.  Nothing is simulated
+what it signed is outstanding), moves the servers' own TLS certificate onto the new
+generation so that the old one drains and is retired from the hub, revokes the device's
+certificate and measures how long the live session survives, sees the link disable the
+device in the hub, and checks that a reconnect is refused.  Nothing is simulated
 but the device's sensor readings.
 """
 
@@ -84,13 +85,16 @@ def _create_ca(state: DemoState, _console: Console) -> str:
         mqtt_port=mqtt_port,
         # The hub link below gets its Azure tokens here (off by default elsewhere).
         token_endpoint_enabled=True,
+        # Outside the home, as `fleetpki init` keeps it, and removed with the demo.
+        key_passphrase_file=str(state.home.parent / "demo.key-passphrase"),
     )
     result = init_home(settings)
     state.app, state.issuing_id = result.app, result.issuing.id
     state.api_url = settings.public_url
     return (
         f"root {result.root.key_spec}, issuing {result.issuing.key_spec}, "
-        f"template max {result.template.max_validity_days} days"
+        f"template max {result.template.max_validity_days} days; CA keys under scrypt, "
+        f"passphrase outside the home in {result.passphrase.source.describe()}"
     )
 
 
@@ -292,7 +296,47 @@ def _rollover(state: DemoState, _console: Console) -> str:
         f"generation {generation.number} with a new key, active once the hub link held it "
         f"({in_hub} CA certificates in the hub); the device renewed onto it and reconnected; "
         f"generation {generation.number - 1} stays trusted, retiring, until what it signed "
-        "(the server's TLS certificate) expires or renews"
+        "(the servers' TLS certificate) expires or renews"
+    )
+
+
+def _retire(state: DemoState, _console: Console) -> str:
+    from fleetpki.api.background import ServerThread
+    from fleetpki.device import DeviceClient, DeviceIdentity
+
+    assert isinstance(state.server, ServerThread)
+    assert isinstance(state.identity, DeviceIdentity)
+    assert isinstance(state.client, DeviceClient)
+    fleet = state.fleet()
+    before = len(fleet.hub_trust.list())
+    # What the servers do every minute: their TLS certificate follows the new generation
+    # (reissued, loaded into the live ports), so the old generation has nothing left.
+    if not state.server.refresh_tls():
+        raise FleetPKIError("demo.tls_not_renewed", "the server kept its old certificate")
+    retired = fleet.ca_lifecycle.retire_drained()
+    states = {g.number: g.state for g in fleet.ca_lifecycle.generations(state.issuing_id)}
+    old = max(states) - 1
+    if [g.number for g in retired] != [old] or states[old] != "retired":
+        raise FleetPKIError("demo.not_retired", f"unexpected generation states {states}")
+    after = len(fleet.hub_trust.list())
+    if after != before - 1:
+        raise FleetPKIError("demo.still_trusted", f"{after} CA certificates in the hub")
+    # The device, on the new chain, reconnects as before.
+    state.client.close()
+    client = DeviceClient(
+        state.identity,
+        "localhost",
+        port=fleet.settings.mqtt_port,
+        connect_host="127.0.0.1",
+        ca_bundle=state.ca_bundle,
+    )
+    client.connect()
+    client.send_telemetry({"deviceId": state.identity.device_id, "messageId": 8})
+    state.client = client
+    return (
+        f"the servers' TLS certificate moved to generation {old + 1}; generation {old} had "
+        f"nothing outstanding and was retired: {before} -> {after} CA certificates in the hub; "
+        "the device reconnected"
     )
 
 
@@ -371,6 +415,7 @@ STEPS = [
     Step("show the telemetry the hub stored", _show_telemetry),
     Step("renew with the current certificate and reconnect", _renew),
     Step("renew the issuing CA with a new key (hubs first)", _rollover),
+    Step("retire the old CA generation from the hub", _retire),
     Step("revoke: the live session closes", _revoke),
     Step("the hub link disables the device", _disabled),
     Step("reconnect with the revoked certificate", _refused),

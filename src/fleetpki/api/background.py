@@ -105,6 +105,16 @@ class ServerThread:
         finally:
             timer.cancel()
 
+    def refresh_tls(self, timeout: float = 30.0) -> bool:
+        """Run the servers' certificate refresh now, as they do every minute.
+
+        Returns ``True`` when a new server certificate was issued and loaded.
+        """
+        if self.prepared is None or self._thread is None:
+            raise FleetPKIError("serve.not_started", "the servers are not running")
+        future = asyncio.run_coroutine_threadsafe(self.prepared.tls_refresher.refresh(), self._loop)
+        return future.result(timeout)
+
     def stop(self) -> None:
         """Stop the servers and wait for the thread."""
         if self._thread is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import ssl
@@ -18,11 +17,12 @@ from fastapi import FastAPI
 
 from fleetpki.api.app import create_app
 from fleetpki.api.tls import http_protocol_class, server_ssl_context
+from fleetpki.api.tls_refresher import TLSRefresher
 from fleetpki.application import FleetPKI
-from fleetpki.errors import ConflictError, ValidationError
-from fleetpki.listener import GuardedListener
+from fleetpki.errors import ValidationError
+from fleetpki.listener import GuardedListener, listening_socket
 from fleetpki.services.server_cert import ServerTLSFiles
-from fleetpki.settings import Settings
+from fleetpki.settings import DEFAULT_API_PORT, Settings
 
 __all__ = [
     "GuardedServer",
@@ -44,29 +44,14 @@ _log = logging.getLogger("fleetpki.serve")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0 picks a free port).
+    """A listening TCP socket on ``host:port`` for the API (port 0 picks a free port).
 
     Raises:
         ConflictError: ``serve.port_in_use`` when the port is taken.
-        ValidationError: ``serve.cannot_bind`` for other failures (bad address, no right).
+        ValidationError: ``serve.privileged_port`` (443 without the privilege: the
+            message says how), ``serve.cannot_bind`` for other failures.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConflictError(
-                "serve.port_in_use",
-                f"port {port} on {host} is already in use; stop the other server or pick "
-                "another port with --api-port",
-            ) from None
-        raise ValidationError(
-            "serve.cannot_bind", f"cannot listen on {host}:{port}: {exc.strerror}"
-        ) from None
+    sock = listening_socket(host, port, option="--api-port", fallback=DEFAULT_API_PORT)
     sock.set_inheritable(True)
     return sock
 
@@ -110,6 +95,7 @@ class PreparedServer:
     tls: ServerTLSFiles
     ssl_context: ssl.SSLContext
     api_socket: socket.socket | None
+    tls_refresher: TLSRefresher
 
     @property
     def api_port(self) -> int | None:
@@ -149,7 +135,10 @@ def prepare_server(
         if api_socket is not None:
             api_socket.close()
         raise
-    return PreparedServer(app, tls, context, api_socket)
+    refresher = TLSRefresher(fleet.server_certificates, hostname=hostname, host=host)
+    if api_socket is not None:
+        refresher.add(context, verifies_clients=True)
+    return PreparedServer(app, tls, context, api_socket, refresher)
 
 
 class GuardedServer(uvicorn.Server):
@@ -243,7 +232,12 @@ async def run_servers(
         stopper = await starter(fleet)
         stoppers.append(stopper)
         # MQTT over WebSockets on the HTTPS port reaches the same broker.
-        prepared.app.state.hub_broker = getattr(getattr(stopper, "__self__", None), "broker", None)
+        hub = getattr(stopper, "__self__", None)
+        prepared.app.state.hub_broker = getattr(hub, "broker", None)
+        hub_context = getattr(hub, "ssl_context", None)
+        if isinstance(hub_context, ssl.SSLContext):
+            # The hub judges client chains itself (fleetpki.hub.tls): certificate only.
+            prepared.tls_refresher.add(hub_context, verifies_clients=False)
     links_started = False
     if only in (None, "ca"):
         # Revocations by other processes reach this one's OCSP cache at once.
@@ -254,6 +248,8 @@ async def run_servers(
         links_started = True
     server: uvicorn.Server | None = None
     tasks: list[asyncio.Task[None]] = []
+    # Not awaited with the servers: it only ends when cancelled below.
+    refreshing = asyncio.create_task(prepared.tls_refresher.run())
     if prepared.api_socket is not None:
         settings = fleet.settings
         config = uvicorn.Config(
@@ -282,6 +278,9 @@ async def run_servers(
         else:
             await asyncio.Event().wait()
     finally:
+        refreshing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refreshing
         if links_started:
             # First: their connectors may hold keep-alive connections to this very API
             # (a link to this hub), which uvicorn's graceful stop would wait for.

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from fleetpki.errors import ConflictError
 from fleetpki.hub.azure.topics import ClientIdentity
 from fleetpki.hub.backend import AuthenticatedDevice, HubBackend
 from fleetpki.hub.broker import Broker
@@ -43,7 +40,8 @@ from fleetpki.hub.protocol import (
     Unsubscribed,
 )
 from fleetpki.hub.tls import hub_ssl_context, peer_certificates
-from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener
+from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener, listening_socket
+from fleetpki.settings import DEFAULT_MQTT_PORT
 
 __all__ = ["HubConnection", "HubServer", "HubTLS", "start_hub"]
 
@@ -266,24 +264,14 @@ class HubServer:
 
         Raises:
             ConflictError: ``serve.port_in_use``.
-            OSError: the address cannot be bound for another reason.
+            ValidationError: ``serve.privileged_port``, ``serve.cannot_bind``.
         """
         loop = asyncio.get_running_loop()
+        sock = listening_socket(
+            host, port, option="--mqtt-port", fallback=DEFAULT_MQTT_PORT, backlog=4096
+        )
+        sock.setblocking(False)
         self.broker.start()
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(4096)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise ConflictError(
-                    "serve.port_in_use",
-                    f"port {port} on {host} is already in use; pick another with --mqtt-port",
-                ) from None
-            raise
         self._listener = GuardedListener(
             "MQTT",
             sock,

@@ -10,7 +10,7 @@ Notifications from the control plane (published on the application's event bus,
 ``fleet.events``, after each commit from the committing thread) are translated into the
 broker's `HubEvent` types by `_Bridge`: a revoked certificate (any route: CLI, ``/v1``,
 EZCA, all of which end in ``services.certificates.revoke``), a disabled or deleted
-device, a desired patch, a queued cloud-to-device message.
+device, a replaced symmetric key, a desired patch, a queued cloud-to-device message.
 
 Revocations also travel through the outbox (DESIGN.md "Events and the outbox"): this
 hub node is the consumer ``hub:<settings.hub_node>`` of ``certificate.revoked`` events
@@ -53,6 +53,7 @@ from fleetpki.hub.backend import (
     CertificateRevoked,
     DesiredPatched,
     DeviceBlocked,
+    DeviceKeysReplaced,
     HubListener,
     TelemetryRecord,
     Twin,
@@ -83,6 +84,10 @@ class _Bridge(HubEventListener):
     def on_device_blocked(self, device_id: str, reason: str) -> None:
         """Disabled (``hub.device_disabled``) or deleted (``hub.unknown_device``)."""
         self.listener(DeviceBlocked(device_id, reason))
+
+    def on_device_keys_replaced(self, device_id: str, key_ids: frozenset[str]) -> None:
+        """A sas device's keys were replaced: the sessions they signed close."""
+        self.listener(DeviceKeysReplaced(device_id, key_ids))
 
     def on_certificate_revoked(self, serial: str, sha1: str | None) -> None:
         """A certificate was revoked: the broker closes sessions that use it."""
@@ -177,6 +182,12 @@ class StoreHubBackend:
     ) -> AuthenticatedDevice:
         """See `fleetpki.services.hub_authentication.DeviceAuthenticator.authenticate`."""
         return self.authenticator.authenticate(leaf, chain, client_id, now)
+
+    def authenticate_token(
+        self, token: str, client_id: str, host: str, now: dt.datetime
+    ) -> AuthenticatedDevice:
+        """See `DeviceAuthenticator.authenticate_token`."""
+        return self.authenticator.authenticate_token(token, client_id, host, now)
 
     def store_telemetry(self, batch: Sequence[TelemetryRecord]) -> None:
         """Store a batch in one transaction; returns once it is committed."""

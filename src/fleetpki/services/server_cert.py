@@ -119,12 +119,28 @@ def server_names(hostname: str, host: str) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(dns)), list(dict.fromkeys(ips))
 
 
-def _still_good(files: ServerTLSFiles, dns: list[str], ips: list[str], now: dt.datetime) -> bool:
+def _served(files: ServerTLSFiles) -> list[x509.Certificate]:
+    """The certificates in the certfile (leaf first), or none when it is missing or bad."""
     try:
-        cert = x509.load_pem_x509_certificates(files.certfile.read_bytes())[0]
+        certificates = x509.load_pem_x509_certificates(files.certfile.read_bytes())
         files.keyfile.stat()
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError):
+        return []
+    return certificates
+
+
+def _still_good(
+    served: list[x509.Certificate],
+    dns: list[str],
+    ips: list[str],
+    now: dt.datetime,
+    issuer: x509.Certificate,
+) -> bool:
+    if len(served) < 2 or served[1] != issuer:
+        # Issued by a CA generation that is no longer the one issuing: after a CA
+        # renewal the server moves onto the new generation, so the old one can drain.
         return False
+    cert = served[0]
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     if cert.not_valid_after_utc - now < lifetime / 3:
         return False
@@ -188,7 +204,9 @@ class ServerCertificateService:
         self._urls = urls
         self._home = home
 
-    def _issue(self, dns: list[str], ips: list[str], now: dt.datetime) -> _Issued:
+    def _issue(
+        self, dns: list[str], ips: list[str], now: dt.datetime, replaces: x509.Certificate | None
+    ) -> _Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         csr = _server_csr(key, dns, ips)
         names = {SERVER_COMMON_NAME, *dns, *ips}
@@ -198,6 +216,15 @@ class ServerCertificateService:
             sans = tuple(SubjectAltName(SanType.DNS, d) for d in dns) + tuple(
                 SubjectAltName(SanType.IP, a) for a in ips
             )
+            # The certificate this one replaces is recorded as renewed by it, so the CA
+            # generation that signed it is not held back from retiring by it.
+            previous = (
+                tx.certificates.find_by_serial(format(replaces.serial_number, "X"))
+                if replaces is not None
+                else None
+            )
+            if previous is not None and tx.certificates.successor_of(previous.id) is not None:
+                previous = None
             record, issued = sign_and_store(
                 tx,
                 IssuanceRequest(
@@ -210,7 +237,7 @@ class ServerCertificateService:
                 self._urls,
                 may_request=lambda name: name in names,
                 requested_by=LOCAL_ADMIN_ID,
-                renews_id=None,
+                renews_id=previous.id if previous is not None else None,
                 now=now,
             )
             write_audit(
@@ -228,6 +255,10 @@ class ServerCertificateService:
                 },
             )
             return _Issued(issued.certificate, key, ca_chain_of(tx, ca)[0])
+
+    def _current_issuer_certificate(self, now: dt.datetime) -> x509.Certificate:
+        with self._store.transaction() as tx:
+            return ca_chain_of(tx, current_issuer(tx, now))[0]
 
     def _anchors(self) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
         with self._store.transaction() as tx:
@@ -250,11 +281,23 @@ class ServerCertificateService:
         Raises:
             NotFoundError: ``ca.no_current_issuer`` when no issuing CA may issue now.
         """
+        return self.refresh(hostname=hostname, host=host)[0]
+
+    def refresh(self, *, hostname: str, host: str) -> tuple[ServerTLSFiles, bool]:
+        """As :meth:`ensure`, and say whether a new certificate was issued.
+
+        A running server calls this periodically and, on ``True``, loads the new
+        certificate into its live TLS contexts: the certificate then follows a renewed
+        issuing CA (and its own expiry) without a restart. The certificate replaced is
+        recorded as renewed by the new one.
+        """
         now = self._clock()
         files = ServerTLSFiles.in_home(self._home)
         dns, ips = server_names(hostname, host)
-        if not _still_good(files, dns, ips, now):
-            issued = self._issue(dns, ips, now)
+        served = _served(files)
+        renewed = not _still_good(served, dns, ips, now, self._current_issuer_certificate(now))
+        if renewed:
+            issued = self._issue(dns, ips, now, served[0] if served else None)
             key_pem = issued.key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
@@ -281,4 +324,4 @@ class ServerCertificateService:
             b"".join(c.public_bytes(serialization.Encoding.PEM) for c in every),
             0o644,
         )
-        return files
+        return files, renewed
