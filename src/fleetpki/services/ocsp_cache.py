@@ -11,8 +11,10 @@ request's CertID and serves the same DER to every later request, until one of:
   before the revocation's service call returns;
 - a revocation committed by another process: the cache reads the outbox's
   ``certificate.revoked`` events written since it last looked (:meth:`due`) before it
-  answers again, at once after a PostgreSQL NOTIFY, and at least every
-  :data:`SYNC_INTERVAL` seconds on either database (SQLite has no NOTIFY);
+  answers again: on SQLite as soon as the database's commit stamp changed (a few bytes
+  of its WAL index, read on every request: the next answer after the other process's
+  commit already knows), on PostgreSQL once its NOTIFY arrives (milliseconds), and on
+  either at least every :data:`SYNC_INTERVAL` seconds;
 - a CA generation created or retired (here or elsewhere): everything is dropped,
   since the set of issuers changed;
 - its refresh time (half its lifetime): it is signed anew from the database, which
@@ -122,8 +124,13 @@ class OcspResponseCache:
 
     Args:
         max_entries: answers kept at most (the oldest are dropped first).
-        sync_interval: seconds between two reads of the outbox (see :meth:`due`).
+        sync_interval: seconds between two reads of the outbox when nothing says
+            that another process wrote (see :meth:`due`).
         monotonic: the clock for ``sync_interval`` (injected for tests).
+
+    Attributes:
+        sync_interval: as given; may be changed (tests set it long, so that only the
+            commit stamp or a NOTIFY can make the cache read the outbox).
     """
 
     def __init__(
@@ -134,7 +141,7 @@ class OcspResponseCache:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max = max(1, max_entries)
-        self._interval = sync_interval
+        self.sync_interval = sync_interval
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -147,6 +154,7 @@ class OcspResponseCache:
         self._newest = -1
         self._seen: set[int] = set()
         self._synced_at = float("-inf")
+        self._stamp: bytes | None = None
         self._dirty = True
 
     # -- answers ---------------------------------------------------------------------
@@ -228,16 +236,26 @@ class OcspResponseCache:
             if not notification.event_types or notification.event_types & WATCHED_EVENTS:
                 self._dirty = True
 
-    def due(self) -> bool:
-        """Whether the outbox must be read before the next answer (see :meth:`apply`)."""
-        return self._dirty or self._monotonic() - self._synced_at >= self._interval
+    def due(self, stamp: bytes | None = None) -> bool:
+        """Whether the outbox must be read before the next answer (see :meth:`apply`).
 
-    def begin_sync(self) -> None:
+        ``stamp`` is the store's commit stamp now (:meth:`Store.commit_stamp`); one
+        other than the last read's means that some process committed since.
+        """
+        return (
+            self._dirty
+            or (stamp is not None and stamp != self._stamp)
+            or self._monotonic() - self._synced_at >= self.sync_interval
+        )
+
+    def begin_sync(self, stamp: bytes | None = None) -> None:
         """Note that a read of the outbox starts now (call :meth:`apply` with what it found).
 
-        Noted before the read, so that a NOTIFY arriving during it asks for another.
+        Noted before the read (with the commit stamp read before it), so that a commit
+        or a NOTIFY arriving during the read asks for another.
         """
         self._dirty = False
+        self._stamp = stamp
         self._synced_at = self._monotonic()
 
     def sync_floor(self, newest_id: int) -> int:

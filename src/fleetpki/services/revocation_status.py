@@ -295,7 +295,7 @@ class RevocationStatusService:
             )
         except FleetPKIError as exc:
             return OcspAnswer.refusal(exc)
-        if self._cache.due():
+        if self._cache.due(self._store.commit_stamp()):
             return None
         now = self._clock()
         hit = self._cache.get(request.cert_id, now)
@@ -313,8 +313,9 @@ class RevocationStatusService:
         except FleetPKIError as exc:
             return OcspAnswer.refusal(exc)
         cache = self._cache
-        if cache.due():
-            self._sync()
+        stamp = self._store.commit_stamp()
+        if cache.due(stamp):
+            self._sync(stamp)
         now = self._clock()
         hit = cache.get(request.cert_id, now)
         if hit is not None:
@@ -373,10 +374,10 @@ class RevocationStatusService:
         )
         return der, this_update, next_update
 
-    def _sync(self) -> None:
+    def _sync(self, stamp: bytes | None) -> None:
         """Read what other processes changed since the last read (see OcspResponseCache)."""
         cache = self._cache
-        cache.begin_sync()
+        cache.begin_sync(stamp)
         with self._store.transaction() as tx:
             newest = tx.events.newest_id()
             events = tx.events.written_after(

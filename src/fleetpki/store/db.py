@@ -77,6 +77,35 @@ def sqlite_url(path: Path) -> str:
 
 # What SQLite adds to a database file's name for its write-ahead log and shared memory.
 _COMPANIONS = ("-wal", "-shm", "-journal")
+# The WAL-index header at the start of the -shm file: 48 bytes that every committed
+# transaction changes (iChange, mxFrame, the checksums; sqlite.org/walformat.html §2.1).
+_WAL_INDEX_HEADER = 48
+
+
+def _sqlite_commit_stamp(path: Path) -> bytes:
+    """Bytes that differ after any process commits to the SQLite database at ``path``.
+
+    The WAL-index header when the database is in WAL mode (the default here, see
+    ``_on_sqlite_connect``); else the database file's size and modification time.
+    A read that races a writer may see a torn header: a spurious change, never a
+    missed one, since a commit has rewritten the header before it returns.
+    """
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY)
+    except OSError:
+        pass
+    else:
+        try:
+            header = os.pread(fd, _WAL_INDEX_HEADER, 0)
+        finally:
+            os.close(fd)
+        if len(header) == _WAL_INDEX_HEADER:
+            return header
+    try:
+        info = path.stat()
+    except OSError:
+        return b""
+    return f"{info.st_size}:{info.st_mtime_ns}".encode()
 
 
 def _own_sqlite_files(path: Path) -> None:
@@ -138,6 +167,22 @@ class Database:
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _on_sqlite_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite_path = (
+            Path(parsed.database)
+            if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
+            else None
+        )
+
+    def commit_stamp(self) -> bytes | None:
+        """A value that changes whenever any process commits, cheap enough for every read.
+
+        On a SQLite file it reads a few bytes of the WAL index (no query, no lock);
+        on PostgreSQL (and in-memory SQLite) it is ``None``: the database cannot say
+        cheaply, and readers rely on LISTEN/NOTIFY (:mod:`fleetpki.store.notify`).
+        """
+        if self._sqlite_path is None:
+            return None
+        return _sqlite_commit_stamp(self._sqlite_path)
 
     @property
     def safe_url(self) -> str:
