@@ -258,8 +258,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def write_bodies(path: Path, bodies: Sequence[bytes]) -> Path:
-    """Write request bodies for :func:`wrk_round`: hex, one a line."""
-    path.write_text("".join(body.hex() + "\n" for body in bodies))
+    """Write request bodies for :func:`wrk_round`: each its length in decimal, a newline,
+    then its bytes (wrk's Lua reads them with no decoding, which would cost it CPU)."""
+    path.write_bytes(b"".join(b"%d\n%s" % (len(body), body) for body in bodies))
     return path
 
 

@@ -144,8 +144,8 @@ def main() -> int:
             _request(leaves[i % len(leaves)], issuer, nonce=True) for i in range(NONCE_REQUESTS)
         ]
         kinds = {
-            "no nonce": write_bodies(folder / "plain.hex", plain),
-            "nonce": write_bodies(folder / "nonced.hex", nonced),
+            "no nonce": write_bodies(folder / "plain.bin", plain),
+            "nonce": write_bodies(folder / "nonced.bin", nonced),
         }
         reference = {
             "no nonce": _in_process_us(fleet_home, plain[:100]),

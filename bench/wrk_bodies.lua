@@ -2,7 +2,8 @@
 -- file in turn, one per request, so that every request is distinct (a CSR with its own
 -- key, an OCSP request with its own nonce), and prints one JSON line at the end.
 --
--- Environment: WRK_BODIES (a file of hex-encoded bodies, one a line), WRK_THREADS (the
+-- Environment: WRK_BODIES (a file of bodies, each its length in decimal, a newline and
+-- its bytes), WRK_THREADS (the
 -- -t given to wrk), WRK_CONTENT_TYPE, and WRK_AUTHORIZATION (optional header value).
 -- Thread t sends bodies t, t + T, t + 2T, ... (T threads), so no two threads send
 -- the same body until the file is used up; then they start again from the top.
@@ -15,10 +16,17 @@ function wrk.resolve(host, service)
 end
 
 local bodies = {}
-for line in io.lines(os.getenv("WRK_BODIES")) do
-    bodies[#bodies + 1] = (line:gsub("..", function(pair)
-        return string.char(tonumber(pair, 16))
-    end))
+do
+    local file = assert(io.open(os.getenv("WRK_BODIES"), "rb"))
+    local data = file:read("*a")
+    file:close()
+    local position = 1
+    while position <= #data do
+        local newline = data:find("\n", position, true)
+        local length = tonumber(data:sub(position, newline - 1))
+        bodies[#bodies + 1] = data:sub(newline + 1, newline + length)
+        position = newline + length + 1
+    end
 end
 local thread_count = tonumber(os.getenv("WRK_THREADS")) or 1
 local headers = { ["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") }
