@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from fleetpki.store.models import CAGeneration, CARecord, TemplateRecord
 
@@ -24,7 +24,9 @@ class SqlCARepository:
 
     def get(self, ca_id: str) -> CARecord | None:
         """See :meth:`CARepository.get`."""
-        found = self._session.get(CARecord, ca_id)
+        # With its generations in the same statement (the mapping's default, selectin,
+        # takes a second one); a CA already in the session is returned without either.
+        found = self._session.get(CARecord, ca_id, options=[joinedload(CARecord.generations)])
         if found is not None:
             self._held[ca_id] = found
         return found
