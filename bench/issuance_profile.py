@@ -4,7 +4,9 @@ Run: ``.venv/bin/python bench/issuance_profile.py`` (about 30 s; needs ``py-spy`
 PATH or in ``$PY_SPY``: ``pip install py-spy``, it is not a project dependency).  The same
 set-up as ``ca_issuance.py`` (HTTPS, an admin API token, SQLite, the audit entry), with
 wrk sending ``POST /v1/certificates`` for ``SECONDS`` while py-spy samples the server
-process: only samples of the thread holding the GIL, i.e. where Python spends CPU (a thread waiting on a lock, the database or the network holds no GIL).  Prints the share of samples
+process, counting only the thread that holds the GIL (where Python spends CPU: a
+thread waiting on a lock, the database or the network holds none).  Prints the share
+of samples
 in which each of the listed parts of the request path is on the stack (inclusive, so
 they overlap: a part's children count in it), then the top functions by own samples.
 """
@@ -97,8 +99,10 @@ def main() -> int:
         raw = folder / "profile.txt"
         with fleetpki_server(fleet_home) as server:
             spy = subprocess.Popen(
-                [py_spy, "record", "-p", str(server.pid), "-r", str(RATE), "-d", str(SECONDS)]
-                + ["-f", "raw", "-o", str(raw), "--nonblocking", "--gil"],
+                [
+                    *(py_spy, "record", "-p", str(server.pid), "-r", str(RATE)),
+                    *("-d", str(SECONDS), "-f", "raw", "-o", str(raw), "--nonblocking", "--gil"),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -210,8 +210,9 @@ def main() -> int:
                     with openssl_server() as server:
                         wrk_round(openssl_load, server.pid, openssl_url, bodies, **wrk)
     for kind, (fleet_load, openssl_load) in loads.items():
+        described = "with a nonce each" if kind == "nonce" else "without a nonce"
         print(
-            f"\nOCSP over HTTP POST, requests {'with a nonce each' if kind == 'nonce' else 'without a nonce'}, "
+            f"\nOCSP over HTTP POST, requests {described}, "
             f"EC P-256 issuing CA (the same for both), {CERTIFICATES} certificates (half revoked), "
             f"{ROUNDS} rounds of {SECONDS} s, wrk -t{THREADS} -c{CONNECTIONS}"
         )

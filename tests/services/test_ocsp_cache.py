@@ -9,7 +9,6 @@ signed when they come (RFC 8954). Every response is checked by pkilint; the API 
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -25,9 +24,9 @@ from fleetpki.application import FleetPKI
 from fleetpki.pki.ocsp import CertId, parse_ocsp_request
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
+from fleetpki.services.ca_lifecycle import RenewCommand
 from fleetpki.services.ca_views import CAView
 from fleetpki.services.certificates import IssueCommand
-from fleetpki.services.ca_lifecycle import RenewCommand
 from fleetpki.services.ocsp_cache import CachedAnswer, OcspResponseCache
 from support.mqtt_device import wait_until
 from support.pkilint import assert_lints_clean

@@ -179,10 +179,13 @@ class _SqliteWriteGate:
         self, _conn: Any, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
     ) -> None:
         """Engine hook: take the lock before this thread's first write in a unit of work."""
-        if getattr(self._local, "depth", 0) and not getattr(self._local, "holds", False):
-            if statement.lstrip()[:7].upper().startswith(_WRITES):
-                self._lock.acquire()
-                self._local.holds = True
+        if (
+            getattr(self._local, "depth", 0)
+            and not getattr(self._local, "holds", False)
+            and statement.lstrip()[:7].upper().startswith(_WRITES)
+        ):
+            self._lock.acquire()
+            self._local.holds = True
 
 
 class Database:
