@@ -125,10 +125,10 @@ def _in_process_us(fleet_home: FleetHome, requests: Sequence[bytes]) -> float:
     fleet = fleet_home.fleet
     times = []
     for _ in range(5):
-        started = time.perf_counter()
+        started = time.process_time()  # CPU: a busy shared machine stretches wall time
         for body in requests:
             fleet.revocation_status.ocsp(body)
-        times.append((time.perf_counter() - started) / len(requests) * 1e6)
+        times.append((time.process_time() - started) / len(requests) * 1e6)
     return statistics.median(times)
 
 
