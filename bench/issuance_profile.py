@@ -61,9 +61,9 @@ def _py_spy() -> str:
 def _summarise(raw: Path) -> None:
     samples: list[tuple[list[str], int]] = []
     for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
+        stack, _, tally = line.rpartition(" ")
         if stack:
-            samples.append((stack.split(";"), int(count)))
+            samples.append((stack.split(";"), int(tally)))
     total = sum(count for _, count in samples)
     print(f"\n{total} GIL-holding samples of the server over {SECONDS} s\n")
     print("| part of the request path | share of samples (inclusive) |\n|---|---|")

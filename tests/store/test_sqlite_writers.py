@@ -88,7 +88,7 @@ def test_a_unit_that_rolls_back_after_writing_lets_the_next_writer_in(
     ca_id = _issuing_id(fleet)
     # A unit of work that wrote and then failed (rolled back).
     with pytest.raises(ValidationError), fleet.store.transaction() as tx:
-        tx.session.execute(  # type: ignore[attr-defined]
+        tx.session.execute(
             update(Principal).values(friendly_name=Principal.friendly_name)
         )
         raise ValidationError("test.rollback", "roll back after a write")

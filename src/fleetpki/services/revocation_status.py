@@ -290,9 +290,10 @@ class RevocationStatusService:
         so an event loop may call it.
         """
         try:
-            request = (
-                parse_ocsp_request(request_der) if path is None else parse_ocsp_request_path(path)
-            )
+            if path is not None:
+                request = parse_ocsp_request_path(path)
+            else:
+                request = parse_ocsp_request(request_der if request_der is not None else b"")
         except FleetPKIError as exc:
             return OcspAnswer.refusal(exc)
         if self._cache.due(self._store.commit_stamp()):
