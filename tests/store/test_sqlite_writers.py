@@ -86,12 +86,17 @@ def test_a_unit_that_rolls_back_after_writing_lets_the_next_writer_in(
     fleet = sqlite_fleet
     _register(fleet, ["dev-a"])
     ca_id = _issuing_id(fleet)
+
     # A unit of work that wrote and then failed (rolled back).
-    with pytest.raises(ValidationError), fleet.store.transaction() as tx:
-        tx.session.execute(
-            update(Principal).values(friendly_name=Principal.friendly_name)
-        )
-        raise ValidationError("test.rollback", "roll back after a write")
+    def write_then_fail() -> None:
+        with fleet.store.transaction() as tx:
+            tx.session.execute(  # type: ignore[attr-defined]
+                update(Principal).values(friendly_name=Principal.friendly_name)
+            )
+            raise ValidationError("test.rollback", "roll back after a write")
+
+    with pytest.raises(ValidationError):
+        write_then_fail()
     # Another thread now writes; a lock still held by the rolled-back unit would block it.
     csr = make_csr("dev-a")[1]
     done: list[str] = []
