@@ -31,23 +31,34 @@ DOMAINS = 200
 CSRS = 6000
 RATE = 250  # samples per second
 
-# The parts of the request path to report, each a pattern over a sample's frames
-# ("function (module path:line)"), matched anywhere on the stack.
-PARTS: list[tuple[str, str]] = [
-    ("whole request in the ASGI app (FastAPI, middlewares, route)", r"\(fastapi/applications\.py"),
-    ("TLS read/write (asyncio/uvloop transport, ssl)", r"(sslproto|ssl\.py|uvloop)"),
-    ("HTTP parsing and writing (h11 / httptools in uvicorn)", r"uvicorn/protocols/http"),
-    ("thread hops (anyio to_thread, run_in_threadpool)", r"anyio/_backends/_asyncio\.py"),
-    ("request body parse and validation (pydantic, json)", r"(fastapi/routing\.py:\d+\)|pydantic)"),
-    ("authentication (principals.authenticate_token)", r"authenticate_token"),
-    ("issuance service call (certificates.issue)", r"services/certificates\.py"),
-    ("  issuance pipeline (pki.issuance.issue_certificate)", r"issue_certificate \(.*pki/issuance"),
-    ("  CSR parse and signature check (pki.csr)", r"pki/csr\.py"),
-    ("  SQLAlchemy ORM (session, flush, queries)", r"sqlalchemy/orm"),
-    ("  SQLAlchemy Core and the sqlite3 driver", r"(sqlalchemy/(engine|sql|pool)|sqlite3)"),
-    ("  commit (session.commit / transaction exit)", r"(commit \(|_commit_impl)"),
-    ("  audit entry", r"audit"),
-    ("response model and JSON (fastapi serialize_response, pydantic dump)", r"serialize_response"),
+# Where each sample's innermost frame is: the first pattern that matches its module.
+LAYERS: list[tuple[str, str]] = [
+    ("X.509 (cryptography; fleetpki.pki: CSR check, signing, check of the result)",
+     r"(cryptography/|fleetpki/pki/|fleetpki/keystore/)"),
+    ("SQLAlchemy (ORM and Core) and the sqlite3 driver", r"(sqlalchemy/|sqlite3)"),
+    ("HTTP: uvicorn, ASGI middlewares, FastAPI, Starlette, pydantic, anyio, ssl",
+     r"(uvicorn/|starlette/|fastapi/|pydantic|anyio/|asyncio/|ssl\.py|h11/|httptools)"),
+    ("fleetpki's own code (services, store, api, views)", r"fleetpki/"),
+    ("the standard library (threads, queues, json, re, datetime)", r"."),
+]
+# The steps of one request (inclusive: a step's callees count in it).
+STEPS: list[tuple[str, str]] = [
+    ("event loop: TLS, HTTP parsing, middlewares, routing, JSON body", r"^(?!.*WorkerThread)"),
+    ("token authentication (principals.authenticate_token, own unit of work)",
+     r"authenticate_token \("),
+    ("issuance use case (certificates.issue, one unit of work)", r"CertificateService\.issue "),
+    ("  the CA and its generations (_target, ca_record)", r"_target \("),
+    ("  template (template_for)", r"template_for "),
+    ("  CSR parse and proof of possession (parse_csr)", r"parse_csr "),
+    ("  the pipeline: names, policy, signing, check (issue_certificate)",
+     r"issue_certificate \(fleetpki/pki/issuance"),
+    ("  domain look-ups (may_request, id_for)", r"(may_request|id_for) "),
+    ("  INSERT of the certificate (ORM flush)", r"SqlCertificateRepository\.add"),
+    ("  audit entry (write_audit)", r"write_audit "),
+    ("  chain for the answer (issued_view, ca_chain_of)", r"issued_view "),
+    ("  commit and the end of the unit (SqlStore.transaction exit)",
+     r"SqlStore\.transaction \(fleetpki/store/unit_of_work\.py"),
+    ("response model and JSON (FastAPI serialize_response)", r"serialize_response"),
 ]
 
 
@@ -66,16 +77,26 @@ def _summarise(raw: Path) -> None:
             samples.append((stack.split(";"), int(tally)))
     total = sum(count for _, count in samples)
     print(f"\n{total} GIL-holding samples of the server over {SECONDS} s\n")
-    print("| part of the request path | share of samples (inclusive) |\n|---|---|")
-    for name, pattern in PARTS:
+    layers: collections.Counter[str] = collections.Counter()
+    for frames, count in samples:
+        leaf = frames[-1]
+        layers[next(name for name, pattern in LAYERS if re.search(pattern, leaf))] += count
+    print("| where the CPU is (innermost frame) | share of samples |\n|---|---|")
+    for name, _ in LAYERS:
+        print(f"| {name} | {layers[name] / total * 100:.1f} % |")
+    print("\n| step of the request (inclusive) | share of samples |\n|---|---|")
+    for name, pattern in STEPS:
         regex = re.compile(pattern)
-        hits = sum(count for frames, count in samples if any(regex.search(f) for f in frames))
+        if pattern.startswith("^"):
+            hits = sum(c for frames, c in samples if regex.search(";".join(frames)))
+        else:
+            hits = sum(c for frames, c in samples if any(regex.search(f) for f in frames))
         print(f"| {name} | {hits / total * 100:.1f} % |")
     own: collections.Counter[str] = collections.Counter()
     for frames, count in samples:
         own[frames[-1]] += count
     print("\n| top functions by own samples | share |\n|---|---|")
-    for frame, count in own.most_common(25):
+    for frame, count in own.most_common(15):
         print(f"| `{frame}` | {count / total * 100:.1f} % |")
 
 
