@@ -33,31 +33,41 @@ RATE = 250  # samples per second
 
 # Where each sample's innermost frame is: the first pattern that matches its module.
 LAYERS: list[tuple[str, str]] = [
-    ("X.509 (cryptography; fleetpki.pki: CSR check, signing, check of the result)",
-     r"(cryptography/|fleetpki/pki/|fleetpki/keystore/)"),
+    (
+        "X.509 (cryptography; fleetpki.pki: CSR check, signing, check of the result)",
+        r"(cryptography/|fleetpki/pki/|fleetpki/keystore/)",
+    ),
     ("SQLAlchemy (ORM and Core) and the sqlite3 driver", r"(sqlalchemy/|sqlite3)"),
-    ("HTTP: uvicorn, ASGI middlewares, FastAPI, Starlette, pydantic, anyio, ssl",
-     r"(uvicorn/|starlette/|fastapi/|pydantic|anyio/|asyncio/|ssl\.py|h11/|httptools)"),
+    (
+        "HTTP: uvicorn, ASGI middlewares, FastAPI, Starlette, pydantic, anyio, ssl",
+        r"(uvicorn/|starlette/|fastapi/|pydantic|anyio/|asyncio/|ssl\.py|h11/|httptools)",
+    ),
     ("fleetpki's own code (services, store, api, views)", r"fleetpki/"),
     ("the standard library (threads, queues, json, re, datetime)", r"."),
 ]
 # The steps of one request (inclusive: a step's callees count in it).
 STEPS: list[tuple[str, str]] = [
     ("event loop: TLS, HTTP parsing, middlewares, routing, JSON body", r"^(?!.*WorkerThread)"),
-    ("token authentication (principals.authenticate_token, own unit of work)",
-     r"authenticate_token \("),
+    (
+        "token authentication (principals.authenticate_token, own unit of work)",
+        r"authenticate_token \(",
+    ),
     ("issuance use case (certificates.issue, one unit of work)", r"CertificateService\.issue "),
     ("  the CA and its generations (_target, ca_record)", r"_target \("),
     ("  template (template_for)", r"template_for "),
     ("  CSR parse and proof of possession (parse_csr)", r"parse_csr "),
-    ("  the pipeline: names, policy, signing, check (issue_certificate)",
-     r"issue_certificate \(fleetpki/pki/issuance"),
+    (
+        "  the pipeline: names, policy, signing, check (issue_certificate)",
+        r"issue_certificate \(fleetpki/pki/issuance",
+    ),
     ("  domain look-ups (may_request, id_for)", r"(may_request|id_for) "),
     ("  INSERT of the certificate (ORM flush)", r"SqlCertificateRepository\.add"),
     ("  audit entry (write_audit)", r"write_audit "),
     ("  chain for the answer (issued_view, ca_chain_of)", r"issued_view "),
-    ("  commit and the end of the unit (SqlStore.transaction exit)",
-     r"SqlStore\.transaction \(fleetpki/store/unit_of_work\.py"),
+    (
+        "  commit and the end of the unit (SqlStore.transaction exit)",
+        r"SqlStore\.transaction \(fleetpki/store/unit_of_work\.py",
+    ),
     ("response model and JSON (FastAPI serialize_response)", r"serialize_response"),
 ]
 
