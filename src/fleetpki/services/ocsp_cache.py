@@ -54,6 +54,7 @@ __all__ = [
     "CachedAnswer",
     "OcspResponseCache",
     "Responder",
+    "etag_of",
 ]
 
 #: Cached answers kept at most; the oldest go first.  About 0.5 KB each with an EC
