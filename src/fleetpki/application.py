@@ -61,6 +61,7 @@ from fleetpki.services.hub_statistics import HubStatisticsService
 from fleetpki.services.hub_trust import HubTrustService, TrustCache
 from fleetpki.services.hub_twins import HubTwinService
 from fleetpki.services.link_workers import LinkWorkers
+from fleetpki.services.ocsp_cache import OcspResponseCache
 from fleetpki.services.portal_pages import PortalPageService
 from fleetpki.services.portal_sessions import PortalSessionService
 from fleetpki.services.principals import PrincipalService
@@ -128,6 +129,7 @@ class FleetPKI:
         cas, ca_lifecycle (renewal and generations), ca_schedule (its periodic work),
         templates, certificates, renewal, domains, principals, enrollment,
         revocation_status, audit, server_certificates: the CA side's use cases.
+        ocsp_cache: the signed OCSP responses that revocation_status serves.
         hub_devices / hub_twins / hub_statistics: the built-in hub's registry.
         hub_trust: the hub's trusted CAs (and this application's anchor cache).
         hub_messages: telemetry and the cloud-to-device queue.
@@ -189,7 +191,13 @@ class FleetPKI:
         self.domains = DomainService(self.store, now)
         self.principals = PrincipalService(self.store, now)
         self.enrollment = EnrollmentService(self.store, now, audience=audience)
-        self.revocation_status = RevocationStatusService(self.store, keystore, now, self.urls)
+        # Signed OCSP responses, dropped by revocations committed here (this bus) or in
+        # other processes (read from the outbox; at once after a PostgreSQL NOTIFY).
+        self.ocsp_cache = OcspResponseCache()
+        self.events.subscribe(self.ocsp_cache.on_notification)
+        self.revocation_status = RevocationStatusService(
+            self.store, keystore, now, self.urls, self.ocsp_cache
+        )
         self.audit = AuditService(self.store)
         self.server_certificates = ServerCertificateService(
             self.store, keystore, now, self.urls, settings.home
@@ -310,6 +318,7 @@ class FleetPKI:
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []
         self._listener: NotifyListener | None = None
+        self._following = False
 
     @classmethod
     def open(
@@ -387,19 +396,35 @@ class FleetPKI:
             max_attempts=max_attempts,
         )
         with self._lock:
-            if self._listener is None and self.db.dialect == "postgresql":
-                self._listener = NotifyListener(self.db, self.events)
-                self._listener.start()
+            self._listen()
             self._workers.append(worker)
         worker.start()
         return worker
+
+    def follow_other_processes(self) -> None:
+        """Hear at once what other processes commit, not only at the next poll.
+
+        On PostgreSQL this LISTENs for outbox commits (the connection that consumer
+        workers share), so that, say, the OCSP cache drops a certificate revoked by
+        another API worker within milliseconds; on SQLite, which has no NOTIFY, the
+        readers' short poll does it. ``fleetpki serve`` calls it; :meth:`close` ends it.
+        """
+        with self._lock:
+            self._following = True
+            self._listen()
+
+    def _listen(self) -> None:
+        # Called with self._lock held.
+        if self._listener is None and self.db.dialect == "postgresql":
+            self._listener = NotifyListener(self.db, self.events)
+            self._listener.start()
 
     def stop_consumer(self, worker: ConsumerWorker) -> None:
         """Stop a worker started by :meth:`start_consumer` (its deliveries stay pending)."""
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)
-            listener = self._listener if not self._workers else None
+            listener = self._listener if not self._workers and not self._following else None
             if listener is not None:
                 self._listener = None
         worker.stop()
@@ -413,6 +438,10 @@ class FleetPKI:
             workers = list(self._workers)
         for worker in workers:
             self.stop_consumer(worker)
+        with self._lock:
+            listener, self._listener, self._following = self._listener, None, False
+        if listener is not None:
+            listener.stop()
         self.db.dispose()
         self.keystore.close()
 

@@ -240,6 +240,8 @@ async def run_servers(
             prepared.tls_refresher.add(hub_context, verifies_clients=False)
     links_started = False
     if only in (None, "ca"):
+        # Revocations by other processes reach this one's OCSP cache at once.
+        await asyncio.to_thread(fleet.follow_other_processes)
         # The CA side carries its revocations, renewals and registrations to the
         # linked hubs (fleetpki.services.link_workers).
         await asyncio.to_thread(fleet.link_workers.start)

@@ -26,6 +26,7 @@ __all__ = [
     "CertId",
     "CertificateStatus",
     "OcspRequest",
+    "OcspResponder",
     "build_ocsp_error_response",
     "build_ocsp_response",
     "build_ocsp_signing_certificate",
@@ -342,49 +343,135 @@ def build_ocsp_response(
             validity at ``this_update``; ``ocsp.signer_mismatch`` when ``signer``
             does not hold its key; ``ocsp.bad_validity`` for naive or misordered times.
     """
-    cert_id = request.cert_id
-    if not cert_id.names_issuer(issuer_cert):
+    if not request.cert_id.names_issuer(issuer_cert):
         raise ValidationError(
             "ocsp.unauthorized", "this responder does not serve the issuer in the request"
         )
+    _validity(this_update, next_update)
+    responder = OcspResponder.create(issuer_cert, responder_cert, signer)
+    return responder.respond(request, status, this_update=this_update, next_update=next_update)
+
+
+class OcspResponder:
+    """One responder, checked once and ready to sign many responses.
+
+    :func:`build_ocsp_response` checks the responder for every response; a server that
+    answers many requests for one CA builds an ``OcspResponder`` once (:meth:`create`)
+    and calls :meth:`respond` for each, which checks only what changes with the request
+    and the time.  The issuer's CertID hashes are computed once per hash algorithm.
+    """
+
+    __slots__ = ("_hashes", "issuer_cert", "responder_cert", "signer")
+
+    def __init__(
+        self, issuer_cert: x509.Certificate, responder_cert: x509.Certificate, signer: Signer
+    ) -> None:
+        self.issuer_cert = issuer_cert
+        self.responder_cert = responder_cert
+        self.signer = signer
+        self._hashes: dict[str, tuple[bytes, bytes]] = {}
+
+    @classmethod
+    def create(
+        cls, issuer_cert: x509.Certificate, responder_cert: x509.Certificate, signer: Signer
+    ) -> OcspResponder:
+        """A responder for certificates ``issuer_cert`` issued (RFC 6960 §4.2.2.2).
+
+        Args:
+            issuer_cert: the CA.
+            responder_cert: ``issuer_cert`` itself, or a delegated OCSP signing
+                certificate that it issued.
+            signer: the key of ``responder_cert``.
+
+        Raises:
+            ValidationError: ``ocsp.signer_mismatch`` when ``signer`` does not hold the
+                responder's key; ``ocsp.bad_responder`` when ``responder_cert`` may not
+                answer for ``issuer_cert``.
+        """
+        _check_responder(issuer_cert, responder_cert, signer)
+        return cls(issuer_cert, responder_cert, signer)
+
+    def serves(self, cert_id: CertId) -> bool:
+        """Whether ``cert_id`` names this responder's issuer."""
+        known = self._hashes.get(cert_id.hash_algorithm)
+        if known is None:
+            known = issuer_hashes(self.issuer_cert, cert_id.hash_algorithm)
+            self._hashes[cert_id.hash_algorithm] = known
+        return known == (cert_id.issuer_name_hash, cert_id.issuer_key_hash)
+
+    def respond(
+        self,
+        request: OcspRequest,
+        status: CertificateStatus,
+        *,
+        this_update: dt.datetime,
+        next_update: dt.datetime | None,
+    ) -> bytes:
+        """Sign a successful response; see :func:`build_ocsp_response` for its content.
+
+        Raises:
+            ValidationError: ``ocsp.unauthorized`` when the request names another
+                issuer; ``ocsp.responder_not_valid`` when the responder's certificate is
+                outside its validity at ``this_update``; ``ocsp.bad_validity`` for naive
+                or misordered times.
+        """
+        cert_id = request.cert_id
+        if not self.serves(cert_id):
+            raise ValidationError(
+                "ocsp.unauthorized", "this responder does not serve the issuer in the request"
+            )
+        this_update, next_update = _validity(this_update, next_update)
+        responder_cert = self.responder_cert
+        if (
+            not responder_cert.not_valid_before_utc
+            <= this_update
+            <= responder_cert.not_valid_after_utc
+        ):
+            raise ValidationError(
+                "ocsp.responder_not_valid", "the responder certificate is not valid at thisUpdate"
+            )
+        revoked_at: dt.datetime | None = None
+        reason: x509.ReasonFlags | None = None
+        if status.state is ocsp.OCSPCertStatus.REVOKED and status.revoked_at is not None:
+            revoked_at = _utc(status.revoked_at, "revoked_at")
+            # Like a CRL entry (RFC 5280 §5.3.1), leave the optional revocationReason
+            # out rather than state "unspecified".
+            if status.reason is not RevocationReason.UNSPECIFIED and status.reason is not None:
+                reason = status.reason.to_reason_flags()
+        # No responder ID here: the signer names the responder by key hash (RFC 6960
+        # §4.2.2.3), since a signer of a key in a token must set it itself.
+        builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
+            issuer_name_hash=cert_id.issuer_name_hash,
+            issuer_key_hash=cert_id.issuer_key_hash,
+            serial_number=cert_id.serial_number,
+            algorithm=_HASHES[cert_id.hash_algorithm](),
+            cert_status=status.state,
+            this_update=this_update,
+            next_update=next_update,
+            revocation_time=revoked_at,
+            revocation_reason=reason,
+        )
+        if responder_cert != self.issuer_cert:
+            # RFC 6960 §4.2.2.2: a client must find the delegate's certificate, and
+            # cryptography does not add it by itself.  The CA's own certificate is
+            # left out: a client checking one of its certificates already has it.
+            builder = builder.certificates([responder_cert])
+        if request.nonce is not None:
+            # RFC 6960 §4.4.1, RFC 8954 §2.1: echo the nonce, non-critical.
+            builder = builder.add_extension(x509.OCSPNonce(request.nonce), critical=False)
+        response = self.signer.sign_ocsp(builder, responder_cert)
+        return response.public_bytes(serialization.Encoding.DER)
+
+
+def _validity(
+    this_update: dt.datetime, next_update: dt.datetime | None
+) -> tuple[dt.datetime, dt.datetime | None]:
     this_update = _utc(this_update, "this_update")
     if next_update is not None:
         next_update = _utc(next_update, "next_update")
         if next_update <= this_update:
             raise ValidationError("ocsp.bad_validity", "nextUpdate must be later than thisUpdate")
-    _check_responder(issuer_cert, responder_cert, signer, this_update)
-
-    revoked_at: dt.datetime | None = None
-    reason: x509.ReasonFlags | None = None
-    if status.state is ocsp.OCSPCertStatus.REVOKED and status.revoked_at is not None:
-        revoked_at = _utc(status.revoked_at, "revoked_at")
-        # Like a CRL entry (RFC 5280 §5.3.1), leave the optional revocationReason
-        # out rather than state "unspecified".
-        if status.reason is not RevocationReason.UNSPECIFIED and status.reason is not None:
-            reason = status.reason.to_reason_flags()
-    # No responder ID here: the signer names the responder by key hash (RFC 6960
-    # §4.2.2.3), since a signer of a key in a token must set it itself.
-    builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
-        issuer_name_hash=cert_id.issuer_name_hash,
-        issuer_key_hash=cert_id.issuer_key_hash,
-        serial_number=cert_id.serial_number,
-        algorithm=_HASHES[cert_id.hash_algorithm](),
-        cert_status=status.state,
-        this_update=this_update,
-        next_update=next_update,
-        revocation_time=revoked_at,
-        revocation_reason=reason,
-    )
-    if responder_cert != issuer_cert:
-        # RFC 6960 §4.2.2.2: a client must find the delegate's certificate, and
-        # cryptography does not add it by itself.  The CA's own certificate is
-        # left out: a client checking one of its certificates already has it.
-        builder = builder.certificates([responder_cert])
-    if request.nonce is not None:
-        # RFC 6960 §4.4.1, RFC 8954 §2.1: echo the nonce, non-critical.
-        builder = builder.add_extension(x509.OCSPNonce(request.nonce), critical=False)
-    response = signer.sign_ocsp(builder, responder_cert)
-    return response.public_bytes(serialization.Encoding.DER)
+    return this_update, next_update
 
 
 def build_ocsp_error_response(status: ocsp.OCSPResponseStatus) -> bytes:
@@ -480,18 +567,11 @@ def build_ocsp_signing_certificate(
 
 
 def _check_responder(
-    issuer_cert: x509.Certificate,
-    responder_cert: x509.Certificate,
-    signer: Signer,
-    at: dt.datetime,
+    issuer_cert: x509.Certificate, responder_cert: x509.Certificate, signer: Signer
 ) -> None:
     if _spki(signer.public_key()) != _spki(responder_cert.public_key()):
         raise ValidationError(
             "ocsp.signer_mismatch", "the signer's key is not the responder certificate's key"
-        )
-    if not responder_cert.not_valid_before_utc <= at <= responder_cert.not_valid_after_utc:
-        raise ValidationError(
-            "ocsp.responder_not_valid", "the responder certificate is not valid at thisUpdate"
         )
     if responder_cert == issuer_cert:
         return  # RFC 6960 §4.2.2.2: the CA that issued the certificate answers itself.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +78,35 @@ def sqlite_url(path: Path) -> str:
 
 # What SQLite adds to a database file's name for its write-ahead log and shared memory.
 _COMPANIONS = ("-wal", "-shm", "-journal")
+# The WAL-index header at the start of the -shm file: 48 bytes that every committed
+# transaction changes (iChange, mxFrame, the checksums; sqlite.org/walformat.html §2.1).
+_WAL_INDEX_HEADER = 48
+
+
+def _sqlite_commit_stamp(path: Path) -> bytes:
+    """Bytes that differ after any process commits to the SQLite database at ``path``.
+
+    The WAL-index header when the database is in WAL mode (the default here, see
+    ``_on_sqlite_connect``); else the database file's size and modification time.
+    A read that races a writer may see a torn header: a spurious change, never a
+    missed one, since a commit has rewritten the header before it returns.
+    """
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY)
+    except OSError:
+        pass
+    else:
+        try:
+            header = os.pread(fd, _WAL_INDEX_HEADER, 0)
+        finally:
+            os.close(fd)
+        if len(header) == _WAL_INDEX_HEADER:
+            return header
+    try:
+        info = path.stat()
+    except OSError:
+        return b""
+    return f"{info.st_size}:{info.st_mtime_ns}".encode()
 
 
 def _own_sqlite_files(path: Path) -> None:
@@ -108,6 +138,56 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# How many SQLite connections the pool keeps open. More than the threads that use the
+# database at once (the API's worker threads), so that a busy moment does not open and
+# close overflow connections, each paying the PRAGMAs and a read of the schema.
+_SQLITE_POOL_SIZE = 40
+# The statements that take SQLite's write lock (a transaction's first one begins it).
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+class _SqliteWriteGate:
+    """One writing unit of work at a time among this process's threads, handed on at once.
+
+    SQLite lets one transaction write at a time; the others wait in its busy handler,
+    which sleeps 1, 2, 5, 10 ... 100 ms between tries. Under concurrent issuance that
+    leaves the server idle while requests queue: eight at once ran at a fraction of the
+    rate one at a time allowed (bench/README.md). So a unit of work about to write in
+    this process first takes this lock, from its first write statement until it has
+    committed or rolled back (the end of :meth:`Database.session`), and the next writer
+    here starts the moment it is released. Other processes still meet the busy
+    timeout. Only statements inside :meth:`Database.session` take it; migrations and
+    raw connections do not.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def enter(self) -> None:
+        """A unit of work starts in this thread."""
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+
+    def leave(self) -> None:
+        """A unit of work ended (committed or rolled back) in this thread."""
+        self._local.depth -= 1
+        if self._local.depth == 0 and getattr(self._local, "holds", False):
+            self._local.holds = False
+            self._lock.release()
+
+    def before_execute(
+        self, _conn: Any, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
+    ) -> None:
+        """Engine hook: take the lock before this thread's first write in a unit of work."""
+        if (
+            getattr(self._local, "depth", 0)
+            and not getattr(self._local, "holds", False)
+            and statement.lstrip()[:7].upper().startswith(_WRITES)
+        ):
+            self._lock.acquire()
+            self._local.holds = True
+
+
 class Database:
     """One database: an engine, its migrations and a session factory.
 
@@ -132,12 +212,29 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "postgresql":
             kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
-        if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            _own_sqlite_files(Path(parsed.database))
+        sqlite_file = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if sqlite_file:
+            _own_sqlite_files(Path(str(parsed.database)))
+            kwargs.update(pool_size=_SQLITE_POOL_SIZE, max_overflow=_SQLITE_POOL_SIZE)
         self.engine: Engine = create_engine(parsed, **kwargs)
+        self._write_gate: _SqliteWriteGate | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _on_sqlite_connect)
+            self._write_gate = _SqliteWriteGate()
+            event.listen(self.engine, "before_cursor_execute", self._write_gate.before_execute)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite_path = Path(str(parsed.database)) if sqlite_file else None
+
+    def commit_stamp(self) -> bytes | None:
+        """A value that changes whenever any process commits, cheap enough for every read.
+
+        On a SQLite file it reads a few bytes of the WAL index (no query, no lock);
+        on PostgreSQL (and in-memory SQLite) it is ``None``: the database cannot say
+        cheaply, and readers rely on LISTEN/NOTIFY (:mod:`fleetpki.store.notify`).
+        """
+        if self._sqlite_path is None:
+            return None
+        return _sqlite_commit_stamp(self._sqlite_path)
 
     @property
     def safe_url(self) -> str:
@@ -182,6 +279,9 @@ class Database:
             UnavailableError: ``database.unavailable`` when the database does not answer
                 (:func:`is_unavailable`); nothing was committed.
         """
+        gate = self._write_gate
+        if gate is not None:
+            gate.enter()
         try:
             with self._sessions() as session, session.begin():
                 yield session
@@ -191,6 +291,9 @@ class Database:
             raise UnavailableError(
                 DATABASE_UNAVAILABLE, "the database is unavailable; try again shortly"
             ) from exc
+        finally:
+            if gate is not None:
+                gate.leave()
 
     def dispose(self) -> None:
         """Close every pooled connection."""

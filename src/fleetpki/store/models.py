@@ -111,7 +111,7 @@ class CARecord(Base):
     # Unused since migration 0007 (each generation caches its own CRL); kept so that
     # a downgrade finds them.
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
-    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
 
@@ -154,7 +154,9 @@ class CAGeneration(Base):
     activated_at: Mapped[dt.datetime | None]
     retired_at: Mapped[dt.datetime | None]
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
-    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Loaded only when read (the CRL routes): a CRL of many revocations is megabytes,
+    # and every issuance loads its CA's generations.
+    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
     #: For a CA with a parent: the parent's generation whose key signed this one.

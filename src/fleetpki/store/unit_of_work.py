@@ -198,6 +198,10 @@ class SqlStore:
         """``sqlite`` or ``postgresql``."""
         return self.database.dialect
 
+    def commit_stamp(self) -> bytes | None:
+        """See :meth:`Store.commit_stamp`."""
+        return self.database.commit_stamp()
+
     def ping(self) -> None:
         """See :meth:`Store.ping`."""
         with self.database.session() as session:

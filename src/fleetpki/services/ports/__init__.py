@@ -198,3 +198,12 @@ class Store(Protocol):
     def ping(self) -> None:
         """Reach the database once (a health check); raises when it cannot."""
         ...
+
+    def commit_stamp(self) -> bytes | None:
+        """A value that changes whenever any process commits, or ``None`` if unknown.
+
+        Cheap (no query): in-memory caches compare it on every read to learn at once
+        that another process wrote (SQLite's WAL index); ``None`` means the database
+        cannot tell this way and such caches follow LISTEN/NOTIFY instead.
+        """
+        ...

@@ -16,6 +16,7 @@ __all__ = [
     "EventLog",
     "FailedDelivery",
     "Notification",
+    "WrittenEvent",
 ]
 
 
@@ -89,6 +90,15 @@ class DeliveryState:
     delivered_at: dt.datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class WrittenEvent:
+    """An outbox event as a reader of recent events sees it (no delivery state)."""
+
+    id: int
+    event_type: str
+    subject_id: str
+
+
 class EventLog(Protocol):
     """The outbox of one unit of work."""
 
@@ -153,4 +163,19 @@ class EventLog(Protocol):
 
     def requeue_failed(self, consumer: str, *, at: dt.datetime) -> int:
         """Make every failed delivery of ``consumer`` due now, with fresh attempts."""
+        ...
+
+    def newest_id(self) -> int:
+        """The id of the newest event written (committed or in this unit), 0 for none."""
+        ...
+
+    def written_after(
+        self, after_id: int, event_types: Collection[str], *, limit: int
+    ) -> Sequence[WrittenEvent]:
+        """Events of ``event_types`` with an id above ``after_id``, oldest first.
+
+        For in-memory caches that follow changes made by other processes without a
+        consumer of their own (:mod:`fleetpki.services.ocsp_cache`): ids grow, though
+        on PostgreSQL not in commit order, so such readers look back over a window.
+        """
         ...

@@ -64,10 +64,26 @@ class SqlTokenRepository:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        self._held: list[Principal] = []
 
     def find_by_hash(self, token_hash: str) -> ApiToken | None:
-        """See :meth:`TokenRepository.find_by_hash`."""
-        return self._session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash))
+        """See :meth:`TokenRepository.find_by_hash`.
+
+        The token's principal comes in the same statement and stays in the session (held
+        here: its identity map holds objects weakly), so that authenticating a request,
+        which reads both, takes one statement.
+        """
+        row = self._session.execute(
+            select(ApiToken, Principal)
+            .outerjoin(Principal, Principal.id == ApiToken.principal_id)
+            .where(ApiToken.token_hash == token_hash)
+        ).first()
+        if row is None:
+            return None
+        token, principal = row
+        if principal is not None:
+            self._held.append(principal)
+        return token
 
     def add(self, token: ApiToken) -> None:
         """See :meth:`TokenRepository.add`."""

@@ -14,6 +14,7 @@ from fleetpki.services.ports.events import (
     DeliveryBacklog,
     DeliveryState,
     FailedDelivery,
+    WrittenEvent,
 )
 from fleetpki.store.models import EventConsumer, EventDeliveryRecord, OutboxEvent
 
@@ -274,6 +275,22 @@ class SqlEventLog:
             )
             for r in rows
         ]
+
+    def newest_id(self) -> int:
+        """See :meth:`EventLog.newest_id`."""
+        return int(self._session.scalar(select(func.max(OutboxEvent.id))) or 0)
+
+    def written_after(
+        self, after_id: int, event_types: Collection[str], *, limit: int
+    ) -> Sequence[WrittenEvent]:
+        """See :meth:`EventLog.written_after` (a primary-key range, filtered by type)."""
+        rows = self._session.execute(
+            select(OutboxEvent.id, OutboxEvent.event_type, OutboxEvent.subject_id)
+            .where(OutboxEvent.id > after_id, OutboxEvent.event_type.in_(list(event_types)))
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+        )
+        return [WrittenEvent(row.id, row.event_type, row.subject_id) for row in rows]
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
