@@ -54,6 +54,7 @@ from fleetpki.services.hub_devices import HubDeviceService
 from fleetpki.services.hub_link_settings import LinkKind
 from fleetpki.services.hub_links import HubLinkService, LinkConnection
 from fleetpki.services.hub_management import HubManagementService, hub_identity
+from fleetpki.services.hub_eventhub import EventHubService
 from fleetpki.services.hub_messages import HubMessageService
 from fleetpki.services.hub_methods import HubMethodService
 from fleetpki.services.hub_sas import HubSasService
@@ -126,6 +127,8 @@ class FleetPKI:
         hub_methods: direct methods through this application's live hub, if attached.
         hub_authentication: device authentication on connect (the one hub policy).
         hub_management / token_issuer: the built-in hub as an Azure resource.
+        hub_eventhub: stored telemetry as the partitions of the Event Hubs-compatible
+            endpoint.
         hub_links: the hubs this CA drives through connectors, and one-click trust.
         link_workers: the links' delivery workers (``fleetpki serve`` starts them).
     """
@@ -214,6 +217,10 @@ class FleetPKI:
         # Hub side, Azure's management plane (issue 9): the hub as an ARM resource, and
         # fleetpki's own client-credentials token endpoint (off unless enabled).
         self.hub_management = HubManagementService(self.store, now, hub_identity(settings))
+        # The Event Hubs-compatible endpoint over AMQP reads stored telemetry (issue 15).
+        self.hub_eventhub = EventHubService(
+            self.store, now, name=self.hub_management.identity.hub_name
+        )
         self.token_issuer = LocalTokenIssuer(
             self.store,
             now,

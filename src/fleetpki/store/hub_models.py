@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
+    false,
     JSON,
     Boolean,
     ForeignKey,
@@ -121,6 +122,8 @@ class HubC2DMessage(Base):
     )  # pending, delivered, expired
     created_at: Mapped[dt.datetime]
     delivered_at: Mapped[dt.datetime | None]
+    # The outcome (delivered or expired) is owed to the feedback receiver (iothub-ack).
+    feedback_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class HubSasPolicy(Base):

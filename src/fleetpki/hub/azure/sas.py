@@ -108,8 +108,13 @@ def make_device_token(resource_uri: str, key: str, expiry: int) -> str:
     return f"{SAS_PREFIX}sr={encoded}&sig={quote(signature, safe='')}&se={expiry}"
 
 
+def _without_scheme(uri: str) -> str:
+    scheme, sep, rest = uri.partition("://")
+    return rest if sep and "/" not in scheme else uri
+
+
 def _segments(uri: str) -> list[str]:
-    return uri.lower().rstrip("/").split("/")
+    return _without_scheme(uri).lower().rstrip("/").split("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +165,12 @@ class SasToken:
 
     @property
     def host(self) -> str:
-        """The resource URI's first segment (the hub's host name, maybe with a port)."""
-        return self.resource_uri.split("/", 1)[0]
+        """The resource URI's host (the hub's host name, maybe with a port).
+
+        A URI with a scheme (``sb://{host}/{entity}``, what azure-eventhub signs for an
+        Event Hubs endpoint) names its host after the ``//``.
+        """
+        return _without_scheme(self.resource_uri).split("/", 1)[0]
 
     def signed_by(self, keys: Sequence[str]) -> int | None:
         """The index in ``keys`` (base64) of the key that made ``sig``, or ``None``.
@@ -185,8 +194,9 @@ class SasToken:
     def grants(self, resource_uri: str) -> bool:
         """Whether the token's resource URI is a whole-segment prefix of ``resource_uri``.
 
-        Compared without case (the documented lower-case form must match too) and
-        without a ``:port`` on the host.
+        Compared without case (the documented lower-case form must match too),
+        without a scheme (``sb://``, ``amqps://``, ``https://``: the audiences of AMQP
+        claims) and without a ``:port`` on the host.
         """
         mine = _segments(self.resource_uri)
         theirs = _segments(resource_uri)
