@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from fastapi import FastAPI
@@ -46,6 +48,25 @@ class LiveServer:
         assert port is not None
         return port
 
+    def _hub(self) -> Any:
+        deadline = time.monotonic() + 20
+        while (hub := getattr(self.prepared.app.state, "hub_server", None)) is None:
+            assert time.monotonic() < deadline, "the hub did not start"
+            time.sleep(0.01)
+        return hub
+
+    @property
+    def mqtt_port(self) -> int:
+        """The hub's MQTT/TLS port."""
+        return int(self._hub().port)
+
+    @property
+    def amqp_port(self) -> int:
+        """The hub's AMQP/TLS port."""
+        hub = self._hub()
+        assert hub.amqp is not None, "the AMQP listener is off"
+        return int(hub.amqp.port)
+
 
 @contextmanager
 def start_server(
@@ -69,7 +90,7 @@ def start_server(
     port = sock.getsockname()[1]
     base_url = f"https://127.0.0.1:{port}"
     settings = Settings.default_for(home, database_url).with_changes(
-        public_url=base_url, api_port=port, **{"mqtt_port": 0, **settings_changes}
+        public_url=base_url, api_port=port, **{"mqtt_port": 0, "amqp_port": 0, **settings_changes}
     )
     fleet = init_home(settings, HierarchySpec()).app
     admin = fleet.principals.create_token(Actor.local_admin(), LOCAL_ADMIN_ID)

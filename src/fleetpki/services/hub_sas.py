@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fleetpki.errors import AuthenticationError, NotFoundError, PermissionDenied
-from fleetpki.hub.azure.sas import SAS_PREFIX, SasToken, SasTokenMalformed, sign
+from fleetpki.hub.azure.sas import (
+    SAS_PREFIX,
+    SasToken,
+    SasTokenMalformed,
+    resource_covers,
+    sign,
+)
 from fleetpki.services.context import Clock
 from fleetpki.services.hub_management import ApiTokenSecret, ManagementCredential
 from fleetpki.services.ports import Store, UnitOfWork
@@ -120,6 +126,10 @@ class ClaimGrant:
     audience: str
     caller: SasCaller
     expires_at: int
+
+    def covers(self, resource: str, now_epoch: float) -> bool:
+        """Whether the claim is still valid at ``now_epoch`` and its audience covers ``resource``."""
+        return now_epoch < self.expires_at and resource_covers(self.audience, resource)
 
 
 @dataclass(frozen=True, slots=True)

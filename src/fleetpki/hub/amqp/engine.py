@@ -11,8 +11,9 @@ socket or a WebSocket.
 
 What the engine decides by itself, as AMQP 1.0 (OASIS, 2012) says:
 
-* SASL (§5.3): only ANONYMOUS is offered; who the peer is comes later, from the
-  tokens it puts to ``$cbs`` (claims-based security, as Azure does).
+* SASL (§5.3): MSSBCBS and ANONYMOUS are offered (`fleetpki.hub.amqp.sasl`); who the
+  peer is comes later, from the tokens it puts to ``$cbs`` (claims-based security,
+  as Azure does).
 * the frame size (§2.7.1 ``max-frame-size``): a peer's frame over the limit is a
   framing error that closes the connection (Proton enforces it);
 * the message size (§2.7.3 ``max-message-size``): a transfer over the limit is
@@ -34,6 +35,8 @@ from proton import (
     Message,
     Transport,
 )
+
+from fleetpki.hub.amqp.sasl import SaslGate
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -104,23 +107,35 @@ class AmqpEngine:
         self.transport = Transport(Transport.SERVER)
         self.transport.max_frame_size = max_frame_size
         self.transport.idle_timeout = idle_timeout
-        sasl = self.transport.sasl()
-        sasl.allowed_mechs("ANONYMOUS")
         self.transport.bind(self.connection)
+        self._sasl = SaslGate()
+        self._sasl_reply = b""
+        self._sasl_failed = False
 
     @property
     def closed(self) -> bool:
         """Whether the transport is done both ways (close the socket once output is sent)."""
-        return bool(self.transport.closed)
+        return self._sasl_failed or bool(self.transport.closed)
 
     @property
     def error(self) -> str | None:
         """The transport's error condition name, if it failed (``amqp:connection:framing-error``)."""
+        if self._sasl_failed:
+            return "amqp:unauthorized-access"
         condition = self.transport.condition
         return None if condition is None else str(condition.name)
 
     def receive(self, data: bytes) -> None:
         """Feed bytes read from the peer; the handler is called for what they complete."""
+        if self._sasl_failed:
+            return
+        if not self._sasl.done or self._sasl_reply:
+            step = self._sasl.receive(data)
+            self._sasl_reply += step.reply
+            self._sasl_failed = step.failed
+            if step.rest is None:
+                return
+            data = step.rest
         view = memoryview(data)
         while view:
             capacity = self.transport.capacity()
@@ -140,7 +155,10 @@ class AmqpEngine:
     def output(self) -> bytes:
         """The bytes to write to the peer now (empty when there are none)."""
         self.dispatch()
-        parts = []
+        parts = [self._sasl_reply]
+        self._sasl_reply = b""
+        if self._sasl_failed or not self._sasl.done:
+            return b"".join(parts)
         while True:
             pending = self.transport.pending()
             if pending <= 0:

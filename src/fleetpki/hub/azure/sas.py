@@ -44,6 +44,7 @@ __all__ = [
     "is_valid_key",
     "key_id",
     "make_device_token",
+    "resource_covers",
     "sign",
 ]
 
@@ -115,6 +116,20 @@ def _without_scheme(uri: str) -> str:
 
 def _segments(uri: str) -> list[str]:
     return _without_scheme(uri).lower().rstrip("/").split("/")
+
+
+def resource_covers(granted: str, resource: str) -> bool:
+    """Whether resource URI ``granted`` is a whole-segment prefix of ``resource``.
+
+    Compared without case, without a scheme and without a ``:port`` on the host, so
+    ``hub.example/devices/d1`` covers ``https://HUB.example:443/devices/d1/messages`` but
+    not ``hub.example/devices/d10``.
+    """
+    mine = _segments(granted)
+    theirs = _segments(resource)
+    mine[0] = mine[0].rsplit(":", 1)[0] if mine[0].count(":") == 1 else mine[0]
+    theirs[0] = theirs[0].rsplit(":", 1)[0] if theirs[0].count(":") == 1 else theirs[0]
+    return len(mine) <= len(theirs) and theirs[: len(mine)] == mine
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +213,7 @@ class SasToken:
         without a scheme (``sb://``, ``amqps://``, ``https://``: the audiences of AMQP
         claims) and without a ``:port`` on the host.
         """
-        mine = _segments(self.resource_uri)
-        theirs = _segments(resource_uri)
-        mine[0] = mine[0].rsplit(":", 1)[0] if mine[0].count(":") == 1 else mine[0]
-        theirs[0] = theirs[0].rsplit(":", 1)[0] if theirs[0].count(":") == 1 else theirs[0]
-        return len(mine) <= len(theirs) and theirs[: len(mine)] == mine
+        return resource_covers(self.resource_uri, resource_uri)
 
     def expired(self, now_epoch: float) -> bool:
         """Whether ``se`` is at or before ``now_epoch`` (seconds since the epoch)."""
