@@ -111,6 +111,7 @@ class AmqpEngine:
         self._sasl = SaslGate()
         self._sasl_reply = b""
         self._sasl_failed = False
+        self._dispatching = False
 
     @property
     def closed(self) -> bool:
@@ -182,15 +183,21 @@ class AmqpEngine:
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Handle every collected event."""
-        while True:
-            event = self._collector.peek()
-            if event is None:
-                return
-            try:
-                self._handle(event)
-            finally:
-                self._collector.pop()
+        """Handle every collected event (not again from inside a handler: the loop goes on)."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while True:
+                event = self._collector.peek()
+                if event is None:
+                    return
+                try:
+                    self._handle(event)
+                finally:
+                    self._collector.pop()
+        finally:
+            self._dispatching = False
 
     def _handle(self, event: Event) -> None:  # noqa: C901 - one branch per event type
         kind = event.type

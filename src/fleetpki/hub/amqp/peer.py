@@ -85,7 +85,7 @@ class _Outgoing:
     queue: deque[tuple[Message, Callable[[Delivery], None] | None]] = field(default_factory=deque)
     cursor: int | None = None  # partitions: the sequence number read up to
     busy: bool = False
-    in_flight: dict[bytes, list[int]] = field(default_factory=dict)  # feedback rows per tag
+    in_flight: dict[str, list[int]] = field(default_factory=dict)  # feedback rows per tag
 
 
 class AmqpPeer:
@@ -110,7 +110,7 @@ class AmqpPeer:
         self._flush = flush
         self._name = name
         self._claims: list[ClaimGrant] = []
-        self._outgoing: dict[int, _Outgoing] = {}
+        self._outgoing: dict[tuple[str, bool], _Outgoing] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ engine events
@@ -133,15 +133,15 @@ class AmqpPeer:
             return
         if node.kind in (NodeKind.CBS, NodeKind.MANAGEMENT):
             link.open()
-            self._outgoing[id(link)] = _Outgoing(link, node)
+            self._outgoing[_key(link)] = _Outgoing(link, node)
             return
         if node.kind is NodeKind.FEEDBACK:
             if not self._claimed():
                 self._refuse(link, "amqp:unauthorized-access", "put a token to $cbs first")
                 return
             link.open()
-            self._outgoing[id(link)] = _Outgoing(link, node)
-            self._pump(self._outgoing[id(link)])
+            self._outgoing[_key(link)] = _Outgoing(link, node)
+            self._pump(self._outgoing[_key(link)])
             return
         if node.kind is NodeKind.PARTITION:
             self._open_partition(link, node)
@@ -150,11 +150,11 @@ class AmqpPeer:
 
     def link_closed(self, link: Link) -> None:
         """Forget a link the peer detached."""
-        self._outgoing.pop(id(link), None)
+        self._outgoing.pop(_key(link), None)
 
     def link_flow(self, link: Link) -> None:
         """The peer granted credit: send what waits, and read more for a pump."""
-        outgoing = self._outgoing.get(id(link))
+        outgoing = self._outgoing.get(_key(link))
         if outgoing is not None:
             self._send_queued(outgoing)
             self._pump(outgoing)
@@ -173,10 +173,10 @@ class AmqpPeer:
 
     def delivery_updated(self, link: Link, delivery: Delivery) -> None:
         """The peer settled a feedback batch: accepted ones are done."""
-        outgoing = self._outgoing.get(id(link))
+        outgoing = self._outgoing.get(_key(link))
         if outgoing is None or not delivery.remote_state:
             return
-        rows = outgoing.in_flight.pop(bytes(delivery.tag), None)
+        rows = outgoing.in_flight.pop(str(delivery.tag), None)
         accepted = delivery.remote_state == Delivery.ACCEPTED
         delivery.settle()
         if rows is not None and accepted:
@@ -376,7 +376,7 @@ class AmqpPeer:
             else:
                 link.open()
                 outgoing = _Outgoing(link, node, cursor=result)
-                self._outgoing[id(link)] = outgoing
+                self._outgoing[_key(link)] = outgoing
                 self._pump(outgoing)
 
         self._call(start, then=done)
@@ -399,7 +399,7 @@ class AmqpPeer:
 
         def done(result: Any) -> None:
             outgoing.busy = False
-            if isinstance(result, FleetPKIError) or id(outgoing.link) not in self._outgoing:
+            if isinstance(result, FleetPKIError) or _key(outgoing.link) not in self._outgoing:
                 return
             events, outgoing.cursor = result
             for event in events:
@@ -419,7 +419,7 @@ class AmqpPeer:
 
         def done(result: Any) -> None:
             outgoing.busy = False
-            if isinstance(result, FleetPKIError) or id(outgoing.link) not in self._outgoing:
+            if isinstance(result, FleetPKIError) or _key(outgoing.link) not in self._outgoing:
                 return
             if not result:
                 self._loop.call_later(_POLL_SECONDS, self._pump, outgoing)
@@ -427,7 +427,7 @@ class AmqpPeer:
             rows = [record.row_id for record in result]
 
             def remember(delivery: Delivery) -> None:
-                outgoing.in_flight[bytes(delivery.tag)] = rows
+                outgoing.in_flight[str(delivery.tag)] = rows
 
             outgoing.queue.append((feedback_message(result), remember))
             self._send_queued(outgoing)
@@ -439,7 +439,7 @@ class AmqpPeer:
         settle_at_once = outgoing.node.kind is not NodeKind.FEEDBACK
         while outgoing.queue and link.credit > 0:
             message, sent = outgoing.queue.popleft()
-            delivery = link.delivery(uuid.uuid4().bytes)
+            delivery = link.delivery(uuid.uuid4().hex)  # Proton takes tags as text
             link.send(message.encode())
             link.advance()
             if sent is not None:
@@ -481,6 +481,14 @@ class AmqpPeer:
             self._flush()
 
         future.add_done_callback(finished)
+
+
+def _key(link: Link) -> tuple[str, bool]:
+    """A link's key among the connection's links (AMQP 1.0 §2.6.1: a name per direction).
+
+    Proton hands out a new wrapper object per event, so the object is no key.
+    """
+    return (str(link.name), bool(link.is_sender))
 
 
 def _ms(epoch: float) -> Any:

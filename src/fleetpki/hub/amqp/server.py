@@ -50,6 +50,7 @@ class AmqpConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.peer: AmqpPeer | None = None
         self.engine: AmqpEngine | None = None
+        self._flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the engine for a new connection."""
@@ -65,13 +66,13 @@ class AmqpConnection(asyncio.Protocol):
         """Feed the engine and write its answer."""
         if self.engine is not None:
             self.engine.receive(data)
-            self.flush()
+            self._write_now()
 
     def eof_received(self) -> bool | None:
         """The client closed its side: let the engine finish."""
         if self.engine is not None:
             self.engine.receive_eof()
-            self.flush()
+            self._write_now()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -85,7 +86,18 @@ class AmqpConnection(asyncio.Protocol):
         self._forget(self)
 
     def flush(self) -> None:
+        """Write what the engine has to say, soon (once per turn of the loop).
+
+        Deferred, because the handler asks for it from inside the engine's own event
+        dispatch (a send that changes credit raises another flow event).
+        """
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._write_now)
+
+    def _write_now(self) -> None:
         """Write what the engine has to say; close the socket once it is done."""
+        self._flush_scheduled = False
         if self.engine is None or self._transport is None:
             return
         data = self.engine.output()
@@ -100,7 +112,7 @@ class AmqpConnection(asyncio.Protocol):
         """Close the connection now (the hub stops)."""
         if self.engine is not None and self._transport is not None:
             self.engine.close("amqp:connection:forced", "the hub is stopping")
-            self.flush()
+            self._write_now()
         if self._transport is not None:
             self._transport.close()
 
@@ -109,7 +121,7 @@ class AmqpConnection(asyncio.Protocol):
         if self.engine is None or self._transport is None:
             return
         deadline = self.engine.tick(time.time())
-        self.flush()
+        self._write_now()
         if self._transport is not None:
             delay = max(0.05, deadline - time.time()) if deadline else 5.0
             self._timer = self._loop.call_later(delay, self._tick)
