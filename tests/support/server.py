@@ -75,6 +75,7 @@ def start_server(
     only: Only | None = None,
     database_url: str | None = None,
     configure: Callable[[FastAPI], None] | None = None,
+    existing: bool = False,
     **settings_changes: object,
 ) -> Iterator[LiveServer]:
     """Initialise a home in ``home`` and serve it on a free port until the block ends.
@@ -84,15 +85,17 @@ def start_server(
         only: as ``fleetpki serve --only``.
         database_url: a database; SQLite in the home by default.
         configure: called with the app before serving (tests add probe routes).
+        existing: serve the home a previous `start_server` made in ``home`` (a restart).
         settings_changes: further settings (``oidc_issuer``, ...).
     """
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     base_url = f"https://127.0.0.1:{port}"
-    settings = Settings.default_for(home, database_url).with_changes(
+    base = Settings.load(home) if existing else Settings.default_for(home, database_url)
+    settings = base.with_changes(
         public_url=base_url, api_port=port, **{"mqtt_port": 0, "amqp_port": 0, **settings_changes}
     )
-    fleet = init_home(settings, HierarchySpec()).app
+    fleet = FleetPKI.open(settings) if existing else init_home(settings, HierarchySpec()).app
     admin = fleet.principals.create_token(Actor.local_admin(), LOCAL_ADMIN_ID)
     prepared = prepare_server(
         fleet, host="127.0.0.1", api_port=port, hostname="localhost", only=only, api_socket=sock

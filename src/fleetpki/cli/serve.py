@@ -25,6 +25,12 @@ def serve(
     mqtt_port: Annotated[
         int | None, typer.Option(help="The hub's MQTT/TLS port (default 8883).")
     ] = None,
+    amqp_port: Annotated[
+        int | None,
+        typer.Option(
+            help="The hub's AMQP/TLS port (default 5671, where the service SDKs dial; -1: off)."
+        ),
+    ] = None,
     azure_ports: Annotated[
         bool,
         typer.Option(
@@ -61,6 +67,7 @@ def serve(
         host=host or settings.host,
         hostname=hostname or settings.hostname,
         mqtt_port=settings.mqtt_port if mqtt_port is None else mqtt_port,
+        amqp_port=settings.amqp_port if amqp_port is None else amqp_port,
     )
     port = settings.api_port if api_port is None else api_port
     api_socket = None
@@ -81,6 +88,8 @@ def serve(
         )
     if only != "ca":
         err_console.print(f"fleetpki hub on mqtts://{settings.host}:{settings.mqtt_port}")
+        if settings.amqp_port >= 0:
+            err_console.print(f"fleetpki hub on amqps://{settings.host}:{settings.amqp_port}")
         for note in azure_port_notes(settings.hostname, port, settings.mqtt_port, only):
             err_console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
     run_serve(

@@ -16,6 +16,8 @@ What the engine decides by itself, as AMQP 1.0 (OASIS, 2012) says:
   as Azure does).
 * the frame size (§2.7.1 ``max-frame-size``): a peer's frame over the limit is a
   framing error that closes the connection (Proton enforces it);
+* the frames it sends carry every field (`fleetpki.hub.amqp.frames`: azure-eventhub
+  needs them);
 * the message size (§2.7.3 ``max-message-size``): a transfer over the limit is
   rejected with ``amqp:link:message-size-exceeded`` and never reaches the handler.
 """
@@ -34,8 +36,10 @@ from proton import (
     Link,
     Message,
     Transport,
+    symbol,
 )
 
+from fleetpki.hub.amqp.frames import FramePadder
 from fleetpki.hub.amqp.sasl import SaslGate
 
 __all__ = [
@@ -102,6 +106,7 @@ class AmqpEngine:
         self.max_message_size = max_message_size
         self.connection = Connection()
         self.connection.container = container_id
+        self.connection.properties = {symbol("product"): "fleetpki"}
         self._collector = Collector()
         self.connection.collect(self._collector)
         self.transport = Transport(Transport.SERVER)
@@ -112,6 +117,7 @@ class AmqpEngine:
         self._sasl_reply = b""
         self._sasl_failed = False
         self._dispatching = False
+        self._padder = FramePadder()
 
     @property
     def closed(self) -> bool:
@@ -166,7 +172,7 @@ class AmqpEngine:
                 break
             chunk = self.transport.peek(pending)
             self.transport.pop(len(chunk))
-            parts.append(chunk)
+            parts.append(self._padder.feed(chunk))
         return b"".join(parts)
 
     def tick(self, now: float) -> float:

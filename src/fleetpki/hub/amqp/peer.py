@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from proton import Condition, Delivery, Link, Message
+from proton import Condition, Delivery, Link, Message, symbol
 
 from fleetpki.errors import FleetPKIError, NotFoundError, ValidationError
 from fleetpki.hub.amqp.addresses import Node, NodeKind, c2d_device_id, parse_node
@@ -60,6 +60,7 @@ _CREDIT = 100
 _POLL_SECONDS = 0.25
 #: Events read per query for a partition link.
 _READ_BATCH = 100
+_MGMT = NodeKind.MANAGEMENT
 _OP_READ = "READ"
 _TYPE_EVENTHUB = "com.microsoft:eventhub"
 _TYPE_PARTITION = "com.microsoft:partition"
@@ -121,6 +122,8 @@ class AmqpPeer:
         node = parse_node(address)
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
+        # Azure names each link with a tracking id.
+        link.properties = {symbol("com.microsoft:tracking-id"): str(uuid.uuid4())}
         if link.is_receiver:
             if node.kind not in (NodeKind.CBS, NodeKind.MANAGEMENT, NodeKind.DEVICEBOUND):
                 self._refuse(link, "amqp:not-found", f"no node {address!r} to send to")
@@ -208,17 +211,17 @@ class AmqpPeer:
         delivery.update(Delivery.ACCEPTED)
         delivery.settle()
         if operation != "put-token" or not isinstance(token, str) or not audience:
-            self._answer(message, 400, "a put-token needs a name and a token")
+            self._answer(NodeKind.CBS, message, 400, "a put-token needs a name and a token")
             return
 
         def done(result: ClaimGrant | FleetPKIError) -> None:
             if isinstance(result, ClaimGrant):
                 self._claims = [c for c in self._claims if c.audience != result.audience]
                 self._claims.append(result)
-                self._answer(message, 202, "Accepted")
+                self._answer(NodeKind.CBS, message, 202, "Accepted")
                 return
             _log.info("hub: AMQP %s: put-token refused: %s", self._name, result.code)
-            self._answer(message, result.http_status, result.code)
+            self._answer(NodeKind.CBS, message, result.http_status, result.code)
 
         self._call(self._services.sas.authenticate_claim, token, audience, then=done)
 
@@ -235,16 +238,25 @@ class AmqpPeer:
         assert refusal is not None
         raise refusal
 
-    def _answer(self, request: Message, code: int, description: str, body: Any = None) -> None:
+    def _answer(
+        self, node: NodeKind, request: Message, code: int, description: str, body: Any = None
+    ) -> None:
+        """Answer a request to ``node`` on the peer's receiving link from that node.
+
+        The link whose target is the request's ``reply-to`` if there is one, else the
+        node's only one (neither SDK sets ``reply-to`` on every request).
+        """
         reply = status_reply(request, code, description, body)
-        for outgoing in self._outgoing.values():
-            if outgoing.node.kind in (NodeKind.CBS, NodeKind.MANAGEMENT) and (
-                request.reply_to is None or outgoing.link.remote_target.address == request.reply_to
-            ):
-                outgoing.queue.append((reply, None))
-                self._send_queued(outgoing)
-                return
-        _log.info("hub: AMQP %s: no link to answer %r on", self._name, request.reply_to)
+        candidates = [o for o in self._outgoing.values() if o.node.kind is node]
+        chosen = next(
+            (o for o in candidates if o.link.remote_target.address == request.reply_to),
+            candidates[0] if candidates else None,
+        )
+        if chosen is None:
+            _log.info("hub: AMQP %s: no link to answer %r on", self._name, request.reply_to)
+            return
+        chosen.queue.append((reply, None))
+        self._send_queued(chosen)
 
     # ------------------------------------------------------------------ $management
 
@@ -258,7 +270,7 @@ class AmqpPeer:
         token = properties.get("security_token")
         resource = entity
         if operation != _OP_READ or kind not in (_TYPE_EVENTHUB, _TYPE_PARTITION):
-            self._answer(message, 400, f"unsupported operation {operation!r} on {kind!r}")
+            self._answer(_MGMT, message, 400, f"unsupported operation {operation!r} on {kind!r}")
             return
         eventhub = self._services.eventhub
         partition = str(properties.get("partition", ""))
@@ -292,12 +304,12 @@ class AmqpPeer:
 
         def done(result: Any) -> None:
             if isinstance(result, FleetPKIError):
-                self._answer(message, result.http_status, result.code)
+                self._answer(_MGMT, message, result.http_status, result.code)
             else:
-                self._answer(message, 200, "OK", result)
+                self._answer(_MGMT, message, 200, "OK", result)
 
         if not isinstance(token, str) and not self._claimed(resource):
-            self._answer(message, 401, "put a token to $cbs first")
+            self._answer(_MGMT, message, 401, "put a token to $cbs first")
             return
         self._call(read, then=done)
 

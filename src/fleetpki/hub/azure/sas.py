@@ -62,13 +62,19 @@ class SasTokenMalformed(ValueError):
     """The text is not a shared access signature token (no prefix, a field missing...)."""
 
 
-def sign(encoded_resource: str, expiry: int | str, key: str) -> bytes:
+def sign(encoded_resource: str, expiry: int | str, key: str, *, service_bus: bool = False) -> bytes:
     """The raw HMAC-SHA256 of ``{encoded_resource}\\n{expiry}`` under the base64 ``key``.
+
+    IoT Hub keys the HMAC with the base64-decoded key; Service Bus and Event Hubs
+    (``service_bus``) with the key's text itself, as azure-eventhub's
+    ``generate_sas_token`` does (``HMAC(key.encode("utf-8"), ...)``).
 
     Raises:
         ValueError: ``key`` is not base64.
     """
     raw_key = base64.b64decode(key, validate=True)
+    if service_bus:
+        raw_key = key.encode()
     message = f"{encoded_resource}\n{expiry}".encode()
     return hmac.new(raw_key, message, hashlib.sha256).digest()
 
@@ -174,6 +180,12 @@ class SasToken:
         return cls(resource, signature, int(expiry), fields.get("skn") or None)
 
     @property
+    def service_bus(self) -> bool:
+        """Whether this is an Event Hubs token (``sr`` is an ``sb://`` URI), signed as
+        Service Bus signs: with the key's text, not its decoded bytes (:func:`sign`)."""
+        return self.resource_uri.lower().startswith("sb://")
+
+    @property
     def resource_uri(self) -> str:
         """``sr`` decoded: ``{host}[/devices/{id}...]``."""
         return unquote(self.resource)
@@ -199,7 +211,7 @@ class SasToken:
         for index, key in enumerate(keys):
             for resource in resources:
                 try:
-                    expected = sign(resource, self.expiry, key)
+                    expected = sign(resource, self.expiry, key, service_bus=self.service_bus)
                 except (binascii.Error, ValueError):
                     continue
                 if hmac.compare_digest(expected, self.signature) and found is None:
