@@ -364,7 +364,7 @@ class AmqpPeer:
     # ------------------------------------------------------------------ partitions
 
     def _open_partition(self, link: Link, node: Node) -> None:
-        if not self._claimed(node.entity):
+        if not self._claimed(node.path):
             self._refuse(link, "amqp:unauthorized-access", "put a token to $cbs first")
             return
         try:
