@@ -190,8 +190,8 @@ def test_event_hub_consumer_reads_stored_telemetry_across_a_restart(tmp_path: Pa
             latest = _consume_latest(
                 live, tmp_path, connection, devices[DEVICES[1]], DEVICES[1], after
             )
-            (event,) = latest["events"]
-            assert event["body"] in after
+            assert latest["events"]
+            assert all(e["body"] in after for e in latest["events"])
             # Wait until all of them are stored, for the count after the restart.
             wait_until(
                 lambda: len(live.fleet.hub_messages.list_telemetry()) == 9 + len(after),
