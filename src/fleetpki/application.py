@@ -51,10 +51,10 @@ from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
 from fleetpki.services.hub_device_keys import DeviceKeySeal
 from fleetpki.services.hub_devices import HubDeviceService
+from fleetpki.services.hub_eventhub import EventHubService
 from fleetpki.services.hub_link_settings import LinkKind
 from fleetpki.services.hub_links import HubLinkService, LinkConnection
 from fleetpki.services.hub_management import HubManagementService, hub_identity
-from fleetpki.services.hub_eventhub import EventHubService
 from fleetpki.services.hub_messages import HubMessageService
 from fleetpki.services.hub_methods import HubMethodService
 from fleetpki.services.hub_sas import HubSasService

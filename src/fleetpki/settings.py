@@ -18,7 +18,6 @@ from fleetpki.errors import NotFoundError, ValidationError
 __all__ = [
     "AZURE_AMQP_PORT",
     "AZURE_HTTPS_PORT",
-    "AZURE_AMQP_PORT",
     "AZURE_MQTT_PORT",
     "CONFIG_FILE",
     "DEFAULT_API_PORT",

@@ -146,7 +146,9 @@ def test_send_c2d_message_reaches_an_mqtt_device_with_feedback(tmp_path: Path) -
             with forward_port(5671, live.amqp_port):
                 before = row_counts(live.fleet)["hub_c2d"]
                 out = json.loads(
-                    _azure(SEND_SCRIPT, service, str(live.ca_bundle), json.dumps(sends), tmp=tmp_path)
+                    _azure(
+                        SEND_SCRIPT, service, str(live.ca_bundle), json.dumps(sends), tmp=tmp_path
+                    )
                 )
                 assert out == {"amqp-dev": "sent", "nobody": "Exception: C2D message send failure"}
                 # The unknown device's message was refused before anything was stored.

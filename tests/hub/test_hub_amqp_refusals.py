@@ -17,7 +17,6 @@ import ssl
 import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import quote_plus, urlencode
 
 import pytest
@@ -88,7 +87,9 @@ def client_fixture(hub: LiveHub) -> Iterator[Client]:
     client.close()
 
 
-def _policy_token(fleet: FleetPKI, policy: str = "service", *, sr: str = HOST, ttl: int = 3600) -> str:
+def _policy_token(
+    fleet: FleetPKI, policy: str = "service", *, sr: str = HOST, ttl: int = 3600
+) -> str:
     keys = fleet.hub_sas.policy_keys(policy)
     return make_sas_token(sr, policy, keys.primary, int(time.time()) + ttl)
 
@@ -159,7 +160,11 @@ def _c2d(to: str, body: bytes = b"hello") -> Message:
     ("to", "body", "condition"),
     [
         ("/devices/nobody/messages/devicebound", b"hello", "amqp:not-found"),
-        ("/devices/dev-1/messages/devicebound", b"x" * (64 * 1024 + 1), "amqp:link:message-size-exceeded"),
+        (
+            "/devices/dev-1/messages/devicebound",
+            b"x" * (64 * 1024 + 1),
+            "amqp:link:message-size-exceeded",
+        ),
         ("/devices/dev-1/messages/events", b"hello", "amqp:invalid-field"),
         (None, b"hello", "amqp:invalid-field"),
     ],
@@ -201,7 +206,12 @@ def test_a_good_c2d_message_is_accepted_and_queued(hub: LiveHub, client: Client)
         ("{hub}/ConsumerGroups/$Default/Partitions/zero", "amqp:not-found"),
         ("another-hub/ConsumerGroups/$Default/Partitions/0", "amqp:not-found"),
     ],
-    ids=["unknown-consumer-group", "partition-out-of-range", "partition-not-a-number", "other-entity"],
+    ids=[
+        "unknown-consumer-group",
+        "partition-out-of-range",
+        "partition-not-a-number",
+        "other-entity",
+    ],
 )
 def test_unknown_event_hub_nodes_are_refused(
     hub: LiveHub, client: Client, path: str, condition: str

@@ -11,7 +11,6 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
-    false,
     JSON,
     Boolean,
     ForeignKey,
@@ -20,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 

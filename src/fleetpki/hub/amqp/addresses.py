@@ -91,7 +91,11 @@ def parse_node(address: str | None) -> Node:
     if lowered == FEEDBACK:
         return Node(NodeKind.FEEDBACK, path)
     parts = path.split("/")
-    if len(parts) == 5 and parts[1].lower() == "consumergroups" and parts[3].lower() == "partitions":
+    if (
+        len(parts) == 5
+        and parts[1].lower() == "consumergroups"
+        and parts[3].lower() == "partitions"
+    ):
         return Node(NodeKind.PARTITION, path, parts[0], parts[2], parts[4])
     return Node(NodeKind.UNKNOWN, path)
 

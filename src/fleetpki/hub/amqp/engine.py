@@ -205,7 +205,7 @@ class AmqpEngine:
         finally:
             self._dispatching = False
 
-    def _handle(self, event: Event) -> None:  # noqa: C901 - one branch per event type
+    def _handle(self, event: Event) -> None:
         kind = event.type
         if kind == Event.CONNECTION_REMOTE_OPEN:
             if event.connection.state & Endpoint.LOCAL_UNINIT:
@@ -285,4 +285,3 @@ def _links(connection: Connection) -> list[Link]:
         links.append(link)
         link = link.next(0)
     return links
-

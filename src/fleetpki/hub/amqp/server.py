@@ -18,8 +18,8 @@ import logging
 import ssl
 import time
 import uuid
-from typing import cast
 from collections.abc import Callable
+from typing import cast
 
 from fleetpki.hub.amqp.engine import AmqpEngine
 from fleetpki.hub.amqp.peer import AmqpPeer, AmqpServices
