@@ -128,7 +128,7 @@ class ClaimGrant:
     expires_at: int
 
     def covers(self, resource: str, now_epoch: float) -> bool:
-        """Whether the claim is still valid at ``now_epoch`` and its audience covers ``resource``."""
+        """Whether the claim is live at ``now_epoch`` and its audience covers ``resource``."""
         return now_epoch < self.expires_at and resource_covers(self.audience, resource)
 
 

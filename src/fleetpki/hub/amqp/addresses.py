@@ -3,13 +3,14 @@
 A link's address names a node, either as a path (``/messages/devicebound``) or as a URL
 (``amqps://{host}/messages/devicebound``, which the service SDK's uamqp client sends):
 
-| node | what | who attaches |
-|---|---|---|
-| ``$cbs`` | claims-based security: ``put-token`` requests and their answers | every client |
-| ``/messages/devicebound`` | cloud-to-device sends, ``to=/devices/{id}/messages/devicebound`` | azure-iot-hub ``send_c2d_message`` |
-| ``/messages/servicebound/feedback`` | delivery feedback (``iothub-ack``) | a service's feedback receiver |
-| ``$management`` | ``READ`` of the event hub and of a partition | azure-eventhub |
-| ``{entity}/ConsumerGroups/{group}/Partitions/{n}`` | telemetry of one partition | azure-eventhub consumers |
+* ``$cbs``: claims-based security, ``put-token`` requests and their answers (every
+  client);
+* ``/messages/devicebound``: cloud-to-device sends with
+  ``to=/devices/{id}/messages/devicebound`` (azure-iot-hub's ``send_c2d_message``);
+* ``/messages/servicebound/feedback``: delivery feedback (``iothub-ack``);
+* ``$management``: ``READ`` of the Event Hub and of a partition (azure-eventhub);
+* ``{entity}/ConsumerGroups/{group}/Partitions/{n}``: the telemetry of one partition
+  (azure-eventhub's consumers).
 
 Sources: azure-iot-hub 2.7.0 ``iothub_amqp_client.py``; azure-eventhub 5.15.1
 ``_consumer_client.py`` and ``_client_base.py``; learn.microsoft.com, iot-hub

@@ -126,7 +126,7 @@ class AmqpEngine:
 
     @property
     def error(self) -> str | None:
-        """The transport's error condition name, if it failed (``amqp:connection:framing-error``)."""
+        """The transport's error condition, if it failed (``amqp:connection:framing-error``)."""
         if self._sasl_failed:
             return "amqp:unauthorized-access"
         condition = self.transport.condition
@@ -170,7 +170,7 @@ class AmqpEngine:
             pending = self.transport.pending()
             if pending <= 0:
                 break
-            chunk = self.transport.peek(pending)
+            chunk = self.transport.peek(pending) or b""
             self.transport.pop(len(chunk))
             parts.append(self._padder.feed(chunk))
         return b"".join(parts)
@@ -205,7 +205,9 @@ class AmqpEngine:
         finally:
             self._dispatching = False
 
-    def _handle(self, event: Event) -> None:
+    def _handle(self, proton_event: Event) -> None:
+        # Proton types an event's endpoints as optional; each kind below has its own.
+        event: Any = proton_event
         kind = event.type
         if kind == Event.CONNECTION_REMOTE_OPEN:
             if event.connection.state & Endpoint.LOCAL_UNINIT:
@@ -279,7 +281,7 @@ def _drain(link: Link, delivery: Delivery) -> None:
 
 
 def _links(connection: Connection) -> list[Link]:
-    links = []
+    links: list[Link] = []
     link = connection.link_head(0)
     while link is not None:
         links.append(link)

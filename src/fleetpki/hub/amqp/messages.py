@@ -21,7 +21,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from proton import Data, Described, Message, int32, symbol, timestamp
 
@@ -30,11 +30,13 @@ from fleetpki.services.hub_messages import C2DFeedback
 
 __all__ = [
     "FEEDBACK_CONTENT_TYPE",
+    "application_properties",
     "body_bytes",
     "c2d_properties",
     "event_message",
     "feedback_message",
     "parse_position",
+    "source_filters",
     "status_reply",
 ]
 
@@ -54,11 +56,16 @@ _POSITION_KINDS = {
 
 def status_reply(request: Message, code: int, description: str, body: Any = None) -> Message:
     """An answer to a ``$cbs`` or ``$management`` request."""
-    reply = Message(body=body)
+    reply: Any = Message(body=body)  # Proton's property types are narrower than its values
     reply.correlation_id = request.id
     reply.address = request.reply_to
     reply.properties = {"status-code": int32(code), "status-description": description}
-    return reply
+    return cast(Message, reply)
+
+
+def application_properties(message: Message) -> dict[Any, Any]:
+    """A message's application properties (empty when it has none)."""
+    return dict(cast(Any, message.properties) or {})
 
 
 def body_bytes(message: Message) -> bytes:
@@ -90,7 +97,7 @@ def _text(value: Any) -> str | None:
 def c2d_properties(message: Message) -> dict[str, str]:
     """The stored properties of a cloud-to-device message sent over AMQP."""
     properties: dict[str, str] = {}
-    for key, value in (message.properties or {}).items():
+    for key, value in application_properties(message).items():
         text = _text(value)
         if text is not None:
             properties[str(key)] = text
@@ -149,7 +156,8 @@ def event_message(event: PartitionEvent) -> Message:
         message.content_encoding = symbol(str(system["content-encoding"]))
     if system.get("user-id"):
         message.user_id = str(system["user-id"]).encode()
-    message.properties = {str(k): v for k, v in event.properties.items() if v is not None}
+    properties: Any = {str(k): v for k, v in event.properties.items() if v is not None}
+    message.properties = properties
     annotations: dict[symbol, Any] = {
         symbol("x-opt-sequence-number"): event.sequence_number,
         symbol("x-opt-offset"): event.offset,
@@ -162,7 +170,7 @@ def event_message(event: PartitionEvent) -> Message:
         annotations[symbol("iothub-connection-module-id")] = event.module_id
     if system.get("interface-id"):
         annotations[symbol("iothub-interface-id")] = str(system["interface-id"])
-    message.annotations = annotations
+    message.annotations = cast(Any, annotations)
     return message
 
 

@@ -7,12 +7,14 @@ it holds, becomes a claim for its audience until the token expires. A link to a
 service node is opened only under a live claim that covers it; otherwise it is closed
 at once with ``amqp:unauthorized-access``, as Azure does.
 
-| node | our side | what a message does |
-|---|---|---|
-| ``$cbs``, ``$management`` | receiver, and a sender for the answers | put-token; READ of the Event Hub or a partition |
-| ``/messages/devicebound`` | receiver | queues a cloud-to-device message (accepted after commit) |
-| ``/messages/servicebound/feedback`` | sender | batches of feedback records; accepted ones are done |
-| ``{hub}/ConsumerGroups/$Default/Partitions/{n}`` | sender | stored telemetry from the link's start position on |
+* ``$cbs`` and ``$management``: we receive requests and answer on the peer's
+  receiving link from the same node (put-token; READ of the Event Hub or a partition);
+* ``/messages/devicebound``: we receive; a message is queued for its device and
+  accepted after the commit;
+* ``/messages/servicebound/feedback``: we send batches of feedback records; those the
+  peer accepts are done;
+* ``{hub}/ConsumerGroups/$Default/Partitions/{n}``: we send stored telemetry from the
+  link's start position on.
 
 Every database call runs on the hub's thread pool; its answer comes back on the event
 loop, where the Proton objects live (they are not thread-safe).
@@ -36,6 +38,7 @@ from fleetpki.errors import FleetPKIError, NotFoundError, ValidationError
 from fleetpki.hub.amqp.addresses import Node, NodeKind, c2d_device_id, parse_node
 from fleetpki.hub.amqp.engine import reject
 from fleetpki.hub.amqp.messages import (
+    application_properties,
     body_bytes,
     c2d_properties,
     event_message,
@@ -204,7 +207,7 @@ class AmqpPeer:
         )
 
     def _put_token(self, delivery: Delivery, message: Message) -> None:
-        properties = message.properties or {}
+        properties = application_properties(message)
         operation = str(properties.get("operation", ""))
         audience = str(properties.get("name", ""))
         token = message.body
@@ -263,7 +266,7 @@ class AmqpPeer:
     def _management(self, delivery: Delivery, message: Message) -> None:
         delivery.update(Delivery.ACCEPTED)
         delivery.settle()
-        properties = message.properties or {}
+        properties = application_properties(message)
         operation = str(properties.get("operation", ""))
         kind = str(properties.get("type", ""))
         entity = str(properties.get("name", ""))
