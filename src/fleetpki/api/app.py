@@ -46,6 +46,7 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.status",
     "fleetpki.api.est",
     "fleetpki.api.hub_websocket",
+    "fleetpki.api.amqp_websocket",
     "fleetpki.api.arm",
     "fleetpki.api.oauth",
 )
