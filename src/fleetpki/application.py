@@ -57,6 +57,7 @@ from fleetpki.services.hub_links import HubLinkService, LinkConnection
 from fleetpki.services.hub_management import HubManagementService, hub_identity
 from fleetpki.services.hub_messages import HubMessageService
 from fleetpki.services.hub_methods import HubMethodService
+from fleetpki.services.hub_routing import EventRouting
 from fleetpki.services.hub_sas import HubSasService
 from fleetpki.services.hub_statistics import HubStatisticsService
 from fleetpki.services.hub_trust import HubTrustService, TrustCache
@@ -187,8 +188,12 @@ class FleetPKI:
         # -- hub side: the built-in hub's control plane ---------------------------------
         # Device symmetric keys are sealed under the home's passphrase, read when first used.
         device_keys = DeviceKeySeal(self.key_passphrase)
+        # Twin change events on the built-in endpoint (issue 15).
+        routing = EventRouting(
+            hub_identity(settings).hub_name, twin_changes=settings.hub_route_twin_change_events
+        )
         self.hub_devices = HubDeviceService(self.store, now, device_keys)
-        self.hub_twins = HubTwinService(self.store, now)
+        self.hub_twins = HubTwinService(self.store, now, routing)
         self.hub_trust = HubTrustService(self.store, keystore, now, TrustCache())
         self.hub_messages = HubMessageService(self.store, now)
         self.hub_sas = HubSasService(

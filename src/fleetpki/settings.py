@@ -73,6 +73,9 @@ class Settings:
         host / api_port / mqtt_port: where ``fleetpki serve`` listens.
         amqp_port: the hub's AMQP 1.0 over TLS port (cloud-to-device sends, feedback,
             the Event Hubs-compatible endpoint); -1 turns it off.
+        hub_route_twin_change_events: route twin change events to the built-in
+            endpoint, as an Azure route for that data source does (off, as on a new
+            Azure hub).
         hostname: the server's DNS name for its TLS certificate and the hub.
         oidc_issuer / oidc_audience / oidc_jwks: optional OIDC (Entra ID) JWT checking.
         token_audience: overrides ``public_url`` as the certificate-token audience.
@@ -118,6 +121,7 @@ class Settings:
     api_port: int = DEFAULT_API_PORT
     mqtt_port: int = DEFAULT_MQTT_PORT
     amqp_port: int = AZURE_AMQP_PORT
+    hub_route_twin_change_events: bool = False
     hostname: str = "localhost"
     oidc_issuer: str = ""
     oidc_audience: str = ""

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from fleetpki.application import FleetPKI
 from fleetpki.hub.amqp.addresses import partition_of
 from fleetpki.services.hub_devices import DeviceSpec
 from support.hub import issue_device, issuing_ca
@@ -271,3 +272,52 @@ def _check_events(events: list[dict[str, Any]], sent: dict[str, list[str]]) -> N
             assert event["enqueued_time"]
             if not event["body"].startswith("after latest"):
                 assert event["properties"]["colour"] == "blue"
+
+
+@pytest.mark.slow
+def test_routed_twin_change_events(tmp_path: Path) -> None:
+    if not AZURE_PYTHON.exists():
+        pytest.fail("no .venv-azure: `make test` builds it with scripts/azure-venv.sh")
+    os.environ.pop("FLEETPKI_KEY_PASSPHRASE", None)
+    with start_server(tmp_path / "home", hub_route_twin_change_events=True) as live:
+        fleet = live.fleet
+        connection = _eventhub_string(live)
+        device = _device(live, "eh-events", tmp_path)
+        try:
+            _send(device, "eh-events", "before")
+            info = device.client.publish(
+                "$iothub/twin/PATCH/properties/reported/?$rid=1", json.dumps({"fw": "1.2"}), qos=1
+            )
+            info.wait_for_publish(WAIT)
+            wait_until(lambda: fleet.hub_twins.get("eh-events").reported_version > 1, "reported")
+            fleet.hub_twins.patch("eh-events", {"properties": {"desired": {"rate": 5}}})
+            _send(device, "eh-events", "after")
+            wait_until(lambda: len(fleet.hub_messages.list_telemetry()) == 4, "stored events")
+        finally:
+            device.close()
+        port = str(live.amqp_port)
+        read = _consume(live, tmp_path, connection, str(live.ca_bundle), port, "all", "4")
+        assert read.get("errors") is None, read["errors"]
+    events = read["events"]
+    assert [(e["source"], e["properties"].get("opType")) for e in events] == [
+        ("Telemetry", None),
+        ("twinChangeEvents", "updateTwin"),
+        ("twinChangeEvents", "updateTwin"),
+        ("Telemetry", None),
+    ]
+    assert {e["partition"] for e in events} == {str(partition_of("eh-events", 4))}
+    reported, desired = (json.loads(e["body"]) for e in events[1:3])
+    assert reported["properties"]["reported"]["fw"] == "1.2"
+    assert desired["properties"]["desired"] == {"rate": 5, "$version": desired["version"]}
+    for event in events[1:3]:
+        assert event["device"] == "eh-events"
+        assert event["properties"]["deviceId"] == "eh-events"
+        assert event["properties"]["hubName"] == fleet.hub_eventhub.name
+        assert event["properties"]["iothub-message-schema"] == "twinChangeNotification"
+
+
+def test_twin_changes_are_not_routed_by_default(sqlite_fleet: FleetPKI) -> None:
+    sqlite_fleet.hub_devices.put(DeviceSpec(device_id="quiet"))
+    sqlite_fleet.hub_twins.patch("quiet", {"properties": {"desired": {"rate": 5}}})
+    sqlite_fleet.hub_twins.patch_reported("quiet", {"fw": "1"})
+    assert sqlite_fleet.hub_messages.list_telemetry() == []

@@ -164,7 +164,7 @@ def event_message(event: PartitionEvent) -> Message:
         symbol("x-opt-enqueued-time"): _milliseconds(event.enqueued_at),
         symbol("iothub-connection-device-id"): event.device_id,
         symbol("iothub-enqueuedtime"): _milliseconds(event.enqueued_at),
-        symbol("iothub-message-source"): "Telemetry",
+        symbol("iothub-message-source"): str(system.get("iothub-message-source", "Telemetry")),
     }
     if event.module_id:
         annotations[symbol("iothub-connection-module-id")] = event.module_id
