@@ -13,7 +13,7 @@ from contextlib import contextmanager, suppress
 
 import pytest
 
-__all__ = ["forward_port"]
+__all__ = ["forward_443", "forward_port"]
 
 
 @contextmanager
@@ -73,3 +73,10 @@ def forward_port(listen_port: int, target_port: int) -> Iterator[None]:
             thread.join(5)
         for sock in sockets:
             sock.close()
+
+
+@contextmanager
+def forward_443(target_port: int) -> Iterator[None]:
+    """Forward TCP from 127.0.0.1:443 to ``target_port`` (TLS passes through untouched)."""
+    with forward_port(443, target_port):
+        yield

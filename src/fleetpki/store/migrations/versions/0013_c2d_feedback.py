@@ -5,8 +5,8 @@ once the device acknowledges it (and ``full`` or ``negative`` an "Expired" one w
 expires); the AMQP feedback node (``/messages/servicebound/feedback``) hands them out
 and clears the flag when the receiver accepts them.
 
-Revision ID: 0012_c2d_feedback
-Revises: 0011_sas_devices
+Revision ID: 0013_c2d_feedback
+Revises: 0012_provisioning
 Create Date: 2026-12-04
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_c2d_feedback"
-down_revision = "0011_sas_devices"
+revision = "0013_c2d_feedback"
+down_revision = "0012_provisioning"
 branch_labels = None
 depends_on = None
 
