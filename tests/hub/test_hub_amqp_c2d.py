@@ -33,6 +33,9 @@ from support.hub import issue_device, issuing_ca
 from support.mqtt_device import WAIT, Device, wait_until
 from support.server import LiveServer, start_server
 
+# Binds 127.0.0.1:5671, which the SDK dials: one such test at a time under xdist.
+pytestmark = pytest.mark.xdist_group("azure_ports")
+
 AZURE_PYTHON = Path(__file__).resolve().parents[2] / ".venv-azure" / "bin" / "python"
 
 SEND_SCRIPT = textwrap.dedent(

@@ -21,6 +21,9 @@ from support.api import row_counts
 from support.forward import forward_port
 from support.server import start_server
 
+# Binds 127.0.0.1:443, which the SDK dials: one such test at a time under xdist.
+pytestmark = pytest.mark.xdist_group("azure_ports")
+
 AZURE_PYTHON = Path(__file__).resolve().parents[2] / ".venv-azure" / "bin" / "python"
 
 SCRIPT = textwrap.dedent(
