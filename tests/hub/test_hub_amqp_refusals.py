@@ -10,6 +10,7 @@ Event Hub or partition; and a frame over the negotiated maximum frame size.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import socket
@@ -17,9 +18,11 @@ import ssl
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote_plus, urlencode
 
 import pytest
+from cryptography import x509
 from proton import Data, Delivery, Message, SSLDomain
 from proton.utils import BlockingConnection, LinkDetached
 
@@ -29,6 +32,7 @@ from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.services.hub_sas import make_sas_token
 from support.api import row_counts
 from support.hub import LiveHub, start_hub_thread
+from support.server import start_server
 
 HOST = "localhost"
 
@@ -285,3 +289,33 @@ def test_an_unknown_sasl_mechanism_is_refused(hub: LiveHub) -> None:
     assert mechanisms.descriptor == 0x40
     assert list(mechanisms.value[0]) == ["MSSBCBS", "ANONYMOUS"]
     assert (outcome.descriptor, outcome.value[0]) == (0x44, 1)
+
+
+def _served_serial(port: int, ca_file: Path) -> int:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
+        context.wrap_socket(raw, server_hostname=HOST) as sock,
+    ):
+        der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_the_amqp_port_serves_a_reissued_server_certificate(tmp_path: Path) -> None:
+    """The AMQP port shares the MQTT port's TLS context, which the refresher reloads."""
+    os.environ.pop("FLEETPKI_KEY_PASSPHRASE", None)
+    with start_server(tmp_path / "home") as live:
+        port = live.amqp_port
+        before = _served_serial(port, live.ca_bundle)
+        assert before == _served_serial(live.mqtt_port, live.ca_bundle)
+        # Without its files the certificate is due: the refresher issues and loads anew.
+        live.prepared.tls.certfile.unlink()
+        assert live.loop is not None
+        renewed = asyncio.run_coroutine_threadsafe(
+            live.prepared.tls_refresher.refresh(), live.loop
+        ).result(timeout=60)
+        assert renewed
+        after = _served_serial(port, live.ca_bundle)
+        assert after != before
+        assert after == _served_serial(live.mqtt_port, live.ca_bundle)

@@ -33,6 +33,7 @@ class LiveServer:
         admin_token: an API token of the local admin.
         fleet: the instance the server runs against (same database).
         prepared: the app, TLS files and socket.
+        loop: the event loop the server runs on (to run a coroutine there).
     """
 
     base_url: str
@@ -40,6 +41,7 @@ class LiveServer:
     admin_token: str
     fleet: FleetPKI
     prepared: PreparedServer
+    loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def port(self) -> int:
@@ -120,7 +122,7 @@ def start_server(
     thread = threading.Thread(target=run, name=f"fleetpki-serve-{port}", daemon=True)
     thread.start()
     try:
-        yield LiveServer(base_url, prepared.tls.ca_bundle, admin.secret, fleet, prepared)
+        yield LiveServer(base_url, prepared.tls.ca_bundle, admin.secret, fleet, prepared, loop)
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=15)
