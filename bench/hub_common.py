@@ -197,6 +197,8 @@ def fleetpki_hub(certs: Certs) -> Iterator[tuple[int, int]]:
         "127.0.0.1",
         "--mqtt-port",
         str(port),
+        "--amqp-port",
+        "-1",
     ]
     with (certs.folder / "serve.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=log)

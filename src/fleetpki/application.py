@@ -51,11 +51,13 @@ from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
 from fleetpki.services.hub_device_keys import DeviceKeySeal
 from fleetpki.services.hub_devices import HubDeviceService
+from fleetpki.services.hub_eventhub import EventHubService
 from fleetpki.services.hub_link_settings import LinkKind
 from fleetpki.services.hub_links import HubLinkService, LinkConnection
 from fleetpki.services.hub_management import HubManagementService, hub_identity
 from fleetpki.services.hub_messages import HubMessageService
 from fleetpki.services.hub_methods import HubMethodService
+from fleetpki.services.hub_routing import EventRouting
 from fleetpki.services.hub_sas import HubSasService
 from fleetpki.services.hub_statistics import HubStatisticsService
 from fleetpki.services.hub_trust import HubTrustService, TrustCache
@@ -137,6 +139,8 @@ class FleetPKI:
         hub_methods: direct methods through this application's live hub, if attached.
         hub_authentication: device authentication on connect (the one hub policy).
         hub_management / token_issuer: the built-in hub as an Azure resource.
+        hub_eventhub: stored telemetry as the partitions of the Event Hubs-compatible
+            endpoint.
         hub_links: the hubs this CA drives through connectors, and one-click trust.
         provisioning_enrollments / provisioning: the provisioning service (Azure DPS): enrollments,
             and the registration of devices into the hubs they allocate.
@@ -210,8 +214,12 @@ class FleetPKI:
         # -- hub side: the built-in hub's control plane ---------------------------------
         # Device symmetric keys are sealed under the home's passphrase, read when first used.
         device_keys = DeviceKeySeal(self.key_passphrase)
+        # Twin change events on the built-in endpoint (issue 15).
+        routing = EventRouting(
+            hub_identity(settings).hub_name, twin_changes=settings.hub_route_twin_change_events
+        )
         self.hub_devices = HubDeviceService(self.store, now, device_keys)
-        self.hub_twins = HubTwinService(self.store, now)
+        self.hub_twins = HubTwinService(self.store, now, routing)
         self.hub_trust = HubTrustService(self.store, keystore, now, TrustCache())
         self.hub_messages = HubMessageService(self.store, now)
         self.hub_sas = HubSasService(
@@ -240,6 +248,10 @@ class FleetPKI:
         # Hub side, Azure's management plane (issue 9): the hub as an ARM resource, and
         # fleetpki's own client-credentials token endpoint (off unless enabled).
         self.hub_management = HubManagementService(self.store, now, hub_identity(settings))
+        # The Event Hubs-compatible endpoint over AMQP reads stored telemetry (issue 15).
+        self.hub_eventhub = EventHubService(
+            self.store, now, name=self.hub_management.identity.hub_name
+        )
         self.token_issuer = LocalTokenIssuer(
             self.store,
             now,

@@ -39,6 +39,8 @@ DEFAULT_MQTT_PORT = 8883
 #: The ports the unmodified Azure SDKs dial, which no option of theirs changes (ref §0):
 #: MQTT over TLS, HTTPS (MQTT and AMQP over WebSockets, the service REST API), AMQP.
 AZURE_MQTT_PORT = 8883
+#: Where the Azure service SDKs dial AMQP over TLS (send_c2d_message, azure-eventhub).
+AZURE_AMQP_PORT = 5671
 AZURE_HTTPS_PORT = 443
 AZURE_AMQP_PORT = 5671
 #: Where Debian's ``softhsm2`` package installs the SoftHSM2 PKCS#11 module.
@@ -69,6 +71,11 @@ class Settings:
         public_url: base URL put into certificates (CRL DP, OCSP, caIssuers) and the
             audience of certificate tokens.  Use an IP or a fully qualified name.
         host / api_port / mqtt_port: where ``fleetpki serve`` listens.
+        amqp_port: the hub's AMQP 1.0 over TLS port (cloud-to-device sends, feedback,
+            the Event Hubs-compatible endpoint); -1 turns it off.
+        hub_route_twin_change_events: route twin change events to the built-in
+            endpoint, as an Azure route for that data source does (off, as on a new
+            Azure hub).
         hostname: the server's DNS name for its TLS certificate and the hub.
         oidc_issuer / oidc_audience / oidc_jwks: optional OIDC (Entra ID) JWT checking.
         token_audience: overrides ``public_url`` as the certificate-token audience.
@@ -124,6 +131,8 @@ class Settings:
     host: str = DEFAULT_HOST
     api_port: int = DEFAULT_API_PORT
     mqtt_port: int = DEFAULT_MQTT_PORT
+    amqp_port: int = AZURE_AMQP_PORT
+    hub_route_twin_change_events: bool = False
     hostname: str = "localhost"
     oidc_issuer: str = ""
     oidc_audience: str = ""

@@ -48,6 +48,7 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.status",
     "fleetpki.api.est",
     "fleetpki.api.hub_websocket",
+    "fleetpki.api.amqp_websocket",
     "fleetpki.api.arm",
     "fleetpki.api.oauth",
     # Last: its runtime routes start with a path parameter (the ID scope).

@@ -234,6 +234,7 @@ async def run_servers(
         # MQTT over WebSockets on the HTTPS port reaches the same broker.
         hub = getattr(stopper, "__self__", None)
         prepared.app.state.hub_broker = getattr(hub, "broker", None)
+        prepared.app.state.hub_server = hub
         hub_context = getattr(hub, "ssl_context", None)
         if isinstance(hub_context, ssl.SSLContext):
             # The hub judges client chains itself (fleetpki.hub.tls): certificate only.

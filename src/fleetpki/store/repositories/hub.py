@@ -169,6 +169,15 @@ class SqlHubTelemetryRepository:
             query = query.where(HubMessage.device_id == device_id)
         return int(self._session.scalar(query) or 0)
 
+    def last_id_at(self, at: dt.datetime) -> int:
+        """See :meth:`HubTelemetryRepository.last_id_at`."""
+        query = select(func.max(HubMessage.id)).where(HubMessage.enqueued_at <= at)
+        return int(self._session.scalar(query) or 0)
+
+    def first(self) -> HubMessage | None:
+        """See :meth:`HubTelemetryRepository.first`."""
+        return self._session.scalar(select(HubMessage).order_by(HubMessage.id).limit(1))
+
 
 class SqlHubC2DRepository:
     """:class:`fleetpki.services.ports.hub.HubC2DRepository` on one session."""
@@ -203,6 +212,22 @@ class SqlHubC2DRepository:
     def delete_for_device(self, device_id: str) -> None:
         """See :meth:`HubC2DRepository.delete_for_device`."""
         self._session.execute(delete(HubC2DMessage).where(HubC2DMessage.device_id == device_id))
+
+    def feedback_due(self, limit: int) -> Sequence[HubC2DMessage]:
+        """See :meth:`HubC2DRepository.feedback_due`."""
+        query = (
+            select(HubC2DMessage)
+            .where(HubC2DMessage.feedback_due.is_(True))
+            .order_by(HubC2DMessage.id)
+            .limit(max(1, min(limit, _MAX_PAGE)))
+        )
+        return list(self._session.scalars(query))
+
+    def by_ids(self, ids: Sequence[int]) -> Sequence[HubC2DMessage]:
+        """See :meth:`HubC2DRepository.by_ids`."""
+        if not ids:
+            return []
+        return list(self._session.scalars(select(HubC2DMessage).where(HubC2DMessage.id.in_(ids))))
 
 
 class SqlHubSasPolicyRepository:
