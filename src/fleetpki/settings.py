@@ -105,6 +105,8 @@ class Settings:
             request's headers, from the connection's start or the previous response.
         api_max_connections / mqtt_max_connections: open connections allowed at once
             on each port, TLS handshakes included; more are closed at once, and logged.
+        sqlite_busy_timeout_seconds: on SQLite, how long a write waits for a lock held
+            by another process before it fails with ``database.unavailable`` (503).
     """
 
     home: Path
@@ -138,6 +140,7 @@ class Settings:
     http_header_timeout_seconds: int = 10
     api_max_connections: int = 1000
     mqtt_max_connections: int = 20000
+    sqlite_busy_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.keystore not in KEYSTORES:
@@ -150,6 +153,12 @@ class Settings:
             raise ValidationError(
                 "config.invalid",
                 f"ca_auto_renew_at must be a fraction from 0 (off) to below 1, not {auto!r}",
+            )
+        busy = self.sqlite_busy_timeout_seconds
+        if isinstance(busy, bool) or not isinstance(busy, int | float) or not 0 < busy <= 3600:
+            raise ValidationError(
+                "config.invalid",
+                f"sqlite_busy_timeout_seconds must be above 0 and at most 3600, not {busy!r}",
             )
         for name in ("ca_rekey_after_days", "ca_link_deadline_hours"):
             value = getattr(self, name)

@@ -29,7 +29,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetpki.errors import UnavailableError, ValidationError
 
-__all__ = ["DATABASE_UNAVAILABLE", "Database", "is_unavailable", "sqlite_url"]
+__all__ = [
+    "DATABASE_UNAVAILABLE",
+    "DEFAULT_SQLITE_BUSY_TIMEOUT",
+    "Database",
+    "is_unavailable",
+    "sqlite_url",
+]
 
 #: The code of the error a unit of work fails with while the database does not answer.
 DATABASE_UNAVAILABLE = "database.unavailable"
@@ -97,15 +103,25 @@ def _own_sqlite_files(path: Path) -> None:
                 file.chmod(0o600)
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the one writer; foreign keys are off by default
-    # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+#: How long a SQLite writer waits for another one's lock before the unit of work fails
+#: with ``database.unavailable`` (seconds; the ``sqlite_busy_timeout_seconds`` setting).
+DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
+
+
+def _sqlite_connect_hook(busy_timeout: float) -> Any:
+    milliseconds = round(busy_timeout * 1000)
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers run beside the one writer; foreign keys are off by default
+        # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={milliseconds:d}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return on_connect
 
 
 class Database:
@@ -113,12 +129,20 @@ class Database:
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
+        sqlite_busy_timeout: on SQLite, seconds a writer waits for another process's
+            lock before its unit of work fails with ``database.unavailable``.
 
     Raises:
         ValidationError: ``database.bad_url`` for a URL SQLAlchemy cannot use.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT,
+    ) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -136,7 +160,7 @@ class Database:
             _own_sqlite_files(Path(parsed.database))
         self.engine: Engine = create_engine(parsed, **kwargs)
         if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _on_sqlite_connect)
+            event.listen(self.engine, "connect", _sqlite_connect_hook(sqlite_busy_timeout))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
