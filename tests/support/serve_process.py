@@ -140,7 +140,10 @@ def serve_process(prepared: PreparedHome) -> Iterator[subprocess.Popen[bytes]]:
     Raises:
         RuntimeError: when the server exits or does not listen within a minute.
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
     command = [sys.executable, "-m", "fleetpki", "--home", str(prepared.home), "serve"]
     with prepared.log_path.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=log, env=env)

@@ -124,6 +124,21 @@ def _sqlite_connect_hook(busy_timeout: float) -> Any:
     return on_connect
 
 
+def _on_postgresql_connect(dbapi_connection: Any, _record: Any) -> None:
+    # A commit is the promise behind a certificate handed out and a PUBACK sent: with
+    # synchronous_commit off (a server-wide setting some tune for speed) PostgreSQL
+    # answers COMMIT before the WAL is written, and a crash then loses certificates the
+    # clients already hold. Each session turns it back on; a stronger setting (remote
+    # write or apply, for replicas) is left as the operator chose it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SHOW synchronous_commit")
+    row = cursor.fetchone()
+    if row is not None and row[0] == "off":
+        cursor.execute("SET synchronous_commit TO on")
+    cursor.close()
+    dbapi_connection.commit()
+
+
 class Database:
     """One database: an engine, its migrations and a session factory.
 
@@ -161,6 +176,8 @@ class Database:
         self.engine: Engine = create_engine(parsed, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_connect_hook(sqlite_busy_timeout))
+        else:
+            event.listen(self.engine, "connect", _on_postgresql_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
