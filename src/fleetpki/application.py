@@ -183,7 +183,7 @@ class FleetPKI:
         # -- end of the CA side -----------------------------------------------------------
         # -- hub side: the built-in hub's control plane ---------------------------------
         # Device symmetric keys are sealed under the home's passphrase, read when first used.
-        device_keys = DeviceKeySeal(lambda: load_or_create_passphrase(settings.home))
+        device_keys = DeviceKeySeal(self.key_passphrase)
         self.hub_devices = HubDeviceService(self.store, now, device_keys)
         self.hub_twins = HubTwinService(self.store, now)
         self.hub_trust = HubTrustService(self.store, keystore, now, TrustCache())
