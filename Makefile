@@ -44,7 +44,7 @@ bench: venv system-deps
 	@bash scripts/ensure-bench-deps.sh
 	$(BIN)/python bench/run_all.py
 
-# 2,000 devices for 3 minutes against fleetpki, then mosquitto (about 8 minutes);
+# 2,000 devices for 3 minutes against fleetpki, then mosquitto (about 10 minutes);
 # SOAK_ARGS="--devices 200 --seconds 30" for a short one.
 soak: venv system-deps
 	@bash scripts/ensure-bench-deps.sh

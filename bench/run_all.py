@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 TIMEOUT = 180  # seconds; each benchmark is meant to take well under a minute
-# Run on their own, not by make bench: the soak takes about 8 minutes by design.
+# Run on their own, not by make bench: the soak (make soak) takes about 10 minutes.
 LONG_RUNS = frozenset({"soak.py"})
 
 

@@ -1,7 +1,8 @@
 """Soak: 2,000 connected devices sending QoS 1 telemetry for 3 minutes (issue 14 item 6).
 
 Run: ``.venv/bin/python bench/soak.py`` (the default: 2,000 devices, 180 s against
-fleetpki, then the same against mosquitto; about 8 minutes in all), or smaller with
+fleetpki, then the same against mosquitto; about 10 minutes in all, 3 of them making
+the 2,000 device certificates), or smaller with
 ``--devices 200 --seconds 30``; ``--no-peer`` skips mosquitto.
 
 fleetpki is ``fleetpki serve --only hub`` on a real home (SQLite), its devices registered

@@ -13,7 +13,8 @@ format on the Azure routes) and changes nothing, a new device CONNECT gets CONNA
 (server unavailable, which the SDKs retry), and the connected device keeps its session:
 its keepalive pings are answered, its QoS 1 telemetry is held unacknowledged. Once the
 database is back, both recover without a restart: the held message is stored and
-PUBACKed on the same connection, the API answers again, the refused device connects.
+PUBACKed on the same connection, the API answers again, the refused device connects,
+and revoking the live device's certificate closes its session (the outbox consumer runs).
 """
 
 from __future__ import annotations
@@ -195,6 +196,12 @@ def _outage_and_recovery(
             assert newcomer.connect() == 0
         finally:
             newcomer.close()
+        # The revocation path (outbox, the hub's consumer) works again: revoking the live
+        # device's certificate closes its session.
+        serial = format(prepared.devices["live"].certificate.serial_number, "X")
+        revoked = http.post(f"/v1/certificates/{serial}/revoke", json={"reason": "keyCompromise"})
+        assert revoked.status_code == 200, revoked.text
+        assert live.device.disconnected.wait(WAIT)
     log = prepared.log_path.read_text()
     assert "Traceback" not in log, log
 
