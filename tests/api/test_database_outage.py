@@ -36,12 +36,14 @@ from conftest import make_csr
 from fleetpki.services.hub_sas import make_sas_token
 from support.mqtt_device import WAIT, Device, wait_until
 from support.postgres import start_postgres
-from support.serve_process import PreparedHome, prepare_home, serve_process
+from support.serve_process import PreparedHome, prepare_home, serve_environment, serve_process
 
 API_VERSION = {"api-version": "2021-04-12"}
 TOPIC = "devices/{}/messages/events/"
 # paho pings every KEEPALIVE seconds and drops the connection when a PINGRESP is missing.
 KEEPALIVE = 2
+FLEETPKI = [sys.executable, "-m", "fleetpki"]
+KEY_COMPROMISE = ["--reason", "keyCompromise"]
 
 LOCKER = textwrap.dedent(
     """
@@ -196,11 +198,19 @@ def _outage_and_recovery(
             assert newcomer.connect() == 0
         finally:
             newcomer.close()
-        # The revocation path (outbox, the hub's consumer) works again: revoking the live
-        # device's certificate closes its session.
+        # The revocation path works again, from another process too (the CLI: the hub
+        # learns of it through its outbox consumer, woken by LISTEN/NOTIFY on PostgreSQL,
+        # whose connection the outage broke, or its poll on SQLite): the session closes.
         serial = format(prepared.devices["live"].certificate.serial_number, "X")
-        revoked = http.post(f"/v1/certificates/{serial}/revoke", json={"reason": "keyCompromise"})
-        assert revoked.status_code == 200, revoked.text
+        revoked = subprocess.run(
+            [*FLEETPKI, "--home", str(prepared.home), "cert", "revoke", serial, *KEY_COMPROMISE],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=serve_environment(),
+        )
+        assert revoked.returncode == 0, revoked.stderr
         assert live.device.disconnected.wait(WAIT)
     log = prepared.log_path.read_text()
     assert "Traceback" not in log, log

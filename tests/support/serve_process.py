@@ -27,7 +27,7 @@ from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.settings import Settings
 from support.hub import DeviceFiles, issue_device, trust_issuing_ca
 
-__all__ = ["PreparedHome", "free_port", "prepare_home", "serve_process"]
+__all__ = ["PreparedHome", "free_port", "prepare_home", "serve_environment", "serve_process"]
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 _START_TIMEOUT = 60.0
@@ -129,6 +129,12 @@ def _tail(log: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def serve_environment() -> dict[str, str]:
+    """The environment for a ``fleetpki`` subprocess: the test's, this tree's ``src`` first."""
+    path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 @contextmanager
 def serve_process(prepared: PreparedHome) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``fleetpki serve`` on ``prepared``'s home until the block ends; yield the process.
@@ -140,10 +146,7 @@ def serve_process(prepared: PreparedHome) -> Iterator[subprocess.Popen[bytes]]:
     Raises:
         RuntimeError: when the server exits or does not listen within a minute.
     """
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = serve_environment()
     command = [sys.executable, "-m", "fleetpki", "--home", str(prepared.home), "serve"]
     with prepared.log_path.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
