@@ -62,6 +62,12 @@ from fleetpki.services.hub_trust import HubTrustService, TrustCache
 from fleetpki.services.hub_twins import HubTwinService
 from fleetpki.services.link_workers import LinkWorkers
 from fleetpki.services.principals import PrincipalService
+from fleetpki.services.provisioning import (
+    ProvisioningService,
+    RegistrationThrottle,
+    id_scope_for,
+)
+from fleetpki.services.provisioning_enrollments import ProvisioningEnrollmentService
 from fleetpki.services.renewal import RenewalService
 from fleetpki.services.revocation_status import RevocationStatusService
 from fleetpki.services.server_cert import ServerCertificateService
@@ -127,6 +133,8 @@ class FleetPKI:
         hub_authentication: device authentication on connect (the one hub policy).
         hub_management / token_issuer: the built-in hub as an Azure resource.
         hub_links: the hubs this CA drives through connectors, and one-click trust.
+        provisioning_enrollments / provisioning: the provisioning service (Azure DPS): enrollments,
+            and the registration of devices into the hubs they allocate.
         link_workers: the links' delivery workers (``fleetpki serve`` starts them).
     """
 
@@ -230,6 +238,7 @@ class FleetPKI:
             self.hub_trust,
             self.hub_devices,
             description=f"the built-in hub {identity.hub_name} on {identity.host_name}",
+            twins=self.hub_twins,
         )
         self.hub_links = HubLinkService(
             self.store,
@@ -237,6 +246,22 @@ class FleetPKI:
             now,
             secret=self.key_passphrase,
             connectors=self._link_connector,
+        )
+        # Zero-touch provisioning (issue 13): Azure DPS's enrollments and registration,
+        # devices sent to the built-in hub or to linked hubs through their connectors.
+        self.provisioning_enrollments = ProvisioningEnrollmentService(
+            self.store, now, builtin_host=settings.hostname
+        )
+        self.provisioning = ProvisioningService(
+            self.store,
+            now,
+            authenticator=self.hub_authentication,
+            links=self.hub_links,
+            id_scope=settings.provisioning_id_scope or id_scope_for(str(settings.home)),
+            builtin_host=settings.hostname,
+            mqtt_port=settings.mqtt_port,
+            api_port=settings.api_port,
+            throttle=RegistrationThrottle(settings.provisioning_register_interval_seconds),
         )
         # One delivery worker per link, started by ``fleetpki serve`` (start_link_workers).
         self.link_workers = LinkWorkers(

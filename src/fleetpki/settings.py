@@ -107,6 +107,12 @@ class Settings:
             on each port, TLS handshakes included; more are closed at once, and logged.
         sqlite_busy_timeout_seconds: on SQLite, how long a write waits for a lock held
             by another process before it fails with ``database.unavailable`` (503).
+        provisioning_id_scope: the provisioning service's ID scope (empty: ``0ne`` and
+            eight hex digits derived from the home, fixed across restarts); give every
+            node sharing one database the same one.
+        provisioning_register_interval_seconds: a registration id may register once in
+            this many seconds; a sooner registration is answered 429 with retry-after
+            (0 turns the limit off).
     """
 
     home: Path
@@ -141,6 +147,8 @@ class Settings:
     api_max_connections: int = 1000
     mqtt_max_connections: int = 20000
     sqlite_busy_timeout_seconds: float = 10.0
+    provisioning_id_scope: str = ""
+    provisioning_register_interval_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.keystore not in KEYSTORES:
@@ -159,6 +167,22 @@ class Settings:
             raise ValidationError(
                 "config.invalid",
                 f"sqlite_busy_timeout_seconds must be above 0 and at most 3600, not {busy!r}",
+            )
+        interval = self.provisioning_register_interval_seconds
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
+            raise ValidationError(
+                "config.invalid",
+                "provisioning_register_interval_seconds must be a number of seconds, 0 or "
+                f"more, not {interval!r}",
+            )
+        scope = self.provisioning_id_scope
+        if scope and (
+            len(scope) > 64 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in scope)
+        ):
+            raise ValidationError(
+                "config.invalid",
+                f"provisioning_id_scope must be up to 64 letters, digits, '-', '_' or '.', "
+                f"not {scope!r}",
             )
         for name in ("ca_rekey_after_days", "ca_link_deadline_hours"):
             value = getattr(self, name)

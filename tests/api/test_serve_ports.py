@@ -17,6 +17,9 @@ from fleetpki.cli.serve import azure_port_notes
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.settings import Settings
 
+# The Azure SDKs dial fixed ports (8883, 443): tests that bind them share one xdist worker.
+pytestmark = pytest.mark.xdist_group("azure_ports")
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 BIND = textwrap.dedent(

@@ -86,6 +86,10 @@ _COUNTED = (
     hub_models.HubLink,
     hub_models.HubLinkCA,
     hub_models.HubLinkGeneration,
+    hub_models.HubDevice,
+    hub_models.ProvisioningEnrollment,
+    hub_models.ProvisioningRegistration,
+    hub_models.ProvisioningOperation,
 )
 
 

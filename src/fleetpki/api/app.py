@@ -16,6 +16,7 @@ from fleetpki.api.error_formats import (
     ErrorBoundaryMiddleware,
     error_response,
     is_arm_path,
+    is_dps_path,
     is_hub_service_path,
 )
 from fleetpki.api.metrics import METRICS_CONTENT_TYPE, LatencyMiddleware, Metrics
@@ -48,6 +49,8 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.hub_websocket",
     "fleetpki.api.arm",
     "fleetpki.api.oauth",
+    # Last: its runtime routes start with a path parameter (the ID scope).
+    "fleetpki.api.dps",
 )
 
 
@@ -128,7 +131,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own HTTP errors (no route, wrong method), in the path's error format."""
     assert isinstance(exc, StarletteHTTPException)
     path = request.url.path
-    if is_hub_service_path(path) or is_arm_path(path):
+    if is_hub_service_path(path) or is_arm_path(path) or is_dps_path(path):
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
         error = http_error(exc.status_code, detail)
         count_refusal(request.app, error.code)

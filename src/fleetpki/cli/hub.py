@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from fleetpki.application import FleetPKI
-from fleetpki.cli import hub_link
+from fleetpki.cli import hub_link, hub_provisioning
 from fleetpki.cli.context import CliContext, cli_context
 from fleetpki.cli.output import (
     Output,
@@ -33,6 +33,9 @@ app = typer.Typer(help="The built-in IoT hub: devices, CA trust, connection stri
 device_app = typer.Typer(help="Devices in the hub's registry.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
 app.add_typer(hub_link.app, name="link")
+app.add_typer(hub_provisioning.provisioning_app, name="provisioning")
+app.add_typer(hub_provisioning.group_app, name="enrollment-group")
+app.add_typer(hub_provisioning.enrollment_app, name="enrollment")
 
 DeviceId = Annotated[str, typer.Argument(help="The device id (its certificate CN).")]
 

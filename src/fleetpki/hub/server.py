@@ -27,6 +27,7 @@ from typing import Any, cast
 from fleetpki.hub.azure.topics import ClientIdentity
 from fleetpki.hub.backend import AuthenticatedDevice, HubBackend
 from fleetpki.hub.broker import Broker
+from fleetpki.hub.link import ProvisioningClient
 from fleetpki.hub.protocol import (
     ConnectRequested,
     Disconnected,
@@ -65,6 +66,7 @@ class HubConnection(asyncio.Protocol):
         "device",
         "identity",
         "mqtt",
+        "provisioning",
         "unacked",
     )
 
@@ -77,6 +79,7 @@ class HubConnection(asyncio.Protocol):
         self.mqtt = ServerConnection(clock=loop.time)
         self.device: AuthenticatedDevice | None = None
         self.identity: ClientIdentity | None = None
+        self.provisioning: ProvisioningClient | None = None
         self.unacked = 0
 
     # -- asyncio.Protocol --
@@ -335,7 +338,7 @@ async def start_hub(
     context = hub_ssl_context(files.certfile, files.keyfile, [files.client_ca_file.read_bytes()])
     if backend is None:
         backend = await loop.run_in_executor(None, _backend_for, fleet)
-    broker = Broker(backend, hostnames=names)
+    broker = Broker(backend, hostnames=names, provisioning=fleet.provisioning)
     server = HubServer(
         broker,
         context,

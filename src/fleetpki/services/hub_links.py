@@ -395,6 +395,19 @@ class HubLinkService:
             secret=secret,
         )
 
+    def link_connector(self, name: str) -> HubConnector:
+        """The connector of the link ``name``, for the server's own use cases (the
+        provisioning service registering a device in a linked hub); the caller closes it.
+
+        Raises:
+            NotFoundError: ``link.not_found``.
+            ValidationError: ``link.secret_undecryptable``.
+            ConnectorError: ``link.connector_unavailable``.
+        """
+        with self._store.transaction() as tx:
+            connection = self._connection(_require_link(tx, name))
+        return self.connector_for(connection)
+
     def connector(self, actor: Actor, name: str) -> HubConnector:
         """The connector of the link ``name`` (admins only).
 

@@ -36,6 +36,11 @@ from fleetpki.store.repositories.hub import (
     SqlHubTelemetryRepository,
 )
 from fleetpki.store.repositories.hub_links import SqlHubLinkRepository
+from fleetpki.store.repositories.provisioning import (
+    SqlEnrollmentRepository,
+    SqlOperationRepository,
+    SqlRegistrationRepository,
+)
 
 if TYPE_CHECKING:
     from fleetpki.services.events import EventBus
@@ -136,6 +141,21 @@ class SqlUnitOfWork:
     def hub_links(self) -> SqlHubLinkRepository:
         """Hub links and the CAs each one trusts."""
         return SqlHubLinkRepository(self.session)
+
+    @cached_property
+    def enrollments(self) -> SqlEnrollmentRepository:
+        """The provisioning service's enrollments."""
+        return SqlEnrollmentRepository(self.session)
+
+    @cached_property
+    def registrations(self) -> SqlRegistrationRepository:
+        """Device registration states."""
+        return SqlRegistrationRepository(self.session)
+
+    @cached_property
+    def provisioning_operations(self) -> SqlOperationRepository:
+        """Registration operations."""
+        return SqlOperationRepository(self.session)
 
     @cached_property
     def hub_audit(self) -> SqlHubAuditTrail:

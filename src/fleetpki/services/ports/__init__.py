@@ -41,6 +41,11 @@ from fleetpki.services.ports.hub import (
     HubSasPolicyRepository,
     HubTelemetryRepository,
 )
+from fleetpki.services.ports.provisioning import (
+    EnrollmentRepository,
+    OperationRepository,
+    RegistrationRepository,
+)
 
 __all__ = ["EventLog", "Notification", "Store", "UnitOfWork"]
 
@@ -134,6 +139,21 @@ class UnitOfWork(Protocol):
     @property
     def hub_links(self) -> HubLinkRepository:
         """Hub links and the CAs each one trusts."""
+        ...
+
+    @property
+    def enrollments(self) -> EnrollmentRepository:
+        """The provisioning service's enrollment groups and individual enrollments."""
+        ...
+
+    @property
+    def registrations(self) -> RegistrationRepository:
+        """Where each registration id was provisioned."""
+        ...
+
+    @property
+    def provisioning_operations(self) -> OperationRepository:
+        """Registration operations, polled by devices."""
         ...
 
     @property

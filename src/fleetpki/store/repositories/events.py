@@ -110,7 +110,10 @@ class SqlEventLog:
                     EventDeliveryRecord.claimed_until <= now,
                 ),
             )
-            .order_by(EventDeliveryRecord.id)
+            # Oldest due first, not lowest id: a batch that failed and is due again must
+            # not be claimed ahead of rows never tried, or a backlog larger than what one
+            # backoff interval can work through starves behind its first batch.
+            .order_by(EventDeliveryRecord.next_attempt_at, EventDeliveryRecord.id)
             .limit(limit)
         )
         if self._dialect == "postgresql":
@@ -167,7 +170,10 @@ class SqlEventLog:
             select(EventDeliveryRecord, OutboxEvent)
             .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)
             .where(EventDeliveryRecord.consumer == consumer, EventDeliveryRecord.status == "failed")
-            .order_by(EventDeliveryRecord.id)
+            # Oldest due first, not lowest id: a batch that failed and is due again must
+            # not be claimed ahead of rows never tried, or a backlog larger than what one
+            # backoff interval can work through starves behind its first batch.
+            .order_by(EventDeliveryRecord.next_attempt_at, EventDeliveryRecord.id)
             .limit(limit)
         )
         return [
