@@ -24,7 +24,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,9 @@ import httpx
 import pytest
 
 from conftest import make_csr
+from fleetpki.application import FleetPKI
 from fleetpki.services.hub_sas import make_sas_token
+from fleetpki.settings import Settings
 from support.mqtt_device import WAIT, Device, wait_until
 from support.postgres import start_postgres
 from support.serve_process import PreparedHome, prepare_home, serve_environment, serve_process
@@ -78,10 +80,8 @@ def _stored_bodies(http: httpx.Client, device_id: str) -> list[str]:
 
 
 def _sas(prepared: PreparedHome) -> str:
-    # The hub's service policy key, read back through the service API's own route family
-    # would need the database; the home's policy key is read before the outage instead.
-    from fleetpki.application import FleetPKI
-    from fleetpki.settings import Settings
+    # A service SAS token of the hub's iothubowner policy, as the Azure service SDK makes
+    # one from its connection string; the key is read from the home before serve starts.
 
     fleet = FleetPKI.open(Settings.load(prepared.home))
     try:
@@ -126,8 +126,8 @@ def _connected(prepared: PreparedHome, device_id: str) -> Iterator[_Session]:
 def _outage_and_recovery(
     prepared: PreparedHome,
     *,
-    take_away: Any,
-    bring_back: Any,
+    take_away: Callable[[], None],
+    bring_back: Callable[[], None],
     reads_fail: bool,
 ) -> None:
     """The scenario both backends share; ``reads_fail`` is False where SQLite's WAL reads on."""
