@@ -40,6 +40,8 @@ from support.mqtt_device import WAIT, Device, wait_until
 from support.postgres import start_postgres
 from support.serve_process import PreparedHome, prepare_home, serve_environment, serve_process
 
+pytestmark = pytest.mark.slow
+
 API_VERSION = {"api-version": "2021-04-12"}
 TOPIC = "devices/{}/messages/events/"
 # paho pings every KEEPALIVE seconds and drops the connection when a PINGRESP is missing.

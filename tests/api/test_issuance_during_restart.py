@@ -29,7 +29,7 @@ from support.mqtt_device import wait_until
 from support.postgres import PostgresServer, start_postgres
 from support.serve_process import PreparedHome, prepare_home, serve_process
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 CLIENTS = 4
 RESTARTS = 3

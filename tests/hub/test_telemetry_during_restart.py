@@ -21,7 +21,7 @@ from support.mqtt_device import WAIT, Device, wait_until
 from support.postgres import start_postgres
 from support.serve_process import PreparedHome, prepare_home, serve_process
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 DEVICES = ("sender-0", "sender-1")
 RESTARTS = 2
