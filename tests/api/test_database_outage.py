@@ -258,6 +258,7 @@ def test_sqlite_locked_by_another_process_under_serve(tmp_path: Path, key_passph
     _outage_and_recovery(prepared, take_away=lock, bring_back=unlock, reads_fail=False)
 
 
+@pytest.mark.postgres
 def test_the_503_changes_nothing_and_names_no_internals(
     tmp_path: Path, key_passphrase: None
 ) -> None:
