@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: demo test lint typecheck unit venv system-deps azure-venv oidc-provider \
-	portal-screenshots bench clean
+	portal-screenshots bench soak clean
 
 venv: $(STAMP)
 
@@ -56,6 +56,12 @@ demo: venv system-deps
 bench: venv system-deps
 	@bash scripts/ensure-bench-deps.sh
 	$(BIN)/python bench/run_all.py
+
+# 2,000 devices for 3 minutes against fleetpki, then mosquitto (about 10 minutes);
+# SOAK_ARGS="--devices 200 --seconds 30" for a short one.
+soak: venv system-deps
+	@bash scripts/ensure-bench-deps.sh
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -348,7 +348,9 @@ class FleetPKI:
         """
         keystore = open_keystore(settings)
         try:
-            database = Database(settings.database_url)
+            database = Database(
+                settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
+            )
             if migrate:
                 database.migrate()
         except BaseException:
@@ -497,7 +499,9 @@ def init_home(
         settings = settings.with_changes(key_passphrase_file=str(passphrase.source.path))
     keystore = open_keystore(settings)
     try:
-        database = Database(settings.database_url)
+        database = Database(
+            settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
+        )
         database.migrate()
     except BaseException:
         keystore.close()

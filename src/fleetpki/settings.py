@@ -117,6 +117,8 @@ class Settings:
             client id turns OIDC sign-in off. The secret file is for confidential
             clients only.
         portal_session_hours: how long a portal session lasts from sign-in.
+        sqlite_busy_timeout_seconds: on SQLite, how long a write waits for a lock held
+            by another process before it fails with ``database.unavailable`` (503).
         provisioning_id_scope: the provisioning service's ID scope (empty: ``0ne`` and
             eight hex digits derived from the home, fixed across restarts); give every
             node sharing one database the same one.
@@ -162,6 +164,7 @@ class Settings:
     portal_oidc_client_secret_file: str = ""
     portal_oidc_scopes: str = "openid profile"
     portal_session_hours: int = 8
+    sqlite_busy_timeout_seconds: float = 10.0
     provisioning_id_scope: str = ""
     provisioning_register_interval_seconds: float = 1.0
 
@@ -176,6 +179,12 @@ class Settings:
             raise ValidationError(
                 "config.invalid",
                 f"ca_auto_renew_at must be a fraction from 0 (off) to below 1, not {auto!r}",
+            )
+        busy = self.sqlite_busy_timeout_seconds
+        if isinstance(busy, bool) or not isinstance(busy, int | float) or not 0 < busy <= 3600:
+            raise ValidationError(
+                "config.invalid",
+                f"sqlite_busy_timeout_seconds must be above 0 and at most 3600, not {busy!r}",
             )
         interval = self.provisioning_register_interval_seconds
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:

@@ -30,7 +30,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetpki.errors import UnavailableError, ValidationError
 
-__all__ = ["DATABASE_UNAVAILABLE", "Database", "is_unavailable", "sqlite_url"]
+__all__ = [
+    "DATABASE_UNAVAILABLE",
+    "DEFAULT_SQLITE_BUSY_TIMEOUT",
+    "Database",
+    "is_unavailable",
+    "sqlite_url",
+]
 
 #: The code of the error a unit of work fails with while the database does not answer.
 DATABASE_UNAVAILABLE = "database.unavailable"
@@ -86,8 +92,8 @@ _WAL_INDEX_HEADER = 48
 def _sqlite_commit_stamp(path: Path) -> bytes:
     """Bytes that differ after any process commits to the SQLite database at ``path``.
 
-    The WAL-index header when the database is in WAL mode (the default here, see
-    ``_on_sqlite_connect``); else the database file's size and modification time.
+    The WAL-index header when the database is in WAL mode (the default here, see the
+    connect hook); else the database file's size and modification time.
     A read that races a writer may see a torn header: a spurious change, never a
     missed one, since a commit has rewritten the header before it returns.
     """
@@ -127,15 +133,40 @@ def _own_sqlite_files(path: Path) -> None:
                 file.chmod(0o600)
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the one writer; foreign keys are off by default
-    # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
+#: How long a SQLite writer waits for another one's lock before the unit of work fails
+#: with ``database.unavailable`` (seconds; the ``sqlite_busy_timeout_seconds`` setting).
+DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
+
+
+def _sqlite_connect_hook(busy_timeout: float) -> Any:
+    milliseconds = round(busy_timeout * 1000)
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers run beside the one writer; foreign keys are off by default
+        # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={milliseconds:d}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return on_connect
+
+
+def _on_postgresql_connect(dbapi_connection: Any, _record: Any) -> None:
+    # A commit is the promise behind a certificate handed out and a PUBACK sent: with
+    # synchronous_commit off (a server-wide setting some tune for speed) PostgreSQL
+    # answers COMMIT before the WAL is written, and a crash then loses certificates the
+    # clients already hold. Each session turns it back on; a stronger setting (remote
+    # write or apply, for replicas) is left as the operator chose it.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("SHOW synchronous_commit")
+    row = cursor.fetchone()
+    if row is not None and row[0] == "off":
+        cursor.execute("SET synchronous_commit TO on")
     cursor.close()
+    dbapi_connection.commit()
 
 
 # How many SQLite connections the pool keeps open. More than the threads that use the
@@ -193,12 +224,20 @@ class Database:
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
+        sqlite_busy_timeout: on SQLite, seconds a writer waits for another process's
+            lock before its unit of work fails with ``database.unavailable``.
 
     Raises:
         ValidationError: ``database.bad_url`` for a URL SQLAlchemy cannot use.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT,
+    ) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -219,9 +258,11 @@ class Database:
         self.engine: Engine = create_engine(parsed, **kwargs)
         self._write_gate: _SqliteWriteGate | None = None
         if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _on_sqlite_connect)
+            event.listen(self.engine, "connect", _sqlite_connect_hook(sqlite_busy_timeout))
             self._write_gate = _SqliteWriteGate()
             event.listen(self.engine, "before_cursor_execute", self._write_gate.before_execute)
+        else:
+            event.listen(self.engine, "connect", _on_postgresql_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_path = Path(str(parsed.database)) if sqlite_file else None
 
