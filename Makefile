@@ -6,6 +6,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+PYTEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: demo test lint typecheck unit venv system-deps azure-venv oidc-provider \
@@ -37,9 +38,12 @@ typecheck: venv
 	$(BIN)/mypy --strict
 
 # pytest exits 5 when it collects nothing: that is a failure here, as is any other
-# non-zero status.
+# non-zero status. The suite runs on PYTEST_WORKERS processes (pytest-xdist; most tests
+# wait on servers and sockets, so two workers on two cores roughly halve the time); tests
+# that bind the fixed ports the Azure SDKs dial share one worker (xdist_group
+# "azure_ports"). PYTEST_WORKERS=0 runs everything in one process.
 unit: venv system-deps azure-venv oidc-provider
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The portal's browser tests, saving their screenshots into docs/portal/ (docs/portal.md),
 # then quantised to small PNGs by pngquant (apt-get install pngquant).

@@ -336,7 +336,7 @@ def test_fleetpki_serve_with_a_wrong_pin_exits_at_startup_with_the_code(
     monkeypatch.setenv(PKCS11_PIN_ENV, "0000-wrong")
     done = subprocess.run(
         [sys.executable, "-m", "fleetpki", "--home", str(settings.home), "serve",
-         "--api-port", "0", "--mqtt-port", "0"],
+         "--api-port", "0", "--mqtt-port", "0", "--amqp-port", "-1"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr

@@ -91,7 +91,8 @@ def prepare_home(
         public_url=f"https://127.0.0.1:{api_port}",
         api_port=api_port,
         mqtt_port=mqtt_port,
-        **settings_changes,
+        # Off: its default, 5671, would be shared by every test server running at once.
+        **{"amqp_port": -1, **settings_changes},
     )
     fleet = init_home(settings, HierarchySpec()).app
     try:
