@@ -67,12 +67,10 @@ from fleetpki.services.ocsp_cache import OcspResponseCache
 from fleetpki.services.portal_pages import PortalPageService
 from fleetpki.services.portal_sessions import PortalSessionService
 from fleetpki.services.principals import PrincipalService
-from fleetpki.services.provisioning import (
-    ProvisioningService,
-    RegistrationThrottle,
-    id_scope_for,
-)
+from fleetpki.services.provisioning import ProvisioningService
 from fleetpki.services.provisioning_enrollments import ProvisioningEnrollmentService
+from fleetpki.services.provisioning_requests import id_scope_for
+from fleetpki.services.registration_throttle import RegistrationThrottle
 from fleetpki.services.renewal import RenewalService
 from fleetpki.services.revocation_effects import RevocationEffectService
 from fleetpki.services.revocation_status import RevocationStatusService
