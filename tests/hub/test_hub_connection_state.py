@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from test_hub_eventhub import AZURE_PYTHON, _consume, _eventhub_string
 
 from fleetpki.hub.amqp.addresses import partition_of
 from fleetpki.pki.revocation import RevocationReason
@@ -29,7 +30,6 @@ from fleetpki.services.hub_devices import DeviceSpec
 from support.hub import DeviceFiles, issue_device, issuing_ca
 from support.mqtt_device import WAIT, Device, wait_until
 from support.server import LiveServer, start_server
-from test_hub_eventhub import AZURE_PYTHON, _consume, _eventhub_string
 
 _NEVER = "0001-01-01T00:00:00Z"
 
