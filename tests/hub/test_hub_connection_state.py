@@ -23,10 +23,14 @@ import httpx
 import pytest
 from test_hub_eventhub import AZURE_PYTHON, _consume, _eventhub_string
 
+from fleetpki.application import init_home
 from fleetpki.hub.amqp.addresses import partition_of
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor, hub_sas
-from fleetpki.services.hub_devices import DeviceSpec
+from fleetpki.services.authority import HierarchySpec
+from fleetpki.services.hub_devices import ConnectionChange, DeviceSpec
+from fleetpki.services.hub_routing import sequence_number
+from fleetpki.settings import Settings
 from support.hub import DeviceFiles, issue_device, issuing_ca
 from support.mqtt_device import WAIT, Device, wait_until
 from support.server import LiveServer, start_server
@@ -129,6 +133,47 @@ def test_statistics_count_recorded_connections(tmp_path: Path) -> None:
         wait_until(lambda: _state(live, "cs-count") == "Disconnected", "Disconnected")
         with live.fleet.store.transaction() as tx:
             assert tx.hub_devices.count_connected() == 0
+
+
+def test_recorded_changes_are_strictly_later_per_device(
+    tmp_path: Path, database_url: str, key_passphrase: None
+) -> None:
+    settings = Settings.default_for(tmp_path / "home", database_url).with_changes(
+        hub_route_connection_state_events=True
+    )
+    fleet = init_home(settings, HierarchySpec()).app
+    try:
+        fleet.hub_devices.put(DeviceSpec(device_id="cs-clock"))
+        at = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
+        # The clock steps back between the connect and the disconnect; "ghost" is gone.
+        fleet.hub_devices.record_connections(
+            [
+                ConnectionChange("cs-clock", True, at),
+                ConnectionChange("ghost", True, at),
+                ConnectionChange("cs-clock", False, at - dt.timedelta(seconds=5)),
+            ]
+        )
+        device = fleet.hub_devices.get("cs-clock")
+        later = at + dt.timedelta(microseconds=1)
+        assert device.connection_state == "Disconnected"
+        assert device.connection_state_updated_at == later
+        assert device.last_activity_at == later
+        events = fleet.hub_messages.list_telemetry()
+        assert [(e.device_id, e.properties["opType"]) for e in events] == [
+            ("cs-clock", "deviceConnected"),
+            ("cs-clock", "deviceDisconnected"),
+        ]
+        assert [json.loads(e.body)["sequenceNumber"] for e in events] == [
+            sequence_number(at),
+            sequence_number(later),
+        ]
+        assert sequence_number(at) < sequence_number(later)
+        assert events[0].system_properties["iothub-message-source"] == (
+            "deviceConnectionStateEvents"
+        )
+        assert events[1].enqueued_at == later
+    finally:
+        fleet.close()
 
 
 def _publish(device: Device, device_id: str, text: str, qos: int = 1) -> None:
