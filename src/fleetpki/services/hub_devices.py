@@ -321,19 +321,15 @@ def record_connections_in(
 ) -> None:
     """:meth:`HubDeviceService.record_connections` inside the caller's unit of work."""
     for change in changes:
-        record = tx.hub_devices.get(change.device_id)
-        if record is None:
-            continue
         # Strictly later than the device's previous change, so its events' sequence
         # numbers strictly increase even if the clock steps back.
-        at = change.at
-        previous = record.connection_state_updated_at
-        if previous is not None and at <= previous:
-            at = previous + dt.timedelta(microseconds=1)
-        record.connection_state = "Connected" if change.connected else "Disconnected"
-        record.connection_state_updated_at = at
-        record.last_activity_at = at
-        route_connection_state_in(tx, routing, change.device_id, connected=change.connected, at=at)
+        at = tx.hub_devices.record_connection(
+            change.device_id, connected=change.connected, at=change.at
+        )
+        if at is not None:
+            route_connection_state_in(
+                tx, routing, change.device_id, connected=change.connected, at=at
+            )
 
 
 class HubDeviceService:
