@@ -128,6 +128,8 @@ def test_statistics_count_recorded_connections(tmp_path: Path) -> None:
         assert device.connect() == 0
         try:
             wait_until(lambda: _state(live, "cs-count") == "Connected", "Connected")
+            with live.fleet.store.transaction() as tx:
+                assert tx.hub_devices.count_connected() == 1
         finally:
             device.close()
         wait_until(lambda: _state(live, "cs-count") == "Disconnected", "Disconnected")
