@@ -188,6 +188,14 @@ def _outage_and_recovery(
         held.wait_for_publish(WAIT)
         assert not live.device.disconnected.is_set() and not live.reconnected
         assert _stored_bodies(http, "live") == ["before", "during"]
+        if not reads_fail:
+            # The reader's connect and disconnect during the lock were held, in order
+            # before the held message, and are in the registry now.
+            reader_entry = http.get(
+                "/devices/newcomer", params=API_VERSION, headers={"Authorization": sas}
+            ).json()
+            assert reader_entry["connectionState"] == "Disconnected"
+            assert reader_entry["connectionStateUpdatedTime"] != "0001-01-01T00:00:00Z"
         registered = _register_domain(http, "after-outage")
         assert registered.status_code == 201, registered.text
         names = {d["name"] for d in http.get("/v1/domains").json()}
