@@ -13,7 +13,8 @@ format on the Azure routes) and changes nothing, a new device CONNECT gets CONNA
 (server unavailable, which the SDKs retry), and the connected device keeps its session:
 its keepalive pings are answered, its QoS 1 telemetry is held unacknowledged. Once the
 database is back, both recover without a restart: the held message is stored and
-PUBACKed on the same connection, the API answers again, the refused device connects,
+PUBACKed on the same connection (on SQLite after the connection state of a device that
+connected and disconnected during the lock, held too), the API answers again, the refused device connects,
 and revoking the live device's certificate closes its session (the outbox consumer runs).
 """
 
