@@ -185,12 +185,14 @@ def _publish(device: Device, device_id: str, text: str, qos: int = 1) -> None:
 
 
 @pytest.mark.slow
-def test_connection_state_events_on_the_event_hub(tmp_path: Path) -> None:
+def test_connection_state_events_on_the_event_hub(tmp_path: Path, database_url: str) -> None:
     if not AZURE_PYTHON.exists():
         pytest.fail("no .venv-azure: `make test` builds it with scripts/azure-venv.sh")
     os.environ.pop("FLEETPKI_KEY_PASSPHRASE", None)
     device_id = "cs-events"
-    with start_server(tmp_path / "home", hub_route_connection_state_events=True) as live:
+    with start_server(
+        tmp_path / "home", database_url=database_url, hub_route_connection_state_events=True
+    ) as live:
         fleet = live.fleet
         connection = _eventhub_string(live)
         files = _files(live, device_id, tmp_path)
