@@ -120,6 +120,31 @@ def test_registry_shows_connection_state(tmp_path: Path, database_url: str) -> N
         assert live.fleet.hub_messages.list_telemetry() == []
 
 
+def test_a_takeover_leaves_the_device_connected(tmp_path: Path) -> None:
+    os.environ.pop("FLEETPKI_KEY_PASSPHRASE", None)
+    with start_server(tmp_path / "home", hub_route_connection_state_events=True) as live:
+        files = _files(live, "cs-twice", tmp_path)
+        first = Device(live.mqtt_port, live.ca_bundle, files)
+        second = Device(live.mqtt_port, live.ca_bundle, files)
+        try:
+            assert first.connect() == 0
+            assert second.connect() == 0  # the newer connection wins; the first is closed
+            assert first.disconnected.wait(WAIT)
+            wait_until(lambda: len(live.fleet.hub_messages.list_telemetry()) == 3, "3 events")
+            # The first connection's end, after the second began, changes nothing more.
+            _publish(second, "cs-twice", "still here")
+            wait_until(lambda: len(live.fleet.hub_messages.list_telemetry()) == 4, "telemetry")
+            assert _state(live, "cs-twice") == "Connected"
+            ops = [
+                m.properties.get("opType") or m.body.decode()
+                for m in live.fleet.hub_messages.list_telemetry()
+            ]
+            assert ops == ["deviceConnected", "deviceDisconnected", "deviceConnected", "still here"]
+        finally:
+            first.close()
+            second.close()
+
+
 def test_statistics_count_recorded_connections(tmp_path: Path) -> None:
     os.environ.pop("FLEETPKI_KEY_PASSPHRASE", None)
     with start_server(tmp_path / "home") as live:
