@@ -212,11 +212,13 @@ class FleetPKI:
         # -- hub side: the built-in hub's control plane ---------------------------------
         # Device symmetric keys are sealed under the home's passphrase, read when first used.
         device_keys = DeviceKeySeal(self.key_passphrase)
-        # Twin change events on the built-in endpoint (issue 15).
+        # Twin change and connection state events on the built-in endpoint (issue 15).
         routing = EventRouting(
-            hub_identity(settings).hub_name, twin_changes=settings.hub_route_twin_change_events
+            hub_identity(settings).hub_name,
+            twin_changes=settings.hub_route_twin_change_events,
+            connection_states=settings.hub_route_connection_state_events,
         )
-        self.hub_devices = HubDeviceService(self.store, now, device_keys)
+        self.hub_devices = HubDeviceService(self.store, now, device_keys, routing)
         self.hub_twins = HubTwinService(self.store, now, routing)
         self.hub_trust = HubTrustService(self.store, keystore, now, TrustCache())
         self.hub_messages = HubMessageService(self.store, now)

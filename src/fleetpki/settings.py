@@ -76,6 +76,8 @@ class Settings:
         hub_route_twin_change_events: route twin change events to the built-in
             endpoint, as an Azure route for that data source does (off, as on a new
             Azure hub).
+        hub_route_connection_state_events: route device connection state events
+            (deviceConnected, deviceDisconnected) to the built-in endpoint, likewise.
         hostname: the server's DNS name for its TLS certificate and the hub.
         oidc_issuer / oidc_audience / oidc_jwks: optional OIDC (Entra ID) JWT checking.
         token_audience: overrides ``public_url`` as the certificate-token audience.
@@ -135,6 +137,7 @@ class Settings:
     mqtt_port: int = DEFAULT_MQTT_PORT
     amqp_port: int = AZURE_AMQP_PORT
     hub_route_twin_change_events: bool = False
+    hub_route_connection_state_events: bool = False
     hostname: str = "localhost"
     oidc_issuer: str = ""
     oidc_audience: str = ""

@@ -13,7 +13,8 @@ format on the Azure routes) and changes nothing, a new device CONNECT gets CONNA
 (server unavailable, which the SDKs retry), and the connected device keeps its session:
 its keepalive pings are answered, its QoS 1 telemetry is held unacknowledged. Once the
 database is back, both recover without a restart: the held message is stored and
-PUBACKed on the same connection, the API answers again, the refused device connects,
+PUBACKed on the same connection (on SQLite after the connection state of a device that
+connected and disconnected during the lock, held too), the API answers again, the refused device connects,
 and revoking the live device's certificate closes its session (the outbox consumer runs).
 """
 
@@ -188,6 +189,14 @@ def _outage_and_recovery(
         held.wait_for_publish(WAIT)
         assert not live.device.disconnected.is_set() and not live.reconnected
         assert _stored_bodies(http, "live") == ["before", "during"]
+        if not reads_fail:
+            # The reader's connect and disconnect during the lock were held, in order
+            # before the held message, and are in the registry now.
+            reader_entry = http.get(
+                "/devices/newcomer", params=API_VERSION, headers={"Authorization": sas}
+            ).json()
+            assert reader_entry["connectionState"] == "Disconnected"
+            assert reader_entry["connectionStateUpdatedTime"] != "0001-01-01T00:00:00Z"
         registered = _register_domain(http, "after-outage")
         assert registered.status_code == 201, registered.text
         names = {d["name"] for d in http.get("/v1/domains").json()}

@@ -15,7 +15,7 @@ from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.delivery import ConsumerWorker
 from fleetpki.services.events import HubEventListener
-from fleetpki.services.hub_devices import AuthType, DeviceSpec, DeviceStatus
+from fleetpki.services.hub_devices import AuthType, ConnectionChange, DeviceSpec, DeviceStatus
 from fleetpki.services.hub_messages import TelemetryInput
 from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from support.hub_control import authenticator, issue_device_certificate, issuing_ca
@@ -163,8 +163,13 @@ def test_statistics(fleet: FleetPKI) -> None:
     for name in ("a", "b", "c"):
         _add(fleet, name)
     fleet.hub_devices.set_status("b", DeviceStatus.DISABLED)
-    fleet.hub_devices.record_connection("a", connected=True)
-    fleet.hub_devices.record_connection("ghost", connected=True)  # deleted meanwhile: ignored
+    now = fleet.now()
+    fleet.hub_devices.record_connections(
+        [
+            ConnectionChange("a", True, now),
+            ConnectionChange("ghost", True, now),  # deleted meanwhile: ignored
+        ]
+    )
     stats = fleet.hub_statistics.devices()
     assert (stats.total, stats.enabled, stats.disabled) == (3, 2, 1)
     assert fleet.hub_statistics.connected_devices() == 1

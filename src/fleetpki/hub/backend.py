@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from fleetpki.hub.policy import AuthenticatedDevice
+from fleetpki.services.hub_devices import ConnectionChange
 from fleetpki.services.notifications import (
     C2DQueued,
     CertificateRevoked,
@@ -31,6 +32,7 @@ __all__ = [
     "C2DMessage",
     "C2DQueued",
     "CertificateRevoked",
+    "ConnectionChange",
     "DesiredPatched",
     "DeviceBlocked",
     "DeviceKeysReplaced",
@@ -145,6 +147,10 @@ class HubBackend(Protocol):
 
     def store_telemetry(self, batch: Sequence[TelemetryRecord]) -> None:
         """Store messages durably in one transaction; return only once committed."""
+        ...
+
+    def record_connections(self, changes: Sequence[ConnectionChange]) -> None:
+        """Record devices connecting and disconnecting, in order, in one transaction."""
         ...
 
     def get_twin(self, device_id: str) -> Twin:

@@ -20,6 +20,11 @@ is its own module:
   connection is closed) and gets its persistent session back (§1.8). A session
   authenticated by a SAS token ends when the token expires (``hub.sas_expired`` in the
   log; the SDK renews its token before that and reconnects with the new one).
+* Connection state: an accepted device's connect, and the end of its connection (clean
+  or not, a revocation or a block, a takeover by a newer connection, the hub
+  stopping), are recorded in the registry through `HubBackend.record_connections`,
+  queued with telemetry (`fleetpki.hub.telemetry_batcher`) so they keep their order
+  with the device's messages; the CONNACK does not wait for them.
 * Telemetry (ref §1.5, §1.6): `fleetpki.hub.telemetry_batcher`, PUBACK after commit.
 * Twins (ref §1.7): `fleetpki.hub.twins`; direct methods (§3.4): `fleetpki.hub.methods`;
   cloud-to-device messages (§1.6): `fleetpki.hub.c2d`.
@@ -63,6 +68,7 @@ from fleetpki.hub.backend import (
     AuthenticatedDevice,
     C2DQueued,
     CertificateRevoked,
+    ConnectionChange,
     DesiredPatched,
     DeviceBlocked,
     DeviceKeysReplaced,
@@ -134,7 +140,9 @@ class Broker:
         self._live: dict[str, Link] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._batcher = TelemetryBatcher(self._store_telemetry, batch_window)
+        self._batcher = TelemetryBatcher(
+            self._store_telemetry, batch_window, self._record_connections
+        )
         self._twins = TwinChannel(backend, self._pool, self._send)
         self._methods = MethodCalls()
         self._c2d = C2DDelivery(backend, self._pool, self._live, self._spawn)
@@ -164,9 +172,13 @@ class Broker:
     async def stop(self) -> None:
         """Store pending telemetry, close every connection and stop the thread pools."""
         self.backend.remove_listener(self._on_backend_event)
+        live = list(self._live.values())
+        self._live.clear()
+        for link in live:
+            self._connection_changed(link, connected=False)
         self._batcher.stop_retrying()
         await self._batcher.drain()
-        for link in list(self._live.values()):
+        for link in live:
             link.close("hub.shutdown")
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._provisioning_pool.shutdown(wait=False, cancel_futures=True)
@@ -188,6 +200,19 @@ class Broker:
         await asyncio.get_running_loop().run_in_executor(
             self._store_pool, self.backend.store_telemetry, records
         )
+
+    async def _record_connections(self, changes: list[ConnectionChange]) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            self._store_pool, self.backend.record_connections, changes
+        )
+
+    def _connection_changed(self, link: Link, *, connected: bool) -> None:
+        """Queue a device's connect or disconnect for the registry (modules have no state)."""
+        identity = link.identity
+        if identity is not None and identity.module_id is None:
+            self._batcher.add_connection(
+                ConnectionChange(identity.device_id, connected, self._utcnow())
+            )
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -264,6 +289,7 @@ class Broker:
             # One connection per client id: the newer one wins (ref §1.4).
             _log.info("hub: client %r connected again; closing its previous connection", client_id)
             old.close("hub.taken_over")
+            self._connection_changed(old, connected=False)
         link.device = device
         link.identity = username.identity
         session = self._sessions.get(client_id)
@@ -275,6 +301,7 @@ class Broker:
         else:
             self._sessions.pop(client_id, None)
         self._live[client_id] = link
+        self._connection_changed(link, connected=True)
         _log.info("hub: device %r connected", client_id)
         if device.expires_at is not None:
             self._end_at_expiry(link, client_id, device.expires_at)
@@ -322,6 +349,7 @@ class Broker:
         client_id = connect.client_id
         if self._live.get(client_id) is link:
             del self._live[client_id]
+            self._connection_changed(link, connected=False)
             _log.info("hub: device %r disconnected", client_id)
             if connect.clean_session:
                 self._sessions.pop(client_id, None)

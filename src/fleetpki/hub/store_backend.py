@@ -51,6 +51,7 @@ from fleetpki.hub.backend import (
     C2DMessage,
     C2DQueued,
     CertificateRevoked,
+    ConnectionChange,
     DesiredPatched,
     DeviceBlocked,
     DeviceKeysReplaced,
@@ -207,6 +208,10 @@ class StoreHubBackend:
             for record in batch
         ]
         self.fleet.hub_messages.store_telemetry(items)
+
+    def record_connections(self, changes: Sequence[ConnectionChange]) -> None:
+        """Record connects and disconnects (connectionState, connection state events)."""
+        self.fleet.hub_devices.record_connections(changes)
 
     def get_twin(self, device_id: str) -> Twin:
         """The device's desired and reported properties with their versions."""

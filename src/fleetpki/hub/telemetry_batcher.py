@@ -11,6 +11,12 @@ their PUBACKs wait, and once the database is back everything held is stored and
 acknowledged; one warning marks the start of the wait and one its end. Any other
 failure closes the connections of the batch unacknowledged, as does a hub that stops
 while it waits.
+
+Devices connecting and disconnecting (`ConnectionChange`) go through the same queue, so
+a device's connection state is recorded in order with its telemetry: a connect before
+the messages of that connection, a disconnect after them. Consecutive changes are
+recorded in one transaction of their own; one that fails for another reason than an
+unavailable database is logged and dropped (nothing waits for it).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from fleetpki.errors import UnavailableError
 from fleetpki.hub.azure.topics import ClientIdentity, Telemetry
-from fleetpki.hub.backend import TelemetryRecord
+from fleetpki.hub.backend import ConnectionChange, TelemetryRecord
 from fleetpki.hub.link import Link
 from fleetpki.hub.protocol import ConnectionState
 
@@ -90,15 +96,23 @@ class TelemetryBatcher:
         store: stores a batch durably (the backend's ``store_telemetry`` in the broker's
             one storage thread, so commits stay in order and never overlap).
         window: how long a batch collects messages (seconds).
+        record_connections: records connection changes (the backend's
+            ``record_connections``, in the same storage thread).
     """
 
     def __init__(
-        self, store: Callable[[list[TelemetryRecord]], Awaitable[None]], window: float
+        self,
+        store: Callable[[list[TelemetryRecord]], Awaitable[None]],
+        window: float,
+        record_connections: Callable[[list[ConnectionChange]], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._window = window
+        self._record_connections = record_connections
         self._records: list[TelemetryRecord] = []
         self._acks: list[tuple[Link, int | None]] = []
+        # Connection changes, each with how many queued messages go before it.
+        self._changes: list[tuple[int, ConnectionChange]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._waiting_since: float | None = None
@@ -111,16 +125,36 @@ class TelemetryBatcher:
         link.unacked += 1
         if link.unacked == _HIGH_WATER:
             link.pause_reading()
+        self._start()
+
+    def add_connection(self, change: ConnectionChange) -> None:
+        """Queue a connect or disconnect, recorded after every message queued before it."""
+        if self._record_connections is None:
+            return
+        self._changes.append((len(self._records), change))
+        self._start()
+
+    def _start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _shift(self, count: int) -> None:
+        """``count`` messages left the front of the queue (negative: came back to it)."""
+        self._changes = [(ahead - count, change) for ahead, change in self._changes]
 
     async def _run(self) -> None:
         try:
             if self._window > 0:
                 await asyncio.sleep(self._window)
-            while self._records:
-                records, acks = self._records[:_MAX_BATCH], self._acks[:_MAX_BATCH]
-                del self._records[:_MAX_BATCH], self._acks[:_MAX_BATCH]
+            while self._records or self._changes:
+                ahead = self._changes[0][0] if self._changes else len(self._records)
+                if ahead == 0:
+                    await self._store_changes()
+                    continue
+                count = min(ahead, _MAX_BATCH)
+                records, acks = self._records[:count], self._acks[:count]
+                del self._records[:count], self._acks[:count]
+                self._shift(count)
                 try:
                     await self._store(records)
                 except UnavailableError as exc:
@@ -129,6 +163,7 @@ class TelemetryBatcher:
                         continue
                     # Kept, in order, for the next try; nothing is acknowledged meanwhile.
                     self._records[:0], self._acks[:0] = records, acks
+                    self._shift(-count)
                     await self._pause(exc)
                     continue
                 except Exception:
@@ -142,6 +177,26 @@ class TelemetryBatcher:
                 self._acknowledge(acks)
         finally:
             self._task = None
+
+    async def _store_changes(self) -> None:
+        """Record the connection changes at the front of the queue, in one transaction."""
+        assert self._record_connections is not None
+        count = next((i for i, (ahead, _) in enumerate(self._changes) if ahead), len(self._changes))
+        changes = [change for _, change in self._changes[:count]]
+        del self._changes[:count]
+        try:
+            await self._record_connections(changes)
+        except UnavailableError as exc:
+            if self._stopping.is_set():
+                _log.warning("hub: stopping; %d connection changes not recorded", len(changes))
+                return
+            self._changes[:0] = [(0, change) for change in changes]
+            await self._pause(exc)
+            return
+        except Exception:
+            _log.exception("hub: recording %d connection changes failed", len(changes))
+            return
+        self._recovered()
 
     async def _pause(self, exc: UnavailableError) -> None:
         loop = asyncio.get_running_loop()
@@ -189,6 +244,6 @@ class TelemetryBatcher:
             link.write(b"".join(chunks))
 
     async def drain(self) -> None:
-        """Wait until every queued message has been stored."""
+        """Wait until every queued message has been stored (and connection change recorded)."""
         while self._task is not None:
             await asyncio.shield(self._task)

@@ -11,6 +11,12 @@ A sas device has two symmetric keys, given by the caller (base64 of 16 to 64 byt
 Azure requires) or generated (256 bits each) when not given; an update that names no
 keys keeps the device's keys, one that names them replaces them (key rotation). Keys
 are sealed at rest (`fleetpki.services.hub_device_keys`).
+
+Connection state (``connectionState``, ``connectionStateUpdatedTime``,
+``lastActivityTime``) is what the hub's MQTT servers record when a device connects and
+disconnects (:meth:`HubDeviceService.record_connections`); with
+``hub_route_connection_state_events`` each change is also a device connection state
+event on the built-in endpoint (`fleetpki.services.hub_routing`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fleetpki.errors import ConflictError, NotFoundError, ValidationError
@@ -26,12 +33,14 @@ from fleetpki.hub.policy import AuthType, DeviceStatus
 from fleetpki.services.context import Clock
 from fleetpki.services.hub_device_keys import DeviceKeySeal
 from fleetpki.services.hub_etags import check_if_match, new_etag
+from fleetpki.services.hub_routing import EventRouting, route_connection_state_in
 from fleetpki.services.notifications import DeviceBlocked, DeviceKeysReplaced
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.hub_models import HubDevice
 
 __all__ = [
     "AuthType",
+    "ConnectionChange",
     "DeviceSpec",
     "DeviceStatus",
     "HubDeviceService",
@@ -66,6 +75,15 @@ class DeviceSpec:
     status_reason: str | None = None
     primary_key: str | None = dataclasses.field(default=None, repr=False)
     secondary_key: str | None = dataclasses.field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionChange:
+    """A device connected (``connected``) or disconnected at ``at``, as an MQTT server saw it."""
+
+    device_id: str
+    connected: bool
+    at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,16 +316,20 @@ def delete_device_in(tx: UnitOfWork, device_id: str, *, if_match: str | None = N
     tx.publish(DeviceBlocked(device_id, "hub.unknown_device"))
 
 
-def record_connection_in(
-    tx: UnitOfWork, device_id: str, *, connected: bool, now: dt.datetime
+def record_connections_in(
+    tx: UnitOfWork, changes: Sequence[ConnectionChange], *, routing: EventRouting | None = None
 ) -> None:
-    """:meth:`HubDeviceService.record_connection` inside the caller's unit of work."""
-    record = tx.hub_devices.get(device_id)
-    if record is None:
-        return
-    record.connection_state = "Connected" if connected else "Disconnected"
-    record.connection_state_updated_at = now
-    record.last_activity_at = now
+    """:meth:`HubDeviceService.record_connections` inside the caller's unit of work."""
+    for change in changes:
+        # Strictly later than the device's previous change, so its events' sequence
+        # numbers strictly increase even if the clock steps back.
+        at = tx.hub_devices.record_connection(
+            change.device_id, connected=change.connected, at=change.at
+        )
+        if at is not None:
+            route_connection_state_in(
+                tx, routing, change.device_id, connected=change.connected, at=at
+            )
 
 
 class HubDeviceService:
@@ -317,12 +339,20 @@ class HubDeviceService:
         store: the database.
         clock: the source of "now".
         seal: seals and opens sas devices' keys.
+        routing: which events reach the built-in endpoint (connection state events).
     """
 
-    def __init__(self, store: Store, clock: Clock, seal: DeviceKeySeal) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        seal: DeviceKeySeal,
+        routing: EventRouting | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._seal = seal
+        self._routing = routing
 
     def put(self, spec: DeviceSpec, *, if_match: str | None = None) -> tuple[HubDeviceView, bool]:
         """Create or update a device (ref §3.2 PUT ``/devices/{id}``, §3.3 etags).
@@ -418,10 +448,14 @@ class HubDeviceService:
             )
         return f"HostName={hostname};DeviceId={device_id};SharedAccessKey={key}"
 
-    def record_connection(self, device_id: str, *, connected: bool) -> None:
-        """Record that a device connected or disconnected (connectionState, statistics).
+    def record_connections(self, changes: Sequence[ConnectionChange]) -> None:
+        """Record devices connecting and disconnecting, in order, in one unit of work.
 
-        A device deleted meanwhile is ignored.
+        Sets ``connectionState``, ``connectionStateUpdatedTime`` and ``lastActivityTime``
+        (each change strictly later than the device's previous one) and, when routed,
+        stores a device connection state event. A device deleted meanwhile is ignored.
         """
+        if not changes:
+            return
         with self._store.transaction() as tx:
-            record_connection_in(tx, device_id, connected=connected, now=self._clock())
+            record_connections_in(tx, changes, routing=self._routing)

@@ -49,7 +49,7 @@ class HubStatisticsService:
     def connected_devices(self) -> int:
         """Devices connected now: the live hub's count when one runs here, else the registry's.
 
-        The registry's count is what MQTT servers recorded (``record_connection``).
+        The registry's count is what MQTT servers recorded (``record_connections``).
         """
         invoker = self._methods.current()
         if invoker is not None:

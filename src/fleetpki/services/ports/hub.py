@@ -78,6 +78,17 @@ class HubDeviceRepository(Protocol):
         """How many devices have each status (``enabled``, ``disabled``)."""
         ...
 
+    def record_connection(
+        self, device_id: str, *, connected: bool, at: dt.datetime
+    ) -> dt.datetime | None:
+        """Set the device's connection state, its time and ``lastActivityTime``.
+
+        The time is ``at``, or one microsecond after the device's previous change when
+        ``at`` is not later (a clock that stepped back). Returns the time set, ``None``
+        when there is no such device. One UPDATE in the usual case (no ORM load).
+        """
+        ...
+
     def count_connected(self) -> int:
         """Devices whose recorded connection state is ``Connected``."""
         ...

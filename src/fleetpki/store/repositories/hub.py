@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import CursorResult, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.hub import TelemetryInput
@@ -67,6 +67,34 @@ class SqlHubDeviceRepository:
         """See :meth:`HubDeviceRepository.count_by_status`."""
         query = select(HubDevice.status, func.count()).group_by(HubDevice.status)
         return {str(status): int(count) for status, count in self._session.execute(query).all()}
+
+    def record_connection(
+        self, device_id: str, *, connected: bool, at: dt.datetime
+    ) -> dt.datetime | None:
+        """See :meth:`HubDeviceRepository.record_connection`."""
+        column = HubDevice.connection_state_updated_at
+        state = "Connected" if connected else "Disconnected"
+
+        def set_at(when: dt.datetime, *conditions: Any) -> int:
+            statement = (
+                update(HubDevice)
+                .where(HubDevice.device_id == device_id, *conditions)
+                .values(
+                    connection_state=state, connection_state_updated_at=when, last_activity_at=when
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return cast("CursorResult[Any]", self._session.execute(statement)).rowcount
+
+        # One statement in the usual case: the change is later than the previous one.
+        if set_at(at, or_(column.is_(None), column < at)):
+            return at
+        previous = self._session.scalar(select(column).where(HubDevice.device_id == device_id))
+        if previous is None:
+            return None  # no such device
+        later = previous + dt.timedelta(microseconds=1)
+        set_at(later)
+        return later
 
     def count_connected(self) -> int:
         """See :meth:`HubDeviceRepository.count_connected`."""
