@@ -405,7 +405,7 @@ _CRL_EXTENSIONS_TAG = 0xA0
 #: id-ce-cRLReasons, 2.5.29.21.
 _CRL_REASON_OID = bytes([0x55, 0x1D, 0x15])
 #: Each reason's crlEntryExtensions, encoded once; removeFromCRL has none (delta only).
-_REASON_EXTENSIONS = {
+_REASON_EXTENSIONS: dict[RevocationReason, bytes] = {
     reason: _reason_extensions(reason)
     for reason in RevocationReason
     if reason is not RevocationReason.REMOVE_FROM_CRL

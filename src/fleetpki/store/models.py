@@ -110,7 +110,7 @@ class CARecord(Base):
     # Unused since migration 0007 (each generation caches its own CRL); kept so that
     # a downgrade finds them.
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
-    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
 
@@ -130,7 +130,8 @@ class CAGeneration(Base):
     verified, then *active* (it issues), then *retiring* once a newer one is active
     (still trusted: certificates it issued are outstanding), and *retired* when none
     is left. Each generation has its own CRL, cached here (RFC 5280 §5: the last CRL
-    built, its number and when it lapses; a revocation sets ``crl_stale``).
+    built, its number and when it lapses; a revocation sets ``crl_stale`` and counts
+    in ``crl_revision``).
     """
 
     __tablename__ = "ca_generations"
@@ -153,9 +154,15 @@ class CAGeneration(Base):
     activated_at: Mapped[dt.datetime | None]
     retired_at: Mapped[dt.datetime | None]
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
-    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Deferred: a CRL of a million entries is ~45 MB, and revocation, issuance and OCSP
+    # load generations without wanting it.
+    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: One more for each revocation of a certificate this generation issued.
+    crl_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The ``crl_revision`` that the cached CRL was built from (stale while they differ).
+    crl_built_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: For a CA with a parent: the parent's generation whose key signed this one.
     parent_generation: Mapped[int | None] = mapped_column(Integer)
     #: For a root generation with a new key: the new key certified by the previous
@@ -259,6 +266,8 @@ class CertificateRecord(Base):
     __table_args__ = (
         UniqueConstraint("ca_id", "serial_hex", name="uq_certificates_ca_id_serial_hex"),
         Index("ix_certificates_status_not_after", "status", "not_after"),
+        # The CRL's query: the revoked certificates of one CA generation.
+        Index("ix_certificates_ca_id_status_generation", "ca_id", "status", "ca_generation"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+import datetime as dt
+
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from fleetpki.store.models import CAGeneration, CARecord, TemplateRecord
@@ -83,6 +85,44 @@ class SqlCARepository:
         if locked is None:
             raise LookupError(f"generation {number} of CA {ca_id} vanished while locking it")
         return locked
+
+    def mark_crl_stale(self, ca_id: str, number: int) -> None:
+        """See :meth:`CARepository.mark_crl_stale`."""
+        self._session.execute(
+            update(CAGeneration)
+            .where(CAGeneration.ca_id == ca_id, CAGeneration.number == number)
+            .values(crl_stale=True, crl_revision=CAGeneration.crl_revision + 1)
+            .execution_options(synchronize_session=False)
+        )
+
+    def store_crl(
+        self,
+        ca_id: str,
+        number: int,
+        *,
+        crl_number: int,
+        der: bytes,
+        next_update: dt.datetime,
+        built_revision: int,
+    ) -> bool:
+        """See :meth:`CARepository.store_crl`."""
+        result = self._session.execute(
+            update(CAGeneration)
+            .where(
+                CAGeneration.ca_id == ca_id,
+                CAGeneration.number == number,
+                CAGeneration.crl_number == crl_number - 1,
+            )
+            .values(
+                crl_number=crl_number,
+                crl_der=der,
+                crl_next_update=next_update,
+                crl_built_revision=built_revision,
+                crl_stale=case((CAGeneration.crl_revision == built_revision, False), else_=True),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 class SqlTemplateRepository:

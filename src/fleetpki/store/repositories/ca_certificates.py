@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from fleetpki.services.ports.ca import CertificateSearch
-from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId
+from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId, UTCDateTime
 
 __all__ = ["SqlCertificateRepository", "SqlUsedTokenRepository"]
 
@@ -102,6 +102,23 @@ class SqlCertificateRepository:
                 )
             )
         )
+
+    def revoked_rows_of(self, ca_id: str, generation: int) -> list[tuple[str, dt.datetime, int]]:
+        """See :meth:`CertificateRepository.revoked_rows_of`."""
+        # Columns, not entities: a million ORM objects would cost more than the CRL.
+        query = select(
+            CertificateRecord.serial_hex,
+            type_coerce(
+                func.coalesce(CertificateRecord.revoked_at, CertificateRecord.created_at),
+                UTCDateTime,
+            ),
+            func.coalesce(CertificateRecord.revocation_reason, 0),
+        ).where(
+            CertificateRecord.ca_id == ca_id,
+            CertificateRecord.status == "revoked",
+            CertificateRecord.ca_generation == generation,
+        )
+        return [tuple(row) for row in self._session.execute(query)]  # type: ignore[misc]
 
     def outstanding_of(self, ca_id: str, generation: int, now: dt.datetime) -> int:
         """See :meth:`CertificateRepository.outstanding_of`."""
