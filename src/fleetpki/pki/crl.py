@@ -341,12 +341,12 @@ def _revoked_certificates(revoked: Iterable[RevokedRow]) -> bytes | None:
     encoded: list[bytes] = []
     previous = 0
     for serial, revoked_at, reason in rows:
+        if not 0 < serial <= _MAX_SERIAL or isinstance(serial, bool):
+            _check_serial(serial)
         if serial == previous:
             raise ValidationError(
                 "crl.duplicate_serial", f"serial {serial:#x} is listed more than once"
             )
-        if not 0 < serial <= _MAX_SERIAL or isinstance(serial, bool):
-            _check_serial(serial)
         previous = serial
         when = times.get(revoked_at)
         if when is None:

@@ -77,7 +77,7 @@ class _Snapshot:
 
     certificate_der: bytes
     key_ref: str
-    crl_number: int
+    cached: _Cached
     revision: int
     rows: list[tuple[str, dt.datetime, int]]
 
@@ -193,10 +193,13 @@ class CrlPublisher:
     def _rebuild(self, key: _Key) -> None:
         ca_id, generation = key
         snapshot = self._snapshot(ca_id, generation)
+        if snapshot.cached.fresh(self._clock()):
+            # Another builder (this process's or another's) stored one since it was asked.
+            return
         certificate = x509.load_der_x509_certificate(snapshot.certificate_der)
         this_update = self._clock().replace(microsecond=0)
         next_update = min(this_update + CRL_LIFETIME, certificate.not_valid_after_utc)
-        number = snapshot.crl_number + 1
+        number = snapshot.cached.crl_number + 1
         der = build_crl(
             certificate,
             self._keystore.signer(snapshot.key_ref),
@@ -227,10 +230,11 @@ class CrlPublisher:
             # The revision first: every revocation it counts has committed, so the rows
             # read after it list them all (more are harmless: the CRL stays stale).
             revision = row.crl_revision
+            cached = _Cached(row.crl_number, row.crl_next_update, row.crl_stale)
             # The root's CRL lists revoked subordinate CAs; fleetpki does not revoke CAs
             # yet, so it is empty.
             rows = [] if ca.tier == "root" else tx.certificates.revoked_rows_of(ca.id, generation)
-            return _Snapshot(row.certificate_der, row.key_ref, row.crl_number, revision, rows)
+            return _Snapshot(row.certificate_der, row.key_ref, cached, revision, rows)
 
 
 def _generation(ca: CARecord, number: int) -> CAGeneration:
