@@ -1,0 +1,357 @@
+"""fleetpki at 10,000 and 1,000,000 stored certificates, on SQLite and PostgreSQL.
+
+For each backend and each size, a fresh home is made, ``size`` certificate records are
+bulk-loaded straight into its ``certificates`` table (one SQLAlchemy Core executemany
+per 20,000 rows, not through the API: records that look like issued certificates, a
+share of them revoked, expiries spread over the next 90 days), and ``fleetpki serve
+--only ca`` is started on it. Then, over HTTPS with a token, as real clients do:
+
+- issuance rate: ``POST /v1/certificates`` from 4 keep-alive clients;
+- OCSP rate: ``POST /ocsp`` with nonces for stored serials (half of them revoked);
+- ``fleetpki cert list --expiring 30d`` run as a command on the home (local mode);
+- revocation latency: ``POST /v1/certificates/{serial}/revoke``, one at a time;
+- the CRL: the time from the first read after those revocations (served at once from
+  the cache, the previous CRL) until the rebuilt CRL is served, and the p99 latency of
+  OCSP requests sent while it builds (the build must not block them);
+- the server's memory: VmRSS and its peak VmHWM from /proc.
+
+    .venv/bin/python bench/scale.py                          # 10,000 and 1,000,000
+    .venv/bin/python bench/scale.py --sizes 2000,20000 --backends sqlite   # quick
+
+The 1,000,000 runs take minutes each (loading, then a CRL of ``size * revoked-share``
+entries). PostgreSQL is a throwaway cluster started for the run (tests/support).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+from sqlalchemy import create_engine, insert, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from ca_common import (  # noqa: E402
+    FleetHome,
+    Load,
+    csr_pem,
+    fleetpki_server,
+    run_round,
+)
+
+from fleetpki.api.background import free_port  # noqa: E402
+from fleetpki.application import init_home  # noqa: E402
+from fleetpki.services import Actor  # noqa: E402
+from fleetpki.settings import Settings  # noqa: E402
+from fleetpki.store.models import CertificateRecord, TemplateRecord  # noqa: E402
+
+CLIENTS = 4
+OCSP_TYPE = {"Content-Type": "application/ocsp-request"}
+CHUNK = 20_000
+
+
+@dataclass
+class Figures:
+    """What one (backend, size) run measured."""
+
+    load_s: float = 0.0
+    issuance_per_s: float = 0.0
+    ocsp_per_s: float = 0.0
+    cert_list_s: float = 0.0
+    revoke_p50_ms: float = 0.0
+    revoke_p99_ms: float = 0.0
+    crl_entries: int = 0
+    crl_first_read_ms: float = 0.0
+    crl_rebuild_s: float = 0.0
+    ocsp_during_build_p99_ms: float = 0.0
+    rss_mb: float = 0.0
+    hwm_mb: float = 0.0
+
+
+def _home(folder: Path, database_url: str | None) -> FleetHome:
+    api_port = free_port()
+    home = folder / "home"
+    settings = Settings.default_for(home, database_url).with_changes(
+        public_url=f"https://127.0.0.1:{api_port}",
+        api_port=api_port,
+        mqtt_port=free_port(),
+        key_passphrase_file=str(folder / "key-passphrase"),
+    )
+    fleet = init_home(settings).app
+    issuing = fleet.cas.current_issuer()
+    return FleetHome(
+        home, settings, fleet, issuing.id, "", issuing.certificate, Actor.local_admin()
+    )
+
+
+def bulk_load(fleet_home: FleetHome, size: int, revoked_share: float) -> list[tuple[str, bool]]:
+    """Insert ``size`` certificate records; return a sample of (serial_hex, revoked)."""
+    fleet = fleet_home.fleet
+    engine = create_engine(fleet.settings.database_url)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    with engine.begin() as connection:
+        template_id = connection.scalar(
+            select(TemplateRecord.id).where(TemplateRecord.ca_id == fleet_home.ca_id).limit(1)
+        )
+    # One real certificate's DER stands for all: the column has no uniqueness.
+    der = fleet_home.ca_certificate.public_bytes(serialization.Encoding.DER)
+    revoke_every = max(1, round(1 / revoked_share)) if revoked_share > 0 else 0
+    sample: list[tuple[str, bool]] = []
+    started = time.perf_counter()
+    with engine.begin() as connection:
+        for start in range(0, size, CHUNK):
+            rows = []
+            for index in range(start, min(size, start + CHUNK)):
+                serial = format(secrets.randbits(127) | 1 << 126, "X")
+                revoked = revoke_every > 0 and index % revoke_every == 0
+                not_after = now + dt.timedelta(seconds=(index * 7919) % (90 * 86400))
+                rows.append(
+                    {
+                        "ca_id": fleet_home.ca_id,
+                        "template_id": template_id,
+                        "domain_id": None,
+                        "serial_hex": serial,
+                        "subject_cn": f"bulk-{index}",
+                        "sans": [],
+                        "key_spec": "ec-p256",
+                        "not_before": now - dt.timedelta(days=1),
+                        "not_after": not_after,
+                        "sha1_hex": f"{index:040X}",
+                        "sha256_hex": f"{index:064X}",
+                        "der": der,
+                        "status": "revoked" if revoked else "valid",
+                        "revoked_at": now - dt.timedelta(seconds=index % 86400)
+                        if revoked
+                        else None,
+                        "revocation_reason": (index % 6) if revoked else None,
+                        "requested_by": fleet_home.admin.principal_id,
+                        "created_at": now - dt.timedelta(days=1),
+                        "ca_generation": 1,
+                    }
+                )
+                if index % max(1, size // 500) == 0:
+                    sample.append((serial, revoked))
+            connection.execute(insert(CertificateRecord), rows)
+    engine.dispose()
+    print(f"  loaded {size:,} records in {time.perf_counter() - started:.1f} s", flush=True)
+    return sample
+
+
+def _ocsp_request(issuer: x509.Certificate, serial_hex: str) -> bytes:
+    name_hash = hashes.Hash(hashes.SHA1())
+    name_hash.update(issuer.subject.public_bytes())
+    key_hash = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest
+    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        name_hash.finalize(), key_hash, int(serial_hex, 16), hashes.SHA1()
+    )
+    builder = builder.add_extension(x509.OCSPNonce(secrets.token_bytes(16)), critical=False)
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def _status_kb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _crl_number(der: bytes) -> int:
+    crl = x509.load_der_x509_crl(der)
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def measure(fleet_home: FleetHome, sample: list[tuple[str, bool]], requests: int) -> Figures:
+    """Run the measurements against ``fleetpki serve`` on the loaded home."""
+    figures = Figures()
+    admin = fleet_home.admin
+    names = [f"scale-{i}" for i in range(requests + 1)]
+    fleet_home.register(names)
+    token = fleet_home.fleet.principals.create_token(admin, admin.principal_id).secret
+    csrs = [csr_pem(name) for name in names]
+    issuer = fleet_home.ca_certificate
+    good = [serial for serial, revoked in sample if not revoked]
+    bad = [serial for serial, revoked in sample if revoked] or good
+    ocsp_bodies = [
+        _ocsp_request(issuer, (good if i % 2 else bad)[i % len(good if i % 2 else bad)])
+        for i in range(2 * requests)
+    ]
+    ca_id = fleet_home.ca_id
+
+    def client() -> httpx.Client:
+        return httpx.Client(
+            base_url=fleet_home.base_url,
+            verify=str(fleet_home.bundle),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=120,
+        )
+
+    def issue(http: httpx.Client, csr: str) -> None:
+        http.post("/v1/certificates", json={"csr": csr, "ca_id": ca_id}).raise_for_status()
+
+    def ask(http: httpx.Client, body: bytes) -> None:
+        answer = http.post("/ocsp", content=body, headers=OCSP_TYPE)
+        answer.raise_for_status()
+        if ocsp.load_der_ocsp_response(answer.content).response_status.value != 0:
+            raise RuntimeError("OCSP refused")
+
+    with fleetpki_server(fleet_home) as server:
+        issued, asked = Load(), Load()
+        run_round(issued, server.pid, csrs[0], csrs[1:], issue, client, CLIENTS)
+        run_round(asked, server.pid, ocsp_bodies[0], ocsp_bodies[1:], ask, client, CLIENTS)
+        figures.issuance_per_s = statistics.median(issued.rates)
+        figures.ocsp_per_s = statistics.median(asked.rates)
+
+        command = [
+            str(Path(sys.executable).parent / "fleetpki"),
+            "--home",
+            str(fleet_home.home),
+            "cert",
+            "list",
+            "--expiring",
+            "30d",
+            "--output",
+            "json",
+        ]
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        figures.cert_list_s = time.perf_counter() - started
+
+        with client() as http:
+            crl_url = f"/crl/{ca_id}.crl"
+            before = http.get(crl_url, timeout=600).content  # the CRL of the loaded records
+            latencies = []
+            for serial in good[: min(50, len(good))]:
+                started = time.perf_counter()
+                http.post(f"/v1/certificates/{serial}/revoke", json={"reason": 1})
+                latencies.append((time.perf_counter() - started) * 1000)
+            latencies.sort()
+            figures.revoke_p50_ms = statistics.median(latencies)
+            figures.revoke_p99_ms = latencies[min(len(latencies) - 1, round(len(latencies) * 0.99))]
+
+            started = time.perf_counter()
+            first = http.get(crl_url).content
+            figures.crl_first_read_ms = (time.perf_counter() - started) * 1000
+            ocsp_latencies: list[float] = []
+            done = threading.Event()
+
+            def probe() -> None:
+                with client() as other:
+                    index = 0
+                    while not done.is_set():
+                        began = time.perf_counter()
+                        ask(other, ocsp_bodies[index % len(ocsp_bodies)])
+                        ocsp_latencies.append((time.perf_counter() - began) * 1000)
+                        index += 1
+
+            prober = threading.Thread(target=probe)
+            prober.start()
+            while _crl_number(first) <= _crl_number(before):
+                time.sleep(0.05)
+                first = http.get(crl_url).content
+            figures.crl_rebuild_s = time.perf_counter() - started
+            done.set()
+            prober.join()
+            ocsp_latencies.sort()
+            if ocsp_latencies:
+                figures.ocsp_during_build_p99_ms = ocsp_latencies[
+                    min(len(ocsp_latencies) - 1, round(len(ocsp_latencies) * 0.99))
+                ]
+            figures.crl_entries = len(x509.load_der_x509_crl(first))
+        figures.rss_mb = _status_kb(server.pid, "VmRSS")
+        figures.hwm_mb = _status_kb(server.pid, "VmHWM")
+    return figures
+
+
+@contextmanager
+def _database(backend: str, folder: Path) -> Iterator[str | None]:
+    if backend == "sqlite":
+        yield None
+        return
+    from support.postgres import start_postgres
+
+    server = start_postgres(folder / "postgres")
+    try:
+        yield server.create_database(f"scale_{os.getpid()}")
+    finally:
+        server.stop()
+
+
+def run(backend: str, size: int, revoked_share: float, requests: int) -> Figures:
+    """One (backend, size) run in a scratch folder."""
+    print(f"{backend}, {size:,} certificates:", flush=True)
+    with tempfile.TemporaryDirectory(prefix="fleetpki-scale-") as scratch:
+        folder = Path(scratch)
+        with _database(backend, folder) as url:
+            fleet_home = _home(folder, url)
+            started = time.perf_counter()
+            sample = bulk_load(fleet_home, size, revoked_share)
+            load_s = time.perf_counter() - started
+            figures = measure(fleet_home, sample, requests)
+            figures.load_s = load_s
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,1000000", help="comma-separated")
+    parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated")
+    parser.add_argument("--revoked-share", type=float, default=0.1)
+    parser.add_argument("--requests", type=int, default=200, help="per measured rate")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: dict[tuple[str, int], Figures] = {}
+    for backend in args.backends.split(","):
+        for size in sizes:
+            results[backend, size] = run(backend, size, args.revoked_share, args.requests)
+    rows = [
+        ("bulk load, s", "load_s", "{:.1f}"),
+        ("issuances/s (HTTPS, 4 clients)", "issuance_per_s", "{:.0f}"),
+        ("OCSP responses/s (HTTPS, 4 clients, nonces)", "ocsp_per_s", "{:.0f}"),
+        ("`cert list --expiring 30d`, s (command)", "cert_list_s", "{:.2f}"),
+        ("revocation p50 / p99, ms (HTTPS)", "revoke", ""),
+        ("CRL entries", "crl_entries", "{:,}"),
+        ("first CRL read after revoking, ms (cached)", "crl_first_read_ms", "{:.0f}"),
+        ("CRL rebuilt and served after, s", "crl_rebuild_s", "{:.1f}"),
+        ("OCSP p99 while the CRL builds, ms", "ocsp_during_build_p99_ms", "{:.0f}"),
+        ("server memory VmRSS / peak VmHWM, MB", "memory", ""),
+    ]
+    columns = list(results)
+    print(
+        f"\nrevoked share {args.revoked_share:.0%}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end"
+    )
+    print("| measure | " + " | ".join(f"{b} {s:,}" for b, s in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for title, attribute, form in rows:
+        cells = []
+        for key in columns:
+            f = results[key]
+            if attribute == "revoke":
+                cells.append(f"{f.revoke_p50_ms:.1f} / {f.revoke_p99_ms:.1f}")
+            elif attribute == "memory":
+                cells.append(f"{f.rss_mb:.0f} / {f.hwm_mb:.0f}")
+            else:
+                cells.append(form.format(getattr(f, attribute)))
+        print(f"| {title} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
