@@ -48,7 +48,7 @@ from sqlalchemy import create_engine, insert, select
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from ca_common import (  # noqa: E402
+from ca_common import (
     FleetHome,
     Load,
     csr_pem,
@@ -56,11 +56,11 @@ from ca_common import (  # noqa: E402
     run_round,
 )
 
-from fleetpki.api.background import free_port  # noqa: E402
-from fleetpki.application import init_home  # noqa: E402
-from fleetpki.services import Actor  # noqa: E402
-from fleetpki.settings import Settings  # noqa: E402
-from fleetpki.store.models import CertificateRecord, TemplateRecord  # noqa: E402
+from fleetpki.api.background import free_port
+from fleetpki.application import init_home
+from fleetpki.services import Actor
+from fleetpki.settings import Settings
+from fleetpki.store.models import CertificateRecord, TemplateRecord
 
 CLIENTS = 4
 OCSP_TYPE = {"Content-Type": "application/ocsp-request"}
@@ -239,7 +239,9 @@ def measure(fleet_home: FleetHome, sample: list[tuple[str, bool]], requests: int
             latencies = []
             for serial in good[: min(50, len(good))]:
                 started = time.perf_counter()
-                http.post(f"/v1/certificates/{serial}/revoke", json={"reason": 1})
+                http.post(
+                    f"/v1/certificates/{serial}/revoke", json={"reason": 1}
+                ).raise_for_status()
                 latencies.append((time.perf_counter() - started) * 1000)
             latencies.sort()
             figures.revoke_p50_ms = statistics.median(latencies)
