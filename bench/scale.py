@@ -146,7 +146,8 @@ def bulk_load(fleet_home: FleetHome, size: int, revoked_share: float) -> list[tu
                         "ca_generation": 1,
                     }
                 )
-                if index % max(1, size // 500) == 0:
+                # Pairs of neighbours: one of each pair is revoked when every tenth is.
+                if index % max(2, size // 500) in (0, 1):
                     sample.append((serial, revoked))
             connection.execute(insert(CertificateRecord), rows)
     engine.dispose()
