@@ -287,7 +287,9 @@ class CertificateRecord(Base):
     revoked_at: Mapped[dt.datetime | None]
     revocation_reason: Mapped[int | None] = mapped_column(Integer)
     requested_by: Mapped[str] = mapped_column(String(64))
-    renews_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
+    # Indexed: a renewal looks up its predecessor's successor, and housekeeping finds
+    # renewed certificates, without scanning every certificate.
+    renews_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"), index=True)
     created_at: Mapped[dt.datetime]
     # The generation of the CA that signed it (CAGeneration.number).
     ca_generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
