@@ -105,6 +105,10 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # A million certificates make indexes of ~200 MB that issuance inserts into at random
+    # (serials, thumbprints): read them through a shared memory map instead of each
+    # connection's 2 MB page cache.
+    cursor.execute("PRAGMA mmap_size=1073741824")
     cursor.close()
 
 
