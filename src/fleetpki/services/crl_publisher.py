@@ -57,6 +57,17 @@ class _Cached:
     crl_number: int
     next_update: dt.datetime | None
     stale: bool
+    revision: int = 0
+    built_revision: int = 0
+
+    def covers(self, revision: int, now: dt.datetime) -> bool:
+        """Whether the CRL lists the revocations up to ``revision`` and is not yet due."""
+        return (
+            self.crl_number > 0
+            and self.built_revision >= revision
+            and self.next_update is not None
+            and now < self.next_update - CRL_REFRESH_MARGIN
+        )
 
     def fresh(self, now: dt.datetime) -> bool:
         return (
@@ -136,18 +147,21 @@ class CrlPublisher:
 
     def refresh(self, ca_id: str, generation: int = 1) -> CrlView:
         """The up-to-date CRL of a CA generation: waits until one lists every revocation
-        committed before this call (and is not due), building it if need be.
+        committed before this call (and is not due), building it if need be; later
+        revocations do not keep it waiting.
 
         Raises:
             NotFoundError: ``ca.not_found`` (for the CA or the generation).
         """
-        while True:
-            key, cached = self._cached(ca_id, generation)
-            if cached.fresh(self._clock()):
-                return self._view(key, cached)
+        key, cached = self._cached(ca_id, generation)
+        # Revocations that commit after this call do not keep it waiting.
+        target = cached.revision
+        while not cached.covers(target, self._clock()):
             # A build already under way may have read before the last revocation; once
             # it is done the row says whether another one is needed.
             self._start(key).result()
+            key, cached = self._cached(ca_id, generation)
+        return self._view(key, cached)
 
     def close(self) -> None:
         """Stop the background builder (waiting for a build under way)."""
@@ -158,7 +172,11 @@ class CrlPublisher:
         with self._store.transaction() as tx:
             row = _generation(ca_record(tx, ca_id), generation)
             return (row.ca_id, generation), _Cached(
-                row.crl_number, row.crl_next_update, row.crl_stale
+                row.crl_number,
+                row.crl_next_update,
+                row.crl_stale,
+                row.crl_revision,
+                row.crl_built_revision,
             )
 
     def _view(self, key: _Key, cached: _Cached) -> CrlView:
