@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -340,7 +341,13 @@ def _revoked_certificates(revoked: Iterable[RevokedRow]) -> bytes | None:
     times: dict[dt.datetime, bytes] = {}
     encoded: list[bytes] = []
     previous = 0
-    for serial, revoked_at, reason in rows:
+    for index, (serial, revoked_at, reason) in enumerate(rows):
+        if not index % _ENTRIES_BETWEEN_PAUSES:
+            # A million entries take seconds of pure Python: let the process's other
+            # threads (the requests a server answers meanwhile) take the interpreter
+            # now and then rather than wait for its switch interval at each of their
+            # I/O returns.
+            time.sleep(0)
         if not 0 < serial <= _MAX_SERIAL or isinstance(serial, bool):
             _check_serial(serial)
         if serial == previous:
@@ -396,6 +403,7 @@ def _reason_extensions(reason: RevocationReason) -> bytes:
     return encode(_SEQUENCE, extension)
 
 
+_ENTRIES_BETWEEN_PAUSES = 256
 _SEQUENCE = 0x30
 _INTEGER = 0x02
 _OCTET_STRING = 0x04

@@ -170,7 +170,8 @@ class CertificateRepository(Protocol):
 
     def revoked_rows_of(self, ca_id: str, generation: int) -> list[tuple[str, dt.datetime, int]]:
         """``(serial_hex, revoked_at, reason code)`` of each revoked certificate of one CA
-        generation: what its CRL lists, read as plain rows (a CRL may list millions).
+        generation, in serial order: what its CRL lists, read as plain rows (a CRL may list
+        millions).
         """
         ...
 

@@ -118,6 +118,11 @@ class SqlCertificateRepository:
             CertificateRecord.status == "revoked",
             CertificateRecord.ca_generation == generation,
         )
+        # In serial order, sorted by the database: canonical hex (no leading zeros)
+        # sorts as its number does when shorter strings come first.
+        query = query.order_by(
+            func.length(CertificateRecord.serial_hex), CertificateRecord.serial_hex
+        )
         return [tuple(row) for row in self._session.execute(query)]  # type: ignore[misc]
 
     def outstanding_of(self, ca_id: str, generation: int, now: dt.datetime) -> int:
