@@ -189,7 +189,7 @@ def bulk_load(
                 with cursor.copy(f"COPY certificates ({_COLUMNS}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
-    with engine.connect() as connection:
+    with engine.begin() as connection:
         # Statistics for the planner, and on SQLite the load moved out of the WAL into
         # the database file, so that the server's first writes do not pay for it.
         connection.exec_driver_sql("ANALYZE certificates" if not sqlite else "ANALYZE")
