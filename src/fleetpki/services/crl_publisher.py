@@ -186,13 +186,14 @@ class CrlPublisher:
         if held is not None and held[0] == cached.crl_number:
             return CrlView(held[1], cached.next_update)
         with self._store.transaction() as tx:
-            row = _generation(ca_record(tx, key[0]), key[1])
-            number, der, next_update = row.crl_number, row.crl_der, row.crl_next_update
-        assert der is not None
-        assert next_update is not None
+            # The row first: a CRL stored in between is newer and lapses later still.
+            next_update = _generation(ca_record(tx, key[0]), key[1]).crl_next_update
+            stored = tx.cas.crl_der(*key)
+        if stored is None or next_update is None:
+            raise NotFoundError("crl.not_found", f"no CRL is stored for CA {key[0]}")
         # The row may have moved on since ``cached`` was read: serve what it holds now.
-        self._der[key] = (number, der)
-        return CrlView(der, next_update)
+        self._der[key] = stored
+        return CrlView(stored[1], next_update)
 
     def _start(self, key: _Key) -> Future[None]:
         with self._lock:

@@ -35,6 +35,7 @@ __all__ = [
     "CAGeneration",
     "CARecord",
     "CertificateRecord",
+    "CrlRecord",
     "DomainMember",
     "DomainRecord",
     "EventConsumer",
@@ -129,9 +130,9 @@ class CAGeneration(Base):
     A generation is *pending* until every hub link that trusts the CA holds it
     verified, then *active* (it issues), then *retiring* once a newer one is active
     (still trusted: certificates it issued are outstanding), and *retired* when none
-    is left. Each generation has its own CRL, cached here (RFC 5280 §5: the last CRL
-    built, its number and when it lapses; a revocation sets ``crl_stale`` and counts
-    in ``crl_revision``).
+    is left. Each generation has its own CRL: its number, when it lapses and whether it is
+    stale are here (a revocation sets ``crl_stale`` and counts in ``crl_revision``), its
+    DER in :class:`CrlRecord`.
     """
 
     __tablename__ = "ca_generations"
@@ -154,8 +155,8 @@ class CAGeneration(Base):
     activated_at: Mapped[dt.datetime | None]
     retired_at: Mapped[dt.datetime | None]
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
-    # Deferred: a CRL of a million entries is ~45 MB, and revocation, issuance and OCSP
-    # load generations without wanting it.
+    # Unused since migration 0013 (the DER is in ``ca_crls``, CrlRecord); deferred so
+    # that loading a generation never reads it.
     crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -172,6 +173,21 @@ class CAGeneration(Base):
     back_cross_der: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     ca: Mapped[CARecord] = relationship(back_populates="generations")
+
+
+class CrlRecord(Base):
+    """The last CRL built for a CA generation, as DER.
+
+    Apart from :class:`CAGeneration`'s row, which a revocation updates: SQLite rewrites
+    a whole row on update, and a CRL of a million entries is ~45 MB.
+    """
+
+    __tablename__ = "ca_crls"
+
+    ca_id: Mapped[str] = mapped_column(ForeignKey("cas.id"), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    crl_number: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TemplateRecord(Base):

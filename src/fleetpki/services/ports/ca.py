@@ -91,6 +91,10 @@ class CARepository(Protocol):
         """
         ...
 
+    def crl_der(self, ca_id: str, number: int) -> tuple[int, bytes] | None:
+        """The number and DER of the last CRL stored for generation ``number``, if any."""
+        ...
+
     def lock_for_crl(self, ca_id: str) -> CARecord:
         """The CA re-read under a lock that serialises CRL rebuilds of this CA.
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from fleetpki.store.models import CAGeneration, CARecord, TemplateRecord
+from fleetpki.store.models import CAGeneration, CARecord, CrlRecord, TemplateRecord
 
 __all__ = ["SqlCARepository", "SqlTemplateRepository"]
 
@@ -106,7 +106,7 @@ class SqlCARepository:
         built_revision: int,
     ) -> bool:
         """See :meth:`CARepository.store_crl`."""
-        result = self._session.execute(
+        cas = self._session.execute(
             update(CAGeneration)
             .where(
                 CAGeneration.ca_id == ca_id,
@@ -115,14 +115,31 @@ class SqlCARepository:
             )
             .values(
                 crl_number=crl_number,
-                crl_der=der,
                 crl_next_update=next_update,
                 crl_built_revision=built_revision,
                 crl_stale=case((CAGeneration.crl_revision == built_revision, False), else_=True),
             )
             .execution_options(synchronize_session=False)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        if not cas.rowcount:  # type: ignore[attr-defined]
+            return False
+        # Replaced, not merged: a merge would read the old CRL first.
+        self._session.execute(
+            delete(CrlRecord).where(CrlRecord.ca_id == ca_id, CrlRecord.generation == number)
+        )
+        self._session.execute(
+            insert(CrlRecord).values(ca_id=ca_id, generation=number, crl_number=crl_number, der=der)
+        )
+        return True
+
+    def crl_der(self, ca_id: str, number: int) -> tuple[int, bytes] | None:
+        """See :meth:`CARepository.crl_der`."""
+        row = self._session.execute(
+            select(CrlRecord.crl_number, CrlRecord.der).where(
+                CrlRecord.ca_id == ca_id, CrlRecord.generation == number
+            )
+        ).first()
+        return None if row is None else (row[0], row[1])
 
 
 class SqlTemplateRepository:
