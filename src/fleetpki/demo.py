@@ -87,6 +87,8 @@ def _create_ca(state: DemoState, _console: Console) -> str:
         public_url=f"https://127.0.0.1:{api_port}",
         api_port=api_port,
         mqtt_port=mqtt_port,
+        # AMQP on a free port too: 5671 may be taken by a real server on this machine.
+        amqp_port=free_port(),
         # The hub link below gets its Azure tokens here (off by default elsewhere).
         token_endpoint_enabled=True,
         # Outside the home, as `fleetpki init` keeps it, and removed with the demo.

@@ -87,6 +87,19 @@ def test_serve_says_what_the_azure_sdks_cannot_reach(
         assert text in note
 
 
+@pytest.mark.parametrize(
+    ("amqp_port", "expected"),
+    [(5671, []), (-1, []), (15671, ["dial AMQP on 5671 only"])],
+)
+def test_serve_says_when_the_amqp_port_is_out_of_the_sdks_reach(
+    amqp_port: int, expected: list[str]
+) -> None:
+    notes = azure_port_notes("hub.lan", 443, 8883, None, amqp_port)
+    assert len(notes) == len(expected)
+    for note, text in zip(notes, expected, strict=True):
+        assert text in note
+
+
 def test_on_443_the_service_connection_string_names_the_bare_host(
     tmp_path: Path, key_passphrase: None
 ) -> None:

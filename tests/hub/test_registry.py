@@ -355,6 +355,9 @@ class _RecordingInvoker:
     def connected_device_count(self) -> int:
         return 7
 
+    def is_device_connected(self, device_id: str) -> bool:
+        return False
+
 
 @pytest.fixture
 def other_fleet(tmp_path: Any, key_passphrase: None) -> Iterator[FleetPKI]:

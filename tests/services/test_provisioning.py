@@ -26,16 +26,16 @@ from fleetpki.errors import (
 from fleetpki.hub.azure.dps import RegistrationStatus, Substatus
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
-from fleetpki.services.provisioning import (
-    DeviceCredentials,
-    RegistrationRequest,
-    StatusRequest,
-)
 from fleetpki.services.provisioning_enrollments import (
     AllocationPolicy,
     EnrollmentKind,
     EnrollmentSpec,
     ReprovisionPolicy,
+)
+from fleetpki.services.provisioning_requests import (
+    DeviceCredentials,
+    RegistrationRequest,
+    StatusRequest,
 )
 from support.api import row_counts
 from support.hub_control import ForeignCA, issue_device_certificate, issuing_ca

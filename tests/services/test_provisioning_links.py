@@ -16,13 +16,13 @@ from fleetpki.hub.azure.dps import RegistrationStatus
 from fleetpki.services import Actor
 from fleetpki.services.context import LOCAL_ADMIN_ID
 from fleetpki.services.hub_links import link_command
-from fleetpki.services.provisioning import DeviceCredentials, RegistrationRequest
 from fleetpki.services.provisioning_enrollments import (
     AllocationPolicy,
     EnrollmentKind,
     EnrollmentSpec,
     hub_for,
 )
+from fleetpki.services.provisioning_requests import DeviceCredentials, RegistrationRequest
 from support.hub_control import issue_device_certificate, issuing_ca
 from support.server import LiveServer, start_server
 

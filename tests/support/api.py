@@ -83,6 +83,8 @@ _COUNTED = (
     models.OutboxEvent,
     models.UsedTokenId,
     hub_models.HubCA,
+    hub_models.HubMessage,
+    hub_models.HubC2DMessage,
     hub_models.HubLink,
     hub_models.HubLinkCA,
     hub_models.HubLinkGeneration,

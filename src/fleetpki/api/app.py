@@ -28,6 +28,7 @@ from fleetpki.api.problems import (
     http_exception_handler,
     validation_error_handler,
 )
+from fleetpki.api.status import OcspFastPath
 from fleetpki.application import FleetPKI
 from fleetpki.errors import FleetPKIError, ValidationError
 
@@ -47,6 +48,7 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.status",
     "fleetpki.api.est",
     "fleetpki.api.hub_websocket",
+    "fleetpki.api.amqp_websocket",
     "fleetpki.api.arm",
     "fleetpki.api.oauth",
     # Last: its runtime routes start with a path parameter (the ID scope).
@@ -176,6 +178,8 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
     app.add_middleware(ErrorBoundaryMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
+    # Outermost: cached OCSP answers skip the framework (see OcspFastPath).
+    app.add_middleware(OcspFastPath, fleet=fleet, metrics=metrics)
     app.add_api_route("/healthz", _health, methods=["GET"], tags=["operations"])
     app.add_api_route(
         "/metrics", _metrics, methods=["GET"], tags=["operations"], response_class=Response
@@ -184,4 +188,9 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
         router = importlib.import_module(module_name).router
         assert isinstance(router, APIRouter)
         app.include_router(router)
+    # The web portal: ``/`` and ``/portal/``. Imported here: the portal's modules use the
+    # API's dependencies (fleetpki.api.deps), so importing it at the top would be circular.
+    from fleetpki.portal import include_portal
+
+    include_portal(app, fleet)
     return app

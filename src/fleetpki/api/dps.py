@@ -47,13 +47,17 @@ from fleetpki.api.problems import INTERNAL_ERROR, count_refusal, http_error, rep
 from fleetpki.api.tls import CLIENT_CERT_STATE_KEY, CLIENT_CHAIN_STATE_KEY
 from fleetpki.errors import FleetPKIError, ThrottledError, ValidationError, http_status_for
 from fleetpki.hub.azure.dps import dps_error_body, parse_register_body, utc_text
-from fleetpki.services.provisioning import DeviceCredentials, RegistrationRequest, StatusRequest
 from fleetpki.services.provisioning_enrollments import (
     AllocationPolicy,
     EnrollmentKind,
     EnrollmentSpec,
     EnrollmentView,
     ReprovisionPolicy,
+)
+from fleetpki.services.provisioning_requests import (
+    DeviceCredentials,
+    RegistrationRequest,
+    StatusRequest,
 )
 
 __all__ = [

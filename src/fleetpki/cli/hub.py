@@ -322,6 +322,12 @@ def _connection_string(fleet: FleetPKI, policy: str, hostname: str | None) -> st
     return fleet.hub_sas.connection_string(policy, hostname)
 
 
+def _eventhub_connection_string(fleet: FleetPKI, policy: str, hostname: str | None) -> str:
+    return fleet.hub_sas.eventhub_connection_string(
+        policy, hostname or fleet.settings.hostname, fleet.hub_eventhub.name
+    )
+
+
 @app.command("trust")
 def trust(
     ctx: typer.Context, ca_id: Annotated[str, typer.Argument(help="The id of a fleetpki CA.")]
@@ -340,9 +346,25 @@ def connection_string(
     hostname: Annotated[
         str | None, typer.Option(help="HostName to print (default: the hub hostname:API port).")
     ] = None,
+    eventhub: Annotated[
+        bool,
+        typer.Option(
+            "--eventhub",
+            help="Print the Event Hubs-compatible endpoint's string (Endpoint=sb://...;"
+            "EntityPath=...) for azure-eventhub's EventHubConsumerClient.",
+        ),
+    ] = False,
 ) -> None:
-    """Print a service connection string for the Azure IoT Hub SDKs."""
-    text = _connection_string(cli_context(ctx).fleet("hub connection-string"), policy, hostname)
+    """Print a service connection string for the Azure IoT Hub SDKs.
+
+    With ``--eventhub``, the string of the built-in Event Hubs-compatible endpoint: AMQP
+    on port 5671 of the hub's hostname (``amqp_port``), the Event Hub named after the hub.
+    """
+    fleet = cli_context(ctx).fleet("hub connection-string")
+    if eventhub:
+        text = _eventhub_connection_string(fleet, policy, hostname)
+    else:
+        text = _connection_string(fleet, policy, hostname)
     typer.echo(text)
 
 

@@ -28,7 +28,6 @@ from fleetpki.cli.output import (
 )
 from fleetpki.errors import ValidationError
 from fleetpki.services import Actor
-from fleetpki.services.provisioning import ProvisioningView
 from fleetpki.services.provisioning_enrollments import (
     AllocationPolicy,
     EnrollmentKind,
@@ -36,6 +35,7 @@ from fleetpki.services.provisioning_enrollments import (
     EnrollmentView,
     ReprovisionPolicy,
 )
+from fleetpki.services.provisioning_requests import ProvisioningView
 
 __all__ = ["enrollment_app", "group_app", "provisioning_app"]
 

@@ -9,7 +9,7 @@ from fleetpki.hub.azure.dps import DpsUsername
 from fleetpki.hub.azure.topics import ClientIdentity
 from fleetpki.hub.backend import AuthenticatedDevice
 from fleetpki.hub.protocol import ServerConnection
-from fleetpki.services.provisioning import DeviceCredentials
+from fleetpki.services.provisioning_requests import DeviceCredentials
 
 __all__ = ["Link", "ProvisioningClient"]
 

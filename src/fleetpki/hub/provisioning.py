@@ -53,7 +53,11 @@ from fleetpki.hub.protocol import (
     QoS,
     Subscribed,
 )
-from fleetpki.services.provisioning import DeviceCredentials, RegistrationRequest, StatusRequest
+from fleetpki.services.provisioning_requests import (
+    DeviceCredentials,
+    RegistrationRequest,
+    StatusRequest,
+)
 
 __all__ = ["ProvisioningChannel", "ProvisioningClient", "ProvisioningEndpoint"]
 

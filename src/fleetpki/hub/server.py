@@ -16,13 +16,14 @@ traffic does not reschedule it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fleetpki.hub.azure.topics import ClientIdentity
 from fleetpki.hub.backend import AuthenticatedDevice, HubBackend
@@ -43,6 +44,9 @@ from fleetpki.hub.protocol import (
 from fleetpki.hub.tls import hub_ssl_context, peer_certificates
 from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener, listening_socket
 from fleetpki.settings import DEFAULT_MQTT_PORT
+
+if TYPE_CHECKING:
+    from fleetpki.hub.amqp.server import AmqpServer
 
 __all__ = ["HubConnection", "HubServer", "HubTLS", "start_hub"]
 
@@ -250,6 +254,8 @@ class HubServer:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self._listener: GuardedListener | None = None
+        #: The AMQP listener beside this one, when ``start_hub`` started it.
+        self.amqp: AmqpServer | None = None
 
     @property
     def port(self) -> int:
@@ -287,6 +293,10 @@ class HubServer:
 
     async def stop(self) -> None:
         """Stop listening, close every connection and store pending telemetry."""
+        if self.amqp is not None:
+            amqp, self.amqp = self.amqp, None
+            await amqp.stop()
+            amqp.services.executor.shutdown(wait=False)
         listener = self._listener
         if listener is not None:
             listener.close()
@@ -315,6 +325,7 @@ async def start_hub(
     port: int | None = None,
     hostnames: Iterable[str] | None = None,
     backend: HubBackend | None = None,
+    amqp_port: int | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Start the hub for ``fleetpki serve`` in the running loop; return its stopper.
 
@@ -324,8 +335,12 @@ async def start_hub(
     for the service API, until it stops. The stopper is the
     `HubServer.stop` bound method, so ``stopper.__self__`` is the running server.
 
+    The AMQP listener (`fleetpki.hub.amqp.server`) starts beside MQTT on
+    ``amqp_port`` (default: the ``amqp_port`` setting; -1: not at all) with the same
+    TLS context, and stops with it.
+
     Raises:
-        ConflictError: ``serve.port_in_use`` when the MQTT port is taken.
+        ConflictError: ``serve.port_in_use`` when the MQTT or the AMQP port is taken.
     """
     settings = fleet.settings
     host = host or settings.host
@@ -346,6 +361,25 @@ async def start_hub(
         handshake_timeout=float(settings.tls_handshake_timeout_seconds),
     )
     await server.start(host, port)
+    amqp_port = settings.amqp_port if amqp_port is None else amqp_port
+    if amqp_port >= 0:
+        from fleetpki.hub.amqp.server import AmqpServer, amqp_services
+
+        executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="fleetpki-amqp")
+        amqp = AmqpServer(
+            amqp_services(fleet, executor),
+            context,
+            max_connections=settings.mqtt_max_connections,
+            handshake_timeout=float(settings.tls_handshake_timeout_seconds),
+        )
+        try:
+            await amqp.start(host, amqp_port)
+        except BaseException:
+            executor.shutdown(wait=False)
+            await server.stop()
+            raise
+        server.amqp = amqp
+        _log.info("fleetpki hub on amqps://%s:%s", host, amqp.port)
     from fleetpki.hub.store_backend import StoreHubBackend
 
     if isinstance(backend, StoreHubBackend):

@@ -144,6 +144,10 @@ class BrokerMethodInvoker:
         """Devices connected to the broker now."""
         return self.broker.connected_device_count
 
+    def is_device_connected(self, device_id: str) -> bool:
+        """Whether the device has a live, accepted connection to the broker now."""
+        return self.broker.is_connected(device_id)
+
 
 class StoreHubBackend:
     """A `HubBackend` on the fleetpki database.

@@ -49,6 +49,10 @@ class MethodInvoker(Protocol):
         """Devices connected now."""
         ...
 
+    def is_device_connected(self, device_id: str) -> bool:
+        """Whether the device has a live, accepted connection now."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class MethodResult:

@@ -40,8 +40,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import math
-import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,7 +53,6 @@ from fleetpki.errors import (
     AuthenticationError,
     FleetPKIError,
     NotFoundError,
-    ThrottledError,
     ValidationError,
 )
 from fleetpki.hub.azure.dps import (
@@ -91,135 +88,29 @@ from fleetpki.services.provisioning_enrollments import (
     allocatable_hubs,
     hub_for,
 )
+from fleetpki.services.provisioning_requests import (
+    DeviceCredentials,
+    ProvisioningView,
+    RegistrationRequest,
+    StatusRequest,
+)
+from fleetpki.services.registration_throttle import (
+    RegistrationThrottle,
+)
 from fleetpki.store.hub_models import (
     ProvisioningEnrollment,
     ProvisioningOperation,
     ProvisioningRegistration,
 )
 
-__all__ = [
-    "DEFAULT_REGISTER_INTERVAL",
-    "DeviceCredentials",
-    "ProvisioningService",
-    "ProvisioningView",
-    "RegistrationRequest",
-    "RegistrationThrottle",
-    "StatusRequest",
-    "id_scope_for",
-]
+__all__ = ["ProvisioningService"]
 
 _log = logging.getLogger("fleetpki.provisioning")
 
-#: Seconds a registration id must wait between two registrations (``Settings``).
-DEFAULT_REGISTER_INTERVAL = 1.0
 #: A device's registration payload is kept with its state; larger ones are refused.
 _MAX_PAYLOAD_BYTES = 4096
 #: Seconds a device is told to wait before it polls an operation.
 _POLL_AFTER = 1
-
-
-def id_scope_for(seed: str) -> str:
-    """An ID scope in Azure's form (``0ne`` and eight hex digits), fixed for ``seed``."""
-    return "0ne" + hashlib.sha256(seed.encode()).hexdigest()[:8].upper()
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceCredentials:
-    """What the device presented in TLS: its certificate and the others it sent (DER)."""
-
-    leaf_der: bytes | None
-    chain_der: tuple[bytes, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrationRequest:
-    """A registration, as a device protocol received it.
-
-    Attributes:
-        id_scope / registration_id: from the username (MQTT) or the path (HTTPS).
-        credentials: the TLS client certificate and chain.
-        body_registration_id: the body's ``registrationId`` (must equal the other).
-        payload: the body's ``payload`` (custom data: checked to be small JSON, then
-            unused, since custom allocation is not served).
-        source: where it came from, for the audit log (``mqtt``, a client address).
-    """
-
-    id_scope: str
-    registration_id: str
-    credentials: DeviceCredentials
-    body_registration_id: str | None = None
-    payload: Any = None
-    source: str = "mqtt"
-
-
-@dataclass(frozen=True, slots=True)
-class StatusRequest:
-    """A device polling its registration operation."""
-
-    id_scope: str
-    registration_id: str
-    operation_id: str
-    credentials: DeviceCredentials
-
-
-@dataclass(frozen=True, slots=True)
-class ProvisioningView:
-    """The provisioning service of this installation (``fleetpki hub provisioning show``).
-
-    Attributes:
-        id_scope: what devices send with every registration.
-        endpoint: the host name devices provision at (the built-in hub's).
-        mqtt_port / api_port: MQTT on the hub's port, HTTPS (and MQTT over WebSockets)
-            on the API port.
-        hubs: where enrollments may send devices.
-        groups / individual_enrollments: how many enrollments there are.
-    """
-
-    id_scope: str
-    endpoint: str
-    mqtt_port: int
-    api_port: int
-    hubs: tuple[AllocatableHub, ...]
-    groups: int
-    individual_enrollments: int
-
-
-class RegistrationThrottle:
-    """At most one registration per ``interval`` seconds per registration id, per process.
-
-    A sooner one is refused with the whole seconds left as ``retry-after``, which the
-    Azure SDK waits before it sends the request again (ref §2). Thread-safe.
-    """
-
-    def __init__(self, interval: float = DEFAULT_REGISTER_INTERVAL) -> None:
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._last: dict[str, dt.datetime] = {}
-
-    def check(self, registration_id: str, now: dt.datetime) -> None:
-        """Count a registration of ``registration_id`` now, or refuse it.
-
-        Raises:
-            ThrottledError: ``provisioning.throttled`` with ``retry_after``.
-        """
-        if self.interval <= 0:
-            return
-        with self._lock:
-            last = self._last.get(registration_id)
-            if last is not None:
-                waited = (now - last).total_seconds()
-                if 0 <= waited < self.interval:
-                    retry_after = max(1, math.ceil(self.interval - waited))
-                    raise ThrottledError(
-                        "provisioning.throttled",
-                        f"registration {registration_id!r} is registering too often; "
-                        f"retry after {retry_after} s",
-                        retry_after=retry_after,
-                    )
-            self._last[registration_id] = now
-            if len(self._last) > 10_000:
-                horizon = now - dt.timedelta(seconds=self.interval)
-                self._last = {k: v for k, v in self._last.items() if v >= horizon}
 
 
 @dataclass(slots=True)

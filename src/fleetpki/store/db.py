@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetpki.errors import UnavailableError, ValidationError
 
-__all__ = ["DATABASE_UNAVAILABLE", "Database", "is_unavailable", "sqlite_url"]
+__all__ = [
+    "DATABASE_UNAVAILABLE",
+    "DEFAULT_SQLITE_BUSY_TIMEOUT",
+    "Database",
+    "is_unavailable",
+    "sqlite_url",
+]
 
 #: The code of the error a unit of work fails with while the database does not answer.
 DATABASE_UNAVAILABLE = "database.unavailable"
@@ -77,6 +84,35 @@ def sqlite_url(path: Path) -> str:
 
 # What SQLite adds to a database file's name for its write-ahead log and shared memory.
 _COMPANIONS = ("-wal", "-shm", "-journal")
+# The WAL-index header at the start of the -shm file: 48 bytes that every committed
+# transaction changes (iChange, mxFrame, the checksums; sqlite.org/walformat.html §2.1).
+_WAL_INDEX_HEADER = 48
+
+
+def _sqlite_commit_stamp(path: Path) -> bytes:
+    """Bytes that differ after any process commits to the SQLite database at ``path``.
+
+    The WAL-index header when the database is in WAL mode (the default here, see the
+    connect hook); else the database file's size and modification time.
+    A read that races a writer may see a torn header: a spurious change, never a
+    missed one, since a commit has rewritten the header before it returns.
+    """
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY)
+    except OSError:
+        pass
+    else:
+        try:
+            header = os.pread(fd, _WAL_INDEX_HEADER, 0)
+        finally:
+            os.close(fd)
+        if len(header) == _WAL_INDEX_HEADER:
+            return header
+    try:
+        info = path.stat()
+    except OSError:
+        return b""
+    return f"{info.st_size}:{info.st_mtime_ns}".encode()
 
 
 def _own_sqlite_files(path: Path) -> None:
@@ -97,19 +133,94 @@ def _own_sqlite_files(path: Path) -> None:
                 file.chmod(0o600)
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the one writer; foreign keys are off by default
-    # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
+#: How long a SQLite writer waits for another one's lock before the unit of work fails
+#: with ``database.unavailable`` (seconds; the ``sqlite_busy_timeout_seconds`` setting).
+DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
+
+
+def _sqlite_connect_hook(busy_timeout: float) -> Any:
+    milliseconds = round(busy_timeout * 1000)
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers run beside the one writer; foreign keys are off by default
+        # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={milliseconds:d}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        # A million certificates make indexes of ~200 MB that issuance inserts into at
+        # random (serials, thumbprints): read them through a shared memory map instead
+        # of each connection's 2 MB page cache.
+        cursor.execute("PRAGMA mmap_size=1073741824")
+        cursor.close()
+
+    return on_connect
+
+
+def _on_postgresql_connect(dbapi_connection: Any, _record: Any) -> None:
+    # A commit is the promise behind a certificate handed out and a PUBACK sent: with
+    # synchronous_commit off (a server-wide setting some tune for speed) PostgreSQL
+    # answers COMMIT before the WAL is written, and a crash then loses certificates the
+    # clients already hold. Each session turns it back on; a stronger setting (remote
+    # write or apply, for replicas) is left as the operator chose it.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    # A million certificates make indexes of ~200 MB that issuance inserts into at random
-    # (serials, thumbprints): read them through a shared memory map instead of each
-    # connection's 2 MB page cache.
-    cursor.execute("PRAGMA mmap_size=1073741824")
+    cursor.execute("SHOW synchronous_commit")
+    row = cursor.fetchone()
+    if row is not None and row[0] == "off":
+        cursor.execute("SET synchronous_commit TO on")
     cursor.close()
+    dbapi_connection.commit()
+
+
+# How many SQLite connections the pool keeps open. More than the threads that use the
+# database at once (the API's worker threads), so that a busy moment does not open and
+# close overflow connections, each paying the PRAGMAs and a read of the schema.
+_SQLITE_POOL_SIZE = 40
+# The statements that take SQLite's write lock (a transaction's first one begins it).
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+class _SqliteWriteGate:
+    """One writing unit of work at a time among this process's threads, handed on at once.
+
+    SQLite lets one transaction write at a time; the others wait in its busy handler,
+    which sleeps 1, 2, 5, 10 ... 100 ms between tries. Under concurrent issuance that
+    leaves the server idle while requests queue: eight at once ran at a fraction of the
+    rate one at a time allowed (bench/README.md). So a unit of work about to write in
+    this process first takes this lock, from its first write statement until it has
+    committed or rolled back (the end of :meth:`Database.session`), and the next writer
+    here starts the moment it is released. Other processes still meet the busy
+    timeout. Only statements inside :meth:`Database.session` take it; migrations and
+    raw connections do not.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def enter(self) -> None:
+        """A unit of work starts in this thread."""
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+
+    def leave(self) -> None:
+        """A unit of work ended (committed or rolled back) in this thread."""
+        self._local.depth -= 1
+        if self._local.depth == 0 and getattr(self._local, "holds", False):
+            self._local.holds = False
+            self._lock.release()
+
+    def before_execute(
+        self, _conn: Any, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
+    ) -> None:
+        """Engine hook: take the lock before this thread's first write in a unit of work."""
+        if (
+            getattr(self._local, "depth", 0)
+            and not getattr(self._local, "holds", False)
+            and statement.lstrip()[:7].upper().startswith(_WRITES)
+        ):
+            self._lock.acquire()
+            self._local.holds = True
 
 
 class Database:
@@ -117,12 +228,20 @@ class Database:
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
+        sqlite_busy_timeout: on SQLite, seconds a writer waits for another process's
+            lock before its unit of work fails with ``database.unavailable``.
 
     Raises:
         ValidationError: ``database.bad_url`` for a URL SQLAlchemy cannot use.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT,
+    ) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -136,12 +255,31 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "postgresql":
             kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
-        if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            _own_sqlite_files(Path(parsed.database))
+        sqlite_file = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if sqlite_file:
+            _own_sqlite_files(Path(str(parsed.database)))
+            kwargs.update(pool_size=_SQLITE_POOL_SIZE, max_overflow=_SQLITE_POOL_SIZE)
         self.engine: Engine = create_engine(parsed, **kwargs)
+        self._write_gate: _SqliteWriteGate | None = None
         if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _on_sqlite_connect)
+            event.listen(self.engine, "connect", _sqlite_connect_hook(sqlite_busy_timeout))
+            self._write_gate = _SqliteWriteGate()
+            event.listen(self.engine, "before_cursor_execute", self._write_gate.before_execute)
+        else:
+            event.listen(self.engine, "connect", _on_postgresql_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite_path = Path(str(parsed.database)) if sqlite_file else None
+
+    def commit_stamp(self) -> bytes | None:
+        """A value that changes whenever any process commits, cheap enough for every read.
+
+        On a SQLite file it reads a few bytes of the WAL index (no query, no lock);
+        on PostgreSQL (and in-memory SQLite) it is ``None``: the database cannot say
+        cheaply, and readers rely on LISTEN/NOTIFY (:mod:`fleetpki.store.notify`).
+        """
+        if self._sqlite_path is None:
+            return None
+        return _sqlite_commit_stamp(self._sqlite_path)
 
     @property
     def safe_url(self) -> str:
@@ -186,6 +324,9 @@ class Database:
             UnavailableError: ``database.unavailable`` when the database does not answer
                 (:func:`is_unavailable`); nothing was committed.
         """
+        gate = self._write_gate
+        if gate is not None:
+            gate.enter()
         try:
             with self._sessions() as session, session.begin():
                 yield session
@@ -195,6 +336,9 @@ class Database:
             raise UnavailableError(
                 DATABASE_UNAVAILABLE, "the database is unavailable; try again shortly"
             ) from exc
+        finally:
+            if gate is not None:
+                gate.leave()
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -125,6 +126,8 @@ class HubC2DMessage(Base):
     )  # pending, delivered, expired
     created_at: Mapped[dt.datetime]
     delivered_at: Mapped[dt.datetime | None]
+    # The outcome (delivered or expired) is owed to the feedback receiver (iothub-ack).
+    feedback_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class HubSasPolicy(Base):

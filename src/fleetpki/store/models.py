@@ -41,6 +41,7 @@ __all__ = [
     "EventConsumer",
     "EventDeliveryRecord",
     "OutboxEvent",
+    "PortalSession",
     "Principal",
     "TemplateRecord",
     "UTCDateTime",
@@ -155,7 +156,7 @@ class CAGeneration(Base):
     activated_at: Mapped[dt.datetime | None]
     retired_at: Mapped[dt.datetime | None]
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
-    # Unused since migration 0013 (the DER is in ``ca_crls``, CrlRecord); deferred so
+    # Unused since migration 0015 (the DER is in ``ca_crls``, CrlRecord); deferred so
     # that loading a generation never reads it.
     crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     crl_next_update: Mapped[dt.datetime | None]
@@ -237,6 +238,25 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
     last_used_at: Mapped[dt.datetime | None]
+
+
+class PortalSession(Base):
+    """A signed-in portal session, stored only as the SHA-256 hash of its secret.
+
+    The secret is in the browser's cookie alone; a stolen database names sessions but
+    cannot resume one.
+    """
+
+    __tablename__ = "portal_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(
+        ForeignKey("principals.id", ondelete="CASCADE"), index=True
+    )
+    method: Mapped[str] = mapped_column(String(16))  # oidc, token
+    created_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class DomainRecord(Base):

@@ -20,6 +20,7 @@ from fleetpki.store.repositories.ca_certificates import (
 from fleetpki.store.repositories.ca_identities import (
     SqlAuditRepository,
     SqlDomainRepository,
+    SqlPortalSessionRepository,
     SqlPrincipalRepository,
     SqlTokenRepository,
 )
@@ -104,6 +105,11 @@ class SqlUnitOfWork:
     def audit(self) -> SqlAuditRepository:
         """The audit log."""
         return SqlAuditRepository(self.session)
+
+    @cached_property
+    def portal_sessions(self) -> SqlPortalSessionRepository:
+        """Signed-in portal sessions."""
+        return SqlPortalSessionRepository(self.session)
 
     # -- repositories of the hub side -----------------------------------------------------
 
@@ -191,6 +197,10 @@ class SqlStore:
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self.database.dialect
+
+    def commit_stamp(self) -> bytes | None:
+        """See :meth:`Store.commit_stamp`."""
+        return self.database.commit_stamp()
 
     def ping(self) -> None:
         """See :meth:`Store.ping`."""

@@ -23,6 +23,7 @@ from fleetpki.services.ports.ca import (
     CARepository,
     CertificateRepository,
     DomainRepository,
+    PortalSessionRepository,
     PrincipalRepository,
     TemplateRepository,
     TokenRepository,
@@ -102,6 +103,11 @@ class UnitOfWork(Protocol):
     @property
     def audit(self) -> AuditRepository:
         """The audit log."""
+        ...
+
+    @property
+    def portal_sessions(self) -> PortalSessionRepository:
+        """Signed-in portal sessions."""
         ...
 
     # -- repositories of the hub side (services/ports/hub.py) -----------------------------
@@ -191,4 +197,13 @@ class Store(Protocol):
 
     def ping(self) -> None:
         """Reach the database once (a health check); raises when it cannot."""
+        ...
+
+    def commit_stamp(self) -> bytes | None:
+        """A value that changes whenever any process commits, or ``None`` if unknown.
+
+        Cheap (no query): in-memory caches compare it on every read to learn at once
+        that another process wrote (SQLite's WAL index); ``None`` means the database
+        cannot tell this way and such caches follow LISTEN/NOTIFY instead.
+        """
         ...

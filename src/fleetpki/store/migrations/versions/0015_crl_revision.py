@@ -9,8 +9,8 @@ certificates: one serves the CRL's query (the revoked certificates of one CA
 generation), the other renewals and housekeeping (``renews_id``: a certificate's
 successor, the renewed certificates), which scanned the table.
 
-Revision ID: 0013_crl_revision
-Revises: 0012_provisioning (0012_provisioning.py)
+Revision ID: 0015_crl_revision
+Revises: 0014_c2d_feedback (0014_c2d_feedback.py)
 Create Date: 2026-12-04
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_crl_revision"
-down_revision = "0012_provisioning"
+revision = "0015_crl_revision"
+down_revision = "0014_c2d_feedback"
 branch_labels = None
 depends_on = None
 
