@@ -37,6 +37,7 @@ from fleetpki.services.ca_schedule import CASchedule
 from fleetpki.services.ca_views import CAView, TemplateView
 from fleetpki.services.certificates import CertificateService
 from fleetpki.services.context import Clock, system_clock
+from fleetpki.services.crl_publisher import CrlPublisher
 from fleetpki.services.delivery import (
     DEFAULT_POLL,
     Backoff,
@@ -128,7 +129,8 @@ class FleetPKI:
         delivery: the outbox's per-consumer delivery use cases.
         cas, ca_lifecycle (renewal and generations), ca_schedule (its periodic work),
         templates, certificates, renewal, domains, principals, enrollment,
-        revocation_status, audit, server_certificates: the CA side's use cases.
+        revocation_status, crls (CRLs, built in the background), audit,
+        server_certificates: the CA side's use cases.
         ocsp_cache: the signed OCSP responses that revocation_status serves.
         hub_devices / hub_twins / hub_statistics: the built-in hub's registry.
         hub_trust: the hub's trusted CAs (and this application's anchor cache).
@@ -200,6 +202,7 @@ class FleetPKI:
         self.revocation_status = RevocationStatusService(
             self.store, keystore, now, self.urls, self.ocsp_cache
         )
+        self.crls = CrlPublisher(self.store, keystore, now, self.urls)
         self.audit = AuditService(self.store)
         self.server_certificates = ServerCertificateService(
             self.store, keystore, now, self.urls, settings.home
@@ -452,6 +455,7 @@ class FleetPKI:
             workers = list(self._workers)
         for worker in workers:
             self.stop_consumer(worker)
+        self.crls.close()
         with self._lock:
             listener, self._listener, self._following = self._listener, None, False
         if listener is not None:

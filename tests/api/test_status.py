@@ -72,6 +72,11 @@ def test_crl_is_cached_rebuilt_after_a_revocation_and_checked_by_openssl(tmp_pat
             again = http.get(f"/crl/{issuing_id}.crl")
             assert again.content == first.content  # served from the cache
             _revoke(server, bad_serial)
+            # The first read after a revocation serves the previous CRL and starts the
+            # rebuild in the background; wait for it, then read the new one.
+            stale = http.get(f"/crl/{issuing_id}.crl")
+            assert stale.status_code == 200
+            server.fleet.crls.refresh(issuing_id)
             after = http.get(f"/crl/{issuing_id}.crl")
             root_crl = http.get(f"/crl/{_ca(server, 'root').id}.crl")
             ca_der = http.get(f"/ca/{issuing_id}.cer")

@@ -147,7 +147,7 @@ def test_a_hierarchy_in_the_token_issues_and_signs_crls_and_ocsp_that_openssl_ac
         anchors = _pem(tmp_path / "anchors.pem", ca.certificate, root.certificate)
         crls = []
         for view in (ca, root):
-            crl = fleet.revocation_status.crl(view.id)
+            crl = fleet.crls.refresh(view.id)
             assert_lints_clean("crl", crl.der)
             crls.append(tmp_path / f"{view.tier}.crl")
             crls[-1].write_bytes(crl.der)
@@ -231,7 +231,7 @@ def test_a_rekey_renewal_makes_the_new_key_in_the_token_and_both_generations_ans
         (2, new_leaf, generation.certificate, new_pem),
     ):
         anchors = _pem(tmp_path / f"anchors-{number}.pem", issuer, root.certificate)
-        crl = hsm_fleet.revocation_status.crl(ca.id, number)
+        crl = hsm_fleet.crls.refresh(ca.id, number)
         assert_lints_clean("crl", crl.der)
         (tmp_path / f"{number}.crl").write_bytes(crl.der)
         assert crl_verify(tmp_path / f"{number}.crl", anchors)

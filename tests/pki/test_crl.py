@@ -400,3 +400,86 @@ def test_reason_round_trips_through_reason_flags(reason: RevocationReason) -> No
     flags = reason.to_reason_flags()
     assert isinstance(flags, x509.ReasonFlags)
     assert RevocationReason.from_reason_flags(flags) is reason
+
+
+# -- the DER encoder of revokedCertificates --------------------------------------------
+
+# Serials of every length an encoder can get wrong: one octet, a high bit that needs a
+# leading zero octet, and the 20-octet maximum (RFC 5280 §4.1.2.2).
+EDGE_SERIALS = [1, 0x7F, 0x80, 0xFF, 0x100, 2**63, 2**127 + 5, 2**159 - 1]
+
+
+def test_many_entries_read_back_as_built_through_cryptography_and_openssl(
+    ca: MiniCA, tmp_path: Path
+) -> None:
+    entries = [
+        RevokedEntry(
+            serial=serial,
+            # Both UTCTime (through 2049) and GeneralizedTime (from 2050), RFC 5280 §5.1.2.6.
+            revoked_at=dt.datetime(2049 + index % 3, 12, 31, 23, 59, index % 60, tzinfo=dt.UTC),
+            reason=REASONS_IN_FULL_CRLS[index % len(REASONS_IN_FULL_CRLS)],
+        )
+        for index, serial in enumerate([*EDGE_SERIALS, *range(1000, 1300)])
+    ]
+    # Half as entries, the rest as plain rows, the form the CRL publisher reads from the store.
+    der = build_crl(
+        ca.cert,
+        ca.signer,
+        entries[:150],
+        crl_number=7,
+        this_update=NOW - dt.timedelta(minutes=1),
+        next_update=NOW + 24 * HOUR,
+        idp_url=CRL_URL,
+        revoked_rows=[(e.serial, e.revoked_at, e.reason) for e in entries[150:]],
+    )
+    crl = x509.load_der_x509_crl(der)
+    assert crl.is_signature_valid(ca.cert.public_key())
+    listed = list(crl)
+    assert [entry.serial_number for entry in listed] == sorted(e.serial for e in entries)
+    by_serial = {entry.serial: entry for entry in entries}
+    for revoked in listed:
+        entry = by_serial[revoked.serial_number]
+        assert revoked.revocation_date_utc == entry.revoked_at
+        if entry.reason is RevocationReason.UNSPECIFIED:
+            assert len(revoked.extensions) == 0
+        else:
+            reason = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+            assert reason == entry.reason.to_reason_flags()
+    assert crl_verify(write(tmp_path / "many.crl", der), ca.pem)
+    assert_lints_clean("crl", der)
+
+
+def test_rows_are_checked_as_entries_are(ca: MiniCA) -> None:
+    for row, code in [
+        ((0, NOW, RevocationReason.UNSPECIFIED), "crl.bad_serial"),
+        ((2**159, NOW, RevocationReason.UNSPECIFIED), "crl.bad_serial"),
+        ((5, NOW.replace(tzinfo=None), RevocationReason.UNSPECIFIED), "crl.naive_time"),
+        ((5, NOW, RevocationReason.REMOVE_FROM_CRL), "revocation.bad_reason"),
+    ]:
+        with pytest.raises(ValidationError) as caught:
+            build_crl(
+                ca.cert,
+                ca.signer,
+                [],
+                crl_number=1,
+                this_update=NOW,
+                next_update=NOW + HOUR,
+                idp_url=CRL_URL,
+                revoked_rows=[row],
+            )
+        assert caught.value.code == code
+
+
+def test_a_row_that_repeats_an_entry_is_refused(ca: MiniCA) -> None:
+    with pytest.raises(ValidationError) as caught:
+        build_crl(
+            ca.cert,
+            ca.signer,
+            [RevokedEntry(5, NOW)],
+            crl_number=1,
+            this_update=NOW,
+            next_update=NOW + HOUR,
+            idp_url=CRL_URL,
+            revoked_rows=[(5, NOW, RevocationReason.SUPERSEDED)],
+        )
+    assert caught.value.code == "crl.duplicate_serial"

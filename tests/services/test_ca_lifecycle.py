@@ -91,7 +91,7 @@ def test_renewal_makes_a_new_generation_that_issues_while_the_old_keeps_its_stat
         (1, old_leaf, old_ca, old_pem),
         (2, new_leaf, renewed, new_pem),
     ):
-        crl = fleet.revocation_status.crl(ca.id, number)
+        crl = fleet.crls.refresh(ca.id, number)
         assert_lints_clean("crl", crl.der)
         crl_path = tmp_path / f"gen-{number}.crl"
         crl_path.write_bytes(crl.der)
@@ -239,7 +239,7 @@ def test_a_drained_generation_is_retired_and_leaves_the_linked_hub(fleet: FleetP
         workers.stop()
     assert fleet.ca_lifecycle.retire_drained() == []
     # Its CRL is still served, and lists the certificate revoked last.
-    crl = x509.load_der_x509_crl(fleet.revocation_status.crl(ca.id, 1).der)
+    crl = x509.load_der_x509_crl(fleet.crls.refresh(ca.id, 1).der)
     assert [e.serial_number for e in crl] == [int(old.serial_hex, 16)]
 
 

@@ -136,7 +136,7 @@ def test_superseded_certificates_are_revoked_after_the_grace_period(fleet: Fleet
     ]
     # The CRL says so too (RFC 5280 §5.3.1).
     issuing = next(c for c in fleet.cas.list() if c.tier == "issuing")
-    crl = x509.load_der_x509_crl(fleet.revocation_status.crl(issuing.id).der)
+    crl = x509.load_der_x509_crl(fleet.crls.refresh(issuing.id).der)
     entry = crl.get_revoked_certificate_by_serial_number(first.issued.certificate.serial_number)
     assert entry is not None
     reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason

@@ -1,10 +1,9 @@
-"""CRL caching and OCSP answers as services, on SQLite and PostgreSQL."""
+"""OCSP answers as a service, on SQLite and PostgreSQL (CRLs: test_crl_publisher.py)."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
@@ -21,7 +20,7 @@ from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.ca_views import CAView
 from fleetpki.services.certificates import IssueCommand
-from fleetpki.services.revocation_status import CRL_LIFETIME, OCSP_LIFETIME, crl_in
+from fleetpki.services.revocation_status import OCSP_LIFETIME
 from support.pkilint import assert_lints_clean
 
 NONCE = b"\x5a" * 16
@@ -63,83 +62,6 @@ def _at(fleet: FleetPKI, now: dt.datetime) -> Iterator[None]:
         yield
     finally:
         fleet.clock = real_clock
-
-
-def _crl(fleet: FleetPKI, ca_id: str, now: dt.datetime) -> bytes:
-    with _at(fleet, now):
-        return fleet.revocation_status.crl(ca_id).der
-
-
-def test_crl_numbers_rise_only_when_the_crl_changes_or_lapses(fleet: FleetPKI) -> None:
-    issuing = _issuing(fleet)
-    serial, _ = _issue(fleet, "dev-1")
-    now = fleet.now()
-    with _at(fleet, now):
-        first = fleet.revocation_status.crl(issuing.id)
-    assert _crl(fleet, issuing.id, now + dt.timedelta(hours=1)) == first.der  # from the cache
-    assert first.next_update == now.replace(microsecond=0) + CRL_LIFETIME
-    _revoke(fleet, serial, RevocationReason.SUPERSEDED)
-    rebuilt = _crl(fleet, issuing.id, now)
-    assert _crl_number(rebuilt) == _crl_number(first.der) + 1
-    entry = x509.load_der_x509_crl(rebuilt).get_revoked_certificate_by_serial_number(
-        int(serial, 16)
-    )
-    assert entry is not None
-    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-    assert reason == x509.ReasonFlags.superseded
-    lapsed = _crl(fleet, issuing.id, now + CRL_LIFETIME)
-    assert _crl_number(lapsed) == _crl_number(rebuilt) + 1
-    # The number the generation keeps for the next CRL is no view's business: read the row.
-    with fleet.store.transaction() as tx:
-        record = tx.cas.get(issuing.id)
-        assert record is not None
-        assert record.generations[0].crl_number == _crl_number(lapsed)
-
-
-def test_concurrent_rebuilds_issue_one_crl_with_one_new_number(fleet: FleetPKI) -> None:
-    issuing, now = _issuing(fleet), fleet.now()
-    before = _crl_number(_crl(fleet, issuing.id, now))
-    serial, _ = _issue(fleet, "dev-1")
-    _revoke(fleet, serial, RevocationReason.KEY_COMPROMISE)
-    readers = 6
-    barrier = threading.Barrier(readers)
-    crls: list[bytes] = []
-    errors: list[BaseException] = []
-
-    def read() -> None:
-        # Each reader's unit of work sees the stale cache before any of them rebuilds, so
-        # every one of them passes the cache check and queues on the CA's lock: the race
-        # the lock exists for, forced (one service call per reader would only allow it).
-        try:
-            with fleet.store.transaction() as tx:
-                record = tx.cas.get(issuing.id)
-                assert record is not None and record.generations[0].crl_stale
-                barrier.wait(timeout=30)
-                crls.append(crl_in(tx, fleet.keystore, fleet.urls, issuing.id, now=now)[0])
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=read) for _ in range(readers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors
-    # One rebuild: the others waited for the lock and then took its result.
-    assert len(crls) == readers
-    assert len(set(crls)) == 1
-    assert _crl_number(crls[0]) == before + 1
-
-
-def test_root_crl_names_its_own_distribution_point_and_lints_clean(fleet: FleetPKI) -> None:
-    root = next(c for c in fleet.cas.list() if c.tier == "root")
-    der = _crl(fleet, root.id, fleet.now())
-    crl = x509.load_der_x509_crl(der)
-    idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
-    assert idp.full_name is not None
-    assert idp.full_name[0].value == fleet.urls.crl_url(root.id)
-    assert crl.is_signature_valid(x509.load_der_x509_certificate(root.certificate_der).public_key())
-    assert_lints_clean("crl", der)
 
 
 def _request(

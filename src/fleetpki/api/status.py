@@ -41,7 +41,7 @@ def _cache_headers(now: dt.datetime, until: dt.datetime) -> dict[str, str]:
 def crl(ca_id: str, request: Request) -> Response:
     """The CA's CRL in DER (RFC 5280 §5), as its certificates' CRL distribution point names."""
     fleet = get_fleet(request)
-    crl = fleet.revocation_status.crl(ca_id)
+    crl = fleet.crls.crl(ca_id)
     return Response(
         crl.der, media_type=CRL_TYPE, headers=_cache_headers(fleet.now(), crl.next_update)
     )
@@ -53,7 +53,7 @@ def generation_crl(
 ) -> Response:
     """The CRL of a later generation of the CA (a renewal's certificates name this URL)."""
     fleet = get_fleet(request)
-    crl = fleet.revocation_status.crl(ca_id, generation)
+    crl = fleet.crls.crl(ca_id, generation)
     return Response(
         crl.der, media_type=CRL_TYPE, headers=_cache_headers(fleet.now(), crl.next_update)
     )

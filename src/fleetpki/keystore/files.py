@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
 from fleetpki.errors import NotFoundError, ValidationError
@@ -194,6 +195,17 @@ class FileSigner:
     ) -> x509.CertificateRevocationList:
         """Sign a CRL builder."""
         return builder.sign(self._key, hash_for_key(self._key))
+
+    def sign_tbs(self, tbs: bytes) -> bytes:
+        """Sign a DER to-be-signed structure (see :meth:`Signer.sign_tbs`)."""
+        key, digest = self._key, hash_for_key(self._key)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            assert digest is not None
+            return key.sign(tbs, ec.ECDSA(digest))
+        if isinstance(key, rsa.RSAPrivateKey):
+            assert digest is not None
+            return key.sign(tbs, padding.PKCS1v15(), digest)
+        return key.sign(tbs)
 
     def sign_ocsp(
         self, builder: ocsp.OCSPResponseBuilder, responder_cert: x509.Certificate

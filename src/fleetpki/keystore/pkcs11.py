@@ -155,6 +155,12 @@ class Pkcs11Signer:
         der = self._resign(der, draft.tbs_certlist_bytes)
         return x509.load_der_x509_crl(der)
 
+    def sign_tbs(self, tbs: bytes) -> bytes:
+        """Sign a DER to-be-signed structure in the token (see :meth:`Signer.sign_tbs`)."""
+        signature = self._sign(tbs)
+        self._check(signature, tbs)
+        return signature
+
     def sign_ocsp(
         self, builder: ocsp.OCSPResponseBuilder, responder_cert: x509.Certificate
     ) -> ocsp.OCSPResponse:

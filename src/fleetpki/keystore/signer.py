@@ -69,6 +69,16 @@ class Signer(Protocol):
         """Sign a CRL builder."""
         ...
 
+    def sign_tbs(self, tbs: bytes) -> bytes:
+        """Sign the DER of a to-be-signed structure and return the signature value.
+
+        The signature is what the algorithm of :func:`hash_for_key` makes with this key
+        (ECDSA as a DER ``Ecdsa-Sig-Value``, RFC 5480 §2.2; RSA PKCS#1 v1.5; EdDSA), the
+        same that :meth:`sign_crl` puts in a CRL, so a caller that assembles a large
+        TBS itself (a CRL with a million entries) can have it signed.
+        """
+        ...
+
     def sign_ocsp(
         self, builder: ocsp.OCSPResponseBuilder, responder_cert: x509.Certificate
     ) -> ocsp.OCSPResponse:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -15,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 
 from fleetpki.errors import ValidationError
 from fleetpki.keystore import Signer
+from fleetpki.keystore.der import children, encode, whole
+from fleetpki.keystore.tbs import replace_signature
 from fleetpki.pki.revocation import RevocationReason
 
 __all__ = [
@@ -23,6 +27,7 @@ __all__ = [
     "CachedCrl",
     "CrlScope",
     "RevokedEntry",
+    "RevokedRow",
     "build_crl",
 ]
 
@@ -36,6 +41,9 @@ _MAX_SERIAL = 2**159 - 1
 #: A cached CRL is rebuilt this long before its nextUpdate, so relying parties
 #: that fetch just before expiry never receive a CRL about to go stale.
 DEFAULT_REFRESH_MARGIN = dt.timedelta(minutes=5)
+
+#: A revoked certificate as ``(serial, revoked_at, reason)``, the fields of :class:`RevokedEntry`.
+RevokedRow = tuple[int, dt.datetime, RevocationReason]
 
 _URL_SCHEMES = frozenset({"http", "https", "ldap"})
 
@@ -168,6 +176,7 @@ def build_crl(
     next_update: dt.datetime,
     idp_url: str | None,
     scope: CrlScope | None = None,
+    revoked_rows: Iterable[RevokedRow] = (),
 ) -> bytes:
     """Build and sign a complete X.509 v2 CRL (RFC 5280 §5) and return its DER.
 
@@ -188,6 +197,9 @@ def build_crl(
             becomes the distribution point full name, so relying parties can match
             the CRL to a certificate (RFC 5280 §6.3.3 (b)(2)(i)).  ``None`` leaves it out.
         scope: what the CRL covers; ``None`` takes :meth:`CrlScope.for_issuer`.
+        revoked_rows: more revoked certificates as plain ``(serial, revoked_at,
+            reason)`` tuples, checked as they are encoded: the form a store reads a
+            million of without building a :class:`RevokedEntry` for each.
 
     Raises:
         ValidationError: ``crl.bad_number``, ``crl.bad_validity``, ``crl.naive_time``,
@@ -221,10 +233,19 @@ def build_crl(
     if idp is not None:
         # RFC 5280 §5.2.5: the issuing distribution point is a critical extension.
         builder = builder.add_extension(idp, critical=True)
-    for entry in _sorted_unique(revoked):
-        builder = builder.add_revoked_certificate(_revoked_certificate(entry))
-    crl = signer.sign_crl(builder)
-    return crl.public_bytes(serialization.Encoding.DER)
+    # cryptography signs the header (issuer, times, extensions, the signature
+    # algorithm) with no entries; the entries are encoded here and spliced in, and the
+    # whole TBS signed again. Its builder copies its entry list on every addition and
+    # builds a Python object per entry: a million entries would take minutes.
+    header = signer.sign_crl(builder)
+    rows = (
+        *((entry.serial, entry.revoked_at, entry.reason) for entry in revoked),
+        *revoked_rows,
+    )
+    tbs = _with_entries(header.tbs_certlist_bytes, _revoked_certificates(rows))
+    return replace_signature(
+        header.public_bytes(serialization.Encoding.DER), signer.sign_tbs(tbs), tbs=tbs
+    )
 
 
 def _check_issuer(issuer_cert: x509.Certificate, signer: Signer) -> None:
@@ -300,34 +321,104 @@ def _check_url(url: str) -> None:
         )
 
 
-def _sorted_unique(revoked: Iterable[RevokedEntry]) -> list[RevokedEntry]:
-    by_serial: dict[int, RevokedEntry] = {}
-    for entry in revoked:
-        if entry.serial in by_serial:
+def _with_entries(tbs: bytes, revoked_certificates: bytes | None) -> bytes:
+    # RFC 5280 §5.1: TBSCertList ::= SEQUENCE { version, signature, issuer, thisUpdate,
+    # nextUpdate, revokedCertificates SEQUENCE OF ... OPTIONAL, crlExtensions [0] };
+    # the list goes right before the extensions and is absent when empty.
+    if revoked_certificates is None:
+        return tbs
+    fields = [field.encoding for field in children(whole(tbs))]
+    at = next(i for i, field in enumerate(fields) if field[0] == _CRL_EXTENSIONS_TAG)
+    fields.insert(at, revoked_certificates)
+    return encode(_SEQUENCE, b"".join(fields))
+
+
+def _revoked_certificates(revoked: Iterable[RevokedRow]) -> bytes | None:
+    """The DER ``revokedCertificates`` SEQUENCE, sorted by serial, or None when empty."""
+    rows = sorted(revoked, key=itemgetter(0))
+    if not rows:
+        return None
+    times: dict[dt.datetime, bytes] = {}
+    encoded: list[bytes] = []
+    previous = 0
+    for index, (serial, revoked_at, reason) in enumerate(rows):
+        if not index % _ENTRIES_BETWEEN_PAUSES:
+            # A million entries take seconds of pure Python: hand the interpreter to
+            # the process's other threads (the requests a server answers meanwhile)
+            # now and then. Not too often: each pause can cost up to a switch interval
+            # (5 ms) when they are busy, and at every 256 entries the build of a
+            # million took half a minute beside an OCSP load.
+            time.sleep(0)
+        if not 0 < serial <= _MAX_SERIAL or isinstance(serial, bool):
+            _check_serial(serial)
+        if serial == previous:
             raise ValidationError(
-                "crl.duplicate_serial", f"serial {entry.serial:#x} is listed more than once"
+                "crl.duplicate_serial", f"serial {serial:#x} is listed more than once"
             )
-        by_serial[entry.serial] = entry
-    return [by_serial[serial] for serial in sorted(by_serial)]
+        previous = serial
+        when = times.get(revoked_at)
+        if when is None:
+            when = times[revoked_at] = _der_time(revoked_at)
+        extensions = _REASON_EXTENSIONS.get(reason)
+        if extensions is None:
+            raise ValidationError(
+                "revocation.bad_reason",
+                "removeFromCRL belongs in delta CRLs only (RFC 5280 §5.3.1)",
+            )
+        number = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+        # RFC 5280 §5.1: SEQUENCE { userCertificate INTEGER, revocationDate Time,
+        # crlEntryExtensions Extensions OPTIONAL }; each part is shorter than 128 octets.
+        content = b"%c%c%b%b%b" % (_INTEGER, len(number), number, when, extensions)
+        encoded.append(b"%c%c%b" % (_SEQUENCE, len(content), content))
+    body = b"".join(encoded)
+    return _der_header(_SEQUENCE, len(body)) + body
 
 
-def _revoked_certificate(entry: RevokedEntry) -> x509.RevokedCertificate:
-    builder = (
-        x509.RevokedCertificateBuilder()
-        .serial_number(entry.serial)
-        .revocation_date(entry.revoked_at.replace(microsecond=0))
-    )
-    if entry.reason is RevocationReason.REMOVE_FROM_CRL:
-        raise ValidationError(
-            "revocation.bad_reason", "removeFromCRL belongs in delta CRLs only (RFC 5280 §5.3.1)"
-        )
+def _der_header(tag: int, length: int) -> bytes:
+    if length < 0x80:
+        return bytes([tag, length])
+    size = (length.bit_length() + 7) // 8
+    return bytes([tag, 0x80 | size]) + length.to_bytes(size, "big")
+
+
+def _der_time(when: dt.datetime) -> bytes:
+    # RFC 5280 §5.1.2.6 (as §4.1.2.5): UTCTime through 2049, GeneralizedTime from
+    # 2050, both in UTC with whole seconds.
+    if when.tzinfo is not dt.UTC:
+        _require_aware(when, "revoked_at")
+        when = when.astimezone(dt.UTC)
+    # Formatting the fields is several times cheaper than strftime.
+    fields = (when.month, when.day, when.hour, when.minute, when.second)
+    if 1950 <= when.year < 2050:
+        return b"\x17\x0d%02d%02d%02d%02d%02d%02dZ" % (when.year % 100, *fields)
+    return b"\x18\x0f%04d%02d%02d%02d%02d%02dZ" % (when.year, *fields)
+
+
+def _reason_extensions(reason: RevocationReason) -> bytes:
     # RFC 5280 §5.3.1: the reason code extension is non-critical, and CRL issuers
     # SHOULD leave it out rather than use the reason code unspecified (0).
-    if entry.reason is not RevocationReason.UNSPECIFIED:
-        builder = builder.add_extension(
-            x509.CRLReason(entry.reason.to_reason_flags()), critical=False
-        )
-    return builder.build()
+    if reason is RevocationReason.UNSPECIFIED:
+        return b""
+    code = encode(_OCTET_STRING, encode(_ENUMERATED, bytes([reason.code])))
+    extension = encode(_SEQUENCE, encode(_OBJECT_IDENTIFIER, _CRL_REASON_OID) + code)
+    return encode(_SEQUENCE, extension)
+
+
+_ENTRIES_BETWEEN_PAUSES = 4096
+_SEQUENCE = 0x30
+_INTEGER = 0x02
+_OCTET_STRING = 0x04
+_ENUMERATED = 0x0A
+_OBJECT_IDENTIFIER = 0x06
+_CRL_EXTENSIONS_TAG = 0xA0
+#: id-ce-cRLReasons, 2.5.29.21.
+_CRL_REASON_OID = bytes([0x55, 0x1D, 0x15])
+#: Each reason's crlEntryExtensions, encoded once; removeFromCRL has none (delta only).
+_REASON_EXTENSIONS: dict[RevocationReason, bytes] = {
+    reason: _reason_extensions(reason)
+    for reason in RevocationReason
+    if reason is not RevocationReason.REMOVE_FROM_CRL
+}
 
 
 def _check_serial(serial: int) -> None:

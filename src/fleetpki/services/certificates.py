@@ -27,7 +27,6 @@ from fleetpki.services.authority import (
     template_for,
     template_from_record,
 )
-from fleetpki.services.ca_generations import generation_of
 from fleetpki.services.ca_views import (
     OWNER,
     AuditEntryView,
@@ -380,9 +379,9 @@ def revoke_in(
     revoked_at = now.replace(microsecond=0)
     record.revoked_at = revoked_at
     record.revocation_reason = reason.code
-    issuer = generation_of(ca_record(tx, record.ca_id), record.ca_generation)
-    if issuer is not None:
-        issuer.crl_stale = True
+    # One UPDATE of the generation's row, whatever the number of revoked certificates:
+    # the CRL itself is rebuilt in the background (services.crl_publisher).
+    tx.cas.mark_crl_stale(record.ca_id, record.ca_generation)
     tx.events.append(
         CERTIFICATE_REVOKED,
         record.serial_hex,

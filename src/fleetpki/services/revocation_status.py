@@ -1,9 +1,7 @@
-"""Revocation status for relying parties: each CA's CRL (cached) and OCSP answers.
+"""Revocation status for relying parties: CA certificates (caIssuers) and OCSP answers.
 
-CRLs follow Vault PKI's habit: the DER is cached on each CA generation's row with its
-number and next update; a revocation marks it stale and the next read rebuilds it with the
-next CRL number (RFC 5280 §5.2.3 requires the number to increase).  OCSP answers
-are signed by the CA key itself (RFC 6960 §4.2.2.2 allows the issuer to respond); the
+CRLs are :mod:`fleetpki.services.crl_publisher`'s (cached, rebuilt in the background).
+OCSP answers are signed by the CA key itself (RFC 6960 §4.2.2.2 allows the issuer to respond); the
 answer to a request without a nonce is signed once and served from memory until a
 revocation or its refresh time (RFC 5019 §2.2, :mod:`fleetpki.services.ocsp_cache`),
 and a request with a nonce is signed when it comes, since the nonce is in the signed part.
@@ -20,7 +18,6 @@ from cryptography.x509 import ocsp
 
 from fleetpki.errors import FleetPKIError, NotFoundError, ValidationError
 from fleetpki.keystore import KeyStore
-from fleetpki.pki.crl import CrlScope, RevokedEntry, build_crl
 from fleetpki.pki.ocsp import (
     CertId,
     CertificateStatus,
@@ -34,7 +31,6 @@ from fleetpki.pki.ocsp import (
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services.authority import CAUrlsConfig, ca_record
 from fleetpki.services.ca_generations import generation_of
-from fleetpki.services.ca_views import CrlView
 from fleetpki.services.context import Clock
 from fleetpki.services.ocsp_cache import (
     WATCHED_EVENTS,
@@ -46,49 +42,13 @@ from fleetpki.services.ocsp_cache import (
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CAGeneration, CARecord
 
-__all__ = ["CRL_LIFETIME", "OCSP_LIFETIME", "OcspAnswer", "RevocationStatusService", "crl_in"]
+__all__ = ["OCSP_LIFETIME", "OcspAnswer", "RevocationStatusService"]
 
-#: A CRL is valid this long; it is rebuilt on the first read after it lapses, or
-#: after any revocation.
-CRL_LIFETIME = dt.timedelta(hours=24)
 #: OCSP responses say fresher information may come this much later (RFC 6960 §4.2.2.1).
 OCSP_LIFETIME = dt.timedelta(hours=1)
-# Rebuild a little before nextUpdate so that clients never fetch a lapsed CRL.
-_REFRESH_MARGIN = dt.timedelta(minutes=5)
 # Outbox events read at most per look at other processes' changes; a longer backlog
 # empties the OCSP cache instead.
 _SYNC_LIMIT = 5000
-
-
-def _entries_for(tx: UnitOfWork, ca: CARecord, generation: CAGeneration) -> list[RevokedEntry]:
-    if ca.tier == "root":
-        # The root's CRL lists revoked subordinate CAs (the issuing CA's CRL DP
-        # points here); fleetpki does not revoke CAs yet, so it is empty.
-        return []
-    return [
-        RevokedEntry(
-            serial=int(row.serial_hex, 16),
-            revoked_at=row.revoked_at or row.created_at,
-            reason=RevocationReason.parse(row.revocation_reason or 0),
-        )
-        for row in tx.certificates.revoked_of(ca.id)
-        if row.ca_generation == generation.number
-    ]
-
-
-def _fresh(generation: CAGeneration, now: dt.datetime) -> bool:
-    return (
-        generation.crl_der is not None
-        and generation.crl_next_update is not None
-        and not generation.crl_stale
-        and now < generation.crl_next_update - _REFRESH_MARGIN
-    )
-
-
-def _cached(generation: CAGeneration) -> tuple[bytes, dt.datetime]:
-    assert generation.crl_der is not None
-    assert generation.crl_next_update is not None
-    return generation.crl_der, generation.crl_next_update
 
 
 def _generation(ca: CARecord, number: int) -> CAGeneration:
@@ -96,56 +56,6 @@ def _generation(ca: CARecord, number: int) -> CAGeneration:
     if generation is None:
         raise NotFoundError("ca.not_found", f"CA {ca.id} has no generation {number}")
     return generation
-
-
-def crl_in(
-    tx: UnitOfWork,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
-    ca_id: str,
-    *,
-    now: dt.datetime,
-    generation: int = 1,
-) -> tuple[bytes, dt.datetime]:
-    """A CA generation's current CRL in DER and its next update (caller's unit of work).
-
-    Each generation has its own CRL, signed by its key and listing the certificates it
-    issued (the CRL DP of each certificate names its generation's URL). Served from the
-    cache while it is fresh and no revocation happened since; otherwise rebuilt,
-    numbered one higher and cached. Rebuilds hold a lock on the generation
-    (:meth:`CARepository.lock_generation_for_crl`: a row lock on PostgreSQL, the write
-    lock on SQLite) and look at the cache again once they have it, so concurrent
-    readers after a revocation get one new CRL with one new number, never two CRLs
-    with the same number (RFC 5280 §5.2.3 wants it to increase).
-
-    Raises:
-        NotFoundError: ``ca.not_found`` (for the CA or the generation).
-    """
-    ca = ca_record(tx, ca_id)
-    current = _generation(ca, generation)
-    if _fresh(current, now):
-        return _cached(current)
-    locked = tx.cas.lock_generation_for_crl(ca.id, generation)
-    if _fresh(locked, now):
-        # Another transaction rebuilt it while this one waited for the lock.
-        return _cached(locked)
-    certificate = x509.load_der_x509_certificate(locked.certificate_der)
-    this_update = now.replace(microsecond=0)
-    next_update = min(this_update + CRL_LIFETIME, certificate.not_valid_after_utc)
-    number = locked.crl_number + 1
-    der = build_crl(
-        certificate,
-        keystore.signer(locked.key_ref),
-        _entries_for(tx, ca, locked),
-        crl_number=number,
-        this_update=this_update,
-        next_update=next_update,
-        idp_url=urls.crl_url(ca.id, generation),
-        scope=CrlScope.for_issuer(certificate),
-    )
-    locked.crl_number, locked.crl_der = number, der
-    locked.crl_next_update, locked.crl_stale = next_update, False
-    return der, next_update
 
 
 def _responder_for(
@@ -216,7 +126,7 @@ class OcspAnswer:
 
 
 class RevocationStatusService:
-    """What relying parties ask: CRLs, CA certificates (caIssuers) and OCSP.
+    """What relying parties ask: CA certificates (caIssuers) and OCSP (CRLs: CrlPublisher).
 
     Args:
         store: the database.
@@ -240,18 +150,6 @@ class RevocationStatusService:
         self._clock = clock
         self._urls = urls
         self._cache = cache if cache is not None else OcspResponseCache()
-
-    def crl(self, ca_id: str, generation: int = 1) -> CrlView:
-        """The current CRL of a CA's generation (see :func:`crl_in`).
-
-        Raises:
-            NotFoundError: ``ca.not_found``.
-        """
-        with self._store.transaction() as tx:
-            der, next_update = crl_in(
-                tx, self._keystore, self._urls, ca_id, now=self._clock(), generation=generation
-            )
-            return CrlView(der, next_update)
 
     def ca_certificate_der(self, ca_id: str, generation: int = 1) -> bytes:
         """A CA generation's certificate in DER, for the caIssuers URL (RFC 5280 §4.2.2.1).

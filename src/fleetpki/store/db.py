@@ -149,6 +149,10 @@ def _sqlite_connect_hook(busy_timeout: float) -> Any:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={milliseconds:d}")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # A million certificates make indexes of ~200 MB that issuance inserts into at
+        # random (serials, thumbprints): read them through a shared memory map instead
+        # of each connection's 2 MB page cache.
+        cursor.execute("PRAGMA mmap_size=1073741824")
         cursor.close()
 
     return on_connect

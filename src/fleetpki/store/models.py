@@ -35,6 +35,7 @@ __all__ = [
     "CAGeneration",
     "CARecord",
     "CertificateRecord",
+    "CrlRecord",
     "DomainMember",
     "DomainRecord",
     "EventConsumer",
@@ -130,8 +131,9 @@ class CAGeneration(Base):
     A generation is *pending* until every hub link that trusts the CA holds it
     verified, then *active* (it issues), then *retiring* once a newer one is active
     (still trusted: certificates it issued are outstanding), and *retired* when none
-    is left. Each generation has its own CRL, cached here (RFC 5280 §5: the last CRL
-    built, its number and when it lapses; a revocation sets ``crl_stale``).
+    is left. Each generation has its own CRL: its number, when it lapses and whether it is
+    stale are here (a revocation sets ``crl_stale`` and counts in ``crl_revision``), its
+    DER in :class:`CrlRecord`.
     """
 
     __tablename__ = "ca_generations"
@@ -154,11 +156,15 @@ class CAGeneration(Base):
     activated_at: Mapped[dt.datetime | None]
     retired_at: Mapped[dt.datetime | None]
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
-    # Loaded only when read (the CRL routes): a CRL of many revocations is megabytes,
-    # and every issuance loads its CA's generations.
+    # Unused since migration 0015 (the DER is in ``ca_crls``, CrlRecord); deferred so
+    # that loading a generation never reads it.
     crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: One more for each revocation of a certificate this generation issued.
+    crl_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The ``crl_revision`` that the cached CRL was built from (stale while they differ).
+    crl_built_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: For a CA with a parent: the parent's generation whose key signed this one.
     parent_generation: Mapped[int | None] = mapped_column(Integer)
     #: For a root generation with a new key: the new key certified by the previous
@@ -168,6 +174,21 @@ class CAGeneration(Base):
     back_cross_der: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     ca: Mapped[CARecord] = relationship(back_populates="generations")
+
+
+class CrlRecord(Base):
+    """The last CRL built for a CA generation, as DER.
+
+    Apart from :class:`CAGeneration`'s row, which a revocation updates: SQLite rewrites
+    a whole row on update, and a CRL of a million entries is ~45 MB.
+    """
+
+    __tablename__ = "ca_crls"
+
+    ca_id: Mapped[str] = mapped_column(ForeignKey("cas.id"), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    crl_number: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TemplateRecord(Base):
@@ -281,6 +302,8 @@ class CertificateRecord(Base):
     __table_args__ = (
         UniqueConstraint("ca_id", "serial_hex", name="uq_certificates_ca_id_serial_hex"),
         Index("ix_certificates_status_not_after", "status", "not_after"),
+        # The CRL's query: the revoked certificates of one CA generation.
+        Index("ix_certificates_ca_id_status_generation", "ca_id", "status", "ca_generation"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -300,7 +323,9 @@ class CertificateRecord(Base):
     revoked_at: Mapped[dt.datetime | None]
     revocation_reason: Mapped[int | None] = mapped_column(Integer)
     requested_by: Mapped[str] = mapped_column(String(64))
-    renews_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
+    # Indexed: a renewal looks up its predecessor's successor, and housekeeping finds
+    # renewed certificates, without scanning every certificate.
+    renews_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"), index=True)
     created_at: Mapped[dt.datetime]
     # The generation of the CA that signed it (CAGeneration.number).
     ca_generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")

@@ -70,6 +70,34 @@ class CARepository(Protocol):
         """
         ...
 
+    def mark_crl_stale(self, ca_id: str, number: int) -> None:
+        """Mark generation ``number``'s CRL stale and count one more revocation against it
+        (``crl_revision``), in one statement that concurrent revocations cannot lose.
+        """
+        ...
+
+    def store_crl(
+        self,
+        ca_id: str,
+        number: int,
+        *,
+        crl_number: int,
+        der: bytes,
+        next_update: dt.datetime,
+        built_revision: int,
+    ) -> bool:
+        """Cache a CRL built from ``built_revision`` if no other CRL took ``crl_number``.
+
+        Compare and set: stored only while the generation's ``crl_number`` is still
+        ``crl_number - 1``; the CRL stays stale when revocations came after
+        ``built_revision``. Returns whether it was stored.
+        """
+        ...
+
+    def crl_der(self, ca_id: str, number: int) -> tuple[int, bytes] | None:
+        """The number and DER of the last CRL stored for generation ``number``, if any."""
+        ...
+
     def lock_for_crl(self, ca_id: str) -> CARecord:
         """The CA re-read under a lock that serialises CRL rebuilds of this CA.
 
@@ -147,6 +175,13 @@ class CertificateRepository(Protocol):
 
     def revoked_of(self, ca_id: str) -> list[CertificateRecord]:
         """The revoked certificates of a CA (what its CRL lists)."""
+        ...
+
+    def revoked_rows_of(self, ca_id: str, generation: int) -> list[tuple[str, dt.datetime, int]]:
+        """``(serial_hex, revoked_at, reason code)`` of each revoked certificate of one CA
+        generation, in serial order: what its CRL lists, read as plain rows (a CRL may list
+        millions).
+        """
         ...
 
     def outstanding_of(self, ca_id: str, generation: int, now: dt.datetime) -> int:

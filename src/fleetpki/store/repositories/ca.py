@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+import datetime as dt
+
+from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.orm import Session, joinedload
 
-from fleetpki.store.models import CAGeneration, CARecord, TemplateRecord
+from fleetpki.store.models import CAGeneration, CARecord, CrlRecord, TemplateRecord
 
 __all__ = ["SqlCARepository", "SqlTemplateRepository"]
 
@@ -93,6 +95,61 @@ class SqlCARepository:
         if locked is None:
             raise LookupError(f"generation {number} of CA {ca_id} vanished while locking it")
         return locked
+
+    def mark_crl_stale(self, ca_id: str, number: int) -> None:
+        """See :meth:`CARepository.mark_crl_stale`."""
+        self._session.execute(
+            update(CAGeneration)
+            .where(CAGeneration.ca_id == ca_id, CAGeneration.number == number)
+            .values(crl_stale=True, crl_revision=CAGeneration.crl_revision + 1)
+            .execution_options(synchronize_session=False)
+        )
+
+    def store_crl(
+        self,
+        ca_id: str,
+        number: int,
+        *,
+        crl_number: int,
+        der: bytes,
+        next_update: dt.datetime,
+        built_revision: int,
+    ) -> bool:
+        """See :meth:`CARepository.store_crl`."""
+        cas = self._session.execute(
+            update(CAGeneration)
+            .where(
+                CAGeneration.ca_id == ca_id,
+                CAGeneration.number == number,
+                CAGeneration.crl_number == crl_number - 1,
+            )
+            .values(
+                crl_number=crl_number,
+                crl_next_update=next_update,
+                crl_built_revision=built_revision,
+                crl_stale=case((CAGeneration.crl_revision == built_revision, False), else_=True),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if not cas.rowcount:  # type: ignore[attr-defined]
+            return False
+        # Replaced, not merged: a merge would read the old CRL first.
+        self._session.execute(
+            delete(CrlRecord).where(CrlRecord.ca_id == ca_id, CrlRecord.generation == number)
+        )
+        self._session.execute(
+            insert(CrlRecord).values(ca_id=ca_id, generation=number, crl_number=crl_number, der=der)
+        )
+        return True
+
+    def crl_der(self, ca_id: str, number: int) -> tuple[int, bytes] | None:
+        """See :meth:`CARepository.crl_der`."""
+        row = self._session.execute(
+            select(CrlRecord.crl_number, CrlRecord.der).where(
+                CrlRecord.ca_id == ca_id, CrlRecord.generation == number
+            )
+        ).first()
+        return None if row is None else (row[0], row[1])
 
 
 class SqlTemplateRepository:

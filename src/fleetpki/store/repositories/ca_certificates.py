@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from fleetpki.services.ports.ca import CertificateSearch
-from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId
+from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId, UTCDateTime
 
 __all__ = ["SqlCertificateRepository", "SqlUsedTokenRepository"]
 
@@ -43,13 +43,14 @@ class SqlCertificateRepository:
     def find_by_serial(self, serial_hex: str) -> CertificateRecord | None:
         """See :meth:`CertificateRepository.find_by_serial`."""
         # Serials are random per CA; the first match is the one (a clash across CAs
-        # would take 2^-64 luck and is refused by nothing else either).
-        return self._session.scalars(
-            select(CertificateRecord)
-            .where(CertificateRecord.serial_hex == serial_hex)
-            .order_by(CertificateRecord.id)
-            .limit(1)
-        ).first()
+        # would take 2^-64 luck and is refused by nothing else either). The first is
+        # chosen here, not by ORDER BY id LIMIT 1: PostgreSQL, short of statistics,
+        # then walks the primary key from the oldest row instead of the serial index,
+        # ~1 s per lookup at a million certificates.
+        matches = self._session.scalars(
+            select(CertificateRecord).where(CertificateRecord.serial_hex == serial_hex)
+        )
+        return min(matches, key=lambda record: record.id, default=None)
 
     def find_by_ca_serial(self, ca_id: str, serial_hex: str) -> CertificateRecord | None:
         """See :meth:`CertificateRepository.find_by_ca_serial`."""
@@ -107,6 +108,28 @@ class SqlCertificateRepository:
                 )
             )
         )
+
+    def revoked_rows_of(self, ca_id: str, generation: int) -> list[tuple[str, dt.datetime, int]]:
+        """See :meth:`CertificateRepository.revoked_rows_of`."""
+        # Columns, not entities: a million ORM objects would cost more than the CRL.
+        query = select(
+            CertificateRecord.serial_hex,
+            type_coerce(
+                func.coalesce(CertificateRecord.revoked_at, CertificateRecord.created_at),
+                UTCDateTime,
+            ),
+            func.coalesce(CertificateRecord.revocation_reason, 0),
+        ).where(
+            CertificateRecord.ca_id == ca_id,
+            CertificateRecord.status == "revoked",
+            CertificateRecord.ca_generation == generation,
+        )
+        # In serial order, sorted by the database: canonical hex (no leading zeros)
+        # sorts as its number does when shorter strings come first.
+        query = query.order_by(
+            func.length(CertificateRecord.serial_hex), CertificateRecord.serial_hex
+        )
+        return [tuple(row) for row in self._session.execute(query)]  # type: ignore[misc]
 
     def outstanding_of(self, ca_id: str, generation: int, now: dt.datetime) -> int:
         """See :meth:`CertificateRepository.outstanding_of`."""
