@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from hypothesis import settings as hypothesis_settings
 
 from fleetpki.application import FleetPKI, init_home
 from fleetpki.keystore import PrivateKey
@@ -25,6 +26,11 @@ ALICE = "11111111-1111-4111-8111-111111111111"
 BOB = "22222222-2222-4222-8222-222222222222"
 
 _db_counter = itertools.count()
+
+# No per-example deadline: a deadline is a timing assertion, and on a loaded machine (two
+# xdist workers on two cores, CI) an example that takes 300 ms instead of 3 ms is not a bug.
+hypothesis_settings.register_profile("fleetpki", deadline=None)
+hypothesis_settings.load_profile("fleetpki")
 
 
 @pytest.fixture(scope="session")
