@@ -97,6 +97,10 @@ def test_crl_numbers_rise_only_when_the_crl_changes_or_lapses(fleet: FleetPKI) -
 
 
 def test_concurrent_rebuilds_issue_one_crl_with_one_new_number(fleet: FleetPKI) -> None:
+    if fleet.db.dialect == "sqlite":
+        # SQLite's units of work take its write lock as they begin (fleetpki.store.db),
+        # so six of them are never open at once: the race cannot be forced there.
+        pytest.skip("units of work on SQLite never overlap")
     issuing, now = _issuing(fleet), fleet.now()
     before = _crl_number(_crl(fleet, issuing.id, now))
     serial, _ = _issue(fleet, "dev-1")

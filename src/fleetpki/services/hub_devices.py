@@ -15,6 +15,7 @@ from fleetpki.errors import ConflictError, NotFoundError, ValidationError
 from fleetpki.hub.policy import AuthType, DeviceStatus
 from fleetpki.services.context import Clock
 from fleetpki.services.hub_etags import check_if_match, new_etag
+from fleetpki.services.hub_notices import tell_hub_nodes
 from fleetpki.services.notifications import DeviceBlocked
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.hub_models import HubDevice
@@ -95,13 +96,16 @@ def device_view(record: HubDevice) -> HubDeviceView:
     )
 
 
-def require_device(tx: UnitOfWork, device_id: str) -> HubDevice:
+def require_device(tx: UnitOfWork, device_id: str, *, for_update: bool = False) -> HubDevice:
     """The registry entry of ``device_id`` in the caller's unit of work.
+
+    ``for_update`` locks the row until the unit ends: callers that change it pass it,
+    so two processes changing one device (a twin merge, a counter) never lose a write.
 
     Raises:
         NotFoundError: ``hub.device_not_found``.
     """
-    record = tx.hub_devices.get(device_id)
+    record = tx.hub_devices.get(device_id, for_update=for_update)
     if record is None:
         raise NotFoundError("hub.device_not_found", f"no device {device_id!r} in the hub")
     return record
@@ -132,7 +136,7 @@ def _apply_status(
         record.status = status.value
         record.status_updated_at = now
         if status is DeviceStatus.DISABLED:
-            tx.publish(DeviceBlocked(record.device_id, "hub.device_disabled"))
+            tell_hub_nodes(tx, DeviceBlocked(record.device_id, "hub.device_disabled"), at=now)
     record.status_reason = reason
 
 
@@ -151,7 +155,7 @@ def put_device_in(
         raise ValidationError(
             "hub.thumbprint_required", "a selfSigned device needs a primary or secondary thumbprint"
         )
-    record = tx.hub_devices.get(spec.device_id)
+    record = tx.hub_devices.get(spec.device_id, for_update=True)
     if record is None:
         if if_match is not None and if_match.strip().strip('"') != "*":
             raise NotFoundError("hub.device_not_found", f"no device {spec.device_id!r} in the hub")
@@ -198,27 +202,29 @@ def set_status_in(
     if_match: str | None = None,
 ) -> HubDevice:
     """:meth:`HubDeviceService.set_status` inside the caller's unit of work."""
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     check_if_match(if_match, record.etag)
     _apply_status(tx, record, status, reason, now)
     record.etag = new_etag()
     return record
 
 
-def delete_device_in(tx: UnitOfWork, device_id: str, *, if_match: str | None = None) -> None:
+def delete_device_in(
+    tx: UnitOfWork, device_id: str, *, now: dt.datetime, if_match: str | None = None
+) -> None:
     """:meth:`HubDeviceService.delete` inside the caller's unit of work."""
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     check_if_match(if_match, record.etag)
     tx.hub_c2d.delete_for_device(device_id)
     tx.hub_devices.delete(record)
-    tx.publish(DeviceBlocked(device_id, "hub.unknown_device"))
+    tell_hub_nodes(tx, DeviceBlocked(device_id, "hub.unknown_device"), at=now)
 
 
 def record_connection_in(
     tx: UnitOfWork, device_id: str, *, connected: bool, now: dt.datetime
 ) -> None:
     """:meth:`HubDeviceService.record_connection` inside the caller's unit of work."""
-    record = tx.hub_devices.get(device_id)
+    record = tx.hub_devices.get(device_id, for_update=True)
     if record is None:
         return
     record.connection_state = "Connected" if connected else "Disconnected"
@@ -298,7 +304,7 @@ class HubDeviceService:
             ConflictError: ``precondition.failed``.
         """
         with self._store.transaction() as tx:
-            delete_device_in(tx, device_id, if_match=if_match)
+            delete_device_in(tx, device_id, now=self._clock(), if_match=if_match)
 
     def record_connection(self, device_id: str, *, connected: bool) -> None:
         """Record that a device connected or disconnected (connectionState, statistics).

@@ -1,8 +1,9 @@
 """Device twins: tags, desired and reported properties with their versions (ref §1.5, §3.3).
 
-Desired changes are sent to the connected device after the unit of work commits
-(:class:`DesiredPatched` on the application's event bus); reported patches come from
-the device over MQTT.
+Desired changes are sent to the connected device after the unit of work commits, by
+whichever hub node holds its session (:class:`DesiredPatched`, told to every node by
+:func:`fleetpki.services.hub_notices.tell_hub_nodes`); reported patches come from the
+device over MQTT.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fleetpki.errors import ValidationError
 from fleetpki.services.context import Clock
 from fleetpki.services.hub_devices import HubDeviceView, device_view, require_device
 from fleetpki.services.hub_etags import check_if_match, new_etag
+from fleetpki.services.hub_notices import tell_hub_nodes
 from fleetpki.services.notifications import DesiredPatched
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.hub_models import HubDevice
@@ -94,10 +96,15 @@ def _twin_parts(document: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dic
 
 
 def patch_twin_in(
-    tx: UnitOfWork, device_id: str, document: Mapping[str, Any], *, if_match: str | None = None
+    tx: UnitOfWork,
+    device_id: str,
+    document: Mapping[str, Any],
+    *,
+    now: dt.datetime,
+    if_match: str | None = None,
 ) -> HubDevice:
     """:meth:`HubTwinService.patch` inside the caller's unit of work (returns the record)."""
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     check_if_match(if_match, record.twin_etag)
     tags, desired = _twin_parts(document)
     if tags is not None:
@@ -105,16 +112,23 @@ def patch_twin_in(
     if desired:
         record.desired = _merge_patch(record.desired, desired)
         record.desired_version += 1
-        tx.publish(DesiredPatched(device_id, dict(desired), record.desired_version))
+        tell_hub_nodes(
+            tx, DesiredPatched(device_id, dict(desired), record.desired_version), at=now
+        )
     record.twin_etag = new_etag()
     return record
 
 
 def replace_twin_in(
-    tx: UnitOfWork, device_id: str, document: Mapping[str, Any], *, if_match: str | None = None
+    tx: UnitOfWork,
+    device_id: str,
+    document: Mapping[str, Any],
+    *,
+    now: dt.datetime,
+    if_match: str | None = None,
 ) -> HubDevice:
     """:meth:`HubTwinService.replace` inside the caller's unit of work (returns the record)."""
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     check_if_match(if_match, record.twin_etag)
     tags, desired = _twin_parts(document)
     record.tags = tags or {}
@@ -124,7 +138,7 @@ def replace_twin_in(
         patch.update(new_desired)
         record.desired = new_desired
         record.desired_version += 1
-        tx.publish(DesiredPatched(device_id, patch, record.desired_version))
+        tell_hub_nodes(tx, DesiredPatched(device_id, patch, record.desired_version), at=now)
     record.twin_etag = new_etag()
     return record
 
@@ -135,7 +149,7 @@ def patch_reported_in(
     """:meth:`HubTwinService.patch_reported` inside the caller's unit of work."""
     if not isinstance(patch, Mapping):
         raise ValidationError("hub.bad_twin", "a reported patch must be a JSON object")
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     record.reported = _merge_patch(record.reported, _strip_meta(patch))
     record.reported_version += 1
     record.twin_etag = new_etag()
@@ -183,7 +197,9 @@ class HubTwinService:
             ValidationError: ``hub.bad_twin``.
         """
         with self._store.transaction() as tx:
-            return twin_view(patch_twin_in(tx, device_id, document, if_match=if_match))
+            return twin_view(
+                patch_twin_in(tx, device_id, document, now=self._clock(), if_match=if_match)
+            )
 
     def replace(
         self, device_id: str, document: Mapping[str, Any], *, if_match: str | None = None
@@ -198,7 +214,9 @@ class HubTwinService:
             ValidationError: ``hub.bad_twin``.
         """
         with self._store.transaction() as tx:
-            return twin_view(replace_twin_in(tx, device_id, document, if_match=if_match))
+            return twin_view(
+                replace_twin_in(tx, device_id, document, now=self._clock(), if_match=if_match)
+            )
 
     def patch_reported(self, device_id: str, patch: Mapping[str, Any]) -> int:
         """Merge a device's reported-properties patch (ref §1.5); return the new ``$version``.

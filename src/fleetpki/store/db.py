@@ -31,12 +31,29 @@ def sqlite_url(path: Path) -> str:
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; foreign keys are off by default
     # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
+    # The driver's own transaction handling is turned off: it would begin a
+    # transaction only at the first write, so a unit of work's reads would run
+    # outside it (see _begin_sqlite).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _begin_sqlite(connection: Any) -> None:
+    # Every unit of work takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
+    # waiting up to the busy timeout for another writer, in this process or another
+    # (``fleetpki serve --workers``). A deferred transaction would read a snapshot and
+    # then fail with SQLITE_BUSY at its first write if another connection committed
+    # meanwhile (the busy timeout does not apply to that upgrade), and pysqlite's
+    # default leaves the reads before the first write outside the transaction, so a
+    # read-modify-write (a twin merge, a counter) could lose another's update.
+    # Units of work are short and never wait on the network, so serialising them costs
+    # little next to SQLite's single writer.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -66,6 +83,7 @@ class Database:
         self.engine: Engine = create_engine(parsed, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _on_sqlite_connect)
+            event.listen(self.engine, "begin", _begin_sqlite)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

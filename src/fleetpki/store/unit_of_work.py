@@ -36,6 +36,7 @@ from fleetpki.store.repositories.hub import (
     SqlHubTelemetryRepository,
 )
 from fleetpki.store.repositories.hub_links import SqlHubLinkRepository
+from fleetpki.store.repositories.hub_nodes import SqlHubMethodCallRepository, SqlHubNodeRepository
 
 if TYPE_CHECKING:
     from fleetpki.services.events import EventBus
@@ -105,7 +106,7 @@ class SqlUnitOfWork:
     @cached_property
     def hub_devices(self) -> SqlHubDeviceRepository:
         """The hub's device registry."""
-        return SqlHubDeviceRepository(self.session)
+        return SqlHubDeviceRepository(self.session, self.dialect)
 
     @cached_property
     def hub_cas(self) -> SqlHubCARepository:
@@ -136,6 +137,16 @@ class SqlUnitOfWork:
     def hub_links(self) -> SqlHubLinkRepository:
         """Hub links and the CAs each one trusts."""
         return SqlHubLinkRepository(self.session)
+
+    @cached_property
+    def hub_nodes(self) -> SqlHubNodeRepository:
+        """The hub nodes on this database and their heartbeats."""
+        return SqlHubNodeRepository(self.session, self.dialect)
+
+    @cached_property
+    def hub_method_calls(self) -> SqlHubMethodCallRepository:
+        """Direct methods relayed to the node holding the device."""
+        return SqlHubMethodCallRepository(self.session, self.dialect)
 
     @cached_property
     def hub_audit(self) -> SqlHubAuditTrail:

@@ -41,6 +41,7 @@ from fleetpki.services.ports.hub import (
     HubSasPolicyRepository,
     HubTelemetryRepository,
 )
+from fleetpki.services.ports.hub_nodes import HubMethodCallRepository, HubNodeRepository
 
 __all__ = ["EventLog", "Notification", "Store", "UnitOfWork"]
 
@@ -134,6 +135,16 @@ class UnitOfWork(Protocol):
     @property
     def hub_links(self) -> HubLinkRepository:
         """Hub links and the CAs each one trusts."""
+        ...
+
+    @property
+    def hub_nodes(self) -> HubNodeRepository:
+        """The hub nodes on this database and their heartbeats."""
+        ...
+
+    @property
+    def hub_method_calls(self) -> HubMethodCallRepository:
+        """Direct methods relayed to the node holding the device."""
         ...
 
     @property

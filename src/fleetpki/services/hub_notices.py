@@ -1,0 +1,76 @@
+"""What hub nodes act on for their live sessions: told here at once, and to every node.
+
+A change that concerns a live device session (a disabled or deleted device, a desired
+twin patch, a queued cloud-to-device message) is made by whichever process served the
+call: an API worker, the CLI, another node. The session may be held by any hub node on
+the database. So :func:`tell_hub_nodes` does two things in the change's own unit of
+work: it queues the notification for this process's bus (the hub in this process acts
+within the commit's thread), and it appends an outbox event that every hub node's
+consumer (``hub:<node>``) gets its own delivery of. :func:`hub_event_of` turns such a
+delivery back into the notification, for the node's broker.
+
+Revocations follow the same path from their own writer
+(:func:`fleetpki.services.certificates.revoke_in`: ``certificate.revoked``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fleetpki.services.notifications import (
+    C2DQueued,
+    CertificateRevoked,
+    DesiredPatched,
+    DeviceBlocked,
+)
+from fleetpki.services.outbox import (
+    CERTIFICATE_REVOKED,
+    HUB_C2D_QUEUED,
+    HUB_DESIRED_PATCHED,
+    HUB_DEVICE_BLOCKED,
+)
+from fleetpki.services.ports import UnitOfWork
+from fleetpki.services.ports.events import Delivery
+
+__all__ = ["HUB_NOTICE_TYPES", "HubNotice", "hub_event_of", "tell_hub_nodes"]
+
+HubNotice = DeviceBlocked | DesiredPatched | C2DQueued
+
+#: The outbox event types a hub node's consumer takes for its sessions.
+HUB_NOTICE_TYPES = (CERTIFICATE_REVOKED, HUB_DEVICE_BLOCKED, HUB_DESIRED_PATCHED, HUB_C2D_QUEUED)
+
+
+def tell_hub_nodes(tx: UnitOfWork, notice: HubNotice, *, at: dt.datetime) -> None:
+    """Tell this process (after commit) and every hub node (through the outbox) of ``notice``."""
+    tx.publish(notice)
+    match notice:
+        case DeviceBlocked(device_id, reason):
+            tx.events.append(HUB_DEVICE_BLOCKED, device_id, {"reason": reason}, at=at)
+        case DesiredPatched(device_id, patch, version):
+            tx.events.append(
+                HUB_DESIRED_PATCHED, device_id, {"patch": dict(patch), "version": version}, at=at
+            )
+        case C2DQueued(device_id):
+            tx.events.append(HUB_C2D_QUEUED, device_id, {}, at=at)
+
+
+def hub_event_of(
+    delivery: Delivery,
+) -> DeviceBlocked | DesiredPatched | C2DQueued | CertificateRevoked | None:
+    """The notification a hub node's delivery stands for, or ``None`` for another type."""
+    payload, subject = delivery.payload, delivery.subject_id
+    if delivery.event_type == CERTIFICATE_REVOKED:
+        sha1 = payload.get("sha1")
+        return CertificateRevoked(
+            serial=str(payload.get("serial", subject)), sha1=str(sha1) if sha1 else None
+        )
+    if delivery.event_type == HUB_DEVICE_BLOCKED:
+        return DeviceBlocked(subject, str(payload.get("reason", "hub.device_disabled")))
+    if delivery.event_type == HUB_DESIRED_PATCHED:
+        patch = payload.get("patch")
+        return DesiredPatched(
+            subject, dict(patch) if isinstance(patch, dict) else {}, int(payload.get("version", 1))
+        )
+    if delivery.event_type == HUB_C2D_QUEUED:
+        return C2DQueued(subject)
+    return None
