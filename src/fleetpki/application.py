@@ -46,7 +46,9 @@ from fleetpki.services.hub_link_settings import LinkKind
 from fleetpki.services.hub_links import HubLinkService, LinkConnection
 from fleetpki.services.hub_management import HubManagementService, hub_identity
 from fleetpki.services.hub_messages import HubMessageService
+from fleetpki.services.hub_method_relay import MethodRelay
 from fleetpki.services.hub_methods import HubMethodService
+from fleetpki.services.hub_nodes import HubNodeService
 from fleetpki.services.hub_sas import HubSasService
 from fleetpki.services.hub_statistics import HubStatisticsService
 from fleetpki.services.hub_trust import HubTrustService, TrustCache
@@ -113,7 +115,9 @@ class FleetPKI:
         hub_trust: the hub's trusted CAs (and this application's anchor cache).
         hub_messages: telemetry and the cloud-to-device queue.
         hub_sas: the service API's shared-access policies and tokens.
-        hub_methods: direct methods through this application's live hub, if attached.
+        hub_methods: direct methods through this application's live hub, if attached,
+            else relayed (``hub_method_relay``) to the hub node holding the device.
+        hub_nodes: the hub nodes sharing the database, by their heartbeats.
         hub_authentication: device authentication on connect (the one hub policy).
         hub_management / token_issuer: the built-in hub as an Azure resource.
         hub_links: the hubs this CA drives through connectors, and one-click trust.
@@ -182,8 +186,12 @@ class FleetPKI:
             hostnames={settings.hostname, "localhost", "127.0.0.1"},
             default_hostname=f"{settings.hostname}:{settings.api_port}",
         )
-        self.hub_methods = HubMethodService(self.hub_devices)
-        self.hub_statistics = HubStatisticsService(self.store, self.hub_methods)
+        self.hub_nodes = HubNodeService(self.store, now)
+        self.hub_method_relay = MethodRelay(
+            self.store, now, self.hub_nodes, self.events, listen=self.hear_other_processes
+        )
+        self.hub_methods = HubMethodService(self.hub_devices, self.hub_method_relay)
+        self.hub_statistics = HubStatisticsService(self.store, self.hub_methods, self.hub_nodes)
         self.hub_authentication = DeviceAuthenticator(
             self.store,
             policy=DevicePolicy(revocation_soft_fail=settings.hub_revocation_soft_fail),
@@ -231,6 +239,8 @@ class FleetPKI:
                 self.ca_schedule.renew_due,
                 self.ca_schedule.report_overdue,
                 self.renewal.revoke_superseded,
+                self.hub_nodes.forget_departed,
+                self.hub_method_relay.sweep,
             ],
         )
         self._lock = threading.Lock()
@@ -319,6 +329,17 @@ class FleetPKI:
             self._workers.append(worker)
         worker.start()
         return worker
+
+    def hear_other_processes(self) -> None:
+        """On PostgreSQL, LISTEN for other processes' commits and method calls (idempotent).
+
+        Consumer workers start it themselves; a relayed direct method asks for it
+        before it waits (on SQLite, which has no NOTIFY, both poll).
+        """
+        with self._lock:
+            if self._listener is None and self.db.dialect == "postgresql":
+                self._listener = NotifyListener(self.db, self.events)
+                self._listener.start()
 
     def stop_consumer(self, worker: ConsumerWorker) -> None:
         """Stop a worker started by :meth:`start_consumer` (its deliveries stay pending)."""

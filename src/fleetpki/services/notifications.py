@@ -19,6 +19,7 @@ __all__ = [
     "DeviceBlocked",
     "EventsWritten",
     "HubLinksChanged",
+    "MethodCallChanged",
     "Notification",
     "TrustChanged",
 ]
@@ -75,6 +76,13 @@ class HubLinksChanged:
     """A hub link was added or removed, or trusts another CA: its delivery must follow."""
 
 
+@dataclass(frozen=True, slots=True)
+class MethodCallChanged:
+    """A relayed direct method was claimed, declined or answered (another process told us)."""
+
+    call_id: str
+
+
 Notification = (
     DeviceBlocked
     | CertificateRevoked
@@ -83,4 +91,5 @@ Notification = (
     | TrustChanged
     | EventsWritten
     | HubLinksChanged
+    | MethodCallChanged
 )

@@ -1,11 +1,14 @@
-"""Cross-process wake-ups on PostgreSQL: LISTEN for committed outbox events.
+"""Cross-process wake-ups on PostgreSQL: LISTEN for committed outbox events and method calls.
 
 Every outbox append on PostgreSQL sends ``NOTIFY fleetpki_events`` with the event type,
 which the server delivers when the transaction commits. :class:`NotifyListener` holds
 one autocommit connection that LISTENs on the channel and publishes
 :class:`~fleetpki.services.notifications.EventsWritten` on the application's bus, so
 consumer workers in this process wake within milliseconds of a commit elsewhere. A
-dropped connection is reopened after a pause; the workers' poll covers the gap.
+relayed direct method that a hub node claims, declines or answers sends
+``NOTIFY fleetpki_methods`` with the call's id, published as
+:class:`~fleetpki.services.notifications.MethodCallChanged` for the waiting caller.
+A dropped connection is reopened after a pause; the workers' poll covers the gap.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from fleetpki.services.notifications import EventsWritten
+from fleetpki.services.notifications import EventsWritten, MethodCallChanged
 from fleetpki.store.repositories.events import NOTIFY_CHANNEL
+from fleetpki.store.repositories.hub_nodes import METHODS_CHANNEL
 
 if TYPE_CHECKING:
     from fleetpki.services.events import EventBus
@@ -64,13 +68,17 @@ class NotifyListener:
             try:
                 with psycopg.connect(self._dsn, autocommit=True) as connection:
                     connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    connection.execute(f"LISTEN {METHODS_CHANNEL}")
                     self._listening.set()
                     # Wake the workers once: events committed while we were not
                     # listening would otherwise wait for their poll.
                     self._bus.publish(EventsWritten())
                     while not self._stopped.is_set():
                         for note in connection.notifies(timeout=1.0):
-                            self._bus.publish(EventsWritten(frozenset({note.payload})))
+                            if note.channel == METHODS_CHANNEL:
+                                self._bus.publish(MethodCallChanged(note.payload))
+                            else:
+                                self._bus.publish(EventsWritten(frozenset({note.payload})))
             except psycopg.Error as exc:
                 _log.warning("LISTEN %s failed (%s); reconnecting", NOTIFY_CHANNEL, exc)
                 self._stopped.wait(self._retry)
