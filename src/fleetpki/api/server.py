@@ -1,4 +1,12 @@
-"""``fleetpki serve``: the HTTPS API (and later the hub) in one event loop on uvloop."""
+"""``fleetpki serve``: the HTTPS API and the hub in one event loop on uvloop, per process.
+
+One process by default; ``--workers N`` forks N of them on the same port
+(:func:`serve_workers`, supervised by :class:`fleetpki.api.supervisor.Supervisor`).
+The *primary* (slot 0, and the one process of ``--workers 1``) also runs the hub's
+MQTT listener, the hub links' delivery and the housekeeping, and renews the server
+certificate; the other workers serve the API, and MQTT over WebSockets as hub nodes of
+their own (``<hub_node>-w<slot>``).
+"""
 
 from __future__ import annotations
 
@@ -35,6 +43,8 @@ __all__ = [
     "prepare_server",
     "run_servers",
     "serve",
+    "serve_workers",
+    "worker_settings",
 ]
 
 Only = Literal["ca", "hub"]
@@ -44,8 +54,10 @@ HubStarter = Callable[[FleetPKI], Awaitable[Callable[[], Awaitable[None]]]]
 _log = logging.getLogger("fleetpki.serve")
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, *, option: str = "--api-port") -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0 picks a free port).
+
+    ``option`` is the command-line option the error message points to.
 
     Raises:
         ConflictError: ``serve.port_in_use`` when the port is taken.
@@ -63,7 +75,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
             raise ConflictError(
                 "serve.port_in_use",
                 f"port {port} on {host} is already in use; stop the other server or pick "
-                "another port with --api-port",
+                f"another port with {option}",
             ) from None
         raise ValidationError(
             "serve.cannot_bind", f"cannot listen on {host}:{port}: {exc.strerror}"
@@ -127,6 +139,7 @@ def prepare_server(
     hostname: str,
     only: Only | None = None,
     api_socket: socket.socket | None = None,
+    primary: bool = True,
 ) -> PreparedServer:
     """Bind the API port, make sure a server certificate exists, build the app.
 
@@ -137,6 +150,8 @@ def prepare_server(
         host / api_port / hostname: where to listen and the name to certify.
         only: ``ca`` or ``hub`` to run one of them; both by default.
         api_socket: an already listening socket to use instead of binding one.
+        primary: ``False`` for an API worker beside the primary: it serves the
+            certificate the primary made and reloads it when the primary renews it.
 
     Raises:
         ConflictError: ``serve.port_in_use``.
@@ -144,14 +159,19 @@ def prepare_server(
     if api_socket is None and only in (None, "ca"):
         api_socket = bind_socket(host, api_port)
     try:
-        tls = fleet.server_certificates.ensure(hostname=hostname, host=host)
+        if primary:
+            tls = fleet.server_certificates.ensure(hostname=hostname, host=host)
+        else:
+            tls = fleet.server_certificates.files()
         context = server_ssl_context(tls.certfile, tls.keyfile, tls.client_ca_file)
         app = create_app(fleet)
     except BaseException:
         if api_socket is not None:
             api_socket.close()
         raise
-    refresher = TLSRefresher(fleet.server_certificates, hostname=hostname, host=host)
+    refresher = TLSRefresher(
+        fleet.server_certificates, hostname=hostname, host=host, issues=primary
+    )
     if api_socket is not None:
         refresher.add(context, verifies_clients=True)
     return PreparedServer(app, tls, context, api_socket, refresher)
@@ -230,11 +250,20 @@ async def run_servers(
     *,
     stop: asyncio.Event | None = None,
     log_level: str = "info",
+    primary: bool = True,
+    mqtt_socket: socket.socket | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run the API listener (and the hub, when present) in the running event loop.
 
     Returns when ``stop`` is set or, without one, when uvicorn is told to exit
     (SIGINT/SIGTERM in the main thread).
+
+    Args:
+        primary: run the hub's MQTT listener, the hub links and the housekeeping here
+            (``False``: an API worker, whose hub node takes MQTT over WebSockets only).
+        mqtt_socket: the MQTT port, already bound.
+        on_ready: called once every listener accepts connections.
 
     Raises:
         ValidationError: ``serve.hub_unavailable`` for ``only="hub"`` while the hub
@@ -245,7 +274,10 @@ async def run_servers(
     if only == "hub" and starter is None:
         raise ValidationError("serve.hub_unavailable", "the hub is not available yet")
     if starter is not None and only in (None, "hub"):
-        stopper = await starter(fleet)
+        if primary:
+            stopper = await starter(fleet, sock=mqtt_socket)  # type: ignore[call-arg]
+        else:
+            stopper = await starter(fleet, listen=False)  # type: ignore[call-arg]
         stoppers.append(stopper)
         # MQTT over WebSockets on the HTTPS port reaches the same broker.
         hub = getattr(stopper, "__self__", None)
@@ -255,7 +287,7 @@ async def run_servers(
             # The hub judges client chains itself (fleetpki.hub.tls): certificate only.
             prepared.tls_refresher.add(hub_context, verifies_clients=False)
     links_started = False
-    if only in (None, "ca"):
+    if only in (None, "ca") and primary:
         # The CA side carries its revocations, renewals and registrations to the
         # linked hubs (fleetpki.services.link_workers).
         await asyncio.to_thread(fleet.link_workers.start)
@@ -283,6 +315,11 @@ async def run_servers(
         )
         tasks.append(asyncio.create_task(server.serve(sockets=[prepared.api_socket])))
     try:
+        if on_ready is not None:
+            while server is not None and not server.started and not any(t.done() for t in tasks):
+                await asyncio.sleep(0.02)
+            if not any(t.done() for t in tasks):
+                on_ready()
         if stop is not None:
             waiter = asyncio.create_task(stop.wait())
             await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -45,7 +45,7 @@ from fleetpki.hub.protocol import (
 from fleetpki.hub.tls import hub_ssl_context, peer_certificates
 from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener
 
-__all__ = ["HubConnection", "HubServer", "HubTLS", "start_hub"]
+__all__ = ["HubConnection", "HubServer", "HubTLS", "bind_mqtt_socket", "start_hub"]
 
 _log = logging.getLogger("fleetpki.hub")
 
@@ -253,7 +253,7 @@ class HubServer:
     @property
     def port(self) -> int:
         """The bound port (useful after binding port 0)."""
-        assert self._listener is not None, "the hub is not started"
+        assert self._listener is not None, "the hub listens on no port"
         return self._listener.port
 
     @property
@@ -261,29 +261,21 @@ class HubServer:
         """The listener, while the hub runs (its counts of refusals and failed handshakes)."""
         return self._listener
 
-    async def start(self, host: str = "127.0.0.1", port: int = 8883) -> None:
-        """Bind and start accepting connections in the running loop.
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 8883, *, sock: socket.socket | None = None
+    ) -> None:
+        """Bind (or take ``sock``, already listening) and start accepting in the running loop.
 
         Raises:
             ConflictError: ``serve.port_in_use``.
             OSError: the address cannot be bound for another reason.
         """
         loop = asyncio.get_running_loop()
-        self.broker.start()
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(4096)
+        if sock is None:
+            sock = bind_mqtt_socket(host, port)
+        else:
             sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise ConflictError(
-                    "serve.port_in_use",
-                    f"port {port} on {host} is already in use; pick another with --mqtt-port",
-                ) from None
-            raise
+        self.broker.start()
         self._listener = GuardedListener(
             "MQTT",
             sock,
@@ -293,6 +285,11 @@ class HubServer:
             handshake_timeout=self.handshake_timeout,
             setting="mqtt_max_connections",
         ).start()
+
+    async def start_without_listener(self) -> None:
+        """Start the broker alone: its connections arrive by another way (MQTT over
+        WebSockets on the API port, in an API worker of ``fleetpki serve --workers``)."""
+        self.broker.start()
 
     async def stop(self) -> None:
         """Stop listening, close every connection and store pending telemetry."""
@@ -307,6 +304,30 @@ class HubServer:
                 await asyncio.wait_for(listener.wait_closed(), 5)
             listener.sock.close()
             self._listener = None
+
+
+def bind_mqtt_socket(host: str, port: int) -> socket.socket:
+    """A listening socket for the MQTT port (``port`` 0 picks one).
+
+    Raises:
+        ConflictError: ``serve.port_in_use``.
+        OSError: the address cannot be bound for another reason.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConflictError(
+                "serve.port_in_use",
+                f"port {port} on {host} is already in use; pick another with --mqtt-port",
+            ) from None
+        raise
+    return sock
 
 
 def _backend_for(fleet: Any) -> HubBackend:
@@ -324,6 +345,8 @@ async def start_hub(
     port: int | None = None,
     hostnames: Iterable[str] | None = None,
     backend: HubBackend | None = None,
+    sock: socket.socket | None = None,
+    listen: bool = True,
 ) -> Callable[[], Awaitable[None]]:
     """Start the hub for ``fleetpki serve`` in the running loop; return its stopper.
 
@@ -333,6 +356,11 @@ async def start_hub(
     for the service API, until it stops. The stopper is the
     `HubServer.stop` bound method, so ``stopper.__self__`` is the running server.
 
+    Args:
+        sock: the MQTT port, already bound (``fleetpki serve --workers`` binds it once).
+        listen: ``False`` starts the broker without the MQTT port: an API worker's hub
+            node, which takes MQTT over WebSockets on the API port only.
+
     Raises:
         ConflictError: ``serve.port_in_use`` when the MQTT port is taken.
     """
@@ -341,10 +369,14 @@ async def start_hub(
     port = settings.mqtt_port if port is None else port
     names = tuple(hostnames or (settings.hostname, "localhost", "127.0.0.1"))
     loop = asyncio.get_running_loop()
-    files = await loop.run_in_executor(
-        None, lambda: fleet.server_certificates.ensure(hostname=settings.hostname, host=host)
-    )
-    context = hub_ssl_context(files.certfile, files.keyfile, [files.client_ca_file.read_bytes()])
+    context = None
+    if listen:
+        files = await loop.run_in_executor(
+            None, lambda: fleet.server_certificates.ensure(hostname=settings.hostname, host=host)
+        )
+        context = hub_ssl_context(
+            files.certfile, files.keyfile, [files.client_ca_file.read_bytes()]
+        )
     if backend is None:
         backend = await loop.run_in_executor(None, _backend_for, fleet)
     broker = Broker(backend, hostnames=names)
@@ -354,11 +386,15 @@ async def start_hub(
         max_connections=settings.mqtt_max_connections,
         handshake_timeout=float(settings.tls_handshake_timeout_seconds),
     )
-    await server.start(host, port)
+    if listen:
+        await server.start(host, port, sock=sock)
+    else:
+        await server.start_without_listener()
     from fleetpki.hub.store_backend import StoreHubBackend
 
     if isinstance(backend, StoreHubBackend):
         # POST /twins/{id}/methods reaches this broker until it stops.
         backend.attach_broker(broker)
-    _log.info("fleetpki hub on mqtts://%s:%s", host, server.port)
+    if listen:
+        _log.info("fleetpki hub on mqtts://%s:%s", host, server.port)
     return server.stop
