@@ -35,7 +35,7 @@ from cryptography.x509.oid import NameOID
 
 from fleetpki.api.background import free_port
 from fleetpki.application import FleetPKI, init_home
-from fleetpki.keystore import load_or_create_passphrase
+from fleetpki.keystore import find_passphrase
 from fleetpki.services import Actor
 from fleetpki.settings import Settings
 
@@ -103,7 +103,10 @@ def make_home(folder: Path) -> FleetHome:
     api_port = free_port()
     home = folder / "home"
     settings = Settings.default_for(home).with_changes(
-        public_url=f"https://127.0.0.1:{api_port}", api_port=api_port, mqtt_port=free_port()
+        public_url=f"https://127.0.0.1:{api_port}",
+        api_port=api_port,
+        mqtt_port=free_port(),
+        key_passphrase_file=str(folder / "key-passphrase"),
     )
     fleet = init_home(settings).app
     issuing = fleet.cas.current_issuer()
@@ -135,7 +138,8 @@ def export_ca(fleet_home: FleetHome, folder: Path) -> tuple[Path, Path]:
     """
     key_file = fleet_home.home / "keys" / fleet_home.key_ref.removeprefix("file:")
     key = serialization.load_pem_private_key(
-        key_file.read_bytes(), password=load_or_create_passphrase(fleet_home.home)
+        key_file.read_bytes(),
+        password=find_passphrase(fleet_home.home, fleet_home.settings.key_passphrase_file).secret,
     )
     cert_path, key_path = folder / "ca.pem", folder / "ca-key.pem"
     cert_path.write_bytes(fleet_home.ca_certificate.public_bytes(serialization.Encoding.PEM))

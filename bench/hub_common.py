@@ -103,7 +103,9 @@ def make_certs(folder: Path, devices: int) -> Certs:
     from fleetpki.settings import Settings
 
     certs = Certs(folder)
-    settings = Settings.default_for(certs.home).with_changes(host="127.0.0.1")
+    settings = Settings.default_for(certs.home).with_changes(
+        host="127.0.0.1", key_passphrase_file=str(folder / "key-passphrase")
+    )
     fleet = init_home(settings).app
     try:
         admin = Actor.local_admin()

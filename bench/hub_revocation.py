@@ -38,7 +38,10 @@ from support.hub import issue_device  # noqa: E402 - the tests' device helper
 
 
 def _prepare(folder: Path) -> tuple[FleetPKI, list[tuple[str, ssl.SSLContext]]]:
-    fleet = init_home(Settings.default_for(folder / "home")).app
+    settings = Settings.default_for(folder / "home").with_changes(
+        key_passphrase_file=str(folder / "key-passphrase")
+    )
+    fleet = init_home(settings).app
     fleet.hub_trust.trust_local_ca(fleet.cas.current_issuer().id)
     devices: list[tuple[str, ssl.SSLContext]] = []
     for index in range(DEVICES):

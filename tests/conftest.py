@@ -46,6 +46,27 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.create_database(f"fleet_{os.getpid()}_{next(_db_counter)}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def passphrase_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where homes made by the tests keep their key passphrase: a folder of the session.
+
+    ``init`` puts a new home's passphrase under ``$XDG_CONFIG_HOME/fleetpki/``, outside the
+    home; the tests (and the ``fleetpki`` subprocesses they start, which inherit the
+    environment) must not write into the user's own ``~/.config``. A systemd credential
+    of the environment the tests run in is not theirs either.
+    """
+    folder = tmp_path_factory.mktemp("xdg-config")
+    saved = {name: os.environ.get(name) for name in ("XDG_CONFIG_HOME", "CREDENTIALS_DIRECTORY")}
+    os.environ["XDG_CONFIG_HOME"] = str(folder)
+    os.environ.pop("CREDENTIALS_DIRECTORY", None)
+    yield folder
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def key_passphrase() -> Iterator[None]:
     """Tests use generated passphrase files, never an inherited environment value."""

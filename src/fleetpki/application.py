@@ -16,7 +16,15 @@ from fleetpki.connectors.builtin import BuiltinHubConnector
 from fleetpki.connectors.connector import ConnectorError, HubConnector
 from fleetpki.errors import ConflictError, ValidationError
 from fleetpki.hub.policy import DevicePolicy
-from fleetpki.keystore import FileKeyStore, KeyStore, load_or_create_passphrase
+from fleetpki.keystore import (
+    FileKeyStore,
+    KeyPassphrase,
+    KeyStore,
+    PassphraseOrigin,
+    PassphraseReader,
+    create_passphrase,
+    find_passphrase,
+)
 from fleetpki.services.audit import AuditService
 from fleetpki.services.authority import (
     CAService,
@@ -41,6 +49,7 @@ from fleetpki.services.enrollment import EnrollmentService
 from fleetpki.services.events import EventBus
 from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
+from fleetpki.services.hub_device_keys import DeviceKeySeal
 from fleetpki.services.hub_devices import HubDeviceService
 from fleetpki.services.hub_link_settings import LinkKind
 from fleetpki.services.hub_links import HubLinkService, LinkConnection
@@ -59,7 +68,7 @@ from fleetpki.services.renewal import RenewalService
 from fleetpki.services.revocation_status import RevocationStatusService
 from fleetpki.services.server_cert import ServerCertificateService
 from fleetpki.services.token_issuer import LocalTokenIssuer
-from fleetpki.settings import Settings
+from fleetpki.settings import AZURE_HTTPS_PORT, Settings
 from fleetpki.store.db import Database
 from fleetpki.store.notify import NotifyListener
 from fleetpki.store.unit_of_work import SqlStore
@@ -67,11 +76,11 @@ from fleetpki.store.unit_of_work import SqlStore
 __all__ = ["FleetPKI", "InitResult", "init_home", "open_keystore"]
 
 
-def open_keystore(settings: Settings, *, create: bool = False) -> KeyStore:
+def open_keystore(settings: Settings) -> KeyStore:
     """The keystore that ``settings`` name, opened: a wrong configuration fails here.
 
-    ``file``: the encrypted key files of the home (``create`` makes the passphrase
-    file of a new home). ``pkcs11``: the token labelled ``pkcs11_token`` in
+    ``file``: the encrypted key files of the home, under the key passphrase
+    (:func:`fleetpki.keystore.find_passphrase`). ``pkcs11``: the token labelled ``pkcs11_token`` in
     ``pkcs11_module``, logged in with the PIN of ``$FLEETPKI_PKCS11_PIN`` or
     ``pkcs11_pin_file``; python-pkcs11 is imported only then.
 
@@ -81,8 +90,8 @@ def open_keystore(settings: Settings, *, create: bool = False) -> KeyStore:
             ``keystore.bad_pin``, ``keystore.pin_locked``, ``keystore.token_ambiguous``.
     """
     if settings.keystore != "pkcs11":
-        passphrase = load_or_create_passphrase(settings.home, create=create)
-        return FileKeyStore(settings.keys_dir, passphrase)
+        passphrase = find_passphrase(settings.home, settings.key_passphrase_file)
+        return FileKeyStore(settings.keys_dir, passphrase.secret)
     try:
         from fleetpki.keystore.pkcs11 import Pkcs11KeyStore
         from fleetpki.keystore.token import read_pin
@@ -105,6 +114,7 @@ class FleetPKI:
         clock: the source of "now" (injected so tests can move time).
 
     Attributes:
+        key_passphrase: the key passphrase, found when first needed (and where it is).
         events: this application's event bus (in-process, after-commit notifications).
         store: the database as the services see it (units of work).
         delivery: the outbox's per-consumer delivery use cases.
@@ -136,6 +146,7 @@ class FleetPKI:
         self.keystore = keystore
         self.clock = clock
         self.urls = CAUrlsConfig(settings.public_url)
+        self.key_passphrase = PassphraseReader(settings.home, settings.key_passphrase_file)
         self.events = EventBus()
         self.store = SqlStore(database, self.events)
         self.delivery = EventDelivery(self.store, clock)
@@ -175,16 +186,24 @@ class FleetPKI:
         )
         # -- end of the CA side -----------------------------------------------------------
         # -- hub side: the built-in hub's control plane ---------------------------------
-        self.hub_devices = HubDeviceService(self.store, now)
+        # Device symmetric keys are sealed under the home's passphrase, read when first used.
+        device_keys = DeviceKeySeal(self.key_passphrase)
+        self.hub_devices = HubDeviceService(self.store, now, device_keys)
         self.hub_twins = HubTwinService(self.store, now)
         self.hub_trust = HubTrustService(self.store, keystore, now, TrustCache())
         self.hub_messages = HubMessageService(self.store, now)
         self.hub_sas = HubSasService(
             self.store,
             now,
-            secret=lambda: load_or_create_passphrase(settings.home),
+            secret=self.key_passphrase,
             hostnames={settings.hostname, "localhost", "127.0.0.1"},
-            default_hostname=f"{settings.hostname}:{settings.api_port}",
+            # The service SDK puts HostName in its REST URLs; on 443 it needs no port, and
+            # then device and service connection strings name the same host (ref §0).
+            default_hostname=(
+                settings.hostname
+                if settings.api_port == AZURE_HTTPS_PORT
+                else f"{settings.hostname}:{settings.api_port}"
+            ),
         )
         self.hub_nodes = HubNodeService(self.store, now)
         self.hub_method_relay = MethodRelay(
@@ -197,6 +216,7 @@ class FleetPKI:
             policy=DevicePolicy(revocation_soft_fail=settings.hub_revocation_soft_fail),
             revocation=RevocationChecker(),
             trust=self.hub_trust,
+            seal=device_keys,
         )
         # -- end of the hub side ----------------------------------------------------------
         # Hub side, Azure's management plane (issue 9): the hub as an ARM resource, and
@@ -209,6 +229,7 @@ class FleetPKI:
             public_url=settings.public_url,
             tenant_id=self.hub_management.identity.tenant_id,
             enabled=settings.token_endpoint_enabled,
+            passphrase=self.key_passphrase,
         )
         # Hub links (issue 9): the hubs this CA drives through connectors; the built-in
         # hub of this process is reached through its own services.
@@ -222,7 +243,7 @@ class FleetPKI:
             self.store,
             keystore,
             now,
-            secret=lambda: load_or_create_passphrase(settings.home),
+            secret=self.key_passphrase,
             connectors=self._link_connector,
         )
         # One delivery worker per link, started by ``fleetpki serve`` (start_link_workers).
@@ -366,18 +387,24 @@ class FleetPKI:
 
 @dataclass(frozen=True, slots=True)
 class InitResult:
-    """What ``init`` created."""
+    """What ``init`` created; ``passphrase`` says where the key passphrase is."""
 
     app: FleetPKI
     root: CAView
     issuing: CAView
     template: TemplateView
+    passphrase: KeyPassphrase
 
 
 def init_home(
     settings: Settings, spec: HierarchySpec | None = None, *, clock: Clock = system_clock
 ) -> InitResult:
     """Create a new home: configuration, database, the local admin and a CA hierarchy.
+
+    The key passphrase is the one the process was given (``$FLEETPKI_KEY_PASSPHRASE``,
+    a systemd credential), else a new one in ``settings.key_passphrase_file`` or in a
+    new file outside the home, whose path the saved configuration then names
+    (:func:`fleetpki.keystore.create_passphrase`).
 
     Raises:
         ConflictError: ``home.exists`` when the home already holds a configuration
@@ -392,8 +419,10 @@ def init_home(
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The passphrase also protects the hub's shared-access keys and the links' secrets,
     # so a home has one whichever keystore holds the CA keys.
-    load_or_create_passphrase(home, create=True)
-    keystore = open_keystore(settings, create=True)
+    passphrase = create_passphrase(home, settings.key_passphrase_file)
+    if passphrase.source.origin is PassphraseOrigin.FILE:
+        settings = settings.with_changes(key_passphrase_file=str(passphrase.source.path))
+    keystore = open_keystore(settings)
     try:
         database = Database(settings.database_url)
         database.migrate()
@@ -405,6 +434,5 @@ def init_home(
     views = made.root, made.issuing, made.template
     # The configuration is written last: a home without it is not a home, so a
     # failed init can simply be run again.
-    settings.config_path.write_text(settings.to_toml())
-    settings.config_path.chmod(0o600)
-    return InitResult(app, *views)
+    settings.save()
+    return InitResult(app, *views, passphrase)

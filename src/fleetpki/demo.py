@@ -85,13 +85,16 @@ def _create_ca(state: DemoState, _console: Console) -> str:
         mqtt_port=mqtt_port,
         # The hub link below gets its Azure tokens here (off by default elsewhere).
         token_endpoint_enabled=True,
+        # Outside the home, as `fleetpki init` keeps it, and removed with the demo.
+        key_passphrase_file=str(state.home.parent / "demo.key-passphrase"),
     )
     result = init_home(settings)
     state.app, state.issuing_id = result.app, result.issuing.id
     state.api_url = settings.public_url
     return (
         f"root {result.root.key_spec}, issuing {result.issuing.key_spec}, "
-        f"template max {result.template.max_validity_days} days"
+        f"template max {result.template.max_validity_days} days; CA keys under scrypt, "
+        f"passphrase outside the home in {result.passphrase.source.describe()}"
     )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "InternalError",
     "NotFoundError",
     "PermissionDenied",
+    "UnavailableError",
     "ValidationError",
     "http_status_for",
 ]
@@ -84,6 +85,16 @@ class InternalError(FleetPKIError):
     """
 
     default_status = 500
+
+
+class UnavailableError(FleetPKIError):
+    """A component the request needs is down for now, the database above all (HTTP 503).
+
+    Nothing was changed; the same request may succeed once the component is back, and
+    fleetpki reconnects by itself. The cause is only logged, with the request id.
+    """
+
+    default_status = 503
 
 
 # Codes whose status differs from their class's default.  Kept in one table so that

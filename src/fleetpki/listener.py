@@ -14,19 +14,33 @@ Each accepted socket gets its TLS handshake within ``handshake_timeout`` seconds
 connection belongs to its protocol; the listener keeps its transport only to count it,
 and drops it once the transport closes (a sweep at most every ``_SWEEP_INTERVAL``
 seconds, and whenever the cap is reached).
+
+`listening_socket` binds the ports, and says what to do when it cannot: the Azure SDKs
+dial fixed ports (8883 for MQTT, 443 for MQTT over WebSockets and the service API,
+5671 for AMQP; ref §0), and 443 is privileged on Linux.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "GuardedListener"]
+from fleetpki.errors import ConflictError, ValidationError
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "GuardedListener",
+    "listening_socket",
+    "privileged_port_help",
+]
 
 _log = logging.getLogger("fleetpki.listener")
 
@@ -181,3 +195,65 @@ class GuardedListener:
                 conn.close()
             return
         self._transports.add(transport)
+
+
+def privileged_port_help(port: int, fallback: int) -> str:
+    """What to do when ``port`` (below 1024) cannot be bound: the ways, each a command.
+
+    ``fallback`` is the unprivileged port the server can listen on instead, behind a
+    port forward.
+    """
+    python = os.path.realpath(sys.executable)
+    return (
+        f"ports below {min(port + 1, 1024)} need a privilege on Linux. Any one of: run "
+        "fleetpki serve under systemd with AmbientCapabilities=CAP_NET_BIND_SERVICE; or "
+        f"grant this Python the capability (every script it runs gets it): sudo setcap "
+        f"cap_net_bind_service=+ep {python}; or let every user bind from {port}: sudo "
+        f"sysctl net.ipv4.ip_unprivileged_port_start={port}; or serve on {fallback} and "
+        f"forward {port} to it: sudo iptables -t nat -A OUTPUT -o lo -p tcp --dport {port} "
+        f"-j REDIRECT --to-ports {fallback} (and the same in PREROUTING for other hosts)"
+    )
+
+
+def listening_socket(
+    host: str, port: int, *, option: str, fallback: int, backlog: int = 2048
+) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (port 0 picks a free port).
+
+    Args:
+        host / port: where to listen.
+        option: the ``fleetpki serve`` option that sets the port, named in errors.
+        fallback: the unprivileged default port, offered behind a forward when
+            ``port`` is privileged.
+        backlog: the listen backlog.
+
+    Raises:
+        ConflictError: ``serve.port_in_use`` when the port is taken.
+        ValidationError: ``serve.privileged_port`` when the port needs a privilege
+            this process lacks (the message says how to grant it or forward the port);
+            ``serve.cannot_bind`` for other failures (a bad address).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConflictError(
+                "serve.port_in_use",
+                f"port {port} on {host} is already in use; stop the other server or pick "
+                f"another port with {option}",
+            ) from None
+        if exc.errno == errno.EACCES and 0 < port < 1024:
+            raise ValidationError(
+                "serve.privileged_port",
+                f"cannot listen on {host}:{port} ({option}): "
+                + privileged_port_help(port, fallback),
+            ) from None
+        raise ValidationError(
+            "serve.cannot_bind", f"cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
+    return sock

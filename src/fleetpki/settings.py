@@ -1,8 +1,9 @@
 """Settings: one immutable object built at the entry point and passed down.
 
 A fleetpki *home* is a folder holding ``config.toml``, the SQLite database (by
-default), the encrypted CA key files and the key passphrase file.  Nothing reads
-the configuration at import time.
+default) and the encrypted CA key files; the key passphrase is kept outside it
+(``key_passphrase_file``, :mod:`fleetpki.keystore.passphrase`).  Nothing reads the
+configuration at import time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 from fleetpki.errors import NotFoundError, ValidationError
 
 __all__ = [
+    "AZURE_AMQP_PORT",
+    "AZURE_HTTPS_PORT",
+    "AZURE_MQTT_PORT",
     "CONFIG_FILE",
     "DEFAULT_API_PORT",
     "DEFAULT_HOST",
@@ -32,6 +36,11 @@ CONFIG_FILE = "config.toml"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8443
 DEFAULT_MQTT_PORT = 8883
+#: The ports the unmodified Azure SDKs dial, which no option of theirs changes (ref §0):
+#: MQTT over TLS, HTTPS (MQTT and AMQP over WebSockets, the service REST API), AMQP.
+AZURE_MQTT_PORT = 8883
+AZURE_HTTPS_PORT = 443
+AZURE_AMQP_PORT = 5671
 #: Where Debian's ``softhsm2`` package installs the SoftHSM2 PKCS#11 module.
 DEFAULT_PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 #: Environment variable holding the PKCS#11 token's user PIN (wins over a PIN file).
@@ -72,6 +81,10 @@ class Settings:
             from the home and the hostname, see ``services.hub_management``).
         token_endpoint_enabled / token_tenant_id: serve the client-credentials token
             endpoint that azure-identity's ClientSecretCredential calls (off by default).
+        key_passphrase_file: the file holding the key passphrase, outside the home
+            (``fleetpki init`` makes it); ``$FLEETPKI_KEY_PASSPHRASE`` and the systemd
+            credential ``fleetpki-key-passphrase`` win over it; empty: ``HOME/key-passphrase``,
+            where homes made before issue 14 keep it.
         keystore: where CA keys are kept: ``file`` (encrypted PKCS#8 files in the home)
             or ``pkcs11`` (generated in, and never leaving, a PKCS#11 token).
         ca_rekey_after_days: a CA renewal makes a new key by default once the current key
@@ -112,6 +125,7 @@ class Settings:
     arm_hub_name: str = ""
     token_endpoint_enabled: bool = False
     token_tenant_id: str = ""
+    key_passphrase_file: str = ""
     keystore: str = "file"
     ca_rekey_after_days: int = 365
     ca_auto_renew_at: float = 0.0

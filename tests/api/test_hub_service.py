@@ -138,3 +138,55 @@ def test_the_azure_iot_hub_sdk(live: LiveServer) -> None:
     assert out["query"] == ["sdk-dev-1"]
     assert out["after_delete"] == [404, 404001]
     assert sys.version_info >= (3, 11)
+
+
+def _put(live: LiveServer, path: str, body: object, **headers: str) -> httpx.Response:
+    headers["Authorization"] = _token(live, "iothubowner")
+    with httpx.Client(verify=ssl.create_default_context(cafile=live.ca_bundle)) as client:
+        return client.put(
+            f"https://localhost:{live.port}{path}",
+            json=body,
+            headers=headers,
+            params={"api-version": "2021-04-12"},
+        )
+
+
+def _sas_body(primary: str | None = None, secondary: str | None = None) -> dict[str, object]:
+    keys = {"primaryKey": primary, "secondaryKey": secondary}
+    return {"deviceId": "sas-api", "authentication": {"type": "sas", "symmetricKey": keys}}
+
+
+@pytest.mark.parametrize(
+    "bad_key",
+    [
+        "not base64!",
+        base64.b64encode(b"k" * 15).decode(),  # Azure's bounds: 16 to 64 bytes
+        base64.b64encode(b"k" * 65).decode(),
+    ],
+)
+def test_sas_device_keys_through_the_service_api(live: LiveServer, bad_key: str) -> None:
+    # A bad key creates nothing.
+    refused = _put(live, "/devices/sas-api", _sas_body(bad_key))
+    assert refused.status_code == 400
+    assert json.loads(refused.json()["Message"])["info"]["fleetpkiCode"] == "hub.bad_symmetric_key"
+    assert _get(live, "/devices/sas-api", _token(live, "iothubowner")).status_code == 404
+    # Without keys, both are generated and returned, as Azure does; GET returns them too.
+    created = _put(live, "/devices/sas-api", _sas_body()).json()
+    keys = created["authentication"]["symmetricKey"]
+    assert created["authentication"]["type"] == "sas"
+    assert all(len(base64.b64decode(keys[k])) == 32 for k in ("primaryKey", "secondaryKey"))
+    read = _get(live, "/devices/sas-api", _token(live, "registryRead")).json()
+    assert read["authentication"]["symmetricKey"] == keys
+    # A bad key on update changes nothing; a good one replaces the key it names only.
+    etag = created["etag"]
+    refused = _put(live, "/devices/sas-api", _sas_body(bad_key), **{"If-Match": f'"{etag}"'})
+    assert refused.status_code == 400
+    unchanged = _get(live, "/devices/sas-api", _token(live, "iothubowner")).json()
+    assert (unchanged["etag"], unchanged["authentication"]["symmetricKey"]) == (etag, keys)
+    new_primary = base64.b64encode(b"n" * 32).decode()
+    rotated = _put(live, "/devices/sas-api", _sas_body(new_primary), **{"If-Match": f'"{etag}"'})
+    assert rotated.json()["authentication"]["symmetricKey"] == {
+        "primaryKey": new_primary,
+        "secondaryKey": keys["secondaryKey"],
+    }
+    live.fleet.hub_devices.delete("sas-api")

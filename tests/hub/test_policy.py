@@ -43,9 +43,10 @@ TRUSTED = TrustedCAs((CA.certificate,))
 @pytest.mark.parametrize(
     ("client_id", "entry", "trusted", "code"),
     [
-        # The CN comes first: an unregistered device with the wrong client id is a mismatch.
-        ("dev-2", None, TRUSTED, "hub.cn_mismatch"),
+        # The registry comes first: the CN is asked of certificateAuthority devices only.
+        ("dev-2", None, TRUSTED, "hub.unknown_device"),
         ("dev-1", None, TRUSTED, "hub.unknown_device"),
+        ("dev-2", _entry(), TRUSTED, "hub.cn_mismatch"),
         # Registry state before the chain: a disabled device of an unknown CA is disabled.
         ("dev-1", _entry(DeviceStatus.DISABLED), TrustedCAs(()), "hub.device_disabled"),
         ("dev-1", _entry(auth=AuthType.SAS), TRUSTED, "hub.wrong_auth_type"),
@@ -81,6 +82,14 @@ def test_self_signed_devices_are_pinned_and_need_no_revocation_source(thumbprint
     assert admission.issuer is None
     device = policy.decide(admission, None)
     assert (device.auth_type, device.certificate_sha1) == (AuthType.SELF_SIGNED, SHA1)
+
+
+def test_a_self_signed_device_is_matched_by_thumbprint_whatever_its_cn() -> None:
+    # Azure asks the CN of certificate-authority devices only (issue 15 item 4).
+    entry = RegistryEntry("sensor-7", DeviceStatus.ENABLED, AuthType.SELF_SIGNED, frozenset({SHA1}))
+    policy = DevicePolicy()
+    admission = policy.admit(PresentedCertificate(LEAF, (), "sensor-7"), entry, TrustedCAs(()), NOW)
+    assert policy.decide(admission, None).device_id == "sensor-7"
 
 
 def test_a_module_authenticates_as_its_device() -> None:

@@ -97,7 +97,12 @@ def test_if_match(fleet: FleetPKI, if_match: str, ok: bool) -> None:
     [
         ("bad id", {}, "hub.bad_device_id"),
         ("x" * 129, {}, "hub.bad_device_id"),
-        ("dev", {"auth_type": AuthType.SAS}, "hub.bad_auth_type"),
+        ("dev", {"auth_type": AuthType.SAS, "primary_key": "c2hvcnQ="}, "hub.bad_symmetric_key"),
+        (
+            "dev",
+            {"auth_type": AuthType.SAS, "secondary_key": "no base64!"},
+            "hub.bad_symmetric_key",
+        ),
         ("dev", {"auth_type": AuthType.SELF_SIGNED}, "hub.thumbprint_required"),
         (
             "dev",
@@ -269,6 +274,7 @@ def test_authenticate_a_ca_device_and_its_refusals(fleet: FleetPKI) -> None:
     assert (device.device_id, device.certificate_serial) == ("dev-1", record.serial_hex)
     assert device.certificate_sha1 == record.sha1_hex
     assert device.fleetpki_ca_id == issuing_ca(fleet).id
+    _add(fleet, "dev-2")
     with pytest.raises(AuthenticationError) as info:
         hub.authenticate(leaf, chain, "dev-2", fleet.now())
     assert info.value.code == "hub.cn_mismatch"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -84,7 +85,10 @@ def test_init_creates_an_encrypted_hierarchy(fleet: FleetPKI) -> None:
     for path in key_files:
         assert path.stat().st_mode & 0o777 == 0o600
         assert b"ENCRYPTED PRIVATE KEY" in path.read_bytes()
-    assert (fleet.settings.home / "key-passphrase").stat().st_mode & 0o777 == 0o600
+    passphrase = Path(fleet.settings.key_passphrase_file)
+    assert passphrase.stat().st_mode & 0o777 == 0o600
+    assert not passphrase.is_relative_to(fleet.settings.home)
+    assert not (fleet.settings.home / "key-passphrase").exists()
 
 
 def test_register_issue_list_and_audit(fleet: FleetPKI) -> None:

@@ -30,6 +30,7 @@ def authenticator(
         policy=DevicePolicy(revocation_soft_fail=soft_fail),
         revocation=RevocationChecker(fetch),
         trust=fleet.hub_trust,
+        seal=fleet.hub_authentication.seal,
     )
 
 

@@ -34,6 +34,7 @@ from fleetpki.api.auth import bearer_token
 from fleetpki.api.azure_schemas import ARM_CERTIFICATE_BODY, ARM_VERIFY_BODY, json_body
 from fleetpki.api.deps import client_source, get_fleet
 from fleetpki.api.oidc import OIDCVerifier
+from fleetpki.api.problems import report_server_error
 from fleetpki.application import FleetPKI
 from fleetpki.errors import (
     AuthenticationError,
@@ -111,6 +112,7 @@ _STATUS_NAMES = {
     409: "Conflict",
     412: "PreconditionFailed",
     500: "InternalServerError",
+    503: "ServiceUnavailable",
 }
 
 
@@ -120,10 +122,15 @@ def _rfc1123(value: dt.datetime) -> str:
     return email.utils.format_datetime(aware.astimezone(dt.UTC), usegmt=True)
 
 
-def arm_error_response(error: FleetPKIError) -> JSONResponse:
-    """Render ``error`` as Azure does: ARM's envelope or the IoT Hub provider's body."""
+def arm_error_response(error: FleetPKIError, *, request_id: str | None = None) -> JSONResponse:
+    """Render ``error`` as Azure does: ARM's envelope or the IoT Hub provider's body.
+
+    Args:
+        error: the refusal.
+        request_id: the ``x-ms-request-id`` (the one logged for a 5xx); a new one by default.
+    """
     status = http_status_for(error)
-    headers: dict[str, str] = {"x-ms-request-id": str(uuid.uuid4())}
+    headers: dict[str, str] = {"x-ms-request-id": request_id or str(uuid.uuid4())}
     arm_code = _ARM_CODES.get(error.code)
     if arm_code is None and isinstance(error, AuthenticationError):
         arm_code = "InvalidAuthenticationToken"
@@ -140,7 +147,8 @@ def arm_error_response(error: FleetPKIError) -> JSONResponse:
         return JSONResponse(
             {"error": {"code": arm_code, "message": message}}, status_code=status, headers=headers
         )
-    code, status = _RP_CODES.get(error.code, (400004, 400) if status < 500 else (500001, 500))
+    default = (400004, 400) if status < 500 else (503000, 503) if status == 503 else (500001, 500)
+    code, status = _RP_CODES.get(error.code, default)
     if isinstance(error, ValidationError) and error.code not in _RP_CODES:
         code, status = 400004, 400
     tracking = str(uuid.uuid4())
@@ -177,6 +185,9 @@ class _ArmRoute(APIRoute):
             try:
                 return await handler(request)
             except FleetPKIError as exc:
+                if http_status_for(exc) >= 500:
+                    request_id = report_server_error(request.method, request.url.path, exc)
+                    return arm_error_response(exc, request_id=request_id)
                 return arm_error_response(exc)
             except RequestValidationError:
                 return arm_error_response(

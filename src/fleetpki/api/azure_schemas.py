@@ -33,7 +33,14 @@ DEVICE_BODY: dict[str, Any] = {
         "authentication": {
             "type": "object",
             "properties": {
-                "type": {"type": "string", "enum": ["certificateAuthority", "selfSigned"]},
+                "type": {"type": "string", "enum": ["certificateAuthority", "selfSigned", "sas"]},
+                "symmetricKey": {
+                    "type": "object",
+                    "properties": {
+                        "primaryKey": {**_NULLABLE_STRING, "maxLength": 128},
+                        "secondaryKey": {**_NULLABLE_STRING, "maxLength": 128},
+                    },
+                },
                 "x509Thumbprint": {
                     "type": "object",
                     "properties": {

@@ -13,20 +13,15 @@ exception never reaches the server and the connection stays usable.
 
 from __future__ import annotations
 
-import logging
-import uuid
-
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetpki.api.arm import arm_error_response
 from fleetpki.api.hub_service import azure_error_response
-from fleetpki.api.problems import INTERNAL_ERROR, problem_json
+from fleetpki.api.problems import INTERNAL_ERROR, problem_json, report_server_error
 from fleetpki.errors import FleetPKIError, http_status_for
 
 __all__ = ["ErrorBoundaryMiddleware", "error_response", "is_arm_path", "is_hub_service_path"]
-
-_log = logging.getLogger("fleetpki.api")
 
 # The first path segments of the hub's Azure service API (ref §3.2).
 _HUB_SERVICE_ROOTS = frozenset({"devices", "twins", "statistics"})
@@ -53,7 +48,7 @@ def error_response(
     if is_hub_service_path(path):
         response: Response = azure_error_response(error, tracking_id=request_id)
     elif is_arm_path(path):
-        response = arm_error_response(error)
+        response = arm_error_response(error, request_id=request_id)
     else:
         return problem_json(
             path,
@@ -94,15 +89,8 @@ class ErrorBoundaryMiddleware:
         try:
             await self.app(scope, receive, watched_send)
         except Exception as exc:
-            request_id = uuid.uuid4().hex
             path = str(scope.get("path", ""))
-            _log.error(
-                "unexpected error on %s %s (request id %s)",
-                scope.get("method"),
-                path,
-                request_id,
-                exc_info=exc,
-            )
+            request_id = report_server_error(str(scope.get("method")), path, exc)
             if started:
                 # Part of the answer is out: the server closes the connection.
                 return

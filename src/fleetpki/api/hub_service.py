@@ -37,7 +37,7 @@ from fleetpki.api.azure_schemas import (
 from fleetpki.api.deps import get_fleet
 from fleetpki.api.oidc import OIDCVerifier
 from fleetpki.api.params import parse_counter
-from fleetpki.api.problems import INTERNAL_ERROR, http_error
+from fleetpki.api.problems import INTERNAL_ERROR, http_error, report_server_error
 from fleetpki.application import FleetPKI
 from fleetpki.errors import (
     AuthenticationError,
@@ -100,6 +100,9 @@ _STATUS_ERRORS: dict[int, tuple[str, int]] = {
     412: ("PreconditionFailed", 412000),
     413: ("MessageTooLarge", 413001),
     415: ("UnsupportedMediaType", 415000),
+    # The SDKs retry a 503 by its status; ServiceUnavailable is 503000 in the .NET SDK's
+    # ErrorCode enum.
+    503: ("ServiceUnavailable", 503000),
 }
 _log = logging.getLogger("fleetpki.api")
 
@@ -242,9 +245,9 @@ class _AzureRoute(APIRoute):
             try:
                 return await handler(request)
             except AzureError as exc:
-                return azure_error_response(exc.error)
+                return _rendered(request, exc.error)
             except FleetPKIError as exc:
-                return azure_error_response(exc)
+                return _rendered(request, exc)
             except RequestValidationError as exc:
                 return azure_error_response(
                     ValidationError("hub.bad_request", f"the request is invalid: {_where(exc)}")
@@ -256,17 +259,18 @@ class _AzureRoute(APIRoute):
             except Exception as exc:
                 # One log entry, with the tracking id the caller sees (ref §3.5); the
                 # connection stays usable because nothing propagates to the server.
-                tracking = uuid.uuid4().hex
-                _log.error(
-                    "unexpected error on %s %s (trackingId %s)",
-                    request.method,
-                    request.url.path,
-                    tracking,
-                    exc_info=exc,
-                )
+                tracking = report_server_error(request.method, request.url.path, exc)
                 return azure_error_response(INTERNAL_ERROR, tracking_id=tracking)
 
         return handle
+
+
+def _rendered(request: Request, error: FleetPKIError) -> Response:
+    """A refusal in Azure's format; one of 5xx is logged once with its tracking id."""
+    if http_status_for(error) >= 500:
+        tracking = report_server_error(request.method, request.url.path, error)
+        return azure_error_response(error, tracking_id=tracking)
+    return azure_error_response(error)
 
 
 def _where(exc: RequestValidationError) -> str:
@@ -299,7 +303,11 @@ def device_json(device: HubDeviceView) -> dict[str, Any]:
         "lastActivityTime": _iso(device.last_activity_at),
         "cloudToDeviceMessageCount": device.c2d_count,
         "authentication": {
-            "symmetricKey": {"primaryKey": None, "secondaryKey": None},
+            # Azure returns a sas device's keys to registry readers (ref §3.2).
+            "symmetricKey": {
+                "primaryKey": device.primary_key,
+                "secondaryKey": device.secondary_key,
+            },
             "x509Thumbprint": {
                 "primaryThumbprint": device.primary_thumbprint,
                 "secondaryThumbprint": device.secondary_thumbprint,
@@ -367,6 +375,7 @@ def _spec_from(device_id: str, body: dict[str, Any]) -> DeviceSpec:
         raise ValidationError("hub.bad_device_id", "the body's deviceId is not the URL's")
     auth = _object(body, "authentication", "")
     thumbs = _object(auth, "x509Thumbprint", "authentication.")
+    keys = _object(auth, "symmetricKey", "authentication.")
     status = _text(body, "status", "", 32)
     return DeviceSpec(
         device_id=device_id,
@@ -379,6 +388,8 @@ def _spec_from(device_id: str, body: dict[str, Any]) -> DeviceSpec:
         secondary_thumbprint=_text(
             thumbs, "secondaryThumbprint", "authentication.x509Thumbprint.", 128
         ),
+        primary_key=_text(keys, "primaryKey", "authentication.symmetricKey.", 128),
+        secondary_key=_text(keys, "secondaryKey", "authentication.symmetricKey.", 128),
         status=DeviceStatus.parse(status) if status else DeviceStatus.ENABLED,
         status_reason=_text(body, "statusReason", "", 1024),
     )
@@ -399,7 +410,11 @@ def _call(use_case: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
 def put_device(
     device_id: str, body: JsonBody, caller: Caller, fleet: Fleet, if_match: IfMatch = None
 ) -> dict[str, Any]:
-    """Create (200, not 201: ref §3.2) or update a device identity."""
+    """Create (200, not 201: ref §3.2) or update a device identity.
+
+    A sas device's keys are generated when the body names none; an update that names
+    keys replaces them (key rotation), one that names none keeps them.
+    """
     _guard(caller, Right.REGISTRY_WRITE)
     spec = _call(_spec_from, device_id, body)
     device, _ = _call(fleet.hub_devices.put, spec, if_match=if_match)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http
 import logging
+import uuid
 from typing import Any
 
 from fastapi import Request
@@ -30,6 +31,7 @@ __all__ = [
     "problem_body",
     "problem_json",
     "problem_response",
+    "report_server_error",
     "validation_error_handler",
 ]
 
@@ -48,6 +50,35 @@ _HTTP_CODES = {
 
 #: What an unexpected error answers: no internals, only this and a request id.
 INTERNAL_ERROR = InternalError("internal.error", "an internal error occurred")
+
+
+def report_server_error(method: str, path: str, exc: BaseException) -> str:
+    """Log a request's server-side failure once and return the request id given to the caller.
+
+    Every answer of 500 or more goes through here, whichever route family renders it,
+    so each such error is one log entry carrying the id the caller sees (``request_id``,
+    Azure's ``trackingId``, ARM's ``x-ms-request-id``). An unexpected exception is
+    logged as an error with its traceback; a :class:`FleetPKIError` of status 5xx (the
+    database unavailable, a token that stopped answering) as a warning with its code and
+    its internal cause, since the caller got a stable code and may retry.
+    """
+    request_id = uuid.uuid4().hex
+    if isinstance(exc, FleetPKIError):
+        cause = exc.__cause__
+        _log.warning(
+            "%s on %s %s (request id %s): %s%s",
+            exc.code,
+            method,
+            path,
+            request_id,
+            exc.message,
+            f" (cause: {type(cause).__name__}: {cause})" if cause is not None else "",
+        )
+    else:
+        _log.error(
+            "unexpected error on %s %s (request id %s)", method, path, request_id, exc_info=exc
+        )
+    return request_id
 
 
 class HTTPRefusal(FleetPKIError):
@@ -137,7 +168,12 @@ async def fleetpki_error_handler(request: Request, exc: Exception) -> JSONRespon
     if isinstance(exc, AuthenticationError | ValidationError) and exc.__cause__ is not None:
         # The internal cause may help an operator; it never goes to the caller.
         _log.info("refused %s: %s (cause: %r)", exc.code, exc.message, exc.__cause__)
-    return problem_response(request, http_status_for(exc), exc.code, exc.message)
+    status = http_status_for(exc)
+    if status >= 500:
+        request_id = report_server_error(request.method, request.url.path, exc)
+        count_refusal(request.app, exc.code)
+        return problem_json(request.url.path, status, exc.code, exc.message, request_id=request_id)
+    return problem_response(request, status, exc.code, exc.message)
 
 
 def _describe(errors: list[Any]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import ssl
@@ -28,10 +27,10 @@ from fleetpki.api.app import create_app
 from fleetpki.api.tls import http_protocol_class, server_ssl_context
 from fleetpki.api.tls_refresher import TLSRefresher
 from fleetpki.application import FleetPKI
-from fleetpki.errors import ConflictError, ValidationError
-from fleetpki.listener import GuardedListener
+from fleetpki.errors import ValidationError
+from fleetpki.listener import GuardedListener, listening_socket
 from fleetpki.services.server_cert import ServerTLSFiles
-from fleetpki.settings import Settings
+from fleetpki.settings import DEFAULT_API_PORT, Settings
 
 __all__ = [
     "GuardedServer",
@@ -43,8 +42,6 @@ __all__ = [
     "prepare_server",
     "run_servers",
     "serve",
-    "serve_workers",
-    "worker_settings",
 ]
 
 Only = Literal["ca", "hub"]
@@ -55,31 +52,16 @@ _log = logging.getLogger("fleetpki.serve")
 
 
 def bind_socket(host: str, port: int, *, option: str = "--api-port") -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0 picks a free port).
+    """A listening TCP socket on ``host:port`` for the API (port 0 picks a free port).
 
     ``option`` is the command-line option the error message points to.
 
     Raises:
         ConflictError: ``serve.port_in_use`` when the port is taken.
-        ValidationError: ``serve.cannot_bind`` for other failures (bad address, no right).
+        ValidationError: ``serve.privileged_port`` (443 without the privilege: the
+            message says how), ``serve.cannot_bind`` for other failures.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConflictError(
-                "serve.port_in_use",
-                f"port {port} on {host} is already in use; stop the other server or pick "
-                f"another port with {option}",
-            ) from None
-        raise ValidationError(
-            "serve.cannot_bind", f"cannot listen on {host}:{port}: {exc.strerror}"
-        ) from None
+    sock = listening_socket(host, port, option=option, fallback=DEFAULT_API_PORT)
     sock.set_inheritable(True)
     return sock
 

@@ -10,6 +10,8 @@ import typer
 from fleetpki.application import InitResult, init_home
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import console, err_console
+from fleetpki.keystore import PassphraseOrigin, PassphraseSource
+from fleetpki.keystore.passphrase import PASSPHRASE_ENV
 from fleetpki.pki.keys import KeySpec
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.settings import DEFAULT_PKCS11_MODULE, PKCS11_PIN_ENV, Settings
@@ -70,12 +72,23 @@ def init(
             "itself is never written to the configuration."
         ),
     ] = "",
+    key_passphrase_file: Annotated[
+        str,
+        typer.Option(
+            help="Where to keep the key passphrase: read if the file exists, else a new "
+            "random one is written to it. Default: a new file under ~/.config/fleetpki/ "
+            f"(outside the home); ${PASSPHRASE_ENV} or a systemd credential win."
+        ),
+    ] = "",
 ) -> None:
     """Create a home: configuration, database and a root + issuing CA hierarchy."""
     state = cli_context(ctx)
     state.require_local("init")
     resolved = state.home_path(home)
     settings = Settings.default_for(resolved, database_url)
+    if key_passphrase_file:
+        path = Path(key_passphrase_file).expanduser().absolute()
+        settings = settings.with_changes(key_passphrase_file=str(path))
     if public_url:
         settings = settings.with_changes(public_url=public_url.rstrip("/"))
     if keystore != "file":
@@ -98,6 +111,9 @@ def init(
     console.print(f"  database      {result.app.db.safe_url}")
     if settings.keystore == "pkcs11":
         console.print(f"  CA keys       PKCS#11 token {settings.pkcs11_token!r}")
+    console.print(f"  passphrase    {_where(result.passphrase.source)}", highlight=False)
+    for warning in result.passphrase.warnings(resolved):
+        err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     console.print(f"  root CA       {result.root.name}  {result.root.id}  ({result.root.key_spec})")
     console.print(
         f"  issuing CA    {result.issuing.name}  {result.issuing.id}  ({result.issuing.key_spec})"
@@ -106,6 +122,15 @@ def init(
         f"  template      {result.template.name}  {result.template.id}  "
         f"(max {result.template.max_validity_days} days)"
     )
+
+
+def _where(source: PassphraseSource) -> str:
+    """Where ``init`` found or put the key passphrase, and what the operator must do."""
+    if source.origin is PassphraseOrigin.ENVIRONMENT:
+        return f"from ${PASSPHRASE_ENV}, not stored: set it for every command and for serve"
+    if source.origin is PassphraseOrigin.CREDENTIAL:
+        return f"from {source.describe()}, not stored"
+    return f"{source.path} (back it up apart from the home: the keys need it)"
 
 
 def demo() -> None:

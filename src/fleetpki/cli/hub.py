@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +24,7 @@ from fleetpki.cli.output import (
 )
 from fleetpki.client import Client
 from fleetpki.errors import ValidationError
-from fleetpki.hub.policy import DeviceStatus
+from fleetpki.hub.policy import AuthType, DeviceStatus
 from fleetpki.services.hub_devices import DeviceSpec
 
 __all__ = ["app"]
@@ -41,9 +42,15 @@ DeviceId = Annotated[str, typer.Argument(help="The device id (its certificate CN
 # SAS connection strings, not fleetpki tokens, so these commands act on the local home.
 
 
-def _add_device(fleet: FleetPKI, device_id: str) -> str:
-    device, _ = fleet.hub_devices.put(DeviceSpec(device_id))
+def _add_device(fleet: FleetPKI, spec: DeviceSpec) -> str:
+    device, _ = fleet.hub_devices.put(spec)
     return device.device_id
+
+
+def _device_connection_string(
+    fleet: FleetPKI, device_id: str, hostname: str, secondary: bool
+) -> str:
+    return fleet.hub_devices.connection_string(device_id, hostname, secondary=secondary)
 
 
 def _list_devices(fleet: FleetPKI) -> list[dict[str, Any]]:
@@ -66,11 +73,79 @@ def _delete_device(fleet: FleetPKI, device_id: str) -> None:
     fleet.hub_devices.delete(device_id)
 
 
+class AuthChoice(enum.StrEnum):
+    """How a device authenticates, as ``--auth`` names it."""
+
+    CA = "ca"
+    SELF_SIGNED = "self-signed"
+    SAS = "sas"
+
+
+_AUTH_TYPES = {
+    AuthChoice.CA: AuthType.CERTIFICATE_AUTHORITY,
+    AuthChoice.SELF_SIGNED: AuthType.SELF_SIGNED,
+    AuthChoice.SAS: AuthType.SAS,
+}
+
+
 @device_app.command("add")
-def device_add(ctx: typer.Context, device_id: DeviceId) -> None:
-    """Register a device that authenticates with a certificate from a trusted CA."""
-    added = _add_device(cli_context(ctx).fleet("hub device add"), device_id)
-    err_console.print(f"device {added} added (certificateAuthority, enabled)")
+def device_add(
+    ctx: typer.Context,
+    device_id: DeviceId,
+    auth: Annotated[
+        AuthChoice,
+        typer.Option(
+            help="ca: a certificate from a trusted CA (CN = device id); self-signed: a "
+            "certificate pinned by --thumbprint; sas: symmetric keys (Azure's default)."
+        ),
+    ] = AuthChoice.CA,
+    thumbprint: Annotated[
+        list[str] | None,
+        typer.Option(help="For self-signed: the SHA-1 or SHA-256 thumbprint (twice: both)."),
+    ] = None,
+    primary_key: Annotated[
+        str | None, typer.Option(help="For sas: the primary key (base64); generated if absent.")
+    ] = None,
+    secondary_key: Annotated[
+        str | None, typer.Option(help="For sas: the secondary key; generated if absent.")
+    ] = None,
+) -> None:
+    """Register a device; ``hub device connection-string ID`` prints a sas device's string."""
+    thumbprints = list(thumbprint or [])
+    if len(thumbprints) > 2:
+        raise ValidationError("cli.too_many_thumbprints", "give at most two --thumbprint")
+    spec = DeviceSpec(
+        device_id,
+        auth_type=_AUTH_TYPES[auth],
+        primary_thumbprint=thumbprints[0] if thumbprints else None,
+        secondary_thumbprint=thumbprints[1] if len(thumbprints) > 1 else None,
+        primary_key=primary_key,
+        secondary_key=secondary_key,
+    )
+    added = _add_device(cli_context(ctx).fleet("hub device add"), spec)
+    err_console.print(f"device {added} added ({spec.auth_type.value}, enabled)")
+
+
+@device_app.command("connection-string")
+def device_connection_string(
+    ctx: typer.Context,
+    device_id: DeviceId,
+    secondary: Annotated[bool, typer.Option("--secondary", help="With the secondary key.")] = False,
+    hostname: Annotated[
+        str | None,
+        typer.Option(help="HostName to print (default: the hub's hostname; no port)."),
+    ] = None,
+) -> None:
+    """Print a sas device's connection string, for ``create_from_connection_string``.
+
+    The device SDK dials HostName on port 8883 (MQTT) or 443 (WebSockets) and takes no
+    port, so the hub must listen there (``fleetpki serve --mqtt-port 8883``).
+    """
+    fleet = cli_context(ctx).fleet("hub device connection-string")
+    text = _device_connection_string(
+        fleet, device_id, hostname or fleet.settings.hostname, secondary
+    )
+    typer.echo(text)
 
 
 @device_app.command("list")

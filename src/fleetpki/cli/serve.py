@@ -9,9 +9,9 @@ import typer
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import err_console
 from fleetpki.errors import ValidationError
-from fleetpki.settings import Settings
+from fleetpki.settings import AZURE_HTTPS_PORT, AZURE_MQTT_PORT, Settings
 
-__all__ = ["serve"]
+__all__ = ["azure_port_notes", "serve"]
 
 
 def serve(
@@ -25,8 +25,23 @@ def serve(
     mqtt_port: Annotated[
         int | None, typer.Option(help="The hub's MQTT/TLS port (default 8883).")
     ] = None,
+    azure_ports: Annotated[
+        bool,
+        typer.Option(
+            "--azure-ports",
+            help="Listen where the unmodified Azure SDKs dial: MQTT on 8883, HTTPS (the "
+            "service API, MQTT over WebSockets) on 443. 443 needs a privilege; the "
+            "error says how to grant it or forward the port.",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the HTTPS API (EZCA-compatible routes and /v1) and the MQTT hub."""
+    """Serve the HTTPS API (EZCA-compatible routes and /v1) and the MQTT hub.
+
+    The Azure device SDK dials its HostName on 8883 (and 443 for WebSockets) and the
+    service SDK uses the same HostName for REST, so one HostName serves both only with
+    the API on 443 (``--azure-ports``); otherwise service connection strings carry the
+    API port and device ones the bare hostname.
+    """
     from fleetpki.api.server import bind_socket
     from fleetpki.api.server import serve as run_serve
 
@@ -34,6 +49,12 @@ def serve(
         raise ValidationError("cli.bad_only", "--only must be `ca` or `hub`")
     state = cli_context(ctx)
     state.require_local("serve")
+    if azure_ports:
+        if (api_port not in (None, AZURE_HTTPS_PORT)) or (mqtt_port not in (None, AZURE_MQTT_PORT)):
+            raise ValidationError(
+                "cli.conflicting_ports", "--azure-ports sets --api-port 443 and --mqtt-port 8883"
+            )
+        api_port, mqtt_port = AZURE_HTTPS_PORT, AZURE_MQTT_PORT
     settings = Settings.load(state.home_path())
     # The hub reads its address from the settings (fleetpki.hub.server.start_hub).
     settings = settings.with_changes(
@@ -50,6 +71,8 @@ def serve(
     fleet = state.open(settings)
     # Every CA key is loaded now: a token without them stops serve here (docs/keystore.md).
     fleet.cas.check_keys()
+    for warning in fleet.key_passphrase.get().warnings(settings.home):
+        err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     if only != "hub":
         err_console.print(
             f"fleetpki API on https://{settings.host}:{port}  (public URL {settings.public_url}; "
@@ -58,6 +81,8 @@ def serve(
         )
     if only != "ca":
         err_console.print(f"fleetpki hub on mqtts://{settings.host}:{settings.mqtt_port}")
+        for note in azure_port_notes(settings.hostname, port, settings.mqtt_port, only):
+            err_console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
     run_serve(
         fleet,
         host=settings.host,
@@ -66,6 +91,24 @@ def serve(
         only="ca" if only == "ca" else "hub" if only == "hub" else None,
         api_socket=api_socket,
     )
+
+
+def azure_port_notes(hostname: str, api_port: int, mqtt_port: int, only: str | None) -> list[str]:
+    """What an Azure SDK user must know about the ports served (ref §0), one sentence each."""
+    notes = []
+    if mqtt_port != AZURE_MQTT_PORT:
+        notes.append(
+            f"the Azure device SDK dials MQTT on {AZURE_MQTT_PORT} only; it cannot reach this "
+            f"hub on {mqtt_port} (forward {AZURE_MQTT_PORT} to it, or use --azure-ports)"
+        )
+    if only != "hub" and api_port != AZURE_HTTPS_PORT:
+        notes.append(
+            f"the API is on {api_port}, not {AZURE_HTTPS_PORT}: service connection strings "
+            f"carry HostName={hostname}:{api_port} and device ones HostName={hostname}; the "
+            f"device SDK's websockets=True dials {AZURE_HTTPS_PORT}. --azure-ports serves "
+            "both SDKs on one HostName"
+        )
+    return notes
 
 
 def _advertise(settings: Settings, port: int) -> Settings:

@@ -4,7 +4,8 @@ The broker (`fleetpki.hub.broker`) runs on the event loop and calls a backend on
 its thread pool, because every method may touch the database. A backend reports
 changes that concern live connections (a revoked certificate, a disabled device, a
 desired-properties patch, a queued cloud-to-device message) by calling the
-`HubListener` it was given with `HubBackend.add_listener`, from any thread.
+`HubListener` it was given with `HubBackend.add_listener`, from any thread (a replaced
+symmetric key too).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fleetpki.services.notifications import (
     CertificateRevoked,
     DesiredPatched,
     DeviceBlocked,
+    DeviceKeysReplaced,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "CertificateRevoked",
     "DesiredPatched",
     "DeviceBlocked",
+    "DeviceKeysReplaced",
     "HubBackend",
     "HubEvent",
     "HubListener",
@@ -95,7 +98,7 @@ class C2DMessage:
 
 #: What the broker reacts to: the application's hub notifications (one class each, in
 #: :mod:`fleetpki.services.notifications`).
-HubEvent = CertificateRevoked | DeviceBlocked | DesiredPatched | C2DQueued
+HubEvent = CertificateRevoked | DeviceBlocked | DeviceKeysReplaced | DesiredPatched | C2DQueued
 
 
 class HubListener(Protocol):
@@ -124,6 +127,19 @@ class HubBackend(Protocol):
         Raises:
             AuthenticationError: with a code of `fleetpki.hub.policy.Refusal`, the
                 one table every backend's refusals come from.
+        """
+        ...
+
+    def authenticate_token(
+        self, token: str, client_id: str, host: str, now: dt.datetime
+    ) -> AuthenticatedDevice:
+        """Decide whether this SAS token (the CONNECT password) may connect as ``client_id``.
+
+        ``host`` is the CONNECT username's host, already checked to be one of the
+        hub's names (ref §1.3, §3.1).
+
+        Raises:
+            AuthenticationError: with a code of `fleetpki.hub.policy.Refusal`.
         """
         ...
 

@@ -1,6 +1,7 @@
 """Live blocks: which sessions a revocation or a disabled device closes, and connects it refuses.
 
-A block (a revoked certificate, a disabled or deleted device) closes every live
+A block (a revoked certificate, a disabled or deleted device, a replaced symmetric
+key) closes every live
 session it matches at once. One that lands while a CONNECT of that device is being
 authenticated (in a worker thread, against a database read just before) must refuse
 that connect too: each block is stamped with an epoch, and a connect refuses itself
@@ -11,7 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fleetpki.hub.backend import AuthenticatedDevice, CertificateRevoked, DeviceBlocked
+from fleetpki.hub.backend import (
+    AuthenticatedDevice,
+    CertificateRevoked,
+    DeviceBlocked,
+    DeviceKeysReplaced,
+)
 
 __all__ = ["BlockList"]
 
@@ -32,8 +38,8 @@ class BlockList:
     def end_connect(self, device: AuthenticatedDevice | None, epoch: int) -> str | None:
         """The authentication ended (``device`` if accepted): the reason to refuse it, if any.
 
-        Returns ``hub.certificate_revoked`` or ``hub.device_disabled`` when a matching
-        block landed since ``epoch``, else ``None``.
+        Returns ``hub.certificate_revoked``, ``hub.sas_key_replaced`` or
+        ``hub.device_disabled`` when a matching block landed since ``epoch``, else ``None``.
         """
         self._authenticating -= 1
         reason = None
@@ -41,6 +47,7 @@ class BlockList:
             for key, why in (
                 (f"sha1:{device.certificate_sha1}", "hub.certificate_revoked"),
                 (f"serial:{device.certificate_serial}", "hub.certificate_revoked"),
+                (f"key:{device.device_id}:{device.key_id}", "hub.sas_key_replaced"),
                 (f"device:{device.device_id}", "hub.device_disabled"),
             ):
                 if self._blocked.get(key, -1) >= epoch:
@@ -51,7 +58,7 @@ class BlockList:
         return reason
 
     def block(
-        self, event: CertificateRevoked | DeviceBlocked
+        self, event: CertificateRevoked | DeviceBlocked | DeviceKeysReplaced
     ) -> Callable[[AuthenticatedDevice], bool]:
         """Record ``event`` for connects in progress; return whether it matches a device."""
         self._epoch += 1
@@ -65,9 +72,18 @@ class BlockList:
                 keys.append(f"serial:{serial}")
 
             def matches(device: AuthenticatedDevice) -> bool:
-                return device.certificate_sha1 == sha1 or (
-                    serial is not None and device.certificate_serial.lstrip("0") == serial
+                # A SAS session has no certificate: None never matches.
+                return (sha1 is not None and device.certificate_sha1 == sha1) or (
+                    serial is not None
+                    and device.certificate_serial is not None
+                    and device.certificate_serial.lstrip("0") == serial
                 )
+        elif isinstance(event, DeviceKeysReplaced):
+            removed = event.key_ids
+            keys.extend(f"key:{event.device_id}:{k}" for k in removed)
+
+            def matches(device: AuthenticatedDevice) -> bool:
+                return device.device_id == event.device_id and device.key_id in removed
         else:
             keys.append(f"device:{event.device_id}")
 

@@ -9,18 +9,25 @@ connection and the persistent session of each client id) and dispatches; each co
 is its own module:
 
 * CONNECT (ref §1.3, §4.2), here: the username must be ``{host}/{clientId}/?...`` for
-  one of the hub's names; the TLS client certificate, its chain and the client id go
-  to `HubBackend.authenticate` (the one policy, `fleetpki.hub.policy`). Every refusal
-  is CONNACK 5 and one log line with the reason code, never a TLS abort (ref §1.4). An
-  accepted client takes over the client id (a previous connection is closed) and gets
-  its persistent session back (§1.8).
+  one of the hub's names. A CONNECT with a password is a symmetric-key device: the
+  password (a SAS token), the client id and the username's host go to
+  `HubBackend.authenticate_token`; without one, the TLS client certificate, its chain
+  and the client id go to `HubBackend.authenticate` (both the one policy,
+  `fleetpki.hub.policy`). Every refusal is CONNACK 5 and one log line with the reason
+  code, never a TLS abort (ref §1.4); while the database does not answer it is
+  CONNACK 3 (server unavailable), which the SDKs retry, so devices come back by
+  themselves once it does. An accepted client takes over the client id (a previous
+  connection is closed) and gets its persistent session back (§1.8). A session
+  authenticated by a SAS token ends when the token expires (``hub.sas_expired`` in the
+  log; the SDK renews its token before that and reconnects with the new one).
 * Telemetry (ref §1.5, §1.6): `fleetpki.hub.telemetry_batcher`, PUBACK after commit.
 * Twins (ref §1.7): `fleetpki.hub.twins`; direct methods (§3.4): `fleetpki.hub.methods`;
   cloud-to-device messages (§1.6): `fleetpki.hub.c2d`.
 * A device may publish and subscribe only on its own topics; anything else drops the
   connection with a log line.
-* Backend events (revocation, disabled or deleted device) close the live session at
-  once, and refuse a CONNECT of that device being authenticated (`fleetpki.hub.blocks`).
+* Backend events (revocation, disabled or deleted device, a replaced symmetric key)
+  close the live session at once, and refuse a CONNECT of that device being
+  authenticated (`fleetpki.hub.blocks`).
 
 The broker never blocks the event loop: every call into the `HubBackend` (the
 database) runs in a thread pool and its answer is written when it comes back.
@@ -38,7 +45,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from fleetpki.errors import AuthenticationError
+from fleetpki.errors import AuthenticationError, UnavailableError
 from fleetpki.hub.azure.topics import (
     AzureProtocolError,
     MethodResponse,
@@ -55,6 +62,7 @@ from fleetpki.hub.backend import (
     CertificateRevoked,
     DesiredPatched,
     DeviceBlocked,
+    DeviceKeysReplaced,
     HubBackend,
     HubEvent,
     TelemetryRecord,
@@ -124,6 +132,8 @@ class Broker:
         self._methods = MethodCalls()
         self._c2d = C2DDelivery(backend, self._pool, self._live, self._spawn)
         self._blocks = BlockList()
+        # The timers that end SAS sessions at their token's expiry, by connection.
+        self._expiries: dict[Link, asyncio.TimerHandle] = {}
         #: Called with (client id, reason code, loop time) when a block closes a session.
         self.on_block_close: Callable[[str, str, float], None] | None = None
 
@@ -137,6 +147,7 @@ class Broker:
     async def stop(self) -> None:
         """Store pending telemetry, close every connection and stop the thread pools."""
         self.backend.remove_listener(self._on_backend_event)
+        self._batcher.stop_retrying()
         await self._batcher.drain()
         for link in list(self._live.values()):
             link.close("hub.shutdown")
@@ -171,10 +182,17 @@ class Broker:
         """Authenticate a CONNECT in the background; answer CONNACK 0 or 5."""
         self._spawn(self._connect(link, event))
 
-    def _refuse(self, link: Link, client_id: str, code: str, message: str) -> None:
+    def _refuse(
+        self,
+        link: Link,
+        client_id: str,
+        code: str,
+        message: str,
+        return_code: ConnectReturnCode = ConnectReturnCode.NOT_AUTHORIZED,
+    ) -> None:
         _log.warning("hub: refused client %r: %s (%s)", client_id, code, message)
         if link.mqtt.state is ConnectionState.CONNECT_RECEIVED:
-            link.write(link.mqtt.refuse(ConnectReturnCode.NOT_AUTHORIZED))
+            link.write(link.mqtt.refuse(return_code))
         link.close(code)
 
     async def _connect(self, link: Link, event: ConnectRequested) -> None:
@@ -184,17 +202,29 @@ class Broker:
         except AzureProtocolError as exc:
             self._refuse(link, client_id, exc.code, exc.message)
             return
+        password = event.password
         leaf_der, others = link.peer_certificates()
-        if leaf_der is None:
+        if password is None and leaf_der is None:
             refusal = Refusal.NO_CLIENT_CERTIFICATE
             self._refuse(link, client_id, refusal.code, refusal.message)
             return
         epoch = self._blocks.begin_connect()
         device = None
         try:
-            device = await self._in_thread(self._authenticate, leaf_der, others, client_id)
+            if password is not None:
+                device = await self._in_thread(
+                    self._authenticate_token, password, client_id, username.host
+                )
+            else:
+                assert leaf_der is not None
+                device = await self._in_thread(self._authenticate, leaf_der, others, client_id)
         except AuthenticationError as exc:
             self._refuse(link, client_id, exc.code, exc.message)
+            return
+        except UnavailableError as exc:
+            # Not the device's fault: CONNACK 3, which the SDKs retry (MQTT 3.1.1 §3.2.2.3).
+            code = ConnectReturnCode.SERVER_UNAVAILABLE
+            self._refuse(link, client_id, exc.code, exc.message, code)
             return
         except Exception:
             _log.exception("hub: authenticating %r failed", client_id)
@@ -225,8 +255,30 @@ class Broker:
             self._sessions.pop(client_id, None)
         self._live[client_id] = link
         _log.info("hub: device %r connected", client_id)
+        if device.expires_at is not None:
+            self._end_at_expiry(link, client_id, device.expires_at)
         link.process()
         self._c2d.kick(client_id)
+
+    def _end_at_expiry(self, link: Link, client_id: str, expires_at: dt.datetime) -> None:
+        """Close ``link`` when its SAS token expires, as Azure ends such a session."""
+        delay = max(0.0, (expires_at - self._utcnow()).total_seconds())
+
+        def expire() -> None:
+            self._expiries.pop(link, None)
+            _log.info("hub: closed %r: %s", client_id, Refusal.SAS_EXPIRED.code)
+            link.close(Refusal.SAS_EXPIRED.code)
+
+        self._expiries[link] = asyncio.get_running_loop().call_later(delay, expire)
+
+    def _authenticate_token(
+        self, password: bytes, client_id: str, host: str
+    ) -> AuthenticatedDevice:
+        try:
+            token = password.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Refusal.SAS_MALFORMED.error() from exc
+        return self.backend.authenticate_token(token, client_id, host, self._utcnow())
 
     def _authenticate(
         self, leaf_der: bytes, others: Sequence[bytes], client_id: str
@@ -240,6 +292,9 @@ class Broker:
 
     def connection_lost(self, link: Link) -> None:
         """Forget a closed connection; keep its session if CleanSession was 0."""
+        timer = self._expiries.pop(link, None)
+        if timer is not None:
+            timer.cancel()
         connect = link.mqtt.connect_packet
         if connect is None or link.device is None:
             return
@@ -362,6 +417,8 @@ class Broker:
         """Act on a backend event in the loop: close blocked sessions, push patches, C2D."""
         if isinstance(event, CertificateRevoked):
             self._block(event, Refusal.CERTIFICATE_REVOKED.code)
+        elif isinstance(event, DeviceKeysReplaced):
+            self._block(event, "hub.sas_key_replaced")
         elif isinstance(event, DeviceBlocked):
             self._block(event, event.reason)
             if event.reason == Refusal.UNKNOWN_DEVICE.code:  # deleted: its session goes too
@@ -374,7 +431,9 @@ class Broker:
         elif isinstance(event, C2DQueued):
             self._c2d.kick(event.device_id)
 
-    def _block(self, event: CertificateRevoked | DeviceBlocked, reason: str) -> None:
+    def _block(
+        self, event: CertificateRevoked | DeviceBlocked | DeviceKeysReplaced, reason: str
+    ) -> None:
         matches = self._blocks.block(event)
         for client_id, link in list(self._live.items()):
             if link.device is not None and matches(link.device):

@@ -2,25 +2,37 @@
 
 Theory of operation
 -------------------
-Whether a TLS client certificate may connect as an MQTT client id is decided here and
-nowhere else, from plain facts the caller gathered: the certificate and the chain the
-device sent (`PresentedCertificate`), the device's registry entry (`RegistryEntry`),
-the hub's trust anchors (`TrustedCAs`) and, last, a revocation verdict
-(`RevocationVerdict`). Every hub backend uses `DevicePolicy`; the caller owns the I/O.
+Whether a client may connect as an MQTT client id is decided here and nowhere else,
+from plain facts the caller gathered: what the client presented (a TLS client
+certificate and its chain, `PresentedCertificate`, or a SAS token as its CONNECT
+password, `PresentedToken`), the device's registry entry (`RegistryEntry`), the hub's
+trust anchors (`TrustedCAs`) and, last, a revocation verdict (`RevocationVerdict`).
+Every hub backend uses `DevicePolicy`; the caller owns the I/O.
 
-Revocation needs the verified chain first (the issuer decides which source to ask: for
-a fleetpki CA its certificate table, for a foreign CA the OCSP responder or CRL the
-leaf names, over the network), so the decision has two steps:
+X.509 (ref §4.2). Revocation needs the verified chain first (the issuer decides which
+source to ask: for a fleetpki CA its certificate table, for a foreign CA the OCSP
+responder or CRL the leaf names, over the network), so the decision has two steps:
 
-1. `DevicePolicy.admit` runs every check but revocation, in this order: the leaf CN is
-   the client id; the device (the part of the client id before ``/`` for a module) is
-   registered and enabled; its authentication type is selfSigned with a matching
-   thumbprint, or certificateAuthority with a chain that verifies up to a *verified*
-   hub CA (a chain to an unverified one is told apart). It returns an `Admission`
-   that names the verified issuer whose revocation source must be asked, if any.
+1. `DevicePolicy.admit` runs every check but revocation, in this order: the device (the
+   part of the client id before ``/`` for a module) is registered and enabled; a
+   selfSigned device's certificate has one of its thumbprints (and nothing else is
+   asked of it: Azure matches such devices by thumbprint only, whatever their CN); a
+   certificateAuthority device's leaf CN is the client id and its chain verifies up to
+   a *verified* hub CA (a chain to an unverified one is told apart). It returns an
+   `Admission` that names the verified issuer whose revocation source must be asked,
+   if any.
 2. `DevicePolicy.decide` takes that admission and the verdict of the source and
    returns the `AuthenticatedDevice`, or refuses a revoked certificate, and one whose
    status no source could give unless revocation soft-fail is on.
+
+Symmetric keys (ref §3.1; `fleetpki.hub.azure.sas`). `DevicePolicy.admit_token` decides
+in one step: the password is a SharedAccessSignature; the device is registered,
+enabled and a ``sas`` device (modules have no identities of their own here); the token
+carries no ``skn`` (a device signs with its own key); its resource URI grants
+``{host}/devices/{deviceId}`` for the host the CONNECT username named; it has not
+expired; and one of the device's two keys signed it. The device it returns carries
+the token's expiry, at which the hub ends the session, and the id of the key that
+signed it, so that replacing that key ends the session too.
 
 Every refusal is an `AuthenticationError` whose code comes from one table,
 `Refusal`; the MQTT server answers CONNACK 5 to each (ref §1.4).
@@ -39,6 +51,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from fleetpki.errors import AuthenticationError, ValidationError
+from fleetpki.hub.azure.sas import SasToken, SasTokenMalformed, device_resource_uri, key_id
 from fleetpki.pki.chain import verify_client_chain
 
 __all__ = [
@@ -48,6 +61,7 @@ __all__ = [
     "DevicePolicy",
     "DeviceStatus",
     "PresentedCertificate",
+    "PresentedToken",
     "Refusal",
     "RegistryEntry",
     "RevocationStatus",
@@ -63,7 +77,10 @@ class Refusal(enum.Enum):
     read, the message is safe to show to the device's owner.
     """
 
-    NO_CLIENT_CERTIFICATE = ("hub.no_client_certificate", "no TLS client certificate")
+    NO_CLIENT_CERTIFICATE = (
+        "hub.no_client_certificate",
+        "no TLS client certificate and no SAS token",
+    )
     BAD_CERTIFICATE = ("hub.bad_certificate", "unreadable certificate")
     CN_MISMATCH = ("hub.cn_mismatch", "the certificate CN is not the MQTT client id")
     UNKNOWN_DEVICE = ("hub.unknown_device", "the device is not registered in the hub")
@@ -77,6 +94,16 @@ class Refusal(enum.Enum):
         "hub.revocation_unknown",
         "the certificate's revocation status cannot be established",
     )
+    NOT_A_SAS_DEVICE = ("hub.wrong_auth_type", "the device does not use symmetric-key (sas) auth")
+    SAS_MODULE = ("hub.sas_module", "modules have no identities of their own to sign SAS tokens")
+    SAS_MALFORMED = ("hub.sas_malformed", "the CONNECT password is not a SharedAccessSignature")
+    SAS_POLICY_TOKEN = (
+        "hub.sas_policy_token",
+        "a device token is signed with the device's own key and names no skn",
+    )
+    SAS_WRONG_RESOURCE = ("hub.sas_wrong_resource", "the SAS token is for another device or hub")
+    SAS_EXPIRED = ("hub.sas_expired", "the SAS token has expired")
+    SAS_BAD_SIGNATURE = ("hub.sas_bad_signature", "the SAS token is not signed with a device key")
     INTERNAL_ERROR = ("hub.internal_error", "authentication failed")
 
     @property
@@ -134,7 +161,8 @@ class AuthType(enum.Enum):
             if member.value.lower() == text.lower():
                 return member
         raise ValidationError(
-            "hub.bad_auth_type", "authentication type must be certificateAuthority or selfSigned"
+            "hub.bad_auth_type",
+            "authentication type must be certificateAuthority, selfSigned or sas",
         )
 
 
@@ -168,12 +196,40 @@ class RegistryEntry:
         auth_type: how the device must authenticate.
         thumbprints: for selfSigned devices, the allowed SHA-1 or SHA-256
             thumbprints (hex, any case).
+        symmetric_keys: for sas devices, the primary and secondary keys (base64).
     """
 
     device_id: str
     status: DeviceStatus
     auth_type: AuthType
     thumbprints: frozenset[str] = frozenset()
+    symmetric_keys: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        # The keys are secrets: never in a log line or a test failure.
+        return (
+            f"RegistryEntry({self.device_id!r}, {self.status}, {self.auth_type}, "
+            f"thumbprints={sorted(self.thumbprints)}, symmetric_keys=<{len(self.symmetric_keys)}>)"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PresentedToken:
+    """A client that sent a SAS token as its CONNECT password (ref §1.3).
+
+    Attributes:
+        token: the password, decoded as UTF-8.
+        client_id: the CONNECT client id, ``device`` or ``device/module``.
+        host: the host part of the CONNECT username, which the broker has already
+            checked is one of the hub's names; the token's resource must name it.
+    """
+
+    token: str
+    client_id: str
+    host: str
+
+    def __repr__(self) -> str:
+        return f"PresentedToken(<token>, {self.client_id!r}, {self.host!r})"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -231,16 +287,21 @@ class AuthenticatedDevice:
         device_id / module_id: the identity (the client id is ``device`` or ``device/module``).
         auth_type: how it authenticated.
         certificate_sha1 / certificate_serial: the leaf's thumbprint and serial,
-            upper-case hex, to match later revocations.
+            upper-case hex, to match later revocations; ``None`` for a SAS token.
         fleetpki_ca_id: the fleetpki CA that issued the leaf, when it is one of ours.
+        key_id: for a SAS token, the id (`fleetpki.hub.azure.sas.key_id`) of the device
+            key that signed it, to match a later key replacement.
+        expires_at: for a SAS token, its expiry: the hub ends the session then.
     """
 
     device_id: str
     module_id: str | None
     auth_type: AuthType
-    certificate_sha1: str
-    certificate_serial: str
+    certificate_sha1: str | None
+    certificate_serial: str | None
     fleetpki_ca_id: str | None = None
+    key_id: str | None = None
+    expires_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -320,13 +381,11 @@ class DevicePolicy:
             now: the time of the check (timezone-aware ``datetime``).
 
         Raises:
-            AuthenticationError: ``hub.cn_mismatch``, ``hub.unknown_device``,
-                ``hub.device_disabled``, ``hub.wrong_auth_type``, ``hub.untrusted_ca``,
+            AuthenticationError: ``hub.unknown_device``, ``hub.device_disabled``,
+                ``hub.wrong_auth_type``, ``hub.cn_mismatch``, ``hub.untrusted_ca``,
                 ``hub.ca_unverified``.
         """
         leaf = presented.leaf
-        if _common_name(leaf) != presented.client_id:
-            raise Refusal.CN_MISMATCH.error()
         device_id, _, module_id = presented.client_id.partition("/")
         if entry is None:
             raise Refusal.UNKNOWN_DEVICE.error()
@@ -337,6 +396,7 @@ class DevicePolicy:
         serial = format(leaf.serial_number, "X")
         device = AuthenticatedDevice(device_id, module_id or None, entry.auth_type, sha1, serial)
         if entry.auth_type is AuthType.SELF_SIGNED:
+            # Matched by thumbprint alone, as Azure does: the CN is not asked (ref §4.2).
             sha256 = hashlib.sha256(der).hexdigest().upper()
             allowed = {t.upper() for t in entry.thumbprints}
             if sha1 not in allowed and sha256 not in allowed:
@@ -344,6 +404,8 @@ class DevicePolicy:
             return Admission(device, leaf, None)
         if entry.auth_type is not AuthType.CERTIFICATE_AUTHORITY:
             raise Refusal.WRONG_AUTH_TYPE.error()
+        if _common_name(leaf) != presented.client_id:
+            raise Refusal.CN_MISMATCH.error()
         intermediates = [c for c in presented.chain if c != leaf]
         verified = _chains(leaf, intermediates, trusted.verified, now)
         if verified is None:
@@ -378,3 +440,51 @@ class DevicePolicy:
         if verdict.fleetpki_ca_id is None:
             return admission.device
         return dataclasses.replace(admission.device, fleetpki_ca_id=verdict.fleetpki_ca_id)
+
+    def admit_token(
+        self, presented: PresentedToken, entry: RegistryEntry | None, now: dt.datetime
+    ) -> AuthenticatedDevice:
+        """Decide on a SAS token, in the order of the module docstring.
+
+        Args:
+            presented: the token, the client id and the username's host.
+            entry: the registry entry of the client id's device, ``None`` if unregistered.
+            now: the time of the check (timezone-aware ``datetime``).
+
+        Raises:
+            AuthenticationError: ``hub.sas_malformed``, ``hub.unknown_device``,
+                ``hub.device_disabled``, ``hub.wrong_auth_type``, ``hub.sas_module``,
+                ``hub.sas_policy_token``, ``hub.sas_wrong_resource``,
+                ``hub.sas_expired``, ``hub.sas_bad_signature``.
+        """
+        try:
+            token = SasToken.parse(presented.token)
+        except SasTokenMalformed as exc:
+            raise Refusal.SAS_MALFORMED.error() from exc
+        device_id, _, module_id = presented.client_id.partition("/")
+        if entry is None:
+            raise Refusal.UNKNOWN_DEVICE.error()
+        if entry.status is not DeviceStatus.ENABLED:
+            raise Refusal.DEVICE_DISABLED.error()
+        if entry.auth_type is not AuthType.SAS:
+            raise Refusal.NOT_A_SAS_DEVICE.error()
+        if module_id:
+            raise Refusal.SAS_MODULE.error()
+        if token.key_name is not None:
+            raise Refusal.SAS_POLICY_TOKEN.error()
+        if not token.grants(device_resource_uri(presented.host, device_id)):
+            raise Refusal.SAS_WRONG_RESOURCE.error()
+        if token.expired(now.timestamp()):
+            raise Refusal.SAS_EXPIRED.error()
+        index = token.signed_by(entry.symmetric_keys)
+        if index is None:
+            raise Refusal.SAS_BAD_SIGNATURE.error()
+        return AuthenticatedDevice(
+            device_id,
+            None,
+            AuthType.SAS,
+            None,
+            None,
+            key_id=key_id(entry.symmetric_keys[index]),
+            expires_at=dt.datetime.fromtimestamp(token.expiry, dt.UTC),
+        )

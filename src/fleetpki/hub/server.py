@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import ssl
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from fleetpki.errors import ConflictError
 from fleetpki.hub.azure.topics import ClientIdentity
 from fleetpki.hub.backend import AuthenticatedDevice, HubBackend
 from fleetpki.hub.broker import Broker
@@ -43,7 +41,8 @@ from fleetpki.hub.protocol import (
     Unsubscribed,
 )
 from fleetpki.hub.tls import hub_ssl_context, peer_certificates
-from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener
+from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener, listening_socket
+from fleetpki.settings import DEFAULT_MQTT_PORT
 
 __all__ = ["HubConnection", "HubServer", "HubTLS", "bind_mqtt_socket", "start_hub"]
 
@@ -268,13 +267,12 @@ class HubServer:
 
         Raises:
             ConflictError: ``serve.port_in_use``.
-            OSError: the address cannot be bound for another reason.
+            ValidationError: ``serve.privileged_port``, ``serve.cannot_bind``.
         """
         loop = asyncio.get_running_loop()
         if sock is None:
             sock = bind_mqtt_socket(host, port)
-        else:
-            sock.setblocking(False)
+        sock.setblocking(False)
         self.broker.start()
         self._listener = GuardedListener(
             "MQTT",
@@ -307,26 +305,16 @@ class HubServer:
 
 
 def bind_mqtt_socket(host: str, port: int) -> socket.socket:
-    """A listening socket for the MQTT port (``port`` 0 picks one).
+    """A listening socket for the MQTT port (``port`` 0 picks one), inheritable by workers.
 
     Raises:
         ConflictError: ``serve.port_in_use``.
-        OSError: the address cannot be bound for another reason.
+        ValidationError: ``serve.privileged_port``, ``serve.cannot_bind``.
     """
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(4096)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConflictError(
-                "serve.port_in_use",
-                f"port {port} on {host} is already in use; pick another with --mqtt-port",
-            ) from None
-        raise
+    sock = listening_socket(
+        host, port, option="--mqtt-port", fallback=DEFAULT_MQTT_PORT, backlog=4096
+    )
+    sock.set_inheritable(True)
     return sock
 
 

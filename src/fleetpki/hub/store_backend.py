@@ -8,16 +8,17 @@ the event loop.
 
 What concerns live sessions (a revoked certificate, from any route: CLI, ``/v1``, EZCA,
 all of which end in ``services.certificates.revoke``; a disabled or deleted device; a
-desired patch; a queued cloud-to-device message) may be changed by any process on the
-database, while the session is held by one hub node. So each of them travels through
-the outbox (DESIGN.md "Events and the outbox"; `fleetpki.services.hub_notices`): this
-hub node is the consumer ``hub:<settings.hub_node>`` of those events and has its own
-delivery of each (`fleetpki.services.delivery.ConsumerWorker`), translated into the
-broker's `HubEvent` types. Its worker is woken at once when such a change commits in
-this process, by PostgreSQL LISTEN/NOTIFY when one commits in another process, and
-otherwise looks every ``revocation_poll`` seconds (SQLite).
+replaced symmetric key; a desired patch; a queued cloud-to-device message) may be
+changed by any process on the database, while the session is held by one hub node. So
+each of them travels through the outbox (DESIGN.md "Events and the outbox";
+`fleetpki.services.hub_notices`): this hub node is the consumer
+``hub:<settings.hub_node>`` of those events and has its own delivery of each
+(`fleetpki.services.delivery.ConsumerWorker`), translated into the broker's `HubEvent`
+types. Its worker is woken at once when such a change commits in this process, by
+PostgreSQL LISTEN/NOTIFY when one commits in another process, and otherwise looks every
+``revocation_poll`` seconds (SQLite).
 
-Revocations and blocked devices also take a faster path when they are committed in
+Revocations, blocked devices and replaced keys also take a faster path when they are committed in
 this very process: `_Bridge` forwards them from the application's event bus as the
 commit returns. Closing is idempotent (a session closed stays closed), so the outbox
 delivery that follows changes nothing; desired patches and C2D, which the device would
@@ -60,10 +61,9 @@ from fleetpki.application import FleetPKI
 from fleetpki.hub.backend import (
     AuthenticatedDevice,
     C2DMessage,
-    C2DQueued,
     CertificateRevoked,
-    DesiredPatched,
     DeviceBlocked,
+    DeviceKeysReplaced,
     HubListener,
     TelemetryRecord,
     Twin,
@@ -103,6 +103,10 @@ class _Bridge(HubEventListener):
     def on_device_blocked(self, device_id: str, reason: str) -> None:
         """Disabled (``hub.device_disabled``) or deleted (``hub.unknown_device``)."""
         self.listener(DeviceBlocked(device_id, reason))
+
+    def on_device_keys_replaced(self, device_id: str, key_ids: frozenset[str]) -> None:
+        """A sas device's keys were replaced: the sessions they signed close."""
+        self.listener(DeviceKeysReplaced(device_id, key_ids))
 
     def on_certificate_revoked(self, serial: str, sha1: str | None) -> None:
         """A certificate was revoked: the broker closes sessions that use it."""
@@ -236,6 +240,12 @@ class StoreHubBackend:
     ) -> AuthenticatedDevice:
         """See `fleetpki.services.hub_authentication.DeviceAuthenticator.authenticate`."""
         return self.authenticator.authenticate(leaf, chain, client_id, now)
+
+    def authenticate_token(
+        self, token: str, client_id: str, host: str, now: dt.datetime
+    ) -> AuthenticatedDevice:
+        """See `DeviceAuthenticator.authenticate_token`."""
+        return self.authenticator.authenticate_token(token, client_id, host, now)
 
     def store_telemetry(self, batch: Sequence[TelemetryRecord]) -> None:
         """Store a batch in one transaction; returns once it is committed."""

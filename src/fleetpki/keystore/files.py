@@ -1,56 +1,172 @@
-"""Encrypted PKCS#8 key files: the default keystore backend."""
+"""Encrypted PKCS#8 key files: the default keystore backend, and how any key file is kept.
+
+Each CA key is a file of mode 0600 in the keys folder (0700), encrypted under the key
+passphrase with scrypt (:mod:`fleetpki.keystore.pkcs8`). :func:`write_key_file` and
+:func:`load_key_file` are also how the token endpoint keeps its signing key. A key found
+in a weaker form than today's (the PBKDF2-2048 files of earlier versions) is
+re-encrypted when it is loaded: written beside the old file and renamed over it, so a
+crash leaves one of the two whole, and logged once (a warning naming the file and both
+forms).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import secrets
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from fleetpki.errors import NotFoundError, ValidationError
+from fleetpki.keystore.pkcs8 import (
+    KeyProtection,
+    UnsupportedKeyError,
+    encrypt_private_key,
+    load_private_key,
+    protection_of,
+)
 from fleetpki.keystore.signer import PrivateKey, PublicKey, Signer, hash_for_key
+
+try:  # POSIX: serialise the re-encryption of one file between processes
+    import fcntl
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from fleetpki.pki.keys import KeySpec
 
-__all__ = ["PASSPHRASE_ENV", "FileKeyStore", "FileSigner", "load_or_create_passphrase"]
+__all__ = ["FileKeyStore", "FileSigner", "load_key_file", "write_key_file"]
 
-#: Environment variable that, when set, holds the passphrase for CA key files.
-PASSPHRASE_ENV = "FLEETPKI_KEY_PASSPHRASE"  # noqa: S105 (a variable name)
-_SECRET_FILE = "key-passphrase"  # noqa: S105 (a file name)
+_log = logging.getLogger("fleetpki.keystore")
 _FILE_PREFIX = "file:"
 
 
-def load_or_create_passphrase(home: Path, *, create: bool = False) -> bytes:
-    """Return the passphrase that encrypts CA keys in ``home``.
+def write_key_file(path: Path, key: PrivateKey, passphrase: bytes) -> None:
+    """Write ``key`` encrypted under ``passphrase`` to a new file of mode 0600.
 
-    ``FLEETPKI_KEY_PASSPHRASE`` wins when set.  Otherwise the passphrase lives in
-    ``home/key-passphrase`` (mode 0600), generated when ``create`` is true.
+    The file appears whole or not at all: it is written under a temporary name and
+    linked into place, which fails if ``path`` exists.
 
     Raises:
-        NotFoundError: ``keystore.passphrase_missing`` when neither exists.
+        FileExistsError: ``path`` exists (nothing is overwritten).
     """
-    from_env = os.environ.get(PASSPHRASE_ENV)
-    if from_env:
-        return from_env.encode()
-    path = home / _SECRET_FILE
-    if path.exists():
-        return path.read_bytes().strip()
-    if not create:
-        raise NotFoundError(
-            "keystore.passphrase_missing",
-            f"no key passphrase: set {PASSPHRASE_ENV} or restore {path}",
-        )
-    secret = secrets.token_urlsafe(32).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(secret + b"\n")
-    return secret
+    temporary = _write_temporary(path, key, passphrase)
+    try:
+        os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+
+
+def _write_temporary(path: Path, key: PrivateKey, passphrase: bytes) -> Path:
+    """``key`` encrypted into a new 0600 file beside ``path``, synced to disk."""
+    pem = encrypt_private_key(key, passphrase)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def load_key_file(path: Path, passphrase: bytes, *, what: str = "CA key") -> PrivateKey:
+    """Decrypt the key file ``path``; re-encrypt it first if its form is weaker than today's.
+
+    Args:
+        path: the PEM file.
+        passphrase: the key passphrase.
+        what: how the log line and errors name the key (``"CA key"``).
+
+    Raises:
+        NotFoundError: ``keystore.key_missing`` when there is no such file.
+        ValidationError: ``keystore.bad_passphrase`` when it cannot be decrypted,
+            ``keystore.unsupported_key`` for a key type fleetpki does not use.
+    """
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise NotFoundError("keystore.key_missing", f"{what} file {path} is missing") from exc
+    key = _decrypt(path, pem, passphrase, what)
+    try:
+        protection = protection_of(pem)
+    except ValueError:
+        protection = KeyProtection("an unreadable encryption")
+    if not protection.current:
+        _reencrypt(path, key, passphrase, what)
+    return key
+
+
+def _decrypt(path: Path, pem: bytes, passphrase: bytes, what: str) -> PrivateKey:
+    try:
+        return load_private_key(pem, passphrase)
+    except UnsupportedKeyError as exc:
+        raise ValidationError(
+            "keystore.unsupported_key", f"unsupported key type in {path.name}"
+        ) from exc
+    except ValueError as exc:
+        raise ValidationError(
+            "keystore.bad_passphrase", f"cannot decrypt {what} {path.name}: wrong passphrase?"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # An advisory lock on the file itself: a second process that waited for it finds
+    # the file renamed over and in the new form, and leaves it alone.
+    with path.open("rb") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def _reencrypt(path: Path, key: PrivateKey, passphrase: bytes, what: str) -> None:
+    """Put ``key`` back into ``path`` in today's form, atomically; log it once."""
+    try:
+        with _locked(path):
+            pem = path.read_bytes()
+            try:
+                before = protection_of(pem)
+            except ValueError:
+                before = KeyProtection("an unreadable encryption")
+            if before.current:
+                return  # another process did it while we waited
+            temporary = _write_temporary(path, key, passphrase)
+            try:
+                os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
+            _sync_directory(path.parent)
+    except OSError as exc:
+        # The key works as it is; a read-only home keeps its old form until it can be written.
+        _log.warning("could not re-encrypt %s %s in place: %s", what, path, exc)
+        return
+    after = protection_of(path.read_bytes())
+    _log.warning(
+        "re-encrypted %s %s: it was protected by %s, now by %s (same passphrase)",
+        what,
+        path,
+        before.description,
+        after.description,
+    )
+
+
+def _sync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform opens directories
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class FileSigner:
@@ -95,7 +211,7 @@ class FileKeyStore:
 
     Args:
         directory: the folder for key files; created with mode 0700 if missing.
-        passphrase: the secret that encrypts every key (``BestAvailableEncryption``).
+        passphrase: the secret that encrypts every key (scrypt, :mod:`.pkcs8`).
     """
 
     def __init__(self, directory: Path, passphrase: bytes) -> None:
@@ -116,14 +232,7 @@ class FileKeyStore:
         """Encrypt an existing ``key`` into a new file and return its signer."""
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"{uuid.uuid4()}.pem"
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(self._passphrase),
-        )
-        fd = os.open(self._dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
+        write_key_file(self._dir / name, key, self._passphrase)
         signer = FileSigner(_FILE_PREFIX + name, key)
         self._cache[signer.key_ref] = signer
         return signer
@@ -143,25 +252,18 @@ class FileKeyStore:
         return self._dir / key_ref.removeprefix(_FILE_PREFIX)
 
     def signer(self, key_ref: str) -> Signer:
-        """Load the signer for ``key_ref`` (``file:NAME``), decrypting it once."""
+        """Load the signer for ``key_ref`` (``file:NAME``), decrypting it once.
+
+        A key file in a weaker form than today's is re-encrypted now (:func:`load_key_file`).
+
+        Raises:
+            NotFoundError: ``keystore.key_missing``.
+            ValidationError: ``keystore.bad_passphrase``, ``keystore.unsupported_key``.
+        """
         cached = self._cache.get(key_ref)
         if cached is not None:
             return cached
-        path = self._path(key_ref)
-        try:
-            pem = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise NotFoundError("keystore.key_missing", f"CA key file {path} is missing") from exc
-        try:
-            key = serialization.load_pem_private_key(pem, password=self._passphrase)
-        except (ValueError, TypeError) as exc:
-            raise ValidationError(
-                "keystore.bad_passphrase", f"cannot decrypt CA key {path.name}: wrong passphrase?"
-            ) from exc
-        if not isinstance(key, PrivateKey):
-            raise ValidationError(
-                "keystore.unsupported_key", f"unsupported key type in {path.name}"
-            )
+        key = load_key_file(self._path(key_ref), self._passphrase)
         signer = FileSigner(key_ref, key)
         self._cache[key_ref] = signer
         return signer

@@ -22,9 +22,9 @@ into the DER ``Ecdsa-Sig-Value`` of RFC 5480 §2.2 / RFC 3279 §2.2.3.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from fleetpki.keystore.der import DerError, Element, children, encode, whole
 
 __all__ = [
     "DerError",
@@ -42,78 +42,11 @@ _CONTEXT_0 = 0xA0  # [0] EXPLICIT, constructed
 _RESPONDER_BY_KEY = 0xA2  # ResponderID byKey [2] EXPLICIT KeyHash (RFC 6960 §4.2.1)
 
 
-class DerError(ValueError):
-    """The DER is not the structure expected (a bug, never user input)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Element:
-    """One DER TLV: its tag byte, its whole encoding and where its content starts."""
-
-    tag: int
-    encoding: bytes
-    header_length: int
-
-    @property
-    def content(self) -> bytes:
-        return self.encoding[self.header_length :]
-
-
-def _read(data: bytes, offset: int) -> _Element:
-    """The TLV at ``offset`` (single-byte tags only: all that these structures use)."""
-    if offset + 2 > len(data):
-        raise DerError("truncated DER header")
-    tag, first = data[offset], data[offset + 1]
-    if tag & 0x1F == 0x1F:
-        raise DerError("multi-byte DER tags are not expected here")
-    position = offset + 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4 or position + count > len(data):
-            raise DerError("bad DER length")
-        length = int.from_bytes(data[position : position + count], "big")
-        position += count
-    end = position + length
-    if end > len(data):
-        raise DerError("DER element runs past its container")
-    return _Element(tag, data[offset:end], position - offset)
-
-
-def _children(element: _Element) -> list[_Element]:
-    """The TLVs inside a constructed element, in order."""
-    content, offset, out = element.content, 0, []
-    while offset < len(content):
-        child = _read(content, offset)
-        out.append(child)
-        offset += len(child.encoding)
-    return out
-
-
-def _whole(der: bytes) -> _Element:
-    element = _read(der, 0)
-    if len(element.encoding) != len(der):
-        raise DerError("trailing bytes after the DER element")
-    return element
-
-
-def _encode(tag: int, content: bytes) -> bytes:
-    """A DER TLV with a definite, minimal length (X.690 §10.1)."""
-    length = len(content)
-    if length < 0x80:
-        header = bytes([tag, length])
-    else:
-        size = (length.bit_length() + 7) // 8
-        header = bytes([tag, 0x80 | size]) + length.to_bytes(size, "big")
-    return header + content
-
-
-def _signed_parts(der: bytes) -> list[_Element]:
-    outer = _whole(der)
+def _signed_parts(der: bytes) -> list[Element]:
+    outer = whole(der)
     if outer.tag != _SEQUENCE:
         raise DerError("a signed structure is a SEQUENCE")
-    parts = _children(outer)
+    parts = children(outer)
     if len(parts) < 3 or parts[0].tag != _SEQUENCE or parts[1].tag != _SEQUENCE:
         raise DerError("expected SEQUENCE { tbs, signatureAlgorithm, signature, ... }")
     if parts[2].tag != _BIT_STRING:
@@ -134,14 +67,14 @@ def replace_signature(der: bytes, signature: bytes, *, tbs: bytes | None = None)
     """
     parts = _signed_parts(der)
     if tbs is not None:
-        if _whole(tbs).tag != _SEQUENCE:
+        if whole(tbs).tag != _SEQUENCE:
             raise DerError("a TBS structure is a SEQUENCE")
     else:
         tbs = parts[0].encoding
     # A BIT STRING of whole octets: the first content octet says 0 unused bits.
-    bit_string = _encode(_BIT_STRING, b"\x00" + signature)
+    bit_string = encode(_BIT_STRING, b"\x00" + signature)
     rest = b"".join(part.encoding for part in parts[3:])
-    return _encode(_SEQUENCE, tbs + parts[1].encoding + bit_string + rest)
+    return encode(_SEQUENCE, tbs + parts[1].encoding + bit_string + rest)
 
 
 def replace_ocsp_responder_key_hash(tbs_response_data: bytes, key_hash: bytes) -> bytes:
@@ -154,17 +87,17 @@ def replace_ocsp_responder_key_hash(tbs_response_data: bytes, key_hash: bytes) -
     Raises:
         DerError: when the ResponseData has no byKey responder ID.
     """
-    data = _whole(tbs_response_data)
+    data = whole(tbs_response_data)
     if data.tag != _SEQUENCE:
         raise DerError("ResponseData is a SEQUENCE")
-    children = _children(data)
-    index = next((i for i, c in enumerate(children) if c.tag == _RESPONDER_BY_KEY), None)
+    fields = children(data)
+    index = next((i for i, c in enumerate(fields) if c.tag == _RESPONDER_BY_KEY), None)
     if index is None or index > 1:
         raise DerError("ResponseData has no responderID byKey")
-    by_key = _encode(_RESPONDER_BY_KEY, _encode(_OCTET_STRING, key_hash))
-    encodings = [c.encoding for c in children]
+    by_key = encode(_RESPONDER_BY_KEY, encode(_OCTET_STRING, key_hash))
+    encodings = [c.encoding for c in fields]
     encodings[index] = by_key
-    return _encode(_SEQUENCE, b"".join(encodings))
+    return encode(_SEQUENCE, b"".join(encodings))
 
 
 def basic_ocsp_response(ocsp_response: bytes) -> bytes:
@@ -187,20 +120,20 @@ def replace_signed_ocsp(ocsp_response: bytes, basic: bytes) -> bytes:
         DerError: when the response has no response bytes.
     """
     outer, explicit, response_bytes, _ = _ocsp_layers(ocsp_response)
-    status, _tagged = _children(outer)
-    response_type, _octets = _children(response_bytes)
-    inner = _encode(_SEQUENCE, response_type.encoding + _encode(_OCTET_STRING, basic))
-    return _encode(_SEQUENCE, status.encoding + _encode(explicit.tag, inner))
+    status, _tagged = children(outer)
+    response_type, _octets = children(response_bytes)
+    inner = encode(_SEQUENCE, response_type.encoding + encode(_OCTET_STRING, basic))
+    return encode(_SEQUENCE, status.encoding + encode(explicit.tag, inner))
 
 
-def _ocsp_layers(ocsp_response: bytes) -> tuple[_Element, _Element, _Element, _Element]:
-    outer = _whole(ocsp_response)
-    children = _children(outer) if outer.tag == _SEQUENCE else []
-    if len(children) != 2 or children[1].tag != _CONTEXT_0:
+def _ocsp_layers(ocsp_response: bytes) -> tuple[Element, Element, Element, Element]:
+    outer = whole(ocsp_response)
+    layers = children(outer) if outer.tag == _SEQUENCE else []
+    if len(layers) != 2 or layers[1].tag != _CONTEXT_0:
         raise DerError("an OCSPResponse with responseBytes was expected")
-    explicit = children[1]
-    (response_bytes,) = _children(explicit)
-    parts = _children(response_bytes)
+    explicit = layers[1]
+    (response_bytes,) = children(explicit)
+    parts = children(response_bytes)
     if response_bytes.tag != _SEQUENCE or len(parts) != 2 or parts[1].tag != _OCTET_STRING:
         raise DerError("ResponseBytes is SEQUENCE { responseType, response OCTET STRING }")
     return outer, explicit, response_bytes, parts[1]

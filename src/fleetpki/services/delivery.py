@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from fleetpki.errors import UnavailableError
 from fleetpki.services.context import Clock
 from fleetpki.services.events import EventBus
 from fleetpki.services.notifications import EventsWritten, Notification
@@ -226,6 +227,7 @@ class ConsumerWorker:
         self._rng = random.Random()
         self._wake = threading.Event()
         self._stopped = threading.Event()
+        self._unavailable = False
         self._thread = threading.Thread(
             target=self._run, name=f"fleetpki-consumer-{consumer}", daemon=True
         )
@@ -262,9 +264,22 @@ class ConsumerWorker:
             try:
                 while not self._stopped.is_set() and self.run_once() == self._batch:
                     pass
+            except UnavailableError as exc:
+                # One line when the database stops answering and one when it is back,
+                # not a traceback per poll.
+                if not self._unavailable:
+                    self._unavailable = True
+                    _log.warning(
+                        "consumer %s: %s; retrying every %.1f s", self.consumer, exc, self._poll
+                    )
+                self._stopped.wait(self._poll)
             except Exception:
                 _log.exception("consumer %s: delivery failed; retrying", self.consumer)
                 self._stopped.wait(self._poll)
+            else:
+                if self._unavailable:
+                    self._unavailable = False
+                    _log.warning("consumer %s: the database answers again", self.consumer)
 
     def run_once(self) -> int:
         """Claim, deliver and settle one batch; returns how many deliveries it claimed.

@@ -18,6 +18,7 @@ from fleetpki.services.notifications import (
     CertificateRevoked,
     DesiredPatched,
     DeviceBlocked,
+    DeviceKeysReplaced,
     EventsWritten,
     Notification,
     TrustChanged,
@@ -76,6 +77,8 @@ class HubEventListener:
         match notification:
             case DeviceBlocked(device_id, reason):
                 self.on_device_blocked(device_id, reason)
+            case DeviceKeysReplaced(device_id, key_ids):
+                self.on_device_keys_replaced(device_id, key_ids)
             case CertificateRevoked(serial, sha1):
                 self.on_certificate_revoked(serial, sha1)
             case DesiredPatched(device_id, patch, version):
@@ -89,6 +92,9 @@ class HubEventListener:
 
     def on_device_blocked(self, device_id: str, reason: str) -> None:
         """A device was disabled or deleted."""
+
+    def on_device_keys_replaced(self, device_id: str, key_ids: frozenset[str]) -> None:
+        """A sas device's keys were replaced; ``key_ids`` name the removed ones."""
 
     def on_certificate_revoked(self, serial: str, sha1: str | None) -> None:
         """A certificate was revoked."""

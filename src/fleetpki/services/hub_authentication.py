@@ -16,6 +16,10 @@ inputs without holding the database during network I/O:
 4. The policy's second step decides.
 
 Revocation goes further than Azure, which never checks it (§4.2).
+
+A SAS token (symmetric-key devices, ref §3.1) needs no network: one short read unit of
+work gathers the registry entry with the device's keys (opened from their seal,
+`fleetpki.services.hub_device_keys`), and the policy decides (`DevicePolicy.admit_token`).
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ from fleetpki.hub.policy import (
     DevicePolicy,
     DeviceStatus,
     PresentedCertificate,
+    PresentedToken,
     RegistryEntry,
     RevocationStatus,
     RevocationVerdict,
     TrustedCAs,
 )
 from fleetpki.services.foreign_revocation import RevocationChecker
+from fleetpki.services.hub_device_keys import DeviceKeySeal
+from fleetpki.services.hub_devices import device_keys
 from fleetpki.services.hub_trust import HubTrustService
 from fleetpki.services.ports import Store, UnitOfWork
 
@@ -58,6 +65,7 @@ class DeviceAuthenticator:
         revocation: the foreign-CA revocation checker (its CRL cache is this
             application's).
         trust: the hub's trusted CAs (their parsed anchors cached by the application).
+        seal: opens sas devices' keys.
     """
 
     def __init__(
@@ -67,11 +75,13 @@ class DeviceAuthenticator:
         policy: DevicePolicy,
         revocation: RevocationChecker,
         trust: HubTrustService,
+        seal: DeviceKeySeal,
     ) -> None:
         self._store = store
         self.policy = policy
         self.revocation = revocation
         self.trust = trust
+        self.seal = seal
 
     def authenticate(
         self,
@@ -117,11 +127,38 @@ class DeviceAuthenticator:
             )
         return device
 
+    def authenticate_token(
+        self, token: str, client_id: str, host: str, now: dt.datetime
+    ) -> AuthenticatedDevice:
+        """Decide whether a SAS token may connect as ``client_id`` (ref §3.1).
 
-def _registry_entry(tx: UnitOfWork, device_id: str) -> RegistryEntry | None:
+        Args:
+            token: the CONNECT password.
+            client_id: the MQTT client id.
+            host: the CONNECT username's host (one of the hub's names).
+            now: the time of the check.
+
+        Raises:
+            AuthenticationError: ``hub.sas_malformed``, ``hub.unknown_device``,
+                ``hub.device_disabled``, ``hub.wrong_auth_type``, ``hub.sas_module``,
+                ``hub.sas_policy_token``, ``hub.sas_wrong_resource``,
+                ``hub.sas_expired``, ``hub.sas_bad_signature``
+                (`fleetpki.hub.policy.Refusal`), ``hub.device_key_undecryptable``.
+        """
+        presented = PresentedToken(token, client_id, host)
+        with self._store.transaction() as tx:
+            entry = _registry_entry(tx, client_id.partition("/")[0], self.seal)
+        return self.policy.admit_token(presented, entry, now)
+
+
+def _registry_entry(
+    tx: UnitOfWork, device_id: str, seal: DeviceKeySeal | None = None
+) -> RegistryEntry | None:
+    """The policy's facts about ``device_id``; a sas device's keys only when ``seal`` is given."""
     record = tx.hub_devices.get(device_id)
     if record is None:
         return None
+    keys = device_keys(record, seal) if seal is not None else (None, None)
     return RegistryEntry(
         device_id=record.device_id,
         status=DeviceStatus(record.status),
@@ -129,6 +166,7 @@ def _registry_entry(tx: UnitOfWork, device_id: str) -> RegistryEntry | None:
         thumbprints=frozenset(
             t for t in (record.primary_thumbprint, record.secondary_thumbprint) if t
         ),
+        symmetric_keys=tuple(k for k in keys if k),
     )
 
 
@@ -140,5 +178,6 @@ def _fleetpki_verdict(tx: UnitOfWork, admission: Admission) -> RevocationVerdict
     ca_id = tx.cas.id_by_sha1(issuer_sha1)
     if ca_id is None:
         return None
-    record = tx.certificates.find_by_ca_serial(ca_id, admission.device.certificate_serial)
+    serial = format(admission.leaf.serial_number, "X")
+    record = tx.certificates.find_by_ca_serial(ca_id, serial)
     return RevocationVerdict.from_fleetpki_record(ca_id, record.status if record else None)

@@ -1,22 +1,33 @@
 """The hub's device identities: create, read, list, enable, disable, delete (ref §3.2, §3.3).
 
 Semantics follow Azure IoT Hub's service API (shared/reference/azure-iot-hub-protocol.md).
-Changes that concern live connections (disable, delete) reach the hub through the
-application's event bus after the unit of work commits (:class:`DeviceBlocked`).
+Changes that concern live connections reach the hub through the application's event bus
+after the unit of work commits: a disabled or deleted device, or an X.509 device turned
+into a sas one (:class:`DeviceBlocked`), and replaced or removed symmetric keys
+(:class:`DeviceKeysReplaced`: the sessions signed with a key that is gone end, the
+others stay).
+
+A sas device has two symmetric keys, given by the caller (base64 of 16 to 64 bytes, as
+Azure requires) or generated (256 bits each) when not given; an update that names no
+keys keeps the device's keys, one that names them replaces them (key rotation). Keys
+are sealed at rest (`fleetpki.services.hub_device_keys`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import secrets
 from dataclasses import dataclass
 
 from fleetpki.errors import ConflictError, NotFoundError, ValidationError
+from fleetpki.hub.azure.sas import generate_key, is_valid_key, key_id
 from fleetpki.hub.policy import AuthType, DeviceStatus
 from fleetpki.services.context import Clock
+from fleetpki.services.hub_device_keys import DeviceKeySeal
 from fleetpki.services.hub_etags import check_if_match, new_etag
 from fleetpki.services.hub_notices import tell_hub_nodes
-from fleetpki.services.notifications import DeviceBlocked
+from fleetpki.services.notifications import DeviceBlocked, DeviceKeysReplaced
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.hub_models import HubDevice
 
@@ -41,10 +52,10 @@ class DeviceSpec:
     """A device as a PUT creates or replaces it.
 
     Attributes:
-        device_id: the registry id (and the certificate CN).
-        auth_type: certificateAuthority (default) or selfSigned; SAS devices are not
-            supported by the MQTT side yet and are refused.
+        device_id: the registry id (and, for certificateAuthority, the certificate CN).
+        auth_type: certificateAuthority (default), selfSigned or sas.
         primary_thumbprint / secondary_thumbprint: for selfSigned devices.
+        primary_key / secondary_key: for sas devices (base64); generated when not given.
         status / status_reason: enabled or disabled, and why.
     """
 
@@ -54,6 +65,8 @@ class DeviceSpec:
     secondary_thumbprint: str | None = None
     status: DeviceStatus = DeviceStatus.ENABLED
     status_reason: str | None = None
+    primary_key: str | None = dataclasses.field(default=None, repr=False)
+    secondary_key: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +81,8 @@ class HubDeviceView:
     auth_type: str
     primary_thumbprint: str | None
     secondary_thumbprint: str | None
+    primary_key: str | None = dataclasses.field(repr=False)
+    secondary_key: str | None = dataclasses.field(repr=False)
     created_at: dt.datetime
     status_updated_at: dt.datetime
     connection_state: str
@@ -76,8 +91,12 @@ class HubDeviceView:
     c2d_count: int
 
 
-def device_view(record: HubDevice) -> HubDeviceView:
-    """The view of a registry entry (call inside the unit of work that read it)."""
+def device_view(record: HubDevice, seal: DeviceKeySeal | None = None) -> HubDeviceView:
+    """The view of a registry entry (call inside the unit of work that read it).
+
+    A sas device's keys are in it only when ``seal`` is given to open them.
+    """
+    primary, secondary = device_keys(record, seal) if seal is not None else (None, None)
     return HubDeviceView(
         device_id=record.device_id,
         generation_id=record.generation_id,
@@ -87,12 +106,26 @@ def device_view(record: HubDevice) -> HubDeviceView:
         auth_type=record.auth_type,
         primary_thumbprint=record.primary_thumbprint,
         secondary_thumbprint=record.secondary_thumbprint,
+        primary_key=primary,
+        secondary_key=secondary,
         created_at=record.created_at,
         status_updated_at=record.status_updated_at,
         connection_state=record.connection_state,
         connection_state_updated_at=record.connection_state_updated_at,
         last_activity_at=record.last_activity_at,
         c2d_count=record.c2d_count,
+    )
+
+
+def device_keys(record: HubDevice, seal: DeviceKeySeal) -> tuple[str | None, str | None]:
+    """A sas device's primary and secondary keys, opened; ``(None, None)`` for others.
+
+    Raises:
+        AuthenticationError: ``hub.device_key_undecryptable``.
+    """
+    return (
+        seal.open(record.primary_key) if record.primary_key else None,
+        seal.open(record.secondary_key) if record.secondary_key else None,
     )
 
 
@@ -129,6 +162,17 @@ def _clean_thumbprint(value: str | None) -> str | None:
     return cleaned
 
 
+def _clean_key(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    cleaned = value.strip()
+    if not is_valid_key(cleaned):
+        raise ValidationError(
+            "hub.bad_symmetric_key", "a symmetric key is base64 of 16 to 64 bytes"
+        )
+    return cleaned
+
+
 def _apply_status(
     tx: UnitOfWork, record: HubDevice, status: DeviceStatus, reason: str | None, now: dt.datetime
 ) -> None:
@@ -141,24 +185,29 @@ def _apply_status(
 
 
 def put_device_in(
-    tx: UnitOfWork, spec: DeviceSpec, *, now: dt.datetime, if_match: str | None = None
+    tx: UnitOfWork,
+    spec: DeviceSpec,
+    *,
+    now: dt.datetime,
+    seal: DeviceKeySeal,
+    if_match: str | None = None,
 ) -> tuple[HubDevice, bool]:
     """:meth:`HubDeviceService.put` inside the caller's unit of work (returns the record)."""
     _check_device_id(spec.device_id)
-    if spec.auth_type is AuthType.SAS:
-        raise ValidationError(
-            "hub.bad_auth_type", "SAS device authentication is not supported; use X.509"
-        )
-    primary = _clean_thumbprint(spec.primary_thumbprint)
-    secondary = _clean_thumbprint(spec.secondary_thumbprint)
+    sas = spec.auth_type is AuthType.SAS
+    primary = None if sas else _clean_thumbprint(spec.primary_thumbprint)
+    secondary = None if sas else _clean_thumbprint(spec.secondary_thumbprint)
     if spec.auth_type is AuthType.SELF_SIGNED and not (primary or secondary):
         raise ValidationError(
             "hub.thumbprint_required", "a selfSigned device needs a primary or secondary thumbprint"
         )
+    # Keys only mean something for sas devices; for the others they are dropped.
+    given = (_clean_key(spec.primary_key), _clean_key(spec.secondary_key)) if sas else None
     record = tx.hub_devices.get(spec.device_id, for_update=True)
     if record is None:
         if if_match is not None and if_match.strip().strip('"') != "*":
             raise NotFoundError("hub.device_not_found", f"no device {spec.device_id!r} in the hub")
+        keys = (given[0] or generate_key(), given[1] or generate_key()) if given else None
         record = HubDevice(
             device_id=spec.device_id,
             status=spec.status.value,
@@ -166,6 +215,8 @@ def put_device_in(
             auth_type=spec.auth_type.value,
             primary_thumbprint=primary,
             secondary_thumbprint=secondary,
+            primary_key=seal.seal(keys[0]) if keys else None,
+            secondary_key=seal.seal(keys[1]) if keys else None,
             etag=new_etag(),
             generation_id=str(10**17 + secrets.randbelow(9 * 10**17)),
             created_at=now,
@@ -185,11 +236,45 @@ def put_device_in(
         raise ConflictError("hub.device_exists", f"device {spec.device_id!r} already exists")
     check_if_match(if_match, record.etag)
     _apply_status(tx, record, spec.status, spec.status_reason, now)
+    _replace_credentials(tx, record, spec.auth_type, given, seal, now)
     record.auth_type = spec.auth_type.value
     record.primary_thumbprint = primary
     record.secondary_thumbprint = secondary
     record.etag = new_etag()
     return record, False
+
+
+def _replace_credentials(
+    tx: UnitOfWork,
+    record: HubDevice,
+    auth_type: AuthType,
+    given: tuple[str | None, str | None] | None,
+    seal: DeviceKeySeal,
+    now: dt.datetime,
+) -> None:
+    """Set an updated device's keys; end the sessions whose credential is gone.
+
+    ``given`` is ``None`` for a device that is not sas (its keys go), else the keys the
+    caller named: each one named replaces the old one, each one not named is kept (or
+    generated, for a device that was not sas before).
+    """
+    old = [k for k in device_keys(record, seal) if k]
+    if given is None:
+        new: list[str] = []
+    else:
+        was_sas = record.auth_type == AuthType.SAS.value and len(old) == 2
+        kept = old if was_sas else [generate_key(), generate_key()]
+        new = [given[0] or kept[0], given[1] or kept[1]]
+    record.primary_key = seal.seal(new[0]) if new else None
+    record.secondary_key = seal.seal(new[1]) if new else None
+    if given is not None and record.auth_type != AuthType.SAS.value:
+        # From a certificate to keys: no session made with a certificate may go on.
+        # (Between the two X.509 kinds sessions stay, as before: a hub link pins a
+        # device to its newest certificate without cutting it off.)
+        tell_hub_nodes(tx, DeviceBlocked(record.device_id, "hub.wrong_auth_type"), at=now)
+    removed = frozenset(key_id(k) for k in old) - {key_id(k) for k in new}
+    if removed:
+        tell_hub_nodes(tx, DeviceKeysReplaced(record.device_id, removed), at=now)
 
 
 def set_status_in(
@@ -238,29 +323,35 @@ class HubDeviceService:
     Args:
         store: the database.
         clock: the source of "now".
+        seal: seals and opens sas devices' keys.
     """
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, seal: DeviceKeySeal) -> None:
         self._store = store
         self._clock = clock
+        self._seal = seal
 
     def put(self, spec: DeviceSpec, *, if_match: str | None = None) -> tuple[HubDeviceView, bool]:
         """Create or update a device (ref §3.2 PUT ``/devices/{id}``, §3.3 etags).
 
-        Returns the entry and whether it was created. Without ``If-Match`` an existing
-        device is a conflict; with one it must match the device's etag (``*`` matches).
-        Disabling a device closes its live session after commit.
+        Returns the entry (with a sas device's keys) and whether it was created. Without
+        ``If-Match`` an existing device is a conflict; with one it must match the
+        device's etag (``*`` matches). Disabling a device, or turning an X.509 device
+        into a sas one, closes its live session after commit; replacing or removing a
+        sas device's key closes the sessions that key signed.
 
         Raises:
             ValidationError: ``hub.bad_device_id``, ``hub.bad_thumbprint``,
-                ``hub.bad_auth_type`` (SAS devices), ``hub.thumbprint_required``.
+                ``hub.bad_symmetric_key``, ``hub.thumbprint_required``.
             ConflictError: ``hub.device_exists`` (409), ``precondition.failed`` (412).
             NotFoundError: ``hub.device_not_found`` for an update with an etag of a
                 missing device.
         """
         with self._store.transaction() as tx:
-            record, created = put_device_in(tx, spec, now=self._clock(), if_match=if_match)
-            return device_view(record), created
+            record, created = put_device_in(
+                tx, spec, now=self._clock(), seal=self._seal, if_match=if_match
+            )
+            return device_view(record, self._seal), created
 
     def get(self, device_id: str) -> HubDeviceView:
         """The registry entry of ``device_id``.
@@ -269,12 +360,12 @@ class HubDeviceService:
             NotFoundError: ``hub.device_not_found``.
         """
         with self._store.transaction() as tx:
-            return device_view(require_device(tx, device_id))
+            return device_view(require_device(tx, device_id), self._seal)
 
     def list(self, *, limit: int | None = None) -> list[HubDeviceView]:
         """Registered devices by id, at most ``limit``."""
         with self._store.transaction() as tx:
-            return [device_view(r) for r in tx.hub_devices.list(limit=limit)]
+            return [device_view(r, self._seal) for r in tx.hub_devices.list(limit=limit)]
 
     def set_status(
         self,
@@ -294,7 +385,7 @@ class HubDeviceService:
             record = set_status_in(
                 tx, device_id, status, now=self._clock(), reason=reason, if_match=if_match
             )
-            return device_view(record)
+            return device_view(record, self._seal)
 
     def delete(self, device_id: str, *, if_match: str | None = None) -> None:
         """Remove a device and its queued messages; its live session is closed after commit.
@@ -305,6 +396,31 @@ class HubDeviceService:
         """
         with self._store.transaction() as tx:
             delete_device_in(tx, device_id, now=self._clock(), if_match=if_match)
+
+    def connection_string(self, device_id: str, hostname: str, *, secondary: bool = False) -> str:
+        """``HostName=..;DeviceId=..;SharedAccessKey=..`` for a sas device (its primary key).
+
+        ``hostname`` must be the name alone: the device SDK dials it on 8883 (or 443)
+        and takes no port (ref §0).
+
+        Raises:
+            NotFoundError: ``hub.device_not_found``.
+            ValidationError: ``hub.not_a_sas_device``, ``hub.bad_hostname``.
+        """
+        if not hostname or any(c in hostname for c in ":/;= "):
+            raise ValidationError(
+                "hub.bad_hostname", "the HostName of a device connection string has no port"
+            )
+        with self._store.transaction() as tx:
+            record = require_device(tx, device_id)
+            primary, second = device_keys(record, self._seal)
+        key = second if secondary else primary
+        if record.auth_type != AuthType.SAS.value or key is None:
+            raise ValidationError(
+                "hub.not_a_sas_device",
+                f"device {device_id!r} authenticates with {record.auth_type}, not a key",
+            )
+        return f"HostName={hostname};DeviceId={device_id};SharedAccessKey={key}"
 
     def record_connection(self, device_id: str, *, connected: bool) -> None:
         """Record that a device connected or disconnected (connectionState, statistics).

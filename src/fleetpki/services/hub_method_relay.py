@@ -26,6 +26,7 @@ The consumer never waits for the device, so revocations behind a method are not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -158,10 +159,8 @@ class MethodRelay:
                 if left <= 0:
                     raise MethodTimeout(device_id, method_name)
                 wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), min(poll, left))
-                except TimeoutError:
-                    pass
         finally:
             with self._lock:
                 self._waiting.pop(call_id, None)

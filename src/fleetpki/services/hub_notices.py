@@ -1,13 +1,14 @@
 """What hub nodes act on for their live sessions: told here at once, and to every node.
 
-A change that concerns a live device session (a disabled or deleted device, a desired
-twin patch, a queued cloud-to-device message) is made by whichever process served the
-call: an API worker, the CLI, another node. The session may be held by any hub node on
-the database. So :func:`tell_hub_nodes` does two things in the change's own unit of
-work: it queues the notification for this process's bus (the hub in this process acts
-within the commit's thread), and it appends an outbox event that every hub node's
-consumer (``hub:<node>``) gets its own delivery of. :func:`hub_event_of` turns such a
-delivery back into the notification, for the node's broker.
+A change that concerns a live device session (a disabled or deleted device, replaced
+symmetric keys, a desired twin patch, a queued cloud-to-device message) is made by
+whichever process served the call: an API worker, the CLI, another node. The session may
+be held by any hub node on the database. So :func:`tell_hub_nodes` does two things in
+the change's own unit of work: it queues the notification for this process's bus (the
+hub in this process acts within the commit's thread), and it appends an outbox event
+that every hub node's consumer (``hub:<node>``) gets its own delivery of.
+:func:`hub_event_of` turns such a delivery back into the notification, for the node's
+broker.
 
 Revocations follow the same path from their own writer
 (:func:`fleetpki.services.certificates.revoke_in`: ``certificate.revoked``).
@@ -22,22 +23,30 @@ from fleetpki.services.notifications import (
     CertificateRevoked,
     DesiredPatched,
     DeviceBlocked,
+    DeviceKeysReplaced,
 )
 from fleetpki.services.outbox import (
     CERTIFICATE_REVOKED,
     HUB_C2D_QUEUED,
     HUB_DESIRED_PATCHED,
     HUB_DEVICE_BLOCKED,
+    HUB_DEVICE_KEYS_REPLACED,
 )
 from fleetpki.services.ports import UnitOfWork
 from fleetpki.services.ports.events import Delivery
 
 __all__ = ["HUB_NOTICE_TYPES", "HubNotice", "hub_event_of", "tell_hub_nodes"]
 
-HubNotice = DeviceBlocked | DesiredPatched | C2DQueued
+HubNotice = DeviceBlocked | DeviceKeysReplaced | DesiredPatched | C2DQueued
 
 #: The outbox event types a hub node's consumer takes for its sessions.
-HUB_NOTICE_TYPES = (CERTIFICATE_REVOKED, HUB_DEVICE_BLOCKED, HUB_DESIRED_PATCHED, HUB_C2D_QUEUED)
+HUB_NOTICE_TYPES = (
+    CERTIFICATE_REVOKED,
+    HUB_DEVICE_BLOCKED,
+    HUB_DEVICE_KEYS_REPLACED,
+    HUB_DESIRED_PATCHED,
+    HUB_C2D_QUEUED,
+)
 
 
 def tell_hub_nodes(tx: UnitOfWork, notice: HubNotice, *, at: dt.datetime) -> None:
@@ -46,6 +55,10 @@ def tell_hub_nodes(tx: UnitOfWork, notice: HubNotice, *, at: dt.datetime) -> Non
     match notice:
         case DeviceBlocked(device_id, reason):
             tx.events.append(HUB_DEVICE_BLOCKED, device_id, {"reason": reason}, at=at)
+        case DeviceKeysReplaced(device_id, key_ids):
+            tx.events.append(
+                HUB_DEVICE_KEYS_REPLACED, device_id, {"key_ids": sorted(key_ids)}, at=at
+            )
         case DesiredPatched(device_id, patch, version):
             tx.events.append(
                 HUB_DESIRED_PATCHED, device_id, {"patch": dict(patch), "version": version}, at=at
@@ -54,9 +67,7 @@ def tell_hub_nodes(tx: UnitOfWork, notice: HubNotice, *, at: dt.datetime) -> Non
             tx.events.append(HUB_C2D_QUEUED, device_id, {}, at=at)
 
 
-def hub_event_of(
-    delivery: Delivery,
-) -> DeviceBlocked | DesiredPatched | C2DQueued | CertificateRevoked | None:
+def hub_event_of(delivery: Delivery) -> HubNotice | CertificateRevoked | None:
     """The notification a hub node's delivery stands for, or ``None`` for another type."""
     payload, subject = delivery.payload, delivery.subject_id
     if delivery.event_type == CERTIFICATE_REVOKED:
@@ -66,6 +77,10 @@ def hub_event_of(
         )
     if delivery.event_type == HUB_DEVICE_BLOCKED:
         return DeviceBlocked(subject, str(payload.get("reason", "hub.device_disabled")))
+    if delivery.event_type == HUB_DEVICE_KEYS_REPLACED:
+        key_ids = payload.get("key_ids")
+        names = frozenset(str(k) for k in key_ids) if isinstance(key_ids, list) else frozenset()
+        return DeviceKeysReplaced(subject, names)
     if delivery.event_type == HUB_DESIRED_PATCHED:
         patch = payload.get("patch")
         return DesiredPatched(

@@ -20,19 +20,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
-import hashlib
-import hmac
 import secrets
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from urllib.parse import quote, quote_plus, unquote
+from urllib.parse import quote, quote_plus
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fleetpki.errors import AuthenticationError, NotFoundError, PermissionDenied
+from fleetpki.hub.azure.sas import SAS_PREFIX, SasToken, SasTokenMalformed, sign
 from fleetpki.services.context import Clock
 from fleetpki.services.hub_management import ApiTokenSecret, ManagementCredential
 from fleetpki.services.ports import Store, UnitOfWork
@@ -89,7 +88,6 @@ AZURE_ROLES: dict[Right, str] = {
     Right.DEVICE_CONNECT: "IoT Hub Data Contributor",
 }
 
-_PREFIX = "SharedAccessSignature "
 _HKDF_INFO = b"fleetpki hub sas policy keys v1"
 
 
@@ -170,9 +168,8 @@ def _connection_string(hostname: str, policy: str, key: str) -> str:
 def make_sas_token(hostname: str, policy: str, key: str, expiry: int) -> str:
     """A token exactly as the Azure SDK computes it (ref §3.1), for tests and tools."""
     sr = quote_plus(hostname)
-    digest = hmac.new(base64.b64decode(key), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest()
-    sig = quote(base64.b64encode(digest).decode(), safe="/")
-    return f"{_PREFIX}sr={sr}&sig={sig}&se={expiry}&skn={policy}"
+    sig = quote(base64.b64encode(sign(sr, expiry, key)).decode(), safe="/")
+    return f"{SAS_PREFIX}sr={sr}&sig={sig}&se={expiry}&skn={policy}"
 
 
 def verify_token_in(
@@ -194,37 +191,30 @@ def verify_token_in(
         AuthenticationError: ``hub.sas_missing``, ``hub.sas_malformed``,
             ``hub.sas_expired``, ``hub.sas_bad_signature``, ``hub.sas_wrong_host``.
     """
-    if not authorization or not authorization.startswith(_PREFIX):
+    if not authorization or not authorization.startswith(SAS_PREFIX):
         raise AuthenticationError("hub.sas_missing", "a SharedAccessSignature is required")
-    fields: dict[str, str] = {}
-    for part in authorization[len(_PREFIX) :].strip().split("&"):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise AuthenticationError("hub.sas_malformed", "the SharedAccessSignature is malformed")
-        fields[key] = value
-    sr, sig, se, skn = (fields.get(k) for k in ("sr", "sig", "se", "skn"))
-    if not (sr and sig and se and skn) or not se.isdigit():
+    try:
+        token = SasToken.parse(authorization)
+    except SasTokenMalformed:
+        raise AuthenticationError(
+            "hub.sas_malformed", "the SharedAccessSignature is malformed"
+        ) from None
+    skn = token.key_name
+    if skn is None:
         raise AuthenticationError("hub.sas_malformed", "the SharedAccessSignature is malformed")
-    if int(se) <= now.timestamp():
+    if token.expired(now.timestamp()):
         raise AuthenticationError("hub.sas_expired", "the SharedAccessSignature has expired")
     try:
         keys = policy_keys_in(tx, secret, skn)
-        presented = base64.b64decode(unquote(sig), validate=True)
-    except (NotFoundError, ValueError):
+    except NotFoundError:
         raise AuthenticationError(
             "hub.sas_bad_signature", "the SharedAccessSignature does not verify"
         ) from None
-    matched = False
-    for key in (keys.primary, keys.secondary):
-        raw_key = base64.b64decode(key)
-        for resource in {sr, sr.lower()}:
-            expected = hmac.new(raw_key, f"{resource}\n{se}".encode(), hashlib.sha256).digest()
-            matched |= hmac.compare_digest(expected, presented)
-    if not matched:
+    if token.signed_by((keys.primary, keys.secondary)) is None:
         raise AuthenticationError(
             "hub.sas_bad_signature", "the SharedAccessSignature does not verify"
         )
-    host = unquote(sr).lower().split("/", 1)[0]
+    host = token.resource_uri.lower().split("/", 1)[0]
     if host not in hostnames and host.rsplit(":", 1)[0] not in hostnames:
         raise AuthenticationError("hub.sas_wrong_host", "the token is for another hub")
     return SasCaller(policy=skn, rights=keys.rights)

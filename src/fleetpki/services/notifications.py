@@ -17,6 +17,7 @@ __all__ = [
     "CertificateRevoked",
     "DesiredPatched",
     "DeviceBlocked",
+    "DeviceKeysReplaced",
     "EventsWritten",
     "HubLinksChanged",
     "MethodCallChanged",
@@ -31,6 +32,17 @@ class DeviceBlocked:
 
     device_id: str
     reason: str = "hub.device_disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKeysReplaced:
+    """A sas device's keys changed: close its sessions signed by a key that is gone.
+
+    ``key_ids`` are the removed keys' `fleetpki.hub.azure.sas.key_id` names.
+    """
+
+    device_id: str
+    key_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,7 @@ class MethodCallChanged:
 
 Notification = (
     DeviceBlocked
+    | DeviceKeysReplaced
     | CertificateRevoked
     | DesiredPatched
     | C2DQueued

@@ -11,6 +11,7 @@ __all__ = [
     "HUB_C2D_QUEUED",
     "HUB_DESIRED_PATCHED",
     "HUB_DEVICE_BLOCKED",
+    "HUB_DEVICE_KEYS_REPLACED",
     "HUB_METHOD_CALLED",
 ]
 
@@ -30,6 +31,9 @@ CA_GENERATION_RETIRED = "ca.generation_retired"
 # -- what every hub node acts on for its live sessions (fleetpki.services.hub_notices) --
 #: A device was disabled or deleted: the node holding its session closes it.
 HUB_DEVICE_BLOCKED = "hub.device_blocked"
+#: A sas device's keys were replaced: the node holding a session its old key signed
+#: closes it.
+HUB_DEVICE_KEYS_REPLACED = "hub.device_keys_replaced"
 #: Desired twin properties changed: the node holding the session sends the patch.
 HUB_DESIRED_PATCHED = "hub.desired_patched"
 #: A cloud-to-device message was queued: the node holding the session delivers it.

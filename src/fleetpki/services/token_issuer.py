@@ -15,10 +15,10 @@ Entra ID and this issuer is a second way in that an operator must choose.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from fleetpki.errors import AuthenticationError, NotFoundError, ValidationError
-from fleetpki.keystore import load_or_create_passphrase
+from fleetpki.keystore import load_key_file, write_key_file
 from fleetpki.services.context import Clock
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.services.principals import authenticate_token_in, validate_principal_id
@@ -132,7 +131,7 @@ class LocalTokenIssuer:
         public_url: str,
         tenant_id: str,
         enabled: bool,
-        passphrase: Callable[[], bytes] | None = None,
+        passphrase: Callable[[], bytes],
     ) -> None:
         self._store = store
         self._clock = clock
@@ -140,7 +139,7 @@ class LocalTokenIssuer:
         self._base = public_url.rstrip("/")
         self.tenant_id = tenant_id
         self.enabled = enabled
-        self._passphrase = passphrase or (lambda: load_or_create_passphrase(home))
+        self._passphrase = passphrase
         self._lock = threading.Lock()
         self._key: ec.EllipticCurvePrivateKey | None = None
         self._kid = ""
@@ -213,11 +212,10 @@ class LocalTokenIssuer:
                 return self._key, self._kid
             path = self._home / _KEY_FILE
             secret = self._passphrase()
-            try:
-                pem = path.read_bytes()
-            except FileNotFoundError:
-                pem = self._create_key(path, secret)
-            key = serialization.load_pem_private_key(pem, password=secret)
+            if not path.exists():
+                self._create_key(path, secret)
+            # A key file of an older, weaker form is re-encrypted as it is loaded.
+            key = load_key_file(path, secret, what="token signing key")
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise ValidationError("oauth.bad_key", f"{path} is not an EC key")
             jwk = _jwk(key.public_key())
@@ -230,20 +228,10 @@ class LocalTokenIssuer:
             return key, self._kid
 
     @staticmethod
-    def _create_key(path: Path, secret: bytes) -> bytes:
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(secret),
-        )
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use that one
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-        return pem
+    def _create_key(path: Path, secret: bytes) -> None:
+        # Another process may have made it first: that one is used.
+        with contextlib.suppress(FileExistsError):
+            write_key_file(path, ec.generate_private_key(ec.SECP256R1()), secret)
 
     # -- the grant --------------------------------------------------------------------------
 

@@ -51,6 +51,10 @@ class HubDevice(Base):
     auth_type: Mapped[str] = mapped_column(String(32))
     primary_thumbprint: Mapped[str | None] = mapped_column(String(64))
     secondary_thumbprint: Mapped[str | None] = mapped_column(String(64))
+    # For sas devices: the primary and secondary symmetric keys, sealed (Fernet, under a
+    # key derived from the home's passphrase: services/hub_device_keys.py).
+    primary_key: Mapped[str | None] = mapped_column(Text)
+    secondary_key: Mapped[str | None] = mapped_column(Text)
     etag: Mapped[str] = mapped_column(String(64))
     generation_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime]

@@ -4,8 +4,8 @@
 ``hub_method_calls`` carries a direct method from a process without the device's
 session to the node that holds it, and the answer back.
 
-Revision ID: 0009_hub_nodes
-Revises: 0008
+Revision ID: 0014_hub_nodes
+Revises: 0011_sas_devices
 Create Date: 2026-12-06
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_hub_nodes"
-down_revision = "0008"
+revision = "0014_hub_nodes"
+down_revision = "0011_sas_devices"
 branch_labels = None
 depends_on = None
 
