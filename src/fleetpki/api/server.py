@@ -13,17 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
 
 from fleetpki.api.app import create_app
+from fleetpki.api.supervisor import Supervisor
 from fleetpki.api.tls import http_protocol_class, server_ssl_context
 from fleetpki.api.tls_refresher import TLSRefresher
 from fleetpki.application import FleetPKI
@@ -42,6 +46,9 @@ __all__ = [
     "prepare_server",
     "run_servers",
     "serve",
+    "serve_workers",
+    "worker_count",
+    "worker_settings",
 ]
 
 Only = Literal["ca", "hub"]
@@ -335,6 +342,44 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
+async def _serve_until_signalled(
+    prepared: PreparedServer,
+    fleet: FleetPKI,
+    only: Only | None,
+    *,
+    primary: bool = True,
+    mqtt_socket: socket.socket | None = None,
+    on_ready: Callable[[], None] | None = None,
+    log_level: str = "info",
+) -> None:
+    """:func:`run_servers` until SIGTERM or SIGINT, then a graceful stop.
+
+    uvicorn catches both signals while it serves and raises them again once it has
+    stopped; the handler here then sets ``stop``, so the hub still stops (its pending
+    telemetry stored, its node's row left) instead of the process dying on the signal.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    try:
+        await run_servers(
+            prepared,
+            fleet,
+            only,
+            stop=stop,
+            log_level=log_level,
+            primary=primary,
+            mqtt_socket=mqtt_socket,
+            on_ready=on_ready,
+        )
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def serve(
     fleet: FleetPKI,
     *,
@@ -361,4 +406,74 @@ def serve(
     if prepared.api_socket is not None:
         _log.info("fleetpki API on https://%s:%s", host, prepared.api_port)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(run_servers(prepared, fleet, only))
+        runner.run(_serve_until_signalled(prepared, fleet, only))
+
+
+def worker_count() -> int:
+    """The default of ``--workers``: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_settings(settings: Settings, slot: int) -> Settings:
+    """The settings of worker ``slot``: each worker beside the primary is a hub node of
+    its own (``<hub_node>-w<slot>``), as every hub process on one database must be."""
+    if slot == 0:
+        return settings
+    return settings.with_changes(hub_node=f"{settings.hub_node}-w{slot}")
+
+
+def serve_workers(
+    settings: Settings,
+    *,
+    workers: int,
+    only: Only | None = None,
+    api_socket: socket.socket | None,
+    mqtt_socket: socket.socket | None = None,
+    log_level: str = "info",
+) -> int:
+    """Run ``fleetpki serve --workers N``: N processes on the bound sockets; the exit code.
+
+    The caller binds the sockets and opens nothing else (no database connection, no
+    thread) before this forks; each worker opens the home itself. Slot 0 is the
+    primary (:mod:`fleetpki.api.server`'s module docstring); every worker accepts on
+    ``api_socket``, the primary alone on ``mqtt_socket``.
+
+    Returns 0 after SIGTERM or SIGINT, 1 when a worker failed to start.
+    """
+
+    def run_worker(slot: int, ready: Callable[[], None]) -> int:
+        primary = slot == 0
+        if not primary and mqtt_socket is not None:
+            mqtt_socket.close()
+        mine = worker_settings(settings, slot)
+        fleet = FleetPKI.open(mine, migrate=primary)
+        try:
+            prepared = prepare_server(
+                fleet,
+                host=mine.host,
+                api_port=mine.api_port,
+                hostname=mine.hostname,
+                only=only,
+                api_socket=api_socket,
+                primary=primary,
+            )
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(
+                    _serve_until_signalled(
+                        prepared,
+                        fleet,
+                        only,
+                        primary=primary,
+                        mqtt_socket=mqtt_socket if primary else None,
+                        on_ready=ready,
+                        log_level=log_level,
+                    )
+                )
+        finally:
+            fleet.close()
+        return 0
+
+    return Supervisor(workers, run_worker).run()

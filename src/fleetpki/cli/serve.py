@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -10,6 +10,9 @@ from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import err_console
 from fleetpki.errors import ValidationError
 from fleetpki.settings import AZURE_HTTPS_PORT, AZURE_MQTT_PORT, Settings
+
+if TYPE_CHECKING:
+    from fleetpki.api.server import Only
 
 __all__ = ["azure_port_notes", "serve"]
 
@@ -34,6 +37,14 @@ def serve(
             "error says how to grant it or forward the port.",
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="API processes on the one port (default: the number of cores). The first "
+            "also runs the MQTT port, the hub links and the housekeeping.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTPS API (EZCA-compatible routes and /v1) and the MQTT hub.
 
@@ -42,11 +53,20 @@ def serve(
     the API on 443 (``--azure-ports``); otherwise service connection strings carry the
     API port and device ones the bare hostname.
     """
-    from fleetpki.api.server import bind_socket
+    from fleetpki.api.server import bind_socket, serve_workers, worker_count
     from fleetpki.api.server import serve as run_serve
+    from fleetpki.application import FleetPKI
+    from fleetpki.hub.server import bind_mqtt_socket
 
     if only not in (None, "ca", "hub"):
         raise ValidationError("cli.bad_only", "--only must be `ca` or `hub`")
+    if only == "hub" and workers not in (None, 1):
+        raise ValidationError(
+            "cli.workers_need_api",
+            "--workers runs API processes; `--only hub` serves MQTT in one process (run "
+            "more hub nodes as separate `fleetpki serve --only hub` with their own hub_node)",
+        )
+    processes = 1 if only == "hub" else (workers or worker_count())
     state = cli_context(ctx)
     state.require_local("serve")
     if azure_ports:
@@ -68,27 +88,52 @@ def serve(
         # Bound first: a taken port is reported before anything changes.
         api_socket = bind_socket(settings.host, port)
         settings = _advertise(settings, port)
-    fleet = state.open(settings)
+    mqtt_socket = None
+    if processes > 1 and only != "ca":
+        # Bound once here and inherited by the primary worker.
+        mqtt_socket = bind_mqtt_socket(settings.host, settings.mqtt_port)
+        settings = settings.with_changes(mqtt_port=mqtt_socket.getsockname()[1])
     # Every CA key is loaded now: a token without them stops serve here (docs/keystore.md).
-    fleet.cas.check_keys()
-    for warning in fleet.key_passphrase.get().warnings(settings.home):
-        err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+    # With workers, the parent opens the home for these checks (and the migration) and
+    # closes it again before it forks: each worker opens its own.
+    fleet = FleetPKI.open(settings) if processes > 1 else state.open(settings)
+    try:
+        fleet.cas.check_keys()
+        for warning in fleet.key_passphrase.get().warnings(settings.home):
+            err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+    finally:
+        if processes > 1:
+            fleet.close()
     if only != "hub":
         err_console.print(
             f"fleetpki API on https://{settings.host}:{port}  (public URL {settings.public_url}; "
             f"CA bundle: {settings.home / 'tls' / 'ca-bundle.pem'}; Ctrl-C stops)",
             highlight=False,
         )
+        if processes > 1:
+            err_console.print(f"fleetpki API: {processes} worker processes", highlight=False)
     if only != "ca":
         err_console.print(f"fleetpki hub on mqtts://{settings.host}:{settings.mqtt_port}")
         for note in azure_port_notes(settings.hostname, port, settings.mqtt_port, only):
             err_console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+    only_value: Only | None = "ca" if only == "ca" else "hub" if only == "hub" else None
+    if processes > 1:
+        code = serve_workers(
+            settings,
+            workers=processes,
+            only=only_value,
+            api_socket=api_socket,
+            mqtt_socket=mqtt_socket,
+        )
+        if code:
+            raise typer.Exit(code)
+        return
     run_serve(
         fleet,
         host=settings.host,
         api_port=port,
         hostname=settings.hostname,
-        only="ca" if only == "ca" else "hub" if only == "hub" else None,
+        only=only_value,
         api_socket=api_socket,
     )
 
