@@ -1,0 +1,217 @@
+"""``fleetpki serve --workers 2``: concurrent issuance over several processes on one port.
+
+The real command runs in a subprocess on SQLite and on PostgreSQL; many clients issue
+at once over HTTPS. Every answer is a new certificate with its own serial, each one is
+recorded with its audit entry, both workers served some of them, and SIGTERM stops the
+supervisor and its workers cleanly (each hub node leaves ``hub_nodes``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from sqlalchemy import select
+
+from conftest import ALICE, make_csr
+from fleetpki.application import FleetPKI, init_home
+from fleetpki.services.authority import HierarchySpec
+from fleetpki.services.context import Actor
+from fleetpki.settings import Settings
+from fleetpki.store.hub_models import HubNode
+from fleetpki.store.models import AuditEntry, CertificateRecord
+from support.database import raw_session
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = 6
+EACH = 15
+START_TIMEOUT = 120.0
+
+
+@dataclass
+class Workers:
+    """A running ``fleetpki serve --workers 2`` and what the clients need."""
+
+    process: subprocess.Popen[str]
+    base_url: str
+    ca_bundle: Path
+    token: str
+    fleet: FleetPKI
+    log: Path
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        """A client context trusting the server's CA."""
+        return ssl.create_default_context(cafile=str(self.ca_bundle))
+
+    def worker_pids(self) -> list[int]:
+        """The supervisor's children: the worker processes."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _cpu_ticks(pid: int) -> int:
+    # utime + stime (proc(5) fields 14 and 15), after the command name in parentheses.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.fixture
+def workers(tmp_path: Path, database_url: str, key_passphrase: None) -> Iterator[Workers]:
+    port, mqtt_port = _free_port(), _free_port()
+    base_url = f"https://127.0.0.1:{port}"
+    settings = Settings.default_for(tmp_path / "home", database_url).with_changes(
+        public_url=base_url, api_port=port, mqtt_port=mqtt_port
+    )
+    fleet = init_home(settings, HierarchySpec()).app
+    admin = Actor.local_admin()
+    fleet.principals.add(admin, ALICE, "alice")
+    token = fleet.principals.create_token(admin, ALICE).secret
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "FLEETPKI_HOME": str(settings.home)}
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fleetpki", "serve", "--workers", "2"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    running = Workers(process, base_url, settings.home / "tls" / "ca-bundle.pem", token, fleet, log)
+    try:
+        _wait_until_served(running)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+        fleet.close()
+
+
+def _wait_until_served(running: Workers) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        assert running.process.poll() is None, running.log.read_text()
+        try:
+            answer = httpx.get(
+                f"{running.base_url}/v1/cas",
+                headers={"Authorization": f"Bearer {running.token}"},
+                verify=running.tls,
+                timeout=5,
+            )
+            if answer.status_code == 200 and len(running.worker_pids()) == 2:
+                with raw_session(running.fleet) as session:
+                    nodes = set(session.scalars(select(HubNode.name)))
+                if nodes == {"builtin", "builtin-w1"}:
+                    return
+        except (httpx.HTTPError, OSError):
+            pass
+        assert time.monotonic() < deadline, running.log.read_text()
+        time.sleep(0.2)
+
+
+def _register_domains(running: Workers, names: list[str]) -> None:
+    with httpx.Client(
+        base_url=running.base_url,
+        verify=running.tls,
+        headers={"Authorization": f"Bearer {running.token}"},
+    ) as client:
+        for name in names:
+            answer = client.post(
+                "/v1/domains",
+                json={"name": name, "owners": [{"id": ALICE}], "requesters": [{"id": ALICE}]},
+            )
+            assert answer.status_code == 201, answer.text
+
+
+def _issue(running: Workers, domain: str, count: int) -> list[tuple[int, str]]:
+    """``count`` issuances for ``domain``, each on a new connection (any worker may take it)."""
+    answers = []
+    for _ in range(count):
+        _, csr = make_csr(domain)
+        answer = httpx.post(
+            f"{running.base_url}/v1/certificates",
+            json={"csr": csr.decode(), "domain": domain, "validity_days": 7},
+            headers={"Authorization": f"Bearer {running.token}"},
+            verify=running.tls,
+            timeout=60,
+        )
+        if answer.status_code != 201:
+            answers.append((answer.status_code, answer.text))
+            continue
+        leaf = x509.load_pem_x509_certificates(answer.json()["chain_pem"].encode())[0]
+        assert format(leaf.serial_number, "x") == answer.json()["certificate"]["serial"].lower()
+        answers.append((201, answer.json()["certificate"]["serial"].upper()))
+    return answers
+
+
+def test_concurrent_issuance_over_two_workers_loses_and_repeats_nothing(
+    workers: Workers,
+) -> None:
+    domains = [f"workers-{n}" for n in range(CLIENTS)]
+    _register_domains(workers, domains)
+    pids = workers.worker_pids()
+    before = {pid: _cpu_ticks(pid) for pid in pids}
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = [
+            a
+            for part in pool.map(_issue, [workers] * CLIENTS, domains, [EACH] * CLIENTS)
+            for a in part
+        ]
+    refused = [r for r in results if r[0] != 201]
+    assert not refused, refused
+    serials = [serial for _, serial in results]
+    assert len(serials) == CLIENTS * EACH
+    assert len(set(serials)) == len(serials), "a serial was issued twice"
+    with raw_session(workers.fleet) as session:
+        stored = list(
+            session.scalars(
+                select(CertificateRecord.serial_hex).where(
+                    CertificateRecord.subject_cn.in_(domains)
+                )
+            )
+        )
+        audited = list(
+            session.scalars(
+                select(AuditEntry.object_id).where(AuditEntry.action == "certificate.issue")
+            )
+        )
+    assert sorted(s.upper() for s in stored) == sorted(serials)
+    # Once each (the server's own TLS certificate is audited too, and left out here).
+    issued = set(serials)
+    assert sorted(s.upper() for s in audited if s.upper() in issued) == sorted(serials)
+    # Both workers took connections: each spent CPU on them.
+    assert all(_cpu_ticks(pid) > before[pid] for pid in pids), (before, pids)
+
+
+def test_sigterm_stops_every_worker_cleanly(workers: Workers) -> None:
+    pids = workers.worker_pids()
+    workers.process.send_signal(signal.SIGTERM)
+    assert workers.process.wait(60) == 0, workers.log.read_text()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    # Each worker's hub node left on its way out (the graceful stop ran).
+    with raw_session(workers.fleet) as session:
+        assert list(session.scalars(select(HubNode.name))) == []
+    assert "Traceback" not in workers.log.read_text()
