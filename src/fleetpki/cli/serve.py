@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
     from fleetpki.api.server import Only
 
 __all__ = ["azure_port_notes", "serve"]
+
+# A hub node's name: its consumer is ``hub:<name>`` and ``-w<slot>`` may follow it.
+_HUB_NODE = re.compile(r"[A-Za-z0-9._-]{1,48}")
 
 
 def serve(
@@ -45,6 +49,13 @@ def serve(
             "also runs the MQTT port, the hub links and the housekeeping.",
         ),
     ] = None,
+    hub_node: Annotated[
+        str | None,
+        typer.Option(
+            help="This hub node's name (default: hub_node of the configuration, `builtin`). "
+            "Every hub process on one database needs its own (docs/deployment.md).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTPS API (EZCA-compatible routes and /v1) and the MQTT hub.
 
@@ -66,6 +77,10 @@ def serve(
             "--workers runs API processes; `--only hub` serves MQTT in one process (run "
             "more hub nodes as separate `fleetpki serve --only hub` with their own hub_node)",
         )
+    if hub_node is not None and not _HUB_NODE.fullmatch(hub_node):
+        raise ValidationError(
+            "cli.bad_hub_node", "--hub-node is 1 to 48 letters, digits, '.', '_' or '-'"
+        )
     processes = 1 if only == "hub" else (workers or worker_count())
     state = cli_context(ctx)
     state.require_local("serve")
@@ -81,6 +96,7 @@ def serve(
         host=host or settings.host,
         hostname=hostname or settings.hostname,
         mqtt_port=settings.mqtt_port if mqtt_port is None else mqtt_port,
+        hub_node=hub_node or settings.hub_node,
     )
     port = settings.api_port if api_port is None else api_port
     api_socket = None

@@ -207,9 +207,7 @@ class MethodRelay:
             result = None
             if call.status == "answered" and call.result_status is not None:
                 result = MethodResult(call.result_status, call.result_payload)
-            return _State(
-                call.status, frozenset(call.asked) - frozenset(call.declined_by), result
-            )
+            return _State(call.status, frozenset(call.asked) - frozenset(call.declined_by), result)
 
     def _close(self, call_id: str) -> None:
         with self._store.transaction() as tx:

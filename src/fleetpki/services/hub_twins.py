@@ -112,9 +112,7 @@ def patch_twin_in(
     if desired:
         record.desired = _merge_patch(record.desired, desired)
         record.desired_version += 1
-        tell_hub_nodes(
-            tx, DesiredPatched(device_id, dict(desired), record.desired_version), at=now
-        )
+        tell_hub_nodes(tx, DesiredPatched(device_id, dict(desired), record.desired_version), at=now)
     record.twin_etag = new_etag()
     return record
 
