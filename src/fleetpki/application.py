@@ -375,12 +375,18 @@ class FleetPKI:
             listener.stop()
 
     def close(self) -> None:
-        """Stop the link workers and consumer workers; release the database and keystore."""
+        """Stop the link workers, consumer workers and the LISTEN connection; release the
+        database and keystore."""
         self.link_workers.stop()
         with self._lock:
             workers = list(self._workers)
         for worker in workers:
             self.stop_consumer(worker)
+        with self._lock:
+            # Started for a relayed direct method, without a consumer worker.
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
         self.db.dispose()
         self.keystore.close()
 

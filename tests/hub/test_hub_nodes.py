@@ -98,7 +98,8 @@ class Client:
         self.client.connect("localhost", self.port, keepalive=60)
         self.client.loop_start()
         code = self.connack.get(timeout=WAIT)
-        return 0 if str(code) == "Success" else int(code.value)
+        # paho 2 reports MQTT 3.1.1 CONNACK codes as v5 reason codes (§3.2.2.3).
+        return {"Success": 0, "Not authorized": 5}.get(str(code), int(code.value))
 
     def subscribe(self, topic: str) -> None:
         """Subscribe at QoS 1 and wait for the SUBACK."""
