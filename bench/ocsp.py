@@ -33,6 +33,7 @@ from cryptography.x509 import ocsp
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ca_common import (
+    WORKERS,
     FleetHome,
     Load,
     csr_pem,
@@ -188,7 +189,9 @@ def main() -> int:
         f"(half good, half revoked), {ROUNDS} rounds of {REQUESTS}, {CLIENTS} client threads"
     )
     print(header("responder", "responses/s"))
-    print(fleet_load.row("fleetpki POST /ocsp, HTTPS keep-alive, SQLite lookup"))
+    print(
+        fleet_load.row(f"fleetpki POST /ocsp, HTTPS keep-alive, SQLite lookup, {WORKERS} worker(s)")
+    )
     print(openssl_load.row("openssl ocsp -index -port, HTTP, new connection per request"))
     print(ratio_row("openssl", fleet_load, openssl_load))
     print(
