@@ -103,7 +103,8 @@ class TLSRefresher:
             if served.verifies_clients:
                 served.context.load_verify_locations(cafile=str(files.client_ca_file))
         _log.info(
-            "server certificate reissued by the current issuing CA and loaded on %d port(s)",
+            "server certificate %s and loaded on %d port(s)",
+            "reissued by the current issuing CA" if self._issues else "renewed by the primary",
             len(self._served),
         )
 
