@@ -16,19 +16,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from fleetpki.errors import FleetPKIError, NotFoundError
 from fleetpki.services.hub_devices import HubDeviceService
-
-if TYPE_CHECKING:
-    from fleetpki.services.hub_method_relay import MethodRelay
 
 __all__ = [
     "DEFAULT_METHOD_TIMEOUT",
     "DeviceNotOnline",
     "HubMethodService",
     "MethodInvoker",
+    "MethodRelayer",
     "MethodResult",
     "MethodTimeout",
     "device_not_online",
@@ -90,6 +88,28 @@ class MethodInvoker(Protocol):
         ...
 
 
+class MethodRelayer(Protocol):
+    """Calls a direct method on whichever other hub node holds the device
+    (:class:`fleetpki.services.hub_method_relay.MethodRelay` implements it)."""
+
+    async def call(
+        self,
+        device_id: str,
+        method_name: str,
+        payload: Any,
+        timeout: float,
+        *,
+        exclude: str | None = None,
+    ) -> MethodResult:
+        """The device's answer, from the node that holds its session.
+
+        Raises:
+            DeviceNotOnline: no live node holds the device's session (404103).
+            MethodTimeout: no answer in ``timeout`` seconds (504101).
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class MethodResult:
     """A device's answer to a direct method (ref §3.4 ``{"status", "payload"}``)."""
@@ -116,7 +136,7 @@ class HubMethodService:
         relay: the database relay to other hub nodes; ``None`` reaches only this process.
     """
 
-    def __init__(self, devices: HubDeviceService, relay: MethodRelay | None = None) -> None:
+    def __init__(self, devices: HubDeviceService, relay: MethodRelayer | None = None) -> None:
         self._devices = devices
         self._relay = relay
         self._lock = threading.Lock()
