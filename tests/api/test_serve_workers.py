@@ -8,6 +8,7 @@ supervisor and its workers cleanly (each hub node leaves ``hub_nodes``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import ssl
@@ -28,10 +29,13 @@ from conftest import ALICE, make_csr
 from fleetpki.application import FleetPKI, init_home
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.services.context import Actor
+from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.settings import Settings
 from fleetpki.store.hub_models import HubNode
 from fleetpki.store.models import AuditEntry, CertificateRecord
 from support.database import raw_session
+from support.hub import issue_device, trust_issuing_ca
+from support.mqtt_device import Device, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +54,7 @@ class Workers:
     token: str
     fleet: FleetPKI
     log: Path
+    mqtt_port: int
 
     @property
     def tls(self) -> ssl.SSLContext:
@@ -85,6 +90,7 @@ def workers(tmp_path: Path, database_url: str, key_passphrase: None) -> Iterator
         public_url=base_url, api_port=port, mqtt_port=mqtt_port
     )
     fleet = init_home(settings, HierarchySpec()).app
+    trust_issuing_ca(fleet)
     admin = Actor.local_admin()
     fleet.principals.add(admin, ALICE, "alice")
     token = fleet.principals.create_token(admin, ALICE).secret
@@ -98,7 +104,8 @@ def workers(tmp_path: Path, database_url: str, key_passphrase: None) -> Iterator
             stderr=subprocess.STDOUT,
             text=True,
         )
-    running = Workers(process, base_url, settings.home / "tls" / "ca-bundle.pem", token, fleet, log)
+    bundle = settings.home / "tls" / "ca-bundle.pem"
+    running = Workers(process, base_url, bundle, token, fleet, log, mqtt_port)
     try:
         _wait_until_served(running)
         yield running
@@ -215,3 +222,27 @@ def test_sigterm_stops_every_worker_cleanly(workers: Workers) -> None:
     with raw_session(workers.fleet) as session:
         assert list(session.scalars(select(HubNode.name))) == []
     assert "Traceback" not in workers.log.read_text()
+
+
+def test_the_workers_hub_nodes_take_methods_and_c2d_made_in_another_process(
+    workers: Workers, tmp_path: Path
+) -> None:
+    # The device holds its session on the primary's MQTT port; this process, without a
+    # hub of its own, relays the method through the database (each worker is a node).
+    workers.fleet.hub_devices.put(DeviceSpec("worker-dev"))
+    device = Device(
+        workers.mqtt_port, workers.ca_bundle, issue_device(workers.fleet, "worker-dev", tmp_path)
+    )
+    assert device.connect() == 0
+    try:
+        device.subscribe("devices/worker-dev/messages/devicebound/#")
+        workers.fleet.hub_messages.enqueue_c2d("worker-dev", b"to the primary", message_id="w1")
+        assert device.next_message().payload == b"to the primary"
+        wait_until(lambda: not workers.fleet.hub_messages.pending_c2d("worker-dev"), "the delivery")
+        device.answer_methods(lambda name, body: (200, {"name": name, "body": body}))
+        result = asyncio.run(
+            workers.fleet.hub_methods.invoke("worker-dev", "ping", {"n": 1}, timeout=20)
+        )
+        assert result.as_json() == {"status": 200, "payload": {"name": "ping", "body": {"n": 1}}}
+    finally:
+        device.close()

@@ -13,19 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import select
 
@@ -38,8 +33,8 @@ from fleetpki.services.hub_methods import DeviceNotOnline
 from fleetpki.settings import Settings
 from fleetpki.store.hub_models import HubNode
 from support.database import raw_session
-from support.hub import DeviceFiles, issue_device, trust_issuing_ca
-from support.mqtt_device import WAIT, wait_until
+from support.hub import issue_device, trust_issuing_ca
+from support.mqtt_device import WAIT, Device, wait_until
 from support.postgres import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -63,59 +58,13 @@ class HubNodes:
     ca_file: Path
     certs: Path
 
-    def device(self, device_id: str, node: str) -> Client:
+    def device(self, device_id: str, node: str) -> Device:
         """Register and certify ``device_id``, then connect it to ``node``."""
         self.fleet.hub_devices.put(DeviceSpec(device_id))
         files = issue_device(self.fleet, device_id, self.certs)
-        client = Client(self.ports[node], self.ca_file, files)
+        client = Device(self.ports[node], self.ca_file, files)
         assert client.connect() == 0
         return client
-
-
-class Client:
-    """A paho-mqtt 2 device over TLS with its incoming messages in a queue."""
-
-    def __init__(self, port: int, ca_file: Path, files: DeviceFiles) -> None:
-        self.files = files
-        self.port = port
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=files.device_id, clean_session=False
-        )
-        context = ssl.create_default_context(cafile=str(ca_file))
-        context.load_cert_chain(files.cert, files.key)
-        self.client.tls_set_context(context)
-        self.client.username_pw_set(f"localhost/{files.device_id}/?api-version=2021-04-12")
-        self.client.reconnect_delay_set(60, 120)  # a closed client stays away
-        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.connack: queue.Queue[Any] = queue.Queue()
-        self.disconnected = threading.Event()
-        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.connack.put(rc)
-        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
-        self.client.on_disconnect = lambda *_: self.disconnected.set()
-
-    def connect(self) -> int:
-        """Connect; the CONNACK code (0 accepted)."""
-        self.client.connect("localhost", self.port, keepalive=60)
-        self.client.loop_start()
-        code = self.connack.get(timeout=WAIT)
-        # paho 2 reports MQTT 3.1.1 CONNACK codes as v5 reason codes (§3.2.2.3).
-        return {"Success": 0, "Not authorized": 5}.get(str(code), int(code.value))
-
-    def subscribe(self, topic: str) -> None:
-        """Subscribe at QoS 1 and wait for the SUBACK."""
-        done = threading.Event()
-        self.client.on_subscribe = lambda *_: done.set()
-        self.client.subscribe(topic, qos=1)
-        assert done.wait(WAIT)
-
-    def next_message(self) -> mqtt.MQTTMessage:
-        """The next message from the hub."""
-        return self.messages.get(timeout=WAIT)
-
-    def close(self) -> None:
-        """Disconnect and stop the network thread."""
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _live_nodes(fleet: FleetPKI) -> set[str]:
@@ -189,7 +138,7 @@ def test_a_revocation_made_elsewhere_closes_the_session_on_the_node_holding_it(
         )
         assert revoked.disconnected.wait(WAIT), "node-b did not close the revoked session"
         # And the certificate is refused on the other node from now on.
-        again = Client(nodes.ports["node-a"], nodes.ca_file, revoked.files)
+        again = Device(nodes.ports["node-a"], nodes.ca_file, revoked.files)
         try:
             assert again.connect() == 5
         finally:
@@ -244,18 +193,14 @@ def test_a_direct_method_reaches_the_node_holding_the_session(nodes: HubNodes, n
     device_id = f"method-{node}"
     device = nodes.device(device_id, node)
     try:
-        device.subscribe("$iothub/methods/POST/#")
-
-        def answer(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            rid = msg.topic.split("$rid=")[1]
-            body = json.dumps({"echo": json.loads(msg.payload), "node": node})
-            device.client.publish(f"$iothub/methods/res/200/?$rid={rid}", body, qos=1)
-
-        device.client.on_message = answer
+        device.answer_methods(lambda name, body: (200, {"echo": body, "node": node, "name": name}))
         result = asyncio.run(
             nodes.fleet.hub_methods.invoke(device_id, "reboot", {"delay": 1}, timeout=WAIT)
         )
-        assert result.as_json() == {"status": 200, "payload": {"echo": {"delay": 1}, "node": node}}
+        assert result.as_json() == {
+            "status": 200,
+            "payload": {"echo": {"delay": 1}, "node": node, "name": "reboot"},
+        }
     finally:
         device.close()
 
