@@ -64,7 +64,9 @@ from fleetpki.hub.backend import (
     CertificateRevoked,
     DeviceBlocked,
     DeviceKeysReplaced,
+    HubEvent,
     HubListener,
+    SessionOpened,
     TelemetryRecord,
     Twin,
 )
@@ -81,7 +83,7 @@ from fleetpki.services.hub_methods import (
 )
 from fleetpki.services.hub_nodes import HEARTBEAT_SECONDS, node_consumer
 from fleetpki.services.hub_notices import HUB_NOTICE_TYPES, hub_event_of
-from fleetpki.services.outbox import HUB_METHOD_CALLED
+from fleetpki.services.outbox import HUB_METHOD_CALLED, HUB_SESSION_OPENED
 from fleetpki.services.ports.events import Delivery
 from fleetpki.services.ports.hub import TelemetryInput
 
@@ -188,9 +190,10 @@ class _Heartbeat:
         backend = self._backend
         while not self._stopped.wait(self._interval):
             try:
-                backend.fleet.hub_nodes.beat(
+                others = backend.fleet.hub_nodes.beat(
                     backend.node, backend.instance, connected=backend.connected_count()
                 )
+                backend.others_live = bool(others)
             except Exception:
                 _log.exception("hub node %s: heartbeat failed; trying again", backend.node)
 
@@ -218,6 +221,9 @@ class StoreHubBackend:
         self.fleet = fleet
         self.node = fleet.settings.hub_node
         self.instance = ""
+        #: Whether another hub node beat lately (renewed with each heartbeat): only then
+        #: is a new session announced (`open_session`).
+        self.others_live = False
         self.revocation_poll = revocation_poll
         self.authenticator = authenticator or fleet.hub_authentication
         self._heartbeat_interval = heartbeat
@@ -246,6 +252,13 @@ class StoreHubBackend:
     ) -> AuthenticatedDevice:
         """See `DeviceAuthenticator.authenticate_token`."""
         return self.authenticator.authenticate_token(token, client_id, host, now)
+
+    def open_session(self, client_id: str) -> int:
+        """See `HubBackend.open_session`: announced only while another node runs, so a
+        single node's connects write nothing."""
+        if not self.others_live:
+            return 0
+        return self.fleet.hub_nodes.announce_session(self.node, client_id)
 
     def store_telemetry(self, batch: Sequence[TelemetryRecord]) -> None:
         """Store a batch in one transaction; returns once it is committed."""
@@ -298,9 +311,10 @@ class StoreHubBackend:
             start = self._consumer is None
         if start:
             self.instance = self.fleet.hub_nodes.join(self.node)
+            self.others_live = any(n.name != self.node for n in self.fleet.hub_nodes.live())
             consumer = self.fleet.start_consumer(
                 node_consumer(self.node),
-                [*HUB_NOTICE_TYPES, HUB_METHOD_CALLED],
+                [*HUB_NOTICE_TYPES, HUB_METHOD_CALLED, HUB_SESSION_OPENED],
                 self._deliver,
                 poll=self.revocation_poll,
             )
@@ -349,7 +363,15 @@ class StoreHubBackend:
         if delivery.event_type == HUB_METHOD_CALLED:
             self._deliver_method(delivery)
             return
-        event = hub_event_of(delivery)
+        event: HubEvent | None
+        if delivery.event_type == HUB_SESSION_OPENED:
+            node = str(delivery.payload.get("node", ""))
+            if node == self.node:
+                return  # this node's own announcement
+            self.others_live = True
+            event = SessionOpened(delivery.subject_id, node, delivery.event_id)
+        else:
+            event = hub_event_of(delivery)
         if event is None:
             return
         with self._lock:

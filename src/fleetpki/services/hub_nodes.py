@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 
 from fleetpki.services.context import Clock
+from fleetpki.services.outbox import HUB_SESSION_OPENED
 from fleetpki.services.ports import Store
 from fleetpki.store.hub_models import HubNode
 
@@ -114,8 +115,9 @@ class HubNodeService:
             node.connected = 0
         return instance
 
-    def beat(self, name: str, instance: str, *, connected: int) -> None:
-        """Renew the heartbeat of ``name`` with its connected-device count.
+    def beat(self, name: str, instance: str, *, connected: int) -> list[str]:
+        """Renew the heartbeat of ``name`` with its connected-device count; returns the
+        names of the other live nodes.
 
         A row taken over by another instance is taken back (and logged): the node still
         runs, so it must stay reachable.
@@ -133,12 +135,20 @@ class HubNodeService:
                         connected=connected,
                     )
                 )
-                return
-            if node.instance != instance:
-                _log.warning("hub node %s: another process runs under this name", name)
-                node.instance = instance
-            node.heartbeat_at = now
-            node.connected = connected
+            else:
+                if node.instance != instance:
+                    _log.warning("hub node %s: another process runs under this name", name)
+                    node.instance = instance
+                node.heartbeat_at = now
+                node.connected = connected
+            since = now - dt.timedelta(seconds=LIVE_SECONDS)
+            return [n.name for n in tx.hub_nodes.beating_since(since) if n.name != name]
+
+    def announce_session(self, name: str, client_id: str) -> int:
+        """Tell every other node that node ``name`` accepted ``client_id``; the order of
+        the announcement (its outbox event id: the higher, the newer session)."""
+        with self._store.transaction() as tx:
+            return tx.events.append(HUB_SESSION_OPENED, client_id, {"node": name}, at=self._clock())
 
     def leave(self, name: str, instance: str) -> None:
         """Remove the row of ``name`` if this instance still owns it (a clean stop)."""

@@ -13,6 +13,7 @@ __all__ = [
     "HUB_DEVICE_BLOCKED",
     "HUB_DEVICE_KEYS_REPLACED",
     "HUB_METHOD_CALLED",
+    "HUB_SESSION_OPENED",
 ]
 
 #: A certificate was revoked: hubs must close its sessions and disable the device.
@@ -41,3 +42,6 @@ HUB_C2D_QUEUED = "hub.c2d_queued"
 #: A direct method was called where the device's session is not: the node holding it
 #: answers (fleetpki.services.hub_method_relay).
 HUB_METHOD_CALLED = "hub.method_called"
+#: A hub node accepted a device that another node may still hold: the older session
+#: closes (one connection per client id across nodes, as within one).
+HUB_SESSION_OPENED = "hub.session_opened"
