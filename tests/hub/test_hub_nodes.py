@@ -210,3 +210,19 @@ def test_a_direct_method_to_a_device_no_node_holds_is_404103(nodes: HubNodes) ->
     with pytest.raises(DeviceNotOnline) as caught:
         asyncio.run(nodes.fleet.hub_methods.invoke("method-nowhere", "reboot", None, timeout=5))
     assert caught.value.azure_error_code == 404103
+
+
+def test_a_device_that_connects_to_another_node_is_closed_on_the_first(nodes: HubNodes) -> None:
+    first = nodes.device("moving", "node-a")
+    second = Device(nodes.ports["node-b"], nodes.ca_file, first.files)
+    try:
+        assert second.connect() == 0
+        # One connection per client id across nodes, as within one: the newer wins.
+        assert first.disconnected.wait(WAIT), "node-a kept the older session"
+        second.answer_methods(lambda name, body: (200, {"on": "node-b"}))
+        result = asyncio.run(nodes.fleet.hub_methods.invoke("moving", "where", None, timeout=WAIT))
+        assert result.as_json() == {"status": 200, "payload": {"on": "node-b"}}
+        assert not second.disconnected.is_set()
+    finally:
+        second.close()
+        first.close()
