@@ -18,11 +18,12 @@ types. Its worker is woken at once when such a change commits in this process, b
 PostgreSQL LISTEN/NOTIFY when one commits in another process, and otherwise looks every
 ``revocation_poll`` seconds (SQLite).
 
-Revocations, blocked devices and replaced keys also take a faster path when they are committed in
-this very process: `_Bridge` forwards them from the application's event bus as the
-commit returns. Closing is idempotent (a session closed stays closed), so the outbox
-delivery that follows changes nothing; desired patches and C2D, which the device would
-see twice, come through the outbox only.
+Revocations, blocked devices and replaced keys also take a faster path: `_Bridge`
+forwards them from the application's event bus as the commit returns when they are
+committed in this very process, and from their broadcast (PostgreSQL NOTIFY,
+`EventBroadcast`) when another process commits them. Closing is idempotent (a session
+closed stays closed), so the outbox delivery that follows changes nothing; desired
+patches and C2D, which the device would see twice, come through the outbox only.
 
 The node announces itself in ``hub_nodes`` and renews its heartbeat with its
 connected-device count (`fleetpki.services.hub_nodes`), so that other processes know
@@ -82,7 +83,8 @@ from fleetpki.services.hub_methods import (
     device_not_online,
 )
 from fleetpki.services.hub_nodes import HEARTBEAT_SECONDS, node_consumer
-from fleetpki.services.hub_notices import HUB_NOTICE_TYPES, hub_event_of
+from fleetpki.services.hub_notices import HUB_NOTICE_TYPES, closing_event_of, hub_event_of
+from fleetpki.services.notifications import EventBroadcast, Notification
 from fleetpki.services.outbox import HUB_METHOD_CALLED, HUB_SESSION_OPENED
 from fleetpki.services.ports.events import Delivery
 from fleetpki.services.ports.hub import TelemetryInput
@@ -97,10 +99,20 @@ DEFAULT_REVOCATION_POLL = 0.5
 
 
 class _Bridge(HubEventListener):
-    """Forwards this process's revocations and blocked devices at once (from any thread)."""
+    """Forwards revocations, blocked devices and replaced keys at once (from any thread):
+    this process's after their commit, and other processes' from their broadcast."""
 
     def __init__(self, listener: HubListener) -> None:
         self.listener = listener
+
+    def __call__(self, notification: Notification) -> None:
+        """Dispatch ``notification``; a broadcast of a close is forwarded as its event."""
+        if isinstance(notification, EventBroadcast):
+            event = closing_event_of(notification)
+            if event is not None:
+                self.listener(event)
+            return
+        super().__call__(notification)
 
     def on_device_blocked(self, device_id: str, reason: str) -> None:
         """Disabled (``hub.device_disabled``) or deleted (``hub.unknown_device``)."""

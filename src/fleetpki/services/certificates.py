@@ -380,6 +380,7 @@ def revoke_in(
             "revoked_at": revoked_at.isoformat(),
         },
         at=now,
+        broadcast=True,  # hub nodes elsewhere close the session on it at once
     )
     # The live hub in this process closes the session at once; the outbox delivery
     # above reaches every other consumer (hub nodes, hub links), here or elsewhere.

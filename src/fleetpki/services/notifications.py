@@ -18,6 +18,7 @@ __all__ = [
     "DesiredPatched",
     "DeviceBlocked",
     "DeviceKeysReplaced",
+    "EventBroadcast",
     "EventsWritten",
     "HubLinksChanged",
     "MethodCallChanged",
@@ -95,6 +96,16 @@ class MethodCallChanged:
     call_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class EventBroadcast:
+    """An outbox event committed in another process, carried whole by its NOTIFY
+    (``append(..., broadcast=True)``): for acting at once, before its delivery."""
+
+    event_type: str
+    subject_id: str
+    payload: Mapping[str, Any]
+
+
 Notification = (
     DeviceBlocked
     | DeviceKeysReplaced
@@ -105,4 +116,5 @@ Notification = (
     | EventsWritten
     | HubLinksChanged
     | MethodCallChanged
+    | EventBroadcast
 )
