@@ -130,7 +130,9 @@ def _wait_until_served(running: Workers) -> None:
                 verify=running.tls,
                 timeout=5,
             )
-            if answer.status_code == 200 and len(running.worker_pids()) == 2:
+            # Every worker is ready once the supervisor says so.
+            serving = "2 worker processes serving" in running.log.read_text()
+            if answer.status_code == 200 and serving and len(running.worker_pids()) == 2:
                 with raw_session(running.fleet) as session:
                     nodes = set(session.scalars(select(HubNode.name)))
                 if nodes == {"builtin", "builtin-w1"}:
@@ -291,3 +293,15 @@ def test_concurrent_twin_patches_over_two_workers_lose_no_write(workers: Workers
         f"c{c}n{n}" for c in range(CLIENTS) for n in range(5)
     }
     assert twin.desired_version == 1 + CLIENTS * 5
+
+
+def test_a_worker_that_dies_is_started_again(workers: Workers) -> None:
+    primary, other = workers.worker_pids()
+    os.kill(other, signal.SIGKILL)
+    wait_until(
+        lambda: len(pids := workers.worker_pids()) == 2 and other not in pids,
+        "the supervisor to start the worker again",
+    )
+    assert workers.worker_pids()[0] == primary
+    _wait_until_served(workers)  # both hub nodes beat again and the API answers
+    assert "worker 1 (pid" in workers.log.read_text()

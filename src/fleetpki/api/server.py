@@ -433,8 +433,11 @@ def serve_workers(
     api_socket: socket.socket | None,
     mqtt_socket: socket.socket | None = None,
     log_level: str = "info",
+    on_started: Callable[[], None] | None = None,
 ) -> int:
     """Run ``fleetpki serve --workers N``: N processes on the bound sockets; the exit code.
+
+    ``on_started`` is called (in this process) once every worker serves.
 
     The caller binds the sockets and opens nothing else (no database connection, no
     thread) before this forks; each worker opens the home itself. Slot 0 is the
@@ -476,4 +479,4 @@ def serve_workers(
             fleet.close()
         return 0
 
-    return Supervisor(workers, run_worker).run()
+    return Supervisor(workers, run_worker, on_started=on_started).run()

@@ -72,6 +72,7 @@ class Supervisor:
         target: what a child runs; it calls ``ready()`` once it serves.
         stop_timeout: seconds a child may take to stop before it is killed.
         start_timeout: seconds a child may take to become ready at the start.
+        on_started: called in the parent once every child is ready.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class Supervisor:
         *,
         stop_timeout: float = 20.0,
         start_timeout: float = 120.0,
+        on_started: Callable[[], None] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("at least one worker")
@@ -88,6 +90,7 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
         self._target = target
+        self._on_started = on_started
         self._slots = [_Slot(n) for n in range(workers)]
         self._wake_r, self._wake_w = -1, -1
         self._stopping = False
@@ -141,6 +144,8 @@ class Supervisor:
             self._spawn(slot)
         if not self._await_ready(others):
             return 0 if self._signalled else 1
+        if self._on_started is not None:
+            self._on_started()
         while not self._stopping:
             self._wait(self._next_timeout())
             if self._stopping:

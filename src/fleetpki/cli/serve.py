@@ -127,7 +127,9 @@ def serve(
             highlight=False,
         )
         if processes > 1:
-            err_console.print(f"fleetpki API: {processes} worker processes", highlight=False)
+            err_console.print(
+                f"fleetpki API: starting {processes} worker processes", highlight=False
+            )
     if only != "ca":
         err_console.print(f"fleetpki hub on mqtts://{settings.host}:{settings.mqtt_port}")
         for note in azure_port_notes(settings.hostname, port, settings.mqtt_port, only):
@@ -140,6 +142,9 @@ def serve(
             only=only_value,
             api_socket=api_socket,
             mqtt_socket=mqtt_socket,
+            on_started=lambda: err_console.print(
+                f"fleetpki API: {processes} worker processes serving", highlight=False
+            ),
         )
         if code:
             raise typer.Exit(code)
