@@ -1,31 +1,29 @@
 """Shared pieces of the CA benchmarks (issuance, OCSP): a fleetpki home, servers, a load loop.
 
 Both CA benchmarks measure fleetpki's API server (``fleetpki serve --only ca``, its own
-process, HTTPS) against a peer server in its own process, with the same load client in
-this process: ``clients`` threads, each with one keep-alive ``httpx.Client``, sending a
-fixed list of requests in rounds that alternate between the two servers, so that a burst
-of load from other users of the machine hits both sides alike.  Figures are the median
-round's rate, the p50/p99 latency over every request of every round, and the CPU time
-the server process and the load client used (from /proc and ``time.process_time``): on
-a small machine the Python client can be the limit, and CPU per request is then the
-fairer comparison of the servers.
+process, HTTPS) against a peer server in its own process, with the same load generator:
+``wrk`` (C, Debian's package), POSTing prepared distinct bodies in turn
+(``bench/wrk_bodies.lua``), in timed rounds that alternate between the two servers, so
+that a burst of load from other users of the machine hits both sides alike.  Figures
+are the median round's rate, the medians of the rounds' p50 and p99 latency, and the CPU
+time the server process and wrk used (from /proc and the child's rusage), so that a
+reader sees whether the load generator was the limit.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 from cryptography import x509
@@ -51,10 +49,9 @@ __all__ = [
     "make_home",
     "process",
     "ratio_row",
-    "run_round",
+    "write_bodies",
+    "wrk_round",
 ]
-
-T = TypeVar("T")
 
 
 def csr_pem(common_name: str) -> str:
@@ -225,39 +222,40 @@ def fleetpki_server(fleet_home: FleetHome) -> Iterator[subprocess.Popen[bytes]]:
 
 @dataclass
 class Load:
-    """What one server answered over all rounds."""
+    """What one server answered over all rounds of one kind of request."""
 
     rates: list[float] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
+    p50_ms: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+    requests: int = 0
+    errors: int = 0
     server_cpu: float = 0.0  # seconds of CPU the server process used in the timed parts
-    client_cpu: float = 0.0  # the same for this process (the load client)
+    client_cpu: float = 0.0  # the same for the load generator (wrk)
     elapsed: float = 0.0
 
     def row(self, name: str) -> str:
-        ms = sorted(x * 1000 for x in self.latencies)
-        p99 = ms[min(len(ms) - 1, round(len(ms) * 0.99))]
-        count = len(self.latencies)
+        """A table row: median round's rate, medians of the rounds' p50 and p99, CPU."""
         return (
             f"| {name} | {statistics.median(self.rates):,.0f} | "
-            f"{statistics.median(ms):.2f} | {p99:.2f} | "
-            f"{self.server_cpu / count * 1000:.2f} | "
+            f"{statistics.median(self.p50_ms):.2f} | {statistics.median(self.p99_ms):.2f} | "
+            f"{self.server_cpu / self.requests * 1000:.3f} | "
             f"{self.server_cpu / self.elapsed * 100:.0f} / "
-            f"{self.client_cpu / self.elapsed * 100:.0f} |"
+            f"{self.client_cpu / self.elapsed * 100:.0f} | {self.errors} |"
         )
 
 
 def ratio_row(name: str, ours: Load, peer: Load) -> str:
     """The table's last row: fleetpki's rate and CPU per request over the peer's."""
     rate = statistics.median(ours.rates) / statistics.median(peer.rates)
-    cpu = (ours.server_cpu / len(ours.latencies)) / (peer.server_cpu / len(peer.latencies))
-    return f"| ratio fleetpki / {name} | {rate:.2f} | | | {cpu:.1f} | |"
+    cpu = (ours.server_cpu / ours.requests) / (peer.server_cpu / peer.requests)
+    return f"| ratio fleetpki / {name} | {rate:.2f} | | | {cpu:.2f} | | |"
 
 
 def header(first: str, unit: str) -> str:
     """The header of the table whose rows :meth:`Load.row` prints."""
     return (
         f"| {first} | {unit} (median round) | p50 ms | p99 ms | server CPU ms per request "
-        "| CPU % server / load client |\n|---|---|---|---|---|---|"
+        "| CPU % server / load generator | errors |\n|---|---|---|---|---|---|---|"
     )
 
 
@@ -273,51 +271,72 @@ def cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(int(child)) for child in children)
 
 
-def run_round(
+def write_bodies(path: Path, bodies: Sequence[bytes]) -> Path:
+    """Write request bodies for :func:`wrk_round`: each its length in decimal, a newline,
+    then its bytes (wrk's Lua reads them with no decoding, which would cost it CPU)."""
+    path.write_bytes(b"".join(b"%d\n%s" % (len(body), body) for body in bodies))
+    return path
+
+
+WRK_SCRIPT = Path(__file__).parent / "wrk_bodies.lua"
+
+
+def wrk_round(
     load: Load,
     server_pid: int,
-    warm: T,
-    items: Sequence[T],
-    send: Callable[[httpx.Client, T], None],
-    make_client: Callable[[], httpx.Client],
-    clients: int,
+    url: str,
+    bodies: Path,
+    *,
+    content_type: str,
+    authorization: str | None = None,
+    seconds: int,
+    threads: int,
+    connections: int,
 ) -> None:
-    """Send every item once from ``clients`` threads; add the rate and latencies to load.
+    """One timed round of ``wrk`` POSTing the bodies in turn to ``url``; add it to load.
 
-    Each thread opens its client and sends ``warm`` once (not counted) so that
-    connection set-up is outside the timed part; clients that the server closes after
-    each answer (openssl ocsp) reconnect inside it, as their real clients do.
+    wrk (C, one event loop per thread) keeps ``connections`` keep-alive connections
+    open; a server that closes after each answer (openssl ocsp) is reconnected to,
+    inside the timed part, as its real clients do. The server's CPU is read from /proc
+    around the run, wrk's own from the rusage of the finished child.
     """
-    lock = threading.Lock()
-    pending = iter(items)
-    ready = threading.Barrier(clients + 1)
-    latencies: list[float] = []
-
-    def worker() -> None:
-        with make_client() as client:
-            send(client, warm)
-            ready.wait()
-            while True:
-                with lock:
-                    item = next(pending, None)
-                if item is None:
-                    return
-                started = time.perf_counter()
-                send(client, item)
-                elapsed = time.perf_counter() - started
-                with lock:
-                    latencies.append(elapsed)
-
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        futures = [pool.submit(worker) for _ in range(clients)]
-        ready.wait()
-        server_started, client_started = cpu_seconds(server_pid), time.process_time()
-        started = time.perf_counter()
-        for future in futures:
-            future.result()
-        elapsed = time.perf_counter() - started
-        load.server_cpu += cpu_seconds(server_pid) - server_started
-        load.client_cpu += time.process_time() - client_started
+    env = dict(
+        os.environ,
+        WRK_BODIES=str(bodies),
+        WRK_THREADS=str(threads),
+        WRK_CONTENT_TYPE=content_type,
+        WRK_AUTHORIZATION=authorization or "",
+    )
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPT),
+        url,
+    ]
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_started = cpu_seconds(server_pid)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    server_cpu = cpu_seconds(server_pid) - server_started
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    elapsed = summary["duration_us"] / 1e6
+    requests = int(summary["requests"])
+    load.rates.append(requests / elapsed)
+    load.p50_ms.append(summary["p50_us"] / 1000)
+    load.p99_ms.append(summary["p99_us"] / 1000)
+    load.requests += requests
+    load.errors += sum(
+        int(summary[key]) for key in ("connect_errors", "write_errors", "status_errors", "timeouts")
+    )
+    load.server_cpu += server_cpu
+    load.client_cpu += (after_children.ru_utime + after_children.ru_stime) - (
+        before_children.ru_utime + before_children.ru_stime
+    )
     load.elapsed += elapsed
-    load.rates.append(len(items) / elapsed)
-    load.latencies.extend(latencies)

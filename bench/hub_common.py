@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +197,8 @@ def fleetpki_hub(certs: Certs) -> Iterator[tuple[int, int]]:
         "127.0.0.1",
         "--mqtt-port",
         str(port),
+        "--amqp-port",
+        "-1",
     ]
     with (certs.folder / "serve.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=log)
@@ -288,16 +290,24 @@ class MQTTClient(asyncio.Protocol):
 
 
 async def connect_clients(
-    port: int, contexts: Sequence[ssl.SSLContext], indexes: Sequence[int], window: int = 0
+    port: int,
+    contexts: Sequence[ssl.SSLContext],
+    indexes: Sequence[int],
+    window: int = 0,
+    factory: Callable[[int], MQTTClient] | None = None,
 ) -> list[MQTTClient]:
-    """Open and CONNECT one client per index, at most 50 handshakes at a time."""
+    """Open and CONNECT one client per index, at most 50 handshakes at a time.
+
+    ``factory`` makes the client of an index (``MQTTClient(index, window)`` by default).
+    """
     loop = asyncio.get_running_loop()
     limit = asyncio.Semaphore(50)
+    make = factory or (lambda index: MQTTClient(index, window))
 
     async def one(index: int, context: ssl.SSLContext) -> MQTTClient:
         async with limit:
             _, client = await loop.create_connection(
-                lambda: MQTTClient(index, window),
+                lambda: make(index),
                 "127.0.0.1",
                 port,
                 ssl=context,

@@ -68,7 +68,7 @@ def main() -> None:
     with workdir() as folder:
         fleet, devices = _prepare(folder)
         hub_loop = uvloop.new_event_loop()
-        stop = hub_loop.run_until_complete(start_hub(fleet, host="127.0.0.1", port=0))
+        stop = hub_loop.run_until_complete(start_hub(fleet, host="127.0.0.1", port=0, amqp_port=-1))
         port = stop.__self__.port  # type: ignore[attr-defined]
         thread = threading.Thread(target=hub_loop.run_forever, daemon=True)
         thread.start()

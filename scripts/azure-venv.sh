@@ -5,6 +5,8 @@
 #   azure-iot-device==2.14.0   (paho-mqtt>=1.6.1,<2)
 #   azure-iot-hub==2.7.0       (imports six without declaring it; needs uamqp<2, which must come
 #                               from a prebuilt cp311 wheel: building it from source is refused)
+#   azure-eventhub 5.15.x      (its own pure-Python AMQP client; the Event Hubs-compatible
+#                               endpoint's tests, issue 15)
 #
 # Idempotent: skipped when .venv-azure/.fleetpki-stamp holds this script's sha256, so editing
 # this file rebuilds the venv. An interrupted run leaves no stamp and is redone from scratch.
@@ -79,17 +81,20 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$venv/bin/python" -m pip install --quiet --only-binary=uamqp \
     "azure-iot-device==2.14.0" \
     "azure-iot-hub==2.7.0" \
+    "azure-eventhub>=5.15,<5.16" \
     "six"
 
 "$venv/bin/python" -m pip freeze --all >"$venv/requirements.lock.txt"
 "$venv/bin/python" - <<'PY'
 import importlib.metadata as md
 
+import azure.eventhub  # noqa: F401
 import azure.iot.device  # noqa: F401
 import azure.iot.hub  # noqa: F401
 
-names = ["azure-iot-device", "azure-iot-hub", "paho-mqtt", "uamqp", "six", "msrest"]
-print("azure-venv: import azure.iot.device, azure.iot.hub: ok;",
+names = ["azure-iot-device", "azure-iot-hub", "azure-eventhub", "paho-mqtt", "uamqp", "six",
+         "msrest"]
+print("azure-venv: import azure.iot.device, azure.iot.hub, azure.eventhub: ok;",
       ", ".join(f"{n}=={md.version(n)}" for n in names))
 PY
 

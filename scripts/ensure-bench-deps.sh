@@ -5,6 +5,7 @@
 #   cfssl, cfssljson   - Debian package golang-cfssl (bookworm: 1.2.0+git20160825, an old
 #                        2016 snapshot of CloudFlare's toolkit), a peer CA to compare with
 #   hyperfine          - times whole commands over repeated runs
+#   wrk                - Debian package wrk: the HTTP load generator of the CA benchmarks
 #
 # Idempotent; fast when everything is present. Same root/sudo rules as ensure-system-deps.sh.
 # Usage: scripts/ensure-bench-deps.sh [--check]
@@ -22,9 +23,12 @@ fi
 if ! command -v hyperfine >/dev/null 2>&1; then
     missing_pkgs+=(hyperfine)
 fi
+if ! command -v wrk >/dev/null 2>&1; then
+    missing_pkgs+=(wrk)
+fi
 
 if ((${#missing_pkgs[@]} == 0)); then
-    log "all present: cfssl, cfssljson, hyperfine"
+    log "all present: cfssl, cfssljson, hyperfine, wrk"
     exit 0
 fi
 if [[ "${1:-}" == "--check" ]]; then
@@ -49,7 +53,8 @@ log "installing: ${missing_pkgs[*]}"
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     "${missing_pkgs[@]}"
 
-if ! command -v cfssl >/dev/null 2>&1 || ! command -v hyperfine >/dev/null 2>&1; then
+if ! command -v cfssl >/dev/null 2>&1 || ! command -v hyperfine >/dev/null 2>&1 \
+    || ! command -v wrk >/dev/null 2>&1; then
     log "error: programs still missing after installing ${missing_pkgs[*]}"
     exit 1
 fi

@@ -5,6 +5,10 @@
 #   initdb, pg_ctl, postgres         - throwaway PostgreSQL clusters (tests/support/postgres.py)
 #   mosquitto, mosquitto_pub/_sub    - MQTT broker and clients
 #   softhsm2-util, libsofthsm2.so    - SoftHSM2, the PKCS#11 token of the keystore tests
+#   /usr/bin/chromium, a font        - Debian's Chromium, the portal's browser tests (Playwright
+#                                      drives it; Playwright's own browser download is not used)
+#   node, npm                        - Node.js for the OpenID provider of the portal's tests
+#                                      (scripts/ensure-oidc-provider.sh installs the npm package)
 #
 # Idempotent and fast when everything is present (no apt calls at all). When something is
 # missing it runs `apt-get update` once and `apt-get install -y --no-install-recommends` for the
@@ -22,7 +26,7 @@ case "${1:-}" in
     "") ;;
     --check) CHECK_ONLY=1 ;;
     -h | --help)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -67,6 +71,12 @@ have_softhsm() {
     have softhsm2-util && [[ -f "$SOFTHSM_MODULE" ]]
 }
 
+# The portal's browser tests launch this executable (tests/support/browser.py).
+CHROMIUM=/usr/bin/chromium
+have_font() {
+    compgen -G "/usr/share/fonts/truetype/*/*.ttf" >/dev/null
+}
+
 have_postgres_server() {
     if have initdb && have pg_ctl && have postgres; then
         return 0
@@ -94,6 +104,20 @@ fi
 if ! have_softhsm; then
     missing_pkgs+=(softhsm2)
 fi
+if [[ ! -x "$CHROMIUM" ]]; then
+    missing_pkgs+=(chromium)
+fi
+if ! have_font; then
+    # Without any font the browser tests' screenshots have no text.
+    missing_pkgs+=(fonts-dejavu-core)
+fi
+if ! have node; then
+    missing_pkgs+=(nodejs)
+fi
+if ! have npm; then
+    # Debian's nodejs comes without npm (NodeSource's includes it, so this is skipped there).
+    missing_pkgs+=(npm)
+fi
 
 if ((${#missing_pkgs[@]} == 0)); then
     if pg_initdb=$(command -v initdb 2>/dev/null); then
@@ -101,7 +125,7 @@ if ((${#missing_pkgs[@]} == 0)); then
     else
         pg_where=$(pg_bin_dir)
     fi
-    log "all present: openssl, curl, PostgreSQL server (${pg_where}), mosquitto, mosquitto_pub/_sub, softhsm2"
+    log "all present: openssl, curl, PostgreSQL server (${pg_where}), mosquitto, mosquitto_pub/_sub, softhsm2, chromium, node, npm"
     exit 0
 fi
 
@@ -195,7 +219,8 @@ fi
 
 # Re-check: fail loudly if the install did not provide what is needed.
 if ! have openssl || ! have_postgres_server || ! have mosquitto /usr/sbin /usr/local/sbin \
-    || ! have mosquitto_pub || ! have mosquitto_sub || ! have_softhsm; then
+    || ! have mosquitto_pub || ! have mosquitto_sub || ! have_softhsm \
+    || [[ ! -x "$CHROMIUM" ]] || ! have_font || ! have node || ! have npm; then
     log "error: programs still missing after installing ${missing_pkgs[*]}"
     exit 1
 fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ def test_the_demo_runs_end_to_end() -> None:
         capture_output=True,
         text=True,
         timeout=300,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        # PYTHONPATH passes through, so a worktree's demo runs its own code.
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+        | {k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     for number, step in enumerate(demo.STEPS, 1):
@@ -27,6 +30,8 @@ def test_the_demo_runs_end_to_end() -> None:
     assert done.stdout.count("✓") == len(demo.STEPS)
     assert "✗" not in done.stdout
     assert "5 messages stored durably" in done.stdout
+    assert "never registered beforehand, provisioned through DPS" in done.stdout
+    assert f"group {demo.DEMO_GROUP})" in done.stdout
     assert "closed the live session" in done.stdout
     assert "CONNACK 5" in done.stdout
     assert "through Azure's APIs" in done.stdout and "verified" in done.stdout

@@ -92,3 +92,18 @@ def test_create_database_is_isolated(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="database name"):
             server.create_database("Robert'); DROP TABLE students;--")
     assert not _port_accepts(server.port)
+
+
+def test_halt_and_resume_keep_the_data_and_the_port(tmp_path: Path) -> None:
+    with start_postgres(tmp_path) as server:
+        with psycopg.connect(server.dsn) as conn:
+            conn.execute("CREATE TABLE kept (x integer)")
+            conn.execute("INSERT INTO kept VALUES (7)")
+            conn.commit()
+        server.halt()
+        assert not _port_accepts(server.port)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(server.dsn, connect_timeout=5)
+        server.resume()
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT x FROM kept").fetchall() == [(7,)]

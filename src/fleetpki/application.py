@@ -51,6 +51,7 @@ from fleetpki.services.foreign_revocation import RevocationChecker
 from fleetpki.services.hub_authentication import DeviceAuthenticator
 from fleetpki.services.hub_device_keys import DeviceKeySeal
 from fleetpki.services.hub_devices import HubDeviceService
+from fleetpki.services.hub_eventhub import EventHubService
 from fleetpki.services.hub_link_settings import LinkKind
 from fleetpki.services.hub_links import HubLinkService, LinkConnection
 from fleetpki.services.hub_management import HubManagementService, hub_identity
@@ -58,13 +59,22 @@ from fleetpki.services.hub_messages import HubMessageService
 from fleetpki.services.hub_method_relay import MethodRelay
 from fleetpki.services.hub_methods import HubMethodService
 from fleetpki.services.hub_nodes import HubNodeService
+from fleetpki.services.hub_routing import EventRouting
 from fleetpki.services.hub_sas import HubSasService
 from fleetpki.services.hub_statistics import HubStatisticsService
 from fleetpki.services.hub_trust import HubTrustService, TrustCache
 from fleetpki.services.hub_twins import HubTwinService
 from fleetpki.services.link_workers import LinkWorkers
+from fleetpki.services.ocsp_cache import OcspResponseCache
+from fleetpki.services.portal_pages import PortalPageService
+from fleetpki.services.portal_sessions import PortalSessionService
 from fleetpki.services.principals import PrincipalService
+from fleetpki.services.provisioning import ProvisioningService
+from fleetpki.services.provisioning_enrollments import ProvisioningEnrollmentService
+from fleetpki.services.provisioning_requests import id_scope_for
+from fleetpki.services.registration_throttle import RegistrationThrottle
 from fleetpki.services.renewal import RenewalService
+from fleetpki.services.revocation_effects import RevocationEffectService
 from fleetpki.services.revocation_status import RevocationStatusService
 from fleetpki.services.server_cert import ServerCertificateService
 from fleetpki.services.token_issuer import LocalTokenIssuer
@@ -121,6 +131,7 @@ class FleetPKI:
         cas, ca_lifecycle (renewal and generations), ca_schedule (its periodic work),
         templates, certificates, renewal, domains, principals, enrollment,
         revocation_status, audit, server_certificates: the CA side's use cases.
+        ocsp_cache: the signed OCSP responses that revocation_status serves.
         hub_devices / hub_twins / hub_statistics: the built-in hub's registry.
         hub_trust: the hub's trusted CAs (and this application's anchor cache).
         hub_messages: telemetry and the cloud-to-device queue.
@@ -130,8 +141,15 @@ class FleetPKI:
         hub_nodes: the hub nodes sharing the database, by their heartbeats.
         hub_authentication: device authentication on connect (the one hub policy).
         hub_management / token_issuer: the built-in hub as an Azure resource.
+        hub_eventhub: stored telemetry as the partitions of the Event Hubs-compatible
+            endpoint.
         hub_links: the hubs this CA drives through connectors, and one-click trust.
+        provisioning_enrollments / provisioning: the provisioning service (Azure DPS): enrollments,
+            and the registration of devices into the hubs they allocate.
         link_workers: the links' delivery workers (``fleetpki serve`` starts them).
+        portal_sessions: the web portal's sign-in sessions.
+        revocation_effects: what revoking a certificate does in each hub.
+        portal_pages: what each page of the web portal shows.
     """
 
     def __init__(
@@ -179,17 +197,31 @@ class FleetPKI:
         self.domains = DomainService(self.store, now)
         self.principals = PrincipalService(self.store, now)
         self.enrollment = EnrollmentService(self.store, now, audience=audience)
-        self.revocation_status = RevocationStatusService(self.store, keystore, now, self.urls)
+        # Signed OCSP responses, dropped by revocations committed here (this bus) or in
+        # other processes (read from the outbox; at once after a PostgreSQL NOTIFY).
+        self.ocsp_cache = OcspResponseCache()
+        self.events.subscribe(self.ocsp_cache.on_notification)
+        self.revocation_status = RevocationStatusService(
+            self.store, keystore, now, self.urls, self.ocsp_cache
+        )
         self.audit = AuditService(self.store)
         self.server_certificates = ServerCertificateService(
             self.store, keystore, now, self.urls, settings.home
+        )
+        # The web portal's sign-in sessions.
+        self.portal_sessions = PortalSessionService(
+            self.store, now, lifetime=dt.timedelta(hours=settings.portal_session_hours)
         )
         # -- end of the CA side -----------------------------------------------------------
         # -- hub side: the built-in hub's control plane ---------------------------------
         # Device symmetric keys are sealed under the home's passphrase, read when first used.
         device_keys = DeviceKeySeal(self.key_passphrase)
+        # Twin change events on the built-in endpoint (issue 15).
+        routing = EventRouting(
+            hub_identity(settings).hub_name, twin_changes=settings.hub_route_twin_change_events
+        )
         self.hub_devices = HubDeviceService(self.store, now, device_keys)
-        self.hub_twins = HubTwinService(self.store, now)
+        self.hub_twins = HubTwinService(self.store, now, routing)
         self.hub_trust = HubTrustService(self.store, keystore, now, TrustCache())
         self.hub_messages = HubMessageService(self.store, now)
         self.hub_sas = HubSasService(
@@ -207,7 +239,7 @@ class FleetPKI:
         )
         self.hub_nodes = HubNodeService(self.store, now)
         self.hub_method_relay = MethodRelay(
-            self.store, now, self.hub_nodes, self.events, listen=self.hear_other_processes
+            self.store, now, self.hub_nodes, self.events, listen=self.follow_other_processes
         )
         self.hub_methods = HubMethodService(self.hub_devices, self.hub_method_relay)
         self.hub_statistics = HubStatisticsService(self.store, self.hub_methods, self.hub_nodes)
@@ -222,6 +254,10 @@ class FleetPKI:
         # Hub side, Azure's management plane (issue 9): the hub as an ARM resource, and
         # fleetpki's own client-credentials token endpoint (off unless enabled).
         self.hub_management = HubManagementService(self.store, now, hub_identity(settings))
+        # The Event Hubs-compatible endpoint over AMQP reads stored telemetry (issue 15).
+        self.hub_eventhub = EventHubService(
+            self.store, now, name=self.hub_management.identity.hub_name
+        )
         self.token_issuer = LocalTokenIssuer(
             self.store,
             now,
@@ -238,6 +274,7 @@ class FleetPKI:
             self.hub_trust,
             self.hub_devices,
             description=f"the built-in hub {identity.hub_name} on {identity.host_name}",
+            twins=self.hub_twins,
         )
         self.hub_links = HubLinkService(
             self.store,
@@ -245,6 +282,40 @@ class FleetPKI:
             now,
             secret=self.key_passphrase,
             connectors=self._link_connector,
+        )
+        # What a revocation does (or did) in each hub, for the portal's revoke page.
+        self.revocation_effects = RevocationEffectService(self.store, now)
+        # What each page of the web portal shows, one method a page (reads only).
+        self.portal_pages = PortalPageService(
+            cas=self.cas,
+            lifecycle=self.ca_lifecycle,
+            certificates=self.certificates,
+            enrollment=self.enrollment,
+            effects=self.revocation_effects,
+            links=self.hub_links,
+            management=self.hub_management,
+            trust=self.hub_trust,
+            statistics=self.hub_statistics,
+            devices=self.hub_devices,
+            twins=self.hub_twins,
+            messages=self.hub_messages,
+            urls=self.urls,
+        )
+        # Zero-touch provisioning (issue 13): Azure DPS's enrollments and registration,
+        # devices sent to the built-in hub or to linked hubs through their connectors.
+        self.provisioning_enrollments = ProvisioningEnrollmentService(
+            self.store, now, builtin_host=settings.hostname
+        )
+        self.provisioning = ProvisioningService(
+            self.store,
+            now,
+            authenticator=self.hub_authentication,
+            links=self.hub_links,
+            id_scope=settings.provisioning_id_scope or id_scope_for(str(settings.home)),
+            builtin_host=settings.hostname,
+            mqtt_port=settings.mqtt_port,
+            api_port=settings.api_port,
+            throttle=RegistrationThrottle(settings.provisioning_register_interval_seconds),
         )
         # One delivery worker per link, started by ``fleetpki serve`` (start_link_workers).
         self.link_workers = LinkWorkers(
@@ -267,6 +338,7 @@ class FleetPKI:
         self._lock = threading.Lock()
         self._workers: list[ConsumerWorker] = []
         self._listener: NotifyListener | None = None
+        self._following = False
 
     @classmethod
     def open(
@@ -284,7 +356,9 @@ class FleetPKI:
         """
         keystore = open_keystore(settings)
         try:
-            database = Database(settings.database_url)
+            database = Database(
+                settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
+            )
             if migrate:
                 database.migrate()
         except BaseException:
@@ -344,30 +418,37 @@ class FleetPKI:
             max_attempts=max_attempts,
         )
         with self._lock:
-            if self._listener is None and self.db.dialect == "postgresql":
-                self._listener = NotifyListener(self.db, self.events)
-                self._listener.start()
+            self._listen()
             self._workers.append(worker)
         worker.start()
         return worker
 
-    def hear_other_processes(self) -> None:
-        """On PostgreSQL, LISTEN for other processes' commits and method calls (idempotent).
+    def follow_other_processes(self) -> None:
+        """Hear at once what other processes commit, not only at the next poll.
 
-        Consumer workers start it themselves; a relayed direct method asks for it
-        before it waits (on SQLite, which has no NOTIFY, both poll).
+        On PostgreSQL this LISTENs for outbox commits (the connection that consumer
+        workers share), so that, say, the OCSP cache drops a certificate revoked by
+        another API worker within milliseconds; on SQLite, which has no NOTIFY, the
+        readers' short poll does it, and that a relayed direct method's answer wakes
+        its caller. ``fleetpki serve`` calls it, as does the method relay before it
+        waits (idempotent); :meth:`close` ends it.
         """
         with self._lock:
-            if self._listener is None and self.db.dialect == "postgresql":
-                self._listener = NotifyListener(self.db, self.events)
-                self._listener.start()
+            self._following = True
+            self._listen()
+
+    def _listen(self) -> None:
+        # Called with self._lock held.
+        if self._listener is None and self.db.dialect == "postgresql":
+            self._listener = NotifyListener(self.db, self.events)
+            self._listener.start()
 
     def stop_consumer(self, worker: ConsumerWorker) -> None:
         """Stop a worker started by :meth:`start_consumer` (its deliveries stay pending)."""
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)
-            listener = self._listener if not self._workers else None
+            listener = self._listener if not self._workers and not self._following else None
             if listener is not None:
                 self._listener = None
         worker.stop()
@@ -383,8 +464,7 @@ class FleetPKI:
         for worker in workers:
             self.stop_consumer(worker)
         with self._lock:
-            # Started for a relayed direct method, without a consumer worker.
-            listener, self._listener = self._listener, None
+            listener, self._listener, self._following = self._listener, None, False
         if listener is not None:
             listener.stop()
         self.db.dispose()
@@ -430,7 +510,9 @@ def init_home(
         settings = settings.with_changes(key_passphrase_file=str(passphrase.source.path))
     keystore = open_keystore(settings)
     try:
-        database = Database(settings.database_url)
+        database = Database(
+            settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
+        )
         database.migrate()
     except BaseException:
         keystore.close()

@@ -10,7 +10,9 @@ MQTT over TLS, five telemetry messages), shows what the hub stored, renews the
 certificate with itself and reconnects, renews the issuing CA with a new key (the
 hub gets it first; the device renews onto it; the old generation stays trusted while
 what it signed is outstanding), moves the servers' own TLS certificate onto the new
-generation so that the old one drains and is retired from the hub, revokes the device's
+generation so that the old one drains and is retired from the hub, provisions a second
+device with no hub registration through the provisioning service (Azure DPS's protocol,
+an enrollment group for the issuing CA), revokes the first device's
 certificate and measures how long the live session survives, sees the link disable the
 device in the hub, and checks that a reconnect is refused.  Nothing is simulated
 but the device's sensor readings.
@@ -42,6 +44,8 @@ __all__ = ["STEPS", "DemoState", "Step", "run_demo"]
 AGENT_ID = "6f1c0d3e-0000-4000-8000-00000000d3e0"
 #: The demo's hub link: the built-in hub, reached as an Azure IoT Hub is.
 DEMO_LINK = "demo-hub"
+#: The demo's enrollment group (zero-touch provisioning of the issuing CA's devices).
+DEMO_GROUP = "demo-devices"
 _SESSION_CLOSE_TIMEOUT = 10.0
 
 
@@ -83,6 +87,8 @@ def _create_ca(state: DemoState, _console: Console) -> str:
         public_url=f"https://127.0.0.1:{api_port}",
         api_port=api_port,
         mqtt_port=mqtt_port,
+        # AMQP on a free port too: 5671 may be taken by a real server on this machine.
+        amqp_port=free_port(),
         # The hub link below gets its Azure tokens here (off by default elsewhere).
         token_endpoint_enabled=True,
         # Outside the home, as `fleetpki init` keeps it, and removed with the demo.
@@ -221,6 +227,53 @@ def _show_telemetry(state: DemoState, console: Console) -> str:
     if len(bodies) != 5 or any(b["deviceId"] != device_id for b in bodies):
         raise FleetPKIError("demo.telemetry", f"expected 5 stored messages, found {len(bodies)}")
     return f"{len(rows)} messages stored durably before each PUBACK"
+
+
+def _provision(state: DemoState, console: Console) -> str:
+    from fleetpki.device import SimulatorSettings, simulate_device
+    from fleetpki.services.provisioning_enrollments import EnrollmentKind, EnrollmentSpec
+
+    fleet = state.fleet()
+    # An enrollment group for the issuing CA (verified in the hub by the trust step):
+    # any certificate it issued may register, and gets this initial twin.
+    fleet.provisioning_enrollments.add(
+        Actor.local_admin(),
+        EnrollmentSpec(
+            EnrollmentKind.GROUP,
+            DEMO_GROUP,
+            ca=state.issuing_id,
+            initial_twin={"tags": {"onboarding": "zero-touch"}},
+        ),
+    )
+    assert state.ca_bundle is not None
+    scope = fleet.provisioning.id_scope
+    settings = SimulatorSettings(
+        server_url=state.api_url,
+        token=state.agent_token,
+        hub_host="localhost",
+        verify=state.ca_bundle,
+        mqtt_port=fleet.settings.mqtt_port,
+        connect_host="127.0.0.1",
+        messages=5,
+        key_spec=KeySpec.EC_P256,
+        validity_days=10,
+        id_scope=scope,
+    )
+
+    def report(step: str, detail: str) -> None:
+        console.print(f"    [dim]{step}: {detail}[/dim]", highlight=False)
+
+    result = simulate_device(settings, registry=None, report=report, rng=state.rng)
+    assignment = result.assignment
+    device_id = result.identity.device_id
+    stored = fleet.hub_messages.list_telemetry(device_id=device_id, limit=100)
+    if assignment is None or len(stored) != 5:
+        raise FleetPKIError("demo.provisioning", f"expected 5 stored messages of {device_id}")
+    return (
+        f"device {device_id}: never registered beforehand, provisioned through DPS "
+        f"(ID scope {scope}, group {DEMO_GROUP}) to {assignment.assigned_hub}, "
+        f"{len(stored)} messages stored"
+    )
 
 
 def _device_id(state: DemoState) -> str:
@@ -416,6 +469,7 @@ STEPS = [
     Step("renew with the current certificate and reconnect", _renew),
     Step("renew the issuing CA with a new key (hubs first)", _rollover),
     Step("retire the old CA generation from the hub", _retire),
+    Step("provision another device through DPS (zero-touch)", _provision),
     Step("revoke: the live session closes", _revoke),
     Step("the hub link disables the device", _disabled),
     Step("reconnect with the revoked certificate", _refused),

@@ -18,6 +18,7 @@ __all__ = [
     "InternalError",
     "NotFoundError",
     "PermissionDenied",
+    "ThrottledError",
     "UnavailableError",
     "ValidationError",
     "http_status_for",
@@ -75,6 +76,22 @@ class ConflictError(FleetPKIError):
     """The change conflicts with the current state (HTTP 409)."""
 
     default_status = 409
+
+
+class ThrottledError(FleetPKIError):
+    """The caller asked too often; it may try again after ``retry_after`` seconds (HTTP 429).
+
+    Args:
+        code: the stable code.
+        message: a safe sentence.
+        retry_after: whole seconds to wait (``Retry-After``).
+    """
+
+    default_status = 429
+
+    def __init__(self, code: str, message: str, *, retry_after: int) -> None:
+        super().__init__(code, message)
+        self.retry_after = retry_after
 
 
 class InternalError(FleetPKIError):

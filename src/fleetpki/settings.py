@@ -39,6 +39,8 @@ DEFAULT_MQTT_PORT = 8883
 #: The ports the unmodified Azure SDKs dial, which no option of theirs changes (ref §0):
 #: MQTT over TLS, HTTPS (MQTT and AMQP over WebSockets, the service REST API), AMQP.
 AZURE_MQTT_PORT = 8883
+#: Where the Azure service SDKs dial AMQP over TLS (send_c2d_message, azure-eventhub).
+AZURE_AMQP_PORT = 5671
 AZURE_HTTPS_PORT = 443
 AZURE_AMQP_PORT = 5671
 #: Where Debian's ``softhsm2`` package installs the SoftHSM2 PKCS#11 module.
@@ -69,6 +71,11 @@ class Settings:
         public_url: base URL put into certificates (CRL DP, OCSP, caIssuers) and the
             audience of certificate tokens.  Use an IP or a fully qualified name.
         host / api_port / mqtt_port: where ``fleetpki serve`` listens.
+        amqp_port: the hub's AMQP 1.0 over TLS port (cloud-to-device sends, feedback,
+            the Event Hubs-compatible endpoint); -1 turns it off.
+        hub_route_twin_change_events: route twin change events to the built-in
+            endpoint, as an Azure route for that data source does (off, as on a new
+            Azure hub).
         hostname: the server's DNS name for its TLS certificate and the hub.
         oidc_issuer / oidc_audience / oidc_jwks: optional OIDC (Entra ID) JWT checking.
         token_audience: overrides ``public_url`` as the certificate-token audience.
@@ -105,6 +112,19 @@ class Settings:
             request's headers, from the connection's start or the previous response.
         api_max_connections / mqtt_max_connections: open connections allowed at once
             on each port, TLS handshakes included; more are closed at once, and logged.
+        portal_oidc_client_id / portal_oidc_client_secret_file / portal_oidc_scopes: the
+            portal's OIDC client at ``oidc_issuer`` (authorization code with PKCE); no
+            client id turns OIDC sign-in off. The secret file is for confidential
+            clients only.
+        portal_session_hours: how long a portal session lasts from sign-in.
+        sqlite_busy_timeout_seconds: on SQLite, how long a write waits for a lock held
+            by another process before it fails with ``database.unavailable`` (503).
+        provisioning_id_scope: the provisioning service's ID scope (empty: ``0ne`` and
+            eight hex digits derived from the home, fixed across restarts); give every
+            node sharing one database the same one.
+        provisioning_register_interval_seconds: a registration id may register once in
+            this many seconds; a sooner registration is answered 429 with retry-after
+            (0 turns the limit off).
     """
 
     home: Path
@@ -113,6 +133,8 @@ class Settings:
     host: str = DEFAULT_HOST
     api_port: int = DEFAULT_API_PORT
     mqtt_port: int = DEFAULT_MQTT_PORT
+    amqp_port: int = AZURE_AMQP_PORT
+    hub_route_twin_change_events: bool = False
     hostname: str = "localhost"
     oidc_issuer: str = ""
     oidc_audience: str = ""
@@ -138,6 +160,13 @@ class Settings:
     http_header_timeout_seconds: int = 10
     api_max_connections: int = 1000
     mqtt_max_connections: int = 20000
+    portal_oidc_client_id: str = ""
+    portal_oidc_client_secret_file: str = ""
+    portal_oidc_scopes: str = "openid profile"
+    portal_session_hours: int = 8
+    sqlite_busy_timeout_seconds: float = 10.0
+    provisioning_id_scope: str = ""
+    provisioning_register_interval_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.keystore not in KEYSTORES:
@@ -151,7 +180,29 @@ class Settings:
                 "config.invalid",
                 f"ca_auto_renew_at must be a fraction from 0 (off) to below 1, not {auto!r}",
             )
-        for name in ("ca_rekey_after_days", "ca_link_deadline_hours"):
+        busy = self.sqlite_busy_timeout_seconds
+        if isinstance(busy, bool) or not isinstance(busy, int | float) or not 0 < busy <= 3600:
+            raise ValidationError(
+                "config.invalid",
+                f"sqlite_busy_timeout_seconds must be above 0 and at most 3600, not {busy!r}",
+            )
+        interval = self.provisioning_register_interval_seconds
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
+            raise ValidationError(
+                "config.invalid",
+                "provisioning_register_interval_seconds must be a number of seconds, 0 or "
+                f"more, not {interval!r}",
+            )
+        scope = self.provisioning_id_scope
+        if scope and (
+            len(scope) > 64 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in scope)
+        ):
+            raise ValidationError(
+                "config.invalid",
+                f"provisioning_id_scope must be up to 64 letters, digits, '-', '_' or '.', "
+                f"not {scope!r}",
+            )
+        for name in ("ca_rekey_after_days", "ca_link_deadline_hours", "portal_session_hours"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(

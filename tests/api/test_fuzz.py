@@ -4,7 +4,8 @@ Schemathesis generates requests for every operation of the app's own OpenAPI
 document, both valid ones (positive) and ones that break the schema (negative: wrong
 types, out-of-range numbers, missing fields, odd headers), and sends them to the app
 in-process with an admin token, so the fuzz reaches past authentication. The
-Azure-compatible routes are also fuzzed with a valid ``api-version`` and, for the
+Azure-compatible and provisioning (DPS) routes are also fuzzed with a valid
+``api-version`` and, for the
 management plane, the hub's real resource path, so that requests reach the routes'
 own parsing. The pass condition is that no answer is a 5xx.
 
@@ -49,6 +50,12 @@ def is_azure(path: str) -> bool:
     return path.startswith("/subscriptions/") or path.split("/")[1] in HUB_SERVICE_ROOTS
 
 
+def is_dps(path: str) -> bool:
+    from fleetpki.api.dps import is_dps_path
+
+    return is_dps_path(path)
+
+
 @dataclass(frozen=True)
 class Target:
     fleet: FleetPKI
@@ -86,6 +93,8 @@ def _strategies(target: Target, operation: Any) -> list[Any]:
         }
     elif is_azure(operation.path):
         fixed = {"query": {"api-version": "2021-04-12"}}
+    elif is_dps(operation.path):
+        fixed = {"query": {"api-version": "2021-06-01"}}
     else:
         return variants
     return [
@@ -137,14 +146,19 @@ def _operations(target: Target, wanted: Callable[[str], bool]) -> list[Any]:
 
 @pytest.mark.parametrize(
     ("family", "wanted"),
-    [("native", lambda path: not is_azure(path)), ("azure", is_azure)],
-    ids=["native", "azure"],
+    [
+        ("native", lambda path: not is_azure(path) and not is_dps(path)),
+        ("azure", is_azure),
+        ("provisioning", is_dps),
+    ],
+    ids=["native", "azure", "provisioning"],
 )
 def test_no_generated_request_gets_a_5xx(
     target: Target, family: str, wanted: Callable[[str], bool]
 ) -> None:
     operations = _operations(target, wanted)
     # Both families are really there: the fuzz covers what it claims to.
-    assert len(operations) >= (40 if family == "native" else 15), [op.path for op in operations]
+    least = {"native": 40, "azure": 15, "provisioning": 11}[family]
+    assert len(operations) >= least, [op.path for op in operations]
     failures = [line for op in operations for line in _fuzz(target, op)]
     assert failures == [], "\n".join(failures[:20])

@@ -17,6 +17,9 @@ from fleetpki.cli.serve import azure_port_notes
 from fleetpki.services.authority import HierarchySpec
 from fleetpki.settings import Settings
 
+# The Azure SDKs dial fixed ports (8883, 443): tests that bind them share one xdist worker.
+pytestmark = pytest.mark.xdist_group("azure_ports")
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 BIND = textwrap.dedent(
@@ -79,6 +82,19 @@ def test_serve_says_what_the_azure_sdks_cannot_reach(
     api_port: int, mqtt_port: int, only: str | None, expected: list[str]
 ) -> None:
     notes = azure_port_notes("hub.lan", api_port, mqtt_port, only)
+    assert len(notes) == len(expected)
+    for note, text in zip(notes, expected, strict=True):
+        assert text in note
+
+
+@pytest.mark.parametrize(
+    ("amqp_port", "expected"),
+    [(5671, []), (-1, []), (15671, ["dial AMQP on 5671 only"])],
+)
+def test_serve_says_when_the_amqp_port_is_out_of_the_sdks_reach(
+    amqp_port: int, expected: list[str]
+) -> None:
+    notes = azure_port_notes("hub.lan", 443, 8883, None, amqp_port)
     assert len(notes) == len(expected)
     for note, text in zip(notes, expected, strict=True):
         assert text in note

@@ -88,9 +88,12 @@ def test_a_default_home_served_on_another_port_advertises_that_port(tmp_path: Pa
     port, mqtt_port = _free_port(), _free_port()
     url = f"https://127.0.0.1:{port}"
     bundle = home / "tls" / "ca-bundle.pem"
-    with _serving(home, "--api-port", str(port), "--mqtt-port", str(mqtt_port)) as log:
+    with _serving(
+        home, "--api-port", str(port), "--mqtt-port", str(mqtt_port), "--amqp-port", "0"
+    ) as log:
         _wait_healthy(url, bundle, log)
         assert f"public URL is now {url}" in log.read_text()
+        assert f"fleetpki portal at {url}/  (sign in with an API token)" in log.read_text()
         config = (home / "config.toml").read_text()
         assert f"api_port = {port}\n" in config and f'public_url = "{url}"' in config
 

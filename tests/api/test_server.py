@@ -276,7 +276,7 @@ def test_only_hub_runs_the_hub_alone(tmp_path: Path) -> None:
     probe.close()
     command = [sys.executable, "-m", "fleetpki", "serve", "--only", "hub"]
     with subprocess.Popen(
-        [*command, "--mqtt-port", str(mqtt_port)],
+        [*command, "--mqtt-port", str(mqtt_port), "--amqp-port", "0"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

@@ -494,7 +494,7 @@ def test_the_real_hub_refuses_a_revoked_foreign_device(
     foreign.revoked.add(leaves["f-revoked"].serial_number)
 
     async def scenario() -> tuple[bytes, bytes]:
-        stop = await start_hub(sqlite_fleet, host="127.0.0.1", port=0)
+        stop = await start_hub(sqlite_fleet, host="127.0.0.1", port=0, amqp_port=-1)
         try:
             port = stop.__self__.port  # type: ignore[attr-defined]
             ok = await asyncio.to_thread(_connack, port, tmp_path, "f-ok")
@@ -538,7 +538,7 @@ def test_a_slow_responder_holds_no_database_connection(
 
     async def scenario() -> bytes:
         backend = StoreHubBackend(fleet, revocation_poll=3600)
-        stop = await start_hub(fleet, host="127.0.0.1", port=0, backend=backend)
+        stop = await start_hub(fleet, host="127.0.0.1", port=0, backend=backend, amqp_port=-1)
         try:
             port = stop.__self__.port  # type: ignore[attr-defined]
             connack = asyncio.create_task(asyncio.to_thread(_connack, port, tmp_path, "f-slow"))

@@ -22,6 +22,9 @@ import pytest
 
 from support.server import start_server
 
+# The Azure SDKs dial fixed ports (8883, 443): tests that bind them share one xdist worker.
+pytestmark = pytest.mark.xdist_group("azure_ports")
+
 AZURE_PYTHON = Path(__file__).resolve().parents[2] / ".venv-azure" / "bin" / "python"
 
 SCRIPT = textwrap.dedent(

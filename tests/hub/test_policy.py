@@ -74,7 +74,7 @@ def test_admit_refusals_in_order(
     assert info.value.code == code
 
 
-@pytest.mark.parametrize("thumbprint", [SHA1.lower(), SHA256])
+@pytest.mark.parametrize("thumbprint", [SHA1.lower(), SHA256], ids=["sha1", "sha256"])
 def test_self_signed_devices_are_pinned_and_need_no_revocation_source(thumbprint: str) -> None:
     policy = DevicePolicy()
     entry = _entry(auth=AuthType.SELF_SIGNED, thumbprints=frozenset({thumbprint}))

@@ -181,6 +181,7 @@ def test_secrets_stay_out_of_reprs() -> None:
         ("not base64!", False),
         ("", False),
     ],
+    ids=["generated", "16-bytes", "64-bytes", "15-bytes", "65-bytes", "not-base64", "empty"],
 )
 def test_key_bounds_are_azures(key: str, valid: bool) -> None:
     assert is_valid_key(key) is valid

@@ -19,6 +19,9 @@ from fleetpki.application import FleetPKI
 from fleetpki.hub.backend import C2DMessage
 from support.hub import issue_device, start_hub_thread
 
+# The Azure SDKs dial fixed ports (8883, 443): tests that bind them share one xdist worker.
+pytestmark = pytest.mark.xdist_group("azure_ports")
+
 AZURE_PYTHON = Path(__file__).resolve().parents[2] / ".venv-azure" / "bin" / "python"
 
 DEVICE_SCRIPT = textwrap.dedent(

@@ -18,8 +18,6 @@ import ssl
 import subprocess
 import textwrap
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -30,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.hub_devices import DeviceSpec
+from support.forward import forward_443
 from support.hub import DeviceFiles, issue_device
 from support.hub_control import issuing_ca
 from support.server import LiveServer, start_server
@@ -339,58 +338,6 @@ AZURE_DEVICE_SCRIPT = textwrap.dedent(
 )
 
 
-@contextmanager
-def _forward_443(target_port: int) -> Iterator[None]:
-    """Forward TCP from 127.0.0.1:443 to ``target_port`` (TLS passes through untouched)."""
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(("127.0.0.1", 443))
-    except OSError as exc:
-        listener.close()
-        pytest.skip(f"the Azure SDK dials port 443 only, and 127.0.0.1:443 cannot be bound: {exc}")
-    listener.listen(8)
-    sockets: list[socket.socket] = []
-    threads: list[threading.Thread] = []
-
-    def pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def accept() -> None:
-        while True:
-            try:
-                downstream, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", target_port))
-            sockets.extend((downstream, upstream))
-            for source, sink in ((downstream, upstream), (upstream, downstream)):
-                thread = threading.Thread(target=pipe, args=(source, sink), daemon=True)
-                thread.start()
-                threads.append(thread)
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    try:
-        yield
-    finally:
-        listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        acceptor.join(5)
-        for sock in sockets:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in threads:
-            thread.join(5)
-        for sock in sockets:
-            sock.close()
-
-
 def _run_azure_device(server: LiveServer, files: DeviceFiles, tmp: Path) -> list[str]:
     script = tmp / "azure_ws_device.py"
     script.write_text(AZURE_DEVICE_SCRIPT)
@@ -407,10 +354,11 @@ def _run_azure_device(server: LiveServer, files: DeviceFiles, tmp: Path) -> list
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("azure_ports")  # binds 127.0.0.1:443, which the SDK dials
 def test_azure_device_sdk_over_websockets(tmp_path: Path) -> None:
     if not AZURE_PYTHON.exists():
         pytest.fail("no .venv-azure: `make test` builds it with scripts/azure-venv.sh")
-    with start_server(tmp_path / "home") as server, _forward_443(server.port):
+    with start_server(tmp_path / "home") as server, forward_443(server.port):
         files = _prepare(server, "ws-sdk", tmp_path)
         server.fleet.hub_messages.enqueue_c2d("ws-sdk", b"to the SDK")
         lines = _run_azure_device(server, files, tmp_path)

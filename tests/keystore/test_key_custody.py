@@ -385,9 +385,11 @@ def test_cli_init_says_where_the_passphrase_is_and_serve_warns_when_it_is_in_the
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = str(taken.getsockname()[1])
-        served = _fleetpki("serve", "--only", "hub", "--mqtt-port", port, env=env)
+        served = _fleetpki(
+            "serve", "--only", "hub", "--mqtt-port", port, "--amqp-port", "-1", env=env
+        )
         quiet = _fleetpki(
-            "serve", "--only", "hub", "--mqtt-port", port,
+            "serve", "--only", "hub", "--mqtt-port", port, "--amqp-port", "-1",
             env={**env, "FLEETPKI_HOME": str(tmp_path / "home")},
         )  # fmt: skip
     assert served.returncode == 1 and "serve.port_in_use" in served.stderr

@@ -84,7 +84,7 @@ def _ocsp_answer(
     fleet: FleetPKI, leaf: x509.Certificate, issuer: x509.Certificate, path: Path
 ) -> Path:
     request = ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, hashes.SHA1()).build()
-    answer = fleet.revocation_status.ocsp(request.public_bytes(serialization.Encoding.DER))
+    answer = fleet.revocation_status.ocsp(request.public_bytes(serialization.Encoding.DER)).der
     assert_lints_clean("ocsp_response", answer)
     path.write_bytes(answer)
     return path
@@ -181,7 +181,7 @@ def test_an_ocsp_response_echoes_the_nonce_under_the_token_signature(
     )
     request_path = tmp_path / "request.der"
     request_path.write_bytes(request.public_bytes(serialization.Encoding.DER))
-    answer = hsm_fleet.revocation_status.ocsp(request_path.read_bytes())
+    answer = hsm_fleet.revocation_status.ocsp(request_path.read_bytes()).der
     assert_lints_clean("ocsp_response", answer)
     response_path = tmp_path / "response.der"
     response_path.write_bytes(answer)
@@ -336,7 +336,7 @@ def test_fleetpki_serve_with_a_wrong_pin_exits_at_startup_with_the_code(
     monkeypatch.setenv(PKCS11_PIN_ENV, "0000-wrong")
     done = subprocess.run(
         [sys.executable, "-m", "fleetpki", "--home", str(settings.home), "serve",
-         "--api-port", "0", "--mqtt-port", "0"],
+         "--api-port", "0", "--mqtt-port", "0", "--amqp-port", "-1"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr

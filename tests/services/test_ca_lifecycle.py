@@ -45,7 +45,7 @@ def _root(fleet: FleetPKI) -> x509.Certificate:
 
 def _ocsp(fleet: FleetPKI, leaf: x509.Certificate, issuer: x509.Certificate, tmp: Path) -> Path:
     request = ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, hashes.SHA1()).build()
-    answer = fleet.revocation_status.ocsp(request.public_bytes(serialization.Encoding.DER))
+    answer = fleet.revocation_status.ocsp(request.public_bytes(serialization.Encoding.DER)).der
     path = tmp / f"ocsp-{leaf.serial_number:x}.der"
     path.write_bytes(answer)
     assert_lints_clean("ocsp_response", answer)

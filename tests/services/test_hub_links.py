@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -251,8 +253,10 @@ class RecordingConnector:
     def remove_ca(self, name: str) -> bool:
         return self.inner.remove_ca(name)
 
-    def register_device(self, device_id: str) -> None:
-        self.inner.register_device(device_id)
+    def register_device(
+        self, device_id: str, *, initial_twin: Mapping[str, Any] | None = None
+    ) -> bool:
+        return self.inner.register_device(device_id, initial_twin=initial_twin)
 
     def set_device_enabled(
         self, device_id: str, enabled: bool, *, reason: str | None = None

@@ -185,7 +185,7 @@ def test_ocsp_answers_signed_by_the_ca_with_the_nonce_echoed(
     now = fleet.now()
     request = _request(leaf, issuer, serial=12345 if case == "unknown" else None)
     with _at(fleet, now):
-        der = fleet.revocation_status.ocsp(request)
+        der = fleet.revocation_status.ocsp(request).der
     response = ocsp.load_der_ocsp_response(der)
     assert response.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
     assert response.certificate_status == status
@@ -214,12 +214,12 @@ def test_ocsp_refusals_are_ocsp_error_statuses(fleet: FleetPKI) -> None:
     _, leaf = _issue(fleet, "dev-1")
     status = fleet.revocation_status
     # A certificate of an issuer we do not serve (the leaf posing as one): RFC 6960 §2.3.
-    other = status.ocsp(_request(leaf, leaf))
-    garbage = status.ocsp(b"\x30\x03\x02\x01\x00")
+    other = status.ocsp(_request(leaf, leaf)).der
+    garbage = status.ocsp(b"\x30\x03\x02\x01\x00").der
     long_nonce = status.ocsp(
         _request(leaf, leaf, nonce=b"\x01" * 33)  # RFC 8954 §2.1: at most 32 octets
-    )
-    bad_path = status.ocsp_get("not*base64")
+    ).der
+    bad_path = status.ocsp_get("not*base64").der
     statuses = [
         ocsp.load_der_ocsp_response(der).response_status
         for der in (other, garbage, long_nonce, bad_path)
@@ -242,7 +242,7 @@ def test_ocsp_get_takes_url_encoded_base64_with_slashes(fleet: FleetPKI) -> None
         if "/" in encoded and "+" in encoded:
             break
     for path in (encoded, quote(encoded, safe="")):  # RFC 6960 Appendix A.1
-        der = fleet.revocation_status.ocsp_get(path)
+        der = fleet.revocation_status.ocsp_get(path).der
         assert ocsp.load_der_ocsp_response(der).certificate_status == ocsp.OCSPCertStatus.GOOD
 
 
@@ -250,7 +250,7 @@ def test_the_root_answers_for_the_issuing_ca(fleet: FleetPKI) -> None:
     issuing, root = fleet.cas.chain(_issuing(fleet).id)
     statuses = []
     for serial in (None, issuing.serial_number + 1):
-        der = fleet.revocation_status.ocsp(_request(issuing, root, serial=serial))
+        der = fleet.revocation_status.ocsp(_request(issuing, root, serial=serial)).der
         response = ocsp.load_der_ocsp_response(der)
         assert response.responder_key_hash == (
             x509.SubjectKeyIdentifier.from_public_key(root.public_key()).digest

@@ -53,7 +53,7 @@ def pair(
     listener = FleetPKI.open(writer.settings)
     heard: queue.Queue[Notification] = queue.Queue()
     listener.events.subscribe(heard.put)
-    listener.hear_other_processes()
+    listener.follow_other_processes()
     try:
         yield writer, listener, heard
     finally:

@@ -83,9 +83,15 @@ _COUNTED = (
     models.OutboxEvent,
     models.UsedTokenId,
     hub_models.HubCA,
+    hub_models.HubMessage,
+    hub_models.HubC2DMessage,
     hub_models.HubLink,
     hub_models.HubLinkCA,
     hub_models.HubLinkGeneration,
+    hub_models.HubDevice,
+    hub_models.ProvisioningEnrollment,
+    hub_models.ProvisioningRegistration,
+    hub_models.ProvisioningOperation,
 )
 
 

@@ -308,7 +308,9 @@ def start_hub_thread(
         asyncio.set_event_loop(loop)
         try:
             stoppers.append(
-                loop.run_until_complete(start_hub(fleet, host=host, port=port, backend=backend))
+                loop.run_until_complete(
+                    start_hub(fleet, host=host, port=port, backend=backend, amqp_port=0)
+                )
             )
         except BaseException as exc:
             failure.append(exc)

@@ -53,9 +53,12 @@ class Device:
         self.client.on_message = lambda _c, _u, message: self.messages.put(message)
         self.client.on_disconnect = lambda *_: self.disconnected.set()
 
-    def connect(self) -> int:
-        """Connect and return the CONNACK return code (MQTT 3.1.1)."""
-        self.client.connect("localhost", self.port, keepalive=60)
+    def connect(self, keepalive: int = 60) -> int:
+        """Connect and return the CONNACK return code (MQTT 3.1.1).
+
+        paho closes the connection when a PINGREQ gets no PINGRESP within ``keepalive``.
+        """
+        self.client.connect("localhost", self.port, keepalive=keepalive)
         self.client.loop_start()
         return self.connack.get(timeout=WAIT)
 
@@ -88,7 +91,7 @@ class Device:
 
 
 def _v311_code(reason: Any) -> int:
-    names = {"Success": 0, "Not authorized": 5}
+    names = {"Success": 0, "Server unavailable": 3, "Not authorized": 5}
     return names.get(str(reason), reason.value)
 
 

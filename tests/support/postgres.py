@@ -13,7 +13,8 @@ lives in a directory of its own under ``/tmp`` (``tempfile.mkdtemp``) that ``sto
 the server log is copied into ``tmp_dir`` when the server stops. Run as any other user, the
 cluster lives in ``tmp_dir`` itself (when its socket path fits the unix limit).
 
-``stop()`` shuts the server down at once (``pg_ctl stop -m immediate``, then signals to the
+``halt()`` and ``resume()`` stop and start the same cluster on the same port, for the
+tests of a database outage. ``stop()`` shuts the server down at once (``pg_ctl stop -m immediate``, then signals to the
 postmaster if that fails) and is registered with ``atexit`` too, so no server outlives the
 test session.
 """
@@ -339,6 +340,39 @@ class PostgresServer:
                 if not _process_alive(pid):
                     return
                 time.sleep(0.05)
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server but keep its cluster, as an outage would: :meth:`resume` restarts it.
+
+        ``fast`` ends every session and refuses new ones (a planned restart); ``immediate``
+        is a crash for the clients. Connections already open get an error at their next use.
+        """
+        if not self._running:
+            return
+        result = self._run(
+            "pg_ctl",
+            "stop",
+            "--pgdata",
+            str(self.data_dir),
+            "--mode",
+            mode,
+            "--wait",
+            "--timeout",
+            str(_STOP_TIMEOUT_SECONDS),
+            timeout=_STOP_TIMEOUT_SECONDS + 15,
+        )
+        if result.returncode != 0:
+            self._kill_postmaster()
+        self._running = False
+
+    def resume(self) -> None:
+        """Start a halted server again on the same port and data; returns once it answers.
+
+        Raises:
+            PostgresError: when it does not start (the port was taken meanwhile, say).
+        """
+        if not self._running:
+            self._start()
 
     def stop(self) -> None:
         """Stop the server at once and remove what it left; safe to call more than once."""

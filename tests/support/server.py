@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from fastapi import FastAPI
@@ -31,6 +33,7 @@ class LiveServer:
         admin_token: an API token of the local admin.
         fleet: the instance the server runs against (same database).
         prepared: the app, TLS files and socket.
+        loop: the event loop the server runs on (to run a coroutine there).
     """
 
     base_url: str
@@ -38,6 +41,7 @@ class LiveServer:
     admin_token: str
     fleet: FleetPKI
     prepared: PreparedServer
+    loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def port(self) -> int:
@@ -45,6 +49,25 @@ class LiveServer:
         port = self.prepared.api_port
         assert port is not None
         return port
+
+    def _hub(self) -> Any:
+        deadline = time.monotonic() + 20
+        while (hub := getattr(self.prepared.app.state, "hub_server", None)) is None:
+            assert time.monotonic() < deadline, "the hub did not start"
+            time.sleep(0.01)
+        return hub
+
+    @property
+    def mqtt_port(self) -> int:
+        """The hub's MQTT/TLS port."""
+        return int(self._hub().port)
+
+    @property
+    def amqp_port(self) -> int:
+        """The hub's AMQP/TLS port."""
+        hub = self._hub()
+        assert hub.amqp is not None, "the AMQP listener is off"
+        return int(hub.amqp.port)
 
 
 @contextmanager
@@ -54,6 +77,7 @@ def start_server(
     only: Only | None = None,
     database_url: str | None = None,
     configure: Callable[[FastAPI], None] | None = None,
+    existing: bool = False,
     **settings_changes: object,
 ) -> Iterator[LiveServer]:
     """Initialise a home in ``home`` and serve it on a free port until the block ends.
@@ -63,15 +87,17 @@ def start_server(
         only: as ``fleetpki serve --only``.
         database_url: a database; SQLite in the home by default.
         configure: called with the app before serving (tests add probe routes).
+        existing: serve the home a previous `start_server` made in ``home`` (a restart).
         settings_changes: further settings (``oidc_issuer``, ...).
     """
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     base_url = f"https://127.0.0.1:{port}"
-    settings = Settings.default_for(home, database_url).with_changes(
-        public_url=base_url, api_port=port, **{"mqtt_port": 0, **settings_changes}
+    base = Settings.load(home) if existing else Settings.default_for(home, database_url)
+    settings = base.with_changes(
+        public_url=base_url, api_port=port, **{"mqtt_port": 0, "amqp_port": 0, **settings_changes}
     )
-    fleet = init_home(settings, HierarchySpec()).app
+    fleet = FleetPKI.open(settings) if existing else init_home(settings, HierarchySpec()).app
     admin = fleet.principals.create_token(Actor.local_admin(), LOCAL_ADMIN_ID)
     prepared = prepare_server(
         fleet, host="127.0.0.1", api_port=port, hostname="localhost", only=only, api_socket=sock
@@ -96,7 +122,7 @@ def start_server(
     thread = threading.Thread(target=run, name=f"fleetpki-serve-{port}", daemon=True)
     thread.start()
     try:
-        yield LiveServer(base_url, prepared.tls.ca_bundle, admin.secret, fleet, prepared)
+        yield LiveServer(base_url, prepared.tls.ca_bundle, admin.secret, fleet, prepared, loop)
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=15)

@@ -16,6 +16,7 @@ from fleetpki.api.error_formats import (
     ErrorBoundaryMiddleware,
     error_response,
     is_arm_path,
+    is_dps_path,
     is_hub_service_path,
 )
 from fleetpki.api.metrics import METRICS_CONTENT_TYPE, LatencyMiddleware, Metrics
@@ -27,6 +28,7 @@ from fleetpki.api.problems import (
     http_exception_handler,
     validation_error_handler,
 )
+from fleetpki.api.status import OcspFastPath
 from fleetpki.application import FleetPKI
 from fleetpki.errors import FleetPKIError, ValidationError
 
@@ -46,8 +48,11 @@ _ROUTERS: tuple[str, ...] = (
     "fleetpki.api.status",
     "fleetpki.api.est",
     "fleetpki.api.hub_websocket",
+    "fleetpki.api.amqp_websocket",
     "fleetpki.api.arm",
     "fleetpki.api.oauth",
+    # Last: its runtime routes start with a path parameter (the ID scope).
+    "fleetpki.api.dps",
 )
 
 
@@ -128,7 +133,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own HTTP errors (no route, wrong method), in the path's error format."""
     assert isinstance(exc, StarletteHTTPException)
     path = request.url.path
-    if is_hub_service_path(path) or is_arm_path(path):
+    if is_hub_service_path(path) or is_arm_path(path) or is_dps_path(path):
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
         error = http_error(exc.status_code, detail)
         count_refusal(request.app, error.code)
@@ -173,6 +178,8 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
     app.add_middleware(ErrorBoundaryMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
+    # Outermost: cached OCSP answers skip the framework (see OcspFastPath).
+    app.add_middleware(OcspFastPath, fleet=fleet, metrics=metrics)
     app.add_api_route("/healthz", _health, methods=["GET"], tags=["operations"])
     app.add_api_route(
         "/metrics", _metrics, methods=["GET"], tags=["operations"], response_class=Response
@@ -181,4 +188,9 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
         router = importlib.import_module(module_name).router
         assert isinstance(router, APIRouter)
         app.include_router(router)
+    # The web portal: ``/`` and ``/portal/``. Imported here: the portal's modules use the
+    # API's dependencies (fleetpki.api.deps), so importing it at the top would be circular.
+    from fleetpki.portal import include_portal
+
+    include_portal(app, fleet)
     return app

@@ -2,7 +2,9 @@
 
 The Azure-compatible service API (``/devices``, ``/twins``, ``/statistics``, ref §3.5)
 answers in IoT Hub's error body with the ``iothub-errorcode`` header, the management
-plane (``/subscriptions/...``) in ARM's, and everything else in
+plane (``/subscriptions/...``) in ARM's, the provisioning service's
+(``/{idScope}/registrations/...``, ``/enrollmentGroups``, ``/enrollments``,
+``/registrations``, `fleetpki.api.dps`) in DPS's, and everything else in
 ``application/problem+json``. The route classes of :mod:`fleetpki.api.hub_service` and
 :mod:`fleetpki.api.arm` render what their routes raise; this module renders what
 happens around the routes (no such route, a body over the limit) and is the one
@@ -17,11 +19,18 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetpki.api.arm import arm_error_response
+from fleetpki.api.dps import dps_error_response, is_dps_path
 from fleetpki.api.hub_service import azure_error_response
 from fleetpki.api.problems import INTERNAL_ERROR, problem_json, report_server_error
 from fleetpki.errors import FleetPKIError, http_status_for
 
-__all__ = ["ErrorBoundaryMiddleware", "error_response", "is_arm_path", "is_hub_service_path"]
+__all__ = [
+    "ErrorBoundaryMiddleware",
+    "error_response",
+    "is_arm_path",
+    "is_dps_path",
+    "is_hub_service_path",
+]
 
 # The first path segments of the hub's Azure service API (ref §3.2).
 _HUB_SERVICE_ROOTS = frozenset({"devices", "twins", "statistics"})
@@ -49,6 +58,8 @@ def error_response(
         response: Response = azure_error_response(error, tracking_id=request_id)
     elif is_arm_path(path):
         response = arm_error_response(error, request_id=request_id)
+    elif is_dps_path(path):
+        response = dps_error_response(error, tracking_id=request_id)
     else:
         return problem_json(
             path,

@@ -19,7 +19,7 @@ from fleetpki.api.presenters import iso
 from fleetpki.application import FleetPKI
 from fleetpki.services.hub_messages import HubMessageView
 
-__all__ = ["C2DIn", "C2DOut", "MessageOut", "message_out", "router"]
+__all__ = ["C2DIn", "C2DOut", "MessageOut", "message_out", "router", "telemetry_stream"]
 
 router = APIRouter(prefix="/v1/hub", tags=["hub"])
 AdminDep = Annotated[Caller, Depends(require_admin)]
@@ -113,33 +113,45 @@ async def stream_messages(
     Each event's ``id`` is the message id, so a client that reconnects with
     ``Last-Event-ID`` resumes where it stopped (WHATWG HTML §9.2).
     """
-    fleet = get_fleet(request)
+    return await telemetry_stream(get_fleet(request), request, device, after)
+
+
+async def _telemetry_events(
+    fleet: FleetPKI, request: Request, device: str | None, after: int
+) -> AsyncIterator[bytes]:
+    last = after
+    idle = 0.0
+    yield b": fleetpki telemetry stream\n\n"
+    while not await request.is_disconnected():
+        rows = await run_in_threadpool(_page, fleet, device, last, 500)
+        for row in rows:
+            last = row.id
+            yield f"id: {row.id}\nevent: message\ndata: {row.model_dump_json()}\n\n".encode()
+        if rows:
+            idle = 0.0
+            continue
+        await asyncio.sleep(STREAM_POLL_SECONDS)
+        idle += STREAM_POLL_SECONDS
+        if idle >= STREAM_HEARTBEAT_SECONDS:
+            idle = 0.0
+            yield b": keepalive\n\n"
+
+
+async def telemetry_stream(
+    fleet: FleetPKI, request: Request, device: str | None, after: int | None
+) -> StreamingResponse:
+    """New telemetry as server-sent events, for ``/v1/hub/messages/stream`` and the portal.
+
+    Each event's ``id`` is the message id, and ``Last-Event-ID`` resumes after it; without
+    either, the stream starts after the newest stored message.
+    """
     resume = parse_counter(request.headers.get("last-event-id"))
     if resume is not None:
         after = resume
     if after is None:
         after = await run_in_threadpool(fleet.hub_messages.latest_id, device)
-
-    async def events() -> AsyncIterator[bytes]:
-        last = after
-        idle = 0.0
-        yield b": fleetpki telemetry stream\n\n"
-        while not await request.is_disconnected():
-            rows = await run_in_threadpool(_page, fleet, device, last, 500)
-            for row in rows:
-                last = row.id
-                yield f"id: {row.id}\nevent: message\ndata: {row.model_dump_json()}\n\n".encode()
-            if rows:
-                idle = 0.0
-                continue
-            await asyncio.sleep(STREAM_POLL_SECONDS)
-            idle += STREAM_POLL_SECONDS
-            if idle >= STREAM_HEARTBEAT_SECONDS:
-                idle = 0.0
-                yield b": keepalive\n\n"
-
     return StreamingResponse(
-        events(),
+        _telemetry_events(fleet, request, device, after),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -104,8 +104,13 @@ class OIDCVerifier:
                 return next(iter(self._keys.values()))
         raise AuthenticationError("auth.bad_token", "the bearer token's signing key is unknown")
 
-    def verify(self, token: str) -> OIDCIdentity:
+    def verify(self, token: str, *, nonce: str | None = None) -> OIDCIdentity:
         """Check a token and return who it names.
+
+        Args:
+            token: the JWT.
+            nonce: for an ID token from a sign-in, the ``nonce`` it must carry
+                (OpenID Connect Core 1.0 §3.1.3.7, item 11).
 
         Raises:
             AuthenticationError: ``auth.bad_token`` (malformed, unknown key, bad
@@ -137,6 +142,8 @@ class OIDCVerifier:
             raise AuthenticationError(
                 "auth.bad_token", f"the bearer token is not valid: {type(exc).__name__}"
             ) from exc
+        if nonce is not None and claims.get("nonce") != nonce:
+            raise AuthenticationError("auth.bad_token", "the ID token is not for this sign-in")
         principal_id = _principal_id(claims, self.issuer)
         name = claims.get("upn") or claims.get("name") or claims.get("preferred_username")
         return OIDCIdentity(principal_id, str(name) if name else principal_id)

@@ -271,11 +271,16 @@ async def run_servers(
         # MQTT over WebSockets on the HTTPS port reaches the same broker.
         hub = getattr(stopper, "__self__", None)
         prepared.app.state.hub_broker = getattr(hub, "broker", None)
+        prepared.app.state.hub_server = hub
         hub_context = getattr(hub, "ssl_context", None)
         if isinstance(hub_context, ssl.SSLContext):
             # The hub judges client chains itself (fleetpki.hub.tls): certificate only.
             prepared.tls_refresher.add(hub_context, verifies_clients=False)
     links_started = False
+    if only in (None, "ca"):
+        # Revocations by other processes (another worker, the CLI) reach this one's OCSP
+        # cache at once: on PostgreSQL by LISTEN, here in every worker.
+        await asyncio.to_thread(fleet.follow_other_processes)
     if only in (None, "ca") and primary:
         # The CA side carries its revocations, renewals and registrations to the
         # linked hubs (fleetpki.services.link_workers).

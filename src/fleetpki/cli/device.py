@@ -105,10 +105,33 @@ def simulate(
         Path | None,
         typer.Option("--out", help="Keep each device's key and certificate in OUT/<device id>."),
     ] = None,
+    provision: Annotated[
+        bool,
+        typer.Option(
+            "--provision",
+            help="Zero-touch: no hub registration; the device asks the provisioning service "
+            "(DPS, on the hub's host and port) where to connect.",
+        ),
+    ] = False,
+    id_scope: Annotated[
+        str | None,
+        typer.Option(
+            "--id-scope",
+            envvar="FLEETPKI_ID_SCOPE",
+            help="The provisioning service's ID scope (fleetpki hub provisioning show).",
+        ),
+    ] = None,
 ) -> None:
-    """Enroll new devices through the EZCA API and send telemetry, as the tutorial does."""
+    """Enroll new devices through the EZCA API and send telemetry, as the tutorial does.
+
+    With ``--provision`` it is the tutorial's provisioning sibling: nothing registers
+    the device in the hub; it provisions itself through DPS, then connects.
+    """
     if not token:
         err_console.print("error: cli.token_required: use --token or set FLEETPKI_TOKEN")
+        raise typer.Exit(1)
+    if provision and not id_scope:
+        err_console.print("error: cli.id_scope_required: --provision needs --id-scope")
         raise typer.Exit(1)
     spec = _key_spec(key)
     host = hub_host or urlsplit(server).hostname or "localhost"
@@ -123,11 +146,12 @@ def simulate(
         key_spec=spec,
         validity_days=validity_days,
         directory=out,
+        id_scope=id_scope if provision else None,
     )
     results: list[SimulationResult] = []
     with contextlib.ExitStack() as stack:
         registry: HubRegistry | None = None
-        if hub_connection_string:
+        if hub_connection_string and not provision:
             registry = stack.enter_context(
                 ServiceApiRegistry(
                     hub_connection_string,
@@ -144,7 +168,7 @@ def simulate(
                 transient=False,
             )
         )
-        steps = 6 + messages
+        steps = 6 + messages + (1 if provision else 0)
         for number in range(1, count + 1):
             label = f"device {number}/{count}"
             task = progress.add_task(label, total=steps)

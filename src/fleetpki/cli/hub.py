@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from fleetpki.application import FleetPKI
-from fleetpki.cli import hub_link
+from fleetpki.cli import hub_link, hub_provisioning
 from fleetpki.cli.context import CliContext, cli_context
 from fleetpki.cli.output import (
     Output,
@@ -33,6 +33,9 @@ app = typer.Typer(help="The built-in IoT hub: devices, CA trust, connection stri
 device_app = typer.Typer(help="Devices in the hub's registry.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
 app.add_typer(hub_link.app, name="link")
+app.add_typer(hub_provisioning.provisioning_app, name="provisioning")
+app.add_typer(hub_provisioning.group_app, name="enrollment-group")
+app.add_typer(hub_provisioning.enrollment_app, name="enrollment")
 
 DeviceId = Annotated[str, typer.Argument(help="The device id (its certificate CN).")]
 
@@ -319,6 +322,12 @@ def _connection_string(fleet: FleetPKI, policy: str, hostname: str | None) -> st
     return fleet.hub_sas.connection_string(policy, hostname)
 
 
+def _eventhub_connection_string(fleet: FleetPKI, policy: str, hostname: str | None) -> str:
+    return fleet.hub_sas.eventhub_connection_string(
+        policy, hostname or fleet.settings.hostname, fleet.hub_eventhub.name
+    )
+
+
 @app.command("trust")
 def trust(
     ctx: typer.Context, ca_id: Annotated[str, typer.Argument(help="The id of a fleetpki CA.")]
@@ -337,9 +346,25 @@ def connection_string(
     hostname: Annotated[
         str | None, typer.Option(help="HostName to print (default: the hub hostname:API port).")
     ] = None,
+    eventhub: Annotated[
+        bool,
+        typer.Option(
+            "--eventhub",
+            help="Print the Event Hubs-compatible endpoint's string (Endpoint=sb://...;"
+            "EntityPath=...) for azure-eventhub's EventHubConsumerClient.",
+        ),
+    ] = False,
 ) -> None:
-    """Print a service connection string for the Azure IoT Hub SDKs."""
-    text = _connection_string(cli_context(ctx).fleet("hub connection-string"), policy, hostname)
+    """Print a service connection string for the Azure IoT Hub SDKs.
+
+    With ``--eventhub``, the string of the built-in Event Hubs-compatible endpoint: AMQP
+    on port 5671 of the hub's hostname (``amqp_port``), the Event Hub named after the hub.
+    """
+    fleet = cli_context(ctx).fleet("hub connection-string")
+    if eventhub:
+        text = _eventhub_connection_string(fleet, policy, hostname)
+    else:
+        text = _connection_string(fleet, policy, hostname)
     typer.echo(text)
 
 

@@ -10,7 +10,7 @@ import typer
 from fleetpki.cli.context import cli_context
 from fleetpki.cli.output import err_console
 from fleetpki.errors import ValidationError
-from fleetpki.settings import AZURE_HTTPS_PORT, AZURE_MQTT_PORT, Settings
+from fleetpki.settings import AZURE_AMQP_PORT, AZURE_HTTPS_PORT, AZURE_MQTT_PORT, Settings
 
 if TYPE_CHECKING:
     from fleetpki.api.server import Only
@@ -31,6 +31,12 @@ def serve(
     only: Annotated[str | None, typer.Option(help="Run only `ca` (the API) or `hub`.")] = None,
     mqtt_port: Annotated[
         int | None, typer.Option(help="The hub's MQTT/TLS port (default 8883).")
+    ] = None,
+    amqp_port: Annotated[
+        int | None,
+        typer.Option(
+            help="The hub's AMQP/TLS port (default 5671, where the service SDKs dial; -1: off)."
+        ),
     ] = None,
     azure_ports: Annotated[
         bool,
@@ -97,6 +103,7 @@ def serve(
         hostname=hostname or settings.hostname,
         mqtt_port=settings.mqtt_port if mqtt_port is None else mqtt_port,
         hub_node=hub_node or settings.hub_node,
+        amqp_port=settings.amqp_port if amqp_port is None else amqp_port,
     )
     port = settings.api_port if api_port is None else api_port
     api_socket = None
@@ -126,13 +133,23 @@ def serve(
             f"CA bundle: {settings.home / 'tls' / 'ca-bundle.pem'}; Ctrl-C stops)",
             highlight=False,
         )
+        how = "an API token or OpenID Connect" if settings.portal_oidc_client_id else "an API token"
+        err_console.print(
+            f"fleetpki portal at {settings.public_url.rstrip('/')}/  (sign in with {how})",
+            highlight=False,
+        )
         if processes > 1:
             err_console.print(
                 f"fleetpki API: starting {processes} worker processes", highlight=False
             )
     if only != "ca":
         err_console.print(f"fleetpki hub on mqtts://{settings.host}:{settings.mqtt_port}")
-        for note in azure_port_notes(settings.hostname, port, settings.mqtt_port, only):
+        if settings.amqp_port >= 0:
+            err_console.print(f"fleetpki hub on amqps://{settings.host}:{settings.amqp_port}")
+        notes = azure_port_notes(
+            settings.hostname, port, settings.mqtt_port, only, settings.amqp_port
+        )
+        for note in notes:
             err_console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
     only_value: Only | None = "ca" if only == "ca" else "hub" if only == "hub" else None
     if processes > 1:
@@ -159,9 +176,21 @@ def serve(
     )
 
 
-def azure_port_notes(hostname: str, api_port: int, mqtt_port: int, only: str | None) -> list[str]:
+def azure_port_notes(
+    hostname: str,
+    api_port: int,
+    mqtt_port: int,
+    only: str | None,
+    amqp_port: int = AZURE_AMQP_PORT,
+) -> list[str]:
     """What an Azure SDK user must know about the ports served (ref §0), one sentence each."""
     notes = []
+    if amqp_port not in (AZURE_AMQP_PORT, -1):
+        notes.append(
+            f"the service SDK's send_c2d_message and azure-eventhub dial AMQP on "
+            f"{AZURE_AMQP_PORT} only; they cannot reach this hub on {amqp_port} (forward "
+            f"{AZURE_AMQP_PORT} to it)"
+        )
     if mqtt_port != AZURE_MQTT_PORT:
         notes.append(
             f"the Azure device SDK dials MQTT on {AZURE_MQTT_PORT} only; it cannot reach this "

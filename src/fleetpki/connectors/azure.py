@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -417,14 +417,19 @@ class AzureHubConnector:
 
     # -- devices ----------------------------------------------------------------------------
 
-    def register_device(self, device_id: str) -> None:
+    def register_device(
+        self, device_id: str, *, initial_twin: Mapping[str, Any] | None = None
+    ) -> bool:
         """Create the device with certificate-authority authentication; keep an existing one.
+
+        A device created here gets ``initial_twin`` (tags and desired properties) with
+        a twin PATCH (``If-Match: "*"``, ref §3.3). Returns whether it was created.
 
         Raises:
             ConnectorError: the registry's errors (``link.forbidden`` names the role).
         """
         if self._registry.get(device_id) is not None:
-            return
+            return False
         body = {
             "deviceId": device_id,
             "status": "enabled",
@@ -432,7 +437,12 @@ class AzureHubConnector:
             "capabilities": {"iotEdge": False},
         }
         # Created without If-Match (ref §3.2); a 409 means another writer created it.
-        self._registry.request("PUT", device_id, body=body)
+        created = self._registry.request("PUT", device_id, body=body).status_code != 409
+        if created and initial_twin:
+            self._registry.request(
+                "PATCH", device_id, body=dict(initial_twin), if_match="*", collection="twins"
+            )
+        return created
 
     def _update_device(
         self, device_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]

@@ -197,8 +197,10 @@ class RegistryClient:
         *,
         body: dict[str, Any] | None = None,
         if_match: str | None = None,
+        collection: str = "devices",
     ) -> httpx.Response:
-        """One request on ``/devices/{device_id}``; 200, 404, 409 and 412 are returned.
+        """One request on ``/devices/{device_id}`` (or ``/twins/{device_id}`` with
+        ``collection="twins"``); 200, 404, 409 and 412 are returned.
 
         Raises:
             ConnectorError: ``link.unreachable``, ``link.throttled``, ``link.hub_error``
@@ -209,7 +211,7 @@ class RegistryClient:
         if if_match is not None:
             # The SDK quotes the etag (ref §3.2); Azure strips the quotes.
             headers["If-Match"] = f'"{if_match}"'
-        url = f"{base}/devices/{quote(device_id, safe='')}"
+        url = f"{base}/{collection}/{quote(device_id, safe='')}"
         try:
             response = self._http.request(
                 method,

@@ -14,8 +14,8 @@ transient (another writer got there first; the next attempt reads the new etag).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -34,6 +34,7 @@ from fleetpki.pki.issuance import thumbprints
 from fleetpki.pki.names import dotnet_subject
 from fleetpki.services.hub_devices import DeviceSpec, HubDeviceService
 from fleetpki.services.hub_trust import HubCAView, HubTrustService
+from fleetpki.services.hub_twins import HubTwinService
 
 __all__ = ["BuiltinHubConnector"]
 
@@ -59,14 +60,21 @@ class BuiltinHubConnector:
     Args:
         trust: the hub's trusted CAs.
         devices: the hub's device registry.
+        twins: the hub's twins (a registered device's initial twin).
         description: how :meth:`health` names the hub (its host and hub name).
     """
 
     def __init__(
-        self, trust: HubTrustService, devices: HubDeviceService, *, description: str
+        self,
+        trust: HubTrustService,
+        devices: HubDeviceService,
+        *,
+        description: str,
+        twins: HubTwinService | None = None,
     ) -> None:
         self._trust = trust
         self._devices = devices
+        self._twins = twins
         self._description = description
 
     def trust_ca(self, name: str, certificate_pem: bytes, prove: ProofSigner) -> TrustedCA:
@@ -113,15 +121,21 @@ class BuiltinHubConnector:
             raise
         return True
 
-    def register_device(self, device_id: str) -> None:
+    def register_device(
+        self, device_id: str, *, initial_twin: Mapping[str, Any] | None = None
+    ) -> bool:
         """See :meth:`HubConnector.register_device` (an existing device is kept as it is)."""
         try:
             _hub_call(lambda: self._devices.put(DeviceSpec(device_id)))
         except ConnectorError as exc:
             cause = exc.__cause__
             if isinstance(cause, ConflictError) and cause.code == "hub.device_exists":
-                return
+                return False
             raise
+        if initial_twin and self._twins is not None:
+            twins = self._twins
+            _hub_call(lambda: twins.patch(device_id, initial_twin))
+        return True
 
     def set_device_enabled(
         self, device_id: str, enabled: bool, *, reason: str | None = None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from fleetpki.errors import FleetPKIError
 
@@ -114,8 +114,14 @@ class HubConnector(Protocol):
         """Remove the CA certificate ``name``; ``False`` when the hub had none."""
         ...
 
-    def register_device(self, device_id: str) -> None:
-        """Create the device with certificate-authority authentication (kept if it exists)."""
+    def register_device(
+        self, device_id: str, *, initial_twin: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Create the device with certificate-authority authentication (kept if it exists).
+
+        A device created here gets ``initial_twin`` (``{"tags", "properties": {"desired"}}``)
+        as its twin. Returns whether the device was created.
+        """
         ...
 
     def set_device_enabled(

@@ -8,6 +8,11 @@ CSR; request a 10-day certificate with the id as its only SAN; connect over MQTT
 send five JSON messages ``{"deviceId","messageId","temperature","humidity"}`` with the
 application property ``temperatureAlert``. Each step is reported to a callback, which
 the CLI turns into Rich progress.
+
+With an ID scope (``--provision``) it is the tutorial's provisioning sibling: nothing
+registers the device in the hub; once it holds its certificate it asks the provisioning
+service (Azure DPS's protocol, `fleetpki.device.provisioning`) where to go, and
+connects to the hub it is given.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from fleetpki.device.enroller import enroll_device
 from fleetpki.device.ezca_enroller import EzcaEnroller
 from fleetpki.device.identity import DeviceDirectory, DeviceIdentity
 from fleetpki.device.mqtt_transport import DEFAULT_MQTT_PORT
+from fleetpki.device.provisioning import Assignment, ProvisioningClient
 from fleetpki.device.registry import HubRegistry
 from fleetpki.pki.keys import KeySpec
 
@@ -72,6 +78,8 @@ class SimulatorSettings:
         validity_days: the certificate's lifetime.
         directory: keep each device's identity in ``directory/<device id>``.
         passphrase: encrypts the kept keys.
+        id_scope: provision through DPS with this ID scope (at ``hub_host`` and
+            ``mqtt_port``, the hub's port) instead of a hub registration.
     """
 
     server_url: str
@@ -86,15 +94,17 @@ class SimulatorSettings:
     validity_days: int = DEFAULT_VALIDITY_DAYS
     directory: Path | None = None
     passphrase: bytes | None = field(default=None, repr=False)
+    id_scope: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SimulationResult:
-    """One simulated device: its identity and the messages it sent."""
+    """One simulated device: its identity, the messages it sent, where it was provisioned."""
 
     identity: DeviceIdentity
     registered_in_hub: bool | None
     sent: tuple[dict[str, Any], ...]
+    assignment: Assignment | None = None
 
 
 def telemetry_message(
@@ -147,7 +157,9 @@ def simulate_device(
         report("choose CA", f"CA {ca_id}, template {template_id}")
         report("device id", device_id)
         registered: bool | None = None
-        if registry is not None:
+        if settings.id_scope is not None:
+            report("register in hub", "none: the device provisions itself through DPS")
+        elif registry is not None:
             registered = registry.register_device(device_id)
             report(
                 "register in hub",
@@ -174,16 +186,35 @@ def simulate_device(
         f"{settings.key_spec.value}, serial {identity.serial_hex}, "
         f"until {identity.not_after:%Y-%m-%d %H:%M}Z",
     )
+    hub_host, port, connect_host = settings.hub_host, settings.mqtt_port, settings.connect_host
+    assignment: Assignment | None = None
+    if settings.id_scope is not None:
+        assignment = ProvisioningClient(
+            identity,
+            settings.hub_host,
+            settings.id_scope,
+            port=settings.mqtt_port,
+            connect_host=settings.connect_host,
+            ca_bundle=settings.hub_ca_bundle,
+        ).register()
+        report(
+            "provision",
+            f"ID scope {settings.id_scope}: assigned to {assignment.assigned_hub} as "
+            f"{assignment.device_id} ({assignment.substatus})",
+        )
+        if assignment.assigned_hub.lower() != settings.hub_host.lower():
+            # Another hub (a linked Azure IoT Hub): its own name and Azure's port.
+            hub_host, port, connect_host = assignment.assigned_hub, DEFAULT_MQTT_PORT, None
     sent: list[dict[str, Any]] = []
     with DeviceClient(
         identity,
-        settings.hub_host,
-        port=settings.mqtt_port,
-        connect_host=settings.connect_host,
+        hub_host,
+        port=port,
+        connect_host=connect_host,
         ca_bundle=settings.hub_ca_bundle,
     ) as client:
         client.connect()
-        report("connect", f"mqtts://{settings.hub_host}:{settings.mqtt_port}")
+        report("connect", f"mqtts://{hub_host}:{port}")
         for number in range(1, settings.messages + 1):
             body, properties = telemetry_message(device_id, number, rng)
             client.send_telemetry(body, properties=properties)
@@ -193,4 +224,4 @@ def simulate_device(
                 f"#{number} temperature {body['temperature']} humidity {body['humidity']} "
                 f"alert {properties['temperatureAlert']}",
             )
-    return SimulationResult(identity, registered, tuple(sent))
+    return SimulationResult(identity, registered, tuple(sent), assignment)

@@ -27,6 +27,8 @@ is its own module:
   cloud-to-device messages (§1.6): `fleetpki.hub.c2d`.
 * A device may publish and subscribe only on its own topics; anything else drops the
   connection with a log line.
+* A CONNECT with a DPS username (``{idScope}/registrations/{registrationId}/...``) is
+  a provisioning client: `fleetpki.hub.provisioning` serves it, on the same port.
 * Backend events (revocation, disabled or deleted device, a replaced symmetric key)
   close the live session at once, and refuse a CONNECT of that device being
   authenticated (`fleetpki.hub.blocks`).
@@ -48,6 +50,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 
 from fleetpki.errors import AuthenticationError, UnavailableError
+from fleetpki.hub.azure.dps import is_dps_username
 from fleetpki.hub.azure.topics import (
     AzureProtocolError,
     MethodResponse,
@@ -90,6 +93,7 @@ from fleetpki.hub.protocol import (
     Subscribed,
     Unsubscribed,
 )
+from fleetpki.hub.provisioning import ProvisioningChannel, ProvisioningEndpoint
 from fleetpki.hub.telemetry_batcher import DEFAULT_BATCH_WINDOW, TelemetryBatcher, telemetry_record
 from fleetpki.hub.twins import TwinChannel
 
@@ -109,6 +113,8 @@ class Broker:
         batch_window: how long a telemetry batch collects messages (seconds).
         utcnow: the clock for authentication and enqueued times.
         workers: threads for backend calls (authentication, twins, C2D).
+        provisioning: the provisioning service, served to CONNECTs with a DPS username
+            (`fleetpki.hub.provisioning`); without it they are refused as bad usernames.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class Broker:
         batch_window: float = DEFAULT_BATCH_WINDOW,
         utcnow: Callable[[], dt.datetime] | None = None,
         workers: int = 4,
+        provisioning: ProvisioningEndpoint | None = None,
     ) -> None:
         self.backend = backend
         self.hostnames = tuple(hostnames)
@@ -139,6 +146,16 @@ class Broker:
         self._methods = MethodCalls()
         self._c2d = C2DDelivery(backend, self._pool, self._live, self._spawn)
         self._blocks = BlockList()
+        # Registrations may call a linked hub over the network: their own threads, so a
+        # slow hub never holds up the connects and twins of the hub's devices.
+        self._provisioning_pool = concurrent.futures.ThreadPoolExecutor(
+            workers, "fleetpki-provisioning"
+        )
+        self._provisioning = (
+            ProvisioningChannel(provisioning, self._provisioning_pool, self._spawn, self._utcnow)
+            if provisioning is not None
+            else None
+        )
         # The timers that end SAS sessions at their token's expiry, by connection.
         self._expiries: dict[Link, asyncio.TimerHandle] = {}
         #: Called with (client id, reason code, loop time) when a block closes a session.
@@ -159,6 +176,7 @@ class Broker:
         for link in list(self._live.values()):
             link.close("hub.shutdown")
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._provisioning_pool.shutdown(wait=False, cancel_futures=True)
         self._store_pool.shutdown(wait=True)
 
     @property
@@ -204,6 +222,9 @@ class Broker:
 
     async def _connect(self, link: Link, event: ConnectRequested) -> None:
         client_id = event.client_id
+        if self._provisioning is not None and is_dps_username(event.username, client_id):
+            self._provisioning.connect(link, event)
+            return
         try:
             username = parse_username(event.username, client_id, hub_hostnames=self.hostnames)
         except AzureProtocolError as exc:
@@ -338,6 +359,9 @@ class Broker:
 
     def on_publish(self, link: Link, event: Published) -> None:
         """Route a device's PUBLISH: telemetry, a twin request or a method response."""
+        if link.provisioning is not None and self._provisioning is not None:
+            self._provisioning.on_publish(link, event)
+            return
         identity = link.identity
         assert identity is not None
         packet = event.packet
@@ -385,6 +409,9 @@ class Broker:
 
     def on_subscribe(self, link: Link, event: Subscribed) -> None:
         """Grant a device's subscriptions to its own topics; drop it for any other."""
+        if link.provisioning is not None and self._provisioning is not None:
+            self._provisioning.on_subscribe(link, event)
+            return
         identity = link.identity
         assert identity is not None
         for subscription in event.subscriptions:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
+from fleetpki.hub.azure.dps import DpsUsername
 from fleetpki.hub.azure.topics import ClientIdentity
 from fleetpki.hub.backend import AuthenticatedDevice
 from fleetpki.hub.protocol import ServerConnection
+from fleetpki.services.provisioning_requests import DeviceCredentials
 
-__all__ = ["Link"]
+__all__ = ["Link", "ProvisioningClient"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisioningClient:
+    """A connection accepted as a provisioning (DPS) client: its username and certificates."""
+
+    username: DpsUsername
+    credentials: DeviceCredentials
 
 
 class Link(Protocol):
@@ -17,6 +28,8 @@ class Link(Protocol):
     mqtt: ServerConnection
     device: AuthenticatedDevice | None
     identity: ClientIdentity | None
+    #: Set when the connection is a provisioning (DPS) client rather than a hub device.
+    provisioning: ProvisioningClient | None
     unacked: int
 
     def write(self, data: bytes) -> None:

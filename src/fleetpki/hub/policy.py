@@ -315,11 +315,14 @@ class Admission:
             must be asked; ``None`` when no revocation check applies (a selfSigned
             device is pinned by thumbprint, and a leaf that is itself a hub CA has no
             issuer in the chain).
+        anchor: the trusted CA the verified chain ends at (``None`` for a selfSigned
+            device); the provisioning service finds the enrollment group by it.
     """
 
     device: AuthenticatedDevice
     leaf: x509.Certificate
     issuer: x509.Certificate | None
+    anchor: x509.Certificate | None = None
 
     @property
     def issuer_sha1(self) -> str | None:
@@ -412,7 +415,7 @@ class DevicePolicy:
             if trusted.unverified and _chains(leaf, intermediates, trusted.unverified, now):
                 raise Refusal.CA_UNVERIFIED.error()
             raise Refusal.UNTRUSTED_CA.error()
-        return Admission(device, leaf, verified[1] if len(verified) >= 2 else None)
+        return Admission(device, leaf, verified[1] if len(verified) >= 2 else None, verified[-1])
 
     def decide(
         self, admission: Admission, verdict: RevocationVerdict | None

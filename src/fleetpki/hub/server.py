@@ -16,6 +16,7 @@ traffic does not reschedule it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import socket
@@ -23,11 +24,12 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fleetpki.hub.azure.topics import ClientIdentity
 from fleetpki.hub.backend import AuthenticatedDevice, HubBackend
 from fleetpki.hub.broker import Broker
+from fleetpki.hub.link import ProvisioningClient
 from fleetpki.hub.protocol import (
     ConnectRequested,
     Disconnected,
@@ -43,6 +45,10 @@ from fleetpki.hub.protocol import (
 from fleetpki.hub.tls import hub_ssl_context, peer_certificates
 from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener, listening_socket
 from fleetpki.settings import DEFAULT_MQTT_PORT
+
+if TYPE_CHECKING:
+    from fleetpki.hub.amqp.peer import AmqpServices
+    from fleetpki.hub.amqp.server import AmqpServer
 
 __all__ = ["HubConnection", "HubServer", "HubTLS", "bind_mqtt_socket", "start_hub"]
 
@@ -66,6 +72,7 @@ class HubConnection(asyncio.Protocol):
         "device",
         "identity",
         "mqtt",
+        "provisioning",
         "unacked",
     )
 
@@ -78,6 +85,7 @@ class HubConnection(asyncio.Protocol):
         self.mqtt = ServerConnection(clock=loop.time)
         self.device: AuthenticatedDevice | None = None
         self.identity: ClientIdentity | None = None
+        self.provisioning: ProvisioningClient | None = None
         self.unacked = 0
 
     # -- asyncio.Protocol --
@@ -248,6 +256,10 @@ class HubServer:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self._listener: GuardedListener | None = None
+        #: The AMQP listener beside this one, when ``start_hub`` started it.
+        self.amqp: AmqpServer | None = None
+        # What AMQP clients reach, on the AMQP port or over a WebSocket (start_hub).
+        self.amqp_services: AmqpServices | None = None
 
     @property
     def port(self) -> int:
@@ -291,6 +303,12 @@ class HubServer:
 
     async def stop(self) -> None:
         """Stop listening, close every connection and store pending telemetry."""
+        if self.amqp is not None:
+            amqp, self.amqp = self.amqp, None
+            await amqp.stop()
+        if self.amqp_services is not None:
+            services, self.amqp_services = self.amqp_services, None
+            services.executor.shutdown(wait=False)
         listener = self._listener
         if listener is not None:
             listener.close()
@@ -335,6 +353,7 @@ async def start_hub(
     backend: HubBackend | None = None,
     sock: socket.socket | None = None,
     listen: bool = True,
+    amqp_port: int | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Start the hub for ``fleetpki serve`` in the running loop; return its stopper.
 
@@ -344,13 +363,19 @@ async def start_hub(
     for the service API, until it stops. The stopper is the
     `HubServer.stop` bound method, so ``stopper.__self__`` is the running server.
 
+    The AMQP listener (`fleetpki.hub.amqp.server`) starts beside MQTT on ``amqp_port``
+    with the same TLS context, and stops with it; a hub node without the MQTT port
+    (``listen=False``) has none either, so that of several workers only the primary
+    binds it.
+
     Args:
         sock: the MQTT port, already bound (``fleetpki serve --workers`` binds it once).
         listen: ``False`` starts the broker without the MQTT port: an API worker's hub
             node, which takes MQTT over WebSockets on the API port only.
+        amqp_port: the AMQP port (default: the ``amqp_port`` setting; -1: none).
 
     Raises:
-        ConflictError: ``serve.port_in_use`` when the MQTT port is taken.
+        ConflictError: ``serve.port_in_use`` when the MQTT or the AMQP port is taken.
     """
     settings = fleet.settings
     host = host or settings.host
@@ -367,7 +392,7 @@ async def start_hub(
         )
     if backend is None:
         backend = await loop.run_in_executor(None, _backend_for, fleet)
-    broker = Broker(backend, hostnames=names)
+    broker = Broker(backend, hostnames=names, provisioning=fleet.provisioning)
     server = HubServer(
         broker,
         context,
@@ -378,6 +403,28 @@ async def start_hub(
         await server.start(host, port, sock=sock)
     else:
         await server.start_without_listener()
+    amqp_port = settings.amqp_port if amqp_port is None else amqp_port
+    if amqp_port >= 0:
+        from fleetpki.hub.amqp.server import AmqpServer, amqp_services
+
+        executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="fleetpki-amqp")
+        # AMQP over WebSockets on the API port (api/amqp_websocket.py) uses these in
+        # every worker; the AMQP port itself is the primary's alone.
+        server.amqp_services = amqp_services(fleet, executor)
+    if context is not None and server.amqp_services is not None:
+        amqp = AmqpServer(
+            server.amqp_services,
+            context,
+            max_connections=settings.mqtt_max_connections,
+            handshake_timeout=float(settings.tls_handshake_timeout_seconds),
+        )
+        try:
+            await amqp.start(host, amqp_port)
+        except BaseException:
+            await server.stop()
+            raise
+        server.amqp = amqp
+        _log.info("fleetpki hub on amqps://%s:%s", host, amqp.port)
     from fleetpki.hub.store_backend import StoreHubBackend
 
     if isinstance(backend, StoreHubBackend):

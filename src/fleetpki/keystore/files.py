@@ -214,6 +214,9 @@ class FileKeyStore:
         passphrase: the secret that encrypts every key (scrypt, :mod:`.pkcs8`).
     """
 
+    #: Keys are decrypted into memory once; signing is cryptography's, in this process.
+    signs_in_process = True
+
     def __init__(self, directory: Path, passphrase: bytes) -> None:
         if not passphrase:
             raise ValidationError("keystore.passphrase_empty", "the key passphrase is empty")

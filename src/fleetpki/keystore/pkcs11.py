@@ -250,6 +250,9 @@ class Pkcs11KeyStore:
     so that a wrong configuration fails there.
     """
 
+    #: Every signature is a call into the token (a network HSM may take milliseconds).
+    signs_in_process = False
+
     def __init__(self, login: TokenLogin, label: str) -> None:
         self._login = login
         self._label = label

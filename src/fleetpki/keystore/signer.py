@@ -82,7 +82,14 @@ class Signer(Protocol):
 
 
 class KeyStore(Protocol):
-    """Where CA keys are generated and kept; a key never leaves it."""
+    """Where CA keys are generated and kept; a key never leaves it.
+
+    Attributes:
+        signs_in_process: whether signing is CPU work in this process and nothing else
+            (no token, no network), so that an event loop may sign without a thread.
+    """
+
+    signs_in_process: bool
 
     def generate(self, spec: KeySpec) -> Signer:
         """Generate a new key of ``spec`` inside the keystore and return its signer.

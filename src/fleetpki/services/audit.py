@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fleetpki.errors import PermissionDenied
+from fleetpki.errors import PermissionDenied, ValidationError
 from fleetpki.services.ca_views import AuditEntryView, audit_entry_view
 from fleetpki.services.context import Actor
 from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.services.ports.ca import AuditQuery
 from fleetpki.store.models import AuditEntry
 
-__all__ = ["AuditService", "write_audit"]
+__all__ = ["AuditQuery", "AuditService", "write_audit"]
 
 
 def write_audit(
@@ -66,3 +67,17 @@ class AuditService:
         with self._store.transaction() as tx:
             entries = tx.audit.latest(object_type=object_type, object_id=object_id, limit=limit)
             return [audit_entry_view(e) for e in entries]
+
+    def search(self, actor: Actor, query: AuditQuery) -> list[AuditEntryView]:
+        """Audit entries matching ``query``, newest first (admins only).
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            ValidationError: ``audit.bad_window`` when ``since`` is after ``until``.
+        """
+        if not actor.is_admin:
+            raise PermissionDenied("auth.admin_required", "only admins may read the audit log")
+        if query.since is not None and query.until is not None and query.since > query.until:
+            raise ValidationError("audit.bad_window", "the start of the window is after its end")
+        with self._store.transaction() as tx:
+            return [audit_entry_view(e) for e in tx.audit.search(query)]

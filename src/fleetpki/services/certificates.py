@@ -47,8 +47,10 @@ from fleetpki.services.ports.ca import CertificateSearch
 from fleetpki.store.models import CARecord, CertificateRecord, TemplateRecord
 
 __all__ = [
+    "MAX_ACTIVITY_DAYS",
     "CertificateQuery",
     "CertificateService",
+    "DailyActivity",
     "IssueCommand",
     "can_see",
     "certificate_by_serial",
@@ -97,7 +99,21 @@ class CertificateQuery:
     ca_id: str | None = None
     offset: int = 0
     limit: int = 100
+    #: Certificates whose subject CN contains this text (case-insensitive).
+    subject_contains: str | None = None
 
+
+@dataclass(frozen=True, slots=True)
+class DailyActivity:
+    """Certificates issued and revoked on one UTC day (of those the caller can see)."""
+
+    day: dt.date
+    issued: int
+    revoked: int
+
+
+#: The longest window :meth:`CertificateService.daily_activity` reports.
+MAX_ACTIVITY_DAYS = 366
 
 _STATUSES = frozenset({"valid", "revoked", "expired"})
 
@@ -428,6 +444,7 @@ def search_in(
             visible_to=None if actor.is_admin else actor.principal_id,
             offset=query.offset,
             limit=query.limit,
+            subject_contains=query.subject_contains or None,
         )
     )
 
@@ -563,6 +580,36 @@ class CertificateService:
                 limit=min(max(limit, 1), 1000),
             )
             return [audit_entry_view(e) for e in entries]
+
+    def daily_activity(self, actor: Actor, *, days: int = 30) -> list[DailyActivity]:
+        """Issuances and revocations per UTC day over the last ``days`` days, oldest first,
+        counting the certificates the actor can see (every one for admins).
+
+        Raises:
+            ValidationError: ``certificate.bad_window`` outside 1..:data:`MAX_ACTIVITY_DAYS`.
+        """
+        if not 1 <= days <= MAX_ACTIVITY_DAYS:
+            raise ValidationError(
+                "certificate.bad_window", f"days must be from 1 to {MAX_ACTIVITY_DAYS}"
+            )
+        today = self._clock().astimezone(dt.UTC).date()
+        first = today - dt.timedelta(days=days - 1)
+        since = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+        with self._store.transaction() as tx:
+            rows = tx.certificates.activity_since(
+                since, visible_to=None if actor.is_admin else actor.principal_id
+            )
+        issued: dict[dt.date, int] = {}
+        revoked: dict[dt.date, int] = {}
+        for created_at, revoked_at in rows:
+            for when, counts in ((created_at, issued), (revoked_at, revoked)):
+                if when is not None and when >= since:
+                    day = when.astimezone(dt.UTC).date()
+                    counts[day] = counts.get(day, 0) + 1
+        return [
+            DailyActivity(day, issued.get(day, 0), revoked.get(day, 0))
+            for day in (first + dt.timedelta(days=n) for n in range(days))
+        ]
 
     def expiry_summary(self) -> ExpirySummary:
         """Every CA and the nearest expiry of a valid leaf (for monitoring)."""

@@ -35,7 +35,11 @@ from fleetpki.services.certificates import (
     visible_certificate,
 )
 from fleetpki.services.context import Actor, Clock
-from fleetpki.services.domains import register_domain_in, visible_domains
+from fleetpki.services.domains import (
+    register_domain_in,
+    visible_domain_record,
+    visible_domains,
+)
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.services.principals import ensure_principal_in
 from fleetpki.services.renewal import authenticate_certificate_token_in
@@ -149,6 +153,19 @@ class EnrollmentService:
                 DomainInformationView(domain_view(d), ca_record(tx, d.ca_id).name, dict(names))
                 for d in found
             ]
+
+    def domain_information(self, actor: Actor, domain_id: str) -> DomainInformationView:
+        """One domain the actor can see, with its CA's name and its members' names.
+
+        Raises:
+            NotFoundError: ``domain.not_found``, also for domains the actor cannot see.
+        """
+        with self._store.transaction() as tx:
+            domain = visible_domain_record(tx, actor, domain_id)
+            names = tx.principals.names({m.principal_id for m in domain.members})
+            return DomainInformationView(
+                domain_view(domain), ca_record(tx, domain.ca_id).name, dict(names)
+            )
 
     def my_certificates(
         self, actor: Actor, *, offset: int, limit: int

@@ -49,7 +49,7 @@ from fleetpki.services.hub_devices import device_keys
 from fleetpki.services.hub_trust import HubTrustService
 from fleetpki.services.ports import Store, UnitOfWork
 
-__all__ = ["AuthenticatedDevice", "DeviceAuthenticator"]
+__all__ = ["AuthenticatedDevice", "DeviceAuthenticator", "registry_entry"]
 
 _log = logging.getLogger("fleetpki.hub.revocation")
 
@@ -107,17 +107,50 @@ class DeviceAuthenticator:
         """
         presented = PresentedCertificate(leaf, tuple(chain), client_id)
         with self._store.transaction() as tx:
-            entry = _registry_entry(tx, presented.device_id)
-            anchors = self.trust.trust_anchors(tx)
-            trusted = TrustedCAs(
-                tuple(a.certificate for a in anchors.verified),
-                tuple(a.certificate for a in anchors.unverified),
-            )
-            admission = self.policy.admit(presented, entry, trusted, now)
-            verdict = _fleetpki_verdict(tx, admission)
+            entry = registry_entry(tx, presented.device_id)
+            admission, verdict = self.admit_in(tx, presented, entry, self.hub_trusted(tx), now)
         # The transaction is closed: a slow responder holds no database connection.
+        return self.decide(admission, verdict, now)
+
+    def hub_trusted(self, tx: UnitOfWork) -> TrustedCAs:
+        """The hub's CAs, verified and not, as the policy takes them (in ``tx``)."""
+        anchors = self.trust.trust_anchors(tx)
+        return TrustedCAs(
+            tuple(a.certificate for a in anchors.verified),
+            tuple(a.certificate for a in anchors.unverified),
+        )
+
+    def admit_in(
+        self,
+        tx: UnitOfWork,
+        presented: PresentedCertificate,
+        entry: RegistryEntry | None,
+        trusted: TrustedCAs,
+        now: dt.datetime,
+    ) -> tuple[Admission, RevocationVerdict | None]:
+        """Step 1 inside the caller's read unit of work: the policy's admission, and the
+        certificate table's verdict when the verified issuer is a fleetpki CA.
+
+        The provisioning service calls this with an enrollment's facts in place of a
+        registry entry, so a registration is checked by the same policy as a connect.
+
+        Raises:
+            AuthenticationError: the policy's refusals (`DevicePolicy.admit`).
+        """
+        admission = self.policy.admit(presented, entry, trusted, now)
+        return admission, _fleetpki_verdict(tx, admission)
+
+    def decide(
+        self, admission: Admission, verdict: RevocationVerdict | None, now: dt.datetime
+    ) -> AuthenticatedDevice:
+        """Step 2, with no transaction open: ask a foreign CA's OCSP responder or CRL when
+        no fleetpki record answered, then the policy's decision.
+
+        Raises:
+            AuthenticationError: ``hub.certificate_revoked``, ``hub.revocation_unknown``.
+        """
         if verdict is None and admission.issuer is not None:
-            verdict = self.revocation.verdict(leaf, admission.issuer, now)
+            verdict = self.revocation.verdict(admission.leaf, admission.issuer, now)
         device = self.policy.decide(admission, verdict)
         if verdict is not None and verdict.status is RevocationStatus.UNKNOWN:
             _log.warning(
@@ -147,11 +180,11 @@ class DeviceAuthenticator:
         """
         presented = PresentedToken(token, client_id, host)
         with self._store.transaction() as tx:
-            entry = _registry_entry(tx, client_id.partition("/")[0], self.seal)
+            entry = registry_entry(tx, client_id.partition("/")[0], self.seal)
         return self.policy.admit_token(presented, entry, now)
 
 
-def _registry_entry(
+def registry_entry(
     tx: UnitOfWork, device_id: str, seal: DeviceKeySeal | None = None
 ) -> RegistryEntry | None:
     """The policy's facts about ``device_id``; a sas device's keys only when ``seal`` is given."""

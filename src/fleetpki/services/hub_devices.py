@@ -362,10 +362,13 @@ class HubDeviceService:
         with self._store.transaction() as tx:
             return device_view(require_device(tx, device_id), self._seal)
 
-    def list(self, *, limit: int | None = None) -> list[HubDeviceView]:
-        """Registered devices by id, at most ``limit``."""
+    def list(self, *, limit: int | None = None, offset: int = 0) -> list[HubDeviceView]:
+        """Registered devices by id, at most ``limit``, after the first ``offset``."""
         with self._store.transaction() as tx:
-            return [device_view(r, self._seal) for r in tx.hub_devices.list(limit=limit)]
+            return [
+                device_view(r, self._seal)
+                for r in tx.hub_devices.list(limit=limit, offset=max(offset, 0))
+            ]
 
     def set_status(
         self,

@@ -285,6 +285,40 @@ class HubLinkService:
         with self._store.transaction() as tx:
             return _link_view(tx, _require_link(tx, name))
 
+    def set_options(
+        self,
+        actor: Actor,
+        name: str,
+        *,
+        disable_on_revoke: bool | None = None,
+        register_devices: bool | None = None,
+    ) -> HubLinkView:
+        """Change a link's options (admins only); ``None`` keeps one as it is.
+
+        The link's worker is rebuilt with them on commit (:class:`HubLinksChanged`), so
+        a revocation delivered from then on follows the new "disable on revoke".
+
+        Raises:
+            PermissionDenied: ``auth.admin_required``.
+            NotFoundError: ``link.not_found``.
+        """
+        _require_admin(actor)
+        now = self._clock()
+        with self._store.transaction() as tx:
+            record = _require_link(tx, name)
+            changes: dict[str, object] = {}
+            if disable_on_revoke is not None and disable_on_revoke != record.disable_on_revoke:
+                record.disable_on_revoke = disable_on_revoke
+                changes["disable_on_revoke"] = disable_on_revoke
+            if register_devices is not None and register_devices != record.register_devices:
+                record.register_devices = register_devices
+                changes["register_devices"] = register_devices
+            if changes:
+                record.updated_at = now
+                tx.publish(HubLinksChanged())
+                write_audit(tx, actor, "hub.link.update", "hub_link", name, at=now, details=changes)
+            return _link_view(tx, record)
+
     def remove(self, actor: Actor, name: str) -> None:
         """Remove a link; the hub keeps what it was given (admins only).
 
@@ -394,6 +428,19 @@ class HubLinkService:
             azure=_azure_target(record),
             secret=secret,
         )
+
+    def link_connector(self, name: str) -> HubConnector:
+        """The connector of the link ``name``, for the server's own use cases (the
+        provisioning service registering a device in a linked hub); the caller closes it.
+
+        Raises:
+            NotFoundError: ``link.not_found``.
+            ValidationError: ``link.secret_undecryptable``.
+            ConnectorError: ``link.connector_unavailable``.
+        """
+        with self._store.transaction() as tx:
+            connection = self._connection(_require_link(tx, name))
+        return self.connector_for(connection)
 
     def connector(self, actor: Actor, name: str) -> HubConnector:
         """The connector of the link ``name`` (admins only).

@@ -25,7 +25,10 @@ from fleetpki.services.ports.hub import TelemetryInput
 from fleetpki.store.hub_models import HubC2DMessage, HubMessage
 
 __all__ = [
+    "ACK_PROPERTY",
+    "EXPIRY_PROPERTY",
     "MAX_C2D_BYTES",
+    "C2DFeedback",
     "C2DMessageView",
     "HubMessageService",
     "HubMessageView",
@@ -34,6 +37,13 @@ __all__ = [
 
 #: Azure's limit for a cloud-to-device message body.
 MAX_C2D_BYTES = 64 * 1024
+#: The property naming the feedback a message asks for (Azure's ``iothub-ack``: ``none``,
+#: ``positive``, ``negative`` or ``full``).
+ACK_PROPERTY = "iothub-ack"
+_ACK_ON_SUCCESS = ("positive", "full")
+_ACK_ON_EXPIRY = ("negative", "full")
+#: The property holding a message's absolute expiry (ISO 8601, UTC).
+EXPIRY_PROPERTY = "$.exp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,44 @@ class C2DMessageView:
     status: str
     created_at: dt.datetime
     delivered_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class C2DFeedback:
+    """The outcome of one cloud-to-device message, owed to the feedback receiver.
+
+    Attributes:
+        row_id: which queued message (to mark the feedback taken).
+        original_message_id / device_id / device_generation_id: as Azure names them.
+        status_code: ``Success`` (the device acknowledged it) or ``Expired``.
+        description: Azure's text for the status.
+        enqueued_at: when the outcome happened.
+    """
+
+    row_id: int
+    original_message_id: str
+    device_id: str
+    device_generation_id: str
+    status_code: str
+    description: str
+    enqueued_at: dt.datetime
+
+
+def _ack(message: HubC2DMessage) -> str:
+    return str(message.properties.get(ACK_PROPERTY) or "none").lower()
+
+
+def _expired(message: HubC2DMessage, now: dt.datetime) -> bool:
+    text = message.properties.get(EXPIRY_PROPERTY)
+    if not text:
+        return False
+    try:
+        expiry = dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return False
+    if expiry.tzinfo is None:
+        expiry = expiry.replace(tzinfo=dt.UTC)
+    return expiry <= now
 
 
 def _message_view(row: HubMessage) -> HubMessageView:
@@ -122,6 +170,7 @@ def mark_delivered_in(tx: UnitOfWork, device_id: str, message_id: str, *, now: d
         return
     message.status = "delivered"
     message.delivered_at = now
+    message.feedback_due = _ack(message) in _ACK_ON_SUCCESS
     device = tx.hub_devices.get(device_id, for_update=True)
     if device is not None and device.c2d_count > 0:
         device.c2d_count -= 1
@@ -156,6 +205,12 @@ class HubMessageService:
         with self._store.transaction() as tx:
             rows = tx.hub_telemetry.list(device_id=device_id, after_id=after_id, limit=limit)
             return [_message_view(r) for r in rows]
+
+    def recent_telemetry(self, device_id: str, *, limit: int = 50) -> list[HubMessageView]:
+        """The device's newest ``limit`` (1..1000) messages, in arrival order."""
+        with self._store.transaction() as tx:
+            rows = tx.hub_telemetry.recent(device_id, limit)
+            return [_message_view(r) for r in reversed(rows)]
 
     def latest_id(self, device_id: str | None = None) -> int:
         """The newest stored message id (of one device, or of all); 0 when there is none."""
@@ -219,9 +274,54 @@ class HubMessageService:
             return _c2d_view(message)
 
     def pending_c2d(self, device_id: str) -> list[C2DMessageView]:
-        """The device's undelivered cloud-to-device messages, oldest first."""
+        """The device's undelivered cloud-to-device messages, oldest first.
+
+        A message past its expiry (``$.exp``) is not delivered: it becomes ``expired``
+        here, owing an ``Expired`` feedback record when its ``iothub-ack`` asks for one.
+        """
+        now = self._clock()
         with self._store.transaction() as tx:
-            return [_c2d_view(m) for m in tx.hub_c2d.pending(device_id)]
+            live = []
+            for message in tx.hub_c2d.pending(device_id):
+                if not _expired(message, now):
+                    live.append(_c2d_view(message))
+                    continue
+                message.status = "expired"
+                message.delivered_at = now
+                message.feedback_due = _ack(message) in _ACK_ON_EXPIRY
+                device = tx.hub_devices.get(device_id)
+                if device is not None and device.c2d_count > 0:
+                    device.c2d_count -= 1
+            return live
+
+    def due_feedback(self, limit: int = 100) -> list[C2DFeedback]:
+        """Outcomes owed to the feedback receiver, oldest first, at most ``limit``."""
+        with self._store.transaction() as tx:
+            records = []
+            generations: dict[str, str] = {}
+            for message in tx.hub_c2d.feedback_due(limit):
+                if message.device_id not in generations:
+                    device = tx.hub_devices.get(message.device_id)
+                    generations[message.device_id] = "" if device is None else device.generation_id
+                success = message.status == "delivered"
+                records.append(
+                    C2DFeedback(
+                        row_id=message.id,
+                        original_message_id=message.message_id,
+                        device_id=message.device_id,
+                        device_generation_id=generations[message.device_id],
+                        status_code="Success" if success else "Expired",
+                        description="Success" if success else "Message expired",
+                        enqueued_at=message.delivered_at or message.created_at,
+                    )
+                )
+            return records
+
+    def complete_feedback(self, row_ids: Sequence[int]) -> None:
+        """The feedback receiver accepted these records: they are owed no more."""
+        with self._store.transaction() as tx:
+            for message in tx.hub_c2d.by_ids(list(row_ids)):
+                message.feedback_due = False
 
     def mark_c2d_delivered(self, device_id: str, message_id: str) -> None:
         """Record the device's PUBACK for a message; unknown or repeated ids are ignored."""

@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fleetpki.errors import AuthenticationError, NotFoundError, PermissionDenied
-from fleetpki.hub.azure.sas import SAS_PREFIX, SasToken, SasTokenMalformed, sign
+from fleetpki.hub.azure.sas import (
+    SAS_PREFIX,
+    SasToken,
+    SasTokenMalformed,
+    resource_covers,
+    sign,
+)
 from fleetpki.services.context import Clock
 from fleetpki.services.hub_management import ApiTokenSecret, ManagementCredential
 from fleetpki.services.ports import Store, UnitOfWork
@@ -44,6 +50,7 @@ __all__ = [
     "DEFAULT_POLICIES",
     "IOTHUB_AUDIENCES",
     "READER_RIGHTS",
+    "ClaimGrant",
     "HubSasService",
     "PolicyKeys",
     "Right",
@@ -104,6 +111,25 @@ class SasCaller:
     policy: str
     rights: frozenset[Right]
     principal_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimGrant:
+    """A claim an AMQP peer put to ``$cbs`` that checked out.
+
+    Attributes:
+        audience: what the claim is for (the put-token's ``name``).
+        caller: the policy and its rights.
+        expires_at: the token's ``se``: the claim lapses then.
+    """
+
+    audience: str
+    caller: SasCaller
+    expires_at: int
+
+    def covers(self, resource: str, now_epoch: float) -> bool:
+        """Whether the claim is live at ``now_epoch`` and its audience covers ``resource``."""
+        return now_epoch < self.expires_at and resource_covers(self.audience, resource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +240,7 @@ def verify_token_in(
         raise AuthenticationError(
             "hub.sas_bad_signature", "the SharedAccessSignature does not verify"
         )
-    host = token.resource_uri.lower().split("/", 1)[0]
+    host = token.host.lower()
     if host not in hostnames and host.rsplit(":", 1)[0] not in hostnames:
         raise AuthenticationError("hub.sas_wrong_host", "the token is for another hub")
     return SasCaller(policy=skn, rights=keys.rights)
@@ -301,6 +327,43 @@ class HubSasService:
         with self._store.transaction() as tx:
             ensure_policies_in(tx, secret, now=now)
             return verify_token_in(tx, secret, authorization, self.hostnames, now=now)
+
+    def authenticate_claim(self, token: str, audience: str) -> ClaimGrant:
+        """Check a token put to an AMQP connection's ``$cbs`` node for ``audience``.
+
+        The token is checked exactly as :meth:`authenticate` checks the REST API's (one
+        rule); then its resource must cover ``audience`` (the put-token's ``name``:
+        ``https://{host}`` from the service SDK, ``sb://{host}/{entity}`` from
+        azure-eventhub; compared by whole segments, without scheme, case or port) and
+        its policy must hold ServiceConnect, as Azure's service endpoints require.
+
+        Raises:
+            AuthenticationError: as :meth:`authenticate`; ``hub.sas_wrong_audience``.
+            PermissionDenied: ``hub.sas_forbidden`` for a policy without ServiceConnect.
+        """
+        caller = self.authenticate(token)
+        parsed = SasToken.parse(token)
+        if not parsed.grants(audience):
+            raise AuthenticationError(
+                "hub.sas_wrong_audience", "the token's resource does not cover the audience"
+            )
+        require_right(caller, Right.SERVICE_CONNECT)
+        return ClaimGrant(audience, caller, parsed.expiry)
+
+    def eventhub_connection_string(self, policy: str, hostname: str, entity: str) -> str:
+        """``Endpoint=sb://{hostname}/;SharedAccessKeyName=..;SharedAccessKey=..;EntityPath=..``.
+
+        The string of the built-in Event Hubs-compatible endpoint, for azure-eventhub's
+        ``EventHubConsumerClient.from_connection_string``.
+
+        Raises:
+            NotFoundError: ``hub.policy_not_found``.
+        """
+        keys = self.policy_keys(policy)
+        return (
+            f"Endpoint=sb://{hostname}/;SharedAccessKeyName={policy};"
+            f"SharedAccessKey={keys.primary};EntityPath={entity}"
+        )
 
     def authenticate_bearer(self, credential: ManagementCredential) -> SasCaller:
         """The rights of a bearer caller: a verified OIDC token's principal, or an API token.

@@ -42,6 +42,13 @@ class HubStatisticsService:
         disabled = int(counts.get("disabled", 0))
         return RegistryStatistics(total=enabled + disabled, enabled=enabled, disabled=disabled)
 
+    def is_connected(self, device_id: str) -> bool | None:
+        """Whether the device is connected to the live hub of this process now; ``None``
+        when no hub runs here (the registry's ``connectionState`` is then all there is).
+        """
+        invoker = self._methods.current()
+        return invoker.holds(device_id) if invoker is not None else None
+
     def connected_devices(self) -> int:
         """Devices connected now, on every hub node: this process's live hub counts its own,
         the other live nodes' counts come from their heartbeats (a few seconds old).

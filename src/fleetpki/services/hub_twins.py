@@ -19,6 +19,7 @@ from fleetpki.services.context import Clock
 from fleetpki.services.hub_devices import HubDeviceView, device_view, require_device
 from fleetpki.services.hub_etags import check_if_match, new_etag
 from fleetpki.services.hub_notices import tell_hub_nodes
+from fleetpki.services.hub_routing import EventRouting, route_twin_change_in
 from fleetpki.services.notifications import DesiredPatched
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.hub_models import HubDevice
@@ -102,6 +103,7 @@ def patch_twin_in(
     *,
     now: dt.datetime,
     if_match: str | None = None,
+    routing: EventRouting | None = None,
 ) -> HubDevice:
     """:meth:`HubTwinService.patch` inside the caller's unit of work (returns the record)."""
     record = require_device(tx, device_id, for_update=True)
@@ -113,6 +115,15 @@ def patch_twin_in(
         record.desired = _merge_patch(record.desired, desired)
         record.desired_version += 1
         tell_hub_nodes(tx, DesiredPatched(device_id, dict(desired), record.desired_version), at=now)
+        route_twin_change_in(
+            tx,
+            routing,
+            device_id,
+            op_type="updateTwin",
+            version=record.desired_version,
+            changed={"desired": {**desired, "$version": record.desired_version}},
+            now=now,
+        )
     record.twin_etag = new_etag()
     return record
 
@@ -124,6 +135,7 @@ def replace_twin_in(
     *,
     now: dt.datetime,
     if_match: str | None = None,
+    routing: EventRouting | None = None,
 ) -> HubDevice:
     """:meth:`HubTwinService.replace` inside the caller's unit of work (returns the record)."""
     record = require_device(tx, device_id, for_update=True)
@@ -137,21 +149,45 @@ def replace_twin_in(
         record.desired = new_desired
         record.desired_version += 1
         tell_hub_nodes(tx, DesiredPatched(device_id, patch, record.desired_version), at=now)
+        route_twin_change_in(
+            tx,
+            routing,
+            device_id,
+            op_type="replaceTwin",
+            version=record.desired_version,
+            changed={"desired": {**new_desired, "$version": record.desired_version}},
+            now=now,
+        )
     record.twin_etag = new_etag()
     return record
 
 
 def patch_reported_in(
-    tx: UnitOfWork, device_id: str, patch: Mapping[str, Any], *, now: dt.datetime
+    tx: UnitOfWork,
+    device_id: str,
+    patch: Mapping[str, Any],
+    *,
+    now: dt.datetime,
+    routing: EventRouting | None = None,
 ) -> int:
     """:meth:`HubTwinService.patch_reported` inside the caller's unit of work."""
     if not isinstance(patch, Mapping):
         raise ValidationError("hub.bad_twin", "a reported patch must be a JSON object")
     record = require_device(tx, device_id, for_update=True)
-    record.reported = _merge_patch(record.reported, _strip_meta(patch))
+    stripped = _strip_meta(patch)
+    record.reported = _merge_patch(record.reported, stripped)
     record.reported_version += 1
     record.twin_etag = new_etag()
     record.last_activity_at = now
+    route_twin_change_in(
+        tx,
+        routing,
+        device_id,
+        op_type="updateTwin",
+        version=record.reported_version,
+        changed={"reported": {**stripped, "$version": record.reported_version}},
+        now=now,
+    )
     return record.reported_version
 
 
@@ -161,11 +197,13 @@ class HubTwinService:
     Args:
         store: the database.
         clock: the source of "now".
+        routing: which twin change events reach the built-in endpoint.
     """
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, routing: EventRouting | None = None) -> None:
         self._store = store
         self._clock = clock
+        self._routing = routing
 
     def get(self, device_id: str) -> TwinView:
         """The twin of ``device_id``.
@@ -195,9 +233,15 @@ class HubTwinService:
             ValidationError: ``hub.bad_twin``.
         """
         with self._store.transaction() as tx:
-            return twin_view(
-                patch_twin_in(tx, device_id, document, now=self._clock(), if_match=if_match)
+            record = patch_twin_in(
+                tx,
+                device_id,
+                document,
+                if_match=if_match,
+                routing=self._routing,
+                now=self._clock(),
             )
+            return twin_view(record)
 
     def replace(
         self, device_id: str, document: Mapping[str, Any], *, if_match: str | None = None
@@ -212,9 +256,15 @@ class HubTwinService:
             ValidationError: ``hub.bad_twin``.
         """
         with self._store.transaction() as tx:
-            return twin_view(
-                replace_twin_in(tx, device_id, document, now=self._clock(), if_match=if_match)
+            record = replace_twin_in(
+                tx,
+                device_id,
+                document,
+                if_match=if_match,
+                routing=self._routing,
+                now=self._clock(),
             )
+            return twin_view(record)
 
     def patch_reported(self, device_id: str, patch: Mapping[str, Any]) -> int:
         """Merge a device's reported-properties patch (ref §1.5); return the new ``$version``.
@@ -224,4 +274,4 @@ class HubTwinService:
             ValidationError: ``hub.bad_twin`` when the patch is not a JSON object.
         """
         with self._store.transaction() as tx:
-            return patch_reported_in(tx, device_id, patch, now=self._clock())
+            return patch_reported_in(tx, device_id, patch, now=self._clock(), routing=self._routing)

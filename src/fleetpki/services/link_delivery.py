@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -47,10 +48,11 @@ from fleetpki.services.outbox import (
     CERTIFICATE_REVOKED,
     DOMAIN_REGISTERED,
 )
-from fleetpki.services.ports import Store
+from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.services.ports.ca import CertificateSearch
 from fleetpki.services.ports.events import Delivery
 from fleetpki.store.hub_models import HubLink, HubLinkGeneration, HubLinkPin
+from fleetpki.store.models import CertificateRecord
 
 __all__ = [
     "LINK_EVENT_TYPES",
@@ -60,6 +62,7 @@ __all__ = [
     "link_consumer",
     "plan_revocation",
     "record_generation_in",
+    "revocation_plan_in",
 ]
 
 _log = logging.getLogger(__name__)
@@ -165,6 +168,34 @@ def plan_revocation(
     return RevocationPlan(device_id=device_id, pin=newest, until=revoked.not_after)
 
 
+def revocation_plan_in(
+    tx: UnitOfWork, ca_ids: Collection[str], revoked: CertificateRecord, *, now: dt.datetime
+) -> RevocationPlan | None:
+    """What a link trusting ``ca_ids`` does when ``revoked`` is revoked (caller's unit).
+
+    ``None`` when there is nothing left to protect against (the certificate expired, or
+    it names no device); otherwise :func:`plan_revocation` over the device's other
+    valid certificates from those CAs.
+    """
+    device_id = revoked.subject_cn
+    if device_id is None or revoked.not_after <= now:
+        return None
+    others = [
+        ValidCertificate(c.serial_hex, c.sha1_hex, c.not_before, c.not_after, c.id)
+        for c in tx.certificates.search(
+            CertificateSearch(now=now, subject_cn=device_id, status="valid", limit=1000)
+        )
+        if c.ca_id in ca_ids and c.serial_hex != revoked.serial_hex
+    ]
+    return plan_revocation(
+        device_id,
+        ValidCertificate(
+            revoked.serial_hex, revoked.sha1_hex, revoked.not_before, revoked.not_after, revoked.id
+        ),
+        others,
+    )
+
+
 def _failed(exc: ConnectorError) -> DeliveryFailed:
     return DeliveryFailed(
         f"{exc.code}: {exc.message}", retry_after=exc.retry_after, permanent=not exc.transient
@@ -226,26 +257,13 @@ class LinkDelivery:
         now = self._clock()
         with self._store.transaction() as tx:
             revoked = tx.certificates.find_by_serial(serial)
-            if revoked is None or revoked.not_after <= now:
-                return  # nothing left to protect against
-            others = [
-                ValidCertificate(c.serial_hex, c.sha1_hex, c.not_before, c.not_after, c.id)
-                for c in tx.certificates.search(
-                    CertificateSearch(now=now, subject_cn=device_id, status="valid", limit=1000)
-                )
-                if c.ca_id in self.target.ca_ids and c.serial_hex != serial
-            ]
-            plan = plan_revocation(
-                device_id,
-                ValidCertificate(
-                    revoked.serial_hex,
-                    revoked.sha1_hex,
-                    revoked.not_before,
-                    revoked.not_after,
-                    revoked.id,
-                ),
-                others,
+            plan = (
+                revocation_plan_in(tx, self.target.ca_ids, revoked, now=now)
+                if revoked is not None and revoked.subject_cn == device_id
+                else None
             )
+            if plan is None:
+                return  # nothing left to protect against
         if plan.pin is None:
             found = self.connector.set_device_enabled(
                 device_id, False, reason="its certificate was revoked"

@@ -29,6 +29,7 @@ __all__ = [
     "NewToken",
     "PrincipalService",
     "authenticate_token_in",
+    "authenticated_token_in",
     "ensure_principal_in",
     "principal_record",
     "validate_principal_id",
@@ -185,7 +186,14 @@ def _create_token(
     return NewToken(token.id, secret, principal.id, token.expires_at)
 
 
-def authenticate_token_in(tx: UnitOfWork, secret: str, *, now: dt.datetime) -> Principal:
+def authenticated_token_in(
+    tx: UnitOfWork, secret: str, *, now: dt.datetime
+) -> tuple[Principal, ApiToken]:
+    """The principal an API token belongs to, and the token (valid now).
+
+    Raises:
+        AuthenticationError: ``auth.bad_token`` (unknown, expired or revoked).
+    """
     if not secret.startswith(TOKEN_PREFIX):
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
     digest = _hash_token(secret)
@@ -202,7 +210,16 @@ def authenticate_token_in(tx: UnitOfWork, secret: str, *, now: dt.datetime) -> P
     principal = tx.principals.get(token.principal_id)
     if principal is None:
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
-    return principal
+    return principal, token
+
+
+def authenticate_token_in(tx: UnitOfWork, secret: str, *, now: dt.datetime) -> Principal:
+    """The principal an API token belongs to.
+
+    Raises:
+        AuthenticationError: ``auth.bad_token`` (unknown, expired or revoked).
+    """
+    return authenticated_token_in(tx, secret, now=now)[0]
 
 
 # -- the use cases -----------------------------------------------------------------------

@@ -3,25 +3,30 @@
 CRLs follow Vault PKI's habit: the DER is cached on each CA generation's row with its
 number and next update; a revocation marks it stale and the next read rebuilds it with the
 next CRL number (RFC 5280 §5.2.3 requires the number to increase).  OCSP answers
-are signed by the CA key itself (RFC 6960 §4.2.2.2 allows the issuer to respond)
-and built per request, since they carry the request's nonce.
+are signed by the CA key itself (RFC 6960 §4.2.2.2 allows the issuer to respond); the
+answer to a request without a nonce is signed once and served from memory until a
+revocation or its refresh time (RFC 5019 §2.2, :mod:`fleetpki.services.ocsp_cache`),
+and a request with a nonce is signed when it comes, since the nonce is in the signed part.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.x509 import ocsp
 
 from fleetpki.errors import FleetPKIError, NotFoundError, ValidationError
 from fleetpki.keystore import KeyStore
 from fleetpki.pki.crl import CrlScope, RevokedEntry, build_crl
 from fleetpki.pki.ocsp import (
+    CertId,
     CertificateStatus,
     OcspRequest,
+    OcspResponder,
     build_ocsp_error_response,
-    build_ocsp_response,
     parse_ocsp_request,
     parse_ocsp_request_path,
     response_status_for,
@@ -31,10 +36,17 @@ from fleetpki.services.authority import CAUrlsConfig, ca_record
 from fleetpki.services.ca_generations import generation_of
 from fleetpki.services.ca_views import CrlView
 from fleetpki.services.context import Clock
+from fleetpki.services.ocsp_cache import (
+    WATCHED_EVENTS,
+    CachedAnswer,
+    OcspResponseCache,
+    Responder,
+    etag_of,
+)
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.store.models import CAGeneration, CARecord
 
-__all__ = ["CRL_LIFETIME", "OCSP_LIFETIME", "RevocationStatusService", "crl_in", "ocsp_answer_in"]
+__all__ = ["CRL_LIFETIME", "OCSP_LIFETIME", "OcspAnswer", "RevocationStatusService", "crl_in"]
 
 #: A CRL is valid this long; it is rebuilt on the first read after it lapses, or
 #: after any revocation.
@@ -43,6 +55,9 @@ CRL_LIFETIME = dt.timedelta(hours=24)
 OCSP_LIFETIME = dt.timedelta(hours=1)
 # Rebuild a little before nextUpdate so that clients never fetch a lapsed CRL.
 _REFRESH_MARGIN = dt.timedelta(minutes=5)
+# Outbox events read at most per look at other processes' changes; a longer backlog
+# empties the OCSP cache instead.
+_SYNC_LIMIT = 5000
 
 
 def _entries_for(tx: UnitOfWork, ca: CARecord, generation: CAGeneration) -> list[RevokedEntry]:
@@ -133,24 +148,28 @@ def crl_in(
     return der, next_update
 
 
-def _issuer_of(
-    cas: Sequence[CARecord], request: OcspRequest
-) -> tuple[CARecord, CAGeneration] | None:
+def _responder_for(
+    cas: Sequence[CARecord], keystore: KeyStore, request: OcspRequest
+) -> Responder | None:
     # Any generation, retiring ones included: a certificate is answered for by the
     # key and certificate that signed it (RFC 6960 §4.1.1 CertID names both).
     for ca in cas:
         for generation in ca.generations:
-            if request.cert_id.names_issuer(
-                x509.load_der_x509_certificate(generation.certificate_der)
-            ):
-                return ca, generation
+            certificate = x509.load_der_x509_certificate(generation.certificate_der)
+            if request.cert_id.names_issuer(certificate):
+                signer = keystore.signer(generation.key_ref)
+                return Responder(
+                    ca.id, ca.tier, OcspResponder.create(certificate, certificate, signer)
+                )
     return None
 
 
-def _status_of(tx: UnitOfWork, ca: CARecord, serial: int) -> CertificateStatus:
-    record = tx.certificates.find_by_ca_serial(ca.id, format(serial, "X"))
+def _status_of(tx: UnitOfWork, responder: Responder, serial: int) -> CertificateStatus:
+    record = tx.certificates.find_by_ca_serial(responder.ca_id, format(serial, "X"))
     if record is None:
-        if any(int(child.serial_hex, 16) == serial for child in tx.cas.children_of(ca.id)):
+        if responder.tier == "root" and any(
+            int(child.serial_hex, 16) == serial for child in tx.cas.children_of(responder.ca_id)
+        ):
             # A root answers for the CAs it certified; fleetpki does not revoke CAs yet.
             return CertificateStatus.good()
         # RFC 6960 §2.2: "unknown" when the responder does not know the certificate.
@@ -163,38 +182,37 @@ def _status_of(tx: UnitOfWork, ca: CARecord, serial: int) -> CertificateStatus:
     return CertificateStatus.good()
 
 
-def _answer(tx: UnitOfWork, keystore: KeyStore, request: OcspRequest, now: dt.datetime) -> bytes:
-    found = _issuer_of(tx.cas.all(), request)
-    if found is None:
-        # RFC 6960 §2.3: "unauthorized" when the responder does not serve the issuer.
-        raise ValidationError("ocsp.unauthorized", "this responder does not serve that issuer")
-    ca, generation = found
-    certificate = x509.load_der_x509_certificate(generation.certificate_der)
-    this_update = now.replace(microsecond=0)
-    return build_ocsp_response(
-        request,
-        _status_of(tx, ca, request.cert_id.serial_number),
-        issuer_cert=certificate,
-        responder_cert=certificate,
-        signer=keystore.signer(generation.key_ref),
-        this_update=this_update,
-        next_update=min(this_update + OCSP_LIFETIME, certificate.not_valid_after_utc),
-    )
+def _issuer_key(cert_id: CertId) -> CertId:
+    # The CertID's issuer part: what names the responder, whatever the serial.
+    return CertId(cert_id.hash_algorithm, cert_id.issuer_name_hash, cert_id.issuer_key_hash, 0)
 
 
-def ocsp_answer_in(
-    tx: UnitOfWork, keystore: KeyStore, parse: Callable[[], OcspRequest], now: dt.datetime
-) -> bytes:
-    """The DER OCSP response for the request ``parse`` returns (caller's unit of work).
+@dataclass(frozen=True, slots=True)
+class OcspAnswer:
+    """A DER OCSP response and, for one that any client may reuse, its HTTP validators.
 
-    Refusals are OCSP error responses, not errors (RFC 6960 §2.3): malformed requests
-    get ``malformedRequest``, other issuers ``unauthorized``, serials this CA never
-    issued ``unknown``; nothing raises.
+    Attributes:
+        der: the response (successful or an error status).
+        etag: for a successful response to a request without a nonce, its ETag; such
+            a response is the same bytes for every client until ``next_update``
+            (RFC 5019 §6.2), so HTTP caches may keep it.
+        this_update / next_update: that response's validity (RFC 6960 §4.2.2.1).
     """
-    try:
-        return _answer(tx, keystore, parse(), now)
-    except FleetPKIError as exc:
-        return build_ocsp_error_response(response_status_for(exc))
+
+    der: bytes
+    etag: str | None = None
+    this_update: dt.datetime | None = None
+    next_update: dt.datetime | None = None
+
+    @classmethod
+    def cached(cls, answer: CachedAnswer) -> OcspAnswer:
+        """The answer that a cached response gives."""
+        return cls(answer.der, answer.etag, answer.this_update, answer.next_update)
+
+    @classmethod
+    def refusal(cls, error: FleetPKIError) -> OcspAnswer:
+        """An unsuccessful response for ``error`` (RFC 6960 §2.3), never cached."""
+        return cls(build_ocsp_error_response(response_status_for(error)))
 
 
 class RevocationStatusService:
@@ -205,13 +223,23 @@ class RevocationStatusService:
         keystore: custody of CA keys (CRLs and OCSP answers are signed by the CA).
         clock: the source of "now".
         urls: where CRLs are published (each CRL's issuing distribution point).
+        cache: this application's signed OCSP responses; the application subscribes
+            it to its event bus (a new, unsubscribed one by default: tests only).
     """
 
-    def __init__(self, store: Store, keystore: KeyStore, clock: Clock, urls: CAUrlsConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keystore: KeyStore,
+        clock: Clock,
+        urls: CAUrlsConfig,
+        cache: OcspResponseCache | None = None,
+    ) -> None:
         self._store = store
         self._keystore = keystore
         self._clock = clock
         self._urls = urls
+        self._cache = cache if cache is not None else OcspResponseCache()
 
     def crl(self, ca_id: str, generation: int = 1) -> CrlView:
         """The current CRL of a CA's generation (see :func:`crl_in`).
@@ -231,19 +259,129 @@ class RevocationStatusService:
         Raises:
             NotFoundError: ``ca.not_found``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return _generation(ca_record(tx, ca_id), generation).certificate_der
 
-    def ocsp(self, request_der: bytes) -> bytes:
-        """The DER OCSP response for a POSTed request (RFC 6960 Appendix A.1); never raises."""
-        with self._store.transaction() as tx:
-            return ocsp_answer_in(
-                tx, self._keystore, lambda: parse_ocsp_request(request_der), self._clock()
-            )
+    def ocsp(self, request_der: bytes) -> OcspAnswer:
+        """The OCSP response to a POSTed DER request (RFC 6960 Appendix A.1); never raises.
 
-    def ocsp_get(self, path: str) -> bytes:
-        """The DER OCSP response for a GET whose URL ends in the base64 request; never raises."""
-        with self._store.transaction() as tx:
-            return ocsp_answer_in(
-                tx, self._keystore, lambda: parse_ocsp_request_path(path), self._clock()
+        Refusals are OCSP error responses, not errors (RFC 6960 §2.3): malformed
+        requests get ``malformedRequest``, other issuers ``unauthorized``, serials this
+        CA never issued ``unknown``.  Requests without a nonce are answered from the
+        cache of signed responses (:mod:`fleetpki.services.ocsp_cache`) while it holds
+        a fresh one; requests with a nonce are signed now, from the cached status when
+        there is one.
+        """
+        return self._answer(lambda: parse_ocsp_request(request_der))
+
+    def ocsp_get(self, path: str) -> OcspAnswer:
+        """The OCSP response to a GET whose URL ends in the base64 request; never raises."""
+        return self._answer(lambda: parse_ocsp_request_path(path))
+
+    def ocsp_from_memory(
+        self, request_der: bytes | None = None, *, path: str | None = None
+    ) -> OcspAnswer | None:
+        """The answer to a POST body (or a GET path) when it needs no database and no I/O.
+
+        That is a cached response to a request without a nonce; a response to a request
+        with a nonce, signed now from the cached status, when the keystore signs in
+        this process; or the refusal of a malformed request. Anything else returns
+        ``None`` and is for :meth:`ocsp` or :meth:`ocsp_get`. It never blocks on I/O,
+        so an event loop may call it.
+        """
+        try:
+            if path is not None:
+                request = parse_ocsp_request_path(path)
+            else:
+                request = parse_ocsp_request(request_der if request_der is not None else b"")
+        except FleetPKIError as exc:
+            return OcspAnswer.refusal(exc)
+        if self._cache.due(self._store.commit_stamp()):
+            return None
+        now = self._clock()
+        hit = self._cache.get(request.cert_id, now)
+        if hit is None:
+            return None
+        if request.nonce is None:
+            return OcspAnswer.cached(hit)
+        if not self._keystore.signs_in_process:
+            return None  # a token's signature may block: for a worker thread
+        return OcspAnswer(self._sign(request, hit.status, hit.responder, now)[0])
+
+    def _answer(self, parse: Callable[[], OcspRequest]) -> OcspAnswer:
+        try:
+            request = parse()
+        except FleetPKIError as exc:
+            return OcspAnswer.refusal(exc)
+        cache = self._cache
+        stamp = self._store.commit_stamp()
+        if cache.due(stamp):
+            self._sync(stamp)
+        now = self._clock()
+        hit = cache.get(request.cert_id, now)
+        if hit is not None:
+            if request.nonce is None:
+                return OcspAnswer.cached(hit)
+            return OcspAnswer(self._sign(request, hit.status, hit.responder, now)[0])
+        epoch = cache.epoch
+        try:
+            with self._store.reading() as tx:
+                responder = self._responder(tx, request, epoch)
+                status = _status_of(tx, responder, request.cert_id.serial_number)
+            der, this_update, next_update = self._sign(request, status, responder, now)
+        except FleetPKIError as exc:
+            return OcspAnswer.refusal(exc)
+        if status.state is ocsp.OCSPCertStatus.UNKNOWN:
+            # Not kept: a serial nobody issued yet costs its asker a signature each time.
+            return OcspAnswer(der)
+        plain = der
+        if request.nonce is not None:
+            plain = self._sign(OcspRequest(request.cert_id), status, responder, now)[0]
+        answer = CachedAnswer(
+            der=plain,
+            etag=etag_of(plain),
+            status=status,
+            responder=responder,
+            this_update=this_update,
+            next_update=next_update,
+            refresh_at=this_update + (next_update - this_update) / 2,
+        )
+        cache.put(request.cert_id, answer, epoch)
+        return OcspAnswer(der) if request.nonce is not None else OcspAnswer.cached(answer)
+
+    def _responder(self, tx: UnitOfWork, request: OcspRequest, epoch: int) -> Responder:
+        key = _issuer_key(request.cert_id)
+        known = self._cache.issuer(key)
+        if known is None:
+            known = _responder_for(tx.cas.all(), self._keystore, request)
+            if known is not None:
+                self._cache.remember_issuer(key, known, epoch)
+        if known is None:
+            # RFC 6960 §2.3: "unauthorized" when the responder does not serve the issuer.
+            raise ValidationError("ocsp.unauthorized", "this responder does not serve that issuer")
+        return known
+
+    def _sign(
+        self,
+        request: OcspRequest,
+        status: CertificateStatus,
+        responder: Responder,
+        now: dt.datetime,
+    ) -> tuple[bytes, dt.datetime, dt.datetime]:
+        this_update = now.replace(microsecond=0)
+        next_update = min(this_update + OCSP_LIFETIME, responder.certificate.not_valid_after_utc)
+        der = responder.signing.respond(
+            request, status, this_update=this_update, next_update=next_update
+        )
+        return der, this_update, next_update
+
+    def _sync(self, stamp: bytes | None) -> None:
+        """Read what other processes changed since the last read (see OcspResponseCache)."""
+        cache = self._cache
+        cache.begin_sync(stamp)
+        with self._store.reading() as tx:
+            newest = tx.events.newest_id()
+            events = tx.events.written_after(
+                cache.sync_floor(newest), WATCHED_EVENTS, limit=_SYNC_LIMIT
             )
+        cache.apply(events, newest, complete=len(events) < _SYNC_LIMIT)

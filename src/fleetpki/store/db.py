@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetpki.errors import UnavailableError, ValidationError
 
-__all__ = ["DATABASE_UNAVAILABLE", "Database", "is_unavailable", "sqlite_url"]
+__all__ = [
+    "DATABASE_UNAVAILABLE",
+    "DEFAULT_SQLITE_BUSY_TIMEOUT",
+    "Database",
+    "is_unavailable",
+    "sqlite_url",
+]
 
 #: The code of the error a unit of work fails with while the database does not answer.
 DATABASE_UNAVAILABLE = "database.unavailable"
@@ -77,6 +84,35 @@ def sqlite_url(path: Path) -> str:
 
 # What SQLite adds to a database file's name for its write-ahead log and shared memory.
 _COMPANIONS = ("-wal", "-shm", "-journal")
+# The WAL-index header at the start of the -shm file: 48 bytes that every committed
+# transaction changes (iChange, mxFrame, the checksums; sqlite.org/walformat.html §2.1).
+_WAL_INDEX_HEADER = 48
+
+
+def _sqlite_commit_stamp(path: Path) -> bytes:
+    """Bytes that differ after any process commits to the SQLite database at ``path``.
+
+    The WAL-index header when the database is in WAL mode (the default here, see the
+    connect hook); else the database file's size and modification time.
+    A read that races a writer may see a torn header: a spurious change, never a
+    missed one, since a commit has rewritten the header before it returns.
+    """
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY)
+    except OSError:
+        pass
+    else:
+        try:
+            header = os.pread(fd, _WAL_INDEX_HEADER, 0)
+        finally:
+            os.close(fd)
+        if len(header) == _WAL_INDEX_HEADER:
+            return header
+    try:
+        info = path.stat()
+    except OSError:
+        return b""
+    return f"{info.st_size}:{info.st_mtime_ns}".encode()
 
 
 def _own_sqlite_files(path: Path) -> None:
@@ -97,32 +133,115 @@ def _own_sqlite_files(path: Path) -> None:
                 file.chmod(0o600)
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the one writer; foreign keys are off by default
-    # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
-    # The driver's own transaction handling is turned off: it would begin a
-    # transaction only at the first write, so a unit of work's reads would run
-    # outside it (see _begin_sqlite).
-    dbapi_connection.isolation_level = None
+#: How long a SQLite writer waits for another one's lock before the unit of work fails
+#: with ``database.unavailable`` (seconds; the ``sqlite_busy_timeout_seconds`` setting).
+DEFAULT_SQLITE_BUSY_TIMEOUT = 10.0
+
+
+def _sqlite_connect_hook(busy_timeout: float) -> Any:
+    milliseconds = round(busy_timeout * 1000)
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers run beside the one writer; foreign keys are off by default
+        # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
+        # The driver's own transaction handling is turned off: it would begin a
+        # transaction only at the first write, so a unit of work's reads would run
+        # outside it (see _begin_sqlite).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={milliseconds:d}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return on_connect
+
+
+def _on_postgresql_connect(dbapi_connection: Any, _record: Any) -> None:
+    # A commit is the promise behind a certificate handed out and a PUBACK sent: with
+    # synchronous_commit off (a server-wide setting some tune for speed) PostgreSQL
+    # answers COMMIT before the WAL is written, and a crash then loses certificates the
+    # clients already hold. Each session turns it back on; a stronger setting (remote
+    # write or apply, for replicas) is left as the operator chose it.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("SHOW synchronous_commit")
+    row = cursor.fetchone()
+    if row is not None and row[0] == "off":
+        cursor.execute("SET synchronous_commit TO on")
     cursor.close()
+    dbapi_connection.commit()
+
+
+# How many SQLite connections the pool keeps open. More than the threads that use the
+# database at once (the API's worker threads), so that a busy moment does not open and
+# close overflow connections, each paying the PRAGMAs and a read of the schema.
+_SQLITE_POOL_SIZE = 40
+# The statements that take SQLite's write lock (a transaction's first one begins it).
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+# The execution option that marks a reading unit of work's connection (Database.session).
+_READING = "fleetpki_reading"
+
+
+class _SqliteWriteGate:
+    """One writing unit of work at a time among this process's threads, handed on at once.
+
+    SQLite lets one transaction write at a time; the others wait in its busy handler,
+    which sleeps 1, 2, 5, 10 ... 100 ms between tries. Under concurrent issuance that
+    leaves the server idle while requests queue: eight at once ran at a fraction of the
+    rate one at a time allowed (bench/README.md). So a writing unit of work in this
+    process first takes this lock, before its ``BEGIN IMMEDIATE``, and holds it until it
+    has committed or rolled back (the end of :meth:`Database.session`); the next writer
+    here starts the moment it is released. Other processes (``serve --workers``) still
+    meet SQLite's lock and its busy timeout. A unit of work nested in a writing one of
+    the same thread does not take it again; reading units never take it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def enter(self) -> None:
+        """A writing unit of work starts in this thread: wait for the others here."""
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._lock.acquire()
+        self._local.depth = depth + 1
+
+    def leave(self) -> None:
+        """A writing unit of work ended (committed or rolled back) in this thread."""
+        self._local.depth -= 1
+        if self._local.depth == 0:
+            self._lock.release()
 
 
 def _begin_sqlite(connection: Any) -> None:
-    # Every unit of work takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
+    # A writing unit of work takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
     # waiting up to the busy timeout for another writer, in this process or another
     # (``fleetpki serve --workers``). A deferred transaction would read a snapshot and
     # then fail with SQLITE_BUSY at its first write if another connection committed
     # meanwhile (the busy timeout does not apply to that upgrade), and pysqlite's
     # default leaves the reads before the first write outside the transaction, so a
     # read-modify-write (a twin merge, a counter) could lose another's update.
-    # Units of work are short and never wait on the network, so serialising them costs
-    # little next to SQLite's single writer.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Units of work are short and never wait on the network, so serialising the writing
+    # ones costs little next to SQLite's single writer. A reading unit (an OCSP answer,
+    # a GET) begins a deferred transaction: one snapshot, no lock, beside any writer.
+    if connection.get_execution_options().get(_READING):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _refuse_writes_when_reading(
+    conn: Any, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
+) -> None:
+    # A write in a reading unit would upgrade its snapshot to the write lock without
+    # the wait that BEGIN IMMEDIATE gives (SQLITE_BUSY once another process committed):
+    # a bug in the caller, said here rather than as a rare 503 under load.
+    if conn.get_execution_options().get(_READING) and statement.lstrip()[:7].upper().startswith(
+        _WRITES
+    ):
+        raise RuntimeError(f"a reading unit of work may not write: {statement[:60]!r}")
 
 
 class Database:
@@ -130,12 +249,20 @@ class Database:
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
+        sqlite_busy_timeout: on SQLite, seconds a writer waits for another process's
+            lock before its unit of work fails with ``database.unavailable``.
 
     Raises:
         ValidationError: ``database.bad_url`` for a URL SQLAlchemy cannot use.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        sqlite_busy_timeout: float = DEFAULT_SQLITE_BUSY_TIMEOUT,
+    ) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -149,13 +276,32 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "postgresql":
             kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
-        if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            _own_sqlite_files(Path(parsed.database))
+        sqlite_file = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if sqlite_file:
+            _own_sqlite_files(Path(str(parsed.database)))
+            kwargs.update(pool_size=_SQLITE_POOL_SIZE, max_overflow=_SQLITE_POOL_SIZE)
         self.engine: Engine = create_engine(parsed, **kwargs)
+        self._write_gate: _SqliteWriteGate | None = None
         if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _on_sqlite_connect)
+            event.listen(self.engine, "connect", _sqlite_connect_hook(sqlite_busy_timeout))
             event.listen(self.engine, "begin", _begin_sqlite)
+            event.listen(self.engine, "before_cursor_execute", _refuse_writes_when_reading)
+            self._write_gate = _SqliteWriteGate()
+        else:
+            event.listen(self.engine, "connect", _on_postgresql_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite_path = Path(str(parsed.database)) if sqlite_file else None
+
+    def commit_stamp(self) -> bytes | None:
+        """A value that changes whenever any process commits, cheap enough for every read.
+
+        On a SQLite file it reads a few bytes of the WAL index (no query, no lock);
+        on PostgreSQL (and in-memory SQLite) it is ``None``: the database cannot say
+        cheaply, and readers rely on LISTEN/NOTIFY (:mod:`fleetpki.store.notify`).
+        """
+        if self._sqlite_path is None:
+            return None
+        return _sqlite_commit_stamp(self._sqlite_path)
 
     @property
     def safe_url(self) -> str:
@@ -193,16 +339,33 @@ class Database:
         return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, reading: bool = False) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error.
+
+        Args:
+            reading: the unit of work only reads. On SQLite it then reads one snapshot
+                beside any writer, takes no write lock and may not write; otherwise it
+                takes the write lock when it begins (``BEGIN IMMEDIATE``, see
+                ``_begin_sqlite``), after this process's other writers
+                (:class:`_SqliteWriteGate`). On PostgreSQL both are the same.
 
         Raises:
             UnavailableError: ``database.unavailable`` when the database does not answer
                 (:func:`is_unavailable`); nothing was committed.
         """
+        gate = None if reading else self._write_gate
         try:
-            with self._sessions() as session, session.begin():
-                yield session
+            if gate is not None:
+                gate.enter()
+            try:
+                with self._sessions() as session, session.begin():
+                    if self._write_gate is not None:
+                        # Begun now, so that _begin_sqlite knows which kind it is.
+                        session.connection(execution_options={_READING: reading})
+                    yield session
+            finally:
+                if gate is not None:
+                    gate.leave()
         except (DBAPIError, PoolTimeoutError) as exc:
             if not is_unavailable(exc):
                 raise

@@ -19,6 +19,8 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -36,6 +38,9 @@ __all__ = [
     "HubMethodCall",
     "HubNode",
     "HubSasPolicy",
+    "ProvisioningEnrollment",
+    "ProvisioningOperation",
+    "ProvisioningRegistration",
 ]
 
 
@@ -123,6 +128,8 @@ class HubC2DMessage(Base):
     )  # pending, delivered, expired
     created_at: Mapped[dt.datetime]
     delivered_at: Mapped[dt.datetime | None]
+    # The outcome (delivered or expired) is owed to the feedback receiver (iothub-ack).
+    feedback_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class HubSasPolicy(Base):
@@ -292,3 +299,74 @@ class HubMethodCall(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     result_status: Mapped[int | None] = mapped_column(Integer)
     result_payload: Mapped[Any] = mapped_column(JSON, nullable=True)
+
+
+class ProvisioningEnrollment(Base):
+    """An enrollment of the provisioning service (Azure DPS's shapes).
+
+    A ``group`` enrollment is attested by a hub CA (``ca_name``, Azure's
+    ``caReferences.primary``): any certificate chaining to it, with a CN that is the
+    registration id, may register. An ``individual`` enrollment names one registration
+    id and the one certificate it must present (its thumbprints).
+    """
+
+    __tablename__ = "provisioning_enrollments"
+    __table_args__ = (UniqueConstraint("kind", "name", name="uq_provisioning_enrollments_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # group, individual
+    # The enrollment group id, or the individual enrollment's registration id.
+    name: Mapped[str] = mapped_column(String(128))
+    ca_name: Mapped[str | None] = mapped_column(String(200))
+    # The fleetpki CA behind that hub CA, if it is one: the group follows the CA's
+    # generations in the hub after the named one is retired.
+    fleetpki_ca_id: Mapped[str | None] = mapped_column(String(36))
+    certificate_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    certificate_sha1: Mapped[str | None] = mapped_column(String(40))
+    certificate_sha256: Mapped[str | None] = mapped_column(String(64))
+    allocation_policy: Mapped[str] = mapped_column(String(16))  # static, hashed
+    hubs: Mapped[list[str]] = mapped_column(JSON)
+    initial_twin: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # enabled, disabled
+    update_hub_assignment: Mapped[bool] = mapped_column(Boolean, default=True)
+    migrate_device_data: Mapped[bool] = mapped_column(Boolean, default=True)
+    etag: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class ProvisioningRegistration(Base):
+    """Where a registration id was provisioned: DPS's device registration state."""
+
+    __tablename__ = "provisioning_registrations"
+
+    registration_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    enrollment_kind: Mapped[str] = mapped_column(String(16))
+    enrollment_name: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[str | None] = mapped_column(String(128))
+    assigned_hub: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # assigned, failed, disabled
+    substatus: Mapped[str | None] = mapped_column(String(40))
+    certificate_sha1: Mapped[str] = mapped_column(String(40))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    etag: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class ProvisioningOperation(Base):
+    """A registration request's operation, which the device polls by its id.
+
+    Only the newest operation of a registration id is kept; ``certificate_sha1`` is
+    the certificate that asked, so a poll with another certificate finds nothing.
+    """
+
+    __tablename__ = "provisioning_operations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    registration_id: Mapped[str] = mapped_column(String(128), index=True)
+    certificate_sha1: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16))
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime]

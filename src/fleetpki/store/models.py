@@ -40,6 +40,7 @@ __all__ = [
     "EventConsumer",
     "EventDeliveryRecord",
     "OutboxEvent",
+    "PortalSession",
     "Principal",
     "TemplateRecord",
     "UTCDateTime",
@@ -110,7 +111,7 @@ class CARecord(Base):
     # Unused since migration 0007 (each generation caches its own CRL); kept so that
     # a downgrade finds them.
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
-    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
 
@@ -153,7 +154,9 @@ class CAGeneration(Base):
     activated_at: Mapped[dt.datetime | None]
     retired_at: Mapped[dt.datetime | None]
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
-    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Loaded only when read (the CRL routes): a CRL of many revocations is megabytes,
+    # and every issuance loads its CA's generations.
+    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     crl_next_update: Mapped[dt.datetime | None]
     crl_stale: Mapped[bool] = mapped_column(Boolean, default=True)
     #: For a CA with a parent: the parent's generation whose key signed this one.
@@ -214,6 +217,25 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
     last_used_at: Mapped[dt.datetime | None]
+
+
+class PortalSession(Base):
+    """A signed-in portal session, stored only as the SHA-256 hash of its secret.
+
+    The secret is in the browser's cookie alone; a stolen database names sessions but
+    cannot resume one.
+    """
+
+    __tablename__ = "portal_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(
+        ForeignKey("principals.id", ondelete="CASCADE"), index=True
+    )
+    method: Mapped[str] = mapped_column(String(16))  # oidc, token
+    created_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class DomainRecord(Base):

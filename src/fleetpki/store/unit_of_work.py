@@ -20,6 +20,7 @@ from fleetpki.store.repositories.ca_certificates import (
 from fleetpki.store.repositories.ca_identities import (
     SqlAuditRepository,
     SqlDomainRepository,
+    SqlPortalSessionRepository,
     SqlPrincipalRepository,
     SqlTokenRepository,
 )
@@ -37,6 +38,11 @@ from fleetpki.store.repositories.hub import (
 )
 from fleetpki.store.repositories.hub_links import SqlHubLinkRepository
 from fleetpki.store.repositories.hub_nodes import SqlHubMethodCallRepository, SqlHubNodeRepository
+from fleetpki.store.repositories.provisioning import (
+    SqlEnrollmentRepository,
+    SqlOperationRepository,
+    SqlRegistrationRepository,
+)
 
 if TYPE_CHECKING:
     from fleetpki.services.events import EventBus
@@ -101,6 +107,11 @@ class SqlUnitOfWork:
         """The audit log."""
         return SqlAuditRepository(self.session)
 
+    @cached_property
+    def portal_sessions(self) -> SqlPortalSessionRepository:
+        """Signed-in portal sessions."""
+        return SqlPortalSessionRepository(self.session)
+
     # -- repositories of the hub side -----------------------------------------------------
 
     @cached_property
@@ -149,6 +160,21 @@ class SqlUnitOfWork:
         return SqlHubMethodCallRepository(self.session, self.dialect)
 
     @cached_property
+    def enrollments(self) -> SqlEnrollmentRepository:
+        """The provisioning service's enrollments."""
+        return SqlEnrollmentRepository(self.session)
+
+    @cached_property
+    def registrations(self) -> SqlRegistrationRepository:
+        """Device registration states."""
+        return SqlRegistrationRepository(self.session)
+
+    @cached_property
+    def provisioning_operations(self) -> SqlOperationRepository:
+        """Registration operations."""
+        return SqlOperationRepository(self.session)
+
+    @cached_property
     def hub_audit(self) -> SqlHubAuditTrail:
         """Audit entries of hub use cases."""
         return SqlHubAuditTrail(self.session)
@@ -183,9 +209,13 @@ class SqlStore:
         """``sqlite`` or ``postgresql``."""
         return self.database.dialect
 
+    def commit_stamp(self) -> bytes | None:
+        """See :meth:`Store.commit_stamp`."""
+        return self.database.commit_stamp()
+
     def ping(self) -> None:
         """See :meth:`Store.ping`."""
-        with self.database.session() as session:
+        with self.database.session(reading=True) as session:
             session.execute(text("SELECT 1"))
 
     @contextmanager
@@ -201,3 +231,9 @@ class SqlStore:
         self._bus.publish_all(notifications)
         for callback in unit.callbacks:
             callback()
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlUnitOfWork]:
+        """See :meth:`Store.reading`: one consistent read, no write lock."""
+        with self.database.session(reading=True) as session:
+            yield SqlUnitOfWork(session, self.database.dialect)

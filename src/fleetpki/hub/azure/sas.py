@@ -44,6 +44,7 @@ __all__ = [
     "is_valid_key",
     "key_id",
     "make_device_token",
+    "resource_covers",
     "sign",
 ]
 
@@ -61,13 +62,19 @@ class SasTokenMalformed(ValueError):
     """The text is not a shared access signature token (no prefix, a field missing...)."""
 
 
-def sign(encoded_resource: str, expiry: int | str, key: str) -> bytes:
+def sign(encoded_resource: str, expiry: int | str, key: str, *, service_bus: bool = False) -> bytes:
     """The raw HMAC-SHA256 of ``{encoded_resource}\\n{expiry}`` under the base64 ``key``.
+
+    IoT Hub keys the HMAC with the base64-decoded key; Service Bus and Event Hubs
+    (``service_bus``) with the key's text itself, as azure-eventhub's
+    ``generate_sas_token`` does (``HMAC(key.encode("utf-8"), ...)``).
 
     Raises:
         ValueError: ``key`` is not base64.
     """
     raw_key = base64.b64decode(key, validate=True)
+    if service_bus:
+        raw_key = key.encode()
     message = f"{encoded_resource}\n{expiry}".encode()
     return hmac.new(raw_key, message, hashlib.sha256).digest()
 
@@ -108,8 +115,27 @@ def make_device_token(resource_uri: str, key: str, expiry: int) -> str:
     return f"{SAS_PREFIX}sr={encoded}&sig={quote(signature, safe='')}&se={expiry}"
 
 
+def _without_scheme(uri: str) -> str:
+    scheme, sep, rest = uri.partition("://")
+    return rest if sep and "/" not in scheme else uri
+
+
 def _segments(uri: str) -> list[str]:
-    return uri.lower().rstrip("/").split("/")
+    return _without_scheme(uri).lower().rstrip("/").split("/")
+
+
+def resource_covers(granted: str, resource: str) -> bool:
+    """Whether resource URI ``granted`` is a whole-segment prefix of ``resource``.
+
+    Compared without case, without a scheme and without a ``:port`` on the host, so
+    ``hub.example/devices/d1`` covers ``https://HUB.example:443/devices/d1/messages`` but
+    not ``hub.example/devices/d10``.
+    """
+    mine = _segments(granted)
+    theirs = _segments(resource)
+    mine[0] = mine[0].rsplit(":", 1)[0] if mine[0].count(":") == 1 else mine[0]
+    theirs[0] = theirs[0].rsplit(":", 1)[0] if theirs[0].count(":") == 1 else theirs[0]
+    return len(mine) <= len(theirs) and theirs[: len(mine)] == mine
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +180,24 @@ class SasToken:
         return cls(resource, signature, int(expiry), fields.get("skn") or None)
 
     @property
+    def service_bus(self) -> bool:
+        """Whether this is an Event Hubs token (``sr`` is an ``sb://`` URI), signed as
+        Service Bus signs: with the key's text, not its decoded bytes (:func:`sign`)."""
+        return self.resource_uri.lower().startswith("sb://")
+
+    @property
     def resource_uri(self) -> str:
         """``sr`` decoded: ``{host}[/devices/{id}...]``."""
         return unquote(self.resource)
 
     @property
     def host(self) -> str:
-        """The resource URI's first segment (the hub's host name, maybe with a port)."""
-        return self.resource_uri.split("/", 1)[0]
+        """The resource URI's host (the hub's host name, maybe with a port).
+
+        A URI with a scheme (``sb://{host}/{entity}``, what azure-eventhub signs for an
+        Event Hubs endpoint) names its host after the ``//``.
+        """
+        return _without_scheme(self.resource_uri).split("/", 1)[0]
 
     def signed_by(self, keys: Sequence[str]) -> int | None:
         """The index in ``keys`` (base64) of the key that made ``sig``, or ``None``.
@@ -175,7 +211,7 @@ class SasToken:
         for index, key in enumerate(keys):
             for resource in resources:
                 try:
-                    expected = sign(resource, self.expiry, key)
+                    expected = sign(resource, self.expiry, key, service_bus=self.service_bus)
                 except (binascii.Error, ValueError):
                     continue
                 if hmac.compare_digest(expected, self.signature) and found is None:
@@ -185,14 +221,11 @@ class SasToken:
     def grants(self, resource_uri: str) -> bool:
         """Whether the token's resource URI is a whole-segment prefix of ``resource_uri``.
 
-        Compared without case (the documented lower-case form must match too) and
-        without a ``:port`` on the host.
+        Compared without case (the documented lower-case form must match too),
+        without a scheme (``sb://``, ``amqps://``, ``https://``: the audiences of AMQP
+        claims) and without a ``:port`` on the host.
         """
-        mine = _segments(self.resource_uri)
-        theirs = _segments(resource_uri)
-        mine[0] = mine[0].rsplit(":", 1)[0] if mine[0].count(":") == 1 else mine[0]
-        theirs[0] = theirs[0].rsplit(":", 1)[0] if theirs[0].count(":") == 1 else theirs[0]
-        return len(mine) <= len(theirs) and theirs[: len(mine)] == mine
+        return resource_covers(self.resource_uri, resource_uri)
 
     def expired(self, now_epoch: float) -> bool:
         """Whether ``se`` is at or before ``now_epoch`` (seconds since the epoch)."""

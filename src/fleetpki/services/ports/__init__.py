@@ -23,6 +23,7 @@ from fleetpki.services.ports.ca import (
     CARepository,
     CertificateRepository,
     DomainRepository,
+    PortalSessionRepository,
     PrincipalRepository,
     TemplateRepository,
     TokenRepository,
@@ -42,6 +43,11 @@ from fleetpki.services.ports.hub import (
     HubTelemetryRepository,
 )
 from fleetpki.services.ports.hub_nodes import HubMethodCallRepository, HubNodeRepository
+from fleetpki.services.ports.provisioning import (
+    EnrollmentRepository,
+    OperationRepository,
+    RegistrationRepository,
+)
 
 __all__ = ["EventLog", "Notification", "Store", "UnitOfWork"]
 
@@ -100,6 +106,11 @@ class UnitOfWork(Protocol):
         """The audit log."""
         ...
 
+    @property
+    def portal_sessions(self) -> PortalSessionRepository:
+        """Signed-in portal sessions."""
+        ...
+
     # -- repositories of the hub side (services/ports/hub.py) -----------------------------
 
     @property
@@ -148,6 +159,21 @@ class UnitOfWork(Protocol):
         ...
 
     @property
+    def enrollments(self) -> EnrollmentRepository:
+        """The provisioning service's enrollment groups and individual enrollments."""
+        ...
+
+    @property
+    def registrations(self) -> RegistrationRepository:
+        """Where each registration id was provisioned."""
+        ...
+
+    @property
+    def provisioning_operations(self) -> OperationRepository:
+        """Registration operations, polled by devices."""
+        ...
+
+    @property
     def hub_audit(self) -> HubAuditTrail:
         """Audit entries of hub use cases (until the CA side's audit repository lands)."""
         ...
@@ -177,9 +203,30 @@ class Store(Protocol):
         ...
 
     def transaction(self) -> AbstractContextManager[UnitOfWork]:
-        """A unit of work: committed when the block ends, rolled back when it raises."""
+        """A unit of work: committed when the block ends, rolled back when it raises.
+
+        It may write: on SQLite it holds the write lock from its start, so that a
+        read-modify-write is never overtaken by another process's commit.
+        """
+        ...
+
+    def reading(self) -> AbstractContextManager[UnitOfWork]:
+        """A unit of work that only reads (one consistent snapshot) and may not write.
+
+        For the hot read paths (OCSP, look-ups): on SQLite it takes no write lock and
+        runs beside writers; a write in it raises.
+        """
         ...
 
     def ping(self) -> None:
         """Reach the database once (a health check); raises when it cannot."""
+        ...
+
+    def commit_stamp(self) -> bytes | None:
+        """A value that changes whenever any process commits, or ``None`` if unknown.
+
+        Cheap (no query): in-memory caches compare it on every read to learn at once
+        that another process wrote (SQLite's WAL index); ``None`` means the database
+        cannot tell this way and such caches follow LISTEN/NOTIFY instead.
+        """
         ...

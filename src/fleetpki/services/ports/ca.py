@@ -21,16 +21,19 @@ from fleetpki.store.models import (
     CARecord,
     CertificateRecord,
     DomainRecord,
+    PortalSession,
     Principal,
     TemplateRecord,
 )
 
 __all__ = [
+    "AuditQuery",
     "AuditRepository",
     "CARepository",
     "CertificateRepository",
     "CertificateSearch",
     "DomainRepository",
+    "PortalSessionRepository",
     "PrincipalRepository",
     "TemplateRepository",
     "TokenRepository",
@@ -111,6 +114,8 @@ class CertificateSearch:
     visible_to: str | None = None
     offset: int = 0
     limit: int = 100
+    #: Certificates whose subject CN contains this text (case-insensitive).
+    subject_contains: str | None = None
 
 
 class CertificateRepository(Protocol):
@@ -152,6 +157,14 @@ class CertificateRepository(Protocol):
 
     def nearest_expiry(self, now: dt.datetime) -> dt.datetime | None:
         """The earliest ``not_after`` among unrevoked certificates still valid at ``now``."""
+        ...
+
+    def activity_since(
+        self, since: dt.datetime, *, visible_to: str | None
+    ) -> Sequence[tuple[dt.datetime, dt.datetime | None]]:
+        """``(created_at, revoked_at)`` of certificates issued or revoked since ``since``
+        (only those ``visible_to`` may see, as in :class:`CertificateSearch`).
+        """
         ...
 
     def lock(self, certificate_id: int) -> CertificateRecord:
@@ -254,6 +267,26 @@ class UsedTokenRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """What an audit search filters on; ``None`` filters nothing.
+
+    Attributes:
+        action: entries whose action is this one or starts with it and a dot
+            (``certificate`` finds ``certificate.issue`` and ``certificate.revoke``).
+        since / until: the time window, both ends included.
+    """
+
+    action: str | None = None
+    actor_id: str | None = None
+    object_type: str | None = None
+    object_id: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    offset: int = 0
+    limit: int = 100
+
+
 class AuditRepository(Protocol):
     """The audit log."""
 
@@ -273,4 +306,28 @@ class AuditRepository(Protocol):
 
     def certificate_entries(self) -> Sequence[tuple[AuditEntry, CertificateRecord]]:
         """Every entry about a certificate with that certificate, newest first."""
+        ...
+
+    def search(self, query: AuditQuery) -> list[AuditEntry]:
+        """Entries matching ``query``, newest first."""
+        ...
+
+
+class PortalSessionRepository(Protocol):
+    """Signed-in portal sessions, found by the hash of their secret."""
+
+    def get(self, id_hash: str) -> PortalSession | None:
+        """The session whose secret hashes to ``id_hash``."""
+        ...
+
+    def add(self, session: PortalSession) -> None:
+        """Store a new session."""
+        ...
+
+    def delete(self, session: PortalSession) -> None:
+        """End a session."""
+        ...
+
+    def delete_expired(self, now: dt.datetime) -> int:
+        """Remove the sessions that expired by ``now``; how many went."""
         ...

@@ -9,7 +9,15 @@ from typing import Any, Protocol
 
 from fleetpki.services.notifications import Notification
 
-__all__ = ["Delivery", "DeliveryBacklog", "EventLog", "FailedDelivery", "Notification"]
+__all__ = [
+    "Delivery",
+    "DeliveryBacklog",
+    "DeliveryState",
+    "EventLog",
+    "FailedDelivery",
+    "Notification",
+    "WrittenEvent",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,26 @@ class FailedDelivery:
     attempts: int
     last_error: str | None
     created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """Where one event stands for one consumer (``pending``, ``done`` or ``failed``)."""
+
+    consumer: str
+    status: str
+    attempts: int
+    last_error: str | None
+    delivered_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenEvent:
+    """An outbox event as a reader of recent events sees it (no delivery state)."""
+
+    id: int
+    event_type: str
+    subject_id: str
 
 
 class EventLog(Protocol):
@@ -134,6 +162,25 @@ class EventLog(Protocol):
         """The failed deliveries of ``consumer``, oldest first."""
         ...
 
+    def deliveries_of(self, event_type: str, subject_id: str) -> Sequence[DeliveryState]:
+        """Each consumer's delivery of the newest ``event_type`` event about ``subject_id``."""
+        ...
+
     def requeue_failed(self, consumer: str, *, at: dt.datetime) -> int:
         """Make every failed delivery of ``consumer`` due now, with fresh attempts."""
+        ...
+
+    def newest_id(self) -> int:
+        """The id of the newest event written (committed or in this unit), 0 for none."""
+        ...
+
+    def written_after(
+        self, after_id: int, event_types: Collection[str], *, limit: int
+    ) -> Sequence[WrittenEvent]:
+        """Events of ``event_types`` with an id above ``after_id``, oldest first.
+
+        For in-memory caches that follow changes made by other processes without a
+        consumer of their own (:mod:`fleetpki.services.ocsp_cache`): ids grow, though
+        on PostgreSQL not in commit order, so such readers look back over a window.
+        """
         ...

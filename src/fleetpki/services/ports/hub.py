@@ -66,8 +66,8 @@ class HubDeviceRepository(Protocol):
         """
         ...
 
-    def list(self, *, limit: int | None = None) -> Sequence[HubDevice]:
-        """Devices by id, at most ``limit``."""
+    def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
+        """Devices by id, at most ``limit``, skipping the first ``offset``."""
         ...
 
     def add(self, device: HubDevice) -> None:
@@ -136,6 +136,18 @@ class HubTelemetryRepository(Protocol):
         """The newest message id (of one device, or of all), 0 when there is none."""
         ...
 
+    def recent(self, device_id: str, limit: int) -> Sequence[HubMessage]:
+        """The device's newest ``limit`` messages, newest first."""
+        ...
+
+    def last_id_at(self, at: dt.datetime) -> int:
+        """The newest message id enqueued at or before ``at``, 0 when there is none."""
+        ...
+
+    def first(self) -> HubMessage | None:
+        """The oldest stored message, or ``None``."""
+        ...
+
 
 class HubC2DRepository(Protocol):
     """The cloud-to-device queue (ref §1.5)."""
@@ -154,6 +166,14 @@ class HubC2DRepository(Protocol):
 
     def delete_for_device(self, device_id: str) -> None:
         """Drop every message of ``device_id`` (the device is being deleted)."""
+        ...
+
+    def feedback_due(self, limit: int) -> Sequence[HubC2DMessage]:
+        """Messages whose outcome is owed to the feedback receiver, oldest first."""
+        ...
+
+    def by_ids(self, ids: Sequence[int]) -> Sequence[HubC2DMessage]:
+        """The messages of these row ids (those that still exist)."""
         ...
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from fleetpki.store.models import CAGeneration, CARecord, TemplateRecord
 
@@ -16,10 +16,20 @@ class SqlCARepository:
     def __init__(self, session: Session, dialect: str) -> None:
         self._session = session
         self._dialect = dialect
+        # The session's identity map holds objects weakly: a CA that a use case let go
+        # of would be loaded again (two statements, with its generations) by the next
+        # get in the same unit of work, as an issuance's chain does. Held here for the
+        # unit's life (the repository lives as long as its unit of work).
+        self._held: dict[str, CARecord] = {}
 
     def get(self, ca_id: str) -> CARecord | None:
         """See :meth:`CARepository.get`."""
-        return self._session.get(CARecord, ca_id)
+        # With its generations in the same statement (the mapping's default, selectin,
+        # takes a second one); a CA already in the session is returned without either.
+        found = self._session.get(CARecord, ca_id, options=[joinedload(CARecord.generations)])
+        if found is not None:
+            self._held[ca_id] = found
+        return found
 
     def all(self) -> list[CARecord]:
         """See :meth:`CARepository.all`."""

@@ -17,6 +17,15 @@ __all__ = ["SqlCertificateRepository", "SqlUsedTokenRepository"]
 _JTI_GRACE = dt.timedelta(hours=2)
 
 
+def _visible_to(principal_id: str) -> ColumnElement[bool]:
+    """Certificates the principal requested or whose domain it belongs to."""
+    member_domains = select(DomainMember.domain_id).where(DomainMember.principal_id == principal_id)
+    return or_(
+        CertificateRecord.requested_by == principal_id,
+        CertificateRecord.domain_id.in_(member_domains),
+    )
+
+
 class SqlCertificateRepository:
     """:class:`fleetpki.services.ports.ca.CertificateRepository` on one session."""
 
@@ -80,16 +89,12 @@ class SqlCertificateRepository:
             stmt = stmt.where(CertificateRecord.ca_id == search.ca_id)
         if search.subject_cn is not None:
             stmt = stmt.where(CertificateRecord.subject_cn == search.subject_cn)
-        if search.visible_to is not None:
-            member_domains = select(DomainMember.domain_id).where(
-                DomainMember.principal_id == search.visible_to
-            )
+        if search.subject_contains:
             stmt = stmt.where(
-                or_(
-                    CertificateRecord.requested_by == search.visible_to,
-                    CertificateRecord.domain_id.in_(member_domains),
-                )
+                CertificateRecord.subject_cn.icontains(search.subject_contains, autoescape=True)
             )
+        if search.visible_to is not None:
+            stmt = stmt.where(_visible_to(search.visible_to))
         stmt = stmt.offset(max(search.offset, 0)).limit(min(max(search.limit, 1), 1000))
         return list(self._session.scalars(stmt))
 
@@ -115,6 +120,17 @@ class SqlCertificateRepository:
             ~renewed,
         )
         return int(self._session.scalar(query) or 0)
+
+    def activity_since(
+        self, since: dt.datetime, *, visible_to: str | None
+    ) -> list[tuple[dt.datetime, dt.datetime | None]]:
+        """See :meth:`CertificateRepository.activity_since`."""
+        stmt = select(CertificateRecord.created_at, CertificateRecord.revoked_at).where(
+            or_(CertificateRecord.created_at >= since, CertificateRecord.revoked_at >= since)
+        )
+        if visible_to is not None:
+            stmt = stmt.where(_visible_to(visible_to))
+        return [(row[0], row[1]) for row in self._session.execute(stmt)]
 
     def nearest_expiry(self, now: dt.datetime) -> dt.datetime | None:
         """See :meth:`CertificateRepository.nearest_expiry`."""

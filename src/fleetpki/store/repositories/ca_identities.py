@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
+from fleetpki.services.ports.ca import AuditQuery
 from fleetpki.store.models import (
     ApiToken,
     AuditEntry,
     CertificateRecord,
     DomainMember,
     DomainRecord,
+    PortalSession,
     Principal,
 )
 
 __all__ = [
     "SqlAuditRepository",
     "SqlDomainRepository",
+    "SqlPortalSessionRepository",
     "SqlPrincipalRepository",
     "SqlTokenRepository",
 ]
@@ -60,10 +64,26 @@ class SqlTokenRepository:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        self._held: list[Principal] = []
 
     def find_by_hash(self, token_hash: str) -> ApiToken | None:
-        """See :meth:`TokenRepository.find_by_hash`."""
-        return self._session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash))
+        """See :meth:`TokenRepository.find_by_hash`.
+
+        The token's principal comes in the same statement and stays in the session (held
+        here: its identity map holds objects weakly), so that authenticating a request,
+        which reads both, takes one statement.
+        """
+        row = self._session.execute(
+            select(ApiToken, Principal)
+            .outerjoin(Principal, Principal.id == ApiToken.principal_id)
+            .where(ApiToken.token_hash == token_hash)
+        ).first()
+        if row is None:
+            return None
+        token, principal = row
+        if principal is not None:
+            self._held.append(principal)
+        return token
 
     def add(self, token: ApiToken) -> None:
         """See :meth:`TokenRepository.add`."""
@@ -165,3 +185,50 @@ class SqlAuditRepository:
             .order_by(AuditEntry.id.desc())
         )
         return [(row[0], row[1]) for row in self._session.execute(query)]
+
+    def search(self, query: AuditQuery) -> list[AuditEntry]:
+        """See :meth:`AuditRepository.search`."""
+        stmt = select(AuditEntry).order_by(AuditEntry.id.desc())
+        if query.action:
+            stmt = stmt.where(
+                or_(
+                    AuditEntry.action == query.action,
+                    AuditEntry.action.startswith(query.action + ".", autoescape=True),
+                )
+            )
+        if query.actor_id is not None:
+            stmt = stmt.where(AuditEntry.actor_id == query.actor_id)
+        if query.object_type is not None:
+            stmt = stmt.where(AuditEntry.object_type == query.object_type)
+        if query.object_id is not None:
+            stmt = stmt.where(AuditEntry.object_id == query.object_id)
+        if query.since is not None:
+            stmt = stmt.where(AuditEntry.at >= query.since)
+        if query.until is not None:
+            stmt = stmt.where(AuditEntry.at <= query.until)
+        stmt = stmt.offset(max(query.offset, 0)).limit(min(max(query.limit, 1), 1000))
+        return list(self._session.scalars(stmt))
+
+
+class SqlPortalSessionRepository:
+    """:class:`fleetpki.services.ports.ca.PortalSessionRepository` on one session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, id_hash: str) -> PortalSession | None:
+        """See :meth:`PortalSessionRepository.get`."""
+        return self._session.get(PortalSession, id_hash)
+
+    def add(self, session: PortalSession) -> None:
+        """See :meth:`PortalSessionRepository.add`."""
+        self._session.add(session)
+
+    def delete(self, session: PortalSession) -> None:
+        """See :meth:`PortalSessionRepository.delete`."""
+        self._session.delete(session)
+
+    def delete_expired(self, now: dt.datetime) -> int:
+        """See :meth:`PortalSessionRepository.delete_expired`."""
+        result = self._session.execute(delete(PortalSession).where(PortalSession.expires_at <= now))
+        return int(getattr(result, "rowcount", 0) or 0)

@@ -10,7 +10,13 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from fleetpki.services.ports.events import Delivery, DeliveryBacklog, FailedDelivery
+from fleetpki.services.ports.events import (
+    Delivery,
+    DeliveryBacklog,
+    DeliveryState,
+    FailedDelivery,
+    WrittenEvent,
+)
 from fleetpki.store.models import EventConsumer, EventDeliveryRecord, OutboxEvent
 
 __all__ = ["BROADCAST_CHANNEL", "NOTIFY_CHANNEL", "SqlEventLog"]
@@ -126,7 +132,10 @@ class SqlEventLog:
                     EventDeliveryRecord.claimed_until <= now,
                 ),
             )
-            .order_by(EventDeliveryRecord.id)
+            # Oldest due first, not lowest id: a batch that failed and is due again must
+            # not be claimed ahead of rows never tried, or a backlog larger than what one
+            # backoff interval can work through starves behind its first batch.
+            .order_by(EventDeliveryRecord.next_attempt_at, EventDeliveryRecord.id)
             .limit(limit)
         )
         if self._dialect == "postgresql":
@@ -183,7 +192,10 @@ class SqlEventLog:
             select(EventDeliveryRecord, OutboxEvent)
             .join(OutboxEvent, OutboxEvent.id == EventDeliveryRecord.event_id)
             .where(EventDeliveryRecord.consumer == consumer, EventDeliveryRecord.status == "failed")
-            .order_by(EventDeliveryRecord.id)
+            # Oldest due first, not lowest id: a batch that failed and is due again must
+            # not be claimed ahead of rows never tried, or a backlog larger than what one
+            # backoff interval can work through starves behind its first batch.
+            .order_by(EventDeliveryRecord.next_attempt_at, EventDeliveryRecord.id)
             .limit(limit)
         )
         return [
@@ -254,6 +266,47 @@ class SqlEventLog:
             last_error=last_error,
             failed=int(failed or 0),
         )
+
+    def deliveries_of(self, event_type: str, subject_id: str) -> Sequence[DeliveryState]:
+        """See :meth:`EventLog.deliveries_of`."""
+        event_id = self._session.scalar(
+            select(func.max(OutboxEvent.id)).where(
+                OutboxEvent.event_type == event_type, OutboxEvent.subject_id == subject_id
+            )
+        )
+        if event_id is None:
+            return []
+        rows = self._session.scalars(
+            select(EventDeliveryRecord)
+            .where(EventDeliveryRecord.event_id == event_id)
+            .order_by(EventDeliveryRecord.consumer)
+        )
+        return [
+            DeliveryState(
+                consumer=r.consumer,
+                status=r.status,
+                attempts=r.attempts,
+                last_error=r.last_error,
+                delivered_at=_aware(r.delivered_at) if r.delivered_at else None,
+            )
+            for r in rows
+        ]
+
+    def newest_id(self) -> int:
+        """See :meth:`EventLog.newest_id`."""
+        return int(self._session.scalar(select(func.max(OutboxEvent.id))) or 0)
+
+    def written_after(
+        self, after_id: int, event_types: Collection[str], *, limit: int
+    ) -> Sequence[WrittenEvent]:
+        """See :meth:`EventLog.written_after` (a primary-key range, filtered by type)."""
+        rows = self._session.execute(
+            select(OutboxEvent.id, OutboxEvent.event_type, OutboxEvent.subject_id)
+            .where(OutboxEvent.id > after_id, OutboxEvent.event_type.in_(list(event_types)))
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+        )
+        return [WrittenEvent(row.id, row.event_type, row.subject_id) for row in rows]
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

@@ -53,9 +53,11 @@ class SqlHubDeviceRepository:
             )
         return self._session.get(HubDevice, device_id)
 
-    def list(self, *, limit: int | None = None) -> Sequence[HubDevice]:
+    def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
         """See :meth:`HubDeviceRepository.list`."""
         query = select(HubDevice).order_by(HubDevice.device_id)
+        if offset > 0:
+            query = query.offset(offset)
         if limit is not None:
             query = query.limit(limit)
         return list(self._session.scalars(query))
@@ -159,12 +161,31 @@ class SqlHubTelemetryRepository:
             query = query.where(HubMessage.id > after_id)
         return list(self._session.scalars(query))
 
+    def recent(self, device_id: str, limit: int) -> Sequence[HubMessage]:
+        """See :meth:`HubTelemetryRepository.recent`."""
+        query = (
+            select(HubMessage)
+            .where(HubMessage.device_id == device_id)
+            .order_by(HubMessage.id.desc())
+            .limit(max(1, min(limit, _MAX_PAGE)))
+        )
+        return list(self._session.scalars(query))
+
     def latest_id(self, device_id: str | None) -> int:
         """See :meth:`HubTelemetryRepository.latest_id`."""
         query = select(func.max(HubMessage.id))
         if device_id is not None:
             query = query.where(HubMessage.device_id == device_id)
         return int(self._session.scalar(query) or 0)
+
+    def last_id_at(self, at: dt.datetime) -> int:
+        """See :meth:`HubTelemetryRepository.last_id_at`."""
+        query = select(func.max(HubMessage.id)).where(HubMessage.enqueued_at <= at)
+        return int(self._session.scalar(query) or 0)
+
+    def first(self) -> HubMessage | None:
+        """See :meth:`HubTelemetryRepository.first`."""
+        return self._session.scalar(select(HubMessage).order_by(HubMessage.id).limit(1))
 
 
 class SqlHubC2DRepository:
@@ -200,6 +221,22 @@ class SqlHubC2DRepository:
     def delete_for_device(self, device_id: str) -> None:
         """See :meth:`HubC2DRepository.delete_for_device`."""
         self._session.execute(delete(HubC2DMessage).where(HubC2DMessage.device_id == device_id))
+
+    def feedback_due(self, limit: int) -> Sequence[HubC2DMessage]:
+        """See :meth:`HubC2DRepository.feedback_due`."""
+        query = (
+            select(HubC2DMessage)
+            .where(HubC2DMessage.feedback_due.is_(True))
+            .order_by(HubC2DMessage.id)
+            .limit(max(1, min(limit, _MAX_PAGE)))
+        )
+        return list(self._session.scalars(query))
+
+    def by_ids(self, ids: Sequence[int]) -> Sequence[HubC2DMessage]:
+        """See :meth:`HubC2DRepository.by_ids`."""
+        if not ids:
+            return []
+        return list(self._session.scalars(select(HubC2DMessage).where(HubC2DMessage.id.in_(ids))))
 
 
 class SqlHubSasPolicyRepository:

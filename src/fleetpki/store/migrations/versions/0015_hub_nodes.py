@@ -4,8 +4,8 @@
 ``hub_method_calls`` carries a direct method from a process without the device's
 session to the node that holds it, and the answer back.
 
-Revision ID: 0014_hub_nodes
-Revises: 0011_sas_devices
+Revision ID: 0015_hub_nodes
+Revises: 0014_c2d_feedback
 Create Date: 2026-12-06
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_hub_nodes"
-down_revision = "0011_sas_devices"
+revision = "0015_hub_nodes"
+down_revision = "0014_c2d_feedback"
 branch_labels = None
 depends_on = None
 
