@@ -43,3 +43,19 @@ def test_a_write_behind_the_lock_fails_as_unavailable_and_reads_go_on(tmp_path: 
             assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 2
     finally:
         database.dispose()
+
+
+def test_a_reading_unit_of_work_may_not_write(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        with database.session() as session:
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+        with (
+            pytest.raises(RuntimeError, match="may not write"),
+            database.session(reading=True) as session,
+        ):
+            session.execute(text("INSERT INTO t VALUES (1)"))
+        with database.session(reading=True) as session:
+            assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
+    finally:
+        database.dispose()
