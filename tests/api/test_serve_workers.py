@@ -4,7 +4,8 @@ The real command runs in a subprocess on SQLite and on PostgreSQL; many clients 
 at once over HTTPS. Every answer is a new certificate with its own serial, each one is
 recorded with its audit entry, both workers served some of them; concurrent twin patches
 through both workers lose no write; the workers' hub nodes take C2D and relayed methods;
-and SIGTERM stops the supervisor and its workers cleanly (each hub node leaves
+the AMQP port is served (by the primary alone: two binding it would fail the start) and
+the portal by every worker; and SIGTERM stops the supervisor and its workers cleanly (each hub node leaves
 ``hub_nodes``).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -58,6 +60,7 @@ class Workers:
     fleet: FleetPKI
     log: Path
     mqtt_port: int
+    amqp_port: int
 
     @property
     def tls(self) -> ssl.SSLContext:
@@ -71,8 +74,6 @@ class Workers:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -87,10 +88,11 @@ def _cpu_ticks(pid: int) -> int:
 
 @pytest.fixture
 def workers(tmp_path: Path, database_url: str, key_passphrase: None) -> Iterator[Workers]:
-    port, mqtt_port = _free_port(), _free_port()
+    port, mqtt_port, amqp_port = _free_port(), _free_port(), _free_port()
     base_url = f"https://127.0.0.1:{port}"
+    # AMQP on a port of its own, not 5671: tests run in parallel.
     settings = Settings.default_for(tmp_path / "home", database_url).with_changes(
-        public_url=base_url, api_port=port, mqtt_port=mqtt_port
+        public_url=base_url, api_port=port, mqtt_port=mqtt_port, amqp_port=amqp_port
     )
     fleet = init_home(settings, HierarchySpec()).app
     trust_issuing_ca(fleet)
@@ -108,7 +110,7 @@ def workers(tmp_path: Path, database_url: str, key_passphrase: None) -> Iterator
             text=True,
         )
     bundle = settings.home / "tls" / "ca-bundle.pem"
-    running = Workers(process, base_url, bundle, token, fleet, log, mqtt_port)
+    running = Workers(process, base_url, bundle, token, fleet, log, mqtt_port, amqp_port)
     try:
         _wait_until_served(running)
         yield running
@@ -214,6 +216,25 @@ def test_concurrent_issuance_over_two_workers_loses_and_repeats_nothing(
     issued = set(serials)
     assert sorted(s.upper() for s in audited if s.upper() in issued) == sorted(serials)
     # Both workers took connections: each spent CPU on them.
+    assert all(_cpu_ticks(pid) > before[pid] for pid in pids), (before, pids)
+
+
+def test_amqp_is_served_once_and_the_portal_by_every_worker(workers: Workers) -> None:
+    # Both workers started, so only one bound the AMQP port; it completes a TLS handshake.
+    with (
+        socket.create_connection(("127.0.0.1", workers.amqp_port), timeout=10) as raw,
+        workers.tls.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.version() is not None
+    # The portal's sign-in page, on new connections that either worker may take.
+    pids = workers.worker_pids()
+    before = {pid: _cpu_ticks(pid) for pid in pids}
+    for _ in range(20):
+        answer = httpx.get(
+            f"{workers.base_url}/", verify=workers.tls, timeout=30, follow_redirects=True
+        )
+        assert answer.status_code == 200, answer.text
+        assert "text/html" in answer.headers["content-type"]
     assert all(_cpu_ticks(pid) > before[pid] for pid in pids), (before, pids)
 
 

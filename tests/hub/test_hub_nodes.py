@@ -79,6 +79,8 @@ def _start_node(home: Path, node: str, port: int, log: Path) -> subprocess.Popen
             [
                 *(sys.executable, "-m", "fleetpki", "serve", "--only", "hub"),
                 *("--hub-node", node, "--mqtt-port", str(port)),
+                # No AMQP: both nodes would dial for 5671 (and parallel tests with them).
+                *("--amqp-port", "-1"),
             ],
             env=env,
             stdout=sink,
