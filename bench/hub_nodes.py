@@ -80,6 +80,7 @@ def _hub_nodes(fleet: FleetPKI, folder: Path) -> Iterator[dict[str, int]]:
             command = [
                 *(sys.executable, "-m", "fleetpki", "serve", "--only", "hub"),
                 *("--hub-node", node, "--host", "127.0.0.1", "--mqtt-port", str(ports[node])),
+                *("--amqp-port", "-1"),  # both nodes would bind 5671
             ]
             with (folder / f"{node}.log").open("wb") as log:
                 processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
