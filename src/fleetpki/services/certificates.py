@@ -501,7 +501,7 @@ class CertificateService:
         Raises:
             NotFoundError: ``certificate.not_found``, also when the actor cannot see it.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             record = certificate_by_serial(tx, serial)
             visible_certificate(tx, actor, record)
             return _view_with_renewed(tx, record)
@@ -513,7 +513,7 @@ class CertificateService:
         Raises:
             NotFoundError: ``certificate.not_found``, also when the actor cannot see it.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             record = certificate_by_serial(tx, serial)
             visible_certificate(tx, actor, record)
             return ca_chain_of(tx, ca_record(tx, record.ca_id), record.ca_generation)
@@ -524,7 +524,7 @@ class CertificateService:
         Raises:
             NotFoundError: ``certificate.not_found``, also when the actor cannot see it.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             record = certificate_by_thumbprint(tx, thumbprint)
             visible_certificate(tx, actor, record)
             return _view_with_renewed(tx, record)

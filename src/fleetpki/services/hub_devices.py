@@ -359,12 +359,12 @@ class HubDeviceService:
         Raises:
             NotFoundError: ``hub.device_not_found``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return device_view(require_device(tx, device_id), self._seal)
 
     def list(self, *, limit: int | None = None, offset: int = 0) -> list[HubDeviceView]:
         """Registered devices by id, at most ``limit``, after the first ``offset``."""
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return [
                 device_view(r, self._seal)
                 for r in tx.hub_devices.list(limit=limit, offset=max(offset, 0))

@@ -211,12 +211,12 @@ class HubTwinService:
         Raises:
             NotFoundError: ``hub.device_not_found``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return twin_view(require_device(tx, device_id))
 
     def list(self) -> list[TwinView]:
         """Every device's twin, by device id (``SELECT * FROM devices``)."""
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return [twin_view(r) for r in tx.hub_devices.list()]
 
     def patch(

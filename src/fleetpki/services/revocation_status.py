@@ -247,9 +247,15 @@ class RevocationStatusService:
         Raises:
             NotFoundError: ``ca.not_found``.
         """
+        now = self._clock()
+        # A fresh cached CRL is read without the write lock; a rebuild needs it.
+        with self._store.reading() as tx:
+            current = _generation(ca_record(tx, ca_id), generation)
+            if _fresh(current, now):
+                return CrlView(*_cached(current))
         with self._store.transaction() as tx:
             der, next_update = crl_in(
-                tx, self._keystore, self._urls, ca_id, now=self._clock(), generation=generation
+                tx, self._keystore, self._urls, ca_id, now=now, generation=generation
             )
             return CrlView(der, next_update)
 
