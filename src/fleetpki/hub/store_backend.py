@@ -59,6 +59,7 @@ from typing import Any
 from cryptography import x509
 
 from fleetpki.application import FleetPKI
+from fleetpki.errors import UnavailableError
 from fleetpki.hub.backend import (
     AuthenticatedDevice,
     C2DMessage,
@@ -200,14 +201,25 @@ class _Heartbeat:
 
     def _run(self) -> None:
         backend = self._backend
+        unavailable = False
         while not self._stopped.wait(self._interval):
             try:
                 others = backend.fleet.hub_nodes.beat(
                     backend.node, backend.instance, connected=backend.connected_count()
                 )
                 backend.others_live = bool(others)
+            except UnavailableError as exc:
+                # One line when the database stops answering and one when it is back,
+                # not a traceback per beat (as the outbox consumers do).
+                if not unavailable:
+                    unavailable = True
+                    _log.warning("hub node %s: heartbeat: %s; trying again", backend.node, exc)
             except Exception:
                 _log.exception("hub node %s: heartbeat failed; trying again", backend.node)
+            else:
+                if unavailable:
+                    unavailable = False
+                    _log.warning("hub node %s: heartbeat: the database answers again", backend.node)
 
 
 class StoreHubBackend:
@@ -362,6 +374,9 @@ class StoreHubBackend:
             heartbeat.stop()
             try:
                 self.fleet.hub_nodes.leave(self.node, self.instance)
+            except UnavailableError as exc:
+                # The others forget it once its heartbeat is old (hub_nodes.live).
+                _log.warning("hub node %s: could not record its stop: %s", self.node, exc)
             except Exception:
                 _log.exception("hub node %s: could not record its stop", self.node)
 

@@ -492,7 +492,7 @@ class CertificateService:
         Raises:
             ValidationError: ``certificate.bad_status``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return [certificate_view(r) for r in search_in(tx, actor, query, now=self._clock())]
 
     def get(self, actor: Actor, serial: str) -> CertificateView:
