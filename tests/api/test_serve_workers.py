@@ -4,7 +4,7 @@ The real command runs in a subprocess on SQLite and on PostgreSQL; many clients 
 at once over HTTPS. Every answer is a new certificate with its own serial, each one is
 recorded with its audit entry, both workers served some of them; concurrent twin patches
 through both workers lose no write; the workers' hub nodes take C2D and relayed methods;
-the AMQP port is served (by the primary alone: two binding it would fail the start) and
+a revocation reaches every worker's OCSP cache; the AMQP port is served (by the primary alone: two binding it would fail the start) and
 the portal by every worker; and SIGTERM stops the supervisor and its workers cleanly (each hub node leaves
 ``hub_nodes``).
 """
@@ -27,12 +27,16 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 from sqlalchemy import select
 
 from conftest import ALICE, make_csr
 from fleetpki.application import FleetPKI, init_home
+from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import hub_sas
 from fleetpki.services.authority import HierarchySpec
+from fleetpki.services.certificates import IssueCommand
 from fleetpki.services.context import Actor
 from fleetpki.services.hub_devices import DeviceSpec
 from fleetpki.settings import Settings
@@ -326,3 +330,59 @@ def test_a_worker_that_dies_is_started_again(workers: Workers) -> None:
     assert workers.worker_pids()[0] == primary
     _wait_until_served(workers)  # both hub nodes beat again and the API answers
     assert "worker 1 (pid" in workers.log.read_text()
+
+
+def _ocsp_statuses(running: Workers, request: bytes, count: int) -> set[ocsp.OCSPCertStatus]:
+    """The statuses of ``count`` answers, each on a new connection (either worker's)."""
+    statuses = set()
+    for _ in range(count):
+        answer = httpx.post(
+            f"{running.base_url}/ocsp",
+            content=request,
+            headers={"Content-Type": "application/ocsp-request"},
+            verify=running.tls,
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        statuses.add(ocsp.load_der_ocsp_response(answer.content).certificate_status)
+    return statuses
+
+
+def test_a_revocation_reaches_the_ocsp_cache_of_every_worker(workers: Workers) -> None:
+    # Each worker keeps its own cache of signed answers; a revocation committed by another
+    # process (here the test's) must drop the answer in all of them.
+    actor = Actor(ALICE)
+    issuing = next(c for c in workers.fleet.cas.list() if c.tier == "issuing")
+    workers.fleet.domains.register(
+        actor,
+        ca_id=issuing.id,
+        template_id=None,
+        name="ocsp-dev",
+        owners=[ALICE],
+        requesters=[ALICE],
+    )
+    issued = workers.fleet.certificates.issue(
+        actor, IssueCommand(ca_id=issuing.id, csr=make_csr("ocsp-dev")[1])
+    )
+    issuer = x509.load_der_x509_certificate(issuing.certificate_der)
+    request = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate(issued.certificate.certificate, issuer, hashes.SHA1())
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+    pids = workers.worker_pids()
+    before = {pid: _cpu_ticks(pid) for pid in pids}
+    assert _ocsp_statuses(workers, request, 20) == {ocsp.OCSPCertStatus.GOOD}
+    assert all(_cpu_ticks(pid) > before[pid] for pid in pids), (before, pids)
+    workers.fleet.certificates.revoke(
+        actor, issued.certificate.serial_hex, RevocationReason.KEY_COMPROMISE
+    )
+    revoked = {ocsp.OCSPCertStatus.REVOKED}
+    if workers.fleet.store.dialect == "sqlite":
+        # Each worker sees the commit in the WAL index at its next request.
+        assert _ocsp_statuses(workers, request, 20) == revoked
+    else:
+        # Each worker's LISTEN hears the commit's NOTIFY a moment after it.
+        wait_until(lambda: _ocsp_statuses(workers, request, 20) == revoked, "every worker's NOTIFY")
+        assert _ocsp_statuses(workers, request, 20) == revoked
