@@ -38,6 +38,7 @@ from fleetpki.services import Actor
 from fleetpki.settings import Settings
 
 __all__ = [
+    "WORKERS",
     "FleetHome",
     "Load",
     "cpu_seconds",
@@ -186,9 +187,14 @@ def process(
                 server.wait(5)
 
 
+#: ``fleetpki serve --workers`` for the CA benchmarks: one process unless
+#: ``FLEETPKI_BENCH_WORKERS`` says otherwise (the server's CPU is then its workers' sum).
+WORKERS = int(os.environ.get("FLEETPKI_BENCH_WORKERS", "1"))
+
+
 @contextmanager
 def fleetpki_server(fleet_home: FleetHome) -> Iterator[subprocess.Popen[bytes]]:
-    """``fleetpki serve --only ca`` on the home's API port, in its own process."""
+    """``fleetpki serve --only ca --workers WORKERS`` on the home's API port."""
     fleet_home.fleet.close()  # the server owns the database from here on
     command = [
         str(Path(sys.executable).parent / "fleetpki"),
@@ -199,6 +205,8 @@ def fleetpki_server(fleet_home: FleetHome) -> Iterator[subprocess.Popen[bytes]]:
         "ca",
         "--api-port",
         str(fleet_home.settings.api_port),
+        "--workers",
+        str(WORKERS),
     ]
 
     def ready() -> None:
@@ -252,9 +260,15 @@ def header(first: str, unit: str) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` (all its threads), from /proc."""
+    """User plus system CPU time of process ``pid`` (all its threads) and of its running
+    children (the workers of ``fleetpki serve --workers``), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def write_bodies(path: Path, bodies: Sequence[bytes]) -> Path:

@@ -40,6 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ca_common import (
+    WORKERS,
     FleetHome,
     Load,
     csr_pem,
@@ -237,7 +238,11 @@ def main() -> int:
         f"{CSRS} distinct CSRs, {ROUNDS} rounds of {SECONDS} s, wrk -t{THREADS} -c{CONNECTIONS}"
     )
     print(header("server", "issuances/s"))
-    print(fleet_load.row("fleetpki POST /v1/certificates, HTTPS, token, stored in SQLite"))
+    print(
+        fleet_load.row(
+            f"fleetpki POST /v1/certificates, HTTPS, token, stored in SQLite, {WORKERS} worker(s)"
+        )
+    )
     print(cfssl_load.row("cfssl 1.2.0 serve /api/v1/cfssl/sign, HTTP, no auth, not stored"))
     print(ratio_row("cfssl", fleet_load, cfssl_load))
     print(

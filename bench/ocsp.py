@@ -45,6 +45,7 @@ from cryptography.x509 import ocsp
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ca_common import (
+    WORKERS,
     FleetHome,
     Load,
     csr_pem,
@@ -217,7 +218,9 @@ def main() -> int:
             f"{ROUNDS} rounds of {SECONDS} s, wrk -t{THREADS} -c{CONNECTIONS}"
         )
         print(header("responder", "responses/s"))
-        print(fleet_load.row(f"fleetpki POST /ocsp, HTTPS keep-alive ({kind})"))
+        print(
+            fleet_load.row(f"fleetpki POST /ocsp, HTTPS keep-alive, {WORKERS} worker(s) ({kind})")
+        )
         print(
             openssl_load.row(f"openssl ocsp -index -port, HTTP, a connection per request ({kind})")
         )

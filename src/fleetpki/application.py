@@ -57,7 +57,9 @@ from fleetpki.services.hub_link_settings import LinkKind
 from fleetpki.services.hub_links import HubLinkService, LinkConnection
 from fleetpki.services.hub_management import HubManagementService, hub_identity
 from fleetpki.services.hub_messages import HubMessageService
+from fleetpki.services.hub_method_relay import MethodRelay
 from fleetpki.services.hub_methods import HubMethodService
+from fleetpki.services.hub_nodes import HubNodeService
 from fleetpki.services.hub_routing import EventRouting
 from fleetpki.services.hub_sas import HubSasService
 from fleetpki.services.hub_statistics import HubStatisticsService
@@ -136,7 +138,9 @@ class FleetPKI:
         hub_trust: the hub's trusted CAs (and this application's anchor cache).
         hub_messages: telemetry and the cloud-to-device queue.
         hub_sas: the service API's shared-access policies and tokens.
-        hub_methods: direct methods through this application's live hub, if attached.
+        hub_methods: direct methods through this application's live hub, if attached,
+            else relayed (``hub_method_relay``) to the hub node holding the device.
+        hub_nodes: the hub nodes sharing the database, by their heartbeats.
         hub_authentication: device authentication on connect (the one hub policy).
         hub_management / token_issuer: the built-in hub as an Azure resource.
         hub_eventhub: stored telemetry as the partitions of the Event Hubs-compatible
@@ -238,8 +242,12 @@ class FleetPKI:
                 else f"{settings.hostname}:{settings.api_port}"
             ),
         )
-        self.hub_methods = HubMethodService(self.hub_devices)
-        self.hub_statistics = HubStatisticsService(self.store, self.hub_methods)
+        self.hub_nodes = HubNodeService(self.store, now)
+        self.hub_method_relay = MethodRelay(
+            self.store, now, self.hub_nodes, self.events, listen=self.follow_other_processes
+        )
+        self.hub_methods = HubMethodService(self.hub_devices, self.hub_method_relay)
+        self.hub_statistics = HubStatisticsService(self.store, self.hub_methods, self.hub_nodes)
         self.hub_authentication = DeviceAuthenticator(
             self.store,
             policy=DevicePolicy(revocation_soft_fail=settings.hub_revocation_soft_fail),
@@ -328,6 +336,8 @@ class FleetPKI:
                 self.ca_schedule.renew_due,
                 self.ca_schedule.report_overdue,
                 self.renewal.revoke_superseded,
+                self.hub_nodes.forget_departed,
+                self.hub_method_relay.sweep,
             ],
         )
         self._lock = threading.Lock()
@@ -424,7 +434,9 @@ class FleetPKI:
         On PostgreSQL this LISTENs for outbox commits (the connection that consumer
         workers share), so that, say, the OCSP cache drops a certificate revoked by
         another API worker within milliseconds; on SQLite, which has no NOTIFY, the
-        readers' short poll does it. ``fleetpki serve`` calls it; :meth:`close` ends it.
+        readers' short poll does it, and that a relayed direct method's answer wakes
+        its caller. ``fleetpki serve`` calls it, as does the method relay before it
+        waits (idempotent); :meth:`close` ends it.
         """
         with self._lock:
             self._following = True
@@ -449,7 +461,8 @@ class FleetPKI:
             listener.stop()
 
     def close(self) -> None:
-        """Stop the link workers and consumer workers; release the database and keystore."""
+        """Stop the link workers, consumer workers and the LISTEN connection; release the
+        database and keystore."""
         self.link_workers.stop()
         with self._lock:
             workers = list(self._workers)

@@ -10,6 +10,8 @@ old generation drains and retires.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import ssl
 import time
@@ -22,6 +24,8 @@ from cryptography.hazmat.primitives import serialization
 
 from conftest import make_csr
 from fleetpki.api.background import ServerThread, free_port
+from fleetpki.api.tls import server_ssl_context
+from fleetpki.api.tls_refresher import TLSRefresher
 from fleetpki.application import FleetPKI, init_home
 from fleetpki.services import Actor
 from fleetpki.services.ca_lifecycle import RenewCommand
@@ -139,3 +143,53 @@ def test_the_servers_certificate_moves_to_the_new_generation_and_the_old_one_ret
     # The old server certificate was renewed away: the old generation retires.
     assert [(g.number, g.state) for g in fleet.ca_lifecycle.retire_drained()] == [(1, "retired")]
     assert server.refresh_tls() is False
+
+
+def _presented_by(context: ssl.SSLContext, ca_bundle: Path) -> x509.Certificate:
+    """The certificate a server with ``context`` presents, over an in-memory handshake."""
+    client_context = ssl.create_default_context(cafile=str(ca_bundle))
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    from_server, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = context.wrap_bio(to_server, from_server, server_side=True)
+    client = client_context.wrap_bio(to_client, from_client, server_hostname="localhost")
+    for _ in range(10):
+        for side in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        to_server.write(from_client.read())
+        to_client.write(from_server.read())
+        der = client.getpeercert(binary_form=True) if client.version() else None
+        if der:
+            return x509.load_der_x509_certificate(der)
+    raise AssertionError("no handshake")
+
+
+def test_a_worker_that_does_not_issue_loads_the_certificate_the_primary_renewed(
+    served: tuple[FleetPKI, ServerThread],
+) -> None:
+    # serve --workers: only the primary (the ServerThread here) issues; another worker
+    # follows the home's files.
+    fleet, server = served
+    assert server.prepared is not None
+    bundle = server.prepared.tls.ca_bundle
+    files = fleet.server_certificates.files()
+    context = server_ssl_context(files.certfile, files.keyfile, files.client_ca_file)
+    follower = TLSRefresher(
+        fleet.server_certificates, hostname="localhost", host="127.0.0.1", issues=False
+    )
+    follower.add(context, verifies_clients=True)
+    before = _presented_by(context, bundle)
+    assert asyncio.run(follower.refresh()) is False
+
+    ca = issuing_ca(fleet)
+    new_generation = fleet.ca_lifecycle.renew(ADMIN, ca.id, RenewCommand(rekey=True))
+    _wait_active(fleet, ca.id)
+    # The follower never issues: due or not, its certificate stays until the primary's.
+    assert asyncio.run(follower.refresh()) is False
+    assert _presented_by(context, bundle) == before
+    assert server.refresh_tls() is True
+    assert asyncio.run(follower.refresh()) is True
+    after = _presented_by(context, bundle)
+    assert after != before
+    after.verify_directly_issued_by(x509.load_der_x509_certificate(new_generation.certificate_der))
+    assert after == _presented(fleet.settings.api_port, bundle)

@@ -357,11 +357,15 @@ class _RecordingInvoker:
         self.calls.append((device_id, method, payload))
         return 200, {"echo": payload}
 
+    def holds(self, device_id: str) -> bool:
+        return True
+
     def connected_device_count(self) -> int:
         return 7
 
-    def is_device_connected(self, device_id: str) -> bool:
-        return False
+    @property
+    def node(self) -> str:
+        return "recording"
 
 
 @pytest.fixture

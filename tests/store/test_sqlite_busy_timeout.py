@@ -34,11 +34,28 @@ def test_a_write_behind_the_lock_fails_as_unavailable_and_reads_go_on(tmp_path: 
             with pytest.raises(UnavailableError) as info, database.session() as session:
                 session.execute(text("INSERT INTO t VALUES (2)"))
             assert info.value.code == "database.unavailable"
-            with database.session() as session:
+            # A reading unit of work takes no write lock: it reads beside the writer.
+            with database.session(reading=True) as session:
                 assert session.execute(text("SELECT x FROM t")).scalars().all() == [1]
             other.execute("ROLLBACK")
         with database.session() as session:
             session.execute(text("INSERT INTO t VALUES (3)"))
             assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 2
+    finally:
+        database.dispose()
+
+
+def test_a_reading_unit_of_work_may_not_write(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        with database.session() as session:
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+        with (
+            pytest.raises(RuntimeError, match="may not write"),
+            database.session(reading=True) as session,
+        ):
+            session.execute(text("INSERT INTO t VALUES (1)"))
+        with database.session(reading=True) as session:
+            assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
     finally:
         database.dispose()

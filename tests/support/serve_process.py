@@ -121,6 +121,24 @@ def _wait_listening(process: subprocess.Popen[bytes], ports: Sequence[int], log:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"fleetpki serve did not listen:\n{_tail(log)}") from None
                 time.sleep(0.05)
+    # With several workers (the default on a machine with several cores) the parent
+    # binds the ports before any worker accepts on them: serving is when it says so.
+    # It says how many it starts before the hub's line, which every run here prints.
+    while "fleetpki hub on mqtts://" not in (said := _said(log)) or (
+        "worker processes" in said and "worker processes serving" not in said
+    ):
+        if process.poll() is not None:
+            raise RuntimeError(f"fleetpki serve exited ({process.returncode}):\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fleetpki serve did not start its workers:\n{_tail(log)}")
+        time.sleep(0.05)
+
+
+def _said(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _tail(log: Path, lines: int = 40) -> str:
@@ -140,7 +158,8 @@ def serve_environment() -> dict[str, str]:
 def serve_process(prepared: PreparedHome) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``fleetpki serve`` on ``prepared``'s home until the block ends; yield the process.
 
-    Returns once both ports accept connections. The environment is the test's (the
+    Returns once both ports accept connections (and, with several workers, once every
+    worker serves). The environment is the test's (the
     key passphrase folder of the session, see tests/conftest.py) with this tree's
     ``src`` first on the path.
 

@@ -100,15 +100,15 @@ async def _refuse_no_hub(websocket: WebSocket) -> None:
 async def amqp_websocket(websocket: WebSocket) -> None:
     """Run one AMQP connection over a WebSocket (binary frames carry AMQP)."""
     hub = getattr(websocket.app.state, "hub_server", None)
-    amqp = getattr(hub, "amqp", None)
-    if amqp is None:
+    services = getattr(hub, "amqp_services", None)
+    if services is None:
         await _refuse_no_hub(websocket)
         return
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     loop = asyncio.get_running_loop()
     transport = _WebSocketTransport(websocket)
-    connection = AmqpConnection(amqp.services, loop, lambda _connection: None)
+    connection = AmqpConnection(services, loop, lambda _connection: None)
     connection.connection_made(transport)  # type: ignore[arg-type]
     try:
         while not transport.closing:

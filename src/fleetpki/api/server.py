@@ -1,21 +1,33 @@
-"""``fleetpki serve``: the HTTPS API (and later the hub) in one event loop on uvloop."""
+"""``fleetpki serve``: the HTTPS API and the hub in one event loop on uvloop, per process.
+
+One process by default; ``--workers N`` forks N of them on the same port
+(:func:`serve_workers`, supervised by :class:`fleetpki.api.supervisor.Supervisor`).
+The *primary* (slot 0, and the one process of ``--workers 1``) also runs the hub's
+MQTT listener, the hub links' delivery and the housekeeping, and renews the server
+certificate; the other workers serve the API, and MQTT over WebSockets as hub nodes of
+their own (``<hub_node>-w<slot>``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
 
 from fleetpki.api.app import create_app
+from fleetpki.api.supervisor import Supervisor
 from fleetpki.api.tls import http_protocol_class, server_ssl_context
 from fleetpki.api.tls_refresher import TLSRefresher
 from fleetpki.application import FleetPKI
@@ -34,6 +46,9 @@ __all__ = [
     "prepare_server",
     "run_servers",
     "serve",
+    "serve_workers",
+    "worker_count",
+    "worker_settings",
 ]
 
 Only = Literal["ca", "hub"]
@@ -43,15 +58,17 @@ HubStarter = Callable[[FleetPKI], Awaitable[Callable[[], Awaitable[None]]]]
 _log = logging.getLogger("fleetpki.serve")
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, *, option: str = "--api-port") -> socket.socket:
     """A listening TCP socket on ``host:port`` for the API (port 0 picks a free port).
+
+    ``option`` is the command-line option the error message points to.
 
     Raises:
         ConflictError: ``serve.port_in_use`` when the port is taken.
         ValidationError: ``serve.privileged_port`` (443 without the privilege: the
             message says how), ``serve.cannot_bind`` for other failures.
     """
-    sock = listening_socket(host, port, option="--api-port", fallback=DEFAULT_API_PORT)
+    sock = listening_socket(host, port, option=option, fallback=DEFAULT_API_PORT)
     sock.set_inheritable(True)
     return sock
 
@@ -111,6 +128,7 @@ def prepare_server(
     hostname: str,
     only: Only | None = None,
     api_socket: socket.socket | None = None,
+    primary: bool = True,
 ) -> PreparedServer:
     """Bind the API port, make sure a server certificate exists, build the app.
 
@@ -121,6 +139,8 @@ def prepare_server(
         host / api_port / hostname: where to listen and the name to certify.
         only: ``ca`` or ``hub`` to run one of them; both by default.
         api_socket: an already listening socket to use instead of binding one.
+        primary: ``False`` for an API worker beside the primary: it serves the
+            certificate the primary made and reloads it when the primary renews it.
 
     Raises:
         ConflictError: ``serve.port_in_use``.
@@ -128,14 +148,19 @@ def prepare_server(
     if api_socket is None and only in (None, "ca"):
         api_socket = bind_socket(host, api_port)
     try:
-        tls = fleet.server_certificates.ensure(hostname=hostname, host=host)
+        if primary:
+            tls = fleet.server_certificates.ensure(hostname=hostname, host=host)
+        else:
+            tls = fleet.server_certificates.files()
         context = server_ssl_context(tls.certfile, tls.keyfile, tls.client_ca_file)
         app = create_app(fleet)
     except BaseException:
         if api_socket is not None:
             api_socket.close()
         raise
-    refresher = TLSRefresher(fleet.server_certificates, hostname=hostname, host=host)
+    refresher = TLSRefresher(
+        fleet.server_certificates, hostname=hostname, host=host, issues=primary
+    )
     if api_socket is not None:
         refresher.add(context, verifies_clients=True)
     return PreparedServer(app, tls, context, api_socket, refresher)
@@ -214,11 +239,20 @@ async def run_servers(
     *,
     stop: asyncio.Event | None = None,
     log_level: str = "info",
+    primary: bool = True,
+    mqtt_socket: socket.socket | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run the API listener (and the hub, when present) in the running event loop.
 
     Returns when ``stop`` is set or, without one, when uvicorn is told to exit
     (SIGINT/SIGTERM in the main thread).
+
+    Args:
+        primary: run the hub's MQTT listener, the hub links and the housekeeping here
+            (``False``: an API worker, whose hub node takes MQTT over WebSockets only).
+        mqtt_socket: the MQTT port, already bound.
+        on_ready: called once every listener accepts connections.
 
     Raises:
         ValidationError: ``serve.hub_unavailable`` for ``only="hub"`` while the hub
@@ -229,7 +263,10 @@ async def run_servers(
     if only == "hub" and starter is None:
         raise ValidationError("serve.hub_unavailable", "the hub is not available yet")
     if starter is not None and only in (None, "hub"):
-        stopper = await starter(fleet)
+        if primary:
+            stopper = await starter(fleet, sock=mqtt_socket)  # type: ignore[call-arg]
+        else:
+            stopper = await starter(fleet, listen=False)  # type: ignore[call-arg]
         stoppers.append(stopper)
         # MQTT over WebSockets on the HTTPS port reaches the same broker.
         hub = getattr(stopper, "__self__", None)
@@ -241,8 +278,10 @@ async def run_servers(
             prepared.tls_refresher.add(hub_context, verifies_clients=False)
     links_started = False
     if only in (None, "ca"):
-        # Revocations by other processes reach this one's OCSP cache at once.
+        # Revocations by other processes (another worker, the CLI) reach this one's OCSP
+        # cache at once: on PostgreSQL by LISTEN, here in every worker.
         await asyncio.to_thread(fleet.follow_other_processes)
+    if only in (None, "ca") and primary:
         # The CA side carries its revocations, renewals and registrations to the
         # linked hubs (fleetpki.services.link_workers).
         await asyncio.to_thread(fleet.link_workers.start)
@@ -270,6 +309,11 @@ async def run_servers(
         )
         tasks.append(asyncio.create_task(server.serve(sockets=[prepared.api_socket])))
     try:
+        if on_ready is not None:
+            while server is not None and not server.started and not any(t.done() for t in tasks):
+                await asyncio.sleep(0.02)
+            if not any(t.done() for t in tasks):
+                on_ready()
         if stop is not None:
             waiter = asyncio.create_task(stop.wait())
             await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -303,6 +347,44 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
+async def _serve_until_signalled(
+    prepared: PreparedServer,
+    fleet: FleetPKI,
+    only: Only | None,
+    *,
+    primary: bool = True,
+    mqtt_socket: socket.socket | None = None,
+    on_ready: Callable[[], None] | None = None,
+    log_level: str = "info",
+) -> None:
+    """:func:`run_servers` until SIGTERM or SIGINT, then a graceful stop.
+
+    uvicorn catches both signals while it serves and raises them again once it has
+    stopped; the handler here then sets ``stop``, so the hub still stops (its pending
+    telemetry stored, its node's row left) instead of the process dying on the signal.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    try:
+        await run_servers(
+            prepared,
+            fleet,
+            only,
+            stop=stop,
+            log_level=log_level,
+            primary=primary,
+            mqtt_socket=mqtt_socket,
+            on_ready=on_ready,
+        )
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def serve(
     fleet: FleetPKI,
     *,
@@ -329,4 +411,77 @@ def serve(
     if prepared.api_socket is not None:
         _log.info("fleetpki API on https://%s:%s", host, prepared.api_port)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(run_servers(prepared, fleet, only))
+        runner.run(_serve_until_signalled(prepared, fleet, only))
+
+
+def worker_count() -> int:
+    """The default of ``--workers``: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_settings(settings: Settings, slot: int) -> Settings:
+    """The settings of worker ``slot``: each worker beside the primary is a hub node of
+    its own (``<hub_node>-w<slot>``), as every hub process on one database must be."""
+    if slot == 0:
+        return settings
+    return settings.with_changes(hub_node=f"{settings.hub_node}-w{slot}")
+
+
+def serve_workers(
+    settings: Settings,
+    *,
+    workers: int,
+    only: Only | None = None,
+    api_socket: socket.socket | None,
+    mqtt_socket: socket.socket | None = None,
+    log_level: str = "info",
+    on_started: Callable[[], None] | None = None,
+) -> int:
+    """Run ``fleetpki serve --workers N``: N processes on the bound sockets; the exit code.
+
+    ``on_started`` is called (in this process) once every worker serves.
+
+    The caller binds the sockets and opens nothing else (no database connection, no
+    thread) before this forks; each worker opens the home itself. Slot 0 is the
+    primary (:mod:`fleetpki.api.server`'s module docstring); every worker accepts on
+    ``api_socket``, the primary alone on ``mqtt_socket``.
+
+    Returns 0 after SIGTERM or SIGINT, 1 when a worker failed to start.
+    """
+
+    def run_worker(slot: int, ready: Callable[[], None]) -> int:
+        primary = slot == 0
+        if not primary and mqtt_socket is not None:
+            mqtt_socket.close()
+        mine = worker_settings(settings, slot)
+        fleet = FleetPKI.open(mine, migrate=primary)
+        try:
+            prepared = prepare_server(
+                fleet,
+                host=mine.host,
+                api_port=mine.api_port,
+                hostname=mine.hostname,
+                only=only,
+                api_socket=api_socket,
+                primary=primary,
+            )
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(
+                    _serve_until_signalled(
+                        prepared,
+                        fleet,
+                        only,
+                        primary=primary,
+                        mqtt_socket=mqtt_socket if primary else None,
+                        on_ready=ready,
+                        log_level=log_level,
+                    )
+                )
+        finally:
+            fleet.close()
+        return 0
+
+    return Supervisor(workers, run_worker, on_started=on_started).run()

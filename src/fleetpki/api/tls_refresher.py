@@ -13,6 +13,10 @@ generation).
 The issuance runs in a worker thread; the contexts are changed on the event loop's own
 thread, between handshakes, because an ``SSL_CTX`` is not safe to change while another
 thread creates connections from it.
+
+Under ``fleetpki serve --workers N`` only the primary worker issues; the others are
+built with ``issues=False`` and load the files when the primary has replaced them, so
+that N processes never issue N certificates at once.
 """
 
 from __future__ import annotations
@@ -44,13 +48,24 @@ class TLSRefresher:
     Args:
         certificates: the server-certificate service.
         hostname / host: the names the certificate must carry (as at start).
+        issues: reissue when due (one process per home); ``False`` only follows the
+            files another process of the home reissues.
     """
 
-    def __init__(self, certificates: ServerCertificateService, *, hostname: str, host: str) -> None:
+    def __init__(
+        self,
+        certificates: ServerCertificateService,
+        *,
+        hostname: str,
+        host: str,
+        issues: bool = True,
+    ) -> None:
         self._certificates = certificates
         self._hostname = hostname
         self._host = host
+        self._issues = issues
         self._served: list[_Served] = []
+        self._loaded = self._on_disk()
 
     def add(self, context: ssl.SSLContext, *, verifies_clients: bool) -> None:
         """Serve ``context``'s certificate from now on; ``verifies_clients`` when the
@@ -58,7 +73,17 @@ class TLSRefresher:
         self._served.append(_Served(context, verifies_clients))
 
     async def refresh(self) -> bool:
-        """Reissue the certificate if it is due and load it; ``True`` when it changed."""
+        """Reissue the certificate if it is due (or, with ``issues=False``, see whether
+        another process did) and load it; ``True`` when it changed."""
+        if not self._issues:
+            current = await asyncio.to_thread(self._on_disk)
+            if current == self._loaded:
+                return False
+            # Recorded only once loaded: a key and certificate caught between their two
+            # renames do not match, fail here, and are loaded at the next turn.
+            self._load(self._certificates.files())
+            self._loaded = current
+            return True
         files, renewed = await asyncio.to_thread(
             self._certificates.refresh, hostname=self._hostname, host=self._host
         )
@@ -66,13 +91,20 @@ class TLSRefresher:
             self._load(files)
         return renewed
 
+    def _on_disk(self) -> bytes:
+        try:
+            return self._certificates.files().certfile.read_bytes()
+        except OSError:
+            return b""
+
     def _load(self, files: ServerTLSFiles) -> None:
         for served in self._served:
             served.context.load_cert_chain(files.certfile, files.keyfile)
             if served.verifies_clients:
                 served.context.load_verify_locations(cafile=str(files.client_ca_file))
         _log.info(
-            "server certificate reissued by the current issuing CA and loaded on %d port(s)",
+            "server certificate %s and loaded on %d port(s)",
+            "reissued by the current issuing CA" if self._issues else "renewed by the primary",
             len(self._served),
         )
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,7 +12,13 @@ from fleetpki.cli.output import err_console
 from fleetpki.errors import ValidationError
 from fleetpki.settings import AZURE_AMQP_PORT, AZURE_HTTPS_PORT, AZURE_MQTT_PORT, Settings
 
+if TYPE_CHECKING:
+    from fleetpki.api.server import Only
+
 __all__ = ["azure_port_notes", "serve"]
+
+# A hub node's name: its consumer is ``hub:<name>`` and ``-w<slot>`` may follow it.
+_HUB_NODE = re.compile(r"[A-Za-z0-9._-]{1,48}")
 
 
 def serve(
@@ -40,6 +47,21 @@ def serve(
             "error says how to grant it or forward the port.",
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="API processes on the one port (default: the number of cores). The first "
+            "also runs the MQTT port, the hub links and the housekeeping.",
+        ),
+    ] = None,
+    hub_node: Annotated[
+        str | None,
+        typer.Option(
+            help="This hub node's name (default: hub_node of the configuration, `builtin`). "
+            "Every hub process on one database needs its own (docs/deployment.md).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTPS API (EZCA-compatible routes and /v1) and the MQTT hub.
 
@@ -48,11 +70,24 @@ def serve(
     the API on 443 (``--azure-ports``); otherwise service connection strings carry the
     API port and device ones the bare hostname.
     """
-    from fleetpki.api.server import bind_socket
+    from fleetpki.api.server import bind_socket, serve_workers, worker_count
     from fleetpki.api.server import serve as run_serve
+    from fleetpki.application import FleetPKI
+    from fleetpki.hub.server import bind_mqtt_socket
 
     if only not in (None, "ca", "hub"):
         raise ValidationError("cli.bad_only", "--only must be `ca` or `hub`")
+    if only == "hub" and workers not in (None, 1):
+        raise ValidationError(
+            "cli.workers_need_api",
+            "--workers runs API processes; `--only hub` serves MQTT in one process (run "
+            "more hub nodes as separate `fleetpki serve --only hub` with their own hub_node)",
+        )
+    if hub_node is not None and not _HUB_NODE.fullmatch(hub_node):
+        raise ValidationError(
+            "cli.bad_hub_node", "--hub-node is 1 to 48 letters, digits, '.', '_' or '-'"
+        )
+    processes = 1 if only == "hub" else (workers or worker_count())
     state = cli_context(ctx)
     state.require_local("serve")
     if azure_ports:
@@ -67,6 +102,7 @@ def serve(
         host=host or settings.host,
         hostname=hostname or settings.hostname,
         mqtt_port=settings.mqtt_port if mqtt_port is None else mqtt_port,
+        hub_node=hub_node or settings.hub_node,
         amqp_port=settings.amqp_port if amqp_port is None else amqp_port,
     )
     port = settings.api_port if api_port is None else api_port
@@ -75,11 +111,22 @@ def serve(
         # Bound first: a taken port is reported before anything changes.
         api_socket = bind_socket(settings.host, port)
         settings = _advertise(settings, port)
-    fleet = state.open(settings)
+    mqtt_socket = None
+    if processes > 1 and only != "ca":
+        # Bound once here and inherited by the primary worker.
+        mqtt_socket = bind_mqtt_socket(settings.host, settings.mqtt_port)
+        settings = settings.with_changes(mqtt_port=mqtt_socket.getsockname()[1])
     # Every CA key is loaded now: a token without them stops serve here (docs/keystore.md).
-    fleet.cas.check_keys()
-    for warning in fleet.key_passphrase.get().warnings(settings.home):
-        err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+    # With workers, the parent opens the home for these checks (and the migration) and
+    # closes it again before it forks: each worker opens its own.
+    fleet = FleetPKI.open(settings) if processes > 1 else state.open(settings)
+    try:
+        fleet.cas.check_keys()
+        for warning in fleet.key_passphrase.get().warnings(settings.home):
+            err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+    finally:
+        if processes > 1:
+            fleet.close()
     if only != "hub":
         err_console.print(
             f"fleetpki API on https://{settings.host}:{port}  (public URL {settings.public_url}; "
@@ -91,6 +138,10 @@ def serve(
             f"fleetpki portal at {settings.public_url.rstrip('/')}/  (sign in with {how})",
             highlight=False,
         )
+        if processes > 1:
+            err_console.print(
+                f"fleetpki API: starting {processes} worker processes", highlight=False
+            )
     if only != "ca":
         err_console.print(f"fleetpki hub on mqtts://{settings.host}:{settings.mqtt_port}")
         if settings.amqp_port >= 0:
@@ -100,12 +151,27 @@ def serve(
         )
         for note in notes:
             err_console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+    only_value: Only | None = "ca" if only == "ca" else "hub" if only == "hub" else None
+    if processes > 1:
+        code = serve_workers(
+            settings,
+            workers=processes,
+            only=only_value,
+            api_socket=api_socket,
+            mqtt_socket=mqtt_socket,
+            on_started=lambda: err_console.print(
+                f"fleetpki API: {processes} worker processes serving", highlight=False
+            ),
+        )
+        if code:
+            raise typer.Exit(code)
+        return
     run_serve(
         fleet,
         host=settings.host,
         api_port=port,
         hostname=settings.hostname,
-        only="ca" if only == "ca" else "hub" if only == "hub" else None,
+        only=only_value,
         api_socket=api_socket,
     )
 

@@ -39,6 +39,7 @@ __all__ = [
     "HubBackend",
     "HubEvent",
     "HubListener",
+    "SessionOpened",
     "TelemetryRecord",
     "Twin",
 ]
@@ -98,9 +99,26 @@ class C2DMessage:
     properties: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """Another hub node accepted ``client_id``: a session of it here with a lower
+    ``order`` (see `HubBackend.open_session`) is the older one and closes."""
+
+    client_id: str
+    node: str
+    order: int
+
+
 #: What the broker reacts to: the application's hub notifications (one class each, in
-#: :mod:`fleetpki.services.notifications`).
-HubEvent = CertificateRevoked | DeviceBlocked | DeviceKeysReplaced | DesiredPatched | C2DQueued
+#: :mod:`fleetpki.services.notifications`), and other nodes' sessions.
+HubEvent = (
+    CertificateRevoked
+    | DeviceBlocked
+    | DeviceKeysReplaced
+    | DesiredPatched
+    | C2DQueued
+    | SessionOpened
+)
 
 
 class HubListener(Protocol):
@@ -142,6 +160,15 @@ class HubBackend(Protocol):
 
         Raises:
             AuthenticationError: with a code of `fleetpki.hub.policy.Refusal`.
+        """
+        ...
+
+    def open_session(self, client_id: str) -> int:
+        """Tell the other hub nodes that this one now holds ``client_id``'s session.
+
+        Returns the session's order: the announcement's position in the database's
+        outbox, which every node compares (the higher is the newer session, whatever
+        the clocks say); 0 when no other node runs, which announces nothing.
         """
         ...
 

@@ -17,7 +17,9 @@ is its own module:
   code, never a TLS abort (ref §1.4); while the database does not answer it is
   CONNACK 3 (server unavailable), which the SDKs retry, so devices come back by
   themselves once it does. An accepted client takes over the client id (a previous
-  connection is closed) and gets its persistent session back (§1.8). A session
+  connection is closed) and gets its persistent session back (§1.8). With several hub
+  nodes on one database, the node announces the session (`HubBackend.open_session`)
+  and a node holding an older session of that client id closes it (`SessionOpened`). A session
   authenticated by a SAS token ends when the token expires (``hub.sas_expired`` in the
   log; the SDK renews its token before that and reconnects with the new one).
 * Connection state: an accepted device's connect, and the end of its connection (clean
@@ -74,6 +76,7 @@ from fleetpki.hub.backend import (
     DeviceKeysReplaced,
     HubBackend,
     HubEvent,
+    SessionOpened,
     TelemetryRecord,
 )
 from fleetpki.hub.blocks import BlockList
@@ -138,6 +141,10 @@ class Broker:
         self._store_pool = concurrent.futures.ThreadPoolExecutor(1, "fleetpki-hub-store")
         self._sessions: dict[str, SessionState] = {}
         self._live: dict[str, Link] = {}
+        # The order of each live session among the hub nodes (HubBackend.open_session),
+        # and, for client ids being admitted, the newest order another node announced.
+        self._orders: dict[str, int] = {}
+        self._connecting: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batcher = TelemetryBatcher(
@@ -256,14 +263,19 @@ class Broker:
             return
         epoch = self._blocks.begin_connect()
         device = None
+        order = 0
+        # Other nodes' announcements for this client id while it is being admitted here.
+        self._connecting.setdefault(client_id, 0)
         try:
             if password is not None:
-                device = await self._in_thread(
-                    self._authenticate_token, password, client_id, username.host
+                device, order = await self._in_thread(
+                    self._admit, client_id, self._authenticate_token, password, username.host
                 )
             else:
                 assert leaf_der is not None
-                device = await self._in_thread(self._authenticate, leaf_der, others, client_id)
+                device, order = await self._in_thread(
+                    self._admit, client_id, self._authenticate, leaf_der, others
+                )
         except AuthenticationError as exc:
             self._refuse(link, client_id, exc.code, exc.message)
             return
@@ -279,9 +291,11 @@ class Broker:
             return
         finally:
             blocked = self._blocks.end_connect(device, epoch)
+            newer_elsewhere = self._connecting.pop(client_id, 0)
         if blocked is not None:
             self._refuse(link, client_id, blocked, "blocked while connecting")
             return
+        assert device is not None  # every refusal above returned
         if link.mqtt.state is not ConnectionState.CONNECT_RECEIVED:
             return  # the client went away while we were checking
         old = self._live.get(client_id)
@@ -301,8 +315,14 @@ class Broker:
         else:
             self._sessions.pop(client_id, None)
         self._live[client_id] = link
+        self._orders[client_id] = order
         self._connection_changed(link, connected=True)
         _log.info("hub: device %r connected", client_id)
+        if newer_elsewhere > order:
+            # Another node accepted it after this one did, while it was admitted here.
+            _log.info("hub: client %r connected to another hub node; closing it here", client_id)
+            link.close("hub.taken_over")
+            return
         if device.expires_at is not None:
             self._end_at_expiry(link, client_id, device.expires_at)
         link.process()
@@ -319,8 +339,16 @@ class Broker:
 
         self._expiries[link] = asyncio.get_running_loop().call_later(delay, expire)
 
+    def _admit(
+        self, client_id: str, authenticate: Callable[..., AuthenticatedDevice], *args: Any
+    ) -> tuple[AuthenticatedDevice, int]:
+        """Authenticate (in a worker thread), then announce the session to the other hub
+        nodes (`HubBackend.open_session`): the device and the session's order."""
+        device = authenticate(*args, client_id)
+        return device, self.backend.open_session(client_id)
+
     def _authenticate_token(
-        self, password: bytes, client_id: str, host: str
+        self, password: bytes, host: str, client_id: str
     ) -> AuthenticatedDevice:
         try:
             token = password.decode("utf-8")
@@ -349,6 +377,7 @@ class Broker:
         client_id = connect.client_id
         if self._live.get(client_id) is link:
             del self._live[client_id]
+            self._orders.pop(client_id, None)
             self._connection_changed(link, connected=False)
             _log.info("hub: device %r disconnected", client_id)
             if connect.clean_session:
@@ -485,6 +514,20 @@ class Broker:
             self._twins.desired_patched(event, self._live.get(event.device_id))
         elif isinstance(event, C2DQueued):
             self._c2d.kick(event.device_id)
+        elif isinstance(event, SessionOpened):
+            self._session_opened_elsewhere(event)
+
+    def _session_opened_elsewhere(self, event: SessionOpened) -> None:
+        """One connection per client id across hub nodes too: the newer one wins."""
+        client_id = event.client_id
+        if client_id in self._connecting:
+            self._connecting[client_id] = max(self._connecting[client_id], event.order)
+        link = self._live.get(client_id)
+        if link is not None and self._orders.get(client_id, 0) < event.order:
+            _log.info(
+                "hub: client %r connected to hub node %s; closing it here", client_id, event.node
+            )
+            link.close("hub.taken_over")
 
     def _block(
         self, event: CertificateRevoked | DeviceBlocked | DeviceKeysReplaced, reason: str

@@ -7,11 +7,10 @@ import json
 import uuid
 from typing import Any
 
-from fleetpki.errors import FleetPKIError, NotFoundError
 from fleetpki.hub.azure.topics import ClientIdentity, MethodResponse, method_request_topic
 from fleetpki.hub.link import Link
 from fleetpki.hub.protocol import QoS
-from fleetpki.services.hub_methods import MethodResult
+from fleetpki.services.hub_methods import DeviceNotOnline, MethodResult, MethodTimeout
 
 __all__ = [
     "DEFAULT_METHOD_TIMEOUT",
@@ -23,28 +22,6 @@ __all__ = [
 
 #: Direct methods time out after this long by default (ref §3.4).
 DEFAULT_METHOD_TIMEOUT = 30.0
-
-
-class DeviceNotOnline(NotFoundError):
-    """The device is not connected, or not subscribed to direct methods (Azure 404103)."""
-
-    def __init__(self, device_id: str) -> None:
-        super().__init__("hub.device_not_online", f"device {device_id!r} is not online")
-        #: Azure's error code for this refusal (ref §3.4).
-        self.azure_error_code = 404103
-
-
-class MethodTimeout(FleetPKIError):
-    """The device did not answer a direct method in time (Azure 504101)."""
-
-    default_status = 504
-
-    def __init__(self, device_id: str, method_name: str) -> None:
-        super().__init__(
-            "hub.method_timeout", f"device {device_id!r} did not answer {method_name!r} in time"
-        )
-        #: Azure's error code for this failure (ref §3.4).
-        self.azure_error_code = 504101
 
 
 class MethodCalls:

@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -46,9 +47,10 @@ from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener, listen
 from fleetpki.settings import DEFAULT_MQTT_PORT
 
 if TYPE_CHECKING:
+    from fleetpki.hub.amqp.peer import AmqpServices
     from fleetpki.hub.amqp.server import AmqpServer
 
-__all__ = ["HubConnection", "HubServer", "HubTLS", "start_hub"]
+__all__ = ["HubConnection", "HubServer", "HubTLS", "bind_mqtt_socket", "start_hub"]
 
 _log = logging.getLogger("fleetpki.hub")
 
@@ -256,11 +258,13 @@ class HubServer:
         self._listener: GuardedListener | None = None
         #: The AMQP listener beside this one, when ``start_hub`` started it.
         self.amqp: AmqpServer | None = None
+        # What AMQP clients reach, on the AMQP port or over a WebSocket (start_hub).
+        self.amqp_services: AmqpServices | None = None
 
     @property
     def port(self) -> int:
         """The bound port (useful after binding port 0)."""
-        assert self._listener is not None, "the hub is not started"
+        assert self._listener is not None, "the hub listens on no port"
         return self._listener.port
 
     @property
@@ -268,17 +272,18 @@ class HubServer:
         """The listener, while the hub runs (its counts of refusals and failed handshakes)."""
         return self._listener
 
-    async def start(self, host: str = "127.0.0.1", port: int = 8883) -> None:
-        """Bind and start accepting connections in the running loop.
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 8883, *, sock: socket.socket | None = None
+    ) -> None:
+        """Bind (or take ``sock``, already listening) and start accepting in the running loop.
 
         Raises:
             ConflictError: ``serve.port_in_use``.
             ValidationError: ``serve.privileged_port``, ``serve.cannot_bind``.
         """
         loop = asyncio.get_running_loop()
-        sock = listening_socket(
-            host, port, option="--mqtt-port", fallback=DEFAULT_MQTT_PORT, backlog=4096
-        )
+        if sock is None:
+            sock = bind_mqtt_socket(host, port)
         sock.setblocking(False)
         self.broker.start()
         self._listener = GuardedListener(
@@ -291,12 +296,19 @@ class HubServer:
             setting="mqtt_max_connections",
         ).start()
 
+    async def start_without_listener(self) -> None:
+        """Start the broker alone: its connections arrive by another way (MQTT over
+        WebSockets on the API port, in an API worker of ``fleetpki serve --workers``)."""
+        self.broker.start()
+
     async def stop(self) -> None:
         """Stop listening, close every connection and store pending telemetry."""
         if self.amqp is not None:
             amqp, self.amqp = self.amqp, None
             await amqp.stop()
-            amqp.services.executor.shutdown(wait=False)
+        if self.amqp_services is not None:
+            services, self.amqp_services = self.amqp_services, None
+            services.executor.shutdown(wait=False)
         listener = self._listener
         if listener is not None:
             listener.close()
@@ -308,6 +320,20 @@ class HubServer:
                 await asyncio.wait_for(listener.wait_closed(), 5)
             listener.sock.close()
             self._listener = None
+
+
+def bind_mqtt_socket(host: str, port: int) -> socket.socket:
+    """A listening socket for the MQTT port (``port`` 0 picks one), inheritable by workers.
+
+    Raises:
+        ConflictError: ``serve.port_in_use``.
+        ValidationError: ``serve.privileged_port``, ``serve.cannot_bind``.
+    """
+    sock = listening_socket(
+        host, port, option="--mqtt-port", fallback=DEFAULT_MQTT_PORT, backlog=4096
+    )
+    sock.set_inheritable(True)
+    return sock
 
 
 def _backend_for(fleet: Any) -> HubBackend:
@@ -325,6 +351,8 @@ async def start_hub(
     port: int | None = None,
     hostnames: Iterable[str] | None = None,
     backend: HubBackend | None = None,
+    sock: socket.socket | None = None,
+    listen: bool = True,
     amqp_port: int | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Start the hub for ``fleetpki serve`` in the running loop; return its stopper.
@@ -335,9 +363,16 @@ async def start_hub(
     for the service API, until it stops. The stopper is the
     `HubServer.stop` bound method, so ``stopper.__self__`` is the running server.
 
-    The AMQP listener (`fleetpki.hub.amqp.server`) starts beside MQTT on
-    ``amqp_port`` (default: the ``amqp_port`` setting; -1: not at all) with the same
-    TLS context, and stops with it.
+    The AMQP listener (`fleetpki.hub.amqp.server`) starts beside MQTT on ``amqp_port``
+    with the same TLS context, and stops with it; a hub node without the MQTT port
+    (``listen=False``) has none either, so that of several workers only the primary
+    binds it.
+
+    Args:
+        sock: the MQTT port, already bound (``fleetpki serve --workers`` binds it once).
+        listen: ``False`` starts the broker without the MQTT port: an API worker's hub
+            node, which takes MQTT over WebSockets on the API port only.
+        amqp_port: the AMQP port (default: the ``amqp_port`` setting; -1: none).
 
     Raises:
         ConflictError: ``serve.port_in_use`` when the MQTT or the AMQP port is taken.
@@ -347,10 +382,14 @@ async def start_hub(
     port = settings.mqtt_port if port is None else port
     names = tuple(hostnames or (settings.hostname, "localhost", "127.0.0.1"))
     loop = asyncio.get_running_loop()
-    files = await loop.run_in_executor(
-        None, lambda: fleet.server_certificates.ensure(hostname=settings.hostname, host=host)
-    )
-    context = hub_ssl_context(files.certfile, files.keyfile, [files.client_ca_file.read_bytes()])
+    context = None
+    if listen:
+        files = await loop.run_in_executor(
+            None, lambda: fleet.server_certificates.ensure(hostname=settings.hostname, host=host)
+        )
+        context = hub_ssl_context(
+            files.certfile, files.keyfile, [files.client_ca_file.read_bytes()]
+        )
     if backend is None:
         backend = await loop.run_in_executor(None, _backend_for, fleet)
     broker = Broker(backend, hostnames=names, provisioning=fleet.provisioning)
@@ -360,14 +399,21 @@ async def start_hub(
         max_connections=settings.mqtt_max_connections,
         handshake_timeout=float(settings.tls_handshake_timeout_seconds),
     )
-    await server.start(host, port)
+    if listen:
+        await server.start(host, port, sock=sock)
+    else:
+        await server.start_without_listener()
     amqp_port = settings.amqp_port if amqp_port is None else amqp_port
     if amqp_port >= 0:
         from fleetpki.hub.amqp.server import AmqpServer, amqp_services
 
         executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="fleetpki-amqp")
+        # AMQP over WebSockets on the API port (api/amqp_websocket.py) uses these in
+        # every worker; the AMQP port itself is the primary's alone.
+        server.amqp_services = amqp_services(fleet, executor)
+    if context is not None and server.amqp_services is not None:
         amqp = AmqpServer(
-            amqp_services(fleet, executor),
+            server.amqp_services,
             context,
             max_connections=settings.mqtt_max_connections,
             handshake_timeout=float(settings.tls_handshake_timeout_seconds),
@@ -375,7 +421,6 @@ async def start_hub(
         try:
             await amqp.start(host, amqp_port)
         except BaseException:
-            executor.shutdown(wait=False)
             await server.stop()
             raise
         server.amqp = amqp
@@ -385,5 +430,6 @@ async def start_hub(
     if isinstance(backend, StoreHubBackend):
         # POST /twins/{id}/methods reaches this broker until it stops.
         backend.attach_broker(broker)
-    _log.info("fleetpki hub on mqtts://%s:%s", host, server.port)
+    if listen:
+        _log.info("fleetpki hub on mqtts://%s:%s", host, server.port)
     return server.stop

@@ -6,19 +6,28 @@ own unit of work.
 The broker calls these methods from its thread pools only, so none of this runs on
 the event loop.
 
-Notifications from the control plane (published on the application's event bus,
-``fleet.events``, after each commit from the committing thread) are translated into the
-broker's `HubEvent` types by `_Bridge`: a revoked certificate (any route: CLI, ``/v1``,
-EZCA, all of which end in ``services.certificates.revoke``), a disabled or deleted
-device, a replaced symmetric key, a desired patch, a queued cloud-to-device message.
+What concerns live sessions (a revoked certificate, from any route: CLI, ``/v1``, EZCA,
+all of which end in ``services.certificates.revoke``; a disabled or deleted device; a
+replaced symmetric key; a desired patch; a queued cloud-to-device message) may be
+changed by any process on the database, while the session is held by one hub node. So
+each of them travels through the outbox (DESIGN.md "Events and the outbox";
+`fleetpki.services.hub_notices`): this hub node is the consumer
+``hub:<settings.hub_node>`` of those events and has its own delivery of each
+(`fleetpki.services.delivery.ConsumerWorker`), translated into the broker's `HubEvent`
+types. Its worker is woken at once when such a change commits in this process, by
+PostgreSQL LISTEN/NOTIFY when one commits in another process, and otherwise looks every
+``revocation_poll`` seconds (SQLite).
 
-Revocations also travel through the outbox (DESIGN.md "Events and the outbox"): this
-hub node is the consumer ``hub:<settings.hub_node>`` of ``certificate.revoked`` events
-and has its own delivery of each (`fleetpki.services.delivery.ConsumerWorker`). Its
-worker is woken at once when a revocation commits in this process, by PostgreSQL
-LISTEN/NOTIFY when one commits in another process, and otherwise looks every
-``revocation_poll`` seconds (SQLite). Delivery is idempotent: a session already closed
-stays closed.
+Revocations, blocked devices and replaced keys also take a faster path: `_Bridge`
+forwards them from the application's event bus as the commit returns when they are
+committed in this very process, and from their broadcast (PostgreSQL NOTIFY,
+`EventBroadcast`) when another process commits them. Closing is idempotent (a session
+closed stays closed), so the outbox delivery that follows changes nothing; desired
+patches and C2D, which the device would see twice, come through the outbox only.
+
+The node announces itself in ``hub_nodes`` and renews its heartbeat with its
+connected-device count (`fleetpki.services.hub_nodes`), so that other processes know
+which nodes to ask for a direct method.
 
 Device authentication is the application's
 `fleetpki.services.hub_authentication.DeviceAuthenticator` (the one policy of
@@ -31,12 +40,16 @@ Direct methods: the service API (`fleetpki.api.hub_service`) calls the process's
 application's `fleetpki.services.hub_methods.HubMethodService`. `BrokerMethodInvoker`
 adapts the broker's ``invoke_method`` / ``connected_device_count`` to its
 ``MethodInvoker``, and `StoreHubBackend.attach_broker` attaches it for as long as the
-broker listens.
+broker listens. A method called in another process for a device held here arrives as a
+``hub.method_called`` delivery (`fleetpki.services.hub_method_relay`): this node claims
+it, calls the device on the broker's loop and records the answer, without holding up
+the consumer; a node that does not hold the device declines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -46,16 +59,17 @@ from typing import Any
 from cryptography import x509
 
 from fleetpki.application import FleetPKI
+from fleetpki.errors import UnavailableError
 from fleetpki.hub.backend import (
     AuthenticatedDevice,
     C2DMessage,
-    C2DQueued,
     CertificateRevoked,
     ConnectionChange,
-    DesiredPatched,
     DeviceBlocked,
     DeviceKeysReplaced,
+    HubEvent,
     HubListener,
+    SessionOpened,
     TelemetryRecord,
     Twin,
 )
@@ -63,8 +77,17 @@ from fleetpki.hub.broker import Broker
 from fleetpki.services.delivery import ConsumerWorker
 from fleetpki.services.events import HubEventListener
 from fleetpki.services.hub_authentication import DeviceAuthenticator
-from fleetpki.services.hub_methods import device_not_online
-from fleetpki.services.outbox import CERTIFICATE_REVOKED
+from fleetpki.services.hub_method_relay import RelayedCall
+from fleetpki.services.hub_methods import (
+    DeviceNotOnline,
+    MethodResult,
+    MethodTimeout,
+    device_not_online,
+)
+from fleetpki.services.hub_nodes import HEARTBEAT_SECONDS, node_consumer
+from fleetpki.services.hub_notices import HUB_NOTICE_TYPES, closing_event_of, hub_event_of
+from fleetpki.services.notifications import EventBroadcast, Notification
+from fleetpki.services.outbox import HUB_METHOD_CALLED, HUB_SESSION_OPENED
 from fleetpki.services.ports.events import Delivery
 from fleetpki.services.ports.hub import TelemetryInput
 
@@ -72,15 +95,26 @@ __all__ = ["DEFAULT_REVOCATION_POLL", "BrokerMethodInvoker", "StoreHubBackend"]
 
 _log = logging.getLogger(__name__)
 
-#: Seconds between outbox checks for revocations committed by other processes.
+#: Seconds between outbox checks for changes committed by other processes (SQLite, or
+#: a lost PostgreSQL NOTIFY).
 DEFAULT_REVOCATION_POLL = 0.5
 
 
 class _Bridge(HubEventListener):
-    """Turns control-plane notifications into the broker's events (called from any thread)."""
+    """Forwards revocations, blocked devices and replaced keys at once (from any thread):
+    this process's after their commit, and other processes' from their broadcast."""
 
     def __init__(self, listener: HubListener) -> None:
         self.listener = listener
+
+    def __call__(self, notification: Notification) -> None:
+        """Dispatch ``notification``; a broadcast of a close is forwarded as its event."""
+        if isinstance(notification, EventBroadcast):
+            event = closing_event_of(notification)
+            if event is not None:
+                self.listener(event)
+            return
+        super().__call__(notification)
 
     def on_device_blocked(self, device_id: str, reason: str) -> None:
         """Disabled (``hub.device_disabled``) or deleted (``hub.unknown_device``)."""
@@ -94,14 +128,6 @@ class _Bridge(HubEventListener):
         """A certificate was revoked: the broker closes sessions that use it."""
         self.listener(CertificateRevoked(sha1=sha1, serial=serial))
 
-    def on_desired_patched(self, device_id: str, patch: Mapping[str, Any], version: int) -> None:
-        """Desired twin properties changed."""
-        self.listener(DesiredPatched(device_id, patch, version))
-
-    def on_c2d_queued(self, device_id: str) -> None:
-        """A cloud-to-device message waits for the device."""
-        self.listener(C2DQueued(device_id))
-
 
 class BrokerMethodInvoker:
     """Adapts a `Broker` to `fleetpki.services.hub_methods.MethodInvoker`.
@@ -112,11 +138,18 @@ class BrokerMethodInvoker:
     Args:
         broker: the started broker.
         loop: the loop the broker runs on.
+        node: the hub node's name.
     """
 
-    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, node: str) -> None:
         self.broker = broker
         self.loop = loop
+        self._node = node
+
+    @property
+    def node(self) -> str:
+        """The hub node this broker is."""
+        return self._node
 
     async def invoke(
         self, device_id: str, method: str, payload: Any, timeout: float
@@ -141,13 +174,53 @@ class BrokerMethodInvoker:
             result = await asyncio.wrap_future(future)
         return int(result.status), result.payload
 
+    def holds(self, device_id: str) -> bool:
+        """Whether the device's live session is on this broker."""
+        return self.broker.is_connected(device_id)
+
     def connected_device_count(self) -> int:
         """Devices connected to the broker now."""
         return self.broker.connected_device_count
 
-    def is_device_connected(self, device_id: str) -> bool:
-        """Whether the device has a live, accepted connection to the broker now."""
-        return self.broker.is_connected(device_id)
+
+class _Heartbeat:
+    """Renews this node's row in ``hub_nodes`` every few seconds, in a thread of its own."""
+
+    def __init__(self, backend: StoreHubBackend, interval: float) -> None:
+        self._backend = backend
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleetpki-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        backend = self._backend
+        unavailable = False
+        while not self._stopped.wait(self._interval):
+            try:
+                others = backend.fleet.hub_nodes.beat(
+                    backend.node, backend.instance, connected=backend.connected_count()
+                )
+                backend.others_live = bool(others)
+            except UnavailableError as exc:
+                # One line when the database stops answering and one when it is back,
+                # not a traceback per beat (as the outbox consumers do).
+                if not unavailable:
+                    unavailable = True
+                    _log.warning("hub node %s: heartbeat: %s; trying again", backend.node, exc)
+            except Exception:
+                _log.exception("hub node %s: heartbeat failed; trying again", backend.node)
+            else:
+                if unavailable:
+                    unavailable = False
+                    _log.warning("hub node %s: heartbeat: the database answers again", backend.node)
 
 
 class StoreHubBackend:
@@ -155,10 +228,11 @@ class StoreHubBackend:
 
     Args:
         fleet: the opened fleetpki instance (its database and clock).
-        revocation_poll: seconds between outbox checks for revocations made by other
-            processes; revocations committed in this process are delivered at once.
+        revocation_poll: seconds between outbox checks for changes made by other
+            processes; changes committed in this process are delivered at once.
         authenticator: how devices are authenticated; by default the application's
             (``fleet.hub_authentication``).
+        heartbeat: seconds between renewals of this node's heartbeat.
     """
 
     def __init__(
@@ -167,14 +241,24 @@ class StoreHubBackend:
         *,
         revocation_poll: float = DEFAULT_REVOCATION_POLL,
         authenticator: DeviceAuthenticator | None = None,
+        heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.fleet = fleet
+        self.node = fleet.settings.hub_node
+        self.instance = ""
+        #: Whether another hub node beat lately (renewed with each heartbeat): only then
+        #: is a new session announced (`open_session`).
+        self.others_live = False
         self.revocation_poll = revocation_poll
         self.authenticator = authenticator or fleet.hub_authentication
+        self._heartbeat_interval = heartbeat
         self._lock = threading.Lock()
+        self._listeners: list[HubListener] = []
         self._bridges: dict[HubListener, _Bridge] = {}
         self._consumer: ConsumerWorker | None = None
+        self._heartbeat: _Heartbeat | None = None
         self._invoker: BrokerMethodInvoker | None = None
+        self._answers: set[concurrent.futures.Future[None]] = set()
 
     # -- HubBackend --
 
@@ -193,6 +277,13 @@ class StoreHubBackend:
     ) -> AuthenticatedDevice:
         """See `DeviceAuthenticator.authenticate_token`."""
         return self.authenticator.authenticate_token(token, client_id, host, now)
+
+    def open_session(self, client_id: str) -> int:
+        """See `HubBackend.open_session`: announced only while another node runs, so a
+        single node's connects write nothing."""
+        if not self.others_live:
+            return 0
+        return self.fleet.hub_nodes.announce_session(self.node, client_id)
 
     def store_telemetry(self, batch: Sequence[TelemetryRecord]) -> None:
         """Store a batch in one transaction; returns once it is committed."""
@@ -239,34 +330,44 @@ class StoreHubBackend:
         self.fleet.hub_messages.mark_c2d_delivered(device_id, message_id)
 
     def add_listener(self, listener: HubListener) -> None:
-        """Forward control-plane notifications to ``listener``; start the outbox consumer."""
+        """Forward hub events to ``listener``; with the first, join the hub nodes and start
+        this node's outbox consumer and heartbeat."""
         bridge = _Bridge(listener)
         self.fleet.events.subscribe(bridge)  # before the consumer's first run
         with self._lock:
+            self._listeners.append(listener)
             self._bridges[listener] = bridge
             start = self._consumer is None
         if start:
+            self.instance = self.fleet.hub_nodes.join(self.node)
+            self.others_live = any(n.name != self.node for n in self.fleet.hub_nodes.live())
             consumer = self.fleet.start_consumer(
-                f"hub:{self.fleet.settings.hub_node}",
-                [CERTIFICATE_REVOKED],
-                self._deliver_revocation,
+                node_consumer(self.node),
+                [*HUB_NOTICE_TYPES, HUB_METHOD_CALLED, HUB_SESSION_OPENED],
+                self._deliver,
                 poll=self.revocation_poll,
             )
+            heartbeat = _Heartbeat(self, self._heartbeat_interval)
+            heartbeat.start()
             with self._lock:
                 self._consumer = consumer
+                self._heartbeat = heartbeat
 
     def remove_listener(self, listener: HubListener) -> None:
-        """Stop forwarding to ``listener``; with the last one, stop the consumer and methods.
+        """Stop forwarding to ``listener``; with the last one, stop the consumer, the
+        heartbeat and methods, and leave the hub nodes.
 
         Called by `Broker.stop` on the loop: the consumer's thread is joined for at most
         the end of a delivery in progress (one short transaction).
         """
         with self._lock:
             bridge = self._bridges.pop(listener, None)
-            consumer = None
-            invoker = None
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            consumer = heartbeat = invoker = None
             if not self._bridges:
                 consumer, self._consumer = self._consumer, None
+                heartbeat, self._heartbeat = self._heartbeat, None
                 invoker, self._invoker = self._invoker, None
         if bridge is not None:
             self.fleet.events.unsubscribe(bridge)
@@ -274,15 +375,39 @@ class StoreHubBackend:
             self.fleet.hub_methods.detach(invoker)
         if consumer is not None:
             self.fleet.stop_consumer(consumer)
+        if heartbeat is not None:
+            heartbeat.stop()
+            try:
+                self.fleet.hub_nodes.leave(self.node, self.instance)
+            except UnavailableError as exc:
+                # The others forget it once its heartbeat is old (hub_nodes.live).
+                _log.warning("hub node %s: could not record its stop: %s", self.node, exc)
+            except Exception:
+                _log.exception("hub node %s: could not record its stop", self.node)
 
-    def _deliver_revocation(self, delivery: Delivery) -> None:
-        """This node's delivery of a ``certificate.revoked`` event: close matching sessions."""
-        payload = delivery.payload
-        event = CertificateRevoked(
-            sha1=payload.get("sha1"), serial=str(payload.get("serial", delivery.subject_id))
-        )
+    def connected_count(self) -> int:
+        """Devices connected to this node now (0 before the broker is attached)."""
+        invoker = self._invoker
+        return invoker.connected_device_count() if invoker is not None else 0
+
+    def _deliver(self, delivery: Delivery) -> None:
+        """This node's delivery of a hub event: act on the sessions it holds."""
+        if delivery.event_type == HUB_METHOD_CALLED:
+            self._deliver_method(delivery)
+            return
+        event: HubEvent | None
+        if delivery.event_type == HUB_SESSION_OPENED:
+            node = str(delivery.payload.get("node", ""))
+            if node == self.node:
+                return  # this node's own announcement
+            self.others_live = True
+            event = SessionOpened(delivery.subject_id, node, delivery.event_id)
+        else:
+            event = hub_event_of(delivery)
+        if event is None:
+            return
         with self._lock:
-            listeners = list(self._bridges)
+            listeners = list(self._listeners)
         for listener in listeners:
             listener(event)
 
@@ -293,8 +418,50 @@ class StoreHubBackend:
 
         It is detached again when the broker stops (its listener is removed).
         """
-        invoker = BrokerMethodInvoker(broker, asyncio.get_running_loop())
+        invoker = BrokerMethodInvoker(broker, asyncio.get_running_loop(), self.node)
         with self._lock:
             self._invoker = invoker
         self.fleet.hub_methods.attach(invoker)
         return invoker
+
+    def _deliver_method(self, delivery: Delivery) -> None:
+        """A method called elsewhere: claim it if the device is held here, else decline."""
+        relay = self.fleet.hub_method_relay
+        device_id = str(delivery.payload.get("device_id", ""))
+        asked = delivery.payload.get("asked") or []
+        if self.node not in asked:
+            return
+        invoker = self._invoker
+        if invoker is None or invoker.loop.is_closed() or not invoker.holds(device_id):
+            relay.decline(delivery.subject_id, self.node)
+            return
+        call = relay.claim(delivery.subject_id, self.node)
+        if call is None:
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._answer(invoker, call), invoker.loop)
+        except RuntimeError:  # the broker's loop closed meanwhile
+            relay.finish(call.id, outcome="offline")
+            return
+        with self._lock:
+            self._answers.add(future)
+        future.add_done_callback(self._answers.discard)
+
+    async def _answer(self, invoker: BrokerMethodInvoker, call: RelayedCall) -> None:
+        """Call the device on the broker's loop; record what came of it."""
+        relay = self.fleet.hub_method_relay
+        result: MethodResult | None = None
+        outcome = "answered"
+        try:
+            status, payload = await invoker.invoke(
+                call.device_id, call.method_name, call.payload, max(call.timeout, 0.001)
+            )
+            result = MethodResult(status, payload)
+        except DeviceNotOnline:
+            outcome = "offline"
+        except MethodTimeout:
+            outcome = "timeout"
+        except Exception:
+            _log.exception("hub node %s: relayed method %s failed", self.node, call.id)
+            outcome = "offline"
+        await asyncio.to_thread(relay.finish, call.id, result=result, outcome=outcome)

@@ -505,7 +505,7 @@ class CAService:
 
     def list(self) -> builtins.list[CAView]:
         """Every CA, roots first."""
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return [ca_view(ca) for ca in tx.cas.all()]
 
     def get(self, ca_id: str) -> CAView:
@@ -514,7 +514,7 @@ class CAService:
         Raises:
             NotFoundError: ``ca.not_found``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return ca_view(ca_record(tx, ca_id))
 
     def chain(self, ca_id: str) -> builtins.list[x509.Certificate]:
@@ -523,7 +523,7 @@ class CAService:
         Raises:
             NotFoundError: ``ca.not_found``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return ca_chain_of(tx, ca_record(tx, ca_id))
 
     def current_issuer(self) -> CAView:
@@ -532,7 +532,7 @@ class CAService:
         Raises:
             NotFoundError: ``ca.no_current_issuer``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return ca_view(current_issuer(tx, self._clock()))
 
     def issuing_chain(self, ca_id: str | None = None) -> builtins.list[x509.Certificate]:

@@ -395,6 +395,7 @@ def revoke_in(
             "revoked_at": revoked_at.isoformat(),
         },
         at=now,
+        broadcast=True,  # hub nodes elsewhere close the session on it at once
     )
     # The live hub in this process closes the session at once; the outbox delivery
     # above reaches every other consumer (hub nodes, hub links), here or elsewhere.
@@ -490,7 +491,7 @@ class CertificateService:
         Raises:
             ValidationError: ``certificate.bad_status``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return [certificate_view(r) for r in search_in(tx, actor, query, now=self._clock())]
 
     def get(self, actor: Actor, serial: str) -> CertificateView:
@@ -499,7 +500,7 @@ class CertificateService:
         Raises:
             NotFoundError: ``certificate.not_found``, also when the actor cannot see it.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             record = certificate_by_serial(tx, serial)
             visible_certificate(tx, actor, record)
             return _view_with_renewed(tx, record)
@@ -511,7 +512,7 @@ class CertificateService:
         Raises:
             NotFoundError: ``certificate.not_found``, also when the actor cannot see it.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             record = certificate_by_serial(tx, serial)
             visible_certificate(tx, actor, record)
             return ca_chain_of(tx, ca_record(tx, record.ca_id), record.ca_generation)
@@ -522,7 +523,7 @@ class CertificateService:
         Raises:
             NotFoundError: ``certificate.not_found``, also when the actor cannot see it.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             record = certificate_by_thumbprint(tx, thumbprint)
             visible_certificate(tx, actor, record)
             return _view_with_renewed(tx, record)

@@ -252,12 +252,12 @@ class DomainService:
         Raises:
             NotFoundError: ``domain.not_found``, also for domains the actor cannot see.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return domain_view(visible_domain_record(tx, actor, domain_id))
 
     def list(self, actor: Actor, *, name: str | None = None) -> builtins.list[DomainView]:
         """Domains the actor owns or may request from (every domain for admins), by name."""
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return [domain_view(d) for d in visible_domains(tx, actor, name=name)]
 
     def for_request(self, actor: Actor, name: str, ca_id: str | None = None) -> DomainView:
@@ -267,6 +267,6 @@ class DomainService:
 
     def find(self, ca_id: str, name: str) -> DomainView | None:
         """The domain registered under ``ca_id`` with exactly this name, if any."""
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             domain = tx.domains.find(ca_id, name)
             return domain_view(domain) if domain is not None else None

@@ -106,7 +106,7 @@ class DeviceAuthenticator:
                 answers CONNACK 5 to every one (ref §1.4).
         """
         presented = PresentedCertificate(leaf, tuple(chain), client_id)
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             entry = registry_entry(tx, presented.device_id)
             admission, verdict = self.admit_in(tx, presented, entry, self.hub_trusted(tx), now)
         # The transaction is closed: a slow responder holds no database connection.
@@ -179,7 +179,7 @@ class DeviceAuthenticator:
                 (`fleetpki.hub.policy.Refusal`), ``hub.device_key_undecryptable``.
         """
         presented = PresentedToken(token, client_id, host)
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             entry = registry_entry(tx, client_id.partition("/")[0], self.seal)
         return self.policy.admit_token(presented, entry, now)
 

@@ -33,6 +33,7 @@ from fleetpki.hub.policy import AuthType, DeviceStatus
 from fleetpki.services.context import Clock
 from fleetpki.services.hub_device_keys import DeviceKeySeal
 from fleetpki.services.hub_etags import check_if_match, new_etag
+from fleetpki.services.hub_notices import tell_hub_nodes
 from fleetpki.services.hub_routing import EventRouting, route_connection_state_in
 from fleetpki.services.notifications import DeviceBlocked, DeviceKeysReplaced
 from fleetpki.services.ports import Store, UnitOfWork
@@ -146,13 +147,16 @@ def device_keys(record: HubDevice, seal: DeviceKeySeal) -> tuple[str | None, str
     )
 
 
-def require_device(tx: UnitOfWork, device_id: str) -> HubDevice:
+def require_device(tx: UnitOfWork, device_id: str, *, for_update: bool = False) -> HubDevice:
     """The registry entry of ``device_id`` in the caller's unit of work.
+
+    ``for_update`` locks the row until the unit ends: callers that change it pass it,
+    so two processes changing one device (a twin merge, a counter) never lose a write.
 
     Raises:
         NotFoundError: ``hub.device_not_found``.
     """
-    record = tx.hub_devices.get(device_id)
+    record = tx.hub_devices.get(device_id, for_update=for_update)
     if record is None:
         raise NotFoundError("hub.device_not_found", f"no device {device_id!r} in the hub")
     return record
@@ -194,7 +198,7 @@ def _apply_status(
         record.status = status.value
         record.status_updated_at = now
         if status is DeviceStatus.DISABLED:
-            tx.publish(DeviceBlocked(record.device_id, "hub.device_disabled"))
+            tell_hub_nodes(tx, DeviceBlocked(record.device_id, "hub.device_disabled"), at=now)
     record.status_reason = reason
 
 
@@ -217,7 +221,7 @@ def put_device_in(
         )
     # Keys only mean something for sas devices; for the others they are dropped.
     given = (_clean_key(spec.primary_key), _clean_key(spec.secondary_key)) if sas else None
-    record = tx.hub_devices.get(spec.device_id)
+    record = tx.hub_devices.get(spec.device_id, for_update=True)
     if record is None:
         if if_match is not None and if_match.strip().strip('"') != "*":
             raise NotFoundError("hub.device_not_found", f"no device {spec.device_id!r} in the hub")
@@ -250,7 +254,7 @@ def put_device_in(
         raise ConflictError("hub.device_exists", f"device {spec.device_id!r} already exists")
     check_if_match(if_match, record.etag)
     _apply_status(tx, record, spec.status, spec.status_reason, now)
-    _replace_credentials(tx, record, spec.auth_type, given, seal)
+    _replace_credentials(tx, record, spec.auth_type, given, seal, now)
     record.auth_type = spec.auth_type.value
     record.primary_thumbprint = primary
     record.secondary_thumbprint = secondary
@@ -264,6 +268,7 @@ def _replace_credentials(
     auth_type: AuthType,
     given: tuple[str | None, str | None] | None,
     seal: DeviceKeySeal,
+    now: dt.datetime,
 ) -> None:
     """Set an updated device's keys; end the sessions whose credential is gone.
 
@@ -284,10 +289,10 @@ def _replace_credentials(
         # From a certificate to keys: no session made with a certificate may go on.
         # (Between the two X.509 kinds sessions stay, as before: a hub link pins a
         # device to its newest certificate without cutting it off.)
-        tx.publish(DeviceBlocked(record.device_id, "hub.wrong_auth_type"))
+        tell_hub_nodes(tx, DeviceBlocked(record.device_id, "hub.wrong_auth_type"), at=now)
     removed = frozenset(key_id(k) for k in old) - {key_id(k) for k in new}
     if removed:
-        tx.publish(DeviceKeysReplaced(record.device_id, removed))
+        tell_hub_nodes(tx, DeviceKeysReplaced(record.device_id, removed), at=now)
 
 
 def set_status_in(
@@ -300,20 +305,22 @@ def set_status_in(
     if_match: str | None = None,
 ) -> HubDevice:
     """:meth:`HubDeviceService.set_status` inside the caller's unit of work."""
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     check_if_match(if_match, record.etag)
     _apply_status(tx, record, status, reason, now)
     record.etag = new_etag()
     return record
 
 
-def delete_device_in(tx: UnitOfWork, device_id: str, *, if_match: str | None = None) -> None:
+def delete_device_in(
+    tx: UnitOfWork, device_id: str, *, now: dt.datetime, if_match: str | None = None
+) -> None:
     """:meth:`HubDeviceService.delete` inside the caller's unit of work."""
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     check_if_match(if_match, record.etag)
     tx.hub_c2d.delete_for_device(device_id)
     tx.hub_devices.delete(record)
-    tx.publish(DeviceBlocked(device_id, "hub.unknown_device"))
+    tell_hub_nodes(tx, DeviceBlocked(device_id, "hub.unknown_device"), at=now)
 
 
 def record_connections_in(
@@ -382,12 +389,12 @@ class HubDeviceService:
         Raises:
             NotFoundError: ``hub.device_not_found``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return device_view(require_device(tx, device_id), self._seal)
 
     def list(self, *, limit: int | None = None, offset: int = 0) -> list[HubDeviceView]:
         """Registered devices by id, at most ``limit``, after the first ``offset``."""
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return [
                 device_view(r, self._seal)
                 for r in tx.hub_devices.list(limit=limit, offset=max(offset, 0))
@@ -421,7 +428,7 @@ class HubDeviceService:
             ConflictError: ``precondition.failed``.
         """
         with self._store.transaction() as tx:
-            delete_device_in(tx, device_id, if_match=if_match)
+            delete_device_in(tx, device_id, now=self._clock(), if_match=if_match)
 
     def connection_string(self, device_id: str, hostname: str, *, secondary: bool = False) -> str:
         """``HostName=..;DeviceId=..;SharedAccessKey=..`` for a sas device (its primary key).

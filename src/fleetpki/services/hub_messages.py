@@ -18,6 +18,7 @@ from typing import Any
 from fleetpki.errors import ValidationError
 from fleetpki.services.context import Actor, Clock
 from fleetpki.services.hub_devices import require_device
+from fleetpki.services.hub_notices import tell_hub_nodes
 from fleetpki.services.notifications import C2DQueued
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.services.ports.hub import TelemetryInput
@@ -143,7 +144,7 @@ def enqueue_in(
     message_id: str | None = None,
 ) -> HubC2DMessage:
     """:meth:`HubMessageService.enqueue_c2d` inside the caller's unit of work."""
-    device = require_device(tx, device_id)
+    device = require_device(tx, device_id, for_update=True)
     if len(body) > MAX_C2D_BYTES:
         raise ValidationError(
             "hub.message_too_large", f"a cloud-to-device message is at most {MAX_C2D_BYTES} bytes"
@@ -158,7 +159,7 @@ def enqueue_in(
     )
     tx.hub_c2d.add(message)
     device.c2d_count += 1
-    tx.publish(C2DQueued(device_id))
+    tell_hub_nodes(tx, C2DQueued(device_id), at=now)
     return message
 
 
@@ -170,7 +171,7 @@ def mark_delivered_in(tx: UnitOfWork, device_id: str, message_id: str, *, now: d
     message.status = "delivered"
     message.delivered_at = now
     message.feedback_due = _ack(message) in _ACK_ON_SUCCESS
-    device = tx.hub_devices.get(device_id)
+    device = tx.hub_devices.get(device_id, for_update=True)
     if device is not None and device.c2d_count > 0:
         device.c2d_count -= 1
 

@@ -379,12 +379,12 @@ class HubTrustService:
         Raises:
             NotFoundError: ``hub.ca_not_found``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return hub_ca_view(require_hub_ca(tx, name))
 
     def list(self) -> list[HubCAView]:
         """Every hub CA, by name."""
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return [hub_ca_view(r) for r in tx.hub_cas.list()]
 
     def generate_verification_code(self, name: str, *, if_match: str | None = None) -> HubCAView:

@@ -1,8 +1,9 @@
 """Device twins: tags, desired and reported properties with their versions (ref §1.5, §3.3).
 
-Desired changes are sent to the connected device after the unit of work commits
-(:class:`DesiredPatched` on the application's event bus); reported patches come from
-the device over MQTT.
+Desired changes are sent to the connected device after the unit of work commits, by
+whichever hub node holds its session (:class:`DesiredPatched`, told to every node by
+:func:`fleetpki.services.hub_notices.tell_hub_nodes`); reported patches come from the
+device over MQTT.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fleetpki.errors import ValidationError
 from fleetpki.services.context import Clock
 from fleetpki.services.hub_devices import HubDeviceView, device_view, require_device
 from fleetpki.services.hub_etags import check_if_match, new_etag
+from fleetpki.services.hub_notices import tell_hub_nodes
 from fleetpki.services.hub_routing import EventRouting, route_twin_change_in
 from fleetpki.services.notifications import DesiredPatched
 from fleetpki.services.ports import Store, UnitOfWork
@@ -99,12 +101,12 @@ def patch_twin_in(
     device_id: str,
     document: Mapping[str, Any],
     *,
+    now: dt.datetime,
     if_match: str | None = None,
     routing: EventRouting | None = None,
-    now: dt.datetime | None = None,
 ) -> HubDevice:
     """:meth:`HubTwinService.patch` inside the caller's unit of work (returns the record)."""
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     check_if_match(if_match, record.twin_etag)
     tags, desired = _twin_parts(document)
     if tags is not None:
@@ -112,17 +114,16 @@ def patch_twin_in(
     if desired:
         record.desired = _merge_patch(record.desired, desired)
         record.desired_version += 1
-        tx.publish(DesiredPatched(device_id, dict(desired), record.desired_version))
-        if now is not None:
-            route_twin_change_in(
-                tx,
-                routing,
-                device_id,
-                op_type="updateTwin",
-                version=record.desired_version,
-                changed={"desired": {**desired, "$version": record.desired_version}},
-                now=now,
-            )
+        tell_hub_nodes(tx, DesiredPatched(device_id, dict(desired), record.desired_version), at=now)
+        route_twin_change_in(
+            tx,
+            routing,
+            device_id,
+            op_type="updateTwin",
+            version=record.desired_version,
+            changed={"desired": {**desired, "$version": record.desired_version}},
+            now=now,
+        )
     record.twin_etag = new_etag()
     return record
 
@@ -132,12 +133,12 @@ def replace_twin_in(
     device_id: str,
     document: Mapping[str, Any],
     *,
+    now: dt.datetime,
     if_match: str | None = None,
     routing: EventRouting | None = None,
-    now: dt.datetime | None = None,
 ) -> HubDevice:
     """:meth:`HubTwinService.replace` inside the caller's unit of work (returns the record)."""
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     check_if_match(if_match, record.twin_etag)
     tags, desired = _twin_parts(document)
     record.tags = tags or {}
@@ -147,17 +148,16 @@ def replace_twin_in(
         patch.update(new_desired)
         record.desired = new_desired
         record.desired_version += 1
-        tx.publish(DesiredPatched(device_id, patch, record.desired_version))
-        if now is not None:
-            route_twin_change_in(
-                tx,
-                routing,
-                device_id,
-                op_type="replaceTwin",
-                version=record.desired_version,
-                changed={"desired": {**new_desired, "$version": record.desired_version}},
-                now=now,
-            )
+        tell_hub_nodes(tx, DesiredPatched(device_id, patch, record.desired_version), at=now)
+        route_twin_change_in(
+            tx,
+            routing,
+            device_id,
+            op_type="replaceTwin",
+            version=record.desired_version,
+            changed={"desired": {**new_desired, "$version": record.desired_version}},
+            now=now,
+        )
     record.twin_etag = new_etag()
     return record
 
@@ -173,7 +173,7 @@ def patch_reported_in(
     """:meth:`HubTwinService.patch_reported` inside the caller's unit of work."""
     if not isinstance(patch, Mapping):
         raise ValidationError("hub.bad_twin", "a reported patch must be a JSON object")
-    record = require_device(tx, device_id)
+    record = require_device(tx, device_id, for_update=True)
     stripped = _strip_meta(patch)
     record.reported = _merge_patch(record.reported, stripped)
     record.reported_version += 1
@@ -211,12 +211,12 @@ class HubTwinService:
         Raises:
             NotFoundError: ``hub.device_not_found``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return twin_view(require_device(tx, device_id))
 
     def list(self) -> list[TwinView]:
         """Every device's twin, by device id (``SELECT * FROM devices``)."""
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return [twin_view(r) for r in tx.hub_devices.list()]
 
     def patch(

@@ -18,8 +18,10 @@ __all__ = [
     "DesiredPatched",
     "DeviceBlocked",
     "DeviceKeysReplaced",
+    "EventBroadcast",
     "EventsWritten",
     "HubLinksChanged",
+    "MethodCallChanged",
     "Notification",
     "TrustChanged",
 ]
@@ -87,6 +89,23 @@ class HubLinksChanged:
     """A hub link was added or removed, or trusts another CA: its delivery must follow."""
 
 
+@dataclass(frozen=True, slots=True)
+class MethodCallChanged:
+    """A relayed direct method was claimed, declined or answered (another process told us)."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventBroadcast:
+    """An outbox event committed in another process, carried whole by its NOTIFY
+    (``append(..., broadcast=True)``): for acting at once, before its delivery."""
+
+    event_type: str
+    subject_id: str
+    payload: Mapping[str, Any]
+
+
 Notification = (
     DeviceBlocked
     | DeviceKeysReplaced
@@ -96,4 +115,6 @@ Notification = (
     | TrustChanged
     | EventsWritten
     | HubLinksChanged
+    | MethodCallChanged
+    | EventBroadcast
 )

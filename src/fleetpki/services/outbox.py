@@ -8,6 +8,12 @@ __all__ = [
     "CERTIFICATE_RENEWED",
     "CERTIFICATE_REVOKED",
     "DOMAIN_REGISTERED",
+    "HUB_C2D_QUEUED",
+    "HUB_DESIRED_PATCHED",
+    "HUB_DEVICE_BLOCKED",
+    "HUB_DEVICE_KEYS_REPLACED",
+    "HUB_METHOD_CALLED",
+    "HUB_SESSION_OPENED",
 ]
 
 #: A certificate was revoked: hubs must close its sessions and disable the device.
@@ -22,3 +28,20 @@ DOMAIN_REGISTERED = "domain.registered"
 CA_GENERATION_CREATED = "ca.generation_created"
 #: A CA generation has nothing outstanding: every link removes it from its hub.
 CA_GENERATION_RETIRED = "ca.generation_retired"
+
+# -- what every hub node acts on for its live sessions (fleetpki.services.hub_notices) --
+#: A device was disabled or deleted: the node holding its session closes it.
+HUB_DEVICE_BLOCKED = "hub.device_blocked"
+#: A sas device's keys were replaced: the node holding a session its old key signed
+#: closes it.
+HUB_DEVICE_KEYS_REPLACED = "hub.device_keys_replaced"
+#: Desired twin properties changed: the node holding the session sends the patch.
+HUB_DESIRED_PATCHED = "hub.desired_patched"
+#: A cloud-to-device message was queued: the node holding the session delivers it.
+HUB_C2D_QUEUED = "hub.c2d_queued"
+#: A direct method was called where the device's session is not: the node holding it
+#: answers (fleetpki.services.hub_method_relay).
+HUB_METHOD_CALLED = "hub.method_called"
+#: A hub node accepted a device that another node may still hold: the older session
+#: closes (one connection per client id across nodes, as within one).
+HUB_SESSION_OPENED = "hub.session_opened"

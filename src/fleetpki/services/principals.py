@@ -203,14 +203,21 @@ def authenticated_token_in(
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
     if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
         raise AuthenticationError("auth.bad_token", "the bearer token has expired or was revoked")
-    # Recorded at minute resolution: a write on every request would serialise all
-    # authenticated requests on the database's write lock.
-    if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
-        token.last_used_at = now
     principal = tx.principals.get(token.principal_id)
     if principal is None:
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
+    if _last_use_due(token, now):
+        token.last_used_at = now
     return principal, token
+
+
+def _last_use_due(token: ApiToken, now: dt.datetime) -> bool:
+    """Whether a token's use ``now`` is to be recorded.
+
+    At minute resolution: a write on every request would serialise all authenticated
+    requests on the database's write lock.
+    """
+    return token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION
 
 
 def authenticate_token_in(tx: UnitOfWork, secret: str, *, now: dt.datetime) -> Principal:
@@ -316,5 +323,11 @@ class PrincipalService:
         Raises:
             AuthenticationError: ``auth.bad_token`` for unknown, expired or revoked tokens.
         """
+        now = self._clock()
+        # Read without the write lock; only a use to record (once a minute) writes.
+        with self._store.reading() as tx:
+            token = tx.tokens.find_by_hash(_hash_token(secret))
+            if token is None or not _last_use_due(token, now):
+                return principal_view(authenticate_token_in(tx, secret, now=now))
         with self._store.transaction() as tx:
-            return principal_view(authenticate_token_in(tx, secret, now=self._clock()))
+            return principal_view(authenticate_token_in(tx, secret, now=now))

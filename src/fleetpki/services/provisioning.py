@@ -521,9 +521,9 @@ class ProvisioningService:
             put_device_in(tx, DeviceSpec(device_id), now=now, seal=self._auth.seal)
             if _has_content(plan.twin):
                 assert plan.twin is not None
-                replace_twin_in(tx, device_id, plan.twin)
+                replace_twin_in(tx, device_id, plan.twin, now=now)
         elif plan.reset_twin:
-            replace_twin_in(tx, device_id, plan.twin or {})
+            replace_twin_in(tx, device_id, plan.twin or {}, now=now)
 
     # -- operation status ---------------------------------------------------------------------
 

@@ -157,7 +157,7 @@ class RevocationStatusService:
         Raises:
             NotFoundError: ``ca.not_found``.
         """
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             return _generation(ca_record(tx, ca_id), generation).certificate_der
 
     def ocsp(self, request_der: bytes) -> OcspAnswer:
@@ -223,7 +223,7 @@ class RevocationStatusService:
             return OcspAnswer(self._sign(request, hit.status, hit.responder, now)[0])
         epoch = cache.epoch
         try:
-            with self._store.transaction() as tx:
+            with self._store.reading() as tx:
                 responder = self._responder(tx, request, epoch)
                 status = _status_of(tx, responder, request.cert_id.serial_number)
             der, this_update, next_update = self._sign(request, status, responder, now)
@@ -277,7 +277,7 @@ class RevocationStatusService:
         """Read what other processes changed since the last read (see OcspResponseCache)."""
         cache = self._cache
         cache.begin_sync(stamp)
-        with self._store.transaction() as tx:
+        with self._store.reading() as tx:
             newest = tx.events.newest_id()
             events = tx.events.written_after(
                 cache.sync_floor(newest), WATCHED_EVENTS, limit=_SYNC_LIMIT

@@ -268,6 +268,10 @@ class ServerCertificateService:
                 [ca_certificate(c) for c in cas],
             )
 
+    def files(self) -> ServerTLSFiles:
+        """Where the server's TLS files are, as they are now (nothing is issued)."""
+        return ServerTLSFiles.in_home(self._home)
+
     def ensure(self, *, hostname: str, host: str) -> ServerTLSFiles:
         """Make sure ``home/tls`` holds a current server certificate for the hostname.
 

@@ -144,6 +144,10 @@ def _sqlite_connect_hook(busy_timeout: float) -> Any:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # WAL lets readers run beside the one writer; foreign keys are off by default
         # in SQLite; a busy timeout makes concurrent writers wait instead of failing.
+        # The driver's own transaction handling is turned off: it would begin a
+        # transaction only at the first write, so a unit of work's reads would run
+        # outside it (see _begin_sqlite).
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -179,6 +183,8 @@ def _on_postgresql_connect(dbapi_connection: Any, _record: Any) -> None:
 _SQLITE_POOL_SIZE = 40
 # The statements that take SQLite's write lock (a transaction's first one begins it).
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+# The execution option that marks a reading unit of work's connection (Database.session).
+_READING = "fleetpki_reading"
 
 
 class _SqliteWriteGate:
@@ -187,12 +193,12 @@ class _SqliteWriteGate:
     SQLite lets one transaction write at a time; the others wait in its busy handler,
     which sleeps 1, 2, 5, 10 ... 100 ms between tries. Under concurrent issuance that
     leaves the server idle while requests queue: eight at once ran at a fraction of the
-    rate one at a time allowed (bench/README.md). So a unit of work about to write in
-    this process first takes this lock, from its first write statement until it has
-    committed or rolled back (the end of :meth:`Database.session`), and the next writer
-    here starts the moment it is released. Other processes still meet the busy
-    timeout. Only statements inside :meth:`Database.session` take it; migrations and
-    raw connections do not.
+    rate one at a time allowed (bench/README.md). So a writing unit of work in this
+    process first takes this lock, before its ``BEGIN IMMEDIATE``, and holds it until it
+    has committed or rolled back (the end of :meth:`Database.session`); the next writer
+    here starts the moment it is released. Other processes (``serve --workers``) still
+    meet SQLite's lock and its busy timeout. A unit of work nested in a writing one of
+    the same thread does not take it again; reading units never take it.
     """
 
     def __init__(self) -> None:
@@ -200,27 +206,46 @@ class _SqliteWriteGate:
         self._local = threading.local()
 
     def enter(self) -> None:
-        """A unit of work starts in this thread."""
-        self._local.depth = getattr(self._local, "depth", 0) + 1
+        """A writing unit of work starts in this thread: wait for the others here."""
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._lock.acquire()
+        self._local.depth = depth + 1
 
     def leave(self) -> None:
-        """A unit of work ended (committed or rolled back) in this thread."""
+        """A writing unit of work ended (committed or rolled back) in this thread."""
         self._local.depth -= 1
-        if self._local.depth == 0 and getattr(self._local, "holds", False):
-            self._local.holds = False
+        if self._local.depth == 0:
             self._lock.release()
 
-    def before_execute(
-        self, _conn: Any, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
-    ) -> None:
-        """Engine hook: take the lock before this thread's first write in a unit of work."""
-        if (
-            getattr(self._local, "depth", 0)
-            and not getattr(self._local, "holds", False)
-            and statement.lstrip()[:7].upper().startswith(_WRITES)
-        ):
-            self._lock.acquire()
-            self._local.holds = True
+
+def _begin_sqlite(connection: Any) -> None:
+    # A writing unit of work takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
+    # waiting up to the busy timeout for another writer, in this process or another
+    # (``fleetpki serve --workers``). A deferred transaction would read a snapshot and
+    # then fail with SQLITE_BUSY at its first write if another connection committed
+    # meanwhile (the busy timeout does not apply to that upgrade), and pysqlite's
+    # default leaves the reads before the first write outside the transaction, so a
+    # read-modify-write (a twin merge, a counter) could lose another's update.
+    # Units of work are short and never wait on the network, so serialising the writing
+    # ones costs little next to SQLite's single writer. A reading unit (an OCSP answer,
+    # a GET) begins a deferred transaction: one snapshot, no lock, beside any writer.
+    if connection.get_execution_options().get(_READING):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _refuse_writes_when_reading(
+    conn: Any, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
+) -> None:
+    # A write in a reading unit would upgrade its snapshot to the write lock without
+    # the wait that BEGIN IMMEDIATE gives (SQLITE_BUSY once another process committed):
+    # a bug in the caller, said here rather than as a rare 503 under load.
+    if conn.get_execution_options().get(_READING) and statement.lstrip()[:7].upper().startswith(
+        _WRITES
+    ):
+        raise RuntimeError(f"a reading unit of work may not write: {statement[:60]!r}")
 
 
 class Database:
@@ -263,8 +288,9 @@ class Database:
         self._write_gate: _SqliteWriteGate | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_connect_hook(sqlite_busy_timeout))
+            event.listen(self.engine, "begin", _begin_sqlite)
+            event.listen(self.engine, "before_cursor_execute", _refuse_writes_when_reading)
             self._write_gate = _SqliteWriteGate()
-            event.listen(self.engine, "before_cursor_execute", self._write_gate.before_execute)
         else:
             event.listen(self.engine, "connect", _on_postgresql_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -317,28 +343,39 @@ class Database:
         return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, reading: bool = False) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error.
+
+        Args:
+            reading: the unit of work only reads. On SQLite it then reads one snapshot
+                beside any writer, takes no write lock and may not write; otherwise it
+                takes the write lock when it begins (``BEGIN IMMEDIATE``, see
+                ``_begin_sqlite``), after this process's other writers
+                (:class:`_SqliteWriteGate`). On PostgreSQL both are the same.
 
         Raises:
             UnavailableError: ``database.unavailable`` when the database does not answer
                 (:func:`is_unavailable`); nothing was committed.
         """
-        gate = self._write_gate
-        if gate is not None:
-            gate.enter()
+        gate = None if reading else self._write_gate
         try:
-            with self._sessions() as session, session.begin():
-                yield session
+            if gate is not None:
+                gate.enter()
+            try:
+                with self._sessions() as session, session.begin():
+                    if self._write_gate is not None:
+                        # Begun now, so that _begin_sqlite knows which kind it is.
+                        session.connection(execution_options={_READING: reading})
+                    yield session
+            finally:
+                if gate is not None:
+                    gate.leave()
         except (DBAPIError, PoolTimeoutError) as exc:
             if not is_unavailable(exc):
                 raise
             raise UnavailableError(
                 DATABASE_UNAVAILABLE, "the database is unavailable; try again shortly"
             ) from exc
-        finally:
-            if gate is not None:
-                gate.leave()
 
     def dispose(self) -> None:
         """Close every pooled connection."""

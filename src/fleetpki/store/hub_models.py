@@ -35,6 +35,8 @@ __all__ = [
     "HubLinkGeneration",
     "HubLinkPin",
     "HubMessage",
+    "HubMethodCall",
+    "HubNode",
     "HubSasPolicy",
     "ProvisioningEnrollment",
     "ProvisioningOperation",
@@ -253,6 +255,50 @@ class HubLinkGeneration(Base):
     removed_at: Mapped[dt.datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime]
+
+
+class HubNode(Base):
+    """A hub process on this database, known by the heartbeat it writes while it runs.
+
+    Each node is the outbox consumer ``hub:<name>``; a direct method called where the
+    device's session is not asks every node whose heartbeat is fresh (``HubMethodCall``).
+    """
+
+    __tablename__ = "hub_nodes"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # A random id per run, so that a second process under the same name is noticed.
+    instance: Mapped[str] = mapped_column(String(36))
+    started_at: Mapped[dt.datetime]
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(index=True)
+    connected: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class HubMethodCall(Base):
+    """A direct method relayed through the database to the node holding the device (ref §3.4).
+
+    The caller writes the row (and a ``hub.method_called`` event); the node that holds
+    the device's session claims it (``claimed_by``), calls the device and writes the
+    answer; every other node asked adds itself to ``declined_by``. The caller reads the
+    row until it is answered, every node asked declined (404103), or the deadline passes.
+    """
+
+    __tablename__ = "hub_method_calls"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    method_name: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[Any] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime]
+    deadline: Mapped[dt.datetime] = mapped_column(index=True)
+    # The nodes asked (their heartbeat was fresh when the call was made).
+    asked: Mapped[list[str]] = mapped_column(JSON)
+    declined_by: Mapped[list[str]] = mapped_column(JSON)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    # pending, claimed, answered, timeout, offline
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    result_status: Mapped[int | None] = mapped_column(Integer)
+    result_payload: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class ProvisioningEnrollment(Base):

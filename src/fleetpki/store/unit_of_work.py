@@ -37,6 +37,7 @@ from fleetpki.store.repositories.hub import (
     SqlHubTelemetryRepository,
 )
 from fleetpki.store.repositories.hub_links import SqlHubLinkRepository
+from fleetpki.store.repositories.hub_nodes import SqlHubMethodCallRepository, SqlHubNodeRepository
 from fleetpki.store.repositories.provisioning import (
     SqlEnrollmentRepository,
     SqlOperationRepository,
@@ -116,7 +117,7 @@ class SqlUnitOfWork:
     @cached_property
     def hub_devices(self) -> SqlHubDeviceRepository:
         """The hub's device registry."""
-        return SqlHubDeviceRepository(self.session)
+        return SqlHubDeviceRepository(self.session, self.dialect)
 
     @cached_property
     def hub_cas(self) -> SqlHubCARepository:
@@ -147,6 +148,16 @@ class SqlUnitOfWork:
     def hub_links(self) -> SqlHubLinkRepository:
         """Hub links and the CAs each one trusts."""
         return SqlHubLinkRepository(self.session)
+
+    @cached_property
+    def hub_nodes(self) -> SqlHubNodeRepository:
+        """The hub nodes on this database and their heartbeats."""
+        return SqlHubNodeRepository(self.session, self.dialect)
+
+    @cached_property
+    def hub_method_calls(self) -> SqlHubMethodCallRepository:
+        """Direct methods relayed to the node holding the device."""
+        return SqlHubMethodCallRepository(self.session, self.dialect)
 
     @cached_property
     def enrollments(self) -> SqlEnrollmentRepository:
@@ -204,7 +215,7 @@ class SqlStore:
 
     def ping(self) -> None:
         """See :meth:`Store.ping`."""
-        with self.database.session() as session:
+        with self.database.session(reading=True) as session:
             session.execute(text("SELECT 1"))
 
     @contextmanager
@@ -220,3 +231,9 @@ class SqlStore:
         self._bus.publish_all(notifications)
         for callback in unit.callbacks:
             callback()
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlUnitOfWork]:
+        """See :meth:`Store.reading`: one consistent read, no write lock."""
+        with self.database.session(reading=True) as session:
+            yield SqlUnitOfWork(session, self.database.dialect)

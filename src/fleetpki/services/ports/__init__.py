@@ -42,6 +42,7 @@ from fleetpki.services.ports.hub import (
     HubSasPolicyRepository,
     HubTelemetryRepository,
 )
+from fleetpki.services.ports.hub_nodes import HubMethodCallRepository, HubNodeRepository
 from fleetpki.services.ports.provisioning import (
     EnrollmentRepository,
     OperationRepository,
@@ -148,6 +149,16 @@ class UnitOfWork(Protocol):
         ...
 
     @property
+    def hub_nodes(self) -> HubNodeRepository:
+        """The hub nodes on this database and their heartbeats."""
+        ...
+
+    @property
+    def hub_method_calls(self) -> HubMethodCallRepository:
+        """Direct methods relayed to the node holding the device."""
+        ...
+
+    @property
     def enrollments(self) -> EnrollmentRepository:
         """The provisioning service's enrollment groups and individual enrollments."""
         ...
@@ -192,7 +203,19 @@ class Store(Protocol):
         ...
 
     def transaction(self) -> AbstractContextManager[UnitOfWork]:
-        """A unit of work: committed when the block ends, rolled back when it raises."""
+        """A unit of work: committed when the block ends, rolled back when it raises.
+
+        It may write: on SQLite it holds the write lock from its start, so that a
+        read-modify-write is never overtaken by another process's commit.
+        """
+        ...
+
+    def reading(self) -> AbstractContextManager[UnitOfWork]:
+        """A unit of work that only reads (one consistent snapshot) and may not write.
+
+        For the hot read paths (OCSP, look-ups): on SQLite it takes no write lock and
+        runs beside writers; a write in it raises.
+        """
         ...
 
     def ping(self) -> None:

@@ -109,11 +109,16 @@ class EventLog(Protocol):
         payload: Mapping[str, Any],
         *,
         at: dt.datetime,
+        broadcast: bool = False,
     ) -> int:
         """Write an event and one pending delivery for each consumer subscribed to its type.
 
         Consumers in other processes are woken when the unit commits (LISTEN/NOTIFY on
-        PostgreSQL, their short poll on SQLite). Returns the event's id.
+        PostgreSQL, their short poll on SQLite). ``broadcast`` also carries the event
+        itself to listening processes when it commits (PostgreSQL only, small payloads),
+        published there as ``EventBroadcast``: for acting at once on what is idempotent
+        (closing a session), ahead of the delivery that still follows. Returns the
+        event's id.
         """
         ...
 

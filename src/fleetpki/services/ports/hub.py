@@ -58,8 +58,12 @@ class TelemetryInput:
 class HubDeviceRepository(Protocol):
     """Device identities and their twins (one row per device, ref §3.2, §3.3)."""
 
-    def get(self, device_id: str) -> HubDevice | None:
-        """The device ``device_id``, or ``None``."""
+    def get(self, device_id: str, *, for_update: bool = False) -> HubDevice | None:
+        """The device ``device_id``, or ``None``.
+
+        ``for_update`` locks the row for this unit of work, for a read-modify-write
+        (a twin merge, a counter) that another process may make at the same time.
+        """
         ...
 
     def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:

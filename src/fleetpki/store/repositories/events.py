@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -18,10 +19,14 @@ from fleetpki.services.ports.events import (
 )
 from fleetpki.store.models import EventConsumer, EventDeliveryRecord, OutboxEvent
 
-__all__ = ["NOTIFY_CHANNEL", "SqlEventLog"]
+__all__ = ["BROADCAST_CHANNEL", "NOTIFY_CHANNEL", "SqlEventLog"]
 
 #: The PostgreSQL channel that carries "events committed" to other processes.
 NOTIFY_CHANNEL = "fleetpki_events"
+#: The channel that carries broadcast events whole (JSON: type, subject, payload).
+BROADCAST_CHANNEL = "fleetpki_broadcast"
+#: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; larger events go unbroadcast.
+_MAX_BROADCAST = 7900
 
 #: Longest error text kept per delivery.
 _MAX_ERROR = 2000
@@ -50,6 +55,7 @@ class SqlEventLog:
         payload: Mapping[str, Any],
         *,
         at: dt.datetime,
+        broadcast: bool = False,
     ) -> int:
         """See :meth:`EventLog.append`."""
         event = OutboxEvent(
@@ -78,8 +84,18 @@ class SqlEventLog:
                 text("SELECT pg_notify(:channel, :payload)"),
                 {"channel": NOTIFY_CHANNEL, "payload": event_type},
             )
+            if broadcast:
+                self._broadcast(event_type, subject_id, payload)
         self._written(event_type)
         return event.id
+
+    def _broadcast(self, event_type: str, subject_id: str, payload: Mapping[str, Any]) -> None:
+        whole = json.dumps({"type": event_type, "subject": subject_id, "payload": dict(payload)})
+        if len(whole.encode()) < _MAX_BROADCAST:
+            self._session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": BROADCAST_CHANNEL, "payload": whole},
+            )
 
     def register_consumer(
         self, name: str, event_types: Collection[str], *, at: dt.datetime

@@ -37,11 +37,20 @@ _MAX_PAGE = 1000
 class SqlHubDeviceRepository:
     """:class:`fleetpki.services.ports.hub.HubDeviceRepository` on one session."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, dialect: str = "sqlite") -> None:
         self._session = session
+        self._dialect = dialect
 
-    def get(self, device_id: str) -> HubDevice | None:
-        """See :meth:`HubDeviceRepository.get`."""
+    def get(self, device_id: str, *, for_update: bool = False) -> HubDevice | None:
+        """See :meth:`HubDeviceRepository.get`.
+
+        ``for_update`` is ``SELECT ... FOR UPDATE`` on PostgreSQL (refreshing a row
+        this session already holds); SQLite's units of work hold its write lock anyway.
+        """
+        if for_update and self._dialect == "postgresql":
+            return self._session.get(
+                HubDevice, device_id, with_for_update=True, populate_existing=True
+            )
         return self._session.get(HubDevice, device_id)
 
     def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
