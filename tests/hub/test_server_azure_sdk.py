@@ -30,8 +30,11 @@ DEVICE_SCRIPT = textwrap.dedent(
     from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse, X509
 
     cert, key, ca = sys.argv[1:4]
+    said = threading.Lock()
     def say(*parts):
-        print(*parts, flush=True)
+        # Handlers run on the SDK's threads: one locked write per line, or lines interleave.
+        with said:
+            sys.stdout.write(" ".join(parts) + "\\n"); sys.stdout.flush()
 
     client = IoTHubDeviceClient.create_from_x509_certificate(
         X509(cert_file=cert, key_file=key), hostname="localhost", device_id="sdkdev",
