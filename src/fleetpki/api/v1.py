@@ -41,6 +41,7 @@ from fleetpki.services.ca_views import (
 )
 from fleetpki.services.certificates import CertificateQuery, IssueCommand
 from fleetpki.services.enrollment import MemberRef
+from fleetpki.services.principals import TOKEN_PREFIX
 
 __all__ = ["router"]
 
@@ -187,9 +188,12 @@ async def issue_certificate(
     command = _issue_command(body)
 
     def issue() -> CertificateIssuedOut:
-        # The token's check and the issuance in one worker-thread hop (the hot path).
-        caller = caller_for_token(request, token)
-        return _issued(get_fleet(request).certificates.issue(caller.actor, command))
+        # The token's check and the issuance in one worker-thread hop (the hot path),
+        # and for an API token in one unit of work.
+        certificates = get_fleet(request).certificates
+        if token.startswith(TOKEN_PREFIX):
+            return _issued(certificates.issue_with_token(token, client_source(request), command))
+        return _issued(certificates.issue(caller_for_token(request, token).actor, command))
 
     answer = await in_writer_thread(request, issue)
     get_metrics(request).issued.labels(kind="v1").inc()
