@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, insert, or_, select, update
+from sqlalchemy import CursorResult, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.hub import TelemetryInput
@@ -34,6 +34,18 @@ __all__ = [
 _MAX_PAGE = 1000
 
 
+# A hub connect's look-up (HubDeviceRepository.auth_facts): the columns it needs, not
+# the twin's JSON, on the connection without the ORM's loading.
+_AUTH_FACTS = select(
+    HubDevice.device_id,
+    HubDevice.status,
+    HubDevice.auth_type,
+    HubDevice.primary_thumbprint,
+    HubDevice.secondary_thumbprint,
+).where(HubDevice.device_id == bindparam("device_id"))
+# Every connect checks the trust stamp (HubCARepository.stamp).
+_TRUST_STAMP = select(HubCA.id, HubCA.etag, HubCA.is_verified).order_by(HubCA.id)
+
 class SqlHubDeviceRepository:
     """:class:`fleetpki.services.ports.hub.HubDeviceRepository` on one session."""
 
@@ -52,6 +64,11 @@ class SqlHubDeviceRepository:
                 HubDevice, device_id, with_for_update=True, populate_existing=True
             )
         return self._session.get(HubDevice, device_id)
+
+    def auth_facts(self, device_id: str) -> tuple[str, str, str, str | None, str | None] | None:
+        """See :meth:`HubDeviceRepository.auth_facts` (a Core statement, built once)."""
+        row = self._session.connection().execute(_AUTH_FACTS, {"device_id": device_id}).first()
+        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
     def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
         """See :meth:`HubDeviceRepository.list`."""
@@ -145,8 +162,8 @@ class SqlHubCARepository:
         Every hub CA's id, etag and verified flag: each trust change gives a new etag
         or adds or removes a row, so the stamp does not depend on clocks.
         """
-        query = select(HubCA.id, HubCA.etag, HubCA.is_verified).order_by(HubCA.id)
-        return tuple(tuple(row) for row in self._session.execute(query).all())
+        rows = self._session.connection().execute(_TRUST_STAMP).all()
+        return tuple(tuple(row) for row in rows)
 
     def local_ca(self, ca_id: str) -> CARecord | None:
         """See :meth:`HubCARepository.local_ca`."""
