@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-
 from hub_common import Certs, connect_packet
 
 __all__ = ["IdleFleet", "LoadResult", "connect_rate", "load_processes"]

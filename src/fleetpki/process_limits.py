@@ -18,6 +18,7 @@ an idle connection over more pages (bench/README.md, "Hub").
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
@@ -83,10 +84,8 @@ def raise_open_files_limit() -> OpenFilesLimit:
         # Linux refuses an infinite soft limit above fs.nr_open; its default is 2**20.
         target = 1 << 20
     if soft != resource.RLIM_INFINITY and soft < target:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (OSError, ValueError):
-            pass
     after, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return OpenFilesLimit(soft, after, hard)
 

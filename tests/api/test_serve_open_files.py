@@ -34,7 +34,8 @@ def _serve_hub(prepared: PreparedHome, soft: int, hard: int) -> Iterator[subproc
             stdout=log,
             stderr=log,
             env=serve_environment(),
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+            # The limit the server starts with, as a shell's ulimit would set it.
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),  # noqa: PLW1509
         )
     try:
         deadline = time.monotonic() + 60
@@ -49,9 +50,7 @@ def _serve_hub(prepared: PreparedHome, soft: int, hard: int) -> Iterator[subproc
 
 
 def test_serve_raises_the_soft_limit_to_the_hard_one_and_says_so(tmp_path: Path) -> None:
-    prepared = prepare_home(
-        tmp_path, None, [], mqtt_max_connections=100, api_max_connections=50
-    )
+    prepared = prepare_home(tmp_path, None, [], mqtt_max_connections=100, api_max_connections=50)
     with _serve_hub(prepared, 256, _HARD) as process:
         assert _limits(process.pid) == (_HARD, _HARD)
     said = prepared.log_path.read_text()

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import CursorResult, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.hub import TelemetryInput
@@ -43,8 +43,30 @@ _AUTH_FACTS = select(
     HubDevice.primary_thumbprint,
     HubDevice.secondary_thumbprint,
 ).where(HubDevice.device_id == bindparam("device_id"))
+# A device's connection state (HubDeviceRepository.record_connection): Core statements
+# built once, for every connect and disconnect.
+_devices = cast("Table", HubDevice.__table__)
+_CONNECTION_SET = (
+    update(_devices)
+    .where(_devices.c.device_id == bindparam("b_device"))
+    .values(
+        connection_state=bindparam("b_state"),
+        connection_state_updated_at=bindparam("b_at"),
+        last_activity_at=bindparam("b_at"),
+    )
+)
+_CONNECTION_IF_LATER = _CONNECTION_SET.where(
+    or_(
+        _devices.c.connection_state_updated_at.is_(None),
+        _devices.c.connection_state_updated_at < bindparam("b_at"),
+    )
+)
+_CONNECTION_AT = select(_devices.c.connection_state_updated_at).where(
+    _devices.c.device_id == bindparam("b_device")
+)
 # Every connect checks the trust stamp (HubCARepository.stamp).
 _TRUST_STAMP = select(HubCA.id, HubCA.etag, HubCA.is_verified).order_by(HubCA.id)
+
 
 class SqlHubDeviceRepository:
     """:class:`fleetpki.services.ports.hub.HubDeviceRepository` on one session."""
@@ -98,28 +120,17 @@ class SqlHubDeviceRepository:
         self, device_id: str, *, connected: bool, at: dt.datetime
     ) -> dt.datetime | None:
         """See :meth:`HubDeviceRepository.record_connection`."""
-        column = HubDevice.connection_state_updated_at
         state = "Connected" if connected else "Disconnected"
-
-        def set_at(when: dt.datetime, *conditions: Any) -> int:
-            statement = (
-                update(HubDevice)
-                .where(HubDevice.device_id == device_id, *conditions)
-                .values(
-                    connection_state=state, connection_state_updated_at=when, last_activity_at=when
-                )
-                .execution_options(synchronize_session=False)
-            )
-            return cast("CursorResult[Any]", self._session.execute(statement)).rowcount
-
+        connection = self._session.connection()
+        values = {"b_device": device_id, "b_state": state, "b_at": at}
         # One statement in the usual case: the change is later than the previous one.
-        if set_at(at, or_(column.is_(None), column < at)):
+        if cast("CursorResult[Any]", connection.execute(_CONNECTION_IF_LATER, values)).rowcount:
             return at
-        previous = self._session.scalar(select(column).where(HubDevice.device_id == device_id))
+        previous: dt.datetime | None = connection.execute(_CONNECTION_AT, values).scalar()
         if previous is None:
             return None  # no such device
         later = previous + dt.timedelta(microseconds=1)
-        set_at(later)
+        connection.execute(_CONNECTION_SET, {**values, "b_at": later})
         return later
 
     def count_connected(self) -> int:
