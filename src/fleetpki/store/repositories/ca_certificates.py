@@ -25,6 +25,7 @@ from fleetpki.store.models import (
     UsedTokenId,
     UTCDateTime,
 )
+from fleetpki.store.rows import insert_row
 
 __all__ = ["SqlCertificateRepository", "SqlUsedTokenRepository"]
 
@@ -261,8 +262,7 @@ class SqlCertificateRepository:
 
     def add(self, certificate: CertificateRecord) -> None:
         """See :meth:`CertificateRepository.add`."""
-        self._session.add(certificate)
-        self._session.flush()
+        insert_row(self._session, certificate)
 
 
 class SqlUsedTokenRepository:
