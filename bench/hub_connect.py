@@ -1,7 +1,7 @@
 """Mutual-TLS CONNECTs per second, EC P-256 device certs: fleetpki vs mosquitto.
 
 Run: ``.venv/bin/python bench/hub_connect.py`` (about 40 s). A multi-process load
-client (`hub_load.connect_rate`: ``--processes`` processes, default the cores and at
+client (`hub_load_common.connect_rate`: ``--processes`` processes, default the cores and at
 least 2, each with ``--concurrency`` loops) opens a TLS connection with a device's
 own certificate, sends CONNECT, waits for CONNACK 0, sends DISCONNECT and closes, again
 and again for ``--seconds``. Both servers run for the whole benchmark and the timed
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_common import cpu_seconds, fleetpki_hub, make_certs, mosquitto, workdir
-from hub_load import connect_rate, load_processes
+from hub_load_common import connect_rate, load_processes
 
 
 def main() -> None:

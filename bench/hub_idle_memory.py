@@ -1,9 +1,9 @@
-"""Memory per idle mutual-TLS MQTT connection, and every device still connected: fleetpki vs mosquitto.
+"""Memory per idle mutual-TLS MQTT connection, every device still connected: fleetpki vs mosquitto.
 
 Run: ``.venv/bin/python bench/hub_idle_memory.py`` (1,000 devices, about 60 s, most of
 it issuing their certificates) or ``--devices 10000`` (about 5 minutes; add
 ``--certs DIR`` to keep the home and its 10,000 certificates for the next run). A
-multi-process load client (`hub_load.IdleFleet`, ``--processes``) connects every
+multi-process load client (`hub_load_common.IdleFleet`, ``--processes``) connects every
 device and keeps it idle; the server's RSS is read before and after; then a PINGREQ
 on every connection counts the PINGRESPs, so the table says how many devices were
 still connected. The figure is the RSS delta / n. fleetpki is ``fleetpki serve --only
@@ -32,7 +32,7 @@ from hub_common import (
     rss_kb,
     workdir,
 )
-from hub_load import IdleFleet, load_processes
+from hub_load_common import IdleFleet, load_processes
 
 
 async def _warm_up(port: int, certs: Certs) -> None:
@@ -56,7 +56,7 @@ def measure(port: int, pid: int, certs: Certs, devices: int, processes: int) -> 
     server_cpu = cpu_seconds(pid) - cpu
     time.sleep(2.0)
     after = rss_kb(pid)
-    alive, ping_cpu = fleet.ping()
+    alive, _ = fleet.ping()
     fleet.close()
     return {
         "connected": connected,
