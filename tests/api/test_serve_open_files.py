@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from support.serve_process import PreparedHome, prepare_home, serve_environment
 
 _HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -69,3 +71,38 @@ def test_serve_warns_when_the_hard_limit_cannot_hold_the_configured_connections(
     # The MQTT cap plus the reserve (AMQP is off in prepared homes), nothing of the API.
     assert "the open files limit is 400 (hard limit 400), fewer than the 5128" in said
     assert "mqtt_max_connections (5000)" in said
+
+
+_MAPPED_ALONE = """
+import ctypes, sys
+from fleetpki.process_limits import release_large_buffers_to_os
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "fixed":
+    assert release_large_buffers_to_os()
+libc.free(libc.malloc(1 << 20))  # glibc then raises its mmap threshold past 1 MiB
+before = libc.mallinfo2().hblks
+buffer = libc.malloc(256 * 1024)  # uvloop's read buffer of a TLS connection
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.parametrize(("mode", "mapped"), [("fixed", "1"), ("default", "0")])
+def test_a_connection_sized_buffer_is_mapped_alone_once_serve_set_the_threshold(
+    mode: str, mapped: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _MAPPED_ALONE, mode],
+        env=serve_environment(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == mapped
