@@ -283,7 +283,11 @@ def test_only_hub_runs_the_hub_alone(tmp_path: Path) -> None:
     ) as process:
         try:
             assert process.stderr is not None
-            assert "hub on mqtts://127.0.0.1" in process.stderr.readline()
+            first = process.stderr.readline()
+            if first.startswith("warning: the open files limit"):
+                # A machine whose hard limit is below the caps' need (this one: 20,000).
+                first = process.stderr.readline()
+            assert "hub on mqtts://127.0.0.1" in first
             deadline = time.monotonic() + 60
             while True:  # the line is printed just before the hub binds
                 try:
