@@ -131,9 +131,7 @@ def _client_process(
     pipe.send(uvloop.run(run()))
 
 
-def measure(
-    server: str, port: int, pid: int, certs: Certs, args: argparse.Namespace
-) -> Round:
+def measure(server: str, port: int, pid: int, certs: Certs, args: argparse.Namespace) -> Round:
     """A timed round: ``args.clients`` processes share the devices."""
     context = multiprocessing.get_context("spawn")
     shares = [list(range(DEVICES))[i :: args.clients] for i in range(args.clients)]
@@ -177,9 +175,24 @@ def profiled(pid: int, output: str | None) -> Iterator[None]:
     if output is None:
         yield
         return
-    spy = os.environ.get("PY_SPY") or shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    command = [spy, "record", "--raw", "--format", "raw", "--rate", "250", "--gil",
-               "--pid", str(pid), "--output", output]
+    spy = (
+        os.environ.get("PY_SPY")
+        or shutil.which("py-spy")
+        or str(Path(sys.executable).with_name("py-spy"))
+    )
+    command = [
+        spy,
+        "record",
+        "--format",
+        "raw",
+        "--rate",
+        "250",
+        "--gil",
+        "--pid",
+        str(pid),
+        "--output",
+        output,
+    ]
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     try:

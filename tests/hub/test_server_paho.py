@@ -142,9 +142,9 @@ def test_telemetry_is_stored_with_exact_properties_before_the_puback(
     # PUBACK came back, so the message is already stored.
     (record,) = hub.registry.telemetry
     assert record.device_id == "dev1"
-    assert record.payload == b'{"t": 21.5}'
+    assert record.body == b'{"t": 21.5}'
     assert record.system_properties == {"message-id": "mid 1", "content-type": "application/json"}
-    assert record.application_properties == {"a+b": "c+d", "e=f": "x&y"}
+    assert record.properties == {"a+b": "c+d", "e=f": "x&y"}
 
 
 def test_many_messages_are_batched_and_all_acknowledged(hub: LiveHub, device: Device) -> None:
@@ -153,7 +153,7 @@ def test_many_messages_are_batched_and_all_acknowledged(hub: LiveHub, device: De
     ]
     for info in infos:
         info.wait_for_publish(WAIT)
-    assert [r.payload for r in hub.registry.telemetry] == [f"m{i}".encode() for i in range(200)]
+    assert [r.body for r in hub.registry.telemetry] == [f"m{i}".encode() for i in range(200)]
 
 
 def test_twin_get_is_answered_without_a_subscription(hub: LiveHub, device: Device) -> None:

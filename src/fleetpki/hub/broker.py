@@ -63,6 +63,7 @@ from fleetpki.hub.azure.topics import (
     TwinGetRequest,
     TwinReportedPatch,
     is_own_topic,
+    is_plain_telemetry,
     parse_device_topic,
     parse_username,
 )
@@ -100,7 +101,12 @@ from fleetpki.hub.protocol import (
     Unsubscribed,
 )
 from fleetpki.hub.provisioning import ProvisioningChannel, ProvisioningEndpoint
-from fleetpki.hub.telemetry_batcher import DEFAULT_BATCH_WINDOW, TelemetryBatcher, telemetry_record
+from fleetpki.hub.telemetry_batcher import (
+    DEFAULT_BATCH_WINDOW,
+    TelemetryBatcher,
+    plain_telemetry_record,
+    telemetry_record,
+)
 from fleetpki.hub.twins import TwinChannel
 
 __all__ = ["Broker"]
@@ -393,6 +399,12 @@ class Broker:
         identity = link.identity
         assert identity is not None
         packet = event.packet
+        if is_plain_telemetry(packet.topic, identity):  # the hot path: no properties to decode
+            record = plain_telemetry_record(
+                identity, packet.payload, retain=packet.retain, enqueued_at=self._utcnow()
+            )
+            self._batcher.add(record, link, packet.packet_id)
+            return
         try:
             message = parse_device_topic(packet.topic, identity)
         except AzureProtocolError as exc:

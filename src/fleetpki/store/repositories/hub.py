@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, insert, or_, select, update
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.hub import TelemetryInput
@@ -153,30 +154,67 @@ class SqlHubCARepository:
         return self._session.get(CARecord, ca_id)
 
 
-class SqlHubTelemetryRepository:
-    """:class:`fleetpki.services.ports.hub.HubTelemetryRepository` on one session."""
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    """``value`` as the naive UTC time stored (`fleetpki.store.models.UTCDateTime`'s rule)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are not stored; pass an aware UTC datetime")
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return value.replace(tzinfo=None)
 
-    def __init__(self, session: Session) -> None:
+
+def _sqlite_time(value: dt.datetime) -> str:
+    """The text SQLAlchemy's SQLite ``DATETIME`` stores for ``value`` (naive UTC)."""
+    return _naive_utc(value).isoformat(" ", "microseconds")
+
+
+def _json_text(value: Mapping[str, Any]) -> str:
+    """The JSON column's text, as SQLAlchemy's ``JSON`` type writes it (``json.dumps``)."""
+    return json.dumps(value) if value else "{}"
+
+
+# add_batch's statement in each driver's parameter style (sqlite3: qmark, psycopg: format).
+_INSERT_TELEMETRY = {
+    "sqlite": "INSERT INTO hub_messages"
+    " (device_id, module_id, enqueued_at, body, system_properties, properties)"
+    " VALUES (?, ?, ?, ?, ?, ?)",
+    "postgresql": "INSERT INTO hub_messages"
+    " (device_id, module_id, enqueued_at, body, system_properties, properties)"
+    " VALUES (%s, %s, %s, %s, %s, %s)",
+}
+
+
+class SqlHubTelemetryRepository:
+    """:class:`fleetpki.services.ports.hub.HubTelemetryRepository` on one session.
+
+    ``add_batch`` is the hub's hot path (every QoS 1 telemetry message before its
+    PUBACK): it hands the rows, encoded here as the mapped types would encode them, to
+    the driver's ``executemany`` in one statement, without SQLAlchemy's per-row ORM and
+    type processing; the reads go through the ORM.
+    """
+
+    def __init__(self, session: Session, dialect: str = "sqlite") -> None:
         self._session = session
+        self._dialect = dialect
 
     def add_batch(self, batch: Sequence[TelemetryInput]) -> None:
-        """See :meth:`HubTelemetryRepository.add_batch` (one multi-row INSERT)."""
+        """See :meth:`HubTelemetryRepository.add_batch` (one executemany of the driver)."""
         if not batch:
             return
-        self._session.execute(
-            insert(HubMessage),
-            [
-                {
-                    "device_id": item.device_id,
-                    "module_id": item.module_id,
-                    "enqueued_at": item.enqueued_at,
-                    "body": bytes(item.body),
-                    "system_properties": dict(item.system_properties),
-                    "properties": dict(item.properties),
-                }
-                for item in batch
-            ],
-        )
+        time = _sqlite_time if self._dialect == "sqlite" else _naive_utc
+        json_text = _json_text
+        rows = [
+            (
+                item.device_id,
+                item.module_id,
+                time(item.enqueued_at),
+                item.body,
+                json_text(item.system_properties),
+                json_text(item.properties),
+            )
+            for item in batch
+        ]
+        self._session.connection().exec_driver_sql(_INSERT_TELEMETRY[self._dialect], rows)
 
     def list(
         self, *, device_id: str | None, after_id: int | None, limit: int
