@@ -17,7 +17,8 @@ the messages stored in fleetpki's database are counted against those PUBACKed.
 
 ``--profile FILE`` also samples the fleetpki server with py-spy during its first round
 (needs ``py-spy``: ``.venv/bin/pip install py-spy``) and writes py-spy's raw
-collapsed stacks to ``FILE``.
+collapsed stacks to ``FILE``: the thread holding the GIL, or with ``--native`` every
+thread on a CPU with its C frames (TLS, SQLite, the kernel calls).
 """
 
 from __future__ import annotations
@@ -63,10 +64,15 @@ _PAYLOAD = b"x" * 64
 _IDS = [b""] + [i.to_bytes(2, "big") for i in range(1, 65536)]
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process and its threads, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process and its threads, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return sum(cpu_times(pid))
 
 
 class FastClient(MQTTClient):
@@ -99,6 +105,7 @@ class Round:
     rate: float  # PUBACKs per second, all client processes together
     acked: int
     server_cpu: float  # seconds of CPU the server used in the window
+    server_system: float  # of which in the kernel (system time)
     client_cpu: float  # seconds of CPU the load client processes used in the window
     seconds: float
 
@@ -149,11 +156,13 @@ def measure(server: str, port: int, pid: int, certs: Certs, args: argparse.Names
         if pipe.recv() != "ready":
             raise RuntimeError("a load client did not connect")
     pids = [pid] + [p.pid for p in processes if p.pid is not None]
+    system = cpu_times(pid)[1]
     before = [cpu_seconds(p) for p in pids]
     for pipe in pipes:
         pipe.send("go")
     results = [pipe.recv() for pipe in pipes]
     used = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
+    system = cpu_times(pid)[1] - system
     for process in processes:
         process.join(30)
     acked = sum(r[0] for r in results)
@@ -164,14 +173,19 @@ def measure(server: str, port: int, pid: int, certs: Certs, args: argparse.Names
         acked,
         # CPU is read around the whole window (a little longer than it).
         used[0],
+        system,
         sum(used[1:]),
         seconds,
     )
 
 
 @contextlib.contextmanager
-def profiled(pid: int, output: str | None) -> Iterator[None]:
-    """Sample ``pid`` with py-spy while the block runs, if ``output`` is given."""
+def profiled(pid: int, output: str | None, native: bool = False) -> Iterator[None]:
+    """Sample ``pid`` with py-spy while the block runs, if ``output`` is given.
+
+    By default only the thread holding the GIL is sampled (where Python runs);
+    ``native`` samples every thread on a CPU instead, C frames (TLS, SQLite) included.
+    """
     if output is None:
         yield
         return
@@ -187,7 +201,7 @@ def profiled(pid: int, output: str | None) -> Iterator[None]:
         "raw",
         "--rate",
         "250",
-        "--gil",
+        *(["--native"] if native else ["--gil"]),
         "--pid",
         str(pid),
         "--output",
@@ -263,6 +277,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=SECONDS, help="length of a round")
     parser.add_argument("--window", type=int, default=WINDOW, help="PUBLISHes in flight")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the fleetpki server")
+    parser.add_argument("--native", action="store_true", help="--profile with C frames")
     parser.add_argument("--no-peer", action="store_true", help="fleetpki rounds only")
     args = parser.parse_args()
     rounds: list[Round] = []
@@ -270,7 +285,7 @@ def main() -> int:
         certs = make_certs(folder, DEVICES)
         with fleetpki_hub(certs) as (port, pid), mosquitto(certs) as (peer_port, peer_pid):
             for number in range(args.rounds):
-                with profiled(pid, args.profile if number == 0 else None):
+                with profiled(pid, args.profile if number == 0 else None, args.native):
                     rounds.append(measure("fleetpki", port, pid, certs, args))
                 if not args.no_peer:
                     rounds.append(measure("mosquitto", peer_port, peer_pid, certs, args))
@@ -278,7 +293,13 @@ def main() -> int:
         stored = stored_messages(certs)
     if args.no_peer:
         for r in rounds:
-            print(f"fleetpki {r.rate:,.0f} msgs/s, {r.server_cpu / r.acked * 1e6:.1f} µs CPU/msg")
+            print(
+                f"fleetpki {r.rate:,.0f} msgs/s, {r.server_cpu / r.acked * 1e6:.1f} µs CPU/msg "
+                f"({r.server_system / r.acked * 1e6:.1f} of it system time), "
+                f"server {r.server_cpu / r.seconds:.0%} of a core, "
+                f"load client {r.client_cpu / r.seconds:.0%}; load average "
+                + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            )
         return 0
     print(report(rounds, args, stored, loadavg))
     return 0

@@ -165,6 +165,8 @@ def _naive_utc(value: dt.datetime) -> dt.datetime:
 
 def _sqlite_time(value: dt.datetime) -> str:
     """The text SQLAlchemy's SQLite ``DATETIME`` stores for ``value`` (naive UTC)."""
+    if value.tzinfo is dt.UTC:  # the hub's own times: "YYYY-MM-DD HH:MM:SS.ffffff+00:00"
+        return value.isoformat(" ", "microseconds")[:26]
     return _naive_utc(value).isoformat(" ", "microseconds")
 
 
@@ -173,14 +175,23 @@ def _json_text(value: Mapping[str, Any]) -> str:
     return json.dumps(value) if value else "{}"
 
 
-# add_batch's statement in each driver's parameter style (sqlite3: qmark, psycopg: format).
-_INSERT_TELEMETRY = {
-    "sqlite": "INSERT INTO hub_messages"
-    " (device_id, module_id, enqueued_at, body, system_properties, properties)"
-    " VALUES (?, ?, ?, ?, ?, ?)",
-    "postgresql": "INSERT INTO hub_messages"
-    " (device_id, module_id, enqueued_at, body, system_properties, properties)"
-    " VALUES (%s, %s, %s, %s, %s, %s)",
+_TELEMETRY_INSERT = (
+    "INSERT INTO hub_messages"
+    " (device_id, module_id, enqueued_at, body, system_properties, properties) VALUES "
+)
+_TELEMETRY_COLUMNS = 6
+# PostgreSQL (psycopg): one executemany, which psycopg sends as one pipeline.
+_POSTGRESQL_INSERT = _TELEMETRY_INSERT + "(%s, %s, %s, %s, %s, %s)"
+# SQLite: multi-row INSERTs of at most this many rows (6 parameters each, under the 999
+# an older SQLite allows), sized 128, 64, ..., 1 so that the driver's statement cache
+# keeps all eight. sqlite3 lets go of the interpreter's lock for every statement it
+# steps, and a thread waiting to take it back while the hub's event loop works waits
+# up to sys.getswitchinterval() (5 ms): a row at a time, executemany spent most of a
+# batch's time waiting so.
+_SQLITE_CHUNK = 128
+_SQLITE_INSERTS = {
+    rows: _TELEMETRY_INSERT + ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    for rows in (_SQLITE_CHUNK >> shift for shift in range(_SQLITE_CHUNK.bit_length()))
 }
 
 
@@ -188,9 +199,10 @@ class SqlHubTelemetryRepository:
     """:class:`fleetpki.services.ports.hub.HubTelemetryRepository` on one session.
 
     ``add_batch`` is the hub's hot path (every QoS 1 telemetry message before its
-    PUBACK): it hands the rows, encoded here as the mapped types would encode them, to
-    the driver's ``executemany`` in one statement, without SQLAlchemy's per-row ORM and
-    type processing; the reads go through the ORM.
+    PUBACK): it encodes the rows itself, as the mapped types would (the times as naive
+    UTC, SQLite's as SQLAlchemy's ``DATETIME`` text; the property maps as JSON), and
+    hands them straight to the driver, without SQLAlchemy's per-row ORM and type
+    processing; the reads go through the ORM.
     """
 
     def __init__(self, session: Session, dialect: str = "sqlite") -> None:
@@ -198,23 +210,49 @@ class SqlHubTelemetryRepository:
         self._dialect = dialect
 
     def add_batch(self, batch: Sequence[TelemetryInput]) -> None:
-        """See :meth:`HubTelemetryRepository.add_batch` (one executemany of the driver)."""
+        """See :meth:`HubTelemetryRepository.add_batch`: a few statements, one transaction."""
         if not batch:
             return
-        time = _sqlite_time if self._dialect == "sqlite" else _naive_utc
+        connection = self._session.connection()
         json_text = _json_text
-        rows = [
-            (
-                item.device_id,
-                item.module_id,
-                time(item.enqueued_at),
-                item.body,
-                json_text(item.system_properties),
-                json_text(item.properties),
+        if self._dialect != "sqlite":
+            rows = [
+                (
+                    item.device_id,
+                    item.module_id,
+                    _naive_utc(item.enqueued_at),
+                    item.body,
+                    json_text(item.system_properties),
+                    json_text(item.properties),
+                )
+                for item in batch
+            ]
+            connection.exec_driver_sql(_POSTGRESQL_INSERT, rows)
+            return
+        values: list[Any] = []
+        add = values.extend
+        time = _sqlite_time
+        for item in batch:
+            add(
+                (
+                    item.device_id,
+                    item.module_id,
+                    time(item.enqueued_at),
+                    item.body,
+                    json_text(item.system_properties),
+                    json_text(item.properties),
+                )
             )
-            for item in batch
-        ]
-        self._session.connection().exec_driver_sql(_INSERT_TELEMETRY[self._dialect], rows)
+        done, total = 0, len(batch)
+        size = _SQLITE_CHUNK
+        while done < total:
+            while size > total - done:
+                size >>= 1
+            connection.exec_driver_sql(
+                _SQLITE_INSERTS[size],
+                tuple(values[done * _TELEMETRY_COLUMNS : (done + size) * _TELEMETRY_COLUMNS]),
+            )
+            done += size
 
     def list(
         self, *, device_id: str | None, after_id: int | None, limit: int
