@@ -232,12 +232,18 @@ class SqlHubTelemetryRepository:
         values: list[Any] = []
         add = values.extend
         time = _sqlite_time
+        # The hub gives the messages of one read the same time object: formatted once.
+        last_time: dt.datetime | None = None
+        text = ""
         for item in batch:
+            if item.enqueued_at is not last_time:
+                last_time = item.enqueued_at
+                text = time(last_time)
             add(
                 (
                     item.device_id,
                     item.module_id,
-                    time(item.enqueued_at),
+                    text,
                     item.body,
                     json_text(item.system_properties),
                     json_text(item.properties),
