@@ -270,6 +270,20 @@ def test_telemetry_rows_read_back_as_written(fleet: FleetPKI) -> None:
         assert tx.hub_telemetry.last_id_at(at - dt.timedelta(microseconds=1)) == 0
 
 
+def test_a_large_telemetry_batch_is_stored_whole_and_in_order(fleet: FleetPKI) -> None:
+    # 701 rows: SQLite writes them in statements of 512, 128, 32, 16, 8, 4 and 1 rows.
+    now = fleet.now()
+    batch = [
+        TelemetryInput(f"dev-{i % 3}", now + dt.timedelta(microseconds=i // 7), str(i).encode())
+        for i in range(701)
+    ]
+    fleet.hub_messages.store_telemetry(batch)
+    stored = fleet.hub_messages.list_telemetry(limit=1000)
+    assert [(m.device_id, m.enqueued_at, m.body) for m in stored] == [
+        (item.device_id, item.enqueued_at, item.body) for item in batch
+    ]
+
+
 def test_telemetry_times_are_stored_as_sqlalchemy_stores_them(sqlite_fleet: FleetPKI) -> None:
     # SQLite compares times as text: the repository's must be SQLAlchemy's DATETIME text,
     # microseconds always written, or a bound time would not compare right with it.
