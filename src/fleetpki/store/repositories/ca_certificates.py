@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, aliased
 
 from fleetpki.services.ports.ca import CertificateSearch
 from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId, UTCDateTime
+from fleetpki.store.rows import insert_row
 
 __all__ = ["SqlCertificateRepository", "SqlUsedTokenRepository"]
 
@@ -222,8 +223,7 @@ class SqlCertificateRepository:
 
     def add(self, certificate: CertificateRecord) -> None:
         """See :meth:`CertificateRepository.add`."""
-        self._session.add(certificate)
-        self._session.flush()
+        insert_row(self._session, certificate)
 
 
 class SqlUsedTokenRepository:
