@@ -1,6 +1,6 @@
 """Durable QoS 1 telemetry messages per second from 100 devices: fleetpki vs mosquitto.
 
-Run: ``.venv/bin/python bench/hub_telemetry.py`` (about 40 s). Each device keeps
+Run: ``.venv/bin/python bench/hub_telemetry.py`` (about 45 s). Each device keeps
 ``--window`` QoS 1 PUBLISHes in flight; a message counts when its PUBACK arrives. fleetpki
 is ``fleetpki serve --only hub`` on a real home: it acknowledges only after the batch
 holding the message is committed to the home's SQLite database (WAL,
