@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fleetpki.api.background import free_port
+from fleetpki.api.server import worker_count
 from fleetpki.application import FleetPKI, init_home
 from fleetpki.keystore import find_passphrase
 from fleetpki.services import Actor
@@ -187,9 +188,10 @@ def process(
                 server.wait(5)
 
 
-#: ``fleetpki serve --workers`` for the CA benchmarks: one process unless
-#: ``FLEETPKI_BENCH_WORKERS`` says otherwise (the server's CPU is then its workers' sum).
-WORKERS = int(os.environ.get("FLEETPKI_BENCH_WORKERS", "1"))
+#: ``fleetpki serve --workers`` for the CA benchmarks: what ``fleetpki serve`` runs by
+#: default (one process per core, :func:`fleetpki.api.server.worker_count`) unless
+#: ``FLEETPKI_BENCH_WORKERS`` says otherwise; the server's CPU is its workers' sum.
+WORKERS = int(os.environ.get("FLEETPKI_BENCH_WORKERS", "0")) or worker_count()
 
 
 @contextmanager

@@ -11,6 +11,7 @@ machine in the same run. mosquitto gets the same CA, server certificate and devi
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import ssl
@@ -33,6 +34,7 @@ from fleetpki.hub.protocol import Connect, encode, encode_publish
 __all__ = [
     "Certs",
     "connect_clients",
+    "cpu_seconds",
     "fleetpki_hub",
     "free_port",
     "make_certs",
@@ -216,6 +218,12 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) a process has used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def client_context(certs: Certs, index: int) -> ssl.SSLContext:

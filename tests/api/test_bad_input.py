@@ -201,6 +201,24 @@ def bad_token(api: Api) -> Call:
     return Call("GET", "/v1/domains", {"Authorization": "Bearer fpk_not-a-real-token"})
 
 
+def _v1_issue(api: Api, token: str) -> Call:
+    # A valid request for a registered domain of alice's: only the caller is wrong.
+    device = str(uuid.uuid4())
+    _register(api, device)
+    _, csr = make_csr(device)
+    return Call(
+        "POST", "/v1/certificates", api.auth(token), {"ca_id": api.ca_id, "csr": csr.decode()}
+    )
+
+
+def v1_issue_with_a_bad_token(api: Api) -> Call:
+    return _v1_issue(api, "fpk_not-a-real-token")
+
+
+def v1_issue_by_a_stranger(api: Api) -> Call:
+    return _v1_issue(api, api.bob)
+
+
 def bob_revokes_alices_certificate(api: Api) -> Call:
     _, pem, _ = _issued(api)
     cert = x509.load_pem_x509_certificate(pem.encode())
@@ -271,6 +289,8 @@ CASES: list[tuple[Callable[[Api], Call], int, str]] = [
     (missing_field, 422, "request.invalid"),
     (no_credentials, 401, "auth.missing"),
     (bad_token, 401, "auth.bad_token"),
+    (v1_issue_with_a_bad_token, 401, "auth.bad_token"),
+    (v1_issue_by_a_stranger, 403, "domain.not_requester"),
     (bob_revokes_alices_certificate, 404, "certificate.not_found"),
     (token_for_someone_elses_certificate, 401, "certtoken.x5t_mismatch"),
     (replayed_jti, 401, "certtoken.replayed"),

@@ -29,7 +29,8 @@ from fleetpki.pki.certtoken import make_certificate_token
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.ca_views import IssuedView
-from fleetpki.services.certificates import CertificateQuery, IssueCommand, load_certificate_pem
+from fleetpki.services.certificate_access import load_certificate_pem
+from fleetpki.services.certificates import CertificateQuery, IssueCommand
 
 __all__ = ["app"]
 

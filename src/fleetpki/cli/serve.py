@@ -106,6 +106,7 @@ def serve(
         amqp_port=settings.amqp_port if amqp_port is None else amqp_port,
     )
     port = settings.api_port if api_port is None else api_port
+    _raise_open_files(settings, only)
     api_socket = None
     if only != "hub":
         # Bound first: a taken port is reported before anything changes.
@@ -174,6 +175,41 @@ def serve(
         only=only_value,
         api_socket=api_socket,
     )
+
+
+def _raise_open_files(settings: Settings, only: str | None) -> None:
+    """Raise the open-files limit for every connection the caps allow, and say so."""
+    from fleetpki.process_limits import (
+        open_files_needed,
+        raise_open_files_limit,
+        release_large_buffers_to_os,
+    )
+
+    release_large_buffers_to_os()
+    limit = raise_open_files_limit()
+    if limit.soft is None:
+        return
+    if limit.raised:
+        err_console.print(
+            f"fleetpki: open files limit raised from {limit.before} to {limit.soft} "
+            "(the hard limit)",
+            highlight=False,
+        )
+    needed = open_files_needed(
+        api_connections=settings.api_max_connections if only != "hub" else None,
+        mqtt_connections=settings.mqtt_max_connections if only != "ca" else None,
+        amqp=only != "ca" and settings.amqp_port >= 0,
+    )
+    if limit.soft < needed:
+        err_console.print(
+            f"[yellow]warning[/yellow]: the open files limit is {limit.soft} (hard limit "
+            f"{limit.hard}), fewer than the {needed} that api_max_connections "
+            f"({settings.api_max_connections}) and mqtt_max_connections "
+            f"({settings.mqtt_max_connections}) may need: connections past it are refused "
+            "at accept. Raise the hard limit (LimitNOFILE= in a systemd unit, `ulimit -Hn` "
+            "as root, nofile in /etc/security/limits.conf) or lower the caps",
+            highlight=False,
+        )
 
 
 def azure_port_notes(

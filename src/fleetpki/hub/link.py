@@ -39,7 +39,11 @@ class Link(Protocol):
         """Close the connection now; ``reason`` is a code for the log."""
 
     def peer_certificates(self) -> tuple[bytes | None, list[bytes]]:
-        """The client's TLS leaf and the other certificates it sent, as DER."""
+        """The client's TLS leaf and the other certificates it sent, as DER.
+
+        Called once, for the connection's CONNECT: the listener may free the chain
+        after it (`fleetpki.hub.tls.release_handshake_memory`).
+        """
 
     def process(self) -> None:
         """Handle input held back while the CONNECT was being authenticated."""

@@ -42,7 +42,7 @@ from fleetpki.hub.protocol import (
     TimedOut,
     Unsubscribed,
 )
-from fleetpki.hub.tls import hub_ssl_context, peer_certificates
+from fleetpki.hub.tls import hub_ssl_context, peer_certificates, release_handshake_memory
 from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener, listening_socket
 from fleetpki.settings import DEFAULT_MQTT_PORT
 
@@ -139,14 +139,20 @@ class HubConnection(asyncio.Protocol):
             transport.close()
 
     def peer_certificates(self) -> tuple[bytes | None, list[bytes]]:
-        """The client's TLS leaf and the other certificates it sent, as DER."""
+        """The client's TLS leaf and the other certificates it sent, as DER.
+
+        Read once, for the CONNECT: what OpenSSL kept of the handshake (the sent chain,
+        the handshake's buffers) is freed right after (`release_handshake_memory`).
+        """
         transport = self._transport
         if transport is None:
             return None, []
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None:
             return None, []
-        return peer_certificates(ssl_object)
+        certificates = peer_certificates(ssl_object)
+        release_handshake_memory(ssl_object)
+        return certificates
 
     def pause_reading(self) -> None:
         """Stop reading (back-pressure while telemetry waits for its commit)."""

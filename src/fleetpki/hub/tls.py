@@ -45,6 +45,7 @@ __all__ = [
     "ACCEPTS_ANY_CLIENT_CERTIFICATE",
     "hub_ssl_context",
     "peer_certificates",
+    "release_handshake_memory",
 ]
 
 _log = logging.getLogger("fleetpki.hub.tls")
@@ -88,6 +89,41 @@ class _LibSSL:
         self.i2d_x509 = lib.i2d_X509
         self.i2d_x509.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.i2d_x509.restype = ctypes.c_int
+        # For release_handshake_memory.
+        void_p = ctypes.c_void_p
+        self.verified_chain = lib.SSL_get0_verified_chain
+        self.verified_chain.argtypes = [void_p]
+        self.verified_chain.restype = void_p
+        self.sk_pop = lib.OPENSSL_sk_pop
+        self.sk_pop.argtypes = [void_p]
+        self.sk_pop.restype = void_p
+        self.x509_free = lib.X509_free
+        self.x509_free.argtypes = [void_p]
+        self.x509_free.restype = None
+        self.version = lib.SSL_version
+        self.version.argtypes = [void_p]
+        self.version.restype = ctypes.c_int
+        self.get_session = lib.SSL_get_session
+        self.get_session.argtypes = [void_p]
+        self.get_session.restype = void_p
+        self.session_id = lib.SSL_SESSION_get_id
+        self.session_id.argtypes = [void_p, ctypes.POINTER(ctypes.c_uint)]
+        self.session_id.restype = void_p
+        self.get_rbio = lib.SSL_get_rbio
+        self.get_rbio.argtypes = [void_p]
+        self.get_rbio.restype = void_p
+        self.get_wbio = lib.SSL_get_wbio
+        self.get_wbio.argtypes = [void_p]
+        self.get_wbio.restype = void_p
+        self.bio_method_type = lib.BIO_method_type
+        self.bio_method_type.argtypes = [void_p]
+        self.bio_method_type.restype = ctypes.c_int
+        self.bio_ctrl = lib.BIO_ctrl
+        self.bio_ctrl.argtypes = [void_p, ctypes.c_int, ctypes.c_long, void_p]
+        self.bio_ctrl.restype = ctypes.c_long
+        self.buf_mem_new = lib.BUF_MEM_new
+        self.buf_mem_new.argtypes = []
+        self.buf_mem_new.restype = void_p
 
 
 def _load() -> _LibSSL | None:
@@ -221,3 +257,66 @@ def peer_certificates(ssl_object: Any) -> tuple[bytes | None, list[bytes]]:
                 if der and der != leaf:
                     others.append(der)
     return leaf, others
+
+
+_TLS1_3_VERSION = 0x0304
+_BIO_TYPE_MEM = 1 | 0x0400  # BIO_TYPE_MEM: number 1, BIO_TYPE_SOURCE_SINK
+_BIO_CTRL_PENDING = 10
+_BIO_C_SET_BUF_MEM = 114
+_BIO_CLOSE = 1
+
+
+def _empty_stack(stack: int | None) -> None:
+    assert _LIB is not None
+    if stack:
+        while (x509 := _LIB.sk_pop(stack)) is not None:
+            _LIB.x509_free(x509)
+
+
+def _cached_session(pointer: int) -> bool:
+    """Whether the connection's session may sit in the context's session cache (a
+    TLS 1.2 session with an id), shared with a later resumption of it."""
+    assert _LIB is not None
+    if _LIB.version(pointer) >= _TLS1_3_VERSION:
+        return False  # resumed from stateless tickets only (the hub sets no NO_TICKET)
+    session = _LIB.get_session(pointer)
+    if not session:
+        return False
+    length = ctypes.c_uint(0)
+    _LIB.session_id(session, ctypes.byref(length))
+    return length.value > 0
+
+
+def release_handshake_memory(ssl_object: Any) -> bool:
+    """Free what OpenSSL keeps of a finished handshake that the hub no longer reads.
+
+    Call it once the peer's certificates have been read (`peer_certificates`), for an
+    idle connection's memory (bench/README.md, "Hub"): the other certificates the
+    client sent (``SSL_get_peer_cert_chain``) and the chain OpenSSL built from them
+    (``SSL_get0_verified_chain``), about 6 KB per certificate, are emptied, and the
+    memory BIOs uvloop reads and writes TLS records through, which keep the size of the
+    largest handshake flight (several KB each), get a new empty buffer when they hold no
+    data. The leaf stays (``getpeercert`` still answers). A TLS 1.2 session that may be
+    in the session cache keeps its chain, for a resumption of it. Nothing else changes:
+    both BIOs grow again with the next record.
+
+    Returns:
+        whether the ``SSL*`` could be reached (``False``: nothing was done).
+    """
+    pointer = _ssl_pointer(ssl_object)
+    if pointer is None or _LIB is None:
+        return False
+    if not _cached_session(pointer):
+        _empty_stack(_LIB.peer_chain(pointer))
+        _empty_stack(_LIB.verified_chain(pointer))
+    for bio in {_LIB.get_rbio(pointer), _LIB.get_wbio(pointer)}:
+        if (
+            bio
+            and _LIB.bio_method_type(bio) == _BIO_TYPE_MEM
+            and _LIB.bio_ctrl(bio, _BIO_CTRL_PENDING, 0, None) == 0
+        ):
+            fresh = _LIB.buf_mem_new()
+            if fresh:
+                # BIO_set_mem_buf: the old buffer is freed, the BIO owns the new one.
+                _LIB.bio_ctrl(bio, _BIO_C_SET_BUF_MEM, _BIO_CLOSE, fresh)
+    return True

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from fleetpki.errors import ConflictError, NotFoundError, PermissionDenied, ValidationError
 from fleetpki.keystore import KeyStore
@@ -25,7 +24,6 @@ from fleetpki.services.authority import (
     current_issuer,
 )
 from fleetpki.services.ca_views import (
-    OWNER,
     AuditEntryView,
     CertificateView,
     ExpirySummary,
@@ -33,6 +31,12 @@ from fleetpki.services.ca_views import (
     audit_entry_view,
     ca_view,
     certificate_view,
+)
+from fleetpki.services.certificate_access import (
+    certificate_by_serial,
+    certificate_by_thumbprint,
+    may_revoke,
+    visible_certificate,
 )
 from fleetpki.services.context import Actor, Clock
 from fleetpki.services.domains import DomainAccess, domain_for_request
@@ -50,18 +54,10 @@ __all__ = [
     "CertificateService",
     "DailyActivity",
     "IssueCommand",
-    "can_see",
-    "certificate_by_serial",
-    "certificate_by_thumbprint",
-    "certificate_holder",
-    "certificate_pem",
     "issue_in",
     "issued_view",
-    "load_certificate_pem",
-    "may_revoke",
     "revoke_in",
     "sign_and_store",
-    "visible_certificate",
 ]
 
 
@@ -114,105 +110,6 @@ class DailyActivity:
 MAX_ACTIVITY_DAYS = 366
 
 _STATUSES = frozenset({"valid", "revoked", "expired"})
-
-
-def load_certificate_pem(data: bytes | str) -> x509.Certificate:
-    """Parse one PEM (or DER) certificate, the first of a chain.
-
-    Raises:
-        ValidationError: ``certificate.malformed``.
-    """
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    try:
-        if raw.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificates(raw)[0]
-        return x509.load_der_x509_certificate(raw)
-    except (ValueError, IndexError) as exc:
-        raise ValidationError("certificate.malformed", "not a PEM or DER certificate") from exc
-
-
-def certificate_holder(cert: CertificateRecord | CertificateView) -> Actor:
-    """The actor for a device that proved possession of ``cert``'s key."""
-    return Actor(principal_id=f"certificate:{cert.sha1_hex}", source="certificate")
-
-
-def certificate_pem(record: CertificateRecord) -> str:
-    """A stored certificate as PEM text."""
-    return (
-        x509.load_der_x509_certificate(record.der).public_bytes(serialization.Encoding.PEM).decode()
-    )
-
-
-def names_of(records: Sequence[CertificateRecord]) -> list[str]:
-    """The subject CNs of ``records`` (for messages)."""
-    return [r.subject_cn or r.serial_hex for r in records]
-
-
-# -- code shared by use cases: runs inside the caller's unit of work ---------------------
-
-
-def certificate_by_serial(tx: UnitOfWork, serial: str) -> CertificateRecord:
-    """A certificate by serial (hex, any case, optional colons or 0x; caller's unit).
-
-    Raises:
-        NotFoundError: ``certificate.not_found``.
-    """
-    cleaned = serial.strip().replace(":", "").upper().removeprefix("0X").lstrip("0") or "0"
-    record = tx.certificates.find_by_serial(cleaned)
-    if record is None:
-        raise NotFoundError("certificate.not_found", f"no certificate with serial {serial}")
-    return record
-
-
-def certificate_by_thumbprint(tx: UnitOfWork, thumbprint: str) -> CertificateRecord:
-    """A certificate by SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint, any case (caller's unit).
-
-    Raises:
-        NotFoundError: ``certificate.not_found``.
-    """
-    value = thumbprint.strip().replace(":", "").upper()
-    if len(value) == 64:
-        record = tx.certificates.find_by_sha256(value)
-    else:
-        record = tx.certificates.find_by_sha1(value)
-    if record is None:
-        raise NotFoundError("certificate.not_found", f"no certificate with thumbprint {thumbprint}")
-    return record
-
-
-def can_see(tx: UnitOfWork, actor: Actor, record: CertificateRecord) -> bool:
-    """Admins, the requester, the holder and members of the certificate's domain (caller's unit)."""
-    if actor.is_admin or actor.principal_id in {
-        record.requested_by,
-        certificate_holder(record).principal_id,
-    }:
-        return True
-    if record.domain_id is None:
-        return False
-    return tx.domains.has_member(record.domain_id, actor.principal_id)
-
-
-def visible_certificate(tx: UnitOfWork, actor: Actor, record: CertificateRecord) -> None:
-    """Check that the actor may see ``record`` (caller's unit).
-
-    Raises:
-        NotFoundError: ``certificate.not_found``, so that strangers cannot probe
-        which serials exist.
-    """
-    if not can_see(tx, actor, record):
-        raise NotFoundError("certificate.not_found", f"no certificate {record.serial_hex}")
-
-
-def may_revoke(tx: UnitOfWork, actor: Actor, record: CertificateRecord) -> bool:
-    """Whether :func:`revoke_in` would let the actor revoke ``record`` (caller's unit).
-
-    Admins, the holder, and owners of the certificate's domain.
-    """
-    if actor.is_admin or actor.principal_id == certificate_holder(record).principal_id:
-        return True
-    if record.domain_id is None:
-        return False
-    return tx.domains.has_member(record.domain_id, actor.principal_id, OWNER)
 
 
 def sign_and_store(

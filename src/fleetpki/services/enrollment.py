@@ -24,16 +24,14 @@ from fleetpki.services.ca_views import (
     certificate_view,
     domain_view,
 )
-from fleetpki.services.certificates import (
-    CertificateQuery,
+from fleetpki.services.certificate_access import (
     can_see,
     certificate_by_thumbprint,
     certificate_holder,
     may_revoke,
-    revoke_in,
-    search_in,
     visible_certificate,
 )
+from fleetpki.services.certificates import CertificateQuery, revoke_in, search_in
 from fleetpki.services.context import Actor, Clock
 from fleetpki.services.domains import (
     register_domain_in,

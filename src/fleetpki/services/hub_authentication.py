@@ -188,6 +188,18 @@ def registry_entry(
     tx: UnitOfWork, device_id: str, seal: DeviceKeySeal | None = None
 ) -> RegistryEntry | None:
     """The policy's facts about ``device_id``; a sas device's keys only when ``seal`` is given."""
+    if seal is None:
+        facts = tx.hub_devices.auth_facts(device_id)
+        if facts is None:
+            return None
+        found_id, status, auth_type, primary, secondary = facts
+        return RegistryEntry(
+            device_id=found_id,
+            status=DeviceStatus(status),
+            auth_type=AuthType(auth_type),
+            thumbprints=frozenset(t for t in (primary, secondary) if t),
+            symmetric_keys=(),
+        )
     record = tx.hub_devices.get(device_id)
     if record is None:
         return None
@@ -208,9 +220,8 @@ def _fleetpki_verdict(tx: UnitOfWork, admission: Admission) -> RevocationVerdict
     issuer_sha1 = admission.issuer_sha1
     if issuer_sha1 is None:
         return None
-    ca_id = tx.cas.id_by_sha1(issuer_sha1)
-    if ca_id is None:
+    found = tx.certificates.status_by_issuer(issuer_sha1, format(admission.leaf.serial_number, "X"))
+    if found is None:
         return None
-    serial = format(admission.leaf.serial_number, "X")
-    record = tx.certificates.find_by_ca_serial(ca_id, serial)
-    return RevocationVerdict.from_fleetpki_record(ca_id, record.status if record else None)
+    ca_id, status = found
+    return RevocationVerdict.from_fleetpki_record(ca_id, status)

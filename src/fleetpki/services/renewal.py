@@ -33,15 +33,13 @@ from fleetpki.pki.names import SubjectAltName
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services.audit import write_audit
 from fleetpki.services.ca_views import IssuedView, PrincipalView, principal_view
-from fleetpki.services.certificates import (
+from fleetpki.services.certificate_access import (
     certificate_by_thumbprint,
     certificate_holder,
     certificate_pem,
-    issued_view,
     load_certificate_pem,
-    revoke_in,
-    sign_and_store,
 )
+from fleetpki.services.certificates import issued_view, revoke_in, sign_and_store
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.outbox import CERTIFICATE_RENEWED
 from fleetpki.services.ports import Store, UnitOfWork

@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 
 from fleetpki.services.ca_views import CertificateView, certificate_view
-from fleetpki.services.certificates import (
+from fleetpki.services.certificate_access import (
     certificate_by_serial,
     may_revoke,
     visible_certificate,

@@ -168,6 +168,15 @@ class CertificateRepository(Protocol):
         """The certificate of ``ca_id`` with this canonical serial."""
         ...
 
+    def status_by_issuer(
+        self, issuer_sha1_hex: str, serial_hex: str
+    ) -> tuple[str, str | None] | None:
+        """One look-up for a leaf's revocation check: the fleetpki CA one of whose
+        generations has the certificate ``issuer_sha1_hex``, with the status of that
+        CA's certificate of this serial (``None`` when not on record); ``None`` when no
+        fleetpki CA has that certificate."""
+        ...
+
     def find_by_sha1(self, sha1_hex: str) -> CertificateRecord | None:
         """The certificate with this upper-case SHA-1 thumbprint."""
         ...

@@ -77,6 +77,11 @@ class HubDeviceRepository(Protocol):
         """
         ...
 
+    def auth_facts(self, device_id: str) -> tuple[str, str, str, str | None, str | None] | None:
+        """What a certificate connect needs of the device, columns only (no twin):
+        ``(device_id, status, auth_type, primary_thumbprint, secondary_thumbprint)``."""
+        ...
+
     def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
         """Devices by id, at most ``limit``, skipping the first ``offset``."""
         ...

@@ -4,18 +4,45 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from fleetpki.services.ports.ca import CertificateSearch
-from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId, UTCDateTime
+from fleetpki.store.models import (
+    CAGeneration,
+    CertificateRecord,
+    DomainMember,
+    UsedTokenId,
+    UTCDateTime,
+)
 from fleetpki.store.rows import insert_row
 
 __all__ = ["SqlCertificateRepository", "SqlUsedTokenRepository"]
 
 #: Used token ids are kept this long past their token's expiry (clock skew).
 _JTI_GRACE = dt.timedelta(hours=2)
+
+# A hub connect's revocation check (CertificateRepository.status_by_issuer), built once.
+_STATUS_BY_ISSUER = (
+    select(CAGeneration.ca_id, CertificateRecord.status)
+    .outerjoin(
+        CertificateRecord,
+        (CertificateRecord.ca_id == CAGeneration.ca_id)
+        & (CertificateRecord.serial_hex == bindparam("serial")),
+    )
+    .where(CAGeneration.sha1_hex == bindparam("sha1"))
+    .limit(1)
+)
 
 
 def _visible_to(principal_id: str) -> ColumnElement[bool]:
@@ -58,6 +85,18 @@ class SqlCertificateRepository:
         return self._one(
             CertificateRecord.ca_id == ca_id, CertificateRecord.serial_hex == serial_hex
         )
+
+    def status_by_issuer(
+        self, issuer_sha1_hex: str, serial_hex: str
+    ) -> tuple[str, str | None] | None:
+        """See :meth:`CertificateRepository.status_by_issuer`.
+
+        One statement (a hub connect's), columns only: any generation of the CA, not
+        only the active one, since a device may hold a retiring generation's certificate.
+        """
+        parameters = {"sha1": issuer_sha1_hex, "serial": serial_hex}
+        row = self._session.connection().execute(_STATUS_BY_ISSUER, parameters).first()
+        return None if row is None else (row[0], row[1])
 
     def find_by_sha1(self, sha1_hex: str) -> CertificateRecord | None:
         """See :meth:`CertificateRepository.find_by_sha1`."""

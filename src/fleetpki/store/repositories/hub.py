@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.hub import TelemetryInput
@@ -36,6 +36,40 @@ __all__ = [
 _MAX_PAGE = 1000
 
 
+# A hub connect's look-up (HubDeviceRepository.auth_facts): the columns it needs, not
+# the twin's JSON, on the connection without the ORM's loading.
+_AUTH_FACTS = select(
+    HubDevice.device_id,
+    HubDevice.status,
+    HubDevice.auth_type,
+    HubDevice.primary_thumbprint,
+    HubDevice.secondary_thumbprint,
+).where(HubDevice.device_id == bindparam("device_id"))
+# A device's connection state (HubDeviceRepository.record_connection): Core statements
+# built once, for every connect and disconnect.
+_devices = cast("Table", HubDevice.__table__)
+_CONNECTION_SET = (
+    update(_devices)
+    .where(_devices.c.device_id == bindparam("b_device"))
+    .values(
+        connection_state=bindparam("b_state"),
+        connection_state_updated_at=bindparam("b_at"),
+        last_activity_at=bindparam("b_at"),
+    )
+)
+_CONNECTION_IF_LATER = _CONNECTION_SET.where(
+    or_(
+        _devices.c.connection_state_updated_at.is_(None),
+        _devices.c.connection_state_updated_at < bindparam("b_at"),
+    )
+)
+_CONNECTION_AT = select(_devices.c.connection_state_updated_at).where(
+    _devices.c.device_id == bindparam("b_device")
+)
+# Every connect checks the trust stamp (HubCARepository.stamp).
+_TRUST_STAMP = select(HubCA.id, HubCA.etag, HubCA.is_verified).order_by(HubCA.id)
+
+
 class SqlHubDeviceRepository:
     """:class:`fleetpki.services.ports.hub.HubDeviceRepository` on one session."""
 
@@ -54,6 +88,11 @@ class SqlHubDeviceRepository:
                 HubDevice, device_id, with_for_update=True, populate_existing=True
             )
         return self._session.get(HubDevice, device_id)
+
+    def auth_facts(self, device_id: str) -> tuple[str, str, str, str | None, str | None] | None:
+        """See :meth:`HubDeviceRepository.auth_facts` (a Core statement, built once)."""
+        row = self._session.connection().execute(_AUTH_FACTS, {"device_id": device_id}).first()
+        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
     def list(self, *, limit: int | None = None, offset: int = 0) -> Sequence[HubDevice]:
         """See :meth:`HubDeviceRepository.list`."""
@@ -83,28 +122,17 @@ class SqlHubDeviceRepository:
         self, device_id: str, *, connected: bool, at: dt.datetime
     ) -> dt.datetime | None:
         """See :meth:`HubDeviceRepository.record_connection`."""
-        column = HubDevice.connection_state_updated_at
         state = "Connected" if connected else "Disconnected"
-
-        def set_at(when: dt.datetime, *conditions: Any) -> int:
-            statement = (
-                update(HubDevice)
-                .where(HubDevice.device_id == device_id, *conditions)
-                .values(
-                    connection_state=state, connection_state_updated_at=when, last_activity_at=when
-                )
-                .execution_options(synchronize_session=False)
-            )
-            return cast("CursorResult[Any]", self._session.execute(statement)).rowcount
-
+        connection = self._session.connection()
+        values = {"b_device": device_id, "b_state": state, "b_at": at}
         # One statement in the usual case: the change is later than the previous one.
-        if set_at(at, or_(column.is_(None), column < at)):
+        if cast("CursorResult[Any]", connection.execute(_CONNECTION_IF_LATER, values)).rowcount:
             return at
-        previous = self._session.scalar(select(column).where(HubDevice.device_id == device_id))
+        previous: dt.datetime | None = connection.execute(_CONNECTION_AT, values).scalar()
         if previous is None:
             return None  # no such device
         later = previous + dt.timedelta(microseconds=1)
-        set_at(later)
+        connection.execute(_CONNECTION_SET, {**values, "b_at": later})
         return later
 
     def count_connected(self) -> int:
@@ -147,8 +175,8 @@ class SqlHubCARepository:
         Every hub CA's id, etag and verified flag: each trust change gives a new etag
         or adds or removes a row, so the stamp does not depend on clocks.
         """
-        query = select(HubCA.id, HubCA.etag, HubCA.is_verified).order_by(HubCA.id)
-        return tuple(tuple(row) for row in self._session.execute(query).all())
+        rows = self._session.connection().execute(_TRUST_STAMP).all()
+        return tuple(tuple(row) for row in rows)
 
     def local_ca(self, ca_id: str) -> CARecord | None:
         """See :meth:`HubCARepository.local_ca`."""
