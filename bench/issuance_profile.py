@@ -49,25 +49,28 @@ LAYERS: list[tuple[str, str]] = [
 STEPS: list[tuple[str, str]] = [
     ("event loop: TLS, HTTP parsing, middlewares, routing, JSON body", r"^(?!.*WorkerThread)"),
     (
-        "token authentication (principals.authenticate_token, own unit of work)",
-        r"authenticate_token \(",
+        "token check and issuance (certificates.issue_with_token, one unit of work)",
+        r"CertificateService\.issue_with_token ",
     ),
-    ("issuance use case (certificates.issue, one unit of work)", r"CertificateService\.issue "),
-    ("  the CA and its generations (_target, ca_record)", r"_target \("),
-    ("  template (template_for)", r"template_for "),
+    ("  token check (authenticate_token_in)", r"authenticate_token_in "),
+    (
+        "  the signing context: stamp read, kept context (SigningContexts.get)",
+        r"SigningContexts\.get ",
+    ),
+    ("  template (SigningContexts.template)", r"SigningContexts\.template "),
     ("  CSR parse and proof of possession (parse_csr)", r"parse_csr "),
     (
         "  the pipeline: names, policy, signing, check (issue_certificate)",
         r"issue_certificate \(fleetpki/pki/issuance",
     ),
-    ("  domain look-ups (may_request, id_for)", r"(may_request|id_for) "),
-    ("  INSERT of the certificate (ORM flush)", r"SqlCertificateRepository\.add"),
-    ("  audit entry (write_audit)", r"write_audit "),
-    ("  chain for the answer (issued_view, ca_chain_of)", r"issued_view "),
+    ("  domain look-ups (DomainAccess: one read a name)", r"request_access "),
+    ("  INSERT of the certificate (Core)", r"SqlCertificateRepository\.add"),
+    ("  audit entry (write_audit, Core)", r"write_audit "),
     (
         "  commit and the end of the unit (SqlStore.transaction exit)",
         r"SqlStore\.transaction \(fleetpki/store/unit_of_work\.py",
     ),
+    ("the answer (_issued: views, PEM, presenters)", r"_issued "),
     ("response model and JSON (FastAPI serialize_response)", r"serialize_response"),
 ]
 

@@ -356,3 +356,24 @@ def test_commands_without_an_api_route_refuse_server(home: Path, command: list[s
     (line,) = done.stderr.strip().splitlines()
     assert "--server" in line and "(cli.local_only)" in line
     assert not (home / "config.toml").exists()
+
+
+def test_tokens_are_listed_without_secrets_and_revoked(home: Path) -> None:
+    run(home, "init")
+    run(home, "principal", "add", OWNER, "--name", "alice")
+    created = run(home, "token", "create", "--principal", OWNER, "--name", "laptop")
+    secret = created.stdout.strip()
+    listed = json.loads(run(home, "token", "list", "--output", "json").stdout)
+    (token,) = [t for t in listed if t["principal_id"] == OWNER]
+    assert token["name"] == "laptop" and secret.startswith(token["prefix"])
+    assert secret not in json.dumps(listed) and token["revoked_at"] is None
+
+    done = run(home, "token", "revoke", token["id"])
+    assert f"token {token['id']} of {OWNER} is revoked" in done.stdout
+    listed = json.loads(run(home, "token", "list", "--principal", OWNER, "-o", "json").stdout)
+    assert listed[0]["revoked_at"] is not None
+    table = run(home, "token", "list").stdout
+    assert token["id"] in table and "laptop" in table
+
+    unknown = run(home, "token", "revoke", "00000000-0000-4000-8000-000000000000", ok=False)
+    assert unknown.returncode == 1 and "(token.not_found)" in unknown.stderr

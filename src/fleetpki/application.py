@@ -170,7 +170,9 @@ class FleetPKI:
         self.key_passphrase = PassphraseReader(settings.home, settings.key_passphrase_file)
         self.events = EventBus()
         self.store = SqlStore(database, self.events)
-        self.delivery = EventDelivery(self.store, clock)
+        self.delivery = EventDelivery(
+            self.store, clock, retention=dt.timedelta(days=settings.outbox_retention_days)
+        )
         # -- CA side: the use cases of CAs, certificates, domains and principals --------
         # Services read the time through ``self.now``, so a test that moves
         # ``fleet.clock`` moves every service's clock with it.
@@ -342,6 +344,7 @@ class FleetPKI:
                 self.renewal.revoke_superseded,
                 self.hub_nodes.forget_departed,
                 self.hub_method_relay.sweep,
+                self.delivery.prune_settled,
             ],
         )
         self._lock = threading.Lock()

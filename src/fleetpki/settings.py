@@ -108,6 +108,8 @@ class Settings:
             wins; the PIN is never written to the configuration).
         renewal_grace_seconds: how long a renewed certificate stays valid beside its
             successor before the server's housekeeping revokes it (reason superseded).
+        outbox_retention_days: how long an event that every consumer has received is
+            kept in the outbox before the server's housekeeping deletes it.
         tls_handshake_timeout_seconds: how long a client of either port may take to
             complete its TLS handshake.
         http_header_timeout_seconds: how long an API client may take to send a
@@ -159,6 +161,7 @@ class Settings:
     pkcs11_token: str = ""
     pkcs11_pin_file: str = ""
     renewal_grace_seconds: int = 86400
+    outbox_retention_days: int = 30
     tls_handshake_timeout_seconds: int = 10
     http_header_timeout_seconds: int = 10
     api_max_connections: int = 1000
@@ -205,7 +208,12 @@ class Settings:
                 f"provisioning_id_scope must be up to 64 letters, digits, '-', '_' or '.', "
                 f"not {scope!r}",
             )
-        for name in ("ca_rekey_after_days", "ca_link_deadline_hours", "portal_session_hours"):
+        for name in (
+            "ca_rekey_after_days",
+            "ca_link_deadline_hours",
+            "portal_session_hours",
+            "outbox_retention_days",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(

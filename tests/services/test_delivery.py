@@ -206,3 +206,54 @@ def test_a_rolled_back_unit_publishes_nothing(fleet: FleetPKI) -> None:
         pass
     assert seen == []
     assert fleet.delivery.backlog("rb").pending == 0
+
+
+def test_settled_events_past_the_retention_are_pruned_and_unsettled_ones_stay(
+    fleet: FleetPKI,
+) -> None:
+    clock = MovableClock(fleet.now())
+    delivery = EventDelivery(fleet.store, clock, retention=dt.timedelta(days=30))
+
+    def revoked(serial: str) -> None:
+        with fleet.store.transaction() as tx:
+            tx.events.append(CERTIFICATE_REVOKED, serial, {"serial": serial}, at=clock.now)
+
+    def deliver_all(consumer: str) -> None:
+        for claimed in delivery.claim(consumer, lease=LEASE, limit=10):
+            delivery.settle([Outcome(claimed)], Backoff(), random.Random(5))
+
+    for name in ("hub:a", "link:b"):
+        fleet.delivery.register(name, [CERTIFICATE_REVOKED])
+    revoked("old-done")
+    revoked("old-pending")  # link:b is not given this one
+    revoked("old-failed")  # link:b fails on it for good
+    deliver_all("hub:a")
+    by_subject = {d.subject_id: d for d in delivery.claim("link:b", lease=LEASE, limit=10)}
+    delivery.settle([Outcome(by_subject["old-done"])], Backoff(), random.Random(6))
+    delivery.settle(
+        [Outcome(by_subject["old-failed"], "HubRefused: 400", permanent=True)],
+        Backoff(),
+        random.Random(7),
+    )
+    delivery.settle(
+        [Outcome(by_subject["old-pending"], "HubUnreachable: 503")], Backoff(), random.Random(8)
+    )
+    clock.now += dt.timedelta(days=29)
+    revoked("recent")
+    deliver_all("hub:a")
+    deliver_all("link:b")  # recent (and old-pending, due again by now) are delivered
+
+    assert delivery.prune_settled() == 0  # nothing settled is 30 days old yet
+    clock.now += dt.timedelta(days=2)
+    # old-pending was settled only now, but its event is 31 days old: it goes too.
+    assert delivery.prune_settled() == 2
+    assert delivery.prune_settled() == 0
+
+    with fleet.store.reading() as tx:
+        left = {e.subject_id for e in tx.events.written_after(0, [CERTIFICATE_REVOKED], limit=10)}
+        # A pruned event's deliveries went with it.
+        assert tx.events.deliveries_of(CERTIFICATE_REVOKED, "old-done") == []
+        states = tx.events.deliveries_of(CERTIFICATE_REVOKED, "old-failed")
+    assert left == {"old-failed", "recent"}
+    assert [(d.consumer, d.status) for d in states] == [("hub:a", "done"), ("link:b", "failed")]
+    assert delivery.backlog("link:b").failed == 1

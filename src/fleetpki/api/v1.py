@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from fleetpki.api.auth import (
@@ -31,6 +31,7 @@ from fleetpki.api.v1_models import (
     RenewIn,
     RevokeIn,
     TemplateOut,
+    TokenOut,
 )
 from fleetpki.pki.names import SanType, SubjectAltName
 from fleetpki.pki.profile import KeyUsageName, parse_eku
@@ -41,7 +42,7 @@ from fleetpki.services.ca_views import (
 )
 from fleetpki.services.certificates import CertificateQuery, IssueCommand
 from fleetpki.services.enrollment import MemberRef
-from fleetpki.services.principals import TOKEN_PREFIX
+from fleetpki.services.principals import TOKEN_PREFIX, TokenView
 
 __all__ = ["router"]
 
@@ -296,3 +297,38 @@ def audit_log(
         caller.actor, object_type=object_type, object_id=object_id, limit=limit
     )
     return [_audit_out(e) for e in entries]
+
+
+def _token_out(token: TokenView) -> TokenOut:
+    def when(value: dt.datetime | None) -> str | None:
+        return iso(value) if value is not None else None
+
+    return TokenOut(
+        id=token.token_id,
+        principal_id=token.principal_id,
+        name=token.name,
+        prefix=token.prefix,
+        created_at=iso(token.created_at),
+        expires_at=when(token.expires_at),
+        revoked_at=when(token.revoked_at),
+        last_used_at=when(token.last_used_at),
+    )
+
+
+@router.get("/tokens", response_model=list[TokenOut])
+def list_tokens(
+    request: Request,
+    caller: CallerDep,
+    principal_id: Annotated[str | None, Query(max_length=128)] = None,
+) -> list[TokenOut]:
+    """API tokens: the caller's own, or for admins any principal's (every one by default)."""
+    found = get_fleet(request).principals.tokens(caller.actor, principal_id)
+    return [_token_out(t) for t in found]
+
+
+@router.post("/tokens/{token_id}/revoke", response_model=TokenOut)
+def revoke_token(
+    token_id: Annotated[str, Path(max_length=64)], request: Request, caller: CallerDep
+) -> TokenOut:
+    """Revoke an API token (its principal or an admin); its portal sign-ins end too."""
+    return _token_out(get_fleet(request).principals.revoke_token(caller.actor, token_id))

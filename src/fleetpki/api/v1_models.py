@@ -177,3 +177,16 @@ class AuditEntryOut(BaseModel):
     object_id: str
     source: str
     details: dict[str, object]
+
+
+class TokenOut(BaseModel):
+    """An API token, without its secret: ``prefix`` is the secret's first characters."""
+
+    id: str
+    principal_id: str
+    name: str
+    prefix: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None

@@ -104,17 +104,37 @@ class Backoff:
         return dt.timedelta(seconds=rng.uniform(ceiling / 2, ceiling))
 
 
+#: Events one housekeeping pass deletes at most (the rest go in the next passes), so
+#: that a first pass over a large outbox holds the write lock only briefly.
+PRUNE_BATCH = 5000
+
+
 class EventDelivery:
-    """The use cases of event delivery: subscribe a consumer, claim, settle, report.
+    """The use cases of event delivery: subscribe a consumer, claim, settle, report, prune.
 
     Args:
         store: the database.
         clock: the source of "now".
+        retention: how long an event whose every delivery is done is kept before
+            :meth:`prune_settled` deletes it (``outbox_retention_days``).
     """
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, *, retention: dt.timedelta = dt.timedelta(days=30)
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._retention = retention
+
+    def prune_settled(self) -> int:
+        """Delete settled events older than the retention, a batch at a time; how many.
+
+        Part of ``fleetpki serve``'s housekeeping (every minute). An event some
+        consumer has not had yet (pending, or failed and waiting for a retry) stays
+        however old it is.
+        """
+        with self._store.transaction() as tx:
+            return tx.events.prune_settled(self._clock() - self._retention, limit=PRUNE_BATCH)
 
     def register(self, consumer: str, event_types: Collection[str]) -> None:
         """Subscribe ``consumer`` to ``event_types``; events from now on get a delivery."""

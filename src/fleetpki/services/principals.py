@@ -28,10 +28,12 @@ __all__ = [
     "TOKEN_PREFIX",
     "NewToken",
     "PrincipalService",
+    "TokenView",
     "authenticate_token_in",
     "authenticated_token_in",
     "ensure_principal_in",
     "principal_record",
+    "token_view",
     "validate_principal_id",
 ]
 
@@ -69,6 +71,39 @@ class NewToken:
     secret: str
     principal_id: str
     expires_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """An API token as its owner and admins see it: never the secret nor its hash.
+
+    Attributes:
+        prefix: the secret's first characters (``fpk_`` and four more), to tell tokens
+            apart as secret scanners report them.
+    """
+
+    token_id: str
+    principal_id: str
+    name: str
+    prefix: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+
+
+def token_view(token: ApiToken) -> TokenView:
+    """The view of a stored token."""
+    return TokenView(
+        token_id=token.id,
+        principal_id=token.principal_id,
+        name=token.name,
+        prefix=token.prefix,
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        revoked_at=token.revoked_at,
+        last_used_at=token.last_used_at,
+    )
 
 
 # -- code shared by use cases: runs inside the caller's unit of work ---------------------
@@ -316,6 +351,53 @@ class PrincipalService:
             return _create_token(
                 tx, actor, principal_id, name=name, lifetime=lifetime, now=self._clock()
             )
+
+    def tokens(self, actor: Actor, principal_id: str | None = None) -> builtins.list[TokenView]:
+        """API tokens, oldest first: an admin's of one principal (every one by default),
+        anyone else's own.
+
+        Raises:
+            PermissionDenied: ``token.not_allowed`` for another principal's, not an admin.
+        """
+        if not actor.is_admin:
+            if principal_id not in (None, actor.principal_id):
+                raise PermissionDenied("token.not_allowed", "only admins see others' tokens")
+            principal_id = actor.principal_id
+        with self._store.reading() as tx:
+            return [token_view(t) for t in tx.tokens.of_principal(principal_id)]
+
+    def revoke_token(self, actor: Actor, token_id: str) -> TokenView:
+        """Revoke an API token (admins, or its principal): it authenticates nothing from
+        now on, and the principal's portal sessions signed in with a token end.
+
+        Revoking a revoked token changes nothing and returns it as it is.
+
+        Raises:
+            NotFoundError: ``token.not_found`` (also for another principal's token, so
+            that strangers cannot probe which ids exist).
+        """
+        now = self._clock()
+        with self._store.transaction() as tx:
+            try:
+                key = str(uuid.UUID(token_id))
+            except ValueError:
+                key = None
+            token = tx.tokens.get(key) if key is not None else None
+            if token is None or not (actor.is_admin or actor.principal_id == token.principal_id):
+                raise NotFoundError("token.not_found", f"no token {token_id}")
+            if token.revoked_at is None:
+                token.revoked_at = now
+                ended = tx.portal_sessions.delete_started_with_token(token.principal_id)
+                write_audit(
+                    tx,
+                    actor,
+                    "token.revoke",
+                    "principal",
+                    token.principal_id,
+                    at=now,
+                    details={"token_id": token.id, "portal_sessions_ended": ended},
+                )
+            return token_view(token)
 
     def authenticate_token(self, secret: str) -> PrincipalView:
         """The principal a bearer API token belongs to.

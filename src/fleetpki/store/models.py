@@ -357,7 +357,7 @@ class OutboxEvent(Base):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[dt.datetime]
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     event_type: Mapped[str] = mapped_column(String(64))
     subject_id: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -383,7 +383,7 @@ class EventDeliveryRecord(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    event_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), index=True)
     consumer: Mapped[str] = mapped_column(ForeignKey("event_consumers.name", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -304,6 +304,14 @@ class TokenRepository(Protocol):
         """The token whose SHA-256 hash is ``token_hash``."""
         ...
 
+    def get(self, token_id: str) -> ApiToken | None:
+        """The token with this id."""
+        ...
+
+    def of_principal(self, principal_id: str | None) -> list[ApiToken]:
+        """The tokens of a principal (``None``: every principal's), oldest first."""
+        ...
+
     def add(self, token: ApiToken) -> None:
         """Store a new token."""
         ...
@@ -379,6 +387,10 @@ class PortalSessionRepository(Protocol):
 
     def delete(self, session: PortalSession) -> None:
         """End a session."""
+        ...
+
+    def delete_started_with_token(self, principal_id: str) -> int:
+        """End the principal's sessions signed in with an API token; how many."""
         ...
 
     def delete_expired(self, now: dt.datetime) -> int:

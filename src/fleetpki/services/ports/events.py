@@ -170,6 +170,13 @@ class EventLog(Protocol):
         """Make every failed delivery of ``consumer`` due now, with fresh attempts."""
         ...
 
+    def prune_settled(self, before: dt.datetime, *, limit: int) -> int:
+        """Delete up to ``limit`` events written before ``before`` whose every delivery is
+        done, with their deliveries; an event still pending or failed for any consumer
+        stays. Returns how many events went.
+        """
+        ...
+
     def newest_id(self) -> int:
         """The id of the newest event written (committed or in this unit), 0 for none."""
         ...

@@ -104,6 +104,17 @@ class SqlTokenRepository:
             self._held.append(principal)
         return token
 
+    def get(self, token_id: str) -> ApiToken | None:
+        """See :meth:`TokenRepository.get`."""
+        return self._session.get(ApiToken, token_id)
+
+    def of_principal(self, principal_id: str | None) -> list[ApiToken]:
+        """See :meth:`TokenRepository.of_principal`."""
+        query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)
+        if principal_id is not None:
+            query = query.where(ApiToken.principal_id == principal_id)
+        return list(self._session.scalars(query))
+
     def add(self, token: ApiToken) -> None:
         """See :meth:`TokenRepository.add`."""
         self._session.add(token)
@@ -252,6 +263,15 @@ class SqlPortalSessionRepository:
     def delete(self, session: PortalSession) -> None:
         """See :meth:`PortalSessionRepository.delete`."""
         self._session.delete(session)
+
+    def delete_started_with_token(self, principal_id: str) -> int:
+        """See :meth:`PortalSessionRepository.delete_started_with_token`."""
+        result = self._session.execute(
+            delete(PortalSession).where(
+                PortalSession.principal_id == principal_id, PortalSession.method == "token"
+            )
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def delete_expired(self, now: dt.datetime) -> int:
         """See :meth:`PortalSessionRepository.delete_expired`."""

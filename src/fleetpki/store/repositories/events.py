@@ -228,6 +228,32 @@ class SqlEventLog:
             record.claimed_until = None
         return len(records)
 
+    def prune_settled(self, before: dt.datetime, *, limit: int) -> int:
+        """See :meth:`EventLog.prune_settled`."""
+        unsettled = (
+            select(EventDeliveryRecord.id)
+            .where(
+                EventDeliveryRecord.event_id == OutboxEvent.id,
+                EventDeliveryRecord.status != "done",
+            )
+            .exists()
+        )
+        ids = list(
+            self._session.scalars(
+                select(OutboxEvent.id)
+                .where(OutboxEvent.created_at < before, ~unsettled)
+                .limit(limit)
+            )
+        )
+        if not ids:
+            return 0
+        # Deliveries first: SQLite enforces the cascade only with its foreign keys on.
+        self._session.execute(
+            delete(EventDeliveryRecord).where(EventDeliveryRecord.event_id.in_(ids))
+        )
+        self._session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(ids)))
+        return len(ids)
+
     def backlog(self, consumer: str) -> DeliveryBacklog:
         """See :meth:`EventLog.backlog`."""
         pending = EventDeliveryRecord.status == "pending"
