@@ -107,9 +107,9 @@ def test_telemetry_with_properties(device: DeviceIdentity, hub: LiveHub) -> None
         )
         client.send_telemetry(b"\x00raw", properties={})
     stored = [r for r in hub.registry.telemetry if r.device_id == device.device_id]
-    assert [r.payload for r in stored] == [b'{"temperature": 31}', b"\x00raw"]
+    assert [r.body for r in stored] == [b'{"temperature": 31}', b"\x00raw"]
     first = stored[0]
-    assert first.application_properties == {"temperatureAlert": "true", "a b/c": "x&y=z+1"}
+    assert first.properties == {"temperatureAlert": "true", "a b/c": "x&y=z+1"}
     assert first.system_properties["message-id"] == "mid 1"
     assert first.system_properties["correlation-id"] == "cid/1"
     assert first.system_properties["content-type"] == "application/json"
@@ -210,7 +210,7 @@ def test_reconnect_with_a_renewed_certificate(
         hub.registry.revoke(device.certificate)
         client.send_telemetry("after")
         assert client.is_connected
-    payloads = [r.payload for r in hub.registry.telemetry if r.device_id == device.device_id]
+    payloads = [r.body for r in hub.registry.telemetry if r.device_id == device.device_id]
     assert payloads == [b"before", b"after"]
 
 

@@ -29,6 +29,7 @@ from fleetpki.hub.azure import (
     desired_patch_topic,
     encode_property_bag,
     is_own_topic,
+    is_plain_telemetry,
     method_request_topic,
     module_input_topic,
     parse_device_topic,
@@ -480,3 +481,61 @@ def test_the_package_exports_the_module_whole() -> None:
     assert sorted(azure.__all__) == sorted(topics.__all__)
     for name in azure.__all__:
         assert getattr(azure, name) is getattr(topics, name)
+
+
+@pytest.mark.parametrize(
+    ("topic", "identity", "plain"),
+    [
+        ("devices/dev1/messages/events/", DEVICE, True),
+        ("devices/dev1/messages/events", DEVICE, True),
+        ("devices/dev1/modules/mod1/messages/events/", MODULE, True),
+        ("devices/dev1/modules/mod1/messages/events", MODULE, True),
+        ("devices/dev1/messages/events/$.ct=application%2Fjson", DEVICE, False),
+        ("devices/dev1/messages/events/&", DEVICE, False),
+        ("devices/dev1/messages/events//", DEVICE, False),
+        ("devices/dev2/messages/events/", DEVICE, False),
+        ("devices/dev1/messages/events/", MODULE, False),  # a module sends on its own topic
+        ("devices/dev1/modules/mod1/messages/events/", DEVICE, False),
+        ("devices/dev1/modules/mod2/messages/events/", MODULE, False),
+        ("devices/dev1/messages/devicebound/", DEVICE, False),
+        ("$iothub/twin/GET/?$rid=1", DEVICE, False),
+        ("", DEVICE, False),
+        # Percent-encoded ids are left to parse_device_topic, which unquotes them.
+        ("devices/a%20b/messages/events/", ClientIdentity("a b"), False),
+        ("devices/a%2520b/messages/events/", ClientIdentity("a%20b"), False),
+        ("devices/a%20b/messages/events/", ClientIdentity("a%20b"), False),
+    ],
+)
+def test_plain_telemetry_topics(topic: str, identity: ClientIdentity, plain: bool) -> None:
+    assert is_plain_telemetry(topic, identity) is plain
+
+
+_ids = st.text(st.sampled_from("ab%2/0 +é"), min_size=1, max_size=6)
+
+
+@given(
+    _ids,
+    st.one_of(st.none(), _ids),
+    st.lists(
+        st.sampled_from(
+            ["devices", "dev1", "a", "%20", "modules", "messages", "events", "", "$.mid=1", "&"]
+        ),
+        max_size=7,
+    ),
+)
+def test_a_plain_telemetry_topic_is_telemetry_without_properties(
+    device_id: str, module_id: str | None, levels: list[str]
+) -> None:
+    # The fast path says yes only where the full parser finds telemetry with no properties.
+    identity = ClientIdentity(
+        device_id.replace("/", "_"), module_id and module_id.replace("/", "_")
+    )
+    own = f"devices/{identity.device_id}" + (
+        "" if identity.module_id is None else f"/modules/{identity.module_id}"
+    )
+    for topic in ("/".join(levels), f"{own}/messages/events/", f"{own}/{'/'.join(levels)}"):
+        if is_plain_telemetry(topic, identity):
+            assert parse_device_topic(topic, identity) == Telemetry(MessageProperties())
+    if "%" not in own:
+        assert is_plain_telemetry(f"{own}/messages/events/", identity)
+        assert is_plain_telemetry(f"{own}/messages/events", identity)

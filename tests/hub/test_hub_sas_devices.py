@@ -105,8 +105,8 @@ def test_a_sas_device_connects_and_its_telemetry_is_stored(
     finally:
         client.close()
     (record,) = hub.registry.telemetry
-    assert (record.device_id, record.payload) == ("sas-1", b"hello")
-    assert (record.system_properties["message-id"], record.application_properties) == (
+    assert (record.device_id, record.body) == ("sas-1", b"hello")
+    assert (record.system_properties["message-id"], record.properties) == (
         "m1",
         {"k": "v"},
     )
@@ -162,7 +162,7 @@ def test_refused_tokens_get_connack_5_and_nothing_is_stored(
     if client_id == "sas-1":
         key = sqlite_fleet.hub_devices.get("sas-1").primary_key or ""
         assert _pipelined_accepted(hub, "sas-1", _token("sas-1", key).encode())
-        assert [r.payload for r in hub.registry.telemetry] == [b"smuggled"]
+        assert [r.body for r in hub.registry.telemetry] == [b"smuggled"]
 
 
 def _pipelined_accepted(hub: LiveHub, client_id: str, password: bytes) -> bool:
@@ -267,5 +267,5 @@ def _assert_alive(hub: LiveHub, client: SasDevice, device_id: str) -> None:
     """
     hub.call(lambda: None)
     client.publish(TOPIC.format(device_id), b"still here")
-    assert b"still here" in [r.payload for r in hub.registry.telemetry if r.device_id == device_id]
+    assert b"still here" in [r.body for r in hub.registry.telemetry if r.device_id == device_id]
     assert not client.disconnected.is_set()

@@ -72,7 +72,7 @@ def _server_side(hub: LiveHub) -> tuple[bytes | None, list[bytes]]:
 def _still_serves(hub: LiveHub, tls: ssl.SSLSocket) -> None:
     tls.sendall(encode_publish("devices/dev1/messages/events/", b"t=21", 1, False, False, 7))
     assert _recv(tls, 4) == b"\x40\x02\x00\x07"  # PUBACK 7, after the message was stored
-    assert [r.payload for r in hub.registry.telemetry] == [b"t=21"]
+    assert [r.body for r in hub.registry.telemetry] == [b"t=21"]
     tls.sendall(b"\xc0\x00")  # PINGREQ
     assert _recv(tls, 2) == b"\xd0\x00"
 

@@ -37,6 +37,7 @@ from fleetpki.hub.protocol import (
     Will,
     encode,
     encode_puback,
+    encode_pubacks,
     encode_publish,
     validate_topic_filter,
     validate_topic_name,
@@ -542,3 +543,14 @@ def test_the_package_exports_its_modules_whole() -> None:
     assert sorted(protocol.__all__) == sorted(owner)
     for name in protocol.__all__:
         assert getattr(protocol, name) is getattr(owner[name], name)
+
+
+@given(st.lists(st.integers(1, 0xFFFF), max_size=50))
+def test_pubacks_of_a_batch_are_the_pubacks_one_by_one(packet_ids: list[int]) -> None:
+    assert encode_pubacks(packet_ids) == b"".join(encode_puback(i) for i in packet_ids)
+
+
+@pytest.mark.parametrize("packet_ids", [[0], [1, 0x10000], [5, -1]])
+def test_pubacks_refuse_ids_outside_the_range(packet_ids: list[int]) -> None:
+    with pytest.raises(ProtocolError):
+        encode_pubacks(packet_ids)

@@ -3,7 +3,9 @@ authentication, and two applications in one process that share nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import sqlite3
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -233,6 +235,79 @@ def test_telemetry_batches_and_paging(fleet: FleetPKI) -> None:
     assert fleet.hub_messages.latest_id() == everything[-1].id
     assert fleet.hub_messages.latest_id("dev-0") == everything[-2].id
     assert fleet.hub_messages.latest_id("nobody") == 0
+
+
+def test_telemetry_rows_read_back_as_written(fleet: FleetPKI) -> None:
+    # The batch goes to the driver's executemany, encoded by the repository itself:
+    # what the ORM reads back must be what was given, on both backends.
+    east = dt.timezone(dt.timedelta(hours=2))
+    at = dt.datetime(2026, 12, 4, 22, 30, 0, tzinfo=east)  # 20:30:00.000000 UTC
+    fleet.hub_messages.store_telemetry(
+        [
+            TelemetryInput("dev-1", at, b"plain"),
+            TelemetryInput(
+                "dev-1",
+                at + dt.timedelta(microseconds=1),
+                b"\xff\x00",
+                {"message-id": "m 1", "content-type": "application/json"},
+                {"ünï": "cödé", "bare": None},
+                module_id="mod-a",
+            ),
+        ]
+    )
+    plain, full = fleet.hub_messages.list_telemetry()
+    assert (plain.device_id, plain.module_id, plain.body) == ("dev-1", None, b"plain")
+    assert (plain.system_properties, plain.properties) == ({}, {})
+    assert plain.enqueued_at == at and plain.enqueued_at.tzinfo == dt.UTC
+    assert (full.module_id, full.body) == ("mod-a", b"\xff\x00")
+    assert full.system_properties == {"message-id": "m 1", "content-type": "application/json"}
+    assert full.properties == {"ünï": "cödé", "bare": None}
+    assert full.enqueued_at == at + dt.timedelta(microseconds=1)
+    # Times compare in the database as the ORM's own bound values do.
+    assert fleet.hub_messages.recent_telemetry("dev-1", limit=1)[0].id == full.id
+    with fleet.store.transaction() as tx:
+        assert tx.hub_telemetry.last_id_at(at) == plain.id
+        assert tx.hub_telemetry.last_id_at(at - dt.timedelta(microseconds=1)) == 0
+
+
+def test_a_large_telemetry_batch_is_stored_whole_and_in_order(fleet: FleetPKI) -> None:
+    # 701 rows: SQLite writes them in statements of 512, 128, 32, 16, 8, 4 and 1 rows.
+    now = fleet.now()
+    batch = [
+        TelemetryInput(f"dev-{i % 3}", now + dt.timedelta(microseconds=i // 7), str(i).encode())
+        for i in range(701)
+    ]
+    fleet.hub_messages.store_telemetry(batch)
+    stored = fleet.hub_messages.list_telemetry(limit=1000)
+    assert [(m.device_id, m.enqueued_at, m.body) for m in stored] == [
+        (item.device_id, item.enqueued_at, item.body) for item in batch
+    ]
+
+
+def test_telemetry_times_are_stored_as_sqlalchemy_stores_them(sqlite_fleet: FleetPKI) -> None:
+    # SQLite compares times as text: the repository's must be SQLAlchemy's DATETIME text,
+    # microseconds always written, or a bound time would not compare right with it.
+    fleet = sqlite_fleet
+    at = dt.datetime(2026, 12, 4, 20, 30, tzinfo=dt.UTC)
+    fleet.hub_messages.store_telemetry([TelemetryInput("dev-1", at, b"x")])
+    database = fleet.settings.home / "fleetpki.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute(
+            "SELECT enqueued_at, system_properties, properties FROM hub_messages"
+        ).fetchall()
+    assert rows == [("2026-12-04 20:30:00.000000", "{}", "{}")]
+
+
+def test_telemetry_with_a_naive_time_is_refused_whole(fleet: FleetPKI) -> None:
+    now = fleet.now()
+    with pytest.raises(ValueError, match="naive"):
+        fleet.hub_messages.store_telemetry(
+            [
+                TelemetryInput("dev-1", now, b"ok"),
+                TelemetryInput("dev-1", now.replace(tzinfo=None), b"x"),
+            ]
+        )
+    assert fleet.hub_messages.list_telemetry() == []
 
 
 def test_c2d_queue(fleet: FleetPKI, events: Recorder) -> None:

@@ -133,9 +133,9 @@ def test_azure_device_sdk_end_to_end(sqlite_fleet: FleetPKI, tmp_path: Path) -> 
         assert 'c2d to device {"k": "v"}' in lines
         assert 'method reboot {"in": 1}' in lines
         (record,) = hub.registry.telemetry
-        assert record.payload == b"hello"
+        assert record.body == b"hello"
         assert record.system_properties["message-id"] == "mid-1"
-        assert record.application_properties == {"colour": "blue & green"}
+        assert record.properties == {"colour": "blue & green"}
         assert hub.registry.get_twin("sdkdev").reported == {"fw": "2.0"}
 
 

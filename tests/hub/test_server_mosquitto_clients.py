@@ -44,9 +44,9 @@ def test_mosquitto_pub_telemetry_is_stored(hub: LiveHub, dev1: DeviceFiles) -> N
     )
     assert done.returncode == 0, done.stderr
     (record,) = hub.registry.telemetry
-    assert record.payload == b"21.5"
+    assert record.body == b"21.5"
     assert record.system_properties == {"content-type": "text/plain"}
-    assert record.application_properties == {"site": "north gate"}
+    assert record.properties == {"site": "north gate"}
 
 
 def test_mosquitto_pub_on_another_devices_topic_is_dropped(

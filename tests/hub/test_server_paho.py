@@ -19,6 +19,7 @@ from fleetpki.application import FleetPKI
 from fleetpki.hub.backend import C2DMessage
 from fleetpki.hub.methods import DeviceNotOnline, MethodResult
 from fleetpki.hub.protocol import Connect, encode
+from fleetpki.hub.server import READ_BUFFER_SIZE
 from support.hub import DeviceFiles, ForeignCA, LiveHub, issue_device, start_hub_thread
 
 WAIT = 20.0
@@ -142,9 +143,9 @@ def test_telemetry_is_stored_with_exact_properties_before_the_puback(
     # PUBACK came back, so the message is already stored.
     (record,) = hub.registry.telemetry
     assert record.device_id == "dev1"
-    assert record.payload == b'{"t": 21.5}'
+    assert record.body == b'{"t": 21.5}'
     assert record.system_properties == {"message-id": "mid 1", "content-type": "application/json"}
-    assert record.application_properties == {"a+b": "c+d", "e=f": "x&y"}
+    assert record.properties == {"a+b": "c+d", "e=f": "x&y"}
 
 
 def test_many_messages_are_batched_and_all_acknowledged(hub: LiveHub, device: Device) -> None:
@@ -153,7 +154,18 @@ def test_many_messages_are_batched_and_all_acknowledged(hub: LiveHub, device: De
     ]
     for info in infos:
         info.wait_for_publish(WAIT)
-    assert [r.payload for r in hub.registry.telemetry] == [f"m{i}".encode() for i in range(200)]
+    assert [r.body for r in hub.registry.telemetry] == [f"m{i}".encode() for i in range(200)]
+
+
+def test_a_message_larger_than_the_shared_read_buffer_is_stored_whole(
+    hub: LiveHub, device: Device
+) -> None:
+    # The hub's connections read into one buffer of READ_BUFFER_SIZE bytes: a PUBLISH
+    # bigger than it arrives over several reads and is put together whole.
+    body = bytes(range(256)) * (READ_BUFFER_SIZE // 256) + b"tail"
+    device.publish("devices/dev1/messages/events/", body)
+    device.publish("devices/dev1/messages/events/", b"after")
+    assert [r.body for r in hub.registry.telemetry] == [body, b"after"]
 
 
 def test_twin_get_is_answered_without_a_subscription(hub: LiveHub, device: Device) -> None:

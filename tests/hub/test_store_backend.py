@@ -35,7 +35,11 @@ def test_backend_end_to_end(sqlite_fleet: FleetPKI) -> None:
         device = backend.authenticate(leaf, chain, "dev-1", fleet.now())
         assert (device.device_id, device.certificate_serial) == ("dev-1", record.serial_hex)
         backend.store_telemetry(
-            [TelemetryRecord("dev-1", None, fleet.now(), b"hi", {"message-id": "1"}, {"a": None})]
+            [
+                TelemetryRecord(
+                    "dev-1", fleet.now(), b"hi", {"message-id": "1"}, {"a": None}, module_id=None
+                )
+            ]
         )
         assert [m.body for m in fleet.hub_messages.list_telemetry()] == [b"hi"]
         assert backend.patch_reported("dev-1", {"x": 1}) == 2

@@ -124,9 +124,9 @@ class HubRegistry:
                 device_id=m.device_id,
                 module_id=m.module_id,
                 enqueued_at=m.enqueued_at,
-                payload=m.body,
+                body=m.body,
                 system_properties=dict(m.system_properties),
-                application_properties=dict(m.properties),
+                properties=dict(m.properties),
             )
             for m in self.fleet.hub_messages.list_telemetry(limit=1000)
         ]

@@ -22,9 +22,9 @@ __all__ = ["WAIT", "Device", "connect_once", "wait_until"]
 WAIT = 20.0
 
 
-def wait_until(predicate: Callable[[], object], what: str) -> None:
-    """Poll ``predicate`` until true, failing the test after :data:`WAIT` seconds."""
-    deadline = time.monotonic() + WAIT
+def wait_until(predicate: Callable[[], object], what: str, *, seconds: float = WAIT) -> None:
+    """Poll ``predicate`` until true, failing the test after ``seconds`` (:data:`WAIT`)."""
+    deadline = time.monotonic() + seconds
     while not predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")

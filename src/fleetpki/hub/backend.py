@@ -26,6 +26,7 @@ from fleetpki.services.notifications import (
     DeviceBlocked,
     DeviceKeysReplaced,
 )
+from fleetpki.services.ports.hub import TelemetryInput
 
 __all__ = [
     "AuthenticatedDevice",
@@ -45,25 +46,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TelemetryRecord:
-    """One device-to-cloud message, as stored (ref §1.5, §1.6).
-
-    Attributes:
-        device_id / module_id: who sent it.
-        enqueued_at: when the hub received it (UTC).
-        payload: the body, as sent.
-        system_properties: the decoded ``$.`` properties by their Azure names
-            (``message-id``, ``correlation-id``, ``content-type`` ...).
-        application_properties: the rest of the property bag, decoded exactly.
-    """
-
-    device_id: str
-    module_id: str | None
-    enqueued_at: dt.datetime
-    payload: bytes
-    system_properties: Mapping[str, str]
-    application_properties: Mapping[str, str | None]
+#: One device-to-cloud message as the hub stores it (ref §1.5, §1.6): the message
+#: service's `TelemetryInput` itself (device and module, ``enqueued_at``, ``body``, the
+#: decoded ``system_properties`` and application ``properties``), made once per PUBLISH
+#: and handed on to the repository's insert unchanged.
+TelemetryRecord = TelemetryInput
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,7 @@ from fleetpki.hub.azure.topics import (
     TwinGetRequest,
     TwinReportedPatch,
     is_own_topic,
+    is_plain_telemetry,
     parse_device_topic,
     parse_username,
 )
@@ -100,7 +101,12 @@ from fleetpki.hub.protocol import (
     Unsubscribed,
 )
 from fleetpki.hub.provisioning import ProvisioningChannel, ProvisioningEndpoint
-from fleetpki.hub.telemetry_batcher import DEFAULT_BATCH_WINDOW, TelemetryBatcher, telemetry_record
+from fleetpki.hub.telemetry_batcher import (
+    DEFAULT_BATCH_WINDOW,
+    TelemetryBatcher,
+    plain_telemetry_record,
+    telemetry_record,
+)
 from fleetpki.hub.twins import TwinChannel
 
 __all__ = ["Broker"]
@@ -136,6 +142,7 @@ class Broker:
         self.backend = backend
         self.hostnames = tuple(hostnames)
         self._utcnow = utcnow or (lambda: dt.datetime.now(dt.UTC))
+        self._arrival: dt.datetime | None = None  # see _arrival_time
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, "fleetpki-hub")
         # One thread for telemetry commits keeps them in order and never concurrent.
         self._store_pool = concurrent.futures.ThreadPoolExecutor(1, "fleetpki-hub-store")
@@ -393,6 +400,12 @@ class Broker:
         identity = link.identity
         assert identity is not None
         packet = event.packet
+        if is_plain_telemetry(packet.topic, identity):  # the hot path: no properties to decode
+            record = plain_telemetry_record(
+                identity, packet.payload, retain=packet.retain, enqueued_at=self._arrival_time()
+            )
+            self._batcher.add(record, link, packet.packet_id)
+            return
         try:
             message = parse_device_topic(packet.topic, identity)
         except AzureProtocolError as exc:
@@ -407,7 +420,11 @@ class Broker:
             return
         if type(message) is Telemetry:
             record = telemetry_record(
-                identity, message, packet.payload, retain=packet.retain, enqueued_at=self._utcnow()
+                identity,
+                message,
+                packet.payload,
+                retain=packet.retain,
+                enqueued_at=self._arrival_time(),
             )
             self._batcher.add(record, link, packet.packet_id)
             return
@@ -420,6 +437,22 @@ class Broker:
             self._spawn(self._twins.get(identity, message.rid))
         elif isinstance(message, TwinReportedPatch):
             self._spawn(self._twins.patch_reported(identity, message.rid, packet.payload))
+
+    def _arrival_time(self) -> dt.datetime:
+        """The enqueued time of a device's message: the clock, read once per turn of the
+        event loop, so the messages handled in one turn (read from the sockets together)
+        share it. One reading, and one object the store formats once, for many messages."""
+        now = self._arrival
+        if now is None:
+            now = self._arrival = self._utcnow()
+            if self._loop is not None:
+                self._loop.call_soon(self._forget_arrival)
+            else:
+                self._arrival = None
+        return now
+
+    def _forget_arrival(self) -> None:
+        self._arrival = None
 
     def _send(self, client_id: str, topic: str, payload: bytes, qos: QoS) -> bool:
         """Publish to a client; QoS 1 goes into its session if it is offline."""

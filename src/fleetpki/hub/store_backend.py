@@ -89,7 +89,6 @@ from fleetpki.services.hub_notices import HUB_NOTICE_TYPES, closing_event_of, hu
 from fleetpki.services.notifications import EventBroadcast, Notification
 from fleetpki.services.outbox import HUB_METHOD_CALLED, HUB_SESSION_OPENED
 from fleetpki.services.ports.events import Delivery
-from fleetpki.services.ports.hub import TelemetryInput
 
 __all__ = ["DEFAULT_REVOCATION_POLL", "BrokerMethodInvoker", "StoreHubBackend"]
 
@@ -287,18 +286,7 @@ class StoreHubBackend:
 
     def store_telemetry(self, batch: Sequence[TelemetryRecord]) -> None:
         """Store a batch in one transaction; returns once it is committed."""
-        items = [
-            TelemetryInput(
-                device_id=record.device_id,
-                module_id=record.module_id,
-                enqueued_at=record.enqueued_at,
-                body=record.payload,
-                system_properties=record.system_properties,
-                properties=record.application_properties,
-            )
-            for record in batch
-        ]
-        self.fleet.hub_messages.store_telemetry(items)
+        self.fleet.hub_messages.store_telemetry(batch)
 
     def record_connections(self, changes: Sequence[ConnectionChange]) -> None:
         """Record connects and disconnects (connectionState, connection state events)."""

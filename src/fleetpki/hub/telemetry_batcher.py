@@ -25,15 +25,24 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import cast
 
 from fleetpki.errors import UnavailableError
 from fleetpki.hub.azure.topics import ClientIdentity, Telemetry
 from fleetpki.hub.backend import ConnectionChange, TelemetryRecord
 from fleetpki.hub.link import Link
 from fleetpki.hub.protocol import ConnectionState
+from fleetpki.services.ports.hub import NO_PROPERTIES
 
-__all__ = ["DEFAULT_BATCH_WINDOW", "MAX_RETRY_PAUSE", "TelemetryBatcher", "telemetry_record"]
+__all__ = [
+    "DEFAULT_BATCH_WINDOW",
+    "MAX_RETRY_PAUSE",
+    "TelemetryBatcher",
+    "plain_telemetry_record",
+    "telemetry_record",
+]
 
 _log = logging.getLogger("fleetpki.hub")
 
@@ -77,7 +86,6 @@ def telemetry_record(
         application["mqtt-retain"] = "true"
     return TelemetryRecord(
         identity.device_id,
-        identity.module_id,
         enqueued_at,
         payload,
         {
@@ -86,6 +94,26 @@ def telemetry_record(
             if (value := getattr(system, attribute)) is not None
         },
         application,
+        identity.module_id,
+    )
+
+
+# The application properties of a retained publish without any of its own (ref §1.8).
+_RETAINED: Mapping[str, str | None] = MappingProxyType({"mqtt-retain": "true"})
+
+
+def plain_telemetry_record(
+    identity: ClientIdentity, payload: bytes, *, retain: bool, enqueued_at: dt.datetime
+) -> TelemetryRecord:
+    """`telemetry_record` for a topic without properties (`is_plain_telemetry`), made
+    without decoding one: no system properties, no application ones but ``mqtt-retain``."""
+    return TelemetryRecord(
+        identity.device_id,
+        enqueued_at,
+        payload,
+        NO_PROPERTIES,
+        _RETAINED if retain else NO_PROPERTIES,
+        identity.module_id,
     )
 
 
@@ -233,15 +261,23 @@ class TelemetryBatcher:
 
     @staticmethod
     def _acknowledge(acks: Sequence[tuple[Link, int | None]]) -> None:
-        out: dict[Link, list[bytes]] = {}
+        """PUBACK a stored batch: per connection, its ids in order in one write."""
+        by_link: dict[Link, list[int | None]] = {}
         for link, packet_id in acks:
-            link.unacked -= 1
-            if link.unacked == _LOW_WATER:
+            ids = by_link.get(link)
+            if ids is None:
+                by_link[link] = [packet_id]
+            else:
+                ids.append(packet_id)
+        for link, ids in by_link.items():
+            before = link.unacked
+            link.unacked = before - len(ids)
+            if link.unacked <= _LOW_WATER < before:
                 link.resume_reading()
-            if packet_id is not None and link.mqtt.state is ConnectionState.CONNECTED:
-                out.setdefault(link, []).append(link.mqtt.puback(packet_id))
-        for link, chunks in out.items():
-            link.write(b"".join(chunks))
+            if link.mqtt.state is ConnectionState.CONNECTED:
+                qos1 = [i for i in ids if i is not None] if None in ids else ids
+                if qos1:
+                    link.write(link.mqtt.pubacks(cast("list[int]", qos1)))
 
     async def drain(self) -> None:
         """Wait until every queued message has been stored (and connection change recorded)."""

@@ -132,7 +132,7 @@ class SqlUnitOfWork:
     @cached_property
     def hub_telemetry(self) -> SqlHubTelemetryRepository:
         """Stored device-to-cloud messages."""
-        return SqlHubTelemetryRepository(self.session)
+        return SqlHubTelemetryRepository(self.session, self.dialect)
 
     @cached_property
     def hub_c2d(self) -> SqlHubC2DRepository:

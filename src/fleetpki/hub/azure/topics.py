@@ -37,6 +37,7 @@ __all__ = [
     "desired_patch_topic",
     "encode_property_bag",
     "is_own_topic",
+    "is_plain_telemetry",
     "method_request_topic",
     "module_input_topic",
     "parse_device_topic",
@@ -429,6 +430,28 @@ def parse_device_topic(topic: str, identity: ClientIdentity) -> DeviceMessage:
         "devices may publish only telemetry, twin requests and method responses on their "
         "own topics",
         AzureProtocolErrorCode.TOPIC_NOT_ALLOWED,
+    )
+
+
+def is_plain_telemetry(topic: str, identity: ClientIdentity) -> bool:
+    """Whether ``topic`` is ``identity``'s telemetry topic with an empty property bag.
+
+    ``devices/{d}/messages/events/`` (or ``devices/{d}/modules/{m}/...``), the final
+    slash optional: what `parse_device_topic` reads as a `Telemetry` without
+    properties, told here with a few string compares and no objects (the hot path of a
+    device sending telemetry). Ids holding a ``%`` are left to `parse_device_topic`,
+    which unquotes them.
+    """
+    head = topic[:-1] if topic[-1:] == "/" else topic
+    if not head.endswith("/messages/events"):
+        return False
+    device_id, module_id = identity.device_id, identity.module_id
+    if "%" in device_id:
+        return False
+    if module_id is None:
+        return head == f"devices/{device_id}/messages/events"
+    return (
+        "%" not in module_id and head == f"devices/{device_id}/modules/{module_id}/messages/events"
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetpki.hub.protocol.encoder import encode, encode_puback, encode_publish
+from fleetpki.hub.protocol.encoder import encode, encode_puback, encode_pubacks, encode_publish
 from fleetpki.hub.protocol.events import (
     ConnectRequested,
     Disconnected,
@@ -102,6 +102,7 @@ __all__ = [
     "Will",
     "encode",
     "encode_puback",
+    "encode_pubacks",
     "encode_publish",
     "topic_matches",
     "validate_topic_filter",

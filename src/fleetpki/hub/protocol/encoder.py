@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleetpki.hub.protocol.packets import (
@@ -29,9 +29,11 @@ from fleetpki.hub.protocol.packets import (
 )
 from fleetpki.hub.protocol.topic_filters import validate_topic_filter, validate_topic_name
 
-__all__ = ["encode", "encode_puback", "encode_publish"]
+__all__ = ["encode", "encode_puback", "encode_pubacks", "encode_publish"]
 
 _PACK_ID = struct.Struct(">H").pack
+# A PUBACK as a big-endian 32-bit word, the packet id in its low 16 bits.
+_PUBACK_WORD = 0x40020000
 
 
 def _encode_length(length: int) -> bytes:
@@ -165,6 +167,22 @@ def encode_puback(packet_id: int) -> bytes:
     if not 0 < packet_id <= 0xFFFF:
         raise ProtocolError("a packet identifier must be in 1..65535 (§2.3.1)")
     return b"\x40\x02" + _PACK_ID(packet_id)
+
+
+def encode_pubacks(packet_ids: Sequence[int]) -> bytes:
+    """Encode one PUBACK per packet id, in order, as one string of bytes.
+
+    A PUBACK is four bytes (0x40, 0x02, the id), so the lot is one ``struct.pack`` of
+    big-endian words: a batch of acknowledgements costs one call, not one per message.
+
+    Raises:
+        ProtocolError: an id not in 1..65535 (§2.3.1).
+    """
+    if not packet_ids:
+        return b""
+    if not (min(packet_ids) > 0 and max(packet_ids) <= 0xFFFF):
+        raise ProtocolError("a packet identifier must be in 1..65535 (§2.3.1)")
+    return struct.pack(f">{len(packet_ids)}I", *[_PUBACK_WORD | i for i in packet_ids])
 
 
 _ENCODERS: dict[type[Packet], Callable[[Any], bytes]] = {

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from enum import Enum, auto
 
-from fleetpki.hub.protocol.encoder import encode, encode_puback, encode_publish
+from fleetpki.hub.protocol.encoder import encode, encode_puback, encode_pubacks, encode_publish
 from fleetpki.hub.protocol.events import (
     ConnectRequested,
     Disconnected,
@@ -417,6 +417,12 @@ class ServerConnection:
         if self._state is not _CONNECTED:
             raise ConnectionStateError(f"the connection is {self._state.name.lower()}")
         return encode_puback(packet_id)
+
+    def pubacks(self, packet_ids: Sequence[int]) -> bytes:
+        """`puback` for several QoS 1 `Published` at once, in the order given (§4.6)."""
+        if self._state is not _CONNECTED:
+            raise ConnectionStateError(f"the connection is {self._state.name.lower()}")
+        return encode_pubacks(packet_ids)
 
     def suback(
         self, packet_id: int, return_codes: Sequence[SubAckReturnCode] | None = None

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
 
 from fleetpki.store.hub_models import (
     HubC2DMessage,
@@ -25,6 +25,7 @@ from fleetpki.store.hub_models import (
 from fleetpki.store.models import CARecord
 
 __all__ = [
+    "NO_PROPERTIES",
     "HubAuditTrail",
     "HubC2DRepository",
     "HubCARepository",
@@ -37,12 +38,22 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TelemetryInput:
-    """One device-to-cloud message to store.
+#: The empty property map a `TelemetryInput` has by default (shared, read-only).
+NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
+
+
+class TelemetryInput(NamedTuple):
+    """One device-to-cloud message to store (ref §1.5, §1.6).
+
+    The hub makes one per telemetry PUBLISH and it travels unchanged to the repository's
+    insert, so it is a named tuple: immutable, and cheap to build.
 
     Attributes:
-        system_properties: decoded ``$.`` properties by their Azure names.
+        device_id / module_id: who sent it.
+        enqueued_at: when the hub received it (aware, UTC).
+        body: the payload, as sent.
+        system_properties: decoded ``$.`` properties by their Azure names
+            (``message-id``, ``correlation-id``, ``content-type`` ...).
         properties: application properties, decoded exactly (a key without ``=``
             has the value ``None``).
     """
@@ -50,8 +61,8 @@ class TelemetryInput:
     device_id: str
     enqueued_at: dt.datetime
     body: bytes
-    system_properties: Mapping[str, str] = field(default_factory=dict)
-    properties: Mapping[str, str | None] = field(default_factory=dict)
+    system_properties: Mapping[str, str] = NO_PROPERTIES
+    properties: Mapping[str, str | None] = NO_PROPERTIES
     module_id: str | None = None
 
 

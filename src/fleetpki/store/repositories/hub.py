@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import sqlite3
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import CursorResult, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.hub import TelemetryInput
@@ -181,30 +183,111 @@ class SqlHubCARepository:
         return self._session.get(CARecord, ca_id)
 
 
-class SqlHubTelemetryRepository:
-    """:class:`fleetpki.services.ports.hub.HubTelemetryRepository` on one session."""
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    """``value`` as the naive UTC time stored (`fleetpki.store.models.UTCDateTime`'s rule)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are not stored; pass an aware UTC datetime")
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return value.replace(tzinfo=None)
 
-    def __init__(self, session: Session) -> None:
+
+def _sqlite_time(value: dt.datetime) -> str:
+    """The text SQLAlchemy's SQLite ``DATETIME`` stores for ``value`` (naive UTC)."""
+    if value.tzinfo is dt.UTC:  # the hub's own times: "YYYY-MM-DD HH:MM:SS.ffffff+00:00"
+        return value.isoformat(" ", "microseconds")[:26]
+    return _naive_utc(value).isoformat(" ", "microseconds")
+
+
+def _json_text(value: Mapping[str, Any]) -> str:
+    """The JSON column's text, as SQLAlchemy's ``JSON`` type writes it (``json.dumps``)."""
+    return json.dumps(value) if value else "{}"
+
+
+_TELEMETRY_INSERT = (
+    "INSERT INTO hub_messages"
+    " (device_id, module_id, enqueued_at, body, system_properties, properties) VALUES "
+)
+_TELEMETRY_COLUMNS = 6
+# PostgreSQL (psycopg): one executemany, which psycopg sends as one pipeline.
+_POSTGRESQL_INSERT = _TELEMETRY_INSERT + "(%s, %s, %s, %s, %s, %s)"
+# SQLite: multi-row INSERTs of at most this many rows (6 parameters each: within the
+# 32,766 SQLite allows since 3.32, or the 999 of older ones), sized 512 (128), 256, ...,
+# 1 so that the driver's statement cache keeps them all. Against executemany (a step of
+# one row each, the interpreter's lock let go and taken back around every one) this
+# cost ~5.4 instead of ~7 µs of CPU per row in process, indexes and commit included.
+_SQLITE_CHUNK = 512 if sqlite3.sqlite_version_info >= (3, 32) else 128
+_SQLITE_INSERTS = {
+    rows: _TELEMETRY_INSERT + ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    for rows in (_SQLITE_CHUNK >> shift for shift in range(_SQLITE_CHUNK.bit_length()))
+}
+
+
+class SqlHubTelemetryRepository:
+    """:class:`fleetpki.services.ports.hub.HubTelemetryRepository` on one session.
+
+    ``add_batch`` is the hub's hot path (every QoS 1 telemetry message before its
+    PUBACK): it encodes the rows itself, as the mapped types would (the times as naive
+    UTC, SQLite's as SQLAlchemy's ``DATETIME`` text; the property maps as JSON), and
+    hands them straight to the driver, without SQLAlchemy's per-row ORM and type
+    processing; the reads go through the ORM.
+    """
+
+    def __init__(self, session: Session, dialect: str = "sqlite") -> None:
         self._session = session
+        self._dialect = dialect
 
     def add_batch(self, batch: Sequence[TelemetryInput]) -> None:
-        """See :meth:`HubTelemetryRepository.add_batch` (one multi-row INSERT)."""
+        """See :meth:`HubTelemetryRepository.add_batch`: a few statements, one transaction."""
         if not batch:
             return
-        self._session.execute(
-            insert(HubMessage),
-            [
-                {
-                    "device_id": item.device_id,
-                    "module_id": item.module_id,
-                    "enqueued_at": item.enqueued_at,
-                    "body": bytes(item.body),
-                    "system_properties": dict(item.system_properties),
-                    "properties": dict(item.properties),
-                }
+        connection = self._session.connection()
+        json_text = _json_text
+        if self._dialect != "sqlite":
+            rows = [
+                (
+                    item.device_id,
+                    item.module_id,
+                    _naive_utc(item.enqueued_at),
+                    item.body,
+                    json_text(item.system_properties),
+                    json_text(item.properties),
+                )
                 for item in batch
-            ],
-        )
+            ]
+            connection.exec_driver_sql(_POSTGRESQL_INSERT, rows)
+            return
+        values: list[Any] = []
+        add = values.extend
+        time = _sqlite_time
+        # The hub gives the messages of one read the same time object: formatted once.
+        last_time: dt.datetime | None = None
+        text = ""
+        for item in batch:
+            if item.enqueued_at is not last_time:
+                last_time = item.enqueued_at
+                text = time(last_time)
+            system, application = item.system_properties, item.properties
+            add(
+                (
+                    item.device_id,
+                    item.module_id,
+                    text,
+                    item.body,
+                    json_text(system) if system else "{}",
+                    json_text(application) if application else "{}",
+                )
+            )
+        done, total = 0, len(batch)
+        size = _SQLITE_CHUNK
+        while done < total:
+            while size > total - done:
+                size >>= 1
+            connection.exec_driver_sql(
+                _SQLITE_INSERTS[size],
+                tuple(values[done * _TELEMETRY_COLUMNS : (done + size) * _TELEMETRY_COLUMNS]),
+            )
+            done += size
 
     def list(
         self, *, device_id: str | None, after_id: int | None, limit: int
