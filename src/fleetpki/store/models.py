@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -304,6 +305,16 @@ class CertificateRecord(Base):
         Index("ix_certificates_status_not_after", "status", "not_after"),
         # The CRL's query: the revoked certificates of one CA generation.
         Index("ix_certificates_ca_id_status_generation", "ca_id", "status", "ca_generation"),
+        # The revocations since a CRL was built (its crl_built_revision), for the next
+        # CRL: only revoked rows carry a revision, so issuance never writes this index.
+        Index(
+            "ix_certificates_revoked_revision",
+            "ca_id",
+            "ca_generation",
+            "revoked_revision",
+            sqlite_where=text("revoked_revision IS NOT NULL"),
+            postgresql_where=text("revoked_revision IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -322,6 +333,9 @@ class CertificateRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default="valid")  # valid, revoked
     revoked_at: Mapped[dt.datetime | None]
     revocation_reason: Mapped[int | None] = mapped_column(Integer)
+    #: The generation's ``crl_revision`` that this certificate's revocation counted as
+    #: (None while valid, and for revocations made before migration 0017).
+    revoked_revision: Mapped[int | None] = mapped_column(Integer)
     requested_by: Mapped[str] = mapped_column(String(64))
     # Indexed: a renewal looks up its predecessor's successor, and housekeeping finds
     # renewed certificates, without scanning every certificate.

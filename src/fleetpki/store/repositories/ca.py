@@ -96,14 +96,18 @@ class SqlCARepository:
             raise LookupError(f"generation {number} of CA {ca_id} vanished while locking it")
         return locked
 
-    def mark_crl_stale(self, ca_id: str, number: int) -> None:
+    def mark_crl_stale(self, ca_id: str, number: int) -> int:
         """See :meth:`CARepository.mark_crl_stale`."""
-        self._session.execute(
+        revision = self._session.scalar(
             update(CAGeneration)
             .where(CAGeneration.ca_id == ca_id, CAGeneration.number == number)
             .values(crl_stale=True, crl_revision=CAGeneration.crl_revision + 1)
+            .returning(CAGeneration.crl_revision)
             .execution_options(synchronize_session=False)
         )
+        if revision is None:
+            raise LookupError(f"CA {ca_id} has no generation {number}")
+        return int(revision)
 
     def store_crl(
         self,
