@@ -305,7 +305,7 @@ def test_the_next_crl_is_the_previous_crls_entries_and_the_revocations_since(
     # one reads every revoked certificate, and so drops the marker.
     _store_with_marker(fleet, issuing.id, marker)
     with fleet.store.transaction() as tx:
-        tx.session.execute(  # type: ignore[attr-defined]
+        tx.session.execute(
             text("UPDATE ca_generations SET crl_built_revision = -1, crl_stale = :stale"),
             {"stale": True},
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -145,7 +146,8 @@ class SqlCertificateRepository:
         cursor = self._session.connection().connection.cursor()
         try:
             cursor.execute(sql, params)
-            return cursor.fetchall()
+            # The driver's rows are tuples of these three columns' values.
+            return cast("list[StoredRevocation]", cursor.fetchall())
         finally:
             cursor.close()
 
