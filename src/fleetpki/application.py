@@ -78,6 +78,7 @@ from fleetpki.services.renewal import RenewalService
 from fleetpki.services.revocation_effects import RevocationEffectService
 from fleetpki.services.revocation_status import RevocationStatusService
 from fleetpki.services.server_cert import ServerCertificateService
+from fleetpki.services.signing_contexts import SigningContexts
 from fleetpki.services.token_issuer import LocalTokenIssuer
 from fleetpki.settings import AZURE_HTTPS_PORT, Settings
 from fleetpki.store.db import Database
@@ -187,12 +188,15 @@ class FleetPKI:
             self.ca_lifecycle, self.store, now, auto_renew_at=settings.ca_auto_renew_at
         )
         self.templates = TemplateService(self.store)
-        self.certificates = CertificateService(self.store, keystore, now, self.urls)
+        # The CAs' signing contexts and templates, built once, checked on each use.
+        self.signing_contexts = SigningContexts(keystore, self.urls)
+        self.certificates = CertificateService(
+            self.store, keystore, now, self.urls, self.signing_contexts
+        )
         self.renewal = RenewalService(
             self.store,
-            keystore,
             now,
-            self.urls,
+            self.signing_contexts,
             audience=audience,
             superseded_grace=dt.timedelta(seconds=settings.renewal_grace_seconds),
         )

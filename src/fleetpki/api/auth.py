@@ -13,7 +13,14 @@ from fleetpki.errors import AuthenticationError, PermissionDenied
 from fleetpki.services import Actor
 from fleetpki.services.principals import TOKEN_PREFIX
 
-__all__ = ["Caller", "bearer_token", "caller_for_token", "require_admin", "require_caller"]
+__all__ = [
+    "Caller",
+    "bearer_token",
+    "caller_for_token",
+    "require_admin",
+    "require_bearer",
+    "require_caller",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,19 @@ def bearer_token(request: Request) -> str:
     if scheme.lower() != "bearer" or not credentials.strip():
         raise AuthenticationError("auth.bad_scheme", "use Authorization: Bearer <token>")
     return credentials.strip()
+
+
+async def require_bearer(request: Request) -> str:
+    """The bearer credentials, checked for their form only (an async FastAPI dependency).
+
+    For routes that authenticate in the same worker-thread hop as their use case
+    (:func:`fleetpki.api.deps.in_writer_thread`): a request without credentials is
+    refused before its body is read, as with :func:`require_caller`.
+
+    Raises:
+        AuthenticationError: as :func:`bearer_token`.
+    """
+    return bearer_token(request)
 
 
 def require_caller(request: Request) -> Caller:

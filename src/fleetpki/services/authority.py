@@ -55,6 +55,7 @@ __all__ = [
     "TemplateService",
     "ca_certificate",
     "ca_record",
+    "canonical_id",
     "current_issuer",
     "is_current_issuer",
     "issuer_for",
@@ -101,7 +102,12 @@ class HierarchySpec:
 # -- code shared by use cases: runs inside the caller's unit of work ---------------------
 
 
-def _parse_id(value: str, what: str) -> str:
+def canonical_id(value: str, what: str) -> str:
+    """The canonical form of a GUID id.
+
+    Raises:
+        NotFoundError: ``{what}.not_found`` when ``value`` is not a GUID.
+    """
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:
@@ -114,7 +120,7 @@ def ca_record(tx: UnitOfWork, ca_id: str) -> CARecord:
     Raises:
         NotFoundError: ``ca.not_found``.
     """
-    ca = tx.cas.get(_parse_id(ca_id, "ca"))
+    ca = tx.cas.get(canonical_id(ca_id, "ca"))
     if ca is None:
         raise NotFoundError("ca.not_found", f"no CA {ca_id}")
     return ca
@@ -128,7 +134,7 @@ def template_record_of(
     Raises:
         NotFoundError: ``template.not_found``.
     """
-    record = tx.templates.get(_parse_id(template_id, "template"))
+    record = tx.templates.get(canonical_id(template_id, "template"))
     if record is None or (ca_id is not None and record.ca_id != ca_id):
         raise NotFoundError("template.not_found", f"no template {template_id} for that CA")
     return record

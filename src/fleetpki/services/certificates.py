@@ -15,7 +15,7 @@ from fleetpki.keystore import KeyStore
 from fleetpki.pki.csr import parse_csr
 from fleetpki.pki.issuance import IssuanceRequest, IssuedCertificate, issue_certificate
 from fleetpki.pki.names import SubjectAltName
-from fleetpki.pki.profile import KeyUsageName, Template
+from fleetpki.pki.profile import KeyUsageName
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services.audit import write_audit
 from fleetpki.services.authority import (
@@ -23,9 +23,6 @@ from fleetpki.services.authority import (
     ca_chain_of,
     ca_record,
     current_issuer,
-    issuer_for,
-    template_for,
-    template_from_record,
 )
 from fleetpki.services.ca_views import (
     OWNER,
@@ -38,12 +35,13 @@ from fleetpki.services.ca_views import (
     certificate_view,
 )
 from fleetpki.services.context import Actor, Clock
-from fleetpki.services.domains import domain_for_request, may_request_in
+from fleetpki.services.domains import DomainAccess, domain_for_request
 from fleetpki.services.notifications import CertificateRevoked
 from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from fleetpki.services.ports import Store, UnitOfWork
 from fleetpki.services.ports.ca import CertificateSearch
-from fleetpki.store.models import CARecord, CertificateRecord, TemplateRecord
+from fleetpki.services.signing_contexts import SigningContext, SigningContexts, TemplateChoice
+from fleetpki.store.models import CertificateRecord
 
 __all__ = [
     "MAX_ACTIVITY_DAYS",
@@ -219,35 +217,38 @@ def may_revoke(tx: UnitOfWork, actor: Actor, record: CertificateRecord) -> bool:
 def sign_and_store(
     tx: UnitOfWork,
     request: IssuanceRequest,
-    template: Template,
-    template_rec: TemplateRecord,
-    ca: CARecord,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
+    template: TemplateChoice,
+    signing: SigningContext,
     *,
     may_request: Callable[[str], bool],
     requested_by: str,
     renews_id: int | None,
     now: dt.datetime,
+    domain_id_for: Callable[[str], str | None] | None = None,
 ) -> tuple[CertificateRecord, IssuedCertificate]:
     """Run the one issuance pipeline and record the certificate (caller's unit of work).
 
     Every certificate fleetpki signs (device, renewal, EST, the server's own) goes
-    through here, so CRLs and OCSP know of each.
+    through here, so CRLs and OCSP know of each. ``domain_id_for`` finds the domain the
+    certificate is recorded under (default: by name under the signing CA).
 
     Raises:
         ValidationError, PermissionDenied: the pipeline's codes; nothing is signed then.
     """
     issued = issue_certificate(
-        request, template, issuer_for(ca, keystore, urls), may_request=may_request, now=now
+        request, template.template, signing.issuer, may_request=may_request, now=now
     )
     domain_name = issued.common_name or (
         issued.subject_alt_names[0].value if issued.subject_alt_names else None
     )
+    if domain_id_for is None:
+        domain_id = tx.domains.id_for(signing.ca_id, domain_name) if domain_name else None
+    else:
+        domain_id = domain_id_for(domain_name) if domain_name else None
     record = CertificateRecord(
-        ca_id=ca.id,
-        template_id=template_rec.id,
-        domain_id=tx.domains.id_for(ca.id, domain_name) if domain_name else None,
+        ca_id=signing.ca_id,
+        template_id=template.template_id,
+        domain_id=domain_id,
         serial_hex=issued.serial_hex,
         subject_cn=issued.common_name,
         sans=[f"{san.type.name}:{san.value}" for san in issued.subject_alt_names],
@@ -261,45 +262,45 @@ def sign_and_store(
         requested_by=requested_by,
         renews_id=renews_id,
         created_at=now,
-        ca_generation=ca.generation,
+        ca_generation=signing.generation,
     )
     tx.certificates.add(record)
     return record, issued
 
 
-def _target(
+def _target_id(
     tx: UnitOfWork, actor: Actor, command: IssueCommand, now: dt.datetime
-) -> tuple[CARecord, str | None]:
+) -> tuple[str, str | None]:
     if command.domain is not None:
         found = domain_for_request(tx, actor, command.domain, command.ca_id)
-        return ca_record(tx, found.ca_id), command.template_id or found.template_id
+        return found.ca_id, command.template_id or found.template_id
     if command.ca_id is not None:
-        return ca_record(tx, command.ca_id), command.template_id
-    return current_issuer(tx, now), command.template_id
+        return command.ca_id, command.template_id
+    return current_issuer(tx, now).id, command.template_id
 
 
 def issue_in(
     tx: UnitOfWork,
     actor: Actor,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
+    contexts: SigningContexts,
     command: IssueCommand,
     *,
     now: dt.datetime,
-) -> tuple[CertificateRecord, IssuedCertificate]:
+) -> tuple[CertificateRecord, IssuedCertificate, SigningContext]:
     """Issue a certificate for a CSR under a template of an issuing CA (caller's unit).
+
+    Returns the record, what was signed, and the signing context (with the chain).
 
     Raises:
         NotFoundError: ``ca.not_found``, ``ca.no_current_issuer``, ``template.not_found``,
         ``domain.not_found``.
-        ValidationError: ``ca.not_issuing`` for a root.
+        ValidationError: ``ca.not_issuing`` for a root, ``ca.retired``.
         ValidationError, PermissionDenied: the pipeline's codes (``csr.*``,
         ``template.*``, ``domain.not_requester``); nothing is signed or stored then.
     """
-    ca, template_id = _target(tx, actor, command, now)
-    if ca.tier != "issuing":
-        raise ValidationError("ca.not_issuing", f"CA {ca.name!r} is a root and issues no leaves")
-    template_rec = template_for(tx, ca, template_id)
+    ca_id, template_id = _target_id(tx, actor, command, now)
+    signing = contexts.get(tx, ca_id)
+    template = contexts.template(tx, signing.ca_id, template_id)
     request = IssuanceRequest(
         csr=parse_csr(command.csr),
         validity_days=command.validity_days,
@@ -308,15 +309,14 @@ def issue_in(
         ekus=command.ekus,
         key_usages=command.key_usages,
     )
+    access = DomainAccess(tx, actor, signing.ca_id)
     record, issued = sign_and_store(
         tx,
         request,
-        template_from_record(template_rec),
-        template_rec,
-        ca,
-        keystore,
-        urls,
-        may_request=lambda name: may_request_in(tx, actor, ca.id, name),
+        template,
+        signing,
+        may_request=access.may_request,
+        domain_id_for=access.domain_id,
         requested_by=actor.principal_id,
         renews_id=None,
         now=now,
@@ -329,14 +329,14 @@ def issue_in(
         record.serial_hex,
         at=now,
         details={
-            "ca_id": ca.id,
+            "ca_id": signing.ca_id,
             "cn": issued.common_name,
             "sans": record.sans,
             "not_after": issued.not_after.isoformat(),
             "sha1": issued.sha1_hex,
         },
     )
-    return record, issued
+    return record, issued, signing
 
 
 def issued_view(tx: UnitOfWork, record: CertificateRecord, issued: IssuedCertificate) -> IssuedView:
@@ -471,21 +471,30 @@ class CertificateService:
         keystore: custody of CA keys.
         clock: the source of "now".
         urls: where CRLs, OCSP and CA certificates are published.
+        contexts: the signing contexts and templates of this process.
     """
 
-    def __init__(self, store: Store, keystore: KeyStore, clock: Clock, urls: CAUrlsConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keystore: KeyStore,
+        clock: Clock,
+        urls: CAUrlsConfig,
+        contexts: SigningContexts,
+    ) -> None:
         self._store = store
         self._keystore = keystore
         self._clock = clock
         self._urls = urls
+        self._contexts = contexts
 
     def issue(self, actor: Actor, command: IssueCommand) -> IssuedView:
         """Issue a certificate for a CSR (see :func:`issue_in` for the errors)."""
         with self._store.transaction() as tx:
-            record, issued = issue_in(
-                tx, actor, self._keystore, self._urls, command, now=self._clock()
+            record, issued, signing = issue_in(
+                tx, actor, self._contexts, command, now=self._clock()
             )
-            return issued_view(tx, record, issued)
+        return IssuedView(certificate_view(record), issued, signing.chain)
 
     def search(self, actor: Actor, query: CertificateQuery) -> list[CertificateView]:
         """Certificates the actor can see, newest first, with filters.

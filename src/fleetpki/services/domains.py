@@ -21,6 +21,7 @@ from fleetpki.store.models import DomainMember, DomainRecord
 __all__ = [
     "OWNER",
     "REQUESTER",
+    "DomainAccess",
     "DomainService",
     "domain_for_request",
     "register_domain_in",
@@ -164,7 +165,36 @@ def may_request_in(tx: UnitOfWork, actor: Actor, ca_id: str, name: str) -> bool:
     The name must be a registered domain of that CA, and the actor one of its
     requesters or an admin.
     """
-    return tx.domains.may_request(ca_id, name, None if actor.is_admin else actor.principal_id)
+    return DomainAccess(tx, actor, ca_id).may_request(name)
+
+
+class DomainAccess:
+    """The names one request may certify under one CA, each looked up once (caller's unit).
+
+    The rule of :func:`may_request_in`, remembered per name for the life of one
+    issuance, with the id of the domain the certificate is recorded under.
+    """
+
+    def __init__(self, tx: UnitOfWork, actor: Actor, ca_id: str) -> None:
+        self._tx = tx
+        self._requester = None if actor.is_admin else actor.principal_id
+        self._ca_id = ca_id
+        self._seen: dict[str, tuple[str | None, bool]] = {}
+
+    def _lookup(self, name: str) -> tuple[str | None, bool]:
+        found = self._seen.get(name)
+        if found is None:
+            found = self._tx.domains.request_access(self._ca_id, name, self._requester)
+            self._seen[name] = found
+        return found
+
+    def may_request(self, name: str) -> bool:
+        """Whether the name is a domain of the CA that the actor may request for."""
+        return self._lookup(name)[1]
+
+    def domain_id(self, name: str) -> str | None:
+        """The id of the domain ``name`` of the CA, if it is one."""
+        return self._lookup(name)[0]
 
 
 def domain_for_request(

@@ -26,19 +26,12 @@ import jwt
 from cryptography import x509
 
 from fleetpki.errors import AuthenticationError, ConflictError, NotFoundError, ValidationError
-from fleetpki.keystore import KeyStore
 from fleetpki.pki.certtoken import verify_certificate_token
 from fleetpki.pki.csr import ParsedCSR, parse_csr
 from fleetpki.pki.issuance import IssuanceRequest, IssuedCertificate
 from fleetpki.pki.names import SubjectAltName
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services.audit import write_audit
-from fleetpki.services.authority import (
-    CAUrlsConfig,
-    ca_record,
-    template_from_record,
-    template_record_of,
-)
 from fleetpki.services.ca_views import IssuedView, PrincipalView, principal_view
 from fleetpki.services.certificates import (
     certificate_by_thumbprint,
@@ -52,6 +45,7 @@ from fleetpki.services.certificates import (
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.outbox import CERTIFICATE_RENEWED
 from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.services.signing_contexts import SigningContexts
 from fleetpki.store.models import CertificateRecord, Principal
 
 __all__ = [
@@ -214,8 +208,7 @@ def principal_for_client_certificate_in(
 
 def renew_in(
     tx: UnitOfWork,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
+    contexts: SigningContexts,
     current: CertificateRecord,
     csr: bytes | str,
     validity_days: int | None,
@@ -249,24 +242,21 @@ def renew_in(
             f"certificate {current.serial_hex} was renewed already (by {successor.serial_hex}) "
             "and cannot renew again; renew with its successor",
         )
-    ca = ca_record(tx, current.ca_id)
-    template_rec = template_record_of(tx, current.template_id)
+    signing = contexts.get(tx, current.ca_id)
+    template = contexts.template(tx, current.ca_id, current.template_id)
     names = {current.subject_cn, *(s.split(":", 1)[1] for s in current.sans)} - {None}
     if validity_days is None:
         # Keep the lifetime the device had, as smallstep's renew does; the template
         # still caps it.
         lifetime = current.not_after - current.not_before
         validity_days = min(
-            max(1, round(lifetime / dt.timedelta(days=1))), template_rec.max_validity_days
+            max(1, round(lifetime / dt.timedelta(days=1))), template.template.max_validity_days
         )
     record, issued = sign_and_store(
         tx,
         IssuanceRequest(csr=parsed, validity_days=validity_days),
-        template_from_record(template_rec),
-        template_rec,
-        ca,
-        keystore,
-        urls,
+        template,
+        signing,
         may_request=lambda name: name in names,
         requested_by=current.requested_by,
         renews_id=current.id,
@@ -359,8 +349,7 @@ def revoke_superseded_in(
 
 def renew_with_client_certificate_in(
     tx: UnitOfWork,
-    keystore: KeyStore,
-    urls: CAUrlsConfig,
+    contexts: SigningContexts,
     certificate_der: bytes,
     csr: bytes | str,
     *,
@@ -383,7 +372,7 @@ def renew_with_client_certificate_in(
             "renewal.subject_mismatch",
             "the CSR's subject must be the current certificate's (RFC 7030 §4.2.2)",
         )
-    return renew_in(tx, keystore, urls, current, csr, None, source=source, now=now)
+    return renew_in(tx, contexts, current, csr, None, source=source, now=now)
 
 
 # -- the use cases -----------------------------------------------------------------------
@@ -394,9 +383,8 @@ class RenewalService:
 
     Args:
         store: the database.
-        keystore: custody of CA keys.
         clock: the source of "now".
-        urls: where CRLs, OCSP and CA certificates are published.
+        contexts: the signing contexts and templates of this process.
         audience: the ``aud`` certificate tokens must carry (this CA's public URL).
         superseded_grace: how long a renewed certificate stays valid beside its
             successor before :meth:`revoke_superseded` revokes it.
@@ -405,17 +393,15 @@ class RenewalService:
     def __init__(
         self,
         store: Store,
-        keystore: KeyStore,
         clock: Clock,
-        urls: CAUrlsConfig,
+        contexts: SigningContexts,
         *,
         audience: str,
         superseded_grace: dt.timedelta = DEFAULT_SUPERSEDED_GRACE,
     ) -> None:
         self._store = store
-        self._keystore = keystore
         self._clock = clock
-        self._urls = urls
+        self._contexts = contexts
         self._audience = audience
         self._grace = superseded_grace
 
@@ -453,7 +439,7 @@ class RenewalService:
                 tx, token, certificate_pem, audience=self._audience, now=now
             )
             record, issued = renew_in(
-                tx, self._keystore, self._urls, current, csr, validity_days, source=source, now=now
+                tx, self._contexts, current, csr, validity_days, source=source, now=now
             )
             return issued_view(tx, record, issued)
 
@@ -468,8 +454,7 @@ class RenewalService:
         with self._store.transaction() as tx:
             record, issued = renew_with_client_certificate_in(
                 tx,
-                self._keystore,
-                self._urls,
+                self._contexts,
                 certificate_der,
                 csr,
                 source=source,

@@ -37,6 +37,7 @@ from fleetpki.services.authority import (
 from fleetpki.services.certificates import sign_and_store
 from fleetpki.services.context import LOCAL_ADMIN_ID, Actor, Clock
 from fleetpki.services.ports import Store
+from fleetpki.services.signing_contexts import TemplateChoice, signing_context
 
 if TYPE_CHECKING:
     pass
@@ -230,11 +231,8 @@ class ServerCertificateService:
                 IssuanceRequest(
                     csr=parse_csr(csr), validity_days=SERVER_CERT_DAYS, subject_alt_names=sans
                 ),
-                server_profile(stored_template.id),
-                stored_template,
-                ca,
-                self._keystore,
-                self._urls,
+                TemplateChoice(stored_template.id, server_profile(stored_template.id)),
+                signing_context(tx, ca, self._keystore, self._urls),
                 may_request=lambda name: name in names,
                 requested_by=LOCAL_ADMIN_ID,
                 renews_id=previous.id if previous is not None else None,

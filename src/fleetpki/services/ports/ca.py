@@ -10,7 +10,7 @@ change inside the unit of work that handed them the repository.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,6 +59,13 @@ class CARepository(Protocol):
 
     def id_by_sha1(self, sha1_hex: str) -> str | None:
         """The id of the CA whose certificate has this SHA-1 thumbprint (upper-case hex)."""
+        ...
+
+    def signing_stamp(self) -> Hashable:
+        """What every CA's signing context depends on, in one cheap read: each CA's
+        status, tier, name, parent, active generation and key, and each generation's
+        state (:mod:`fleetpki.services.signing_contexts`). Equal stamps, equal contexts.
+        """
         ...
 
     def add(self, ca: CARecord) -> None:
@@ -247,11 +254,13 @@ class DomainRepository(Protocol):
         """Domains by name, optionally only one name, or only those ``member`` belongs to."""
         ...
 
-    def may_request(self, ca_id: str, name: str, requester: str | None) -> bool:
-        """Whether ``name`` is a domain of ``ca_id`` and ``requester`` one of its requesters.
+    def request_access(
+        self, ca_id: str, name: str, requester: str | None
+    ) -> tuple[str | None, bool]:
+        """The id of the domain ``name`` of ``ca_id`` (``None`` if there is none) and
+        whether ``requester`` is one of its requesters (``None``: whether it exists).
 
-        ``None`` asks only whether the domain exists. One indexed query: this runs for
-        every name of every issuance.
+        One indexed read: an issuance asks it once for each name it certifies.
         """
         ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Hashable
 
 from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.orm import Session, joinedload
@@ -10,6 +11,22 @@ from sqlalchemy.orm import Session, joinedload
 from fleetpki.store.models import CAGeneration, CARecord, CrlRecord, TemplateRecord
 
 __all__ = ["SqlCARepository", "SqlTemplateRepository"]
+
+_SIGNING_STAMP = (
+    select(
+        CARecord.id,
+        CARecord.status,
+        CARecord.tier,
+        CARecord.name,
+        CARecord.parent_id,
+        CARecord.generation,
+        CARecord.key_ref,
+        CAGeneration.id,
+        CAGeneration.state,
+    )
+    .join(CAGeneration, CAGeneration.ca_id == CARecord.id)
+    .order_by(CAGeneration.id)
+)
 
 
 class SqlCARepository:
@@ -49,6 +66,11 @@ class SqlCARepository:
         return self._session.scalar(
             select(CAGeneration.ca_id).where(CAGeneration.sha1_hex == sha1_hex).limit(1)
         )
+
+    def signing_stamp(self) -> Hashable:
+        """See :meth:`CARepository.signing_stamp`."""
+        # Through the connection, not the ORM: a few small rows, no objects.
+        return tuple(tuple(row) for row in self._session.connection().execute(_SIGNING_STAMP))
 
     def add(self, ca: CARecord) -> None:
         """See :meth:`CARepository.add`."""

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, aliased
 from fleetpki.pki.crl import StoredRevocation
 from fleetpki.services.ports.ca import CertificateSearch
 from fleetpki.store.models import CertificateRecord, DomainMember, UsedTokenId
+from fleetpki.store.rows import insert_row
 
 __all__ = ["SqlCertificateRepository", "SqlUsedTokenRepository"]
 
@@ -242,8 +243,7 @@ class SqlCertificateRepository:
 
     def add(self, certificate: CertificateRecord) -> None:
         """See :meth:`CertificateRepository.add`."""
-        self._session.add(certificate)
-        self._session.flush()
+        insert_row(self._session, certificate)
 
 
 class SqlUsedTokenRepository:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.ca import AuditQuery
@@ -18,6 +18,7 @@ from fleetpki.store.models import (
     PortalSession,
     Principal,
 )
+from fleetpki.store.rows import insert_row
 
 __all__ = [
     "SqlAuditRepository",
@@ -26,6 +27,24 @@ __all__ = [
     "SqlPrincipalRepository",
     "SqlTokenRepository",
 ]
+
+
+_DOMAIN_ID = (
+    select(DomainRecord.id)
+    .where(DomainRecord.ca_id == bindparam("ca_id"), DomainRecord.name == bindparam("name"))
+    .limit(1)
+)
+_DOMAIN_REQUESTER = (
+    select(DomainRecord.id, DomainMember.principal_id)
+    .outerjoin(
+        DomainMember,
+        (DomainMember.domain_id == DomainRecord.id)
+        & (DomainMember.principal_id == bindparam("requester"))
+        & (DomainMember.role == "requester"),
+    )
+    .where(DomainRecord.ca_id == bindparam("ca_id"), DomainRecord.name == bindparam("name"))
+    .limit(1)
+)
 
 
 class SqlPrincipalRepository:
@@ -125,16 +144,22 @@ class SqlDomainRepository:
             )
         return list(self._session.scalars(query))
 
-    def may_request(self, ca_id: str, name: str, requester: str | None) -> bool:
-        """See :meth:`DomainRepository.may_request`."""
-        query = select(DomainRecord.id).where(
-            DomainRecord.ca_id == ca_id, DomainRecord.name == name
-        )
-        if requester is not None:
-            query = query.join(DomainMember, DomainMember.domain_id == DomainRecord.id).where(
-                DomainMember.principal_id == requester, DomainMember.role == "requester"
-            )
-        return self._session.scalar(query.limit(1)) is not None
+    def request_access(
+        self, ca_id: str, name: str, requester: str | None
+    ) -> tuple[str | None, bool]:
+        """See :meth:`DomainRepository.request_access`."""
+        # Through the connection, not the ORM: one row of two columns, no objects; the
+        # statements are built once, with their parameters bound at each execution.
+        connection = self._session.connection()
+        if requester is None:
+            found = connection.execute(_DOMAIN_ID, {"ca_id": ca_id, "name": name}).scalar()
+            return found, found is not None
+        row = connection.execute(
+            _DOMAIN_REQUESTER, {"ca_id": ca_id, "name": name, "requester": requester}
+        ).first()
+        if row is None:
+            return None, False
+        return row[0], row[1] is not None
 
     def has_member(self, domain_id: str, principal_id: str, role: str | None = None) -> bool:
         """See :meth:`DomainRepository.has_member`."""
@@ -159,7 +184,7 @@ class SqlAuditRepository:
 
     def add(self, entry: AuditEntry) -> None:
         """See :meth:`AuditRepository.add`."""
-        self._session.add(entry)
+        insert_row(self._session, entry)
 
     def latest(
         self,
