@@ -15,7 +15,8 @@ share of them revoked, expiries spread over the next 90 days), and ``fleetpki se
 - revocation latency: ``POST /v1/certificates/{serial}/revoke``, one at a time, 25 with
   an up-to-date CRL and 25 more while the next CRL builds;
 - the CRL: the time from the first read after those revocations (served at once from
-  the cache, the previous CRL) until the rebuilt CRL is served, and the p99 latency of
+  the cache, the previous CRL) until the rebuilt CRL is served (polled every
+  ``CRL_POLL_S``, each poll a download of the whole CRL), and the p99 latency of
   OCSP requests sent meanwhile from another client (the build must not block them);
 - the server's memory: VmRSS and its peak VmHWM from /proc.
 
