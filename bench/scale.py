@@ -8,16 +8,21 @@ share of them revoked, expiries spread over the next 90 days), and ``fleetpki se
 
 - issuance rate: ``POST /v1/certificates`` from 4 keep-alive clients;
 - OCSP rate: ``POST /ocsp`` with nonces for stored serials (half of them revoked);
+  both in timed rounds that alternate between the sizes (every size's server runs at
+  once), so that a burst of load from other users of the machine hits all sizes alike:
+  the median round's rate, and the server CPU per request over all rounds;
 - ``fleetpki cert list --expiring 30d`` run as a command on the home (local mode);
 - revocation latency: ``POST /v1/certificates/{serial}/revoke``, one at a time, 25 with
   an up-to-date CRL and 25 more while the next CRL builds;
 - the CRL: the time from the first read after those revocations (served at once from
-  the cache, the previous CRL) until the rebuilt CRL is served, and the p99 latency of
+  the cache, the previous CRL) until the rebuilt CRL is served (polled every
+  ``CRL_POLL_S``, each poll a download of the whole CRL), and the p99 latency of
   OCSP requests sent meanwhile from another client (the build must not block them);
 - the server's memory: VmRSS and its peak VmHWM from /proc.
 
     .venv/bin/python bench/scale.py                          # 10,000 and 1,000,000
     .venv/bin/python bench/scale.py --sizes 2000,20000 --backends sqlite   # quick
+    .venv/bin/python bench/scale.py --sizes 10000,1000000 --backends sqlite --rounds 6
 
 The 1,000,000 runs take minutes each (loading, then a CRL of ``size * revoked-share``
 entries). PostgreSQL is a throwaway cluster started for the run (tests/support).
@@ -37,8 +42,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,7 +56,7 @@ from sqlalchemy import create_engine, select
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from ca_common import FleetHome, csr_pem, fleetpki_server
+from ca_common import FleetHome, cpu_seconds, csr_pem, fleetpki_server
 
 from fleetpki.api.background import free_port
 from fleetpki.application import init_home
@@ -63,6 +68,8 @@ CLIENTS = 4
 T = TypeVar("T")
 OCSP_TYPE = {"Content-Type": "application/ocsp-request"}
 CHUNK = 20_000
+#: How often the CRL is fetched while waiting for the rebuilt one.
+CRL_POLL_S = 0.5
 
 
 @dataclass
@@ -72,6 +79,10 @@ class Figures:
     load_s: float = 0.0
     issuance_per_s: float = 0.0
     ocsp_per_s: float = 0.0
+    issuance_rates: list[float] = field(default_factory=list)
+    ocsp_rates: list[float] = field(default_factory=list)
+    issuance_cpu_ms: float = 0.0
+    ocsp_cpu_ms: float = 0.0
     cert_list_s: float = 0.0
     revoke_p50_ms: float = 0.0
     revoke_p99_ms: float = 0.0
@@ -261,118 +272,188 @@ def _p50_p99(ordered: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, round(len(ordered) * 0.99))]
 
 
-def measure(
-    fleet_home: FleetHome, sample: list[tuple[str, bool]], revoked_count: int, requests: int
-) -> Figures:
-    """Run the measurements against ``fleetpki serve`` on the loaded home."""
-    figures = Figures()
+@dataclass
+class Prepared:
+    """One loaded home, its server and what the measurements send it."""
+
+    fleet_home: FleetHome
+    sample: list[tuple[str, bool]]
+    revoked_count: int
+    token: str
+    csrs: list[str]
+    ocsp_bodies: list[bytes]
+    figures: Figures
+    server: subprocess.Popen[bytes] | None = None
+    issued_serials: list[str] = field(default_factory=list)
+    issuance_cpu: float = 0.0
+    issuance_count: int = 0
+    ocsp_cpu: float = 0.0
+    ocsp_count: int = 0
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.fleet_home.base_url,
+            verify=str(self.fleet_home.bundle),
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=120,
+        )
+
+    def issue(self, http: httpx.Client, csr: str) -> None:
+        answer = http.post("/v1/certificates", json={"csr": csr, "ca_id": self.fleet_home.ca_id})
+        answer.raise_for_status()
+        self.issued_serials.append(answer.json()["certificate"]["serial"])
+
+
+def prepare(
+    fleet_home: FleetHome,
+    sample: list[tuple[str, bool]],
+    revoked_count: int,
+    requests: int,
+    rounds: int,
+) -> Prepared:
+    """Register the names, make a token, the CSRs and the OCSP requests (before serving)."""
     admin = fleet_home.admin
-    names = [f"scale-{i}" for i in range(requests + 1)]
+    # Each issuance round sends requests // rounds distinct CSRs (+1 untimed per client),
+    # and the revocations need 50 of the certificates issued.
+    count = max(requests, 50 * rounds) + rounds * (CLIENTS + 1)
+    names = [f"scale-{i}" for i in range(count)]
     fleet_home.register(names)
     token = fleet_home.fleet.principals.create_token(admin, admin.principal_id).secret
-    csrs = [csr_pem(name) for name in names]
     issuer = fleet_home.ca_certificate
     good = [serial for serial, revoked in sample if not revoked]
     bad = [serial for serial, revoked in sample if revoked] or good
     good = good or bad
     ocsp_bodies = [
         _ocsp_request(issuer, (good if i % 2 else bad)[i % len(good if i % 2 else bad)])
-        for i in range(2 * requests)
+        for i in range(2 * requests + rounds * (CLIENTS + 1))
     ]
+    return Prepared(
+        fleet_home,
+        sample,
+        revoked_count,
+        token,
+        [csr_pem(name) for name in names],
+        ocsp_bodies,
+        Figures(),
+    )
+
+
+def _ask(http: httpx.Client, body: bytes) -> None:
+    answer = http.post("/ocsp", content=body, headers=OCSP_TYPE)
+    answer.raise_for_status()
+    if ocsp.load_der_ocsp_response(answer.content).response_status.value != 0:
+        raise RuntimeError("OCSP refused")
+
+
+def rate_rounds(prepared: list[Prepared], requests: int, rounds: int) -> None:
+    """Issuance, then OCSP, in ``rounds`` timed rounds each, alternating between the
+    homes (the order reversed every round); the server's CPU is read around each round."""
+    per_round = max(2, requests // rounds)
+    csr_at = {id(p): 0 for p in prepared}
+    body_at = {id(p): 0 for p in prepared}
+    for kind in ("issuance", "ocsp"):
+        for number in range(rounds):
+            order = prepared if number % 2 == 0 else prepared[::-1]
+            for p in order:
+                assert p.server is not None
+                if kind == "issuance":
+                    items: Sequence[object] = p.csrs[csr_at[id(p)] : csr_at[id(p)] + per_round]
+                    csr_at[id(p)] += per_round
+                else:
+                    items = p.ocsp_bodies[body_at[id(p)] : body_at[id(p)] + 2 * per_round]
+                    body_at[id(p)] += 2 * per_round
+                before = cpu_seconds(p.server.pid)
+                if kind == "issuance":
+                    rate = _rate(list(items), p.issue, p.client, CLIENTS)  # type: ignore[arg-type]
+                    p.issuance_cpu += cpu_seconds(p.server.pid) - before
+                    p.issuance_count += len(items)
+                    p.figures.issuance_rates.append(rate)
+                else:
+                    rate = _rate(list(items), _ask, p.client, CLIENTS)  # type: ignore[arg-type]
+                    p.ocsp_cpu += cpu_seconds(p.server.pid) - before
+                    p.ocsp_count += len(items)
+                    p.figures.ocsp_rates.append(rate)
+    for p in prepared:
+        f = p.figures
+        f.issuance_per_s = statistics.median(f.issuance_rates)
+        f.ocsp_per_s = statistics.median(f.ocsp_rates)
+        f.issuance_cpu_ms = p.issuance_cpu / max(1, p.issuance_count) * 1000
+        f.ocsp_cpu_ms = p.ocsp_cpu / max(1, p.ocsp_count) * 1000
+
+
+def measure_rest(p: Prepared) -> None:
+    """``cert list``, revocations and the CRL, memory: one home at a time."""
+    figures, fleet_home = p.figures, p.fleet_home
     ca_id = fleet_home.ca_id
+    assert p.server is not None
+    command = [
+        str(Path(sys.executable).parent / "fleetpki"),
+        "--home",
+        str(fleet_home.home),
+        "cert",
+        "list",
+        "--expiring",
+        "30d",
+        "--output",
+        "json",
+    ]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    figures.cert_list_s = time.perf_counter() - started
 
-    def client() -> httpx.Client:
-        return httpx.Client(
-            base_url=fleet_home.base_url,
-            verify=str(fleet_home.bundle),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=120,
-        )
-
-    issued_serials: list[str] = []
-
-    def issue(http: httpx.Client, csr: str) -> None:
-        answer = http.post("/v1/certificates", json={"csr": csr, "ca_id": ca_id})
-        answer.raise_for_status()
-        issued_serials.append(answer.json()["certificate"]["serial"])
-
-    def ask(http: httpx.Client, body: bytes) -> None:
-        answer = http.post("/ocsp", content=body, headers=OCSP_TYPE)
-        answer.raise_for_status()
-        if ocsp.load_der_ocsp_response(answer.content).response_status.value != 0:
-            raise RuntimeError("OCSP refused")
-
-    with fleetpki_server(fleet_home) as server:
-        figures.issuance_per_s = _rate(csrs, issue, client, CLIENTS)
-        figures.ocsp_per_s = _rate(ocsp_bodies, ask, client, CLIENTS)
-
-        command = [
-            str(Path(sys.executable).parent / "fleetpki"),
-            "--home",
-            str(fleet_home.home),
-            "cert",
-            "list",
-            "--expiring",
-            "30d",
-            "--output",
-            "json",
-        ]
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        figures.cert_list_s = time.perf_counter() - started
-
-        with client() as http:
-            crl_url = f"/crl/{ca_id}.crl"
-            # The CRL of the loaded records, once it lists them all: the first read
-            # builds it (no CRL yet) or serves the stale one and builds in the background.
+    with p.client() as http:
+        crl_url = f"/crl/{ca_id}.crl"
+        # The CRL of the loaded records, once it lists them all: the first read
+        # builds it (no CRL yet) or serves the stale one and builds in the background.
+        current = http.get(crl_url, timeout=600).content
+        while len(x509.load_der_x509_crl(current)) < p.revoked_count:
+            time.sleep(0.2)
             current = http.get(crl_url, timeout=600).content
-            while len(x509.load_der_x509_crl(current)) < revoked_count:
-                time.sleep(0.2)
-                current = http.get(crl_url, timeout=600).content
 
-            def revoke(serials: list[str]) -> list[float]:
-                latencies = []
-                for serial in serials:
+        def revoke(serials: list[str]) -> list[float]:
+            latencies = []
+            for serial in serials:
+                began = time.perf_counter()
+                answer = http.post(f"/v1/certificates/{serial}/revoke", json={"reason": 1})
+                answer.raise_for_status()
+                latencies.append((time.perf_counter() - began) * 1000)
+            return sorted(latencies)
+
+        # Certificates issued above, through the API: real ones, with a domain.
+        idle = revoke(p.issued_serials[:25])
+        figures.revoke_p50_ms, figures.revoke_p99_ms = _p50_p99(idle)
+
+        ocsp_latencies: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            with p.client() as other:
+                index = 0
+                while not done.is_set():
                     began = time.perf_counter()
-                    answer = http.post(f"/v1/certificates/{serial}/revoke", json={"reason": 1})
-                    answer.raise_for_status()
-                    latencies.append((time.perf_counter() - began) * 1000)
-                return sorted(latencies)
+                    _ask(other, p.ocsp_bodies[index % len(p.ocsp_bodies)])
+                    ocsp_latencies.append((time.perf_counter() - began) * 1000)
+                    index += 1
 
-            # Certificates issued above, through the API: real ones, with a domain.
-            idle = revoke(issued_serials[:25])
-            figures.revoke_p50_ms, figures.revoke_p99_ms = _p50_p99(idle)
-
-            ocsp_latencies: list[float] = []
-            done = threading.Event()
-
-            def probe() -> None:
-                with client() as other:
-                    index = 0
-                    while not done.is_set():
-                        began = time.perf_counter()
-                        ask(other, ocsp_bodies[index % len(ocsp_bodies)])
-                        ocsp_latencies.append((time.perf_counter() - began) * 1000)
-                        index += 1
-
-            prober = threading.Thread(target=probe)
-            prober.start()
-            started = time.perf_counter()
-            first = http.get(crl_url).content  # stale: served at once, the rebuild starts
-            figures.crl_first_read_ms = (time.perf_counter() - started) * 1000
-            during = revoke(issued_serials[25:50])  # while the CRL builds
-            figures.revoke_building_p50_ms, figures.revoke_building_p99_ms = _p50_p99(during)
-            while _crl_number(first) <= _crl_number(current):
-                time.sleep(0.05)
-                first = http.get(crl_url).content
-            figures.crl_rebuild_s = time.perf_counter() - started
-            done.set()
-            prober.join()
-            figures.ocsp_during_build_p99_ms = _p50_p99(sorted(ocsp_latencies))[1]
-            figures.crl_entries = len(x509.load_der_x509_crl(first))
-        figures.rss_mb = _status_kb(server.pid, "VmRSS")
-        figures.hwm_mb = _status_kb(server.pid, "VmHWM")
-    return figures
+        prober = threading.Thread(target=probe)
+        prober.start()
+        started = time.perf_counter()
+        first = http.get(crl_url).content  # stale: served at once, the rebuild starts
+        figures.crl_first_read_ms = (time.perf_counter() - started) * 1000
+        during = revoke(p.issued_serials[25:50])  # while the CRL builds
+        figures.revoke_building_p50_ms, figures.revoke_building_p99_ms = _p50_p99(during)
+        while _crl_number(first) <= _crl_number(current):
+            # Each poll downloads the whole CRL (45 MB at a million entries, no
+            # conditional GET): every 50 ms, the server spent its time sending them.
+            time.sleep(CRL_POLL_S)
+            first = http.get(crl_url).content
+        figures.crl_rebuild_s = time.perf_counter() - started
+        done.set()
+        prober.join()
+        figures.ocsp_during_build_p99_ms = _p50_p99(sorted(ocsp_latencies))[1]
+        figures.crl_entries = len(x509.load_der_x509_crl(first))
+    figures.rss_mb = _status_kb(p.server.pid, "VmRSS")
+    figures.hwm_mb = _status_kb(p.server.pid, "VmHWM")
 
 
 @contextmanager
@@ -389,19 +470,32 @@ def _database(backend: str, folder: Path) -> Iterator[str | None]:
         server.stop()
 
 
-def run(backend: str, size: int, revoked_share: float, requests: int) -> Figures:
-    """One (backend, size) run in a scratch folder."""
-    print(f"{backend}, {size:,} certificates:", flush=True)
-    with tempfile.TemporaryDirectory(prefix="fleetpki-scale-") as scratch:
-        folder = Path(scratch)
-        with _database(backend, folder) as url:
+def run(
+    backend: str, sizes: list[int], revoked_share: float, requests: int, rounds: int
+) -> dict[int, Figures]:
+    """Every size of one backend: loaded one after the other, then served at once."""
+    with ExitStack() as stack:
+        prepared: list[Prepared] = []
+        for size in sizes:
+            print(f"{backend}, {size:,} certificates:", flush=True)
+            folder = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="fleetpki-scale-"))
+            )
+            url = stack.enter_context(_database(backend, folder))
             fleet_home = _home(folder, url)
             started = time.perf_counter()
             sample, revoked_count = bulk_load(fleet_home, size, revoked_share)
             load_s = time.perf_counter() - started
-            figures = measure(fleet_home, sample, revoked_count, requests)
-            figures.load_s = load_s
-    return figures
+            item = prepare(fleet_home, sample, revoked_count, requests, rounds)
+            item.figures.load_s = load_s
+            prepared.append(item)
+        for item in prepared:
+            item.server = stack.enter_context(fleetpki_server(item.fleet_home))
+        rate_rounds(prepared, requests, rounds)
+        for size, item in zip(sizes, prepared, strict=True):
+            measure_rest(item)
+            print(f"  {backend} {size:,}: {item.figures}", flush=True)
+        return {size: item.figures for size, item in zip(sizes, prepared, strict=True)}
 
 
 def main() -> int:
@@ -409,18 +503,28 @@ def main() -> int:
     parser.add_argument("--sizes", default="10000,1000000", help="comma-separated")
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated")
     parser.add_argument("--revoked-share", type=float, default=0.1)
-    parser.add_argument("--requests", type=int, default=200, help="per measured rate")
+    parser.add_argument(
+        "--requests", type=int, default=240, help="per measured rate, over all rounds"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="timed rounds per rate, alternating sizes"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[tuple[str, int], Figures] = {}
     for backend in args.backends.split(","):
-        for size in sizes:
-            results[backend, size] = run(backend, size, args.revoked_share, args.requests)
-            print(f"  {results[backend, size]}", flush=True)
+        for size, figures in run(
+            backend, sizes, args.revoked_share, args.requests, args.rounds
+        ).items():
+            results[backend, size] = figures
     rows = [
         ("bulk load, s", "load_s", "{:.1f}"),
-        ("issuances/s (HTTPS, 4 clients)", "issuance_per_s", "{:.0f}"),
-        ("OCSP responses/s (HTTPS, 4 clients, nonces)", "ocsp_per_s", "{:.0f}"),
+        ("issuances/s (HTTPS, 4 clients), median round", "issuance_per_s", "{:.0f}"),
+        ("issuances/s, rounds' range", "issuance_range", ""),
+        ("server CPU per issuance, ms", "issuance_cpu_ms", "{:.2f}"),
+        ("OCSP responses/s (HTTPS, 4 clients, nonces), median round", "ocsp_per_s", "{:.0f}"),
+        ("OCSP responses/s, rounds' range", "ocsp_range", ""),
+        ("server CPU per OCSP response, ms", "ocsp_cpu_ms", "{:.2f}"),
         ("`cert list --expiring 30d`, s (command)", "cert_list_s", "{:.2f}"),
         ("revocation p50 / p99, ms (HTTPS, 25)", "revoke", ""),
         ("revocation p50 / p99 while the CRL builds, ms (25)", "revoke_building", ""),
@@ -445,6 +549,9 @@ def main() -> int:
                 cells.append(f"{f.revoke_p50_ms:.1f} / {f.revoke_p99_ms:.1f}")
             elif attribute == "revoke_building":
                 cells.append(f"{f.revoke_building_p50_ms:.1f} / {f.revoke_building_p99_ms:.1f}")
+            elif attribute in ("issuance_range", "ocsp_range"):
+                rates = f.issuance_rates if attribute == "issuance_range" else f.ocsp_rates
+                cells.append(f"{min(rates):.0f}-{max(rates):.0f}")
             elif attribute == "memory":
                 cells.append(f"{f.rss_mb:.0f} / {f.hwm_mb:.0f}")
             else:

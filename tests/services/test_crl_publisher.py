@@ -10,9 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography import x509
+from sqlalchemy import text
 
 from conftest import ALICE, make_csr
 from fleetpki.application import FleetPKI
+from fleetpki.pki.crl import RevokedEntry, RevokedList, build_crl
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services import Actor
 from fleetpki.services.ca_views import CAView
@@ -224,3 +226,114 @@ def test_root_crl_names_its_own_distribution_point_and_lints_clean(fleet: FleetP
     assert idp.full_name[0].value == fleet.urls.crl_url(root.id)
     assert crl.is_signature_valid(x509.load_der_x509_certificate(root.certificate_der).public_key())
     assert_lints_clean("crl", der)
+
+
+def _generation_row(fleet: FleetPKI, ca_id: str) -> tuple[bytes, str, int, int]:
+    with fleet.store.reading() as tx:
+        row = tx.cas.get(ca_id)
+        assert row is not None
+        generation = row.generations[0]
+        return (
+            generation.certificate_der,
+            generation.key_ref,
+            generation.crl_number,
+            generation.crl_revision,
+        )
+
+
+def _store_with_marker(fleet: FleetPKI, ca_id: str, marker: int) -> None:
+    """Store a CRL that lists the current one's entries and ``marker``, a serial no
+    certificate has, as built from the generation's current revision."""
+    current = fleet.crls.refresh(ca_id).der
+    certificate_der, key_ref, number, revision = _generation_row(fleet, ca_id)
+    certificate = x509.load_der_x509_certificate(certificate_der)
+    now = fleet.now().replace(microsecond=0)
+    der = build_crl(
+        certificate,
+        fleet.keystore.signer(key_ref),
+        [RevokedEntry(marker, now, RevocationReason.KEY_COMPROMISE)],
+        crl_number=number + 1,
+        this_update=now,
+        next_update=now + CRL_LIFETIME,
+        idp_url=fleet.urls.crl_url(ca_id, 1),
+        listed=RevokedList.of_crl(current),
+    )
+    with fleet.store.transaction() as tx:
+        assert tx.cas.store_crl(
+            ca_id,
+            1,
+            crl_number=number + 1,
+            der=der,
+            next_update=now + CRL_LIFETIME,
+            built_revision=revision,
+        )
+
+
+def test_a_revocation_is_stamped_with_the_revision_it_counts_as(fleet: FleetPKI) -> None:
+    issuing = _issuing(fleet)
+    serials = [_issue(fleet, f"dev-{i}") for i in range(3)]
+    _, _, _, before = _generation_row(fleet, issuing.id)
+    for serial in serials[:2]:
+        _revoke(fleet, serial, RevocationReason.SUPERSEDED)
+    with fleet.store.reading() as tx:
+        stamps = [tx.certificates.find_by_serial(s).revoked_revision for s in serials]  # type: ignore[union-attr]
+        since = tx.certificates.revocations_of(issuing.id, 1, since_revision=before + 1)
+    assert stamps == [before + 1, before + 2, None]
+    assert [row[0] for row in since] == [serials[1]]
+    assert since[0][2] == RevocationReason.SUPERSEDED.code
+
+
+def test_the_next_crl_is_the_previous_crls_entries_and_the_revocations_since(
+    fleet: FleetPKI, tmp_path: Path
+) -> None:
+    issuing = _issuing(fleet)
+    old, new, later = (_issue(fleet, f"dev-{i}") for i in range(3))
+    _revoke(fleet, old, RevocationReason.KEY_COMPROMISE)
+    marker = 0x7E57
+    _store_with_marker(fleet, issuing.id, marker)
+    _revoke(fleet, new, RevocationReason.CESSATION_OF_OPERATION)
+    der = fleet.crls.refresh(issuing.id).der
+    # The marker is in no certificate row: only the previous CRL's entries carry it.
+    assert _lists(der, format(marker, "X"))
+    assert _lists(der, old) and _lists(der, new) and not _lists(der, later)
+    assert len(x509.load_der_x509_crl(der)) == 3
+    path = tmp_path / "next.crl"
+    path.write_bytes(der)
+    assert openssl("crl", "-inform", "DER", "-in", str(path), "-noout").returncode == 0
+    assert_lints_clean("crl", der)
+    # A CRL from before the stamps (migration 0017 marks it with revision -1): the next
+    # one reads every revoked certificate, and so drops the marker.
+    _store_with_marker(fleet, issuing.id, marker)
+    with fleet.store.transaction() as tx:
+        tx.session.execute(
+            text("UPDATE ca_generations SET crl_built_revision = -1, crl_stale = :stale"),
+            {"stale": True},
+        )
+    _revoke(fleet, later, RevocationReason.UNSPECIFIED)
+    der = fleet.crls.refresh(issuing.id).der
+    assert not _lists(der, format(marker, "X"))
+    assert _lists(der, old) and _lists(der, new) and _lists(der, later)
+    assert_lints_clean("crl", der)
+
+
+def test_a_stored_crl_that_cannot_be_read_is_rebuilt_from_every_revocation(
+    fleet: FleetPKI,
+) -> None:
+    issuing = _issuing(fleet)
+    old, new = (_issue(fleet, f"dev-{i}") for i in range(2))
+    _revoke(fleet, old, RevocationReason.KEY_COMPROMISE)
+    _, _, number, revision = _generation_row(fleet, issuing.id)
+    now = fleet.now()
+    with fleet.store.transaction() as tx:
+        assert tx.cas.store_crl(
+            issuing.id,
+            1,
+            crl_number=number + 1,
+            der=b"\x30\x00",
+            next_update=now + CRL_LIFETIME,
+            built_revision=revision,
+        )
+    _revoke(fleet, new, RevocationReason.KEY_COMPROMISE)
+    der = fleet.crls.refresh(issuing.id).der
+    assert _crl_number(der) == number + 2
+    assert _lists(der, old) and _lists(der, new)

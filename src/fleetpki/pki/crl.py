@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import itertools
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from operator import itemgetter
 from urllib.parse import urlsplit
 
@@ -17,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 
 from fleetpki.errors import ValidationError
 from fleetpki.keystore import Signer
-from fleetpki.keystore.der import children, encode, whole
+from fleetpki.keystore.der import DerError, children, encode, whole
 from fleetpki.keystore.tbs import replace_signature
 from fleetpki.pki.revocation import RevocationReason
 
@@ -27,7 +31,9 @@ __all__ = [
     "CachedCrl",
     "CrlScope",
     "RevokedEntry",
+    "RevokedList",
     "RevokedRow",
+    "StoredRevocation",
     "build_crl",
 ]
 
@@ -44,6 +50,12 @@ DEFAULT_REFRESH_MARGIN = dt.timedelta(minutes=5)
 
 #: A revoked certificate as ``(serial, revoked_at, reason)``, the fields of :class:`RevokedEntry`.
 RevokedRow = tuple[int, dt.datetime, RevocationReason]
+
+#: A revoked certificate as a store reads it: ``(serial_hex, revoked_at, reason_code)``,
+#: the serial in hexadecimal, the time as ``YYYY-MM-DD HH:MM:SS`` in UTC, the code as
+#: RFC 5280 §5.3.1 numbers it. Plain strings and an int, so that a million of them cost
+#: no per-row conversion before they are encoded.
+StoredRevocation = tuple[str, str, int]
 
 _URL_SCHEMES = frozenset({"http", "https", "ldap"})
 
@@ -166,6 +178,134 @@ class CachedCrl:
         return dataclasses.replace(self, stale=True)
 
 
+@dataclass(frozen=True, slots=True)
+class RevokedList:
+    """The encoded entries of a CRL's ``revokedCertificates``, sorted by serial.
+
+    ``content`` is the DER of each entry (RFC 5280 §5.1: ``SEQUENCE { userCertificate,
+    revocationDate, crlEntryExtensions }``) one after the other, without the list's own
+    header. A revocation only ever adds an entry, so the next CRL's list is the previous
+    CRL's (:meth:`of_crl`) with the revocations since added (:meth:`merged`): a million
+    entries are copied as bytes, not encoded again.
+    """
+
+    content: bytes = b""
+
+    @classmethod
+    def of_stored(cls, rows: Iterable[StoredRevocation]) -> RevokedList:
+        """Encode a store's rows (:data:`StoredRevocation`), best read in serial order.
+
+        Raises:
+            ValidationError: ``crl.bad_serial`` (not hexadecimal, not positive or longer
+                than 20 octets), ``crl.bad_time`` (not ``YYYY-MM-DD HH:MM:SS``),
+                ``revocation.bad_reason`` (an unknown code, or removeFromCRL, which only
+                delta CRLs may hold), ``crl.duplicate_serial``.
+        """
+        times: dict[str, bytes] = {}
+        extensions = _REASON_EXTENSIONS_BY_CODE
+        encoded: list[bytes] = []
+        append = encoded.append
+        previous = b""
+        ordered = True
+        for index, (serial_hex, revoked_at, code) in enumerate(rows):
+            if not index & _PAUSE_MASK:
+                time.sleep(0)  # let the process's other threads in, as below
+            number = _serial_octets(serial_hex)
+            # The INTEGER's length octet and value: for minimal positive integers,
+            # comparing these octet strings compares the numbers.
+            key = b"%c%b" % (len(number), number)
+            if key <= previous:
+                if key == previous:
+                    raise ValidationError(
+                        "crl.duplicate_serial", f"serial {serial_hex} is listed more than once"
+                    )
+                ordered = False
+            previous = key
+            when = times.get(revoked_at)
+            if when is None:
+                when = times[revoked_at] = _stored_time(revoked_at)
+            extension = extensions.get(code)
+            if extension is None:
+                RevocationReason.parse(code)  # revocation.bad_reason for an unknown code
+                raise ValidationError(
+                    "revocation.bad_reason",
+                    "removeFromCRL belongs in delta CRLs only (RFC 5280 §5.3.1)",
+                )
+            # Each part is shorter than 128 octets, and so is the entry.
+            tail = when + extension
+            append(b"\x30%c\x02%b%b" % (len(key) + len(tail) + 1, key, tail))
+        if not ordered:
+            encoded.sort(key=_entry_key)
+            for before, after in itertools.pairwise(encoded):
+                if _entry_key(before) == _entry_key(after):
+                    raise ValidationError(
+                        "crl.duplicate_serial", "a serial is listed more than once"
+                    )
+        return cls(b"".join(encoded))
+
+    @classmethod
+    def of_crl(cls, der: bytes) -> RevokedList:
+        """The entries of a CRL that :func:`build_crl` made, as they are encoded in it.
+
+        Raises:
+            ValidationError: ``crl.malformed`` when ``der`` is not a CertificateList.
+        """
+        try:
+            tag, start, end = _tlv(der, 0)
+            if tag != _SEQUENCE or end != len(der):
+                raise DerError("a CertificateList is one SEQUENCE")
+            tag, at, tbs_end = _tlv(der, start)  # TBSCertList
+            if tag != _SEQUENCE:
+                raise DerError("a TBSCertList is a SEQUENCE")
+            # version, signature, issuer, thisUpdate, [nextUpdate], [revokedCertificates],
+            # [crlExtensions]: the list is the SEQUENCE that follows the times.
+            seen_time = False
+            while at < tbs_end:
+                tag, content, after = _tlv(der, at)
+                if tag in (_UTC_TIME, _GENERALIZED_TIME):
+                    seen_time = True
+                elif tag == _SEQUENCE and seen_time:
+                    return cls(der[content:after])
+                elif seen_time:
+                    break
+                at = after
+        except (DerError, IndexError) as exc:
+            raise ValidationError("crl.malformed", f"not a CertificateList: {exc}") from exc
+        return cls()
+
+    def merged(self, added: RevokedList) -> RevokedList:
+        """These entries with ``added``'s put in their places by serial; an entry whose
+        serial is already listed is left out (it is the same revocation, read twice).
+
+        ``added`` must be sorted, as every :class:`RevokedList` is.
+        """
+        if not added.content:
+            return self
+        if not self.content:
+            return added
+        base = self.content
+        offsets = _offsets(base)
+        key_at = partial(_key_at, base)
+        view = memoryview(base)
+        pieces: list[bytes | memoryview] = []
+        copied = 0
+        for start in _offsets(added.content):
+            key = _key_at(added.content, start)
+            index = bisect_left(offsets, key, lo=0, key=key_at)
+            if index < len(offsets) and key_at(offsets[index]) == key:
+                continue
+            position = offsets[index] if index < len(offsets) else len(base)
+            pieces.append(view[copied:position])
+            pieces.append(added.content[start : _tlv(added.content, start)[2]])
+            copied = position
+        pieces.append(view[copied:])
+        return RevokedList(b"".join(pieces))
+
+    def __len__(self) -> int:
+        """How many entries there are (walks them)."""
+        return len(_offsets(self.content))
+
+
 def build_crl(
     issuer_cert: x509.Certificate,
     signer: Signer,
@@ -177,6 +317,7 @@ def build_crl(
     idp_url: str | None,
     scope: CrlScope | None = None,
     revoked_rows: Iterable[RevokedRow] = (),
+    listed: RevokedList | None = None,
 ) -> bytes:
     """Build and sign a complete X.509 v2 CRL (RFC 5280 §5) and return its DER.
 
@@ -198,8 +339,10 @@ def build_crl(
             the CRL to a certificate (RFC 5280 §6.3.3 (b)(2)(i)).  ``None`` leaves it out.
         scope: what the CRL covers; ``None`` takes :meth:`CrlScope.for_issuer`.
         revoked_rows: more revoked certificates as plain ``(serial, revoked_at,
-            reason)`` tuples, checked as they are encoded: the form a store reads a
-            million of without building a :class:`RevokedEntry` for each.
+            reason)`` tuples, checked as they are encoded.
+        listed: entries already encoded (:class:`RevokedList`: those of the previous
+            CRL with the revocations since, or a store's rows); ``revoked`` and
+            ``revoked_rows`` are added to them, skipping serials they already list.
 
     Raises:
         ValidationError: ``crl.bad_number``, ``crl.bad_validity``, ``crl.naive_time``,
@@ -242,7 +385,10 @@ def build_crl(
         *((entry.serial, entry.revoked_at, entry.reason) for entry in revoked),
         *revoked_rows,
     )
-    tbs = _with_entries(header.tbs_certlist_bytes, _revoked_certificates(rows))
+    entries = RevokedList(_revoked_certificates(rows))
+    if listed is not None:
+        entries = listed.merged(entries)
+    tbs = _with_entries(header.tbs_certlist_bytes, entries.content)
     return replace_signature(
         header.public_bytes(serialization.Encoding.DER), signer.sign_tbs(tbs), tbs=tbs
     )
@@ -321,23 +467,23 @@ def _check_url(url: str) -> None:
         )
 
 
-def _with_entries(tbs: bytes, revoked_certificates: bytes | None) -> bytes:
+def _with_entries(tbs: bytes, entries: bytes) -> bytes:
     # RFC 5280 §5.1: TBSCertList ::= SEQUENCE { version, signature, issuer, thisUpdate,
     # nextUpdate, revokedCertificates SEQUENCE OF ... OPTIONAL, crlExtensions [0] };
     # the list goes right before the extensions and is absent when empty.
-    if revoked_certificates is None:
+    if not entries:
         return tbs
     fields = [field.encoding for field in children(whole(tbs))]
     at = next(i for i, field in enumerate(fields) if field[0] == _CRL_EXTENSIONS_TAG)
-    fields.insert(at, revoked_certificates)
+    fields.insert(at, _der_header(_SEQUENCE, len(entries)) + entries)
     return encode(_SEQUENCE, b"".join(fields))
 
 
-def _revoked_certificates(revoked: Iterable[RevokedRow]) -> bytes | None:
-    """The DER ``revokedCertificates`` SEQUENCE, sorted by serial, or None when empty."""
+def _revoked_certificates(revoked: Iterable[RevokedRow]) -> bytes:
+    """The entries of ``revokedCertificates``, DER, sorted by serial (no outer header)."""
     rows = sorted(revoked, key=itemgetter(0))
     if not rows:
-        return None
+        return b""
     times: dict[dt.datetime, bytes] = {}
     encoded: list[bytes] = []
     previous = 0
@@ -370,8 +516,99 @@ def _revoked_certificates(revoked: Iterable[RevokedRow]) -> bytes | None:
         # crlEntryExtensions Extensions OPTIONAL }; each part is shorter than 128 octets.
         content = b"%c%c%b%b%b" % (_INTEGER, len(number), number, when, extensions)
         encoded.append(b"%c%c%b" % (_SEQUENCE, len(content), content))
-    body = b"".join(encoded)
-    return _der_header(_SEQUENCE, len(body)) + body
+    return b"".join(encoded)
+
+
+def _tlv(data: bytes, offset: int) -> tuple[int, int, int]:
+    """``(tag, content start, end)`` of the DER element at ``offset``, without copying."""
+    tag, first = data[offset], data[offset + 1]
+    if first < 0x80:
+        return tag, offset + 2, offset + 2 + first
+    count = first & 0x7F
+    if not 0 < count <= 4:
+        raise DerError("bad DER length")
+    start = offset + 2 + count
+    end = start + int.from_bytes(data[offset + 2 : start], "big")
+    if end > len(data):
+        raise DerError("DER element runs past its container")
+    return tag, start, end
+
+
+def _offsets(content: bytes) -> array[int]:
+    """Where each entry of an entry list starts."""
+    out: array[int] = array("Q")
+    append = out.append
+    at, size = 0, len(content)
+    while at < size:
+        if not len(out) & _PAUSE_MASK:
+            time.sleep(0)
+        append(at)
+        length = content[at + 1]
+        at = at + 2 + length if length < 0x80 else _tlv(content, at)[2]
+    if at != size:
+        raise ValidationError("crl.malformed", "an entry runs past the entry list")
+    return out
+
+
+def _key_at(content: bytes, at: int) -> bytes:
+    """The serial of the entry at ``at`` as its INTEGER's length and value octets."""
+    _, start, _ = _tlv(content, at)
+    if content[start] != _INTEGER:
+        raise ValidationError("crl.malformed", "an entry does not start with its serial")
+    return content[start + 1 : start + 2 + content[start + 1]]
+
+
+def _entry_key(entry: bytes) -> bytes:
+    return _key_at(entry, 0)
+
+
+def _serial_octets(serial_hex: str) -> bytes:
+    """A serial in hex as its minimal DER INTEGER value (RFC 5280 §4.1.2.2)."""
+    digits = serial_hex.lstrip("0")
+    if len(digits) & 1:
+        digits = "0" + digits
+    elif digits and digits[0] in _HIGH_NIBBLES:
+        digits = "00" + digits  # the high bit set: a leading zero octet keeps it positive
+    try:
+        number = bytes.fromhex(digits)
+    except ValueError:
+        number = b""
+    if not number or len(number) > 20 or not digits.isascii():
+        raise ValidationError(
+            "crl.bad_serial",
+            f"serial {serial_hex!r} is not a positive hexadecimal number of at most 20 "
+            "octets (RFC 5280 §4.1.2.2)",
+        )
+    return number
+
+
+def _stored_time(revoked_at: str) -> bytes:
+    """``YYYY-MM-DD HH:MM:SS`` (UTC) as the DER Time of RFC 5280 §5.1.2.6."""
+    # Sliced, not parsed: a million revocations may each have a second of their own.
+    if not isinstance(revoked_at, str) or len(revoked_at) != 19:
+        revoked_at = "?" * 19
+    digits = (
+        revoked_at[0:4]
+        + revoked_at[5:7]
+        + revoked_at[8:10]
+        + revoked_at[11:13]
+        + revoked_at[14:16]
+        + revoked_at[17:19]
+    )
+    separators = revoked_at[4] + revoked_at[7] + revoked_at[10] + revoked_at[13] + revoked_at[16]
+    if (
+        separators != "-- ::"
+        or not (digits.isascii() and digits.isdigit())
+        or not ("01" <= digits[4:6] <= "12" and "01" <= digits[6:8] <= "31")
+        or not (digits[8:10] <= "23" and digits[10:12] <= "59" and digits[12:14] <= "59")
+    ):
+        raise ValidationError(
+            "crl.bad_time", f"a revocation time must read YYYY-MM-DD HH:MM:SS, not {revoked_at!r}"
+        )
+    # UTCTime through 2049, GeneralizedTime from 2050 (as _der_time).
+    if "1950" <= digits[:4] < "2050":
+        return b"\x17\x0d" + digits[2:].encode() + b"Z"
+    return b"\x18\x0f" + digits.encode() + b"Z"
 
 
 def _der_header(tag: int, length: int) -> bytes:
@@ -405,6 +642,11 @@ def _reason_extensions(reason: RevocationReason) -> bytes:
 
 
 _ENTRIES_BETWEEN_PAUSES = 4096
+#: ``index & _PAUSE_MASK == 0`` every 4,096 entries: as _ENTRIES_BETWEEN_PAUSES.
+_PAUSE_MASK = 4095
+_UTC_TIME = 0x17
+_GENERALIZED_TIME = 0x18
+_HIGH_NIBBLES = frozenset("89ABCDEFabcdef")
 _SEQUENCE = 0x30
 _INTEGER = 0x02
 _OCTET_STRING = 0x04
@@ -418,6 +660,9 @@ _REASON_EXTENSIONS: dict[RevocationReason, bytes] = {
     reason: _reason_extensions(reason)
     for reason in RevocationReason
     if reason is not RevocationReason.REMOVE_FROM_CRL
+}
+_REASON_EXTENSIONS_BY_CODE: dict[int, bytes] = {
+    reason.code: extensions for reason, extensions in _REASON_EXTENSIONS.items()
 }
 
 

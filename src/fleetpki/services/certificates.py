@@ -279,7 +279,9 @@ def revoke_in(
     record.revocation_reason = reason.code
     # One UPDATE of the generation's row, whatever the number of revoked certificates:
     # the CRL itself is rebuilt in the background (services.crl_publisher).
-    tx.cas.mark_crl_stale(record.ca_id, record.ca_generation)
+    # The revision stamps the certificate: the next CRL adds the revocations since the
+    # previous one was built (services.crl_publisher).
+    record.revoked_revision = tx.cas.mark_crl_stale(record.ca_id, record.ca_generation)
     tx.events.append(
         CERTIFICATE_REVOKED,
         record.serial_hex,

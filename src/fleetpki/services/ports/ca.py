@@ -14,6 +14,7 @@ from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from fleetpki.pki.crl import StoredRevocation
 from fleetpki.store.models import (
     ApiToken,
     AuditEntry,
@@ -77,9 +78,10 @@ class CARepository(Protocol):
         """
         ...
 
-    def mark_crl_stale(self, ca_id: str, number: int) -> None:
+    def mark_crl_stale(self, ca_id: str, number: int) -> int:
         """Mark generation ``number``'s CRL stale and count one more revocation against it
-        (``crl_revision``), in one statement that concurrent revocations cannot lose.
+        (``crl_revision``), in one statement that concurrent revocations cannot lose;
+        return the new revision (the revoked certificate's ``revoked_revision``).
         """
         ...
 
@@ -193,10 +195,13 @@ class CertificateRepository(Protocol):
         """The revoked certificates of a CA (what its CRL lists)."""
         ...
 
-    def revoked_rows_of(self, ca_id: str, generation: int) -> list[tuple[str, dt.datetime, int]]:
-        """``(serial_hex, revoked_at, reason code)`` of each revoked certificate of one CA
-        generation, in serial order: what its CRL lists, read as plain rows (a CRL may list
-        millions).
+    def revocations_of(
+        self, ca_id: str, generation: int, *, since_revision: int | None = None
+    ) -> list[StoredRevocation]:
+        """The revoked certificates of one CA generation as plain rows, in serial order:
+        what its CRL lists (a CRL may list millions), or with ``since_revision`` only
+        those whose revocation counted a later ``crl_revision`` (what the CRL built
+        from that revision lacks).
         """
         ...
 

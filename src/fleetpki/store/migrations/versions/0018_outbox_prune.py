@@ -5,7 +5,7 @@ every delivery is done (``EventDelivery.prune_settled``); without these it would
 both tables each minute.
 
 Revision ID: 0018_outbox_prune
-Revises: 0016_hub_nodes
+Revises: 0017_crl_shards
 Create Date: 2026-12-04
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0018_outbox_prune"
-down_revision = "0016_hub_nodes"
+down_revision = "0017_crl_shards"
 branch_labels = None
 depends_on = None
 
