@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Hashable
 
 from sqlalchemy import case, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from fleetpki.store.models import CAGeneration, CARecord, CrlRecord, TemplateRecord
@@ -146,7 +147,7 @@ class SqlCARepository:
         The DER first, the generation's row last: a revocation updates that row, and on
         PostgreSQL it would wait on this transaction's row lock while ~45 MB (a million
         entries) are written. A savepoint takes the DER back if another builder took the
-        number meanwhile.
+        number meanwhile (its row seen by the update, or by the insert's unique key).
         """
         generation = (CAGeneration.ca_id == ca_id, CAGeneration.number == number)
         taken = self._session.scalar(select(CAGeneration.crl_number).where(*generation))
@@ -180,7 +181,10 @@ class SqlCARepository:
                 )
                 if not cas.rowcount:  # type: ignore[attr-defined]
                     raise _NumberTaken
-        except _NumberTaken:
+        except (_NumberTaken, IntegrityError):
+            # IntegrityError: on PostgreSQL a builder that read the same number before
+            # the other committed finds the other's CRL row in place of the one it
+            # deleted (the delete waited on it, then matched nothing): the number is taken.
             return False
         return True
 
