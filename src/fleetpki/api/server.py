@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -309,11 +308,6 @@ async def run_servers(
             handshake_timeout=float(settings.tls_handshake_timeout_seconds),
         )
         tasks.append(asyncio.create_task(server.serve(sockets=[prepared.api_socket])))
-    # What start-up built (the application, its modules, SQLAlchemy's and FastAPI's
-    # registries: most of the heap) lives as long as the process. Frozen, it is left out
-    # of the cyclic collector's full collections, each of which walked all of it: pauses
-    # of the event loop of ~0.2 s every few seconds under the hub's telemetry load.
-    gc.freeze()
     try:
         if on_ready is not None:
             while server is not None and not server.started and not any(t.done() for t in tasks):
