@@ -40,6 +40,7 @@ class _Sender:
         self.device_id = device_id
         self.lock = threading.Lock()
         self.bodies: dict[int, str] = {}  # paho message id -> body, until its PUBACK
+        self.early: set[int] = set()  # ids PUBACKed before publish() returned them
         self.sent: list[str] = []
         self.acked: set[str] = set()
         self.device.client.on_publish = self._on_publish
@@ -49,6 +50,8 @@ class _Sender:
             body = self.bodies.pop(mid, None)
             if body is not None:
                 self.acked.add(body)
+            else:
+                self.early.add(mid)
 
     def acked_count(self) -> int:
         with self.lock:
@@ -66,10 +69,18 @@ class _Sender:
                 continue
             body = f"{self.device_id}-{number}"
             number += 1
+            # Not under self.lock: paho runs on_publish holding its own message lock,
+            # which publish() takes too, so holding ours across it deadlocked the two
+            # threads (the test's timeouts). A PUBACK that comes before publish()
+            # returns is kept by id in `early`.
+            info = self.device.client.publish(topic, body.encode(), qos=1)
             with self.lock:
-                info = self.device.client.publish(topic, body.encode(), qos=1)
-                self.bodies[info.mid] = body
                 self.sent.append(body)
+                if info.mid in self.early:
+                    self.early.discard(info.mid)
+                    self.acked.add(body)
+                else:
+                    self.bodies[info.mid] = body
 
 
 def _stored(dsn: str) -> set[str]:
