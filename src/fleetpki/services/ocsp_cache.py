@@ -23,7 +23,9 @@ request's CertID and serves the same DER to every later request, until one of:
 An answer is put in the cache only if nothing was dropped while it was being made
 (:attr:`epoch`): a request that read "good" just before a revocation committed must not
 store that after the revocation dropped the serial.  Requests with a nonce are signed
-on demand (RFC 8954), from the status kept beside the cached response.
+on demand (RFC 8954) around the parts of the cached response kept beside it (its
+responder ID, SingleResponse, signature algorithm: :mod:`fleetpki.pki.ocsp_prepared`),
+so a revocation that drops the response drops them with it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from fleetpki.pki.ocsp import CertId, CertificateStatus, OcspResponder
+from fleetpki.pki.ocsp_prepared import PreparedResponse
 from fleetpki.services.notifications import CertificateRevoked, EventsWritten, Notification
 from fleetpki.services.outbox import (
     CA_GENERATION_CREATED,
@@ -98,8 +101,11 @@ class CachedAnswer:
     Attributes:
         der: the signed response (no nonce).
         etag: a strong HTTP validator of ``der`` (RFC 9110 §8.8.3), quoted.
-        status: the certificate's status, for nonce requests signed on demand.
+        status: the certificate's status.
         responder: who signed it.
+        prepared: the parts of ``der`` that a response to a request with a nonce
+            repeats (:class:`~fleetpki.pki.ocsp_prepared.PreparedResponse`): such
+            requests are signed on demand around them, and dropped with ``der``.
         this_update / next_update: the response's validity (RFC 6960 §4.2.2.1).
         refresh_at: from then on the response is signed anew.
     """
@@ -108,6 +114,7 @@ class CachedAnswer:
     etag: str
     status: CertificateStatus
     responder: Responder
+    prepared: PreparedResponse
     this_update: dt.datetime
     next_update: dt.datetime
     refresh_at: dt.datetime

@@ -4,7 +4,9 @@ CRLs are :mod:`fleetpki.services.crl_publisher`'s (cached, rebuilt in the backgr
 OCSP answers are signed by the CA key itself (RFC 6960 §4.2.2.2 allows the issuer to respond); the
 answer to a request without a nonce is signed once and served from memory until a
 revocation or its refresh time (RFC 5019 §2.2, :mod:`fleetpki.services.ocsp_cache`),
-and a request with a nonce is signed when it comes, since the nonce is in the signed part.
+and a request with a nonce is signed when it comes, since the nonce is in the signed part:
+around the prepared parts of the cached response (:mod:`fleetpki.pki.ocsp_prepared`),
+so that only its ResponseData is encoded and signed per request.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fleetpki.pki.ocsp import (
     parse_ocsp_request_path,
     response_status_for,
 )
+from fleetpki.pki.ocsp_prepared import PreparedResponse
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.services.authority import CAUrlsConfig, ca_record
 from fleetpki.services.ca_generations import generation_of
@@ -167,8 +170,8 @@ class RevocationStatusService:
         requests get ``malformedRequest``, other issuers ``unauthorized``, serials this
         CA never issued ``unknown``.  Requests without a nonce are answered from the
         cache of signed responses (:mod:`fleetpki.services.ocsp_cache`) while it holds
-        a fresh one; requests with a nonce are signed now, from the cached status when
-        there is one.
+        a fresh one; requests with a nonce are signed now, around the cached response's
+        parts when there is one (the same status, thisUpdate and nextUpdate).
         """
         return self._answer(lambda: parse_ocsp_request(request_der))
 
@@ -182,8 +185,8 @@ class RevocationStatusService:
         """The answer to a POST body (or a GET path) when it needs no database and no I/O.
 
         That is a cached response to a request without a nonce; a response to a request
-        with a nonce, signed now from the cached status, when the keystore signs in
-        this process; or the refusal of a malformed request. Anything else returns
+        with a nonce, signed now around the cached response's parts, when the keystore
+        signs in this process; or the refusal of a malformed request. Anything else returns
         ``None`` and is for :meth:`ocsp` or :meth:`ocsp_get`. It never blocks on I/O,
         so an event loop may call it.
         """
@@ -204,7 +207,7 @@ class RevocationStatusService:
             return OcspAnswer.cached(hit)
         if not self._keystore.signs_in_process:
             return None  # a token's signature may block: for a worker thread
-        return OcspAnswer(self._sign(request, hit.status, hit.responder, now)[0])
+        return OcspAnswer(hit.prepared.with_nonce(request.nonce, now))
 
     def _answer(self, parse: Callable[[], OcspRequest]) -> OcspAnswer:
         try:
@@ -220,32 +223,35 @@ class RevocationStatusService:
         if hit is not None:
             if request.nonce is None:
                 return OcspAnswer.cached(hit)
-            return OcspAnswer(self._sign(request, hit.status, hit.responder, now)[0])
+            return OcspAnswer(hit.prepared.with_nonce(request.nonce, now))
         epoch = cache.epoch
         try:
             with self._store.reading() as tx:
                 responder = self._responder(tx, request, epoch)
                 status = _status_of(tx, responder, request.cert_id.serial_number)
-            der, this_update, next_update = self._sign(request, status, responder, now)
+            if status.state is ocsp.OCSPCertStatus.UNKNOWN:
+                # Not kept: a serial nobody issued yet costs its asker a signature each time.
+                return OcspAnswer(self._sign(request, status, responder, now)[0])
+            plain, this_update, next_update = self._sign(
+                OcspRequest(request.cert_id), status, responder, now
+            )
         except FleetPKIError as exc:
             return OcspAnswer.refusal(exc)
-        if status.state is ocsp.OCSPCertStatus.UNKNOWN:
-            # Not kept: a serial nobody issued yet costs its asker a signature each time.
-            return OcspAnswer(der)
-        plain = der
-        if request.nonce is not None:
-            plain = self._sign(OcspRequest(request.cert_id), status, responder, now)[0]
+        prepared = PreparedResponse.of(plain, responder.signing.signer)
         answer = CachedAnswer(
             der=plain,
             etag=etag_of(plain),
             status=status,
             responder=responder,
+            prepared=prepared,
             this_update=this_update,
             next_update=next_update,
             refresh_at=this_update + (next_update - this_update) / 2,
         )
         cache.put(request.cert_id, answer, epoch)
-        return OcspAnswer(der) if request.nonce is not None else OcspAnswer.cached(answer)
+        if request.nonce is not None:
+            return OcspAnswer(prepared.with_nonce(request.nonce, now))
+        return OcspAnswer.cached(answer)
 
     def _responder(self, tx: UnitOfWork, request: OcspRequest, epoch: int) -> Responder:
         key = _issuer_key(request.cert_id)
