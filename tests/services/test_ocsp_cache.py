@@ -185,6 +185,46 @@ def test_nonce_requests_are_signed_fresh_with_their_nonce(fleet: FleetPKI, revok
     assert fleet.revocation_status.ocsp(_request(leaf, issuer)).der == plain
 
 
+def test_a_nonce_response_repeats_the_cached_single_response_around_its_nonce(
+    fleet: FleetPKI,
+) -> None:
+    _, leaf, issuer = _issue(fleet, "dev-1")
+    plain = ocsp.load_der_ocsp_response(fleet.revocation_status.ocsp(_request(leaf, issuer)).der)
+    answer = fleet.revocation_status.ocsp_from_memory(_request(leaf, issuer, b"\x03" * 20))
+    assert answer is not None
+    assert_lints_clean("ocsp_response", answer.der, include_warnings=True)
+    nonced = ocsp.load_der_ocsp_response(answer.der)
+    # The prepared parts of the cached response: its status, thisUpdate and nextUpdate
+    # and its responder; a producedAt and a signature of its own.
+    assert nonced.this_update_utc == plain.this_update_utc
+    assert nonced.next_update_utc == plain.next_update_utc
+    assert nonced.responder_key_hash == plain.responder_key_hash
+    assert nonced.produced_at_utc >= plain.produced_at_utc
+    assert nonced.signature != plain.signature
+    assert _nonce(answer.der) == b"\x03" * 20
+
+
+def test_a_revocation_drops_the_prepared_parts_of_nonce_responses_at_once(
+    fleet: FleetPKI,
+) -> None:
+    fleet.ocsp_cache.sync_interval = NEVER
+    serial, leaf, issuer = _issue(fleet, "dev-1")
+    fleet.revocation_status.ocsp(_request(leaf, issuer))
+    before = fleet.revocation_status.ocsp_from_memory(_request(leaf, issuer, b"\x04" * 16))
+    assert before is not None
+    assert _status(before.der) == ocsp.OCSPCertStatus.GOOD
+    fleet.certificates.revoke(Actor(ALICE), serial, RevocationReason.KEY_COMPROMISE)
+    # Gone with the cached response: no nonce answer from memory until it is read again.
+    assert fleet.revocation_status.ocsp_from_memory(_request(leaf, issuer, b"\x05" * 16)) is None
+    after = fleet.revocation_status.ocsp(_request(leaf, issuer, b"\x06" * 16)).der
+    assert _status(after) == ocsp.OCSPCertStatus.REVOKED
+    assert _nonce(after) == b"\x06" * 16
+    again = fleet.revocation_status.ocsp_from_memory(_request(leaf, issuer, b"\x07" * 16))
+    assert again is not None
+    assert _status(again.der) == ocsp.OCSPCertStatus.REVOKED
+    assert _nonce(again.der) == b"\x07" * 16
+
+
 def test_a_nonce_request_on_a_cold_cache_fills_it_for_plain_requests(fleet: FleetPKI) -> None:
     _, leaf, issuer = _issue(fleet, "dev-1")
     first = fleet.revocation_status.ocsp(_request(leaf, issuer, b"\x07" * 8)).der
