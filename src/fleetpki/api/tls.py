@@ -8,6 +8,11 @@ of the ASGI ``state``, which every request's scope receives.  Routes read it wit
 on it.  The other certificates the client sent (its chain, as far as OpenSSL
 exposes it) are kept beside it for MQTT over WebSockets.
 
+The subclass also hands uvicorn a transport that sends what one response writes in
+one turn of the event loop at once (:class:`_CoalescingTransport`): uvicorn writes a
+response's headers and its body separately, which over TLS made two records and two
+``send`` calls for every small answer (an OCSP response, a certificate); now one.
+
 The same subclass bounds how long a client may take to send a request's headers:
 uvicorn has a keep-alive timeout between requests, but none from the connection's
 start, and any byte received cancels it, so a client that opens a connection (or
@@ -112,12 +117,67 @@ class _HeaderDeadline:
             transport.abort()
 
 
+#: Bytes held for one send at most: more is sent at once, so that a response streamed
+#: without yielding to the loop stays under the transport's flow control.
+_COALESCE_LIMIT = 64 * 1024
+
+
+class _CoalescingTransport:
+    """A transport whose writes in one turn of the event loop leave as one write.
+
+    What is written waits until the loop's next callbacks run (or until more than
+    :data:`_COALESCE_LIMIT` bytes wait, or the connection is closed), then goes to the
+    real transport in one ``write``: one TLS record and one system call for a
+    response's headers and body. Everything else is the real transport's.
+    """
+
+    __slots__ = ("_loop", "_pending", "_size", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+        self._size += len(data)
+        if self._size > _COALESCE_LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what waits, now."""
+        if not self._pending:
+            return
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
+        self._size = 0
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._size = 0
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 def _protocol_with(base: type[Any], header_timeout: float) -> type[asyncio.Protocol]:
     class ClientCertProtocol(base):  # type: ignore[misc]
         """uvicorn's protocol, exposing the TLS client certificate, with a header deadline."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
+            # uvicorn's flow control keeps the real transport (taken above).
+            self.transport = _CoalescingTransport(transport, asyncio.get_running_loop())
             _with_client_certificate(self, transport)
             self._fleetpki_deadline = _HeaderDeadline(self, header_timeout)
             self._fleetpki_deadline.arm()
@@ -130,6 +190,10 @@ def _protocol_with(base: type[Any], header_timeout: float) -> type[asyncio.Proto
         def handle_websocket_upgrade(self, *args: Any) -> None:
             # The connection now belongs to the WebSocket protocol and its own pings.
             self._fleetpki_deadline.cancel()
+            # ... and its own writes go straight to the real transport.
+            if isinstance(self.transport, _CoalescingTransport):
+                self.transport.flush()
+                self.transport = self.transport.transport
             super().handle_websocket_upgrade(*args)
 
         def connection_lost(self, exc: Exception | None) -> None:
