@@ -28,7 +28,6 @@ from fleetpki.api.problems import (
     http_exception_handler,
     validation_error_handler,
 )
-from fleetpki.api.status import OcspFastPath
 from fleetpki.application import FleetPKI
 from fleetpki.errors import FleetPKIError, ValidationError
 
@@ -178,8 +177,8 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
     app.add_middleware(ErrorBoundaryMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    # Outermost: cached OCSP answers skip the framework (see OcspFastPath).
-    app.add_middleware(OcspFastPath, fleet=fleet, metrics=metrics)
+    # OCSP answers from memory skip the framework: the server runs the app behind
+    # fleetpki.api.status.OcspFastPath (OcspFastPath.around, api/server.py).
     app.add_api_route("/healthz", _health, methods=["GET"], tags=["operations"])
     app.add_api_route(
         "/metrics", _metrics, methods=["GET"], tags=["operations"], response_class=Response

@@ -27,6 +27,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from fleetpki.api.app import create_app
+from fleetpki.api.status import OcspFastPath
 from fleetpki.api.supervisor import Supervisor
 from fleetpki.api.tls import http_protocol_class, server_ssl_context
 from fleetpki.api.tls_refresher import TLSRefresher
@@ -293,7 +294,7 @@ async def run_servers(
     if prepared.api_socket is not None:
         settings = fleet.settings
         config = uvicorn.Config(
-            prepared.app,
+            OcspFastPath.around(prepared.app),
             http=http_protocol_class(float(settings.http_header_timeout_seconds)),
             lifespan="off",
             log_level=log_level,

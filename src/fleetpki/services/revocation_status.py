@@ -52,6 +52,9 @@ OCSP_LIFETIME = dt.timedelta(hours=1)
 # Outbox events read at most per look at other processes' changes; a longer backlog
 # empties the OCSP cache instead.
 _SYNC_LIMIT = 5000
+# Requests without a nonce kept parsed, by their DER (or GET path), at most: a client
+# asks about one certificate with the same bytes each time (RFC 5019 §2.1.1).
+_PARSED_MAX = 10_000
 
 
 def _generation(ca: CARecord, number: int) -> CAGeneration:
@@ -153,6 +156,7 @@ class RevocationStatusService:
         self._clock = clock
         self._urls = urls
         self._cache = cache if cache is not None else OcspResponseCache()
+        self._parsed: dict[bytes | str, OcspRequest] = {}
 
     def ca_certificate_der(self, ca_id: str, generation: int = 1) -> bytes:
         """A CA generation's certificate in DER, for the caIssuers URL (RFC 5280 §4.2.2.1).
@@ -173,11 +177,11 @@ class RevocationStatusService:
         a fresh one; requests with a nonce are signed now, around the cached response's
         parts when there is one (the same status, thisUpdate and nextUpdate).
         """
-        return self._answer(lambda: parse_ocsp_request(request_der))
+        return self._answer(lambda: self._parse(request_der))
 
     def ocsp_get(self, path: str) -> OcspAnswer:
         """The OCSP response to a GET whose URL ends in the base64 request; never raises."""
-        return self._answer(lambda: parse_ocsp_request_path(path))
+        return self._answer(lambda: self._parse(path=path))
 
     def ocsp_from_memory(
         self, request_der: bytes | None = None, *, path: str | None = None
@@ -191,10 +195,7 @@ class RevocationStatusService:
         so an event loop may call it.
         """
         try:
-            if path is not None:
-                request = parse_ocsp_request_path(path)
-            else:
-                request = parse_ocsp_request(request_der if request_der is not None else b"")
+            request = self._parse(request_der, path=path)
         except FleetPKIError as exc:
             return OcspAnswer.refusal(exc)
         if self._cache.due(self._store.commit_stamp()):
@@ -208,6 +209,26 @@ class RevocationStatusService:
         if not self._keystore.signs_in_process:
             return None  # a token's signature may block: for a worker thread
         return OcspAnswer(hit.prepared.with_nonce(request.nonce, now))
+
+    def _parse(self, request_der: bytes | None = None, *, path: str | None = None) -> OcspRequest:
+        """The parsed POST body (or GET path); one without a nonce is kept by its bytes.
+
+        Raises:
+            ValidationError: as :func:`parse_ocsp_request`.
+        """
+        key: bytes | str = path if path is not None else (request_der or b"")
+        known = self._parsed.get(key) if isinstance(key, bytes | str) else None
+        if known is not None:
+            return known
+        if path is not None:
+            request = parse_ocsp_request_path(path)
+        else:
+            request = parse_ocsp_request(request_der if request_der is not None else b"")
+        if request.nonce is None and isinstance(key, bytes | str):
+            if len(self._parsed) >= _PARSED_MAX:
+                self._parsed.clear()
+            self._parsed[key] = request
+        return request
 
     def _answer(self, parse: Callable[[], OcspRequest]) -> OcspAnswer:
         try:
