@@ -27,7 +27,9 @@ from fleetpki.services import Actor
 from fleetpki.services.ca_lifecycle import RenewCommand
 from fleetpki.services.ca_views import CAView
 from fleetpki.services.certificates import IssueCommand
-from fleetpki.services.ocsp_cache import CachedAnswer, OcspResponseCache
+from fleetpki.services.notifications import EventsWritten
+from fleetpki.services.ocsp_cache import STAMPED_SYNC_INTERVAL, CachedAnswer, OcspResponseCache
+from fleetpki.services.outbox import CERTIFICATE_REVOKED
 from support.mqtt_device import wait_until
 from support.pkilint import assert_lints_clean
 
@@ -316,3 +318,21 @@ def test_the_cache_keeps_at_most_its_size_dropping_the_oldest(sqlite_fleet: Flee
         assert cache.put(each, answer, cache.epoch)
     assert len(cache) == 2
     assert [cache.get(each, now) is not None for each in ids] == [False, True, True]
+
+
+def test_the_timed_read_of_the_outbox_waits_longer_where_a_commit_stamp_sees_every_commit() -> (
+    None
+):
+    now = [100.0]
+    cache = OcspResponseCache(sync_interval=0.5, monotonic=lambda: now[0])
+    cache.begin_sync(b"stamp-1")
+    assert not cache.due(b"stamp-1")
+    assert cache.due(b"stamp-2")  # another process committed: read at once
+    now[0] += 1.0
+    assert cache.due(None)  # no stamp (PostgreSQL): every sync_interval
+    assert not cache.due(b"stamp-1")  # the stamp says nothing changed
+    now[0] += STAMPED_SYNC_INTERVAL
+    assert cache.due(b"stamp-1")  # the safety net, less often
+    cache.begin_sync(b"stamp-1")
+    cache.on_notification(EventsWritten(frozenset({CERTIFICATE_REVOKED})))
+    assert cache.due(b"stamp-1")  # a NOTIFY of a revocation: read at once

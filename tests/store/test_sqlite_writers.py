@@ -14,6 +14,7 @@ from fleetpki.application import FleetPKI
 from fleetpki.errors import ValidationError
 from fleetpki.services import Actor
 from fleetpki.services.certificates import IssueCommand
+from fleetpki.store.db import Database
 from fleetpki.store.models import CertificateRecord, Principal
 from support.database import raw_session
 
@@ -134,3 +135,34 @@ def test_postgresql_has_no_commit_stamp(fleet: FleetPKI) -> None:
     # Readers follow LISTEN/NOTIFY there (tests/services/test_ocsp_cache.py).
     stamp = fleet.store.commit_stamp()
     assert (stamp is None) == (fleet.store.dialect == "postgresql")
+
+
+def test_the_commit_stamp_follows_a_new_shm_file(tmp_path: Path) -> None:
+    # SQLite deletes the -shm file when the last connection closes, and the next
+    # connection makes a new one: the stamp must read the new one, not the old one it
+    # kept open.
+    path = tmp_path / "stamp.db"
+    first = sqlite3.connect(path)
+    first.execute("PRAGMA journal_mode=WAL")
+    first.execute("CREATE TABLE t (x INTEGER)")
+    first.execute("INSERT INTO t VALUES (1)")
+    first.commit()
+    database = Database(f"sqlite:///{path}")
+    try:
+        before = database.commit_stamp()
+        assert before is not None and len(before) == 48
+        assert database.commit_stamp() == before  # nothing committed since
+        first.close()  # the last connection: SQLite removes the -wal and -shm files
+        assert not Path(f"{path}-shm").exists()
+        again = sqlite3.connect(path)
+        again.execute("INSERT INTO t VALUES (2)")
+        again.commit()
+        assert Path(f"{path}-shm").exists()
+        after = database.commit_stamp()
+        assert after != before
+        again.execute("INSERT INTO t VALUES (3)")
+        again.commit()
+        assert database.commit_stamp() != after
+        again.close()
+    finally:
+        database.dispose()

@@ -13,8 +13,11 @@ request's CertID and serves the same DER to every later request, until one of:
   ``certificate.revoked`` events written since it last looked (:meth:`due`) before it
   answers again: on SQLite as soon as the database's commit stamp changed (a few bytes
   of its WAL index, read on every request: the next answer after the other process's
-  commit already knows), on PostgreSQL once its NOTIFY arrives (milliseconds), and on
-  either at least every :data:`SYNC_INTERVAL` seconds;
+  commit already knows), on PostgreSQL once its NOTIFY arrives (milliseconds); besides,
+  at least every :data:`SYNC_INTERVAL` seconds on PostgreSQL and every
+  :data:`STAMPED_SYNC_INTERVAL` on SQLite, whose stamp misses no commit (each such read
+  sends the requests that come meanwhile to a worker thread, so it is not made often
+  where nothing asks for it);
 - a CA generation created or retired (here or elsewhere): everything is dropped,
   since the set of issuers changed;
 - its refresh time (half its lifetime): it is signed anew from the database, which
@@ -51,6 +54,7 @@ from fleetpki.services.ports.events import WrittenEvent
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",
+    "STAMPED_SYNC_INTERVAL",
     "SYNC_INTERVAL",
     "SYNC_WINDOW",
     "WATCHED_EVENTS",
@@ -66,6 +70,9 @@ DEFAULT_MAX_ENTRIES = 100_000
 #: Seconds between two reads of the outbox for changes made by other processes (the
 #: consumer workers' poll, :data:`fleetpki.services.delivery.DEFAULT_POLL`).
 SYNC_INTERVAL = 0.5
+#: The same where the store has a commit stamp (SQLite): the stamp sees every commit,
+#: so the timed read is only a safety net.
+STAMPED_SYNC_INTERVAL = 10.0
 #: How many outbox ids below the newest seen each read looks back over: PostgreSQL
 #: hands out ids before commit, so an event may commit after a higher one was read.
 SYNC_WINDOW = 1000
@@ -133,7 +140,8 @@ class OcspResponseCache:
     Args:
         max_entries: answers kept at most (the oldest are dropped first).
         sync_interval: seconds between two reads of the outbox when nothing says
-            that another process wrote (see :meth:`due`).
+            that another process wrote (see :meth:`due`); with a commit stamp, at
+            least :data:`STAMPED_SYNC_INTERVAL`.
         monotonic: the clock for ``sync_interval`` (injected for tests).
 
     Attributes:
@@ -250,11 +258,15 @@ class OcspResponseCache:
         ``stamp`` is the store's commit stamp now (:meth:`Store.commit_stamp`); one
         other than the last read's means that some process committed since.
         """
-        return (
-            self._dirty
-            or (stamp is not None and stamp != self._stamp)
-            or self._monotonic() - self._synced_at >= self.sync_interval
-        )
+        if self._dirty:
+            return True
+        if stamp is None:
+            interval = self.sync_interval
+        elif stamp != self._stamp:
+            return True
+        else:
+            interval = max(self.sync_interval, STAMPED_SYNC_INTERVAL)
+        return self._monotonic() - self._synced_at >= interval
 
     def begin_sync(self, stamp: bytes | None = None) -> None:
         """Note that a read of the outbox starts now (call :meth:`apply` with what it found).

@@ -115,6 +115,53 @@ def _sqlite_commit_stamp(path: Path) -> bytes:
     return f"{info.st_size}:{info.st_mtime_ns}".encode()
 
 
+class _CommitStamp:
+    """:func:`_sqlite_commit_stamp` with the -shm file kept open between reads.
+
+    A read is then one ``fstat`` and one ``pread`` (not an ``open`` and a ``close``
+    besides, which cost the OCSP responder, which reads the stamp on every request,
+    a few microseconds each). SQLite deletes the -shm file when the last connection
+    closes and the next one makes a new file: a kept descriptor whose file has no link
+    left is dropped and the path opened again, so a read never looks at a file that
+    SQLite no longer writes.
+    """
+
+    __slots__ = ("_fd", "_lock", "_path")
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def read(self) -> bytes:
+        fd = self._fd
+        if fd is not None:
+            try:
+                if os.fstat(fd).st_nlink > 0:
+                    header = os.pread(fd, _WAL_INDEX_HEADER, 0)
+                    if len(header) == _WAL_INDEX_HEADER:
+                        return header
+            except OSError:
+                pass
+        with self._lock:
+            self._close()
+            try:
+                self._fd = os.open(f"{self._path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
+        return _sqlite_commit_stamp(self._path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
 def _own_sqlite_files(path: Path) -> None:
     """Make the database file (and its -wal, -shm) readable by the owner only.
 
@@ -295,6 +342,7 @@ class Database:
             event.listen(self.engine, "connect", _on_postgresql_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_path = Path(str(parsed.database)) if sqlite_file else None
+        self._stamp = _CommitStamp(self._sqlite_path) if self._sqlite_path else None
 
     def commit_stamp(self) -> bytes | None:
         """A value that changes whenever any process commits, cheap enough for every read.
@@ -303,9 +351,9 @@ class Database:
         on PostgreSQL (and in-memory SQLite) it is ``None``: the database cannot say
         cheaply, and readers rely on LISTEN/NOTIFY (:mod:`fleetpki.store.notify`).
         """
-        if self._sqlite_path is None:
+        if self._stamp is None:
             return None
-        return _sqlite_commit_stamp(self._sqlite_path)
+        return self._stamp.read()
 
     @property
     def safe_url(self) -> str:
@@ -378,5 +426,7 @@ class Database:
             ) from exc
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and the file the commit stamp is read from)."""
         self.engine.dispose()
+        if self._stamp is not None:
+            self._stamp.close()
