@@ -37,6 +37,7 @@ from fleetpki.errors import ConflictError, ValidationError
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "SHARED_HANDSHAKE_WAIT",
     "GuardedListener",
     "listening_socket",
     "privileged_port_help",
@@ -48,6 +49,9 @@ _log = logging.getLogger("fleetpki.listener")
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 # How often closed transports are forgotten; and how often the refusal is logged.
 _SWEEP_INTERVAL = 1.0
+#: Seconds a listener on a socket shared with other processes waits for an accepted
+#: connection's TLS handshake before it accepts the next one (see GuardedListener).
+SHARED_HANDSHAKE_WAIT = 0.005
 _REFUSAL_LOG_INTERVAL = 10.0
 
 
@@ -62,6 +66,12 @@ class GuardedListener:
         max_connections: open connections allowed at once, handshakes included.
         handshake_timeout: seconds a TLS handshake may take.
         setting: the configuration key that sets the cap, named in the log line.
+        shared: other processes accept on the same socket (``serve --workers``): each
+            accepted connection's handshake is then waited for (at most
+            :data:`SHARED_HANDSHAKE_WAIT` seconds) before the next accept, so that a
+            burst of new connections spreads over the processes instead of going all
+            to the first one awake (which took every keep-alive connection of a
+            benchmark's burst in most rounds on two cores).
     """
 
     def __init__(
@@ -74,8 +84,10 @@ class GuardedListener:
         max_connections: int,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         setting: str = "max_connections",
+        shared: bool = False,
     ) -> None:
         self.name = name
+        self._shared = shared
         self.sock = sock
         self._factory = protocol_factory
         self._ssl = ssl_context
@@ -147,6 +159,10 @@ class GuardedListener:
             task = loop.create_task(self._handshake(conn))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
+            if self._shared:
+                # While this process is busy with the handshake, the others on the
+                # socket take the next connections (see ``shared``).
+                await asyncio.wait({task}, timeout=SHARED_HANDSHAKE_WAIT)
 
     def _full(self) -> bool:
         now = time.monotonic()

@@ -180,6 +180,8 @@ class GuardedServer(uvicorn.Server):
         ssl_context: the API port's TLS context.
         max_connections: open connections allowed at once (``api_max_connections``).
         handshake_timeout: seconds a TLS handshake may take.
+        shared_socket: other worker processes accept on the same socket
+            (:class:`~fleetpki.listener.GuardedListener`'s ``shared``).
     """
 
     def __init__(
@@ -189,11 +191,13 @@ class GuardedServer(uvicorn.Server):
         *,
         max_connections: int,
         handshake_timeout: float,
+        shared_socket: bool = False,
     ) -> None:
         super().__init__(config)
         self._ssl_context = ssl_context
         self._max_connections = max_connections
         self._handshake_timeout = handshake_timeout
+        self._shared_socket = shared_socket
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start a guarded listener on each socket (``serve`` always passes them)."""
@@ -216,6 +220,7 @@ class GuardedServer(uvicorn.Server):
                 max_connections=self._max_connections,
                 handshake_timeout=self._handshake_timeout,
                 setting="api_max_connections",
+                shared=self._shared_socket,
             ).start()
             for sock in sockets
         ]
@@ -243,6 +248,7 @@ async def run_servers(
     primary: bool = True,
     mqtt_socket: socket.socket | None = None,
     on_ready: Callable[[], None] | None = None,
+    shared_socket: bool = False,
 ) -> None:
     """Run the API listener (and the hub, when present) in the running event loop.
 
@@ -254,6 +260,7 @@ async def run_servers(
             (``False``: an API worker, whose hub node takes MQTT over WebSockets only).
         mqtt_socket: the MQTT port, already bound.
         on_ready: called once every listener accepts connections.
+        shared_socket: other worker processes accept on the API socket too.
 
     Raises:
         ValidationError: ``serve.hub_unavailable`` for ``only="hub"`` while the hub
@@ -307,6 +314,7 @@ async def run_servers(
             prepared.ssl_context,
             max_connections=settings.api_max_connections,
             handshake_timeout=float(settings.tls_handshake_timeout_seconds),
+            shared_socket=shared_socket,
         )
         tasks.append(asyncio.create_task(server.serve(sockets=[prepared.api_socket])))
     try:
@@ -357,6 +365,7 @@ async def _serve_until_signalled(
     mqtt_socket: socket.socket | None = None,
     on_ready: Callable[[], None] | None = None,
     log_level: str = "info",
+    shared_socket: bool = False,
 ) -> None:
     """:func:`run_servers` until SIGTERM or SIGINT, then a graceful stop.
 
@@ -380,6 +389,7 @@ async def _serve_until_signalled(
             primary=primary,
             mqtt_socket=mqtt_socket,
             on_ready=on_ready,
+            shared_socket=shared_socket,
         )
     finally:
         for number, handler in previous.items():
@@ -479,6 +489,7 @@ def serve_workers(
                         mqtt_socket=mqtt_socket if primary else None,
                         on_ready=ready,
                         log_level=log_level,
+                        shared_socket=workers > 1,
                     )
                 )
         finally:
