@@ -13,9 +13,11 @@ load generator (``wrk``, see ``ca_common.py``), in two kinds:
 The servers:
 
 - fleetpki: ``POST /ocsp`` over HTTPS (TLS 1.3, keep-alive) to ``fleetpki serve --only ca``
-  in its own process (the route in ``fleetpki.api.status``). A request without a nonce is
-  answered from the cache of signed responses (``fleetpki.services.ocsp_cache``); one
-  with a nonce is signed on demand from the cached status.
+  in its own process (``OcspFastPath`` in ``fleetpki.api.status``, in front of FastAPI).
+  A request without a nonce is answered from the cache of signed responses
+  (``fleetpki.services.ocsp_cache``); one with a nonce is signed on demand around the
+  cached response's prepared parts (``fleetpki.pki.ocsp_prepared``: only its
+  ResponseData is encoded and signed), on the event loop.
 - openssl 3 (the reference responder): ``openssl ocsp -index index.txt -port`` over plain
   HTTP, one process, an ``index.txt`` in ``openssl ca`` format; it looks every serial up
   and signs every response, answers HTTP/1.0 and closes the connection after each one,
@@ -228,7 +230,7 @@ def main() -> int:
     print(
         "\nin process, one core: fleet.revocation_status.ocsp "
         f"{reference['no nonce']:.0f} µs per response without a nonce (cached), "
-        f"{reference['nonce']:.0f} µs with a nonce (signed, cached status) "
+        f"{reference['nonce']:.0f} µs with a nonce (signed around the cached response's parts) "
         "(median of 5 rounds)"
     )
     return 0

@@ -182,9 +182,7 @@ def test_each_nonce_response_is_signed_anew(ca: MiniCA, leaf: Path, signing: Sig
             key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(hashed))
         else:
             assert isinstance(key, rsa.RSAPublicKey)
-            key.verify(
-                response.signature, response.tbs_response_bytes, padding.PKCS1v15(), hashed
-            )
+            key.verify(response.signature, response.tbs_response_bytes, padding.PKCS1v15(), hashed)
 
 
 @pytest.mark.parametrize(

@@ -320,9 +320,7 @@ def test_the_cache_keeps_at_most_its_size_dropping_the_oldest(sqlite_fleet: Flee
     assert [cache.get(each, now) is not None for each in ids] == [False, True, True]
 
 
-def test_the_timed_read_of_the_outbox_waits_longer_where_a_commit_stamp_sees_every_commit() -> (
-    None
-):
+def test_the_timed_read_of_the_outbox_waits_longer_where_a_commit_stamp_sees_every_commit() -> None:
     now = [100.0]
     cache = OcspResponseCache(sync_interval=0.5, monotonic=lambda: now[0])
     cache.begin_sync(b"stamp-1")

@@ -177,7 +177,8 @@ def _protocol_with(base: type[Any], header_timeout: float) -> type[asyncio.Proto
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             # uvicorn's flow control keeps the real transport (taken above).
-            self.transport = _CoalescingTransport(transport, asyncio.get_running_loop())
+            coalescing: Any = _CoalescingTransport(transport, asyncio.get_running_loop())
+            self.transport = coalescing
             _with_client_certificate(self, transport)
             self._fleetpki_deadline = _HeaderDeadline(self, header_timeout)
             self._fleetpki_deadline.arm()
@@ -191,9 +192,10 @@ def _protocol_with(base: type[Any], header_timeout: float) -> type[asyncio.Proto
             # The connection now belongs to the WebSocket protocol and its own pings.
             self._fleetpki_deadline.cancel()
             # ... and its own writes go straight to the real transport.
-            if isinstance(self.transport, _CoalescingTransport):
-                self.transport.flush()
-                self.transport = self.transport.transport
+            coalescing = self.transport
+            if isinstance(coalescing, _CoalescingTransport):
+                coalescing.flush()
+                self.transport = coalescing.transport
             super().handle_websocket_upgrade(*args)
 
         def connection_lost(self, exc: Exception | None) -> None:

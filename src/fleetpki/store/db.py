@@ -145,10 +145,8 @@ class _CommitStamp:
                 pass
         with self._lock:
             self._close()
-            try:
+            with contextlib.suppress(OSError):
                 self._fd = os.open(f"{self._path}-shm", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                pass
         return _sqlite_commit_stamp(self._path)
 
     def close(self) -> None:
