@@ -81,7 +81,7 @@ def _responder_for(
 
 
 def _status_of(tx: UnitOfWork, responder: Responder, serial: int) -> CertificateStatus:
-    record = tx.certificates.find_by_ca_serial(responder.ca_id, format(serial, "X"))
+    record = tx.certificates.revocation_by_ca_serial(responder.ca_id, format(serial, "X"))
     if record is None:
         if responder.tier == "root" and any(
             int(child.serial_hex, 16) == serial for child in tx.cas.children_of(responder.ca_id)
@@ -90,10 +90,10 @@ def _status_of(tx: UnitOfWork, responder: Responder, serial: int) -> Certificate
             return CertificateStatus.good()
         # RFC 6960 §2.2: "unknown" when the responder does not know the certificate.
         return CertificateStatus.unknown()
-    if record.status == "revoked":
+    state, revoked_at, reason, created_at = record
+    if state == "revoked":
         return CertificateStatus.revoked(
-            record.revoked_at or record.created_at,
-            RevocationReason.parse(record.revocation_reason or 0),
+            revoked_at or created_at, RevocationReason.parse(reason or 0)
         )
     return CertificateStatus.good()
 

@@ -166,8 +166,12 @@ class CertificateRepository(Protocol):
         """The certificate with this canonical serial (upper-case hex, no leading zeros)."""
         ...
 
-    def find_by_ca_serial(self, ca_id: str, serial_hex: str) -> CertificateRecord | None:
-        """The certificate of ``ca_id`` with this canonical serial."""
+    def revocation_by_ca_serial(
+        self, ca_id: str, serial_hex: str
+    ) -> tuple[str, dt.datetime | None, int | None, dt.datetime] | None:
+        """What an OCSP answer needs of the certificate of ``ca_id`` with this serial, in
+        one statement, columns only: its status, revocation time, revocation reason code
+        and when it was recorded; ``None`` when it is not on record."""
         ...
 
     def status_by_issuer(

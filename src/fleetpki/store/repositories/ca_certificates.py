@@ -44,6 +44,18 @@ _STATUS_BY_ISSUER = (
     .limit(1)
 )
 
+# An OCSP answer's look-up (CertificateRepository.revocation_by_ca_serial), built once:
+# building the ORM query and its objects cost more than the indexed read itself.
+_REVOCATION_BY_CA_SERIAL = select(
+    CertificateRecord.status,
+    CertificateRecord.revoked_at,
+    CertificateRecord.revocation_reason,
+    CertificateRecord.created_at,
+).where(
+    CertificateRecord.ca_id == bindparam("ca_id"),
+    CertificateRecord.serial_hex == bindparam("serial"),
+)
+
 
 def _visible_to(principal_id: str) -> ColumnElement[bool]:
     """Certificates the principal requested or whose domain it belongs to."""
@@ -80,11 +92,13 @@ class SqlCertificateRepository:
         )
         return min(matches, key=lambda record: record.id, default=None)
 
-    def find_by_ca_serial(self, ca_id: str, serial_hex: str) -> CertificateRecord | None:
-        """See :meth:`CertificateRepository.find_by_ca_serial`."""
-        return self._one(
-            CertificateRecord.ca_id == ca_id, CertificateRecord.serial_hex == serial_hex
-        )
+    def revocation_by_ca_serial(
+        self, ca_id: str, serial_hex: str
+    ) -> tuple[str, dt.datetime | None, int | None, dt.datetime] | None:
+        """See :meth:`CertificateRepository.revocation_by_ca_serial`."""
+        parameters = {"ca_id": ca_id, "serial": serial_hex}
+        row = self._session.connection().execute(_REVOCATION_BY_CA_SERIAL, parameters).first()
+        return None if row is None else (row[0], row[1], row[2], row[3])
 
     def status_by_issuer(
         self, issuer_sha1_hex: str, serial_hex: str
