@@ -10,6 +10,7 @@ the wait is served.
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 import threading
@@ -142,9 +143,8 @@ def test_serve_waits_for_a_database_that_comes_up(tmp_path: Path, key_passphrase
         helper.start()
         with serve_process(prepared):
             assert resumed.is_set()
-            response = httpx.get(
-                f"{prepared.base_url}/healthz", verify=str(prepared.ca_bundle), timeout=10
-            )
+            trust = ssl.create_default_context(cafile=prepared.ca_bundle)
+            response = httpx.get(f"{prepared.base_url}/healthz", verify=trust, timeout=10)
             assert response.status_code == 200, response.text
         helper.join(10)
         log = _read(prepared.log_path)

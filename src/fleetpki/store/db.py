@@ -82,6 +82,25 @@ def is_unavailable(exc: BaseException) -> bool:
     return sqlstate.startswith(_PG_UNAVAILABLE_CLASSES) or sqlstate in _PG_UNAVAILABLE_CODES
 
 
+# What a PostgreSQL server that answers a connection with FATAL says when waiting may
+# cure it (it is starting, stopping or full). Any other FATAL at connect (no such
+# database or role, a wrong password, pg_hba.conf) is a refusal: psycopg gives such
+# errors no SQLSTATE, so only their text tells them apart.
+_PG_FATAL_FOR_NOW = (
+    "the database system is",
+    "too many clients",
+    "connection slots are reserved",
+)
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether connecting failed because the server answered no, for good."""
+    if not isinstance(exc, OperationalError):
+        return False
+    text = str(exc.orig)
+    return "FATAL:" in text and not any(phrase in text for phrase in _PG_FATAL_FOR_NOW)
+
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -375,7 +394,7 @@ class Database:
                     return
             except (DBAPIError, PoolTimeoutError) as exc:
                 left = deadline - monotonic()
-                if not is_unavailable(exc) or left <= 0:
+                if not is_unavailable(exc) or _is_refusal(exc) or left <= 0:
                     tried = f" ({tries} tries in {timeout:g} s)" if tries > 1 else ""
                     raise self._connect_error(exc, tried) from exc
                 pause = min(pause, left)
@@ -402,7 +421,7 @@ class Database:
     def _connect_error(self, exc: BaseException, tried: str = "") -> ValidationError:
         """The error that stops a start: unreachable (for now), or refused."""
         cause = self._cause(exc)
-        if is_unavailable(exc):
+        if is_unavailable(exc) and not _is_refusal(exc):
             return ValidationError(
                 "database.unreachable",
                 f"cannot reach the database at {self.safe_url}: {cause}{tried}",
