@@ -124,9 +124,7 @@ def test_serve_waits_for_a_database_that_comes_up(tmp_path: Path, key_passphrase
     server = start_postgres(tmp_path / "pg")  # private: halting it touches no other test
     try:
         (tmp_path / "serve").mkdir()
-        prepared = prepare_home(
-            tmp_path / "serve", server.url, [], database_start_wait_seconds=120
-        )
+        prepared = prepare_home(tmp_path / "serve", server.url, [], database_start_wait_seconds=120)
         server.halt()
         resumed = threading.Event()
 

@@ -234,6 +234,7 @@ class Broker:
         recognised as stale."""
         identity = link.identity
         if identity is not None and identity.module_id is None:
+            session: str | None
             if connected:
                 session = self._connection_ids[link] = f"{self._run}-{next(self._serials)}"
                 order = self._orders.get(identity.client_id, 0)

@@ -9,6 +9,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     CursorResult,
     Integer,
@@ -59,14 +60,14 @@ _AUTH_FACTS = select(
     HubDevice.secondary_thumbprint,
 ).where(HubDevice.device_id == bindparam("device_id"))
 # A device's connection state (HubDeviceRepository.record_connection): Core statements
-# built once, for every connect and disconnect. Each change has a rule that says whether
-# it applies to the row as it is (`_ConnectionStatements.applies`), and three statements
-# built on it: the one UPDATE of the usual case (it applies, and is later than the
+# built once, for every connect and disconnect. Each kind of change has a rule that says
+# whether it applies to the row as it is (`_CONNECT_APPLIES`, `_DISCONNECT_APPLIES`), and
+# three statements built on it (`_ConnectionStatements`): the one UPDATE of the usual case (it applies, and is later than the
 # previous change), the look-up when that changed nothing, and the UPDATE at a later
 # time (a clock that stepped back).
 _devices = cast("Table", HubDevice.__table__)
 _c = _devices.c
-_b_at = bindparam("b_at")
+_b_at: BindParameter[dt.datetime] = bindparam("b_at")
 _b_order = bindparam("b_order", type_=Integer)
 #: A connect applies unless the device is recorded as connected in a session that the
 #: hub nodes ordered after this one (both announced: orders above 0, the outbox's ids).
@@ -100,9 +101,7 @@ class _ConnectionStatements:
                 "connection_order": _b_order,
             }
         at_any_time = (
-            update(_devices)
-            .where(_c.device_id == bindparam("b_device"), applies)
-            .values(**values)
+            update(_devices).where(_c.device_id == bindparam("b_device"), applies).values(**values)
         )
         self.if_later = at_any_time.where(
             or_(_c.connection_state_updated_at.is_(None), _c.connection_state_updated_at < _b_at)
