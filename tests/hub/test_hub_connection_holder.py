@@ -136,3 +136,12 @@ def test_a_repeated_disconnect_is_recorded_once(fleet: FleetPKI) -> None:
     _record(fleet, "hub-a", ConnectionChange(DEVICE, False, _at(2), "a-1"))
     assert _state(fleet) == ("Disconnected", _at(1), _at(1))
     assert _events(fleet) == ["deviceConnected", "deviceDisconnected"]
+
+
+def test_changes_recorded_without_a_node_name_are_matched_by_session(fleet: FleetPKI) -> None:
+    fleet.hub_devices.record_connections([ConnectionChange(DEVICE, True, _at(0), "s-1")])
+    fleet.hub_devices.record_connections([ConnectionChange(DEVICE, True, _at(1), "s-2")])
+    fleet.hub_devices.record_connections([ConnectionChange(DEVICE, False, _at(2), "s-1")])
+    assert _state(fleet)[0] == "Connected"
+    fleet.hub_devices.record_connections([ConnectionChange(DEVICE, False, _at(3), "s-2")])
+    assert _state(fleet) == ("Disconnected", _at(3), _at(3))

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Integer,
+    String,
     Table,
     and_,
     bindparam,
@@ -80,8 +81,9 @@ _CONNECT_APPLIES = or_(
 #: node (or a connection) the device has left changes nothing.
 _DISCONNECT_APPLIES = and_(
     _c.connection_state == "Connected",
-    _c.connection_node == bindparam("b_node"),
-    _c.connection_session == bindparam("b_session"),
+    # IS NOT DISTINCT FROM (SQLite: IS): changes recorded without a node name match too.
+    _c.connection_node.is_not_distinct_from(bindparam("b_node", type_=String)),
+    _c.connection_session == bindparam("b_session", type_=String),
 )
 
 
