@@ -124,8 +124,8 @@ class Settings:
         sqlite_busy_timeout_seconds: on SQLite, how long a write waits for a lock held
             by another process before it fails with ``database.unavailable`` (503).
         database_start_wait_seconds: how long ``fleetpki serve`` (and each of its
-            workers) keeps trying, with backoff, to reach a database that does not
-            answer when it starts, before it exits 1 (0: one try).
+            workers) keeps trying, with backoff, to reach a PostgreSQL server that does
+            not answer when it starts, before it exits 1 (0: one try; SQLite: one try).
         provisioning_id_scope: the provisioning service's ID scope (empty: ``0ne`` and
             eight hex digits derived from the home, fixed across restarts); give every
             node sharing one database the same one.

@@ -373,8 +373,11 @@ class Database:
         refused, unreachable, starting up) try again with backoff for up to ``timeout``
         seconds, for a server started together with its database.
 
+        A SQLite file is tried once: there is no server to wait for, and a lock held by
+        another process is waited for by the busy timeout already.
+
         Args:
-            timeout: seconds to keep trying (0: one try).
+            timeout: seconds to keep trying a PostgreSQL server (0: one try).
             on_retry: called with a one-line message before each pause.
             sleep: pauses between tries (the tests' seam).
             monotonic: the clock the deadline is on.
@@ -385,6 +388,8 @@ class Database:
                 waiting does not cure (a wrong password, no such database). The message
                 names the URL without its password, and the cause.
         """
+        if self.dialect == "sqlite":
+            timeout = 0.0
         deadline = monotonic() + timeout
         pause = _FIRST_CONNECT_PAUSE
         tries = 1
