@@ -5,7 +5,7 @@ systemd) does. A database nothing listens on: serve says it is waiting, with the
 (password hidden) and the cause, tries again with backoff for
 ``database_start_wait_seconds`` (or ``--database-wait``), then exits 1 with one error
 line; one that refuses (no such database) stops it at once; one that comes up during
-the wait is served.
+the wait is served. A SQLite file is tried once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fleetpki.errors import ValidationError
 from fleetpki.settings import Settings
 from support.postgres import PostgresServer, start_postgres
 from support.serve_process import (
@@ -94,6 +95,34 @@ def test_serve_with_no_wait_tries_once(tmp_path: Path, key_passphrase: None) -> 
     assert "waiting: " not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith("(database.unreachable)")
     assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_sqlite_file_is_tried_once(tmp_path: Path, key_passphrase: None) -> None:
+    prepared = prepare_home(tmp_path, None, [])
+    _point_at(prepared.home, f"sqlite:///{tmp_path / 'no-such-folder' / 'fleetpki.db'}")
+
+    result = _serve(prepared.home, "--only", "hub", "--database-wait", "3600")
+
+    assert result.returncode == 1, result.stderr
+    assert "waiting: " not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "unable to open database file" in last, result.stderr
+    assert last.endswith("(database.unreachable)")
+
+
+@pytest.mark.parametrize("value", [-1, True, "60", 3601])
+def test_a_bad_start_wait_is_refused(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.default_for(tmp_path).with_changes(database_start_wait_seconds=value)
+    assert info.value.code == "config.invalid"
+    assert "database_start_wait_seconds" in info.value.message
+
+
+def test_a_negative_wait_flag_is_a_usage_error(tmp_path: Path, key_passphrase: None) -> None:
+    prepared = prepare_home(tmp_path, None, [])
+    result = _serve(prepared.home, "--only", "hub", "--database-wait", "-1")
+    assert result.returncode == 2, result.stderr
+    assert "--database-wait" in result.stderr
 
 
 @pytest.mark.postgres
