@@ -62,10 +62,10 @@ _AUTH_FACTS = select(
 ).where(HubDevice.device_id == bindparam("device_id"))
 # A device's connection state (HubDeviceRepository.record_connection): Core statements
 # built once, for every connect and disconnect. Each kind of change has a rule that says
-# whether it applies to the row as it is (`_CONNECT_APPLIES`, `_DISCONNECT_APPLIES`), and
-# three statements built on it (`_ConnectionStatements`): the one UPDATE of the usual case (it applies, and is later than the
-# previous change), the look-up when that changed nothing, and the UPDATE at a later
-# time (a clock that stepped back).
+# whether it applies to the row as it is (`_CONNECT_APPLIES`, `_DISCONNECT_APPLIES`),
+# and three statements built on it (`_ConnectionStatements`): the one UPDATE of the
+# usual case (it applies, and is later than the previous change), the look-up when
+# that changed nothing, and the UPDATE at a later time (a clock that stepped back).
 _devices = cast("Table", HubDevice.__table__)
 _c = _devices.c
 _b_at: BindParameter[dt.datetime] = bindparam("b_at")
