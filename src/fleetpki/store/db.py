@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetpki.errors import UnavailableError, ValidationError
+from fleetpki.store.sqlite_write_gate import SqliteWriteGate
 
 __all__ = [
     "DATABASE_UNAVAILABLE",
@@ -214,38 +214,6 @@ _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 _READING = "fleetpki_reading"
 
 
-class _SqliteWriteGate:
-    """One writing unit of work at a time among this process's threads, handed on at once.
-
-    SQLite lets one transaction write at a time; the others wait in its busy handler,
-    which sleeps 1, 2, 5, 10 ... 100 ms between tries. Under concurrent issuance that
-    leaves the server idle while requests queue: eight at once ran at a fraction of the
-    rate one at a time allowed (bench/README.md). So a writing unit of work in this
-    process first takes this lock, before its ``BEGIN IMMEDIATE``, and holds it until it
-    has committed or rolled back (the end of :meth:`Database.session`); the next writer
-    here starts the moment it is released. Other processes (``serve --workers``) still
-    meet SQLite's lock and its busy timeout. A unit of work nested in a writing one of
-    the same thread does not take it again; reading units never take it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._local = threading.local()
-
-    def enter(self) -> None:
-        """A writing unit of work starts in this thread: wait for the others here."""
-        depth = getattr(self._local, "depth", 0)
-        if depth == 0:
-            self._lock.acquire()
-        self._local.depth = depth + 1
-
-    def leave(self) -> None:
-        """A writing unit of work ended (committed or rolled back) in this thread."""
-        self._local.depth -= 1
-        if self._local.depth == 0:
-            self._lock.release()
-
-
 def _begin_sqlite(connection: Any) -> None:
     # A writing unit of work takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
     # waiting up to the busy timeout for another writer, in this process or another
@@ -314,12 +282,14 @@ class Database:
             _own_sqlite_files(Path(str(parsed.database)))
             kwargs.update(pool_size=_SQLITE_POOL_SIZE, max_overflow=_SQLITE_POOL_SIZE)
         self.engine: Engine = create_engine(parsed, **kwargs)
-        self._write_gate: _SqliteWriteGate | None = None
+        self._write_gate: SqliteWriteGate | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_connect_hook(sqlite_busy_timeout))
             event.listen(self.engine, "begin", _begin_sqlite)
             event.listen(self.engine, "before_cursor_execute", _refuse_writes_when_reading)
-            self._write_gate = _SqliteWriteGate()
+            self._write_gate = SqliteWriteGate(
+                Path(str(parsed.database)) if sqlite_file else None, sqlite_busy_timeout
+            )
         else:
             event.listen(self.engine, "connect", _on_postgresql_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -452,8 +422,9 @@ class Database:
             reading: the unit of work only reads. On SQLite it then reads one snapshot
                 beside any writer, takes no write lock and may not write; otherwise it
                 takes the write lock when it begins (``BEGIN IMMEDIATE``, see
-                ``_begin_sqlite``), after this process's other writers
-                (:class:`_SqliteWriteGate`). On PostgreSQL both are the same.
+                ``_begin_sqlite``), after the other writers of this process and of
+                other fleetpki processes (:class:`SqliteWriteGate`). On PostgreSQL
+                both are the same.
 
         Raises:
             UnavailableError: ``database.unavailable`` when the database does not answer
@@ -482,3 +453,5 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self._write_gate is not None:
+            self._write_gate.close()
