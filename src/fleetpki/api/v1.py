@@ -200,6 +200,25 @@ def issue_with_api_token(
     return _issued(fleet.certificates.issue_with_token(token, source, command))
 
 
+async def issue_for_bearer(request: Request, token: str, command: IssueCommand) -> IssuedView:
+    """Authenticate a bearer credential and issue for its caller in one writer-thread hop,
+    and for an API token in one unit of work (the issuance routes of /v1 and EZCA).
+
+    Raises:
+        AuthenticationError: 401 for bad credentials; nothing is written then.
+        FleetPKIError: as :meth:`CertificateService.issue`.
+    """
+    fleet = get_fleet(request)
+    source = client_source(request)
+
+    def issue() -> IssuedView:
+        if token.startswith(TOKEN_PREFIX):
+            return fleet.certificates.issue_with_token(token, source, command)
+        return fleet.certificates.issue(caller_for_token(request, token).actor, command)
+
+    return await in_writer_thread(request.app, issue)
+
+
 @router.post("/certificates", response_model=CertificateIssuedOut, status_code=201)
 async def issue_certificate(
     body: CertificateIssueIn, request: Request, token: BearerDep
@@ -210,17 +229,7 @@ async def issue_certificate(
     (:class:`fleetpki.api.issuance_fast_path.IssuanceFastPath`) the same way; this route
     answers the others (OIDC tokens, and every request the fast path hands on).
     """
-    command = issue_command(body)
-    fleet = get_fleet(request)
-
-    def issue() -> CertificateIssuedOut:
-        # The token's check and the issuance in one worker-thread hop (the hot path),
-        # and for an API token in one unit of work.
-        if token.startswith(TOKEN_PREFIX):
-            return issue_with_api_token(fleet, token, client_source(request), command)
-        return _issued(fleet.certificates.issue(caller_for_token(request, token).actor, command))
-
-    answer = await in_writer_thread(request.app, issue)
+    answer = _issued(await issue_for_bearer(request, token, issue_command(body)))
     get_metrics(request).issued.labels(kind="v1").inc()
     return answer
 

@@ -280,7 +280,9 @@ class Database:
         sqlite_file = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
         if sqlite_file:
             _own_sqlite_files(Path(str(parsed.database)))
-            kwargs.update(pool_size=_SQLITE_POOL_SIZE, max_overflow=_SQLITE_POOL_SIZE, pool_use_lifo=True)
+            kwargs.update(
+                pool_size=_SQLITE_POOL_SIZE, max_overflow=_SQLITE_POOL_SIZE, pool_use_lifo=True
+            )
         self.engine: Engine = create_engine(parsed, **kwargs)
         self._write_gate: SqliteWriteGate | None = None
         if self.dialect == "sqlite":
