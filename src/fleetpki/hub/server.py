@@ -2,13 +2,13 @@
 
 Bytes go from the transport into the connection's sans-I/O `ServerConnection`; its
 events go to the `Broker`; the bytes they produce go back to the transport. Nothing
-here understands MQTT or Azure. Per connection the hub keeps this object (slots), the
-state machine with its small read buffer and one timer handle, so idle memory stays
-near uvloop's own TLS cost (DESIGN.md: tens of KB, not hundreds).
+here understands MQTT or Azure. Per connection the hub keeps this object (slots) and
+the state machine with its small read buffer, so idle memory stays near uvloop's own
+TLS cost (DESIGN.md: tens of KB, not hundreds).
 
-The timer is set once for `ServerConnection.deadline` (the connect timeout, then
-1.5 x keepalive, MQTT 3.1.1 §3.1.2.10) and re-armed only when it fires early, so
-traffic does not reschedule it.
+The connection has no timer of its own: the broker's `ConnectionDeadlines` looks at
+every open connection's `ServerConnection.deadline` (the connect timeout, then 1.5 x
+keepalive, MQTT 3.1.1 §3.1.2.10) once a second, so traffic reschedules nothing.
 
 `start_hub` is the hook `fleetpki serve` calls (`fleetpki.api.server.run_servers`).
 """
@@ -86,10 +86,8 @@ class HubConnection(asyncio.BufferedProtocol):
 
     __slots__ = (
         "_broker",
-        "_keepalive_armed",
         "_paused",
         "_read_buffer",
-        "_timer",
         "_transport",
         "device",
         "identity",
@@ -107,9 +105,7 @@ class HubConnection(asyncio.BufferedProtocol):
         self._broker = broker
         self._read_buffer = read_buffer
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._paused = False
-        self._keepalive_armed = False
         self.mqtt = ServerConnection(clock=loop.time)
         self.device: AuthenticatedDevice | None = None
         self.identity: ClientIdentity | None = None
@@ -119,10 +115,10 @@ class HubConnection(asyncio.BufferedProtocol):
     # -- asyncio.Protocol --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the connect timer (the TLS handshake is already complete)."""
+        """Start watching the connect timeout (the TLS handshake is already complete)."""
         # uvloop's TLS transport is not an asyncio.Transport subclass, but acts as one.
         self._transport = cast(asyncio.Transport, transport)
-        self._arm()
+        self._broker.deadlines.add(self)
 
     def data_received(self, data: bytes) -> None:
         """Feed the state machine and handle what it says."""
@@ -147,9 +143,7 @@ class HubConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the broker; the session outlives the connection if CleanSession was 0."""
         self._transport = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._broker.deadlines.discard(self)
         self.mqtt.close()
         self._broker.connection_lost(self)
 
@@ -209,10 +203,6 @@ class HubConnection(asyncio.BufferedProtocol):
         """Handle every event the state machine has for us now."""
         broker = self._broker
         mqtt = self.mqtt
-        if self.device is not None and not self._keepalive_armed:
-            # Just accepted: the deadline is now 1.5 x keepalive, not the connect timeout.
-            self._keepalive_armed = True
-            self._arm()
         while (event := mqtt.next_event()) is not None:
             kind = type(event)
             if kind is Published:
@@ -246,23 +236,12 @@ class HubConnection(asyncio.BufferedProtocol):
         connect = self.mqtt.connect_packet
         return repr(connect.client_id) if connect is not None else "a client"
 
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.mqtt.deadline
-        if deadline is not None and self._transport is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(deadline, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        self._timer = None
+    def deadline_passed(self) -> None:
+        """Time the connection out (`ConnectionDeadlines` calls it when it is due)."""
         event = self.mqtt.check_deadline()
         if isinstance(event, TimedOut):
             _log.info("hub: closed %s: %s", self._name(), event.code)
             self.close(event.code)
-            return
-        self._arm()
 
 
 @dataclass(frozen=True, slots=True)

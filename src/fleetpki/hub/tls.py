@@ -43,6 +43,7 @@ from typing import Any
 
 __all__ = [
     "ACCEPTS_ANY_CLIENT_CERTIFICATE",
+    "HubSSLObject",
     "hub_ssl_context",
     "peer_certificates",
     "release_handshake_memory",
@@ -179,6 +180,24 @@ ACCEPTS_ANY_CLIENT_CERTIFICATE = _accept_any_client_certificate(
 )
 
 
+class HubSSLObject(ssl.SSLObject):
+    """The hub's TLS connection object: the peer certificate only in DER.
+
+    uvloop asks every new TLS connection for ``getpeercert()`` and keeps the answer as
+    the transport's ``peercert`` extra info for the connection's life: with a client
+    certificate that is a decoded dict of ~1.7 KB of Python objects per idle
+    connection, which the hub never reads (it reads the DER, `peer_certificates`, and
+    judges the chain itself). Here the decoded form is ``None``; ``binary_form=True``
+    answers as before.
+    """
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The peer's certificate as DER (``binary_form=True``), else ``None``."""
+        if not binary_form:
+            return None
+        return super().getpeercert(True)
+
+
 def hub_ssl_context(
     certfile: Path, keyfile: Path, fallback_ca_pems: Iterable[bytes] = ()
 ) -> ssl.SSLContext:
@@ -194,6 +213,7 @@ def hub_ssl_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile, keyfile)
+    context.sslobject_class = HubSSLObject
     # Ask for client certificates from any issuer: send no CA name list.
     if not _accept_any_client_certificate(context):
         _log.warning(
