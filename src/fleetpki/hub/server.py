@@ -43,6 +43,7 @@ from fleetpki.hub.protocol import (
     Unsubscribed,
 )
 from fleetpki.hub.tls import hub_ssl_context, peer_certificates, release_handshake_memory
+from fleetpki.hub.tls_transport import TLSConnection, TLSServerSide
 from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener, listening_socket
 from fleetpki.settings import DEFAULT_MQTT_PORT
 
@@ -311,15 +312,28 @@ class HubServer:
         sock.setblocking(False)
         self.broker.start()
         read_buffer = bytearray(READ_BUFFER_SIZE)  # lent to each connection's reads in turn
+        factory: Callable[[], asyncio.BaseProtocol]
+        if self.ssl_context is None:
+            factory = lambda: HubConnection(self.broker, loop, read_buffer)  # noqa: E731
+        else:
+            # TLS on the connection's own memory BIOs (hub/tls_transport.py), not uvloop's.
+            side = TLSServerSide(self.ssl_context, self.handshake_timeout, self._handshake_failed)
+            factory = lambda: TLSConnection(  # noqa: E731
+                HubConnection(self.broker, loop, read_buffer), side
+            )
         self._listener = GuardedListener(
             "MQTT",
             sock,
-            lambda: HubConnection(self.broker, loop, read_buffer),
-            self.ssl_context,
+            factory,
+            None,  # TLS is the connection's (TLSConnection), with the same timeout
             max_connections=self.max_connections,
             handshake_timeout=self.handshake_timeout,
             setting="mqtt_max_connections",
         ).start()
+
+    def _handshake_failed(self) -> None:
+        if self._listener is not None:
+            self._listener.failed_handshakes += 1
 
     async def start_without_listener(self) -> None:
         """Start the broker alone: its connections arrive by another way (MQTT over
