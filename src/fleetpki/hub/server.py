@@ -2,9 +2,12 @@
 
 Bytes go from the transport into the connection's sans-I/O `ServerConnection`; its
 events go to the `Broker`; the bytes they produce go back to the transport. Nothing
-here understands MQTT or Azure. Per connection the hub keeps this object (slots) and
-the state machine with its small read buffer, so idle memory stays near uvloop's own
-TLS cost (DESIGN.md: tens of KB, not hundreds).
+here understands MQTT or Azure. The transport is the connection's own TLS layer
+(`fleetpki.hub.tls_transport.TLSConnection`, on uvloop's TCP transport) rather than
+uvloop's SSL protocol, which kept a 256 KiB buffer and ~2.7 KB of objects per
+connection. Per connection the hub keeps that, this object (slots) and the state
+machine with its small read buffer: ~26 KB per idle device, most of it OpenSSL's
+(bench/README.md, "Hub").
 
 The connection has no timer of its own: the broker's `ConnectionDeadlines` looks at
 every open connection's `ServerConnection.deadline` (the connect timeout, then 1.5 x
@@ -68,21 +71,19 @@ HANDSHAKE_TIMEOUT = DEFAULT_HANDSHAKE_TIMEOUT
 DEFAULT_MAX_CONNECTIONS = 20000
 
 
-#: The size of the read buffer one hub server lends all its connections (uvloop's own
-#: largest TLS read).
+#: The size of the read buffer one hub server lends all its connections for the bytes
+#: TLS decrypts (uvloop's own largest TLS read).
 READ_BUFFER_SIZE = 256 * 1024
 
 
 class HubConnection(asyncio.BufferedProtocol):
     """One client connection: moves bytes between the transport and the state machine.
 
-    A buffered protocol: uvloop decrypts a read into the buffer `get_buffer` lends,
-    which the hub server shares between its connections (a read is handled before the
-    next one starts). As a plain protocol, uvloop's TLS layer would read into a new
-    256 KiB ``bytes`` each time, which with the mmap threshold `fleetpki serve` fixes
-    (`fleetpki.process_limits`) is a mapping made and dropped per read: ~1-1.5 µs of
-    CPU per telemetry message in ``bench/hub_telemetry.py``. `data_received` stays, for
-    callers that hand over bytes themselves (MQTT over WebSockets).
+    A buffered protocol: the TLS layer (`TLSConnection`) decrypts into the buffer
+    `get_buffer` lends, which the hub server shares between its connections (a read is
+    handled before the next one starts), rather than into a new ``bytes`` per read.
+    `data_received` stays, for callers that hand over bytes themselves (MQTT over
+    WebSockets).
     """
 
     __slots__ = (
@@ -117,7 +118,7 @@ class HubConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start watching the connect timeout (the TLS handshake is already complete)."""
-        # uvloop's TLS transport is not an asyncio.Transport subclass, but acts as one.
+        # TLSConnection is not an asyncio.Transport subclass, but acts as one.
         self._transport = cast(asyncio.Transport, transport)
         self._broker.deadlines.add(self)
 
