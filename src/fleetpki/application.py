@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from fleetpki.connectors.builtin import BuiltinHubConnector
@@ -354,25 +354,46 @@ class FleetPKI:
 
     @classmethod
     def open(
-        cls, settings: Settings, *, clock: Clock = system_clock, migrate: bool = True
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock = system_clock,
+        migrate: bool = True,
+        database_wait: float = 0.0,
+        on_database_wait: Callable[[str], None] | None = None,
     ) -> FleetPKI:
         """Open an initialised home: its keystore, then its database (migrated to head).
 
         The keystore is opened first, so that a missing token or a wrong PIN stops
         ``fleetpki serve`` (and every local command) before anything else is done.
 
+        Args:
+            settings: the home's settings.
+            clock: the source of "now".
+            migrate: bring the schema to head (one process of a deployment does).
+            database_wait: seconds to keep trying while the database does not answer
+                (``fleetpki serve``: ``database_start_wait_seconds``); 0: one try.
+            on_database_wait: called with a one-line message before each pause.
+
         Raises:
             NotFoundError: ``keystore.passphrase_missing``, ``keystore.token_missing``.
             ValidationError: ``keystore.bad_pin`` and the other errors of
-                :func:`open_keystore`; ``database.unreachable``, ``database.bad_url``.
+                :func:`open_keystore`; ``database.unreachable``, ``database.refused``,
+                ``database.bad_url``.
         """
         keystore = open_keystore(settings)
         try:
             database = Database(
                 settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
             )
-            if migrate:
-                database.migrate()
+            try:
+                if migrate or database_wait > 0:
+                    database.wait_until_answers(database_wait, on_retry=on_database_wait)
+                if migrate:
+                    database.migrate()
+            except BaseException:
+                database.dispose()
+                raise
         except BaseException:
             keystore.close()
             raise

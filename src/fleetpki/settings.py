@@ -123,6 +123,9 @@ class Settings:
         portal_session_hours: how long a portal session lasts from sign-in.
         sqlite_busy_timeout_seconds: on SQLite, how long a write waits for a lock held
             by another process before it fails with ``database.unavailable`` (503).
+        database_start_wait_seconds: how long ``fleetpki serve`` (and each of its
+            workers) keeps trying, with backoff, to reach a PostgreSQL server that does
+            not answer when it starts, before it exits 1 (0: one try; SQLite: one try).
         provisioning_id_scope: the provisioning service's ID scope (empty: ``0ne`` and
             eight hex digits derived from the home, fixed across restarts); give every
             node sharing one database the same one.
@@ -171,6 +174,7 @@ class Settings:
     portal_oidc_scopes: str = "openid profile"
     portal_session_hours: int = 8
     sqlite_busy_timeout_seconds: float = 10.0
+    database_start_wait_seconds: float = 60.0
     provisioning_id_scope: str = ""
     provisioning_register_interval_seconds: float = 1.0
 
@@ -191,6 +195,12 @@ class Settings:
             raise ValidationError(
                 "config.invalid",
                 f"sqlite_busy_timeout_seconds must be above 0 and at most 3600, not {busy!r}",
+            )
+        wait = self.database_start_wait_seconds
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 3600:
+            raise ValidationError(
+                "config.invalid",
+                f"database_start_wait_seconds must be from 0 to 3600, not {wait!r}",
             )
         interval = self.provisioning_register_interval_seconds
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:

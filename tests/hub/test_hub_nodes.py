@@ -5,12 +5,14 @@ PostgreSQL database; paho-mqtt devices connect over TLS to one node or the other
 changes are made in this test process, a third one (as the CLI, an API worker or another
 node would make them): a revocation, a disabled device, a cloud-to-device message, a
 desired-properties patch and a direct method must each reach the node that holds the
-device's session, and leave the other node's devices alone.
+device's session, and leave the other node's devices alone. A device that moves to the
+other node stays Connected in the registry when the node it left records its end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import socket
@@ -31,7 +33,7 @@ from fleetpki.services.context import Actor
 from fleetpki.services.hub_devices import DeviceSpec, DeviceStatus
 from fleetpki.services.hub_methods import DeviceNotOnline
 from fleetpki.settings import Settings
-from fleetpki.store.hub_models import HubNode
+from fleetpki.store.hub_models import HubDevice, HubNode
 from support.database import raw_session
 from support.hub import issue_device, trust_issuing_ca
 from support.mqtt_device import WAIT, Device, wait_until
@@ -228,3 +230,53 @@ def test_a_device_that_connects_to_another_node_is_closed_on_the_first(nodes: Hu
     finally:
         second.close()
         first.close()
+
+
+def _recorded(fleet: FleetPKI, device_id: str) -> tuple[str, str | None]:
+    """The registry's connection state of ``device_id`` and the node it names."""
+    with raw_session(fleet) as session:
+        device = session.get(HubDevice, device_id)
+        return device.connection_state, device.connection_node
+
+
+def _node_reports_none_since(fleet: FleetPKI, node: str, since: dt.datetime) -> bool:
+    with raw_session(fleet) as session:
+        row = session.get(HubNode, node)
+        return row is not None and row.heartbeat_at > since and row.connected == 0
+
+
+def test_a_device_that_moved_stays_connected_when_the_node_it_left_records_its_end(
+    nodes: HubNodes,
+) -> None:
+    first = nodes.device("moved", "node-a")
+    connected_at = dt.datetime.now(dt.UTC)
+    second = Device(nodes.ports["node-b"], nodes.ca_file, first.files)
+    marker = None
+    try:
+        wait_until(lambda: _recorded(nodes.fleet, "moved") == ("Connected", "node-a"), "on a")
+        assert second.connect() == 0
+        assert first.disconnected.wait(WAIT), "node-a kept the older session"
+        wait_until(lambda: _recorded(nodes.fleet, "moved") == ("Connected", "node-b"), "on b")
+        # node-a forgets the closed connection when it queues its disconnect: once its
+        # heartbeat counts no device, that disconnect is queued; a connect to node-a
+        # after it is recorded after it (one queue per node).
+        wait_until(
+            lambda: _node_reports_none_since(nodes.fleet, "node-a", connected_at),
+            "node-a holding no device",
+        )
+        marker = nodes.device("moved-marker", "node-a")
+        wait_until(
+            lambda: _recorded(nodes.fleet, "moved-marker") == ("Connected", "node-a"), "marker"
+        )
+        # node-a's disconnect of the first connection came after node-b's connect.
+        assert _recorded(nodes.fleet, "moved") == ("Connected", "node-b")
+        assert nodes.fleet.hub_devices.get("moved").connection_state == "Connected"
+        second.close()
+        wait_until(
+            lambda: _recorded(nodes.fleet, "moved") == ("Disconnected", "node-b"), "its end on b"
+        )
+    finally:
+        second.close()
+        first.close()
+        if marker is not None:
+            marker.close()

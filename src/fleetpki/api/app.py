@@ -19,6 +19,7 @@ from fleetpki.api.error_formats import (
     is_dps_path,
     is_hub_service_path,
 )
+from fleetpki.api.issuance_fast_path import IssuanceFastPath
 from fleetpki.api.metrics import METRICS_CONTENT_TYPE, LatencyMiddleware, Metrics
 from fleetpki.api.oidc import OIDCVerifier
 from fleetpki.api.problems import (
@@ -174,7 +175,11 @@ def create_app(fleet: FleetPKI, *, oidc: OIDCVerifier | None = None) -> FastAPI:
     app.add_exception_handler(FleetPKIError, fleetpki_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
-    # Innermost first: the boundary sees every exception the routes let through.
+    # Innermost first: API-token issuance skips the framework (see IssuanceFastPath), and
+    # the boundary sees every exception the routes and it let through.
+    app.add_middleware(
+        IssuanceFastPath, fleet=fleet, metrics=metrics, max_body_bytes=MAX_BODY_BYTES
+    )
     app.add_middleware(ErrorBoundaryMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(LatencyMiddleware, metrics=metrics)

@@ -8,6 +8,7 @@ from typing import TypeVar, cast
 import anyio
 import anyio.to_thread
 from fastapi import Request
+from starlette.applications import Starlette
 
 from fleetpki.api.metrics import Metrics
 from fleetpki.application import FleetPKI
@@ -38,13 +39,18 @@ def client_source(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def in_writer_thread(request: Request, work: Callable[[], T]) -> T:
+async def in_writer_thread(app: Starlette, work: Callable[[], T]) -> T:
     """Run ``work`` (the caller's whole blocking part: authentication and the use case)
     in one hop to a worker thread, at most :data:`WRITER_THREADS` at once per server.
+
+    Args:
+        app: the application (a route's ``request.app``, an ASGI layer's ``scope["app"]``),
+            which keeps the limiter.
+        work: what to run.
     """
-    limiter = getattr(request.app.state, "writer_limiter", None)
+    limiter = getattr(app.state, "writer_limiter", None)
     if limiter is None:
         # Made on first use: a limiter belongs to the running event loop.
         limiter = anyio.CapacityLimiter(WRITER_THREADS)
-        request.app.state.writer_limiter = limiter
+        app.state.writer_limiter = limiter
     return await anyio.to_thread.run_sync(work, limiter=limiter)

@@ -457,7 +457,12 @@ def serve_workers(
         if not primary and mqtt_socket is not None:
             mqtt_socket.close()
         mine = worker_settings(settings, slot)
-        fleet = FleetPKI.open(mine, migrate=primary)
+        fleet = FleetPKI.open(
+            mine,
+            migrate=primary,
+            database_wait=mine.database_start_wait_seconds,
+            on_database_wait=_log.warning,
+        )
         try:
             prepared = prepare_server(
                 fleet,

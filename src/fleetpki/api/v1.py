@@ -33,6 +33,7 @@ from fleetpki.api.v1_models import (
     TemplateOut,
     TokenOut,
 )
+from fleetpki.application import FleetPKI
 from fleetpki.pki.names import SanType, SubjectAltName
 from fleetpki.pki.profile import KeyUsageName, parse_eku
 from fleetpki.pki.revocation import RevocationReason
@@ -148,7 +149,12 @@ def set_domain_members(
 # --------------------------------------------------------------------------- certificates
 
 
-def _issue_command(body: CertificateIssueIn) -> IssueCommand:
+def issue_command(body: CertificateIssueIn) -> IssueCommand:
+    """The issuance a request body asks for (shared with the ASGI fast path).
+
+    Raises:
+        ValidationError: for an unknown SAN type, EKU or key usage.
+    """
     sans = (
         tuple(
             SubjectAltName(SanType[s.type.upper()], s.value.strip()) for s in body.subject_alt_names
@@ -181,22 +187,40 @@ def _issued(issued: IssuedView) -> CertificateIssuedOut:
     )
 
 
+def issue_with_api_token(
+    fleet: FleetPKI, token: str, source: str, command: IssueCommand
+) -> CertificateIssuedOut:
+    """Check an API token and issue for its principal in one unit of work, and present
+    the answer (blocking: run it in a writer thread). The route and the fast path's one
+    call (:class:`fleetpki.api.issuance_fast_path.IssuanceFastPath`).
+
+    Raises:
+        FleetPKIError: as :meth:`CertificateService.issue_with_token`.
+    """
+    return _issued(fleet.certificates.issue_with_token(token, source, command))
+
+
 @router.post("/certificates", response_model=CertificateIssuedOut, status_code=201)
 async def issue_certificate(
     body: CertificateIssueIn, request: Request, token: BearerDep
 ) -> CertificateIssuedOut:
-    """Issue a certificate for a CSR naming a domain the caller may request for."""
-    command = _issue_command(body)
+    """Issue a certificate for a CSR naming a domain the caller may request for.
+
+    Requests with an API token are answered by the fast path in front of the framework
+    (:class:`fleetpki.api.issuance_fast_path.IssuanceFastPath`) the same way; this route
+    answers the others (OIDC tokens, and every request the fast path hands on).
+    """
+    command = issue_command(body)
+    fleet = get_fleet(request)
 
     def issue() -> CertificateIssuedOut:
         # The token's check and the issuance in one worker-thread hop (the hot path),
         # and for an API token in one unit of work.
-        certificates = get_fleet(request).certificates
         if token.startswith(TOKEN_PREFIX):
-            return _issued(certificates.issue_with_token(token, client_source(request), command))
-        return _issued(certificates.issue(caller_for_token(request, token).actor, command))
+            return issue_with_api_token(fleet, token, client_source(request), command)
+        return _issued(fleet.certificates.issue(caller_for_token(request, token).actor, command))
 
-    answer = await in_writer_thread(request, issue)
+    answer = await in_writer_thread(request.app, issue)
     get_metrics(request).issued.labels(kind="v1").inc()
     return answer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +81,18 @@ class CliContext:
             self._fleet = self.open(Settings.load(self.home_path()))
         return self._fleet
 
-    def open(self, settings: Settings) -> FleetPKI:
-        """Open an application for ``settings``, closed when the command ends."""
-        fleet = FleetPKI.open(settings)
+    def open(
+        self,
+        settings: Settings,
+        *,
+        database_wait: float = 0.0,
+        on_database_wait: Callable[[str], None] | None = None,
+    ) -> FleetPKI:
+        """Open an application for ``settings``, closed when the command ends (the
+        database arguments are :meth:`FleetPKI.open`'s)."""
+        fleet = FleetPKI.open(
+            settings, database_wait=database_wait, on_database_wait=on_database_wait
+        )
         self._resources.callback(fleet.close)
         return fleet
 

@@ -63,6 +63,15 @@ def serve(
             "Every hub process on one database needs its own (docs/deployment.md).",
         ),
     ] = None,
+    database_wait: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=3600,
+            help="Seconds to keep trying a database that does not answer at the start "
+            "(default: database_start_wait_seconds of the configuration, 60; 0: one try).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTPS API (EZCA-compatible routes and /v1) and the MQTT hub.
 
@@ -105,6 +114,9 @@ def serve(
         mqtt_port=settings.mqtt_port if mqtt_port is None else mqtt_port,
         hub_node=hub_node or settings.hub_node,
         amqp_port=settings.amqp_port if amqp_port is None else amqp_port,
+        database_start_wait_seconds=(
+            settings.database_start_wait_seconds if database_wait is None else database_wait
+        ),
     )
     port = settings.api_port if api_port is None else api_port
     _raise_open_files(settings, only)
@@ -121,7 +133,13 @@ def serve(
     # Every CA key is loaded now: a token without them stops serve here (docs/keystore.md).
     # With workers, the parent opens the home for these checks (and the migration) and
     # closes it again before it forks: each worker opens its own.
-    fleet = FleetPKI.open(settings) if processes > 1 else state.open(settings)
+    # A database started together with the server may not answer yet: tried again
+    # with backoff for database_start_wait_seconds, saying so, before serve gives up.
+    wait = settings.database_start_wait_seconds
+    if processes > 1:
+        fleet = FleetPKI.open(settings, database_wait=wait, on_database_wait=_waiting)
+    else:
+        fleet = state.open(settings, database_wait=wait, on_database_wait=_waiting)
     try:
         fleet.cas.check_keys()
         for warning in fleet.key_passphrase.get().warnings(settings.home):
@@ -183,6 +201,10 @@ def serve(
         only=only_value,
         api_socket=api_socket,
     )
+
+
+def _waiting(message: str) -> None:
+    err_console.print(f"[yellow]waiting[/yellow]: {message}", highlight=False)
 
 
 def _raise_open_files(settings: Settings, only: str | None) -> None:

@@ -164,7 +164,8 @@ class HubBackend(Protocol):
         ...
 
     def record_connections(self, changes: Sequence[ConnectionChange]) -> None:
-        """Record devices connecting and disconnecting, in order, in one transaction."""
+        """Record devices connecting and disconnecting, in order, in one transaction; a
+        disconnect only while its connection is the one recorded as connected."""
         ...
 
     def get_twin(self, device_id: str) -> Twin:

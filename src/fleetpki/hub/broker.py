@@ -47,7 +47,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
@@ -153,6 +155,10 @@ class Broker:
         # and, for client ids being admitted, the newest order another node announced.
         self._orders: dict[str, int] = {}
         self._connecting: dict[str, int] = {}
+        # The session id of each connection whose connect was recorded (_connection_changed).
+        self._run = secrets.token_hex(6)
+        self._serials = itertools.count(1)
+        self._connection_ids: dict[Link, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batcher = TelemetryBatcher(
@@ -225,11 +231,21 @@ class Broker:
         )
 
     def _connection_changed(self, link: Link, *, connected: bool) -> None:
-        """Queue a device's connect or disconnect for the registry (modules have no state)."""
+        """Queue a device's connect or disconnect for the registry (modules have no state).
+
+        Both name the connection (a session id of this run), so that a disconnect the
+        registry sees after the device's next connect (here or on another node) is
+        recognised as stale."""
         identity = link.identity
         if identity is not None and identity.module_id is None:
+            session: str | None
+            if connected:
+                session = self._connection_ids[link] = f"{self._run}-{next(self._serials)}"
+                order = self._orders.get(identity.client_id, 0)
+            else:
+                session, order = self._connection_ids.pop(link, None), 0
             self._batcher.add_connection(
-                ConnectionChange(identity.device_id, connected, self._utcnow())
+                ConnectionChange(identity.device_id, connected, self._utcnow(), session, order)
             )
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:

@@ -289,8 +289,9 @@ class StoreHubBackend:
         self.fleet.hub_messages.store_telemetry(batch)
 
     def record_connections(self, changes: Sequence[ConnectionChange]) -> None:
-        """Record connects and disconnects (connectionState, connection state events)."""
-        self.fleet.hub_devices.record_connections(changes)
+        """Record connects and disconnects (connectionState, connection state events) as
+        this node's."""
+        self.fleet.hub_devices.record_connections(changes, node=self.node)
 
     def get_twin(self, device_id: str) -> Twin:
         """The device's desired and reported properties with their versions."""

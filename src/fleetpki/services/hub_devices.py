@@ -14,7 +14,8 @@ are sealed at rest (`fleetpki.services.hub_device_keys`).
 
 Connection state (``connectionState``, ``connectionStateUpdatedTime``,
 ``lastActivityTime``) is what the hub's MQTT servers record when a device connects and
-disconnects (:meth:`HubDeviceService.record_connections`); with
+disconnects (:meth:`HubDeviceService.record_connections`), a disconnect only from the
+hub node and connection recorded as holding the device; with
 ``hub_route_connection_state_events`` each change is also a device connection state
 event on the built-in endpoint (`fleetpki.services.hub_routing`).
 """
@@ -80,11 +81,19 @@ class DeviceSpec:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionChange:
-    """A device connected (``connected``) or disconnected at ``at``, as an MQTT server saw it."""
+    """A device connected (``connected``) or disconnected at ``at``, as an MQTT server saw it.
+
+    ``session`` names the connection (unique to it, the same for its connect and its
+    disconnect) and ``order`` is the session's order among the hub nodes (the
+    announcement's outbox id, `fleetpki.services.hub_nodes`; 0 when not announced). A
+    disconnect without a ``session`` is recorded whoever holds the device.
+    """
 
     device_id: str
     connected: bool
     at: dt.datetime
+    session: str | None = None
+    order: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,14 +333,24 @@ def delete_device_in(
 
 
 def record_connections_in(
-    tx: UnitOfWork, changes: Sequence[ConnectionChange], *, routing: EventRouting | None = None
+    tx: UnitOfWork,
+    changes: Sequence[ConnectionChange],
+    *,
+    node: str | None = None,
+    routing: EventRouting | None = None,
 ) -> None:
     """:meth:`HubDeviceService.record_connections` inside the caller's unit of work."""
     for change in changes:
         # Strictly later than the device's previous change, so its events' sequence
-        # numbers strictly increase even if the clock steps back.
+        # numbers strictly increase even if the clock steps back; None when the change
+        # is stale (a late disconnect from a connection the device has left): no event.
         at = tx.hub_devices.record_connection(
-            change.device_id, connected=change.connected, at=change.at
+            change.device_id,
+            connected=change.connected,
+            at=change.at,
+            node=node,
+            session=change.session,
+            order=change.order,
         )
         if at is not None:
             route_connection_state_in(
@@ -455,14 +474,23 @@ class HubDeviceService:
             )
         return f"HostName={hostname};DeviceId={device_id};SharedAccessKey={key}"
 
-    def record_connections(self, changes: Sequence[ConnectionChange]) -> None:
+    def record_connections(
+        self, changes: Sequence[ConnectionChange], *, node: str | None = None
+    ) -> None:
         """Record devices connecting and disconnecting, in order, in one unit of work.
 
         Sets ``connectionState``, ``connectionStateUpdatedTime`` and ``lastActivityTime``
         (each change strictly later than the device's previous one) and, when routed,
         stores a device connection state event. A device deleted meanwhile is ignored.
+
+        The changes were seen by hub node ``node``. A connect records the node and its
+        session as the one holding the device; a disconnect is recorded only while that
+        node and session still are (a device that has moved to another node stays
+        Connected when the node it left notices late), and a connect of a session older
+        than the one recorded as connected (by the nodes' order) is ignored. A change
+        ignored so writes nothing: no time, no event.
         """
         if not changes:
             return
         with self._store.transaction() as tx:
-            record_connections_in(tx, changes, routing=self._routing)
+            record_connections_in(tx, changes, node=node, routing=self._routing)

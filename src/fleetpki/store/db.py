@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetpki.errors import UnavailableError, ValidationError
+from fleetpki.store.sqlite_write_gate import SqliteWriteGate
 
 __all__ = [
     "DATABASE_UNAVAILABLE",
@@ -48,6 +49,13 @@ _SQLITE_UNAVAILABLE = frozenset({5, 6, 10, 13, 14, 15})
 # 08 connection exception, 53 insufficient resources, 57P01-57P03 shutdown or starting.
 _PG_UNAVAILABLE_CLASSES = ("08", "53")
 _PG_UNAVAILABLE_CODES = frozenset({"57P01", "57P02", "57P03"})
+# Database.wait_until_answers: the first pause between tries, doubled up to the last.
+_FIRST_CONNECT_PAUSE = 0.5
+_MAX_CONNECT_PAUSE = 5.0
+# Seconds a PostgreSQL connection attempt may take (libpq's connect_timeout) unless the
+# URL says otherwise: without it a server whose packets are dropped holds every
+# connect for the kernel's TCP timeout (about two minutes).
+_PG_CONNECT_TIMEOUT = 10
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -72,6 +80,25 @@ def is_unavailable(exc: BaseException) -> bool:
     if sqlstate is None:
         return True  # psycopg: no answer from a server at all (refused, closed, timed out)
     return sqlstate.startswith(_PG_UNAVAILABLE_CLASSES) or sqlstate in _PG_UNAVAILABLE_CODES
+
+
+# What a PostgreSQL server that answers a connection with FATAL says when waiting may
+# cure it (it is starting, stopping or full). Any other FATAL at connect (no such
+# database or role, a wrong password, pg_hba.conf) is a refusal: psycopg gives such
+# errors no SQLSTATE, so only their text tells them apart.
+_PG_FATAL_FOR_NOW = (
+    "the database system is",
+    "too many clients",
+    "connection slots are reserved",
+)
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether connecting failed because the server answered no, for good."""
+    if not isinstance(exc, OperationalError):
+        return False
+    text = str(exc.orig)
+    return "FATAL:" in text and not any(phrase in text for phrase in _PG_FATAL_FOR_NOW)
 
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -187,38 +214,6 @@ _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 _READING = "fleetpki_reading"
 
 
-class _SqliteWriteGate:
-    """One writing unit of work at a time among this process's threads, handed on at once.
-
-    SQLite lets one transaction write at a time; the others wait in its busy handler,
-    which sleeps 1, 2, 5, 10 ... 100 ms between tries. Under concurrent issuance that
-    leaves the server idle while requests queue: eight at once ran at a fraction of the
-    rate one at a time allowed (bench/README.md). So a writing unit of work in this
-    process first takes this lock, before its ``BEGIN IMMEDIATE``, and holds it until it
-    has committed or rolled back (the end of :meth:`Database.session`); the next writer
-    here starts the moment it is released. Other processes (``serve --workers``) still
-    meet SQLite's lock and its busy timeout. A unit of work nested in a writing one of
-    the same thread does not take it again; reading units never take it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._local = threading.local()
-
-    def enter(self) -> None:
-        """A writing unit of work starts in this thread: wait for the others here."""
-        depth = getattr(self._local, "depth", 0)
-        if depth == 0:
-            self._lock.acquire()
-        self._local.depth = depth + 1
-
-    def leave(self) -> None:
-        """A writing unit of work ended (committed or rolled back) in this thread."""
-        self._local.depth -= 1
-        if self._local.depth == 0:
-            self._lock.release()
-
-
 def _begin_sqlite(connection: Any) -> None:
     # A writing unit of work takes SQLite's write lock when it begins (BEGIN IMMEDIATE),
     # waiting up to the busy timeout for another writer, in this process or another
@@ -280,17 +275,21 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "postgresql":
             kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+            if "connect_timeout" not in parsed.query:
+                kwargs["connect_args"] = {"connect_timeout": _PG_CONNECT_TIMEOUT}
         sqlite_file = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
         if sqlite_file:
             _own_sqlite_files(Path(str(parsed.database)))
             kwargs.update(pool_size=_SQLITE_POOL_SIZE, max_overflow=_SQLITE_POOL_SIZE)
         self.engine: Engine = create_engine(parsed, **kwargs)
-        self._write_gate: _SqliteWriteGate | None = None
+        self._write_gate: SqliteWriteGate | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_connect_hook(sqlite_busy_timeout))
             event.listen(self.engine, "begin", _begin_sqlite)
             event.listen(self.engine, "before_cursor_execute", _refuse_writes_when_reading)
-            self._write_gate = _SqliteWriteGate()
+            self._write_gate = SqliteWriteGate(
+                Path(str(parsed.database)) if sqlite_file else None, sqlite_busy_timeout
+            )
         else:
             event.listen(self.engine, "connect", _on_postgresql_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -321,7 +320,8 @@ class Database:
         """Bring the schema to the newest Alembic revision.
 
         Raises:
-            ValidationError: ``database.unreachable`` when the server cannot be reached.
+            ValidationError: ``database.unreachable`` when the server cannot be reached,
+                ``database.refused`` when it refuses (see :meth:`wait_until_answers`).
         """
         cfg = self._alembic_config()
         try:
@@ -329,9 +329,81 @@ class Database:
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
         except OperationalError as exc:
-            raise ValidationError(
-                "database.unreachable", f"cannot reach the database at {self.safe_url}"
-            ) from exc
+            raise self._connect_error(exc) from exc
+
+    def wait_until_answers(
+        self,
+        timeout: float,
+        *,
+        on_retry: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Connect once, and while the database does not answer (:func:`is_unavailable`:
+        refused, unreachable, starting up) try again with backoff for up to ``timeout``
+        seconds, for a server started together with its database.
+
+        A SQLite file is tried once: there is no server to wait for, and a lock held by
+        another process is waited for by the busy timeout already.
+
+        Args:
+            timeout: seconds to keep trying a PostgreSQL server (0: one try).
+            on_retry: called with a one-line message before each pause.
+            sleep: pauses between tries (the tests' seam).
+            monotonic: the clock the deadline is on.
+
+        Raises:
+            ValidationError: ``database.unreachable`` when it still does not answer at
+                the deadline; ``database.refused`` at once when it answers with what
+                waiting does not cure (a wrong password, no such database). The message
+                names the URL without its password, and the cause.
+        """
+        if self.dialect == "sqlite":
+            timeout = 0.0
+        deadline = monotonic() + timeout
+        pause = _FIRST_CONNECT_PAUSE
+        tries = 1
+        while True:
+            try:
+                with self.engine.connect():
+                    return
+            except (DBAPIError, PoolTimeoutError) as exc:
+                left = deadline - monotonic()
+                if not is_unavailable(exc) or _is_refusal(exc) or left <= 0:
+                    tried = f" ({tries} tries in {timeout:g} s)" if tries > 1 else ""
+                    raise self._connect_error(exc, tried) from exc
+                pause = min(pause, left)
+                if on_retry is not None:
+                    on_retry(
+                        f"the database at {self.safe_url} does not answer "
+                        f"({self._cause(exc)}); trying again in {pause:.1f} s, "
+                        f"for {left:.1f} s more"
+                    )
+                sleep(pause)
+                pause = min(pause * 2, _MAX_CONNECT_PAUSE)
+                tries += 1
+
+    def _cause(self, exc: BaseException) -> str:
+        """The first line of the driver's message, without the URL's password."""
+        original = getattr(exc, "orig", None) or exc
+        lines = str(original).strip().splitlines()
+        text = lines[0].strip().removeprefix("connection failed: ") if lines else ""
+        password = self.engine.url.password
+        if password:
+            text = text.replace(str(password), "***")
+        return text[:300] or type(original).__name__
+
+    def _connect_error(self, exc: BaseException, tried: str = "") -> ValidationError:
+        """The error that stops a start: unreachable (for now), or refused."""
+        cause = self._cause(exc)
+        if is_unavailable(exc) and not _is_refusal(exc):
+            return ValidationError(
+                "database.unreachable",
+                f"cannot reach the database at {self.safe_url}: {cause}{tried}",
+            )
+        return ValidationError(
+            "database.refused", f"the database at {self.safe_url} refused the connection: {cause}"
+        )
 
     def current_revision(self) -> str | None:
         """The schema revision stored in the database, or ``None`` when empty."""
@@ -350,8 +422,9 @@ class Database:
             reading: the unit of work only reads. On SQLite it then reads one snapshot
                 beside any writer, takes no write lock and may not write; otherwise it
                 takes the write lock when it begins (``BEGIN IMMEDIATE``, see
-                ``_begin_sqlite``), after this process's other writers
-                (:class:`_SqliteWriteGate`). On PostgreSQL both are the same.
+                ``_begin_sqlite``), after the other writers of this process and of
+                other fleetpki processes (:class:`SqliteWriteGate`). On PostgreSQL
+                both are the same.
 
         Raises:
             UnavailableError: ``database.unavailable`` when the database does not answer
@@ -380,3 +453,5 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self._write_gate is not None:
+            self._write_gate.close()

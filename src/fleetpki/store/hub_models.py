@@ -66,6 +66,13 @@ class HubDevice(Base):
     status_updated_at: Mapped[dt.datetime]
     connection_state: Mapped[str] = mapped_column(String(16), default="Disconnected")
     connection_state_updated_at: Mapped[dt.datetime | None]
+    # Who recorded the state: the hub node, its connection (a session id unique to that
+    # connection) and the session's order among the nodes (0: not announced). A
+    # disconnect is recorded only from the connection recorded as connected, so that a
+    # late one from a node the device has left changes nothing (services/hub_devices.py).
+    connection_node: Mapped[str | None] = mapped_column(String(64))
+    connection_session: Mapped[str | None] = mapped_column(String(64))
+    connection_order: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_activity_at: Mapped[dt.datetime | None]
     c2d_count: Mapped[int] = mapped_column(Integer, default=0)
     tags: Mapped[dict[str, Any]] = mapped_column(JSON)

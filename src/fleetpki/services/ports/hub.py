@@ -99,13 +99,28 @@ class HubDeviceRepository(Protocol):
         ...
 
     def record_connection(
-        self, device_id: str, *, connected: bool, at: dt.datetime
+        self,
+        device_id: str,
+        *,
+        connected: bool,
+        at: dt.datetime,
+        node: str | None = None,
+        session: str | None = None,
+        order: int = 0,
     ) -> dt.datetime | None:
         """Set the device's connection state, its time and ``lastActivityTime``.
 
+        A connect records ``node``, ``session`` (the connection's id) and ``order`` (the
+        session's order among the hub nodes, 0 when not announced) as the connection
+        that holds the device; it does not apply while the device is recorded as
+        connected in a session of a higher order (both above 0). A disconnect that names
+        a ``session`` applies only while that node and session are recorded as
+        connected; one that names none always applies.
+
         The time is ``at``, or one microsecond after the device's previous change when
         ``at`` is not later (a clock that stepped back). Returns the time set, ``None``
-        when there is no such device. One UPDATE in the usual case (no ORM load).
+        when there is no such device or the change does not apply (nothing is written).
+        One UPDATE in the usual case (no ORM load).
         """
         ...
 

@@ -8,7 +8,22 @@ import sqlite3
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    CursorResult,
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from fleetpki.services.ports.hub import TelemetryInput
@@ -46,26 +61,63 @@ _AUTH_FACTS = select(
     HubDevice.secondary_thumbprint,
 ).where(HubDevice.device_id == bindparam("device_id"))
 # A device's connection state (HubDeviceRepository.record_connection): Core statements
-# built once, for every connect and disconnect.
+# built once, for every connect and disconnect. Each kind of change has a rule that says
+# whether it applies to the row as it is (`_CONNECT_APPLIES`, `_DISCONNECT_APPLIES`),
+# and three statements built on it (`_ConnectionStatements`): the one UPDATE of the
+# usual case (it applies, and is later than the previous change), the look-up when
+# that changed nothing, and the UPDATE at a later time (a clock that stepped back).
 _devices = cast("Table", HubDevice.__table__)
-_CONNECTION_SET = (
-    update(_devices)
-    .where(_devices.c.device_id == bindparam("b_device"))
-    .values(
-        connection_state=bindparam("b_state"),
-        connection_state_updated_at=bindparam("b_at"),
-        last_activity_at=bindparam("b_at"),
-    )
+_c = _devices.c
+_b_at: BindParameter[dt.datetime] = bindparam("b_at")
+_b_order = bindparam("b_order", type_=Integer)
+#: A connect applies unless the device is recorded as connected in a session that the
+#: hub nodes ordered after this one (both announced: orders above 0, the outbox's ids).
+_CONNECT_APPLIES = or_(
+    _c.connection_state != "Connected",
+    _b_order == 0,
+    _c.connection_order <= _b_order,
 )
-_CONNECTION_IF_LATER = _CONNECTION_SET.where(
-    or_(
-        _devices.c.connection_state_updated_at.is_(None),
-        _devices.c.connection_state_updated_at < bindparam("b_at"),
-    )
+#: A disconnect applies only to the connection recorded as connected: a late one from a
+#: node (or a connection) the device has left changes nothing.
+_DISCONNECT_APPLIES = and_(
+    _c.connection_state == "Connected",
+    # IS NOT DISTINCT FROM (SQLite: IS): changes recorded without a node name match too.
+    _c.connection_node.is_not_distinct_from(bindparam("b_node", type_=String)),
+    _c.connection_session == bindparam("b_session", type_=String),
 )
-_CONNECTION_AT = select(_devices.c.connection_state_updated_at).where(
-    _devices.c.device_id == bindparam("b_device")
-)
+
+
+class _ConnectionStatements:
+    """The statements of one kind of connection change (see above)."""
+
+    def __init__(self, applies: ColumnElement[bool], connected: bool) -> None:
+        values: dict[str, Any] = {
+            "connection_state": "Connected" if connected else "Disconnected",
+            "connection_state_updated_at": _b_at,
+            "last_activity_at": _b_at,
+        }
+        if connected:
+            values |= {
+                "connection_node": bindparam("b_node"),
+                "connection_session": bindparam("b_session"),
+                "connection_order": _b_order,
+            }
+        at_any_time = (
+            update(_devices).where(_c.device_id == bindparam("b_device"), applies).values(**values)
+        )
+        self.if_later = at_any_time.where(
+            or_(_c.connection_state_updated_at.is_(None), _c.connection_state_updated_at < _b_at)
+        )
+        self.at_any_time = at_any_time
+        self.look_up = select(_c.connection_state_updated_at, applies.label("applies")).where(
+            _c.device_id == bindparam("b_device")
+        )
+
+
+_CONNECT = _ConnectionStatements(_CONNECT_APPLIES, connected=True)
+_DISCONNECT = _ConnectionStatements(_DISCONNECT_APPLIES, connected=False)
+# A disconnect that names no connection (a backend that tracks none) always applies.
+_DISCONNECT_ANY = _ConnectionStatements(true(), connected=False)
 # Every connect checks the trust stamp (HubCARepository.stamp).
 _TRUST_STAMP = select(HubCA.id, HubCA.etag, HubCA.is_verified).order_by(HubCA.id)
 
@@ -119,20 +171,40 @@ class SqlHubDeviceRepository:
         return {str(status): int(count) for status, count in self._session.execute(query).all()}
 
     def record_connection(
-        self, device_id: str, *, connected: bool, at: dt.datetime
+        self,
+        device_id: str,
+        *,
+        connected: bool,
+        at: dt.datetime,
+        node: str | None = None,
+        session: str | None = None,
+        order: int = 0,
     ) -> dt.datetime | None:
         """See :meth:`HubDeviceRepository.record_connection`."""
-        state = "Connected" if connected else "Disconnected"
+        if connected:
+            statements = _CONNECT
+        else:
+            statements = _DISCONNECT if session is not None else _DISCONNECT_ANY
         connection = self._session.connection()
-        values = {"b_device": device_id, "b_state": state, "b_at": at}
-        # One statement in the usual case: the change is later than the previous one.
-        if cast("CursorResult[Any]", connection.execute(_CONNECTION_IF_LATER, values)).rowcount:
+        values = {
+            "b_device": device_id,
+            "b_at": at,
+            "b_node": node,
+            "b_session": session,
+            "b_order": order,
+        }
+        # One statement in the usual case: the change applies and is later than the last.
+        if cast("CursorResult[Any]", connection.execute(statements.if_later, values)).rowcount:
             return at
-        previous: dt.datetime | None = connection.execute(_CONNECTION_AT, values).scalar()
-        if previous is None:
-            return None  # no such device
-        later = previous + dt.timedelta(microseconds=1)
-        connection.execute(_CONNECTION_SET, {**values, "b_at": later})
+        look_up = statements.look_up
+        if self._dialect == "postgresql":
+            look_up = look_up.with_for_update()  # the row stays as read until the UPDATE
+        row = connection.execute(look_up, values).first()
+        if row is None or not row.applies:
+            return None  # no such device, or a stale change (the rules above)
+        previous: dt.datetime | None = row.connection_state_updated_at
+        later = at if previous is None or previous < at else previous + dt.timedelta(microseconds=1)
+        connection.execute(statements.at_any_time, {**values, "b_at": later})
         return later
 
     def count_connected(self) -> int:
