@@ -220,6 +220,18 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def rss_parts_kb(pid: int) -> dict[str, int]:
+    """The resident set of a process by kind, in KiB: ``RssAnon`` (its heap, mappings
+    and Python objects) and ``RssFile`` (pages of mapped files: code, and the database
+    file SQLite reads through its memory map)."""
+    parts = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            parts[key] = int(value.split()[0])
+    return parts
+
+
 def cpu_seconds(pid: int) -> float:
     """The CPU time (user + system) a process has used so far, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

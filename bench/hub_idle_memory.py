@@ -6,8 +6,12 @@ it issuing their certificates) or ``--devices 10000`` (about 5 minutes; add
 multi-process load client (`hub_load_common.IdleFleet`, ``--processes``) connects every
 device and keeps it idle; the server's RSS is read before and after; then a PINGREQ
 on every connection counts the PINGRESPs, so the table says how many devices were
-still connected. The figure is the RSS delta / n. fleetpki is ``fleetpki serve --only
-hub``, which raises its open-files limit to the hard limit at start.
+still connected. The figure is the RSS delta / n; beside it, the anonymous part
+(``RssAnon``: heap, mappings, Python objects) without the file pages the connections
+brought in (``RssFile``: code first run, and the pages of the database file that
+SQLite reads through its memory map while authenticating the devices). fleetpki is
+``fleetpki serve --only hub``, which raises its open-files limit to the hard limit at
+start.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from hub_common import (
     make_certs,
     mosquitto,
     rss_kb,
+    rss_parts_kb,
     workdir,
 )
 from hub_load_common import IdleFleet, load_processes
@@ -48,6 +53,7 @@ async def _warm_up(port: int, certs: Certs) -> None:
 def measure(port: int, pid: int, certs: Certs, devices: int, processes: int) -> dict[str, float]:
     uvloop.run(_warm_up(port, certs))
     before = rss_kb(pid)
+    parts_before = rss_parts_kb(pid)
     cpu = cpu_seconds(pid)
     started = time.perf_counter()
     fleet = IdleFleet(certs, port, devices, processes)
@@ -56,6 +62,7 @@ def measure(port: int, pid: int, certs: Certs, devices: int, processes: int) -> 
     server_cpu = cpu_seconds(pid) - cpu
     time.sleep(2.0)
     after = rss_kb(pid)
+    parts_after = rss_parts_kb(pid)
     alive, _ = fleet.ping()
     fleet.close()
     return {
@@ -64,6 +71,10 @@ def measure(port: int, pid: int, certs: Certs, devices: int, processes: int) -> 
         "before": before / 1024,
         "after": after / 1024,
         "per_connection": (after - before) * 1024 / devices / 1000,
+        "anon_per_connection": (parts_after["RssAnon"] - parts_before["RssAnon"])
+        * 1024
+        / devices
+        / 1000,
         "connect_seconds": connect_seconds,
         "server_cpu": server_cpu,
         "load_cpu": max(load_cpu) / connect_seconds * 100,
@@ -102,17 +113,19 @@ def main() -> None:
     )
     print(
         "| server | connected | answered PINGREQ | RSS before → after (MiB) | KB/connection "
-        "| connect phase (s) | server CPU (s) | load CPU (busiest process) |"
+        "| of which anonymous (not file pages) | connect phase (s) | server CPU (s) "
+        "| load CPU (busiest process) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(
             f"| {name} | {r['connected']:.0f} | {r['alive']:.0f} | {r['before']:.1f} → "
-            f"{r['after']:.1f} | {r['per_connection']:.1f} | {r['connect_seconds']:.1f} | "
+            f"{r['after']:.1f} | {r['per_connection']:.1f} | {r['anon_per_connection']:.1f} | "
+            f"{r['connect_seconds']:.1f} | "
             f"{r['server_cpu']:.1f} | {r['load_cpu']:.0f} % |"
         )
     ratio = results["fleetpki"]["per_connection"] / results["mosquitto"]["per_connection"]
-    print(f"| ratio fleetpki/mosquitto (KB/connection) | | | | {ratio:.2f} | | | |")
+    print(f"| ratio fleetpki/mosquitto (KB/connection) | | | | {ratio:.2f} | | | | |")
 
 
 if __name__ == "__main__":

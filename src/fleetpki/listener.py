@@ -62,7 +62,9 @@ class GuardedListener:
         name: what the port serves, for the log (``API``, ``MQTT``).
         sock: a bound, listening socket; the listener makes it non-blocking.
         protocol_factory: makes the protocol of each connection.
-        ssl_context: TLS for every connection (``None``: plain TCP, tests only).
+        ssl_context: TLS for every connection (``None``: plain TCP, for tests, or for a
+            protocol that runs TLS itself with the same timeout, as the hub's MQTT port
+            does: `fleetpki.hub.tls_transport`).
         max_connections: open connections allowed at once, handshakes included.
         handshake_timeout: seconds a TLS handshake may take.
         setting: the configuration key that sets the cap, named in the log line.

@@ -84,6 +84,7 @@ from fleetpki.hub.backend import (
 )
 from fleetpki.hub.blocks import BlockList
 from fleetpki.hub.c2d import C2DDelivery
+from fleetpki.hub.deadlines import ConnectionDeadlines
 from fleetpki.hub.link import Link
 from fleetpki.hub.methods import (
     DEFAULT_METHOD_TIMEOUT,
@@ -179,6 +180,8 @@ class Broker:
         )
         # The timers that end SAS sessions at their token's expiry, by connection.
         self._expiries: dict[Link, asyncio.TimerHandle] = {}
+        #: The open connections' MQTT deadlines, behind one timer (`ConnectionDeadlines`).
+        self.deadlines = ConnectionDeadlines()
         #: Called with (client id, reason code, loop time) when a block closes a session.
         self.on_block_close: Callable[[str, str, float], None] | None = None
 
@@ -192,6 +195,7 @@ class Broker:
     async def stop(self) -> None:
         """Store pending telemetry, close every connection and stop the thread pools."""
         self.backend.remove_listener(self._on_backend_event)
+        self.deadlines.stop()
         live = list(self._live.values())
         self._live.clear()
         for link in live:

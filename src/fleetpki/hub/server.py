@@ -2,13 +2,16 @@
 
 Bytes go from the transport into the connection's sans-I/O `ServerConnection`; its
 events go to the `Broker`; the bytes they produce go back to the transport. Nothing
-here understands MQTT or Azure. Per connection the hub keeps this object (slots), the
-state machine with its small read buffer and one timer handle, so idle memory stays
-near uvloop's own TLS cost (DESIGN.md: tens of KB, not hundreds).
+here understands MQTT or Azure. The transport is the connection's own TLS layer
+(`fleetpki.hub.tls_transport.TLSConnection`, on uvloop's TCP transport) rather than
+uvloop's SSL protocol, which kept a 256 KiB buffer and ~2.7 KB of objects per
+connection. Per connection the hub keeps that, this object (slots) and the state
+machine with its small read buffer: ~26 KB per idle device, most of it OpenSSL's
+(bench/README.md, "Hub").
 
-The timer is set once for `ServerConnection.deadline` (the connect timeout, then
-1.5 x keepalive, MQTT 3.1.1 §3.1.2.10) and re-armed only when it fires early, so
-traffic does not reschedule it.
+The connection has no timer of its own: the broker's `ConnectionDeadlines` looks at
+every open connection's `ServerConnection.deadline` (the connect timeout, then 1.5 x
+keepalive, MQTT 3.1.1 §3.1.2.10) once a second, so traffic reschedules nothing.
 
 `start_hub` is the hook `fleetpki serve` calls (`fleetpki.api.server.run_servers`).
 """
@@ -43,6 +46,7 @@ from fleetpki.hub.protocol import (
     Unsubscribed,
 )
 from fleetpki.hub.tls import hub_ssl_context, peer_certificates, release_handshake_memory
+from fleetpki.hub.tls_transport import TLSConnection, TLSServerSide
 from fleetpki.listener import DEFAULT_HANDSHAKE_TIMEOUT, GuardedListener, listening_socket
 from fleetpki.settings import DEFAULT_MQTT_PORT
 
@@ -67,29 +71,25 @@ HANDSHAKE_TIMEOUT = DEFAULT_HANDSHAKE_TIMEOUT
 DEFAULT_MAX_CONNECTIONS = 20000
 
 
-#: The size of the read buffer one hub server lends all its connections (uvloop's own
-#: largest TLS read).
+#: The size of the read buffer one hub server lends all its connections for the bytes
+#: TLS decrypts (uvloop's own largest TLS read).
 READ_BUFFER_SIZE = 256 * 1024
 
 
 class HubConnection(asyncio.BufferedProtocol):
     """One client connection: moves bytes between the transport and the state machine.
 
-    A buffered protocol: uvloop decrypts a read into the buffer `get_buffer` lends,
-    which the hub server shares between its connections (a read is handled before the
-    next one starts). As a plain protocol, uvloop's TLS layer would read into a new
-    256 KiB ``bytes`` each time, which with the mmap threshold `fleetpki serve` fixes
-    (`fleetpki.process_limits`) is a mapping made and dropped per read: ~1-1.5 µs of
-    CPU per telemetry message in ``bench/hub_telemetry.py``. `data_received` stays, for
-    callers that hand over bytes themselves (MQTT over WebSockets).
+    A buffered protocol: the TLS layer (`TLSConnection`) decrypts into the buffer
+    `get_buffer` lends, which the hub server shares between its connections (a read is
+    handled before the next one starts), rather than into a new ``bytes`` per read.
+    `data_received` stays, for callers that hand over bytes themselves (MQTT over
+    WebSockets).
     """
 
     __slots__ = (
         "_broker",
-        "_keepalive_armed",
         "_paused",
         "_read_buffer",
-        "_timer",
         "_transport",
         "device",
         "identity",
@@ -107,9 +107,7 @@ class HubConnection(asyncio.BufferedProtocol):
         self._broker = broker
         self._read_buffer = read_buffer
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._paused = False
-        self._keepalive_armed = False
         self.mqtt = ServerConnection(clock=loop.time)
         self.device: AuthenticatedDevice | None = None
         self.identity: ClientIdentity | None = None
@@ -119,10 +117,10 @@ class HubConnection(asyncio.BufferedProtocol):
     # -- asyncio.Protocol --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the connect timer (the TLS handshake is already complete)."""
-        # uvloop's TLS transport is not an asyncio.Transport subclass, but acts as one.
+        """Start watching the connect timeout (the TLS handshake is already complete)."""
+        # TLSConnection is not an asyncio.Transport subclass, but acts as one.
         self._transport = cast(asyncio.Transport, transport)
-        self._arm()
+        self._broker.deadlines.add(self)
 
     def data_received(self, data: bytes) -> None:
         """Feed the state machine and handle what it says."""
@@ -147,9 +145,7 @@ class HubConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the broker; the session outlives the connection if CleanSession was 0."""
         self._transport = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._broker.deadlines.discard(self)
         self.mqtt.close()
         self._broker.connection_lost(self)
 
@@ -209,10 +205,6 @@ class HubConnection(asyncio.BufferedProtocol):
         """Handle every event the state machine has for us now."""
         broker = self._broker
         mqtt = self.mqtt
-        if self.device is not None and not self._keepalive_armed:
-            # Just accepted: the deadline is now 1.5 x keepalive, not the connect timeout.
-            self._keepalive_armed = True
-            self._arm()
         while (event := mqtt.next_event()) is not None:
             kind = type(event)
             if kind is Published:
@@ -246,23 +238,12 @@ class HubConnection(asyncio.BufferedProtocol):
         connect = self.mqtt.connect_packet
         return repr(connect.client_id) if connect is not None else "a client"
 
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.mqtt.deadline
-        if deadline is not None and self._transport is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(deadline, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        self._timer = None
+    def deadline_passed(self) -> None:
+        """Time the connection out (`ConnectionDeadlines` calls it when it is due)."""
         event = self.mqtt.check_deadline()
         if isinstance(event, TimedOut):
             _log.info("hub: closed %s: %s", self._name(), event.code)
             self.close(event.code)
-            return
-        self._arm()
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,15 +313,28 @@ class HubServer:
         sock.setblocking(False)
         self.broker.start()
         read_buffer = bytearray(READ_BUFFER_SIZE)  # lent to each connection's reads in turn
+        factory: Callable[[], asyncio.BaseProtocol]
+        if self.ssl_context is None:
+            factory = lambda: HubConnection(self.broker, loop, read_buffer)  # noqa: E731
+        else:
+            # TLS on the connection's own memory BIOs (hub/tls_transport.py), not uvloop's.
+            side = TLSServerSide(self.ssl_context, self.handshake_timeout, self._handshake_failed)
+            factory = lambda: TLSConnection(  # noqa: E731
+                HubConnection(self.broker, loop, read_buffer), side
+            )
         self._listener = GuardedListener(
             "MQTT",
             sock,
-            lambda: HubConnection(self.broker, loop, read_buffer),
-            self.ssl_context,
+            factory,
+            None,  # TLS is the connection's (TLSConnection), with the same timeout
             max_connections=self.max_connections,
             handshake_timeout=self.handshake_timeout,
             setting="mqtt_max_connections",
         ).start()
+
+    def _handshake_failed(self) -> None:
+        if self._listener is not None:
+            self._listener.failed_handshakes += 1
 
     async def start_without_listener(self) -> None:
         """Start the broker alone: its connections arrive by another way (MQTT over

@@ -43,9 +43,11 @@ from typing import Any
 
 __all__ = [
     "ACCEPTS_ANY_CLIENT_CERTIFICATE",
+    "HubSSLObject",
     "hub_ssl_context",
     "peer_certificates",
     "release_handshake_memory",
+    "session_cache_mode",
 ]
 
 _log = logging.getLogger("fleetpki.hub.tls")
@@ -124,6 +126,10 @@ class _LibSSL:
         self.buf_mem_new = lib.BUF_MEM_new
         self.buf_mem_new.argtypes = []
         self.buf_mem_new.restype = void_p
+        # For the session cache mode (SSL_CTX_set/get_session_cache_mode are macros).
+        self.ctx_ctrl = lib.SSL_CTX_ctrl
+        self.ctx_ctrl.argtypes = [void_p, ctypes.c_int, ctypes.c_long, void_p]
+        self.ctx_ctrl.restype = ctypes.c_long
 
 
 def _load() -> _LibSSL | None:
@@ -173,10 +179,51 @@ def _accept_any_client_certificate(context: ssl.SSLContext) -> bool:
     return mode == _SSL_VERIFY_PEER
 
 
+_SSL_CTRL_SET_SESS_CACHE_MODE = 44
+_SSL_CTRL_GET_SESS_CACHE_MODE = 45
+_SSL_SESS_CACHE_OFF = 0
+_SSL_SESS_CACHE_SERVER = 0x0002
+
+
+def _turn_session_cache_off(context: ssl.SSLContext) -> bool:
+    pointer = _ssl_ctx_pointer(context)
+    if pointer is None or _LIB is None:
+        return False
+    _LIB.ctx_ctrl(pointer, _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_OFF, None)
+    return session_cache_mode(context) == _SSL_SESS_CACHE_OFF
+
+
+def session_cache_mode(context: ssl.SSLContext) -> int | None:
+    """OpenSSL's session cache mode of ``context`` (0: off), or ``None`` if unreadable."""
+    pointer = _ssl_ctx_pointer(context)
+    if pointer is None or _LIB is None:
+        return None
+    mode: int = _LIB.ctx_ctrl(pointer, _SSL_CTRL_GET_SESS_CACHE_MODE, 0, None)
+    return mode
+
+
 #: Whether this interpreter lets the hub finish TLS with any client certificate.
 ACCEPTS_ANY_CLIENT_CERTIFICATE = _accept_any_client_certificate(
     ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 )
+
+
+class HubSSLObject(ssl.SSLObject):
+    """The hub's TLS connection object: the peer certificate only in DER.
+
+    uvloop asks every new TLS connection for ``getpeercert()`` and keeps the answer as
+    the transport's ``peercert`` extra info for the connection's life: with a client
+    certificate that is a decoded dict of ~1.7 KB of Python objects per idle
+    connection, which the hub never reads (it reads the DER, `peer_certificates`, and
+    judges the chain itself). Here the decoded form is ``None``; ``binary_form=True``
+    answers as before.
+    """
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The peer's certificate as DER (``binary_form=True``), else ``None``."""
+        if not binary_form:
+            return None
+        return super().getpeercert(True)
 
 
 def hub_ssl_context(
@@ -194,6 +241,13 @@ def hub_ssl_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile, keyfile)
+    context.sslobject_class = HubSSLObject
+    # No stateful session cache: OpenSSL would keep every TLS 1.2 session without a
+    # ticket (its peer certificates included, ~12 KB) for two hours, up to 20,480 of
+    # them, past the connection's end. Resumption stays, from stateless tickets
+    # (TLS 1.2 and 1.3; docs/hub.md, "TLS").
+    if not _turn_session_cache_off(context):
+        _log.warning("cannot turn the hub's TLS session cache off on this Python")
     # Ask for client certificates from any issuer: send no CA name list.
     if not _accept_any_client_certificate(context):
         _log.warning(
@@ -275,8 +329,11 @@ def _empty_stack(stack: int | None) -> None:
 
 def _cached_session(pointer: int) -> bool:
     """Whether the connection's session may sit in the context's session cache (a
-    TLS 1.2 session with an id), shared with a later resumption of it."""
+    TLS 1.2 session with an id, the cache on), shared with a later resumption of it."""
     assert _LIB is not None
+    mode = _LIB.ctx_ctrl(_LIB.get_ssl_ctx(pointer), _SSL_CTRL_GET_SESS_CACHE_MODE, 0, None)
+    if not mode & _SSL_SESS_CACHE_SERVER:
+        return False  # the hub's context: no cache
     if _LIB.version(pointer) >= _TLS1_3_VERSION:
         return False  # resumed from stateless tickets only (the hub sets no NO_TICKET)
     session = _LIB.get_session(pointer)
@@ -296,8 +353,9 @@ def release_handshake_memory(ssl_object: Any) -> bool:
     (``SSL_get0_verified_chain``), about 6 KB per certificate, are emptied, and the
     memory BIOs uvloop reads and writes TLS records through, which keep the size of the
     largest handshake flight (several KB each), get a new empty buffer when they hold no
-    data. The leaf stays (``getpeercert`` still answers). A TLS 1.2 session that may be
-    in the session cache keeps its chain, for a resumption of it. Nothing else changes:
+    data. The leaf stays (``getpeercert(True)`` still answers). A TLS 1.2 session that
+    may be in a session cache keeps its chain, for a resumption of it (the hub's own
+    context has the cache off, `hub_ssl_context`). Nothing else changes:
     both BIOs grow again with the next record.
 
     Returns:

@@ -57,7 +57,9 @@ class SessionState:
         #: Topic filter to the QoS granted for it.
         self.subscriptions: dict[str, QoS] = {}
         self._inflight: dict[int, OutgoingMessage] = {}
-        self._unsent: set[int] = set()
+        # Made with the first queued message: an empty set is 216 bytes, and most
+        # sessions (idle devices) never queue one.
+        self._unsent: set[int] | None = None
         self._next_packet_id = 1
 
     @property
@@ -86,6 +88,8 @@ class SessionState:
         packet_id = self._next_free_id()
         message = OutgoingMessage(packet_id, topic, payload, QoS.AT_LEAST_ONCE, retain, tag)
         self._inflight[packet_id] = message
+        if self._unsent is None:
+            self._unsent = set()
         self._unsent.add(packet_id)
         return message
 
@@ -93,7 +97,7 @@ class SessionState:
         """Forget subscriptions and messages, as CleanSession=1 requires (§3.1.2.4)."""
         self.subscriptions.clear()
         self._inflight.clear()
-        self._unsent.clear()
+        self._unsent = None
 
     def _next_free_id(self) -> int:
         if len(self._inflight) >= _MAX_PACKET_ID:
@@ -109,10 +113,10 @@ class SessionState:
     def _redeliver(self) -> bytes:
         # §4.4: re-send unacknowledged PUBLISH packets with their original identifiers,
         # in their original order (§4.6); DUP only for those already sent once (§3.3.1.1).
-        unsent = self._unsent
+        unsent = self._unsent or ()
         chunks = [
             encode_publish(m.topic, m.payload, 1, m.retain, m.packet_id not in unsent, m.packet_id)
             for m in self._inflight.values()
         ]
-        self._unsent.clear()
+        self._unsent = None
         return b"".join(chunks)
