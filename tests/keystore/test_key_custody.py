@@ -413,7 +413,12 @@ def test_the_sqlite_files_are_readable_by_the_owner_only(tmp_path: Path) -> None
                 Actor.local_admin(), "00000000-0000-0000-0000-000000000001"
             )
             files = sorted((tmp_path / "home").glob("fleetpki.db*"))
-            assert [f.name for f in files] == ["fleetpki.db", "fleetpki.db-shm", "fleetpki.db-wal"]
+            assert [f.name for f in files] == [
+                "fleetpki.db",
+                "fleetpki.db-shm",
+                "fleetpki.db-wal",
+                "fleetpki.db-writer.lock",
+            ]
             assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
         finally:
             fleet.close()

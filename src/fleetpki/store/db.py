@@ -111,7 +111,7 @@ def sqlite_url(path: Path) -> str:
 
 
 # What SQLite adds to a database file's name for its write-ahead log and shared memory.
-_COMPANIONS = ("-wal", "-shm", "-journal")
+_COMPANIONS = ("-wal", "-shm", "-journal", "-writer.lock")
 # The WAL-index header at the start of the -shm file: 48 bytes that every committed
 # transaction changes (iChange, mxFrame, the checksums; sqlite.org/walformat.html §2.1).
 _WAL_INDEX_HEADER = 48
