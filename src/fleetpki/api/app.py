@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetpki import __version__
+from fleetpki.api.asgi_body import replay
 from fleetpki.api.deps import get_fleet, get_metrics
 from fleetpki.api.error_formats import (
     ErrorBoundaryMiddleware,
@@ -88,7 +89,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] != "http.request":
                 # The client went away before its body ended; the route sees that.
-                await self.app(scope, _replay([], message, receive), send)
+                await self.app(scope, replay([message], receive), send)
                 return
             body = message.get("body", b"")
             seen += len(body)
@@ -99,7 +100,7 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay([whole], None, receive), send)
+        await self.app(scope, replay([whole], receive), send)
 
     def _message(self) -> str:
         return f"the request body is larger than {self.max_bytes} bytes"
@@ -111,18 +112,6 @@ class BodyLimitMiddleware:
             str(scope.get("path", "")), error, headers={"Connection": "close"}
         )
         await response(scope, _drain, send)
-
-
-def _replay(messages: list[Message], last: Message | None, receive: Receive) -> Receive:
-    """A ``receive`` that gives ``messages`` (then ``last``) before reading on."""
-    pending = [*messages, *([last] if last is not None else [])]
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
 
 
 async def _drain() -> Message:

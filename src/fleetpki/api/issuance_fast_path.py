@@ -21,8 +21,9 @@ from typing import Any
 import pydantic
 from fastapi.routing import APIRoute
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fleetpki.api.asgi_body import read_body, replay
 from fleetpki.api.deps import in_writer_thread
 from fleetpki.api.metrics import Metrics
 from fleetpki.api.problems import fleetpki_error_handler
@@ -76,10 +77,10 @@ class IssuanceFastPath:
         ):
             await self.app(scope, receive, send)
             return
-        messages, body = await _read_body(receive, self._max_body_bytes)
+        messages, body = await read_body(receive, self._max_body_bytes)
         command = _command(body)
         if command is None:
-            await self.app(scope, _replay(messages, receive), send)
+            await self.app(scope, replay(messages, receive), send)
             return
         # The latency metric outside reads the route's template from the scope.
         scope["route"] = self._route
@@ -92,7 +93,7 @@ class IssuanceFastPath:
             )
         except FleetPKIError as exc:
             response = await fleetpki_error_handler(Request(scope), exc)
-            await response(scope, _replay(messages, receive), send)
+            await response(scope, replay(messages, receive), send)
             return
         self._issued.inc()
         payload = answer.model_dump_json().encode()
@@ -128,34 +129,3 @@ def _command(body: bytes | None) -> Any:
         return issue_command(CertificateIssueIn.model_validate_json(body))
     except (pydantic.ValidationError, FleetPKIError, ValueError, KeyError):
         return None
-
-
-async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
-    """The messages read and the whole body, or ``None`` past ``limit`` or at a disconnect."""
-    messages: list[Message] = []
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return messages, None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return messages, b"".join(chunks)
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """A ``receive`` that gives ``messages`` before reading on."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed

@@ -10,8 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fleetpki.api.asgi_body import read_body, replay
 from fleetpki.api.deps import get_fleet
 from fleetpki.api.metrics import Metrics
 from fleetpki.application import FleetPKI
@@ -212,9 +213,9 @@ class OcspFastPath:
                 answer = await run_in_threadpool(self._status.ocsp_get, encoded)
         elif method == "POST" and path == "/ocsp" and _media_type(scope) == OCSP_REQUEST_TYPE:
             route = _POST_ROUTE
-            messages, request = await _read_body(receive)
+            messages, request = await read_body(receive, MAX_REQUEST_SIZE)
             if request is None:  # too large, or a disconnect: the route says so
-                await self.app(scope, _replay(messages, receive), send)
+                await self.app(scope, replay(messages, receive), send)
                 return
             answer = self._status.ocsp_from_memory(request)
             if answer is None:
@@ -246,32 +247,3 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 def _media_type(scope: Scope) -> str:
     value = _header(scope, b"content-type") or b""
     return value.split(b";")[0].strip().lower().decode("latin-1")
-
-
-async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
-    """The messages read and the whole body, or ``None`` for the body past the OCSP size
-    limit or at a disconnect (the route answers those, from the messages handed on)."""
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, None
-        size += len(message.get("body", b""))
-        if size > MAX_REQUEST_SIZE:
-            return messages, None
-        if not message.get("more_body", False):
-            return messages, b"".join(m.get("body", b"") for m in messages)
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """A ``receive`` that gives ``messages`` again, then reads on."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
