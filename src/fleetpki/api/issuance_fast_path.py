@@ -16,8 +16,6 @@ read handed on, and the route answers it, errors included.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pydantic
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -32,6 +30,7 @@ from fleetpki.api.v1 import router as v1_router
 from fleetpki.api.v1_models import CertificateIssueIn
 from fleetpki.application import FleetPKI
 from fleetpki.errors import FleetPKIError
+from fleetpki.services.certificates import IssueCommand
 from fleetpki.services.principals import TOKEN_PREFIX
 
 __all__ = ["PATH", "IssuanceFastPath"]
@@ -103,7 +102,7 @@ class IssuanceFastPath:
 
 
 def _api_token(scope: Scope) -> str | None:
-    """The ``fpk_`` API token of the request's ``Authorization: Bearer`` header, if any."""
+    """The ``fpk_`` API token of a JSON request's ``Authorization: Bearer`` header, if any."""
     content_type: bytes | None = None
     authorization: bytes | None = None
     for name, value in scope["headers"]:
@@ -121,7 +120,7 @@ def _api_token(scope: Scope) -> str | None:
     return token if token.startswith(TOKEN_PREFIX) else None
 
 
-def _command(body: bytes | None) -> Any:
+def _command(body: bytes | None) -> IssueCommand | None:
     """The route's command for ``body``, or ``None`` for the route to refuse it."""
     if body is None:
         return None
