@@ -106,13 +106,16 @@ def start_server(
         configure(prepared.app)
     loop = uvloop.new_event_loop()
     stop = asyncio.Event()
+    ready = threading.Event()
     failure: list[BaseException] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(
-                run_servers(prepared, fleet, only, stop=stop, log_level="warning")
+                run_servers(
+                    prepared, fleet, only, stop=stop, log_level="warning", on_ready=ready.set
+                )
             )
         except BaseException as exc:  # reported to the test below
             failure.append(exc)
@@ -121,7 +124,14 @@ def start_server(
 
     thread = threading.Thread(target=run, name=f"fleetpki-serve-{port}", daemon=True)
     thread.start()
+    # Every listener accepts before the test starts: the API socket is bound above, but
+    # the hub's MQTT port only once the hub has started in the thread.
+    while not ready.wait(0.05):
+        if not thread.is_alive():
+            break
     try:
+        if failure:
+            raise failure[0]
         yield LiveServer(base_url, prepared.tls.ca_bundle, admin.secret, fleet, prepared, loop)
     finally:
         loop.call_soon_threadsafe(stop.set)
