@@ -407,8 +407,8 @@ class CertificateService:
         """
         now = self._clock()
         with self._store.transaction() as tx:
-            principal = authenticate_token_in(tx, secret, now=now)
-            actor = Actor(principal_id=principal.id, is_admin=principal.is_admin, source=source)
+            holder = authenticate_token_in(tx, secret, now=now)
+            actor = Actor(principal_id=holder.principal_id, is_admin=holder.is_admin, source=source)
             record, issued, signing = issue_in(tx, actor, self._contexts, command, now=now)
         return IssuedView(certificate_view(record), issued, signing.chain)
 

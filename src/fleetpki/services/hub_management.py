@@ -282,11 +282,11 @@ class HubManagementService:
     def _actor(self, tx: UnitOfWork, credential: ManagementCredential, source: str) -> Actor:
         now = self._clock()
         if isinstance(credential, ApiTokenSecret):
-            principal = authenticate_token_in(tx, credential.secret, now=now)
-        else:
-            principal = ensure_principal_in(
-                tx, credential.principal_id, credential.display_name, now=now
-            )
+            holder = authenticate_token_in(tx, credential.secret, now=now)
+            return Actor(holder.principal_id, holder.is_admin, source)
+        principal = ensure_principal_in(
+            tx, credential.principal_id, credential.display_name, now=now
+        )
         return Actor(principal_id=principal.id, is_admin=principal.is_admin, source=source)
 
     def _run(

@@ -381,13 +381,15 @@ class HubSasService:
         now = self._clock()
         with self._store.transaction() as tx:
             if isinstance(credential, ApiTokenSecret):
-                principal = authenticate_token_in(tx, credential.secret, now=now)
+                holder = authenticate_token_in(tx, credential.secret, now=now)
+                principal_id, is_admin = holder.principal_id, holder.is_admin
             else:
                 principal = ensure_principal_in(
                     tx, credential.principal_id, credential.display_name, now=now
                 )
-            rights = ADMIN_RIGHTS if principal.is_admin else READER_RIGHTS
-            return SasCaller(f"principal {principal.id}", rights, principal_id=principal.id)
+                principal_id, is_admin = principal.id, principal.is_admin
+            rights = ADMIN_RIGHTS if is_admin else READER_RIGHTS
+            return SasCaller(f"principal {principal_id}", rights, principal_id=principal_id)
 
 
 def require_right(caller: SasCaller, *alternatives: Right) -> None:

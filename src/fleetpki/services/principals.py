@@ -21,6 +21,7 @@ from fleetpki.services.audit import write_audit
 from fleetpki.services.ca_views import PrincipalView, principal_view
 from fleetpki.services.context import Actor, Clock
 from fleetpki.services.ports import Store, UnitOfWork
+from fleetpki.services.ports.ca import TokenHolder
 from fleetpki.store.models import ApiToken, Principal
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "authenticate_token_in",
     "authenticated_token_in",
     "ensure_principal_in",
+    "holder_view",
     "principal_record",
     "token_view",
     "validate_principal_id",
@@ -221,10 +223,11 @@ def _create_token(
     return NewToken(token.id, secret, principal.id, token.expires_at)
 
 
-def authenticated_token_in(
-    tx: UnitOfWork, secret: str, *, now: dt.datetime
-) -> tuple[Principal, ApiToken]:
-    """The principal an API token belongs to, and the token (valid now).
+def authenticate_token_in(tx: UnitOfWork, secret: str, *, now: dt.datetime) -> TokenHolder:
+    """The token ``secret`` is, with its principal, if it is valid now: the one check of
+    API tokens (every route, the hub's management APIs, the portal's sign-in).
+
+    Its use is recorded (at minute resolution, :func:`_last_use_due`).
 
     Raises:
         AuthenticationError: ``auth.bad_token`` (unknown, expired or revoked).
@@ -232,36 +235,56 @@ def authenticated_token_in(
     if not secret.startswith(TOKEN_PREFIX):
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
     digest = _hash_token(secret)
-    token = tx.tokens.find_by_hash(digest)
+    holder = tx.tokens.holder(digest)
     # The index lookup already matched; compare again in constant time for form's sake.
-    if token is None or not hmac.compare_digest(token.token_hash, digest):
+    if holder is None or not hmac.compare_digest(holder.token_hash, digest):
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
-    if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
+    if holder.revoked_at is not None or (
+        holder.expires_at is not None and holder.expires_at <= now
+    ):
         raise AuthenticationError("auth.bad_token", "the bearer token has expired or was revoked")
-    principal = tx.principals.get(token.principal_id)
-    if principal is None:
+    if not holder.principal_exists:
         raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
-    if _last_use_due(token, now):
-        token.last_used_at = now
+    if _last_use_due(holder.last_used_at, now):
+        tx.tokens.mark_used(holder.token_id, now)
+    return holder
+
+
+def authenticated_token_in(
+    tx: UnitOfWork, secret: str, *, now: dt.datetime
+) -> tuple[Principal, ApiToken]:
+    """The principal an API token belongs to, and the token (valid now), as records.
+
+    Raises:
+        AuthenticationError: ``auth.bad_token`` (unknown, expired or revoked).
+    """
+    holder = authenticate_token_in(tx, secret, now=now)
+    principal = tx.principals.get(holder.principal_id)
+    token = tx.tokens.get(holder.token_id)
+    if principal is None or token is None:
+        raise AuthenticationError("auth.bad_token", "the bearer token is not valid")
     return principal, token
 
 
-def _last_use_due(token: ApiToken, now: dt.datetime) -> bool:
+def _last_use_due(last_used_at: dt.datetime | None, now: dt.datetime) -> bool:
     """Whether a token's use ``now`` is to be recorded.
 
     At minute resolution: a write on every request would serialise all authenticated
     requests on the database's write lock.
     """
-    return token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION
+    return last_used_at is None or now - last_used_at > _LAST_USED_RESOLUTION
 
 
-def authenticate_token_in(tx: UnitOfWork, secret: str, *, now: dt.datetime) -> Principal:
-    """The principal an API token belongs to.
-
-    Raises:
-        AuthenticationError: ``auth.bad_token`` (unknown, expired or revoked).
-    """
-    return authenticated_token_in(tx, secret, now=now)[0]
+def holder_view(holder: TokenHolder) -> PrincipalView:
+    """The view of a token holder's principal."""
+    assert holder.principal_created_at is not None
+    return PrincipalView(
+        holder.principal_id,
+        holder.friendly_name,
+        holder.principal_type,
+        holder.is_admin,
+        holder.principal_created_at,
+    )
 
 
 # -- the use cases -----------------------------------------------------------------------
@@ -408,8 +431,8 @@ class PrincipalService:
         now = self._clock()
         # Read without the write lock; only a use to record (once a minute) writes.
         with self._store.reading() as tx:
-            token = tx.tokens.find_by_hash(_hash_token(secret))
-            if token is None or not _last_use_due(token, now):
-                return principal_view(authenticate_token_in(tx, secret, now=now))
+            found = tx.tokens.holder(_hash_token(secret))
+            if found is None or not _last_use_due(found.last_used_at, now):
+                return holder_view(authenticate_token_in(tx, secret, now=now))
         with self._store.transaction() as tx:
-            return principal_view(authenticate_token_in(tx, secret, now=now))
+            return holder_view(authenticate_token_in(tx, secret, now=now))

@@ -286,13 +286,13 @@ class LocalTokenIssuer:
     def _authenticate(self, tx: UnitOfWork, client_id: str, secret: str) -> tuple[str, str]:
         try:
             wanted = validate_principal_id(client_id)
-            principal = authenticate_token_in(tx, secret, now=self._clock())
+            holder = authenticate_token_in(tx, secret, now=self._clock())
         except (ValidationError, AuthenticationError) as exc:
             raise AuthenticationError(
                 "oauth.invalid_client", "The client id or client secret is not valid."
             ) from exc
-        if principal.id != wanted:
+        if holder.principal_id != wanted:
             raise AuthenticationError(
                 "oauth.invalid_client", "The client id or client secret is not valid."
             )
-        return principal.id, principal.friendly_name
+        return holder.principal_id, holder.friendly_name

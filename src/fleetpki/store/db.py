@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_SQLITE_BUSY_TIMEOUT",
     "Database",
     "is_unavailable",
+    "refuse_write_when_reading",
     "sqlite_url",
 ]
 
@@ -277,16 +278,26 @@ def _begin_sqlite(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _refuse_writes_when_reading(
-    conn: Any, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
-) -> None:
-    # A write in a reading unit would upgrade its snapshot to the write lock without
-    # the wait that BEGIN IMMEDIATE gives (SQLITE_BUSY once another process committed):
-    # a bug in the caller, said here rather than as a rare 503 under load.
+def refuse_write_when_reading(conn: Any, statement: str) -> None:
+    """Refuse a write on the connection of a reading unit of work.
+
+    A write in a reading unit would upgrade its snapshot to the write lock without the
+    wait that BEGIN IMMEDIATE gives (SQLITE_BUSY once another process committed): a bug
+    in the caller, said here rather than as a rare 503 under load.
+
+    Raises:
+        RuntimeError: for an INSERT, UPDATE, DELETE or REPLACE in a reading unit.
+    """
     if conn.get_execution_options().get(_READING) and statement.lstrip()[:7].upper().startswith(
         _WRITES
     ):
         raise RuntimeError(f"a reading unit of work may not write: {statement[:60]!r}")
+
+
+def _refuse_writes_when_reading(
+    conn: Any, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
+) -> None:
+    refuse_write_when_reading(conn, statement)
 
 
 class Database:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
 from fleetpki.store.models import Base
+from fleetpki.store.prepared import prepared_insert
 
 __all__ = ["insert_row"]
 
@@ -38,6 +39,13 @@ def insert_row(session: Session, row: Base) -> None:
         prop.columns[0].key: state[prop.key] for prop in mapper.column_attrs if prop.key in state
     }
     (primary,) = mapper.primary_key
+    fast = prepared_insert(table, session)
+    if fast is not None and not (fast.generates_key and primary.key in values):
+        # On the driver's connection, compiled once (store.prepared).
+        new_id = fast.run(session, values)
+        if new_id is not None:
+            setattr(row, mapper.get_property_by_column(primary).key, new_id)
+        return
     connection = session.connection()
     if primary.key in values or not primary.autoincrement:
         # Parameters apart from the statement: it is built and compiled once per table.

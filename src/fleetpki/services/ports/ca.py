@@ -37,6 +37,7 @@ __all__ = [
     "PortalSessionRepository",
     "PrincipalRepository",
     "TemplateRepository",
+    "TokenHolder",
     "TokenRepository",
     "UsedTokenRepository",
 ]
@@ -306,11 +307,41 @@ class PrincipalRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class TokenHolder:
+    """An API token as its check reads it, with its principal (one row, no objects).
+
+    Attributes:
+        principal_exists: ``False`` when the token's principal is gone.
+    """
+
+    token_id: str
+    token_hash: str
+    principal_id: str
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    principal_exists: bool
+    is_admin: bool
+    friendly_name: str
+    principal_type: str
+    principal_created_at: dt.datetime | None
+
+
 class TokenRepository(Protocol):
     """API tokens, found by their hash."""
 
     def find_by_hash(self, token_hash: str) -> ApiToken | None:
         """The token whose SHA-256 hash is ``token_hash``."""
+        ...
+
+    def holder(self, token_hash: str) -> TokenHolder | None:
+        """The token whose SHA-256 hash is ``token_hash`` with its principal, read in one
+        statement without loading objects (the check of every API request)."""
+        ...
+
+    def mark_used(self, token_id: str, at: dt.datetime) -> None:
+        """Record the token's last use."""
         ...
 
     def get(self, token_id: str) -> ApiToken | None:

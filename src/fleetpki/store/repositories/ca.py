@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from fleetpki.store.models import CAGeneration, CARecord, CrlRecord, TemplateRecord
+from fleetpki.store.prepared import prepared
 
 __all__ = ["SqlCARepository", "SqlTemplateRepository"]
 
@@ -70,8 +71,8 @@ class SqlCARepository:
 
     def signing_stamp(self) -> Hashable:
         """See :meth:`CARepository.signing_stamp`."""
-        # Through the connection, not the ORM: a few small rows, no objects.
-        return tuple(tuple(row) for row in self._session.connection().execute(_SIGNING_STAMP))
+        # On the driver's connection (store.prepared): a few small rows, no objects.
+        return tuple(prepared(_SIGNING_STAMP, self._session).all(self._session, {}))
 
     def add(self, ca: CARecord) -> None:
         """See :meth:`CARepository.add`."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 
-from sqlalchemy import bindparam, delete, or_, select
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
-from fleetpki.services.ports.ca import AuditQuery
+from fleetpki.services.ports.ca import AuditQuery, TokenHolder
 from fleetpki.store.models import (
     ApiToken,
     AuditEntry,
@@ -18,6 +19,7 @@ from fleetpki.store.models import (
     PortalSession,
     Principal,
 )
+from fleetpki.store.prepared import prepared
 from fleetpki.store.rows import insert_row
 
 __all__ = [
@@ -44,6 +46,30 @@ _DOMAIN_REQUESTER = (
     )
     .where(DomainRecord.ca_id == bindparam("ca_id"), DomainRecord.name == bindparam("name"))
     .limit(1)
+)
+
+
+_TOKEN_HOLDER = (
+    select(
+        ApiToken.id,
+        ApiToken.token_hash,
+        ApiToken.principal_id,
+        ApiToken.expires_at,
+        ApiToken.revoked_at,
+        ApiToken.last_used_at,
+        Principal.id,
+        Principal.is_admin,
+        Principal.friendly_name,
+        Principal.principal_type,
+        Principal.created_at,
+    )
+    .outerjoin(Principal, Principal.id == ApiToken.principal_id)
+    .where(ApiToken.token_hash == bindparam("token_hash"))
+)
+_TOKEN_USED = (
+    update(ApiToken)
+    .where(ApiToken.id == bindparam("token_id"))
+    .values(last_used_at=bindparam("at", type_=ApiToken.__table__.c.last_used_at.type))
 )
 
 
@@ -104,6 +130,38 @@ class SqlTokenRepository:
             self._held.append(principal)
         return token
 
+    def holder(self, token_hash: str) -> TokenHolder | None:
+        """See :meth:`TokenRepository.holder`."""
+        row = prepared(_TOKEN_HOLDER, self._session).first(
+            self._session, {"token_hash": token_hash}
+        )
+        if row is None:
+            return None
+        (token_id, token_hash_, principal_id, expires, revoked, last_used) = row[:6]
+        found, admin, name, kind, created = row[6:]
+        return TokenHolder(
+            token_id=token_id,
+            token_hash=token_hash_,
+            principal_id=principal_id,
+            expires_at=expires,
+            revoked_at=revoked,
+            last_used_at=last_used,
+            principal_exists=found is not None,
+            is_admin=bool(admin),
+            friendly_name=name or "",
+            principal_type=kind or "",
+            principal_created_at=created,
+        )
+
+    def mark_used(self, token_id: str, at: dt.datetime) -> None:
+        """See :meth:`TokenRepository.mark_used`."""
+        held = self._session.identity_map.get(identity_key(ApiToken, token_id))
+        if held is not None:
+            held.last_used_at = at  # the session's copy too
+        prepared(_TOKEN_USED, self._session).execute(
+            self._session, {"token_id": token_id, "at": at}
+        )
+
     def get(self, token_id: str) -> ApiToken | None:
         """See :meth:`TokenRepository.get`."""
         return self._session.get(ApiToken, token_id)
@@ -159,15 +217,17 @@ class SqlDomainRepository:
         self, ca_id: str, name: str, requester: str | None
     ) -> tuple[str | None, bool]:
         """See :meth:`DomainRepository.request_access`."""
-        # Through the connection, not the ORM: one row of two columns, no objects; the
-        # statements are built once, with their parameters bound at each execution.
-        connection = self._session.connection()
+        # On the driver's connection (store.prepared): one row of two columns, no
+        # objects; the statements are compiled once, their parameters bound each time.
         if requester is None:
-            found = connection.execute(_DOMAIN_ID, {"ca_id": ca_id, "name": name}).scalar()
+            row = prepared(_DOMAIN_ID, self._session).first(
+                self._session, {"ca_id": ca_id, "name": name}
+            )
+            found = None if row is None else row[0]
             return found, found is not None
-        row = connection.execute(
-            _DOMAIN_REQUESTER, {"ca_id": ca_id, "name": name, "requester": requester}
-        ).first()
+        row = prepared(_DOMAIN_REQUESTER, self._session).first(
+            self._session, {"ca_id": ca_id, "name": name, "requester": requester}
+        )
         if row is None:
             return None, False
         return row[0], row[1] is not None
