@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+# py-spy samples one process: profile one worker (the supervisor of several does no work).
+os.environ.setdefault("FLEETPKI_BENCH_WORKERS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 from ca_common import Load, csr_pem, fleetpki_server, make_home, write_bodies, wrk_round
 
@@ -89,6 +91,8 @@ def _summarise(raw: Path) -> None:
         if stack:
             samples.append((stack.split(";"), int(tally)))
     total = sum(count for _, count in samples)
+    if not total:
+        raise SystemExit(f"py-spy recorded no samples of the server (see {raw}); is ptrace allowed?")
     print(f"\n{total} GIL-holding samples of the server over {SECONDS} s\n")
     layers: collections.Counter[str] = collections.Counter()
     for frames, count in samples:
