@@ -118,3 +118,52 @@ def test_threads_of_one_process_take_turns_and_nesting_passes(tmp_path: Path) ->
     gate.close()
     with _holder(tmp_path / "fleet.db") as holder:
         assert holder.poll() is None
+
+
+def test_a_lock_taken_for_a_writer_that_gave_up_is_let_go(tmp_path: Path) -> None:
+    database = tmp_path / "fleet.db"
+    gate = SqliteWriteGate(database, timeout=0.2)
+    with _holder(database) as holder:
+        gate.enter()  # waits 0.2 s for the holder, then goes on without the gate
+        gate.leave()
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+    # The waiter thread got the lock once the holder let go, for a writer that had
+    # given up: it lets go at once, so another process passes the gate.
+    with _holder(database) as second:
+        assert second.poll() is None
+    gate.close()
+
+
+# A process that adds one to a number in a file N times, each time inside the gate.
+_COUNTER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from fleetpki.store.sqlite_write_gate import SqliteWriteGate
+    database, counter, times = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    gate = SqliteWriteGate(database, timeout=60)
+    for _ in range(times):
+        gate.enter()
+        value = int(counter.read_text())
+        counter.write_text(str(value + 1))
+        gate.leave()
+    gate.close()
+    """
+)
+
+
+def test_processes_that_contend_never_overlap(tmp_path: Path) -> None:
+    # Read-modify-write of one file by three processes at once: an update is lost if
+    # two are ever inside the gate together (the hand-over by the waiter thread).
+    database, counter = tmp_path / "fleet.db", tmp_path / "counter"
+    counter.write_text("0")
+    times = 400
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _COUNTER, str(database), str(counter), str(times)])
+        for _ in range(3)
+    ]
+    assert [writer.wait(120) for writer in writers] == [0, 0, 0]
+    assert int(counter.read_text()) == 3 * times

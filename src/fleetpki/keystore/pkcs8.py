@@ -42,6 +42,7 @@ from fleetpki.keystore.der import (
     whole,
 )
 from fleetpki.keystore.signer import PrivateKey
+from fleetpki.pki.pem import pem_text
 
 __all__ = [
     "SCRYPT_COST",
@@ -216,10 +217,7 @@ def _protection(info: Element) -> KeyProtection:
 
 
 def _pem(der: bytes) -> bytes:
-    body = base64.b64encode(der).decode()
-    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    text = "\n".join([f"-----BEGIN {_PEM_LABEL}-----", *lines, f"-----END {_PEM_LABEL}-----"])
-    return (text + "\n").encode()
+    return pem_text(der, _PEM_LABEL).encode()
 
 
 def _der(pem: bytes) -> bytes:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from fleetpki.pki.issuance import IssuedCertificate
+from fleetpki.pki.pem import pem_text
 from fleetpki.pki.revocation import RevocationReason
 from fleetpki.store.models import (
     AuditEntry,
@@ -186,7 +186,7 @@ class CertificateView:
     @property
     def pem(self) -> str:
         """The certificate as PEM text."""
-        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
+        return pem_text(self.der)
 
     @property
     def reason_name(self) -> str | None:
