@@ -92,7 +92,9 @@ def _summarise(raw: Path) -> None:
             samples.append((stack.split(";"), int(tally)))
     total = sum(count for _, count in samples)
     if not total:
-        raise SystemExit(f"py-spy recorded no samples of the server (see {raw}); is ptrace allowed?")
+        raise SystemExit(
+            f"py-spy recorded no samples of the server (see {raw}); is ptrace allowed?"
+        )
     print(f"\n{total} GIL-holding samples of the server over {SECONDS} s\n")
     layers: collections.Counter[str] = collections.Counter()
     for frames, count in samples:
