@@ -8,6 +8,8 @@ every module's import statements (with ``ast``, including those under
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,3 +264,21 @@ def test_no_import_cycles_between_modules() -> None:
 
 def _is_package(module: str) -> bool:
     return (PACKAGE.parent / module.replace(".", "/") / "__init__.py").exists()
+
+
+def _packages() -> list[str]:
+    return sorted(
+        _module_name(init)
+        for init in PACKAGE.rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    )
+
+
+@pytest.mark.parametrize("package", _packages())
+def test_each_package_imports_first_in_a_fresh_interpreter(package: str) -> None:
+    # An import cycle stays hidden while another package happens to load first (the
+    # test run, the CLI); a script or a worker that imports this one first meets it.
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {package}"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

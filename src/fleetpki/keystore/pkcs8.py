@@ -42,7 +42,6 @@ from fleetpki.keystore.der import (
     whole,
 )
 from fleetpki.keystore.signer import PrivateKey
-from fleetpki.pki.pem import pem_text
 
 __all__ = [
     "SCRYPT_COST",
@@ -217,6 +216,9 @@ def _protection(info: Element) -> KeyProtection:
 
 
 def _pem(der: bytes) -> bytes:
+    # Imported here: fleetpki.pki imports the keystore (its signers) as it loads.
+    from fleetpki.pki.pem import pem_text
+
     return pem_text(der, _PEM_LABEL).encode()
 
 
