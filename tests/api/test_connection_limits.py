@@ -10,6 +10,7 @@ naming the setting. The waits are bounds (``WAIT``), never timing assertions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Iterator
@@ -106,6 +107,35 @@ async def _idle_then_a_good_one(live: LiveServer) -> tuple[int, int]:
 
 def test_a_second_request_that_never_ends_its_headers_is_closed(live: LiveServer) -> None:
     assert asyncio.run(_idle_then_a_good_one(live)) == (200, 200)
+
+
+async def _busy_keep_alive(live: LiveServer) -> list[int]:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", live.port, ssl=_context(live), server_hostname="localhost"
+    )
+    statuses = []
+    # Eight requests 0.4 s apart on one connection: 3 s, three header timeouts. Each
+    # response moves the deadline on; a connection that keeps asking stays open.
+    for _ in range(8):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await asyncio.wait_for(reader.readexactly(length), WAIT)
+        statuses.append(int(head.split()[1]))
+        await asyncio.sleep(0.4)
+    writer.close()
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        await writer.wait_closed()
+    return statuses
+
+
+def test_a_connection_that_keeps_asking_outlives_the_header_timeout(live: LiveServer) -> None:
+    assert asyncio.run(_busy_keep_alive(live)) == [200] * 8
 
 
 @pytest.fixture
