@@ -4,39 +4,31 @@ byte, and what ``openssl x509`` reads back: the stored certificates are shown wi
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import subprocess
+import tempfile
+from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetpki.pki.pem import pem_text
+from support.testca import make_ca
 
 
-def _certificate(common_name: str) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+def _certificate(common_name: str, kind: str = "p256") -> x509.Certificate:
+    with tempfile.TemporaryDirectory() as folder:
+        return make_ca(Path(folder), kind, common_name).cert
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=64))
-def test_a_certificate_as_cryptography_writes_it(common_name: str) -> None:
-    certificate = _certificate(common_name)
+@settings(max_examples=30, deadline=None)
+@given(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=64),
+    st.sampled_from(["p256", "p256", "rsa"]),
+)
+def test_a_certificate_as_cryptography_writes_it(common_name: str, kind: str) -> None:
+    certificate = _certificate(common_name, kind)
     der = certificate.public_bytes(serialization.Encoding.DER)
     assert pem_text(der) == certificate.public_bytes(serialization.Encoding.PEM).decode()
 
