@@ -17,11 +17,11 @@ it is released:
 When another process holds the ``flock``, the writer does not poll for it: the process's
 waiter thread (:class:`_FileLockWaiter`) blocks in ``flock`` on its behalf and hands it
 over the moment the kernel grants it, while the writer waits on a condition with the
-busy timeout. (A poll of the lock with sleeps from 50 µs to 1 ms cost each waiting
-writer a few wake-ups and left the gate idle for up to a pause after the other process
-let go: with ``--workers 2`` on SQLite, 0.2 ms more CPU per issuance than one worker,
-bench/README.md.) A writer that waited the busy timeout begins the unit of work without
-the gate, so SQLite's own lock and busy timeout decide as before
+busy timeout. (A poll of the lock with sleeps from 50 µs to 1 ms left the gate idle for
+up to a pause after the other process let go: with ``--workers 2`` on SQLite the
+waiting thread raised the issuance rate and halved its p99, bench/README.md.) A
+writer that waited the busy timeout begins the unit of work without the gate, so
+SQLite's own lock and busy timeout decide as before
 (``database.unavailable``): a writer that is not fleetpki (the ``sqlite3`` shell), or a
 stuck process, is met as it always was; the waiter lets go of a lock it obtains for a
 writer that gave up, or hands it to the writer waiting then. A unit of work nested in a
@@ -150,6 +150,11 @@ class _FileLockWaiter:
     through it passes while the first is held, and the thread's ``LOCK_UN`` of a lock
     it got for a writer that gave up would let go of the other's.
 
+    The thread locks through a duplicate of the descriptor (the same open file
+    description, so the same lock), which it closes as it ends: the gate may close its
+    own while the thread still waits in ``flock``, and a number closed there may be
+    reused for another file.
+
     Args:
         fd: the lock file's descriptor, opened by this process.
     """
@@ -157,6 +162,7 @@ class _FileLockWaiter:
     def __init__(self, fd: int) -> None:
         self.pid = os.getpid()
         self.fd = fd
+        self._own = os.dup(fd)
         self._condition = threading.Condition()
         self._pending: _Request | None = None
         self._waiting = False
@@ -168,7 +174,7 @@ class _FileLockWaiter:
         with self._condition:
             if not self._waiting:
                 try:
-                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(self._own, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     # A request given up before the thread took it up is void now.
                     self._pending = None
                     return True
@@ -192,6 +198,13 @@ class _FileLockWaiter:
             self._condition.notify_all()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self._own)
+
+    def _serve(self) -> None:
         condition = self._condition
         while True:
             with condition:
@@ -200,10 +213,9 @@ class _FileLockWaiter:
                     return
                 self._waiting = True
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                fcntl.flock(self._own, fcntl.LOCK_EX)
             except OSError:
-                # The descriptor was closed under it: the writers waiting go on without
-                # the gate after their timeout.
+                # The writers waiting go on without the gate after their timeout.
                 with condition:
                     self._waiting = False
                 return
@@ -215,4 +227,4 @@ class _FileLockWaiter:
                     condition.notify_all()
                 else:
                     with contextlib.suppress(OSError):
-                        fcntl.flock(self.fd, fcntl.LOCK_UN)
+                        fcntl.flock(self._own, fcntl.LOCK_UN)
